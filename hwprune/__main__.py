@@ -1,0 +1,5 @@
+import sys
+
+from hwprune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,51 @@
+"""A small name -> constructor registry with "did you mean" on a typo.
+
+Models, datasets, searchers and importance criteria each keep one.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from hwprune.errors import UnknownNameError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
+        """Register ``obj`` under ``name``; usable as a decorator. Duplicates are an error."""
+
+        def add(item: T) -> T:
+            key = name.lower()
+            if key in self._items:
+                raise ValueError(f"a {self.kind} named {key!r} is already registered")
+            self._items[key] = item
+            return item
+
+        return add(obj) if obj is not None else add
+
+    def get(self, name: str) -> T:
+        key = str(name).lower()
+        if key not in self._items:
+            close = difflib.get_close_matches(key, list(self._items), n=1, cutoff=0.6)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            shown = ", ".join(sorted(self._items)[:12])
+            more = ", ..." if len(self._items) > 12 else ""
+            raise UnknownNameError(f"unknown {self.kind} {name!r}.{hint} Known: {shown}{more}")
+        return self._items[key]
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return str(name).lower() in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())

@@ -1,0 +1,242 @@
+"""The oracle interface: a black box from a candidate model to a Measurement."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from oracles.errors import OracleSpecError
+
+__all__ = ["Measurement", "Oracle", "parse_spec"]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One oracle's answer for one model.
+
+    ``value`` is in ``unit``; lower is better for every quantity measured here.
+    Timed oracles report ``statistic="median"`` over ``samples`` runs with the
+    inter-quartile range ``iqr`` (same unit as value), the coefficient of
+    variation ``cv`` (std / mean of the samples, a fraction) and the 95%
+    confidence interval of the median ``ci_low``..``ci_high``. Exact counts
+    report ``statistic="exact"`` and ``samples=1``.
+    """
+
+    quantity: str
+    value: float
+    unit: str
+    oracle: str
+    statistic: str = "exact"
+    samples: int = 1
+    iqr: float = 0.0
+    cv: float = 0.0
+    ci_low: float | None = None
+    ci_high: float | None = None
+    backend: str = ""
+    device: str = "cpu"
+    threads: int | None = None
+    batch: int | None = None
+    seconds: float = 0.0
+    cached: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    higher_is_better: ClassVar[bool] = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["extra"] = dict(self.extra)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Measurement:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def replace(self, **changes: Any) -> Measurement:
+        return dataclasses.replace(self, **changes)
+
+    def __str__(self) -> str:
+        if self.statistic == "exact":
+            return f"{_fmt(self.value)} {self.unit}"
+        return f"{_fmt(self.value)} {self.unit} (median of {self.samples}, cv {self.cv:.1%})"
+
+
+def _fmt(x: float) -> str:
+    if x == 0 or (1e-3 <= abs(x) < 1e6):
+        return f"{x:.4g}"
+    return f"{x:.4e}"
+
+
+def parse_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
+    """Split ``name[:device][?key=value&...]`` into its three parts.
+
+    >>> parse_spec("onnxruntime:cpu?threads=1&batch=1")
+    ('onnxruntime', 'cpu', {'threads': '1', 'batch': '1'})
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise OracleSpecError(
+            f"expected an oracle spec like 'onnxruntime:cpu?threads=1', got {spec!r}"
+        )
+    text = spec.strip()
+    head, _, query = text.partition("?")
+    name, _, device = head.partition(":")
+    name = name.strip().lower()
+    device = device.strip().lower() or None
+    if not name:
+        raise OracleSpecError(f"oracle spec {spec!r} has no oracle name before ':' or '?'")
+    params: dict[str, str] = {}
+    if query:
+        for part in query.split("&"):
+            if not part:
+                continue
+            key, eq, value = part.partition("=")
+            if not eq or not key:
+                raise OracleSpecError(
+                    f"oracle spec {spec!r}: expected settings as key=value joined by '&', "
+                    f"got {part!r}"
+                )
+            params[key.strip().lower()] = urllib.parse.unquote(value.strip())
+    return name, device, params
+
+
+def _convert(oracle: str, key: str, raw: str, kind: type) -> Any:
+    try:
+        if kind is bool:
+            low = raw.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError
+            return value
+        return kind(raw)
+    except ValueError:
+        name = {int: "an integer", float: "a number", bool: "0 or 1"}.get(kind, kind.__name__)
+        raise OracleSpecError(
+            f"oracle {oracle!r}: setting {key!r} must be {name}, got {raw!r}"
+        ) from None
+
+
+class Oracle:
+    """A black box that measures one quantity of a candidate model.
+
+    Subclasses are dataclasses whose fields are their settings, so an oracle is
+    built from its spec string alone (``from_spec``), renders back to a
+    canonical spec (``spec``), and pickles (for subprocesses or Ray actors).
+
+    Class attributes a subclass sets:
+      ``name``: registry name; ``quantity``: what it measures (latency, params,
+      flops, memory); ``unit``; ``input_format``: ``"onnx"`` (takes ONNX bytes,
+      a path or a ModelProto) or ``"torch"`` (takes an nn.Module);
+      ``devices``: accepted devices, first is the default; ``timed``: whether
+      the value is a noisy timing (cached by structure, not by weights);
+      ``requires``: the pip extra that provides its backend.
+    """
+
+    name: ClassVar[str] = ""
+    quantity: ClassVar[str] = ""
+    unit: ClassVar[str] = ""
+    input_format: ClassVar[str] = "onnx"
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    timed: ClassVar[bool] = False
+    requires: ClassVar[str | None] = None
+    #: True when the value depends on weight values (e.g. counting non-zeros),
+    #: so the cache must key on them too.
+    value_sensitive: ClassVar[bool] = False
+
+    # Instance field every oracle has; subclasses add theirs as dataclass fields.
+    device: str = "cpu"
+
+    @classmethod
+    def from_spec(cls, device: str | None, params: Mapping[str, str]) -> Oracle:
+        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        settable = {k: f for k, f in fields.items() if k != "device" and f.init}
+        kwargs: dict[str, Any] = {}
+        for key, raw in params.items():
+            if key not in settable:
+                accepted = ", ".join(sorted(settable)) or "none"
+                raise OracleSpecError(
+                    f"oracle {cls.name!r} has no setting {key!r} (accepted: {accepted})"
+                )
+            kind = settable[key].type
+            kind = {"int": int, "float": float, "bool": bool, "str": str}.get(kind, kind)
+            if isinstance(kind, str):  # e.g. "int | None" under postponed annotations
+                kind = int if kind.startswith("int") else float if kind.startswith("float") else str
+            kwargs[key] = _convert(cls.name, key, raw, kind)
+        dev = device or cls.devices[0]
+        if dev not in cls.devices:
+            raise OracleSpecError(
+                f"oracle {cls.name!r} runs on {', '.join(cls.devices)}, not {dev!r}"
+            )
+        if "device" in fields:
+            kwargs["device"] = dev
+        obj = cls(**kwargs)
+        obj.validate()
+        return obj
+
+    def validate(self) -> None:
+        """Check settings' ranges; raise OracleSpecError on a bad value."""
+
+    @property
+    def spec(self) -> str:
+        """Canonical spec string: the name, the device if not the only one, non-default settings."""
+        head = self.name
+        if len(self.devices) > 1 or self.device != self.devices[0]:
+            head += f":{self.device}"
+        parts = []
+        if dataclasses.is_dataclass(self):
+            for f in dataclasses.fields(self):
+                if f.name == "device" or not f.init:
+                    continue
+                value = getattr(self, f.name)
+                if f.default is not dataclasses.MISSING and value == f.default:
+                    continue
+                if isinstance(value, bool):
+                    value = int(value)
+                parts.append(f"{f.name}={value}")
+        return head + ("?" + "&".join(parts) if parts else "")
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting (defaults included), for cache keys and reports."""
+        if dataclasses.is_dataclass(self):
+            return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        return {}
+
+    def identity(self) -> dict[str, Any]:
+        """What, besides the model and the settings, decides the value (machine, runtime versions).
+
+        Timed oracles override this; exact counts depend on nothing else.
+        """
+        return {}
+
+    def check_available(self) -> None:
+        """Raise BackendUnavailableError / DeviceUnavailableError if it cannot run here."""
+
+    def model_key(
+        self, model: Any, *, input_shapes: Mapping[str, tuple[int, ...]] | None = None
+    ) -> str:
+        """Cache key of the model as this oracle sees it (structure and input shapes)."""
+        from oracles.model import load_onnx, resolve_input_shapes, structure_key
+
+        proto = load_onnx(model)
+        shapes = resolve_input_shapes(proto, input_shapes, batch=getattr(self, "batch", None))
+        return structure_key(proto, input_shapes=shapes, include_values=self.value_sensitive)
+
+    def measure(self, model: Any, *, input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> Measurement:
+        raise NotImplementedError
+
+    def __call__(self, model: Any, **kwargs: Any) -> Measurement:
+        return self.measure(model, **kwargs)
+
+    def __str__(self) -> str:
+        return self.spec

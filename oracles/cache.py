@@ -1,0 +1,193 @@
+"""A persistent measurement cache in SQLite, shared safely between processes.
+
+Keys combine the model's structure (not its weight values, for oracles whose
+value does not depend on them), the oracle's settings and the machine's
+identity (CPU model, GPU name, runtime versions), so a hit is only ever a
+value this very setup produced.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import platform
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from oracles.base import Measurement, Oracle
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MeasurementCache", "default_cache_path", "machine_identity", "cache_key", "measure"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS measurements (
+    key TEXT PRIMARY KEY,
+    oracle TEXT NOT NULL,
+    measurement TEXT NOT NULL,
+    created REAL NOT NULL
+)
+"""
+
+
+def default_cache_path() -> Path:
+    """``$HWPRUNE_CACHE`` if set, else ``$XDG_CACHE_HOME/hwprune/oracles.sqlite``."""
+    env = os.environ.get("HWPRUNE_CACHE")
+    if env:
+        return Path(env)
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "hwprune" / "oracles.sqlite"
+
+
+@functools.lru_cache(maxsize=1)
+def machine_identity() -> dict[str, Any]:
+    """What identifies this host for measurements: CPU model, core count, OS, Python."""
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu or platform.machine(),
+        "cores": os.cpu_count(),
+        "arch": platform.machine(),
+        "system": platform.system(),
+        "python": platform.python_version(),
+    }
+
+
+def cache_key(oracle: Oracle, model_key: str) -> str:
+    payload = {
+        "oracle": oracle.name,
+        "settings": oracle.settings(),
+        "identity": oracle.identity(),
+        "machine": machine_identity() if oracle.timed else None,
+        "model": model_key,
+    }
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+class MeasurementCache:
+    """SQLite store of Measurements; safe for several processes on one file.
+
+    A file that is not a readable database is moved aside (``.corrupt-<time>``)
+    with a warning and a fresh one is made; measuring never fails because of
+    the cache.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else default_cache_path()
+        self._local = threading.local()
+        self._open()
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(_SCHEMA)
+        conn.execute("SELECT count(*) FROM measurements").fetchone()
+        return conn
+
+    def _open(self) -> None:
+        try:
+            self._local.conn = self._connect()
+            self._local.pid = os.getpid()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            log.warning("oracle cache %s is unreadable (%s); moved it to %s and started a new one",
+                        self.path, exc, aside)
+            for suffix in ("", "-wal", "-shm"):
+                p = Path(str(self.path) + suffix)
+                if p.exists():
+                    p.replace(Path(str(aside) + suffix))
+            self._local.conn = self._connect()
+            self._local.pid = os.getpid()
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        # Connections are not shared across threads or forked processes.
+        if getattr(self._local, "conn", None) is None or self._local.pid != os.getpid():
+            self._open()
+        return self._local.conn
+
+    def get(self, key: str) -> Measurement | None:
+        try:
+            row = self._conn.execute(
+                "SELECT measurement FROM measurements WHERE key = ?", (key,)
+            ).fetchone()
+        except sqlite3.DatabaseError as exc:
+            log.warning("oracle cache read failed (%s); measuring instead", exc)
+            return None
+        if row is None:
+            return None
+        try:
+            return Measurement.from_dict(json.loads(row[0]))
+        except (ValueError, TypeError):
+            return None
+
+    def put(self, key: str, measurement: Measurement) -> None:
+        data = measurement.to_dict()
+        data["cached"] = False
+        try:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO measurements (key, oracle, measurement, created) "
+                "VALUES (?, ?, ?, ?)",
+                (key, measurement.oracle, json.dumps(data, default=str), time.time()),
+            )
+        except sqlite3.DatabaseError as exc:
+            log.warning("oracle cache write failed (%s); the value is not cached", exc)
+
+    def __len__(self) -> int:
+        return int(self._conn.execute("SELECT count(*) FROM measurements").fetchone()[0])
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": str(self.path)}
+
+    def __setstate__(self, state: Mapping[str, Any]) -> None:
+        self.path = Path(state["path"])
+        self._local = threading.local()
+        self._open()
+
+
+def measure(
+    oracle: Oracle,
+    model: Any,
+    *,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    cache: MeasurementCache | None = None,
+) -> Measurement:
+    """Measure ``model`` with ``oracle``, answering from ``cache`` when the same setup was seen.
+
+    A hit returns the stored Measurement with ``cached=True``.
+    """
+    if cache is None:
+        return oracle.measure(model, input_shapes=input_shapes)
+    start = time.perf_counter()
+    key = cache_key(oracle, oracle.model_key(model, input_shapes=input_shapes))
+    hit = cache.get(key)
+    if hit is not None:
+        return hit.replace(cached=True, seconds=time.perf_counter() - start)
+    result = oracle.measure(model, input_shapes=input_shapes)
+    cache.put(key, result)
+    return result

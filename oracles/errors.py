@@ -1,0 +1,38 @@
+"""Exceptions of the measurement layer.
+
+One base class, a few subclasses; a command-line front end turns any
+``OracleError`` into one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+
+class OracleError(Exception):
+    """Base class of every error the oracles package raises on purpose."""
+
+
+class OracleSpecError(OracleError, ValueError):
+    """A spec string that does not parse, or a setting with a bad value."""
+
+
+class UnknownOracleError(OracleSpecError):
+    """A spec naming an oracle that is not registered."""
+
+
+class BackendUnavailableError(OracleError, ImportError):
+    """The runtime an oracle needs is not installed; the message names the extra."""
+
+
+class DeviceUnavailableError(OracleError, RuntimeError):
+    """The device asked for (CUDA, TensorRT provider) cannot run here.
+
+    Raised instead of silently measuring on another device.
+    """
+
+
+class ModelInputError(OracleError, ValueError):
+    """The model handed to an oracle cannot be read or has unresolved shapes."""
+
+
+class MeasurementFailedError(OracleError, RuntimeError):
+    """A backend crashed or timed out while measuring one candidate."""
