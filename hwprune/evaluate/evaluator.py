@@ -1,0 +1,288 @@
+"""From a policy to a scored candidate: apply, re-estimate BN, proxy accuracy, oracle measurements.
+
+``Evaluator.evaluate(policy)`` is a pure function of the policy and the run's
+fixed inputs (model, data, constraints, seed), so results are cached by the
+candidate's pruned shape and every evaluation is appended to the episodes log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import oracles
+from oracles import Measurement, MeasurementCache
+
+from hwprune.constraints import Constraint
+from hwprune.evaluate.log import EpisodeLog
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Outcome", "Evaluator"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One evaluated candidate.
+
+    ``values`` are the measured quantities by constraint name (in the
+    constraint's unit), ``costs`` the values relative to their bounds
+    (<= 1 is feasible), ``timings`` the seconds of each stage.
+    """
+
+    index: int
+    policy: Any
+    key: str
+    accuracy: float
+    values: Mapping[str, float]
+    costs: Mapping[str, float]
+    feasible: bool
+    measurements: Mapping[str, Measurement] = field(default_factory=dict)
+    timings: Mapping[str, float] = field(default_factory=dict)
+    cached: bool = False
+    params: int | None = None
+
+    @property
+    def max_cost(self) -> float:
+        return max(self.costs.values()) if self.costs else 0.0
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "key": self.key,
+            "policy": self.policy.to_dict(),
+            "accuracy": self.accuracy,
+            "values": dict(self.values),
+            "costs": dict(self.costs),
+            "feasible": self.feasible,
+            "params": self.params,
+            "measurements": {k: m.to_dict() for k, m in self.measurements.items()},
+            "timings": dict(self.timings),
+            "time": time.time(),
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], *, policy_cls: Any) -> Outcome:
+        return cls(
+            index=int(record["index"]),
+            policy=policy_cls.from_dict(record["policy"]),
+            key=record["key"],
+            accuracy=float(record["accuracy"]),
+            values=dict(record["values"]),
+            costs=dict(record["costs"]),
+            feasible=bool(record["feasible"]),
+            measurements={
+                k: Measurement.from_dict(m) for k, m in record.get("measurements", {}).items()
+            },
+            timings=dict(record.get("timings", {})),
+            cached=True,
+            params=record.get("params"),
+        )
+
+
+class Evaluator:
+    """Scores policies of one prune space against a fixed set of constraints.
+
+    Call ``calibrate()`` once (measures the dense model, fixes relative
+    budgets); then ``evaluate(policy)`` as often as the search likes. A policy
+    whose pruned shape was already seen (in this process or in the episodes log
+    of a resumed run) is answered from memory and not measured again.
+    """
+
+    def __init__(
+        self,
+        *,
+        space: Any,
+        data: Any,
+        constraints: Sequence[Constraint],
+        cache: MeasurementCache | None = None,
+        log_path: str | None = None,
+        bn_batches: int = 8,
+        bn_batch_size: int = 64,
+        eval_batch_size: int = 256,
+        max_eval_samples: int | None = 2000,
+        device: str = "cpu",
+        seed: int = 0,
+        on_outcome: Callable[[Outcome], None] | None = None,
+    ) -> None:
+        import torch
+
+        self.space = space
+        self.data = data
+        self.constraints = list(constraints)
+        self.cache = cache
+        self.device = device
+        self.seed = seed
+        self.bn_batches = bn_batches
+        self.bn_batch_size = bn_batch_size
+        self.eval_batch_size = eval_batch_size
+        self.input_shape = (1, *tuple(data.input_shape))
+        self.on_outcome = on_outcome
+        self._oracles = {c.name: oracles.get_oracle(c.oracle) for c in self.constraints}
+        self._by_key: dict[str, Outcome] = {}
+        self.history: list[Outcome] = []
+        self.dense: dict[str, Measurement] = {}
+        self.dense_accuracy: float | None = None
+        self._log = EpisodeLog(log_path) if log_path else None
+
+        # Fixed calibration and proxy sets: the same images for every candidate.
+        g = torch.Generator().manual_seed(seed)
+        n_train = len(data.train)
+        n_bn = min(n_train, bn_batches * bn_batch_size)
+        self._bn_indices = torch.randperm(n_train, generator=g)[:n_bn].tolist()
+        n_search = len(data.search)
+        n_eval = n_search if max_eval_samples is None else min(n_search, max_eval_samples)
+        self._eval_indices = torch.randperm(n_search, generator=g)[:n_eval].tolist()
+
+        if self._log is not None:
+            self._load_log()
+
+    # ------------------------------------------------------------------ resume
+    def _load_log(self) -> None:
+        from hwprune.space import Policy
+
+        for record in self._log.records():
+            if record.get("type", "candidate") != "candidate":
+                continue
+            try:
+                outcome = Outcome.from_record(record, policy_cls=Policy)
+            except (KeyError, ValueError, TypeError) as exc:
+                log.warning("skipping an unreadable episode record: %s", exc)
+                continue
+            if outcome.key not in self._by_key:
+                self._by_key[outcome.key] = outcome
+                self.history.append(outcome)
+        if self.history:
+            log.info("resumed %d evaluated candidates from %s", len(self.history), self._log.path)
+
+    # ------------------------------------------------------------- measuring
+    def measure_module(
+        self, module: Any, *, onnx_bytes: bytes | None = None, timings: dict[str, float] | None = None
+    ) -> dict[str, Measurement]:
+        """Every constraint's oracle on one module (its ONNX export made once, lazily)."""
+        from hwprune.export.onnx import export_onnx
+
+        shapes = {"input": self.input_shape}
+        out: dict[str, Measurement] = {}
+        for c in self.constraints:
+            oracle = self._oracles[c.name]
+            if oracle.input_format == "onnx":
+                if onnx_bytes is None:
+                    t0 = time.perf_counter()
+                    onnx_bytes = export_onnx(module, input_shape=self.input_shape)
+                    if timings is not None:
+                        timings["export"] = time.perf_counter() - t0
+                model: Any = onnx_bytes
+            else:
+                model = module
+            t0 = time.perf_counter()
+            out[c.name] = oracles.measure(oracle, model, input_shapes=shapes, cache=self.cache)
+            if timings is not None:
+                timings[f"oracle:{c.name}"] = time.perf_counter() - t0
+        return out
+
+    def calibrate(self) -> list[Constraint]:
+        """Measure the dense model with every oracle and fix relative budgets to absolute bounds."""
+        dense_module = self.space.model
+        self.dense = self.measure_module(dense_module)
+        self.constraints = [c.resolve(self.dense[c.name].value) for c in self.constraints]
+        self.dense_accuracy = self._accuracy(dense_module, reestimate=False)
+        return self.constraints
+
+    # ------------------------------------------------------------- accuracy
+    def _subset(self, dataset: Any, indices: list[int]) -> Any:
+        import torch
+
+        return torch.utils.data.Subset(dataset, indices)
+
+    def _accuracy(self, module: Any, *, reestimate: bool, timings: dict[str, float] | None = None) -> float:
+        from hwprune.train import accuracy, reestimate_bn
+
+        module = module.to(self.device)
+        if reestimate:
+            t0 = time.perf_counter()
+            reestimate_bn(
+                module,
+                self._subset(self.data.train, self._bn_indices),
+                batches=self.bn_batches,
+                batch_size=self.bn_batch_size,
+                device=self.device,
+            )
+            if timings is not None:
+                timings["bn"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        acc = accuracy(
+            module,
+            self._subset(self.data.search, self._eval_indices),
+            device=self.device,
+            batch_size=self.eval_batch_size,
+        )
+        if timings is not None:
+            timings["accuracy"] = time.perf_counter() - t0
+        return float(acc)
+
+    # ------------------------------------------------------------- evaluate
+    def evaluate(self, policy: Any) -> Outcome:
+        """Score one policy: proxy accuracy, every oracle's value, feasibility."""
+        if any(c.bound is None for c in self.constraints):
+            self.calibrate()
+        key = self.space.shape_key(policy)
+        seen = self._by_key.get(key)
+        if seen is not None:
+            return seen if seen.cached else _as_cached(seen)
+        timings: dict[str, float] = {}
+        t_start = time.perf_counter()
+        t0 = time.perf_counter()
+        module = self.space.apply(policy)
+        timings["apply"] = time.perf_counter() - t0
+        acc = self._accuracy(module, reestimate=True, timings=timings)
+        module = module.to("cpu")
+        measurements = self.measure_module(module, timings=timings)
+        values = {name: m.value for name, m in measurements.items()}
+        costs = {c.name: c.cost(values[c.name]) for c in self.constraints}
+        timings["total"] = time.perf_counter() - t_start
+        outcome = Outcome(
+            index=len(self.history),
+            policy=policy,
+            key=key,
+            accuracy=acc,
+            values=values,
+            costs=costs,
+            feasible=all(v <= 1.0 for v in costs.values()),
+            measurements=measurements,
+            timings=timings,
+            params=sum(p.numel() for p in module.parameters()),
+        )
+        self._by_key[key] = outcome
+        self.history.append(outcome)
+        if self._log is not None:
+            self._log.append({"type": "candidate", **outcome.to_record()})
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+        return outcome
+
+    # ------------------------------------------------------------- results
+    def best_feasible(self) -> Outcome | None:
+        feasible = [o for o in self.history if o.feasible]
+        return max(feasible, key=lambda o: (o.accuracy, -o.max_cost)) if feasible else None
+
+    def smallest(self) -> dict[str, float]:
+        """The smallest value measured per constraint so far (for infeasible-budget reports)."""
+        out: dict[str, float] = {}
+        for o in self.history:
+            for k, v in o.values.items():
+                out[k] = min(out.get(k, v), v)
+        return out
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.history)
+
+
+def _as_cached(outcome: Outcome) -> Outcome:
+    from dataclasses import replace
+
+    return replace(outcome, cached=True)
