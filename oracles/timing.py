@@ -1,0 +1,272 @@
+"""The lab protocol every latency oracle times with: warm up, repeat until the median is pinned down.
+
+Protocol (``time_adaptive``):
+
+1. Warm-up: ``warmup`` untimed iterations (caches, allocators, lazy kernels,
+   CPU frequency), stopped early once they take a quarter of ``max_seconds``.
+2. Repeats: time one iteration at a time, with Python's garbage collector
+   paused so a collection never lands inside a timed run.
+3. Stop once at least ``min_runs`` runs and ``min_seconds`` of timing are done
+   AND the 95% confidence interval of the median is narrower than
+   ``target_rel_ci`` of the median on each side (half-width relative); or at
+   ``max_runs`` / ``max_seconds``, whichever comes first, with
+   ``converged=False``.
+4. Report the median (robust to the odd preempted run), its distribution-free
+   confidence interval from order statistics, the inter-quartile range and the
+   coefficient of variation of the samples.
+
+A ``run_once`` that times itself (CUDA events, TensorRT profiling) returns
+its elapsed milliseconds; one that returns ``None`` is timed here with
+``time.perf_counter_ns``.
+
+>>> result = time_adaptive(lambda: sum(range(1000)), min_seconds=0.01)
+>>> result.ci_low <= result.median <= result.ci_high
+True
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import gc
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from oracles.errors import OracleSpecError
+
+__all__ = ["TimingResult", "time_adaptive", "summarize", "median_ci_ranks"]
+
+#: Two-sided 95% normal quantile, for the order-statistic ranks of large samples.
+_Z95 = 1.959963984540054
+#: Exact binomial ranks up to this many samples, the normal approximation above.
+_EXACT_MAX_N = 1000
+
+
+@dataclass(frozen=True)
+class TimingResult:
+    """The timed samples of one measurement and their robust summary (all in ms).
+
+    ``cv`` is std / mean of the samples (a fraction); ``ci_low``..``ci_high``
+    is the distribution-free 95% confidence interval of the median (with
+    fewer than 6 samples no such interval exists and it spans min..max);
+    ``converged`` says whether that interval met the requested width before a
+    run or time cap stopped the timing.
+    """
+
+    samples_ms: tuple[float, ...]
+    median: float
+    iqr: float
+    cv: float
+    ci_low: float
+    ci_high: float
+    converged: bool
+    wall_seconds: float = 0.0
+
+    @property
+    def n(self) -> int:
+        return len(self.samples_ms)
+
+    @property
+    def rel_ci(self) -> float:
+        """Half-width of the median's confidence interval relative to the median."""
+        if self.median <= 0:
+            return math.inf
+        return (self.ci_high - self.ci_low) / (2.0 * self.median)
+
+    def measurement_fields(self) -> dict[str, Any]:
+        """The fields of an ``oracles.Measurement`` this result fills in."""
+        return {
+            "value": self.median,
+            "statistic": "median",
+            "samples": self.n,
+            "iqr": self.iqr,
+            "cv": self.cv,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+        }
+
+
+@functools.lru_cache(maxsize=4096)
+def median_ci_ranks(n: int, confidence: float = 0.95) -> tuple[int, int]:
+    """0-based indices (lo, hi) into the sorted samples bounding the median's confidence interval.
+
+    Distribution-free: the number of samples below the true median is
+    Binomial(n, 1/2), so [x_(lo), x_(hi)] covers it with probability at least
+    ``confidence``. Exact binomial tails up to 1000 samples, the normal
+    approximation above. Below 6 samples no 95% interval exists and the whole
+    range (0, n - 1) is returned.
+    """
+    if n < 1:
+        raise ValueError(f"need at least one sample, got n={n}")
+    alpha = (1.0 - confidence) / 2.0
+    if n <= _EXACT_MAX_N:
+        total = 2**n
+        cum = 0
+        # Largest k with P(B <= k - 1) <= alpha; the interval is x_(k)..x_(n-k+1) (1-based).
+        k = 0
+        for j in range(n + 1):
+            cum += math.comb(n, j)
+            if cum / total > alpha:
+                k = j
+                break
+        if k == 0:
+            return 0, n - 1
+        return k - 1, n - k
+    half = _Z95 * math.sqrt(n) / 2.0
+    lo = max(0, math.floor(n / 2.0 - half) - 1)
+    hi = min(n - 1, math.ceil(n / 2.0 + half))
+    return lo, hi
+
+
+def _quantile(sorted_x: Sequence[float], q: float) -> float:
+    # Linear interpolation between order statistics (numpy's default method).
+    pos = q * (len(sorted_x) - 1)
+    i = math.floor(pos)
+    j = min(i + 1, len(sorted_x) - 1)
+    return sorted_x[i] + (sorted_x[j] - sorted_x[i]) * (pos - i)
+
+
+def _summary(
+    samples: Sequence[float], sorted_x: Sequence[float]
+) -> tuple[float, float, float, float, float]:
+    n = len(sorted_x)
+    median = _quantile(sorted_x, 0.5)
+    iqr = _quantile(sorted_x, 0.75) - _quantile(sorted_x, 0.25)
+    mean = math.fsum(samples) / n
+    if n > 1 and mean > 0:
+        var = math.fsum((x - mean) ** 2 for x in samples) / (n - 1)
+        cv = math.sqrt(var) / mean
+    else:
+        cv = 0.0
+    lo, hi = median_ci_ranks(n)
+    return median, iqr, cv, sorted_x[lo], sorted_x[hi]
+
+
+def summarize(
+    samples: Sequence[float], *, target_rel_ci: float | None = None, wall_seconds: float = 0.0
+) -> TimingResult:
+    """Summarise timed samples (ms) as a TimingResult.
+
+    ``converged`` is true when ``target_rel_ci`` is given and the median's
+    confidence interval is within it (half-width relative to the median);
+    without a target it is true.
+    """
+    values = [float(x) for x in samples]
+    if not values:
+        raise ValueError("cannot summarise an empty list of timing samples")
+    if any(not math.isfinite(x) or x < 0 for x in values):
+        raise ValueError("timing samples must be finite, non-negative milliseconds")
+    sorted_x = sorted(values)
+    median, iqr, cv, ci_low, ci_high = _summary(values, sorted_x)
+    converged = True
+    if target_rel_ci is not None:
+        converged = median > 0 and (ci_high - ci_low) / (2 * median) <= target_rel_ci
+    return TimingResult(
+        samples_ms=tuple(values),
+        median=median,
+        iqr=iqr,
+        cv=cv,
+        ci_low=ci_low,
+        ci_high=ci_high,
+        converged=converged,
+        wall_seconds=wall_seconds,
+    )
+
+
+def _check_protocol(
+    warmup: int,
+    min_runs: int,
+    max_runs: int,
+    min_seconds: float,
+    max_seconds: float,
+    target_rel_ci: float,
+) -> None:
+    if warmup < 0:
+        raise OracleSpecError(f"warmup must be 0 or more iterations, got {warmup}")
+    if min_runs < 1:
+        raise OracleSpecError(f"min_runs must be at least 1, got {min_runs}")
+    if max_runs < min_runs:
+        raise OracleSpecError(f"max_runs must be at least min_runs ({min_runs}), got {max_runs}")
+    if not (math.isfinite(min_seconds) and min_seconds >= 0):
+        raise OracleSpecError(f"min_seconds must be 0 or more seconds, got {min_seconds}")
+    if not (math.isfinite(max_seconds) and max_seconds > 0 and max_seconds >= min_seconds):
+        raise OracleSpecError(
+            f"max_seconds must be positive and at least min_seconds ({min_seconds}), "
+            f"got {max_seconds}"
+        )
+    if not (math.isfinite(target_rel_ci) and target_rel_ci > 0):
+        raise OracleSpecError(
+            f"target_rel_ci must be a positive fraction such as 0.01, got {target_rel_ci}"
+        )
+
+
+def time_adaptive(
+    run_once: Callable[[], float | None],
+    *,
+    warmup: int = 10,
+    min_runs: int = 20,
+    max_runs: int = 2000,
+    min_seconds: float = 0.5,
+    max_seconds: float = 20.0,
+    target_rel_ci: float = 0.01,
+) -> TimingResult:
+    """Time ``run_once`` until its median is known to ``target_rel_ci``; see the module protocol.
+
+    ``run_once()`` runs one iteration and returns its own elapsed milliseconds
+    (for device-timed work) or ``None`` to be timed with ``perf_counter_ns``.
+    ``min_seconds`` and ``max_seconds`` count timed iterations only (the
+    warm-up is bounded separately by a quarter of ``max_seconds``). At least
+    one timed run is always made.
+    """
+    _check_protocol(warmup, min_runs, max_runs, min_seconds, max_seconds, target_rel_ci)
+    clock = time.perf_counter_ns
+    wall_start = clock()
+    warm_limit_ns = int(max_seconds * 0.25e9)
+    for _ in range(warmup):
+        run_once()
+        if clock() - wall_start > warm_limit_ns:
+            break
+
+    min_ns = int(min_seconds * 1e9)
+    max_ns = int(max_seconds * 1e9)
+    samples: list[float] = []
+    sorted_x: list[float] = []
+    timed_ns = 0
+    converged = False
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        while True:
+            t0 = clock()
+            reported = run_once()
+            t1 = clock()
+            elapsed_ms = float(reported) if reported is not None else (t1 - t0) / 1e6
+            timed_ns += t1 - t0
+            samples.append(elapsed_ms)
+            bisect.insort(sorted_x, elapsed_ms)
+            n = len(samples)
+            if n >= min_runs and timed_ns >= min_ns:
+                lo, hi = median_ci_ranks(n)
+                median = _quantile(sorted_x, 0.5)
+                if median > 0 and (sorted_x[hi] - sorted_x[lo]) / (2 * median) <= target_rel_ci:
+                    converged = True
+                    break
+            if n >= max_runs or timed_ns >= max_ns:
+                break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    result = summarize(samples, wall_seconds=(clock() - wall_start) / 1e9)
+    return TimingResult(
+        samples_ms=result.samples_ms,
+        median=result.median,
+        iqr=result.iqr,
+        cv=result.cv,
+        ci_low=result.ci_low,
+        ci_high=result.ci_high,
+        converged=converged,
+        wall_seconds=result.wall_seconds,
+    )
