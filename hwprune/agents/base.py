@@ -1,0 +1,192 @@
+"""The searcher interface shared by RL agents and baselines, and the repair step."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from hwprune.evaluate import Evaluator, Outcome
+from hwprune.registry import Registry
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Searcher", "SearchResult", "SEARCHERS", "get_searcher", "list_searchers", "repair",
+           "BudgetedEvaluator"]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a search found.
+
+    ``best`` is the most accurate feasible candidate seen (after repair if no
+    candidate was feasible); ``None`` with ``infeasible=True`` when no allowed
+    policy meets the budgets, ``smallest`` holding the smallest value measured
+    per constraint. ``history`` is every outcome in evaluation order.
+    """
+
+    searcher: str
+    best: Outcome | None
+    history: list[Outcome]
+    seconds: float
+    evaluations: int
+    repaired: bool = False
+    infeasible: bool = False
+    smallest: dict[str, float] = field(default_factory=dict)
+    first_feasible_evaluation: int | None = None
+    first_feasible_seconds: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class BudgetedEvaluator:
+    """Counts a searcher's evaluations and stops it at its budget.
+
+    Distinct candidates count; a policy whose shape was already evaluated is
+    answered from the evaluator's memory for free, up to a cap on total calls
+    so a searcher stuck on one shape still ends.
+    """
+
+    def __init__(self, evaluator: Evaluator, budget: int, *,
+                 progress: Callable[[Outcome], None] | None = None) -> None:
+        self.evaluator = evaluator
+        self.budget = int(budget)
+        self.progress = progress
+        self.start_count = evaluator.evaluations
+        self.calls = 0
+        self.max_calls = max(10 * self.budget, 100)
+        self.t0 = time.perf_counter()
+        self.outcomes: list[Outcome] = []
+        self.first_feasible_evaluation: int | None = None
+        self.first_feasible_seconds: float | None = None
+
+    @property
+    def used(self) -> int:
+        return len({o.key for o in self.outcomes})
+
+    @property
+    def exhausted(self) -> bool:
+        return self.used >= self.budget or self.calls >= self.max_calls
+
+    def __call__(self, policy: Any) -> Outcome:
+        self.calls += 1
+        outcome = self.evaluator.evaluate(policy)
+        self.outcomes.append(outcome)
+        if outcome.feasible and self.first_feasible_evaluation is None:
+            self.first_feasible_evaluation = self.used
+            self.first_feasible_seconds = time.perf_counter() - self.t0
+        if self.progress is not None:
+            self.progress(outcome)
+        return outcome
+
+    def best(self) -> Outcome | None:
+        feasible = [o for o in self.outcomes if o.feasible]
+        return max(feasible, key=lambda o: (o.accuracy, -o.max_cost)) if feasible else None
+
+
+class Searcher:
+    """Proposes policies, asks the evaluator, returns the best feasible one.
+
+    Subclasses implement ``_run(space, evaluate)`` where ``evaluate`` is a
+    BudgetedEvaluator: call it with policies until ``evaluate.exhausted``.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, *, seed: int = 0, **options: Any) -> None:
+        self.seed = int(seed)
+        self.options = options
+        self.extra: dict[str, Any] = {}
+
+    def _run(self, space: Any, evaluate: BudgetedEvaluator, *, checkpoint_dir: Path | None) -> None:
+        raise NotImplementedError
+
+    def search(
+        self,
+        *,
+        space: Any,
+        evaluator: Evaluator,
+        evaluations: int,
+        progress: Callable[[Outcome], None] | None = None,
+        checkpoint_dir: str | Path | None = None,
+        repair_infeasible: bool = True,
+    ) -> SearchResult:
+        if evaluations < 1:
+            raise ValueError(f"evaluations must be at least 1, got {evaluations}")
+        if any(c.bound is None for c in evaluator.constraints):
+            evaluator.calibrate()
+        budget = BudgetedEvaluator(evaluator, evaluations, progress=progress)
+        ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self._run(space, budget, checkpoint_dir=ckpt)
+        best = budget.best()
+        repaired = infeasible = False
+        if best is None and repair_infeasible:
+            candidates = [o for o in budget.outcomes] or evaluator.history
+            start = max(candidates, key=lambda o: o.accuracy) if candidates else None
+            best = repair(space, budget, start.policy if start else None)
+            repaired = best is not None
+            infeasible = best is None
+        return SearchResult(
+            searcher=self.name,
+            best=best,
+            history=list(budget.outcomes),
+            seconds=time.perf_counter() - budget.t0,
+            evaluations=budget.used,
+            repaired=repaired,
+            infeasible=infeasible,
+            smallest=evaluator.smallest(),
+            first_feasible_evaluation=budget.first_feasible_evaluation,
+            first_feasible_seconds=budget.first_feasible_seconds,
+            extra=dict(self.extra),
+        )
+
+
+def repair(space: Any, evaluate: Callable[[Any], Outcome], policy: Any | None, *,
+           steps: int = 8) -> Outcome | None:
+    """Scale a policy's pruning up until the oracles call it feasible (bisection on the scale).
+
+    keep(s) = min_keep + s * (keep - min_keep) for s in [0, 1]: s=1 is the
+    policy itself, s=0 the smallest allowed model. Returns the feasible outcome
+    with the largest s found, or None if even the smallest allowed model fails.
+    """
+    import dataclasses
+
+    from hwprune.space import Policy
+
+    if policy is None:
+        policy = Policy.dense(space)
+    min_keep = getattr(space, "min_keep", 0.0)
+
+    def scaled(s: float) -> Any:
+        keep = tuple(min_keep + s * (k - min_keep) for k in policy.keep)
+        return dataclasses.replace(policy, keep=keep)
+
+    smallest = evaluate(scaled(0.0))
+    if not smallest.feasible:
+        return None
+    lo, hi, best = 0.0, 1.0, smallest
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        out = evaluate(scaled(mid))
+        if out.feasible:
+            lo, best = mid, out
+        else:
+            hi = mid
+    return best
+
+
+SEARCHERS: Registry[type[Searcher]] = Registry("searcher")
+
+
+def get_searcher(name: str, **kwargs: Any) -> Searcher:
+    import hwprune.agents  # noqa: F401  (registers the built-in searchers)
+
+    return SEARCHERS.get(name)(**kwargs)
+
+
+def list_searchers() -> list[str]:
+    import hwprune.agents  # noqa: F401
+
+    return SEARCHERS.names()
