@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-SUBCOMMANDS = ["measure"]
+SUBCOMMANDS = ["measure", "compare-oracles"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in SUBCOMMANDS:
-        importlib.import_module(f"hwprune.cli.{name}").add_parser(sub)
+        importlib.import_module(f"hwprune.cli.{name.replace('-', '_')}").add_parser(sub)
     return parser
 
 

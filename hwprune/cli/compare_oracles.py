@@ -1,0 +1,91 @@
+"""``hwprune compare-oracles``: how well each oracle predicts a reference (usually real latency)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare-oracles",
+        help="measure pruned variants of a model with several oracles and correlate them",
+        description=(
+            "Sample pruned variants of a model over the whole range of pruning, measure each "
+            "with every oracle, and report rank correlations (Spearman, Kendall) and each "
+            "oracle's error as a linear predictor of the reference oracle."
+        ),
+    )
+    p.add_argument("--model", required=True, help="model name (e.g. resnet18, vgg16_cifar) or module:callable")
+    p.add_argument("--weights", help="checkpoint (state dict) to load; weights do not change latency")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: 10 for CIFAR-style models, 1000 otherwise)")
+    p.add_argument("--input-size", type=int, default=None, help="input height/width (default: 32 for CIFAR-style models, 224 otherwise)")
+    p.add_argument("--batch", type=int, default=1, help="batch size of the measured input (default 1)")
+    p.add_argument("--oracle", action="append", dest="oracles", metavar="SPEC",
+                   help="oracle spec, repeatable (default: params, flops, peak-memory, "
+                        "onnxruntime:cpu?threads=1, onnxruntime:cpu?threads=2, torch:cpu)")
+    p.add_argument("--reference", metavar="SPEC", help="oracle to predict (default: the first latency oracle)")
+    p.add_argument("--samples", type=int, default=12, help="number of pruned variants (default 12)")
+    p.add_argument("--min-keep", type=float, default=0.1, help="smallest keep ratio sampled (default 0.1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", help="oracle cache file (default: $HWPRUNE_CACHE or ~/.cache/hwprune/oracles.sqlite)")
+    p.add_argument("--no-cache", action="store_true", help="measure everything afresh")
+    p.add_argument("--out", required=True, help="folder for report.md, comparison.json and plots")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from oracles import MeasurementCache
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from hwprune.cli._console import console
+    from hwprune.compare import DEFAULT_ORACLES, compare_oracles, write_report
+    from hwprune.errors import ConfigError
+    from hwprune.models import get_model, load_checkpoint
+
+    if args.samples < 3:
+        raise ConfigError(f"--samples must be at least 3, got {args.samples}")
+    if not 0.0 < args.min_keep <= 1.0:
+        raise ConfigError(f"--min-keep must be in (0, 1], got {args.min_keep}")
+    if args.batch < 1:
+        raise ConfigError(f"--batch must be a positive integer, got {args.batch}")
+    cifar = args.model.endswith("_cifar")
+    num_classes = args.num_classes or (10 if cifar else 1000)
+    size = args.input_size or (32 if cifar else 224)
+    model = get_model(args.model, num_classes=num_classes)
+    if args.weights:
+        load_checkpoint(model, args.weights)
+    model.eval()
+    cache = None if args.no_cache else MeasurementCache(args.cache)
+    specs = args.oracles or list(DEFAULT_ORACLES)
+    with Progress(console=console, transient=True, disable=args.json) as bar:
+        task = bar.add_task(f"measuring {args.model}", total=args.samples)
+        result = compare_oracles(
+            model=model,
+            model_name=args.model,
+            input_shape=(args.batch, 3, size, size),
+            oracle_specs=specs,
+            reference=args.reference,
+            samples=args.samples,
+            seed=args.seed,
+            min_keep=args.min_keep,
+            cache=cache,
+            progress=lambda done, total: bar.update(task, completed=done),
+        )
+    report = write_report(result, args.out)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    table = Table(title=f"{args.model}: oracles as predictors of {result.reference}")
+    for col in ("oracle", "Spearman", "Kendall", "mean rel. err", "smallest/dense"):
+        table.add_column(col, justify="left" if col == "oracle" else "right")
+    pairs = {(p.a, p.b): p for p in result.pairs} | {(p.b, p.a): p for p in result.pairs}
+    for p in result.predictors:
+        pair = pairs[(p.oracle, result.reference)]
+        table.add_row(p.oracle, f"{pair.spearman:.3f}", f"{pair.kendall:.3f}",
+                      f"{p.mean_rel_error:.1%}", f"{result.ratio[p.oracle]:.3f}")
+    console.print(table)
+    console.print(f"report: {report}")
+    return 0

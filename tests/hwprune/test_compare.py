@@ -1,0 +1,62 @@
+"""compare-oracles on a tiny conv chain, with real static and ONNX Runtime oracles."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch.nn as nn
+
+from hwprune.compare import compare_oracles, sample_policies, write_report
+
+
+def conv_chain() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+    )
+
+
+def test_samples_cover_the_whole_range():
+    from hwprune.space import ChannelSpace
+
+    space = ChannelSpace(conv_chain(), example_input_shape=(1, 3, 16, 16), min_keep=0.1)
+    policies = sample_policies(space, 8, seed=0)
+    means = [sum(p.keep) / len(p.keep) for p in policies]
+    assert means[0] == 1.0
+    assert min(means) <= 0.15
+    with pytest.raises(ValueError, match="at least 3"):
+        sample_policies(space, 2)
+
+
+def test_correlations_from_real_measurements(tmp_path):
+    from oracles import MeasurementCache
+
+    cache = MeasurementCache(tmp_path / "cache.sqlite")
+    result = compare_oracles(
+        model=conv_chain(),
+        model_name="chain",
+        input_shape=(1, 3, 16, 16),
+        oracle_specs=["flops", "params", "params?nonzero=1", "onnxruntime:cpu?threads=1&min_time=0.05"],
+        samples=6,
+        cache=cache,
+    )
+    pairs = {(p.a, p.b): p for p in result.pairs}
+    assert pairs[("flops", "params")].spearman > 0.8
+    # Two oracles that count the same thing rank every sample identically.
+    same = pairs[("params", "params?nonzero=1")]
+    assert same.spearman == pytest.approx(1.0) and same.kendall == pytest.approx(1.0)
+    assert result.reference.startswith("onnxruntime")
+    assert result.ratio["flops"] < 0.5  # the smallest sample is far below dense
+    report = write_report(result, tmp_path / "out")
+    assert "Spearman" in report.read_text()
+    data = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    assert len(data["values"]["flops"]) == 6
+    # A second run answers from the oracle cache.
+    again = compare_oracles(
+        model=conv_chain(), input_shape=(1, 3, 16, 16),
+        oracle_specs=["flops", "onnxruntime:cpu?threads=1&min_time=0.05"], samples=6, cache=cache,
+    )
+    assert again.cached["onnxruntime:cpu?min_time=0.05"] == 6 or sum(again.cached.values()) >= 6
