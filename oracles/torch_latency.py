@@ -90,10 +90,10 @@ class TorchLatency(Oracle):
     channels_last: bool = False
     warmup: int = 10
     min_runs: int = 20
-    max_runs: int = 1000
+    max_runs: int = 2000
     min_time: float = 0.5
-    max_time: float = 10.0
-    rel_ci: float = 0.02
+    max_time: float = 20.0
+    rel_ci: float = 0.01
     pool: int = 8
 
     # ------------------------------------------------------------------ setup
