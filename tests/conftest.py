@@ -22,11 +22,11 @@ def _has_tensorrt() -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     cuda = tensorrt = None
     for item in items:
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("gpu") is not None:
             cuda = _has_cuda() if cuda is None else cuda
             if not cuda:
                 item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
-        if "tensorrt" in item.keywords:
+        if item.get_closest_marker("tensorrt") is not None:
             tensorrt = _has_tensorrt() if tensorrt is None else tensorrt
             if not tensorrt:
                 item.add_marker(pytest.mark.skip(reason="needs TensorRT and a CUDA GPU"))
