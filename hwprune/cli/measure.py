@@ -1,0 +1,172 @@
+"""``hwprune measure``: measure an ONNX model with one or more oracles and show the numbers."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+from typing import Any
+
+#: Oracles used when none is named: exact counts plus single-thread CPU latency.
+DEFAULT_ORACLES = ("params", "flops", "peak-memory", "onnxruntime:cpu?threads=1")
+
+_SHAPE = re.compile(r"^\d+(x\d+)*$")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "measure",
+        help="measure an ONNX model with oracles (latency, memory, params, FLOPs)",
+        description=(
+            "Measure an ONNX model with one or more oracles. Timed oracles report the median "
+            "of many runs with its spread; results are cached by graph structure, oracle "
+            "settings and machine."
+        ),
+        epilog=(
+            "example: hwprune measure model.onnx --oracle 'onnxruntime:cpu?threads=1' "
+            "--oracle params --input-shape input=1x3x224x224"
+        ),
+    )
+    p.add_argument("model", metavar="MODEL.onnx", help="the ONNX model file to measure")
+    p.add_argument(
+        "--oracle",
+        action="append",
+        dest="oracles",
+        metavar="SPEC",
+        help="oracle spec such as 'onnxruntime:cpu?threads=1', repeatable "
+        f"(default: {', '.join(DEFAULT_ORACLES)})",
+    )
+    p.add_argument(
+        "--input-shape",
+        action="append",
+        dest="input_shapes",
+        metavar="NAME=DIMS",
+        default=None,
+        help="static shape of an input, e.g. input=1x3x224x224 (repeatable; a model with "
+        "one input may omit NAME=)",
+    )
+    p.add_argument("--batch", type=int, default=None, help="override every input's first dimension")
+    p.add_argument("--json", action="store_true", help="print a JSON list of measurements")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--cache",
+        metavar="PATH",
+        help="oracle cache file (default: $HWPRUNE_CACHE or ~/.cache/hwprune/oracles.sqlite)",
+    )
+    group.add_argument("--no-cache", action="store_true", help="measure afresh, store nothing")
+    p.set_defaults(func=run)
+
+
+def parse_input_shapes(items: list[str] | None) -> dict[str, tuple[int, ...]]:
+    """``["input=1x3x224x224"]`` -> ``{"input": (1, 3, 224, 224)}``; bad text raises ConfigError."""
+    from hwprune.errors import ConfigError
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for item in items or []:
+        name, eq, dims = item.rpartition("=")
+        if not eq:
+            name, dims = "input", item
+        name, dims = name.strip(), dims.strip().lower()
+        if not name or not _SHAPE.match(dims) or any(int(d) < 1 for d in dims.split("x")):
+            raise ConfigError(
+                f"expected --input-shape like NAME=1x3x224x224 (positive integers joined by 'x'), "
+                f"got {item!r}"
+            )
+        if name in shapes:
+            raise ConfigError(f"--input-shape given twice for input {name!r}")
+        shapes[name] = tuple(int(d) for d in dims.split("x"))
+    return shapes
+
+
+def _value(m: Any) -> str:
+    if m.statistic == "exact" and float(m.value).is_integer():
+        return f"{int(m.value):,}"
+    return f"{m.value:.4g}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from hwprune.cli._console import console, err_console
+    from hwprune.errors import ConfigError
+    from oracles import MeasurementCache, get_oracle
+    from oracles import measure as cached_measure
+    from oracles.model import load_onnx, resolve_input_shapes
+
+    if args.batch is not None and args.batch < 1:
+        raise ConfigError(f"--batch must be a positive integer, got {args.batch}")
+    given = parse_input_shapes(args.input_shapes)
+    proto = load_onnx(args.model)
+    # Every oracle sees the same static shapes; a dynamic dimension nobody fixed is an error now.
+    shapes = resolve_input_shapes(proto, given, batch=args.batch)
+    specs = args.oracles or list(DEFAULT_ORACLES)
+    # Build (and check) every oracle before measuring any, so a typo fails fast.
+    chosen = [get_oracle(spec) for spec in specs]
+    for oracle in chosen:
+        if oracle.input_format != "onnx":
+            raise ConfigError(
+                f"oracle {oracle.spec!r} measures a PyTorch module, not an ONNX file; "
+                "hwprune measure takes ONNX oracles (params, flops, weight-memory, peak-memory, "
+                "onnxruntime, tensorrt)"
+            )
+    cache = None if args.no_cache else MeasurementCache(args.cache)
+    data = proto.SerializeToString()
+    del proto
+
+    results = []
+    try:
+        for oracle in chosen:
+            busy = (
+                contextlib.nullcontext()
+                if args.json
+                else err_console.status(f"measuring with {oracle.spec}", spinner="dots")
+            )
+            with busy:
+                results.append(cached_measure(oracle, data, input_shapes=shapes, cache=cache))
+    finally:
+        if cache is not None:
+            cache.close()
+
+    if args.json:
+        print(json.dumps([m.to_dict() for m in results], indent=2, default=str))
+        return 0
+
+    from rich import box
+    from rich.table import Table
+
+    shown = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in shapes.items())
+    table = Table(title=f"{args.model} ({shown})", box=box.SIMPLE_HEAD)
+    for col, justify in (
+        ("oracle", "left"),
+        ("quantity", "left"),
+        ("value", "right"),
+        ("unit", "left"),
+        ("statistic", "left"),
+        ("samples", "right"),
+        ("IQR", "right"),
+        ("CV", "right"),
+        ("cached", "center"),
+        ("seconds", "right"),
+    ):
+        table.add_column(col, justify=justify)
+    for m in results:
+        timed = m.statistic != "exact"
+        table.add_row(
+            m.oracle,
+            m.quantity,
+            _value(m),
+            m.unit,
+            m.statistic,
+            str(m.samples),
+            f"{m.iqr:.3g}" if timed else "-",
+            f"{m.cv:.1%}" if timed else "-",
+            "yes" if m.cached else "no",
+            f"{m.seconds:.2f}",
+        )
+    out = console
+    if not console.is_terminal:
+        # Piped output has no width to fit; keep rows whole rather than cut to 80 columns.
+        from rich.console import Console
+
+        out = Console(width=max(console.width, 160))
+    out.print(table)
+    return 0
