@@ -1,0 +1,340 @@
+"""Baselines every RL searcher must beat: uniform ratio, global magnitude, random search.
+
+``uniform`` and ``global-magnitude`` each reduce the policy to one number (a
+keep ratio, a global pruning ratio) and find, by bisection on the oracles, the
+largest one that meets the budgets; ``random`` draws policies until the
+evaluation budget is spent. All are seeded and deterministic given the seed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hwprune.agents.base import SEARCHERS, BudgetedEvaluator, Searcher
+from hwprune.errors import ConfigError
+from hwprune.evaluate import Outcome
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "UniformSearch",
+    "GlobalMagnitudeSearch",
+    "RandomSearch",
+    "bisect_largest_feasible",
+    "channel_magnitudes",
+    "global_keep",
+]
+
+
+def _policy_cls() -> Any:
+    from hwprune.space import Policy
+
+    return Policy
+
+
+def _positive(name: str, value: Any, *, upper: float | None = None) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if not v > 0 or (upper is not None and v > upper):
+        bound = f" and at most {upper:g}" if upper is not None else ""
+        raise ConfigError(f"{name} must be above 0{bound}, got {value!r}")
+    return v
+
+
+def bisect_largest_feasible(
+    make_policy: Callable[[float], Any],
+    evaluate: BudgetedEvaluator,
+    *,
+    space: Any,
+    lo: float,
+    hi: float,
+    tolerance: float = 0.005,
+) -> Outcome | None:
+    """Largest x in [lo, hi] whose policy ``make_policy(x)`` is feasible, by bisection.
+
+    Assumes cost grows with x (more kept, more cost). Evaluates ``hi`` first
+    (done if feasible), then ``lo`` (nothing feasible if not), then halves the
+    interval until it is narrower than ``tolerance``, the two ends give the
+    same pruned shape, or the evaluation budget runs out. A midpoint whose
+    pruned shape equals an end's shape takes that end's verdict without an
+    evaluation. Returns the feasible outcome at the largest x found, or None.
+    """
+    top = evaluate(make_policy(hi))
+    if top.feasible or evaluate.exhausted:
+        return top if top.feasible else None
+    bottom = evaluate(make_policy(lo))
+    if not bottom.feasible:
+        log.info("bisection: even the smallest policy (x=%.4g) is infeasible", lo)
+        return None
+    keys = {lo: bottom.key, hi: top.key}
+    best = bottom
+    while hi - lo > tolerance and keys[lo] != keys[hi] and not evaluate.exhausted:
+        mid = (lo + hi) / 2
+        policy = make_policy(mid)
+        key = space.shape_key(policy)
+        if key == keys[lo]:
+            lo = mid
+            keys[lo] = key
+            continue
+        if key == keys[hi]:
+            hi = mid
+            keys[hi] = key
+            continue
+        out = evaluate(policy)
+        if out.feasible:
+            lo, best = mid, out
+        else:
+            hi = mid
+        keys[mid] = out.key
+    log.info("bisection: largest feasible x=%.4g (interval %.4g..%.4g)", lo, lo, hi)
+    return best
+
+
+@SEARCHERS.register("uniform")
+class UniformSearch(Searcher):
+    """One keep ratio for every unit: the largest one that meets the budgets, by bisection.
+
+    Options: ``tolerance`` (width of the final keep interval, default 0.005).
+    Spends only the evaluations the bisection needs (about log2(1/tolerance) + 2).
+    """
+
+    name = "uniform"
+
+    def __init__(self, *, seed: int = 0, tolerance: float = 0.005, **options: Any) -> None:
+        super().__init__(seed=seed, **options)
+        self.tolerance = _positive("tolerance", tolerance, upper=1.0)
+
+    def _run(self, space: Any, evaluate: BudgetedEvaluator, *, checkpoint_dir: Path | None) -> None:
+        policy_cls = _policy_cls()
+        min_keep = float(getattr(space, "min_keep", 0.0))
+        best = bisect_largest_feasible(
+            lambda k: policy_cls.uniform(space, k),
+            evaluate,
+            space=space,
+            lo=min_keep,
+            hi=1.0,
+            tolerance=self.tolerance,
+        )
+        self.extra["keep"] = float(best.policy.keep[0]) if best is not None else None
+
+
+# ---------------------------------------------------------------- global magnitude
+def _module(model: Any, name: str) -> Any:
+    return dict(model.named_modules()).get(name)
+
+
+def channel_magnitudes(space: Any, *, p: int = 2) -> list[np.ndarray]:
+    """Per-channel magnitude of every unit, normalised by the unit's mean (Torch-Pruning style).
+
+    For a channel space: a channel's score is the Lp norm of every weight that
+    goes with it in its group (the producing layers' output filters, their
+    batch-norm scale and bias, the consuming layers' input slices), summed over
+    the group's layers, then divided by the unit's mean score so that units of
+    different sizes and scales compete fairly in one global ranking. The space
+    may provide the scores itself (``space.channel_scores()``).
+
+    For a weight space: the absolute values of every weight of each layer (no
+    normalisation: classic global magnitude pruning of weights).
+    """
+    if hasattr(space, "channel_scores"):
+        return [np.asarray(s, dtype=np.float64) for s in space.channel_scores()]
+    if getattr(space, "granularity", "channel") == "weight":
+        return _weight_magnitudes(space)
+    return _group_channel_magnitudes(space, p=p)
+
+
+def _weight_magnitudes(space: Any) -> list[np.ndarray]:
+    out = []
+    for unit in space.units:
+        values = []
+        for name in unit.layers:
+            m = _module(space.model, name)
+            if m is not None and getattr(m, "weight", None) is not None:
+                values.append(m.weight.detach().abs().flatten().cpu().numpy())
+        out.append(np.concatenate(values).astype(np.float64) if values else np.zeros(1))
+    return out
+
+
+def _group_channel_magnitudes(space: Any, *, p: int) -> list[np.ndarray]:
+    """Trace the dense model once with Torch-Pruning and score every unit's group."""
+    import torch
+    import torch_pruning as tp
+    from torch import nn
+
+    model = space.model
+    names = {m: n for n, m in model.named_modules()}
+    modules = dict(model.named_modules())
+    ignored = [modules[n] for n in getattr(space, "output_layers", ()) if n in modules]
+    shape = tuple(getattr(space, "example_input_shape", (1, 3, 32, 32)))
+    device = next((q.device for q in model.parameters()), torch.device("cpu"))
+    example = torch.randn(*shape, generator=torch.Generator().manual_seed(0)).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+        groups = list(
+            dg.get_all_groups(
+                ignored_layers=ignored, root_module_types=(nn.modules.conv._ConvNd, nn.Linear)
+            )
+        )
+        imp = tp.importance.MagnitudeImportance(p=p, group_reduction="mean", normalizer="mean")
+        by_unit: dict[str, np.ndarray] = {}
+        ids = {u.id for u in space.units}
+        for group in groups:
+            producers = [
+                names.get(dep.target.module)
+                for dep, _ in group
+                if isinstance(dep.target.module, (nn.modules.conv._ConvNd, nn.Linear))
+                and dg.is_out_channel_pruning_fn(dep.handler)
+            ]
+            match = [n for n in producers if n in ids and n not in by_unit]
+            if not match:
+                continue
+            with torch.no_grad():
+                s = imp(group)
+            if s is not None:
+                by_unit[match[0]] = s.detach().float().cpu().numpy().astype(np.float64)
+    finally:
+        model.train(was_training)
+    out = []
+    for unit in space.units:
+        s = by_unit.get(unit.id)
+        if s is None or s.shape[0] != unit.channels:
+            log.warning("global-magnitude: no group scores for unit %s; using its layers", unit.id)
+            return _layer_channel_magnitudes(space, p=p)
+        out.append(s)
+    return out
+
+
+def _layer_channel_magnitudes(space: Any, *, p: int) -> list[np.ndarray]:
+    """Fallback from Unit.layers: output filters of producers and BN scales with the unit's width."""
+    import torch
+    from torch import nn
+
+    out = []
+    for unit in space.units:
+        total = np.zeros(unit.channels, dtype=np.float64)
+        found = 0
+        for name in unit.layers:
+            m = _module(space.model, name)
+            w = getattr(m, "weight", None)
+            if not isinstance(w, torch.Tensor) or w.dim() == 0:
+                continue
+            w = w.detach().float().cpu()
+            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and w.shape[0] == unit.channels:
+                local = w.flatten(1).norm(p=p, dim=1)
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm) and w.shape[0] == unit.channels:
+                local = w.abs() ** p if p != 1 else w.abs()
+            else:
+                continue
+            local = local.numpy().astype(np.float64)
+            total += local / max(local.mean(), 1e-12)
+            found += 1
+        if not found:
+            total[:] = 1.0
+        out.append(total / max(total.mean(), 1e-12))
+    return out
+
+
+def global_keep(
+    scores: Sequence[np.ndarray], ratio: float, *, min_keep: float = 0.0
+) -> tuple[float, ...]:
+    """Per-unit keep ratios after removing the lowest ``ratio`` of all scores globally.
+
+    Each unit keeps at least ``min_keep`` of its entries. Ties at the
+    threshold are resolved by removing exactly the global count.
+    """
+    sizes = [len(s) for s in scores]
+    total = sum(sizes)
+    flat = np.concatenate([np.asarray(s, dtype=np.float64) for s in scores])
+    n_remove = int(round(min(max(ratio, 0.0), 1.0) * total))
+    removed = np.zeros(total, dtype=bool)
+    if n_remove:
+        order = np.argsort(flat, kind="stable")
+        removed[order[:n_remove]] = True
+    keep = []
+    start = 0
+    for size in sizes:
+        kept = size - int(removed[start : start + size].sum())
+        keep.append(max(min_keep, kept / size))
+        start += size
+    return tuple(min(1.0, k) for k in keep)
+
+
+@SEARCHERS.register("global-magnitude")
+class GlobalMagnitudeSearch(Searcher):
+    """Torch-Pruning-style global magnitude pruning; the global ratio found by bisection.
+
+    All channels of all units (or all weights, for a weight space) are ranked
+    by group-normalised magnitude; a global ratio removes the lowest-ranked
+    ones, which gives each unit its keep ratio. The largest-keep feasible
+    ratio is found by bisection. Options: ``tolerance`` (default 0.005),
+    ``p`` (norm, default 2).
+    """
+
+    name = "global-magnitude"
+
+    def __init__(
+        self, *, seed: int = 0, tolerance: float = 0.005, p: int = 2, **options: Any
+    ) -> None:
+        super().__init__(seed=seed, **options)
+        self.tolerance = _positive("tolerance", tolerance, upper=1.0)
+        if p not in (1, 2):
+            raise ConfigError(f"p must be 1 or 2 (the magnitude norm), got {p!r}")
+        self.p = int(p)
+
+    def _run(self, space: Any, evaluate: BudgetedEvaluator, *, checkpoint_dir: Path | None) -> None:
+        min_keep = float(getattr(space, "min_keep", 0.0))
+        scores = channel_magnitudes(space, p=self.p)
+        template = _policy_cls().dense(space)
+
+        def make(keep_fraction: float) -> Any:
+            # x is the global fraction kept, so larger x -> more cost, as bisection assumes.
+            return template.with_keep(global_keep(scores, 1.0 - keep_fraction, min_keep=min_keep))
+
+        # x=0 is the smallest allowed model (every unit at min_keep), x=1 the dense one.
+        best = bisect_largest_feasible(
+            make, evaluate, space=space, lo=0.0, hi=1.0, tolerance=self.tolerance
+        )
+        self.extra["policy"] = list(best.policy.keep) if best is not None else None
+
+
+@SEARCHERS.register("random")
+class RandomSearch(Searcher):
+    """Random policies until the evaluation budget is spent; the best feasible one wins.
+
+    Each draw picks a global level g uniformly in [min_keep, 1] and adds
+    independent per-unit noise uniform in [-spread, spread] (clipped to
+    [min_keep, 1]), so draws cover the whole range from the smallest allowed
+    model to dense while still varying per unit. Options: ``spread`` (0.25).
+    """
+
+    name = "random"
+
+    def __init__(self, *, seed: int = 0, spread: float = 0.25, **options: Any) -> None:
+        super().__init__(seed=seed, **options)
+        self.spread = float(spread)
+        if not 0.0 <= self.spread <= 1.0:
+            raise ConfigError(f"spread must lie in [0, 1], got {spread!r}")
+
+    def _run(self, space: Any, evaluate: BudgetedEvaluator, *, checkpoint_dir: Path | None) -> None:
+        rng = np.random.default_rng(self.seed)
+        min_keep = float(getattr(space, "min_keep", 0.0))
+        template = _policy_cls().dense(space)
+        n = len(space.units)
+        draws = 0
+        while not evaluate.exhausted:
+            level = rng.uniform(min_keep, 1.0)
+            noise = rng.uniform(-self.spread, self.spread, size=n)
+            keep = np.clip(level + noise, min_keep, 1.0)
+            evaluate(template.with_keep(tuple(float(k) for k in keep)))
+            draws += 1
+        self.extra["draws"] = draws

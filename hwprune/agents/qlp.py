@@ -1,0 +1,231 @@
+"""QLP (Camci et al.): deep Q-learning over many small cuts, with a curriculum on the budget.
+
+An SB3 DQN drives the multi-visit environment. Exploration (epsilon) and the
+curriculum both follow the share of the evaluation budget spent, not SB3's
+timestep count, because an episode's length varies and the search stops when
+the evaluations run out. The curriculum starts at ``curriculum_start`` of the
+real budget's reduction and reaches the real budget after
+``curriculum_fraction`` of the evaluations; the rest, and a final greedy
+rollout, are judged at the real budget.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hwprune.agents.base import SEARCHERS, BudgetedEvaluator, Searcher
+from hwprune.envs.multivisit import DEFAULT_ACTIONS, MultiVisitEnv
+from hwprune.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["QLP"]
+
+AGENT_FILE = "agent.zip"
+STATE_FILE = "qlp_state.json"
+
+
+def _fraction(name: str, value: Any, *, low_open: bool = False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}") from None
+    if not (0.0 < v <= 1.0 if low_open else 0.0 <= v <= 1.0):
+        interval = "(0, 1]" if low_open else "[0, 1]"
+        raise ConfigError(f"{name} must lie in {interval}, got {value!r}")
+    return v
+
+
+@SEARCHERS.register("qlp")
+class QLP(Searcher):
+    """DQN on the multi-visit environment with an epsilon schedule and a budget curriculum.
+
+    Options (all keyword): ``visits`` (rounds over the units, 3), ``actions``
+    (fractions of the current keep pruned per step), ``penalty`` (reward per
+    unit of excess cost, 1.0), ``curriculum_start`` (first level, 0.5),
+    ``curriculum_fraction`` (share of evaluations to reach the real budget,
+    0.5), ``exploration_fraction`` (share of evaluations over which epsilon
+    falls, 0.6), ``eps_start``/``eps_end`` (1.0/0.05), ``buffer_size`` (5000),
+    ``learning_starts`` (steps, default two episodes' worth), ``batch_size``
+    (64), ``learning_rate`` (1e-3), ``gamma`` (1.0: the reward comes at the
+    end), ``target_update_interval`` (steps, 250), ``net_arch`` ((64, 64)),
+    ``save_every`` (episodes between checkpoints, 20).
+    """
+
+    name = "qlp"
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        visits: int = 3,
+        actions: Sequence[float] = DEFAULT_ACTIONS,
+        penalty: float = 1.0,
+        curriculum_start: float = 0.5,
+        curriculum_fraction: float = 0.5,
+        exploration_fraction: float = 0.6,
+        eps_start: float = 1.0,
+        eps_end: float = 0.05,
+        buffer_size: int = 5000,
+        learning_starts: int | None = None,
+        batch_size: int = 64,
+        learning_rate: float = 1e-3,
+        gamma: float = 1.0,
+        target_update_interval: int = 250,
+        train_freq: int = 1,
+        net_arch: Sequence[int] = (64, 64),
+        save_every: int = 20,
+        device: str = "cpu",
+        **options: Any,
+    ) -> None:
+        super().__init__(seed=seed, **options)
+        if int(visits) < 1:
+            raise ConfigError(f"visits must be at least 1, got {visits!r}")
+        self.visits = int(visits)
+        self.actions = tuple(float(a) for a in actions)
+        self.penalty = float(penalty)
+        self.curriculum_start = _fraction("curriculum_start", curriculum_start, low_open=True)
+        self.curriculum_fraction = _fraction("curriculum_fraction", curriculum_fraction)
+        self.exploration_fraction = _fraction("exploration_fraction", exploration_fraction)
+        self.eps_start = _fraction("eps_start", eps_start)
+        self.eps_end = _fraction("eps_end", eps_end)
+        if int(buffer_size) < 1 or int(batch_size) < 1:
+            raise ConfigError(
+                f"buffer_size and batch_size must be at least 1, got {buffer_size!r}, {batch_size!r}"
+            )
+        self.buffer_size = int(buffer_size)
+        self.learning_starts = None if learning_starts is None else int(learning_starts)
+        self.batch_size = int(batch_size)
+        self.learning_rate = float(learning_rate)
+        self.gamma = float(gamma)
+        self.target_update_interval = int(target_update_interval)
+        self.train_freq = int(train_freq)
+        self.net_arch = [int(x) for x in net_arch]
+        self.save_every = int(save_every)
+        self.device = device
+
+    # ------------------------------------------------------------ schedules
+    def _progress(self, evaluate: BudgetedEvaluator) -> float:
+        return min(1.0, evaluate.used / max(1, evaluate.budget))
+
+    def curriculum(self, progress: float) -> float:
+        """Curriculum level for a share of the evaluation budget spent (1 = real budget)."""
+        if self.curriculum_fraction <= 0:
+            return 1.0
+        s = min(1.0, progress / self.curriculum_fraction)
+        return self.curriculum_start + (1.0 - self.curriculum_start) * s
+
+    def epsilon(self, progress: float) -> float:
+        """Exploration rate for a share of the evaluation budget spent."""
+        if self.exploration_fraction <= 0:
+            return self.eps_end
+        s = min(1.0, progress / self.exploration_fraction)
+        return self.eps_start + (self.eps_end - self.eps_start) * s
+
+    # ------------------------------------------------------------ search
+    def _run(self, space: Any, evaluate: BudgetedEvaluator, *, checkpoint_dir: Path | None) -> None:
+        from stable_baselines3 import DQN
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        env = MultiVisitEnv(
+            space,
+            evaluate,
+            constraints=evaluate.evaluator.constraints,
+            visits=self.visits,
+            actions=self.actions,
+            penalty=self.penalty,
+            target=self.curriculum(0.0),
+        )
+        steps_per_episode = env.n_units * self.visits
+        agent_path = checkpoint_dir / AGENT_FILE if checkpoint_dir is not None else None
+        state_path = checkpoint_dir / STATE_FILE if checkpoint_dir is not None else None
+        searcher = self
+        episodes = {"count": 0, "feasible": 0}
+        resumed = False
+        if agent_path is not None and agent_path.exists():
+            model = DQN.load(agent_path, env=env, device=self.device)
+            resumed = True
+            if state_path is not None and state_path.exists():
+                episodes.update(
+                    json.loads(state_path.read_text(encoding="utf-8")).get("episodes", {})
+                )
+            log.info("qlp: resumed the agent from %s (%d steps)", agent_path, model.num_timesteps)
+        else:
+            model = DQN(
+                "MlpPolicy",
+                env,
+                learning_rate=self.learning_rate,
+                buffer_size=self.buffer_size,
+                learning_starts=(
+                    self.learning_starts
+                    if self.learning_starts is not None
+                    else 2 * steps_per_episode
+                ),
+                batch_size=self.batch_size,
+                gamma=self.gamma,
+                train_freq=self.train_freq,
+                target_update_interval=self.target_update_interval,
+                exploration_initial_eps=self.eps_start,
+                exploration_final_eps=self.eps_end,
+                policy_kwargs={"net_arch": self.net_arch},
+                seed=self.seed,
+                device=self.device,
+                verbose=0,
+            )
+        # Epsilon follows the evaluations spent, not SB3's timestep count.
+        model.exploration_schedule = lambda _remaining: searcher.epsilon(
+            searcher._progress(evaluate)
+        )
+        # Keep one evaluation for the greedy rollout at the real budget.
+        reserve = 1 if evaluate.budget > 2 else 0
+
+        def save() -> None:
+            if agent_path is None:
+                return
+            agent_path.parent.mkdir(parents=True, exist_ok=True)
+            model.save(agent_path, exclude=["exploration_schedule"])
+            state_path.write_text(json.dumps({"episodes": episodes}), encoding="utf-8")
+
+        class _Driver(BaseCallback):
+            """Stops at the evaluation budget, steps the curriculum, checkpoints the agent."""
+
+            def _on_step(self) -> bool:
+                for done, info in zip(self.locals["dones"], self.locals["infos"], strict=True):
+                    if not done:
+                        continue
+                    episodes["count"] += 1
+                    episodes["feasible"] += int(bool(info.get("feasible")))
+                    env.set_target(searcher.curriculum(searcher._progress(evaluate)))
+                    if searcher.save_every and episodes["count"] % searcher.save_every == 0:
+                        save()
+                return not (evaluate.exhausted or evaluate.used >= evaluate.budget - reserve)
+
+        # A generous step cap; the callback ends training at the evaluation budget.
+        total = max(1, 10 * evaluate.budget * steps_per_episode)
+        if not (evaluate.exhausted or evaluate.used >= evaluate.budget - reserve):
+            model.learn(total_timesteps=total, callback=_Driver(), reset_num_timesteps=not resumed)
+        save()
+
+        if not evaluate.exhausted:
+            env.set_target(1.0)
+            obs, _ = env.reset()
+            done = False
+            while not done:
+                action, _ = model.predict(obs, deterministic=True)
+                obs, _, done, _, info = env.step(int(action))
+            outcome = info["outcome"]
+            self.extra["greedy"] = {
+                "accuracy": float(outcome.accuracy),
+                "feasible": bool(outcome.feasible),
+                "costs": dict(outcome.costs),
+            }
+        self.extra.update(
+            episodes=episodes["count"],
+            feasible_episodes=episodes["feasible"],
+            timesteps=int(model.num_timesteps),
+            resumed=resumed,
+        )
