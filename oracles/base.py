@@ -203,7 +203,8 @@ class Oracle:
                     continue
                 if isinstance(value, bool):
                     value = int(value)
-                parts.append(f"{f.name}={value}")
+                # Quote '&', '=', '?', '%' so that parse_spec reads the value back unchanged.
+                parts.append(f"{f.name}={urllib.parse.quote(str(value), safe='/:,')}")
         return head + ("?" + "&".join(parts) if parts else "")
 
     def settings(self) -> dict[str, Any]:
