@@ -227,9 +227,11 @@ class Oracle:
         self, model: Any, *, input_shapes: Mapping[str, tuple[int, ...]] | None = None
     ) -> str:
         """Cache key of the model as this oracle sees it (structure and input shapes)."""
+        from oracles._onnx_wire import load_onnx_structure
         from oracles.model import load_onnx, resolve_input_shapes, structure_key
 
-        proto = load_onnx(model)
+        # Weight payloads are skipped unless the key hashes them: a cache hit stays ~1 ms.
+        proto = load_onnx(model) if self.value_sensitive else load_onnx_structure(model)
         shapes = resolve_input_shapes(proto, input_shapes, batch=getattr(self, "batch", None))
         return structure_key(proto, input_shapes=shapes, include_values=self.value_sensitive)
 
