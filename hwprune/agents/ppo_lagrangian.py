@@ -117,6 +117,7 @@ class _Lagrange:
         self.values = {n: float(init) for n in self.names}
         self.updates = 0
         self.history: list[dict[str, Any]] = []
+        self.mean_costs: list[dict[str, float]] = []
         self.episodes: list[tuple[int, int, float, dict[str, float]]] = []
         self.evaluations = lambda: 0
 
@@ -129,13 +130,16 @@ class _Lagrange:
         return {"update": self.updates, "evaluations": self.evaluations(), **self.values}
 
     def dual_step(self, logger: Any) -> None:
+        means: dict[str, float] = {}
         if self.episodes:
             for n in self.names:
                 mean_cost = float(np.mean([c.get(n, 1.0) for _, _, _, c in self.episodes]))
+                means[n] = mean_cost
                 new = self.values[n] + self.lr * (mean_cost - 1.0)
                 self.values[n] = float(min(self.max_value, max(0.0, new)))
                 logger.record(f"lagrange/mean_cost_{n}", mean_cost)
             logger.record("lagrange/mean_accuracy", float(np.mean([e[2] for e in self.episodes])))
+        self.mean_costs.append(means)
         self.updates += 1
         for n in self.names:
             logger.record(f"lagrange/{n}", self.values[n])
@@ -148,6 +152,7 @@ class _Lagrange:
             "values": self.values,
             "updates": self.updates,
             "history": self.history,
+            "mean_costs": self.mean_costs,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -160,6 +165,7 @@ class _Lagrange:
         self.values = {n: float(saved[n]) for n in self.names}
         self.updates = int(state.get("updates", 0))
         self.history = list(state.get("history", []))
+        self.mean_costs = list(state.get("mean_costs", []))
 
 
 @SEARCHERS.register("ppo-lagrangian")
@@ -292,6 +298,7 @@ class PPOLagrangian(Searcher):
 
         model.after_update = after_update
         self.extra["lagrange"] = lagrange.history
+        self.extra["mean_costs"] = lagrange.mean_costs
         self.extra["resumed"] = resumed
         # More timesteps than any budget needs: the evaluation budget ends the search.
         total = max(10**9, model.num_timesteps + 1)

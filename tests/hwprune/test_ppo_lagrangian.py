@@ -1,0 +1,198 @@
+"""PPO-Lagrangian: real SB3 PPO, real surgery and oracles on a tiny conv net over digits."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import ClassVar
+
+import pytest
+import torch
+from torch import nn
+
+import oracles
+from hwprune.agents import get_searcher
+from hwprune.agents.ppo_lagrangian import _Lagrange
+from hwprune.constraints import bind_constraints
+from hwprune.data import get_dataset
+from hwprune.errors import ConfigError
+from hwprune.evaluate import Evaluator
+from hwprune.export.onnx import export_onnx
+from hwprune.space import ChannelSpace
+
+
+def tiny_net(channels: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(channels, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 24, 3, padding=1, bias=False),
+        nn.BatchNorm2d(24),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(24, 24, 3, padding=1, bias=False),
+        nn.BatchNorm2d(24),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(24, 10),
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def data():
+    return get_dataset("digits", input_size=16)
+
+
+@pytest.fixture(scope="module")
+def space(data):
+    return ChannelSpace(tiny_net(data.input_shape[0]), example_input_shape=(1, *data.input_shape))
+
+
+def evaluator(space, data, budgets, *, oracle_overrides=None) -> Evaluator:
+    ev = Evaluator(
+        space=space,
+        data=data,
+        constraints=bind_constraints(budgets, oracles=oracle_overrides),
+        bn_batches=1,
+        bn_batch_size=32,
+        max_eval_samples=64,
+    )
+    ev.calibrate()
+    return ev
+
+
+def test_short_search_returns_a_policy_that_meets_the_budget_when_remeasured(space, data):
+    ev = evaluator(space, data, ["flops<=40%"])
+    result = get_searcher("ppo-lagrangian", seed=0).search(
+        space=space, evaluator=ev, evaluations=24
+    )
+    assert result.searcher == "ppo-lagrangian"
+    assert result.evaluations == 24
+    assert result.best is not None and result.best.feasible
+    # Re-measure with a fresh oracle, no cache: the returned policy's model meets the bound.
+    bound = ev.constraints[0].bound
+    module = space.apply(result.best.policy)
+    fresh = oracles.get_oracle("flops").measure(export_onnx(module, input_shape=ev.input_shape))
+    assert fresh.value <= bound
+    lag = result.extra["lagrange"]
+    assert [e["update"] for e in lag] == list(range(len(lag)))
+    assert len(lag) >= 1 + 24 // 4 - 1  # several updates of 4 episodes each
+    assert all(e["flops"] >= 0 for e in lag)
+
+
+# A deterministic stand-in for a latency oracle: its value is HIGH for the first
+# SWITCH measurements (the dense model's included), LOW afterwards. It tests the
+# agent's dual ascent, not measuring.
+@oracles.register_oracle("test-switch-latency")
+@dataclasses.dataclass
+class SwitchLatency(oracles.Oracle):
+    quantity: ClassVar[str] = "latency"
+    unit: ClassVar[str] = "ms"
+    calls: ClassVar[list[int]] = [0]
+    switch: ClassVar[int] = 10
+    high: ClassVar[float] = 6.0
+    low: ClassVar[float] = 0.4
+    device: str = "cpu"
+
+    def measure(self, model, *, input_shapes=None) -> oracles.Measurement:
+        self.calls[0] += 1
+        value = self.high if self.calls[0] <= self.switch else self.low
+        return oracles.Measurement(quantity="latency", value=value, unit="ms", oracle=self.spec)
+
+
+def test_multiplier_rises_while_violated_and_falls_once_met(space, data):
+    SwitchLatency.calls[0] = 0
+    ev = evaluator(space, data, ["latency<=2ms"], oracle_overrides=["latency=test-switch-latency"])
+    searcher = get_searcher("ppo-lagrangian", seed=1, lambda_lr=0.5)
+    result = searcher.search(space=space, evaluator=ev, evaluations=32, repair_infeasible=False)
+    lag = [e["latency"] for e in result.extra["lagrange"]]
+    costs = result.extra["mean_costs"]
+    assert len(costs) == len(lag) - 1
+    rose = fell = 0
+    for before, after, cost in zip(lag[:-1], lag[1:], costs, strict=True):
+        if cost["latency"] > 1:
+            assert after > before
+            rose += 1
+        elif before > 0:
+            assert after < before
+            fell += 1
+    assert rose >= 2 and fell >= 2
+    peak = max(lag)
+    assert lag[-1] < peak and peak > 1.0
+
+
+def test_reward_uses_current_multipliers():
+    lag = _Lagrange(["latency", "params"], lr=0.5, init=0.0, max_value=10.0)
+    assert lag.reward(0.8, {"latency": 2.0, "params": 0.5}) == pytest.approx(0.8)
+    lag.values = {"latency": 1.0, "params": 2.0}
+    # 0.8 - 1 * (2 - 1) - 2 * (0.5 - 1)
+    assert lag.reward(0.8, {"latency": 2.0, "params": 0.5}) == pytest.approx(0.8)
+    assert lag.reward(0.8, {"latency": 1.5, "params": 1.0}) == pytest.approx(0.3)
+
+
+def test_same_seed_same_policies(space, data):
+    def policies(seed: int) -> list[tuple[float, ...]]:
+        ev = evaluator(space, data, ["flops<=50%"])
+        result = get_searcher("ppo-lagrangian", seed=seed).search(
+            space=space, evaluator=ev, evaluations=8, repair_infeasible=False
+        )
+        return [o.policy.keep for o in result.history]
+
+    first = policies(3)
+    assert policies(3) == first
+    assert policies(4) != first
+
+
+def test_save_and_resume_continues_from_the_saved_agent(space, data, tmp_path):
+    ckpt = tmp_path / "agent"
+    first = get_searcher("ppo-lagrangian", seed=0).search(
+        space=space,
+        evaluator=evaluator(space, data, ["params<=50%"]),
+        evaluations=8,
+        checkpoint_dir=ckpt,
+    )
+    assert (ckpt / "agent.zip").exists()
+    state = json.loads((ckpt / "lagrange.json").read_text())
+    assert state["updates"] == first.extra["updates"] == 2
+    assert first.extra["resumed"] is False
+
+    second_searcher = get_searcher("ppo-lagrangian", seed=0)
+    second = second_searcher.search(
+        space=space,
+        evaluator=evaluator(space, data, ["params<=50%"]),
+        evaluations=8,
+        checkpoint_dir=ckpt,
+    )
+    assert second.extra["resumed"] is True
+    updates = [e["update"] for e in second.extra["lagrange"]]
+    assert updates[: len(first.extra["lagrange"])] == [e["update"] for e in first.extra["lagrange"]]
+    assert second.extra["updates"] > first.extra["updates"]
+    assert (
+        json.loads((ckpt / "lagrange.json").read_text())["num_timesteps"] > state["num_timesteps"]
+    )
+
+    # A fresh agent (no checkpoint) with the same seed acts differently from the resumed one.
+    fresh = get_searcher("ppo-lagrangian", seed=0).search(
+        space=space,
+        evaluator=evaluator(space, data, ["params<=50%"]),
+        evaluations=8,
+    )
+    assert [o.policy.keep for o in fresh.history] != [o.policy.keep for o in second.history]
+
+    with pytest.raises(ConfigError, match="multipliers are for constraints"):
+        get_searcher("ppo-lagrangian", seed=0).search(
+            space=space,
+            evaluator=evaluator(space, data, ["flops<=50%"]),
+            evaluations=4,
+            checkpoint_dir=ckpt,
+        )
+
+
+def test_bad_options_are_one_sentence_errors():
+    with pytest.raises(ConfigError, match="episodes_per_update must be at least 1, got 0"):
+        get_searcher("ppo-lagrangian", episodes_per_update=0)
+    with pytest.raises(ConfigError, match="lambda_lr must be positive"):
+        get_searcher("ppo-lagrangian", lambda_lr=0)
