@@ -1,0 +1,117 @@
+"""The benchmark suite's entry point: run every benchmark that fits this machine, in turn.
+
+    python benchmarks/run.py --quick                 # about 10 minutes on 2 CPU cores
+    python benchmarks/run.py                         # the full suite (hours)
+    python benchmarks/run.py --only compare quality  # some of them
+    python benchmarks/run.py --list                  # what would run, and how
+
+Each benchmark runs as its own process (``python benchmarks/<name>.py ...``),
+so one that fails does not stop the others; each writes
+``benchmarks/results/<name>.json`` and regenerates its own section of
+``benchmarks/RESULTS.md`` with the command, machine, date and versions above
+its table. At the end a summary says what ran, how long it took and what
+failed; the exit status is non-zero when any benchmark failed.
+
+On a machine with a CUDA GPU the compare benchmark adds ``torch:cuda``; the
+paper benchmark runs with ``--device cuda`` (pass ``--paper-data
+cifar10:PATH`` to run it on CIFAR-10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+ORDER = ("oracles", "search", "compare", "quality", "paper")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One benchmark: its name and the arguments of its script."""
+
+    name: str
+    args: tuple[str, ...]
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(BENCH_DIR / f"{self.name}.py"), *self.args]
+
+    def shown(self) -> str:
+        return " ".join(["python", f"benchmarks/{self.name}.py", *self.args])
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def plan(*, quick: bool, gpu: bool, paper_data: str) -> list[Step]:
+    """The benchmarks and their arguments for this machine."""
+    device = "cuda" if gpu else "cpu"
+    if quick:
+        return [
+            Step("oracles", ("--models", "vgg16_cifar", "--calls", "3")),
+            Step("search", ("--quick",)),
+            Step("compare", ("--quick",)),
+            Step("quality", ("--quick",)),
+            Step("paper", ("--data", paper_data, "--device", device, "--quick")),
+        ]
+    return [
+        Step("oracles", ()),
+        Step("search", ()),
+        Step("compare", ()),
+        Step("quality", ("--device", device)),
+        Step("paper", ("--data", paper_data, "--device", device)),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small settings: about 10 minutes")
+    p.add_argument("--only", nargs="+", choices=ORDER, metavar="NAME",
+                   help=f"run only these ({', '.join(ORDER)})")  # fmt: skip
+    p.add_argument("--paper-data", default="digits",
+                   help="data for the paper benchmark: digits or cifar10:PATH")  # fmt: skip
+    p.add_argument("--no-gpu", action="store_true", help="run as if no GPU were present")
+    p.add_argument("--list", action="store_true", help="print the commands and exit")
+    args = p.parse_args(argv)
+
+    gpu = cuda_available() and not args.no_gpu
+    steps = [s for s in plan(quick=args.quick, gpu=gpu, paper_data=args.paper_data)
+             if not args.only or s.name in args.only]  # fmt: skip
+    missing = [s.name for s in steps if not (BENCH_DIR / f"{s.name}.py").is_file()]
+    if args.list:
+        for s in steps:
+            print(s.shown() + ("   (script missing)" if s.name in missing else ""))
+        return 0
+    results: list[tuple[str, str, float]] = []
+    t_all = time.perf_counter()
+    for s in steps:
+        if s.name in missing:
+            results.append((s.name, "missing", 0.0))
+            continue
+        print(f"==> {s.shown()}", flush=True)
+        t0 = time.perf_counter()
+        rc = subprocess.call(s.command(), cwd=ROOT)
+        seconds = time.perf_counter() - t0
+        status = "ok" if rc == 0 else f"failed (exit {rc})"
+        results.append((s.name, status, seconds))
+        print(f"<== {s.name}: {status} in {seconds:.0f} s", flush=True)
+    print(f"\nbenchmarks ({'quick' if args.quick else 'full'}, "
+          f"{time.perf_counter() - t_all:.0f} s in all):")  # fmt: skip
+    for name, status, seconds in results:
+        print(f"  {name:<8} {status:<20} {seconds:7.0f} s")
+    print(f"results: {BENCH_DIR / 'results'}, tables: {BENCH_DIR / 'RESULTS.md'}")
+    return 0 if all(status == "ok" for _, status, _ in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
