@@ -195,11 +195,14 @@ def print_result(result: Any, *, as_json: bool) -> None:
 def execute(options: dict[str, Any], *, resume_dir: str | None, quiet: bool, as_json: bool) -> int:
     """Run (or resume) a prune with progress bars; Ctrl-C leaves the run resumable (exit 130)."""
     import contextlib
+    import warnings
 
     from hwprune import pipeline
     from hwprune.cli._console import err_console
     from hwprune.errors import ConfigError
 
+    # Library chatter (gymnasium dtype casts, SB3 creating folders) is not for the user.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(gymnasium|stable_baselines3)")
     run_dir = resume_dir or options.get("out")
     show = not (quiet or as_json)
     view = ProgressView(err_console) if show else None
