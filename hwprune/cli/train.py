@@ -1,0 +1,133 @@
+"""``hwprune train``: train a model by name on a dataset by name and save a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a model on a dataset and save a checkpoint",
+        description=(
+            "Train a model (e.g. vgg11_cifar, resnet56_cifar, a torchvision name, or "
+            "package.module:callable) on a dataset (digits, cifar10[:PATH], cifar100[:PATH], "
+            "imagefolder:PATH) and save {'state_dict', 'meta'} to --out."
+        ),
+    )
+    p.add_argument("--model", required=True, help="model name, e.g. vgg11_cifar")
+    p.add_argument("--data", required=True, help="dataset name, e.g. digits or cifar10:/data/cifar")
+    p.add_argument("--epochs", type=int, required=True, help="number of training epochs")
+    p.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier for *_cifar models")
+    p.add_argument("--num-classes", type=int, default=None, help="default: the dataset's classes")
+    p.add_argument("--input-size", type=int, default=None, help="image side (default per dataset)")
+    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0, help="seed for initialisation and shuffling")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--root", default=None, help="dataset root folder (for cifar10/cifar100)")
+    p.add_argument("--download", action="store_true", help="download the dataset if missing")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from hwprune.cli._console import console, err_console
+    from hwprune.data import get_dataset
+    from hwprune.errors import ConfigError
+    from hwprune.models import get_model, save_checkpoint
+    from hwprune.train import resolve_device, train
+
+    resolve_device(args.device)  # fail before loading data
+    data = get_dataset(
+        args.data, root=args.root, download=args.download, seed=0, input_size=args.input_size
+    )
+    num_classes = args.num_classes or data.num_classes
+    if num_classes < data.num_classes:
+        raise ConfigError(
+            f"--num-classes {num_classes} is fewer than the {data.num_classes} classes of {data.name}"
+        )
+    torch.manual_seed(args.seed)
+    model = get_model(args.model, num_classes=num_classes, width=args.width,
+                      input_size=data.input_shape[-1])  # fmt: skip
+    params = sum(p.numel() for p in model.parameters())
+    if not args.json:
+        sizes = data.sizes()
+        console.print(
+            f"[bold]{args.model}[/] ({params / 1e6:.3f}M parameters) on [bold]{data.name}[/] "
+            f"(train {sizes['train']}, search {sizes['search']}, test {sizes['test']}), "
+            f"{args.epochs} epochs on {args.device} with {torch.get_num_threads()} threads",
+            highlight=False,
+        )
+
+    kwargs = dict(
+        epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing, batch_size=args.batch_size, device=args.device,
+        seed=args.seed,
+    )  # fmt: skip
+    if args.quiet or args.json:
+        result = train(model, data, **kwargs)
+    else:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        bar = Progress(
+            TextColumn("epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  search acc {task.fields[acc]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=False,
+        )
+        with bar:
+            task = bar.add_task("train", total=None, epoch="1", loss=float("nan"), acc="-")
+
+            def show(ev) -> None:
+                done = (ev.epoch - 1) * ev.steps + ev.step
+                fields = {"epoch": f"{ev.epoch}/{ev.epochs}", "loss": ev.loss}
+                if ev.search_accuracy is not None:
+                    fields["acc"] = f"{100 * ev.search_accuracy:.2f}%"
+                bar.update(task, completed=done, total=ev.epochs * ev.steps, **fields)
+
+            result = train(model, data, progress=show, **kwargs)
+
+    meta = {
+        "model": args.model,
+        "num_classes": num_classes,
+        "width": args.width,
+        "input_size": data.input_shape[-1],
+        "dataset": data.name,
+        "accuracy": result.test_accuracy,
+        "search_accuracy": result.search_accuracy,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+    }
+    path = save_checkpoint(model, args.out, meta=meta)
+    if args.json:
+        print(json.dumps({"checkpoint": str(path), "meta": meta, "result": result.to_dict()}))
+    else:
+        console.print(
+            f"test accuracy [bold]{100 * result.test_accuracy:.2f}%[/] "
+            f"(search split {100 * result.search_accuracy:.2f}%) after {args.epochs} epochs "
+            f"in {result.seconds:.1f} s",
+            highlight=False,
+        )
+        console.print(f"checkpoint: {path}", highlight=False, soft_wrap=True)
+    return 0

@@ -1,0 +1,410 @@
+"""The training loop: SGD with Nesterov momentum, linear warm-up then cosine decay, per-epoch evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from hwprune.data import DataSplits, make_loader
+from hwprune.errors import ConfigError, HwpruneError
+
+__all__ = [
+    "DivergedError",
+    "EpochStats",
+    "TrainProgress",
+    "TrainResult",
+    "accuracy",
+    "finetune",
+    "reestimate_bn",
+    "resolve_device",
+    "train",
+]
+
+log = logging.getLogger(__name__)
+
+
+class DivergedError(HwpruneError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """One progress report: after each batch (``epoch_done`` False) and after each epoch (True)."""
+
+    epoch: int  # 1-based
+    epochs: int
+    step: int  # batches done in this epoch
+    steps: int  # batches per epoch
+    loss: float  # running mean training loss of this epoch
+    lr: float
+    search_accuracy: float | None = None  # set when epoch_done
+    epoch_done: bool = False
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """What one epoch did."""
+
+    epoch: int
+    loss: float
+    train_accuracy: float  # on the (augmented) training batches seen
+    search_accuracy: float
+    lr: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A training run's history and the final model's accuracy on the search and test splits."""
+
+    epochs: int
+    history: tuple[EpochStats, ...]
+    train_loss: float
+    search_accuracy: float
+    test_accuracy: float
+    seconds: float
+
+    def to_dict(self) -> dict:
+        """Plain values for JSON and checkpoint meta."""
+        return {
+            "epochs": self.epochs,
+            "train_loss": self.train_loss,
+            "search_accuracy": self.search_accuracy,
+            "test_accuracy": self.test_accuracy,
+            "seconds": self.seconds,
+            "history": [vars(h) for h in self.history],
+        }
+
+
+Progress = Callable[[TrainProgress], None]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device; ConfigError if it does not parse or CUDA is not available."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"unknown device {device!r}; expected 'cpu', 'cuda' or 'cuda:N'") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device {device!r} asked for, but no CUDA GPU is available; use 'cpu'"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {device!r} does not exist; this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif dev.type != "cpu":
+        raise ConfigError(f"unsupported device {device!r}; expected 'cpu', 'cuda' or 'cuda:N'")
+    return dev
+
+
+def _as_loader(data: Dataset | DataLoader, batch_size: int) -> Iterable:
+    if isinstance(data, DataLoader):
+        return data
+    return make_loader(data, batch_size=batch_size, shuffle=False)
+
+
+@contextlib.contextmanager
+def _mode(model: nn.Module, training: bool):
+    was = model.training
+    model.train(training)
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
+@torch.no_grad()
+def accuracy(
+    model: nn.Module,
+    data: Dataset | DataLoader,
+    *,
+    device: str | torch.device = "cpu",
+    batch_size: int = 256,
+) -> float:
+    """Top-1 accuracy in [0, 1] of ``model`` (in eval mode) on a dataset or loader of (image, label)."""
+    dev = resolve_device(device)
+    correct = total = 0
+    with _mode(model, False):
+        for x, y in _as_loader(data, batch_size):
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            correct += int((model(x).argmax(1) == y).sum())
+            total += len(y)
+    if total == 0:
+        raise ConfigError("cannot measure accuracy on an empty dataset")
+    return correct / total
+
+
+@torch.no_grad()
+def reestimate_bn(
+    model: nn.Module,
+    data: Dataset | DataLoader,
+    *,
+    batches: int = 10,
+    batch_size: int = 128,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> int:
+    """Recompute every BatchNorm's running mean and variance from a few batches; return images seen.
+
+    After channels are pruned the stored statistics no longer describe the
+    activations, so a proxy accuracy without this step is meaningless. Running
+    stats are reset and averaged cumulatively (momentum=None) over ``batches``
+    batches in train mode (BN only; dropout stays off); the model ends in eval mode.
+    """
+    dev = resolve_device(device)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        model.eval()
+        return 0
+    if batches < 1:
+        raise ConfigError(f"batches must be a positive integer, got {batches!r}")
+    if isinstance(data, DataLoader):
+        loader: Iterable = data
+    else:
+        loader = make_loader(data, batch_size=batch_size, shuffle=True, seed=seed)
+    saved = [(m, m.momentum) for m in bns]
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    seen = 0
+    try:
+        for i, (x, _) in enumerate(loader):
+            if i >= batches:
+                break
+            model(x.to(dev, non_blocking=True))
+            seen += len(x)
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        model.eval()
+    log.debug("re-estimated %d BatchNorm layers on %d images", len(bns), seen)
+    return seen
+
+
+def _lr_factor(step: int, *, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _check_args(epochs: int, lr: float, batch_size: int) -> None:
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
+    if not lr > 0:
+        raise ConfigError(f"lr must be positive, got {lr!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+def _fit(
+    model: nn.Module,
+    data: DataSplits,
+    *,
+    epochs: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    label_smoothing: float,
+    batch_size: int,
+    device: str | torch.device,
+    seed: int,
+    progress: Progress | None,
+    teacher: nn.Module | None,
+    kd_alpha: float,
+    kd_temperature: float,
+) -> TrainResult:
+    _check_args(epochs, lr, batch_size)
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+    dev = resolve_device(device)
+    model.to(dev)
+    if teacher is not None:
+        teacher.to(dev).eval()
+    start = time.perf_counter()
+    history: list[EpochStats] = []
+    rng_devices = [dev.index or 0] if dev.type == "cuda" else []
+    # Seed the global RNG (augmentation, dropout) without disturbing the caller's RNG state.
+    with torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(seed)
+        loader = make_loader(
+            data.train,
+            batch_size=batch_size,
+            shuffle=True,
+            augment=data.augment,
+            augment_pad=data.augment_pad,
+            drop_last=len(data.train) > batch_size,  # no tiny last batch for BatchNorm
+            pin_memory=dev.type == "cuda",
+            seed=seed,
+        )
+        steps = len(loader)
+        total = epochs * steps
+        warmup = min(steps, max(1, total // 20))
+        optimizer = torch.optim.SGD(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            nesterov=momentum > 0,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: _lr_factor(s, total=total, warmup=warmup)
+        )
+        log.debug(
+            "training %d epochs x %d steps on %s with %d threads",
+            epochs, steps, dev, torch.get_num_threads(),
+        )  # fmt: skip
+        for epoch in range(1, epochs + 1):
+            t0 = time.perf_counter()
+            model.train()
+            loss_sum = 0.0
+            correct = seen = 0
+            for step, (x, y) in enumerate(loader, start=1):
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                logits = model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+                if teacher is not None:
+                    with torch.no_grad():
+                        soft = F.softmax(teacher(x) / kd_temperature, dim=1)
+                    kd = F.kl_div(
+                        F.log_softmax(logits / kd_temperature, dim=1), soft, reduction="batchmean"
+                    )
+                    loss = (1.0 - kd_alpha) * loss + kd_alpha * kd_temperature**2 * kd
+                if not torch.isfinite(loss):
+                    raise DivergedError(
+                        f"training diverged at epoch {epoch}, step {step}: the loss is "
+                        f"{float(loss)}; lower the learning rate (lr={lr})"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                loss_sum += float(loss.detach()) * len(y)
+                correct += int((logits.detach().argmax(1) == y).sum())
+                seen += len(y)
+                if progress is not None:
+                    progress(
+                        TrainProgress(
+                            epoch=epoch,
+                            epochs=epochs,
+                            step=step,
+                            steps=steps,
+                            loss=loss_sum / seen,
+                            lr=optimizer.param_groups[0]["lr"],
+                        )  # fmt: skip
+                    )
+            search_acc = accuracy(model, data.search, device=dev, batch_size=max(256, batch_size))
+            stats = EpochStats(
+                epoch=epoch,
+                loss=loss_sum / seen,
+                train_accuracy=correct / seen,
+                search_accuracy=search_acc,
+                lr=optimizer.param_groups[0]["lr"],
+                seconds=time.perf_counter() - t0,
+            )
+            history.append(stats)
+            log.info(
+                "epoch %d/%d loss %.4f search acc %.4f (%.1fs)",
+                epoch, epochs, stats.loss, search_acc, stats.seconds,
+            )  # fmt: skip
+            if progress is not None:
+                progress(
+                    TrainProgress(
+                        epoch=epoch,
+                        epochs=epochs,
+                        step=steps,
+                        steps=steps,
+                        loss=stats.loss,
+                        lr=stats.lr,
+                        search_accuracy=search_acc,
+                        epoch_done=True,
+                    )  # fmt: skip
+                )
+    model.eval()
+    test_acc = accuracy(model, data.test, device=dev, batch_size=max(256, batch_size))
+    return TrainResult(
+        epochs=epochs,
+        history=tuple(history),
+        train_loss=history[-1].loss,
+        search_accuracy=history[-1].search_accuracy,
+        test_accuracy=test_acc,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def train(
+    model: nn.Module,
+    data: DataSplits,
+    *,
+    epochs: int,
+    lr: float = 0.05,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    label_smoothing: float = 0.0,
+    batch_size: int = 128,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train ``model`` in place on ``data.train``; report search accuracy per epoch, test at the end.
+
+    SGD with Nesterov momentum; the learning rate warms up linearly over the
+    first 5% of steps (at most one epoch), then follows a cosine to zero.
+    ``progress`` is called after every batch and every epoch with a TrainProgress.
+    Uses torch's current thread count (``torch.set_num_threads`` to change it).
+    """
+    return _fit(
+        model, data, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
+        label_smoothing=label_smoothing, batch_size=batch_size, device=device, seed=seed,
+        progress=progress, teacher=None, kd_alpha=0.0, kd_temperature=1.0,
+    )  # fmt: skip
+
+
+def finetune(
+    model: nn.Module,
+    data: DataSplits,
+    *,
+    epochs: int,
+    teacher: nn.Module | None = None,
+    kd_alpha: float = 0.5,
+    kd_temperature: float = 4.0,
+    lr: float = 0.01,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    label_smoothing: float = 0.0,
+    batch_size: int = 128,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Fine-tune a pruned ``model`` in place, distilling from ``teacher`` (the dense model) if given.
+
+    The loss is ``(1 - kd_alpha) * CE + kd_alpha * T^2 * KL(student/T || teacher/T)``
+    with ``T = kd_temperature`` (Hinton et al. 2015); without a teacher, plain CE.
+    Same schedule as ``train`` at a lower default learning rate. The search split
+    is only evaluated, never trained on.
+    """
+    if teacher is not None:
+        if not 0.0 <= kd_alpha <= 1.0:
+            raise ConfigError(f"kd_alpha must be in [0, 1], got {kd_alpha!r}")
+        if not kd_temperature > 0:
+            raise ConfigError(f"kd_temperature must be positive, got {kd_temperature!r}")
+    return _fit(
+        model, data, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
+        label_smoothing=label_smoothing, batch_size=batch_size, device=device, seed=seed,
+        progress=progress, teacher=teacher, kd_alpha=kd_alpha, kd_temperature=kd_temperature,
+    )  # fmt: skip
