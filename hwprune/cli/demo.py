@@ -17,9 +17,9 @@ DEMO_WIDTH = 0.5
 DEMO_DATA = "digits"
 DEMO_BUDGET = "latency<=50%"
 DEMO_ORACLE = "latency=onnxruntime:cpu?threads=1"
-DEMO_TRAIN_EPOCHS = 8
-DEMO_EVALUATIONS = 40
-DEMO_FINETUNE_EPOCHS = 3
+DEMO_TRAIN_EPOCHS = 5
+DEMO_EVALUATIONS = 24
+DEMO_FINETUNE_EPOCHS = 2
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -188,7 +188,9 @@ def print_result(result: Any, *, as_json: bool) -> None:
     )
     times = ", ".join(f"{k} {v:.1f}s" for k, v in result.stage_seconds.items())
     console.print(f"stage wall times: {times}", highlight=False)
-    console.print(f"TensorRT: {result.tensorrt}", highlight=False)
+    from rich.markup import escape
+
+    console.print(f"TensorRT: {escape(result.tensorrt)}", highlight=False)
     console.print(f"report: {Path(result.run_dir) / 'report.md'}", highlight=False)
 
 
