@@ -1,0 +1,234 @@
+"""Benchmark: the seed papers' settings, run with hwprune on the data available here.
+
+* ICPR 2022 (Malik et al., constrained RL pruning): a parameter budget of
+  about 10% of the weights kept (``params<=10%``), weight granularity
+  (unstructured magnitude sparsity, ``WeightSpace``), the parameter oracle
+  counting non-zeros (``params?nonzero=1``), the ``ppo-lagrangian`` searcher,
+  on CIFAR-style VGG-11, VGG-16, VGG-19 and ResNet-18.
+* QLP (Camci et al., TCSVT 2022): sparsities of 90%, 95% and 98%
+  (``params<=10%``, ``<=5%``, ``<=2%``) on ResNet-56 with the ``qlp`` searcher,
+  same granularity and oracle.
+
+Every run goes through ``hwprune.prune`` (search, fine-tuning, verification
+with a fresh oracle, export) and is reported as parameter reduction and
+accuracy change against the dense model, beside the figures the ICPR paper
+reports on CIFAR-10. Those are the paper's numbers, quoted for orientation;
+on digits the accuracies are not comparable with CIFAR-10 ones.
+
+    python benchmarks/paper.py --data digits --device cpu --quick     # minutes, here
+    python benchmarks/paper.py --data digits --device cpu             # hours on 2 cores
+    python benchmarks/paper.py --data cifar10:/data/cifar --device cuda --train-epochs 160
+
+``cifar10:PATH`` names a folder holding torchvision's CIFAR-10 files
+(``cifar-10-batches-py``); nothing is downloaded. Dense models are trained
+once and cached under ``~/.cache/hwprune/benchmarks``; run directories go to
+``runs/benchmarks/paper/``. Writes ``benchmarks/results/paper.json`` and the
+"paper" section of ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# Runs from a checkout: the repository root goes on the path, and this folder comes off it,
+# or benchmarks/oracles.py would hide the ``oracles`` package.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+from benchmarks._common import (  # noqa: E402
+    command_line,
+    environment,
+    markdown_table,
+    update_results_md,
+    write_results,
+)
+from benchmarks.quality import RUNS_DIR, _slug, prune_row  # noqa: E402
+
+log = logging.getLogger("benchmarks.paper")
+
+PARAMS_ORACLE = "params=params?nonzero=1"
+# The ICPR paper's CIFAR-10 figures (Malik et al., ICPR 2022), quoted, never measured here.
+ICPR_VGG = "paper, CIFAR-10: 83-92.9% of parameters removed on VGG variants, comparable accuracy"
+ICPR_RESNET18 = "paper, CIFAR-10: 75.09% of parameters removed, no accuracy loss"
+QLP_NOTE = "paper's setting: {sparsity:.0%} sparsity (its figures are not quoted here)"
+
+
+def settings(*, quick: bool) -> list[dict[str, Any]]:
+    """The experiments: paper, model, width, budget, searcher, and the papers' figures to quote."""
+    if quick:
+        return [
+            {"paper": "ICPR", "model": "vgg11_cifar", "width": 0.25, "budget": "params<=10%",
+             "searcher": "ppo-lagrangian", "min_keep": 0.01, "quote": ICPR_VGG},
+            {"paper": "QLP", "model": "resnet56_cifar", "width": 0.5, "budget": "params<=10%",
+             "searcher": "qlp", "min_keep": 0.005, "quote": QLP_NOTE.format(sparsity=0.90)},
+        ]  # fmt: skip
+    out = []
+    for model in ("vgg11_cifar", "vgg16_cifar", "vgg19_cifar", "resnet18_cifar"):
+        quote = ICPR_RESNET18 if model.startswith("resnet") else ICPR_VGG
+        out.append({"paper": "ICPR", "model": model, "width": 1.0, "budget": "params<=10%",
+                    "searcher": "ppo-lagrangian", "min_keep": 0.01, "quote": quote})  # fmt: skip
+    for sparsity in (0.90, 0.95, 0.98):
+        keep = round((1 - sparsity) * 100)
+        out.append({"paper": "QLP", "model": "resnet56_cifar", "width": 1.0,
+                    "budget": f"params<={keep}%", "searcher": "qlp", "min_keep": 0.005,
+                    "quote": QLP_NOTE.format(sparsity=sparsity)})  # fmt: skip
+    return out
+
+
+def _f(x: Any, spec: str) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return spec.format(x)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    headers = ["paper", "model", "budget", "searcher", "seed", "params dense", "params kept",
+               "removed", "acc. dense", "acc. pruned", "change", "budget met",
+               "papers' figures (not ours)"]  # fmt: skip
+    out = []
+    for r in rows:
+        s = r["setting"]
+        model = f"{s['model']} (w{s['width']:g})"
+        if not r.get("ok"):
+            out.append(
+                [
+                    s["paper"],
+                    model,
+                    f"`{s['budget']}`",
+                    s["searcher"],
+                    r["seed"],
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    f"failed: {r.get('error', '')[:80]}",
+                    s["quote"],
+                ]
+            )
+            continue  # fmt: skip
+        removed = 1 - r["params_final"] / r["params_dense"]
+        out.append([
+            s["paper"], model, f"`{s['budget']}`", s["searcher"], r["seed"],
+            f"{r['params_dense']:,}", f"{r['params_final']:,}", f"{removed:.2%}",
+            _f(r["accuracy_dense"], "{:.3f}"), _f(r["accuracy"], "{:.3f}"),
+            _f(r["accuracy"] - r["accuracy_dense"], "{:+.3f}"),
+            "yes" if r["all_met"] else "no", s["quote"],
+        ])  # fmt: skip
+    return markdown_table(headers, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--data",
+        default="digits",
+        help="digits (built in) or cifar10:PATH (a folder with cifar-10-batches-py)",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="where training, fine-tuning and accuracy run",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="one ICPR run (vgg11_cifar w0.25) and one QLP run (resnet56_cifar w0.5, "
+        "90%%), 8 evaluations, short training",
+    )
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--evaluations", type=int, default=None, help="per search (100; quick 8)")
+    p.add_argument(
+        "--train-epochs",
+        type=int,
+        default=None,
+        help="dense training epochs (digits 20, cifar10 100; quick 5)",
+    )
+    p.add_argument("--finetune-epochs", type=int, default=None, help="(10; quick 1)")
+    p.add_argument("--width", type=float, default=None, help="override every model's width")
+    p.add_argument("--only", choices=("ICPR", "QLP"), default=None, help="one paper's settings")
+    p.add_argument("--fresh", action="store_true", help="redo runs that finished before")
+    p.add_argument("--no-write", action="store_true", help="write no results (log only)")
+    args = p.parse_args(argv)  # fmt: skip
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    from hwprune.data import parse_dataset_name
+
+    data_name, data_path = parse_dataset_name(args.data)
+    if data_name not in ("digits", "cifar10"):
+        p.error(f"--data must be digits or cifar10:PATH, got {args.data!r}")
+    if data_name == "cifar10" and not data_path:
+        p.error("--data cifar10 needs the folder that holds CIFAR-10: cifar10:PATH")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            p.error("--device cuda: no CUDA GPU is visible to torch here; use --device cpu")
+    evaluations = args.evaluations or (8 if args.quick else 100)
+    default_epochs = 5 if args.quick else (20 if data_name == "digits" else 100)
+    train_epochs = args.train_epochs or default_epochs
+    finetune_epochs = (args.finetune_epochs if args.finetune_epochs is not None
+                       else 1 if args.quick else 10)  # fmt: skip
+    plan = [s for s in settings(quick=args.quick) if args.only in (None, s["paper"])]
+    if args.width is not None:
+        plan = [{**s, "width": args.width} for s in plan]
+
+    env = environment()
+    t0 = time.perf_counter()
+    rows = []
+    for s in plan:
+        for seed in args.seeds:
+            tag = _slug(
+                f"{s['paper']}-{s['model']}-w{s['width']:g}-{s['budget']}-{s['searcher']}-"
+                f"{data_name}-s{seed}-e{evaluations}-f{finetune_epochs}-t{train_epochs}"
+            )
+            log.info("%s: %s %s with %s, seed %d", s["paper"], s["model"], s["budget"],
+                     s["searcher"], seed)  # fmt: skip
+            row = prune_row(
+                model=s["model"], width=s["width"], data=args.data, budgets=[s["budget"]],
+                oracles=[PARAMS_ORACLE], searcher=s["searcher"], seed=seed,
+                evaluations=evaluations, finetune_epochs=finetune_epochs,
+                train_epochs=train_epochs, run_dir=RUNS_DIR / "paper" / tag,
+                device=args.device, granularity="weight", min_keep=s["min_keep"],
+                fresh=args.fresh,
+            )  # fmt: skip
+            row["setting"] = s
+            rows.append(row)
+    seconds = time.perf_counter() - t0
+    body = table(rows)
+    print(body)
+    if args.no_write:
+        return 0
+    config = {"data": args.data, "device": args.device, "quick": args.quick, "seeds": args.seeds,
+              "evaluations": evaluations, "train_epochs": train_epochs,
+              "finetune_epochs": finetune_epochs}  # fmt: skip
+    write_results("paper", {"settings": config, "seconds": seconds, "runs": rows},
+                  command=command_line(), env=env)  # fmt: skip
+    notes = (
+        f"Data: `{args.data}`; device: {args.device}. Weight granularity (unstructured magnitude "
+        f"sparsity per layer), parameters counted as non-zeros by `params?nonzero=1` (biases and "
+        f"BatchNorm included, so the weights themselves are pruned a little further than the "
+        f"budget); {evaluations} evaluations per search; dense models trained {train_epochs} "
+        f"epochs; every pruned model fine-tuned {finetune_epochs} epoch(s) and its budget "
+        "re-measured before it counts. Accuracy: test split. The last column quotes the papers' "
+        "own CIFAR-10 results for orientation; they are not produced by this command, and "
+        "accuracies on digits are not comparable with CIFAR-10 ones."
+    )
+    if args.quick:
+        notes += "\n\n**Quick mode (small widths, few evaluations): an end-to-end check.**"
+    update_results_md("paper", "The seed papers' settings", body, command=command_line(),
+                      env=env, notes=notes)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,522 @@
+"""Benchmark: accuracy at matched latency, every searcher through the whole prune pipeline.
+
+For a CIFAR-style VGG-16 and ResNet-56 trained on the built-in digits data
+(trained once per seed and cached under ``~/.cache/hwprune/benchmarks``), each
+searcher (ppo-lagrangian, qlp, amc, uniform, global-magnitude, random) prunes
+to ``latency<=50%``, ``<=30%`` and ``<=20%`` of the dense model on
+``onnxruntime:cpu?threads=1`` with ``hwprune.prune``: the same evaluation
+budget, the same fine-tuning recipe for every chosen policy, verification and
+export. Reported per model, budget and searcher over three seeds:
+
+* test accuracy after fine-tuning (mean and spread);
+* the exported model's latency re-measured by a fresh oracle (new session,
+  no cache) as a fraction of the budget (mean and worst);
+* parameters of the final model and search seconds.
+
+It also plots test accuracy against re-measured latency for every searcher
+(``benchmarks/results/quality.png``).
+
+    python benchmarks/quality.py            # the full grid (many hours on 2 cores)
+    python benchmarks/quality.py --quick    # one model, one budget, one seed, few evaluations
+
+Run directories go to ``runs/benchmarks/quality/`` (git-ignored); a finished
+run is reused when the script is run again with the same options (``--fresh``
+redoes it). Writes ``benchmarks/results/quality.json`` and the "quality"
+section of ``benchmarks/RESULTS.md``.
+
+Each seed also fixes the data split (``hwprune.prune`` splits with its seed),
+so the dense model is trained per seed on that seed's training split: no
+test image of one seed was seen in training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+# Runs from a checkout: the repository root goes on the path, and this folder comes off it,
+# or benchmarks/oracles.py would hide the ``oracles`` package.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+from benchmarks._common import (  # noqa: E402
+    RESULTS_DIR,
+    command_line,
+    environment,
+    markdown_table,
+    update_results_md,
+    write_results,
+)
+
+log = logging.getLogger("benchmarks.quality")
+
+RUNS_DIR = _HERE.parent / "runs" / "benchmarks"
+MODELS = {"vgg16_cifar": 0.5, "resnet56_cifar": 1.0}  # name -> width
+BUDGETS = ("latency<=50%", "latency<=30%", "latency<=20%")
+ORACLE = "onnxruntime:cpu?threads=1"
+SEARCHERS = ("ppo-lagrangian", "qlp", "amc", "uniform", "global-magnitude", "random")
+RL_SEARCHERS = ("ppo-lagrangian", "qlp", "amc")
+SEEDS = (0, 1, 2)
+EVALUATIONS = 60
+TRAIN_EPOCHS = 20
+FINETUNE_EPOCHS = 5
+# --quick: one small model, one budget, one seed, few evaluations, short timing.
+QUICK = {
+    "models": {"vgg16_cifar": 0.25},
+    "budgets": ("latency<=50%",),
+    "seeds": (0,),
+    "evaluations": 8,
+    "train_epochs": 8,
+    "finetune_epochs": 1,
+    "oracle": "onnxruntime:cpu?threads=1&min_time=0.1&max_time=2",
+}
+
+
+def cache_dir() -> Path:
+    """Where the benchmarks keep trained checkpoints (shared with benchmarks/search.py)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "hwprune" / "benchmarks"
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in ".-" else "_" for c in text).strip("_")
+
+
+def dense_checkpoint(
+    name: str,
+    *,
+    width: float,
+    data: str = "digits",
+    epochs: int,
+    seed: int = 0,
+    device: str = "cpu",
+) -> tuple[Path, float]:
+    """The dense model trained on ``data`` with ``seed``'s split: (checkpoint, test accuracy).
+
+    Trained now unless cached (``cache_dir()``); the checkpoint's meta records
+    the model, width, classes, data and epochs, so ``hwprune.prune`` can load it.
+    """  # fmt: skip
+    from hwprune.data import get_dataset
+    from hwprune.models import get_model, read_checkpoint, save_checkpoint
+    from hwprune.train import train
+
+    data_tag = _slug(data.split(":")[0] if ":" in data else data)
+    path = cache_dir() / f"{name}-w{width:g}-{data_tag}-e{epochs}-s{seed}.pt"
+    if path.is_file():
+        try:
+            meta = read_checkpoint(path).meta
+            acc = meta.get("test_accuracy")
+            if acc is not None:
+                return path, float(acc)
+        except Exception:  # a damaged cache entry is retrained, not trusted
+            log.warning("retraining: cannot read cached checkpoint %s", path)
+    splits = get_dataset(data, seed=seed)
+    model = get_model(name, num_classes=int(splits.num_classes), width=width)
+    t0 = time.perf_counter()
+    result = train(model, splits, epochs=epochs, seed=seed, device=device)
+    save_checkpoint(
+        model.to("cpu"),
+        path,
+        meta={
+            "model": name,
+            "width": width,
+            "num_classes": int(splits.num_classes),
+            "input_size": int(splits.input_shape[-1]),
+            "data": data_tag,
+            "epochs": epochs,
+            "seed": seed,
+            "test_accuracy": float(result.test_accuracy),
+        },
+    )
+    log.info("trained %s (width %g) in %.0f s: test accuracy %.3f -> %s", name, width,
+             time.perf_counter() - t0, result.test_accuracy, path)  # fmt: skip
+    return path, float(result.test_accuracy)
+
+
+def remeasure(onnx_path: Path, *, oracle: str, input_shape: Sequence[int]) -> float:
+    """The exported model measured by a fresh oracle: new instance, new session, no cache."""
+    import oracles
+
+    fresh = oracles.get_oracle(oracle)
+    shape = tuple(int(s) for s in input_shape)
+    return float(fresh.measure(onnx_path.read_bytes(), input_shapes={"input": shape}).value)
+
+
+def prune_row(
+    *,
+    model: str,
+    width: float,
+    data: str,
+    budgets: Sequence[str],
+    oracles: Sequence[str],
+    searcher: str,
+    seed: int,
+    evaluations: int,
+    finetune_epochs: int,
+    train_epochs: int,
+    run_dir: Path,
+    device: str = "cpu",
+    granularity: str = "channel",
+    min_keep: float = 0.1,
+    remeasure_oracle: str | None = None,
+    fresh: bool = False,
+) -> dict[str, Any]:
+    """One ``hwprune.prune`` run (reused when its run directory holds a finished row).
+
+    Returns a JSON-ready row: accuracies (dense, pruned, fine-tuned), the
+    budgets' dense/bound/final values, the re-measured value of the first
+    budget when ``remeasure_oracle`` is given, parameters, stage seconds; or
+    ``ok: False`` and the error when the run failed.
+    """
+    import hwprune
+    from hwprune.errors import HwpruneError
+
+    row_path = run_dir / "bench_row.json"
+    if row_path.is_file() and not fresh:
+        row = json.loads(row_path.read_text(encoding="utf-8"))
+        if row.get("ok"):
+            log.info("reusing %s", row_path)
+            return row
+    row: dict[str, Any] = {
+        "model": model, "width": width, "data": data, "budgets": list(budgets),
+        "searcher": searcher, "seed": seed, "evaluations_budget": evaluations,
+        "granularity": granularity, "run_dir": str(run_dir),
+    }  # fmt: skip
+    try:
+        ckpt, dense_acc = dense_checkpoint(model, width=width, data=data, epochs=train_epochs,
+                                           seed=seed, device=device)  # fmt: skip
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        t0 = time.perf_counter()
+        result = hwprune.prune(
+            model=model,
+            weights=ckpt,
+            width=width,
+            data=data,
+            budgets=list(budgets),
+            oracles=list(oracles),
+            agent=searcher,
+            evaluations=evaluations,
+            finetune_epochs=finetune_epochs,
+            out=run_dir,
+            seed=seed,
+            granularity=granularity,
+            min_keep=min_keep,
+            device=device,
+            tensorrt=False,
+        )
+        seconds = time.perf_counter() - t0
+    except HwpruneError as exc:  # an infeasible budget, a missing searcher ...
+        log.warning("%s %s seed %d on %s: %s", searcher, budgets, seed, model, exc)
+        row.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+        return row
+    checks = [
+        {"budget": b.budget, "quantity": b.quantity, "oracle": b.oracle, "unit": b.unit,
+         "dense": b.dense, "bound": b.bound, "final": b.final, "met": b.met}
+        for b in result.budgets
+    ]  # fmt: skip
+    row.update(
+        ok=True,
+        accuracy_dense=result.accuracy_dense,
+        accuracy_dense_trained=dense_acc,
+        accuracy_pruned=result.accuracy_pruned,
+        accuracy=result.accuracy_finetuned,
+        checks=checks,
+        all_met=result.all_met,
+        params_dense=result.params_dense,
+        params_final=result.params_final,
+        search_seconds=float(result.stage_seconds.get("search", math.nan)),
+        finetune_seconds=float(result.stage_seconds.get("finetune", math.nan)),
+        total_seconds=seconds,
+        evaluations=result.evaluations,
+        first_feasible_evaluation=result.first_feasible_evaluation,
+        repairs=result.repairs,
+    )
+    if remeasure_oracle is not None:
+        from hwprune.pipeline import model_input_shape
+
+        shape = (1, *model_input_shape(result.paths["model"]))
+        value = remeasure(Path(result.paths["onnx"]), oracle=remeasure_oracle, input_shape=shape)
+        first = checks[0]
+        row.update(remeasured=value, remeasured_over_bound=value / first["bound"],
+                   remeasured_over_dense=value / first["dense"])  # fmt: skip
+    row_path.write_text(json.dumps(row, indent=2) + "\n", encoding="utf-8")
+    return row
+
+
+def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    if not xs:
+        return math.nan, math.nan
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per (model, budget, searcher): means and spreads over the seeds that finished."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["budgets"][0], r["searcher"]), []).append(r)
+    out = []
+    for (model, budget, searcher), rs in groups.items():
+        ok = [r for r in rs if r.get("ok")]
+        acc, acc_sd = _mean_std([r["accuracy"] for r in ok])
+        over = [r["remeasured_over_bound"] for r in ok if "remeasured_over_bound" in r]
+        frac = [r["remeasured_over_dense"] for r in ok if "remeasured_over_dense" in r]
+        out.append({
+            "model": model, "width": rs[0]["width"], "budget": budget, "searcher": searcher,
+            "seeds": len(rs), "finished": len(ok),
+            "errors": sorted({r["error"] for r in rs if not r.get("ok")}),
+            "accuracy_mean": acc, "accuracy_std": acc_sd,
+            "accuracy_dense_mean": _mean_std([r["accuracy_dense"] for r in ok])[0],
+            "remeasured_over_bound_mean": _mean_std(over)[0],
+            "remeasured_over_bound_max": max(over) if over else math.nan,
+            "latency_over_dense_mean": _mean_std(frac)[0],
+            "latency_over_dense_std": _mean_std(frac)[1],
+            "params_mean": _mean_std([r["params_final"] for r in ok])[0],
+            "params_dense": ok[0]["params_dense"] if ok else None,
+            "search_seconds_mean": _mean_std([r["search_seconds"] for r in ok])[0],
+            "evaluations_mean": _mean_std([r["evaluations"] for r in ok])[0],
+        })  # fmt: skip
+    return out
+
+
+def headline(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Best RL searcher against best baseline per (model, budget), by mean test accuracy."""
+    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for s in summary:
+        if s["finished"]:
+            by.setdefault((s["model"], s["budget"]), []).append(s)
+    out = []
+    for (model, budget), ss in by.items():
+        rl = [s for s in ss if s["searcher"] in RL_SEARCHERS]
+        base = [s for s in ss if s["searcher"] not in RL_SEARCHERS]
+        best_rl = max(rl, key=lambda s: s["accuracy_mean"]) if rl else None
+        best_base = max(base, key=lambda s: s["accuracy_mean"]) if base else None
+        out.append({
+            "model": model, "budget": budget,
+            "best_rl": best_rl and best_rl["searcher"],
+            "best_rl_accuracy": best_rl and best_rl["accuracy_mean"],
+            "best_baseline": best_base and best_base["searcher"],
+            "best_baseline_accuracy": best_base and best_base["accuracy_mean"],
+        })  # fmt: skip
+    return out
+
+
+def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    """Test accuracy against re-measured latency (fraction of dense), one panel per model."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no plot")
+        return None
+    ok = [r for r in rows if r.get("ok") and "remeasured_over_dense" in r]
+    if not ok:
+        return None
+    models = sorted({r["model"] for r in ok})
+    searchers = [s for s in SEARCHERS if any(r["searcher"] == s for r in ok)]
+    searchers += sorted({r["searcher"] for r in ok} - set(searchers))
+    markers = "os^DvP*X"
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        mine = [r for r in ok if r["model"] == model]
+        for i, s in enumerate(searchers):
+            pts = [r for r in mine if r["searcher"] == s]
+            if pts:
+                ax.scatter([r["remeasured_over_dense"] for r in pts], [r["accuracy"] for r in pts],
+                           marker=markers[i % len(markers)], label=s, alpha=0.8)  # fmt: skip
+        dense = statistics.fmean(r["accuracy_dense"] for r in mine)
+        ax.scatter([1.0], [dense], marker="*", s=160, color="black", label="dense")
+        for b in sorted({r["budgets"][0] for r in mine}):
+            frac = next(r["checks"][0]["bound"] / r["checks"][0]["dense"] for r in mine
+                        if r["budgets"][0] == b)  # fmt: skip
+            ax.axvline(frac, color="grey", linestyle=":", linewidth=1)
+        ax.set_title(f"{model} (width {mine[0]['width']:g})")
+        ax.set_xlabel("re-measured latency / dense latency")
+        ax.set_ylabel("test accuracy after fine-tuning")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _f(x: Any, spec: str = "{:.3f}") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return spec.format(x)
+
+
+def table(summary: Sequence[dict[str, Any]]) -> str:
+    headers = ["model", "budget", "searcher", "seeds ok", "test acc. (mean ± std)",
+               "re-measured / budget (mean, max)", "latency / dense", "params (final / dense)",
+               "search s", "evals"]  # fmt: skip
+    rows = []
+    for s in summary:
+        if not s["finished"]:
+            err = s["errors"][0] if s["errors"] else "failed"
+            rows.append(
+                [
+                    f"{s['model']} (w{s['width']:g})",
+                    f"`{s['budget']}`",
+                    s["searcher"],
+                    f"0/{s['seeds']}",
+                    f"failed: {err[:90]}",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                ]
+            )
+            continue  # fmt: skip
+        params = (f"{s['params_mean'] / 1e6:.3f}M / {s['params_dense'] / 1e6:.3f}M"
+                  if s["params_dense"] else "-")  # fmt: skip
+        rows.append([
+            f"{s['model']} (w{s['width']:g})", f"`{s['budget']}`", s["searcher"],
+            f"{s['finished']}/{s['seeds']}",
+            f"{_f(s['accuracy_mean'])} ± {_f(s['accuracy_std'])}",
+            f"{_f(s['remeasured_over_bound_mean'])}, {_f(s['remeasured_over_bound_max'])}",
+            _f(s["latency_over_dense_mean"]), params,
+            _f(s["search_seconds_mean"], "{:.0f}"), _f(s["evaluations_mean"], "{:.0f}"),
+        ])  # fmt: skip
+    return markdown_table(headers, rows)
+
+
+def headline_table(lines: Sequence[dict[str, Any]]) -> str:
+    headers = ["model", "budget", "best RL searcher", "its test acc.", "best baseline",
+               "its test acc.", "RL - baseline"]  # fmt: skip
+    rows = []
+    for h in lines:
+        diff = (h["best_rl_accuracy"] - h["best_baseline_accuracy"]
+                if h["best_rl"] and h["best_baseline"] else None)  # fmt: skip
+        rows.append([h["model"], f"`{h['budget']}`", h["best_rl"] or "-", _f(h["best_rl_accuracy"]),
+                     h["best_baseline"] or "-", _f(h["best_baseline_accuracy"]),
+                     _f(diff, "{:+.3f}")])  # fmt: skip
+    return markdown_table(headers, rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="vgg16_cifar at width 0.25, latency<=50%%, seed 0, 8 evaluations, "
+                        "1 fine-tuning epoch")  # fmt: skip
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        metavar="NAME[=WIDTH]",
+        help="models and widths (default: vgg16_cifar=0.5 resnet56_cifar=1)",
+    )
+    p.add_argument("--budgets", nargs="+", default=None)
+    p.add_argument("--searchers", nargs="+", default=list(SEARCHERS))
+    p.add_argument("--seeds", nargs="+", type=int, default=None)
+    p.add_argument("--evaluations", type=int, default=None, help=f"per search ({EVALUATIONS})")
+    p.add_argument(
+        "--train-epochs", type=int, default=None, help=f"dense training ({TRAIN_EPOCHS})"
+    )
+    p.add_argument("--finetune-epochs", type=int, default=None, help=f"({FINETUNE_EPOCHS})")
+    p.add_argument("--oracle", default=None, help=f"latency oracle spec ({ORACLE})")
+    p.add_argument("--device", default="cpu", help="training/fine-tuning device: cpu or cuda")
+    p.add_argument("--fresh", action="store_true", help="redo runs that finished before")
+    p.add_argument("--no-write", action="store_true", help="write no results (log only)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    q = args.quick
+    models = dict(QUICK["models"] if q else MODELS)
+    if args.models:
+        models = {}
+        for m in args.models:
+            name, _, w = m.partition("=")
+            models[name] = float(w) if w else MODELS.get(name, 1.0)
+    budgets = args.budgets or list(QUICK["budgets"] if q else BUDGETS)
+    seeds = args.seeds or list(QUICK["seeds"] if q else SEEDS)
+    evaluations = args.evaluations or (QUICK["evaluations"] if q else EVALUATIONS)
+    train_epochs = args.train_epochs or (QUICK["train_epochs"] if q else TRAIN_EPOCHS)
+    finetune_epochs = (args.finetune_epochs if args.finetune_epochs is not None
+                       else QUICK["finetune_epochs"] if q else FINETUNE_EPOCHS)  # fmt: skip
+    oracle = args.oracle or (QUICK["oracle"] if q else ORACLE)
+
+    env = environment()
+    t0 = time.perf_counter()
+    rows = []
+    for model, width in models.items():
+        for budget in budgets:
+            for searcher in args.searchers:
+                for seed in seeds:
+                    tag = _slug(f"{model}-w{width:g}-{budget}-{searcher}-s{seed}-"
+                                f"e{evaluations}-f{finetune_epochs}-t{train_epochs}")  # fmt: skip
+                    log.info("%s %s %s seed %d", model, budget, searcher, seed)
+                    rows.append(prune_row(
+                        model=model, width=width, data="digits", budgets=[budget],
+                        oracles=[f"latency={oracle}"], searcher=searcher, seed=seed,
+                        evaluations=evaluations, finetune_epochs=finetune_epochs,
+                        train_epochs=train_epochs, run_dir=RUNS_DIR / "quality" / tag,
+                        device=args.device, remeasure_oracle=oracle, fresh=args.fresh,
+                    ))  # fmt: skip
+    seconds = time.perf_counter() - t0
+    summary = summarise(rows)
+    heads = headline(summary)
+    body = table(summary)
+    print(body)
+    print(headline_table(heads))
+    if args.no_write:
+        return 0
+    png = plot(rows, RESULTS_DIR / "quality.png")
+    settings = {
+        "quick": q, "models": models, "budgets": budgets, "searchers": args.searchers,
+        "seeds": seeds, "evaluations": evaluations, "train_epochs": train_epochs,
+        "finetune_epochs": finetune_epochs, "oracle": oracle, "device": args.device,
+    }  # fmt: skip
+    write_results(
+        "quality",
+        {
+            "settings": settings,
+            "seconds": seconds,
+            "summary": summary,
+            "headline": heads,
+            "runs": rows,
+        },
+        command=command_line(),
+        env=env,
+    )
+    notes = (
+        f"`hwprune.prune` per model, budget, searcher and seed: {evaluations} evaluations per "
+        f"search on `{oracle}`, dense models trained {train_epochs} epochs on digits (per seed: "
+        f"the seed also fixes the split), every chosen policy fine-tuned {finetune_epochs} "
+        "epoch(s) with the same recipe (SGD, cosine, no distillation), then verified and "
+        "exported. Test accuracy on the test split; re-measured: the exported ONNX timed by a "
+        "fresh oracle (new session, no cache), as a fraction of the budget (above 1.000 means "
+        "timing noise at the edge of the budget) and of the dense latency. Uniform and "
+        "global-magnitude stop when their bisection converges, so they use fewer evaluations. "
+        "Timed on a 2-core machine shared with other jobs: latency carries noise."
+    )
+    if png is not None:
+        notes += f"\n\n![accuracy against latency]({png.relative_to(RESULTS_DIR.parent)})"
+    if q:
+        notes += "\n\n**Quick mode: an end-to-end check, not a comparison.**"
+    update_results_md("quality", "Quality at matched latency",
+                      body + "\n\nBest RL searcher against best baseline (mean test accuracy):\n\n"
+                      + headline_table(heads), command=command_line(), env=env,
+                      notes=notes)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""The benchmark scripts: their entry point's plan, and one real prune row end to end (slow)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def test_run_list_names_every_benchmark_with_its_quick_arguments() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--list", "--quick", "--no-gpu"],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    )  # fmt: skip
+    lines = out.stdout.strip().splitlines()
+    assert [line.split()[1] for line in lines] == [
+        f"benchmarks/{n}.py" for n in ("oracles", "search", "compare", "quality", "paper")
+    ]
+    assert lines[-1].endswith("--data digits --device cpu --quick")
+    assert all("script missing" not in line for line in lines)
+
+
+def test_run_only_rejects_an_unknown_benchmark() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--only", "nope", "--list"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "invalid choice: 'nope'" in out.stderr
+
+
+def test_compare_caps_only_timed_oracles() -> None:
+    from benchmarks.compare import with_max_time
+
+    assert with_max_time("params", 2) == "params"
+    assert with_max_time("onnxruntime:cpu?threads=1", 2) == (
+        "onnxruntime:cpu?threads=1&min_time=0.1&max_time=2"
+    )
+    assert with_max_time("torch:cpu", 1.5) == "torch:cpu?min_time=0.1&max_time=1.5"
+
+
+def test_paper_settings_follow_the_papers() -> None:
+    from benchmarks.paper import settings
+
+    full = settings(quick=False)
+    icpr = [s for s in full if s["paper"] == "ICPR"]
+    qlp = [s for s in full if s["paper"] == "QLP"]
+    assert {s["model"] for s in icpr} == {"vgg11_cifar", "vgg16_cifar", "vgg19_cifar",
+                                          "resnet18_cifar"}  # fmt: skip
+    assert {s["budget"] for s in icpr} == {"params<=10%"}
+    assert [s["budget"] for s in qlp] == ["params<=10%", "params<=5%", "params<=2%"]
+    # A 2% budget is reachable only if no layer is forced to keep more than 2%.
+    assert all(s["min_keep"] < 0.02 for s in qlp)
+
+
+@pytest.mark.slow
+def test_prune_row_end_to_end_on_a_tiny_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    from benchmarks.quality import prune_row, summarise
+
+    oracle = "onnxruntime:cpu?threads=1&min_time=0.05&max_time=1"
+    kwargs = dict(
+        model="resnet20_cifar", width=0.25, data="digits", budgets=["latency<=70%"],
+        oracles=[f"latency={oracle}"], searcher="uniform", seed=0, evaluations=6,
+        finetune_epochs=1, train_epochs=1, run_dir=tmp_path / "run", remeasure_oracle=oracle,
+    )  # fmt: skip
+    row = prune_row(**kwargs)
+    assert row["ok"], row.get("error")
+    assert 0 < row["params_final"] < row["params_dense"]
+    assert 0 < row["remeasured_over_dense"] < 1.0
+    assert row["remeasured"] > 0 and row["checks"][0]["bound"] > 0
+    assert 0.0 <= row["accuracy"] <= 1.0
+    saved = json.loads((tmp_path / "run" / "bench_row.json").read_text())
+    assert saved["params_final"] == row["params_final"]
+    # A second call reuses the finished run instead of pruning again.
+    assert prune_row(**kwargs)["total_seconds"] == row["total_seconds"]
+    (summary,) = summarise([row])
+    assert summary["finished"] == 1 and summary["accuracy_mean"] == row["accuracy"]
