@@ -307,6 +307,7 @@ class AMC(Searcher):
         agent_path = state_path = buffer_path = None
         resumed = False
         if checkpoint_dir is not None:
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
             agent_path = checkpoint_dir / AGENT_FILE
             state_path = checkpoint_dir / STATE_FILE
             buffer_path = checkpoint_dir / BUFFER_FILE

@@ -232,7 +232,7 @@ class PPOLagrangian(Searcher):
         wall = additive_targets(constraints) if self.action_wall else None
         env = LayerPruningEnv(space, evaluate, max_prune=self.max_prune, wall=wall)
         # PPO's Gaussian starts at mean 0: on [-1, 1] that is half the allowed pruning.
-        env = RescaleAction(env, min_action=-1.0, max_action=1.0)
+        env = RescaleAction(env, min_action=np.float32(-1.0), max_action=np.float32(1.0))
         units = len(space.units)
         n_steps = self.episodes_per_update * units
 
@@ -267,6 +267,7 @@ class PPOLagrangian(Searcher):
         agent_path = state_path = None
         resumed = False
         if checkpoint_dir is not None:
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
             agent_path = checkpoint_dir / AGENT_FILE
             state_path = checkpoint_dir / STATE_FILE
             if agent_path.exists() and state_path.exists():
