@@ -182,11 +182,12 @@ def reestimate_bn(
         m.train()
     seen = 0
     try:
-        for i, (x, _) in enumerate(loader):
-            if i >= batches:
-                break
-            model(x.to(dev, non_blocking=True))
-            seen += len(x)
+        with torch.no_grad():  # statistics only: no autograd graph
+            for i, (x, _) in enumerate(loader):
+                if i >= batches:
+                    break
+                model(x.to(dev, non_blocking=True))
+                seen += len(x)
     finally:
         for m, momentum in saved:
             m.momentum = momentum
