@@ -100,7 +100,7 @@ class Evaluator:
         constraints: Sequence[Constraint],
         cache: MeasurementCache | None = None,
         log_path: str | None = None,
-        bn_batches: int = 8,
+        bn_batches: int = 4,
         bn_batch_size: int = 64,
         eval_batch_size: int = 256,
         max_eval_samples: int | None = 2000,
