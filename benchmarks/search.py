@@ -106,6 +106,26 @@ def remeasure(space: Any, policy: Any, *, oracle: str, input_shape: tuple[int, .
     return oracles.get_oracle(oracle).measure(onnx_bytes, input_shapes={"input": input_shape}).value
 
 
+def dense_reference(
+    model: Any, *, data: Any, budget: str, oracle: str, bn_batches: int
+) -> tuple[float, float]:
+    """The dense model's value on the budget's oracle and its proxy accuracy, measured once."""
+    from hwprune.constraints import bind_constraints
+    from hwprune.evaluate import Evaluator
+    from hwprune.space import ChannelSpace
+
+    space = ChannelSpace(model, example_input_shape=(1, *data.input_shape))
+    quantity = budget.split("<=", 1)[0].strip()
+    evaluator = Evaluator(
+        space=space,
+        data=data,
+        constraints=bind_constraints([budget], oracles={quantity: oracle}),
+        bn_batches=bn_batches,
+    )
+    constraint = evaluator.calibrate()[0]
+    return float(constraint.dense_value), float(evaluator.dense_accuracy)
+
+
 def run_one(
     *,
     model: Any,
@@ -117,8 +137,14 @@ def run_one(
     oracle: str,
     min_keep: float,
     bn_batches: int = 8,
+    dense: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
-    """One search with its own evaluator (no shared cache); returns a JSON-ready row."""
+    """One search with its own evaluator (no shared cache); returns a JSON-ready row.
+
+    ``dense`` is (dense latency, dense accuracy) measured once per model, so every
+    searcher and seed faces the same absolute bound; without it the evaluator
+    calibrates itself.
+    """
     from hwprune.agents import get_searcher
     from hwprune.constraints import bind_constraints
     from hwprune.evaluate import Evaluator
@@ -127,15 +153,21 @@ def run_one(
     input_shape = (1, *data.input_shape)
     space = ChannelSpace(model, example_input_shape=input_shape, min_keep=min_keep)
     quantity = budget.split("<=", 1)[0].strip()
+    constraints = bind_constraints([budget], oracles={quantity: oracle})
+    if dense is not None:
+        constraints = [c.resolve(dense[0]) for c in constraints]
     evaluator = Evaluator(
         space=space,
         data=data,
-        constraints=bind_constraints([budget], oracles={quantity: oracle}),
+        constraints=constraints,
         bn_batches=bn_batches,
         seed=0,
     )
     t0 = time.perf_counter()
-    evaluator.calibrate()
+    if dense is None:
+        evaluator.calibrate()
+    else:
+        evaluator.dense_accuracy = dense[1]
     calibrate_s = time.perf_counter() - t0
     constraint = evaluator.constraints[0]
     result = get_searcher(searcher, seed=seed).search(
@@ -191,6 +223,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "runs": len(rows),
         "errors": len(rows) - len(done),
         "feasible_runs": len(feasible),
+        "repaired_runs": sum(1 for r in feasible if r["repaired"]),
         "accuracy_mean": acc_mean,
         "accuracy_std": acc_std,
         "remeasured_fraction_mean": statistics.fmean(fractions) if fractions else None,
@@ -250,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in models:
         width = vgg_width if name.startswith("vgg") else resnet_width
         model = trained_model(name, width=width, epochs=epochs, data=data)
+        dense = dense_reference(
+            model, data=data, budget=args.budget, oracle=oracle, bn_batches=bn_batches
+        )
+        log.info("%s: dense latency %.4g ms, proxy accuracy %.3f", name, *dense)
         for searcher in searchers:
             rows = []
             for seed in seeds:
@@ -265,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                         oracle=oracle,
                         min_keep=args.min_keep,
                         bn_batches=bn_batches,
+                        dense=dense,
                     )
                 except Exception as exc:  # one broken searcher must not sink the table
                     log.exception("%s / %s / seed %d failed", name, searcher, seed)
@@ -323,9 +361,11 @@ def main(argv: list[str] | None = None) -> int:
             if s["remeasured_fraction_mean"] is not None
             else "-"
         )
-        feas = f"{s['feasible_runs']}/{s['runs']}" + (
-            f" ({s['errors']} failed)" if s["errors"] else ""
-        )
+        feas = f"{s['feasible_runs']}/{s['runs']}"
+        if s["repaired_runs"]:
+            feas += f" ({s['repaired_runs']} by repair)"
+        if s["errors"]:
+            feas += f" ({s['errors']} failed)"
         table_rows.append([
             f"{s['model']} (w{s['width']:g}, dense {_fmt(s['dense_accuracy'], '.3f')})",
             s["searcher"], feas, acc, frac,
@@ -339,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         f"seeds {', '.join(map(str, seeds))}, models trained {epochs} epochs on digits. "
         f"Proxy accuracy: BN re-estimated on {bn_batches} training batches of 64, no "
         "fine-tuning, on the search split. Re-measured: a fresh ONNX Runtime session without cache; above 1.000 means "
-        "timing noise pushed a policy at the edge over its budget. Uniform and global-magnitude "
+        "timing noise pushed a policy at the edge over its budget. The dense latency is measured "
+        "once per model, so all searchers and seeds face the same bound. Uniform and global-magnitude "
         "stop when their bisection converges, so they use fewer evaluations; a search that "
         "found nothing feasible is repaired (bisection towards the smallest model), which "
         "adds evaluations beyond the budget."

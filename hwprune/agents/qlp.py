@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -188,7 +189,9 @@ class QLP(Searcher):
                 return
             agent_path.parent.mkdir(parents=True, exist_ok=True)
             model.save(agent_path, exclude=["exploration_schedule"])
-            state_path.write_text(json.dumps({"episodes": episodes}), encoding="utf-8")
+            tmp = state_path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps({"episodes": episodes}), encoding="utf-8")
+            os.replace(tmp, state_path)
 
         class _Driver(BaseCallback):
             """Stops at the evaluation budget, steps the curriculum, checkpoints the agent."""
