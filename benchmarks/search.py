@@ -322,9 +322,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
             results.extend(rows)
             s = summarise(rows)
-            dense = next((r["dense_accuracy"] for r in rows if "dense_accuracy" in r), None)
+            dense_acc = next((r["dense_accuracy"] for r in rows if "dense_accuracy" in r), None)
             summary_rows.append({"model": name, "width": width, "searcher": searcher,
-                                 "dense_accuracy": dense, **s})  # fmt: skip
+                                 "dense_accuracy": dense_acc, **s})  # fmt: skip
 
     total_s = time.perf_counter() - t_all
     settings = {
