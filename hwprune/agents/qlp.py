@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hwprune.agents._sb3 import load_parameters
 from hwprune.agents.base import SEARCHERS, BudgetedEvaluator, Searcher
 from hwprune.envs.multivisit import DEFAULT_ACTIONS, MultiVisitEnv
 from hwprune.errors import ConfigError
@@ -147,36 +148,35 @@ class QLP(Searcher):
         searcher = self
         episodes = {"count": 0, "feasible": 0}
         resumed = False
+        model = DQN(
+            "MlpPolicy",
+            env,
+            learning_rate=self.learning_rate,
+            buffer_size=self.buffer_size,
+            learning_starts=(
+                self.learning_starts if self.learning_starts is not None else 2 * steps_per_episode
+            ),
+            batch_size=self.batch_size,
+            gamma=self.gamma,
+            train_freq=self.train_freq,
+            target_update_interval=self.target_update_interval,
+            exploration_initial_eps=self.eps_start,
+            exploration_final_eps=self.eps_end,
+            policy_kwargs={"net_arch": self.net_arch},
+            seed=self.seed,
+            device=self.device,
+            verbose=0,
+        )
         if agent_path is not None and agent_path.exists():
-            model = DQN.load(agent_path, env=env, device=self.device)
+            # Weights only (torch.load(weights_only=True) inside set_parameters): the
+            # pickled part of SB3's zip is never loaded, so a run folder cannot run code.
+            load_parameters(model, agent_path)
             resumed = True
             if state_path is not None and state_path.exists():
-                episodes.update(
-                    json.loads(state_path.read_text(encoding="utf-8")).get("episodes", {})
-                )
+                state = json.loads(state_path.read_text(encoding="utf-8"))
+                episodes.update(state.get("episodes", {}))
+                model.num_timesteps = int(state.get("timesteps", 0))
             log.info("qlp: resumed the agent from %s (%d steps)", agent_path, model.num_timesteps)
-        else:
-            model = DQN(
-                "MlpPolicy",
-                env,
-                learning_rate=self.learning_rate,
-                buffer_size=self.buffer_size,
-                learning_starts=(
-                    self.learning_starts
-                    if self.learning_starts is not None
-                    else 2 * steps_per_episode
-                ),
-                batch_size=self.batch_size,
-                gamma=self.gamma,
-                train_freq=self.train_freq,
-                target_update_interval=self.target_update_interval,
-                exploration_initial_eps=self.eps_start,
-                exploration_final_eps=self.eps_end,
-                policy_kwargs={"net_arch": self.net_arch},
-                seed=self.seed,
-                device=self.device,
-                verbose=0,
-            )
         # Epsilon follows the evaluations spent, not SB3's timestep count.
         model.exploration_schedule = lambda _remaining: searcher.epsilon(
             searcher._progress(evaluate)
@@ -190,7 +190,10 @@ class QLP(Searcher):
             agent_path.parent.mkdir(parents=True, exist_ok=True)
             model.save(agent_path, exclude=["exploration_schedule"])
             tmp = state_path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps({"episodes": episodes}), encoding="utf-8")
+            tmp.write_text(
+                json.dumps({"episodes": episodes, "timesteps": int(model.num_timesteps)}),
+                encoding="utf-8",
+            )
             os.replace(tmp, state_path)
 
         class _Driver(BaseCallback):
