@@ -363,15 +363,30 @@ def _finetune(
                 info={"search_accuracy": p.search_accuracy, "loss": p.loss},
             )
 
-    finetune(
-        module,
-        data,
-        epochs=epochs,
-        teacher=teacher,
-        device=options["device"],
-        seed=int(options["seed"]),
-        progress=on_step if progress is not None else None,
-    )
+    # Sparse granularities: pruned weights must stay zero, or fine-tuning refills them and the
+    # non-zero count returns to dense. A zero gradient keeps them zero under SGD, momentum and
+    # weight decay (the decay term is w * wd = 0).
+    hooks = []
+    if options.get("granularity", "channel") != "channel":
+        import torch
+
+        for m in module.modules():
+            if isinstance(m, (torch.nn.modules.conv._ConvNd, torch.nn.Linear)):
+                keep = (m.weight.detach() != 0).to(m.weight.dtype)
+                hooks.append(m.weight.register_hook(lambda g, keep=keep: g * keep.to(g.device)))
+    try:
+        finetune(
+            module,
+            data,
+            epochs=epochs,
+            teacher=teacher,
+            device=options["device"],
+            seed=int(options["seed"]),
+            progress=on_step if progress is not None else None,
+        )
+    finally:
+        for h in hooks:
+            h.remove()
     return module
 
 
