@@ -28,7 +28,7 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
-ORDER = ("oracles", "search", "compare", "quality", "paper")
+ORDER = ("oracles", "evaluate", "search", "compare", "quality", "paper")
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ def plan(*, quick: bool, gpu: bool, paper_data: str) -> list[Step]:
     if quick:
         return [
             Step("oracles", ("--models", "vgg16_cifar", "--calls", "3")),
+            Step("evaluate", ("--quick",)),
             Step("search", ("--quick",)),
             Step("compare", ("--quick",)),
             Step("quality", ("--quick",)),
@@ -66,6 +67,7 @@ def plan(*, quick: bool, gpu: bool, paper_data: str) -> list[Step]:
         ]
     return [
         Step("oracles", ()),
+        Step("evaluate", ()),
         Step("search", ()),
         Step("compare", ()),
         Step("quality", ("--device", device)),

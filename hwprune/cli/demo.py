@@ -18,8 +18,8 @@ DEMO_DATA = "digits"
 DEMO_BUDGET = "latency<=50%"
 DEMO_ORACLE = "latency=onnxruntime:cpu?threads=1"
 DEMO_TRAIN_EPOCHS = 5
-DEMO_EVALUATIONS = 24
-DEMO_FINETUNE_EPOCHS = 2
+DEMO_EVALUATIONS = 60
+DEMO_FINETUNE_EPOCHS = 6
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,109 @@
+"""Cost of one ``Evaluator.evaluate`` call, stage by stage, and what BN re-estimation buys.
+
+    python benchmarks/evaluate.py [--quick]
+
+For CIFAR VGG-16 and ResNet-56 trained on digits, with the
+``onnxruntime:cpu?threads=1`` latency oracle: seconds per evaluate call split
+into apply / BN / accuracy / export / oracle, for new candidates (cold) and
+for a policy already seen (cached). Then a CIFAR VGG-11 (width 0.5) pruned
+uniformly to 50% of its channels: proxy accuracy with and without BN
+re-estimation, against the dense model. Writes results/evaluate.json and the
+"evaluate" section of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import command_line, markdown_table, update_results_md, write_results  # noqa: E402
+from quality import dense_checkpoint  # noqa: E402
+
+STAGES = ("apply", "bn", "accuracy", "export", "oracle:latency", "total")
+
+
+def stage_times(name: str, width: float, epochs: int, candidates: int) -> dict:
+    from hwprune.constraints import bind_constraints
+    from hwprune.data import get_dataset
+    from hwprune.evaluate import Evaluator
+    from hwprune.models import model_from_checkpoint
+    from hwprune.space import ChannelSpace, Policy
+
+    ckpt, dense_acc = dense_checkpoint(name, width=width, epochs=epochs)
+    model = model_from_checkpoint(ckpt)
+    data = get_dataset("digits")
+    space = ChannelSpace(model, example_input_shape=(1, *data.input_shape))
+    evaluator = Evaluator(
+        space=space, data=data, constraints=bind_constraints(["latency<=50%"])
+    )
+    evaluator.calibrate()
+    keeps = [1.0 - 0.8 * i / max(1, candidates - 1) for i in range(candidates)]
+    cold = [evaluator.evaluate(Policy.uniform(space, k)) for k in keeps]
+    t0 = time.perf_counter()
+    for k in keeps:
+        evaluator.evaluate(Policy.uniform(space, k))
+    cached = (time.perf_counter() - t0) / len(keeps)
+    row = {"model": name, "width": width, "units": len(space.units), "candidates": candidates,
+           "dense_test_accuracy": dense_acc, "cached_seconds": cached}
+    for stage in STAGES:
+        row[stage] = statistics.median(o.timings.get(stage, 0.0) for o in cold)
+    return row
+
+
+def bn_effect(epochs: int) -> dict:
+    from hwprune.data import get_dataset
+    from hwprune.models import model_from_checkpoint
+    from hwprune.space import ChannelSpace, Policy
+    from hwprune.train import accuracy, reestimate_bn
+
+    ckpt, _ = dense_checkpoint("vgg11_cifar", width=0.5, epochs=epochs)
+    model = model_from_checkpoint(ckpt)
+    data = get_dataset("digits")
+    space = ChannelSpace(model, example_input_shape=(1, *data.input_shape))
+    dense = accuracy(model, data.search)
+    pruned = space.apply(Policy.uniform(space, 0.5))
+    without = accuracy(pruned, data.search)
+    reestimate_bn(pruned, data.train, batches=4, batch_size=64)
+    with_bn = accuracy(pruned, data.search)
+    return {"model": "vgg11_cifar", "width": 0.5, "keep": 0.5, "dense": dense,
+            "without_bn": without, "with_bn": with_bn}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer candidates, short training")
+    args = parser.parse_args(argv)
+    candidates = 3 if args.quick else 6
+    models = [("vgg16_cifar", 0.5, 8), ("resnet56_cifar", 0.5, 5)]
+    rows = [stage_times(n, w, e, candidates) for n, w, e in models]
+    bn = bn_effect(5)
+    command = command_line()
+    write_results("evaluate", {"stages": rows, "bn_effect": bn}, command=command)
+    table = markdown_table(
+        ["model", "width", "units", *[f"{s} s" for s in STAGES], "cached s"],
+        [[r["model"], r["width"], r["units"], *[f"{r[s]:.3f}" for s in STAGES],
+          f"{r['cached_seconds']:.4f}"] for r in rows],
+    )
+    bn_line = (
+        f"\n\nBN re-estimation ({bn['model']} width {bn['width']}, every group kept at "
+        f"{bn['keep']:.0%}, no fine-tuning): proxy accuracy dense {bn['dense']:.1%}, pruned "
+        f"without re-estimation {bn['without_bn']:.1%}, with it {bn['with_bn']:.1%}."
+    )
+    update_results_md(
+        "evaluate",
+        "Evaluator: seconds per evaluate call",
+        "Median seconds per stage over new candidates (uniform keeps from 1.0 to 0.2); "
+        "cached = a policy whose pruned shape was already evaluated.\n\n" + table + bn_line,
+        command=command,
+    )
+    print(table + bn_line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
