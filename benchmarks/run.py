@@ -28,7 +28,7 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
-ORDER = ("oracles", "evaluate", "search", "compare", "quality", "paper")
+ORDER = ("demo", "oracles", "evaluate", "search", "compare", "quality", "paper")
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ def plan(*, quick: bool, gpu: bool, paper_data: str) -> list[Step]:
     device = "cuda" if gpu else "cpu"
     if quick:
         return [
+            Step("demo", ()),
             Step("oracles", ("--models", "vgg16_cifar", "--calls", "3")),
             Step("evaluate", ("--quick",)),
             Step("search", ("--quick",)),
@@ -66,6 +67,7 @@ def plan(*, quick: bool, gpu: bool, paper_data: str) -> list[Step]:
             Step("paper", ("--data", paper_data, "--device", device, "--quick")),
         ]
     return [
+        Step("demo", ()),
         Step("oracles", ()),
         Step("evaluate", ()),
         Step("search", ()),

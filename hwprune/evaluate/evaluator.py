@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import oracles
-from oracles import Measurement, MeasurementCache
-
 from hwprune.constraints import Constraint
 from hwprune.evaluate.log import EpisodeLog
+from oracles import Measurement, MeasurementCache
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +159,18 @@ class Evaluator:
 
     # ------------------------------------------------------------- measuring
     def measure_module(
-        self, module: Any, *, onnx_bytes: bytes | None = None, timings: dict[str, float] | None = None
+        self,
+        module: Any,
+        *,
+        onnx_bytes: bytes | None = None,
+        timings: dict[str, float] | None = None,
+        repeats: int = 1,
     ) -> dict[str, Measurement]:
-        """Every constraint's oracle on one module (its ONNX export made once, lazily)."""
+        """Every constraint's oracle on one module (its ONNX export made once, lazily).
+
+        ``repeats`` > 1 keeps the median of that many independent calls of each
+        timed oracle (see ``oracles.measure``).
+        """
         from hwprune.export.onnx import export_onnx
 
         shapes = {"input": self.input_shape}
@@ -179,7 +187,9 @@ class Evaluator:
             else:
                 model = module
             t0 = time.perf_counter()
-            out[c.name] = oracles.measure(oracle, model, input_shapes=shapes, cache=self.cache)
+            out[c.name] = oracles.measure(
+                oracle, model, input_shapes=shapes, cache=self.cache, repeats=repeats
+            )
             if timings is not None:
                 timings[f"oracle:{c.name}"] = time.perf_counter() - t0
         return out
@@ -187,7 +197,8 @@ class Evaluator:
     def calibrate(self) -> list[Constraint]:
         """Measure the dense model with every oracle and fix relative budgets to absolute bounds."""
         dense_module = self.space.model
-        self.dense = self.measure_module(dense_module)
+        # Every relative bound is a fraction of these values: median of 3 calls.
+        self.dense = self.measure_module(dense_module, repeats=3)
         self.constraints = [c.resolve(self.dense[c.name].value) for c in self.constraints]
         self.dense_accuracy = self._accuracy(dense_module, reestimate=False)
         return self.constraints

@@ -324,3 +324,35 @@ def test_corrupted_cache_is_set_aside_and_rebuilt(tmp_path, caplog):
     assert len(cache) == 0
     cache.put("k", sample(1.0))
     assert MeasurementCache(path).get("k").value == 1.0
+
+
+def test_repeats_keep_the_median_call(tmp_path):
+    """measure(repeats=3) calls a timed oracle three times and keeps the median value."""
+    from dataclasses import dataclass
+
+    import oracles
+    from oracles import Measurement, Oracle
+
+    @dataclass(frozen=True)
+    class Sequence(Oracle):
+        name = "test-sequence"
+        quantity = "latency"
+        unit = "ms"
+        timed = True
+        device: str = "cpu"
+
+        def model_key(self, model, *, input_shapes=None):
+            return "fixed"
+
+        def measure(self, model, *, input_shapes=None):
+            value = VALUES.pop(0)
+            return Measurement(quantity="latency", value=value, unit="ms", oracle=self.spec)
+
+    VALUES = [5.0, 1.0, 3.0]
+    cache = oracles.MeasurementCache(tmp_path / "c.sqlite")
+    m = oracles.measure(Sequence(), b"", cache=cache, repeats=3)
+    assert m.value == 3.0
+    assert m.extra["repeat_values"] == [1.0, 3.0, 5.0]
+    assert not VALUES
+    again = oracles.measure(Sequence(), b"", cache=cache, repeats=3)
+    assert again.cached and again.value == 3.0
