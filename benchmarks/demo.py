@@ -33,12 +33,19 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         subprocess.run(
             [sys.executable, "-m", "hwprune", "demo", "--out", str(run_dir)],
-            env=env, check=True, stdout=subprocess.DEVNULL,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
         wall = time.perf_counter() - t0
         report = json.loads((run_dir / "report.json").read_text())
-    result = {"wall_seconds": wall, **{k: report[k] for k in
-              ("accuracy", "budgets", "params", "stage_seconds", "all_met", "search")}}
+    result = {
+        "wall_seconds": wall,
+        **{
+            k: report[k]
+            for k in ("accuracy", "budgets", "params", "stage_seconds", "all_met", "search")
+        },
+    }
     command = command_line()
     write_results("demo", result, command=command)
     stages = report["stage_seconds"]
@@ -52,9 +59,16 @@ def main(argv: list[str] | None = None) -> int:
         + "\n\n"
         + markdown_table(
             ["budget", "oracle", "dense", "bound", "final (re-measured)", "met"],
-            [[b["budget"], b["oracle"], f"{b['dense']:.4g} {b['unit']}",
-              f"{b['bound']:.4g} {b['unit']}", f"{b['final']:.4g} {b['unit']}",
-              "yes" if b["met"] else "no"]],
+            [
+                [
+                    b["budget"],
+                    b["oracle"],
+                    f"{b['dense']:.4g} {b['unit']}",
+                    f"{b['bound']:.4g} {b['unit']}",
+                    f"{b['final']:.4g} {b['unit']}",
+                    "yes" if b["met"] else "no",
+                ]
+            ],
         )
         + f"\n\nParameters {report['params']['dense']:,} -> {report['params']['final']:,}; "
         f"test accuracy dense {acc['dense']:.2%}, pruned before fine-tuning "

@@ -38,9 +38,7 @@ def stage_times(name: str, width: float, epochs: int, candidates: int) -> dict:
     model = model_from_checkpoint(ckpt)
     data = get_dataset("digits")
     space = ChannelSpace(model, example_input_shape=(1, *data.input_shape))
-    evaluator = Evaluator(
-        space=space, data=data, constraints=bind_constraints(["latency<=50%"])
-    )
+    evaluator = Evaluator(space=space, data=data, constraints=bind_constraints(["latency<=50%"]))
     evaluator.calibrate()
     keeps = [1.0 - 0.8 * i / max(1, candidates - 1) for i in range(candidates)]
     cold = [evaluator.evaluate(Policy.uniform(space, k)) for k in keeps]
@@ -48,8 +46,14 @@ def stage_times(name: str, width: float, epochs: int, candidates: int) -> dict:
     for k in keeps:
         evaluator.evaluate(Policy.uniform(space, k))
     cached = (time.perf_counter() - t0) / len(keeps)
-    row = {"model": name, "width": width, "units": len(space.units), "candidates": candidates,
-           "dense_test_accuracy": dense_acc, "cached_seconds": cached}
+    row = {
+        "model": name,
+        "width": width,
+        "units": len(space.units),
+        "candidates": candidates,
+        "dense_test_accuracy": dense_acc,
+        "cached_seconds": cached,
+    }
     for stage in STAGES:
         row[stage] = statistics.median(o.timings.get(stage, 0.0) for o in cold)
     return row
@@ -87,8 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     write_results("evaluate", {"stages": rows, "bn_effect": bn}, command=command)
     table = markdown_table(
         ["model", "width", "units", *[f"{s} s" for s in STAGES], "cached s"],
-        [[r["model"], r["width"], r["units"], *[f"{r[s]:.3f}" for s in STAGES],
-          f"{r['cached_seconds']:.4f}"] for r in rows],
+        [
+            [
+                r["model"],
+                r["width"],
+                r["units"],
+                *[f"{r[s]:.3f}" for s in STAGES],
+                f"{r['cached_seconds']:.4f}",
+            ]
+            for r in rows
+        ],
     )
     bn_line = (
         f"\n\nBN re-estimation ({bn['model']} width {bn['width']} trained 5 epochs, no "

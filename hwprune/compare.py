@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 import oracles
 from oracles import MeasurementCache
 
@@ -162,7 +163,7 @@ def compare_oracles(
     for i, policy in enumerate(policies):
         module = space.apply(policy)
         onnx_bytes = None
-        for spec, oracle in zip(specs, built):
+        for spec, oracle in zip(specs, built, strict=True):
             if oracle.input_format == "onnx":
                 if onnx_bytes is None:
                     onnx_bytes = export_onnx(module, input_shape=tuple(input_shape))
@@ -187,7 +188,7 @@ def compare_oracles(
         input_shape=tuple(input_shape),
         reference=reference,
         oracles=specs,
-        units={s: o.unit for s, o in zip(specs, built)},
+        units={s: o.unit for s, o in zip(specs, built, strict=True)},
         keeps=keeps,
         values=values,
         pairs=pairs,
@@ -223,9 +224,16 @@ def write_report(result: Comparison, out_dir: str | Path) -> Path:
             f"| `{p.oracle}` | {pair.spearman:.3f} | {pair.kendall:.3f} | {p.mean_rel_error:.1%} | "
             f"{p.max_rel_error:.1%} | {p.r2:.3f} | {result.ratio[p.oracle]:.3f} |"
         )
-    lines.append(f"| `{result.reference}` (reference) | 1 | 1 | | | | {result.ratio[result.reference]:.3f} |")
-    lines += ["", "## Rank correlation between every pair", "", "| a | b | Spearman | Kendall |",
-              "|---|---|---|---|"]
+    lines.append(
+        f"| `{result.reference}` (reference) | 1 | 1 | | | | {result.ratio[result.reference]:.3f} |"
+    )
+    lines += [
+        "",
+        "## Rank correlation between every pair",
+        "",
+        "| a | b | Spearman | Kendall |",
+        "|---|---|---|---|",
+    ]
     for p in result.pairs:
         lines.append(f"| `{p.a}` | `{p.b}` | {p.spearman:.3f} | {p.kendall:.3f} |")
     if plots:

@@ -32,14 +32,20 @@ class Quantity:
 
 _COUNT_UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 _BYTE_UNITS = {
-    "": 1.0, "b": 1.0,
-    "kb": 1e3, "mb": 1e6, "gb": 1e9,
-    "kib": 2.0**10, "mib": 2.0**20, "gib": 2.0**30,
+    "": 1.0,
+    "b": 1.0,
+    "kb": 1e3,
+    "mb": 1e6,
+    "gb": 1e9,
+    "kib": 2.0**10,
+    "mib": 2.0**20,
+    "gib": 2.0**30,
 }
 
 QUANTITIES: dict[str, Quantity] = {
-    "latency": Quantity("latency", "onnxruntime:cpu?threads=1", "ms",
-                        {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}),
+    "latency": Quantity(
+        "latency", "onnxruntime:cpu?threads=1", "ms", {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}
+    ),
     "params": Quantity("params", "params", "params", _COUNT_UNITS),
     "flops": Quantity("flops", "flops", "MAC", _COUNT_UNITS),
     "memory": Quantity("memory", "peak-memory", "bytes", _BYTE_UNITS),
@@ -49,7 +55,9 @@ _ALIASES = {"peak-memory": "memory", "macs": "flops", "mac": "flops", "parameter
 
 _BUDGET_RE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_\-]*)\s*<=\s*(.+?)\s*$")
 _VALUE_RE = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za-zµ%]*)$")
-_EXAMPLE = "expected a budget like 'latency<=2.5ms', 'latency<=50%', 'params<=1.2M' or 'memory<=64MiB'"
+_EXAMPLE = (
+    "expected a budget like 'latency<=2.5ms', 'latency<=50%', 'params<=1.2M' or 'memory<=64MiB'"
+)
 
 
 @dataclass(frozen=True)
@@ -106,7 +114,9 @@ def parse_budget(text: str) -> Budget:
         raise BudgetError(f"budget {text!r} must be a positive number, got {number:g}")
     if suffix == "%":
         if number > 100:
-            raise BudgetError(f"budget {text!r}: a relative budget must be at most 100%, got {number:g}%")
+            raise BudgetError(
+                f"budget {text!r}: a relative budget must be at most 100%, got {number:g}%"
+            )
         return Budget(quantity.name, number / 100.0, True, text.strip())
     if quantity.name == "latency" and suffix == "":
         raise BudgetError(f"budget {text!r} needs a unit: ms, us or s, or a percentage of dense")

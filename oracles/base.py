@@ -159,7 +159,9 @@ class Oracle:
 
     @classmethod
     def from_spec(cls, device: str | None, params: Mapping[str, str]) -> Oracle:
-        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        fields = (
+            {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        )
         settable = {k: f for k, f in fields.items() if k != "device" and f.init}
         kwargs: dict[str, Any] = {}
         for key, raw in params.items():
@@ -235,7 +237,9 @@ class Oracle:
         shapes = resolve_input_shapes(proto, input_shapes, batch=getattr(self, "batch", None))
         return structure_key(proto, input_shapes=shapes, include_values=self.value_sensitive)
 
-    def measure(self, model: Any, *, input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> Measurement:
+    def measure(
+        self, model: Any, *, input_shapes: Mapping[str, tuple[int, ...]] | None = None
+    ) -> Measurement:
         raise NotImplementedError
 
     def __call__(self, model: Any, **kwargs: Any) -> Measurement:

@@ -109,8 +109,12 @@ class MeasurementCache:
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
                 raise
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            log.warning("oracle cache %s is unreadable (%s); moved it to %s and started a new one",
-                        self.path, exc, aside)
+            log.warning(
+                "oracle cache %s is unreadable (%s); moved it to %s and started a new one",
+                self.path,
+                exc,
+                aside,
+            )
             for suffix in ("", "-wal", "-shm"):
                 p = Path(str(self.path) + suffix)
                 if p.exists():

@@ -10,7 +10,14 @@ from typing import Any
 
 from oracles.errors import ModelInputError
 
-__all__ = ["load_onnx", "fix_input_shapes", "resolve_input_shapes", "graph_inputs", "structure_key", "model_bytes"]
+__all__ = [
+    "load_onnx",
+    "fix_input_shapes",
+    "resolve_input_shapes",
+    "graph_inputs",
+    "structure_key",
+    "model_bytes",
+]
 
 Shapes = Mapping[str, tuple[int, ...]]
 
@@ -152,7 +159,9 @@ def model_bytes(model: Any) -> bytes:
 
 
 def structure_key(
-    model: Any, *, input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    model: Any,
+    *,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     include_values: bool = False,
 ) -> str:
     """A hash of the graph's structure: operators, attributes, tensor shapes and dtypes.
@@ -174,7 +183,11 @@ def structure_key(
     for op in proto.opset_import:
         add("opset", op.domain, op.version)
     for inp in graph_inputs(proto):
-        dims = tuple(input_shapes[inp.name]) if input_shapes and inp.name in input_shapes else _dims(inp)
+        dims = (
+            tuple(input_shapes[inp.name])
+            if input_shapes and inp.name in input_shapes
+            else _dims(inp)
+        )
         add("in", inp.name, inp.type.tensor_type.elem_type, dims)
     for t in proto.graph.initializer:
         add("init", t.name, t.data_type, tuple(t.dims))
@@ -189,13 +202,19 @@ def structure_key(
         for a in node.attribute:
             if a.type == onnx.AttributeProto.TENSOR:
                 add("attr", a.name, a.t.data_type, tuple(a.t.dims))
-                if include_values or len(a.t.dims) == 0 or (
-                    len(a.t.dims) == 1 and a.t.dims[0] <= 16
+                if (
+                    include_values
+                    or len(a.t.dims) == 0
+                    or (len(a.t.dims) == 1 and a.t.dims[0] <= 16)
                 ):
                     # Small constants (reshape targets, axes) shape the graph.
                     add(onnx.numpy_helper.to_array(a.t).tobytes())
             elif a.type == onnx.AttributeProto.GRAPH:
-                add("attr", a.name, structure_key(_subgraph_model(a.g, proto), include_values=include_values))
+                add(
+                    "attr",
+                    a.name,
+                    structure_key(_subgraph_model(a.g, proto), include_values=include_values),
+                )
             else:
                 add("attr", a.name, onnx.helper.get_attribute_value(a))
     for out in proto.graph.output:

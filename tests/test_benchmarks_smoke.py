@@ -21,7 +21,8 @@ def test_run_list_names_every_benchmark_with_its_quick_arguments() -> None:
     )  # fmt: skip
     lines = out.stdout.strip().splitlines()
     assert [line.split()[1] for line in lines] == [
-        f"benchmarks/{n}.py" for n in ("demo", "oracles", "evaluate", "search", "compare", "quality", "paper")
+        f"benchmarks/{n}.py"
+        for n in ("demo", "oracles", "evaluate", "search", "compare", "quality", "paper")
     ]
     assert lines[-1].endswith("--data digits --device cpu --quick")
     assert all("script missing" not in line for line in lines)

@@ -10,11 +10,18 @@ from hwprune.agents.base import (
     repair,
 )
 
-__all__ = ["SEARCHERS", "BudgetedEvaluator", "Searcher", "SearchResult", "get_searcher",
-           "list_searchers", "repair"]
+__all__ = [
+    "SEARCHERS",
+    "BudgetedEvaluator",
+    "Searcher",
+    "SearchResult",
+    "get_searcher",
+    "list_searchers",
+    "repair",
+]
 
 # Importing the modules registers their searchers.
-from hwprune.agents import baselines as _baselines  # noqa: E402,F401
-from hwprune.agents import qlp as _qlp  # noqa: E402,F401
 from hwprune.agents import amc as _amc  # noqa: E402,F401
+from hwprune.agents import baselines as _baselines  # noqa: E402,F401
 from hwprune.agents import ppo_lagrangian as _ppo_lagrangian  # noqa: E402,F401
+from hwprune.agents import qlp as _qlp  # noqa: E402,F401

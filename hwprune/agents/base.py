@@ -14,8 +14,15 @@ from hwprune.registry import Registry
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Searcher", "SearchResult", "SEARCHERS", "get_searcher", "list_searchers", "repair",
-           "BudgetedEvaluator"]
+__all__ = [
+    "Searcher",
+    "SearchResult",
+    "SEARCHERS",
+    "get_searcher",
+    "list_searchers",
+    "repair",
+    "BudgetedEvaluator",
+]
 
 
 @dataclass(frozen=True)
@@ -49,8 +56,13 @@ class BudgetedEvaluator:
     so a searcher stuck on one shape still ends.
     """
 
-    def __init__(self, evaluator: Evaluator, budget: int, *,
-                 progress: Callable[[Outcome], None] | None = None) -> None:
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        budget: int,
+        *,
+        progress: Callable[[Outcome], None] | None = None,
+    ) -> None:
         self.evaluator = evaluator
         self.budget = int(budget)
         self.progress = progress
@@ -143,8 +155,9 @@ class Searcher:
         )
 
 
-def repair(space: Any, evaluate: Callable[[Any], Outcome], policy: Any | None, *,
-           steps: int = 8) -> Outcome | None:
+def repair(
+    space: Any, evaluate: Callable[[Any], Outcome], policy: Any | None, *, steps: int = 8
+) -> Outcome | None:
     """Scale a policy's pruning up until the oracles call it feasible (bisection on the scale).
 
     keep(s) = min_keep + s * (keep - min_keep) for s in [0, 1]: s=1 is the

@@ -32,10 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from oracles.errors import OracleError
-
     from hwprune.cli._console import err_console
     from hwprune.errors import HwpruneError
+    from oracles.errors import OracleError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -48,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except (HwpruneError, OracleError) as exc:
         from rich.markup import escape  # messages name extras like "hwprune[gpu]"
 
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted", highlight=False)

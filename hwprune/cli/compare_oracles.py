@@ -16,19 +16,47 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "oracle's error as a linear predictor of the reference oracle."
         ),
     )
-    p.add_argument("--model", required=True, help="model name (e.g. resnet18, vgg16_cifar) or module:callable")
-    p.add_argument("--weights", help="checkpoint (state dict) to load; weights do not change latency")
-    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: 10 for CIFAR-style models, 1000 otherwise)")
-    p.add_argument("--input-size", type=int, default=None, help="input height/width (default: 32 for CIFAR-style models, 224 otherwise)")
-    p.add_argument("--batch", type=int, default=1, help="batch size of the measured input (default 1)")
-    p.add_argument("--oracle", action="append", dest="oracles", metavar="SPEC",
-                   help="oracle spec, repeatable (default: params, flops, peak-memory, "
-                        "onnxruntime:cpu?threads=1, onnxruntime:cpu?threads=2, torch:cpu)")
-    p.add_argument("--reference", metavar="SPEC", help="oracle to predict (default: the first latency oracle)")
+    p.add_argument(
+        "--model", required=True, help="model name (e.g. resnet18, vgg16_cifar) or module:callable"
+    )
+    p.add_argument(
+        "--weights", help="checkpoint (state dict) to load; weights do not change latency"
+    )
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="classifier outputs (default: 10 for CIFAR-style models, 1000 otherwise)",
+    )
+    p.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="input height/width (default: 32 for CIFAR-style models, 224 otherwise)",
+    )
+    p.add_argument(
+        "--batch", type=int, default=1, help="batch size of the measured input (default 1)"
+    )
+    p.add_argument(
+        "--oracle",
+        action="append",
+        dest="oracles",
+        metavar="SPEC",
+        help="oracle spec, repeatable (default: params, flops, peak-memory, "
+        "onnxruntime:cpu?threads=1, onnxruntime:cpu?threads=2, torch:cpu)",
+    )
+    p.add_argument(
+        "--reference", metavar="SPEC", help="oracle to predict (default: the first latency oracle)"
+    )
     p.add_argument("--samples", type=int, default=12, help="number of pruned variants (default 12)")
-    p.add_argument("--min-keep", type=float, default=0.1, help="smallest keep ratio sampled (default 0.1)")
+    p.add_argument(
+        "--min-keep", type=float, default=0.1, help="smallest keep ratio sampled (default 0.1)"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", help="oracle cache file (default: $HWPRUNE_CACHE or ~/.cache/hwprune/oracles.sqlite)")
+    p.add_argument(
+        "--cache",
+        help="oracle cache file (default: $HWPRUNE_CACHE or ~/.cache/hwprune/oracles.sqlite)",
+    )
     p.add_argument("--no-cache", action="store_true", help="measure everything afresh")
     p.add_argument("--out", required=True, help="folder for report.md, comparison.json and plots")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
@@ -36,7 +64,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from oracles import MeasurementCache
     from rich.progress import Progress
     from rich.table import Table
 
@@ -44,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from hwprune.compare import DEFAULT_ORACLES, compare_oracles, write_report
     from hwprune.errors import ConfigError
     from hwprune.models import get_model, load_checkpoint
+    from oracles import MeasurementCache
 
     if args.samples < 3:
         raise ConfigError(f"--samples must be at least 3, got {args.samples}")
@@ -84,8 +112,13 @@ def run(args: argparse.Namespace) -> int:
     pairs = {(p.a, p.b): p for p in result.pairs} | {(p.b, p.a): p for p in result.pairs}
     for p in result.predictors:
         pair = pairs[(p.oracle, result.reference)]
-        table.add_row(p.oracle, f"{pair.spearman:.3f}", f"{pair.kendall:.3f}",
-                      f"{p.mean_rel_error:.1%}", f"{result.ratio[p.oracle]:.3f}")
+        table.add_row(
+            p.oracle,
+            f"{pair.spearman:.3f}",
+            f"{pair.kendall:.3f}",
+            f"{p.mean_rel_error:.1%}",
+            f"{result.ratio[p.oracle]:.3f}",
+        )
     console.print(table)
     console.print(f"report: {report}")
     return 0

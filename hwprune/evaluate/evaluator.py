@@ -209,7 +209,9 @@ class Evaluator:
 
         return torch.utils.data.Subset(dataset, indices)
 
-    def _accuracy(self, module: Any, *, reestimate: bool, timings: dict[str, float] | None = None) -> float:
+    def _accuracy(
+        self, module: Any, *, reestimate: bool, timings: dict[str, float] | None = None
+    ) -> float:
         from hwprune.train import accuracy, reestimate_bn
 
         module = module.to(self.device)

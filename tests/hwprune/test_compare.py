@@ -12,10 +12,18 @@ from hwprune.compare import compare_oracles, sample_policies, write_report
 
 def conv_chain() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.Conv2d(64, 64, 3, padding=1),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 10),
     )
 
 
@@ -39,7 +47,12 @@ def test_correlations_from_real_measurements(tmp_path):
         model=conv_chain(),
         model_name="chain",
         input_shape=(1, 3, 16, 16),
-        oracle_specs=["flops", "params", "params?nonzero=1", "onnxruntime:cpu?threads=1&min_time=0.05"],
+        oracle_specs=[
+            "flops",
+            "params",
+            "params?nonzero=1",
+            "onnxruntime:cpu?threads=1&min_time=0.05",
+        ],
         samples=6,
         cache=cache,
     )
@@ -56,8 +69,11 @@ def test_correlations_from_real_measurements(tmp_path):
     assert len(data["values"]["flops"]) == 6
     # A second run answers from the oracle cache.
     again = compare_oracles(
-        model=conv_chain(), input_shape=(1, 3, 16, 16),
-        oracle_specs=["flops", "onnxruntime:cpu?threads=1&min_time=0.05"], samples=6, cache=cache,
+        model=conv_chain(),
+        input_shape=(1, 3, 16, 16),
+        oracle_specs=["flops", "onnxruntime:cpu?threads=1&min_time=0.05"],
+        samples=6,
+        cache=cache,
     )
     import oracles
 
