@@ -122,8 +122,27 @@ def test_episode_prunes_current_density_and_ends_on_the_estimate(model, data):
     assert reward == pytest.approx(info["outcome"].accuracy) if info["feasible"] else reward < 0.5
 
 
-def test_latency_episode_runs_every_visit_and_penalises_excess(model, data):
-    space = channel_space(model, data)
+def wide_net() -> nn.Module:
+    """Wide enough (about 1 ms) that pruning, not per-call overhead, sets its latency."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 3, padding=1, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.Conv2d(64, 128, 3, padding=1, stride=2, bias=False),
+        nn.BatchNorm2d(128),
+        nn.ReLU(),
+        nn.Conv2d(128, 128, 3, padding=1, bias=False),
+        nn.BatchNorm2d(128),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(128, 10),
+    ).eval()
+
+
+def test_latency_episode_runs_every_visit_and_penalises_excess(data):
+    space = channel_space(wide_net(), data)
     ev = make_evaluator(space, data, ["latency<=50%"], oracle_overrides={"latency": LATENCY})
     env = MultiVisitEnv(space, ev.evaluate, constraints=ev.constraints, visits=2, penalty=2.0)
     env.reset(seed=0)
@@ -172,8 +191,10 @@ def test_qlp_finds_a_feasible_policy_and_repeats_with_its_seed(model, data, tmp_
     assert c.extra["resumed"] and c.extra["timesteps"] > a.extra["timesteps"]
 
 
-def test_qlp_meets_a_latency_budget_on_onnxruntime(model, data):
-    space = channel_space(model, data)
+def test_qlp_meets_a_latency_budget_on_onnxruntime(data):
+    # On a 0.1 ms net the latency is mostly per-call overhead and a "feasible"
+    # candidate can be timing noise; a wider net makes the budget a real one.
+    space = channel_space(wide_net(), data)
     ev = make_evaluator(space, data, ["latency<=70%"], oracle_overrides={"latency": LATENCY})
     result = get_searcher("qlp", seed=0, visits=2, learning_starts=16, batch_size=16).search(
         space=space, evaluator=ev, evaluations=8
