@@ -259,7 +259,12 @@ def time_adaptive(
     finally:
         if gc_was_enabled:
             gc.enable()
-    result = summarize(samples, wall_seconds=(clock() - wall_start) / 1e9)
+    result = summarize(
+        samples, target_rel_ci=target_rel_ci, wall_seconds=(clock() - wall_start) / 1e9
+    )
+    # A fast model can hit max_runs before min_seconds with an interval already
+    # far inside the target: that is a converged measurement too.
+    converged = converged or (len(samples) >= min_runs and result.converged)
     return TimingResult(
         samples_ms=result.samples_ms,
         median=result.median,
