@@ -160,7 +160,13 @@ def test_max_runs_before_min_seconds_still_converges_when_the_interval_is_tight(
     from oracles.timing import time_adaptive
 
     result = time_adaptive(
-        lambda: 1.0, warmup=1, min_runs=20, max_runs=50, min_seconds=100.0, target_rel_ci=0.01
+        lambda: 1.0,
+        warmup=1,
+        min_runs=20,
+        max_runs=50,
+        min_seconds=100.0,
+        max_seconds=200.0,
+        target_rel_ci=0.01,
     )
     assert len(result.samples_ms) == 50
     assert result.converged
