@@ -68,15 +68,21 @@ def bn_effect(epochs: int) -> dict:
     ckpt, _ = dense_checkpoint("vgg11_cifar", width=0.5, epochs=epochs)
     model = model_from_checkpoint(ckpt)
     data = get_dataset("digits")
-    space = ChannelSpace(model, example_input_shape=(1, *data.input_shape))
     dense = accuracy(model, data.search)
     rows = []
-    for keep in (0.75, 0.5):
-        pruned = space.apply(Policy.uniform(space, keep))
-        without = accuracy(pruned, data.search)
-        reestimate_bn(pruned, data.train, batches=4, batch_size=64)
-        rows.append({"keep": keep, "without_bn": without, "with_bn": accuracy(pruned, data.search)})
-    return {"model": "vgg11_cifar", "width": 0.5, "dense": dense, "pruned": rows}
+    for importance in ("l1", "l2"):
+        space = ChannelSpace(
+            model, example_input_shape=(1, *data.input_shape), importance=importance
+        )
+        for keep in (0.75, 0.5):
+            pruned = space.apply(Policy.uniform(space, keep))
+            without = accuracy(pruned, data.search)
+            reestimate_bn(pruned, data.train, batches=4, batch_size=64)
+            with_bn = accuracy(pruned, data.search)
+            rows.append(
+                {"importance": importance, "keep": keep, "without_bn": without, "with_bn": with_bn}
+            )
+    return {"model": "vgg11_cifar", "width": 0.5, "epochs": epochs, "dense": dense, "pruned": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     candidates = 3 if args.quick else 6
     models = [("vgg16_cifar", 0.25, 8), ("resnet56_cifar", 0.5, 5)]
     rows = [stage_times(n, w, e, candidates) for n, w, e in models]
-    bn = bn_effect(5)
+    bn = bn_effect(5 if args.quick else 30)
     command = command_line()
     write_results("evaluate", {"stages": rows, "bn_effect": bn}, command=command)
     table = markdown_table(
@@ -103,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         ],
     )
     bn_line = (
-        f"\n\nBN re-estimation ({bn['model']} width {bn['width']} trained 5 epochs, no "
+        f"\n\nBN re-estimation ({bn['model']} width {bn['width']} trained {bn['epochs']} epochs, no "
         f"fine-tuning; proxy accuracy on the search split, dense {bn['dense']:.1%}): "
         + "; ".join(
-            f"every group kept at {r['keep']:.0%}: {r['without_bn']:.1%} without "
+            f"{r['importance']}, every group kept at {r['keep']:.0%}: {r['without_bn']:.1%} without "
             f"re-estimation, {r['with_bn']:.1%} with it"
             for r in bn["pruned"]
         )
