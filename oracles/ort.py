@@ -66,6 +66,7 @@ _PROVIDERS = {
 _OPT_LEVELS = ("all", "extended", "basic", "disable")
 #: Different input tensors rotated through the timed runs.
 _INPUT_SETS = 4
+_SESSION_BLOCK = 8  # consecutive timed runs on one session before the next takes over
 _GPU_EXTRA = 'pip install "hwprune[gpu]" (the onnxruntime-gpu package, in place of onnxruntime)'
 
 
@@ -163,7 +164,12 @@ class OnnxRuntimeLatency(Oracle):
     ``copies`` times host<->device copies on GPU providers; ``opt_level`` is
     ONNX Runtime's graph optimisation level (all, extended, basic, disable);
     ``fp16`` lets TensorRT build FP16 kernels; ``spin`` lets intra-op worker
-    threads busy-wait. CUDA and TensorRT need the ``gpu`` extra.
+    threads busy-wait; ``sessions`` is how many independent sessions the
+    timed runs rotate over, in blocks of 8 runs (0 = auto: 3 on CPU with one
+    thread, else 1). One session's memory layout can make it a few percent faster
+    or slower than the next; pooling runs over several sessions keeps that
+    from showing up as a difference between two calls on the same model.
+    CUDA and TensorRT need the ``gpu`` extra.
     """
 
     name: ClassVar[str] = "onnxruntime"
@@ -187,6 +193,7 @@ class OnnxRuntimeLatency(Oracle):
     opt_level: str = "all"
     fp16: bool = False
     spin: bool = True
+    sessions: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -205,6 +212,8 @@ class OnnxRuntimeLatency(Oracle):
             )
         if not isinstance(self.threads, int) or self.threads < 1:
             raise bad("threads", self.threads, "a positive integer (1 or more)")
+        if not isinstance(self.sessions, int) or not 0 <= self.sessions <= 16:
+            raise bad("sessions", self.sessions, "an integer from 0 (auto) to 16")
         if self.batch is not None and (not isinstance(self.batch, int) or self.batch < 1):
             raise bad("batch", self.batch, "a positive integer")
         if self.warmup < 0:
@@ -374,11 +383,21 @@ class OnnxRuntimeLatency(Oracle):
         proto, shapes = fix_input_shapes(model, input_shapes, batch=self.batch)
         data = proto.SerializeToString()
         del proto
-        session = self._session(data)
+        # Auto: pool over 3 sessions only where they cannot compete for cores (one
+        # thread on CPU); idle multi-thread pools spinning next to each other slow every run.
+        count = self.sessions or (3 if self.device == "cpu" and self.threads == 1 else 1)
+        sessions = [self._session(data) for _ in range(count)]
+        session = sessions[0]
         feeds = _random_inputs(session, shapes, count=_INPUT_SETS)
-        run_once = self._runner(session, feeds)
+        runners = [self._runner(s, feeds) for s in sessions]
+        step = iter(range(1 << 62))
+
+        def run_once() -> None:
+            runners[(next(step) // _SESSION_BLOCK) % count]()
+
         try:
-            run_once()  # a model that cannot run fails here, before any timing
+            for runner in runners:  # a model that cannot run fails here, before any timing
+                runner()
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise MeasurementFailedError(
@@ -418,6 +437,7 @@ class OnnxRuntimeLatency(Oracle):
                 "provider": self.provider,
                 "providers": list(session.get_providers()),
                 "converged": result.converged,
+                "sessions": count,
                 "rel_ci": result.rel_ci,
                 "opt_level": self.opt_level,
                 "input_shapes": {k: list(v) for k, v in shapes.items()},

@@ -230,3 +230,17 @@ def test_tensorrt_session_on_gpu(small: bytes) -> None:
     m = oracles.get_oracle(f"onnxruntime:tensorrt?{FAST}").measure(small)
     assert m.extra["provider"] == "TensorrtExecutionProvider" and m.value > 0
     assert any(trt_cache_dir().iterdir())
+
+
+def test_runs_rotate_over_several_sessions(small: bytes) -> None:
+    fast = "min_time=0.05&warmup=2"
+    auto = oracles.get_oracle(f"onnxruntime:cpu?{fast}").measure(
+        small, input_shapes={"x": (1, 3, 16, 16)}
+    )
+    assert auto.extra["sessions"] == 3
+    one = oracles.get_oracle(f"onnxruntime:cpu?{fast}&sessions=1").measure(
+        small, input_shapes={"x": (1, 3, 16, 16)}
+    )
+    assert one.extra["sessions"] == 1 and one.value > 0
+    with pytest.raises(OracleSpecError, match="sessions"):
+        oracles.get_oracle("onnxruntime:cpu?sessions=17")
