@@ -376,7 +376,7 @@ class OnnxRuntimeLatency(Oracle):
     ) -> Measurement:
         """Time one inference of ``model`` (ONNX bytes, path or ModelProto); see the module protocol."""
         from oracles.model import fix_input_shapes
-        from oracles.timing import time_adaptive
+        from oracles.timing import time_with_settings
 
         start = time.perf_counter()
         self.check_available()
@@ -403,15 +403,7 @@ class OnnxRuntimeLatency(Oracle):
             raise MeasurementFailedError(
                 f"onnxruntime:{self.device} failed to run the model: {first}"
             ) from exc
-        result = time_adaptive(
-            run_once,
-            warmup=self.warmup,
-            min_runs=self.min_runs,
-            max_runs=self.max_runs,
-            min_seconds=self.min_time,
-            max_seconds=self.max_time,
-            target_rel_ci=self.rel_ci,
-        )
+        result = time_with_settings(run_once, self)
         if not result.converged:
             log.info(
                 "%s: median %.4g ms after %d runs, CI half-width %.2f%% > target %.2f%%",

@@ -275,3 +275,20 @@ def time_adaptive(
         converged=converged,
         wall_seconds=result.wall_seconds,
     )
+
+
+def time_with_settings(run_once: Callable[[], float | None], settings: Any) -> TimingResult:
+    """``time_adaptive`` with a latency oracle's protocol settings.
+
+    ``settings`` has the fields every timed oracle shares: ``warmup``,
+    ``min_runs``, ``max_runs``, ``min_time``, ``max_time`` (seconds), ``rel_ci``.
+    """
+    return time_adaptive(
+        run_once,
+        warmup=settings.warmup,
+        min_runs=settings.min_runs,
+        max_runs=settings.max_runs,
+        min_seconds=settings.min_time,
+        max_seconds=settings.max_time,
+        target_rel_ci=settings.rel_ci,
+    )

@@ -222,7 +222,7 @@ class TorchLatency(Oracle):
         self, model: Any, *, input_shapes: Mapping[str, tuple[int, ...]] | None = None
     ) -> Measurement:
         """Time ``model``'s forward pass on ``input_shapes`` (default one 1x3x32x32 input)."""
-        from oracles.timing import time_adaptive
+        from oracles.timing import time_with_settings
 
         torch = _torch()
         self.check_available()
@@ -255,15 +255,7 @@ class TorchLatency(Oracle):
                         f"{', '.join(f'{k}={v}' for k, v in shapes.items())}: {exc}"
                     ) from exc
                 run_once = self._runner(torch, net, pool, device=device)
-                timing = time_adaptive(
-                    run_once,
-                    warmup=self.warmup,
-                    min_runs=self.min_runs,
-                    max_runs=self.max_runs,
-                    min_seconds=self.min_time,
-                    max_seconds=self.max_time,
-                    target_rel_ci=self.rel_ci,
-                )
+                timing = time_with_settings(run_once, self)
         except torch.cuda.OutOfMemoryError as exc:
             raise MeasurementFailedError(
                 f"CUDA ran out of memory while timing the model: {exc}"

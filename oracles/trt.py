@@ -601,22 +601,14 @@ class TensorRTLatency(_TensorRTOracle):
     def _measure_here(
         self, data: bytes, input_shapes: Mapping[str, tuple[int, ...]] | None
     ) -> Measurement:
-        from oracles.timing import time_adaptive
+        from oracles.timing import time_with_settings
 
         started = time.perf_counter()
         plan, shapes, build_seconds = self._build(data, input_shapes)
         engine = _LoadedEngine(plan, shapes)
         try:
             run_once: Callable[[], float] = engine.run_once
-            timing = time_adaptive(
-                run_once,
-                warmup=self.warmup,
-                min_runs=self.min_runs,
-                max_runs=self.max_runs,
-                min_seconds=self.min_time,
-                max_seconds=self.max_time,
-                target_rel_ci=self.rel_ci,
-            )
+            timing = time_with_settings(run_once, self)
             device_memory = engine.device_memory_bytes()
         finally:
             engine.close()
