@@ -862,21 +862,7 @@ def _reestimated(module: Any, data: Any, device: str) -> Any:
 
 def _verify(evaluator: Any, module: Any) -> dict[str, Any]:
     """Every constraint's oracle on the final module, measured afresh (no cache)."""
-    import oracles as _oracles
-    from hwprune.export.onnx import export_onnx
-
-    shapes = {"input": evaluator.input_shape}
-    onnx_bytes = None
-    out = {}
-    for c in evaluator.constraints:
-        oracle = _oracles.get_oracle(c.oracle)
-        if oracle.input_format == "onnx":
-            if onnx_bytes is None:
-                onnx_bytes = export_onnx(module, input_shape=evaluator.input_shape)
-            out[c.name] = _oracles.measure(oracle, onnx_bytes, input_shapes=shapes, cache=None)
-        else:
-            out[c.name] = _oracles.measure(oracle, module, input_shapes=shapes, cache=None)
-    return out
+    return evaluator.measure_module(module, fresh=True)
 
 
 def _repair_candidate(

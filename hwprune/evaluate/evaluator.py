@@ -165,11 +165,13 @@ class Evaluator:
         onnx_bytes: bytes | None = None,
         timings: dict[str, float] | None = None,
         repeats: int = 1,
+        fresh: bool = False,
     ) -> dict[str, Measurement]:
         """Every constraint's oracle on one module (its ONNX export made once, lazily).
 
         ``repeats`` > 1 keeps the median of that many independent calls of each
-        timed oracle (see ``oracles.measure``).
+        timed oracle (see ``oracles.measure``); ``fresh`` measures without the
+        cache (the final verification).
         """
         from hwprune.export.onnx import export_onnx
 
@@ -188,7 +190,11 @@ class Evaluator:
                 model = module
             t0 = time.perf_counter()
             out[c.name] = oracles.measure(
-                oracle, model, input_shapes=shapes, cache=self.cache, repeats=repeats
+                oracle,
+                model,
+                input_shapes=shapes,
+                cache=None if fresh else self.cache,
+                repeats=repeats,
             )
             if timings is not None:
                 timings[f"oracle:{c.name}"] = time.perf_counter() - t0
