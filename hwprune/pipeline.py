@@ -419,7 +419,7 @@ def prune(
     round_to: int | None = None,
     min_keep: float = 0.1,
     granularity: str = "channel",
-    importance: str = "l1",
+    importance: str = "l2",
     device: str = "cpu",
     opset: int = 17,
     tensorrt: bool = True,

@@ -12,7 +12,7 @@ DEFAULTS: dict[str, Any] = {
     "model": None, "weights": None, "width": None, "data": "digits", "data_root": None,
     "budgets": None, "oracles": None, "agent": "ppo-lagrangian", "evaluations": 100,
     "finetune_epochs": 5, "distill": False, "seed": 0, "round_to": None, "min_keep": 0.1,
-    "granularity": "channel", "importance": "l1", "device": "cpu", "opset": 17, "tensorrt": True,
+    "granularity": "channel", "importance": "l2", "device": "cpu", "opset": 17, "tensorrt": True,
     "out": None, "overwrite": False,
 }  # fmt: skip
 
@@ -66,7 +66,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--round-to", type=int, help="channel multiple (default 1; 8 for GPU oracles)")
     p.add_argument("--min-keep", type=float, help="smallest fraction kept per unit (default 0.1)")
     p.add_argument("--granularity", choices=["channel", "weight", "2:4"])
-    p.add_argument("--importance", help="channel importance: l1, l2, taylor, random (default l1)")
+    p.add_argument("--importance", help="channel importance: l1, l2, taylor, random (default l2)")
     p.add_argument("--device", help="training/evaluation device: cpu, cuda, cuda:N (default cpu)")
     p.add_argument("--opset", type=int, help="ONNX opset of the export (default 17)")
     p.add_argument("--no-tensorrt", dest="tensorrt", action="store_false", default=None,

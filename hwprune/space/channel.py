@@ -130,7 +130,7 @@ class ChannelSpace:
     ``keep`` ratios map to channel counts by ``round(max(keep, min_keep) *
     channels)`` rounded to a multiple of ``round_to`` (kept between
     ``max(1, round_to)`` and ``channels``). Which channels go is fixed once
-    from the dense weights by ``importance`` ("l1", "l2", "taylor" with a
+    from the dense weights by ``importance`` ("l2" by default, "l1", "taylor" with a
     ``calibration`` batch, "random" with ``seed``). The layers that produce
     the model's output (the classifier) are found automatically and their
     output channels never pruned; ``ignored_layers`` (names or modules) adds
@@ -150,7 +150,7 @@ class ChannelSpace:
         model: nn.Module,
         *,
         example_input_shape: Sequence[int] = (1, 3, 32, 32),
-        importance: str = "l1",
+        importance: str = "l2",
         round_to: int = 1,
         min_keep: float = 0.1,
         ignored_layers: Iterable[str | nn.Module] | None = None,
