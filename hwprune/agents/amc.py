@@ -35,6 +35,7 @@ from hwprune.agents._sb3 import (
     write_json,
 )
 from hwprune.agents.base import SEARCHERS, BudgetedEvaluator, Searcher
+from hwprune.agents.baselines import start_anchor
 from hwprune.envs.layer import LayerPruningEnv, additive_targets
 from hwprune.errors import ConfigError, RunDirError
 
@@ -211,6 +212,9 @@ class AMC(Searcher):
         learning_rate, batch_size, buffer_size, tau, net_arch: DDPG settings.
         max_prune: the largest fraction of a unit one action prunes.
         action_wall: cap actions so params/FLOPs budgets stay reachable (default on).
+        anchor: start from the largest uniform keep ratio that meets the budgets
+            (coarse bisection, counted in the evaluation budget); actions then
+            move each unit above or below it (see ``LayerPruningEnv``).
         tensorboard_log: a directory for SB3's TensorBoard logs (if installed).
     """
 
@@ -233,6 +237,7 @@ class AMC(Searcher):
         net_arch: tuple[int, ...] = (64, 64),
         max_prune: float = 0.9,
         action_wall: bool = True,
+        anchor: bool = True,
         tensorboard_log: str | Path | None = None,
         **options: Any,
     ) -> None:
@@ -256,18 +261,28 @@ class AMC(Searcher):
         self.net_arch = [int(n) for n in net_arch]
         self.max_prune = float(max_prune)
         self.action_wall = bool(action_wall)
+        self.anchor = bool(anchor)
         self.tensorboard_log = tensorboard_log
 
     def _run(self, space: Any, evaluate: BudgetedEvaluator, *, checkpoint_dir: Path | None) -> None:
         constraints = constraints_of(evaluate)
         wall = additive_targets(constraints) if self.action_wall else None
         penalty = self.penalty
+        saved_state = checkpoint_dir / STATE_FILE if checkpoint_dir is not None else None
+        calls = evaluate.calls
+        anchor = (
+            start_anchor(space, evaluate, state_path=saved_state, who=self.name)
+            if self.anchor
+            else None
+        )
+        self.extra["anchor_calls"] = evaluate.calls - calls  # the bisection's share of the history
         env = LayerPruningEnv(
             space,
             evaluate,
             max_prune=self.max_prune,
             wall=wall,
             reward_fn=lambda outcome: amc_reward(outcome, penalty=penalty),
+            anchor=anchor,
         )
         units = env.num_units
         noise = TruncatedNormalNoise(
@@ -348,6 +363,7 @@ class AMC(Searcher):
                     "n_updates": model._n_updates,
                     "episodes": episodes["n"],
                     "noise": noise.state(),
+                    "anchor": anchor,
                 },
             )
 
@@ -365,6 +381,7 @@ class AMC(Searcher):
             sigma=noise.sigma,
             algo=self.algo,
             wall=dict(wall or {}),
+            anchor=anchor,
         )
         env.close()
 

@@ -26,6 +26,8 @@ __all__ = [
     "GlobalMagnitudeSearch",
     "RandomSearch",
     "bisect_largest_feasible",
+    "start_anchor",
+    "uniform_anchor",
     "channel_magnitudes",
     "global_keep",
 ]
@@ -95,6 +97,49 @@ def bisect_largest_feasible(
         keys[mid] = out.key
     log.info("bisection: largest feasible x=%.4g (interval %.4g..%.4g)", lo, lo, hi)
     return best
+
+
+def uniform_anchor(
+    space: Any, evaluate: BudgetedEvaluator, *, tolerance: float = 0.02
+) -> float | None:
+    """The largest uniform keep ratio that meets the budgets (coarse bisection), or None.
+
+    RL searchers start from it (``LayerPruningEnv(anchor=...)``) so that their
+    first policies lie on the budget's boundary; the evaluations it spends
+    (about log2(1/tolerance) + 2) count against the searcher's budget, and
+    its candidates are part of the search's history like any other.
+    """
+    policy_cls = _policy_cls()
+    min_keep = float(getattr(space, "min_keep", 0.0))
+    best = bisect_largest_feasible(
+        lambda k: policy_cls.uniform(space, k),
+        evaluate,
+        space=space,
+        lo=min_keep,
+        hi=1.0,
+        tolerance=tolerance,
+    )
+    if best is None:
+        return None
+    return float(best.policy.keep[0])
+
+
+def start_anchor(
+    space: Any, evaluate: BudgetedEvaluator, *, state_path: Path | None = None, who: str = "search"
+) -> float | None:
+    """An RL searcher's anchor: the one saved in ``state_path`` (a resumed search), else bisection."""
+    if state_path is not None and state_path.exists():
+        from hwprune.agents._sb3 import read_json
+
+        saved = read_json(state_path)
+        if "anchor" in saved:
+            return None if saved["anchor"] is None else float(saved["anchor"])
+    anchor = uniform_anchor(space, evaluate)
+    if anchor is None:
+        log.warning("no uniform policy meets the budgets; %s searches without an anchor", who)
+    else:
+        log.info("%s anchored at uniform keep %.3f", who, anchor)
+    return anchor
 
 
 @SEARCHERS.register("uniform")

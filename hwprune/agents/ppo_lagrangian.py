@@ -36,6 +36,7 @@ from hwprune.agents._sb3 import (
     write_json,
 )
 from hwprune.agents.base import SEARCHERS, BudgetedEvaluator, Searcher
+from hwprune.agents.baselines import start_anchor
 from hwprune.envs.layer import LayerPruningEnv, additive_targets
 from hwprune.errors import ConfigError
 
@@ -179,6 +180,11 @@ class PPOLagrangian(Searcher):
         lambda_max: an upper clip that keeps rewards bounded.
         max_prune: the largest fraction of a unit one action prunes.
         action_wall: cap actions so additive budgets (params, FLOPs) stay reachable.
+        anchor: start from the largest uniform keep ratio that meets the budgets
+            (found by a coarse bisection that counts against the evaluation
+            budget): actions then move each unit above or below it, and the
+            policy's initial mean is that uniform policy. Off: actions are prune
+            fractions and the initial mean prunes half of ``max_prune``.
         tensorboard_log: a directory for SB3's TensorBoard logs (if installed).
     """
 
@@ -193,12 +199,13 @@ class PPOLagrangian(Searcher):
         n_epochs: int = 10,
         net_arch: tuple[int, ...] = (64, 64),
         ent_coef: float = 0.0,
-        log_std_init: float = -0.5,
+        log_std_init: float | None = None,
         lambda_lr: float = 0.5,
         lambda_init: float = 0.0,
         lambda_max: float = 100.0,
         max_prune: float = 0.9,
         action_wall: bool = False,
+        anchor: bool = True,
         tensorboard_log: str | Path | None = None,
         **options: Any,
     ) -> None:
@@ -216,7 +223,11 @@ class PPOLagrangian(Searcher):
         self.n_epochs = int(n_epochs)
         self.net_arch = [int(n) for n in net_arch]
         self.ent_coef = float(ent_coef)
+        # Exploration around an anchor must stay near the boundary: std 0.3 vs 0.6.
+        if log_std_init is None:
+            log_std_init = -1.2 if anchor else -0.5
         self.log_std_init = float(log_std_init)
+        self.anchor = bool(anchor)
         self.lambda_lr = float(lambda_lr)
         self.lambda_init = float(lambda_init)
         self.lambda_max = float(lambda_max)
@@ -230,9 +241,18 @@ class PPOLagrangian(Searcher):
         constraints = constraints_of(evaluate)
         names = [c.name for c in constraints]
         wall = additive_targets(constraints) if self.action_wall else None
-        env = LayerPruningEnv(space, evaluate, max_prune=self.max_prune, wall=wall)
-        # PPO's Gaussian starts at mean 0: on [-1, 1] that is half the allowed pruning.
-        env = RescaleAction(env, min_action=np.float32(-1.0), max_action=np.float32(1.0))
+        state_path = checkpoint_dir / STATE_FILE if checkpoint_dir is not None else None
+        calls = evaluate.calls
+        anchor = (
+            start_anchor(space, evaluate, state_path=state_path, who=self.name)
+            if self.anchor
+            else None
+        )
+        self.extra["anchor_calls"] = evaluate.calls - calls  # the bisection's share of the history
+        env = LayerPruningEnv(space, evaluate, max_prune=self.max_prune, wall=wall, anchor=anchor)
+        if anchor is None:
+            # PPO's Gaussian starts at mean 0: on [-1, 1] that is half the allowed pruning.
+            env = RescaleAction(env, min_action=np.float32(-1.0), max_action=np.float32(1.0))
         units = len(space.units)
         n_steps = self.episodes_per_update * units
 
@@ -294,6 +314,7 @@ class PPOLagrangian(Searcher):
                     "num_timesteps": model.num_timesteps,
                     "n_updates": model._n_updates,
                     "searcher": self.name,
+                    "anchor": anchor,
                 },
             )
 
@@ -301,6 +322,7 @@ class PPOLagrangian(Searcher):
         self.extra["lagrange"] = lagrange.history
         self.extra["mean_costs"] = lagrange.mean_costs
         self.extra["resumed"] = resumed
+        self.extra["anchor"] = anchor
         # More timesteps than any budget needs: the evaluation budget ends the search.
         total = max(10**9, model.num_timesteps + 1)
         model.learn(

@@ -224,9 +224,16 @@ class LayerPruningEnv(gym.Env):
             constraints (see ``additive_targets``); ``None`` turns the action
             wall off.
         reward_fn: ``Outcome -> float``; the default is the proxy accuracy.
+        anchor: a keep ratio (typically the largest uniform one that meets the
+            budgets, see ``hwprune.agents.uniform_anchor``). With an anchor the
+            action is ``Box([-1], [1])`` and means "keep more or less than the
+            anchor": 0 keeps ``anchor``, 1 keeps everything, -1 keeps the least
+            allowed (piecewise linear in between), so an agent whose actions
+            start near 0 starts at the budget's boundary instead of at an
+            arbitrary point of the space.
 
-    The action is ``Box([0], [max_prune])``: the fraction to prune; the unit
-    keeps ``1 - action`` clipped to ``[space.min_keep, 1]``. ``info`` of the
+    Without an anchor the action is ``Box([0], [max_prune])``: the fraction to
+    prune; the unit keeps ``1 - action`` clipped to ``[space.min_keep, 1]``. ``info`` of the
     last step holds ``outcome``, ``accuracy``, ``costs`` ({name: value/bound})
     , ``feasible`` and ``policy``.
     """
@@ -241,6 +248,7 @@ class LayerPruningEnv(gym.Env):
         max_prune: float = 0.9,
         wall: Mapping[str, float] | None = None,
         reward_fn: Callable[[Any], float] | None = None,
+        anchor: float | None = None,
     ) -> None:
         super().__init__()
         units = list(space.units)
@@ -255,6 +263,13 @@ class LayerPruningEnv(gym.Env):
         self.min_keep = float(getattr(space, "min_keep", 0.0) or 0.0)
         self.keep_floor = max(self.min_keep, 1.0 - self.max_prune)
         self.num_units = len(units)
+        if anchor is not None:
+            anchor = float(anchor)
+            if not (np.isfinite(anchor) and self.keep_floor <= anchor <= 1.0):
+                raise ConfigError(
+                    f"anchor must be a keep ratio in [{self.keep_floor:g}, 1], got {anchor!r}"
+                )
+        self.anchor = anchor
 
         wall = dict(wall or {})
         unknown = [name for name in wall if name not in ADDITIVE]
@@ -279,9 +294,10 @@ class LayerPruningEnv(gym.Env):
         self.observation_space = spaces.Box(
             low=0.0, high=1.0, shape=(len(OBS_FEATURES),), dtype=np.float32
         )
+        low, high = (-1.0, 1.0) if anchor is not None else (0.0, self.max_prune)
         self.action_space = spaces.Box(
-            low=np.array([0.0], dtype=np.float32),
-            high=np.array([self.max_prune], dtype=np.float32),
+            low=np.array([low], dtype=np.float32),
+            high=np.array([high], dtype=np.float32),
             dtype=np.float32,
         )
         self._t = 0
@@ -367,7 +383,10 @@ class LayerPruningEnv(gym.Env):
         if self._t >= self.num_units:
             raise RuntimeError("step() called after the episode ended; call reset() first")
         a = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
-        a = float(np.clip(a if np.isfinite(a) else 0.0, 0.0, self.max_prune))
+        a = a if np.isfinite(a) else 0.0
+        if self.anchor is not None:
+            a = 1.0 - self.anchored_keep(a)
+        a = float(np.clip(a, 0.0, self.max_prune))
         if self.wall:
             a = max(a, self.min_action(self._t, self._keep))
         keep = min(1.0, max(self.min_keep, 1.0 - a))
@@ -389,6 +408,15 @@ class LayerPruningEnv(gym.Env):
             feasible=bool(outcome.feasible),
         )
         return self._obs(), reward, True, False, info
+
+    def anchored_keep(self, action: float) -> float:
+        """The keep ratio an anchored action means: 0 -> anchor, 1 -> 1, -1 -> the keep floor."""
+        if self.anchor is None:
+            raise ConfigError("this environment has no anchor")
+        a = float(np.clip(action, -1.0, 1.0))
+        if a >= 0.0:
+            return self.anchor + a * (1.0 - self.anchor)
+        return self.anchor + a * (self.anchor - self.keep_floor)
 
     def policy_from_keep(self, keep: Sequence[float]) -> Any:
         """A Policy of this env's space with the given keep ratios."""

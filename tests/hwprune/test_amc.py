@@ -71,10 +71,13 @@ def test_short_search_with_the_wall_stays_within_a_params_budget(space, data):
     )
     assert result.searcher == "amc" and result.evaluations == 24
     assert result.extra["wall"] == {"params": pytest.approx(0.35)}
-    assert result.extra["episodes"] >= 24
+    # The anchor's bisection (about 7 evaluations) comes first, then the episodes.
+    assert result.extra["anchor"] is not None
+    assert result.extra["episodes"] >= 12
     # The wall is exact on torch's count; the ONNX count folds batch norm, so it can
     # differ by a few parameters per channel at most.
-    assert max(o.costs["params"] for o in result.history) <= 1.01
+    episodes = result.history[result.extra["anchor_calls"] :]
+    assert max(o.costs["params"] for o in episodes) <= 1.01
     assert result.best is not None and result.best.feasible and not result.repaired
     bound = ev.constraints[0].bound
     module = space.apply(result.best.policy)
@@ -86,7 +89,7 @@ def test_short_search_with_the_wall_stays_within_a_params_budget(space, data):
 
 def test_without_the_wall_random_warmup_breaks_a_tight_budget(space, data):
     ev = evaluator(space, data, ["params<=35%"])
-    result = get_searcher("amc", seed=0, warmup_episodes=8, action_wall=False).search(
+    result = get_searcher("amc", seed=0, warmup_episodes=8, action_wall=False, anchor=False).search(
         space=space, evaluator=ev, evaluations=8, repair_infeasible=False
     )
     assert result.extra["wall"] == {}
@@ -95,7 +98,7 @@ def test_without_the_wall_random_warmup_breaks_a_tight_budget(space, data):
 
 def test_same_seed_same_policies(space, data):
     def policies(seed: int) -> list[tuple[float, ...]]:
-        result = get_searcher("amc", seed=seed, warmup_episodes=2).search(
+        result = get_searcher("amc", seed=seed, warmup_episodes=2, anchor=False).search(
             space=space,
             evaluator=evaluator(space, data, ["flops<=50%"]),
             evaluations=6,
@@ -110,7 +113,7 @@ def test_same_seed_same_policies(space, data):
 
 def test_save_and_resume_keeps_agent_noise_and_replay_buffer(space, data, tmp_path):
     ckpt = tmp_path / "amc"
-    first = get_searcher("amc", seed=0, warmup_episodes=2).search(
+    first = get_searcher("amc", seed=0, warmup_episodes=2, anchor=False).search(
         space=space,
         evaluator=evaluator(space, data, ["flops<=50%"]),
         evaluations=5,
@@ -126,7 +129,7 @@ def test_save_and_resume_keeps_agent_noise_and_replay_buffer(space, data, tmp_pa
         assert np.all(rewards == rewards[:, -1:])
         assert np.all(rewards > 0)
 
-    second = get_searcher("amc", seed=0, warmup_episodes=2).search(
+    second = get_searcher("amc", seed=0, warmup_episodes=2, anchor=False).search(
         space=space,
         evaluator=evaluator(space, data, ["flops<=50%"]),
         evaluations=3,
@@ -140,7 +143,7 @@ def test_save_and_resume_keeps_agent_noise_and_replay_buffer(space, data, tmp_pa
         assert int(buf["pos"]) == after["num_timesteps"] > state["num_timesteps"]
 
     with pytest.raises(ConfigError, match="holds a 'ddpg' agent"):
-        get_searcher("amc", seed=0, algo="td3").search(
+        get_searcher("amc", seed=0, algo="td3", anchor=False).search(
             space=space,
             evaluator=evaluator(space, data, ["flops<=50%"]),
             evaluations=2,
@@ -149,7 +152,7 @@ def test_save_and_resume_keeps_agent_noise_and_replay_buffer(space, data, tmp_pa
 
 
 def test_td3_variant_runs(space, data):
-    result = get_searcher("amc", seed=0, algo="td3", warmup_episodes=1).search(
+    result = get_searcher("amc", seed=0, algo="td3", warmup_episodes=1, anchor=False).search(
         space=space, evaluator=evaluator(space, data, ["flops<=60%"]), evaluations=4
     )
     assert result.extra["algo"] == "td3" and result.best is not None

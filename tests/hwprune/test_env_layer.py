@@ -153,3 +153,25 @@ def test_bad_settings_are_one_sentence_errors(space):
         LayerPruningEnv(space, mean_keep_outcome, wall={"latency": 0.5})
     with pytest.raises(ConfigError, match="must be positive"):
         LayerPruningEnv(space, mean_keep_outcome, wall={"params": 0.0})
+
+
+def test_anchored_env_passes_check_env_and_maps_actions_around_the_anchor(space):
+    env = LayerPruningEnv(space, mean_keep_outcome, max_prune=0.8, anchor=0.6)
+    check_env(env, warn=False)  # symmetric [-1, 1] Box: no warning
+    assert env.action_space.low[0] == -1.0 and env.action_space.high[0] == 1.0
+    assert env.anchored_keep(0.0) == pytest.approx(0.6)
+    assert env.anchored_keep(1.0) == pytest.approx(1.0)
+    assert env.anchored_keep(-1.0) == pytest.approx(0.2)  # keep floor = 1 - max_prune
+    assert env.anchored_keep(0.5) == pytest.approx(0.8)
+    assert env.anchored_keep(-0.5) == pytest.approx(0.4)
+    _, _, info = run_episode(env, 0.0)
+    assert info["policy"].keep == pytest.approx((0.6,) * len(space.units))
+    _, _, info = run_episode(env, -0.5)
+    assert info["policy"].keep == pytest.approx((0.4,) * len(space.units))
+
+
+def test_anchor_outside_the_allowed_keep_range_is_an_error(space):
+    with pytest.raises(ConfigError, match="anchor must be a keep ratio"):
+        LayerPruningEnv(space, mean_keep_outcome, max_prune=0.8, anchor=0.1)
+    with pytest.raises(ConfigError, match="anchor must be a keep ratio"):
+        LayerPruningEnv(space, mean_keep_outcome, anchor=1.5)

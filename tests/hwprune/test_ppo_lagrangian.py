@@ -79,7 +79,9 @@ def test_short_search_returns_a_policy_that_meets_the_budget_when_remeasured(spa
     assert fresh.value <= bound
     lag = result.extra["lagrange"]
     assert [e["update"] for e in lag] == list(range(len(lag)))
-    assert len(lag) >= 1 + 24 // 4 - 1  # several updates of 4 episodes each
+    # The anchor's bisection comes first; then one update per 4 episodes.
+    assert result.extra["anchor"] is not None and 0 < lag[0]["evaluations"] < 12
+    assert len(lag) >= 1 + (24 - lag[0]["evaluations"]) // 4
     assert all(e["flops"] >= 0 for e in lag)
 
 
@@ -106,7 +108,7 @@ class SwitchLatency(oracles.Oracle):
 def test_multiplier_rises_while_violated_and_falls_once_met(space, data):
     SwitchLatency.calls[0] = 0
     ev = evaluator(space, data, ["latency<=2ms"], oracle_overrides=["latency=test-switch-latency"])
-    searcher = get_searcher("ppo-lagrangian", seed=1, lambda_lr=0.5)
+    searcher = get_searcher("ppo-lagrangian", seed=1, lambda_lr=0.5, anchor=False)
     result = searcher.search(space=space, evaluator=ev, evaluations=32, repair_infeasible=False)
     lag = [e["latency"] for e in result.extra["lagrange"]]
     costs = result.extra["mean_costs"]
@@ -148,7 +150,7 @@ def test_same_seed_same_policies(space, data):
 
 def test_save_and_resume_continues_from_the_saved_agent(space, data, tmp_path):
     ckpt = tmp_path / "agent"
-    first = get_searcher("ppo-lagrangian", seed=0).search(
+    first = get_searcher("ppo-lagrangian", seed=0, anchor=False).search(
         space=space,
         evaluator=evaluator(space, data, ["params<=50%"]),
         evaluations=8,
@@ -159,7 +161,7 @@ def test_save_and_resume_continues_from_the_saved_agent(space, data, tmp_path):
     assert state["updates"] == first.extra["updates"] == 2
     assert first.extra["resumed"] is False
 
-    second_searcher = get_searcher("ppo-lagrangian", seed=0)
+    second_searcher = get_searcher("ppo-lagrangian", seed=0, anchor=False)
     second = second_searcher.search(
         space=space,
         evaluator=evaluator(space, data, ["params<=50%"]),
@@ -175,7 +177,7 @@ def test_save_and_resume_continues_from_the_saved_agent(space, data, tmp_path):
     )
 
     # A fresh agent (no checkpoint) with the same seed acts differently from the resumed one.
-    fresh = get_searcher("ppo-lagrangian", seed=0).search(
+    fresh = get_searcher("ppo-lagrangian", seed=0, anchor=False).search(
         space=space,
         evaluator=evaluator(space, data, ["params<=50%"]),
         evaluations=8,
@@ -183,12 +185,35 @@ def test_save_and_resume_continues_from_the_saved_agent(space, data, tmp_path):
     assert [o.policy.keep for o in fresh.history] != [o.policy.keep for o in second.history]
 
     with pytest.raises(ConfigError, match="multipliers are for constraints"):
-        get_searcher("ppo-lagrangian", seed=0).search(
+        get_searcher("ppo-lagrangian", seed=0, anchor=False).search(
             space=space,
             evaluator=evaluator(space, data, ["flops<=50%"]),
             evaluations=4,
             checkpoint_dir=ckpt,
         )
+
+
+def test_resumed_search_keeps_its_anchor_instead_of_bisecting_again(space, data, tmp_path):
+    ckpt = tmp_path / "agent"
+    first = get_searcher("ppo-lagrangian", seed=0).search(
+        space=space,
+        evaluator=evaluator(space, data, ["params<=50%"]),
+        evaluations=16,
+        checkpoint_dir=ckpt,
+    )
+    anchor = first.extra["anchor"]
+    assert anchor is not None and 0.1 <= anchor <= 1.0
+    assert json.loads((ckpt / "lagrange.json").read_text())["anchor"] == anchor
+    # The bisection's first candidate is the dense policy; a resumed search starts with PPO's.
+    assert first.history[0].policy.keep == (1.0,) * len(space.units)
+    second = get_searcher("ppo-lagrangian", seed=0).search(
+        space=space,
+        evaluator=evaluator(space, data, ["params<=50%"]),
+        evaluations=8,
+        checkpoint_dir=ckpt,
+    )
+    assert second.extra["resumed"] is True and second.extra["anchor"] == anchor
+    assert second.history[0].policy.keep != (1.0,) * len(space.units)
 
 
 def test_bad_options_are_one_sentence_errors():
