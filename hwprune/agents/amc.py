@@ -269,13 +269,14 @@ class AMC(Searcher):
         wall = additive_targets(constraints) if self.action_wall else None
         penalty = self.penalty
         saved_state = checkpoint_dir / STATE_FILE if checkpoint_dir is not None else None
-        calls = evaluate.calls
-        anchor = (
-            start_anchor(space, evaluate, state_path=saved_state, who=self.name)
-            if self.anchor
-            else None
+        anchor = start_anchor(
+            space,
+            evaluate,
+            enabled=self.anchor,
+            state_path=saved_state,
+            who=self.name,
+            extra=self.extra,
         )
-        self.extra["anchor_calls"] = evaluate.calls - calls  # the bisection's share of the history
         env = LayerPruningEnv(
             space,
             evaluate,
@@ -381,7 +382,6 @@ class AMC(Searcher):
             sigma=noise.sigma,
             algo=self.algo,
             wall=dict(wall or {}),
-            anchor=anchor,
         )
         env.close()
 

@@ -125,20 +125,37 @@ def uniform_anchor(
 
 
 def start_anchor(
-    space: Any, evaluate: BudgetedEvaluator, *, state_path: Path | None = None, who: str = "search"
+    space: Any,
+    evaluate: BudgetedEvaluator,
+    *,
+    enabled: bool = True,
+    state_path: Path | None = None,
+    who: str = "search",
+    extra: dict[str, Any] | None = None,
 ) -> float | None:
-    """An RL searcher's anchor: the one saved in ``state_path`` (a resumed search), else bisection."""
-    if state_path is not None and state_path.exists():
+    """An RL searcher's anchor: None if not ``enabled``, the one saved in ``state_path`` (a
+    resumed search), else a fresh bisection. ``extra`` gets ``anchor`` and ``anchor_calls``
+    (how many of the history's first outcomes the bisection made)."""
+    calls = evaluate.calls
+    anchor: float | None = None
+    saved: dict[str, Any] = {}
+    if enabled and state_path is not None and state_path.exists():
         from hwprune.agents._sb3 import read_json
 
         saved = read_json(state_path)
-        if "anchor" in saved:
-            return None if saved["anchor"] is None else float(saved["anchor"])
-    anchor = uniform_anchor(space, evaluate)
-    if anchor is None:
-        log.warning("no uniform policy meets the budgets; %s searches without an anchor", who)
+    if not enabled:
+        pass
+    elif "anchor" in saved:
+        anchor = None if saved["anchor"] is None else float(saved["anchor"])
     else:
-        log.info("%s anchored at uniform keep %.3f", who, anchor)
+        anchor = uniform_anchor(space, evaluate)
+        if anchor is None:
+            log.warning("no uniform policy meets the budgets; %s searches without an anchor", who)
+        else:
+            log.info("%s anchored at uniform keep %.3f", who, anchor)
+    if extra is not None:
+        extra["anchor"] = anchor
+        extra["anchor_calls"] = evaluate.calls - calls
     return anchor
 
 
@@ -157,17 +174,7 @@ class UniformSearch(Searcher):
         self.tolerance = _positive("tolerance", tolerance, upper=1.0)
 
     def _run(self, space: Any, evaluate: BudgetedEvaluator, *, checkpoint_dir: Path | None) -> None:
-        policy_cls = _policy_cls()
-        min_keep = float(getattr(space, "min_keep", 0.0))
-        best = bisect_largest_feasible(
-            lambda k: policy_cls.uniform(space, k),
-            evaluate,
-            space=space,
-            lo=min_keep,
-            hi=1.0,
-            tolerance=self.tolerance,
-        )
-        self.extra["keep"] = float(best.policy.keep[0]) if best is not None else None
+        self.extra["keep"] = uniform_anchor(space, evaluate, tolerance=self.tolerance)
 
 
 # ---------------------------------------------------------------- global magnitude

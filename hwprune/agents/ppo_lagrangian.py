@@ -242,13 +242,14 @@ class PPOLagrangian(Searcher):
         names = [c.name for c in constraints]
         wall = additive_targets(constraints) if self.action_wall else None
         state_path = checkpoint_dir / STATE_FILE if checkpoint_dir is not None else None
-        calls = evaluate.calls
-        anchor = (
-            start_anchor(space, evaluate, state_path=state_path, who=self.name)
-            if self.anchor
-            else None
+        anchor = start_anchor(
+            space,
+            evaluate,
+            enabled=self.anchor,
+            state_path=state_path,
+            who=self.name,
+            extra=self.extra,
         )
-        self.extra["anchor_calls"] = evaluate.calls - calls  # the bisection's share of the history
         env = LayerPruningEnv(space, evaluate, max_prune=self.max_prune, wall=wall, anchor=anchor)
         if anchor is None:
             # PPO's Gaussian starts at mean 0: on [-1, 1] that is half the allowed pruning.
@@ -322,7 +323,6 @@ class PPOLagrangian(Searcher):
         self.extra["lagrange"] = lagrange.history
         self.extra["mean_costs"] = lagrange.mean_costs
         self.extra["resumed"] = resumed
-        self.extra["anchor"] = anchor
         # More timesteps than any budget needs: the evaluation budget ends the search.
         total = max(10**9, model.num_timesteps + 1)
         model.learn(
