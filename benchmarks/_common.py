@@ -45,6 +45,7 @@ __all__ = [
     "markdown_table",
     "write_results",
     "update_results_md",
+    "RunRows",
 ]
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -238,3 +239,41 @@ def update_results_md(
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(RESULTS_MD)
     return RESULTS_MD
+
+
+class RunRows:
+    """Finished runs of one benchmark, one JSON file per run under ``results/<name>_runs/``.
+
+    Long benchmarks (hours on 2 cores) are run piecewise: a run whose row is
+    stored is reused when the script is run again with the same settings (the
+    tag names them), so an interrupted run, or runs split over processes or
+    sessions, add up to one table. Rows are committed with the results, and
+    each keeps the date and machine it was measured on.
+    """
+
+    def __init__(self, name: str, root: Path = RESULTS_DIR) -> None:
+        self.dir = root / f"{name}_runs"
+
+    def path(self, tag: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in ".-" else "_" for c in tag).strip("_")
+        return self.dir / f"{safe}.json"
+
+    def get(self, tag: str) -> dict[str, Any] | None:
+        """The stored row for ``tag``, or None (also for an unreadable file: it is redone)."""
+        path = self.path(tag)
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def put(self, tag: str, row: Mapping[str, Any]) -> Path:
+        """Store ``row`` for ``tag`` with the time and machine it was measured on."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        env = environment()
+        stored = {**row, "measured": {"date": env["date"], "machine": env["machine"],
+                                       "commit": env.get("commit")}}  # fmt: skip
+        path = self.path(tag)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(stored, indent=2, default=str) + "\n", encoding="utf-8")
+        tmp.replace(path)
+        return path

@@ -21,7 +21,10 @@ It also plots test accuracy against re-measured latency for every searcher
 
 Run directories go to ``runs/benchmarks/quality/`` (git-ignored); a finished
 run is reused when the script is run again with the same options (``--fresh``
-redoes it). Writes ``benchmarks/results/quality.json`` and the "quality"
+redoes it). Outside ``--quick`` each finished run's row is also stored in
+``benchmarks/results/quality_runs/`` (committed), so the grid, hours long, can
+be run piecewise: over several processes (``--models``, ``--budgets``,
+``--no-write``) or sessions, then collected by one more run. Writes ``benchmarks/results/quality.json`` and the "quality"
 section of ``benchmarks/RESULTS.md``.
 
 Each seed also fixes the data split (``hwprune.prune`` splits with its seed),
@@ -52,6 +55,7 @@ sys.path.insert(0, str(_HERE.parent))
 
 from benchmarks._common import (  # noqa: E402
     RESULTS_DIR,
+    RunRows,
     command_line,
     environment,
     markdown_table,
@@ -456,12 +460,18 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     t0 = time.perf_counter()
     rows = []
+    store = None if q else RunRows("quality")
     for model, width in models.items():
         for budget in budgets:
             for searcher in args.searchers:
                 for seed in seeds:
                     tag = _slug(f"{model}-w{width:g}-{budget}-{searcher}-s{seed}-"
                                 f"e{evaluations}-f{finetune_epochs}-t{train_epochs}")  # fmt: skip
+                    stored = store.get(tag) if store is not None and not args.fresh else None
+                    if stored is not None and stored.get("ok"):
+                        log.info("%s %s %s seed %d: stored", model, budget, searcher, seed)
+                        rows.append(stored)
+                        continue
                     log.info("%s %s %s seed %d", model, budget, searcher, seed)
                     rows.append(prune_row(
                         model=model, width=width, data="digits", budgets=[budget],
@@ -470,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
                         train_epochs=train_epochs, run_dir=RUNS_DIR / "quality" / tag,
                         device=args.device, remeasure_oracle=oracle, fresh=args.fresh,
                     ))  # fmt: skip
+                    if store is not None and rows[-1].get("ok"):
+                        store.put(tag, rows[-1])
     seconds = time.perf_counter() - t0
     summary = summarise(rows)
     heads = headline(summary)

@@ -19,7 +19,14 @@ served measurements another one paid for.
     python benchmarks/search.py --quick         # a few evaluations, to check it end to end
 
 Writes ``benchmarks/results/search.json`` and the "search" section of
-``benchmarks/RESULTS.md``.
+``benchmarks/RESULTS.md``. Each finished run is also stored in
+``benchmarks/results/search_runs/`` and reused when the script runs again with
+the same settings (``--fresh`` redoes it), so the grid can be run piecewise, e.g.
+one model per core::
+
+    taskset -c 0 python benchmarks/search.py --models vgg11_cifar --no-write &
+    taskset -c 1 python benchmarks/search.py --models resnet56_cifar --no-write
+    python benchmarks/search.py        # collects the stored runs, writes the table
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ sys.path.insert(0, str(_HERE.parent))
 sys.path.append(str(_HERE))
 
 from _common import (  # noqa: E402
+    RunRows,
     command_line,
     environment,
     markdown_table,
@@ -260,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-keep", type=float, default=0.1)
     p.add_argument("--bn-batches", type=int, default=None, help="BN re-estimation batches (8)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for training/accuracy")
+    p.add_argument("--fresh", action="store_true", help="redo runs that are stored already")
+    p.add_argument("--no-write", action="store_true",
+                   help="store the runs but leave search.json and RESULTS.md alone")  # fmt: skip
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("hwprune").setLevel(logging.WARNING)
@@ -285,16 +296,27 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     summary_rows = []
     t_all = time.perf_counter()
+    store = None if quick else RunRows("search")
     for name in models:
         width = vgg_width if name.startswith("vgg") else resnet_width
-        model = trained_model(name, width=width, epochs=epochs, data=data)
-        dense = dense_reference(
-            model, data=data, budget=args.budget, oracle=oracle, bn_batches=bn_batches
-        )
-        log.info("%s: dense latency %.4g ms, proxy accuracy %.3f", name, *dense)
+        model = dense = None  # trained and measured only if some run is not stored
         for searcher in searchers:
             rows = []
             for seed in seeds:
+                tag = (f"{name}-w{width:g}-e{epochs}-{args.budget}-{oracle}-{searcher}-s{seed}-"
+                       f"n{evaluations}-k{args.min_keep:g}-b{bn_batches}")  # fmt: skip
+                stored = store.get(tag) if store is not None and not args.fresh else None
+                if stored is not None and "error" not in stored:
+                    log.info("%s / %s / seed %d: stored in %s", name, searcher, seed,
+                             store.path(tag))  # fmt: skip
+                    rows.append(stored)
+                    continue
+                if model is None:
+                    model = trained_model(name, width=width, epochs=epochs, data=data)
+                    dense = dense_reference(
+                        model, data=data, budget=args.budget, oracle=oracle, bn_batches=bn_batches
+                    )
+                    log.info("%s: dense latency %.4g ms, proxy accuracy %.3f", name, *dense)
                 log.info("%s / %s / seed %d: %d evaluations", name, searcher, seed, evaluations)
                 try:
                     row = run_one(
@@ -317,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                         "error": f"{type(exc).__name__}: {exc}",
                     }
                 row.update(model=name, width=width)
+                if store is not None and "error" not in row:
+                    store.put(tag, row)
                 rows.append(row)
                 log.info(
                     "  -> accuracy %s, re-measured %s of budget, %s evaluations, %.0f s",
@@ -332,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
                                  "dense_accuracy": dense_acc, **s})  # fmt: skip
 
     total_s = time.perf_counter() - t_all
+    if args.no_write:
+        log.info("done in %.0f s; runs stored in %s", total_s, store.dir if store else "-")
+        return 0
     settings = {
         "quick": quick,
         "evaluations": evaluations,
@@ -343,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         "bn_batches": bn_batches,
         "models": {m: (vgg_width if m.startswith("vgg") else resnet_width) for m in models},
         "total_seconds": total_s,
+        "search_seconds_sum": sum(r.get("seconds") or 0.0 for r in results),
     }
     env = environment()
     command = command_line()
@@ -393,6 +421,10 @@ def main(argv: list[str] | None = None) -> int:
         "found nothing feasible is repaired (bisection towards the smallest model), which "
         "adds evaluations beyond the budget."
     )
+    dates = sorted(r["measured"]["date"] for r in results if "measured" in r)
+    if dates:
+        notes += (f" Runs stored in `benchmarks/results/search_runs/`, measured from {dates[0]} "
+                  f"to {dates[-1]}.")  # fmt: skip
     if quick:
         notes += " **Quick mode: an end-to-end check, not a comparison.**"
     update_results_md(

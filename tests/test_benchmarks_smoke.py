@@ -86,3 +86,19 @@ def test_prune_row_end_to_end_on_a_tiny_model(
     assert prune_row(**kwargs)["total_seconds"] == row["total_seconds"]
     (summary,) = summarise([row])
     assert summary["finished"] == 1 and summary["accuracy_mean"] == row["accuracy"]
+
+
+def test_run_rows_store_and_return_a_finished_run(tmp_path: Path) -> None:
+    from benchmarks._common import RunRows
+
+    store = RunRows("search", root=tmp_path)
+    tag = "vgg11_cifar-w0.5-latency<=40%-onnxruntime:cpu?threads=1-uniform-s0"
+    assert store.get(tag) is None
+    path = store.put(tag, {"accuracy": 0.93, "seed": 0})
+    assert path.parent == tmp_path / "search_runs" and "<" not in path.name
+    row = store.get(tag)
+    assert row is not None and row["accuracy"] == 0.93
+    assert row["measured"]["date"] and row["measured"]["machine"]["cores"]
+    # A damaged file is not trusted: the run is redone.
+    path.write_text("{not json", encoding="utf-8")
+    assert store.get(tag) is None
