@@ -43,6 +43,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 from benchmarks._common import (  # noqa: E402
+    RunRows,
     command_line,
     environment,
     markdown_table,
@@ -185,12 +186,19 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     t0 = time.perf_counter()
     rows = []
+    # Finished runs are stored (committed) and reused, except in quick mode: see quality.py.
+    store = None if args.quick or data_name != "digits" else RunRows("paper")
     for s in plan:
         for seed in args.seeds:
             tag = _slug(
                 f"{s['paper']}-{s['model']}-w{s['width']:g}-{s['budget']}-{s['searcher']}-"
                 f"{data_name}-s{seed}-e{evaluations}-f{finetune_epochs}-t{train_epochs}"
             )
+            stored = store.get(tag) if store is not None and not args.fresh else None
+            if stored is not None and stored.get("ok"):
+                log.info("%s: %s %s seed %d stored", s["paper"], s["model"], s["budget"], seed)
+                rows.append(stored)
+                continue
             log.info("%s: %s %s with %s, seed %d", s["paper"], s["model"], s["budget"],
                      s["searcher"], seed)  # fmt: skip
             row = prune_row(
@@ -202,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                 fresh=args.fresh,
             )  # fmt: skip
             row["setting"] = s
+            if store is not None and row.get("ok"):
+                store.put(tag, row)
             rows.append(row)
     seconds = time.perf_counter() - t0
     body = table(rows)
