@@ -17,6 +17,7 @@ on digits the accuracies are not comparable with CIFAR-10 ones.
 
     python benchmarks/paper.py --data digits --device cpu --quick     # minutes, here
     python benchmarks/paper.py --data digits --device cpu             # hours on 2 cores
+    python benchmarks/paper.py --only QLP --budgets "params<=5%" --no-write   # one setting
     python benchmarks/paper.py --data cifar10:/data/cifar --device cuda --train-epochs 160
 
 ``cifar10:PATH`` names a folder holding torchvision's CIFAR-10 files
@@ -157,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune-epochs", type=int, default=None, help="(10; quick 1)")
     p.add_argument("--width", type=float, default=None, help="override every model's width")
     p.add_argument("--only", choices=("ICPR", "QLP"), default=None, help="one paper's settings")
+    p.add_argument("--models", nargs="+", default=None, metavar="NAME",
+                   help="only these models' settings (to run the grid piecewise)")  # fmt: skip
+    p.add_argument("--budgets", nargs="+", default=None, metavar="BUDGET",
+                   help="only these budgets' settings, e.g. params<=5%%")  # fmt: skip
     p.add_argument("--fresh", action="store_true", help="redo runs that finished before")
     p.add_argument("--no-write", action="store_true", help="write no results (log only)")
     args = p.parse_args(argv)  # fmt: skip
@@ -179,7 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     train_epochs = args.train_epochs or default_epochs
     finetune_epochs = (args.finetune_epochs if args.finetune_epochs is not None
                        else 1 if args.quick else 10)  # fmt: skip
-    plan = [s for s in settings(quick=args.quick) if args.only in (None, s["paper"])]
+    plan = [
+        s for s in settings(quick=args.quick)
+        if args.only in (None, s["paper"])
+        and (args.models is None or s["model"] in args.models)
+        and (args.budgets is None or s["budget"] in args.budgets)
+    ]  # fmt: skip
+    if not plan:
+        p.error("no setting matches --only/--models/--budgets: see the settings in this script")
     if args.width is not None:
         plan = [{**s, "width": args.width} for s in plan]
 
