@@ -6,8 +6,10 @@ torchvision resnet18 and mobilenet_v2 (1x3x224x224) and the CIFAR VGG-16
 the oracles ``params``, ``flops``, ``peak-memory``,
 ``onnxruntime:cpu?threads=1``, ``onnxruntime:cpu?threads=2`` and
 ``torch:cpu``; the reference is ``onnxruntime:cpu?threads=1``. Where a CUDA
-GPU is present it adds ``torch:cuda`` and a second comparison whose reference
-is ``torch:cuda``.
+GPU is present it adds the GPU oracles this machine can run (``torch:cuda``,
+and ``onnxruntime:cuda``, ``onnxruntime:tensorrt``, ``tensorrt`` where
+installed) and a second comparison whose reference is the last of them (the
+closest to a deployed engine).
 
     python benchmarks/compare.py                 # 12 variants of each of the three models
     python benchmarks/compare.py --quick         # vgg16_cifar only, 5 variants, short timing
@@ -53,16 +55,7 @@ MODELS: dict[str, tuple[int, int]] = {
     "mobilenet_v2": (224, 1000),
     "vgg16_cifar": (32, 10),
 }
-ORACLES = (
-    "params",
-    "flops",
-    "peak-memory",
-    "onnxruntime:cpu?threads=1",
-    "onnxruntime:cpu?threads=2",
-    "torch:cpu",
-)
 REFERENCE = "onnxruntime:cpu?threads=1"
-GPU_ORACLE = "torch:cuda"
 TIMED = ("onnxruntime:", "torch:", "tensorrt")
 QUICK_MODELS = ("vgg16_cifar",)
 QUICK_SAMPLES = 5
@@ -74,14 +67,6 @@ def cache_dir() -> Path:
     """Where the benchmarks keep what they may reuse (checkpoints, the oracle cache)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "hwprune" / "benchmarks"
-
-
-def cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
 
 
 def with_max_time(spec: str, seconds: float) -> str:
@@ -174,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default=None, help="oracle cache file")
     p.add_argument("--no-cache", action="store_true", help="measure everything afresh")
-    p.add_argument("--no-gpu", action="store_true", help=f"leave out {GPU_ORACLE} even on a GPU")
+    p.add_argument("--no-gpu", action="store_true", help="leave out the GPU oracles even on a GPU")
     p.add_argument("--no-write", action="store_true", help="write no results (log only)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -183,10 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     samples = args.samples or (QUICK_SAMPLES if args.quick else 12)
     if samples < 3:
         p.error(f"--samples must be at least 3, got {samples}")
-    specs, reference = list(ORACLES), REFERENCE
-    gpu = cuda_available() and not args.no_gpu
-    if gpu:
-        specs.append(GPU_ORACLE)
+    from hwprune.compare import DEFAULT_ORACLES, gpu_oracles
+
+    gpu = () if args.no_gpu else gpu_oracles()
+    specs, reference = [*DEFAULT_ORACLES, *gpu], REFERENCE
     if args.quick:
         specs = [with_max_time(s, QUICK_MAX_TIME) for s in specs]
         reference = with_max_time(reference, QUICK_MAX_TIME)

@@ -23,7 +23,15 @@ from oracles import MeasurementCache
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_ORACLES", "Comparison", "sample_policies", "compare_oracles", "write_report"]
+__all__ = [
+    "DEFAULT_ORACLES",
+    "default_oracles",
+    "gpu_oracles",
+    "Comparison",
+    "sample_policies",
+    "compare_oracles",
+    "write_report",
+]
 
 DEFAULT_ORACLES = (
     "params",
@@ -33,6 +41,38 @@ DEFAULT_ORACLES = (
     "onnxruntime:cpu?threads=2",
     "torch:cpu",
 )
+
+
+def gpu_oracles() -> tuple[str, ...]:
+    """The GPU latency oracles this machine can run: ``torch:cuda`` where torch sees a CUDA GPU,
+    ``onnxruntime:cuda`` / ``onnxruntime:tensorrt`` where onnxruntime-gpu offers those
+    providers, ``tensorrt`` where TensorRT is installed; none without a GPU.
+    """
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return ()
+    found = ["torch:cuda"]
+    try:
+        import onnxruntime
+
+        providers = set(onnxruntime.get_available_providers())
+    except ImportError:  # pragma: no cover - onnxruntime is a core dependency
+        providers = set()
+    if "CUDAExecutionProvider" in providers:
+        found.append("onnxruntime:cuda")
+    if "TensorrtExecutionProvider" in providers:
+        found.append("onnxruntime:tensorrt")
+    if importlib.util.find_spec("tensorrt") is not None:
+        found.append("tensorrt")
+    return tuple(found)
+
+
+def default_oracles() -> tuple[str, ...]:
+    """What compare-oracles measures when no oracle is named: the CPU set, plus the GPU ones."""
+    return DEFAULT_ORACLES + gpu_oracles()
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         dest="oracles",
         metavar="SPEC",
         help="oracle spec, repeatable (default: params, flops, peak-memory, "
-        "onnxruntime:cpu?threads=1, onnxruntime:cpu?threads=2, torch:cpu)",
+        "onnxruntime:cpu?threads=1, onnxruntime:cpu?threads=2, torch:cpu; on a CUDA machine "
+        "also torch:cuda, and onnxruntime:cuda, onnxruntime:tensorrt, tensorrt where installed)",
     )
     p.add_argument(
         "--reference", metavar="SPEC", help="oracle to predict (default: the first latency oracle)"
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from hwprune.cli._console import console
-    from hwprune.compare import DEFAULT_ORACLES, compare_oracles, write_report
+    from hwprune.compare import compare_oracles, default_oracles, write_report
     from hwprune.errors import ConfigError
     from hwprune.models import get_model, load_checkpoint
     from oracles import MeasurementCache
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         load_checkpoint(model, args.weights)
     model.eval()
     cache = None if args.no_cache else MeasurementCache(args.cache)
-    specs = args.oracles or list(DEFAULT_ORACLES)
+    specs = args.oracles or list(default_oracles())
     with Progress(console=console, transient=True, disable=args.json) as bar:
         task = bar.add_task(f"measuring {args.model}", total=args.samples)
         result = compare_oracles(

@@ -79,3 +79,39 @@ def test_correlations_from_real_measurements(tmp_path):
 
     ort = oracles.get_oracle("onnxruntime:cpu?threads=1&min_time=0.05").spec
     assert again.cached == {"flops": 6, ort: 6}
+
+
+def test_gpu_oracles_follow_what_the_machine_offers(monkeypatch):
+    import importlib.util
+
+    import onnxruntime
+    import torch
+
+    import oracles
+    from hwprune.compare import DEFAULT_ORACLES, default_oracles, gpu_oracles
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])  # fmt: skip
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorrt" else real_find_spec(name, *a))  # fmt: skip
+    assert gpu_oracles() == ("torch:cuda", "onnxruntime:cuda")
+    assert default_oracles() == (*DEFAULT_ORACLES, "torch:cuda", "onnxruntime:cuda")
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider"])  # fmt: skip
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "tensorrt" else real_find_spec(name, *a))  # fmt: skip
+    found = gpu_oracles()
+    assert found == ("torch:cuda", "onnxruntime:cuda", "onnxruntime:tensorrt", "tensorrt")
+    for spec in found:  # every name is a registered oracle with a valid device
+        oracles.get_oracle(spec, check=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_oracles() == ()  # providers installed but no GPU: nothing to time on
+
+
+@pytest.mark.gpu
+def test_default_oracles_add_torch_cuda_on_a_gpu():
+    from hwprune.compare import default_oracles
+
+    assert "torch:cuda" in default_oracles()
