@@ -40,6 +40,9 @@ __all__ = [
     "BENCH_DIR",
     "RESULTS_DIR",
     "RESULTS_MD",
+    "QUICK_DIR",
+    "results_dir",
+    "results_md",
     "command_line",
     "environment",
     "markdown_table",
@@ -51,6 +54,9 @@ __all__ = [
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
+# Quick runs (``--quick``, ``run.py --quick``) write here (git-ignored), so a ten-minute check
+# never overwrites the committed numbers of a full run.
+QUICK_DIR = RESULTS_DIR / "quick"
 _PACKAGES = (
     "torch",
     "torchvision",
@@ -138,12 +144,28 @@ def environment() -> dict[str, Any]:
     }
 
 
+def results_dir(*, quick: bool = False) -> Path:
+    """Where a benchmark writes its JSON and plots: ``results/``, or ``results/quick/``."""
+    return QUICK_DIR if quick else RESULTS_DIR
+
+
+def results_md(*, quick: bool = False) -> Path:
+    """The tables a benchmark updates: ``RESULTS.md``, or ``results/quick/RESULTS.md``."""
+    return QUICK_DIR / "RESULTS.md" if quick else RESULTS_MD
+
+
 def write_results(
-    name: str, results: Any, *, command: str, env: Mapping[str, Any] | None = None
+    name: str,
+    results: Any,
+    *,
+    command: str,
+    env: Mapping[str, Any] | None = None,
+    quick: bool = False,
 ) -> Path:
-    """Write ``benchmarks/results/<name>.json``: the command, the environment and the results."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+    """Write ``<results_dir>/<name>.json``: the command, the environment and the results."""
+    out = results_dir(quick=quick)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
     payload = {"command": command, "environment": dict(env or environment()), "results": results}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
@@ -193,10 +215,10 @@ def _provenance(command: str, env: Mapping[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def _locked() -> Iterator[None]:
+def _locked(md: Path) -> Iterator[None]:
     # Several benchmark scripts may finish at once; one writer at a time.
     # The lock file lives in the temp folder so the checkout gains no stray file.
-    digest = hashlib.sha256(str(RESULTS_MD).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(str(md).encode()).hexdigest()[:16]
     with open(Path(tempfile.gettempdir()) / f"hwprune-results-{digest}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -213,8 +235,11 @@ def update_results_md(
     command: str,
     env: Mapping[str, Any] | None = None,
     notes: str = "",
+    quick: bool = False,
 ) -> Path:
     """Regenerate one section of ``benchmarks/RESULTS.md`` (created if missing).
+
+    With ``quick`` the section goes to ``results/quick/RESULTS.md`` instead.
 
     The section is ``## title``, the provenance (command, machine, date,
     versions), optional ``notes`` and ``body`` (usually a ``markdown_table``),
@@ -227,18 +252,20 @@ def update_results_md(
         parts += [notes.strip(), ""]
     parts += [body.strip(), end]
     block = "\n".join(parts)
-    with _locked():
-        text = RESULTS_MD.read_text(encoding="utf-8") if RESULTS_MD.exists() else _HEADER
+    md = results_md(quick=quick)
+    md.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(md):
+        text = md.read_text(encoding="utf-8") if md.exists() else _HEADER
         if begin in text and end in text:
             head, _, rest = text.partition(begin)
             _, _, tail = rest.partition(end)
             text = head + block + tail
         else:
             text = text.rstrip("\n") + "\n\n" + block + "\n"
-        tmp = RESULTS_MD.with_suffix(".md.tmp")
+        tmp = md.with_suffix(".md.tmp")
         tmp.write_text(text, encoding="utf-8")
-        tmp.replace(RESULTS_MD)
-    return RESULTS_MD
+        tmp.replace(md)
+    return md
 
 
 class RunRows:

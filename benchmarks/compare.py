@@ -39,10 +39,11 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 from benchmarks._common import (  # noqa: E402
-    RESULTS_DIR,
     command_line,
     environment,
     markdown_table,
+    results_dir,
+    results_md,
     update_results_md,
     write_results,
 )
@@ -86,8 +87,13 @@ def compare_model(
     seed: int,
     cache: Any,
     out_dir: Path,
+    links_from: Path,
 ) -> dict[str, Any]:
-    """One model's comparison: measure, write its report and plots, return a JSON-ready dict."""
+    """One model's comparison: measure, write its report and plots, return a JSON-ready dict.
+
+    The report's path is given relative to ``links_from`` (the folder of the RESULTS.md
+    that links it).
+    """
     from hwprune.compare import compare_oracles, write_report
     from hwprune.models import get_model
 
@@ -110,7 +116,7 @@ def compare_model(
     return {
         "model": name,
         "reference": result.reference,
-        "report": str(report.relative_to(RESULTS_DIR.parent)),
+        "report": str(report.relative_to(links_from)),
         "comparison": result.to_dict(),
     }
 
@@ -192,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             sub = name if ref == reference else f"{name}-{ref.split('?')[0].replace(':', '_')}"
             entries.append(
                 compare_model(name, specs=specs, reference=ref, samples=samples, seed=args.seed,
-                              cache=cache, out_dir=RESULTS_DIR / "compare" / sub)
+                              cache=cache, out_dir=results_dir(quick=args.quick) / "compare" / sub,
+                              links_from=results_md(quick=args.quick).parent)
             )  # fmt: skip
     seconds = time.perf_counter() - t0
     headers = ["model", "reference", "oracle", "Spearman", "Kendall", "mean rel. err",
@@ -209,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": seconds,
         "models": entries,
     }
-    write_results("compare", results, command=command_line(), env=env)
+    write_results("compare", results, command=command_line(), env=env, quick=args.quick)
     links = ", ".join(f"[{e['model']}]({e['report']})" for e in entries)
     notes = (
         f"{samples} pruned variants per model, sampled from dense down to 10% of the channels "
@@ -226,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     update_results_md("compare", "Do params, FLOPs and memory predict measured latency?",
                       markdown_table(headers, rows), command=command_line(), env=env,
-                      notes=notes)  # fmt: skip
+                      notes=notes, quick=args.quick)  # fmt: skip
     return 0
 
 

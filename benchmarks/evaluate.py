@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         bn = bn_effect(width=1.0, epochs=30, seeds=(0, 1, 2))
     command = command_line()
-    write_results("evaluate", {"stages": rows, "bn_effect": bn}, command=command)
+    write_results("evaluate", {"stages": rows, "bn_effect": bn}, command=command, quick=args.quick)
     table = markdown_table(
         ["model", "width", "units", *[f"{s} s" for s in STAGES], "cached s"],
         [
@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "Median seconds per stage over new candidates (uniform keeps from 1.0 to 0.2); "
         "cached = a policy whose pruned shape was already evaluated.\n\n" + table + bn_line,
         command=command,
+        quick=args.quick,
     )
     print(table + bn_line)
     return 0

@@ -68,6 +68,9 @@ ORACLES = (
     "torch:cpu",
 )
 HITS = 5
+# --quick (run.py --quick): one model, fewer independent calls.
+QUICK_MODELS = ("vgg16_cifar",)
+QUICK_CALLS = 3
 CV_TARGET = 0.01  # onnxruntime:cpu?threads=1 across calls
 HIT_TARGET_MS = 10.0
 
@@ -198,8 +201,13 @@ def main(argv: list[str] | None = None) -> int:
         "--calls", type=int, default=5, help="independent calls per oracle (default 5)"
     )
     parser.add_argument("--no-write", action="store_true", help="print only; write no results")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_MODELS[0]} only, {QUICK_CALLS} calls; results go to "
+                             "benchmarks/results/quick/")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.quick:
+        args.models, args.calls = list(QUICK_MODELS), QUICK_CALLS
     if args.calls < 2:
         parser.error("--calls must be at least 2 to estimate a spread")
 
@@ -252,7 +260,11 @@ def main(argv: list[str] | None = None) -> int:
 
     command = command_line()
     out = write_results(
-        "oracles", {"rows": rows, "summary": summary, "calls": args.calls}, command=command, env=env
+        "oracles",
+        {"rows": rows, "summary": summary, "calls": args.calls},
+        command=command,
+        env=env,
+        quick=args.quick,
     )
     table = markdown_table(
         ["model", "input", "oracle", "value", "unit", f"CV over {args.calls} calls",
@@ -281,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     md = update_results_md(
         "oracles", "Oracles: query cost, cache hits and stability", table,
-        command=command, env=env, notes=notes,
+        command=command, env=env, notes=notes, quick=args.quick,
     )  # fmt: skip
     log.info("wrote %s and %s", out, md)
     return 0

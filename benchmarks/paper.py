@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
               "evaluations": evaluations, "train_epochs": train_epochs,
               "finetune_epochs": finetune_epochs}  # fmt: skip
     write_results("paper", {"settings": config, "seconds": seconds, "runs": rows},
-                  command=command_line(), env=env)  # fmt: skip
+                  command=command_line(), env=env, quick=args.quick)  # fmt: skip
     notes = (
         f"Data: `{args.data}`; device: {args.device}. Weight granularity (unstructured magnitude "
         f"sparsity per layer), parameters counted as non-zeros by `params?nonzero=1` (biases and "
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         notes += "\n\n**Quick mode (small widths, few evaluations): an end-to-end check.**"
     update_results_md("paper", "The seed papers' settings", body, command=command_line(),
-                      env=env, notes=notes)  # fmt: skip
+                      env=env, notes=notes, quick=args.quick)  # fmt: skip
     return 0
 
 

@@ -19,7 +19,9 @@ It also plots test accuracy against re-measured latency for every searcher
     python benchmarks/quality.py            # the full grid (many hours on 2 cores)
     python benchmarks/quality.py --quick    # one model, one budget, one seed, few evaluations
 
-Run directories go to ``runs/benchmarks/quality/`` (git-ignored); a finished
+Quick runs write to ``benchmarks/results/quick/`` (git-ignored), never over
+the full run's numbers. Run directories go to ``runs/benchmarks/quality/``
+(git-ignored); a finished
 run is reused when the script is run again with the same options (``--fresh``
 redoes it). Outside ``--quick`` each finished run's row is also stored in
 ``benchmarks/results/quality_runs/`` (committed), so the grid, hours long, can
@@ -54,11 +56,12 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 from benchmarks._common import (  # noqa: E402
-    RESULTS_DIR,
     RunRows,
     command_line,
     environment,
     markdown_table,
+    results_dir,
+    results_md,
     update_results_md,
     write_results,
 )
@@ -490,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     print(headline_table(heads))
     if args.no_write:
         return 0
-    png = plot(rows, RESULTS_DIR / "quality.png")
+    png = plot(rows, results_dir(quick=q) / "quality.png")
     settings = {
         "quick": q, "models": models, "budgets": budgets, "searchers": args.searchers,
         "seeds": seeds, "evaluations": evaluations, "train_epochs": train_epochs,
@@ -507,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         command=command_line(),
         env=env,
+        quick=q,
     )
     notes = (
         f"`hwprune.prune` per model, budget, searcher and seed: {evaluations} evaluations per "
@@ -520,13 +524,13 @@ def main(argv: list[str] | None = None) -> int:
         "Timed on a 2-core machine shared with other jobs: latency carries noise."
     )
     if png is not None:
-        notes += f"\n\n![accuracy against latency]({png.relative_to(RESULTS_DIR.parent)})"
+        notes += f"\n\n![accuracy against latency]({png.relative_to(results_md(quick=q).parent)})"
     if q:
         notes += "\n\n**Quick mode: an end-to-end check, not a comparison.**"
     update_results_md("quality", "Quality at matched latency",
                       body + "\n\nBest RL searcher against best baseline (mean test accuracy):\n\n"
                       + headline_table(heads), command=command_line(), env=env,
-                      notes=notes)  # fmt: skip
+                      notes=notes, quick=q)  # fmt: skip
     return 0
 
 

@@ -9,10 +9,13 @@ Each benchmark runs as its own process (``python benchmarks/<name>.py ...``),
 so one that fails does not stop the others; each writes
 ``benchmarks/results/<name>.json`` and regenerates its own section of
 ``benchmarks/RESULTS.md`` with the command, machine, date and versions above
-its table. At the end a summary says what ran, how long it took and what
-failed; the exit status is non-zero when any benchmark failed.
+its table. With ``--quick`` they write to ``benchmarks/results/quick/``
+instead (git-ignored; its own RESULTS.md), so a quick check never overwrites
+the full run's numbers (the demo, the same in both, writes to the main ones).
+At the end a summary says what ran, how long it took and what failed; the
+exit status is non-zero when any benchmark failed.
 
-On a machine with a CUDA GPU the compare benchmark adds ``torch:cuda``; the
+On a machine with a CUDA GPU the compare benchmark adds the GPU oracles; the
 paper benchmark runs with ``--device cuda`` (pass ``--paper-data
 cifar10:PATH`` to run it on CIFAR-10).
 """
@@ -59,7 +62,7 @@ def plan(*, quick: bool, gpu: bool, paper_data: str) -> list[Step]:
     if quick:
         return [
             Step("demo", ()),
-            Step("oracles", ("--models", "vgg16_cifar", "--calls", "3")),
+            Step("oracles", ("--quick",)),
             Step("evaluate", ("--quick",)),
             Step("search", ("--quick",)),
             Step("compare", ("--quick",)),

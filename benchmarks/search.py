@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     command = command_line()
     write_results("search", {"settings": settings, "summary": summary_rows, "runs": results},
-                  command=command, env=env)  # fmt: skip
+                  command=command, env=env, quick=quick)  # fmt: skip
 
     headers = [
         "model", "searcher", "feasible seeds", "best proxy acc. (mean ± std)",
@@ -434,8 +434,10 @@ def main(argv: list[str] | None = None) -> int:
         command=command,
         env=env,
         notes=notes,
+        quick=quick,
     )
-    log.info("done in %.0f s; wrote benchmarks/results/search.json and RESULTS.md", total_s)
+    log.info("done in %.0f s; wrote search.json and RESULTS.md under %s", total_s,
+             "benchmarks/results/quick" if quick else "benchmarks")  # fmt: skip
     return 0
 
 

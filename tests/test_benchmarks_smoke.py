@@ -102,3 +102,24 @@ def test_run_rows_store_and_return_a_finished_run(tmp_path: Path) -> None:
     # A damaged file is not trusted: the run is redone.
     path.write_text("{not json", encoding="utf-8")
     assert store.get(tag) is None
+
+
+def test_quick_results_never_touch_the_full_runs_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import _common
+
+    monkeypatch.setattr(_common, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(_common, "RESULTS_MD", tmp_path / "RESULTS.md")
+    monkeypatch.setattr(_common, "QUICK_DIR", tmp_path / "results" / "quick")
+    full = _common.update_results_md("x", "X", "| a |\n|---|\n| 1 |", command="full", env={})
+    assert full == tmp_path / "RESULTS.md" and "full" in full.read_text()
+    before = full.read_text()
+    quick = _common.update_results_md("x", "X", "| a |\n|---|\n| 2 |", command="quick", env={},
+                                      quick=True)  # fmt: skip
+    assert quick == tmp_path / "results" / "quick" / "RESULTS.md"
+    assert "| 2 |" in quick.read_text()
+    assert full.read_text() == before  # the full run's section is untouched
+    path = _common.write_results("x", {"v": 2}, command="quick", env={}, quick=True)
+    assert path == tmp_path / "results" / "quick" / "x.json"
+    assert not (tmp_path / "results" / "x.json").exists()
