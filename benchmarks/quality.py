@@ -269,8 +269,14 @@ def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per (model, budget, searcher): means and spreads over the seeds that finished."""
+def summarise(
+    rows: Sequence[dict[str, Any]], *, planned: int | None = None
+) -> list[dict[str, Any]]:
+    """One entry per (model, budget, searcher): means and spreads over the seeds that finished.
+
+    ``planned`` is the number of seeds asked for, so seeds left out (``--stored-only``)
+    show as not finished.
+    """
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["model"], r["budgets"][0], r["searcher"]), []).append(r)
@@ -282,7 +288,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         frac = [r["remeasured_over_dense"] for r in ok if "remeasured_over_dense" in r]
         out.append({
             "model": model, "width": rs[0]["width"], "budget": budget, "searcher": searcher,
-            "seeds": len(rs), "finished": len(ok),
+            "seeds": max(planned or 0, len(rs)), "finished": len(ok),
             "errors": sorted({r["error"] for r in rs if not r.get("ok")}),
             "accuracy_mean": acc, "accuracy_std": acc_sd,
             "accuracy_dense_mean": _mean_std([r["accuracy_dense"] for r in ok])[0],
@@ -442,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="training/fine-tuning device: cpu or cuda")
     p.add_argument("--fresh", action="store_true", help="redo runs that finished before")
     p.add_argument("--no-write", action="store_true", help="write no results (log only)")
+    p.add_argument("--stored-only", action="store_true",
+                   help="collect: tabulate the stored runs and leave out the rest instead of "
+                        "running them")  # fmt: skip
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -460,9 +469,12 @@ def main(argv: list[str] | None = None) -> int:
                        else QUICK["finetune_epochs"] if q else FINETUNE_EPOCHS)  # fmt: skip
     oracle = args.oracle or (QUICK["oracle"] if q else ORACLE)
 
+    if q and args.stored_only:
+        p.error("--stored-only collects stored runs of the full grid; quick runs are not stored")
     env = environment()
     t0 = time.perf_counter()
     rows = []
+    missing: list[str] = []
     store = None if q else RunRows("quality")
     for model, width in models.items():
         for budget in budgets:
@@ -475,6 +487,11 @@ def main(argv: list[str] | None = None) -> int:
                         log.info("%s %s %s seed %d: stored", model, budget, searcher, seed)
                         rows.append(stored)
                         continue
+                    if args.stored_only:
+                        log.info("%s %s %s seed %d: not stored, left out", model, budget,
+                                 searcher, seed)  # fmt: skip
+                        missing.append(tag)
+                        continue
                     log.info("%s %s %s seed %d", model, budget, searcher, seed)
                     rows.append(prune_row(
                         model=model, width=width, data="digits", budgets=[budget],
@@ -486,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
                     if store is not None and rows[-1].get("ok"):
                         store.put(tag, rows[-1])
     seconds = time.perf_counter() - t0
-    summary = summarise(rows)
+    summary = summarise(rows, planned=len(seeds))
     heads = headline(summary)
     body = table(summary)
     print(body)
@@ -527,6 +544,20 @@ def main(argv: list[str] | None = None) -> int:
         notes += f"\n\n![accuracy against latency]({png.relative_to(results_md(quick=q).parent)})"
     if q:
         notes += "\n\n**Quick mode: an end-to-end check, not a comparison.**"
+    machines: dict[str, int] = {}
+    for r in rows:
+        cpu = r.get("measured", {}).get("machine", {}).get("cpu")
+        if cpu:
+            machines[cpu] = machines.get(cpu, 0) + 1
+    if len(machines) > 1:
+        counts = ", ".join(f"{n} on {cpu}" for cpu, n in sorted(machines.items()))
+        notes += (f"\n\nThe stored runs were measured on {len(machines)} machines ({counts}). "
+                  "Each run measures its dense model and its budget on its own machine, so "
+                  "the latency ratios compare across them; absolute milliseconds do not.")  # fmt: skip
+    if missing:
+        notes += (f"\n\n**{len(missing)} runs of this grid are not stored yet and are left out** "
+                  "(collected with `--stored-only`): the \"seeds ok\" column counts the runs "
+                  "that are in.")  # fmt: skip
     update_results_md("quality", "Quality at matched latency",
                       body + "\n\nBest RL searcher against best baseline (mean test accuracy):\n\n"
                       + headline_table(heads), command=command_line(), env=env,

@@ -123,3 +123,23 @@ def test_quick_results_never_touch_the_full_runs_tables(
     path = _common.write_results("x", {"v": 2}, command="quick", env={}, quick=True)
     assert path == tmp_path / "results" / "quick" / "x.json"
     assert not (tmp_path / "results" / "x.json").exists()
+
+
+def test_summary_counts_seeds_left_out_as_not_finished() -> None:
+    from benchmarks.quality import headline, summarise
+
+    def row(searcher: str, seed: int, acc: float) -> dict:
+        check = {"bound": 1.0, "dense": 2.0}
+        return {"model": "m", "width": 1.0, "budgets": ["latency<=50%"], "searcher": searcher,
+                "seed": seed, "ok": True, "accuracy": acc, "accuracy_dense": 0.99,
+                "remeasured_over_bound": 0.9, "remeasured_over_dense": 0.45,
+                "params_final": 10, "params_dense": 100, "search_seconds": 1.0,
+                "evaluations": 60, "checks": [check]}  # fmt: skip
+
+    rows = [row("qlp", 0, 0.9), row("qlp", 1, 0.8), row("uniform", 0, 0.7)]
+    by = {s["searcher"]: s for s in summarise(rows, planned=3)}
+    assert (by["qlp"]["finished"], by["qlp"]["seeds"]) == (2, 3)
+    assert by["qlp"]["accuracy_mean"] == pytest.approx(0.85)
+    assert (by["uniform"]["finished"], by["uniform"]["seeds"]) == (1, 3)
+    (line,) = headline(list(by.values()))
+    assert (line["best_rl"], line["best_baseline"]) == ("qlp", "uniform")
