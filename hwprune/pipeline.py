@@ -868,10 +868,15 @@ def _verify(evaluator: Any, module: Any) -> dict[str, Any]:
 def _repair_candidate(
     evaluator: Any, space: Any, failed: Any, *, worst: float, tried: set[str]
 ) -> Any | None:
-    """The next most accurate feasible candidate with more margin, else a scaled-down policy.
+    """The more accurate of: the best earlier candidate with more margin, and the failed
+    policy scaled down until it has that margin.
 
     ``worst`` is the failed model's largest re-measured cost; a replacement must
-    have been measured at least that much further under its bounds.
+    have been measured at least that much further under its bounds. Both options
+    are weighed because the earlier candidates with enough margin may all be far
+    smaller (a bisection leaves one near the bound and the rest near the floor),
+    while a slightly smaller version of the failed policy usually keeps its
+    accuracy; the scaling costs a few evaluations, and repairs are rare.
     """
     from dataclasses import replace
 
@@ -882,8 +887,6 @@ def _repair_candidate(
     pool = [
         o for o in evaluator.history if o.feasible and o.key not in tried and o.max_cost <= limit
     ]
-    if pool:
-        return max(pool, key=lambda o: (o.accuracy, -o.max_cost))
 
     def strict(policy: Any) -> Any:
         outcome = evaluator.evaluate(policy)
@@ -891,7 +894,9 @@ def _repair_candidate(
         return replace(outcome, feasible=ok)
 
     found = repair(space, strict, failed.policy)
-    return evaluator._by_key.get(found.key, found) if found is not None else None
+    if found is not None:
+        pool.append(evaluator._by_key.get(found.key, found))
+    return max(pool, key=lambda o: (o.accuracy, -o.max_cost)) if pool else None
 
 
 # --------------------------------------------------------------------------- loading
