@@ -549,6 +549,20 @@ def main(argv: list[str] | None = None) -> int:
         cpu = r.get("measured", {}).get("machine", {}).get("cpu")
         if cpu:
             machines[cpu] = machines.get(cpu, 0) + 1
+    spread: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        if r.get("ok") and r.get("checks"):
+            cpu = r.get("measured", {}).get("machine", {}).get("cpu", "this machine")
+            spread.setdefault((r["model"], cpu), []).append(float(r["checks"][0]["dense"]))
+    if any(len(v) > 1 for v in spread.values()):
+        ranges = "; ".join(f"{m} on {cpu}: {min(v):.2f}-{max(v):.2f} ms over {len(v)} runs"
+                           for (m, cpu), v in sorted(spread.items()) if len(v) > 1)  # fmt: skip
+        repaired = sum(1 for r in rows if r.get("ok") and r.get("repairs"))
+        notes += (f"\n\nTiming noise, measured: each run times its own dense model, and that "
+                  f"dense latency ranged {ranges}. {repaired} of {len(rows)} runs re-measured "
+                  "their final model over the budget and were repaired (a smaller model with "
+                  "the margin the miss showed), which can cost accuracy. Differences between "
+                  "searchers smaller than the spread over seeds are not a ranking.")  # fmt: skip
     if len(machines) > 1:
         counts = ", ".join(f"{n} on {cpu}" for cpu, n in sorted(machines.items()))
         notes += (f"\n\nThe stored runs were measured on {len(machines)} machines ({counts}). "
