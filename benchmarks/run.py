@@ -1,6 +1,6 @@
 """The benchmark suite's entry point: run every benchmark that fits this machine, in turn.
 
-    python benchmarks/run.py --quick                 # about 10 minutes on 2 CPU cores
+    python benchmarks/run.py --quick                 # about 15 minutes on 2 CPU cores (928 s measured)
     python benchmarks/run.py                         # the full suite (hours)
     python benchmarks/run.py --only compare quality  # some of them
     python benchmarks/run.py --list                  # what would run, and how
@@ -82,7 +82,7 @@ def plan(*, quick: bool, gpu: bool, paper_data: str) -> list[Step]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small settings: about 10 minutes")
+    p.add_argument("--quick", action="store_true", help="small settings: about 15 minutes on 2 CPU cores")
     p.add_argument("--only", nargs="+", choices=ORDER, metavar="NAME",
                    help=f"run only these ({', '.join(ORDER)})")  # fmt: skip
     p.add_argument("--paper-data", default="digits",
