@@ -82,7 +82,9 @@ def plan(*, quick: bool, gpu: bool, paper_data: str) -> list[Step]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small settings: about 15 minutes on 2 CPU cores")
+    p.add_argument(
+        "--quick", action="store_true", help="small settings: about 15 minutes on 2 CPU cores"
+    )
     p.add_argument("--only", nargs="+", choices=ORDER, metavar="NAME",
                    help=f"run only these ({', '.join(ORDER)})")  # fmt: skip
     p.add_argument("--paper-data", default="digits",
