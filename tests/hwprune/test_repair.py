@@ -39,18 +39,23 @@ def trained():
     return net.eval(), data
 
 
-def test_repair_prefers_a_scaled_down_policy_to_a_far_smaller_candidate(trained):
-    net, data = trained
+def make_evaluator(net: nn.Module, data, budget: str) -> tuple[ChannelSpace, Evaluator]:
     space = ChannelSpace(net, example_input_shape=(1, *data.input_shape), min_keep=0.1)
     evaluator = Evaluator(
         space=space,
         data=data,
-        constraints=bind_constraints(["params<=40%"], oracles={"params": "params"}),
+        constraints=bind_constraints([budget], oracles={"params": "params"}),
         bn_batches=2,
         bn_batch_size=64,
         max_eval_samples=300,
     )
     evaluator.calibrate()
+    return space, evaluator
+
+
+def test_repair_prefers_a_scaled_down_policy_to_a_far_smaller_candidate(trained):
+    net, data = trained
+    space, evaluator = make_evaluator(net, data, "params<=40%")
     # What a bisection leaves behind: one candidate just inside the bound, one at the floor.
     edge = evaluator.evaluate(Policy.uniform(space, 0.6))
     floor = evaluator.evaluate(Policy.uniform(space, 0.1))
@@ -69,16 +74,7 @@ def test_repair_prefers_a_scaled_down_policy_to_a_far_smaller_candidate(trained)
 
 def test_repair_gives_up_when_nothing_has_the_margin(trained):
     net, data = trained
-    space = ChannelSpace(net, example_input_shape=(1, *data.input_shape), min_keep=0.1)
-    evaluator = Evaluator(
-        space=space,
-        data=data,
-        constraints=bind_constraints(["params<=5%"], oracles={"params": "params"}),
-        bn_batches=1,
-        bn_batch_size=32,
-        max_eval_samples=64,
-    )
-    evaluator.calibrate()
+    space, evaluator = make_evaluator(net, data, "params<=5%")
     floor = evaluator.evaluate(Policy.uniform(space, 0.1))
     if not floor.feasible:
         pytest.skip("the floor misses a 5% budget on this net: nothing to repair towards")
