@@ -545,15 +545,14 @@ def main(argv: list[str] | None = None) -> int:
     if q:
         notes += "\n\n**Quick mode: an end-to-end check, not a comparison.**"
     machines: dict[str, int] = {}
+    spread: dict[tuple[str, str], list[float]] = {}
     for r in rows:
         cpu = r.get("measured", {}).get("machine", {}).get("cpu")
         if cpu:
             machines[cpu] = machines.get(cpu, 0) + 1
-    spread: dict[tuple[str, str], list[float]] = {}
-    for r in rows:
         if r.get("ok") and r.get("checks"):
-            cpu = r.get("measured", {}).get("machine", {}).get("cpu", "this machine")
-            spread.setdefault((r["model"], cpu), []).append(float(r["checks"][0]["dense"]))
+            key = (r["model"], cpu or "this machine")
+            spread.setdefault(key, []).append(float(r["checks"][0]["dense"]))
     if any(len(v) > 1 for v in spread.values()):
         ranges = "; ".join(f"{m} on {cpu}: {min(v):.2f}-{max(v):.2f} ms over {len(v)} runs"
                            for (m, cpu), v in sorted(spread.items()) if len(v) > 1)  # fmt: skip

@@ -50,17 +50,13 @@ def gpu_oracles() -> tuple[str, ...]:
     """
     import importlib.util
 
+    import onnxruntime
     import torch
 
     if not torch.cuda.is_available():
         return ()
     found = ["torch:cuda"]
-    try:
-        import onnxruntime
-
-        providers = set(onnxruntime.get_available_providers())
-    except ImportError:  # pragma: no cover - onnxruntime is a core dependency
-        providers = set()
+    providers = set(onnxruntime.get_available_providers())
     if "CUDAExecutionProvider" in providers:
         found.append("onnxruntime:cuda")
     if "TensorrtExecutionProvider" in providers:
