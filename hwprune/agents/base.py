@@ -190,7 +190,7 @@ def confirm_best(
             ranked.append(o)
     records: list[dict[str, Any]] = []
     for o in ranked[: max(0, int(top))]:
-        measured = evaluator.measure_module(space.apply(o.policy), fresh=True)
+        measured = evaluator.remeasure(space.apply(o.policy))
         values = {c.name: float(measured[c.name].value) for c in evaluator.constraints}
         ok = all(c.met(values[c.name]) for c in evaluator.constraints)
         records.append(

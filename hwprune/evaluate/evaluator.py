@@ -20,6 +20,11 @@ from oracles import Measurement, MeasurementCache
 
 log = logging.getLogger(__name__)
 
+# Independent calls of a timed oracle whose median is kept wherever a value is a verdict
+# or a reference: the dense model (relative bounds are fractions of it), the confirmation
+# of a search's best candidates and the final model's proof.
+MEASURE_REPEATS = 3
+
 __all__ = ["Outcome", "Evaluator"]
 
 
@@ -200,11 +205,21 @@ class Evaluator:
                 timings[f"oracle:{c.name}"] = time.perf_counter() - t0
         return out
 
+    def remeasure(self, module: Any) -> dict[str, Measurement]:
+        """Every constraint's oracle on ``module`` afresh (no cache), judged as the dense
+        model was: a timed oracle keeps the median of ``MEASURE_REPEATS`` calls.
+
+        The confirmation of a search's best candidates and the final proof use this, so a
+        verdict is no noisier than the bound it is checked against (one call on a busy
+        machine can be a third off; a median of three rarely is).
+        """
+        return self.measure_module(module, fresh=True, repeats=MEASURE_REPEATS)
+
     def calibrate(self) -> list[Constraint]:
         """Measure the dense model with every oracle and fix relative budgets to absolute bounds."""
         dense_module = self.space.model
         # Every relative bound is a fraction of these values: median of 3 calls.
-        self.dense = self.measure_module(dense_module, repeats=3)
+        self.dense = self.measure_module(dense_module, repeats=MEASURE_REPEATS)
         self.constraints = [c.resolve(self.dense[c.name].value) for c in self.constraints]
         self.dense_accuracy = self._accuracy(dense_module, reestimate=False)
         return self.constraints

@@ -109,3 +109,48 @@ def test_search_confirms_its_result_and_records_it(space, data):
     assert records[0]["values"]["params"] == result.best.values["params"]
     off = get_searcher("uniform").search(space=space, evaluator=ev, evaluations=12, confirm=0)
     assert "confirmations" not in off.extra and off.best.key == result.best.key
+
+
+@oracles.register_oracle("test-spiky-latency")
+@dataclasses.dataclass
+class SpikyLatency(oracles.Oracle):
+    """A timed oracle whose every third call is 60% slow: one busy moment of the machine."""
+
+    quantity: ClassVar[str] = "latency"
+    unit: ClassVar[str] = "ms"
+    timed: ClassVar[bool] = True
+    calls: ClassVar[list[float]] = []
+    device: str = "cpu"
+
+    def measure(self, model, *, input_shapes=None) -> oracles.Measurement:
+        real = oracles.get_oracle("params").measure(model).value / 1e4
+        self.calls.append(real)
+        value = real * 1.6 if len(self.calls) % 3 == 1 else real
+        return oracles.Measurement(quantity="latency", value=value, unit="ms", oracle=self.spec)
+
+
+def test_the_final_proof_is_a_median_of_three_like_the_dense_baseline(space, data):
+    from hwprune.evaluate.evaluator import MEASURE_REPEATS
+    from hwprune.pipeline import _verify
+
+    SpikyLatency.calls.clear()
+    ev = make_evaluator(space, data, "latency<=60%", "test-spiky-latency")
+    assert MEASURE_REPEATS == 3 and len(SpikyLatency.calls) == 3  # the dense baseline
+    assert ev.dense["latency"].value == pytest.approx(SpikyLatency.calls[0])  # spike ignored
+    module = space.apply(Policy.uniform(space, 0.7))
+    before = len(SpikyLatency.calls)
+    final = _verify(ev, module)["latency"]
+    assert len(SpikyLatency.calls) == before + 3  # fresh: no cache, three calls
+    real = SpikyLatency.calls[-1]
+    assert final.value == pytest.approx(real)  # the spiky first call is not the verdict
+    assert sorted(final.extra["repeat_values"]) == pytest.approx(sorted([1.6 * real, real, real]))
+    # The bound sits between the real value and the spike: one call would have failed it.
+    assert real <= ev.constraints[0].bound < 1.6 * real
+
+
+def test_remeasure_times_a_real_onnx_runtime_session_three_times(space, data):
+    ev = make_evaluator(space, data, "latency<=80%", "onnxruntime:cpu?threads=1&max_runs=20")
+    m = ev.remeasure(space.apply(Policy.uniform(space, 0.5)))["latency"]
+    values = m.extra["repeat_values"]
+    assert len(values) == 3 and values == sorted(values) and m.value == values[1] > 0
+    assert not m.cached
