@@ -275,7 +275,10 @@ class RunRows:
     stored is reused when the script is run again with the same settings (the
     tag names them), so an interrupted run, or runs split over processes or
     sessions, add up to one table. Rows are committed with the results, and
-    each keeps the date and machine it was measured on.
+    each keeps the date and machine it was measured on. A failed run's row
+    (``ok: False`` and its error) is stored too, so a collection with
+    ``--stored-only`` reports it as failed rather than not run; running the
+    benchmark again retries it.
     """
 
     def __init__(self, name: str, root: Path = RESULTS_DIR) -> None:

@@ -217,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
                 log.info("%s: %s %s seed %d stored", s["paper"], s["model"], s["budget"], seed)
                 rows.append(stored)
                 continue
+            if args.stored_only and stored is not None:  # a stored failure
+                log.info("%s: %s %s seed %d stored, failed", s["paper"], s["model"],
+                         s["budget"], seed)  # fmt: skip
+                rows.append(stored)
+                continue
             if args.stored_only:
                 log.info("%s: %s %s seed %d not stored, left out", s["paper"], s["model"],
                          s["budget"], seed)  # fmt: skip
@@ -233,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                 fresh=args.fresh,
             )  # fmt: skip
             row["setting"] = s
-            if store is not None and row.get("ok"):
+            if store is not None:  # failures too: a collection shows them
                 store.put(tag, row)
             rows.append(row)
     seconds = time.perf_counter() - t0

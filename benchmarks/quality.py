@@ -487,6 +487,11 @@ def main(argv: list[str] | None = None) -> int:
                         log.info("%s %s %s seed %d: stored", model, budget, searcher, seed)
                         rows.append(stored)
                         continue
+                    if args.stored_only and stored is not None:  # a stored failure
+                        log.info("%s %s %s seed %d: stored, failed", model, budget, searcher,
+                                 seed)  # fmt: skip
+                        rows.append(stored)
+                        continue
                     if args.stored_only:
                         log.info("%s %s %s seed %d: not stored, left out", model, budget,
                                  searcher, seed)  # fmt: skip
@@ -500,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
                         train_epochs=train_epochs, run_dir=RUNS_DIR / "quality" / tag,
                         device=args.device, remeasure_oracle=oracle, fresh=args.fresh,
                     ))  # fmt: skip
-                    if store is not None and rows[-1].get("ok"):
+                    if store is not None:  # failures too: a collection shows them
                         store.put(tag, rows[-1])
     seconds = time.perf_counter() - t0
     summary = summarise(rows, planned=len(seeds))
