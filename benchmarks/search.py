@@ -4,7 +4,7 @@ For a CIFAR-style VGG-11 and ResNet-56 trained on the built-in digits data
 (trained once, checkpoints cached under ``~/.cache/hwprune/benchmarks``), each
 searcher (ppo-lagrangian, qlp, amc, uniform, global-magnitude, random) prunes
 to ``latency<=40%`` on ``onnxruntime:cpu?threads=1`` with the same number of
-evaluations, for three seeds. Reported per model and searcher:
+evaluations (100), for three seeds. Reported per model and searcher:
 
 * best feasible proxy accuracy (mean and std over seeds; BN re-estimated,
   no fine-tuning) and in how many seeds a feasible policy was found;
@@ -255,8 +255,8 @@ def _fmt(x: float | None, spec: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
-                   help="narrow models, 4 epochs, 6 evaluations, 2 seeds: an end-to-end check")  # fmt: skip
-    p.add_argument("--evaluations", type=int, default=None, help="evaluations per search (300)")
+                   help="narrow models, 4 epochs, 6 evaluations, 1 seed: an end-to-end check")  # fmt: skip
+    p.add_argument("--evaluations", type=int, default=None, help="evaluations per search (100)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (0,1,2)")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--searchers", default=",".join(SEARCHERS))
@@ -281,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     quick = args.quick
-    evaluations = args.evaluations or (6 if quick else 300)
-    seeds = [int(s) for s in (args.seeds or ("0,1" if quick else "0,1,2")).split(",") if s.strip()]
+    evaluations = args.evaluations or (6 if quick else 100)
+    seeds = [int(s) for s in (args.seeds or ("0" if quick else "0,1,2")).split(",") if s.strip()]
     epochs = args.epochs or (4 if quick else 30)
     bn_batches = args.bn_batches or (2 if quick else 8)
     vgg_width = args.vgg_width or (0.25 if quick else 0.5)
