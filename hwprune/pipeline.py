@@ -869,22 +869,30 @@ def _verify(evaluator: Any, module: Any) -> dict[str, Any]:
 def _repair_candidate(
     evaluator: Any, space: Any, failed: Any, *, worst: float, tried: set[str]
 ) -> Any | None:
-    """The more accurate of: the best earlier candidate with more margin, and the failed
-    policy scaled down until it has that margin.
+    """The best of: the earlier candidates with more margin, and the failed policy scaled
+    down until it has that margin.
 
-    ``worst`` is the failed model's largest re-measured cost; a replacement must
-    have been measured at least that much further under its bounds. Both options
-    are weighed because the earlier candidates with enough margin may all be far
-    smaller (a bisection leaves one near the bound and the rest near the floor),
-    while a slightly smaller version of the failed policy usually keeps its
-    accuracy; the scaling costs a few evaluations, and repairs are rare.
+    ``worst`` is the failed model's largest re-measured cost. Timing noise is a
+    factor (a busy machine slows every model alike), so the margin is one too:
+    the failed model measured ``worst / failed.max_cost`` times its search value,
+    and a replacement must have been measured that much under its bounds, with
+    2% to spare. Earlier candidates with that margin may all be far smaller (a
+    bisection leaves one near the bound and the rest near the floor), while a
+    slightly smaller version of the failed policy usually keeps its accuracy;
+    the scaling costs a few evaluations, and repairs are rare.
+
+    Best: the most accurate, except that candidates whose proxy accuracy is
+    within two standard errors of it (on the evaluator's sample) count as tied,
+    and of those the least pruned wins: a proxy accuracy near chance (a deep
+    residual net cut hard, before fine-tuning) cannot tell them apart, and
+    fine-tuning recovers more from the larger model.
     """
+    import math
     from dataclasses import replace
 
     from hwprune.agents import repair
 
-    need = max(0.0, worst - 1.0) + 0.02
-    limit = failed.max_cost - need
+    limit = 0.98 * failed.max_cost / max(worst, 1.0)
     pool = [
         o for o in evaluator.history if o.feasible and o.key not in tried and o.max_cost <= limit
     ]
@@ -897,7 +905,13 @@ def _repair_candidate(
     found = repair(space, strict, failed.policy)
     if found is not None:
         pool.append(evaluator._by_key.get(found.key, found))
-    return max(pool, key=lambda o: (o.accuracy, -o.max_cost)) if pool else None
+    if not pool:
+        return None
+    best = max(pool, key=lambda o: (o.accuracy, -o.max_cost))
+    n = max(1, evaluator.eval_samples)
+    tol = max(2.0 * math.sqrt(best.accuracy * (1.0 - best.accuracy) / n), 1.0 / n)
+    tied = [o for o in pool if o.accuracy >= best.accuracy - tol]
+    return max(tied, key=lambda o: (o.max_cost, o.accuracy))
 
 
 # --------------------------------------------------------------------------- loading

@@ -162,6 +162,11 @@ class Evaluator:
         if self.history:
             log.info("resumed %d evaluated candidates from %s", len(self.history), self._log.path)
 
+    @property
+    def eval_samples(self) -> int:
+        """How many search-split samples each proxy accuracy is computed on."""
+        return len(self._eval_indices)
+
     # ------------------------------------------------------------- measuring
     def measure_module(
         self,
