@@ -210,7 +210,8 @@ class AMC(Searcher):
         sigma, sigma_decay, sigma_min: the truncated-normal exploration noise.
         penalty: reward = accuracy - penalty * (max cost - 1) for infeasible policies.
         learning_rate, batch_size, buffer_size, tau, net_arch: DDPG settings.
-        max_prune: the largest fraction of a unit one action prunes.
+        max_prune: the largest fraction of a unit one action prunes (default: down to
+            the space's ``min_keep``, see ``LayerPruningEnv``).
         action_wall: cap actions so params/FLOPs budgets stay reachable (default on).
         anchor: start from the largest uniform keep ratio that meets the budgets
             (coarse bisection, counted in the evaluation budget); actions then
@@ -235,7 +236,7 @@ class AMC(Searcher):
         buffer_size: int = 20_000,
         tau: float = 0.01,
         net_arch: tuple[int, ...] = (64, 64),
-        max_prune: float = 0.9,
+        max_prune: float | None = None,
         action_wall: bool = True,
         anchor: bool = True,
         tensorboard_log: str | Path | None = None,
@@ -259,7 +260,7 @@ class AMC(Searcher):
         self.buffer_size = int(buffer_size)
         self.tau = float(tau)
         self.net_arch = [int(n) for n in net_arch]
-        self.max_prune = float(max_prune)
+        self.max_prune = None if max_prune is None else float(max_prune)
         self.action_wall = bool(action_wall)
         self.anchor = bool(anchor)
         self.tensorboard_log = tensorboard_log

@@ -178,7 +178,8 @@ class PPOLagrangian(Searcher):
         learning_rate, n_epochs, net_arch, ent_coef, log_std_init: PPO settings.
         lambda_lr: the multipliers' step size; lambda_init: their start value;
         lambda_max: an upper clip that keeps rewards bounded.
-        max_prune: the largest fraction of a unit one action prunes.
+        max_prune: the largest fraction of a unit one action prunes (default: down to
+            the space's ``min_keep``, see ``LayerPruningEnv``).
         action_wall: cap actions so additive budgets (params, FLOPs) stay reachable.
         anchor: start from the largest uniform keep ratio that meets the budgets
             (found by a coarse bisection that counts against the evaluation
@@ -203,7 +204,7 @@ class PPOLagrangian(Searcher):
         lambda_lr: float = 0.5,
         lambda_init: float = 0.0,
         lambda_max: float = 100.0,
-        max_prune: float = 0.9,
+        max_prune: float | None = None,
         action_wall: bool = False,
         anchor: bool = True,
         tensorboard_log: str | Path | None = None,
@@ -231,7 +232,7 @@ class PPOLagrangian(Searcher):
         self.lambda_lr = float(lambda_lr)
         self.lambda_init = float(lambda_init)
         self.lambda_max = float(lambda_max)
-        self.max_prune = float(max_prune)
+        self.max_prune = None if max_prune is None else float(max_prune)
         self.action_wall = bool(action_wall)
         self.tensorboard_log = tensorboard_log
 

@@ -219,7 +219,11 @@ class LayerPruningEnv(gym.Env):
             and ``min_keep``.
         evaluate: ``policy -> Outcome`` (a ``BudgetedEvaluator`` or any function
             returning an object with ``accuracy``, ``costs`` and ``feasible``).
-        max_prune: the largest fraction of a unit one action may prune.
+        max_prune: the largest fraction of a unit one action may prune; ``None``
+            (the default) allows down to the space's ``min_keep`` (0.9 for the
+            default channel space, 0.98 for the default weight space), so any
+            policy the space can express, a 90% parameter budget included, can
+            be reached.
         wall: {constraint name: target fraction of dense} for additive
             constraints (see ``additive_targets``); ``None`` turns the action
             wall off.
@@ -245,7 +249,7 @@ class LayerPruningEnv(gym.Env):
         space: Any,
         evaluate: Callable[[Any], Any],
         *,
-        max_prune: float = 0.9,
+        max_prune: float | None = None,
         wall: Mapping[str, float] | None = None,
         reward_fn: Callable[[Any], float] | None = None,
         anchor: float | None = None,
@@ -254,20 +258,24 @@ class LayerPruningEnv(gym.Env):
         units = list(space.units)
         if not units:
             raise ConfigError("the prune space has no prunable units; nothing for the agent to do")
+        self.min_keep = float(getattr(space, "min_keep", 0.0) or 0.0)
+        if max_prune is None:
+            max_prune = 1.0 - self.min_keep if self.min_keep > 0.0 else 1.0
         if not 0.0 < float(max_prune) <= 1.0:
             raise ConfigError(f"max_prune must lie in (0, 1], got {max_prune!r}")
         self.space = space
         self.evaluate = evaluate
         self.max_prune = float(max_prune)
         self.reward_fn = reward_fn
-        self.min_keep = float(getattr(space, "min_keep", 0.0) or 0.0)
         self.keep_floor = max(self.min_keep, 1.0 - self.max_prune)
         self.num_units = len(units)
         if anchor is not None:
             anchor = float(anchor)
             if not (np.isfinite(anchor) and self.keep_floor <= anchor <= 1.0):
                 raise ConfigError(
-                    f"anchor must be a keep ratio in [{self.keep_floor:g}, 1], got {anchor!r}"
+                    f"anchor must be a keep ratio in [{self.keep_floor:g}, 1], got {anchor!r}; "
+                    f"max_prune={self.max_prune:g} keeps at least {1 - self.max_prune:g} of "
+                    "each unit (raise max_prune, or leave it unset to follow the space's min_keep)"
                 )
         self.anchor = anchor
 

@@ -175,3 +175,22 @@ def test_anchor_outside_the_allowed_keep_range_is_an_error(space):
         LayerPruningEnv(space, mean_keep_outcome, max_prune=0.8, anchor=0.1)
     with pytest.raises(ConfigError, match="anchor must be a keep ratio"):
         LayerPruningEnv(space, mean_keep_outcome, anchor=1.5)
+
+
+def test_max_prune_follows_the_space_so_a_ten_percent_weight_budget_is_reachable():
+    """A params<=10% budget on a weight space needs keep ratios under 0.1 (the BN
+    parameters stay): the anchor found by bisection lies there, and the env must accept it.
+    This failed every ICPR setting of benchmarks/paper.py before max_prune followed min_keep."""
+    from hwprune.space import WeightSpace
+
+    space = WeightSpace(tiny_net(), example_input_shape=SHAPE, min_keep=0.01)
+    env = LayerPruningEnv(space, mean_keep_outcome, anchor=0.087)
+    assert env.max_prune == pytest.approx(0.99) and env.keep_floor == pytest.approx(0.01)
+    assert env.anchored_keep(0.0) == pytest.approx(0.087)
+    assert env.anchored_keep(-1.0) == pytest.approx(0.01)
+    channel = LayerPruningEnv(
+        ChannelSpace(tiny_net(), example_input_shape=SHAPE, min_keep=0.1), mean_keep_outcome
+    )
+    assert channel.max_prune == pytest.approx(0.9)  # the default channel space: as before
+    with pytest.raises(ConfigError, match="raise max_prune"):
+        LayerPruningEnv(space, mean_keep_outcome, max_prune=0.9, anchor=0.087)

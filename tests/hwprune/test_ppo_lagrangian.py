@@ -221,3 +221,20 @@ def test_bad_options_are_one_sentence_errors():
         get_searcher("ppo-lagrangian", episodes_per_update=0)
     with pytest.raises(ConfigError, match="lambda_lr must be positive"):
         get_searcher("ppo-lagrangian", lambda_lr=0)
+
+
+@pytest.mark.parametrize("name", ["ppo-lagrangian", "amc"])
+def test_a_ten_percent_weight_budget_is_searched_below_the_channel_floor(data, name):
+    """The ICPR setting: ``params<=10%`` counting non-zero weights on a weight space with
+    min_keep 0.01. The anchor lies under 0.1 keep (BN parameters stay dense), which the
+    agents' old fixed max_prune of 0.9 rejected as a configuration error."""
+    from hwprune.space import WeightSpace
+
+    space = WeightSpace(
+        tiny_net(data.input_shape[0]), example_input_shape=(1, *data.input_shape), min_keep=0.01
+    )
+    ev = evaluator(space, data, ["params<=10%"], oracle_overrides={"params": "params?nonzero=1"})
+    result = get_searcher(name, seed=0).search(space=space, evaluator=ev, evaluations=16)
+    assert result.extra["anchor"] is not None and result.extra["anchor"] < 0.1
+    assert result.best is not None and result.best.feasible
+    assert result.best.values["params"] <= ev.constraints[0].bound
