@@ -263,6 +263,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.quick:
         notes += "\n\n**Quick mode (small widths, few evaluations): an end-to-end check.**"
+    ok = [r for r in rows if r.get("ok")]
+    weak = sorted({(r["setting"]["model"], r["accuracy_dense"]) for r in ok
+                   if r["accuracy_dense"] < 0.5})  # fmt: skip
+    if weak:
+        names = ", ".join(f"{m} ({a:.3f})" for m, a in weak)
+        notes += (f"\n\n**Dense training did not converge** for {names} with this recipe "
+                  f"({train_epochs} epochs): its row prunes a model that never learned the task, "
+                  "and its accuracy change says nothing about pruning.")  # fmt: skip
+    lost = [
+        r for r in ok if r["accuracy_dense"] >= 0.5 and r["accuracy"] < r["accuracy_dense"] - 0.1
+    ]
+    if lost:
+        which = ", ".join(
+            f"{r['setting']['model']} `{r['setting']['budget']}` ({r['accuracy_pruned']:.3f} "
+            f"before fine-tuning, {r['accuracy']:.3f} after)"
+            for r in lost
+        )
+        notes += (f"\n\n**Fine-tuning did not recover** {which}: at these sparsities the "
+                  f"pruned model starts near chance, and {finetune_epochs} epoch(s) on the "
+                  "training split are far fewer steps than the papers' fine-tuning; these rows "
+                  "show what this recipe reaches, not what the sparsity allows.")  # fmt: skip
     if missing:
         left = "; ".join(f"{m['paper']} {m['model']} `{m['budget']}` seed {m['seed']}"
                          for m in missing)  # fmt: skip
