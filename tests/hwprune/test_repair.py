@@ -19,11 +19,9 @@ from hwprune.space import ChannelSpace, Policy
 from hwprune.train import train
 
 
-@pytest.fixture(scope="module")
-def trained():
-    data = get_dataset("digits")
-    torch.manual_seed(0)
-    net = nn.Sequential(
+def conv_net(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
         nn.Conv2d(3, 32, 3, padding=1, bias=False),
         nn.BatchNorm2d(32),
         nn.ReLU(),
@@ -35,6 +33,12 @@ def trained():
         nn.Flatten(),
         nn.Linear(64, 10),
     )
+
+
+@pytest.fixture(scope="module")
+def trained():
+    data = get_dataset("digits")
+    net = conv_net(seed=0)
     train(net, data, epochs=4, seed=0)
     return net.eval(), data
 
@@ -98,18 +102,7 @@ def test_candidates_tied_on_proxy_accuracy_go_to_the_least_pruned(trained):
     """An untrained net scores near chance whatever is pruned (as a deep residual net cut
     hard does before fine-tuning): the repair keeps the largest candidate with the margin."""
     _, data = trained
-    torch.manual_seed(1)
-    net = nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1, bias=False),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1, bias=False),
-        nn.BatchNorm2d(64),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(64, 10),
-    ).eval()
+    net = conv_net(seed=1).eval()  # untrained
     space, evaluator = make_evaluator(net, data, "params<=40%")
     edge = evaluator.evaluate(Policy.uniform(space, 0.6))
     smaller = [evaluator.evaluate(Policy.uniform(space, k)) for k in (0.1, 0.2, 0.3)]
