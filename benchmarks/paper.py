@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 evaluations=evaluations, finetune_epochs=finetune_epochs,
                 train_epochs=train_epochs, run_dir=RUNS_DIR / "paper" / tag,
                 device=args.device, granularity="weight", min_keep=s["min_keep"],
-                fresh=args.fresh,
+                fresh=args.fresh or args.quick,  # a quick run checks today's code
             )  # fmt: skip
             row["setting"] = s
             if store is not None:  # failures too: a collection shows them

@@ -503,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
                         oracles=[f"latency={oracle}"], searcher=searcher, seed=seed,
                         evaluations=evaluations, finetune_epochs=finetune_epochs,
                         train_epochs=train_epochs, run_dir=RUNS_DIR / "quality" / tag,
-                        device=args.device, remeasure_oracle=oracle, fresh=args.fresh,
+                        device=args.device, remeasure_oracle=oracle,
+                        fresh=args.fresh or q,  # a quick run checks today's code: never reused
                     ))  # fmt: skip
                     if store is not None:  # failures too: a collection shows them
                         store.put(tag, rows[-1])

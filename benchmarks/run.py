@@ -1,6 +1,6 @@
 """The benchmark suite's entry point: run every benchmark that fits this machine, in turn.
 
-    python benchmarks/run.py --quick                 # about 15 minutes on 2 CPU cores (928 s measured)
+    python benchmarks/run.py --quick                 # 5-15 minutes on 2 CPU cores
     python benchmarks/run.py                         # the full suite (hours)
     python benchmarks/run.py --only compare quality  # some of them
     python benchmarks/run.py --list                  # what would run, and how
@@ -13,7 +13,10 @@ its table. With ``--quick`` they write to ``benchmarks/results/quick/``
 instead (git-ignored; its own RESULTS.md), so a quick check never overwrites
 the full run's numbers (the demo, the same in both, writes to the main ones).
 At the end a summary says what ran, how long it took and what failed; the
-exit status is non-zero when any benchmark failed.
+exit status is non-zero when any benchmark failed. A whole suite (no
+``--only``) also records that summary, with the machine it ran on, in
+``benchmarks/results/run_quick.json`` or ``run.json`` and the matching section
+of ``benchmarks/RESULTS.md``: how long the suite takes is a measured figure too.
 
 On a machine with a CUDA GPU the compare benchmark adds the GPU oracles; the
 paper benchmark runs with ``--device cuda`` (pass ``--paper-data
@@ -23,6 +26,7 @@ cifar10:PATH`` to run it on CIFAR-10).
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -31,6 +35,16 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
+sys.path.append(str(BENCH_DIR))  # appended: benchmarks/oracles.py must not hide the package
+
+from _common import (  # noqa: E402
+    command_line,
+    environment,
+    markdown_table,
+    update_results_md,
+    write_results,
+)
+
 ORDER = ("demo", "oracles", "evaluate", "search", "compare", "quality", "paper")
 
 
@@ -80,10 +94,34 @@ def plan(*, quick: bool, gpu: bool, paper_data: str) -> list[Step]:
     ]
 
 
+def record(
+    *, mode: str, results: list[tuple[str, str, float]], total: float, gpu: bool, env: dict
+) -> None:
+    """Store the suite's wall times (``results/run_quick.json`` or ``run.json``) and its section."""
+    name = "run_quick" if mode == "quick" else "run"
+    command = command_line()
+    steps = [{"benchmark": n, "status": st, "seconds": round(sec, 1)} for n, st, sec in results]
+    write_results(name, {"mode": mode, "gpu": gpu, "total_seconds": round(total, 1),
+                         "steps": steps}, command=command, env=env)  # fmt: skip
+    body = markdown_table(
+        ["benchmark", "status", "seconds"],
+        [[n, st, f"{sec:.0f}"] for n, st, sec in results] + [["all", "", f"{total:.0f}"]],
+    )
+    cache = "empty" if env.get("cache_empty_at_start") else "holding earlier models"
+    notes = (
+        "Wall time of each benchmark of the suite, each as its own process, one after another. "
+        "Dense models the benchmarks train are cached under `~/.cache/hwprune/benchmarks`; "
+        f"a run from an empty cache trains them, a later run reuses them. Here the cache was "
+        f"{cache} at the start."
+    )
+    update_results_md(name, f"The {mode} suite, timed (`benchmarks/run.py`)", body,
+                      command=command, env=env, notes=notes)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--quick", action="store_true", help="small settings: about 15 minutes on 2 CPU cores"
+        "--quick", action="store_true", help="small settings: 5-15 minutes on 2 CPU cores"
     )
     p.add_argument("--only", nargs="+", choices=ORDER, metavar="NAME",
                    help=f"run only these ({', '.join(ORDER)})")  # fmt: skip
@@ -102,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
             print(s.shown() + ("   (script missing)" if s.name in missing else ""))
         return 0
     results: list[tuple[str, str, float]] = []
+    env = environment()  # the machine and its load at the start, not after hours of benchmarks
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hwprune"
+    env["cache_empty_at_start"] = not (cache / "benchmarks").is_dir() or not any(
+        (cache / "benchmarks").iterdir()
+    )
     t_all = time.perf_counter()
     for s in steps:
         if s.name in missing:
@@ -114,10 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         status = "ok" if rc == 0 else f"failed (exit {rc})"
         results.append((s.name, status, seconds))
         print(f"<== {s.name}: {status} in {seconds:.0f} s", flush=True)
-    print(f"\nbenchmarks ({'quick' if args.quick else 'full'}, "
-          f"{time.perf_counter() - t_all:.0f} s in all):")  # fmt: skip
+    total = time.perf_counter() - t_all
+    mode = "quick" if args.quick else "full"
+    print(f"\nbenchmarks ({mode}, {total:.0f} s in all):")
     for name, status, seconds in results:
         print(f"  {name:<8} {status:<20} {seconds:7.0f} s")
+    if not args.only:
+        record(mode=mode, results=results, total=total, gpu=gpu, env=env)
     print(f"results: {BENCH_DIR / 'results'}, tables: {BENCH_DIR / 'RESULTS.md'}")
     return 0 if all(status == "ok" for _, status, _ in results) else 1
 

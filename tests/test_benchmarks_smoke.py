@@ -143,3 +143,21 @@ def test_summary_counts_seeds_left_out_as_not_finished() -> None:
     assert (by["uniform"]["finished"], by["uniform"]["seeds"]) == (1, 3)
     (line,) = headline(list(by.values()))
     assert (line["best_rl"], line["best_baseline"]) == ("qlp", "uniform")
+
+
+def test_a_whole_suite_records_its_wall_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import run
+
+    common = sys.modules["_common"]  # run.py imports it as a script does
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(common, "RESULTS_MD", tmp_path / "RESULTS.md")
+    steps = [("demo", "ok", 80.4), ("search", "failed (exit 1)", 12.0)]
+    run.record(mode="quick", results=steps, total=93.0, gpu=False, env={"machine": {}, "cache_empty_at_start": True})
+    saved = json.loads((tmp_path / "results" / "run_quick.json").read_text())
+    assert saved["results"]["total_seconds"] == 93.0
+    assert [s["status"] for s in saved["results"]["steps"]] == ["ok", "failed (exit 1)"]
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert "<!-- BEGIN run_quick -->" in md and "| all |  | 93 |" in md
+    assert "the cache was empty at the start" in md
