@@ -59,9 +59,12 @@ MAX_REPAIRS = 4
 # Options saved in config.json; a config file may hold any of them.
 OPTION_NAMES = (
     "model", "weights", "width", "data", "data_root", "budgets", "oracles", "agent",
-    "evaluations", "finetune_epochs", "distill", "seed", "round_to", "min_keep",
-    "granularity", "importance", "device", "opset", "tensorrt",
+    "evaluations", "finetune_epochs", "finetune_lr", "finetune_batch_size", "distill", "seed",
+    "round_to", "min_keep", "granularity", "importance", "device", "opset", "tensorrt",
 )  # fmt: skip
+# Fine-tuning recipe defaults; a run directory written before these options existed used them.
+FINETUNE_LR = 0.01
+FINETUNE_BATCH_SIZE = 128
 
 
 @dataclass(frozen=True)
@@ -379,6 +382,8 @@ def _finetune(
             module,
             data,
             epochs=epochs,
+            lr=float(options.get("finetune_lr", FINETUNE_LR)),
+            batch_size=int(options.get("finetune_batch_size", FINETUNE_BATCH_SIZE)),
             teacher=teacher,
             device=options["device"],
             seed=int(options["seed"]),
@@ -411,6 +416,8 @@ def prune(
     agent: str = "ppo-lagrangian",
     evaluations: int = 100,
     finetune_epochs: int = 5,
+    finetune_lr: float = FINETUNE_LR,
+    finetune_batch_size: int = FINETUNE_BATCH_SIZE,
     distill: bool = False,
     out: str | Path,
     resume: bool = False,
@@ -450,6 +457,18 @@ def prune(
         raise ConfigError(
             f"finetune_epochs must be a non-negative integer, got {finetune_epochs!r}"
         )
+    if isinstance(finetune_lr, bool) or not (
+        isinstance(finetune_lr, (int, float)) and 0.0 < float(finetune_lr) < 10.0
+    ):
+        raise ConfigError(f"finetune_lr must be a learning rate in (0, 10), got {finetune_lr!r}")
+    if (
+        not isinstance(finetune_batch_size, int)
+        or isinstance(finetune_batch_size, bool)
+        or finetune_batch_size < 1
+    ):
+        raise ConfigError(
+            f"finetune_batch_size must be a positive integer, got {finetune_batch_size!r}"
+        )
     if not 0.0 < float(min_keep) <= 1.0:
         raise ConfigError(f"min_keep must lie in (0, 1], got {min_keep!r}")
     if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
@@ -467,6 +486,8 @@ def prune(
         "agent": str(agent),
         "evaluations": int(evaluations),
         "finetune_epochs": int(finetune_epochs),
+        "finetune_lr": float(finetune_lr),
+        "finetune_batch_size": int(finetune_batch_size),
         "distill": bool(distill),
         "seed": int(seed),
         "round_to": round_to,

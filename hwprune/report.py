@@ -65,6 +65,11 @@ def write_report_md(
         f"| {_pct(result.accuracy_dense)} | {_pct(result.accuracy_pruned)} "
         f"| {_pct(result.accuracy_finetuned)} |",
         "",
+        f"Fine-tuning: {options.get('finetune_epochs')} epoch(s), SGD at peak learning rate "
+        f"{options.get('finetune_lr', 0.01):g} with a cosine schedule, batch size "
+        f"{options.get('finetune_batch_size', 128)}"
+        + (", distilled from the dense model." if options.get("distill") else "."),
+        "",
         f"Parameters: {result.params_dense:,} dense, {result.params_final:,} final "
         f"({100.0 * result.params_final / max(1, result.params_dense):.1f}%).",
         "",

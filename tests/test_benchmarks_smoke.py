@@ -154,7 +154,13 @@ def test_a_whole_suite_records_its_wall_times(
     monkeypatch.setattr(common, "RESULTS_DIR", tmp_path / "results")
     monkeypatch.setattr(common, "RESULTS_MD", tmp_path / "RESULTS.md")
     steps = [("demo", "ok", 80.4), ("search", "failed (exit 1)", 12.0)]
-    run.record(mode="quick", results=steps, total=93.0, gpu=False, env={"machine": {}, "cache_empty_at_start": True})
+    run.record(
+        mode="quick",
+        results=steps,
+        total=93.0,
+        gpu=False,
+        env={"machine": {}, "cache_empty_at_start": True},
+    )
     saved = json.loads((tmp_path / "results" / "run_quick.json").read_text())
     assert saved["results"]["total_seconds"] == 93.0
     assert [s["status"] for s in saved["results"]["steps"]] == ["ok", "failed (exit 1)"]

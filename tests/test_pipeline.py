@@ -41,6 +41,8 @@ def finished_run(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
         agent="uniform",
         evaluations=12,
         finetune_epochs=1,
+        finetune_lr=0.02,
+        finetune_batch_size=32,
         out=out,
     )
     return result, out
@@ -92,6 +94,45 @@ def test_onnx_matches_the_reloaded_torch_model(finished_run) -> None:
     assert np.max(np.abs(got - want)) < 1e-3
 
 
+def test_the_fine_tuning_recipe_is_recorded(finished_run) -> None:
+    _, out = finished_run
+    options = json.loads((out / "config.json").read_text())["options"]
+    assert (options["finetune_lr"], options["finetune_batch_size"]) == (0.02, 32)
+    assert (
+        "peak learning rate 0.02 with a cosine schedule, batch size 32"
+        in (out / "report.md").read_text()
+    )
+
+
+def test_fine_tuning_trains_with_the_given_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import hwprune.train
+    from hwprune.data import get_dataset
+    from hwprune.pipeline import _finetune
+
+    seen = []
+    real = hwprune.train.finetune
+
+    def spy(model, data, **kwargs):  # records the call, then trains for real
+        seen.append(kwargs)
+        return real(model, data, **kwargs)
+
+    monkeypatch.setattr(hwprune.train, "finetune", spy)
+    steps = []
+    data = get_dataset("digits")
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    options = {"finetune_epochs": 1, "finetune_lr": 0.03, "finetune_batch_size": 64,
+               "device": "cpu", "seed": 0}  # fmt: skip
+    _finetune(net, data, options=options, teacher=None, progress=steps.append)
+    assert seen[0]["lr"] == 0.03 and seen[0]["batch_size"] == 64
+    # A run directory from before these options existed fine-tunes with the old recipe.
+    old_options = {"finetune_epochs": 1, "device": "cpu", "seed": 0}
+    _finetune(net, data, options=old_options, teacher=None, progress=None)
+    assert seen[1]["lr"] == 0.01 and seen[1]["batch_size"] == 128
+    assert steps and steps[-1].stage == "finetune"
+
+
 def test_occupied_output_folder_is_refused(finished_run, tiny_checkpoint: Path) -> None:
     _, out = finished_run
     before = (out / "episodes.jsonl").read_bytes()
@@ -118,6 +159,12 @@ def test_bad_options_fail_before_the_run_directory_exists(tmp_path: Path) -> Non
         hwprune.prune(model="vgg11_cifar", budgets=["flops<=50%"], granularity="block", out=out)
     with pytest.raises(ConfigError, match="Did you mean 'uniform'"):
         hwprune.prune(model="vgg11_cifar", budgets=["flops<=50%"], agent="unifrom", out=out)
+    with pytest.raises(
+        ConfigError, match=r"finetune_lr must be a learning rate in \(0, 10\), got 0"
+    ):
+        hwprune.prune(model="vgg11_cifar", budgets=["flops<=50%"], finetune_lr=0, out=out)
+    with pytest.raises(ConfigError, match="finetune_batch_size must be a positive integer, got 0"):
+        hwprune.prune(model="vgg11_cifar", budgets=["flops<=50%"], finetune_batch_size=0, out=out)
     with pytest.raises(CheckpointError, match="not found"):
         hwprune.prune(model="vgg11_cifar", weights=tmp_path / "nope.pt", budgets=["flops<=50%"],
                       out=out)  # fmt: skip

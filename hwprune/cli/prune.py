@@ -11,7 +11,8 @@ from typing import Any
 DEFAULTS: dict[str, Any] = {
     "model": None, "weights": None, "width": None, "data": "digits", "data_root": None,
     "budgets": None, "oracles": None, "agent": "ppo-lagrangian", "evaluations": 100,
-    "finetune_epochs": 5, "distill": False, "seed": 0, "round_to": None, "min_keep": 0.1,
+    "finetune_epochs": 5, "finetune_lr": 0.01, "finetune_batch_size": 128, "distill": False,
+    "seed": 0, "round_to": None, "min_keep": 0.1,
     "granularity": "channel", "importance": "l2", "device": "cpu", "opset": 17, "tensorrt": True,
     "out": None, "overwrite": False,
 }  # fmt: skip
@@ -55,6 +56,11 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    "random (default ppo-lagrangian)")  # fmt: skip
     p.add_argument("--evaluations", type=int, help="candidates to evaluate (default 100)")
     p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (default 5)")
+    p.add_argument("--finetune-lr", type=float,
+                   help="peak learning rate of fine-tuning (default 0.01; cosine schedule)")  # fmt: skip
+    p.add_argument("--finetune-batch-size", type=int,
+                   help="fine-tuning batch size (default 128; a small training set wants fewer, "
+                   "for more steps per epoch)")  # fmt: skip
     p.add_argument("--distill", action="store_true", default=None,
                    help="distil from the dense model while fine-tuning")  # fmt: skip
     p.add_argument("--out", metavar="RUN_DIR", help="run directory to create")
