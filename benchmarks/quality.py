@@ -108,18 +108,23 @@ def dense_checkpoint(
     epochs: int,
     seed: int = 0,
     device: str = "cpu",
+    batch_size: int = 128,
+    lr: float = 0.05,
 ) -> tuple[Path, float]:
     """The dense model trained on ``data`` with ``seed``'s split: (checkpoint, test accuracy).
 
     Trained now unless cached (``cache_dir()``); the checkpoint's meta records
-    the model, width, classes, data and epochs, so ``hwprune.prune`` can load it.
+    the model, width, classes, data and the recipe (epochs, batch size, learning
+    rate), so ``hwprune.prune`` can load it.
     """  # fmt: skip
     from hwprune.data import get_dataset
     from hwprune.models import get_model, read_checkpoint, save_checkpoint
     from hwprune.train import train
 
     data_tag = _slug(data.split(":")[0] if ":" in data else data)
-    path = cache_dir() / f"{name}-w{width:g}-{data_tag}-e{epochs}-s{seed}.pt"
+    # The default recipe keeps the names earlier caches have.
+    recipe = ("" if batch_size == 128 else f"-b{batch_size}") + ("" if lr == 0.05 else f"-lr{lr:g}")
+    path = cache_dir() / f"{name}-w{width:g}-{data_tag}-e{epochs}{recipe}-s{seed}.pt"
     if path.is_file():
         try:
             meta = read_checkpoint(path).meta
@@ -131,7 +136,8 @@ def dense_checkpoint(
     splits = get_dataset(data, seed=seed)
     model = get_model(name, num_classes=int(splits.num_classes), width=width)
     t0 = time.perf_counter()
-    result = train(model, splits, epochs=epochs, seed=seed, device=device)
+    result = train(model, splits, epochs=epochs, seed=seed, device=device, batch_size=batch_size,
+                   lr=lr)  # fmt: skip
     save_checkpoint(
         model.to("cpu"),
         path,
@@ -142,6 +148,8 @@ def dense_checkpoint(
             "input_size": int(splits.input_shape[-1]),
             "data": data_tag,
             "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
             "seed": seed,
             "test_accuracy": float(result.test_accuracy),
         },
@@ -178,13 +186,16 @@ def prune_row(
     min_keep: float = 0.1,
     remeasure_oracle: str | None = None,
     fresh: bool = False,
+    batch_size: int = 128,
+    train_lr: float = 0.05,
 ) -> dict[str, Any]:
     """One ``hwprune.prune`` run (reused when its run directory holds a finished row).
 
     Returns a JSON-ready row: accuracies (dense, pruned, fine-tuned), the
     budgets' dense/bound/final values, the re-measured value of the first
     budget when ``remeasure_oracle`` is given, parameters, stage seconds; or
-    ``ok: False`` and the error when the run failed.
+    ``ok: False`` and the error when the run failed. ``batch_size`` is used
+    for both dense training and fine-tuning; ``train_lr`` for dense training.
     """
     import hwprune
     from hwprune.errors import HwpruneError
@@ -198,11 +209,13 @@ def prune_row(
     row: dict[str, Any] = {
         "model": model, "width": width, "data": data, "budgets": list(budgets),
         "searcher": searcher, "seed": seed, "evaluations_budget": evaluations,
-        "granularity": granularity, "run_dir": str(run_dir),
+        "granularity": granularity, "run_dir": str(run_dir), "batch_size": batch_size,
+        "train_lr": train_lr,
     }  # fmt: skip
     try:
         ckpt, dense_acc = dense_checkpoint(model, width=width, data=data, epochs=train_epochs,
-                                           seed=seed, device=device)  # fmt: skip
+                                           seed=seed, device=device, batch_size=batch_size,
+                                           lr=train_lr)  # fmt: skip
         if run_dir.exists():
             shutil.rmtree(run_dir)
         t0 = time.perf_counter()
@@ -216,6 +229,7 @@ def prune_row(
             agent=searcher,
             evaluations=evaluations,
             finetune_epochs=finetune_epochs,
+            finetune_batch_size=batch_size,
             out=run_dir,
             seed=seed,
             granularity=granularity,
