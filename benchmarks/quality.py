@@ -311,6 +311,8 @@ def summarise(
     for (model, budget, searcher), rs in groups.items():
         ok = [r for r in rs if r.get("ok")]
         acc, acc_sd = _mean_std([r["accuracy"] for r in ok])
+        pruned = [r["accuracy_pruned"] for r in ok if r.get("accuracy_pruned") is not None]
+        acc_pruned, acc_pruned_sd = _mean_std(pruned)
         over = [r["remeasured_over_bound"] for r in ok if "remeasured_over_bound" in r]
         frac = [r["remeasured_over_dense"] for r in ok if "remeasured_over_dense" in r]
         out.append({
@@ -318,6 +320,7 @@ def summarise(
             "seeds": max(planned or 0, len(rs)), "finished": len(ok),
             "errors": sorted({r["error"] for r in rs if not r.get("ok")}),
             "accuracy_mean": acc, "accuracy_std": acc_sd,
+            "accuracy_pruned_mean": acc_pruned, "accuracy_pruned_std": acc_pruned_sd,
             "accuracy_dense_mean": _mean_std([r["accuracy_dense"] for r in ok])[0],
             "remeasured_over_bound_mean": _mean_std(over)[0],
             "remeasured_over_bound_max": max(over) if over else math.nan,
@@ -332,7 +335,12 @@ def summarise(
 
 
 def headline(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Best RL searcher against best baseline per (model, budget), by mean test accuracy."""
+    """Best RL searcher against best baseline per (model, budget), by mean test accuracy.
+
+    Twice: after fine-tuning (what ships), and before it (``accuracy_pruned``: what
+    the search alone found, the quantity the searchers optimise; after fine-tuning
+    an easy task can hide every difference between them).
+    """
     by: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for s in summary:
         if s["finished"]:
@@ -341,15 +349,24 @@ def headline(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for (model, budget), ss in by.items():
         rl = [s for s in ss if s["searcher"] in RL_SEARCHERS]
         base = [s for s in ss if s["searcher"] not in RL_SEARCHERS]
-        best_rl = max(rl, key=lambda s: s["accuracy_mean"]) if rl else None
-        best_base = max(base, key=lambda s: s["accuracy_mean"]) if base else None
-        out.append({
-            "model": model, "budget": budget,
-            "best_rl": best_rl and best_rl["searcher"],
-            "best_rl_accuracy": best_rl and best_rl["accuracy_mean"],
-            "best_baseline": best_base and best_base["searcher"],
-            "best_baseline_accuracy": best_base and best_base["accuracy_mean"],
-        })  # fmt: skip
+        line: dict[str, Any] = {"model": model, "budget": budget}
+        for suffix, key in (("", "accuracy"), ("_pruned", "accuracy_pruned")):
+
+            def score(s: dict[str, Any], key: str = key) -> float:
+                v = s.get(f"{key}_mean")
+                return -math.inf if v is None or math.isnan(v) else v
+
+            best_rl = max(rl, key=score) if rl else None
+            best_base = max(base, key=score) if base else None
+            line.update({
+                f"best_rl{suffix}": best_rl and best_rl["searcher"],
+                f"best_rl{suffix}_accuracy": best_rl and best_rl.get(f"{key}_mean"),
+                f"best_rl{suffix}_std": best_rl and best_rl.get(f"{key}_std"),
+                f"best_baseline{suffix}": best_base and best_base["searcher"],
+                f"best_baseline{suffix}_accuracy": best_base and best_base.get(f"{key}_mean"),
+                f"best_baseline{suffix}_std": best_base and best_base.get(f"{key}_std"),
+            })  # fmt: skip
+        out.append(line)
     return out
 
 
@@ -404,7 +421,7 @@ def _f(x: Any, spec: str = "{:.3f}") -> str:
 
 def table(summary: Sequence[dict[str, Any]]) -> str:
     headers = ["model", "budget", "searcher", "seeds ok", "test acc. (mean ± std)",
-               "re-measured / budget (mean, max)", "latency / dense", "params (final / dense)",
+               "before fine-tuning", "re-measured / budget (mean, max)", "latency / dense", "params (final / dense)",
                "search s", "evals"]  # fmt: skip
     rows = []
     for s in summary:
@@ -422,6 +439,7 @@ def table(summary: Sequence[dict[str, Any]]) -> str:
                     "-",
                     "-",
                     "-",
+                    "-",
                 ]
             )
             continue  # fmt: skip
@@ -431,6 +449,7 @@ def table(summary: Sequence[dict[str, Any]]) -> str:
             f"{s['model']} (w{s['width']:g})", f"`{s['budget']}`", s["searcher"],
             f"{s['finished']}/{s['seeds']}",
             f"{_f(s['accuracy_mean'])} ± {_f(s['accuracy_std'])}",
+            f"{_f(s.get('accuracy_pruned_mean'))} ± {_f(s.get('accuracy_pruned_std'))}",
             f"{_f(s['remeasured_over_bound_mean'])}, {_f(s['remeasured_over_bound_max'])}",
             _f(s["latency_over_dense_mean"]), params,
             _f(s["search_seconds_mean"], "{:.0f}"), _f(s["evaluations_mean"], "{:.0f}"),
@@ -439,15 +458,23 @@ def table(summary: Sequence[dict[str, Any]]) -> str:
 
 
 def headline_table(lines: Sequence[dict[str, Any]]) -> str:
-    headers = ["model", "budget", "best RL searcher", "its test acc.", "best baseline",
-               "its test acc.", "RL - baseline"]  # fmt: skip
+    headers = ["model", "budget", "accuracy", "best RL searcher", "its acc. (mean ± std)",
+               "best baseline", "its acc. (mean ± std)", "RL - baseline"]  # fmt: skip
     rows = []
     for h in lines:
-        diff = (h["best_rl_accuracy"] - h["best_baseline_accuracy"]
-                if h["best_rl"] and h["best_baseline"] else None)  # fmt: skip
-        rows.append([h["model"], f"`{h['budget']}`", h["best_rl"] or "-", _f(h["best_rl_accuracy"]),
-                     h["best_baseline"] or "-", _f(h["best_baseline_accuracy"]),
-                     _f(diff, "{:+.3f}")])  # fmt: skip
+        for suffix, what in (("", "test, after fine-tuning"), ("_pruned", "before fine-tuning")):
+            rl, base = h.get(f"best_rl{suffix}"), h.get(f"best_baseline{suffix}")
+            rl_acc, base_acc = (
+                h.get(f"best_rl{suffix}_accuracy"),
+                h.get(f"best_baseline{suffix}_accuracy"),
+            )
+            diff = rl_acc - base_acc if rl and base and None not in (rl_acc, base_acc) else None
+            rows.append([
+                h["model"], f"`{h['budget']}`", what,
+                rl or "-", f"{_f(rl_acc)} ± {_f(h.get(f'best_rl{suffix}_std'))}",
+                base or "-", f"{_f(base_acc)} ± {_f(h.get(f'best_baseline{suffix}_std'))}",
+                _f(diff, "{:+.3f}"),
+            ])  # fmt: skip
     return markdown_table(headers, rows)
 
 

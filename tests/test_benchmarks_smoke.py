@@ -145,6 +145,27 @@ def test_summary_counts_seeds_left_out_as_not_finished() -> None:
     assert (line["best_rl"], line["best_baseline"]) == ("qlp", "uniform")
 
 
+def test_headline_compares_before_fine_tuning_too() -> None:
+    from benchmarks.quality import headline, headline_table, summarise
+
+    def row(searcher: str, seed: int, acc: float, before: float) -> dict:
+        return {"model": "m", "width": 1.0, "budgets": ["latency<=30%"], "searcher": searcher,
+                "seed": seed, "ok": True, "accuracy": acc, "accuracy_pruned": before,
+                "accuracy_dense": 0.99, "params_final": 10, "params_dense": 100,
+                "search_seconds": 1.0, "evaluations": 60}  # fmt: skip
+
+    # After fine-tuning the RL searcher ties the baseline; before it, it is ahead.
+    rows = [row("amc", 0, 0.99, 0.60), row("amc", 1, 0.99, 0.70), row("random", 0, 0.99, 0.30),
+            row("uniform", 0, 0.99, 0.50), row("uniform", 1, 0.99, 0.40)]  # fmt: skip
+    (line,) = headline(summarise(rows, planned=2))
+    assert line["best_rl_pruned"] == "amc" and line["best_rl_pruned_accuracy"] == pytest.approx(0.65)
+    assert line["best_baseline_pruned"] == "uniform"
+    assert line["best_baseline_pruned_accuracy"] == pytest.approx(0.45)
+    text = headline_table([line])
+    assert "| before fine-tuning | amc | 0.650 ± 0.071 | uniform | 0.450 ± 0.071 | +0.200 |" in text
+    assert "test, after fine-tuning" in text and "+0.000" in text
+
+
 def test_a_whole_suite_records_its_wall_times(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
