@@ -80,9 +80,10 @@ EVALUATIONS = 60
 TRAIN_EPOCHS = 20
 FINETUNE_EPOCHS = 5
 # The recipe for dense training and fine-tuning on digits (about 1,100 training images): at batch
-# 128 an epoch is 9 SGD steps, and a width-1 VGG-19 trained 20 epochs so reached 0.209 test
-# accuracy. Batch 32 gives 4x the steps for the same work; with it, lr 0.05 reached 0.894 and
-# lr 0.02 reached 0.994 (measured 2026-11-27). Fine-tuning keeps prune's lr 0.01.
+# 128 an epoch is 9 SGD steps, and a width-1 VGG-19 trained 20 epochs at lr 0.05 so reached 0.209
+# test accuracy (paper.py's first run, 2026-11-23). Batch 32 gives 4x the steps for the same
+# work; at lr 0.02 the same VGG-19 reached 0.997 (paper.py, 2026-11-27). Fine-tuning keeps
+# prune's lr 0.01.
 DIGITS_BATCH = 32
 DIGITS_TRAIN_LR = 0.02
 # The grid's version, in every stored run's tag. Version 2 is run one process at a time on an
