@@ -479,6 +479,51 @@ def headline_table(lines: Sequence[dict[str, Any]]) -> str:
     return markdown_table(headers, rows)
 
 
+def measured_notes(rows: Sequence[dict]) -> str:
+    """What the stored runs show about timing noise and failures, for RESULTS.md."""
+    notes = ""
+    machines: dict[str, int] = {}
+    spread: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        cpu = r.get("measured", {}).get("machine", {}).get("cpu")
+        if cpu:
+            machines[cpu] = machines.get(cpu, 0) + 1
+        if r.get("ok") and r.get("checks"):
+            key = (r["model"], cpu or "this machine")
+            spread.setdefault(key, []).append(float(r["checks"][0]["dense"]))
+    if any(len(v) > 1 for v in spread.values()):
+        ranges = "; ".join(f"{m} on {cpu}: {min(v):.2f}-{max(v):.2f} ms over {len(v)} runs"
+                           for (m, cpu), v in sorted(spread.items()) if len(v) > 1)  # fmt: skip
+        repaired = sum(1 for r in rows if r.get("ok") and r.get("repairs"))
+        notes += (f"\n\nTiming noise, measured: each run times its own dense model, and that "
+                  f"dense latency ranged {ranges}. {repaired} of {len(rows)} runs re-measured "
+                  "their final model over the budget and were repaired (a smaller model with "
+                  "the margin the miss showed), which can cost accuracy. Differences between "
+                  "searchers smaller than the spread over seeds are not a ranking.")  # fmt: skip
+    far = [r for r in rows if r.get("ok") and r.get("remeasured_over_bound", 0.0) > 1.2]
+    if far:
+        notes += (f"\n\n{len(far)} of {len(rows)} re-measurements landed more than 20% over "
+                  "the budget (" + ", ".join(f"{r['model']} {r['budgets'][0]} {r['searcher']} "
+                  f"seed {r['seed']}: {r['remeasured_over_bound']:.2f}x" for r in far)
+                  + "). One call of a fresh session can be that far off on this VM; the "
+                  "pipeline's verification, a median of 3 calls, had measured these models "
+                  "within the budget.")  # fmt: skip
+    failed = [r for r in rows if not r.get("ok")]
+    if failed:
+        notes += (f"\n\n{len(failed)} of {len(rows)} runs ended without a model ("
+                  + "; ".join(f"{r['model']} {r['budgets'][0]} {r['searcher']} seed "
+                  f"{r['seed']}: {r['error'].split(': ', 1)[-1].split(' (')[0].split(';')[0]}"
+                  for r in failed)
+                  + "): hwprune refuses a model it cannot prove within the budget. Running "
+                  "the grid again retries stored failures; `--stored-only` does not.")  # fmt: skip
+    if len(machines) > 1:
+        counts = ", ".join(f"{n} on {cpu}" for cpu, n in sorted(machines.items()))
+        notes += (f"\n\nThe stored runs were measured on {len(machines)} machines ({counts}). "
+                  "Each run measures its dense model and its budget on its own machine, so "
+                  "the latency ratios compare across them; absolute milliseconds do not.")  # fmt: skip
+    return notes
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
@@ -612,45 +657,7 @@ def main(argv: list[str] | None = None) -> int:
         notes += f"\n\n![accuracy against latency]({png.relative_to(results_md(quick=q).parent)})"
     if q:
         notes += "\n\n**Quick mode: an end-to-end check, not a comparison.**"
-    machines: dict[str, int] = {}
-    spread: dict[tuple[str, str], list[float]] = {}
-    for r in rows:
-        cpu = r.get("measured", {}).get("machine", {}).get("cpu")
-        if cpu:
-            machines[cpu] = machines.get(cpu, 0) + 1
-        if r.get("ok") and r.get("checks"):
-            key = (r["model"], cpu or "this machine")
-            spread.setdefault(key, []).append(float(r["checks"][0]["dense"]))
-    if any(len(v) > 1 for v in spread.values()):
-        ranges = "; ".join(f"{m} on {cpu}: {min(v):.2f}-{max(v):.2f} ms over {len(v)} runs"
-                           for (m, cpu), v in sorted(spread.items()) if len(v) > 1)  # fmt: skip
-        repaired = sum(1 for r in rows if r.get("ok") and r.get("repairs"))
-        notes += (f"\n\nTiming noise, measured: each run times its own dense model, and that "
-                  f"dense latency ranged {ranges}. {repaired} of {len(rows)} runs re-measured "
-                  "their final model over the budget and were repaired (a smaller model with "
-                  "the margin the miss showed), which can cost accuracy. Differences between "
-                  "searchers smaller than the spread over seeds are not a ranking.")  # fmt: skip
-    far = [r for r in rows if r.get("ok") and r.get("remeasured_over_bound", 0.0) > 1.2]
-    if far:
-        notes += (f"\n\n{len(far)} of {len(rows)} re-measurements landed more than 20% over "
-                  "the budget (" + ", ".join(f"{r['model']} {r['budgets'][0]} {r['searcher']} "
-                  f"seed {r['seed']}: {r['remeasured_over_bound']:.2f}x" for r in far)
-                  + "). One call of a fresh session can be that far off on this VM; the "
-                  "pipeline's verification, a median of 3 calls, had measured these models "
-                  "within the budget.")  # fmt: skip
-    failed = [r for r in rows if not r.get("ok")]
-    if failed:
-        notes += (f"\n\n{len(failed)} of {len(rows)} runs ended without a model ("
-                  + "; ".join(f"{r['model']} {r['budgets'][0]} {r['searcher']} seed "
-                  f"{r['seed']}: {r['error'].split(': ', 1)[-1].split(' (')[0].split(';')[0]}"
-                  for r in failed)
-                  + "): hwprune refuses a model it cannot prove within the budget. Running "
-                  "the grid again retries stored failures; `--stored-only` does not.")  # fmt: skip
-    if len(machines) > 1:
-        counts = ", ".join(f"{n} on {cpu}" for cpu, n in sorted(machines.items()))
-        notes += (f"\n\nThe stored runs were measured on {len(machines)} machines ({counts}). "
-                  "Each run measures its dense model and its budget on its own machine, so "
-                  "the latency ratios compare across them; absolute milliseconds do not.")  # fmt: skip
+    notes += measured_notes(rows)
     if missing:
         notes += (f"\n\n**{len(missing)} runs of this grid are not stored yet and are left out** "
                   "(collected with `--stored-only`): the \"seeds ok\" column counts the runs "

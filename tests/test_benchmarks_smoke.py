@@ -158,12 +158,33 @@ def test_headline_compares_before_fine_tuning_too() -> None:
     rows = [row("amc", 0, 0.99, 0.60), row("amc", 1, 0.99, 0.70), row("random", 0, 0.99, 0.30),
             row("uniform", 0, 0.99, 0.50), row("uniform", 1, 0.99, 0.40)]  # fmt: skip
     (line,) = headline(summarise(rows, planned=2))
-    assert line["best_rl_pruned"] == "amc" and line["best_rl_pruned_accuracy"] == pytest.approx(0.65)
+    assert line["best_rl_pruned"] == "amc"
+    assert line["best_rl_pruned_accuracy"] == pytest.approx(0.65)
     assert line["best_baseline_pruned"] == "uniform"
     assert line["best_baseline_pruned_accuracy"] == pytest.approx(0.45)
     text = headline_table([line])
     assert "| before fine-tuning | amc | 0.650 ± 0.071 | uniform | 0.450 ± 0.071 | +0.200 |" in text
     assert "test, after fine-tuning" in text and "+0.000" in text
+
+
+def test_notes_name_far_remeasurements_and_failed_runs() -> None:
+    from benchmarks.quality import measured_notes
+
+    def row(seed: int, dense: float, over: float, repairs: int = 0) -> dict:
+        return {"model": "m", "budgets": ["latency<=20%"], "searcher": "random", "seed": seed,
+                "ok": True, "repairs": repairs, "remeasured_over_bound": over,
+                "checks": [{"dense": dense}], "measured": {"machine": {"cpu": "X"}}}  # fmt: skip
+
+    failed = {"model": "m", "budgets": ["latency<=20%"], "searcher": "qlp", "seed": 2,
+              "ok": False, "error": "InfeasibleBudgetError: no allowed policy meets the budgets "
+              "(latency<=20% ...); loosen the budget"}  # fmt: skip
+    notes = measured_notes([row(0, 2.0, 0.9, repairs=1), row(1, 2.5, 1.77), failed])
+    assert "m on X: 2.00-2.50 ms over 2 runs" in notes
+    assert "1 of 3 runs re-measured their final model over the budget and were repaired" in notes
+    assert "1 of 3 re-measurements landed more than 20% over the budget" in notes
+    assert "m latency<=20% random seed 1: 1.77x" in notes
+    assert "1 of 3 runs ended without a model (m latency<=20% qlp seed 2: no allowed " in notes
+    assert measured_notes([row(0, 2.0, 0.9)]) == ""
 
 
 def test_a_whole_suite_records_its_wall_times(
