@@ -646,12 +646,15 @@ def _run(
         best = result.best
         infeasible = result.infeasible
     else:
-        search_extra, best = {}, evaluator.best_feasible()
+        # The search had finished before a resume: choose from its history as the search
+        # does, fresh confirmation included.
+        from hwprune.agents import confirm_best, repair
+
+        best, confirmations = confirm_best(space, evaluator, evaluator.history)
+        search_extra = {"confirmations": confirmations} if confirmations else {}
         first_feasible = next((i + 1 for i, o in enumerate(evaluator.history) if o.feasible), None)
         infeasible = best is None
         if best is None:
-            from hwprune.agents import repair
-
             start = (
                 max(evaluator.history, key=lambda o: o.accuracy).policy
                 if evaluator.history
@@ -902,16 +905,14 @@ def _repair_candidate(
     slightly smaller version of the failed policy usually keeps its accuracy;
     the scaling costs a few evaluations, and repairs are rare.
 
-    Best: the most accurate, except that candidates whose proxy accuracy is
-    within two standard errors of it (on the evaluator's sample) count as tied,
-    and of those the least pruned wins: a proxy accuracy near chance (a deep
-    residual net cut hard, before fine-tuning) cannot tell them apart, and
-    fine-tuning recovers more from the larger model.
+    Best: the first of :func:`~hwprune.evaluate.rank_feasible`, the rule the
+    search's own choice follows (most accurate; within sampling noise of it,
+    the least pruned).
     """
-    import math
     from dataclasses import replace
 
     from hwprune.agents import repair
+    from hwprune.evaluate import rank_feasible
 
     limit = 0.98 * failed.max_cost / max(worst, 1.0)
     pool = [
@@ -928,11 +929,7 @@ def _repair_candidate(
         pool.append(evaluator._by_key.get(found.key, found))
     if not pool:
         return None
-    best = max(pool, key=lambda o: (o.accuracy, -o.max_cost))
-    n = max(1, evaluator.eval_samples)
-    tol = max(2.0 * math.sqrt(best.accuracy * (1.0 - best.accuracy) / n), 1.0 / n)
-    tied = [o for o in pool if o.accuracy >= best.accuracy - tol]
-    return max(tied, key=lambda o: (o.max_cost, o.accuracy))
+    return rank_feasible(pool, samples=evaluator.eval_samples)[0]
 
 
 # --------------------------------------------------------------------------- loading

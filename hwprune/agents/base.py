@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from hwprune.evaluate import Evaluator, Outcome
+from hwprune.evaluate import Evaluator, Outcome, rank_feasible
 from hwprune.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,9 @@ class BudgetedEvaluator:
         return outcome
 
     def best(self) -> Outcome | None:
-        feasible = [o for o in self.outcomes if o.feasible]
-        return max(feasible, key=lambda o: (o.accuracy, -o.max_cost)) if feasible else None
+        """The first of :func:`~hwprune.evaluate.rank_feasible` over this search's outcomes."""
+        ranked = rank_feasible(self.outcomes, samples=getattr(self.evaluator, "eval_samples", 0))
+        return ranked[0] if ranked else None
 
 
 class Searcher:
@@ -176,18 +177,14 @@ class Searcher:
 def confirm_best(
     space: Any, evaluator: Evaluator, outcomes: list[Outcome], *, top: int = 5
 ) -> tuple[Outcome | None, list[dict[str, Any]]]:
-    """The most accurate feasible outcome that a fresh measurement also finds feasible.
+    """The best feasible outcome that a fresh measurement also finds feasible.
 
-    Tries the ``top`` most accurate distinct feasible outcomes in order
-    (ties: lower worst cost first); returns (outcome or None, one record per
-    re-measurement with its values and verdict).
+    Tries the first ``top`` distinct feasible outcomes in the order of
+    :func:`~hwprune.evaluate.rank_feasible` (most accurate first; within
+    sampling noise of each other, least pruned first); returns (outcome or
+    None, one record per re-measurement with its values and verdict).
     """
-    seen: set[str] = set()
-    ranked: list[Outcome] = []
-    for o in sorted((o for o in outcomes if o.feasible), key=lambda o: (-o.accuracy, o.max_cost)):
-        if o.key not in seen:
-            seen.add(o.key)
-            ranked.append(o)
+    ranked = rank_feasible(outcomes, samples=getattr(evaluator, "eval_samples", 0))
     records: list[dict[str, Any]] = []
     for o in ranked[: max(0, int(top))]:
         measured = evaluator.remeasure(space.apply(o.policy))

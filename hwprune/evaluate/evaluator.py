@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 # of a search's best candidates and the final model's proof.
 MEASURE_REPEATS = 3
 
-__all__ = ["Outcome", "Evaluator"]
+__all__ = ["Outcome", "Evaluator", "accuracy_tolerance", "rank_feasible"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,49 @@ class Outcome:
             cached=True,
             params=record.get("params"),
         )
+
+
+def accuracy_tolerance(accuracy: float, samples: int) -> float:
+    """How far apart two proxy accuracies on ``samples`` images can be by sampling alone.
+
+    Two standard errors of a proportion at ``accuracy``, and at least one image.
+    ``samples`` < 1 (unknown) gives 0: only exact ties.
+    """
+    import math
+
+    if samples < 1:
+        return 0.0
+    p = min(max(float(accuracy), 0.0), 1.0)
+    return max(2.0 * math.sqrt(p * (1.0 - p) / samples), 1.0 / samples)
+
+
+def rank_feasible(outcomes: Sequence[Outcome], *, samples: int) -> list[Outcome]:
+    """The distinct feasible outcomes, in the order the final choice considers them.
+
+    The most accurate first, except that a proxy accuracy is a sample estimate:
+    outcomes within :func:`accuracy_tolerance` of the most accurate one count as
+    tied with it, and of those the least pruned (the largest worst cost: the
+    closest to its bounds) comes first. Near chance (a deep residual net cut
+    hard, before fine-tuning) the proxy cannot tell candidates apart, and
+    fine-tuning recovers far more from the larger model than from the floor.
+    The rest are ranked the same way, group by group.
+    """
+    seen: set[str] = set()
+    pool: list[Outcome] = []
+    for o in outcomes:
+        if o.feasible and o.key not in seen:
+            seen.add(o.key)
+            pool.append(o)
+    ranked: list[Outcome] = []
+    while pool:
+        top = max(o.accuracy for o in pool)
+        tol = accuracy_tolerance(top, samples)
+        tied = [o for o in pool if o.accuracy >= top - tol]
+        tied.sort(key=lambda o: (-o.max_cost, -o.accuracy))
+        ranked.extend(tied)
+        keys = {o.key for o in tied}
+        pool = [o for o in pool if o.key not in keys]
+    return ranked
 
 
 class Evaluator:
@@ -305,8 +348,9 @@ class Evaluator:
 
     # ------------------------------------------------------------- results
     def best_feasible(self) -> Outcome | None:
-        feasible = [o for o in self.history if o.feasible]
-        return max(feasible, key=lambda o: (o.accuracy, -o.max_cost)) if feasible else None
+        """The first of :func:`rank_feasible` over everything evaluated, or None."""
+        ranked = rank_feasible(self.history, samples=self.eval_samples)
+        return ranked[0] if ranked else None
 
     def smallest(self) -> dict[str, float]:
         """The smallest value measured per constraint so far (for infeasible-budget reports)."""
