@@ -92,6 +92,11 @@ DIGITS_TRAIN_LR = 0.02
 # processes at once over three code versions, trained and fine-tuned at batch 128, and its
 # timing noise confounded the comparison.
 GRID_TAG = "-g2"
+# The rule that picks the final candidate from a search's history, recorded in every row. "tie"
+# (2026-11-27): proxy accuracies within two standard errors count as tied, least pruned first
+# (hwprune.evaluate.rank_feasible). Rows without it chose the most accurate, ties by margin,
+# which near chance picked the floor model; ``--reselect`` redoes their stages after the search.
+SELECTION = "tie"
 # --quick: one small model, one budget, one seed, few evaluations, short timing.
 QUICK = {
     "models": {"vgg16_cifar": 0.25},
@@ -202,6 +207,7 @@ def prune_row(
     fresh: bool = False,
     batch_size: int = 128,
     train_lr: float = 0.05,
+    reselect_from: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One ``hwprune.prune`` run (reused when its run directory holds a finished row).
 
@@ -210,12 +216,20 @@ def prune_row(
     budget when ``remeasure_oracle`` is given, parameters, stage seconds; or
     ``ok: False`` and the error when the run failed. ``batch_size`` is used
     for both dense training and fine-tuning; ``train_lr`` for dense training.
+
+    ``reselect_from``: an earlier row of this run. If ``run_dir`` still holds its
+    search history, the run is resumed from it (``hwprune.resume``): the final
+    choice, fine-tuning, verification and export are redone with today's code,
+    the search is not; search seconds and evaluations are the earlier row's.
+    Without the history the run is done in full.
     """
     import hwprune
     from hwprune.errors import HwpruneError
 
     row_path = run_dir / "bench_row.json"
-    if row_path.is_file() and not fresh:
+    history = run_dir / "episodes.jsonl"
+    resume = reselect_from is not None and (run_dir / "config.json").is_file() and history.is_file()
+    if row_path.is_file() and not fresh and reselect_from is None:
         row = json.loads(row_path.read_text(encoding="utf-8"))
         if row.get("ok"):
             log.info("reusing %s", row_path)
@@ -224,33 +238,40 @@ def prune_row(
         "model": model, "width": width, "data": data, "budgets": list(budgets),
         "searcher": searcher, "seed": seed, "evaluations_budget": evaluations,
         "granularity": granularity, "run_dir": str(run_dir), "batch_size": batch_size,
-        "train_lr": train_lr,
+        "train_lr": train_lr, "selection": SELECTION,
     }  # fmt: skip
+    if resume:
+        row.update(reselected=True, accuracy_before_reselect=reselect_from.get("accuracy"),
+                   ok_before_reselect=bool(reselect_from.get("ok")))  # fmt: skip
     try:
         ckpt, dense_acc = dense_checkpoint(model, width=width, data=data, epochs=train_epochs,
                                            seed=seed, device=device, batch_size=batch_size,
                                            lr=train_lr)  # fmt: skip
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
         t0 = time.perf_counter()
-        result = hwprune.prune(
-            model=model,
-            weights=ckpt,
-            width=width,
-            data=data,
-            budgets=list(budgets),
-            oracles=list(oracles),
-            agent=searcher,
-            evaluations=evaluations,
-            finetune_epochs=finetune_epochs,
-            finetune_batch_size=batch_size,
-            out=run_dir,
-            seed=seed,
-            granularity=granularity,
-            min_keep=min_keep,
-            device=device,
-            tensorrt=False,
-        )
+        if resume:
+            log.info("re-selecting %s from its search history", run_dir.name)
+            result = hwprune.resume(run_dir)
+        else:
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            result = hwprune.prune(
+                model=model,
+                weights=ckpt,
+                width=width,
+                data=data,
+                budgets=list(budgets),
+                oracles=list(oracles),
+                agent=searcher,
+                evaluations=evaluations,
+                finetune_epochs=finetune_epochs,
+                finetune_batch_size=batch_size,
+                out=run_dir,
+                seed=seed,
+                granularity=granularity,
+                min_keep=min_keep,
+                device=device,
+                tensorrt=False,
+            )
         seconds = time.perf_counter() - t0
     except HwpruneError as exc:  # an infeasible budget, a missing searcher ...
         log.warning("%s %s seed %d on %s: %s", searcher, budgets, seed, model, exc)
@@ -278,6 +299,9 @@ def prune_row(
         first_feasible_evaluation=result.first_feasible_evaluation,
         repairs=result.repairs,
     )
+    if resume:  # the search was not repeated: its cost is the earlier row's
+        row.update({k: reselect_from.get(k) for k in ("search_seconds", "total_seconds",
+                    "evaluations", "first_feasible_evaluation")}, reselect_seconds=seconds)  # fmt: skip
     if remeasure_oracle is not None:
         from hwprune.pipeline import model_input_shape
 
@@ -508,6 +532,21 @@ def measured_notes(rows: Sequence[dict]) -> str:
                   + "). One call of a fresh session can be that far off on this VM; the "
                   "pipeline's verification, a median of 3 calls, had measured these models "
                   "within the budget.")  # fmt: skip
+    again = [r for r in rows if r.get("reselected")]
+    if again:
+        moved = [r for r in again if r.get("ok") and r.get("ok_before_reselect")
+                 and abs(r["accuracy"] - r["accuracy_before_reselect"]) > 1e-9]  # fmt: skip
+        gain = [r["accuracy"] - r["accuracy_before_reselect"] for r in moved]
+        notes += (f"\n\n{len(again)} of {len(rows)} runs were re-selected (`--reselect`): "
+                  "their search ran under the earlier final-choice rule (the most accurate "
+                  "candidate, exact ties by margin), and the choice, fine-tuning, verification "
+                  "and export were redone from the same search history with the current rule "
+                  "(proxy accuracies within two standard errors count as tied, least pruned "
+                  f"first). The test accuracy changed in {len(moved)} of them")  # fmt: skip
+        if gain:
+            notes += (f" (mean change {statistics.fmean(gain):+.3f}, from {min(gain):+.3f} "
+                      f"to {max(gain):+.3f})")  # fmt: skip
+        notes += "; search seconds and evaluations are the original search's."
     failed = [r for r in rows if not r.get("ok")]
     if failed:
         notes += (f"\n\n{len(failed)} of {len(rows)} runs ended without a model ("
@@ -547,6 +586,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--oracle", default=None, help=f"latency oracle spec ({ORACLE})")
     p.add_argument("--device", default="cpu", help="training/fine-tuning device: cpu or cuda")
     p.add_argument("--fresh", action="store_true", help="redo runs that finished before")
+    p.add_argument("--reselect", action="store_true",
+                   help="for stored runs made with an earlier final-choice rule: redo the "
+                        "choice, fine-tuning, verification and export from the search history "
+                        "in the run directory (the search is not repeated)")  # fmt: skip
     p.add_argument("--no-write", action="store_true", help="write no results (log only)")
     p.add_argument("--stored-only", action="store_true",
                    help="collect: tabulate the stored runs and leave out the rest instead of "
@@ -585,6 +628,19 @@ def main(argv: list[str] | None = None) -> int:
         if not q:
             tag += GRID_TAG
         stored = store.get(tag) if store is not None and not args.fresh else None
+        old_rule = stored is not None and stored.get("selection") != SELECTION
+        if args.reselect and old_rule and not args.stored_only:
+            log.info("%s %s %s seed %d: re-selecting", model, budget, searcher, seed)
+            rows.append(prune_row(
+                model=model, width=width, data="digits", budgets=[budget],
+                oracles=[f"latency={oracle}"], searcher=searcher, seed=seed,
+                evaluations=evaluations, finetune_epochs=finetune_epochs,
+                train_epochs=train_epochs, run_dir=RUNS_DIR / "quality" / tag,
+                device=args.device, remeasure_oracle=oracle, reselect_from=stored,
+                batch_size=DIGITS_BATCH, train_lr=DIGITS_TRAIN_LR,
+            ))  # fmt: skip
+            store.put(tag, rows[-1])
+            continue
         if stored is not None and stored.get("ok"):
             log.info("%s %s %s seed %d: stored", model, budget, searcher, seed)
             rows.append(stored)

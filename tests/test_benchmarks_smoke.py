@@ -84,6 +84,14 @@ def test_prune_row_end_to_end_on_a_tiny_model(
     assert saved["params_final"] == row["params_final"]
     # A second call reuses the finished run instead of pruning again.
     assert prune_row(**kwargs)["total_seconds"] == row["total_seconds"]
+    # Re-selection resumes the run from its search history: no new candidate is evaluated.
+    episodes = (tmp_path / "run" / "episodes.jsonl").read_text().count('"type": "candidate"')
+    again = prune_row(**kwargs, reselect_from=row)
+    assert again["ok"] and again["reselected"] and again["selection"] == "tie"
+    assert again["search_seconds"] == row["search_seconds"] and "reselect_seconds" in again
+    assert again["accuracy_before_reselect"] == row["accuracy"]
+    after = (tmp_path / "run" / "episodes.jsonl").read_text().count('"type": "candidate"')
+    assert after == episodes > 0
     (summary,) = summarise([row])
     assert summary["finished"] == 1 and summary["accuracy_mean"] == row["accuracy"]
 
@@ -185,6 +193,13 @@ def test_notes_name_far_remeasurements_and_failed_runs() -> None:
     assert "m latency<=20% random seed 1: 1.77x" in notes
     assert "1 of 3 runs ended without a model (m latency<=20% qlp seed 2: no allowed " in notes
     assert measured_notes([row(0, 2.0, 0.9)]) == ""
+    moved = {**row(0, 2.0, 0.9), "reselected": True, "accuracy": 0.97,
+             "accuracy_before_reselect": 0.67, "ok_before_reselect": True}  # fmt: skip
+    same = {**row(1, 2.0, 0.9), "reselected": True, "accuracy": 0.9,
+            "accuracy_before_reselect": 0.9, "ok_before_reselect": True}  # fmt: skip
+    notes = measured_notes([moved, same])
+    assert "2 of 2 runs were re-selected" in notes
+    assert "changed in 1 of them (mean change +0.300, from +0.300 to +0.300)" in notes
 
 
 def test_a_whole_suite_records_its_wall_times(
