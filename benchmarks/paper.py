@@ -55,6 +55,7 @@ from benchmarks.quality import (  # noqa: E402
     DIGITS_BATCH,
     DIGITS_TRAIN_LR,
     RUNS_DIR,
+    SELECTION,
     _slug,
     prune_row,
 )
@@ -181,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budgets", nargs="+", default=None, metavar="BUDGET",
                    help="only these budgets' settings, e.g. params<=5%%")  # fmt: skip
     p.add_argument("--fresh", action="store_true", help="redo runs that finished before")
+    p.add_argument("--reselect", action="store_true",
+                   help="for stored runs made with an earlier final-choice rule: redo the "
+                        "choice, fine-tuning, verification and export from the search history "
+                        "in the run directory (the search is not repeated)")  # fmt: skip
     p.add_argument("--no-write", action="store_true", help="write no results (log only)")
     p.add_argument("--stored-only", action="store_true",
                    help="collect: tabulate the stored runs and leave out the rest instead of "
@@ -240,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
                 + ("" if train_lr == 0.05 else f"-lr{train_lr:g}")
             )
             stored = store.get(tag) if store is not None and not args.fresh else None
-            if stored is not None and stored.get("ok"):
+            again = (args.reselect and not args.stored_only and stored is not None
+                     and stored.get("selection") != SELECTION)  # fmt: skip
+            if stored is not None and stored.get("ok") and not again:
                 log.info("%s: %s %s seed %d stored", s["paper"], s["model"], s["budget"], seed)
                 rows.append(stored)
                 continue
@@ -264,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                 device=args.device, granularity="weight", min_keep=s["min_keep"],
                 fresh=args.fresh or args.quick,  # a quick run checks today's code
                 batch_size=batch_size, train_lr=train_lr,
+                reselect_from=stored if again else None,
             )  # fmt: skip
             row["setting"] = s
             if store is not None:  # failures too: a collection shows them
@@ -315,6 +323,20 @@ def main(argv: list[str] | None = None) -> int:
                   f"pruned model starts near chance, and {finetune_epochs} epoch(s) on the "
                   "training split are far fewer steps than the papers' fine-tuning; these rows "
                   "show what this recipe reaches, not what the sparsity allows.")  # fmt: skip
+    again = [r for r in rows if r.get("reselected")]
+    if again:
+        which = ", ".join(
+            f"{r['setting']['model']} `{r['setting']['budget']}` "
+            f"{r['accuracy_before_reselect']:.3f} -> "
+            + (f"{r['accuracy']:.3f}" if r.get("ok") else "failed")
+            for r in again
+            if r.get("accuracy_before_reselect") is not None
+        )
+        notes += (f"\n\n{len(again)} of {len(rows)} runs were re-selected (`--reselect`): "
+                  "searched under the earlier final-choice rule (the most accurate candidate), "
+                  "then chosen, fine-tuned, verified and exported again from the same search "
+                  "history under the current one (proxy accuracies within two standard errors "
+                  f"count as tied, least pruned first). Test accuracy before -> after: {which}.")  # fmt: skip
     if missing:
         left = "; ".join(f"{m['paper']} {m['model']} `{m['budget']}` seed {m['seed']}"
                          for m in missing)  # fmt: skip

@@ -26,8 +26,11 @@ run is reused when the script is run again with the same options (``--fresh``
 redoes it). Outside ``--quick`` each finished run's row is also stored in
 ``benchmarks/results/quality_runs/`` (committed), so the grid, hours long, can
 be run piecewise: over several processes (``--models``, ``--budgets``,
-``--no-write``) or sessions, then collected by one more run. Writes ``benchmarks/results/quality.json`` and the "quality"
-section of ``benchmarks/RESULTS.md``.
+``--no-write``) or sessions, then collected by one more run. Writes
+``benchmarks/results/quality.json`` and the "quality" section of
+``benchmarks/RESULTS.md``. After a change to the rule that picks the final
+candidate, ``--reselect`` redoes every stored run's stages after the search
+from the search history in its run directory.
 
 Each seed also fixes the data split (``hwprune.prune`` splits with its seed),
 so the dense model is trained per seed on that seed's training split: no
