@@ -245,6 +245,7 @@ def prune_row(
     }  # fmt: skip
     if resume:
         row.update(reselected=True, accuracy_before_reselect=reselect_from.get("accuracy"),
+                   params_before_reselect=reselect_from.get("params_final"),
                    ok_before_reselect=bool(reselect_from.get("ok")))  # fmt: skip
     try:
         ckpt, dense_acc = dense_checkpoint(model, width=width, data=data, epochs=train_epochs,
@@ -537,19 +538,22 @@ def measured_notes(rows: Sequence[dict]) -> str:
                   "within the budget.")  # fmt: skip
     again = [r for r in rows if r.get("reselected")]
     if again:
-        moved = [r for r in again if r.get("ok") and r.get("ok_before_reselect")
-                 and abs(r["accuracy"] - r["accuracy_before_reselect"]) > 1e-9]  # fmt: skip
+        both = [r for r in again if r.get("ok") and r.get("ok_before_reselect")]
+        moved = [r for r in both if r.get("params_before_reselect") != r["params_final"]]
         gain = [r["accuracy"] - r["accuracy_before_reselect"] for r in moved]
         notes += (f"\n\n{len(again)} of {len(rows)} runs were re-selected (`--reselect`): "
                   "their search ran under the earlier final-choice rule (the most accurate "
                   "candidate, exact ties by margin), and the choice, fine-tuning, verification "
                   "and export were redone from the same search history with the current rule "
                   "(proxy accuracies within two standard errors count as tied, least pruned "
-                  f"first). The test accuracy changed in {len(moved)} of them")  # fmt: skip
+                  f"first). Of the {len(both)} that shipped a model both times, {len(moved)} "
+                  "shipped a different one (another parameter count: another choice, or a "
+                  "repair after a timing miss)")  # fmt: skip
         if gain:
-            notes += (f" (mean change {statistics.fmean(gain):+.3f}, from {min(gain):+.3f} "
-                      f"to {max(gain):+.3f})")  # fmt: skip
-        notes += "; search seconds and evaluations are the original search's."
+            notes += (f", test accuracy {statistics.fmean(gain):+.3f} on average (from "
+                      f"{min(gain):+.3f} to {max(gain):+.3f})")  # fmt: skip
+        notes += ("; the same model fine-tunes to the same accuracy. Search seconds and "
+                  "evaluations are the original search's.")  # fmt: skip
     failed = [r for r in rows if not r.get("ok")]
     if failed:
         notes += (f"\n\n{len(failed)} of {len(rows)} runs ended without a model ("

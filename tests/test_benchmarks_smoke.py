@@ -193,13 +193,16 @@ def test_notes_name_far_remeasurements_and_failed_runs() -> None:
     assert "m latency<=20% random seed 1: 1.77x" in notes
     assert "1 of 3 runs ended without a model (m latency<=20% qlp seed 2: no allowed " in notes
     assert measured_notes([row(0, 2.0, 0.9)]) == ""
-    moved = {**row(0, 2.0, 0.9), "reselected": True, "accuracy": 0.97,
-             "accuracy_before_reselect": 0.67, "ok_before_reselect": True}  # fmt: skip
-    same = {**row(1, 2.0, 0.9), "reselected": True, "accuracy": 0.9,
-            "accuracy_before_reselect": 0.9, "ok_before_reselect": True}  # fmt: skip
+    moved = {**row(0, 2.0, 0.9), "reselected": True, "accuracy": 0.97, "params_final": 50,
+             "accuracy_before_reselect": 0.67, "params_before_reselect": 10,
+             "ok_before_reselect": True}  # fmt: skip
+    same = {**row(1, 2.0, 0.9), "reselected": True, "accuracy": 0.9, "params_final": 10,
+            "accuracy_before_reselect": 0.9, "params_before_reselect": 10,
+            "ok_before_reselect": True}  # fmt: skip
     notes = measured_notes([moved, same])
     assert "2 of 2 runs were re-selected" in notes
-    assert "changed in 1 of them (mean change +0.300, from +0.300 to +0.300)" in notes
+    assert "Of the 2 that shipped a model both times, 1 shipped a different one" in notes
+    assert "test accuracy +0.300 on average (from +0.300 to +0.300)" in notes
 
 
 def test_a_whole_suite_records_its_wall_times(
