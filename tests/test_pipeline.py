@@ -133,6 +133,24 @@ def test_fine_tuning_trains_with_the_given_recipe(monkeypatch: pytest.MonkeyPatc
     assert steps and steps[-1].stage == "finetune"
 
 
+def test_resuming_a_finished_search_chooses_as_the_search_did(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    kwargs = dict(model="vgg11_cifar", weights=tiny_checkpoint, data="digits",
+                  budgets=["params<=60%"], agent="random", evaluations=4, finetune_epochs=1,
+                  finetune_batch_size=32)  # fmt: skip
+    first = hwprune.prune(**kwargs, out=out)
+    log = (out / "episodes.jsonl").read_text()
+    again = hwprune.resume(out)
+    # Nothing is searched again; the choice is re-confirmed afresh and is the same policy.
+    assert (out / "episodes.jsonl").read_text().count('"type": "candidate"') == log.count(
+        '"type": "candidate"'
+    )
+    assert again.policy.keep == first.policy.keep
+    assert again.all_met
+
+
 def test_occupied_output_folder_is_refused(finished_run, tiny_checkpoint: Path) -> None:
     _, out = finished_run
     before = (out / "episodes.jsonl").read_bytes()

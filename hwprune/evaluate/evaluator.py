@@ -69,10 +69,17 @@ class Outcome:
         }
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any], *, policy_cls: Any) -> Outcome:
+    def from_record(
+        cls, record: Mapping[str, Any], *, policy_cls: Any, space: Any = None
+    ) -> Outcome:
+        """An outcome read back from the episode log; with ``space``, its policy in the
+        space's unit order (the log's JSON lists units in sorted key order)."""
+        policy = policy_cls.from_dict(record["policy"])
+        if space is not None:
+            policy = policy.aligned(space)
         return cls(
             index=int(record["index"]),
-            policy=policy_cls.from_dict(record["policy"]),
+            policy=policy,
             key=record["key"],
             accuracy=float(record["accuracy"]),
             values=dict(record["values"]),
@@ -195,7 +202,7 @@ class Evaluator:
             if record.get("type", "candidate") != "candidate":
                 continue
             try:
-                outcome = Outcome.from_record(record, policy_cls=Policy)
+                outcome = Outcome.from_record(record, policy_cls=Policy, space=self.space)
             except (KeyError, ValueError, TypeError) as exc:
                 log.warning("skipping an unreadable episode record: %s", exc)
                 continue

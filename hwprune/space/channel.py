@@ -365,7 +365,8 @@ class ChannelSpace:
     def _kept(self, policy: Policy) -> list[int]:
         self._check(policy)
         return [
-            self.channels_for(k, u.channels) for k, u in zip(policy.keep, self.units, strict=True)
+            self.channels_for(k, u.channels)
+            for k, u in zip(policy.aligned(self).keep, self.units, strict=True)
         ]
 
     def kept_channels(self, policy: Policy) -> dict[str, int]:

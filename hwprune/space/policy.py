@@ -144,14 +144,44 @@ class Policy:
             unit_ids=tuple(ids),
         )
 
+    def aligned(self, space: Any) -> Policy:
+        """This policy with its keep ratios in ``space``'s unit order.
+
+        A policy that names its units (``unit_ids``) is matched to the space by
+        name: a policy read back from JSON lists its units in the file's key
+        order, which need not be the space's (``features.10`` sorts before
+        ``features.3``). One without names, or named by position ("0", "1", ...),
+        is taken in order. Names that do not match the space raise ConfigError.
+        """
+        ids = tuple(u.id for u in space.units)
+        mine = self.unit_ids
+        if mine is None or mine == ids or mine == tuple(str(i) for i in range(len(self.keep))):
+            return self
+        if set(mine) != set(ids) or len(mine) != len(ids):
+            missing = [i for i in ids if i not in set(mine)]
+            unknown = [k for k in mine if k not in set(ids)]
+            raise ConfigError(
+                f"the policy does not match the model's {len(ids)} prunable units: "
+                f"missing units {missing[:5]}, unknown units {unknown[:5]}"
+            )
+        by_id = dict(zip(mine, self.keep, strict=True))
+        return Policy(
+            keep=tuple(by_id[i] for i in ids),
+            granularity=self.granularity,
+            pattern=self.pattern,
+            unit_ids=ids,
+        )
+
     def to_dict(self, space: Any = None) -> dict[str, Any]:
         """A JSON-ready form, keyed by unit id (by position when no ids are known)."""
+        keep = self.keep
         if space is not None:
             ids: Sequence[str] = [u.id for u in space.units]
             if len(ids) != len(self.keep):
                 raise ConfigError(
                     f"policy has {len(self.keep)} keep ratios but the space has {len(ids)} units"
                 )
+            keep = self.aligned(space).keep
         elif self.unit_ids is not None:
             ids = self.unit_ids
         else:
@@ -159,7 +189,7 @@ class Policy:
         out: dict[str, Any] = {"granularity": self.granularity}
         if self.pattern is not None:
             out["pattern"] = self.pattern
-        out["keep"] = {i: k for i, k in zip(ids, self.keep, strict=True)}
+        out["keep"] = {i: k for i, k in zip(ids, keep, strict=True)}
         return out
 
     # ------------------------------------------------------------- helpers

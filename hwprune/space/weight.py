@@ -194,7 +194,8 @@ class WeightSpace:
 
     def _kept(self, policy: Policy) -> list[int]:
         self._check(policy)
-        return [self.weights_for(k, u.numel) for k, u in zip(policy.keep, self.units, strict=True)]
+        keep = policy.aligned(self).keep
+        return [self.weights_for(k, u.numel) for k, u in zip(keep, self.units, strict=True)]
 
     def kept_weights(self, policy: Policy) -> dict[str, int]:
         """Non-zero weights each layer keeps under ``policy``, by unit id."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -263,6 +265,27 @@ def test_policy_round_trip_and_clip(resnet18_space):
     clipped = Policy(keep=(0.0, 0.5, 1.0)).clip(0.2, 0.9)
     assert clipped.keep == (0.2, 0.5, 0.9)
     assert Policy.dense(resnet18_space).keep == (1.0,) * len(resnet18_space.units)
+
+
+def test_a_policy_read_back_from_sorted_json_prunes_the_same_units():
+    # VGG unit ids do not sort in model order ("features.10" < "features.3"); the episode
+    # log writes sorted keys, so a policy read back lists its units in another order.
+    from hwprune.models import get_model
+
+    space = ChannelSpace(get_model("vgg11_cifar", width=0.25), example_input_shape=(1, 3, 32, 32))
+    ids = [u.id for u in space.units]
+    assert ids != sorted(ids)
+    policy = Policy(keep=tuple(np.linspace(0.2, 1.0, len(ids))), unit_ids=tuple(ids))
+    data = json.loads(json.dumps(policy.to_dict(space), sort_keys=True))
+    back = Policy.from_dict(data)
+    assert back.unit_ids == tuple(sorted(ids)) and back.keep != policy.keep
+    assert space.kept_channels(back) == space.kept_channels(policy)
+    assert space.shape_key(back) == space.shape_key(policy)
+    assert back.aligned(space).keep == policy.keep
+    assert back.to_dict(space) == policy.to_dict(space)
+    wrong = Policy(keep=policy.keep, unit_ids=("x", *ids[1:]))
+    with pytest.raises(ConfigError, match="unknown units"):
+        space.apply(wrong)
 
 
 def test_depthwise_groups_stay_consistent():
