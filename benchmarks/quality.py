@@ -635,20 +635,9 @@ def main(argv: list[str] | None = None) -> int:
         if not q:
             tag += GRID_TAG
         stored = store.get(tag) if store is not None and not args.fresh else None
-        old_rule = stored is not None and stored.get("selection") != SELECTION
-        if args.reselect and old_rule and not args.stored_only:
-            log.info("%s %s %s seed %d: re-selecting", model, budget, searcher, seed)
-            rows.append(prune_row(
-                model=model, width=width, data="digits", budgets=[budget],
-                oracles=[f"latency={oracle}"], searcher=searcher, seed=seed,
-                evaluations=evaluations, finetune_epochs=finetune_epochs,
-                train_epochs=train_epochs, run_dir=RUNS_DIR / "quality" / tag,
-                device=args.device, remeasure_oracle=oracle, reselect_from=stored,
-                batch_size=DIGITS_BATCH, train_lr=DIGITS_TRAIN_LR,
-            ))  # fmt: skip
-            store.put(tag, rows[-1])
-            continue
-        if stored is not None and stored.get("ok"):
+        again = (args.reselect and not args.stored_only and stored is not None
+                 and stored.get("selection") != SELECTION)  # fmt: skip
+        if stored is not None and stored.get("ok") and not again:
             log.info("%s %s %s seed %d: stored", model, budget, searcher, seed)
             rows.append(stored)
             continue
@@ -662,7 +651,8 @@ def main(argv: list[str] | None = None) -> int:
                      searcher, seed)  # fmt: skip
             missing.append(tag)
             continue
-        log.info("%s %s %s seed %d", model, budget, searcher, seed)
+        log.info("%s %s %s seed %d%s", model, budget, searcher, seed,
+                 ": re-selecting" if again else "")  # fmt: skip
         rows.append(prune_row(
             model=model, width=width, data="digits", budgets=[budget],
             oracles=[f"latency={oracle}"], searcher=searcher, seed=seed,
@@ -671,6 +661,7 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device, remeasure_oracle=oracle,
             fresh=args.fresh or q,  # a quick run checks today's code: never reused
             batch_size=DIGITS_BATCH, train_lr=DIGITS_TRAIN_LR,
+            reselect_from=stored if again else None,
         ))  # fmt: skip
         if store is not None:  # failures too: a collection shows them
             store.put(tag, rows[-1])
