@@ -96,7 +96,18 @@ class MeasurementCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         conn.execute("PRAGMA busy_timeout = 30000")
-        conn.execute("PRAGMA journal_mode = WAL")
+        # Turning a new file to WAL takes an exclusive lock, and SQLite may answer "database
+        # is locked" at once instead of waiting: two processes opening one new cache together.
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    conn.close()
+                    raise
+                time.sleep(0.05)
         conn.execute(_SCHEMA)
         conn.execute("SELECT count(*) FROM measurements").fetchone()
         return conn
