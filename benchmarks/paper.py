@@ -55,8 +55,9 @@ from benchmarks.quality import (  # noqa: E402
     DIGITS_BATCH,
     DIGITS_TRAIN_LR,
     RUNS_DIR,
-    SELECTION,
+    SELECTION_RULE,
     _slug,
+    needs_reselect,
     prune_row,
 )
 
@@ -245,8 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                 + ("" if train_lr == 0.05 else f"-lr{train_lr:g}")
             )
             stored = store.get(tag) if store is not None and not args.fresh else None
-            again = (args.reselect and not args.stored_only and stored is not None
-                     and stored.get("selection") != SELECTION)  # fmt: skip
+            again = args.reselect and not args.stored_only and needs_reselect(stored)
             if stored is not None and stored.get("ok") and not again:
                 log.info("%s: %s %s seed %d stored", s["paper"], s["model"], s["budget"], seed)
                 rows.append(stored)
@@ -335,8 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         notes += (f"\n\n{len(again)} of {len(rows)} runs were re-selected (`--reselect`): "
                   "searched under the earlier final-choice rule (the most accurate candidate), "
                   "then chosen, fine-tuned, verified and exported again from the same search "
-                  "history under the current one (proxy accuracies within two standard errors "
-                  f"count as tied, least pruned first). Test accuracy before -> after: {which}.")  # fmt: skip
+                  f"history under the current one ({SELECTION_RULE}). Test accuracy before -> "
+                  f"after: {which}.")  # fmt: skip
     if missing:
         left = "; ".join(f"{m['paper']} {m['model']} `{m['budget']}` seed {m['seed']}"
                          for m in missing)  # fmt: skip

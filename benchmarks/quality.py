@@ -100,6 +100,8 @@ GRID_TAG = "-g2"
 # (hwprune.evaluate.rank_feasible). Rows without it chose the most accurate, ties by margin,
 # which near chance picked the floor model; ``--reselect`` redoes their stages after the search.
 SELECTION = "tie"
+SELECTION_RULE = "proxy accuracies within two standard errors count as tied, least pruned first"
+
 # --quick: one small model, one budget, one seed, few evaluations, short timing.
 QUICK = {
     "models": {"vgg16_cifar": 0.25},
@@ -110,6 +112,11 @@ QUICK = {
     "finetune_epochs": 1,
     "oracle": "onnxruntime:cpu?threads=1&min_time=0.1&max_time=2",
 }
+
+
+def needs_reselect(stored: dict[str, Any] | None) -> bool:
+    """Whether a stored row chose its final candidate by an earlier rule than SELECTION."""
+    return stored is not None and stored.get("selection") != SELECTION
 
 
 def cache_dir() -> Path:
@@ -545,8 +552,7 @@ def measured_notes(rows: Sequence[dict]) -> str:
                   "their search ran under the earlier final-choice rule (the most accurate "
                   "candidate, exact ties by margin), and the choice, fine-tuning, verification "
                   "and export were redone from the same search history with the current rule "
-                  "(proxy accuracies within two standard errors count as tied, least pruned "
-                  f"first). Of the {len(both)} that shipped a model both times, {len(moved)} "
+                  f"({SELECTION_RULE}). Of the {len(both)} that shipped a model both times, {len(moved)} "
                   "shipped a different one (another parameter count: another choice, or a "
                   "repair after a timing miss)")  # fmt: skip
         if gain:
@@ -635,8 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         if not q:
             tag += GRID_TAG
         stored = store.get(tag) if store is not None and not args.fresh else None
-        again = (args.reselect and not args.stored_only and stored is not None
-                 and stored.get("selection") != SELECTION)  # fmt: skip
+        again = args.reselect and not args.stored_only and needs_reselect(stored)
         if stored is not None and stored.get("ok") and not again:
             log.info("%s %s %s seed %d: stored", model, budget, searcher, seed)
             rows.append(stored)

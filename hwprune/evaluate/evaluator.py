@@ -354,11 +354,6 @@ class Evaluator:
         return outcome
 
     # ------------------------------------------------------------- results
-    def best_feasible(self) -> Outcome | None:
-        """The first of :func:`rank_feasible` over everything evaluated, or None."""
-        ranked = rank_feasible(self.history, samples=self.eval_samples)
-        return ranked[0] if ranked else None
-
     def smallest(self) -> dict[str, float]:
         """The smallest value measured per constraint so far (for infeasible-budget reports)."""
         out: dict[str, float] = {}

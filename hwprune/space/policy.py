@@ -15,6 +15,22 @@ GRANULARITIES = ("channel", "weight")
 PATTERNS = ("unstructured", "2:4")
 
 
+def _require_same_units(ids: Sequence[str], names: Sequence[str] | Mapping[str, Any]) -> None:
+    """ConfigError unless ``names`` are exactly the space's unit ``ids`` (in any order)."""
+    missing = [i for i in ids if i not in set(names)]
+    unknown = [k for k in names if k not in set(ids)]
+    if missing or unknown or len(names) != len(ids):
+        parts = []
+        if missing:
+            parts.append(f"missing units {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unknown:
+            parts.append(f"unknown units {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
+        raise ConfigError(
+            f"the policy does not match the model's {len(ids)} prunable units: "
+            + ("; ".join(parts) or "a unit is named twice")
+        )
+
+
 def _fmt(values: Sequence[float]) -> str:
     shown = ", ".join(f"{v:g}" for v in values[:8])
     return f"[{shown}{', ...' if len(values) > 8 else ''}]"
@@ -125,18 +141,7 @@ class Policy:
                 unit_ids=tuple(keep_map),
             )
         ids = [u.id for u in space.units]
-        missing = [i for i in ids if i not in keep_map]
-        unknown = [k for k in keep_map if k not in set(ids)]
-        if missing or unknown:
-            parts = []
-            if missing:
-                parts.append(f"missing units {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-            if unknown:
-                parts.append(f"unknown units {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
-            raise ConfigError(
-                f"the policy does not match the model's {len(ids)} prunable units: "
-                + "; ".join(parts)
-            )
+        _require_same_units(ids, keep_map)
         return cls(
             keep=tuple(keep_map[i] for i in ids),
             granularity=granularity,
@@ -157,13 +162,7 @@ class Policy:
         mine = self.unit_ids
         if mine is None or mine == ids or mine == tuple(str(i) for i in range(len(self.keep))):
             return self
-        if set(mine) != set(ids) or len(mine) != len(ids):
-            missing = [i for i in ids if i not in set(mine)]
-            unknown = [k for k in mine if k not in set(ids)]
-            raise ConfigError(
-                f"the policy does not match the model's {len(ids)} prunable units: "
-                f"missing units {missing[:5]}, unknown units {unknown[:5]}"
-            )
+        _require_same_units(ids, mine)
         by_id = dict(zip(mine, self.keep, strict=True))
         return Policy(
             keep=tuple(by_id[i] for i in ids),
