@@ -36,3 +36,7 @@ class ModelInputError(OracleError, ValueError):
 
 class MeasurementFailedError(OracleError, RuntimeError):
     """A backend crashed or timed out while measuring one candidate."""
+
+
+class RemoteOracleError(OracleError, RuntimeError):
+    """An oracle server (``hwprune serve``) that cannot be reached, refuses the token or the request."""

@@ -69,6 +69,9 @@ def oracle_class(name: str) -> type[Oracle]:
 def get_oracle(spec: str | Oracle, *, check: bool = True) -> Oracle:
     """Build an oracle from its spec string (``name[:device][?k=v&...]``).
 
+    ``SPEC@http://HOST:PORT`` names the oracle ``SPEC`` served by ``hwprune serve``
+    on that machine (``oracles.remote.RemoteOracle``).
+
     With ``check`` (the default) the backend and device are verified now, so a
     missing runtime or absent GPU fails before any search starts.
     """
@@ -77,8 +80,13 @@ def get_oracle(spec: str | Oracle, *, check: bool = True) -> Oracle:
     else:
         if not isinstance(spec, str):
             raise OracleSpecError(f"expected an oracle spec string, got {type(spec).__name__}")
-        name, device, params = parse_spec(spec)
-        oracle = oracle_class(name).from_spec(device, params)
+        if "@" in spec:  # SPEC@http://HOST:PORT: the oracle runs on an `hwprune serve` server
+            from oracles.remote import RemoteOracle
+
+            oracle = RemoteOracle.from_remote_spec(spec)
+        else:
+            name, device, params = parse_spec(spec)
+            oracle = oracle_class(name).from_spec(device, params)
     if check:
         oracle.check_available()
     return oracle

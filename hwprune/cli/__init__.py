@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-SUBCOMMANDS = ["measure", "compare-oracles", "prune", "export", "demo", "train"]
+SUBCOMMANDS = ["measure", "compare-oracles", "prune", "export", "demo", "train", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:
