@@ -4,7 +4,7 @@ Name it by appending the server's address to any ONNX-input oracle spec,
 wherever a spec is accepted::
 
     onnxruntime:cpu?threads=1@http://127.0.0.1:8765
-    tensorrt:0?precision=fp16@http://jetson:8765?timeout=900
+    tensorrt?precision=fp16@http://jetson:8765?timeout=900
 
 The part after ``@`` is the server's URL (``http`` or ``https``, host and
 port, nothing else) with optional client settings as its query:
@@ -297,7 +297,7 @@ class RemoteOracle(Oracle):
             "url": self.url,
             "host": answer.get("host"),
             "machine": answer.get("machine"),
-            "server_seconds": measurement.seconds,
+            "server_seconds": answer.get("measure_s", measurement.seconds),
             "queued_s": answer.get("queued_s"),
             "held": answer.get("held"),
         }

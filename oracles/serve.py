@@ -10,7 +10,10 @@ Endpoints (protocol 1):
   the machine's identity, the request size limit.
 * ``POST /v1/measure?oracle=SPEC[&input_shapes=JSON]``: the body is the
   ONNX model's bytes; the answer is ``{"measurement": ..., "machine": ...,
-  "host": ...}`` or ``{"error": "one sentence", "type": "ErrorClass"}``.
+  "host": ..., "measure_s": ..., "queued_s": ..., "held": [start, end]}``
+  (the server's seconds measuring, seconds waiting for the device, and the
+  wall-clock span it held the device) or ``{"error": "one sentence",
+  "type": "ErrorClass"}``.
 
 What it guarantees:
 
@@ -294,6 +297,7 @@ class OracleServer:
                 f"the model keeps {len(external)} tensor(s) in external data files (first: "
                 f"{external[0]!r}); send a self-contained ONNX model with its weights inside"
             )
+        start = time.perf_counter()
         if self.isolate:
             from oracles.isolation import measure_isolated
 
@@ -302,8 +306,14 @@ class OracleServer:
             )
         else:
             m = oracle.measure(proto, input_shapes=input_shapes)
+        seconds = time.perf_counter() - start
         self.measurements += 1
-        return {"measurement": m.to_dict(), "machine": self.machine, "host": self.host_name}
+        return {
+            "measurement": m.to_dict(),
+            "machine": self.machine,
+            "host": self.host_name,
+            "measure_s": seconds,
+        }
 
 
 def _parse_shapes(raw: str | None) -> dict[str, tuple[int, ...]] | None:

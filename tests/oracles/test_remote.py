@@ -149,7 +149,7 @@ def test_unknown_oracle_is_refused_naming_what_is_served(server: Server, model: 
     unchecked = oracles.get_oracle(f"flops@{server.url}", check=False)
     with pytest.raises(UnknownOracleError, match="this server does not serve 'flops'"):
         unchecked.measure(model)
-    status, answer = _post(server, {"oracle": "tensorrt:0"}, model)
+    status, answer = _post(server, {"oracle": "tensorrt"}, model)
     assert status == 404 and "it serves: " in answer["error"]
 
 
@@ -241,3 +241,29 @@ def test_server_imports_no_torch() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_measure_command_takes_a_remote_spec(
+    server: Server, model: bytes, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hwprune.cli import main
+
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model)
+    assert main(["measure", str(path), "--oracle", f"params@{server.url}", "--json"]) == 0
+    (m,) = json.loads(capsys.readouterr().out)
+    assert m["oracle"] == f"params@{server.url}" and m["value"] > 0
+    assert m["extra"]["remote"]["machine"] == oracles.machine_identity()
+
+    with served(["params"]) as gone:
+        url = gone.url
+    code = main(["measure", str(path), "--oracle", f"params@{url}?attempts=2&wait=2"])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("WARNING")]
+    assert code == 2 and len(lines) == 1 and "cannot reach the oracle server" in lines[0]
+
+
+def test_isolated_server_measures_in_a_subprocess(model: bytes) -> None:
+    with served([FAST_ORT], extra=["--isolate"]) as s:
+        m = oracles.get_oracle(f"{FAST_ORT}@{s.url}").measure(model)
+    assert m.value > 0 and m.statistic == "median"
