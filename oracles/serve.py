@@ -353,13 +353,17 @@ class _Handler(BaseHTTPRequestHandler):
         self, status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
     ) -> None:
         body = json.dumps(payload, default=str).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError as exc:  # the client gave up waiting; nothing to answer
+            self.close_connection = True
+            log.warning("could not answer %s: %s", self.client_address[0], exc)
 
     def _refuse(
         self, status: int, message: str, kind: str, headers: Mapping[str, str] | None = None
@@ -454,7 +458,11 @@ class _Handler(BaseHTTPRequestHandler):
             with app._device_lock:
                 start = time.perf_counter()
                 began = time.time()
-                data = self.rfile.read(length)
+                try:
+                    data = self.rfile.read(length)
+                except OSError as exc:  # a client that stalls past the socket timeout, or left
+                    data = b""
+                    log.warning("reading the model from %s failed: %s", self.client_address[0], exc)
                 self._body_read = True
                 if len(data) != length:
                     self.close_connection = True
