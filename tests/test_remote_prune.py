@@ -144,3 +144,25 @@ def test_run_waits_for_a_restarted_server_and_loses_nothing(tmp_path: Path) -> N
         _check_resumed(out, before, server.url)
     finally:
         stop(server.proc)
+
+
+def test_compare_oracles_with_a_remote_oracle(tmp_path: Path) -> None:
+    import torch.nn as nn
+
+    import oracles
+    from hwprune.compare import compare_oracles
+
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))  # fmt: skip
+    with served(["params", FAST_ORT]) as server:
+        remote = oracles.get_oracle(f"{FAST_ORT}@{server.url}").spec
+        result = compare_oracles(
+            model=model,
+            input_shape=(1, 3, 16, 16),
+            oracle_specs=["params", f"params@{server.url}", remote],
+            samples=3,
+        )
+    assert result.reference == remote
+    assert result.values["params"] == result.values[f"params@{server.url}"]
+    assert all(v > 0 for v in result.values[remote])
