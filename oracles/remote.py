@@ -163,13 +163,14 @@ class RemoteOracle(Oracle):
             )
         self._inner = inner
         self.url, settings = _parse_url(self.url)
-        kinds = {"timeout": float, "attempts": int, "wait": float}
         for key, raw in settings.items():
             try:
-                value = kinds[key](raw)
+                setattr(self, key, _CLIENT_SETTINGS[key](raw))
             except ValueError:
-                value = math.nan
-            setattr(self, key, value)
+                kind = "an integer" if _CLIENT_SETTINGS[key] is int else "a number"
+                raise OracleSpecError(
+                    f"oracle server address {self.url!r}: {key} must be {kind}, got {raw!r}"
+                ) from None
         self.validate()
 
     @classmethod
