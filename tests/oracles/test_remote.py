@@ -140,7 +140,7 @@ def test_two_clients_at_once_never_overlap_on_the_device(server: Server, model: 
     held = sorted(tuple(m.extra["remote"]["held"]) for m in results)
     for (_, end), (start, _) in zip(held, held[1:], strict=False):
         assert end <= start, f"two timings overlapped: {held}"
-    assert max(m.extra["remote"]["queued_s"] for m in results) > 0
+    assert max(m.extra["remote"]["queued_s"] for m in results) > 0.01  # someone waited
 
 
 def test_unknown_oracle_is_refused_naming_what_is_served(server: Server, model: bytes) -> None:
