@@ -57,6 +57,7 @@ def _check_resumed(out: Path, before: list[dict], url: str) -> None:
     assert latency["oracle"] == budget["oracle"] and latency["extra"]["remote"]["url"] == base
 
 
+@pytest.mark.slow
 def test_search_budget_judged_by_the_server(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
