@@ -88,7 +88,7 @@ def test_gpu_oracles_follow_what_the_machine_offers(monkeypatch):
     import torch
 
     import oracles
-    from hwprune.compare import DEFAULT_ORACLES, default_oracles, gpu_oracles
+    from hwprune.compare import DEFAULT_ORACLES, default_oracles, gpu_oracles, openvino_oracles
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(onnxruntime, "get_available_providers",
@@ -97,7 +97,12 @@ def test_gpu_oracles_follow_what_the_machine_offers(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "tensorrt" else real_find_spec(name, *a))  # fmt: skip
     assert gpu_oracles() == ("torch:cuda", "onnxruntime:cuda")
-    assert default_oracles() == (*DEFAULT_ORACLES, "torch:cuda", "onnxruntime:cuda")
+    assert default_oracles() == (
+        *DEFAULT_ORACLES,
+        *openvino_oracles(),
+        "torch:cuda",
+        "onnxruntime:cuda",
+    )
     monkeypatch.setattr(onnxruntime, "get_available_providers",
                         lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider"])  # fmt: skip
     monkeypatch.setattr(importlib.util, "find_spec",
