@@ -209,7 +209,7 @@ class OpenVINOLatency(Oracle):
         if not _device_present(self.ov_device, available):
             raise DeviceUnavailableError(
                 f"openvino:{self.device} needs an OpenVINO {self.ov_device} device, which this "
-                f"machine does not offer (OpenVINO {ov.__version__} sees "
+                f"machine does not offer (OpenVINO {ov.__version__.split('-')[0]} sees "
                 f"{', '.join(available) or 'no device'}); refusing to time another device"
             )
 
