@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_ORACLES",
     "default_oracles",
     "gpu_oracles",
+    "openvino_oracles",
     "Comparison",
     "sample_policies",
     "compare_oracles",
@@ -66,9 +67,17 @@ def gpu_oracles() -> tuple[str, ...]:
     return tuple(found)
 
 
+def openvino_oracles() -> tuple[str, ...]:
+    """``openvino:cpu?threads=1`` where the openvino package (the ``openvino`` extra) is installed."""
+    import importlib.util
+
+    return ("openvino:cpu?threads=1",) if importlib.util.find_spec("openvino") else ()
+
+
 def default_oracles() -> tuple[str, ...]:
-    """What compare-oracles measures when no oracle is named: the CPU set, plus the GPU ones."""
-    return DEFAULT_ORACLES + gpu_oracles()
+    """What compare-oracles measures when no oracle is named: the CPU set, OpenVINO where
+    installed, plus the GPU ones."""
+    return DEFAULT_ORACLES + openvino_oracles() + gpu_oracles()
 
 
 @dataclass(frozen=True)

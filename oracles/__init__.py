@@ -2,7 +2,7 @@
 
 This package never imports ``hwprune`` and its ONNX-based oracles import
 neither torch nor stable-baselines3, so it runs on a target device that only
-has onnx, onnxruntime or tensorrt installed.
+has onnx, onnxruntime, openvino or tensorrt installed.
 
 >>> import oracles
 >>> params = oracles.get_oracle("params")

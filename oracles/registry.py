@@ -24,6 +24,7 @@ _REGISTRY: dict[str, str | type[Oracle]] = {
     "tensorrt": "oracles.trt:TensorRTLatency",
     "tensorrt-memory": "oracles.trt:TensorRTMemory",
     "torch": "oracles.torch_latency:TorchLatency",
+    "openvino": "oracles.openvino:OpenVINOLatency",
 }
 
 

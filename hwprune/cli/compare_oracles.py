@@ -43,7 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         dest="oracles",
         metavar="SPEC",
         help="oracle spec, repeatable (default: params, flops, peak-memory, "
-        "onnxruntime:cpu?threads=1, onnxruntime:cpu?threads=2, torch:cpu; on a CUDA machine "
+        "onnxruntime:cpu?threads=1, onnxruntime:cpu?threads=2, torch:cpu, and "
+        "openvino:cpu?threads=1 where openvino is installed; on a CUDA machine "
         "also torch:cuda, and onnxruntime:cuda, onnxruntime:tensorrt, tensorrt where installed)",
     )
     p.add_argument(

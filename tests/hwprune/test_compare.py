@@ -88,7 +88,7 @@ def test_gpu_oracles_follow_what_the_machine_offers(monkeypatch):
     import torch
 
     import oracles
-    from hwprune.compare import DEFAULT_ORACLES, default_oracles, gpu_oracles
+    from hwprune.compare import DEFAULT_ORACLES, default_oracles, gpu_oracles, openvino_oracles
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(onnxruntime, "get_available_providers",
@@ -97,7 +97,12 @@ def test_gpu_oracles_follow_what_the_machine_offers(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "tensorrt" else real_find_spec(name, *a))  # fmt: skip
     assert gpu_oracles() == ("torch:cuda", "onnxruntime:cuda")
-    assert default_oracles() == (*DEFAULT_ORACLES, "torch:cuda", "onnxruntime:cuda")
+    assert default_oracles() == (
+        *DEFAULT_ORACLES,
+        *openvino_oracles(),
+        "torch:cuda",
+        "onnxruntime:cuda",
+    )
     monkeypatch.setattr(onnxruntime, "get_available_providers",
                         lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider"])  # fmt: skip
     monkeypatch.setattr(importlib.util, "find_spec",
@@ -115,3 +120,21 @@ def test_default_oracles_add_torch_cuda_on_a_gpu():
     from hwprune.compare import default_oracles
 
     assert "torch:cuda" in default_oracles()
+
+
+def test_default_oracles_include_openvino_where_installed(monkeypatch):
+    import importlib.util
+
+    import oracles
+    from hwprune.compare import DEFAULT_ORACLES, default_oracles
+
+    pytest.importorskip("openvino")
+    assert default_oracles()[: len(DEFAULT_ORACLES) + 1] == (
+        *DEFAULT_ORACLES,
+        "openvino:cpu?threads=1",
+    )
+    oracles.get_oracle("openvino:cpu?threads=1")  # registered, and runs on this machine
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "openvino" else real_find_spec(name, *a))  # fmt: skip
+    assert "openvino:cpu?threads=1" not in default_oracles()

@@ -1,0 +1,376 @@
+"""OpenVINO latency: the median time of one synchronous inference on an OpenVINO device.
+
+Protocol (the same as ``oracles.ort``, timed by ``oracles.timing``): the
+model's inputs are fixed to static shapes (``batch`` overrides dimension 0)
+and the ONNX bytes are read by OpenVINO's ONNX frontend (no torch, no file);
+each call compiles the model afresh with the latency performance hint
+(``PERFORMANCE_HINT=LATENCY``), one stream (``NUM_STREAMS=1``), on the CPU
+``threads`` inference threads (``INFERENCE_NUM_THREADS``), and a fixed
+inference precision; four different random input sets are rotated; one
+untimed check run, then ``warmup`` runs and adaptive timing until the
+median's 95% confidence interval is within ``rel_ci`` (or a run/time cap).
+With one CPU thread the timed runs rotate over three compiled models in
+blocks of 8 runs, as the ONNX Runtime oracle rotates over sessions.
+
+What is timed: ``InferRequest.infer`` with NumPy inputs shared, not copied,
+into OpenVINO tensors. On ``gpu`` and ``npu`` the host<->device copies are
+part of that call, so they are timed.
+
+Precision: ``f32`` by default. OpenVINO's CPU plugin otherwise picks bf16 on
+CPUs with AVX-512 BF16 or AMX, which would time (and compute) another model
+than the FP32 ONNX file that ONNX Runtime runs; ``precision=auto`` keeps the
+device's choice, and the measurement records the precision that ran.
+
+No silent fallback: a device OpenVINO does not see, a compiled model that
+executes elsewhere, or a CPU thread count OpenVINO caps below ``threads``
+raises DeviceUnavailableError.
+
+>>> oracle = get_oracle("openvino:cpu?threads=1")  # doctest: +SKIP
+>>> oracle.measure("model.onnx").value  # median milliseconds  # doctest: +SKIP
+1.71
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from oracles.base import Measurement, Oracle
+from oracles.errors import (
+    BackendUnavailableError,
+    DeviceUnavailableError,
+    MeasurementFailedError,
+    ModelInputError,
+    OracleSpecError,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["OpenVINOLatency", "OPENVINO_EXTRA"]
+
+OPENVINO_EXTRA = 'pip install "hwprune[openvino]"'
+_DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
+_PRECISIONS = ("f32", "bf16", "f16", "auto")
+#: Different input tensors rotated through the timed runs.
+_INPUT_SETS = 4
+_BLOCK = 8  # consecutive timed runs on one compiled model before the next takes over
+
+
+def _ov() -> Any:
+    try:
+        import openvino
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"the openvino oracle needs the openvino package: {OPENVINO_EXTRA}"
+        ) from exc
+    return openvino
+
+
+@functools.lru_cache(maxsize=1)
+def _core() -> Any:
+    # One Core per process: it loads the device plugins once; compiled models stay independent.
+    return _ov().Core()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    # OpenVINO prefixes its messages with "Exception from src/...cpp:NN:"; the cause follows.
+    for line in lines:
+        if not line.startswith("Exception from ") and not line.startswith("Check "):
+            return line[:300]
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+def _device_present(name: str, available: list[str]) -> bool:
+    # Several GPUs show up as GPU.0, GPU.1: any of them makes "GPU" (GPU.0) usable.
+    return any(d == name or d.startswith(name + ".") for d in available)
+
+
+def _random_feeds(
+    ports: list[Any], shapes: Mapping[str, tuple[int, ...]], *, count: int, seed: int = 0
+) -> list[dict[str, Any]]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    feeds: list[dict[str, Any]] = []
+    for _ in range(count):
+        feed: dict[str, Any] = {}
+        for port in ports:
+            name = port.get_any_name()
+            try:
+                dtype = np.dtype(port.get_element_type().to_dtype())
+            except Exception as exc:
+                raise ModelInputError(
+                    f"the openvino oracle cannot make random inputs of type "
+                    f"{port.get_element_type()} for input {name!r}"
+                ) from exc
+            shape = shapes.get(name, tuple(port.get_shape()))
+            if np.issubdtype(dtype, np.floating):
+                arr = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+            elif dtype == np.bool_:
+                arr = rng.random(shape) < 0.5
+            else:
+                # Small non-negative integers stay valid as indices or token ids.
+                arr = rng.integers(0, 8, size=shape).astype(dtype)
+            feed[name] = np.ascontiguousarray(arr)
+        feeds.append(feed)
+    return feeds
+
+
+@dataclass
+class OpenVINOLatency(Oracle):
+    """Median latency (ms) of one inference with OpenVINO on its CPU, GPU or NPU plugin.
+
+    Settings (spec ``openvino:cpu?threads=1&batch=1``): ``threads`` CPU
+    inference threads (``INFERENCE_NUM_THREADS``; CPU only); ``batch``
+    overrides every input's first dimension; ``precision`` is the inference
+    precision (f32, bf16, f16, or auto for the device's default); ``warmup``,
+    ``min_runs``, ``max_runs``, ``min_time``, ``max_time`` (seconds) and
+    ``rel_ci`` are the timing protocol (``oracles.timing``); ``sessions`` is
+    how many independently compiled models the timed runs rotate over, in
+    blocks of 8 runs (0 = auto: 3 on the CPU with one thread, else 1).
+    Needs the ``openvino`` extra.
+    """
+
+    name: ClassVar[str] = "openvino"
+    quantity: ClassVar[str] = "latency"
+    unit: ClassVar[str] = "ms"
+    input_format: ClassVar[str] = "onnx"
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "gpu", "npu")
+    timed: ClassVar[bool] = True
+    requires: ClassVar[str | None] = "openvino"
+
+    device: str = "cpu"
+    threads: int = 1
+    batch: int | None = None
+    warmup: int = 10
+    min_runs: int = 20
+    max_runs: int = 2000
+    min_time: float = 0.5
+    max_time: float = 20.0
+    rel_ci: float = 0.01
+    precision: str = "f32"
+    sessions: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- settings -----------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        def bad(setting: str, value: Any, accepted: str) -> OracleSpecError:
+            return OracleSpecError(
+                f"oracle 'openvino': setting {setting!r} must be {accepted}, got {value!r}"
+            )
+
+        if self.device not in self.devices:
+            raise OracleSpecError(
+                f"oracle 'openvino' runs on {', '.join(self.devices)}, not {self.device!r}"
+            )
+        if not isinstance(self.threads, int) or self.threads < 1:
+            raise bad("threads", self.threads, "a positive integer (1 or more)")
+        if not isinstance(self.sessions, int) or not 0 <= self.sessions <= 16:
+            raise bad("sessions", self.sessions, "an integer from 0 (auto) to 16")
+        if self.batch is not None and (not isinstance(self.batch, int) or self.batch < 1):
+            raise bad("batch", self.batch, "a positive integer")
+        if self.warmup < 0:
+            raise bad("warmup", self.warmup, "0 or more runs")
+        if self.min_runs < 1:
+            raise bad("min_runs", self.min_runs, "at least 1")
+        if self.max_runs < self.min_runs:
+            raise bad("max_runs", self.max_runs, f"at least min_runs ({self.min_runs})")
+        if self.min_time < 0:
+            raise bad("min_time", self.min_time, "0 or more seconds")
+        if self.max_time <= 0 or self.max_time < self.min_time:
+            raise bad(
+                "max_time", self.max_time, f"positive and at least min_time ({self.min_time})"
+            )
+        if not 0 < self.rel_ci < 1:
+            raise bad("rel_ci", self.rel_ci, "a fraction between 0 and 1, such as 0.01")
+        if self.precision not in _PRECISIONS:
+            raise bad("precision", self.precision, "one of " + ", ".join(_PRECISIONS))
+        if self.threads != 1 and self.device != "cpu":
+            raise OracleSpecError(
+                f"oracle 'openvino': threads applies to the cpu device only, not {self.device!r}"
+            )
+
+    @property
+    def ov_device(self) -> str:
+        """The OpenVINO device name this oracle compiles for (CPU, GPU, NPU)."""
+        return _DEVICES[self.device]
+
+    def check_available(self) -> None:
+        ov = _ov()
+        available = list(_core().available_devices)
+        if not _device_present(self.ov_device, available):
+            raise DeviceUnavailableError(
+                f"openvino:{self.device} needs an OpenVINO {self.ov_device} device, which this "
+                f"machine does not offer (OpenVINO {ov.__version__.split('-')[0]} sees "
+                f"{', '.join(available) or 'no device'}); refusing to time another device"
+            )
+
+    def identity(self) -> dict[str, Any]:
+        from oracles.cache import machine_identity
+
+        ov = _ov()
+        ident: dict[str, Any] = {
+            "openvino": ov.__version__,
+            "cpu": machine_identity()["cpu"],
+        }
+        try:
+            ident["device_name"] = _core().get_property(self.ov_device, "FULL_DEVICE_NAME")
+        except Exception:  # an absent device still keys the cache apart
+            ident["device_name"] = "unknown"
+        return ident
+
+    # -- the compiled model -------------------------------------------------------------------
+
+    def _config(self) -> dict[str, Any]:
+        ov = _ov()
+        import openvino.properties as props
+        import openvino.properties.hint as hints
+
+        config: dict[str, Any] = {
+            hints.performance_mode: hints.PerformanceMode.LATENCY,
+            props.num_streams: 1,
+        }
+        if self.device == "cpu":
+            config[props.inference_num_threads] = self.threads
+        if self.precision != "auto":
+            config[hints.inference_precision] = {
+                "f32": ov.Type.f32,
+                "bf16": ov.Type.bf16,
+                "f16": ov.Type.f16,
+            }[self.precision]
+        return config
+
+    def _compile(self, model: Any) -> Any:
+        try:
+            compiled = _core().compile_model(model, self.ov_device, self._config())
+        except Exception as exc:
+            raise MeasurementFailedError(
+                f"openvino:{self.device} could not compile the model: {_first_line(exc)}"
+            ) from exc
+        ran_on = [str(d) for d in compiled.get_property("EXECUTION_DEVICES")]
+        if not ran_on or not all(_device_present(self.ov_device, [d]) for d in ran_on):
+            raise DeviceUnavailableError(
+                f"openvino:{self.device} asked for {self.ov_device}, but the compiled model "
+                f"executes on {', '.join(ran_on) or 'nothing'}; refusing to time another device"
+            )
+        if self.device == "cpu":
+            got = int(compiled.get_property("INFERENCE_NUM_THREADS"))
+            if got != self.threads:
+                raise DeviceUnavailableError(
+                    f"openvino:cpu asked for {self.threads} inference threads, but OpenVINO "
+                    f"runs {got} here (the cores this process may use); refusing to time "
+                    f"another thread count: ask for threads={got} or fewer"
+                )
+        return compiled
+
+    def _settings_ran(self, compiled: Any) -> dict[str, Any]:
+        # Read back from the compiled model: what ran, not what was asked.
+        def prop(key: str) -> Any:
+            try:
+                return compiled.get_property(key)
+            except Exception:
+                return None
+
+        precision = prop("INFERENCE_PRECISION_HINT")
+        hint = prop("PERFORMANCE_HINT")
+        return {
+            "performance_hint": getattr(hint, "name", str(hint)),
+            "num_streams": int(prop("NUM_STREAMS") or 0),
+            "inference_num_threads": (
+                int(prop("INFERENCE_NUM_THREADS") or 0) if self.device == "cpu" else None
+            ),
+            "inference_precision": str(getattr(precision, "type_name", precision)),
+            "cpu_pinning": prop("ENABLE_CPU_PINNING") if self.device == "cpu" else None,
+            "execution_devices": [str(d) for d in prop("EXECUTION_DEVICES") or []],
+        }
+
+    # -- measuring ----------------------------------------------------------------------------
+
+    def measure(
+        self, model: Any, *, input_shapes: Mapping[str, tuple[int, ...]] | None = None
+    ) -> Measurement:
+        """Time one inference of ``model`` (ONNX bytes, path or ModelProto); see the module protocol."""
+        from oracles.model import fix_input_shapes
+        from oracles.timing import time_with_settings
+
+        start = time.perf_counter()
+        self.check_available()
+        proto, shapes = fix_input_shapes(model, input_shapes, batch=self.batch)
+        data = proto.SerializeToString()
+        del proto
+        try:
+            ov_model = _core().read_model(data)
+        except Exception as exc:
+            raise MeasurementFailedError(
+                f"openvino:{self.device} could not read the ONNX model: {_first_line(exc)}"
+            ) from exc
+        del data
+        count = self.sessions or (3 if self.device == "cpu" and self.threads == 1 else 1)
+        compiled = [self._compile(ov_model) for _ in range(count)]
+        feeds = _random_feeds(list(compiled[0].inputs), shapes, count=_INPUT_SETS)
+        runners = [self._runner(c, feeds) for c in compiled]
+        step = iter(range(1 << 62))
+
+        def run_once() -> None:
+            runners[(next(step) // _BLOCK) % count]()
+
+        try:
+            for runner in runners:  # a model that cannot run fails here, before any timing
+                runner()
+        except Exception as exc:
+            raise MeasurementFailedError(
+                f"openvino:{self.device} failed to run the model: {_first_line(exc)}"
+            ) from exc
+        result = time_with_settings(run_once, self)
+        if not result.converged:
+            log.info(
+                "%s: median %.4g ms after %d runs, CI half-width %.2f%% > target %.2f%%",
+                self.spec,
+                result.median,
+                result.n,
+                100 * result.rel_ci,
+                100 * self.rel_ci,
+            )
+        first_shape = next(iter(shapes.values()), ())
+        return Measurement(
+            quantity=self.quantity,
+            unit=self.unit,
+            oracle=self.spec,
+            backend="openvino",
+            device=self.device,
+            threads=self.threads if self.device == "cpu" else None,
+            batch=self.batch
+            if self.batch is not None
+            else (first_shape[0] if first_shape else None),
+            seconds=time.perf_counter() - start,
+            extra={
+                "openvino": _ov().__version__,
+                "ov_device": self.ov_device,
+                **self._settings_ran(compiled[0]),
+                "converged": result.converged,
+                "sessions": count,
+                "rel_ci": result.rel_ci,
+                "input_shapes": {k: list(v) for k, v in shapes.items()},
+            },
+            **result.measurement_fields(),
+        )
+
+    @staticmethod
+    def _runner(compiled: Any, feeds: list[dict[str, Any]]) -> Callable[[], None]:
+        request = compiled.create_infer_request()
+        it = iter(range(1 << 62))
+        n = len(feeds)
+
+        def run_once() -> None:
+            # Synchronous: returns once the outputs are ready (on any device).
+            request.infer(feeds[next(it) % n], share_inputs=True, share_outputs=True)
+
+        return run_once
