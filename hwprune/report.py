@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hwprune.plots import feasible_count
+
 log = logging.getLogger(__name__)
 
 __all__ = ["write_report", "write_report_json", "write_report_md", "write_plots"]
@@ -38,9 +40,17 @@ def _pct(value: float | None) -> str:
 
 
 def write_report_md(
-    run_dir: str | Path, *, result: Any, options: Mapping[str, Any], plots: Sequence[Path] = ()
+    run_dir: str | Path,
+    *,
+    result: Any,
+    options: Mapping[str, Any],
+    plots: Sequence[Path] = (),
+    history: Sequence[Any] | None = None,
 ) -> Path:
-    """report.md: per budget dense, bound, re-measured and margin; accuracies; times; search."""
+    """report.md: per budget dense, bound, re-measured and margin; accuracies; times; search.
+
+    ``history``: the evaluated candidates, for the share that met every budget.
+    """
     run_dir = Path(run_dir)
     lines = [
         f"# hwprune report: {options.get('model')} on {options.get('data')}",
@@ -81,6 +91,14 @@ def write_report_md(
         if result.first_feasible_evaluation is not None
         else "- first feasible candidate: none found by the searcher (repaired)",
         f"- repairs after verification: {result.repairs}",
+    ]
+    if history:
+        n_feasible, n = feasible_count(history)
+        lines.append(
+            f"- feasible candidates (every budget met by the search measurement): {n_feasible} "
+            f"of {n} ({100.0 * n_feasible / n:.0f}%)"
+        )
+    lines += [
         "",
         "## Stage wall times",
         "",
@@ -102,6 +120,7 @@ def write_report_md(
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
+        lines += ["", "The plotted data: `plots/plots.json`."]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -116,101 +135,68 @@ def write_plots(
     policy: Any,
     unit_names: Sequence[str] = (),
     lagrange: Sequence[Any] | None = None,
+    mean_costs: Sequence[Mapping[str, float]] | None = None,
+    final_values: Mapping[str, float] | None = None,
+    final_accuracy: float | None = None,
 ) -> list[Path]:
-    """PNG plots: accuracy vs each constrained quantity, keep ratios, Lagrange multipliers."""
-    import matplotlib
+    """The run's PNG plots in ``run_dir/plots``, and their data in ``plots/plots.json``.
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    - ``accuracy_vs_<quantity>.png`` per constraint: every candidate at its search
+      measurement and proxy accuracy, the budget, the chosen candidate at its own
+      search values, and the final model (``final_values``: re-measured after
+      fine-tuning; ``final_accuracy``: test accuracy after fine-tuning).
+    - ``best_feasible.png``: the best feasible proxy accuracy against the evaluation count.
+    - ``keep_ratios.png``: the chosen policy's keep ratio per unit.
+    - ``lagrange.png`` (PPO-Lagrangian): one multiplier per constraint, beside each
+      candidate's cost / bound (``lagrange``: the searcher's ``extra["lagrange"]``;
+      ``mean_costs``: its ``extra["mean_costs"]``, optional).
+    """
+    from hwprune import plots as P
 
     out = Path(run_dir) / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
+    figures: list[tuple[str, Any]] = []
+    data: dict[str, Any] = {}
+    final_values = dict(final_values or {})
     for c in constraints:
-        pts = [(o.values[c.name], o.accuracy, o.feasible, o.key == chosen_key)
-               for o in history if c.name in o.values]  # fmt: skip
-        if not pts:
-            continue
-        fig, ax = plt.subplots(figsize=(6, 4))
-        feas = [(x, y) for x, y, f, _ in pts if f]
-        infeas = [(x, y) for x, y, f, _ in pts if not f]
-        if feas:
-            ax.scatter(*zip(*feas, strict=True), s=14, c="tab:blue", label="feasible")
-        if infeas:
-            ax.scatter(
-                *zip(*infeas, strict=True), s=14, c="tab:gray", alpha=0.6, label="infeasible"
-            )
-        chosen = [(x, y) for x, y, _, ch in pts if ch]
-        if chosen:
-            ax.scatter(*zip(*chosen, strict=True), s=120, marker="*", c="tab:red", label="chosen",
-                       zorder=5)  # fmt: skip
-        ax.axvline(c.bound, color="tab:red", linestyle="--", label=f"budget {c.budget.text}")
-        ax.set_xlabel(f"{c.name} ({c.unit}) on {c.oracle}")
-        ax.set_ylabel("proxy accuracy (search split)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out / f"accuracy_vs_{c.name}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        acc = P.accuracy_data(
+            history,
+            c,
+            chosen_key=chosen_key,
+            final_value=final_values.get(c.name),
+            final_accuracy=final_accuracy,
+        )
+        if acc is not None:
+            name = f"accuracy_vs_{c.name}"
+            figures.append((name, P.accuracy_figure(acc)))
+            data[name] = acc.to_dict()
+
+    curve = P.search_curve(history, chosen_key=chosen_key)
+    if curve is not None:
+        figures.append(("best_feasible", P.best_feasible_figure(curve)))
+        data["best_feasible"] = curve.to_dict()
 
     keep = list(getattr(policy, "keep", []) or [])
     if keep:
-        names = (
-            list(unit_names) if len(unit_names) == len(keep) else [str(i) for i in range(len(keep))]
-        )
-        fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(keep)), 4))
-        ax.bar(range(len(keep)), keep, color="tab:blue")
-        ax.set_xticks(range(len(keep)))
-        ax.set_xticklabels(names, rotation=90, fontsize=7)
-        ax.set_ylim(0, 1.05)
-        ax.set_ylabel("keep ratio")
-        ax.set_title("chosen policy: fraction kept per unit")
-        fig.tight_layout()
-        path = out / "keep_ratios.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        figures.append(("keep_ratios", P.keep_ratio_figure(keep, unit_names)))
+        data["keep_ratios"] = {"keep": keep, "units": list(unit_names)}
 
-    series = _lagrange_series(lagrange)
-    if series:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name, values in series.items():
-            ax.plot(range(len(values)), values, label=name)
-        ax.set_xlabel("update")
-        ax.set_ylabel("Lagrange multiplier")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out / "lagrange.png"
+    lag = P.lagrange_data(
+        lagrange, names=[c.name for c in constraints], history=history, mean_costs=mean_costs
+    )
+    if lag is not None:
+        figures.append(("lagrange", P.lagrange_figure(lag)))
+        data["lagrange"] = lag.to_dict()
+
+    written: list[Path] = []
+    for name, fig in figures:
+        path = out / f"{name}.png"
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         written.append(path)
+    tmp = out / "plots.json.tmp"
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(out / "plots.json")
     return written
-
-
-def _lagrange_series(lagrange: Sequence[Any] | None) -> dict[str, list[float]]:
-    """{constraint: [multiplier per update]} from a list of dicts or of number lists."""
-    if not lagrange:
-        return {}
-    series: dict[str, list[float]] = {}
-    for i, item in enumerate(lagrange):
-        if isinstance(item, Mapping):
-            values = item.get("multipliers", item)
-            if isinstance(values, Mapping):
-                for k, v in values.items():
-                    if isinstance(v, (int, float)):
-                        series.setdefault(str(k), []).append(float(v))
-                continue
-            item = values
-        if isinstance(item, (int, float)):
-            series.setdefault("lambda", []).append(float(item))
-        elif isinstance(item, Sequence):
-            for j, v in enumerate(item):
-                if isinstance(v, (int, float)):
-                    series.setdefault(f"lambda[{j}]", []).append(float(v))
-        else:
-            log.debug("ignoring Lagrange record %d of type %s", i, type(item).__name__)
-    return series
 
 
 def write_report(
@@ -222,9 +208,14 @@ def write_report(
     constraints: Sequence[Any],
     unit_names: Sequence[str] = (),
     lagrange: Sequence[Any] | None = None,
+    mean_costs: Sequence[Mapping[str, float]] | None = None,
     options: Mapping[str, Any],
 ) -> list[Path]:
-    """Plots, report.md and report.json in ``run_dir``; returns the plot paths."""
+    """Plots, report.md and report.json in ``run_dir``; returns the plot paths.
+
+    The final model's marker in the accuracy plots comes from ``result``
+    (``final``: re-measured values; ``accuracy_finetuned``: test accuracy).
+    """
     try:
         plots = write_plots(
             run_dir,
@@ -234,10 +225,13 @@ def write_report(
             policy=result.policy,
             unit_names=unit_names,
             lagrange=lagrange,
+            mean_costs=mean_costs,
+            final_values=getattr(result, "final", None),
+            final_accuracy=getattr(result, "accuracy_finetuned", None),
         )
     except Exception as exc:  # a plotting failure must not cost a finished run its report
         log.warning("plots failed: %s", exc)
         plots = []
-    write_report_md(run_dir, result=result, options=options, plots=plots)
+    write_report_md(run_dir, result=result, options=options, plots=plots, history=history)
     write_report_json(run_dir, result=result, options=options)
     return plots

@@ -238,3 +238,22 @@ def test_a_ten_percent_weight_budget_is_searched_below_the_channel_floor(data, n
     assert result.extra["anchor"] is not None and result.extra["anchor"] < 0.1
     assert result.best is not None and result.best.feasible
     assert result.best.values["params"] <= ev.constraints[0].bound
+
+
+def test_report_plots_the_logged_multipliers_one_line_per_constraint(space, data):
+    from hwprune.plots import lagrange_data, lagrange_figure
+
+    ev = evaluator(space, data, ["flops<=50%", "params<=50%"])
+    result = get_searcher("ppo-lagrangian", seed=0, anchor=False).search(
+        space=space, evaluator=ev, evaluations=8, repair_infeasible=False
+    )
+    logged = result.extra["lagrange"]
+    plot = lagrange_data(
+        logged, names=["flops", "params"], history=ev.history, mean_costs=result.extra["mean_costs"]
+    )
+    assert plot.x == tuple(float(e["evaluations"]) for e in logged)
+    assert plot.multipliers == {n: tuple(e[n] for e in logged) for n in ("flops", "params")}
+    assert plot.mean_costs["params"][1:] == tuple(c["params"] for c in result.extra["mean_costs"])
+    left, right = lagrange_figure(plot).axes
+    assert sorted(line.get_label() for line in left.get_lines()) == ["flops", "params"]
+    assert len(right.collections) == 2  # each constraint's candidate costs
