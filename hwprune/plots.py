@@ -96,13 +96,18 @@ class LagrangePlot:
 
 @dataclass(frozen=True)
 class SearchCurve:
-    """The best feasible proxy accuracy after each evaluation (None before the first)."""
+    """The best feasible proxy accuracy after each evaluation (None before the first).
+
+    ``search_budget``: the run's evaluation budget; evaluations after it are repairs
+    (candidates scaled down after a verification missed a budget).
+    """
 
     evaluations: tuple[int, ...]
     accuracy: tuple[float, ...]
     feasible: tuple[bool, ...]
     best_feasible: tuple[float | None, ...]
     chosen: Point | None
+    search_budget: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -239,7 +244,9 @@ def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def search_curve(history: Sequence[Any], *, chosen_key: str | None) -> SearchCurve | None:
+def search_curve(
+    history: Sequence[Any], *, chosen_key: str | None, search_budget: int | None = None
+) -> SearchCurve | None:
     """Best feasible proxy accuracy against the evaluation count; None for an empty history."""
     if not history:
         return None
@@ -260,6 +267,7 @@ def search_curve(history: Sequence[Any], *, chosen_key: str | None) -> SearchCur
         feasible=tuple(bool(o.feasible) for o in history),
         best_feasible=tuple(bests),
         chosen=chosen,
+        search_budget=None if search_budget is None else int(search_budget),
     )
 
 
@@ -321,8 +329,8 @@ def accuracy_figure(data: AccuracyPlot) -> Any:
     ax.set_xlabel(f"{data.quantity} ({data.unit}) on {data.oracle}")
     ax.set_ylabel("accuracy")
     ax.set_title(
-        "candidates: search measurement, proxy accuracy (search split); "
-        "final model: re-measured, test accuracy",
+        "candidates: search measurement, proxy accuracy (search split)\n"
+        "final model: re-measured after fine-tuning, test accuracy",
         fontsize=8,
         loc="left",
     )
@@ -334,6 +342,8 @@ def accuracy_figure(data: AccuracyPlot) -> Any:
 def lagrange_figure(data: LagrangePlot) -> Any:
     """Left: one multiplier per constraint. Right: cost / bound per evaluation and per update."""
     fig, (left, right) = _figure(10.0, 4.0, ncols=2)
+    if data.x_label == "evaluation":  # one x axis: the multiplier beside the costs it saw
+        left.sharex(right)
     colors = [f"C{i}" for i in range(10)]
     for i, (name, values) in enumerate(data.multipliers.items()):
         ys = [math.nan if v is None else v for v in values]
@@ -377,13 +387,16 @@ def best_feasible_figure(data: SearchCurve) -> Any:
     if data.chosen is not None:
         _scatter(ax, [data.chosen], s=160, marker="*", c="tab:red", edgecolors="black",
                  linewidths=0.5, zorder=5, label="chosen candidate")  # fmt: skip
+    if data.search_budget is not None and len(data.evaluations) > data.search_budget:
+        ax.axvline(data.search_budget + 0.5, color="black", linestyle=":",
+                   label=f"end of the search ({data.search_budget}); then repairs")  # fmt: skip
     n_feasible = sum(data.feasible)
     ax.set_xlabel("evaluation")
     ax.set_ylabel("proxy accuracy (search split)")
     ax.set_title(
         f"{n_feasible} of {len(data.feasible)} evaluations feasible", fontsize=9, loc="left"
     )
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
 

@@ -138,6 +138,7 @@ def write_plots(
     mean_costs: Sequence[Mapping[str, float]] | None = None,
     final_values: Mapping[str, float] | None = None,
     final_accuracy: float | None = None,
+    search_evaluations: int | None = None,
 ) -> list[Path]:
     """The run's PNG plots in ``run_dir/plots``, and their data in ``plots/plots.json``.
 
@@ -145,7 +146,8 @@ def write_plots(
       measurement and proxy accuracy, the budget, the chosen candidate at its own
       search values, and the final model (``final_values``: re-measured after
       fine-tuning; ``final_accuracy``: test accuracy after fine-tuning).
-    - ``best_feasible.png``: the best feasible proxy accuracy against the evaluation count.
+    - ``best_feasible.png``: the best feasible proxy accuracy against the evaluation count
+      (``search_evaluations``: the search's budget; later evaluations are repairs).
     - ``keep_ratios.png``: the chosen policy's keep ratio per unit.
     - ``lagrange.png`` (PPO-Lagrangian): one multiplier per constraint, beside each
       candidate's cost / bound (``lagrange``: the searcher's ``extra["lagrange"]``;
@@ -171,7 +173,7 @@ def write_plots(
             figures.append((name, P.accuracy_figure(acc)))
             data[name] = acc.to_dict()
 
-    curve = P.search_curve(history, chosen_key=chosen_key)
+    curve = P.search_curve(history, chosen_key=chosen_key, search_budget=search_evaluations)
     if curve is not None:
         figures.append(("best_feasible", P.best_feasible_figure(curve)))
         data["best_feasible"] = curve.to_dict()
@@ -228,6 +230,7 @@ def write_report(
             mean_costs=mean_costs,
             final_values=getattr(result, "final", None),
             final_accuracy=getattr(result, "accuracy_finetuned", None),
+            search_evaluations=options.get("evaluations"),
         )
     except Exception as exc:  # a plotting failure must not cost a finished run its report
         log.warning("plots failed: %s", exc)

@@ -140,6 +140,15 @@ def test_best_feasible_curve_is_the_running_maximum_over_feasible_candidates():
     assert ax.get_title(loc="left") == "3 of 8 evaluations feasible"
     (step,) = [line for line in ax.get_lines() if line.get_label() == "best feasible so far"]
     assert float(max(step.get_ydata())) == 0.7 and float(min(step.get_xdata())) == 3.0
+    assert not [line for line in ax.get_lines() if "repairs" in line.get_label()]
+
+
+def test_best_feasible_curve_marks_where_the_search_ended_and_repairs_began():
+    curve = search_curve(HISTORY, chosen_key=CHOSEN, search_budget=6)
+    ax = best_feasible_figure(curve).axes[0]
+    (line,) = [line for line in ax.get_lines() if "repairs" in line.get_label()]
+    assert line.get_label() == "end of the search (6); then repairs"
+    assert list(line.get_xdata()) == [6.5, 6.5]
 
 
 def test_write_plots_writes_every_png_and_the_plotted_data(tmp_path: Path):
