@@ -45,8 +45,8 @@ def hwprune_commands(script: str) -> list[list[str]]:
         line = line.split("  #", 1)[0]
         for part in re.split(r"&&|\|\||;", line):
             words = shlex.split(part, comments=True)
-            if words and words[0] == "hwprune":
-                commands.append(words[1:])
+            if words and words[0] == "hwprune":  # "..." elides options the text shows elsewhere
+                commands.append([w for w in words[1:] if w != "..."])
     return commands
 
 
