@@ -1,6 +1,7 @@
 """Datasets by name, split three ways (train / search / test), and their loaders.
 
-Names: ``digits`` (built in, offline), ``cifar10``, ``cifar100``, ``imagefolder:PATH``;
+Names: ``digits`` (built in, offline), ``cifar10``, ``cifar100``, ``imagefolder:PATH``,
+``fashion-mnist[:PATH][?train=N]`` (Debian's ``dataset-fashion-mnist``);
 a path may follow any name after a colon (``cifar10:/data/cifar``). Example::
 
     data = get_dataset("digits")
@@ -69,6 +70,13 @@ def _cifar100(*, path, root, download, seed, input_size) -> DataSplits:
 @DATASETS.register("imagefolder")
 def _imagefolder(*, path, root, download, seed, input_size) -> DataSplits:
     return load_imagefolder_splits(path or root, seed=seed, input_size=input_size)
+
+
+@DATASETS.register("fashion-mnist")
+def _fashion_mnist(*, path, root, download, seed, input_size) -> DataSplits:
+    from hwprune.data.fashion_mnist import load_fashion_mnist_splits
+
+    return load_fashion_mnist_splits(path, seed=seed, input_size=input_size)
 
 
 def list_datasets() -> list[str]:
