@@ -33,13 +33,15 @@ def _net() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def setup():
-    data = get_dataset("digits", input_size=16)
+    """A trained dense CNN (about a minute of CPU: the tests that use it are slow), two
+    candidates pruned to keep 30% and 10% of every layer, and the fixed proxy inputs."""
+    data = get_dataset("digits")
     torch.manual_seed(0)
     dense = _net()
     result = train(dense, data, epochs=4, batch_size=32, lr=0.05, seed=0)
     assert result.test_accuracy > 0.8, result
     dense.eval()
-    space = ChannelSpace(dense, example_input_shape=(1, 3, 16, 16))
+    space = ChannelSpace(dense, example_input_shape=(1, 3, 32, 32))
     calib = Subset(data.train, range(256))
     search = Subset(data.search, range(300))
     ref = reference_outputs(dense, search)
@@ -62,6 +64,7 @@ def test_parse_proxy():
         parse_proxy("acc")
 
 
+@pytest.mark.slow
 def test_kd_ranks_candidates_that_bn_accuracy_sees_at_chance(setup):
     s = setup
     bn = {k: bn_proxy(s[k], calib=s["calib"], search=s["search"]) for k in ("less", "more")}
@@ -76,6 +79,7 @@ def test_kd_ranks_candidates_that_bn_accuracy_sees_at_chance(setup):
     assert all(r.seconds > 0 for r in (*bn.values(), *kd.values()))
 
 
+@pytest.mark.slow
 def test_recover_improves_the_kd_score_deterministically_without_touching_the_candidate(setup):
     s = setup
     before = {n: p.clone() for n, p in s["more"].state_dict().items()}
@@ -91,8 +95,12 @@ def test_recover_improves_the_kd_score_deterministically_without_touching_the_ca
     assert all(torch.equal(before[n], after[n]) for n in before)
 
 
-def test_distill_batches_are_fixed_by_the_seed(setup):
-    s = setup
+def test_distill_batches_are_fixed_by_the_seed():
+    torch.manual_seed(0)
+    data = get_dataset("digits")
+    calib, ref_set = Subset(data.train, range(64)), Subset(data.search, range(32))
+    s = {"less": _net().eval(), "data": data, "calib": calib}
+    s["ref"] = reference_outputs(s["less"], ref_set)
     a = distill_batches(s["less"], s["data"].train, steps=3, batch_size=16, seed=1)
     b = distill_batches(s["less"], s["data"].train, steps=3, batch_size=16, seed=1)
     c = distill_batches(s["less"], s["data"].train, steps=3, batch_size=16, seed=2)

@@ -1,0 +1,425 @@
+"""Benchmark: which search proxy predicts the accuracy a candidate reaches after fine-tuning.
+
+For each model (default: CIFAR-style VGG-16 at width 0.5) on Fashion-MNIST
+(Debian's ``dataset-fashion-mnist``; a fixed, seeded subset of the training
+images, ``--train-images``):
+
+1. the dense model is trained once (cached under ``~/.cache/hwprune/benchmarks``;
+   its sha256 goes into every row);
+2. feasible candidates under ``latency<=30%`` of the dense model on
+   ``onnxruntime:cpu?threads=1`` are drawn at random (see ``sample_keep``) and
+   measured; every draw is stored, so a rerun reuses them;
+3. per candidate, every proxy of ``hwprune.train.proxy`` (``bn``, ``kd``,
+   ``recover:STEPS``) with the seconds each cost; then one fixed short
+   fine-tuning recipe (distilled from the dense model) and the test accuracy;
+4. Spearman's rank correlation of each proxy with the accuracy after
+   fine-tuning (with a bootstrap 95% interval), and each proxy's seconds.
+
+Every candidate's row is stored in ``benchmarks/results/proxy_study_runs/`` as
+it completes; a rerun with the same settings skips finished rows.
+``--stored-only`` writes the tables from stored rows without computing more.
+Run it alone on one core::
+
+    OMP_NUM_THREADS=1 nice taskset -c 0 python benchmarks/proxy_study.py --candidates 24
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+from benchmarks._common import (  # noqa: E402
+    RunRows,
+    command_line,
+    environment,
+    markdown_table,
+    results_dir,
+    update_results_md,
+    write_results,
+)
+
+log = logging.getLogger("benchmarks.proxy_study")
+
+NAME = "proxy_study"
+ORACLE = "onnxruntime:cpu?threads=1"
+BUDGET = 0.30  # latency <= 30% of the dense model
+MODELS = {"vgg16_cifar": 0.5, "resnet56_cifar": 1.0, "resnet32_cifar": 1.0,
+          "resnet20_cifar": 1.0}  # fmt: skip
+BATCH = 32
+DENSE_LR = 0.02
+SEARCH_IMAGES = 1000  # the fixed proxy set, from the search split
+BN_BATCHES, BN_BATCH_SIZE = 4, 64  # the evaluator's defaults
+TEMPERATURE = 4.0
+MIN_KEEP = 0.1
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "hwprune" / "benchmarks"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); nan when either side is constant."""
+
+    def ranks(v: Sequence[float]) -> list[float]:
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2.0
+            i = j + 1
+        return r
+
+    if len(xs) < 3:
+        return math.nan
+    rx, ry = ranks(xs), ranks(ys)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    sx = math.sqrt(sum((a - mx) ** 2 for a in rx))
+    sy = math.sqrt(sum((b - my) ** 2 for b in ry))
+    if sx == 0 or sy == 0:
+        return math.nan
+    return sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True)) / (sx * sy)
+
+
+def bootstrap_interval(xs: Sequence[float], ys: Sequence[float], *, n: int = 1000,
+                       seed: int = 0) -> tuple[float, float]:  # fmt: skip
+    """A percentile bootstrap 95% interval of Spearman's rho over the candidates."""
+    rng = random.Random(seed)
+    idx = range(len(xs))
+    vals = []
+    for _ in range(n):
+        pick = [rng.choice(idx) for _ in idx]
+        r = spearman([xs[i] for i in pick], [ys[i] for i in pick])
+        if not math.isnan(r):
+            vals.append(r)
+    if not vals:
+        return math.nan, math.nan
+    vals.sort()
+    return vals[int(0.025 * len(vals))], vals[min(len(vals) - 1, int(0.975 * len(vals)))]
+
+
+def sample_keep(rng: random.Random, units: int) -> list[float]:
+    """A random per-unit keep vector around a random overall level.
+
+    A uniform draw over [min_keep, 1] per unit almost never meets 30% of the dense
+    latency, so a level is drawn first (uniform in [0.15, 0.6]) and each unit's
+    ratio scatters around it (log-normal, sigma 0.4): the feasible draws then span
+    the budget, from the smallest models to ones just under the bound, with
+    different layer-wise shapes at one latency.
+    """
+    level = rng.uniform(0.15, 0.6)
+    return [min(1.0, max(MIN_KEEP, level * math.exp(rng.gauss(0.0, 0.4)))) for _ in range(units)]
+
+
+def _data(args: argparse.Namespace):
+    from hwprune.data import get_dataset
+    from hwprune.errors import DataError
+
+    spec = f"fashion-mnist:{args.data_dir or ''}?train={args.train_images}"
+    try:
+        return get_dataset(spec, seed=0)
+    except DataError as exc:
+        sys.exit(f"proxy_study needs Fashion-MNIST: {exc}")
+
+
+def _subset(dataset, n: int, seed: int):
+    import torch
+    from torch.utils.data import Subset
+
+    if n >= len(dataset):
+        return dataset
+    g = torch.Generator().manual_seed(seed)
+    return Subset(dataset, sorted(torch.randperm(len(dataset), generator=g)[:n].tolist()))
+
+
+def dense_model(name: str, width: float, data, args: argparse.Namespace):
+    """(model, checkpoint path, meta) trained once and cached."""
+    from hwprune.models import get_model, load_checkpoint, read_checkpoint, save_checkpoint
+    from hwprune.train import train
+
+    path = cache_dir() / (f"proxy-{name}-w{width:g}-fmnist-t{args.train_images}"
+                          f"-e{args.dense_epochs}-b{BATCH}-lr{DENSE_LR:g}-s0.pt")  # fmt: skip
+    model = get_model(name, num_classes=10, width=width)
+    if path.is_file():
+        load_checkpoint(model, path)
+        return model.eval(), path, read_checkpoint(path).meta
+    t0 = time.perf_counter()
+    test = _subset(data.test, args.test_images, seed=1)
+    result = train(model, dataclasses.replace(data, search=_subset(data.search, 500, 2), test=test),
+                   epochs=args.dense_epochs, batch_size=BATCH, lr=DENSE_LR, seed=0)  # fmt: skip
+    meta = {"model": name, "width": width, "num_classes": 10, "input_size": 32,
+            "data": f"fashion-mnist?train={args.train_images}", "epochs": args.dense_epochs,
+            "batch_size": BATCH, "lr": DENSE_LR, "seed": 0,
+            "test_accuracy": float(result.test_accuracy), "test_images": len(test),
+            "seconds": time.perf_counter() - t0}  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model.to("cpu"), path, meta=meta)
+    log.info("trained dense %s in %.0f s: test accuracy %.4f", name, meta["seconds"],
+             result.test_accuracy)  # fmt: skip
+    return model.eval(), path, meta
+
+
+def candidates(name: str, width: float, space, dense, args: argparse.Namespace) -> dict[str, Any]:
+    """Draw and measure policies until ``args.candidates`` are feasible; every draw is stored."""
+    import oracles
+    from hwprune.export.onnx import export_onnx
+    from hwprune.space import Policy
+
+    path = results_dir(quick=args.quick) / f"{NAME}_runs" / f"candidates-{name}-w{width:g}.json"
+    state = json.loads(path.read_text()) if path.is_file() else {"draws": []}
+    oracle = oracles.get_oracle(ORACLE)
+    cache = oracles.MeasurementCache()
+    shapes = {"input": (1, 3, 32, 32)}
+
+    def latency(module) -> float:
+        onnx = export_onnx(module, input_shape=(1, 3, 32, 32))
+        return float(oracles.measure(oracle, onnx, input_shapes=shapes, cache=cache).value)
+
+    if "dense_latency" not in state:
+        m = oracles.measure(oracle, export_onnx(dense, input_shape=(1, 3, 32, 32)),
+                            input_shapes=shapes, cache=cache, repeats=3)  # fmt: skip
+        state.update(dense_latency=float(m.value), unit=m.unit, oracle=ORACLE, budget=BUDGET)
+    bound = BUDGET * state["dense_latency"]
+    while (sum(d["feasible"] for d in state["draws"]) < args.candidates
+           and len(state["draws"]) < 8 * args.candidates):  # fmt: skip
+        rng = random.Random(1000 + len(state["draws"]))
+        keep = sample_keep(rng, len(space.units))
+        module = space.apply(Policy(keep=tuple(keep)))
+        value = latency(module)
+        state["draws"].append({"keep": keep, "latency": value, "fraction": value / state[
+            "dense_latency"], "feasible": value <= bound,
+            "params": sum(p.numel() for p in module.parameters())})  # fmt: skip
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(state, indent=1) + "\n")
+        log.info(
+            "draw %d: %.3f of dense latency", len(state["draws"]), value / state["dense_latency"]
+        )
+    return state
+
+
+def _tag(name: str, width: float, i: int, args: argparse.Namespace) -> str:
+    return (f"{name}-w{width:g}-t{args.train_images}-c{i}-r{args.recover_steps}"
+            f"-f{args.finetune_epochs}-n{args.test_images}")  # fmt: skip
+
+
+def _stored_tags(rows: RunRows, name: str, args: argparse.Namespace) -> list[str]:
+    tags = [_tag(name, MODELS[name], i, args) for i in range(args.candidates)]
+    return [t for t in tags if rows.get(t) is not None]
+
+
+def run_model(name: str, width: float, args: argparse.Namespace, rows: RunRows) -> list[dict]:
+    import torch
+
+    from hwprune.space import ChannelSpace, Policy
+    from hwprune.train import finetune
+    from hwprune.train.proxy import (
+        bn_proxy,
+        distill_batches,
+        kd_proxy,
+        recover_proxy,
+        reference_outputs,
+    )
+
+    data = _data(args)
+    dense, ckpt, meta = dense_model(name, width, data, args)
+    digest = sha256(ckpt)
+    space = ChannelSpace(dense, example_input_shape=(1, 3, 32, 32), round_to=1, min_keep=MIN_KEEP)
+    state = candidates(name, width, space, dense, args)
+    feasible = [d for d in state["draws"] if d["feasible"]][: args.candidates]
+    calib = _subset(data.train, BN_BATCHES * BN_BATCH_SIZE, seed=3)
+    search = _subset(data.search, SEARCH_IMAGES, seed=4)
+    test = _subset(data.test, args.test_images, seed=1)
+    ft_data = dataclasses.replace(data, search=_subset(data.search, 256, 5), test=test)
+    t0 = time.perf_counter()
+    reference = reference_outputs(dense, search)
+    batches = distill_batches(dense, data.train, steps=args.recover_steps, batch_size=BATCH, seed=0)
+    setup_seconds = time.perf_counter() - t0
+    done = []
+    for i, draw in enumerate(feasible):
+        tag = _tag(name, width, i, args)
+        row = rows.get(tag)
+        if row is not None:
+            done.append(row)
+            continue
+        candidate = space.apply(Policy(keep=tuple(draw["keep"])))
+        common = {"calib": calib, "bn_batches": BN_BATCHES, "bn_batch_size": BN_BATCH_SIZE}
+        scores = [
+            bn_proxy(candidate, search=search, **common),
+            kd_proxy(candidate, reference=reference, temperature=TEMPERATURE, **common),
+            recover_proxy(
+                candidate, reference=reference, batches=batches, temperature=TEMPERATURE, **common
+            ),  # fmt: skip
+        ]
+        t1 = time.perf_counter()
+        torch.manual_seed(0)
+        result = finetune(candidate, ft_data, epochs=args.finetune_epochs, teacher=dense,
+                          batch_size=BATCH, seed=0)  # fmt: skip
+        row = {
+            "model": name, "width": width, "candidate": i, "keep": draw["keep"],
+            "latency": draw["latency"], "latency_fraction": draw["fraction"],
+            "params": draw["params"], "dense_checkpoint": str(ckpt), "dense_sha256": digest,
+            "dense_test_accuracy": meta.get("test_accuracy"), "train_images": args.train_images,
+            "test_images": len(test), "recover_steps": args.recover_steps,
+            "finetune_epochs": args.finetune_epochs, "setup_seconds": setup_seconds,
+            "proxies": {s.proxy: dataclasses.asdict(s) for s in scores},
+            "accuracy": result.test_accuracy, "finetune_seconds": time.perf_counter() - t1,
+        }  # fmt: skip
+        rows.put(tag, row)
+        done.append(row)
+        log.info("candidate %d: latency %.3f, bn %.3f, kd %.3f, %s %.3f -> test %.4f", i,
+                 draw["fraction"], scores[0].value, scores[1].value, scores[2].proxy,
+                 scores[2].value, result.test_accuracy)  # fmt: skip
+    return done
+
+
+def summarise(done: Sequence[dict]) -> list[dict[str, Any]]:
+    """Per proxy: Spearman with the accuracy after fine-tuning, its interval, seconds."""
+    if not done:
+        return []
+    acc = [r["accuracy"] for r in done]
+    recover = next(k for k in done[0]["proxies"] if k.startswith("recover"))
+    series = {
+        "latency (larger is better; free)": ([r["latency_fraction"] for r in done], [0.0]),
+        "bn (accuracy)": ([r["proxies"]["bn"]["value"] for r in done],
+                          [r["proxies"]["bn"]["seconds"] for r in done]),
+        "kd (-KD loss)": ([r["proxies"]["kd"]["value"] for r in done],
+                          [r["proxies"]["kd"]["seconds"] for r in done]),
+        f"{recover} (-KD loss)": ([r["proxies"][recover]["value"] for r in done],
+                                  [r["proxies"][recover]["seconds"] for r in done]),
+        f"{recover} (accuracy)": ([r["proxies"][recover]["accuracy"] for r in done],
+                                  [r["proxies"][recover]["seconds"] for r in done]),
+    }  # fmt: skip
+    out = []
+    for proxy, (values, seconds) in series.items():
+        lo, hi = bootstrap_interval(values, acc)
+        out.append({"model": done[0]["model"], "width": done[0]["width"], "proxy": proxy,
+                    "candidates": len(done), "spearman": spearman(values, acc),
+                    "ci_low": lo, "ci_high": hi, "seconds": statistics.fmean(seconds)})  # fmt: skip
+    return out
+
+
+def recommend(summary: Sequence[dict[str, Any]]) -> str:
+    """The proxy to make the default: the cheapest with rho >= 0.6 on every model studied, else
+    the highest worst-case rho. From the stored numbers, not by hand."""
+    by: dict[str, list[dict]] = {}
+    for s in summary:
+        if not s["proxy"].startswith("latency"):
+            by.setdefault(s["proxy"].split(" ")[0], []).append(s)
+    if not by:
+        return "no rows stored yet"
+    worst = {p: min(x["spearman"] for x in ss) for p, ss in by.items()}
+    cost = {p: max(x["seconds"] for x in ss) for p, ss in by.items()}
+    good = [p for p in by if worst[p] >= 0.6]
+    if good:
+        pick = min(good, key=lambda p: cost[p])
+        why = f"the cheapest proxy with Spearman >= 0.6 ({worst[pick]:.2f}, {cost[pick]:.1f} s)"
+    else:
+        pick = max(by, key=lambda p: worst[p])
+        why = f"none reaches Spearman 0.6; the highest is {worst[pick]:.2f} at {cost[pick]:.1f} s"
+    return f"Recommended default: `{pick}`: {why}."
+
+
+def report(all_rows: dict[str, list[dict]], args: argparse.Namespace) -> None:
+    env = environment()
+    summary = [s for rows in all_rows.values() for s in summarise(rows)]
+    write_results(NAME, {"summary": summary, "rows": all_rows}, command=command_line(), env=env,
+                  quick=args.quick)  # fmt: skip
+    table = markdown_table(
+        ["model", "proxy", "candidates", "Spearman", "95% CI", "seconds / candidate"],
+        [[f"{s['model']} w{s['width']:g}", s["proxy"], s["candidates"], f"{s['spearman']:.2f}",
+          f"{s['ci_low']:.2f} .. {s['ci_high']:.2f}", f"{s['seconds']:.1f}"]
+         for s in summary],
+    )  # fmt: skip
+    facts = []
+    for model, rows in all_rows.items():
+        if not rows:
+            continue
+        r0 = rows[0]
+        accs = [r["accuracy"] for r in rows]
+        fr = [r["latency_fraction"] for r in rows]
+        facts.append(
+            f"- {model}: dense test accuracy {r0['dense_test_accuracy']:.4f} "
+            f"(checkpoint sha256 {r0['dense_sha256'][:16]}...); {len(rows)} feasible candidates "
+            f"at {min(fr):.2f}-{max(fr):.2f} of dense latency; after fine-tuning "
+            f"{min(accs):.4f}-{max(accs):.4f} test accuracy; teacher outputs for kd/recover "
+            f"once per run: {r0['setup_seconds']:.0f} s."
+        )
+    notes = (
+        f"Fashion-MNIST, a fixed {args.train_images}-image training subset (seed 0), dense model "
+        f"trained {args.dense_epochs} epochs (batch {BATCH}, lr {DENSE_LR}). Candidates: random "
+        f"per-layer keep ratios around a random level (`sample_keep`), kept when "
+        f"`{ORACLE}` measures them at <= {BUDGET:.0%} of the dense latency. Proxies on "
+        f"{SEARCH_IMAGES} fixed search images after BN re-estimation on {BN_BATCHES}x"
+        f"{BN_BATCH_SIZE} training images; recover: {args.recover_steps} SGD steps (batch "
+        f"{BATCH}, lr 0.01, 0.5 CE + 0.5 KD, T={TEMPERATURE:g}) on a copy. Fine-tuning: "
+        f"{args.finetune_epochs} epoch(s) distilled from the dense model (batch {BATCH}, lr 0.01), "
+        f"then test accuracy on {args.test_images} of the official 10,000 test images"
+        + (" (a fixed seeded subset: the machine is small)" if args.test_images < 10000 else "")
+        + ". Seconds are wall time of one process on one core of a shared, loaded machine.\n\n"
+        + "\n".join(facts)
+        + "\n\n"
+        + recommend(summary)
+    )
+    update_results_md(NAME, "Search proxies: rank correlation with accuracy after fine-tuning",
+                      table, command=command_line(), env=env, notes=notes,
+                      quick=args.quick)  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["vgg16_cifar"], choices=sorted(MODELS))
+    parser.add_argument("--candidates", type=int, default=24)
+    parser.add_argument("--train-images", type=int, default=3000)
+    parser.add_argument("--test-images", type=int, default=10000)
+    parser.add_argument("--dense-epochs", type=int, default=3)
+    parser.add_argument("--finetune-epochs", type=int, default=1)
+    parser.add_argument("--recover-steps", type=int, default=30)
+    parser.add_argument("--data-dir", default=None, help="folder of the four idx files")
+    parser.add_argument("--stored-only", action="store_true", help="tables from stored rows only")
+    parser.add_argument("--quick", action="store_true",
+                        help="a tiny smoke run into benchmarks/results/quick/")  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.candidates, args.train_images, args.test_images = 2, 256, 256
+        args.dense_epochs, args.recover_steps = 1, 3
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    rows = RunRows(NAME, root=results_dir(quick=args.quick))
+    all_rows = {}
+    for name in args.models:
+        if args.stored_only:
+            all_rows[name] = [rows.get(tag) for tag in _stored_tags(rows, name, args)]
+        else:
+            all_rows[name] = run_model(name, MODELS[name], args, rows)
+        report(all_rows, args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
