@@ -227,3 +227,21 @@ def test_a_whole_suite_records_its_wall_times(
     md = (tmp_path / "RESULTS.md").read_text()
     assert "<!-- BEGIN run_quick -->" in md and "| all |  | 93 |" in md
     assert "the cache was empty at the start" in md
+
+
+def test_proxy_study_spearman_matches_scipy_with_ties_and_samples_spread_keeps() -> None:
+    import random
+
+    from scipy.stats import spearmanr
+
+    from benchmarks.proxy_study import MIN_KEEP, sample_keep, spearman
+
+    xs = [0.1, 0.4, 0.4, 0.2, 0.9, 0.5, 0.5, 0.3]
+    ys = [1.0, 3.0, 2.0, 2.0, 5.0, 4.0, 6.0, 0.0]
+    assert spearman(xs, ys) == pytest.approx(spearmanr(xs, ys).statistic)
+    assert spearman(xs, [-y for y in ys]) == pytest.approx(-spearmanr(xs, ys).statistic)
+    assert spearman(xs, [1.0] * len(xs)) != spearman(xs, [1.0] * len(xs))  # nan: constant side
+    keeps = [sample_keep(random.Random(i), 13) for i in range(50)]
+    assert all(MIN_KEEP <= k <= 1.0 for keep in keeps for k in keep)
+    means = [sum(k) / len(k) for k in keeps]
+    assert min(means) < 0.25 and max(means) > 0.5  # levels spread, not one shape
