@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +51,7 @@ __all__ = [
     "kd_loss",
     "kd_proxy",
     "parse_proxy",
+    "proxy_scorer",
     "recover_proxy",
     "reference_outputs",
 ]
@@ -312,3 +313,49 @@ def recover_proxy(
                              device=device)  # fmt: skip
     return ProxyResult(f"recover:{len(batches)}", -loss_after, time.perf_counter() - t0, acc,
                        loss_after)  # fmt: skip
+
+
+def proxy_scorer(
+    spec: str | ProxySpec,
+    *,
+    dense: nn.Module,
+    calib: Dataset,
+    search: Dataset,
+    train: Dataset,
+    temperature: float = 4.0,
+    batch_size: int = 64,
+    bn_batches: int = 4,
+    bn_batch_size: int = 64,
+    device: str = "cpu",
+    seed: int = 0,
+) -> Callable[[nn.Module], ProxyResult]:
+    """A function ``candidate -> ProxyResult`` for one proxy spec and a run's fixed inputs.
+
+    The dense model's outputs (on ``search`` for kd/recover, on ``STEPS`` batches
+    of ``train`` for recover) are computed on the first call and reused: the
+    search calls it once per candidate. ``calib`` re-estimates BatchNorm.
+    Example: ``score = proxy_scorer("kd", dense=model, calib=c, search=s, train=t)``.
+    """
+    parsed = spec if isinstance(spec, ProxySpec) else parse_proxy(spec)
+    _check_temperature(temperature)
+    common = {"calib": calib, "bn_batches": bn_batches, "bn_batch_size": bn_batch_size,
+              "device": device, "seed": seed}  # fmt: skip
+    fixed: dict[str, object] = {}
+
+    def reference() -> Reference:
+        if "reference" not in fixed:
+            fixed["reference"] = reference_outputs(dense, search, device=device)
+        return fixed["reference"]  # type: ignore[return-value]
+
+    def score(candidate: nn.Module) -> ProxyResult:
+        if parsed.kind == "bn":
+            return bn_proxy(candidate, search=search, **common)
+        if parsed.kind == "kd":
+            return kd_proxy(candidate, reference=reference(), temperature=temperature, **common)
+        if "batches" not in fixed:
+            fixed["batches"] = distill_batches(dense, train, steps=parsed.steps,
+                                               batch_size=batch_size, seed=seed, device=device)  # fmt: skip
+        return recover_proxy(candidate, reference=reference(), batches=fixed["batches"],
+                             temperature=temperature, **common)  # type: ignore[arg-type]  # fmt: skip
+
+    return score

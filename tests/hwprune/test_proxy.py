@@ -17,6 +17,7 @@ from hwprune.train.proxy import (
     distill_batches,
     kd_proxy,
     parse_proxy,
+    proxy_scorer,
     recover_proxy,
     reference_outputs,
 )
@@ -112,3 +113,23 @@ def test_distill_batches_are_fixed_by_the_seed():
         distill_batches(s["less"], s["data"].train, steps=0)
     with pytest.raises(ConfigError, match="temperature must be positive"):
         kd_proxy(s["less"], calib=s["calib"], reference=s["ref"], temperature=0)
+
+
+def test_proxy_scorer_matches_the_functions_and_reuses_the_dense_outputs():
+    torch.manual_seed(0)
+    data = get_dataset("digits")
+    dense = _net().eval()
+    candidate = nn.Sequential(*[m for m in _net().children()]).eval()
+    calib, search = Subset(data.train, range(64)), Subset(data.search, range(32))
+    ref = reference_outputs(dense, search)
+    args = {"dense": dense, "calib": calib, "search": search, "train": data.train}
+    bn = proxy_scorer("bn", **args)(candidate)
+    assert bn.value == bn_proxy(candidate, calib=calib, search=search).value
+    kd = proxy_scorer("kd", **args)(candidate)
+    assert kd.value == kd_proxy(candidate, calib=calib, reference=ref).value
+    recover = proxy_scorer("recover:2", **args)
+    first, second = recover(candidate), recover(candidate)
+    assert first.proxy == "recover:2" and (first.value, first.accuracy) == (
+        second.value, second.accuracy)  # fmt: skip
+    with pytest.raises(ConfigError, match="unknown proxy"):
+        proxy_scorer("accuracy", **args)
