@@ -244,4 +244,4 @@ def test_proxy_study_spearman_matches_scipy_with_ties_and_samples_spread_keeps()
     keeps = [sample_keep(random.Random(i), 13) for i in range(50)]
     assert all(MIN_KEEP <= k <= 1.0 for keep in keeps for k in keep)
     means = [sum(k) / len(k) for k in keeps]
-    assert min(means) < 0.25 and max(means) > 0.5  # levels spread, not one shape
+    assert min(means) < 0.4 and max(means) > 0.6  # levels spread, not one shape
