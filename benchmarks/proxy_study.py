@@ -144,7 +144,7 @@ def _data(args: argparse.Namespace):
     try:
         return get_dataset(spec, seed=0)
     except DataError as exc:
-        sys.exit(f"proxy_study needs Fashion-MNIST: {exc}")
+        sys.exit(f"proxy_study needs Fashion-MNIST (or --data-dir DIR): {exc}")
 
 
 def _subset(dataset, n: int, seed: int):
