@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -136,6 +136,13 @@ class ChannelSpace:
     output channels never pruned; ``ignored_layers`` (names or modules) adds
     more. Grouped (non-depthwise) convolutions are left out.
 
+    ``channel_choices`` (unit id -> allowed kept-channel counts, e.g. from
+    ``hwprune.space.staircase.probe_staircase(...).choices()``) replaces
+    ``round_to`` for the units it names: the count ``keep`` asks for is snapped
+    up to the smallest allowed count at or above it (the top of the latency
+    step it falls in), and the unit's full count is always allowed. Units it
+    does not name keep ``round_to``.
+
     Example::
 
         space = ChannelSpace(model, example_input_shape=(1, 3, 32, 32), round_to=8)
@@ -156,6 +163,7 @@ class ChannelSpace:
         ignored_layers: Iterable[str | nn.Module] | None = None,
         calibration: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
         seed: int = 0,
+        channel_choices: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
         import torch_pruning as tp
 
@@ -218,6 +226,7 @@ class ChannelSpace:
         order = sorted(range(len(units)), key=lambda i: position[units[i]["id"]])
         self.units: list[Unit] = [Unit(index=j, **units[i]) for j, i in enumerate(order)]
         self._plans: list[_Plan] = [plans[i] for i in order]
+        self.channel_choices = self._check_choices(channel_choices)
         self._signature = hashlib.sha256(
             json.dumps(
                 [self.importance, self.seed, list(shape), [(u.id, u.channels) for u in self.units]]
@@ -230,6 +239,40 @@ class ChannelSpace:
             self.dense_macs,
             ", ".join(self.output_layers) or "none",
         )
+
+    def _check_choices(
+        self, choices: Mapping[str, Sequence[int]] | None
+    ) -> dict[str, tuple[int, ...]]:
+        if choices is None:
+            return {}
+        if not isinstance(choices, Mapping):
+            raise ConfigError(
+                "channel_choices must map unit ids to allowed channel counts, "
+                f"got {type(choices).__name__}"
+            )
+        by_id = {u.id: u for u in self.units}
+        unknown = sorted(str(k) for k in choices if k not in by_id)
+        if unknown:
+            raise ConfigError(
+                f"channel_choices names units this space does not have: {', '.join(unknown)} "
+                f"(units: {', '.join(by_id)})"
+            )
+        out: dict[str, tuple[int, ...]] = {}
+        for uid, counts in choices.items():
+            channels = by_id[uid].channels
+            try:
+                allowed = {int(c) for c in counts}
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(
+                    f"channel_choices[{uid!r}] must be channel counts, got {counts!r}"
+                ) from exc
+            bad = sorted(c for c in allowed if not 1 <= c <= channels)
+            if bad:
+                raise ConfigError(
+                    f"channel_choices[{uid!r}] has counts outside 1..{channels}: {bad}"
+                )
+            out[uid] = tuple(sorted(allowed | {channels}))
+        return out
 
     # ------------------------------------------------------------ building
     def _backward(self, calibration: Any) -> dict[nn.Parameter, torch.Tensor | None]:
@@ -362,10 +405,19 @@ class ChannelSpace:
         n = math.floor(want / r + 0.5 + 1e-9) * r
         return int(min(channels, max(min(channels, r), 1, n)))
 
+    def unit_channels_for(self, keep: float, unit: Unit) -> int:
+        """Channels ``unit`` keeps at ratio ``keep``: snapped to its ``channel_choices`` if any."""
+        allowed = self.channel_choices.get(unit.id)
+        if not allowed:
+            return self.channels_for(keep, unit.channels)
+        want = max(float(keep), self.min_keep) * unit.channels
+        n = max(1, math.floor(want + 0.5 + 1e-9))
+        return next((c for c in allowed if c >= n), allowed[-1])
+
     def _kept(self, policy: Policy) -> list[int]:
         self._check(policy)
         return [
-            self.channels_for(k, u.channels)
+            self.unit_channels_for(k, u)
             for k, u in zip(policy.aligned(self).keep, self.units, strict=True)
         ]
 
@@ -386,7 +438,10 @@ class ChannelSpace:
     # --------------------------------------------------------------- apply
     def apply(self, policy: Policy) -> nn.Module:
         """A physically pruned deep copy of the dense model (the dense model is not touched)."""
-        kept = self._kept(policy)
+        return self._apply_kept(self._kept(policy))
+
+    def _apply_kept(self, kept: Sequence[int]) -> nn.Module:
+        """The dense model with each unit cut to ``kept[i]`` channels (no rounding applied)."""
         calls: dict[tuple[str, Any], tuple[_Op, list[np.ndarray]]] = {}
         for unit, plan, k in zip(self.units, self._plans, kept, strict=True):
             if k >= unit.channels:

@@ -1,0 +1,556 @@
+"""Channel counts the runtime likes: each unit's latency staircase, measured, and its step tops.
+
+On a real runtime the latency of a layer as a function of its channel count
+is a staircase (SIMD width, GEMM tiles): flat runs, then a jump, with step
+widths that differ by runtime, layer shape and direction (output or input
+channels). ``probe_staircase`` measures it with the target oracle and
+``Staircase.choices()`` gives, per unit, the largest count of every step, for
+``ChannelSpace(channel_choices=...)``: a proposed count is then built with
+the most channels its latency step allows. Never pay a step for a few
+channels, never leave free channels on the table.
+
+How a unit is timed. Pruning a unit changes the output channels of the
+layers that produce it and the input channels of the layers that read it
+(and the BatchNorms between, which ONNX Runtime and OpenVINO fold into the
+convolution). The probe cuts the unit to ``k`` channels with the space's own
+surgery (the rest dense), takes every Conv/Linear layer of the unit from that
+pruned model, and times each one *alone* as a one-layer ONNX model at the
+input shape it sees inside the network. The unit's latency at ``k`` is the sum
+of its layers' times. Single layers rather than the whole network, because
+the whole network's run-to-run noise on a loaded machine (5-20% of ~1 ms
+measured here for a width-0.5 VGG-11) is larger than one unit's steps, while
+one layer's median is known to well under 1% in a fraction of a second; what
+the one-layer model leaves out (the layers that do not change with ``k``) adds
+a constant, which moves no step. Layers with the same shape share one
+measurement (the oracle cache keys by graph structure), so the repeated
+blocks of a ResNet are timed once.
+
+Where the steps are. Counts are probed on a coarse grid
+(``counts_per_unit`` points from the smallest count the space allows to the
+full count); wherever two neighbours differ by more than the noise, the
+interval is bisected down to one channel, so every step edge is found
+exactly without timing every count. The coarse grid's inner counts are
+multiples of a power of two (the stride that gives about ``counts_per_unit``
+points), because most runtimes are fastest at aligned counts; which
+alignment, and how much it matters, is what is measured. The noise is the
+larger of ``noise_floor`` (a fraction of the latency) and the spread the
+oracle itself reports: half the range of three independent calls at the full
+count plus each median's confidence half-width. Then, from the largest count down, a count starts a new
+step only when it is faster than the current step by more than the noise:
+the allowed counts are the step tops, and a count slower than a larger one
+(a spike) is never allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hwprune.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Staircase",
+    "UnitStaircase",
+    "find_steps",
+    "probe_staircase",
+    "proposed_and_built",
+    "staircase_table",
+    "write_staircase_plots",
+]
+
+#: Independent oracle calls at a unit's full count, to measure the run-to-run spread.
+NOISE_REPEATS = 3
+
+
+@dataclass(frozen=True)
+class UnitStaircase:
+    """One unit's measured latency against its kept-channel count, and the counts chosen from it.
+
+    ``counts`` ascending, ``latency`` the sum of the unit's layers' medians at
+    each count (the oracle's unit, e.g. ms), ``noise`` the relative spread a
+    step had to exceed, ``choices`` the step tops (ascending, the full count
+    last), ``layers`` the Conv/Linear layers timed.
+    """
+
+    unit: str
+    channels: int
+    counts: tuple[int, ...]
+    latency: tuple[float, ...]
+    noise: float
+    choices: tuple[int, ...]
+    layers: tuple[str, ...] = ()
+
+    def latency_at(self, count: int) -> float:
+        """Latency of the step ``count`` falls in (the measured value of its step top)."""
+        table = dict(zip(self.counts, self.latency, strict=True))
+        top = next((c for c in self.choices if c >= count), self.channels)
+        return table[top]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "unit": self.unit,
+            "channels": self.channels,
+            "counts": list(self.counts),
+            "latency": list(self.latency),
+            "noise": self.noise,
+            "choices": list(self.choices),
+            "layers": list(self.layers),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UnitStaircase:
+        return cls(
+            unit=str(data["unit"]),
+            channels=int(data["channels"]),
+            counts=tuple(int(c) for c in data["counts"]),
+            latency=tuple(float(x) for x in data["latency"]),
+            noise=float(data["noise"]),
+            choices=tuple(int(c) for c in data["choices"]),
+            layers=tuple(str(n) for n in data.get("layers", ())),
+        )
+
+
+@dataclass(frozen=True)
+class Staircase:
+    """Every probed unit's staircase for one oracle, and what the probe cost.
+
+    ``oracle_calls`` counts the calls the oracle really ran (each timed for
+    ``min_time`` or more); ``cached_calls`` those answered by the measurement
+    cache; ``seconds`` the probe's wall time (exports included).
+    """
+
+    oracle: str
+    unit: str  # the oracle's unit, e.g. "ms"
+    units: tuple[UnitStaircase, ...]
+    oracle_calls: int = 0
+    cached_calls: int = 0
+    seconds: float = 0.0
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def choices(self) -> dict[str, tuple[int, ...]]:
+        """Allowed kept-channel counts by unit id, for ``ChannelSpace(channel_choices=...)``."""
+        return {u.unit: u.choices for u in self.units}
+
+    def by_unit(self) -> dict[str, UnitStaircase]:
+        return {u.unit: u for u in self.units}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "oracle": self.oracle,
+            "unit": self.unit,
+            "oracle_calls": self.oracle_calls,
+            "cached_calls": self.cached_calls,
+            "seconds": self.seconds,
+            "settings": dict(self.settings),
+            "units": [u.to_dict() for u in self.units],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Staircase:
+        return cls(
+            oracle=str(data["oracle"]),
+            unit=str(data.get("unit", "")),
+            units=tuple(UnitStaircase.from_dict(u) for u in data["units"]),
+            oracle_calls=int(data.get("oracle_calls", 0)),
+            cached_calls=int(data.get("cached_calls", 0)),
+            seconds=float(data.get("seconds", 0.0)),
+            settings=dict(data.get("settings", {})),
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write the staircase as JSON (atomically)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Staircase:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"cannot read a staircase from {str(path)!r}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- step finding
+
+
+def find_steps(counts: Sequence[int], latency: Sequence[float], *, noise: float) -> tuple[int, ...]:
+    """The top count of every latency step, ascending (the largest count is always one).
+
+    Walking down from the largest count, a count opens a new, lower step only
+    when it is faster than the current step's level by more than ``noise``
+    (relative to that level); otherwise it is dominated: a larger count runs
+    no slower. ``counts`` need not be sorted; duplicates are not allowed.
+
+    >>> find_steps([8, 16, 24, 32], [1.0, 1.0, 2.0, 2.0], noise=0.05)
+    (16, 32)
+    """
+    if len(counts) != len(latency) or not counts:
+        raise ValueError("find_steps needs as many latencies as counts, and at least one")
+    if len(set(counts)) != len(counts):
+        raise ValueError(f"find_steps got a count twice: {sorted(counts)}")
+    pairs = sorted(zip(counts, latency, strict=True), reverse=True)
+    tops = [pairs[0][0]]
+    level = pairs[0][1]
+    for count, value in pairs[1:]:
+        if value < level * (1.0 - noise):
+            tops.append(count)
+            level = value
+    return tuple(sorted(tops))
+
+
+# --------------------------------------------------------------------------- the probe
+
+
+def _layer_inputs(space: Any) -> dict[str, tuple[int, ...]]:
+    """Input shape of every Conv/Linear layer of the dense model (first call), by name."""
+    import torch
+    from torch import nn
+
+    from hwprune.space import _layers
+
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(module: nn.Module, inputs: Any, output: Any) -> None:
+            if inputs and isinstance(inputs[0], torch.Tensor):
+                shapes.setdefault(name, tuple(int(s) for s in inputs[0].shape))
+
+        return record
+
+    model = space.model
+    handles = [
+        m.register_forward_hook(hook(n))
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(_layers.example_input(model, space.example_input_shape))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+class _Prober:
+    """Times one-layer models through the oracle cache, remembering each layer shape's value."""
+
+    def __init__(self, space: Any, oracle: Any, cache: Any) -> None:
+        self.space = space
+        self.oracle = oracle
+        self.cache = cache
+        self.inputs = _layer_inputs(space)
+        self.memo: dict[tuple[str, tuple[int, ...]], Any] = {}
+        self.calls = 0
+        self.cached = 0
+        self.unit_ids = [u.id for u in space.units]
+
+    def _layers_at(self, unit: Any, count: int) -> list[tuple[str, Any, tuple[int, ...]]]:
+        """The unit's Conv/Linear layers cut to ``count`` (rest dense), with their input shapes."""
+        from torch import nn
+
+        kept = [count if u.id == unit.id else u.channels for u in self.space.units]
+        pruned = self.space._apply_kept(kept)
+        modules = dict(pruned.named_modules())
+        out = []
+        for name in unit.layers:
+            m = modules.get(name)
+            if not isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) or name not in self.inputs:
+                continue
+            shape = list(self.inputs[name])
+            if isinstance(m, nn.Linear):
+                shape[-1] = m.in_features
+            else:
+                shape[1] = m.in_channels
+            out.append((name, m, tuple(shape)))
+        return out
+
+    def _time(self, module: Any, shape: tuple[int, ...], *, repeats: int = 1) -> Any:
+        import copy
+
+        import oracles
+        from hwprune.export.onnx import export_onnx
+
+        key = (repr(module), shape)
+        if key in self.memo and (repeats == 1 or "repeat_values" in self.memo[key].extra):
+            return self.memo[key]
+        layer = copy.deepcopy(module).eval()
+        data = export_onnx(layer, input_shape=shape)
+        m = oracles.measure(
+            self.oracle, data, input_shapes={"input": shape}, cache=self.cache, repeats=repeats
+        )
+        if m.cached:
+            self.cached += 1
+        else:
+            self.calls += repeats if self.oracle.timed else 1
+        self.memo[key] = m
+        return m
+
+    def unit_latency(self, unit: Any, count: int, *, repeats: int = 1) -> tuple[float, float]:
+        """(sum of the layers' medians, sum of their absolute spreads) at ``count`` channels."""
+        total = spread = 0.0
+        for _, module, shape in self._layers_at(unit, count):
+            m = self._time(module, shape, repeats=repeats)
+            total += m.value
+            if m.ci_low is not None and m.ci_high is not None:
+                spread += (m.ci_high - m.ci_low) / 2
+            values = m.extra.get("repeat_values") if m.extra else None
+            if values:
+                spread += (max(values) - min(values)) / 2
+        return total, spread
+
+
+def _grid(low: int, high: int, points: int) -> list[int]:
+    """About ``points`` counts from ``low`` to ``high`` (both included).
+
+    The counts between are the multiples of a power of two, so that runtimes
+    which are fast at aligned counts (most are) show their fast counts on the
+    coarse grid; the bisection then finds the edges between them.
+    """
+    if high <= low:
+        return [high]
+    stride = 2 ** max(0, math.floor(math.log2(max(1.0, (high - low) / max(1, points - 1)))))
+    first = -(-low // stride) * stride
+    return sorted({low, high, *range(first, high, stride)})
+
+
+def probe_staircase(
+    space: Any,
+    oracle_spec: str,
+    *,
+    cache: Any | None,
+    counts_per_unit: int = 12,
+    noise_floor: float = 0.02,
+    units: Iterable[str] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> Staircase:
+    """Measure every unit's latency staircase on ``oracle_spec`` and choose its step tops.
+
+    ``space`` is a ChannelSpace (its ``min_keep`` sets the smallest count
+    probed); ``cache`` an ``oracles.MeasurementCache`` (a second probe of the
+    same space on the same machine is answered from it with no oracle call);
+    ``counts_per_unit`` the coarse grid's size before bisection near jumps;
+    ``noise_floor`` the smallest relative jump that counts as a step; ``units``
+    restricts the probe to some unit ids; ``progress(done, total, unit_id)``
+    is called after each unit.
+
+    Example::
+
+        stairs = probe_staircase(space, "onnxruntime:cpu?threads=1", cache=MeasurementCache())
+        space = ChannelSpace(model, example_input_shape=shape, channel_choices=stairs.choices())
+    """
+    import oracles
+
+    if getattr(space, "granularity", None) != "channel":
+        raise ConfigError("the latency staircase is probed on a channel space only")
+    if not isinstance(counts_per_unit, int) or counts_per_unit < 2:
+        raise ConfigError(
+            f"counts_per_unit must be an integer of 2 or more, got {counts_per_unit!r}"
+        )
+    if not 0.0 <= float(noise_floor) < 1.0:
+        raise ConfigError(f"noise_floor must lie in [0, 1), got {noise_floor!r}")
+    oracle = oracles.get_oracle(oracle_spec)
+    if oracle.quantity != "latency" or oracle.input_format != "onnx":
+        raise ConfigError(
+            f"the staircase is probed with an ONNX latency oracle (onnxruntime, tensorrt, ...), "
+            f"got {oracle.spec!r} ({oracle.quantity}, {oracle.input_format} input)"
+        )
+    chosen = list(space.units)
+    if units is not None:
+        wanted = set(units)
+        unknown = sorted(wanted - {u.id for u in chosen})
+        if unknown:
+            raise ConfigError(f"no unit named {', '.join(unknown)} in the space")
+        chosen = [u for u in chosen if u.id in wanted]
+
+    t0 = time.perf_counter()
+    prober = _Prober(space, oracle, cache)
+    results: list[UnitStaircase] = []
+    for done, unit in enumerate(chosen, start=1):
+        results.append(
+            _probe_unit(
+                prober, unit, min_keep=space.min_keep, points=counts_per_unit, floor=noise_floor
+            )
+        )
+        if progress is not None:
+            progress(done, len(chosen), unit.id)
+    stairs = Staircase(
+        oracle=oracle.spec,
+        unit=oracle.unit,
+        units=tuple(results),
+        oracle_calls=prober.calls,
+        cached_calls=prober.cached,
+        seconds=time.perf_counter() - t0,
+        settings={"counts_per_unit": counts_per_unit, "noise_floor": float(noise_floor)},
+    )
+    log.info(
+        "latency staircase on %s: %d units, %d oracle calls, %d from the cache, %.1f s",
+        stairs.oracle,
+        len(results),
+        stairs.oracle_calls,
+        stairs.cached_calls,
+        stairs.seconds,
+    )
+    return stairs
+
+
+def _probe_unit(
+    prober: _Prober, unit: Any, *, min_keep: float, points: int, floor: float
+) -> UnitStaircase:
+    channels = unit.channels
+    low = min(channels, max(1, math.floor(min_keep * channels + 0.5 + 1e-9)))
+    top, spread = prober.unit_latency(unit, channels, repeats=NOISE_REPEATS)
+    noise = max(floor, spread / top if top > 0 else 0.0)
+    values: dict[int, float] = {channels: top}
+
+    def at(count: int) -> float:
+        if count not in values:
+            values[count] = prober.unit_latency(unit, count)[0]
+        return values[count]
+
+    def refine(a: int, b: int) -> None:
+        # Bisect wherever the latency rises by more than the noise, down to one channel.
+        if b - a <= 1 or at(b) <= at(a) * (1.0 + noise):
+            return
+        mid = (a + b) // 2
+        refine(a, mid)
+        refine(mid, b)
+
+    grid = _grid(low, channels, points)
+    for count in grid:
+        at(count)
+    for a, b in zip(grid, grid[1:], strict=False):
+        refine(a, b)
+    counts = tuple(sorted(values))
+    latency = tuple(values[c] for c in counts)
+    choices = find_steps(counts, latency, noise=noise)
+    layers = tuple(name for name, _, _ in prober._layers_at(unit, channels))
+    log.debug("unit %s: %d counts timed, steps at %s", unit.id, len(counts), choices)
+    return UnitStaircase(
+        unit=unit.id,
+        channels=channels,
+        counts=counts,
+        latency=latency,
+        noise=noise,
+        choices=choices,
+        layers=layers,
+    )
+
+
+# --------------------------------------------------------------------------- what was built
+
+
+def proposed_and_built(space: Any, policy: Any) -> dict[str, tuple[int, int]]:
+    """Per unit id, (the count ``policy`` proposes, the count the space builds).
+
+    The proposed count is the ratio times the unit's channels (``min_keep``
+    applied, rounded to the nearest channel, at least 1); the built count is
+    ``space.kept_channels(policy)``: after ``round_to`` or the staircase's
+    snapping.
+    """
+    built = space.kept_channels(policy)
+    keep = policy.aligned(space).keep
+    out = {}
+    for k, unit in zip(keep, space.units, strict=True):
+        want = max(float(k), space.min_keep) * unit.channels
+        proposed = int(min(unit.channels, max(1, math.floor(want + 0.5 + 1e-9))))
+        out[unit.id] = (proposed, int(built[unit.id]))
+    return out
+
+
+# --------------------------------------------------------------------------- report side
+
+
+def _dominant(stairs: Staircase, top: int) -> list[UnitStaircase]:
+    """The ``top`` units whose latency changes most between their smallest and full count."""
+    return sorted(stairs.units, key=lambda u: u.latency[-1] - u.latency[0], reverse=True)[:top]
+
+
+def staircase_table(
+    stairs: Staircase, *, built: Mapping[str, int] | None = None
+) -> list[dict[str, Any]]:
+    """One row per unit: channels, allowed counts, the built count and its step's latency."""
+    rows = []
+    for u in stairs.units:
+        count = None if built is None else built.get(u.unit)
+        rows.append(
+            {
+                "unit": u.unit,
+                "channels": u.channels,
+                "choices": list(u.choices),
+                "steps": len(u.choices),
+                "noise": u.noise,
+                "built": count,
+                "latency_built": None if count is None else u.latency_at(count),
+                "latency_full": u.latency[-1],
+                "unit_of_latency": stairs.unit,
+            }
+        )
+    return rows
+
+
+def write_staircase_plots(
+    stairs: Staircase,
+    out_dir: str | Path,
+    *,
+    built: Mapping[str, int] | None = None,
+    top: int = 3,
+) -> tuple[list[Path], list[dict[str, Any]]]:
+    """Plot the measured staircase of the ``top`` units that dominate latency.
+
+    Writes ``<out_dir>/staircase_<unit>.png`` (measured latency against kept
+    channels, the allowed counts, and the count built in the final model from
+    ``built``, unit id -> count, when given) and returns the paths and
+    ``staircase_table(stairs, built=built)``. Needs matplotlib (the ``report``
+    plots need it too).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for u in _dominant(stairs, top):
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.step(u.counts, u.latency, where="post", color="0.6", lw=1)
+        ax.plot(u.counts, u.latency, ".", color="0.3", label="measured")
+        table = dict(zip(u.counts, u.latency, strict=True))
+        ax.plot(
+            u.choices,
+            [table[c] for c in u.choices],
+            "o",
+            mfc="none",
+            color="tab:blue",
+            label="allowed (step tops)",
+        )
+        count = None if built is None else built.get(u.unit)
+        if count is not None:
+            ax.axvline(count, color="tab:red", ls="--", lw=1)
+            ax.plot([count], [u.latency_at(count)], "*", ms=12, color="tab:red", label="built")
+        ax.set_xlabel("kept channels")
+        ax.set_ylabel(f"latency of the unit's layers ({stairs.unit})")
+        ax.set_title(f"{u.unit} on {stairs.oracle} (noise {u.noise:.1%})", fontsize=9)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in u.unit)
+        path = out / f"staircase_{safe}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths, staircase_table(stairs, built=built)

@@ -1,0 +1,155 @@
+"""The latency staircase: step finding on synthetic staircases, a real ONNX Runtime probe, snapping."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from hwprune.errors import ConfigError
+from hwprune.space import ChannelSpace, Policy
+from hwprune.space.staircase import (
+    Staircase,
+    find_steps,
+    probe_staircase,
+    proposed_and_built,
+    staircase_table,
+    write_staircase_plots,
+)
+from oracles import MeasurementCache
+
+# Short timing protocol: the probe's logic is under test here, not the oracle's precision.
+FAST_ORT = "onnxruntime:cpu?threads=1&warmup=2&min_runs=5&max_runs=50&min_time=0.01&max_time=0.5"
+
+
+class _Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 24, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(24, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.conv2(x))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def _space(**kwargs) -> ChannelSpace:
+    torch.manual_seed(0)
+    return ChannelSpace(_Tiny().eval(), example_input_shape=(1, 3, 16, 16), **kwargs)
+
+
+# ------------------------------------------------------------------ step finding (pure)
+
+
+def _staircase(edges: list[int], levels: list[float], top: int) -> list[tuple[int, float]]:
+    """Counts 1..top; latency ``levels[i]`` up to and including ``edges[i]``."""
+    out = []
+    for c in range(1, top + 1):
+        i = next(i for i, e in enumerate(edges) if c <= e)
+        out.append((c, levels[i]))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_find_steps_returns_the_top_of_every_step_under_noise(seed):
+    rng = random.Random(seed)
+    width = rng.choice([4, 6, 8, 16])
+    edges = list(range(width, 64 + 1, width))
+    if edges[-1] != 64:
+        edges.append(64)
+    levels = [1.15**i for i in range(len(edges))]  # every step 15% above the one below
+    points = _staircase(edges, levels, 64)
+    counts = [c for c, _ in points]
+    noisy = [v * (1.0 + rng.uniform(-0.02, 0.02)) for _, v in points]  # +-2% timing noise
+    assert find_steps(counts, noisy, noise=0.05) == tuple(edges)
+
+
+def test_find_steps_ignores_steps_below_the_noise_and_spikes():
+    counts = [8, 16, 24, 32, 40, 48]
+    # a 3% rise (below 5% noise), a spike at 40 (slower than 48), a real 40% step after 16
+    latency = [1.0, 1.03, 1.4, 1.41, 2.5, 1.42]
+    assert find_steps(counts, latency, noise=0.05) == (16, 48)
+    # with a smaller noise the 3% rise is a step
+    assert find_steps(counts, latency, noise=0.02) == (8, 16, 48)
+    with pytest.raises(ValueError, match="twice"):
+        find_steps([8, 8], [1.0, 1.0], noise=0.05)
+
+
+# ------------------------------------------------------------------ snapping in ChannelSpace
+
+
+def test_channel_choices_snap_up_to_the_step_top_and_keep_round_to_elsewhere():
+    space = _space(round_to=4, channel_choices={"conv1": [4, 8, 12]})
+    assert space.channel_choices == {"conv1": (4, 8, 12, 16)}  # the full count is added
+    kept = space.kept_channels(Policy.uniform(space, 0.3))
+    assert kept["conv1"] == 8  # 0.3 * 16 = 4.8 -> 5 -> the step topped by 8
+    assert kept["conv2"] == 8  # round_to 4: 0.3 * 24 = 7.2 -> 8
+    assert space.kept_channels(Policy.uniform(space, 0.75))["conv1"] == 12
+    assert space.kept_channels(Policy.dense(space))["conv1"] == 16
+    # the callers' channels_for(keep, channels) keeps its round_to meaning
+    assert space.channels_for(0.3, 16) == 4
+    pruned = space.apply(Policy.uniform(space, 0.3))
+    assert pruned.conv1.out_channels == 8 and pruned.conv2.in_channels == 8
+    assert proposed_and_built(space, Policy.uniform(space, 0.3)) == {
+        "conv1": (5, 8),
+        "conv2": (7, 8),
+    }
+
+
+def test_bad_channel_choices_are_rejected():
+    with pytest.raises(ConfigError, match="does not have: conv9"):
+        _space(channel_choices={"conv9": [4]})
+    with pytest.raises(ConfigError, match=r"outside 1\.\.16"):
+        _space(channel_choices={"conv1": [0, 8]})
+    with pytest.raises(ConfigError, match="must be channel counts"):
+        _space(channel_choices={"conv1": ["x"]})
+
+
+# ------------------------------------------------------------------ a real probe
+
+
+def test_probe_on_onnxruntime_chooses_probed_counts_and_a_second_probe_is_cached(tmp_path):
+    space = _space()
+    cache = MeasurementCache(tmp_path / "cache.sqlite")
+    first = probe_staircase(space, FAST_ORT, cache=cache, counts_per_unit=4)
+    assert [u.unit for u in first.units] == ["conv1", "conv2"]
+    assert first.oracle_calls > 0
+    for u in first.units:
+        assert list(u.counts) == sorted(set(u.counts))
+        assert set(u.choices) <= set(u.counts)
+        assert list(u.choices) == sorted(u.choices)
+        assert u.choices[-1] == u.channels
+        assert u.counts[0] == max(1, round(space.min_keep * u.channels))
+        assert all(v > 0 for v in u.latency)
+        assert u.layers  # the unit's producer and consumer layers were timed
+    assert first.by_unit()["conv1"].layers == ("conv1", "conv2")
+
+    second = probe_staircase(space, FAST_ORT, cache=cache, counts_per_unit=4)
+    assert second.oracle_calls == 0
+    assert second.cached_calls > 0
+    assert second.choices() == first.choices()
+
+    # The choices drive a space, and the result round-trips through JSON.
+    snapped = _space(channel_choices=first.choices())
+    kept = snapped.kept_channels(Policy.uniform(snapped, 0.5))
+    for u in first.units:
+        assert kept[u.unit] in u.choices
+    path = first.save(tmp_path / "staircase.json")
+    assert Staircase.load(path) == first
+
+    plots, table = write_staircase_plots(first, tmp_path / "plots", built=kept, top=1)
+    assert len(plots) == 1 and plots[0].name.startswith("staircase_") and plots[0].stat().st_size
+    assert [r["unit"] for r in table] == ["conv1", "conv2"]
+    assert table == staircase_table(first, built=kept)
+    assert all(r["built"] == kept[r["unit"]] for r in table)
+
+
+def test_probe_rejects_a_non_latency_oracle():
+    with pytest.raises(ConfigError, match="latency oracle"):
+        probe_staircase(_space(), "params", cache=None)
