@@ -289,7 +289,9 @@ class _Prober:
         if key in self.memo and (repeats == 1 or "repeat_values" in self.memo[key].extra):
             return self.memo[key]
         layer = copy.deepcopy(module).eval()
-        data = export_onnx(layer, input_shape=shape)
+        data = (
+            layer if self.oracle.input_format == "torch" else export_onnx(layer, input_shape=shape)
+        )
         m = oracles.measure(
             self.oracle, data, input_shapes={"input": shape}, cache=self.cache, repeats=repeats
         )
@@ -364,10 +366,10 @@ def probe_staircase(
     if not 0.0 <= float(noise_floor) < 1.0:
         raise ConfigError(f"noise_floor must lie in [0, 1), got {noise_floor!r}")
     oracle = oracles.get_oracle(oracle_spec)
-    if oracle.quantity != "latency" or oracle.input_format != "onnx":
+    if oracle.quantity != "latency":
         raise ConfigError(
-            f"the staircase is probed with an ONNX latency oracle (onnxruntime, tensorrt, ...), "
-            f"got {oracle.spec!r} ({oracle.quantity}, {oracle.input_format} input)"
+            "the staircase is probed with a latency oracle (onnxruntime, tensorrt, torch, ...), "
+            f"got {oracle.spec!r}, which measures {oracle.quantity}"
         )
     chosen = list(space.units)
     if units is not None:

@@ -1,0 +1,370 @@
+"""Benchmark: channel counts snapped to the runtime's measured latency staircase (issue 24).
+
+One dense model (default: width-0.5 VGG-11 for 32x32 inputs on the built-in
+digits data; hwprune has no Fashion-MNIST loader yet), one latency budget on
+``onnxruntime:cpu?threads=1``, and the same search, fine-tuning,
+verification and export (``hwprune.prune``) with channel counts rounded four
+ways: ``--round-to 1``, ``8``, ``16``, and ``auto`` (the counts each unit's
+measured staircase allows, ``hwprune.space.staircase``). Per row: test
+accuracy after fine-tuning, the final model's latency against the budget
+(the pipeline's fresh median-of-3 verification, and one more fresh oracle
+call on the exported ONNX), parameters, and the proposed -> built channel
+counts of the final policy.
+
+Also: the probe's cost on the target oracle from an empty cache, a second
+probe answered from the cache (0 oracle calls), and the same probe on other
+runtimes (``--probe-oracles``, e.g. ``torch:cpu?threads=1``) to show that the
+steps differ by runtime.
+
+    OMP_NUM_THREADS=1 nice taskset -c 1 python benchmarks/staircase.py
+    python benchmarks/staircase.py --stored-only     # tables from the stored rows
+
+How ``auto`` enters the run: ``hwprune.prune`` does not take channel choices
+yet (``--round-to auto`` is to be wired into the run's configuration), so for
+``auto`` rows this script builds the run's ChannelSpace with
+``channel_choices=staircase.choices()`` by wrapping the pipeline's space
+builder (``hwprune.pipeline._build_space``) for the duration of that run; the
+run is otherwise exactly the pipeline's. Rows are stored one file each in
+``benchmarks/results/staircase/`` as they complete (a rerun skips them);
+run directories go to ``runs/benchmarks/staircase/`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+from benchmarks._common import (  # noqa: E402
+    RESULTS_DIR,
+    RunRows,
+    command_line,
+    environment,
+    markdown_table,
+    update_results_md,
+    write_results,
+)
+from benchmarks.quality import dense_checkpoint, remeasure  # noqa: E402
+
+log = logging.getLogger("benchmarks.staircase")
+
+RUNS_DIR = _HERE.parent / "runs" / "benchmarks" / "staircase"
+ORACLE = "onnxruntime:cpu?threads=1"
+ROUNDINGS = ("1", "8", "16", "auto")
+
+
+def _rows() -> RunRows:
+    rows = RunRows("staircase")
+    rows.dir = RESULTS_DIR / "staircase"
+    return rows
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in ".-" else "_" for c in text).strip("_")
+
+
+def probe(
+    *, model: str, width: float, num_classes: int, input_shape: Sequence[int], oracle: str
+) -> dict[str, Any]:
+    """Probe the staircase twice on one cache file: the first cost, then the cached answer.
+
+    The cache file lives in the run folder; the first probe's cost is the stored
+    one when a previous session made it (the cache file then answers the second).
+    """
+    from hwprune.models import get_model
+    from hwprune.space import ChannelSpace
+    from hwprune.space.staircase import Staircase, probe_staircase
+    from oracles import MeasurementCache
+
+    rows = _rows()
+    tag = f"probe-{model}-w{width:g}-{_slug(oracle)}"
+    stored = rows.get(tag)
+    cache_path = RUNS_DIR / f"{tag}.sqlite"
+    net = get_model(model, num_classes=num_classes, width=width).eval()
+    space = ChannelSpace(net, example_input_shape=(1, *input_shape))
+    if stored is None or not cache_path.is_file():
+        if cache_path.exists():
+            cache_path.unlink()
+        RUNS_DIR.mkdir(parents=True, exist_ok=True)
+        log.info("probing %s on %s from an empty cache", model, oracle)
+        first = probe_staircase(space, oracle, cache=MeasurementCache(cache_path))
+        stored = {"tag": tag, "model": model, "width": width, "oracle": oracle,
+                  "first": first.to_dict()}  # fmt: skip
+    second = probe_staircase(space, oracle, cache=MeasurementCache(cache_path))
+    stored["second"] = {
+        "oracle_calls": second.oracle_calls,
+        "cached_calls": second.cached_calls,
+        "seconds": second.seconds,
+        "same_choices": second.choices() == Staircase.from_dict(stored["first"]).choices(),
+    }
+    rows.put(tag, stored)
+    return stored
+
+
+@contextlib.contextmanager
+def _space_with_choices(
+    choices: dict[str, Sequence[int]] | None, seen: list[Any]
+) -> Iterator[None]:
+    """Build the run's space with ``channel_choices`` (when given); remember the space built."""
+    from hwprune import pipeline
+    from hwprune.space import ChannelSpace
+
+    original = pipeline._build_space
+
+    def build(model: Any, *, input_shape: tuple[int, ...], options: Any) -> Any:
+        if choices is None:
+            space = original(model, input_shape=input_shape, options=options)
+        else:
+            space = ChannelSpace(
+                model,
+                example_input_shape=(1, *tuple(input_shape)),
+                min_keep=float(options["min_keep"]),
+                importance=options["importance"],
+                channel_choices=choices,
+            )
+        seen.append(space)
+        return space
+
+    pipeline._build_space = build
+    try:
+        yield
+    finally:
+        pipeline._build_space = original
+
+
+def run_row(
+    *,
+    rounding: str,
+    agent: str,
+    seed: int,
+    args: argparse.Namespace,
+    choices: dict[str, Sequence[int]] | None,
+) -> dict[str, Any]:
+    import hwprune
+    from hwprune.errors import HwpruneError
+    from hwprune.space.staircase import proposed_and_built
+
+    ckpt, dense_acc = dense_checkpoint(
+        args.model, width=args.width, data=args.data, epochs=args.train_epochs, seed=seed
+    )
+    run_dir = RUNS_DIR / _slug(f"{args.model}-{args.budget}-{agent}-r{rounding}-s{seed}")
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    row: dict[str, Any] = {
+        "model": args.model, "width": args.width, "data": args.data, "budget": args.budget,
+        "oracle": args.oracle, "agent": agent, "rounding": rounding, "seed": seed,
+        "evaluations_budget": args.evaluations, "finetune_epochs": args.finetune_epochs,
+        "train_epochs": args.train_epochs,
+    }  # fmt: skip
+    seen: list[Any] = []
+    t0 = time.perf_counter()
+    try:
+        with _space_with_choices(choices if rounding == "auto" else None, seen):
+            result = hwprune.prune(
+                model=args.model,
+                weights=ckpt,
+                width=args.width,
+                data=args.data,
+                budgets=[args.budget],
+                oracles=[args.oracle],
+                agent=agent,
+                evaluations=args.evaluations,
+                finetune_epochs=args.finetune_epochs,
+                out=run_dir,
+                seed=seed,
+                round_to=1 if rounding == "auto" else int(rounding),
+                tensorrt=False,
+            )
+    except HwpruneError as exc:
+        log.warning("%s round-to %s seed %d: %s", agent, rounding, seed, exc)
+        row.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+        return row
+    seconds = time.perf_counter() - t0
+    check = result.budgets[0]
+    space = seen[-1]
+    pb = proposed_and_built(space, result.policy)
+    from hwprune.pipeline import model_input_shape
+
+    shape = (1, *model_input_shape(result.paths["model"]))
+    again = remeasure(Path(result.paths["onnx"]), oracle=args.oracle, input_shape=shape)
+    row.update(
+        ok=True,
+        accuracy_dense=dense_acc,
+        accuracy_pruned=result.accuracy_pruned,
+        accuracy=result.accuracy_finetuned,
+        latency_dense=check.dense,
+        latency_bound=check.bound,
+        latency_final=check.final,
+        latency_unit=check.unit,
+        met=check.met,
+        final_over_bound=check.final / check.bound,
+        remeasured=again,
+        remeasured_over_bound=again / check.bound,
+        params_dense=result.params_dense,
+        params_final=result.params_final,
+        proposed_built={k: list(v) for k, v in pb.items()},
+        search_seconds=result.stage_seconds.get("search"),
+        total_seconds=seconds,
+        evaluations=result.evaluations,
+        repairs=result.repairs,
+        run_dir=str(run_dir),
+    )
+    return row
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _f(x: Any, spec: str = "{:.3f}") -> str:
+    return "-" if x is None else spec.format(x)
+
+
+def rows_table(rows: Sequence[dict[str, Any]]) -> str:
+    order = {r: i for i, r in enumerate(ROUNDINGS)}
+    body = []
+    for r in sorted(rows, key=lambda r: (r["agent"], r["seed"], order.get(r["rounding"], 9))):
+        if not r.get("ok"):
+            body.append([r["agent"], r["seed"], r["rounding"], "failed", "-", "-", "-", "-", "-",
+                         r.get("error", "")[:80]])  # fmt: skip
+            continue
+        built = [b for _, b in r["proposed_built"].values()]
+        body.append([
+            r["agent"], r["seed"], r["rounding"], _f(r["accuracy"], "{:.4f}"),
+            _f(r["accuracy_dense"], "{:.4f}"),
+            f"{r['latency_final']:.4f} / {r['latency_bound']:.4f}",
+            _f(r["final_over_bound"]), _f(r["remeasured_over_bound"]),
+            f"{r['params_final']:,}", " ".join(str(b) for b in built),
+        ])  # fmt: skip
+    return markdown_table(
+        ["agent", "seed", "round-to", "test acc", "dense acc", "latency ms (final / bound)",
+         "final/bound", "re-measured/bound", "params", "built channels per unit"],
+        body,
+    )  # fmt: skip
+
+
+def probes_table(probes: Sequence[dict[str, Any]]) -> str:
+    body = []
+    for p in probes:
+        first = p["first"]
+        steps = "; ".join(
+            f"{u['unit']} ({u['channels']}): {' '.join(str(c) for c in u['choices'])}"
+            for u in first["units"]
+        )
+        body.append([
+            p["oracle"], first["oracle_calls"], f"{first['seconds']:.0f}",
+            p["second"]["oracle_calls"], p["second"]["cached_calls"],
+            f"{p['second']['seconds']:.1f}", steps,
+        ])  # fmt: skip
+    return markdown_table(
+        ["oracle", "probe oracle calls", "probe s", "2nd probe oracle calls",
+         "2nd probe cache hits", "2nd probe s", "allowed counts (step tops) per unit"],
+        body,
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="vgg11_cifar")
+    p.add_argument("--width", type=float, default=0.5)
+    p.add_argument("--data", default="digits")
+    p.add_argument("--budget", default="latency<=40%")
+    p.add_argument("--oracle", default=ORACLE)
+    p.add_argument("--roundings", nargs="+", default=list(ROUNDINGS))
+    p.add_argument("--agents", nargs="+", default=["uniform"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--evaluations", type=int, default=40)
+    p.add_argument("--finetune-epochs", type=int, default=5)
+    p.add_argument("--train-epochs", type=int, default=20)
+    p.add_argument("--probe-oracles", nargs="*", default=["torch:cpu?threads=1"],
+                   help="other runtimes to probe the same model on")  # fmt: skip
+    p.add_argument("--stored-only", action="store_true", help="tables from stored rows only")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for r in args.roundings:
+        if r != "auto" and not r.isdigit():
+            p.error(f"--roundings takes positive integers or 'auto', got {r!r}")
+
+    rows_store = _rows()
+    from hwprune.data import get_dataset
+
+    splits = get_dataset(args.data, seed=0)
+    input_shape = tuple(int(s) for s in splits.input_shape)
+    probes: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    if not args.stored_only:
+        for oracle in [args.oracle, *args.probe_oracles]:
+            probes.append(probe(model=args.model, width=args.width,
+                                num_classes=int(splits.num_classes),
+                                input_shape=input_shape, oracle=oracle))  # fmt: skip
+            log.info("probe %s: %s", oracle, probes[-1]["second"])
+        from hwprune.space.staircase import Staircase, write_staircase_plots
+
+        stairs = Staircase.from_dict(probes[0]["first"])
+        choices = {k: list(v) for k, v in stairs.choices().items()}
+        for agent in args.agents:
+            for seed in args.seeds:
+                for rounding in args.roundings:
+                    tag = f"{args.model}-{args.budget}-{agent}-r{rounding}-s{seed}"
+                    stored = rows_store.get(tag)
+                    if stored is not None and stored.get("ok"):
+                        rows.append(stored)
+                        continue
+                    row = run_row(rounding=rounding, agent=agent, seed=seed, args=args,
+                                  choices=choices)  # fmt: skip
+                    rows_store.put(tag, row)
+                    rows.append(row)
+                    log.info("row %s: %s", tag, {k: row.get(k) for k in
+                             ("accuracy", "final_over_bound", "remeasured_over_bound")})  # fmt: skip
+        auto = [r for r in rows if r.get("ok") and r["rounding"] == "auto"]
+        built = {k: v[1] for k, v in auto[0]["proposed_built"].items()} if auto else None
+        write_staircase_plots(stairs, rows_store.dir / "plots", built=built, top=3)
+    else:
+        for path in sorted(rows_store.dir.glob("*.json")):
+            data = json.loads(path.read_text(encoding="utf-8"))
+            (probes if str(data.get("tag", "")).startswith("probe-") else rows).append(data)
+
+    env = environment()
+    write_results("staircase", {"probes": probes, "rows": rows}, command=command_line(), env=env)
+    ok = [r for r in rows if r.get("ok")]
+    notes = []
+    for agent in sorted({r["agent"] for r in ok}):
+        by = {r["rounding"]: r["accuracy"] for r in ok if r["agent"] == agent}
+        if "auto" in by:
+            others = ", ".join(f"{k}: {v - by['auto']:+.4f}" for k, v in by.items() if k != "auto")
+            notes.append(f"- {agent}: accuracy of each rounding minus `auto` ({others})")
+    if ok:
+        mean_s = statistics.mean(r["total_seconds"] for r in ok)
+        notes.append(
+            f"- mean seconds per row here: {mean_s:.0f}; the issue's full grid (3 models, 2 "
+            f"budgets, 2 agents, 4 roundings, 3 seeds = 144 rows) at this cost per row would "
+            f"take about {144 * mean_s / 3600:.1f} h on one core, before the larger models' "
+            "and PPO's larger evaluation budgets"
+        )
+    text = (
+        f"{args.model} (width {args.width:g}) on `{args.data}` (hwprune has no Fashion-MNIST "
+        f"loader yet), `{args.budget}` on `{args.oracle}`, {args.evaluations} evaluations, "
+        f"{args.finetune_epochs} fine-tuning epochs for every row. Latencies were taken on a "
+        "shared 2-core machine while other work ran: noisy.\n\n"
+        "Probe of the latency staircase (first from an empty cache, then again on the same "
+        "cache):\n\n" + probes_table(probes) + "\n\nRuns:\n\n" + rows_table(rows)
+        + ("\n\n" + "\n".join(notes) if notes else "")
+    )  # fmt: skip
+    update_results_md("staircase", "Channel counts from the measured latency staircase", text,
+                      command=command_line(), env=env)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
