@@ -178,7 +178,7 @@ def run_row(
                 width=args.width,
                 data=args.data,
                 budgets=[args.budget],
-                oracles=[args.oracle],
+                oracles={"latency": args.oracle},
                 agent=agent,
                 evaluations=args.evaluations,
                 finetune_epochs=args.finetune_epochs,
