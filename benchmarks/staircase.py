@@ -330,20 +330,27 @@ def main(argv: list[str] | None = None) -> int:
         auto = [r for r in rows if r.get("ok") and r["rounding"] == "auto"]
         built = {k: v[1] for k, v in auto[0]["proposed_built"].items()} if auto else None
         write_staircase_plots(stairs, rows_store.dir / "plots", built=built, top=3)
-    else:
-        for path in sorted(rows_store.dir.glob("*.json")):
-            data = json.loads(path.read_text(encoding="utf-8"))
-            (probes if str(data.get("tag", "")).startswith("probe-") else rows).append(data)
+    # The tables show every stored row (other agents' and seeds' runs too), probes first.
+    probes, rows = [], []
+    for path in sorted(rows_store.dir.glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        (probes if str(data.get("tag", "")).startswith("probe-") else rows).append(data)
+    probes.sort(key=lambda p: p["oracle"] != args.oracle)
 
     env = environment()
     write_results("staircase", {"probes": probes, "rows": rows}, command=command_line(), env=env)
     ok = [r for r in rows if r.get("ok")]
     notes = []
     for agent in sorted({r["agent"] for r in ok}):
-        by = {r["rounding"]: r["accuracy"] for r in ok if r["agent"] == agent}
+        by = {
+            k: statistics.mean(
+                r["accuracy"] for r in ok if r["agent"] == agent and r["rounding"] == k
+            )
+            for k in {r["rounding"] for r in ok if r["agent"] == agent}
+        }
         if "auto" in by:
             others = ", ".join(f"{k}: {v - by['auto']:+.4f}" for k, v in by.items() if k != "auto")
-            notes.append(f"- {agent}: accuracy of each rounding minus `auto` ({others})")
+            notes.append(f"- {agent}: mean test accuracy of each rounding minus `auto` ({others})")
     if ok:
         mean_s = statistics.mean(r["total_seconds"] for r in ok)
         notes.append(
