@@ -378,6 +378,11 @@ def write_run_config(run_dir: Path, config: PruneConfig) -> Path:
     return path
 
 
+def default(name: str) -> Any:
+    """The default of one PruneConfig field (for code that takes the option on its own)."""
+    return PruneConfig.__dataclass_fields__[name].default
+
+
 def default_round_to(oracle_specs: Sequence[str]) -> int:
     """8 where a budget is timed on a GPU (tensor cores like multiples of 8), else 1."""
     return 8 if any(s.lower().startswith(GPU_ORACLE_PREFIXES) for s in oracle_specs) else 1

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from hwprune.config import default
 from hwprune.errors import ConfigError, HwpruneError
 from hwprune.progress import ProgressEvent, ProgressFn, emit
 
@@ -261,8 +262,8 @@ class ClassificationTask:
         eval_batch_size: int = 256,
         max_eval_samples: int | None = 2000,
         finetune_epochs: int = 0,
-        finetune_lr: float = 0.01,
-        finetune_batch_size: int = 128,
+        finetune_lr: float = default("finetune_lr"),
+        finetune_batch_size: int = default("finetune_batch_size"),
         distill: bool = False,
         keep_zeros: bool = False,
         proxy: str = "accuracy",
