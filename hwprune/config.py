@@ -132,10 +132,10 @@ class PruneConfig:
         def bad(name: str, what: str) -> ConfigError:
             return ConfigError(f"{name} must be {what}, got {getattr(self, name)!r}")
 
-        if self.model is not None and self.task is not None:
-            raise ConfigError("give either model (with data) or task, not both")
         if self.task is not None and not _SPEC.match(self.task):
             raise bad("task", "a factory written package.module:callable")
+        if self.model is not None and self.task is not None:
+            raise ConfigError("give either model (with data) or task, not both")
         if self.width is not None and not (0.0 < self.width <= 16.0):
             raise bad("width", "a multiplier in (0, 16]")
         if self.input_size is not None and not 8 <= self.input_size <= 4096:

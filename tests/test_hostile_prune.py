@@ -53,7 +53,7 @@ def test_bad_config_file(text, message, tmp_path: Path, capsys) -> None:
         ("[1, 2]", "config.json must hold an object of options, got list"),
         ("null", "config.json must hold an object of options, got NoneType"),
         ('{"options": 5}', "config.json's options must be an object, got 5"),
-        ('{"options": {"model": "vgg11_cifar"}}', "at least one --budget is required"),
+        ('{"options": {"model": "vgg11_cifar"}}', "it names no budget"),
         ('{"options": {"model": "vgg11_cifar", "budgets": ["flops<=50%"], "seed": "x"}}',
          "seed must be an integer"),
         ("{not json", "config.json is unreadable"),
@@ -159,3 +159,31 @@ def test_a_relative_imagefolder_path_is_stored_absolute(tmp_path: Path, monkeypa
     cfg = PruneConfig(model="vgg11_cifar", data="imagefolder:imgs", budgets=("flops<=50%",))
     checked, _ = _checked(cfg, objects=False)
     assert checked.data == f"imagefolder:{tmp_path / 'imgs'}"
+
+
+def test_imagefolder_images_load_at_the_checkpoints_input_size(tmp_path: Path) -> None:
+    """Issue 16 item 5: the checkpoint's meta says 32, so images are not loaded at 224."""
+    import numpy as np
+    from PIL import Image
+
+    from hwprune.config import PruneConfig
+    from hwprune.models import get_model, save_checkpoint
+    from hwprune.run.context import RunContext
+    from hwprune.run.load import load
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(8):
+            pixels = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "imgs" / c / f"{i}.png")
+    ckpt = tmp_path / "m.pt"
+    model = get_model("vgg11_cifar", num_classes=2, width=0.25)
+    save_checkpoint(model, ckpt, meta={"model": "vgg11_cifar", "width": 0.25, "num_classes": 2,
+                                       "input_size": 32})  # fmt: skip
+    base = dict(model="vgg11_cifar", data=f"imagefolder:{tmp_path / 'imgs'}",
+                budgets=("flops<=50%",), weights=str(ckpt))  # fmt: skip
+    loaded = load(RunContext(config=PruneConfig(**base), run_dir=tmp_path))
+    assert loaded.input_shape == (1, 3, 32, 32)
+    loaded = load(RunContext(config=PruneConfig(**base, input_size=48), run_dir=tmp_path))
+    assert loaded.input_shape == (1, 3, 48, 48)  # --input-size wins over the meta
