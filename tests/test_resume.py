@@ -129,3 +129,24 @@ def test_a_run_killed_mid_search_ships_what_the_uninterrupted_run_ships(
     assert policy == want_policy
     assert accuracy == want_accuracy
     assert rest == want_rest  # weights, evaluations and first feasible evaluation alike
+
+
+def test_a_task_run_resumes_after_sigkill_measuring_no_candidate_twice(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "hwprune", "prune", "--task", "tests.user_task:factory",
+           "--budget", "params<=60%", "--agent", "random", "--evaluations", "30",
+           "--out", str(out), "--quiet"]  # fmt: skip
+    _kill_after(cmd, out, 3, env, ROOT)
+    before = [r["key"] for r in _episodes(out)]
+    assert 3 <= len(before) < 30 and not (out / "report.json").exists()
+    done = subprocess.run([sys.executable, "-m", "hwprune", "prune", "--resume", str(out),
+                           "--json"], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["all_met"] is True
+    keys = [r["key"] for r in _episodes(out)]
+    assert keys[: len(before)] == before
+    assert len(keys) == len(set(keys)) == 30, "a candidate was measured twice"
+    report = json.loads((out / "report.json").read_text())
+    assert report["search"]["evaluations"] == 30 and report["task"]["name"] == "FidelityTask"
