@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,13 +24,14 @@ import torch
 from torch import nn
 
 from hwprune.errors import ConfigError
+from hwprune.inputs import ExampleInputs
 from hwprune.space import _layers
 from hwprune.space.importance import get_criterion
 from hwprune.space.policy import Policy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ChannelSpace", "Unit"]
+__all__ = ["ChannelSpace", "Skipped", "Unit"]
 
 _PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -44,7 +45,7 @@ class Unit:
     number of prunable channels (ChannelSpace) or output channels of the layer
     (WeightSpace); ``numel`` the root layer's weight count. ``in_channels`` ..
     ``padding`` describe the root layer (largest spatial value for non-square
-    kernels). ``flops_share`` / ``params_share`` are the dense model's MACs and
+    kernels). ``step``: the kept channel count is a multiple of it (attention). ``flops_share`` / ``params_share`` are the dense model's MACs and
     parameters in ``layers`` as fractions of the whole model; for channel
     groups they overlap (a conv belongs to the group of its outputs and to the
     group of its inputs), so they sum to more than 1.
@@ -63,6 +64,9 @@ class Unit:
     flops_share: float
     params_share: float
     numel: int
+    # Channels leave in blocks of ``step``: whole attention heads (step = head size) or
+    # one position of every head (step = number of heads); 1 elsewhere.
+    step: int = 1
 
     def features(self) -> dict[str, Any]:
         """Per-unit numbers for an agent's observation (``layers`` reduced to its length)."""
@@ -86,7 +90,16 @@ class _Op:
 @dataclass(frozen=True)
 class _Plan:
     ops: tuple[_Op, ...]
-    order: np.ndarray  # the unit's channels, most important first
+    order: np.ndarray  # the unit's channels, most important first (in blocks of ``step``)
+    step: int = 1
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A channel group left out of the space, and why (for reports)."""
+
+    id: str
+    reason: str
 
 
 def _kind(root: nn.Module, members: Sequence[nn.Module]) -> str:
@@ -124,6 +137,148 @@ def _final_layers(dg: Any) -> list[nn.Module]:
     return finals
 
 
+def _order(scores: np.ndarray, keys: np.ndarray | None) -> np.ndarray:
+    """The unit's channels, most important first; with ``keys``, whole blocks by mean score."""
+    if keys is None:
+        return np.argsort(-scores, kind="stable").astype(np.int64)
+    uniq = np.unique(keys)
+    block = {k: scores[keys == k].mean() for k in uniq.tolist()}
+    ranked = sorted(uniq.tolist(), key=lambda k: -block[k])
+    return np.concatenate([np.flatnonzero(keys == k) for k in ranked]).astype(np.int64)
+
+
+def _vit_hidden_dim(module: nn.Module) -> None:
+    # torchvision's VisionTransformer reshapes the patch embedding with self.hidden_dim.
+    if isinstance(getattr(module, "conv_proj", None), nn.Conv2d) and hasattr(module, "hidden_dim"):
+        module.hidden_dim = int(module.conv_proj.out_channels)
+
+
+# Model classes (by name: no import of their packages) whose forward reads a size attribute.
+_FIXUPS = {"VisionTransformer": _vit_hidden_dim}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def _resolve_inputs(example_inputs: Any, example_input_shape: Sequence[int]) -> ExampleInputs:
+    if example_inputs is not None:
+        return ExampleInputs.from_user(example_inputs)
+    shape = tuple(int(s) for s in example_input_shape)
+    if len(shape) < 2 or any(s < 1 for s in shape):
+        raise ConfigError(
+            f"example_input_shape must be a batch shape such as (1, 3, 32, 32), got {shape}"
+        )
+    return ExampleInputs.from_shape(shape)
+
+
+def _profile(model: nn.Module, inputs: ExampleInputs) -> _layers.LayerProfile:
+    """The dense model's per-layer MACs; a model that rejects its example inputs is a ConfigError."""
+    try:
+        return _layers.profile(model, inputs)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(
+            f"calling {type(model).__name__} with the example inputs ({inputs!r}) failed: "
+            f"{_first_line(exc)}"
+        ) from exc
+
+
+def _expand(model: nn.Module, names: set[str]) -> set[str]:
+    """The named modules and every submodule of them (ignoring a container ignores its layers)."""
+    out = set(names)
+    for name in names:
+        sub = model.get_submodule(name) if name else model
+        out.update(f"{name}.{n}" if name else n for n, _ in sub.named_modules() if n)
+    return out
+
+
+def _resolve_heads(
+    model: nn.Module, num_heads: Mapping[str | nn.Module, int] | None
+) -> dict[nn.Module, int]:
+    """``num_heads`` as {attention module: heads}, checked against the modules."""
+    if not num_heads:
+        return {}
+    if not isinstance(num_heads, Mapping):
+        raise ConfigError(
+            f"num_heads must map attention modules (or their names) to head counts, "
+            f"got {type(num_heads).__name__}"
+        )
+    modules = dict(model.named_modules())
+    names = {m: n for n, m in modules.items()}
+    out: dict[nn.Module, int] = {}
+    for key, heads in num_heads.items():
+        module = modules.get(key) if isinstance(key, str) else key
+        label = key if isinstance(key, str) else type(key).__name__
+        if module is None or module not in names:
+            raise ConfigError(f"num_heads names {label!r}, which is not a module of the model")
+        if not isinstance(module, nn.MultiheadAttention):
+            raise ConfigError(
+                f"num_heads takes nn.MultiheadAttention modules (whole heads are removed from its "
+                f"in/out projections), got {type(module).__name__} {names[module]!r}"
+            )
+        if not isinstance(heads, int) or isinstance(heads, bool) or heads != module.num_heads:
+            raise ConfigError(
+                f"num_heads gives {heads!r} heads for {names[module]!r}, which has "
+                f"{module.num_heads}"
+            )
+        if module.kdim != module.embed_dim or module.vdim != module.embed_dim:
+            raise ConfigError(
+                f"num_heads: {names[module]!r} has key/value sizes unlike its embedding; "
+                "only self-attention style modules (kdim = vdim = embed_dim) are pruned by head"
+            )
+        out[module] = heads
+    return out
+
+
+def _resolve_unwrapped(
+    model: nn.Module, unwrapped: Mapping[Any, int] | Sequence[tuple[Any, int]] | None
+) -> list[tuple[nn.Parameter, int]] | None:
+    """``unwrapped_parameters`` as Torch-Pruning's [(parameter, dim)] (names resolved)."""
+    if not unwrapped:
+        return None
+    items = unwrapped.items() if isinstance(unwrapped, Mapping) else unwrapped
+    params = dict(model.named_parameters())
+    known = {id(p) for p in params.values()}
+    out = []
+    for item in items:
+        try:
+            key, dim = item
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"unwrapped_parameters must map parameters (or their names) to the dim to prune, "
+                f"got {item!r}"
+            ) from exc
+        param = params.get(key) if isinstance(key, str) else key
+        if not isinstance(param, nn.Parameter) or id(param) not in known:
+            raise ConfigError(
+                f"unwrapped_parameters names {key!r}, which is not a parameter of the model"
+            )
+        if not isinstance(dim, int) or not -param.dim() <= dim < param.dim():
+            raise ConfigError(
+                f"unwrapped_parameters: dim {dim!r} is not a dimension of a {param.dim()}-d parameter"
+            )
+        out.append((param, dim))
+    return out
+
+
+def _failing_module(exc: BaseException, model: nn.Module) -> str:
+    """The innermost module of ``model`` whose code was running when ``exc`` was raised."""
+    names = {id(m): n for n, m in model.named_modules()}
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and id(owner) in names:
+            found = owner
+        tb = tb.tb_next
+    if found is None or found is model:
+        return f"{type(model).__name__} (module type {type(model).__name__})"
+    return f"module {names[id(found)]!r} (type {type(found).__name__})"
+
+
 class ChannelSpace:
     """Every coupled channel group of a model, pruned by removing channels for real.
 
@@ -132,14 +287,31 @@ class ChannelSpace:
     ``max(1, round_to)`` and ``channels``). Which channels go is fixed once
     from the dense weights by ``importance`` ("l2" by default, "l1", "taylor" with a
     ``calibration`` batch, "random" with ``seed``). The layers that produce
-    the model's output (the classifier) are found automatically and their
-    output channels never pruned; ``ignored_layers`` (names or modules) adds
-    more. Grouped (non-depthwise) convolutions are left out.
+    the model's outputs (a classifier, a detection head's last layers) are
+    found automatically and their output channels never pruned;
+    ``ignored_layers`` (names or modules; a container means all its
+    submodules) adds more. Grouped (non-depthwise) convolutions are left out
+    and listed in ``skipped``.
+
+    ``example_inputs`` is what the model is called with: a tensor, a tuple of
+    tensors (``model(*xs)``) or a dict of named tensors (``model(**named)``);
+    ``example_input_shape`` is the older form for one float input.
+
+    Attention (``nn.MultiheadAttention``): by default every head keeps the
+    same positions (its embedding shrinks in steps of the head count, as
+    Torch-Pruning's channel groups do). ``num_heads={module: heads}`` prunes
+    whole heads instead (head size kept, ``num_heads`` reduced), like
+    Torch-Pruning's ``num_heads`` with ``prune_num_heads``. Modules
+    Torch-Pruning cannot trace take ``customized_pruners`` ({type or module:
+    pruning function}) and ``unwrapped_parameters`` ({parameter or its name:
+    dim to prune}), passed to its DependencyGraph.
 
     Example::
 
         space = ChannelSpace(model, example_input_shape=(1, 3, 32, 32), round_to=8)
         small = space.apply(Policy.uniform(space, 0.5))
+        vit = ChannelSpace(vit_model, example_inputs=torch.randn(1, 3, 64, 64),
+                           num_heads={m: m.num_heads for m in attention_modules})
     """
 
     granularity = "channel"
@@ -149,25 +321,23 @@ class ChannelSpace:
         self,
         model: nn.Module,
         *,
+        example_inputs: Any = None,
         example_input_shape: Sequence[int] = (1, 3, 32, 32),
         importance: str = "l2",
         round_to: int = 1,
         min_keep: float = 0.1,
         ignored_layers: Iterable[str | nn.Module] | None = None,
+        num_heads: Mapping[str | nn.Module, int] | None = None,
+        customized_pruners: Mapping[Any, Any] | None = None,
+        unwrapped_parameters: Mapping[Any, int] | Sequence[tuple[Any, int]] | None = None,
         calibration: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
         seed: int = 0,
     ) -> None:
-        import torch_pruning as tp
-
         if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
             raise ConfigError(f"round_to must be a positive integer, got {round_to!r}")
         if not 0.0 <= float(min_keep) <= 1.0:
             raise ConfigError(f"min_keep must lie in [0, 1], got {min_keep!r}")
-        shape = tuple(int(s) for s in example_input_shape)
-        if len(shape) < 2 or any(s < 1 for s in shape):
-            raise ConfigError(
-                f"example_input_shape must be a batch shape such as (1, 3, 32, 32), got {shape}"
-            )
+        inputs = _resolve_inputs(example_inputs, example_input_shape)
         criterion = get_criterion(importance)
         if criterion.needs_gradients and calibration is None:
             raise ConfigError(
@@ -176,28 +346,33 @@ class ChannelSpace:
             )
 
         self.model = model
-        self.example_input_shape = shape
+        self.example_inputs = inputs.to(_layers.model_device(model))
+        self.example_input_shape = inputs.first_shape
         self.importance = criterion.name
         self.round_to = round_to
         self.min_keep = float(min_keep)
         self.seed = seed
+        self.skipped: list[Skipped] = []
 
-        example = _layers.example_input(model, shape)
-        prof = _layers.profile(model, example)
+        prof = _profile(model, self.example_inputs)
         self.dense_params = prof.total_params
         self.dense_macs = prof.total_macs
 
         names = {m: n for n, m in model.named_modules()}
         position = {n: i for i, n in enumerate(names.values())}
-        user_ignored = _layers.resolve_names(model, ignored_layers)
+        user_ignored = _expand(model, _layers.resolve_names(model, ignored_layers))
+        self._heads = _resolve_heads(model, num_heads)
+        self.num_heads = {names[m]: h for m, h in self._heads.items()}
+        self._head_dims = {names[m]: m.embed_dim // h for m, h in self._heads.items()}
+        self._tp_options = {
+            "customized_pruners": dict(customized_pruners) if customized_pruners else None,
+            "unwrapped_parameters": _resolve_unwrapped(model, unwrapped_parameters),
+        }
 
         was_training = model.training
         model.eval()  # tracing runs a forward pass; BN statistics must not move
         try:
-            with torch.enable_grad():
-                dg = tp.DependencyGraph().build_dependency(
-                    model, example_inputs=example, verbose=False
-                )
+            dg = self.dependency_graph()
             finals = _final_layers(dg)
             self.output_layers = tuple(sorted((names[m] for m in finals), key=position.get))
             ignored = [m for n, m in model.named_modules() if n in user_ignored] + finals
@@ -220,16 +395,49 @@ class ChannelSpace:
         self._plans: list[_Plan] = [plans[i] for i in order]
         self._signature = hashlib.sha256(
             json.dumps(
-                [self.importance, self.seed, list(shape), [(u.id, u.channels) for u in self.units]]
+                [
+                    self.importance,
+                    self.seed,
+                    [list(s) for s in self.example_inputs.shapes.values()],
+                    [(u.id, u.channels, u.step) for u in self.units],
+                ]
             ).encode()
         ).hexdigest()[:16]
         log.info(
-            "channel space: %d units, %d params, %d MACs, output layers %s",
+            "channel space: %d units (%d groups left out), %d params, %d MACs, output layers %s",
             len(self.units),
+            len(self.skipped),
             self.dense_params,
             self.dense_macs,
             ", ".join(self.output_layers) or "none",
         )
+
+    def dependency_graph(self) -> Any:
+        """A fresh Torch-Pruning DependencyGraph of the dense model, traced with this space's options.
+
+        A tracing failure raises ConfigError naming the module that failed and
+        the options that describe a module Torch-Pruning cannot trace.
+        """
+        import torch_pruning as tp
+
+        inputs = self.example_inputs
+        try:
+            with torch.enable_grad():
+                return tp.DependencyGraph().build_dependency(
+                    self.model,
+                    example_inputs=inputs.as_user(),
+                    forward_fn=lambda m, _: inputs.call(m),
+                    verbose=False,
+                    **self._tp_options,
+                )
+        except Exception as exc:
+            where = _failing_module(exc, self.model)
+            raise ConfigError(
+                f"Torch-Pruning cannot trace {where}: {_first_line(exc)}; leave it out with "
+                "ignored_layers=[...], describe it with customized_pruners={type: pruner} or "
+                "unwrapped_parameters={parameter: dim}, or give attention heads with "
+                "num_heads={module: heads}"
+            ) from exc
 
     # ------------------------------------------------------------ building
     def _backward(self, calibration: Any) -> dict[nn.Parameter, torch.Tensor | None]:
@@ -271,7 +479,11 @@ class ChannelSpace:
                 names[m] for m in members if isinstance(m, nn.Module) and _layers.is_grouped(m)
             ]
             if grouped:
-                log.info("skipping a channel group through grouped convolutions %s", grouped)
+                root_name = next(
+                    (names[m] for m in members if isinstance(m, _PRUNABLE) and m in names),
+                    grouped[0],
+                )
+                self._skip(root_name, f"runs through grouped convolutions {', '.join(grouped)}")
                 continue
             ops: list[_Op] = []
             layer_names: set[str] = set()
@@ -313,8 +525,13 @@ class ChannelSpace:
                 raise RuntimeError(
                     f"importance {self.importance!r} gave no score for the group of {names[root]}"
                 )
-            scores = torch.nan_to_num(scores.detach().float().cpu(), nan=0.0)
-            order = np.argsort(-scores.numpy(), kind="stable").astype(np.int64)
+            scores = torch.nan_to_num(scores.detach().float().cpu(), nan=0.0).numpy()
+            blocks = self._attention_blocks(members, ops, channels, names)
+            if isinstance(blocks, str):
+                self._skip(names[root], blocks)
+                continue
+            step, keys = blocks
+            order = _order(scores, keys)
             layers = tuple(sorted(layer_names, key=position.get))
             units.append(
                 {
@@ -328,15 +545,56 @@ class ChannelSpace:
                     "params_share": sum(prof.params.get(n, 0) for n in layers)
                     / max(1, prof.total_params),
                     "numel": int(root.weight.numel()),
+                    "step": step,
                 }
             )
-            plans.append(_Plan(ops=tuple(ops), order=order))
+            plans.append(_Plan(ops=tuple(ops), order=order, step=step))
         if not units:
             raise ConfigError(
                 "the model has no prunable channel group (every Conv/Linear output is ignored "
                 "or feeds the model output)"
             )
         return units, plans
+
+    def _skip(self, unit_id: str, reason: str) -> None:
+        log.info("channel group of %s left out: %s", unit_id, reason)
+        self.skipped.append(Skipped(id=unit_id, reason=reason))
+
+    def _attention_blocks(
+        self,
+        members: Sequence[Any],
+        ops: Sequence[_Op],
+        channels: int,
+        names: dict[nn.Module, str],
+    ) -> tuple[int, np.ndarray | None] | str:
+        """How a group through attention modules loses channels: (step, block key per channel).
+
+        Whole heads (key = head index, step = head size) where ``num_heads``
+        names the module; otherwise the same positions of every head (key =
+        position in the head, step = number of heads). A plain group gives
+        (1, None). A reason string means the group cannot be pruned soundly.
+        """
+        mhas = [m for m in dict.fromkeys(members) if isinstance(m, nn.MultiheadAttention)]
+        if not mhas:
+            return 1, None
+        by_heads = [m in self._heads for m in mhas]
+        if any(by_heads) and not all(by_heads):
+            missing = [names[m] for m, h in zip(mhas, by_heads, strict=True) if not h]
+            return f"shares channels with attention modules not in num_heads: {', '.join(missing)}"
+        layouts = {(m.embed_dim, m.num_heads) for m in mhas}
+        if len(layouts) > 1:
+            return f"couples attention modules with different head layouts {sorted(layouts)}"
+        embed, heads = layouts.pop()
+        if embed != channels or embed % heads:
+            return f"attention embedding {embed} with {heads} heads is not the group's {channels}"
+        head_dim = embed // heads
+        op = next(o for o in ops if o.target == names[mhas[0]])
+        keys = np.full(channels, -1, dtype=np.int64)
+        index = op.idxs
+        keys[op.roots] = index // head_dim if all(by_heads) else index % head_dim
+        if (keys < 0).any():
+            return "attention channels that do not map one-to-one to the group"
+        return (head_dim if all(by_heads) else heads), keys
 
     # ------------------------------------------------------------- policies
     def __len__(self) -> int:
@@ -355,17 +613,23 @@ class ChannelSpace:
                 f"{len(self.units)} units"
             )
 
-    def channels_for(self, keep: float, channels: int) -> int:
-        """Channels kept of ``channels`` at ratio ``keep`` (min_keep and round_to applied)."""
-        r = self.round_to
+    def channels_for(self, keep: float, channels: int, *, step: int = 1) -> int:
+        """Channels kept of ``channels`` at ratio ``keep`` (min_keep, round_to and ``step`` applied).
+
+        The count is a multiple of lcm(round_to, step); a unit smaller than
+        that multiple keeps everything.
+        """
+        r = math.lcm(self.round_to, max(1, int(step)))
+        if r > channels:
+            return int(channels)
         want = max(float(keep), self.min_keep) * channels
         n = math.floor(want / r + 0.5 + 1e-9) * r
-        return int(min(channels, max(min(channels, r), 1, n)))
+        return int(min(channels, max(r, n)))
 
     def _kept(self, policy: Policy) -> list[int]:
         self._check(policy)
         return [
-            self.channels_for(k, u.channels)
+            self.channels_for(k, u.channels, step=u.step)
             for k, u in zip(policy.aligned(self).keep, self.units, strict=True)
         ]
 
@@ -409,5 +673,16 @@ class ChannelSpace:
                 setattr(parent, attr, op.handler(getattr(parent, attr), idxs))
             else:
                 op.handler(modules[target], idxs)
+        self._fix_attributes(pruned)
         _layers.unshare_tensors(pruned, self.model)
         return pruned
+
+    def _fix_attributes(self, pruned: nn.Module) -> None:
+        """Attributes the forward pass reads that Torch-Pruning's layer functions do not update."""
+        for name, module in pruned.named_modules():
+            if isinstance(module, nn.MultiheadAttention) and name in self._head_dims:
+                module.head_dim = self._head_dims[name]
+                module.num_heads = module.embed_dim // module.head_dim
+            fix = _FIXUPS.get(type(module).__name__)
+            if fix is not None:
+                fix(module)
