@@ -11,11 +11,12 @@ calls Torch-Pruning's per-layer pruning functions with the recorded indices.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -135,6 +136,54 @@ def _final_layers(dg: Any) -> list[nn.Module]:
         if not feeds_layer:
             finals.append(module)
     return finals
+
+
+@contextlib.contextmanager
+def _tolerant_index_mapping(unmapped: list[Any]) -> Iterator[None]:
+    """Record, rather than raise, a reshape/split/concat whose channel mapping Torch-Pruning fails.
+
+    Torch-Pruning 1.6 infers how channel indices pass through view/reshape,
+    split, concat and slice nodes; on ShuffleNet's channel shuffle (a view to
+    5-d, a transpose, a view back) its reshape rule divides by a channel count
+    it inferred as 0 and the whole trace dies with ZeroDivisionError. Such a
+    node keeps the identity mapping here and is recorded in ``unmapped`` as
+    (node, reason): every group through it is left out of the space, so no
+    channel is ever pruned on a mapping that was not established.
+    """
+    from torch_pruning.dependency import index_mapping
+
+    names = [n for n in dir(index_mapping) if n.startswith("update_") and n.endswith("_mapping")]
+    names.remove("update_index_mapping")
+    saved = {n: getattr(index_mapping, n) for n in names}
+
+    def tolerant(name: str, fn: Any) -> Any:
+        def call(graph: Any, node: Any) -> None:
+            try:
+                fn(graph, node)
+            except Exception as exc:  # Torch-Pruning's inference failed on this node only
+                what = name.removeprefix("update_").removesuffix("_index_mapping")
+                unmapped.append((node, f"Torch-Pruning cannot map channels through a {what} "
+                                       f"({type(exc).__name__}: {exc})"))  # fmt: skip
+
+        return call
+
+    for n, fn in saved.items():
+        setattr(index_mapping, n, tolerant(n, fn))
+    try:
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(index_mapping, n, fn)
+
+
+class _Unmapped:
+    """Nodes whose channel mapping failed (by id), read live: groups built later add to it."""
+
+    def __init__(self, found: list[Any]) -> None:
+        self._found = found
+
+    def get(self, node: Any) -> str | None:
+        return next((reason for n, reason in self._found if n is node), None)
 
 
 def _order(scores: np.ndarray, keys: np.ndarray | None) -> np.ndarray:
@@ -421,15 +470,34 @@ class ChannelSpace:
         import torch_pruning as tp
 
         inputs = self.example_inputs
+        unmapped: list[Any] = []
+        failed: list[tuple[nn.Module, str]] = []
         try:
-            with torch.enable_grad():
-                return tp.DependencyGraph().build_dependency(
+            with torch.enable_grad(), _tolerant_index_mapping(unmapped):
+                dg = tp.DependencyGraph().build_dependency(
                     self.model,
                     example_inputs=inputs.as_user(),
                     forward_fn=lambda m, _: inputs.call(m),
                     verbose=False,
                     **self._tp_options,
                 )
+            original = dg.get_pruning_group
+
+            def get_pruning_group(module: Any, *args: Any, **kwargs: Any) -> Any:
+                # Torch-Pruning re-runs the index mapping for every group it builds; a group
+                # whose indices cannot be followed through a mapped node is left out (empty).
+                with _tolerant_index_mapping(unmapped):
+                    try:
+                        return original(module, *args, **kwargs)
+                    except (IndexError, KeyError, ValueError, ZeroDivisionError) as exc:
+                        failed.append((module, f"Torch-Pruning cannot follow its channels "
+                                               f"({type(exc).__name__}: {exc})"))  # fmt: skip
+                        return []
+
+            dg.get_pruning_group = get_pruning_group
+            dg.hwprune_unmapped = _Unmapped(unmapped)
+            dg.hwprune_failed = failed
+            return dg
         except Exception as exc:
             where = _failing_module(exc, self.model)
             raise ConfigError(
@@ -473,8 +541,21 @@ class ChannelSpace:
         units: list[dict[str, Any]] = []
         plans: list[_Plan] = []
         param_names = getattr(dg, "_param_to_name", {})
+        unmapped = getattr(dg, "hwprune_unmapped", None)
         for group in groups:
             members = [dep.target.module for dep, _ in group]
+            blocked = [
+                reason
+                for dep, _ in group
+                for node in (dep.source, dep.target)
+                if unmapped is not None and (reason := unmapped.get(node)) is not None
+            ]
+            if blocked:
+                root_name = next(
+                    (names[m] for m in members if isinstance(m, _PRUNABLE) and m in names), "?"
+                )
+                self._skip(root_name, blocked[0])
+                continue
             grouped = [
                 names[m] for m in members if isinstance(m, nn.Module) and _layers.is_grouped(m)
             ]
@@ -549,6 +630,9 @@ class ChannelSpace:
                 }
             )
             plans.append(_Plan(ops=tuple(ops), order=order, step=step))
+        for module, reason in getattr(dg, "hwprune_failed", ()):
+            if module in names and names[module] not in {u["id"] for u in units}:
+                self._skip(names[module], reason)
         if not units:
             raise ConfigError(
                 "the model has no prunable channel group (every Conv/Linear output is ignored "
