@@ -108,12 +108,16 @@ def smallest_size(name: str) -> tuple[int, Any]:
     """The first size of SIZES the architecture accepts, and the model built for it."""
     import torch
 
+    from hwprune.export import export_onnx
+
     last: Exception | None = None
     for size in SIZES:
         try:
             model = _build(name, size)
             with torch.no_grad():
                 model(torch.zeros(1, 3, size, size))
+            # Adaptive pooling exports only to sizes that divide its input (VGG, AlexNet).
+            export_onnx(model, input_shape=(1, 3, size, size), fold_shapes=False)
             return size, model
         except Exception as exc:  # the architecture rejects this size: try the next
             last = exc
@@ -364,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="*", help="only these models (default: all)")
     parser.add_argument("--latency", action="store_true", help="latency too, one model per family")
     parser.add_argument("--steps", type=int, default=6, help="evaluations per bisection")
-    parser.add_argument("--redo", action="store_true", help="repeat stored rows")
+    parser.add_argument("--redo", action="store_true", help="repeat stored rows (failed ones always are)")
     parser.add_argument("--table", action="store_true", help="only write the table from stored rows")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -383,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in names:
         firsts.setdefault(family(n), n)
     for name in todo:
-        if name in done and not args.redo:
+        if name in done and not args.redo and done[name]["status"] != "failed":
             continue
         latency = args.latency and firsts[family(name)] == name
         log.info("%s ...", name)

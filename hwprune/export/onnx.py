@@ -81,6 +81,7 @@ def export_onnx(
     path: str | Path | None = None,
     opset: int = 17,
     check: bool = True,
+    fold_shapes: bool = True,
 ) -> bytes:
     """The ONNX bytes of ``model`` for fixed input shapes, every input and output named.
 
@@ -91,7 +92,9 @@ def export_onnx(
     several are named as ``flatten_outputs`` names them ("output_0", ... or
     a dict's keys). The module is exported in eval mode on the CPU; its own
     mode and device are left as they were. ``check`` runs onnx's checker.
-    ``path``, when given, receives the bytes too. An operator the exporter
+    ``path``, when given, receives the bytes too. ``fold_shapes`` folds the
+    shape arithmetic the tracer records (Shape -> Gather -> Div ...) into
+    constants with the simplifier, so that static oracles see every shape. An operator the exporter
     cannot express raises ExportError naming it.
 
     Example::
@@ -156,6 +159,16 @@ def export_onnx(
 
     data = buffer.getvalue()
     proto = onnx.load_from_string(data)
+    if fold_shapes and any(n.op_type == "Shape" for n in proto.graph.node):
+        # The tracer records x.size() / chunk sizes as Shape -> Gather -> Div ... chains, and
+        # ONNX's shape inference cannot propagate values through Div: the static oracles would
+        # not know the shapes after them (ShuffleNet's chunk). With fixed input shapes the
+        # chains are constants; the simplifier folds them.
+        from hwprune.export.final import simplify
+
+        folded, ok = simplify(data)
+        if ok:
+            data, proto = folded, onnx.load_from_string(folded)
     if check:
         try:
             onnx.checker.check_model(proto)

@@ -339,8 +339,9 @@ class ChannelSpace:
     the model's outputs (a classifier, a detection head's last layers) are
     found automatically and their output channels never pruned;
     ``ignored_layers`` (names or modules; a container means all its
-    submodules) adds more. Grouped (non-depthwise) convolutions are left out
-    and listed in ``skipped``.
+    submodules) adds more. A group through grouped (non-depthwise)
+    convolutions loses the same positions in every convolution group; groups
+    Torch-Pruning cannot follow are left out and listed in ``skipped``.
 
     ``example_inputs`` is what the model is called with: a tensor, a tuple of
     tensors (``model(*xs)``) or a dict of named tensors (``model(**named)``);
@@ -556,16 +557,6 @@ class ChannelSpace:
                 )
                 self._skip(root_name, blocked[0])
                 continue
-            grouped = [
-                names[m] for m in members if isinstance(m, nn.Module) and _layers.is_grouped(m)
-            ]
-            if grouped:
-                root_name = next(
-                    (names[m] for m in members if isinstance(m, _PRUNABLE) and m in names),
-                    grouped[0],
-                )
-                self._skip(root_name, f"runs through grouped convolutions {', '.join(grouped)}")
-                continue
             ops: list[_Op] = []
             layer_names: set[str] = set()
             out_layers: list[nn.Module] = []
@@ -607,7 +598,7 @@ class ChannelSpace:
                     f"importance {self.importance!r} gave no score for the group of {names[root]}"
                 )
             scores = torch.nan_to_num(scores.detach().float().cpu(), nan=0.0).numpy()
-            blocks = self._attention_blocks(members, ops, channels, names)
+            blocks = self._blocks(dg, members, ops, channels, names)
             if isinstance(blocks, str):
                 self._skip(names[root], blocks)
                 continue
@@ -644,21 +635,30 @@ class ChannelSpace:
         log.info("channel group of %s left out: %s", unit_id, reason)
         self.skipped.append(Skipped(id=unit_id, reason=reason))
 
-    def _attention_blocks(
+    def _blocks(
         self,
+        dg: Any,
         members: Sequence[Any],
         ops: Sequence[_Op],
         channels: int,
         names: dict[nn.Module, str],
     ) -> tuple[int, np.ndarray | None] | str:
-        """How a group through attention modules loses channels: (step, block key per channel).
+        """How a group loses channels: (step, block key per channel; None for one by one).
 
-        Whole heads (key = head index, step = head size) where ``num_heads``
-        names the module; otherwise the same positions of every head (key =
-        position in the head, step = number of heads). A plain group gives
-        (1, None). A reason string means the group cannot be pruned soundly.
+        Through attention modules: whole heads (key = head index, step = head
+        size) where ``num_heads`` names them, else the same positions of every
+        head (key = position in the head, step = number of heads). Through
+        grouped convolutions: the same position of every convolution group
+        (key = position, step = groups), the only pruning that keeps each
+        group's slice of the weight whole. A reason string means the group
+        cannot be pruned soundly and is left out.
         """
         mhas = [m for m in dict.fromkeys(members) if isinstance(m, nn.MultiheadAttention)]
+        grouped = [m for m in dict.fromkeys(members) if _layers.is_grouped(m)]
+        if mhas and grouped:
+            return "couples attention with grouped convolutions"
+        if grouped:
+            return self._grouped_blocks(dg, grouped, ops, channels, names)
         if not mhas:
             return 1, None
         by_heads = [m in self._heads for m in mhas]
@@ -679,6 +679,35 @@ class ChannelSpace:
         if (keys < 0).any():
             return "attention channels that do not map one-to-one to the group"
         return (head_dim if all(by_heads) else heads), keys
+
+    def _grouped_blocks(
+        self,
+        dg: Any,
+        grouped: Sequence[nn.Module],
+        ops: Sequence[_Op],
+        channels: int,
+        names: dict[nn.Module, str],
+    ) -> tuple[int, np.ndarray] | str:
+        keys: np.ndarray | None = None
+        step = 0
+        for conv in grouped:
+            for op in ops:
+                if op.target != names[conv] or op.is_param:
+                    continue
+                out = dg.is_out_channel_pruning_fn(op.handler)
+                size = conv.out_channels if out else conv.in_channels
+                per_group = size // conv.groups
+                if len(op.idxs) != channels:
+                    return f"grouped convolution {names[conv]} takes part of the group's channels"
+                mine = np.full(channels, -1, dtype=np.int64)
+                mine[op.roots] = op.idxs % per_group
+                if keys is None:
+                    keys, step = mine, conv.groups
+                elif conv.groups != step or not np.array_equal(keys, mine):
+                    return "couples grouped convolutions whose groups do not line up"
+        if keys is None or (keys < 0).any():
+            return "grouped convolution channels that do not map one-to-one to the group"
+        return step, keys
 
     # ------------------------------------------------------------- policies
     def __len__(self) -> int:
