@@ -93,6 +93,7 @@ def _start(
     overwrite: bool,
     progress: ProgressFn | None,
     objects: tuple[Any, Any, Any] | None,
+    structure: Mapping[str, Any] | None = None,
 ) -> PruneResult:
     from hwprune.run import run
 
@@ -105,7 +106,7 @@ def _start(
     lock = prepare_run_dir(out, config, resume=resume, overwrite=overwrite)
     ctx = RunContext(config=config, run_dir=out, progress=progress, resumed=resume)
     try:
-        return run(ctx, constraints=constraints, objects=objects)
+        return run(ctx, constraints=constraints, objects=objects, structure=structure)
     except TaskError as exc:
         raise TaskError(
             f"{exc}; everything measured is kept in {str(out)!r}: fix the task and resume "
@@ -150,6 +151,10 @@ def prune(
     calibrate: Any = None,
     finetune: Any = None,
     evaluate: Any = None,
+    ignored_layers: Sequence[Any] | None = None,
+    num_heads: Mapping[Any, int] | None = None,
+    customized_pruners: Mapping[Any, Any] | None = None,
+    unwrapped_parameters: Any = None,
     resume: bool = False,
     overwrite: bool = False,
     progress: ProgressFn | None = None,
@@ -164,6 +169,10 @@ def prune(
     ``package.module:factory`` string returning (model, example_inputs, task).
     ``options`` are :class:`~hwprune.config.PruneConfig` fields (agent,
     evaluations, data, weights, finetune_epochs, seed, granularity, ...).
+    ``ignored_layers`` (never pruned: a detection head), ``num_heads`` (prune
+    whole attention heads), ``customized_pruners``/``unwrapped_parameters``
+    go to Torch-Pruning for a module it cannot trace; ``restore`` needs the
+    last two again.
 
     Raises InfeasibleBudgetError (the run directory is kept) when no allowed
     policy meets a budget, naming the smallest value measured.
@@ -194,8 +203,11 @@ def prune(
             )
         options["model"] = model
     config = PruneConfig.from_mapping({**options, "budgets": budgets})
+    structure = {"ignored_layers": ignored_layers, "num_heads": num_heads,
+                 "customized_pruners": customized_pruners,
+                 "unwrapped_parameters": unwrapped_parameters}  # fmt: skip
     return _start(config, out=Path(out), resume=resume, overwrite=overwrite, progress=progress,
-                  objects=objects)  # fmt: skip
+                  objects=objects, structure=structure)  # fmt: skip
 
 
 def resume(
@@ -206,6 +218,7 @@ def resume(
     model: Any = None,
     example_inputs: Any = None,
     task: Any = None,
+    **structure: Any,
 ) -> PruneResult:
     """Continue a stopped run with the options in its config.json (``evaluations`` may raise it).
 
@@ -226,7 +239,7 @@ def resume(
             "example_inputs= and task= again to resume it"
         )
     return _start(config, out=Path(run_dir), resume=True, overwrite=False, progress=progress,
-                  objects=objects)  # fmt: skip
+                  objects=objects, structure=structure)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- save / restore
@@ -283,7 +296,13 @@ def _first_differing_unit(space: Any, saved: Mapping[str, Any]) -> str | None:
     return None
 
 
-def restore(base_model: Any, path: str | Path) -> Any:
+def restore(
+    base_model: Any,
+    path: str | Path,
+    *,
+    customized_pruners: Mapping[Any, Any] | None = None,
+    unwrapped_parameters: Any = None,
+) -> Any:
     """The saved pruned model, rebuilt on ``base_model`` (a fresh dense instance), in eval mode.
 
     ``path``: a file written by ``save`` or a run directory (its model.pt).
@@ -298,8 +317,19 @@ def restore(base_model: Any, path: str | Path) -> Any:
 
     ckpt = _pruned_checkpoint(path)
     meta = dict(ckpt.meta)
-    shape = (1, *(int(s) for s in meta.get("input_shape") or (3, 32, 32)))
-    space = build_space(base_model.eval(), input_shape=shape, options=meta["space"])
+    from hwprune.inputs import ExampleInputs
+
+    if isinstance(meta.get("example_inputs"), Mapping):
+        inputs = ExampleInputs.from_json(meta["example_inputs"])
+    else:
+        inputs = ExampleInputs.from_shape(
+            (1, *(int(s) for s in meta.get("input_shape") or (3, 32, 32)))
+        )
+    structure = {"ignored_layers": meta.get("ignored_layers"), "num_heads": meta.get("num_heads"),
+                 "customized_pruners": customized_pruners,
+                 "unwrapped_parameters": unwrapped_parameters}  # fmt: skip
+    space = build_space(base_model.eval(), example_inputs=inputs, options=meta["space"],
+                        structure=structure)  # fmt: skip
     if isinstance(meta.get("units"), Mapping):
         problem = _first_differing_unit(space, meta["units"])
         if problem is not None:

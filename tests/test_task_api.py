@@ -191,3 +191,47 @@ def test_a_task_without_finetune_or_evaluate_is_reported(tmp_path: Path, capsys)
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "no evaluate(model)" in captured.out and "not fine-tuned" in captured.out
+
+
+class TwoHeads(nn.Module):
+    """Named inputs (an image and a scale vector) and a dict of outputs (logits and boxes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.Conv2d(16, 32, 3, padding=1), nn.ReLU())  # fmt: skip
+        self.cls = nn.Linear(32, 4)
+        self.box = nn.Linear(32 + 2, 4)
+
+    def forward(self, image: torch.Tensor, scale: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.body(image).mean((2, 3))
+        return {"logits": self.cls(f), "boxes": self.box(torch.cat([f, scale], 1))}
+
+
+def test_named_inputs_and_dict_outputs_with_an_ignored_head(tmp_path: Path) -> None:
+    import onnx
+
+    torch.manual_seed(0)
+    model = TwoHeads().eval()
+    inputs = {"image": torch.randn(1, 3, 16, 16), "scale": torch.randn(1, 2)}
+    batch = {"image": torch.randn(8, 3, 16, 16), "scale": torch.randn(8, 2)}
+    with torch.no_grad():
+        target = model(**batch)
+
+    def score(m: nn.Module) -> float:
+        with torch.no_grad():
+            out = m(**batch)
+        return -float(sum(((out[k] - target[k]) ** 2).mean() for k in out))
+
+    out = tmp_path / "run"
+    result = hwprune.prune(model, example_inputs=inputs, score=score, calibrate=[batch],
+                           ignored_layers=[model.body[3]], out=out, **SMALL)  # fmt: skip
+    assert result.all_met
+    graph = onnx.load(str(out / "model.onnx")).graph
+    assert [i.name for i in graph.input] == ["image", "scale"]
+    assert len(graph.output) == 2
+    assert result.model.body[3].out_channels == 32  # ignored: never pruned
+    again = hwprune.restore(TwoHeads(), out)
+    with torch.no_grad():
+        want, got = result.model(**batch), again(**batch)
+    assert all(torch.equal(want[k], got[k]) for k in want)

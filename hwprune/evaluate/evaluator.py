@@ -161,6 +161,7 @@ class Evaluator:
         max_eval_samples: int | None = 2000,
         device: str = "cpu",
         seed: int = 0,
+        opset: int | None = None,
         on_outcome: Callable[[Outcome], None] | None = None,
     ) -> None:
         """``task`` scores candidates (see hwprune.task); ``data`` is a shortcut for
@@ -184,7 +185,10 @@ class Evaluator:
         self.constraints = list(constraints)
         self.cache = cache
         self.seed = seed
+        # Every input of the model, by ONNX input name: each oracle gets every input's shape.
+        self.example_inputs = space.example_inputs
         self.input_shape = tuple(space.example_input_shape)
+        self.opset = opset
         self.on_outcome = on_outcome
         self._oracles = {c.name: oracles.get_oracle(c.oracle) for c in self.constraints}
         self._by_key: dict[str, Outcome] = {}
@@ -236,14 +240,15 @@ class Evaluator:
         """
         from hwprune.export.onnx import export_onnx
 
-        shapes = {"input": self.input_shape}
+        shapes = self.example_inputs.shapes
         out: dict[str, Measurement] = {}
         for c in self.constraints:
             oracle = self._oracles[c.name]
             if oracle.input_format == "onnx":
                 if onnx_bytes is None:
                     t0 = time.perf_counter()
-                    onnx_bytes = export_onnx(module, input_shape=self.input_shape)
+                    kwargs = {} if self.opset is None else {"opset": self.opset}
+                    onnx_bytes = export_onnx(module, example_inputs=self.example_inputs, **kwargs)
                     if timings is not None:
                         timings["export"] = time.perf_counter() - t0
                 model: Any = onnx_bytes

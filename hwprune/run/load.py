@@ -20,7 +20,7 @@ from hwprune.task import BoundTask, ClassificationTask, as_task
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Loaded", "load", "build_space", "input_shape_of", "import_factory", "call_factory"]
+__all__ = ["Loaded", "load", "build_space", "inputs_of", "import_factory", "call_factory"]
 
 
 @dataclass
@@ -29,31 +29,18 @@ class Loaded:
 
     model: Any  # the dense nn.Module, eval mode, never modified
     example_inputs: Any
-    input_shape: tuple[int, ...]  # batch shape of the (single) example input
     task: BoundTask
     space: Any
+    structure: dict[str, Any] = field(default_factory=dict)  # Torch-Pruning options as given
     meta: dict[str, Any] = field(default_factory=dict)  # rebuilds the base model (load_pruned)
     finetune_text: str | None = None  # the recipe in words, for the report
 
 
-def input_shape_of(example_inputs: Any) -> tuple[int, ...]:
-    """The batch shape of a single example input tensor."""
-    import torch
+def inputs_of(example_inputs: Any) -> Any:
+    """``example_inputs`` (a tensor, a tuple of tensors, a dict of named tensors) as ExampleInputs."""
+    from hwprune.inputs import ExampleInputs
 
-    if isinstance(example_inputs, torch.Tensor):
-        return tuple(int(s) for s in example_inputs.shape)
-    if isinstance(example_inputs, (tuple, list)) and len(example_inputs) == 1:
-        return input_shape_of(example_inputs[0])
-    if (
-        isinstance(example_inputs, (tuple, list))
-        and example_inputs
-        and all(isinstance(s, int) for s in example_inputs)
-    ):
-        return tuple(int(s) for s in example_inputs)
-    raise ConfigError(
-        "example_inputs must be one input tensor such as torch.randn(1, 3, 32, 32), got "
-        f"{type(example_inputs).__name__}"
-    )
+    return ExampleInputs.from_user(example_inputs)
 
 
 def space_options(config: PruneConfig) -> dict[str, Any]:
@@ -66,25 +53,39 @@ def space_options(config: PruneConfig) -> dict[str, Any]:
     }
 
 
-def build_space(model: Any, *, input_shape: tuple[int, ...], options: Mapping[str, Any]) -> Any:
-    """The prune space of ``model`` for the run's granularity (channels, or weight sparsity)."""
+def build_space(
+    model: Any,
+    *,
+    example_inputs: Any,
+    options: Mapping[str, Any],
+    structure: Mapping[str, Any] | None = None,
+) -> Any:
+    """The prune space of ``model`` for the run's granularity (channels, or weight sparsity).
+
+    ``structure``: Torch-Pruning's options for the user's module (ignored_layers,
+    num_heads, customized_pruners, unwrapped_parameters), passed as given.
+    """
     from hwprune import space as space_mod
 
+    structure = {k: v for k, v in (structure or {}).items() if v is not None}
     granularity = options["granularity"]
     if granularity == "channel":
         return space_mod.ChannelSpace(
             model,
-            example_input_shape=tuple(input_shape),
+            example_inputs=example_inputs,
             round_to=int(options["round_to"]),
             min_keep=float(options["min_keep"]),
             importance=options["importance"],
+            **structure,
         )
     pattern = "2:4" if granularity == "2:4" else "unstructured"
+    extra = {k: v for k, v in structure.items() if k == "ignored_layers"}
     return space_mod.WeightSpace(
         model,
-        example_input_shape=tuple(input_shape),
+        example_inputs=example_inputs,
         min_keep=float(options["min_keep"]),
         pattern=pattern,
+        **extra,
     )
 
 
@@ -173,6 +174,7 @@ def checkpoint_input_size(weights: str | None) -> int | None:
 
 def _builtin(ctx: RunContext) -> Loaded:
     from hwprune.data import get_dataset
+    from hwprune.inputs import ExampleInputs
 
     config = ctx.config
     input_size = config.input_size or checkpoint_input_size(config.weights)
@@ -187,6 +189,7 @@ def _builtin(ctx: RunContext) -> Loaded:
         config, num_classes=int(data.num_classes), input_size=int(input_shape[-1])
     )
     meta["input_shape"] = list(input_shape)
+    inputs = ExampleInputs.from_shape((1, *input_shape), seed=config.seed)
     task = ClassificationTask(
         data,
         device=config.device,
@@ -198,27 +201,53 @@ def _builtin(ctx: RunContext) -> Loaded:
         keep_zeros=config.granularity != "channel",
         progress=ctx.progress,
     )
-    space = build_space(model, input_shape=(1, *input_shape), options=space_options(config))
-    return Loaded(model=model, example_inputs=(1, *input_shape), input_shape=(1, *input_shape),
-                  task=as_task(task), space=space, meta=meta,
+    space = build_space(model, example_inputs=inputs, options=space_options(config))
+    return Loaded(model=model, example_inputs=inputs, task=as_task(task), space=space, meta=meta,
                   finetune_text=task.describe_finetune())  # fmt: skip
 
 
+def structure_meta(model: Any, structure: Mapping[str, Any]) -> dict[str, Any]:
+    """ignored_layers and num_heads by module name, for the checkpoint (restore rebuilds them)."""
+    names = {m: n for n, m in model.named_modules()}
+    out: dict[str, Any] = {}
+    if structure.get("ignored_layers"):
+        out["ignored_layers"] = [m if isinstance(m, str) else names.get(m, "?")
+                                 for m in structure["ignored_layers"]]  # fmt: skip
+    if structure.get("num_heads"):
+        out["num_heads"] = {k if isinstance(k, str) else names.get(k, "?"): int(v)
+                            for k, v in structure["num_heads"].items()}  # fmt: skip
+    return out
+
+
 def from_objects(
-    ctx: RunContext, model: Any, example_inputs: Any, task: Any, *, meta: dict
+    ctx: RunContext,
+    model: Any,
+    example_inputs: Any,
+    task: Any,
+    *,
+    meta: dict,
+    structure: Mapping[str, Any] | None = None,
 ) -> Loaded:
     """Loaded from the user's own module, example inputs and task."""
     model = model.eval()
-    shape = input_shape_of(example_inputs)
+    inputs = inputs_of(example_inputs)
     bound = as_task(task)
-    meta = {**meta, "input_shape": list(shape[1:])}
-    space = build_space(model, input_shape=shape, options=space_options(ctx.config))
+    structure = dict(structure or {})
+    meta = {**meta, "input_shape": list(inputs.first_shape[1:]),
+            "example_inputs": inputs.to_json(), **structure_meta(model, structure)}  # fmt: skip
+    space = build_space(model, example_inputs=inputs, options=space_options(ctx.config),
+                        structure=structure)  # fmt: skip
     text = None if bound.finetune is not None else "Fine-tuning: none (the task has no finetune)."
-    return Loaded(model=model, example_inputs=example_inputs, input_shape=shape, task=bound,
-                  space=space, meta=meta, finetune_text=text)  # fmt: skip
+    return Loaded(model=model, example_inputs=inputs, task=bound, space=space, meta=meta,
+                  structure=structure, finetune_text=text)  # fmt: skip
 
 
-def load(ctx: RunContext, *, objects: tuple[Any, Any, Any] | None = None) -> Loaded:
+def load(
+    ctx: RunContext,
+    *,
+    objects: tuple[Any, Any, Any] | None = None,
+    structure: Mapping[str, Any] | None = None,
+) -> Loaded:
     """Stage ``load``: the model, example inputs, task and space the run prunes."""
     import torch
 
@@ -227,7 +256,10 @@ def load(ctx: RunContext, *, objects: tuple[Any, Any, Any] | None = None) -> Loa
         meta = {"task": ctx.config.task} if ctx.config.task else {"model": None}
         if objects is None and ctx.config.task is not None:
             objects = call_factory(ctx.config.task)
-        loaded = from_objects(ctx, *objects, meta=meta) if objects is not None else _builtin(ctx)
+        if objects is not None:
+            loaded = from_objects(ctx, *objects, meta=meta, structure=structure)
+        else:
+            loaded = _builtin(ctx)
         step(1)
     return loaded
 

@@ -55,7 +55,7 @@ def export(ctx: RunContext, loaded: Loaded, f: Final) -> Any:
         step(1)
         exported = final_export(
             f.module,
-            input_shape=loaded.input_shape,
+            example_inputs=loaded.example_inputs,
             onnx_path=ctx.path("model.onnx"),
             engine_path=ctx.path("model.engine") if ctx.config.tensorrt else None,
             opset=ctx.config.opset,

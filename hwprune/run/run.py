@@ -3,6 +3,7 @@ killed session left (the episodes log answers every candidate measured before)."
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from hwprune.run.context import RunContext
@@ -16,10 +17,15 @@ __all__ = ["run"]
 
 
 def run(
-    ctx: RunContext, *, constraints: list, objects: tuple[Any, Any, Any] | None = None
+    ctx: RunContext,
+    *,
+    constraints: list,
+    objects: tuple[Any, Any, Any] | None = None,
+    structure: Mapping[str, Any] | None = None,
 ) -> PruneResult:
-    """Every stage in order; ``objects`` = (model, example_inputs, task) handed by the caller."""
-    loaded = load(ctx, objects=objects)
+    """Every stage in order; ``objects`` = (model, example_inputs, task) handed by the caller,
+    ``structure`` its Torch-Pruning options (ignored_layers, num_heads, ...)."""
+    loaded = load(ctx, objects=objects, structure=structure)
     d = dense(ctx, loaded, constraints)
     searched = search(ctx, loaded, d)
     chosen, confirmations = choose(ctx, loaded, d)

@@ -53,6 +53,7 @@ def dense(ctx: RunContext, loaded: Loaded, constraints: list) -> Dense:
             cache=MeasurementCache(ctx.cache_path),
             log_path=str(ctx.episodes_path),
             seed=ctx.config.seed,
+            opset=ctx.config.opset,
         )
         resumed = evaluator.evaluations
         constraints = evaluator.calibrate()
