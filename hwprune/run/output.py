@@ -144,6 +144,7 @@ def report(
             ctx.run_dir, result=result, history=d.evaluator.history,
             chosen_key=f.candidate.key, constraints=d.constraints,
             unit_names=_unit_names(loaded.space), lagrange=s.extra.get("lagrange"),
+            mean_costs=s.extra.get("mean_costs"),
             options=options,
         )  # fmt: skip
         step(1)
