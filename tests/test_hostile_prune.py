@@ -184,6 +184,6 @@ def test_imagefolder_images_load_at_the_checkpoints_input_size(tmp_path: Path) -
     base = dict(model="vgg11_cifar", data=f"imagefolder:{tmp_path / 'imgs'}",
                 budgets=("flops<=50%",), weights=str(ckpt))  # fmt: skip
     loaded = load(RunContext(config=PruneConfig(**base), run_dir=tmp_path))
-    assert loaded.input_shape == (1, 3, 32, 32)
+    assert loaded.example_inputs.first_shape == (1, 3, 32, 32)
     loaded = load(RunContext(config=PruneConfig(**base, input_size=48), run_dir=tmp_path))
-    assert loaded.input_shape == (1, 3, 48, 48)  # --input-size wins over the meta
+    assert loaded.example_inputs.first_shape == (1, 3, 48, 48)  # --input-size wins over the meta
