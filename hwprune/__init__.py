@@ -1,7 +1,7 @@
 """hwprune: hardware-aware neural-network pruning to budgets measured on the deployment runtime.
 
-``import hwprune`` stays light: ``hwprune.prune`` and ``hwprune.load_pruned``
-import the pipeline (torch, onnx, SB3) on first use.
+``import hwprune`` stays light: ``prune``, ``resume``, ``save``, ``restore`` and
+``load_pruned`` (see ``hwprune.api``) import torch, onnx and SB3 on first use.
 """
 
 from __future__ import annotations
@@ -10,12 +10,15 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "prune", "resume", "load_pruned"]
+__all__ = ["__version__", "prune", "resume", "save", "restore", "load_pruned", "PruneConfig"]
 
 _LAZY = {
-    "prune": "hwprune.pipeline",
-    "resume": "hwprune.pipeline",
-    "load_pruned": "hwprune.pipeline",
+    "prune": "hwprune.api",
+    "resume": "hwprune.api",
+    "save": "hwprune.api",
+    "restore": "hwprune.api",
+    "load_pruned": "hwprune.api",
+    "PruneConfig": "hwprune.config",
 }
 
 

@@ -53,7 +53,11 @@ def write_report_md(
     """
     run_dir = Path(run_dir)
     lines = [
-        f"# hwprune report: {options.get('model')} on {options.get('data')}",
+        (
+            f"# hwprune report: {options.get('model')} on {options.get('data')}"
+            if options.get("model")
+            else f"# hwprune report: {options.get('task') or 'your model'}"
+        ),
         "",
         f"Every budget was re-measured on the final model, without the cache, by the oracle "
         f"that judged the search. All met: **{'yes' if result.all_met else 'NO'}**.",
@@ -66,20 +70,8 @@ def write_report_md(
             f"| `{b.budget}` | `{b.oracle}` | {_fmt(b.dense, b.unit)} | {_fmt(b.bound, b.unit)} "
             f"| {_fmt(b.final, b.unit)} | {'yes' if b.met else 'NO'} | {100 * b.margin:.1f}% |"
         )
+    lines += ["", *_metrics_lines(result, options), ""]
     lines += [
-        "",
-        "## Accuracy (test split)",
-        "",
-        "| dense | pruned, before fine-tuning | after fine-tuning |",
-        "|---|---|---|",
-        f"| {_pct(result.accuracy_dense)} | {_pct(result.accuracy_pruned)} "
-        f"| {_pct(result.accuracy_finetuned)} |",
-        "",
-        f"Fine-tuning: {options.get('finetune_epochs')} epoch(s), SGD at peak learning rate "
-        f"{options.get('finetune_lr', 0.01):g} with a cosine schedule, batch size "
-        f"{options.get('finetune_batch_size', 128)}"
-        + (", distilled from the dense model." if options.get("distill") else "."),
-        "",
         f"Parameters: {result.params_dense:,} dense, {result.params_final:,} final "
         f"({100.0 * result.params_final / max(1, result.params_dense):.1f}%).",
         "",
@@ -124,6 +116,44 @@ def write_report_md(
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def _metrics_lines(result: Any, options: Mapping[str, Any]) -> list[str]:
+    """The task's metrics (test accuracy for the built-in task) and the fine-tuning recipe."""
+    finetune_text = options.get("finetune_text") or (
+        f"Fine-tuning: {options.get('finetune_epochs')} epoch(s), SGD at peak learning rate "
+        f"{options.get('finetune_lr', 0.01):g} with a cosine schedule, batch size "
+        f"{options.get('finetune_batch_size', 128)}"
+        + (", distilled from the dense model." if options.get("distill") else ".")
+    )
+    metrics = getattr(result, "metrics", None) or {}
+    if getattr(result, "evaluated", True) and "accuracy" in metrics.get("dense", {"accuracy": 0}):
+        lines = [
+            "## Accuracy (test split)",
+            "",
+            "| dense | pruned, before fine-tuning | after fine-tuning |",
+            "|---|---|---|",
+            f"| {_pct(result.accuracy_dense)} | {_pct(result.accuracy_pruned)} "
+            f"| {_pct(result.accuracy_finetuned)} |",
+        ]
+    elif metrics:
+        names = sorted({k for m in metrics.values() for k in m})
+        lines = ["## Metrics (the task's evaluate)", "", "| metric | dense | pruned, before "
+                 "fine-tuning | final |", "|---|---|---|---|"]  # fmt: skip
+        for n in names:
+            row = [metrics.get(s, {}).get(n) for s in ("dense", "pruned", "final")]
+            lines.append(f"| {n} | " + " | ".join("-" if v is None else f"{v:.4g}" for v in row)
+                         + " |")  # fmt: skip
+    else:
+        lines = ["## Metrics", "", "The task has no evaluate(model): no final metrics were "
+                 "computed; the search's score is shown instead."]  # fmt: skip
+    score = (getattr(result, "score_dense", None), getattr(result, "score_chosen", None))
+    if score[0] is not None and not getattr(result, "evaluated", True):
+        lines += ["", f"Score (the task's proxy): dense {score[0]:.4g}, chosen candidate "
+                  f"before fine-tuning {score[1]:.4g}."]  # fmt: skip
+    if not getattr(result, "finetuned", True):
+        finetune_text = "Fine-tuning: none (the task has no finetune(model, teacher))."
+    return [*lines, "", finetune_text]
 
 
 def write_plots(

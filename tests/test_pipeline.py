@@ -109,7 +109,7 @@ def test_fine_tuning_trains_with_the_given_recipe(monkeypatch: pytest.MonkeyPatc
 
     import hwprune.train
     from hwprune.data import get_dataset
-    from hwprune.pipeline import _finetune
+    from hwprune.task import ClassificationTask
 
     seen = []
     real = hwprune.train.finetune
@@ -122,14 +122,19 @@ def test_fine_tuning_trains_with_the_given_recipe(monkeypatch: pytest.MonkeyPatc
     steps = []
     data = get_dataset("digits")
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
-    options = {"finetune_epochs": 1, "finetune_lr": 0.03, "finetune_batch_size": 64,
-               "device": "cpu", "seed": 0}  # fmt: skip
-    _finetune(net, data, options=options, teacher=None, progress=steps.append)
+    task = ClassificationTask(data, finetune_epochs=1, finetune_lr=0.03, finetune_batch_size=64,
+                              progress=steps.append)  # fmt: skip
+    task.finetune(net, teacher=None)
     assert seen[0]["lr"] == 0.03 and seen[0]["batch_size"] == 64
-    # A run directory from before these options existed fine-tunes with the old recipe.
-    old_options = {"finetune_epochs": 1, "device": "cpu", "seed": 0}
-    _finetune(net, data, options=old_options, teacher=None, progress=None)
-    assert seen[1]["lr"] == 0.01 and seen[1]["batch_size"] == 128
+    # The defaults are the config's: one place owns them.
+    from hwprune.config import PruneConfig
+
+    defaults = PruneConfig()
+    ClassificationTask(data, finetune_epochs=1).finetune(net, teacher=None)
+    assert (seen[1]["lr"], seen[1]["batch_size"]) == (
+        defaults.finetune_lr,
+        defaults.finetune_batch_size,
+    )
     assert steps and steps[-1].stage == "finetune"
 
 

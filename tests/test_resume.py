@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from hwprune.evaluate import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,3 +63,90 @@ def test_sigkill_then_resume_evaluates_no_candidate_twice(tmp_path: Path) -> Non
     report = json.loads((out / "report.json").read_text())
     assert report["budgets"][0]["met"] is True
     assert report["search"]["evaluations"] == len(after)
+
+
+def _prune_cmd(out: Path, agent: str, evaluations: int) -> list[str]:
+    return [sys.executable, "-m", "hwprune", "prune", "--model", "vgg11_cifar", "--width", "0.25",
+            "--budget", "flops<=40%", "--agent", agent, "--evaluations", str(evaluations),
+            "--finetune-epochs", "1", "--finetune-batch-size", "64", "--out", str(out),
+            "--quiet", "--json"]  # fmt: skip
+
+
+def _kill_after(cmd: list[str], out: Path, lines: int, env: dict, cwd: Path) -> None:
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "episodes.jsonl").exists() and len(_episodes(out)) >= lines:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, "prune finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+
+
+def _shipped(out: Path) -> tuple[dict, dict, list[str], dict]:
+    import torch
+
+    report = json.loads((out / "report.json").read_text())
+    state = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    return (
+        json.loads((out / "policy.json").read_text()),
+        report["accuracy"],
+        [r["key"] for r in _episodes(out)],
+        {"search": report["search"], "state": {k: v.sum().item() for k, v in state.items()}},
+    )
+
+
+@pytest.mark.parametrize(
+    ("agent", "evaluations", "kill_at"),
+    [
+        pytest.param("random", 10, 4, marks=pytest.mark.slow),
+        pytest.param("ppo-lagrangian", 12, 6, marks=pytest.mark.slow),
+    ],
+)
+def test_a_run_killed_mid_search_ships_what_the_uninterrupted_run_ships(
+    agent: str, evaluations: int, kill_at: int, tmp_path: Path
+) -> None:
+    """Issue 16 item 1: the resumed search replays the log and goes on, the choice ranks every
+    candidate of both sessions, and the report counts evaluations across sessions."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    done = subprocess.run(_prune_cmd(whole, agent, evaluations), env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    _kill_after(_prune_cmd(killed, agent, evaluations), killed, kill_at, env, tmp_path)
+    assert not (killed / "report.json").exists()
+    done = subprocess.run([sys.executable, "-m", "hwprune", "prune", "--resume", str(killed),
+                           "--json", "--quiet"], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    policy, accuracy, keys, rest = _shipped(killed)
+    want_policy, want_accuracy, want_keys, want_rest = _shipped(whole)
+    assert keys == want_keys  # the same candidates, none measured twice
+    assert len(keys) == len(set(keys)) == evaluations
+    assert policy == want_policy
+    assert accuracy == want_accuracy
+    assert rest == want_rest  # weights, evaluations and first feasible evaluation alike
+
+
+def test_a_task_run_resumes_after_sigkill_measuring_no_candidate_twice(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "hwprune", "prune", "--task", "tests.user_task:factory",
+           "--budget", "params<=60%", "--agent", "random", "--evaluations", "30",
+           "--out", str(out), "--quiet"]  # fmt: skip
+    _kill_after(cmd, out, 3, env, ROOT)
+    before = [r["key"] for r in _episodes(out)]
+    assert 3 <= len(before) < 30 and not (out / "report.json").exists()
+    done = subprocess.run([sys.executable, "-m", "hwprune", "prune", "--resume", str(out),
+                           "--json"], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["all_met"] is True
+    keys = [r["key"] for r in _episodes(out)]
+    assert keys[: len(before)] == before
+    assert len(keys) == len(set(keys)) == 30, "a candidate was measured twice"
+    report = json.loads((out / "report.json").read_text())
+    assert report["search"]["evaluations"] == 30 and report["task"]["name"] == "FidelityTask"

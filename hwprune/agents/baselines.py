@@ -224,14 +224,19 @@ def _group_channel_magnitudes(space: Any, *, p: int) -> list[np.ndarray]:
     names = {m: n for n, m in model.named_modules()}
     modules = dict(model.named_modules())
     ignored = [modules[n] for n in getattr(space, "output_layers", ()) if n in modules]
-    shape = tuple(getattr(space, "example_input_shape", (1, 3, 32, 32)))
-    device = next((q.device for q in model.parameters()), torch.device("cpu"))
-    example = torch.randn(*shape, generator=torch.Generator().manual_seed(0)).to(device)
     was_training = model.training
     model.eval()
     try:
-        with torch.enable_grad():
-            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+        if hasattr(space, "dependency_graph"):
+            dg = space.dependency_graph()  # traced with the space's inputs and options
+        else:
+            shape = tuple(getattr(space, "example_input_shape", (1, 3, 32, 32)))
+            device = next((q.device for q in model.parameters()), torch.device("cpu"))
+            example = torch.randn(*shape, generator=torch.Generator().manual_seed(0)).to(device)
+            with torch.enable_grad():
+                dg = tp.DependencyGraph().build_dependency(
+                    model, example_inputs=example, verbose=False
+                )
         groups = list(
             dg.get_all_groups(
                 ignored_layers=ignored, root_module_types=(nn.modules.conv._ConvNd, nn.Linear)

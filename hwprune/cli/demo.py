@@ -86,33 +86,25 @@ def run_demo(
     *, quiet: bool = False, as_json: bool = False, out: str | None = None, overwrite: bool = False
 ) -> int:
     """Train or reuse the demo model, then prune it (see the module docstring)."""
+    import contextlib
+
     from hwprune.cli._console import err_console
-    from hwprune.cli.prune import DEFAULTS, execute
+    from hwprune.cli.prune import ProgressView, execute
+    from hwprune.progress import ProgressEvent
 
     show = not (quiet or as_json)
-    train_progress = None
-    bar = None
-    if show:
-        from rich.progress import Progress
+    view = ProgressView(err_console) if show else None
 
-        bar = Progress(console=err_console, transient=True)
-        bar.start()
-        task = bar.add_task("train demo model", total=DEMO_TRAIN_EPOCHS)
+    def train_progress(p: Any) -> None:
+        if p.epoch_done and view is not None:
+            view(ProgressEvent("train", p.epoch, p.epochs, info={"loss": p.loss}))
 
-        def train_progress(p: Any) -> None:
-            if p.epoch_done:
-                bar.update(task, completed=p.epoch)
-
-    try:
-        ckpt, seconds = demo_checkpoint(progress=train_progress)
-    finally:
-        if bar is not None:
-            bar.stop()
+    with view if view is not None else contextlib.nullcontext():
+        ckpt, seconds = demo_checkpoint(progress=train_progress if show else None)
     if show:
         how = "cached" if seconds is None else f"trained in {seconds:.1f}s"
         err_console.print(f"demo model: {ckpt} ({how})", highlight=False)
-    options = dict(DEFAULTS)
-    options.update(
+    options = dict(
         model=DEMO_MODEL,
         weights=str(ckpt),
         width=DEMO_WIDTH,

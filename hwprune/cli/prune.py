@@ -1,21 +1,19 @@
-"""``hwprune prune``: search, fine-tune, prove the budgets, export, report (resumable)."""
+"""``hwprune prune``: search, fine-tune, prove the budgets, export, report (resumable).
+
+The options are built from ``hwprune.config.PruneConfig``'s fields: one place
+owns each default, its type and its help.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
-# Defaults of options a config file or the command line may set (None: decided by prune()).
-DEFAULTS: dict[str, Any] = {
-    "model": None, "weights": None, "width": None, "data": "digits", "data_root": None,
-    "budgets": None, "oracles": None, "agent": "ppo-lagrangian", "evaluations": 100,
-    "finetune_epochs": 5, "finetune_lr": 0.01, "finetune_batch_size": 128, "distill": False,
-    "seed": 0, "round_to": None, "min_keep": 0.1,
-    "granularity": "channel", "importance": "l2", "device": "cpu", "opset": 17, "tensorrt": True,
-    "out": None, "overwrite": False,
-}  # fmt: skip
+# Options that only start a new run: refused beside --resume (the run's config.json rules).
+RUN_ONLY = ("out", "overwrite", "config")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +23,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "Measure the dense model, search per-layer pruning with an agent, fine-tune the best "
             "candidate, re-measure it with every budget's oracle, export ONNX (and TensorRT "
-            "where installed) and write a report into the run directory."
+            "where installed) and write a report into the run directory. Your own model: "
+            "--task package.module:factory, where factory() returns (model, example_inputs, "
+            "task) and task has score(model) and calibrate(model) (optionally finetune(model, "
+            "teacher) and evaluate(model)); see hwprune.task."
         ),
         epilog=(
             "example: hwprune prune --model vgg11_cifar --weights vgg.pt --data digits "
@@ -38,73 +39,76 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if default in (None, (), {}) or f.metadata["kind"] == "bool":
+        return ""
+    return f" (default {default})"
+
+
 def add_options(p: argparse.ArgumentParser) -> None:
-    """The prune options (defaults None so a config file's values are not overridden silently)."""
-    p.add_argument("--config", metavar="FILE", help="TOML (or YAML with pyyaml) file of options; "
-                   "command-line values override it")  # fmt: skip
-    p.add_argument("--model", help="registered model name or package.module:callable")
-    p.add_argument("--weights", metavar="CKPT", help="checkpoint of the dense model (weights only)")
-    p.add_argument("--width", type=float, help="width multiplier of *_cifar models")
-    p.add_argument("--data", help="dataset: digits (built in), cifar10, cifar100, imagefolder:PATH")
-    p.add_argument("--data-root", help="folder of downloadable datasets")
-    p.add_argument("--budget", action="append", dest="budgets", metavar="B",
-                   help="budget such as 'latency<=50%%', 'latency<=2.5ms', 'params<=1M' "
-                   "(repeatable)")  # fmt: skip
-    p.add_argument("--oracle", action="append", dest="oracles", metavar="QUANTITY=SPEC",
-                   help="oracle judging a quantity, e.g. latency=onnxruntime:cpu?threads=1")  # fmt: skip
-    p.add_argument("--agent", help="searcher: ppo-lagrangian, qlp, amc, uniform, global-magnitude, "
-                   "random (default ppo-lagrangian)")  # fmt: skip
-    p.add_argument("--evaluations", type=int, help="candidates to evaluate (default 100)")
-    p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (default 5)")
-    p.add_argument("--finetune-lr", type=float,
-                   help="peak learning rate of fine-tuning (default 0.01; cosine schedule)")  # fmt: skip
-    p.add_argument("--finetune-batch-size", type=int,
-                   help="fine-tuning batch size (default 128; a small training set wants fewer, "
-                   "for more steps per epoch)")  # fmt: skip
-    p.add_argument("--distill", action="store_true", default=None,
-                   help="distil from the dense model while fine-tuning")  # fmt: skip
+    """The prune options, one per PruneConfig field (defaults None here, so a config file's
+    values are overridden only by what the command line gives)."""
+    from hwprune.config import PruneConfig
+
+    p.add_argument("--config", metavar="FILE", help="TOML (or YAML with pyyaml) file of options "
+                   "(names as below, e.g. task = \"pkg.mod:factory\"); the command line "
+                   "overrides it")  # fmt: skip
+    types = {"int": int, "float": float, "str": str, "path": str}
+    for f in dataclasses.fields(PruneConfig):
+        meta, flag = f.metadata, _flag(f)
+        help_text = meta["help"] + _default_text(f)
+        if meta["kind"] == "bool":
+            negate = bool(meta.get("negate"))
+            action = "store_false" if negate else "store_true"
+            text = f"do not {help_text}" if negate else help_text
+            p.add_argument(flag, dest=f.name, action=action, default=None, help=text)
+        elif meta["kind"] in ("strs", "oracles"):
+            p.add_argument(flag, dest=f.name, action="append", metavar=meta.get("metavar"),
+                           help=help_text)  # fmt: skip
+        else:
+            p.add_argument(flag, dest=f.name, type=types[meta["kind"]], help=help_text,
+                           choices=meta.get("choices"))  # fmt: skip
     p.add_argument("--out", metavar="RUN_DIR", help="run directory to create")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run (options from its "
-                   "config.json)")  # fmt: skip
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run (every option from "
+                   "its config.json; --evaluations may raise the budget)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace an existing run in --out")  # fmt: skip
-    p.add_argument("--seed", type=int)
-    p.add_argument("--round-to", type=int, help="channel multiple (default 1; 8 for GPU oracles)")
-    p.add_argument("--min-keep", type=float, help="smallest fraction kept per unit (default 0.1)")
-    p.add_argument("--granularity", choices=["channel", "weight", "2:4"])
-    p.add_argument("--importance", help="channel importance: l1, l2, taylor, random (default l2)")
-    p.add_argument("--device", help="training/evaluation device: cpu, cuda, cuda:N (default cpu)")
-    p.add_argument("--opset", type=int, help="ONNX opset of the export (default 17)")
-    p.add_argument("--no-tensorrt", dest="tensorrt", action="store_false", default=None,
-                   help="do not build a TensorRT engine even where TensorRT is installed")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def collect_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Defaults, then the config file, then the command line."""
-    from hwprune.pipeline import read_config_file
+    """The config file's options, then the command line's (only those given)."""
+    from hwprune.config import PruneConfig, read_config_file
 
-    options = dict(DEFAULTS)
+    options: dict[str, Any] = {}
     if getattr(args, "config", None):
         options.update(read_config_file(args.config))
-    for key in DEFAULTS:
-        value = getattr(args, key, None)
+    for name in [f.name for f in dataclasses.fields(PruneConfig)] + ["out", "overwrite"]:
+        value = getattr(args, name, None)
         if value is not None:
-            options[key] = value
+            options[name] = value
     return options
 
 
 class ProgressView:
-    """Rich progress bars, one per stage, fed by the pipeline's ProgressEvents."""
+    """Rich progress bars, one per stage, fed by the run's ProgressEvents."""
 
     STAGES = {
+        "train": "train demo model",
         "load": "load data and model",
         "dense": "measure dense model",
         "search": "search",
+        "choose": "confirm best",
         "finetune": "fine-tune",
         "verify": "verify budgets",
         "export": "export",
+        "report": "report",
     }
 
     def __init__(self, console: Any) -> None:
@@ -148,8 +152,8 @@ class ProgressView:
     def _info(event: Any) -> str:
         info = event.info or {}
         parts = []
-        acc = info.get("best_feasible_accuracy")
         if event.stage == "search":
+            acc = info.get("best_feasible_accuracy")
             parts.append("best feasible: " + ("-" if acc is None else f"{100 * acc:.1f}%"))
             values = info.get("values") or {}
             parts += [f"{k}={v:.4g}" for k, v in values.items()]
@@ -157,7 +161,7 @@ class ProgressView:
             parts.append(f"search acc {100 * info['search_accuracy']:.1f}%")
         elif event.stage == "verify" and "met" in info:
             parts += [f"{k}: {'met' if ok else 'MISSED'}" for k, ok in info["met"].items()]
-        elif event.message:
+        elif event.message and not event.finished:
             parts.append(event.message)
         return "  ".join(parts)
 
@@ -179,34 +183,48 @@ def summary_table(result: Any) -> Any:
     return table
 
 
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
 def print_result(result: Any, *, as_json: bool) -> None:
+    from rich.markup import escape
+
     from hwprune.cli._console import console
 
     if as_json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
         return
     console.print(summary_table(result))
-    console.print(
-        f"accuracy (test): dense {100 * result.accuracy_dense:.2f}%, pruned "
-        f"{100 * result.accuracy_pruned:.2f}%, fine-tuned {100 * result.accuracy_finetuned:.2f}%; "
-        f"parameters {result.params_dense:,} -> {result.params_final:,}",
-        highlight=False,
-    )
+    if result.accuracy_dense is not None:
+        console.print(
+            f"accuracy (test): dense {_pct(result.accuracy_dense)}, pruned "
+            f"{_pct(result.accuracy_pruned)}, fine-tuned {_pct(result.accuracy_finetuned)}",
+            highlight=False,
+        )
+    elif result.metrics.get("final"):
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics["final"].items())
+        console.print(f"final metrics: {escape(shown)}", highlight=False)
+    else:
+        console.print("the task has no evaluate(model): no final metrics", highlight=False)
+    if not result.finetuned:
+        console.print("the task has no finetune(model, teacher): not fine-tuned", highlight=False)
+    console.print(f"parameters {result.params_dense:,} -> {result.params_final:,}", highlight=False)
     times = ", ".join(f"{k} {v:.1f}s" for k, v in result.stage_seconds.items())
     console.print(f"stage wall times: {times}", highlight=False)
-    from rich.markup import escape
-
     console.print(f"TensorRT: {escape(result.tensorrt)}", highlight=False)
     console.print(f"report: {Path(result.run_dir) / 'report.md'}", highlight=False)
 
 
-def execute(options: dict[str, Any], *, resume_dir: str | None, quiet: bool, as_json: bool) -> int:
+def execute(options: dict[str, Any], *, resume_dir: str | None, quiet: bool, as_json: bool,
+            evaluations: int | None = None) -> int:  # fmt: skip
     """Run (or resume) a prune with progress bars; Ctrl-C leaves the run resumable (exit 130)."""
     import contextlib
     import warnings
 
-    from hwprune import pipeline
+    from hwprune import api
     from hwprune.cli._console import err_console
+    from hwprune.config import PruneConfig
     from hwprune.errors import ConfigError
 
     # Library chatter (gymnasium dtype casts, SB3 creating folders) is not for the user.
@@ -214,23 +232,20 @@ def execute(options: dict[str, Any], *, resume_dir: str | None, quiet: bool, as_
     run_dir = resume_dir or options.get("out")
     show = not (quiet or as_json)
     view = ProgressView(err_console) if show else None
+    if not resume_dir:
+        options = dict(options)
+        out, overwrite = options.pop("out", None), bool(options.pop("overwrite", False))
+        config = PruneConfig.from_mapping(options)
+        config.require_runnable()
+        if not out:
+            raise ConfigError("--out RUN_DIR is required (the run directory to create)")
     try:
         with view if view is not None else contextlib.nullcontext():
             if resume_dir:
-                result = pipeline.resume(resume_dir, progress=view)
+                result = api.resume(resume_dir, progress=view, evaluations=evaluations)
             else:
-                if not options.get("model"):
-                    raise ConfigError(
-                        "--model is required (a registered name or package.module:callable)"
-                    )
-                if not options.get("budgets"):
-                    raise ConfigError(
-                        "at least one --budget is required, e.g. --budget 'latency<=50%'"
-                    )
-                if not options.get("out"):
-                    raise ConfigError("--out RUN_DIR is required (the run directory to create)")
-                kwargs = {k: v for k, v in options.items() if v is not None or k in ("round_to",)}
-                result = pipeline.prune(**kwargs, progress=view)
+                result = api._start(config, out=Path(out), resume=False, overwrite=overwrite,
+                                    progress=view, objects=None)  # fmt: skip
     except KeyboardInterrupt:
         if run_dir and (Path(run_dir) / "config.json").is_file():
             err_console.print(
@@ -245,11 +260,23 @@ def execute(options: dict[str, Any], *, resume_dir: str | None, quiet: bool, as_
 
 
 def run(args: argparse.Namespace) -> int:
+    from hwprune.errors import ConfigError
+
     if args.demo:
         from hwprune.cli.demo import run_demo
 
         return run_demo(quiet=args.quiet, as_json=args.json, out=args.out,
                         overwrite=bool(args.overwrite))  # fmt: skip
     if args.resume:
-        return execute({}, resume_dir=args.resume, quiet=args.quiet, as_json=args.json)
+        given = collect_options(args)
+        evaluations = given.pop("evaluations", None)
+        if given or args.config:
+            names = sorted({*given, *(["config"] if args.config else [])})
+            raise ConfigError(
+                f"--resume takes its options from the run's config.json; drop "
+                f"{', '.join('--' + n.replace('_', '-') for n in names)} (only --evaluations "
+                "may be given, to raise the search budget)"
+            )
+        return execute({}, resume_dir=args.resume, quiet=args.quiet, as_json=args.json,
+                       evaluations=evaluations)  # fmt: skip
     return execute(collect_options(args), resume_dir=None, quiet=args.quiet, as_json=args.json)

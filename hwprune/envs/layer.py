@@ -105,6 +105,7 @@ class AdditiveCostModel:
         units = list(space.units)
         n = len(units)
         self._channels = np.array([int(getattr(u, "channels", 0) or 0) for u in units])
+        self._steps = [int(getattr(u, "step", 1) or 1) for u in units]
         self._rounded = getattr(space, "granularity", "channel") == "channel" and hasattr(
             space, "channels_for"
         )
@@ -162,8 +163,8 @@ class AdditiveCostModel:
         if self._rounded:
             return np.array(
                 [
-                    self.space.channels_for(float(k), int(c)) / int(c) if c else 1.0
-                    for k, c in zip(keep, self._channels, strict=True)
+                    self.space.channels_for(float(k), int(c), step=st) / int(c) if c else 1.0
+                    for k, c, st in zip(keep, self._channels, self._steps, strict=True)
                 ]
             )
         floor = float(getattr(self.space, "min_keep", 0.0) or 0.0)
@@ -184,8 +185,11 @@ class AdditiveCostModel:
             else:
                 out["params"] = float(sum(int(torch.count_nonzero(p)) for p in module.parameters()))
         if "macs" in self._quantities:
-            shape = getattr(self.space, "example_input_shape", (1, 3, 32, 32))
-            out["macs"] = float(profile(module, example_input(module, shape)).total_macs)
+            example = getattr(self.space, "example_inputs", None)
+            if example is None:
+                shape = getattr(self.space, "example_input_shape", (1, 3, 32, 32))
+                example = example_input(module, shape)
+            out["macs"] = float(profile(module, example).total_macs)
         return out
 
     def fraction(self, name: str, keep: Sequence[float]) -> float:

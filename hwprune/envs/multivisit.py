@@ -126,7 +126,10 @@ class MultiVisitEnv(gym.Env):
         if not wanted:
             return {}
         if shape is not None:
-            prof = _layers.profile(model, _layers.example_input(model, shape))
+            example = getattr(self.space, "example_inputs", None)
+            if example is None:
+                example = _layers.example_input(model, shape)
+            prof = _layers.profile(model, example)
             costs = {"params": prof.params, "flops": prof.macs}
             totals = {"params": prof.total_params, "flops": prof.total_macs}
         else:

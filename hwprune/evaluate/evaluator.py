@@ -1,7 +1,7 @@
-"""From a policy to a scored candidate: apply, re-estimate BN, proxy accuracy, oracle measurements.
+"""From a policy to a scored candidate: apply, task.calibrate, task.score, oracle measurements.
 
 ``Evaluator.evaluate(policy)`` is a pure function of the policy and the run's
-fixed inputs (model, data, constraints, seed), so results are cached by the
+fixed inputs (model, task, constraints), so results are cached by the
 candidate's pruned shape and every evaluation is appended to the episodes log.
 """
 
@@ -150,7 +150,8 @@ class Evaluator:
         self,
         *,
         space: Any,
-        data: Any,
+        task: Any = None,
+        data: Any = None,
         constraints: Sequence[Constraint],
         cache: MeasurementCache | None = None,
         log_path: str | None = None,
@@ -160,20 +161,34 @@ class Evaluator:
         max_eval_samples: int | None = 2000,
         device: str = "cpu",
         seed: int = 0,
+        opset: int | None = None,
         on_outcome: Callable[[Outcome], None] | None = None,
     ) -> None:
-        import torch
+        """``task`` scores candidates (see hwprune.task); ``data`` is a shortcut for
+        ``ClassificationTask(data, ...)`` with the bn/eval/device/seed options given here."""
+        from hwprune.task import ClassificationTask, as_task
 
+        if (task is None) == (data is None):
+            raise TypeError("Evaluator needs exactly one of task= or data=")
+        if data is not None:
+            task = ClassificationTask(
+                data,
+                device=device,
+                seed=seed,
+                bn_batches=bn_batches,
+                bn_batch_size=bn_batch_size,
+                eval_batch_size=eval_batch_size,
+                max_eval_samples=max_eval_samples,
+            )
         self.space = space
-        self.data = data
+        self.task = as_task(task)
         self.constraints = list(constraints)
         self.cache = cache
-        self.device = device
         self.seed = seed
-        self.bn_batches = bn_batches
-        self.bn_batch_size = bn_batch_size
-        self.eval_batch_size = eval_batch_size
-        self.input_shape = (1, *tuple(data.input_shape))
+        # Every input of the model, by ONNX input name: each oracle gets every input's shape.
+        self.example_inputs = space.example_inputs
+        self.input_shape = tuple(space.example_input_shape)
+        self.opset = opset
         self.on_outcome = on_outcome
         self._oracles = {c.name: oracles.get_oracle(c.oracle) for c in self.constraints}
         self._by_key: dict[str, Outcome] = {}
@@ -181,16 +196,6 @@ class Evaluator:
         self.dense: dict[str, Measurement] = {}
         self.dense_accuracy: float | None = None
         self._log = EpisodeLog(log_path) if log_path else None
-
-        # Fixed calibration and proxy sets: the same images for every candidate.
-        g = torch.Generator().manual_seed(seed)
-        n_train = len(data.train)
-        n_bn = min(n_train, bn_batches * bn_batch_size)
-        self._bn_indices = torch.randperm(n_train, generator=g)[:n_bn].tolist()
-        n_search = len(data.search)
-        n_eval = n_search if max_eval_samples is None else min(n_search, max_eval_samples)
-        self._eval_indices = torch.randperm(n_search, generator=g)[:n_eval].tolist()
-
         if self._log is not None:
             self._load_log()
 
@@ -214,8 +219,8 @@ class Evaluator:
 
     @property
     def eval_samples(self) -> int:
-        """How many search-split samples each proxy accuracy is computed on."""
-        return len(self._eval_indices)
+        """How many samples each score is averaged over (0: the task does not say)."""
+        return self.task.score_samples
 
     # ------------------------------------------------------------- measuring
     def measure_module(
@@ -235,14 +240,15 @@ class Evaluator:
         """
         from hwprune.export.onnx import export_onnx
 
-        shapes = {"input": self.input_shape}
+        shapes = self.example_inputs.shapes
         out: dict[str, Measurement] = {}
         for c in self.constraints:
             oracle = self._oracles[c.name]
             if oracle.input_format == "onnx":
                 if onnx_bytes is None:
                     t0 = time.perf_counter()
-                    onnx_bytes = export_onnx(module, input_shape=self.input_shape)
+                    kwargs = {} if self.opset is None else {"opset": self.opset}
+                    onnx_bytes = export_onnx(module, example_inputs=self.example_inputs, **kwargs)
                     if timings is not None:
                         timings["export"] = time.perf_counter() - t0
                 model: Any = onnx_bytes
@@ -276,42 +282,8 @@ class Evaluator:
         # Every relative bound is a fraction of these values: median of 3 calls.
         self.dense = self.measure_module(dense_module, repeats=MEASURE_REPEATS)
         self.constraints = [c.resolve(self.dense[c.name].value) for c in self.constraints]
-        self.dense_accuracy = self._accuracy(dense_module, reestimate=False)
+        self.dense_accuracy = self.task.checked_score(dense_module, what="the dense model")
         return self.constraints
-
-    # ------------------------------------------------------------- accuracy
-    def _subset(self, dataset: Any, indices: list[int]) -> Any:
-        import torch
-
-        return torch.utils.data.Subset(dataset, indices)
-
-    def _accuracy(
-        self, module: Any, *, reestimate: bool, timings: dict[str, float] | None = None
-    ) -> float:
-        from hwprune.train import accuracy, reestimate_bn
-
-        module = module.to(self.device)
-        if reestimate:
-            t0 = time.perf_counter()
-            reestimate_bn(
-                module,
-                self._subset(self.data.train, self._bn_indices),
-                batches=self.bn_batches,
-                batch_size=self.bn_batch_size,
-                device=self.device,
-            )
-            if timings is not None:
-                timings["bn"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        acc = accuracy(
-            module,
-            self._subset(self.data.search, self._eval_indices),
-            device=self.device,
-            batch_size=self.eval_batch_size,
-        )
-        if timings is not None:
-            timings["accuracy"] = time.perf_counter() - t0
-        return float(acc)
 
     # ------------------------------------------------------------- evaluate
     def evaluate(self, policy: Any) -> Outcome:
@@ -327,7 +299,13 @@ class Evaluator:
         t0 = time.perf_counter()
         module = self.space.apply(policy)
         timings["apply"] = time.perf_counter() - t0
-        acc = self._accuracy(module, reestimate=True, timings=timings)
+        what = f"candidate {len(self.history) + 1} (keep {_keep_text(policy)})"
+        t0 = time.perf_counter()
+        self.task.call("calibrate", module, what=what)
+        timings["bn"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        acc = self.task.checked_score(module, what=what)
+        timings["accuracy"] = time.perf_counter() - t0
         module = module.to("cpu")
         measurements = self.measure_module(module, timings=timings)
         values = {name: m.value for name, m in measurements.items()}
@@ -365,6 +343,11 @@ class Evaluator:
     @property
     def evaluations(self) -> int:
         return len(self.history)
+
+
+def _keep_text(policy: Any) -> str:
+    keep = [f"{k:.3g}" for k in getattr(policy, "keep", ())]
+    return ", ".join(keep[:6]) + (", ..." if len(keep) > 6 else "")
 
 
 def _as_cached(outcome: Outcome) -> Outcome:

@@ -4,6 +4,6 @@
 compared with torch, optionally a TensorRT engine) builds on it.
 """
 
-from hwprune.export.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx
+from hwprune.export.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx, output_names, resolve_inputs
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "export_onnx"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "export_onnx", "output_names", "resolve_inputs"]

@@ -1,9 +1,10 @@
 """The deliverable export: ONNX checked, simplified and compared with torch; a TensorRT engine where possible.
 
-``final_export(module, input_shape=..., onnx_path=...)`` writes the ONNX file
-only after onnx's checker accepts it and ONNX Runtime reproduces the torch
-outputs on random inputs within ``atol`` (ExportError otherwise, with the
-maximum absolute difference). The engine is built where TensorRT is
+``final_export(module, example_inputs=..., onnx_path=...)`` (or
+``input_shape=`` for one float input) writes the ONNX file only after onnx's
+checker accepts it and ONNX Runtime reproduces *every* torch output on random
+inputs within ``atol`` relative to that output's scale (ExportError otherwise,
+naming the output and the difference). The engine is built where TensorRT is
 installed; elsewhere ``tensorrt_message`` says how to get it.
 """
 
@@ -19,7 +20,15 @@ from hwprune.errors import ExportError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExportResult", "final_export", "simplify", "compare_with_torch", "TENSORRT_HINT"]
+__all__ = [
+    "TENSORRT_HINT",
+    "ExportResult",
+    "OutputParity",
+    "compare_with_torch",
+    "final_export",
+    "parity",
+    "simplify",
+]
 
 TENSORRT_HINT = (
     'TensorRT is not installed; for a TensorRT engine run: pip install "hwprune[tensorrt]"'
@@ -27,8 +36,27 @@ TENSORRT_HINT = (
 
 
 @dataclass(frozen=True)
+class OutputParity:
+    """How closely ONNX Runtime reproduced one torch output, over every trial."""
+
+    name: str
+    shape: tuple[int, ...]
+    max_abs_diff: float
+    scale: float  # max(1, max |torch output|): the difference is judged relative to it
+
+    @property
+    def rel_diff(self) -> float:
+        return self.max_abs_diff / self.scale
+
+
+@dataclass(frozen=True)
 class ExportResult:
-    """Where the export went and how closely ONNX Runtime matched torch."""
+    """Where the export went and how closely ONNX Runtime matched torch.
+
+    ``max_abs_diff`` is the largest absolute difference over every output;
+    ``max_rel_diff`` the largest relative to its output's scale (the gate);
+    ``outputs`` the per-output figures, in ONNX output order.
+    """
 
     onnx_path: Path
     engine_path: Path | None
@@ -36,6 +64,9 @@ class ExportResult:
     simplified: bool
     opset: int
     tensorrt_message: str
+    max_rel_diff: float = 0.0
+    outputs: tuple[OutputParity, ...] = ()
+    input_names: tuple[str, ...] = ()
 
 
 def simplify(onnx_bytes: bytes) -> tuple[bytes, bool]:
@@ -57,40 +88,99 @@ def simplify(onnx_bytes: bytes) -> tuple[bytes, bool]:
     return slim.SerializeToString(), True
 
 
-def compare_with_torch(
-    module: Any, onnx_bytes: bytes, *, input_shape: tuple[int, ...], trials: int = 3, seed: int = 0
-) -> float:
-    """Largest absolute difference between torch and ONNX Runtime outputs on random inputs."""
+def parity(
+    module: Any,
+    onnx_bytes: bytes,
+    *,
+    example_inputs: Any = None,
+    input_shape: tuple[int, ...] | None = None,
+    trials: int = 3,
+    seed: int = 0,
+) -> tuple[OutputParity, ...]:
+    """ONNX Runtime against torch on every output, over ``trials`` random inputs of the example's form.
+
+    Raises ExportError when the ONNX graph's outputs are not the torch
+    outputs (a different count or shape): such a graph is not that model.
+    """
     import numpy as np
     import onnxruntime as ort
     import torch
 
+    from hwprune.export.onnx import resolve_inputs
+    from hwprune.inputs import flatten_outputs, output_scale
+
+    inputs = resolve_inputs(example_inputs, input_shape, what="the parity check").to("cpu")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     session = ort.InferenceSession(
         onnx_bytes, sess_options=opts, providers=["CPUExecutionProvider"]
     )
-    name = session.get_inputs()[0].name
-    g = torch.Generator().manual_seed(seed)
+    graph_inputs = [i.name for i in session.get_inputs()]
+    graph_outputs = [o.name for o in session.get_outputs()]
     module = module.to("cpu").eval()
-    worst = 0.0
-    for _ in range(trials):
-        x = torch.randn(*input_shape, generator=g)
+    worst: dict[int, tuple[float, float]] = {}
+    shapes: dict[int, tuple[int, ...]] = {}
+    for trial in range(trials):
+        x = inputs.random(seed + trial)
         with torch.no_grad():
-            expected = module(x)
-        if isinstance(expected, (tuple, list)):
-            expected = expected[0]
-        got = session.run(None, {name: x.numpy()})[0]
-        diff = float(np.max(np.abs(got - expected.numpy()))) if got.size else 0.0
-        worst = max(worst, diff)
-    return worst
+            expected = flatten_outputs(x.call(module))
+        if len(expected) != len(graph_outputs):
+            raise ExportError(
+                f"the ONNX graph has {len(graph_outputs)} outputs but the torch model returns "
+                f"{len(expected)} tensors; the export is not that model"
+            )
+        feed = {n: v for n, v in x.numpy_feed().items() if n in graph_inputs}
+        got = session.run(None, feed)
+        for i, ((_, want), have) in enumerate(zip(expected, got, strict=True)):
+            want_np = want.detach().float().numpy()
+            if tuple(have.shape) != tuple(want_np.shape):
+                raise ExportError(
+                    f"ONNX output {graph_outputs[i]!r} has shape {tuple(have.shape)} but torch's "
+                    f"has {tuple(want_np.shape)}; the export is not that model"
+                )
+            diff = (
+                float(np.max(np.abs(have.astype(np.float64) - want_np.astype(np.float64))))
+                if have.size
+                else 0.0
+            )
+            if not np.isfinite(diff):
+                diff = float("inf")
+            prev = worst.get(i, (0.0, 1.0))
+            scale = max(prev[1], output_scale(want))
+            worst[i] = (max(prev[0], diff), scale)
+            shapes[i] = tuple(int(s) for s in want_np.shape)
+    return tuple(
+        OutputParity(name=graph_outputs[i], shape=shapes[i], max_abs_diff=d, scale=s)
+        for i, (d, s) in sorted(worst.items())
+    )
 
 
-def _export(module: Any, input_shape: tuple[int, ...], opset: int) -> bytes:
+def compare_with_torch(
+    module: Any,
+    onnx_bytes: bytes,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    example_inputs: Any = None,
+    trials: int = 3,
+    seed: int = 0,
+) -> float:
+    """Largest absolute difference between torch and ONNX Runtime over every output, random inputs."""
+    found = parity(
+        module,
+        onnx_bytes,
+        example_inputs=example_inputs,
+        input_shape=input_shape,
+        trials=trials,
+        seed=seed,
+    )
+    return max((p.max_abs_diff for p in found), default=0.0)
+
+
+def _export(module: Any, inputs: Any, opset: int) -> bytes:
     from hwprune.export.onnx import export_onnx
 
     try:
-        return export_onnx(module, input_shape=input_shape, opset=opset)
+        return export_onnx(module, example_inputs=inputs, opset=opset)
     except ExportError:
         raise
     except Exception as exc:
@@ -105,35 +195,50 @@ def _first_line(exc: BaseException) -> str:
 def final_export(
     module: Any,
     *,
-    input_shape: tuple[int, ...],
     onnx_path: str | Path,
+    input_shape: tuple[int, ...] | None = None,
+    example_inputs: Any = None,
     engine_path: str | Path | None = None,
     opset: int = 17,
     atol: float = 1e-3,
     seed: int = 0,
     precision: str = "fp32",
 ) -> ExportResult:
-    """Export ``module`` to ONNX (checked, simplified, compared with torch) and TensorRT where installed."""
+    """Export ``module`` to ONNX (checked, simplified, compared with torch) and TensorRT where installed.
+
+    ``example_inputs`` (a tensor, tuple or dict of tensors) or ``input_shape``
+    (one float input) fix the graph's inputs. Every output is compared with
+    torch on random inputs of the same form; the largest difference relative
+    to the output's scale (max(1, max |output|)) must be within ``atol``, or
+    ExportError is raised and nothing is written.
+    """
     import onnx
 
-    onnx_bytes = _export(module, tuple(input_shape), opset)
+    from hwprune.export.onnx import resolve_inputs
+
+    inputs = resolve_inputs(example_inputs, input_shape, what="final_export")
+    onnx_bytes = _export(module, example_inputs if example_inputs is not None else inputs, opset)
     try:
         onnx.checker.check_model(onnx.load_from_string(onnx_bytes), full_check=True)
     except Exception as exc:
         raise ExportError(f"the exported ONNX fails onnx's checker: {_first_line(exc)}") from exc
     onnx_bytes, simplified = simplify(onnx_bytes)
-    diff = compare_with_torch(module, onnx_bytes, input_shape=tuple(input_shape), seed=seed)
-    if not diff <= atol:
+    found = parity(module, onnx_bytes, example_inputs=inputs, seed=seed)
+    diff = max((p.max_abs_diff for p in found), default=0.0)
+    rel = max((p.rel_diff for p in found), default=0.0)
+    if not rel <= atol:
+        bad = max(found, key=lambda p: p.rel_diff)
         raise ExportError(
-            f"ONNX Runtime's outputs differ from torch's by up to {diff:.3g} (tolerance {atol:g}); "
-            "the export is not faithful"
+            f"ONNX Runtime's output {bad.name!r} differs from torch's by up to "
+            f"{bad.max_abs_diff:.3g} (scale {bad.scale:.3g}, relative {bad.rel_diff:.3g}, "
+            f"tolerance {atol:g}); the export is not faithful"
         )
     onnx_path = Path(onnx_path)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = onnx_path.with_name(onnx_path.name + ".tmp")
     tmp.write_bytes(onnx_bytes)
     tmp.replace(onnx_path)
-    log.info("wrote %s (max |onnx - torch| = %.3g)", onnx_path, diff)
+    log.info("wrote %s (max |onnx - torch| = %.3g, relative %.3g)", onnx_path, diff, rel)
 
     engine_out: Path | None = None
     if engine_path is None:
@@ -143,9 +248,7 @@ def final_export(
     else:
         from oracles.trt import build_engine
 
-        engine = build_engine(
-            onnx_bytes, input_shapes={"input": tuple(input_shape)}, precision=precision
-        )
+        engine = build_engine(onnx_bytes, input_shapes=inputs.shapes, precision=precision)
         engine_out = Path(engine_path)
         engine_out.write_bytes(engine)
         message = f"TensorRT engine written to {engine_out}"
@@ -156,4 +259,7 @@ def final_export(
         simplified=simplified,
         opset=opset,
         tensorrt_message=message,
+        max_rel_diff=rel,
+        outputs=found,
+        input_names=tuple(inputs.names),
     )

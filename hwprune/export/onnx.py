@@ -17,11 +17,12 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from hwprune.errors import ExportError
+from hwprune.errors import ConfigError, ExportError
+from hwprune.inputs import ExampleInputs, flatten_outputs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "export_onnx"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "export_onnx", "output_names", "resolve_inputs"]
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -35,56 +36,115 @@ def _operator_in(message: str) -> str | None:
     return found.group(1) if found else None
 
 
+def resolve_inputs(
+    example_inputs: object | None, input_shape: Sequence[int] | None, *, what: str = "export"
+) -> ExampleInputs:
+    """ExampleInputs from either ``example_inputs`` (any form) or a single ``input_shape``."""
+    if example_inputs is not None:
+        try:
+            return ExampleInputs.from_user(example_inputs)
+        except ConfigError as exc:
+            raise ExportError(str(exc)) from exc
+    if input_shape is None:
+        raise ExportError(f"{what} needs example_inputs or an input_shape such as (1, 3, 32, 32)")
+    shape = tuple(int(s) for s in input_shape)
+    if not shape or any(s < 1 for s in shape):
+        raise ExportError(f"input_shape must be positive sizes such as (1, 3, 32, 32), got {shape}")
+    return ExampleInputs.from_shape(shape)
+
+
+def output_names(outputs: object) -> list[str]:
+    """The ONNX output names of a model's outputs: "logits" for a lone tensor, else flatten_outputs'."""
+    return [n for n, _ in flatten_outputs(outputs, single=OUTPUT_NAME)]
+
+
+def _keyword_call(module, names: Sequence[str]):
+    """A module taking ``names`` positionally and calling ``module(**named)``: the exporter's form."""
+    import torch
+
+    class KeywordCall(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = module
+
+        def forward(self, *args):
+            return self.inner(**dict(zip(names, args, strict=True)))
+
+    return KeywordCall()
+
+
 def export_onnx(
     model,
     *,
-    input_shape: Sequence[int],
+    input_shape: Sequence[int] | None = None,
+    example_inputs: object | None = None,
     path: str | Path | None = None,
     opset: int = 17,
     check: bool = True,
+    fold_shapes: bool = True,
 ) -> bytes:
-    """The ONNX bytes of ``model`` for one fixed input shape (input "input", output "logits").
+    """The ONNX bytes of ``model`` for fixed input shapes, every input and output named.
 
-    The module is exported in eval mode on the CPU; its own mode and device
-    are left as they were (a module on another device is copied to the CPU).
-    ``check`` runs onnx's checker. ``path``, when given, receives the bytes
-    too. An operator the exporter cannot express raises ExportError naming it.
+    Inputs come from ``example_inputs`` (a tensor, a tuple of tensors, a dict
+    of named tensors or an ExampleInputs) or, for a single float input, from
+    ``input_shape``. A single input is named "input", a tuple's "input_0",
+    "input_1", ..., a dict's by its keys. A single output is named "logits";
+    several are named as ``flatten_outputs`` names them ("output_0", ... or
+    a dict's keys). The module is exported in eval mode on the CPU; its own
+    mode and device are left as they were. ``check`` runs onnx's checker.
+    ``path``, when given, receives the bytes too. ``fold_shapes`` folds the
+    shape arithmetic the tracer records (Shape -> Gather -> Div ...) into
+    constants with the simplifier, so that static oracles see every shape. An operator the exporter
+    cannot express raises ExportError naming it.
 
     Example::
 
         data = export_onnx(space.apply(policy), input_shape=(1, 3, 32, 32))
+        data = export_onnx(detector, example_inputs={"image": x, "mask": m})
     """
     import onnx
     import torch
 
-    shape = tuple(int(s) for s in input_shape)
-    if not shape or any(s < 1 for s in shape):
-        raise ExportError(f"input_shape must be positive sizes such as (1, 3, 32, 32), got {shape}")
     if not isinstance(model, torch.nn.Module):
         raise ExportError(f"expected a torch.nn.Module to export, got {type(model).__name__}")
+    inputs = resolve_inputs(example_inputs, input_shape).to("cpu")
+    if example_inputs is None:
+        # A shape alone: zeros trace the same graph and keep the export deterministic.
+        inputs = ExampleInputs(
+            kind="tensor", names=inputs.names, tensors=(torch.zeros(inputs.first_shape),)
+        )
 
     on_cpu = all(t.device.type == "cpu" for t in model.state_dict().values())
     module = model if on_cpu else copy.deepcopy(model).cpu()
     was_training = module.training
     module.eval()
-    example = torch.zeros(shape)
     buffer = io.BytesIO()
+    # nn.MultiheadAttention's fused inference kernel has no ONNX form; the exporter needs
+    # the composite path (same arithmetic).
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
+        with torch.no_grad():
+            names_out = output_names(inputs.call(module))
+        target = module if inputs.kind != "dict" else _keyword_call(module, inputs.names)
         with warnings.catch_warnings():
             # The TorchScript exporter is deprecated in favour of dynamo; chosen on purpose.
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             with torch.no_grad():
                 torch.onnx.export(
-                    module,
-                    (example,),
+                    target,
+                    inputs.args(),
                     buffer,
-                    input_names=[INPUT_NAME],
-                    output_names=[OUTPUT_NAME],
+                    input_names=list(inputs.names),
+                    output_names=names_out,
                     opset_version=int(opset),
                     dynamo=False,
                     do_constant_folding=True,
                 )
+    except ExportError:
+        raise
     except Exception as exc:  # the exporter raises several unrelated types
         op = _operator_in(str(exc))
         what = f"operator {op}" if op else type(exc).__name__
@@ -94,14 +154,33 @@ def export_onnx(
             f"supported ({first})"
         ) from exc
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         module.train(was_training)
 
     data = buffer.getvalue()
+    proto = onnx.load_from_string(data)
+    if fold_shapes and any(n.op_type == "Shape" for n in proto.graph.node):
+        # The tracer records x.size() / chunk sizes as Shape -> Gather -> Div ... chains, and
+        # ONNX's shape inference cannot propagate values through Div: the static oracles would
+        # not know the shapes after them (ShuffleNet's chunk). With fixed input shapes the
+        # chains are constants; the simplifier folds them.
+        from hwprune.export.final import simplify
+
+        folded, ok = simplify(data)
+        if ok:
+            data, proto = folded, onnx.load_from_string(folded)
     if check:
         try:
-            onnx.checker.check_model(onnx.load_from_string(data))
+            onnx.checker.check_model(proto)
         except Exception as exc:
             raise ExportError(f"the exported ONNX model fails onnx's checker: {exc}") from exc
+    missing = [n for n in inputs.names if n not in {i.name for i in proto.graph.input}]
+    if missing:
+        # The exporter drops inputs the graph never reads; the oracles feed every named input.
+        raise ExportError(
+            f"the exported ONNX graph has no input {missing[0]!r}: the model does not use it; "
+            "pass only the inputs the model reads"
+        )
     if path is not None:
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)

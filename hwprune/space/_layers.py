@@ -36,13 +36,22 @@ def example_input(model: nn.Module, shape: Sequence[int]) -> torch.Tensor:
     return torch.randn(*shape, generator=g).to(model_device(model))
 
 
-def profile(model: nn.Module, example: torch.Tensor) -> LayerProfile:
-    """Count MACs (per sample) of Conv/Linear layers with forward hooks, and parameters."""
+def profile(model: nn.Module, example: Any) -> LayerProfile:
+    """Count MACs (per sample) of Conv/Linear layers with forward hooks, and parameters.
+
+    ``example`` is one input tensor or anything ``ExampleInputs.from_user`` takes;
+    "per sample" divides by the first input's leading size.
+    """
+    from hwprune.inputs import ExampleInputs
+
+    inputs = ExampleInputs.from_user(example)
     macs: dict[str, int] = {}
-    batch = max(1, int(example.shape[0]))
+    batch = inputs.batch
 
     def hook(name: str):
-        def record(module: nn.Module, inputs, output) -> None:
+        def record(module: nn.Module, args, output) -> None:
+            if isinstance(module, nn.MultiheadAttention) and isinstance(output, tuple):
+                output = output[0]
             if not isinstance(output, torch.Tensor):
                 return
             out = output.numel() // batch
@@ -50,25 +59,33 @@ def profile(model: nn.Module, example: torch.Tensor) -> LayerProfile:
                 per_elem = module.weight[0].numel()
                 if module.transposed:
                     # each input element scatters into (out / groups) x kernel outputs
-                    macs[name] = macs.get(name, 0) + inputs[0].numel() // batch * per_elem
+                    macs[name] = macs.get(name, 0) + args[0].numel() // batch * per_elem
                 else:
                     # each output element gathers (in / groups) x kernel inputs
                     macs[name] = macs.get(name, 0) + out * per_elem
             elif isinstance(module, nn.Linear):
                 macs[name] = macs.get(name, 0) + out * module.in_features
+            elif isinstance(module, nn.MultiheadAttention):
+                # Projections run functionally inside the module, so no Linear hook sees them.
+                tokens = out // max(1, module.embed_dim)
+                e, kv = module.embed_dim, module.kdim + module.vdim
+                keys = args[1] if len(args) > 1 else args[0] if args else None
+                k_len = keys.shape[1 if module.batch_first else 0] if keys is not None else 1
+                macs[name] = macs.get(name, 0) + tokens * (e * e + kv * e + e * e)
+                macs[name] += 2 * tokens * int(k_len) * e  # scores and weighted sum
 
         return record
 
     handles = [
         m.register_forward_hook(hook(n))
         for n, m in model.named_modules()
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention))
     ]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(example)
+            inputs.call(model)
     finally:
         model.train(was_training)
         for h in handles:

@@ -11,11 +11,12 @@ calls Torch-Pruning's per-layer pruning functions with the recorded indices.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,13 +25,14 @@ import torch
 from torch import nn
 
 from hwprune.errors import ConfigError
+from hwprune.inputs import ExampleInputs
 from hwprune.space import _layers
 from hwprune.space.importance import get_criterion
 from hwprune.space.policy import Policy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ChannelSpace", "Unit"]
+__all__ = ["ChannelSpace", "Skipped", "Unit"]
 
 _PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -44,7 +46,7 @@ class Unit:
     number of prunable channels (ChannelSpace) or output channels of the layer
     (WeightSpace); ``numel`` the root layer's weight count. ``in_channels`` ..
     ``padding`` describe the root layer (largest spatial value for non-square
-    kernels). ``flops_share`` / ``params_share`` are the dense model's MACs and
+    kernels). ``step``: the kept channel count is a multiple of it (attention). ``flops_share`` / ``params_share`` are the dense model's MACs and
     parameters in ``layers`` as fractions of the whole model; for channel
     groups they overlap (a conv belongs to the group of its outputs and to the
     group of its inputs), so they sum to more than 1.
@@ -63,6 +65,9 @@ class Unit:
     flops_share: float
     params_share: float
     numel: int
+    # Channels leave in blocks of ``step``: whole attention heads (step = head size) or
+    # one position of every head (step = number of heads); 1 elsewhere.
+    step: int = 1
 
     def features(self) -> dict[str, Any]:
         """Per-unit numbers for an agent's observation (``layers`` reduced to its length)."""
@@ -86,7 +91,16 @@ class _Op:
 @dataclass(frozen=True)
 class _Plan:
     ops: tuple[_Op, ...]
-    order: np.ndarray  # the unit's channels, most important first
+    order: np.ndarray  # the unit's channels, most important first (in blocks of ``step``)
+    step: int = 1
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A channel group left out of the space, and why (for reports)."""
+
+    id: str
+    reason: str
 
 
 def _kind(root: nn.Module, members: Sequence[nn.Module]) -> str:
@@ -124,6 +138,196 @@ def _final_layers(dg: Any) -> list[nn.Module]:
     return finals
 
 
+@contextlib.contextmanager
+def _tolerant_index_mapping(unmapped: list[Any]) -> Iterator[None]:
+    """Record, rather than raise, a reshape/split/concat whose channel mapping Torch-Pruning fails.
+
+    Torch-Pruning 1.6 infers how channel indices pass through view/reshape,
+    split, concat and slice nodes; on ShuffleNet's channel shuffle (a view to
+    5-d, a transpose, a view back) its reshape rule divides by a channel count
+    it inferred as 0 and the whole trace dies with ZeroDivisionError. Such a
+    node keeps the identity mapping here and is recorded in ``unmapped`` as
+    (node, reason): every group through it is left out of the space, so no
+    channel is ever pruned on a mapping that was not established.
+    """
+    from torch_pruning.dependency import index_mapping
+
+    names = [n for n in dir(index_mapping) if n.startswith("update_") and n.endswith("_mapping")]
+    names.remove("update_index_mapping")
+    saved = {n: getattr(index_mapping, n) for n in names}
+
+    def tolerant(name: str, fn: Any) -> Any:
+        def call(graph: Any, node: Any) -> None:
+            try:
+                fn(graph, node)
+            except Exception as exc:  # Torch-Pruning's inference failed on this node only
+                what = name.removeprefix("update_").removesuffix("_index_mapping")
+                unmapped.append((node, f"Torch-Pruning cannot map channels through a {what} "
+                                       f"({type(exc).__name__}: {exc})"))  # fmt: skip
+
+        return call
+
+    for n, fn in saved.items():
+        setattr(index_mapping, n, tolerant(n, fn))
+    try:
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(index_mapping, n, fn)
+
+
+class _Unmapped:
+    """Nodes whose channel mapping failed (by id), read live: groups built later add to it."""
+
+    def __init__(self, found: list[Any]) -> None:
+        self._found = found
+
+    def get(self, node: Any) -> str | None:
+        return next((reason for n, reason in self._found if n is node), None)
+
+
+def _order(scores: np.ndarray, keys: np.ndarray | None) -> np.ndarray:
+    """The unit's channels, most important first; with ``keys``, whole blocks by mean score."""
+    if keys is None:
+        return np.argsort(-scores, kind="stable").astype(np.int64)
+    uniq = np.unique(keys)
+    block = {k: scores[keys == k].mean() for k in uniq.tolist()}
+    ranked = sorted(uniq.tolist(), key=lambda k: -block[k])
+    return np.concatenate([np.flatnonzero(keys == k) for k in ranked]).astype(np.int64)
+
+
+def _vit_hidden_dim(module: nn.Module) -> None:
+    # torchvision's VisionTransformer reshapes the patch embedding with self.hidden_dim.
+    if isinstance(getattr(module, "conv_proj", None), nn.Conv2d) and hasattr(module, "hidden_dim"):
+        module.hidden_dim = int(module.conv_proj.out_channels)
+
+
+# Model classes (by name: no import of their packages) whose forward reads a size attribute.
+_FIXUPS = {"VisionTransformer": _vit_hidden_dim}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def _resolve_inputs(example_inputs: Any, example_input_shape: Sequence[int]) -> ExampleInputs:
+    if example_inputs is not None:
+        return ExampleInputs.from_user(example_inputs)
+    shape = tuple(int(s) for s in example_input_shape)
+    if len(shape) < 2 or any(s < 1 for s in shape):
+        raise ConfigError(
+            f"example_input_shape must be a batch shape such as (1, 3, 32, 32), got {shape}"
+        )
+    return ExampleInputs.from_shape(shape)
+
+
+def _profile(model: nn.Module, inputs: ExampleInputs) -> _layers.LayerProfile:
+    """The dense model's per-layer MACs; a model that rejects its example inputs is a ConfigError."""
+    try:
+        return _layers.profile(model, inputs)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(
+            f"calling {type(model).__name__} with the example inputs ({inputs!r}) failed: "
+            f"{_first_line(exc)}"
+        ) from exc
+
+
+def _expand(model: nn.Module, names: set[str]) -> set[str]:
+    """The named modules and every submodule of them (ignoring a container ignores its layers)."""
+    out = set(names)
+    for name in names:
+        sub = model.get_submodule(name) if name else model
+        out.update(f"{name}.{n}" if name else n for n, _ in sub.named_modules() if n)
+    return out
+
+
+def _resolve_heads(
+    model: nn.Module, num_heads: Mapping[str | nn.Module, int] | None
+) -> dict[nn.Module, int]:
+    """``num_heads`` as {attention module: heads}, checked against the modules."""
+    if not num_heads:
+        return {}
+    if not isinstance(num_heads, Mapping):
+        raise ConfigError(
+            f"num_heads must map attention modules (or their names) to head counts, "
+            f"got {type(num_heads).__name__}"
+        )
+    modules = dict(model.named_modules())
+    names = {m: n for n, m in modules.items()}
+    out: dict[nn.Module, int] = {}
+    for key, heads in num_heads.items():
+        module = modules.get(key) if isinstance(key, str) else key
+        label = key if isinstance(key, str) else type(key).__name__
+        if module is None or module not in names:
+            raise ConfigError(f"num_heads names {label!r}, which is not a module of the model")
+        if not isinstance(module, nn.MultiheadAttention):
+            raise ConfigError(
+                f"num_heads takes nn.MultiheadAttention modules (whole heads are removed from its "
+                f"in/out projections), got {type(module).__name__} {names[module]!r}"
+            )
+        if not isinstance(heads, int) or isinstance(heads, bool) or heads != module.num_heads:
+            raise ConfigError(
+                f"num_heads gives {heads!r} heads for {names[module]!r}, which has "
+                f"{module.num_heads}"
+            )
+        if module.kdim != module.embed_dim or module.vdim != module.embed_dim:
+            raise ConfigError(
+                f"num_heads: {names[module]!r} has key/value sizes unlike its embedding; "
+                "only self-attention style modules (kdim = vdim = embed_dim) are pruned by head"
+            )
+        out[module] = heads
+    return out
+
+
+def _resolve_unwrapped(
+    model: nn.Module, unwrapped: Mapping[Any, int] | Sequence[tuple[Any, int]] | None
+) -> list[tuple[nn.Parameter, int]] | None:
+    """``unwrapped_parameters`` as Torch-Pruning's [(parameter, dim)] (names resolved)."""
+    if not unwrapped:
+        return None
+    items = unwrapped.items() if isinstance(unwrapped, Mapping) else unwrapped
+    params = dict(model.named_parameters())
+    known = {id(p) for p in params.values()}
+    out = []
+    for item in items:
+        try:
+            key, dim = item
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"unwrapped_parameters must map parameters (or their names) to the dim to prune, "
+                f"got {item!r}"
+            ) from exc
+        param = params.get(key) if isinstance(key, str) else key
+        if not isinstance(param, nn.Parameter) or id(param) not in known:
+            raise ConfigError(
+                f"unwrapped_parameters names {key!r}, which is not a parameter of the model"
+            )
+        if not isinstance(dim, int) or not -param.dim() <= dim < param.dim():
+            raise ConfigError(
+                f"unwrapped_parameters: dim {dim!r} is not a dimension of a {param.dim()}-d parameter"
+            )
+        out.append((param, dim))
+    return out
+
+
+def _failing_module(exc: BaseException, model: nn.Module) -> str:
+    """The innermost module of ``model`` whose code was running when ``exc`` was raised."""
+    names = {id(m): n for n, m in model.named_modules()}
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and id(owner) in names:
+            found = owner
+        tb = tb.tb_next
+    if found is None or found is model:
+        return f"{type(model).__name__} (module type {type(model).__name__})"
+    return f"module {names[id(found)]!r} (type {type(found).__name__})"
+
+
 class ChannelSpace:
     """Every coupled channel group of a model, pruned by removing channels for real.
 
@@ -132,9 +336,25 @@ class ChannelSpace:
     ``max(1, round_to)`` and ``channels``). Which channels go is fixed once
     from the dense weights by ``importance`` ("l2" by default, "l1", "taylor" with a
     ``calibration`` batch, "random" with ``seed``). The layers that produce
-    the model's output (the classifier) are found automatically and their
-    output channels never pruned; ``ignored_layers`` (names or modules) adds
-    more. Grouped (non-depthwise) convolutions are left out.
+    the model's outputs (a classifier, a detection head's last layers) are
+    found automatically and their output channels never pruned;
+    ``ignored_layers`` (names or modules; a container means all its
+    submodules) adds more. A group through grouped (non-depthwise)
+    convolutions loses the same positions in every convolution group; groups
+    Torch-Pruning cannot follow are left out and listed in ``skipped``.
+
+    ``example_inputs`` is what the model is called with: a tensor, a tuple of
+    tensors (``model(*xs)``) or a dict of named tensors (``model(**named)``);
+    ``example_input_shape`` is the older form for one float input.
+
+    Attention (``nn.MultiheadAttention``): by default every head keeps the
+    same positions (its embedding shrinks in steps of the head count, as
+    Torch-Pruning's channel groups do). ``num_heads={module: heads}`` prunes
+    whole heads instead (head size kept, ``num_heads`` reduced), like
+    Torch-Pruning's ``num_heads`` with ``prune_num_heads``. Modules
+    Torch-Pruning cannot trace take ``customized_pruners`` ({type or module:
+    pruning function}) and ``unwrapped_parameters`` ({parameter or its name:
+    dim to prune}), passed to its DependencyGraph.
 
     ``channel_choices`` (unit id -> allowed kept-channel counts, e.g. from
     ``hwprune.space.staircase.probe_staircase(...).choices()``) replaces
@@ -147,6 +367,8 @@ class ChannelSpace:
 
         space = ChannelSpace(model, example_input_shape=(1, 3, 32, 32), round_to=8)
         small = space.apply(Policy.uniform(space, 0.5))
+        vit = ChannelSpace(vit_model, example_inputs=torch.randn(1, 3, 64, 64),
+                           num_heads={m: m.num_heads for m in attention_modules})
     """
 
     granularity = "channel"
@@ -156,26 +378,24 @@ class ChannelSpace:
         self,
         model: nn.Module,
         *,
+        example_inputs: Any = None,
         example_input_shape: Sequence[int] = (1, 3, 32, 32),
         importance: str = "l2",
         round_to: int = 1,
         min_keep: float = 0.1,
         ignored_layers: Iterable[str | nn.Module] | None = None,
+        num_heads: Mapping[str | nn.Module, int] | None = None,
+        customized_pruners: Mapping[Any, Any] | None = None,
+        unwrapped_parameters: Mapping[Any, int] | Sequence[tuple[Any, int]] | None = None,
         calibration: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
         seed: int = 0,
         channel_choices: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
-        import torch_pruning as tp
-
         if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
             raise ConfigError(f"round_to must be a positive integer, got {round_to!r}")
         if not 0.0 <= float(min_keep) <= 1.0:
             raise ConfigError(f"min_keep must lie in [0, 1], got {min_keep!r}")
-        shape = tuple(int(s) for s in example_input_shape)
-        if len(shape) < 2 or any(s < 1 for s in shape):
-            raise ConfigError(
-                f"example_input_shape must be a batch shape such as (1, 3, 32, 32), got {shape}"
-            )
+        inputs = _resolve_inputs(example_inputs, example_input_shape)
         criterion = get_criterion(importance)
         if criterion.needs_gradients and calibration is None:
             raise ConfigError(
@@ -184,28 +404,33 @@ class ChannelSpace:
             )
 
         self.model = model
-        self.example_input_shape = shape
+        self.example_inputs = inputs.to(_layers.model_device(model))
+        self.example_input_shape = inputs.first_shape
         self.importance = criterion.name
         self.round_to = round_to
         self.min_keep = float(min_keep)
         self.seed = seed
+        self.skipped: list[Skipped] = []
 
-        example = _layers.example_input(model, shape)
-        prof = _layers.profile(model, example)
+        prof = _profile(model, self.example_inputs)
         self.dense_params = prof.total_params
         self.dense_macs = prof.total_macs
 
         names = {m: n for n, m in model.named_modules()}
         position = {n: i for i, n in enumerate(names.values())}
-        user_ignored = _layers.resolve_names(model, ignored_layers)
+        user_ignored = _expand(model, _layers.resolve_names(model, ignored_layers))
+        self._heads = _resolve_heads(model, num_heads)
+        self.num_heads = {names[m]: h for m, h in self._heads.items()}
+        self._head_dims = {names[m]: m.embed_dim // h for m, h in self._heads.items()}
+        self._tp_options = {
+            "customized_pruners": dict(customized_pruners) if customized_pruners else None,
+            "unwrapped_parameters": _resolve_unwrapped(model, unwrapped_parameters),
+        }
 
         was_training = model.training
         model.eval()  # tracing runs a forward pass; BN statistics must not move
         try:
-            with torch.enable_grad():
-                dg = tp.DependencyGraph().build_dependency(
-                    model, example_inputs=example, verbose=False
-                )
+            dg = self.dependency_graph()
             finals = _final_layers(dg)
             self.output_layers = tuple(sorted((names[m] for m in finals), key=position.get))
             ignored = [m for n, m in model.named_modules() if n in user_ignored] + finals
@@ -229,12 +454,18 @@ class ChannelSpace:
         self.channel_choices = self._check_choices(channel_choices)
         self._signature = hashlib.sha256(
             json.dumps(
-                [self.importance, self.seed, list(shape), [(u.id, u.channels) for u in self.units]]
+                [
+                    self.importance,
+                    self.seed,
+                    [list(s) for s in self.example_inputs.shapes.values()],
+                    [(u.id, u.channels, u.step) for u in self.units],
+                ]
             ).encode()
         ).hexdigest()[:16]
         log.info(
-            "channel space: %d units, %d params, %d MACs, output layers %s",
+            "channel space: %d units (%d groups left out), %d params, %d MACs, output layers %s",
             len(self.units),
+            len(self.skipped),
             self.dense_params,
             self.dense_macs,
             ", ".join(self.output_layers) or "none",
@@ -274,6 +505,52 @@ class ChannelSpace:
             out[uid] = tuple(sorted(allowed | {channels}))
         return out
 
+    def dependency_graph(self) -> Any:
+        """A fresh Torch-Pruning DependencyGraph of the dense model, traced with this space's options.
+
+        A tracing failure raises ConfigError naming the module that failed and
+        the options that describe a module Torch-Pruning cannot trace.
+        """
+        import torch_pruning as tp
+
+        inputs = self.example_inputs
+        unmapped: list[Any] = []
+        failed: list[tuple[nn.Module, str]] = []
+        try:
+            with torch.enable_grad(), _tolerant_index_mapping(unmapped):
+                dg = tp.DependencyGraph().build_dependency(
+                    self.model,
+                    example_inputs=inputs.as_user(),
+                    forward_fn=lambda m, _: inputs.call(m),
+                    verbose=False,
+                    **self._tp_options,
+                )
+            original = dg.get_pruning_group
+
+            def get_pruning_group(module: Any, *args: Any, **kwargs: Any) -> Any:
+                # Torch-Pruning re-runs the index mapping for every group it builds; a group
+                # whose indices cannot be followed through a mapped node is left out (empty).
+                with _tolerant_index_mapping(unmapped):
+                    try:
+                        return original(module, *args, **kwargs)
+                    except (IndexError, KeyError, ValueError, ZeroDivisionError) as exc:
+                        failed.append((module, f"Torch-Pruning cannot follow its channels "
+                                               f"({type(exc).__name__}: {exc})"))  # fmt: skip
+                        return []
+
+            dg.get_pruning_group = get_pruning_group
+            dg.hwprune_unmapped = _Unmapped(unmapped)
+            dg.hwprune_failed = failed
+            return dg
+        except Exception as exc:
+            where = _failing_module(exc, self.model)
+            raise ConfigError(
+                f"Torch-Pruning cannot trace {where}: {_first_line(exc)}; leave it out with "
+                "ignored_layers=[...], describe it with customized_pruners={type: pruner} or "
+                "unwrapped_parameters={parameter: dim}, or give attention heads with "
+                "num_heads={module: heads}"
+            ) from exc
+
     # ------------------------------------------------------------ building
     def _backward(self, calibration: Any) -> dict[nn.Parameter, torch.Tensor | None]:
         """One loss backward on the calibration batch (labels: the given ones or the model's own)."""
@@ -308,13 +585,20 @@ class ChannelSpace:
         units: list[dict[str, Any]] = []
         plans: list[_Plan] = []
         param_names = getattr(dg, "_param_to_name", {})
+        unmapped = getattr(dg, "hwprune_unmapped", None)
         for group in groups:
             members = [dep.target.module for dep, _ in group]
-            grouped = [
-                names[m] for m in members if isinstance(m, nn.Module) and _layers.is_grouped(m)
+            blocked = [
+                reason
+                for dep, _ in group
+                for node in (dep.source, dep.target)
+                if unmapped is not None and (reason := unmapped.get(node)) is not None
             ]
-            if grouped:
-                log.info("skipping a channel group through grouped convolutions %s", grouped)
+            if blocked:
+                root_name = next(
+                    (names[m] for m in members if isinstance(m, _PRUNABLE) and m in names), "?"
+                )
+                self._skip(root_name, blocked[0])
                 continue
             ops: list[_Op] = []
             layer_names: set[str] = set()
@@ -356,8 +640,13 @@ class ChannelSpace:
                 raise RuntimeError(
                     f"importance {self.importance!r} gave no score for the group of {names[root]}"
                 )
-            scores = torch.nan_to_num(scores.detach().float().cpu(), nan=0.0)
-            order = np.argsort(-scores.numpy(), kind="stable").astype(np.int64)
+            scores = torch.nan_to_num(scores.detach().float().cpu(), nan=0.0).numpy()
+            blocks = self._blocks(dg, members, ops, channels, names)
+            if isinstance(blocks, str):
+                self._skip(names[root], blocks)
+                continue
+            step, keys = blocks
+            order = _order(scores, keys)
             layers = tuple(sorted(layer_names, key=position.get))
             units.append(
                 {
@@ -371,15 +660,97 @@ class ChannelSpace:
                     "params_share": sum(prof.params.get(n, 0) for n in layers)
                     / max(1, prof.total_params),
                     "numel": int(root.weight.numel()),
+                    "step": step,
                 }
             )
-            plans.append(_Plan(ops=tuple(ops), order=order))
+            plans.append(_Plan(ops=tuple(ops), order=order, step=step))
+        for module, reason in getattr(dg, "hwprune_failed", ()):
+            if module in names and names[module] not in {u["id"] for u in units}:
+                self._skip(names[module], reason)
         if not units:
             raise ConfigError(
                 "the model has no prunable channel group (every Conv/Linear output is ignored "
                 "or feeds the model output)"
             )
         return units, plans
+
+    def _skip(self, unit_id: str, reason: str) -> None:
+        log.info("channel group of %s left out: %s", unit_id, reason)
+        self.skipped.append(Skipped(id=unit_id, reason=reason))
+
+    def _blocks(
+        self,
+        dg: Any,
+        members: Sequence[Any],
+        ops: Sequence[_Op],
+        channels: int,
+        names: dict[nn.Module, str],
+    ) -> tuple[int, np.ndarray | None] | str:
+        """How a group loses channels: (step, block key per channel; None for one by one).
+
+        Through attention modules: whole heads (key = head index, step = head
+        size) where ``num_heads`` names them, else the same positions of every
+        head (key = position in the head, step = number of heads). Through
+        grouped convolutions: the same position of every convolution group
+        (key = position, step = groups), the only pruning that keeps each
+        group's slice of the weight whole. A reason string means the group
+        cannot be pruned soundly and is left out.
+        """
+        mhas = [m for m in dict.fromkeys(members) if isinstance(m, nn.MultiheadAttention)]
+        grouped = [m for m in dict.fromkeys(members) if _layers.is_grouped(m)]
+        if mhas and grouped:
+            return "couples attention with grouped convolutions"
+        if grouped:
+            return self._grouped_blocks(dg, grouped, ops, channels, names)
+        if not mhas:
+            return 1, None
+        by_heads = [m in self._heads for m in mhas]
+        if any(by_heads) and not all(by_heads):
+            missing = [names[m] for m, h in zip(mhas, by_heads, strict=True) if not h]
+            return f"shares channels with attention modules not in num_heads: {', '.join(missing)}"
+        layouts = {(m.embed_dim, m.num_heads) for m in mhas}
+        if len(layouts) > 1:
+            return f"couples attention modules with different head layouts {sorted(layouts)}"
+        embed, heads = layouts.pop()
+        if embed != channels or embed % heads:
+            return f"attention embedding {embed} with {heads} heads is not the group's {channels}"
+        head_dim = embed // heads
+        op = next(o for o in ops if o.target == names[mhas[0]])
+        keys = np.full(channels, -1, dtype=np.int64)
+        index = op.idxs
+        keys[op.roots] = index // head_dim if all(by_heads) else index % head_dim
+        if (keys < 0).any():
+            return "attention channels that do not map one-to-one to the group"
+        return (head_dim if all(by_heads) else heads), keys
+
+    def _grouped_blocks(
+        self,
+        dg: Any,
+        grouped: Sequence[nn.Module],
+        ops: Sequence[_Op],
+        channels: int,
+        names: dict[nn.Module, str],
+    ) -> tuple[int, np.ndarray] | str:
+        keys: np.ndarray | None = None
+        step = 0
+        for conv in grouped:
+            for op in ops:
+                if op.target != names[conv] or op.is_param:
+                    continue
+                out = dg.is_out_channel_pruning_fn(op.handler)
+                size = conv.out_channels if out else conv.in_channels
+                per_group = size // conv.groups
+                if len(op.idxs) != channels:
+                    return f"grouped convolution {names[conv]} takes part of the group's channels"
+                mine = np.full(channels, -1, dtype=np.int64)
+                mine[op.roots] = op.idxs % per_group
+                if keys is None:
+                    keys, step = mine, conv.groups
+                elif conv.groups != step or not np.array_equal(keys, mine):
+                    return "couples grouped convolutions whose groups do not line up"
+        if keys is None or (keys < 0).any():
+            return "grouped convolution channels that do not map one-to-one to the group"
+        return step, keys
 
     # ------------------------------------------------------------- policies
     def __len__(self) -> int:
@@ -398,18 +769,27 @@ class ChannelSpace:
                 f"{len(self.units)} units"
             )
 
-    def channels_for(self, keep: float, channels: int) -> int:
-        """Channels kept of ``channels`` at ratio ``keep`` (min_keep and round_to applied)."""
-        r = self.round_to
+    def channels_for(self, keep: float, channels: int, *, step: int = 1) -> int:
+        """Channels kept of ``channels`` at ratio ``keep`` (min_keep, round_to and ``step`` applied).
+
+        The count is a multiple of lcm(round_to, step); a unit smaller than
+        that multiple keeps everything.
+        """
+        r = math.lcm(self.round_to, max(1, int(step)))
+        if r > channels:
+            return int(channels)
         want = max(float(keep), self.min_keep) * channels
         n = math.floor(want / r + 0.5 + 1e-9) * r
-        return int(min(channels, max(min(channels, r), 1, n)))
+        return int(min(channels, max(r, n)))
 
     def unit_channels_for(self, keep: float, unit: Unit) -> int:
         """Channels ``unit`` keeps at ratio ``keep``: snapped to its ``channel_choices`` if any."""
-        allowed = self.channel_choices.get(unit.id)
+        step = max(1, int(unit.step))
+        allowed = [
+            c for c in self.channel_choices.get(unit.id, ()) if c % step == 0 or c == unit.channels
+        ]
         if not allowed:
-            return self.channels_for(keep, unit.channels)
+            return self.channels_for(keep, unit.channels, step=step)
         want = max(float(keep), self.min_keep) * unit.channels
         n = max(1, math.floor(want + 0.5 + 1e-9))
         return next((c for c in allowed if c >= n), allowed[-1])
@@ -464,5 +844,16 @@ class ChannelSpace:
                 setattr(parent, attr, op.handler(getattr(parent, attr), idxs))
             else:
                 op.handler(modules[target], idxs)
+        self._fix_attributes(pruned)
         _layers.unshare_tensors(pruned, self.model)
         return pruned
+
+    def _fix_attributes(self, pruned: nn.Module) -> None:
+        """Attributes the forward pass reads that Torch-Pruning's layer functions do not update."""
+        for name, module in pruned.named_modules():
+            if isinstance(module, nn.MultiheadAttention) and name in self._head_dims:
+                module.head_dim = self._head_dims[name]
+                module.num_heads = module.embed_dim // module.head_dim
+            fix = _FIXUPS.get(type(module).__name__)
+            if fix is not None:
+                fix(module)

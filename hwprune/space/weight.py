@@ -20,7 +20,7 @@ from torch import nn
 
 from hwprune.errors import ConfigError
 from hwprune.space import _layers
-from hwprune.space.channel import Unit
+from hwprune.space.channel import Skipped, Unit, _expand, _profile, _resolve_inputs
 from hwprune.space.policy import PATTERNS, Policy
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,9 @@ class WeightSpace:
 
     One unit per layer, the classifier included (zeroing weights never
     changes an output shape, and QLP prunes every layer); pass
-    ``ignored_layers`` to leave layers dense. A policy's keep ratio is the
+    ``ignored_layers`` to leave layers dense. ``example_inputs`` (a tensor, a
+    tuple or a dict of tensors) or ``example_input_shape`` (one float input)
+    is what the model is called with. A policy's keep ratio is the
     layer's weight density: "unstructured" keeps ``round(max(keep, min_keep)
     * numel)`` largest-|w| weights per layer; "2:4" keeps a layer dense for
     keep >= 0.75 and 2:4-sparse (density 0.5) below, and only layers whose
@@ -106,6 +108,7 @@ class WeightSpace:
         self,
         model: nn.Module,
         *,
+        example_inputs: Any = None,
         example_input_shape: Sequence[int] = (1, 3, 32, 32),
         pattern: str = "unstructured",
         min_keep: float = 0.02,
@@ -117,16 +120,18 @@ class WeightSpace:
             )
         if not 0.0 <= float(min_keep) <= 1.0:
             raise ConfigError(f"min_keep must lie in [0, 1], got {min_keep!r}")
-        shape = tuple(int(s) for s in example_input_shape)
+        inputs = _resolve_inputs(example_inputs, example_input_shape)
         self.model = model
         self.pattern = pattern
         self.min_keep = float(min_keep)
-        self.example_input_shape = shape
+        self.example_inputs = inputs.to(_layers.model_device(model))
+        self.example_input_shape = inputs.first_shape
+        self.skipped: list[Skipped] = []
 
-        prof = _layers.profile(model, _layers.example_input(model, shape))
+        prof = _profile(model, self.example_inputs)
         self.dense_params = prof.total_params
         self.dense_macs = prof.total_macs
-        ignored = _layers.resolve_names(model, ignored_layers)
+        ignored = _expand(model, _layers.resolve_names(model, ignored_layers))
 
         units: list[Unit] = []
         self._sorted: list[torch.Tensor] = []  # |w| ascending, per layer (unstructured)
@@ -164,7 +169,13 @@ class WeightSpace:
             )
         self.units = units
         self._signature = hashlib.sha256(
-            json.dumps([pattern, list(shape), [(u.id, u.numel) for u in units]]).encode()
+            json.dumps(
+                [
+                    pattern,
+                    [list(s) for s in self.example_inputs.shapes.values()],
+                    [(u.id, u.numel) for u in units],
+                ]
+            ).encode()
         ).hexdigest()[:16]
 
     def __len__(self) -> int:

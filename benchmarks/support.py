@@ -1,0 +1,403 @@
+"""Support matrix: does every torchvision classifier prune, export and match its torch outputs?
+
+For each classification builder in ``torchvision.models.list_models(module=torchvision.models)``,
+at random weights and a small input (64x64 where the architecture allows, else the
+smallest size it accepts):
+
+1. build the model (10 classes) and a ``ChannelSpace`` over it (round_to 1, min_keep 0.1);
+2. find the largest uniform keep ratio whose pruned model has at most 60% of the dense
+   model's FLOPs, by bisection on the ``flops`` oracle (the static ONNX count, the same
+   oracle a ``flops<=60%`` budget binds), within a handful of evaluations;
+3. export the chosen model with ``final_export`` (parity gate: every output within 1e-3
+   of torch's, relative to the output's scale) and record FLOPs and parameters after/dense;
+4. for one model per family (``--latency``), the same bisection on
+   ``onnxruntime:cpu?threads=1`` latency to ``latency<=60%``.
+
+The pieces are driven directly (space, uniform bisection on the real oracle, final export)
+rather than through ``hwprune.prune``: its data sources are classification datasets at
+their own image sizes, and this sweep needs each architecture at its smallest input with
+no data at all (no accuracy is scored, nothing is fine-tuned).
+
+Each model's row is stored as it completes in ``benchmarks/results/support/<model>.json``;
+a second run skips stored rows (``--redo`` repeats them). ``--table`` writes the Markdown
+table into RESULTS.md from the stored rows only.
+
+Run it alone, on one core::
+
+    OMP_NUM_THREADS=1 nice taskset -c 1 python benchmarks/support.py --latency
+    python benchmarks/support.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+# The script's folder holds benchmarks/oracles.py, which would shadow the ``oracles`` package.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+
+def _load_common() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_common", _HERE / "_common.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["_common"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_common = _load_common()
+RESULTS_DIR = _common.RESULTS_DIR
+command_line, environment = _common.command_line, _common.environment
+markdown_table, update_results_md = _common.markdown_table, _common.update_results_md
+
+ROWS_DIR = RESULTS_DIR / "support"
+FLOPS_TARGET = 0.6
+LATENCY_TARGET = 0.6
+LATENCY_ORACLE = "onnxruntime:cpu?threads=1"
+SIZES = (64, 70, 75, 96, 112, 128, 160, 192, 224, 299)
+# ONNX files are protobufs with a 2 GiB limit, and a model several times that size in
+# memory (dense, pruned copy, export, ONNX Runtime session) does not fit a shared 24 GB box.
+MAX_PARAMS = 400_000_000
+FAMILIES = (
+    "alexnet", "convnext", "densenet", "efficientnet_v2", "efficientnet", "googlenet",
+    "inception", "maxvit", "mnasnet", "mobilenet_v2", "mobilenet_v3", "regnet_x", "regnet_y",
+    "resnext", "wide_resnet", "resnet", "shufflenet", "squeezenet", "swin_v2", "swin", "vgg",
+    "vit",
+)  # fmt: skip
+
+log = logging.getLogger("support")
+
+
+def family(name: str) -> str:
+    return next((f for f in FAMILIES if name.startswith(f)), name)
+
+
+def classifiers() -> list[str]:
+    """Every torchvision classifier, smallest first (parameter counts from its weights' metadata)."""
+    import torchvision
+
+    names = list(torchvision.models.list_models(module=torchvision.models))
+
+    def size(name: str) -> int:
+        try:
+            return int(torchvision.models.get_model_weights(name).DEFAULT.meta["num_params"])
+        except Exception:
+            return 10**12
+
+    return sorted(names, key=lambda n: (size(n), n))
+
+
+def _build(name: str, size: int) -> Any:
+    from hwprune.models import get_model
+
+    return get_model(name, num_classes=10, input_size=size).eval()
+
+
+def smallest_size(name: str) -> tuple[int, Any]:
+    """The first size of SIZES the architecture accepts, and the model built for it."""
+    import torch
+
+    from hwprune.export import export_onnx
+
+    last: Exception | None = None
+    for size in SIZES:
+        try:
+            model = _build(name, size)
+            with torch.no_grad():
+                model(torch.zeros(1, 3, size, size))
+            # Adaptive pooling exports only to sizes that divide its input (VGG, AlexNet).
+            export_onnx(model, input_shape=(1, 3, size, size), fold_shapes=False)
+            return size, model
+        except Exception as exc:  # the architecture rejects this size: try the next
+            last = exc
+    raise RuntimeError(f"no input size in {SIZES} is accepted: {last}")
+
+
+def _measure(oracle: Any, module: Any, inputs: Any) -> float:
+    import oracles
+    from hwprune.export import export_onnx
+
+    data = export_onnx(module, example_inputs=inputs)
+    return float(oracles.measure(oracle, data, input_shapes=inputs.shapes).value)
+
+
+def bisect_uniform(space: Any, oracle: Any, *, target: float, dense: float, steps: int) -> dict:
+    """The largest uniform keep whose value is at most ``target * dense``, in ``steps`` evaluations.
+
+    The first guess assumes the value falls with keep squared (FLOPs of a layer pruned on
+    both sides); later guesses bisect the bracket. Returns the best feasible keep and value
+    (None when no evaluation met the target) and every evaluation made.
+    """
+    from hwprune.space import Policy
+
+    lo, hi = space.min_keep, 1.0
+    bound = target * dense
+    seen: list[tuple[float, float]] = []
+    best: tuple[float, float] | None = None
+    keep = math.sqrt(target)
+    for _ in range(steps):
+        value = _measure(oracle, space.apply(Policy.uniform(space, keep)), space.example_inputs)
+        seen.append((keep, value))
+        if value <= bound:
+            if best is None or keep > best[0]:
+                best = (keep, value)
+            lo = keep
+        else:
+            hi = keep
+        if hi - lo < 0.01:
+            break
+        keep = (lo + hi) / 2
+    if best is None:  # the smallest model the space allows
+        value = _measure(oracle, space.apply(Policy.uniform(space, lo)), space.example_inputs)
+        seen.append((lo, value))
+        if value <= bound:
+            best = (lo, value)
+    return {
+        "keep": best[0] if best else None,
+        "value": best[1] if best else None,
+        "evaluations": [{"keep": k, "value": v} for k, v in seen],
+    }
+
+
+def sweep_one(name: str, *, latency: bool, steps: int) -> dict[str, Any]:
+    import tempfile
+
+    import torch
+
+    import oracles
+    from hwprune.errors import HwpruneError
+    from hwprune.export.final import final_export
+    from hwprune.space import ChannelSpace, Policy
+
+    row: dict[str, Any] = {"model": name, "family": family(name), "status": "failed"}
+    start = time.perf_counter()
+    try:
+        size, model = smallest_size(name)
+        row["input"] = size
+        params = sum(p.numel() for p in model.parameters())
+        row["params_dense"] = params
+        if params > MAX_PARAMS:
+            row["status"] = "too big"
+            row["error"] = (
+                f"{params / 1e6:.0f} M parameters: its ONNX file passes protobuf's 2 GiB limit "
+                "and the dense model, a pruned copy and a runtime session do not fit a shared "
+                "24 GB machine"
+            )
+            return row
+        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+        space = ChannelSpace(model, example_inputs=x, round_to=1, min_keep=0.1)
+        row["units"] = len(space.units)
+        row["skipped"] = [{"id": s.id, "reason": s.reason} for s in space.skipped]
+        flops = oracles.get_oracle("flops")
+        dense = _measure(flops, model, space.example_inputs)
+        found = bisect_uniform(space, flops, target=FLOPS_TARGET, dense=dense, steps=steps)
+        row["flops_dense"] = dense
+        row["flops_search"] = found["evaluations"]
+        if found["keep"] is None:
+            row["status"] = "refused"
+            row["error"] = (
+                f"no uniform keep ratio reaches flops<=60% (smallest: "
+                f"{min(v for _, v in [(e['keep'], e['value']) for e in found['evaluations']]) / dense:.0%}"
+                f" of dense with {len(space.units)} prunable units)"
+            )
+            return row
+        row["keep"] = found["keep"]
+        pruned = space.apply(Policy.uniform(space, found["keep"]))
+        row["flops_after"] = found["value"]
+        row["flops_ratio"] = found["value"] / dense
+        row["params_after"] = sum(p.numel() for p in pruned.parameters())
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                exported = final_export(
+                    pruned, example_inputs=space.example_inputs, onnx_path=Path(tmp) / "m.onnx"
+                )
+                row["parity_rel"] = exported.max_rel_diff
+                row["parity_abs"] = exported.max_abs_diff
+                row["parity"] = True
+            except HwpruneError as exc:
+                row["parity"] = False
+                row["error"] = str(exc)
+                return row
+        if latency:
+            timer = oracles.get_oracle(LATENCY_ORACLE)
+            lat_dense = _measure(timer, model, space.example_inputs)
+            lat = bisect_uniform(
+                space, timer, target=LATENCY_TARGET, dense=lat_dense, steps=max(3, steps - 2)
+            )
+            row["latency_dense_ms"] = lat_dense
+            row["latency_search"] = lat["evaluations"]
+            # The FLOPs-chosen model's latency, and the latency budget's own outcome.
+            row["latency_after_ms"] = _measure(timer, pruned, space.example_inputs)
+            row["latency_ratio"] = row["latency_after_ms"] / lat_dense
+            row["latency_budget_keep"] = lat["keep"]
+            row["latency_budget_ratio"] = lat["value"] / lat_dense if lat["value"] else None
+        row["status"] = "pruned"
+    except HwpruneError as exc:
+        row["status"] = "refused"
+        row["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except MemoryError:
+        row["status"] = "too big"
+        row["error"] = "ran out of memory on this 24 GB machine"
+    except Exception as exc:
+        row["status"] = "failed"
+        row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        row["traceback"] = traceback.format_exc(limit=-6)
+    finally:
+        row["seconds"] = round(time.perf_counter() - start, 1)
+    return row
+
+
+def store(row: dict[str, Any]) -> Path:
+    env = environment()
+    ROWS_DIR.mkdir(parents=True, exist_ok=True)
+    path = ROWS_DIR / f"{row['model']}.json"
+    stored = {**row, "measured": {"date": env["date"], "machine": env["machine"],
+                                   "commit": env.get("commit")}}  # fmt: skip
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(stored, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def stored_rows() -> dict[str, dict[str, Any]]:
+    rows = {}
+    for path in sorted(ROWS_DIR.glob("*.json")):
+        try:
+            row = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        rows[row["model"]] = row
+    return rows
+
+
+def _pct(x: Any) -> str:
+    return f"{100 * x:.0f}%" if isinstance(x, (int, float)) else "-"
+
+
+def table(names: list[str]) -> str:
+    rows = stored_rows()
+    out = []
+    for name in names:
+        r = rows.get(name)
+        if r is None:
+            out.append([name, family(name), "not run", "-", "-", "-", "-", "-", "-"])
+            continue
+        status = r["status"]
+        parity = (
+            f"{r['parity_rel']:.1e}" if r.get("parity") else "mismatch" if r.get("parity") is False else "-"
+        )
+        note = r.get("error", "") if status != "pruned" else ""
+        if status == "pruned" and r.get("skipped"):
+            note = f"{len(r['skipped'])} group(s) left out: {r['skipped'][0]['reason']}"
+        out.append(
+            [
+                name,
+                f"{r.get('input', '-')}",
+                status,
+                _pct(r.get("flops_ratio")),
+                _pct(r.get("latency_ratio")),
+                _pct(r.get("latency_budget_ratio")),
+                parity,
+                f"{r.get('seconds', 0):.0f}",
+                note.replace("|", "/")[:160],
+            ]
+        )
+    headers = [
+        "model", "input", "status", "FLOPs after/dense", "latency after/dense",
+        "latency<=60% reached", "parity (rel.)", "s", "note",
+    ]  # fmt: skip
+    return markdown_table(headers, out)
+
+
+def counts(names: list[str]) -> dict[str, int]:
+    rows = stored_rows()
+    out = {"tried": 0, "pruned and matched": 0, "refused": 0, "too big": 0, "failed": 0, "not run": 0}
+    for name in names:
+        r = rows.get(name)
+        if r is None:
+            out["not run"] += 1
+            continue
+        out["tried"] += 1
+        status = r["status"]
+        if status == "pruned" and r.get("parity"):
+            out["pruned and matched"] += 1
+        elif status in ("refused", "too big"):
+            out[status] += 1
+        else:
+            out["failed"] += 1
+    return out
+
+
+def write_table(names: list[str]) -> Path:
+    c = counts(names)
+    notes = (
+        f"{len(names)} classifiers of `torchvision.models.list_models(module=torchvision.models)`, "
+        "random weights, 10 classes, batch 1 at the input shown (64x64 where the architecture "
+        "allows). FLOPs: the `flops` oracle on the exported ONNX, uniform keep ratio by "
+        f"bisection to flops<={FLOPS_TARGET:.0%}. Parity: max |ONNX Runtime - torch| over "
+        "every output and 3 random inputs, relative to max(1, max |output|); the gate is 1e-3. "
+        f"Latency (one model per family): `{LATENCY_ORACLE}` on a shared 2-core machine "
+        "(noisy), for the FLOPs-chosen model, and the ratio a latency<=60% bisection reached. "
+        "No data, no accuracy, no fine-tuning: this is about the mechanics (the pieces are "
+        "driven directly, not through `hwprune.prune`).\n\n"
+        + ", ".join(f"{k}: {v}" for k, v in c.items())
+    )
+    return update_results_md(
+        "support",
+        "Support matrix: torchvision classifiers",
+        table(names),
+        command=command_line(),
+        env=environment(),
+        notes=notes,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", help="only these models (default: all)")
+    parser.add_argument("--latency", action="store_true", help="latency too, one model per family")
+    parser.add_argument("--steps", type=int, default=6, help="evaluations per bisection")
+    parser.add_argument("--redo", action="store_true", help="repeat stored rows (failed ones always are)")
+    parser.add_argument("--table", action="store_true", help="only write the table from stored rows")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("hwprune").setLevel(logging.WARNING)
+    names = classifiers()
+    if args.table:
+        print(write_table(names))
+        print(json.dumps(counts(names)))
+        return 0
+    todo = args.models or names
+    unknown = [n for n in todo if n not in names]
+    if unknown:
+        parser.error(f"not a torchvision classifier: {', '.join(unknown)}")
+    done = stored_rows()
+    firsts: dict[str, str] = {}
+    for n in names:
+        firsts.setdefault(family(n), n)
+    for name in todo:
+        if name in done and not args.redo and done[name]["status"] != "failed":
+            continue
+        latency = args.latency and firsts[family(name)] == name
+        log.info("%s ...", name)
+        row = sweep_one(name, latency=latency, steps=args.steps)
+        store(row)
+        log.info("%s: %s in %.0f s %s", name, row["status"], row["seconds"], row.get("error", ""))
+        gc.collect()
+    print(json.dumps(counts(names)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

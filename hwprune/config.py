@@ -1,0 +1,388 @@
+"""The run's configuration: one frozen, typed ``PruneConfig`` that owns every default and check.
+
+The CLI's ``hwprune prune`` options are built from these fields (their
+``metadata`` carries the flag's help), config files (TOML, or YAML with
+pyyaml) and ``config.json`` in a run directory are read through
+``PruneConfig.from_mapping``, and ``to_dict`` writes what ``from_mapping``
+reads back. Nothing here imports torch.
+
+Example::
+
+    cfg = PruneConfig(model="vgg11_cifar", budgets=("latency<=50%",))
+    PruneConfig.from_mapping(cfg.to_dict()) == cfg  # True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hwprune.errors import ConfigError, RunDirError
+
+__all__ = [
+    "PruneConfig",
+    "GRANULARITIES",
+    "DEFAULT_OPSET",
+    "OPSET_RANGE",
+    "GPU_ORACLE_PREFIXES",
+    "CONFIG_VERSION",
+    "read_config_file",
+    "read_run_config",
+    "write_run_config",
+]
+
+CONFIG_VERSION = 1
+# What a run prunes: channels (physically removed), unstructured weights, or 2:4 weight blocks.
+GRANULARITIES = ("channel", "weight", "2:4")
+# The ONNX opset of every export a run makes (search candidates, the final model).
+DEFAULT_OPSET = 17
+# Opsets torch's exporter and the ONNX checker both accept here.
+OPSET_RANGE = (9, 21)
+# Oracle specs that time a GPU: channel counts in multiples of 8 suit their tensor cores.
+GPU_ORACLE_PREFIXES = ("torch:cuda", "onnxruntime:cuda", "onnxruntime:tensorrt", "tensorrt")
+
+_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
+def _opt(default: Any, help: str, *, kind: str, **extra: Any) -> Any:
+    """A config field: its default, the CLI help, and the kind of value it takes."""
+    meta = {"help": help, "kind": kind, **extra}
+    if isinstance(default, (list, dict, tuple)) and default != ():
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Every option of a prune run, with its default; checked when built."""
+
+    model: str | None = _opt(None, "registered model name or package.module:callable", kind="str")
+    task: str | None = _opt(
+        None,
+        "package.module:factory returning (model, example_inputs, task): prune your own model "
+        "with your own score/calibrate/finetune (instead of --model/--data)",
+        kind="str",
+    )
+    weights: str | None = _opt(None, "checkpoint of the dense model (weights only)", kind="path")
+    width: float | None = _opt(
+        None, "width multiplier of *_cifar models (default: the checkpoint's, else 1)", kind="float"
+    )
+    data: str = _opt(
+        "digits", "dataset: digits (built in), cifar10, cifar100, imagefolder:PATH", kind="str"
+    )
+    data_root: str | None = _opt(None, "folder of downloadable datasets", kind="path")
+    input_size: int | None = _opt(
+        None,
+        "square image side the model takes (default: the checkpoint's meta, else the dataset's)",
+        kind="int",
+    )
+    budgets: tuple[str, ...] = _opt(
+        (),
+        "budget such as 'latency<=50%%', 'latency<=2.5ms', 'params<=1M' (repeatable)",
+        kind="strs",
+        flag="--budget",
+        metavar="B",
+    )
+    oracles: dict[str, str] = _opt(
+        {},
+        "oracle judging a quantity, e.g. latency=onnxruntime:cpu?threads=1 (repeatable)",
+        kind="oracles",
+        flag="--oracle",
+        metavar="QUANTITY=SPEC",
+    )
+    agent: str = _opt(
+        "ppo-lagrangian",
+        "searcher: ppo-lagrangian, qlp, amc, uniform, global-magnitude, random",
+        kind="str",
+    )
+    evaluations: int = _opt(100, "candidates to evaluate", kind="int")
+    finetune_epochs: int = _opt(5, "fine-tuning epochs (built-in task)", kind="int")
+    finetune_lr: float = _opt(0.01, "peak learning rate of fine-tuning (cosine)", kind="float")
+    finetune_batch_size: int = _opt(128, "fine-tuning batch size", kind="int")
+    distill: bool = _opt(False, "distil from the dense model while fine-tuning", kind="bool")
+    seed: int = _opt(0, "seed of the data split, the searcher and fine-tuning", kind="int")
+    round_to: int | None = _opt(None, "channel multiple (default 1; 8 for GPU oracles)", kind="int")
+    min_keep: float = _opt(0.1, "smallest fraction kept per unit", kind="float")
+    granularity: str = _opt("channel", "what is pruned", kind="str", choices=GRANULARITIES)
+    importance: str = _opt("l2", "channel importance: l1, l2, taylor, random", kind="str")
+    device: str = _opt("cpu", "training/evaluation device: cpu, cuda, cuda:N", kind="str")
+    opset: int = _opt(DEFAULT_OPSET, "ONNX opset of the export", kind="int")
+    tensorrt: bool = _opt(
+        True,
+        "build a TensorRT engine where TensorRT is installed",
+        kind="bool",
+        flag="--no-tensorrt",
+        negate=True,
+    )
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _coerce(f, getattr(self, f.name)))
+        self._check()
+
+    # ---------------------------------------------------------------- checks
+    def _check(self) -> None:
+        def bad(name: str, what: str) -> ConfigError:
+            return ConfigError(f"{name} must be {what}, got {getattr(self, name)!r}")
+
+        if self.task is not None and not _SPEC.match(self.task):
+            raise bad("task", "a factory written package.module:callable")
+        if self.model is not None and self.task is not None:
+            raise ConfigError("give either model (with data) or task, not both")
+        if self.width is not None and not (0.0 < self.width <= 16.0):
+            raise bad("width", "a multiplier in (0, 16]")
+        if self.input_size is not None and not 8 <= self.input_size <= 4096:
+            raise bad("input_size", "an image side in [8, 4096]")
+        if self.evaluations < 1:
+            raise bad("evaluations", "a positive integer")
+        if self.finetune_epochs < 0:
+            raise bad("finetune_epochs", "a non-negative integer")
+        if not 0.0 < self.finetune_lr < 10.0:
+            raise ConfigError(
+                f"finetune_lr must be a learning rate in (0, 10), got {self.finetune_lr!r}"
+            )
+        if self.finetune_batch_size < 1:
+            raise bad("finetune_batch_size", "a positive integer")
+        if not 0.0 < self.min_keep <= 1.0:
+            raise ConfigError(f"min_keep must lie in (0, 1], got {self.min_keep!r}")
+        if self.round_to is not None and self.round_to < 1:
+            raise bad("round_to", "a positive integer")
+        if self.granularity not in GRANULARITIES:
+            raise bad("granularity", f"one of {', '.join(GRANULARITIES)}")
+        if not _DEVICE.match(self.device):
+            raise bad("device", "'cpu', 'cuda' or 'cuda:N'")
+        lo, hi = OPSET_RANGE
+        if not lo <= self.opset <= hi:
+            raise bad("opset", f"an ONNX opset from {lo} to {hi}")
+        if self.seed < 0:
+            raise bad("seed", "a non-negative integer")
+
+    def require_runnable(self) -> None:
+        """ConfigError unless the config names what to prune, a budget and how to score."""
+        if self.model is None and self.task is None:
+            raise ConfigError(
+                "--model (a registered name or package.module:callable) or --task "
+                "(package.module:factory) is required"
+            )
+        if not self.budgets:
+            raise ConfigError("at least one --budget is required, e.g. --budget 'latency<=50%'")
+
+    # ------------------------------------------------------------ round trip
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values; ``from_mapping`` reads them back to an equal config."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, dict) else v
+        return out
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, where: str = "") -> PruneConfig:
+        """A config from a mapping of options (``budget`` and dashed names accepted).
+
+        Unknown names and values of the wrong type raise ConfigError naming
+        ``where`` (a file) when given.
+        """
+        prefix = f"{where}: " if where else ""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{prefix}expected a table of options, got {type(data).__name__}")
+        data = {str(k).replace("-", "_"): v for k, v in data.items()}
+        if "budget" in data and "budgets" not in data:
+            data["budgets"] = data.pop("budget")
+        if "oracle" in data and "oracles" not in data:
+            data["oracles"] = data.pop("oracle")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(
+                f"{prefix}unknown option {unknown[0]!r}; accepted: {', '.join(sorted(names))}"
+            )
+        try:
+            return cls(**data)
+        except ConfigError as exc:
+            raise ConfigError(f"{prefix}{exc}") from None
+
+    def replace(self, **changes: Any) -> PruneConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """``value`` as the field's kind, or a ConfigError naming the field and what it takes."""
+    kind = f.metadata["kind"]
+    if value is None:
+        if f.default is None:
+            return None
+        if kind in ("strs", "oracles"):
+            return () if kind == "strs" else {}
+        raise ConfigError(f"{f.name} must be set, got null")
+
+    def bad(what: str) -> ConfigError:
+        return ConfigError(f"{f.name} must be {what}, got {value!r}")
+
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return int(value)
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        if not math.isfinite(float(value)):
+            raise bad("a finite number")
+        return float(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if kind in ("str", "path"):
+        if isinstance(value, Path):
+            value = str(value)
+        if not isinstance(value, str) or not value.strip():
+            raise bad("a non-empty string")
+        return value
+    if kind == "strs":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise bad("a string or a list of strings")
+        return tuple(value)
+    if kind == "oracles":
+        return _oracle_map(value, bad)
+    raise AssertionError(kind)
+
+
+def _oracle_map(value: Any, bad: Any) -> dict[str, str]:
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, (list, tuple)):
+        items = []
+        for v in value:
+            if not isinstance(v, str) or "=" not in v:
+                raise bad("QUANTITY=SPEC strings such as 'latency=onnxruntime:cpu'")
+            q, spec = v.split("=", 1)
+            items.append((q, spec))
+    else:
+        raise bad("QUANTITY=SPEC strings such as 'latency=onnxruntime:cpu'")
+    out = {}
+    for q, spec in items:
+        if not isinstance(q, str) or not isinstance(spec, str) or not q.strip() or not spec.strip():
+            raise bad("QUANTITY=SPEC strings such as 'latency=onnxruntime:cpu'")
+        out[q.strip()] = spec.strip()
+    return out
+
+
+# --------------------------------------------------------------------------- files
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The options of a TOML file (or YAML when pyyaml is installed) as a plain dict, checked.
+
+    Only the names given are returned (so the command line can tell what the
+    file set); their types and values are checked through PruneConfig.
+    """
+    p = Path(path)
+    where = f"config file {str(p)!r}"
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {str(p)!r}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{where} cannot be read: {exc.strerror}") from None
+    if p.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as exc:
+            raise ConfigError(
+                f"{where} is YAML, which needs pyyaml (pip install pyyaml); or write it as TOML"
+            ) from exc
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{where} is not valid YAML: {exc}") from exc
+    else:
+        import tomllib
+
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{where} is not valid TOML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must hold a table of options")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    if "budget" in data and "budgets" not in data:
+        data["budgets"] = data.pop("budget")
+    if isinstance(data.get("budgets"), str):
+        data["budgets"] = [data["budgets"]]
+    extra = {k: data.pop(k) for k in ("out", "overwrite") if k in data}
+    # Type and value checks of the names given (defaults fill the rest); a file naming a
+    # task or model alone is fine here.
+    PruneConfig.from_mapping(data, where=where)
+    if "out" in extra and not isinstance(extra["out"], str):
+        raise ConfigError(f"{where}: out must be a folder path, got {extra['out']!r}")
+    if "overwrite" in extra and not isinstance(extra["overwrite"], bool):
+        raise ConfigError(f"{where}: overwrite must be true or false, got {extra['overwrite']!r}")
+    return {**data, **extra}
+
+
+def read_run_config(run_dir: str | Path, *, require_model: bool = True) -> PruneConfig:
+    """The config a run directory was started with (its config.json), checked.
+
+    ``require_model=False`` accepts a run of a module handed to ``prune`` (no
+    model name, no task factory: the caller hands them again)."""
+    path = Path(run_dir) / "config.json"
+    what = f"cannot resume {str(run_dir)!r}"
+    if not path.is_file():
+        raise RunDirError(f"{what}: it has no config.json (not a hwprune run directory)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{what}: config.json is unreadable ({exc})") from None
+    if not isinstance(data, dict):
+        raise RunDirError(
+            f"{what}: config.json must hold an object of options, got {type(data).__name__}"
+        )
+    options = data.get("options", data)
+    if not isinstance(options, dict):
+        raise RunDirError(f"{what}: config.json's options must be an object, got {options!r}")
+    options = {k: v for k, v in options.items() if k not in ("version", "created")}
+    try:
+        config = PruneConfig.from_mapping(options)
+        if require_model:
+            config.require_runnable()
+        elif not config.budgets:
+            raise ConfigError("it names no budget")
+    except ConfigError as exc:
+        raise RunDirError(f"{what}: config.json is not a valid run config ({exc})") from None
+    return config
+
+
+def write_run_config(run_dir: Path, config: PruneConfig) -> Path:
+    """config.json, written atomically: what ``read_run_config`` reads back."""
+    import time
+
+    record = {"version": CONFIG_VERSION, "created": time.time(), "options": config.to_dict()}
+    path = run_dir / "config.json"
+    tmp = path.with_name("config.json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def default(name: str) -> Any:
+    """The default of one PruneConfig field (for code that takes the option on its own)."""
+    return PruneConfig.__dataclass_fields__[name].default
+
+
+def default_round_to(oracle_specs: Sequence[str]) -> int:
+    """8 where a budget is timed on a GPU (tensor cores like multiples of 8), else 1."""
+    return 8 if any(s.lower().startswith(GPU_ORACLE_PREFIXES) for s in oracle_specs) else 1

@@ -1,0 +1,155 @@
+"""Stages ``export`` and ``report``: model.pt, policy.json, the verified ONNX, the report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from hwprune.errors import HwpruneError
+from hwprune.run.context import RunContext
+from hwprune.run.final import Final
+from hwprune.run.load import Loaded, space_options
+from hwprune.run.result import BudgetCheck, PruneResult
+from hwprune.run.search import Dense, Searched
+
+__all__ = ["export", "report", "pruned_meta", "PRUNED_ATTR"]
+
+# The attribute a pruned module carries: what ``hwprune.save`` needs to rebuild it.
+PRUNED_ATTR = "_hwprune_pruned"
+
+
+def policy_dict(policy: Any, space: Any) -> dict[str, Any]:
+    try:
+        return policy.to_dict(space)
+    except (TypeError, HwpruneError):
+        return policy.to_dict()
+
+
+def pruned_meta(ctx: RunContext, loaded: Loaded, f: Final) -> dict[str, Any]:
+    """The checkpoint meta of the pruned model: base model, policy, space options, metrics."""
+    meta = {
+        **loaded.meta,
+        "pruned": True,
+        "policy": policy_dict(f.candidate.policy, loaded.space),
+        "space": space_options(ctx.config),
+        "units": {u.id: int(u.channels) for u in loaded.space.units},
+    }
+    if f.metrics_final and "accuracy" in f.metrics_final:
+        meta["accuracy"] = float(f.metrics_final["accuracy"])
+    return {k: v for k, v in meta.items() if v is not None}
+
+
+def export(ctx: RunContext, loaded: Loaded, f: Final) -> Any:
+    """Stage ``export``: policy.json, model.pt (weights + meta), model.onnx (+ engine)."""
+    from hwprune.export.final import final_export
+    from hwprune.models import save_checkpoint
+
+    with ctx.stage("export", 2, "exporting") as step:
+        meta = pruned_meta(ctx, loaded, f)
+        ctx.path("policy.json").write_text(json.dumps(meta["policy"], indent=2) + "\n",
+                                           encoding="utf-8")  # fmt: skip
+        save_checkpoint(f.module, ctx.path("model.pt"), meta=meta)
+        setattr(f.module, PRUNED_ATTR, meta)
+        step(1)
+        exported = final_export(
+            f.module,
+            example_inputs=loaded.example_inputs,
+            onnx_path=ctx.path("model.onnx"),
+            engine_path=ctx.path("model.engine") if ctx.config.tensorrt else None,
+            opset=ctx.config.opset,
+            seed=ctx.config.seed,
+        )
+        step(2, max_abs_diff=exported.max_abs_diff)
+    return exported
+
+
+def _count(module: Any, *, nonzero: bool = False) -> int:
+    if nonzero:
+        return int(sum(int((p != 0).sum()) for p in module.parameters()))
+    return int(sum(p.numel() for p in module.parameters()))
+
+
+def _paths(ctx: RunContext, exported: Any) -> dict[str, Path]:
+    paths = {"run_dir": ctx.run_dir}
+    for key, name in (("config", "config.json"), ("episodes", "episodes.jsonl"),
+                      ("policy", "policy.json"), ("model", "model.pt"),
+                      ("report_md", "report.md"), ("report_json", "report.json")):  # fmt: skip
+        paths[key] = ctx.path(name)
+    paths["onnx"] = exported.onnx_path
+    if exported.engine_path is not None:
+        paths["engine"] = exported.engine_path
+    return paths
+
+
+def _checks(d: Dense, f: Final) -> tuple[BudgetCheck, ...]:
+    return tuple(
+        BudgetCheck(
+            budget=c.budget.text,
+            quantity=c.name,
+            oracle=c.oracle,
+            unit=c.unit,
+            dense=float(c.dense_value),
+            bound=float(c.bound),
+            final=float(f.measurements[c.name].value),
+            met=bool(f.met[c.name]),
+            margin=1.0 - float(f.measurements[c.name].value) / float(c.bound),
+        )  # fmt: skip
+        for c in d.constraints
+    )
+
+
+def _acc(metrics: dict[str, float] | None) -> float | None:
+    return None if not metrics or "accuracy" not in metrics else float(metrics["accuracy"])
+
+
+def result_of(
+    ctx: RunContext, loaded: Loaded, d: Dense, s: Searched, f: Final, exported: Any
+) -> PruneResult:
+    """The typed result of a finished run."""
+    metrics = {k: v for k, v in (("dense", d.metrics), ("pruned", f.metrics_pruned),
+                                 ("final", f.metrics_final)) if v is not None}  # fmt: skip
+    return PruneResult(
+        run_dir=ctx.run_dir, policy=f.candidate.policy, budgets=_checks(d, f),
+        dense={c.name: float(c.dense_value) for c in d.constraints},
+        final={c.name: float(f.measurements[c.name].value) for c in d.constraints},
+        met=dict(f.met), accuracy_dense=_acc(d.metrics), accuracy_pruned=_acc(f.metrics_pruned),
+        accuracy_finetuned=_acc(f.metrics_final), params_dense=_count(loaded.model),
+        params_final=_count(f.module, nonzero=ctx.config.granularity != "channel"),
+        stage_seconds=dict(ctx.stage_seconds), paths=_paths(ctx, exported),
+        searcher=s.searcher, evaluations=d.evaluator.evaluations,
+        first_feasible_evaluation=s.first_feasible, repairs=f.repairs,
+        export_max_abs_diff=exported.max_abs_diff, tensorrt=exported.tensorrt_message,
+        metrics=metrics, score_dense=d.evaluator.dense_accuracy, score_chosen=f.candidate.accuracy,
+        task=loaded.task.name, finetuned=loaded.task.finetune is not None,
+        evaluated=loaded.task.evaluate is not None, model=f.module,
+    )  # fmt: skip
+
+
+def _unit_names(space: Any) -> list[str]:
+    return [str(u.id or f"unit {i}") for i, u in enumerate(space.units)]
+
+
+def report(
+    ctx: RunContext, loaded: Loaded, d: Dense, s: Searched, f: Final, exported: Any
+) -> PruneResult:
+    """Stage ``report``: plots, report.md and report.json."""
+    from hwprune.report import write_report, write_report_json
+
+    options = {**ctx.config.to_dict(), "finetune_text": loaded.finetune_text}
+    with ctx.stage("report", 1, "writing the report") as step:
+        result = result_of(ctx, loaded, d, s, f, exported)
+        plots = write_report(
+            ctx.run_dir, result=result, history=d.evaluator.history,
+            chosen_key=f.candidate.key, constraints=d.constraints,
+            unit_names=_unit_names(loaded.space), lagrange=s.extra.get("lagrange"),
+            mean_costs=s.extra.get("mean_costs"),
+            options=options,
+        )  # fmt: skip
+        step(1)
+    paths = {**result.paths, **{f"plot:{p.stem}": p for p in plots}}
+    # report.json again, with the report stage's own time included.
+    result = replace(result, stage_seconds=dict(ctx.stage_seconds), paths=paths)
+    write_report_json(ctx.run_dir, result=result, options=options)
+    return result

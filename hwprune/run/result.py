@@ -1,0 +1,96 @@
+"""What a prune run returns: the typed result and one budget's proof."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BudgetCheck", "PruneResult"]
+
+
+@dataclass(frozen=True)
+class BudgetCheck:
+    """One budget on the final model: dense value, absolute bound, re-measured value, margin."""
+
+    budget: str
+    quantity: str
+    oracle: str
+    unit: str
+    dense: float
+    bound: float
+    final: float
+    met: bool
+    margin: float  # 1 - final / bound: the fraction of the bound left unused
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What a prune run produced: the pruned model, its policy, the proven budgets, metrics, files.
+
+    ``metrics`` holds the task's ``evaluate`` figures for "dense", "pruned"
+    (before fine-tuning) and "final" (empty where the task has no evaluate);
+    ``accuracy_*`` are their "accuracy" entries (None when the task reports none).
+    ``model`` is the pruned nn.Module (``hwprune.save(result.model, path)``).
+    """
+
+    run_dir: Path
+    policy: Any
+    budgets: tuple[BudgetCheck, ...]
+    dense: Mapping[str, float]
+    final: Mapping[str, float]
+    met: Mapping[str, bool]
+    accuracy_dense: float | None
+    accuracy_pruned: float | None
+    accuracy_finetuned: float | None
+    params_dense: int
+    params_final: int
+    stage_seconds: Mapping[str, float]
+    paths: Mapping[str, Path]
+    searcher: str
+    evaluations: int
+    first_feasible_evaluation: int | None
+    repairs: int
+    export_max_abs_diff: float | None
+    tensorrt: str
+    metrics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    score_dense: float | None = None
+    score_chosen: float | None = None
+    task: str = "classification"
+    finetuned: bool = True
+    evaluated: bool = True
+    model: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def all_met(self) -> bool:
+        return all(self.met.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir),
+            "policy": self.policy.to_dict() if hasattr(self.policy, "to_dict") else self.policy,
+            "budgets": [asdict(b) for b in self.budgets],
+            "dense": dict(self.dense),
+            "final": dict(self.final),
+            "met": dict(self.met),
+            "all_met": self.all_met,
+            "accuracy": {
+                "dense": self.accuracy_dense,
+                "pruned": self.accuracy_pruned,
+                "finetuned": self.accuracy_finetuned,
+            },
+            "metrics": {k: dict(v) for k, v in self.metrics.items()},
+            "score": {"dense": self.score_dense, "chosen": self.score_chosen},
+            "task": {"name": self.task, "finetune": self.finetuned, "evaluate": self.evaluated},
+            "params": {"dense": self.params_dense, "final": self.params_final},
+            "stage_seconds": dict(self.stage_seconds),
+            "paths": {k: str(v) for k, v in self.paths.items()},
+            "search": {
+                "searcher": self.searcher,
+                "evaluations": self.evaluations,
+                "first_feasible_evaluation": self.first_feasible_evaluation,
+                "repairs": self.repairs,
+            },
+            "export": {"max_abs_diff": self.export_max_abs_diff, "tensorrt": self.tensorrt},
+        }

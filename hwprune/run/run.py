@@ -1,0 +1,36 @@
+"""The run, stage by stage. A resumed run is the same sequence: the stages find what the
+killed session left (the episodes log answers every candidate measured before)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from hwprune.run.context import RunContext
+from hwprune.run.final import finalize
+from hwprune.run.load import load
+from hwprune.run.output import export, report
+from hwprune.run.result import PruneResult
+from hwprune.run.search import choose, dense, search
+
+__all__ = ["run"]
+
+
+def run(
+    ctx: RunContext,
+    *,
+    constraints: list,
+    objects: tuple[Any, Any, Any] | None = None,
+    structure: Mapping[str, Any] | None = None,
+) -> PruneResult:
+    """Every stage in order; ``objects`` = (model, example_inputs, task) handed by the caller,
+    ``structure`` its Torch-Pruning options (ignored_layers, num_heads, ...)."""
+    loaded = load(ctx, objects=objects, structure=structure)
+    d = dense(ctx, loaded, constraints)
+    searched = search(ctx, loaded, d)
+    chosen, confirmations = choose(ctx, loaded, d)
+    if confirmations:
+        searched.extra["confirmations"] = confirmations
+    final = finalize(ctx, loaded, d, chosen)
+    exported = export(ctx, loaded, final)
+    return report(ctx, loaded, d, searched, final, exported)

@@ -1,0 +1,178 @@
+"""Stages ``dense``, ``search`` and ``choose``: the reference, the searcher, the ranked choice.
+
+Resume is the same sequence: the evaluator reads every candidate of the
+episodes log back, the searcher starts afresh with the same seed and is
+answered from the log for every candidate it proposes again (a replay, free
+of measurement), so it reaches the same state and goes on where the killed
+run stopped. The choice ranks every candidate in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from typing import Any
+
+from hwprune.errors import InfeasibleBudgetError
+from hwprune.run.context import RunContext
+from hwprune.run.load import Loaded
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Dense", "Searched", "dense", "search", "choose"]
+
+
+@dataclass
+class Dense:
+    """The calibrated evaluator (relative budgets fixed) and the dense model's metrics."""
+
+    evaluator: Any
+    constraints: list
+    metrics: dict[str, float] | None  # task.evaluate(dense), None without evaluate
+    resumed: int  # candidates read back from the episodes log
+
+
+@dataclass
+class Searched:
+    searcher: str
+    first_feasible: int | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def dense(ctx: RunContext, loaded: Loaded, constraints: list) -> Dense:
+    """Stage ``dense``: measure the dense model with every budget's oracle; its metrics."""
+    from hwprune.evaluate import Evaluator
+    from oracles import MeasurementCache
+
+    with ctx.stage("dense", len(constraints), "measuring the dense model") as step:
+        evaluator = Evaluator(
+            space=loaded.space,
+            task=loaded.task,
+            constraints=constraints,
+            cache=MeasurementCache(ctx.cache_path),
+            log_path=str(ctx.episodes_path),
+            seed=ctx.config.seed,
+            opset=ctx.config.opset,
+        )
+        resumed = evaluator.evaluations
+        constraints = evaluator.calibrate()
+        metrics = None
+        if loaded.task.evaluate is not None:
+            metrics = dict(loaded.task.call("evaluate", loaded.model, what="the dense model"))
+        step(len(constraints), values={c.name: c.dense_value for c in constraints},
+             resumed=resumed)  # fmt: skip
+    return Dense(evaluator=evaluator, constraints=constraints, metrics=metrics, resumed=resumed)
+
+
+def _searcher(ctx: RunContext) -> Any:
+    import importlib.util
+    import inspect
+
+    from hwprune.agents import SEARCHERS, get_searcher
+
+    name = ctx.config.agent
+    cls = SEARCHERS.get(name) if name in SEARCHERS else None
+    kwargs: dict[str, Any] = {"seed": ctx.config.seed}
+    if cls is not None and importlib.util.find_spec("tensorboard") is not None:
+        params = inspect.signature(cls.__init__).parameters
+        for key in ("tensorboard_log", "tensorboard_dir", "tensorboard"):
+            if key in params:
+                kwargs[key] = str(ctx.path("tensorboard"))
+                break
+    return get_searcher(name, **kwargs)
+
+
+def search(ctx: RunContext, loaded: Loaded, d: Dense) -> Searched:
+    """Stage ``search``: the searcher proposes ``evaluations`` distinct candidates.
+
+    A resumed run replays: the agent's checkpoint of the killed session is
+    dropped (it was saved at an update boundary, not where the log ends) and
+    the agent starts again from its seed; every candidate it proposes again
+    is answered from the log, so it ends with the same history as a run that
+    was never stopped (exactly so where the oracles are deterministic).
+    """
+    evaluator, total = d.evaluator, ctx.config.evaluations
+    agent_dir = ctx.path("agent")
+    if agent_dir.exists():
+        shutil.rmtree(agent_dir)
+    searcher = _searcher(ctx)
+    with ctx.stage("search", total, "searching") as step:
+        best: list[float | None] = [None]
+        for o in evaluator.history:
+            if o.feasible and (best[0] is None or o.accuracy > best[0]):
+                best[0] = o.accuracy
+        seen: set[str] = set()
+
+        def on_outcome(outcome: Any) -> None:
+            seen.add(outcome.key)
+            if outcome.feasible and (best[0] is None or outcome.accuracy > best[0]):
+                best[0] = outcome.accuracy
+            step(min(len(seen), total), best_feasible_accuracy=best[0],
+                 values=dict(outcome.values), feasible=outcome.feasible,
+                 accuracy=outcome.accuracy)  # fmt: skip
+
+        step(0, best_feasible_accuracy=best[0])
+        result = searcher.search(
+            space=loaded.space,
+            evaluator=evaluator,
+            evaluations=total,
+            progress=on_outcome,
+            checkpoint_dir=agent_dir,
+            repair_infeasible=False,
+            confirm=0,
+        )
+    first = next((i + 1 for i, o in enumerate(evaluator.history) if o.feasible), None)
+    return Searched(
+        searcher=getattr(searcher, "name", ctx.config.agent),
+        first_feasible=first,
+        extra=dict(result.extra),
+    )
+
+
+def choose(ctx: RunContext, loaded: Loaded, d: Dense) -> tuple[Any, list[dict[str, Any]]]:
+    """Stage ``choose``: the best candidate of the whole log that a fresh measurement confirms.
+
+    Ranked by :func:`~hwprune.evaluate.rank_feasible` over every candidate in
+    the episodes log (earlier sessions' included); the first whose
+    re-measurement meets every budget is chosen. None confirmed: the repair
+    step scales the most accurate candidate down until it is feasible.
+    """
+    from hwprune.agents import confirm_best, repair
+
+    evaluator = d.evaluator
+    with ctx.stage("choose", None, "confirming the best candidates") as step:
+        best, confirmations = confirm_best(loaded.space, evaluator, evaluator.history)
+        if best is None:
+            start = (
+                max(evaluator.history, key=lambda o: o.accuracy).policy
+                if evaluator.history
+                else None
+            )
+            best = repair(loaded.space, evaluator.evaluate, start)
+        if best is None:
+            raise _infeasible(ctx, d)
+        step(1, total=1, accuracy=best.accuracy, values=dict(best.values))
+    return best, confirmations
+
+
+def _infeasible(ctx: RunContext, d: Dense) -> InfeasibleBudgetError:
+    from hwprune.constraints import format_value
+
+    smallest = d.evaluator.smallest()
+    by_name = {c.name: c for c in d.constraints}
+    missed = []
+    for name, value in smallest.items():
+        c = by_name[name]
+        if value > c.bound:
+            missed.append(
+                f"{c.budget.text} on {c.oracle}: the smallest {name} measured was "
+                f"{format_value(value, c.unit)} against a bound of {format_value(c.bound, c.unit)}"
+            )
+    detail = "; ".join(missed) or "no candidate met every budget at once"
+    return InfeasibleBudgetError(
+        f"no allowed policy meets the budgets ({detail}, with min_keep={ctx.config.min_keep}); "
+        f"loosen the budget or lower min_keep (everything measured is kept in "
+        f"{str(ctx.run_dir)!r})",
+        smallest=smallest,
+    )

@@ -1,0 +1,41 @@
+"""Torchvision families that broke the pruning step or the export, each fixed and held here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import oracles
+from hwprune.export import export_onnx
+from hwprune.export.final import final_export
+from hwprune.models import get_model
+from hwprune.space import ChannelSpace, Policy
+
+
+def test_shufflenet_channel_shuffle_is_pruned_around_not_a_crash(tmp_path):
+    # Torch-Pruning's reshape rule divides by zero on the channel shuffle (ZeroDivisionError
+    # out of the pruning step, the support issue's first failure); its chunk mapping then
+    # indexes out of range. The groups through them are left out and named; the rest prunes.
+    torch.manual_seed(0)
+    model = get_model("shufflenet_v2_x0_5", num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    space = ChannelSpace(model, example_inputs=x)
+    assert len(space.units) >= 16
+    assert space.skipped and all("Torch-Pruning cannot" in s.reason for s in space.skipped)
+    assert any(u.id.endswith("branch2.0") for u in space.units)
+    small = space.apply(Policy.uniform(space, 0.5))
+    assert small.stage2[1].branch2[0].out_channels < model.stage2[1].branch2[0].out_channels
+    result = final_export(small, example_inputs=x, onnx_path=tmp_path / "shufflenet.onnx")
+    assert result.max_rel_diff <= 1e-3
+
+
+def test_shufflenet_chunk_shapes_reach_the_static_oracles():
+    # x.chunk() is traced as Shape -> Gather -> Div -> Slice; ONNX shape inference does not
+    # propagate through Div, so the flops oracle lost every shape after it.
+    model = get_model("shufflenet_v2_x0_5", num_classes=10).eval()
+    data = export_onnx(model, input_shape=(1, 3, 32, 32))
+    flops = oracles.get_oracle("flops").measure(data, input_shapes={"input": (1, 3, 32, 32)})
+    assert flops.value > 0
+    raw = export_onnx(model, input_shape=(1, 3, 32, 32), fold_shapes=False)
+    with pytest.raises(oracles.MeasurementFailedError, match="static shape"):
+        oracles.get_oracle("flops").measure(raw, input_shapes={"input": (1, 3, 32, 32)})

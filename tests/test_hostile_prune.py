@@ -1,0 +1,189 @@
+"""Hostile input to ``hwprune prune``: one line, exit code 2, no traceback, nothing lost.
+
+Each case is a defect a user found (issue 16); the suite grows with every new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from hwprune.cli import main
+
+BASE = ["--model", "vgg11_cifar", "--width", "0.25", "--budget", "flops<=50%", "--agent",
+        "uniform", "--evaluations", "2", "--finetune-epochs", "0", "--quiet"]  # fmt: skip
+
+
+def _one_line_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    return " ".join(err.split())
+
+
+CONFIG_FILES = [
+    ('width = "quarter"\n', "width must be a number, got 'quarter'"),
+    ('seed = "x"\n', "seed must be an integer, got 'x'"),
+    ('opset = "17"\n', "opset must be an integer, got '17'"),
+    ("oracles = 5\n", "oracles must be QUANTITY=SPEC"),
+    ("evaluations = 1.5\n", "evaluations must be an integer"),
+    ('budget = ["flops<=50%", 3]\n', "budgets must be a string or a list of strings"),
+    (b"model = 'vgg\xff'\n", "is not UTF-8 text"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), CONFIG_FILES)
+def test_bad_config_file(text, message, tmp_path: Path, capsys) -> None:
+    cfg = tmp_path / "run.toml"
+    cfg.write_bytes(text if isinstance(text, bytes) else text.encode())
+    out = tmp_path / "run"
+    err = _one_line_exit_2(["prune", "--config", str(cfg), *BASE, "--out", str(out)], capsys)
+    assert message in err
+    assert not out.exists()  # a failed start claims no folder
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[1, 2]", "config.json must hold an object of options, got list"),
+        ("null", "config.json must hold an object of options, got NoneType"),
+        ('{"options": 5}', "config.json's options must be an object, got 5"),
+        ('{"options": {"model": "vgg11_cifar"}}', "it names no budget"),
+        ('{"options": {"model": "vgg11_cifar", "budgets": ["flops<=50%"], "seed": "x"}}',
+         "seed must be an integer"),
+        ("{not json", "config.json is unreadable"),
+    ],
+)  # fmt: skip
+def test_resume_of_a_bad_config_json(content: str, message: str, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(content)
+    err = _one_line_exit_2(["prune", "--resume", str(out)], capsys)
+    assert message in err
+    assert (out / "config.json").read_text() == content
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--device", "tpu"], "device must be 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
+        (["--width", "0"], "width must be a multiplier in (0, 16], got 0"),
+        (["--opset", "5"], "opset must be an ONNX opset from 9 to 21, got 5"),
+        (["--evaluations", "0"], "evaluations must be a positive integer, got 0"),
+        (["--task", "not a spec"], "task must be a factory written package.module:callable"),
+    ],
+)
+def test_bad_option_refused_before_any_folder(extra, message, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    err = _one_line_exit_2(["prune", *BASE, "--out", str(out), *extra], capsys)
+    assert message in err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="checks the refusal where no CUDA exists"
+)
+def test_cuda_without_cuda(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    err = _one_line_exit_2(["prune", *BASE, "--out", str(out), "--device", "cuda"], capsys)
+    assert "no CUDA GPU is available" in err and not out.exists()
+
+
+def test_out_below_a_regular_file(tmp_path: Path, capsys) -> None:
+    (tmp_path / "file").write_text("x")
+    err = _one_line_exit_2(["prune", *BASE, "--out", str(tmp_path / "file" / "run")], capsys)
+    assert "is a file, not a folder" in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_out_under_a_read_only_folder(tmp_path: Path, capsys) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        err = _one_line_exit_2(["prune", *BASE, "--out", str(ro / "run")], capsys)
+    finally:
+        ro.chmod(0o700)
+    assert "cannot create run directory" in err and "Permission denied" in err
+
+
+def test_bad_weights_leave_no_folder_so_the_retry_is_not_refused(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    out = tmp_path / "run"
+    err = _one_line_exit_2(["prune", *BASE, "--out", str(out), "--weights", str(bad)], capsys)
+    assert "cannot read checkpoint" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra", [["--budget", "flops<=10%"], ["--out", "x"], ["--overwrite"]])
+def test_resume_beside_run_options_is_refused(extra, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(
+        json.dumps({"options": {"model": "vgg11_cifar", "budgets": ["flops<=50%"]}})
+    )
+    err = _one_line_exit_2(["prune", "--resume", str(out), *extra], capsys)
+    assert "--resume takes its options from the run's config.json; drop --" in err
+
+
+def test_a_second_process_on_a_run_directory_is_refused(tmp_path: Path, capsys) -> None:
+    from hwprune.run import RunLock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(
+        json.dumps({"options": {"model": "vgg11_cifar", "budgets": ["flops<=50%"]}})
+    )
+    lock = RunLock(out).acquire()
+    try:
+        err = _one_line_exit_2(["prune", "--resume", str(out)], capsys)
+        assert f"in use by another hwprune process (pid {os.getpid()})" in err
+        err = _one_line_exit_2(["prune", *BASE, "--out", str(out), "--overwrite"], capsys)
+        assert f"pid {os.getpid()}" in err
+        assert (out / "config.json").is_file()  # the holder's run is untouched
+    finally:
+        lock.release()
+
+
+def test_a_relative_imagefolder_path_is_stored_absolute(tmp_path: Path, monkeypatch) -> None:
+    from hwprune.api import _checked
+    from hwprune.config import PruneConfig
+
+    monkeypatch.chdir(tmp_path)
+    cfg = PruneConfig(model="vgg11_cifar", data="imagefolder:imgs", budgets=("flops<=50%",))
+    checked, _ = _checked(cfg, objects=False)
+    assert checked.data == f"imagefolder:{tmp_path / 'imgs'}"
+
+
+def test_imagefolder_images_load_at_the_checkpoints_input_size(tmp_path: Path) -> None:
+    """Issue 16 item 5: the checkpoint's meta says 32, so images are not loaded at 224."""
+    import numpy as np
+    from PIL import Image
+
+    from hwprune.config import PruneConfig
+    from hwprune.models import get_model, save_checkpoint
+    from hwprune.run.context import RunContext
+    from hwprune.run.load import load
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(8):
+            pixels = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "imgs" / c / f"{i}.png")
+    ckpt = tmp_path / "m.pt"
+    model = get_model("vgg11_cifar", num_classes=2, width=0.25)
+    save_checkpoint(model, ckpt, meta={"model": "vgg11_cifar", "width": 0.25, "num_classes": 2,
+                                       "input_size": 32})  # fmt: skip
+    base = dict(model="vgg11_cifar", data=f"imagefolder:{tmp_path / 'imgs'}",
+                budgets=("flops<=50%",), weights=str(ckpt))  # fmt: skip
+    loaded = load(RunContext(config=PruneConfig(**base), run_dir=tmp_path))
+    assert loaded.example_inputs.first_shape == (1, 3, 32, 32)
+    loaded = load(RunContext(config=PruneConfig(**base, input_size=48), run_dir=tmp_path))
+    assert loaded.example_inputs.first_shape == (1, 3, 48, 48)  # --input-size wins over the meta
