@@ -182,12 +182,7 @@ class MeasurementCache:
         conn = self._connect_read_only()
         if conn is not None:
             # A valid cache we may not write: read from it, measure the rest without storing.
-            log.warning(
-                "oracle cache %s cannot be written (%s); reading from it and not storing "
-                "new measurements",
-                self.path,
-                error,
-            )
+            self._warn_read_only(error)
             self.read_only = True
             self._local.conn = conn
             return
@@ -210,6 +205,14 @@ class MeasurementCache:
             )
             return
         self._disable(f"it cannot be created ({error})")
+
+    def _warn_read_only(self, why: BaseException) -> None:
+        log.warning(
+            "oracle cache %s cannot be written (%s); reading from it and not storing new "
+            "measurements",
+            self.path,
+            why,
+        )
 
     def _disable(self, why: str) -> None:
         log.warning("oracle cache %s is not used: %s; measuring without a cache", self.path, why)
@@ -256,6 +259,11 @@ class MeasurementCache:
                 (key, measurement.oracle, json.dumps(data, default=str), time.time()),
             )
         except sqlite3.DatabaseError as exc:
+            if "readonly" in str(exc):
+                # SQLite opens a file it may not write read-only without a word: say it once.
+                self.read_only = True
+                self._warn_read_only(exc)
+                return
             log.warning("oracle cache write failed (%s); the value is not cached", exc)
 
     def __len__(self) -> int:

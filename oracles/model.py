@@ -84,7 +84,7 @@ def _load_external_data(proto: Any, path: Path) -> None:
 
     try:
         load_external_data_for_model(proto, str(path.resolve().parent))
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # OSError, or onnx's ValidationError for a missing/escaping file
         raise ModelInputError(
             f"the external weight data of {str(path)!r} cannot be read ({exc}); keep the data "
             "files where the model expects them, relative to its folder"
