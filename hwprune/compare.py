@@ -219,10 +219,13 @@ def compare_oracles(
 
     one = 4 * math.prod(int(d) for d in input_shape)
     copies = max([getattr(o, "pool", 4) for o in built if o.timed] or [1])
+    layer = _largest_layer_bytes(model, tuple(input_shape))
     check_memory(
         oracle="compare-oracles",
-        needed=one * copies,
-        what=f"{copies} float32 inputs of shape {'x'.join(map(str, input_shape))}",
+        needed=one * copies + layer,
+        what=f"{copies} float32 inputs of shape {'x'.join(map(str, input_shape))} and the "
+        f"largest layer's input and output ({layer:,} bytes)",
+        hint="give a smaller --input-size or --batch",
     )
 
     start = time.perf_counter()
@@ -269,6 +272,33 @@ def compare_oracles(
         seconds=time.perf_counter() - start,
         cached=hits,
     )
+
+
+def _largest_layer_bytes(model: Any, input_shape: tuple[int, ...]) -> int:
+    """Bytes of the largest layer input plus output in one forward pass, found on the meta
+    device (shapes only, nothing allocated); 0 where the model cannot run there."""
+    import copy
+
+    import torch
+
+    largest = 0
+
+    def hook(module: Any, args: Any, output: Any) -> None:
+        nonlocal largest
+        tensors = [t for t in (*args, output) if isinstance(t, torch.Tensor)]
+        largest = max(largest, sum(t.numel() * t.element_size() for t in tensors))
+
+    try:
+        meta = copy.deepcopy(model).to("meta")
+        handles = [m.register_forward_hook(hook) for m in meta.modules()]
+        with torch.no_grad():
+            meta(torch.empty(input_shape, device="meta"))
+        for h in handles:
+            h.remove()
+    except Exception as exc:  # an op without a meta kernel: skip the estimate, not the run
+        log.debug("no meta-device estimate of activation memory: %s", exc)
+        return 0
+    return largest
 
 
 def write_report(result: Comparison, out_dir: str | Path) -> Path:

@@ -294,7 +294,14 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
 
 
-def check_memory(*, oracle: str, needed: int, what: str, available: int | None = None) -> None:
+def check_memory(
+    *,
+    oracle: str,
+    needed: int,
+    what: str,
+    available: int | None = None,
+    hint: str = "give a smaller --input-shape or --batch",
+) -> None:
     """Refuse, before allocating, a measurement whose inputs alone exceed the free memory.
 
     ``needed`` is a lower bound (the random inputs an oracle keeps); running the
@@ -305,6 +312,5 @@ def check_memory(*, oracle: str, needed: int, what: str, available: int | None =
         return
     raise ModelInputError(
         f"{oracle}: {what} need {needed:,} bytes ({_gib(needed)}), more than the "
-        f"{free:,} bytes ({_gib(free)}) of memory available; give a smaller --input-shape "
-        "or --batch"
+        f"{free:,} bytes ({_gib(free)}) of memory available; {hint}"
     )

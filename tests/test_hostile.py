@@ -238,6 +238,8 @@ COMPARE: list[Case] = [
     ("batch_zero", _compare("--batch", "0"), "--batch must be a positive integer"),
     ("batch_huge", _compare("--oracle", "params", "--oracle", FAST_ORT, "--batch", "1000000"),
      "of memory available"),
+    ("input_size_huge", _compare("--oracle", "params", "--input-size", "200000"),
+     "of memory available"),
     ("oracle_twice", _compare("--oracle", "params", "--oracle", "params"), "listed twice"),
     ("threads_huge", _compare("--oracle", "torch:cpu?threads=1000000"), "from 1 to"),
     ("weights_missing", _compare("--weights", "{root}/nope.pt"), "not found"),
@@ -261,6 +263,14 @@ TRAIN: list[Case] = [
     ("epochs_text", _train("--data", "digits", "--epochs", "ten"), "invalid int value"),
     ("width_zero", _train("--data", "digits", "--width", "0"), "width must be a number"),
     ("device_tpu", _train("--data", "digits", "--device", "tpu"), "tpu"),
+    ("epochs_zero", _train("--data", "digits", "--epochs", "0"), "--epochs must be"),
+    ("lr_nan", _train("--data", "digits", "--lr", "nan"), "--lr must be a finite number"),
+    ("weight_decay_negative", _train("--data", "digits", "--weight-decay", "-1"),
+     "--weight-decay must be"),
+    ("num_classes_zero", _train("--data", "digits", "--num-classes", "0"),
+     "--num-classes must be"),
+    ("label_smoothing_one", _train("--data", "digits", "--label-smoothing", "1"),
+     "--label-smoothing must be"),
 ]  # fmt: skip
 
 
