@@ -122,7 +122,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
     write_onnx(root / "ext_lost" / "net.onnx", external=True)
     (root / "ext_lost" / "net.data").unlink()
     (root / "garbage.onnx").write_bytes(b"\x00\x01 definitely not protobuf \xff" * 10)
-    yield {"root": root, "run": run, "ckpt": ckpt}
+    shutil.copytree(run, root.parent / "pristine-run")
+    yield {"root": root, "run": run, "ckpt": ckpt, "pristine": root.parent / "pristine-run"}
 
 
 def expect_one_line_error(code: int, out: str, err: str) -> str:
@@ -309,15 +310,25 @@ def test_hostile_input_is_one_line_and_exit_2(
 ) -> None:
     before = digest(world["run"])
     existing = (world["root"] / "existing.onnx").read_bytes()
-    code = main(_fill(build(world), world))
-    out, err = capsys.readouterr()
-    line = expect_one_line_error(code, out, err)
-    assert message in line
-    # Nothing measured or written by the run is lost or changed, and no temp file is left.
-    assert digest(world["run"]) == before
-    assert (world["root"] / "existing.onnx").read_bytes() == existing
-    assert not list(world["root"].glob("*.tmp")) and not list(world["run"].glob("*.tmp"))
-    assert not (world["root"] / "never").exists()
+    try:
+        code = main(_fill(build(world), world))
+        out, err = capsys.readouterr()
+        line = expect_one_line_error(code, out, err)
+        assert message in line
+        # Nothing measured or written by the run is lost or changed, and no temp file is left.
+        assert digest(world["run"]) == before
+        assert (world["root"] / "existing.onnx").read_bytes() == existing
+        assert not list(world["root"].glob("*.tmp")) and not list(world["run"].glob("*.tmp"))
+        assert not (world["root"] / "never").exists()
+    finally:
+        # A case that fails must not fail the next ones: put the shared inputs back.
+        shutil.rmtree(world["root"] / "never", ignore_errors=True)
+        (world["root"] / "existing.onnx").write_bytes(existing)
+        for tmp in [*world["root"].glob("*.tmp"), *world["run"].glob("*.tmp")]:
+            tmp.unlink()
+        if digest(world["run"]) != before:
+            shutil.rmtree(world["run"])
+            shutil.copytree(world["pristine"], world["run"])
 
 
 @pytest.mark.parametrize(
