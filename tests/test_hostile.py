@@ -159,6 +159,7 @@ BUDGETS = [
 ORACLE_SPECS = [
     ("torch_threads_huge", "torch:cpu?threads=1000000", "from 1 to"),
     ("ort_threads_huge", "onnxruntime:cpu?threads=1000000", "this machine's CPU count"),
+    ("openvino_threads_huge", "openvino:cpu?threads=1000000", "this machine's CPU count"),
     ("ort_threads_zero", "onnxruntime:cpu?threads=0", "from 1 to"),
     ("ort_threads_text", "onnxruntime:cpu?threads=many", "must be an integer"),
     ("ort_unknown_device", "onnxruntime:gpu", "runs on cpu, cuda, tensorrt"),
@@ -212,6 +213,10 @@ EXPORT: list[Case] = [
     ("tensorrt_over_report", _export("--onnx", "{root}/new.onnx", "--tensorrt",
                                      "{run}/report.json"), "would overwrite report.json"),
     ("onnx_existing", _export("--onnx", "{root}/existing.onnx"), "pass --overwrite"),
+    ("openvino_at_weights", _export("--onnx", "{root}/ov.onnx", "--openvino", "{run}/model.pt"),
+     "is a file"),
+    ("openvino_is_file", _export("--onnx", "{root}/ov.onnx", "--openvino", "{root}/notes.txt"),
+     "give a folder"),
     ("onnx_is_folder", _export("--onnx", "{root}/folder"), "is a folder"),
     ("onnx_below_file", _export("--onnx", "{root}/notes.txt/m.onnx"), "is not a folder"),
     ("same_target_twice", _export("--onnx", "{root}/a.onnx", "--tensorrt", "{root}/a.onnx"),
