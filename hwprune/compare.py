@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 import oracles
+from hwprune.errors import ConfigError
 from oracles import MeasurementCache
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,22 @@ class Comparison:
     cached: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain data for JSON: an undefined statistic (NaN, e.g. a constant series) is None."""
+        return _finite(asdict(self))
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        """Strict JSON (no NaN or Infinity tokens, which JSON does not have)."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def sample_policies(space: Any, n: int, *, seed: int = 0) -> list[Any]:
@@ -187,7 +203,7 @@ def compare_oracles(
     built = [oracles.get_oracle(s) for s in oracle_specs]
     specs = [o.spec for o in built]
     if len(set(specs)) != len(specs):
-        raise ValueError(f"an oracle is listed twice: {', '.join(oracle_specs)}")
+        raise ConfigError(f"an oracle is listed twice: {', '.join(oracle_specs)}")
     if reference is None:
         latency = [o.spec for o in built if o.quantity == "latency"]
         reference = latency[0] if latency else specs[0]
@@ -197,6 +213,20 @@ def compare_oracles(
         if reference not in specs:
             built.append(ref_oracle)
             specs.append(reference)
+
+    # Tracing, export and every timed oracle hold copies of the input: refuse before any.
+    from oracles.model import check_memory
+
+    one = 4 * math.prod(int(d) for d in input_shape)
+    copies = max([getattr(o, "pool", 4) for o in built if o.timed] or [1])
+    layer = _largest_layer_bytes(model, tuple(input_shape))
+    check_memory(
+        oracle="compare-oracles",
+        needed=one * copies + layer,
+        what=f"{copies} float32 inputs of shape {'x'.join(map(str, input_shape))} and the "
+        f"largest layer's input and output ({layer:,} bytes)",
+        hint="give a smaller --input-size or --batch",
+    )
 
     start = time.perf_counter()
     space = ChannelSpace(model, example_input_shape=tuple(input_shape), min_keep=min_keep)
@@ -244,11 +274,38 @@ def compare_oracles(
     )
 
 
+def _largest_layer_bytes(model: Any, input_shape: tuple[int, ...]) -> int:
+    """Bytes of the largest layer input plus output in one forward pass, found on the meta
+    device (shapes only, nothing allocated); 0 where the model cannot run there."""
+    import copy
+
+    import torch
+
+    largest = 0
+
+    def hook(module: Any, args: Any, output: Any) -> None:
+        nonlocal largest
+        tensors = [t for t in (*args, output) if isinstance(t, torch.Tensor)]
+        largest = max(largest, sum(t.numel() * t.element_size() for t in tensors))
+
+    try:
+        meta = copy.deepcopy(model).to("meta")
+        handles = [m.register_forward_hook(hook) for m in meta.modules()]
+        with torch.no_grad():
+            meta(torch.empty(input_shape, device="meta"))
+        for h in handles:
+            h.remove()
+    except Exception as exc:  # an op without a meta kernel: skip the estimate, not the run
+        log.debug("no meta-device estimate of activation memory: %s", exc)
+        return 0
+    return largest
+
+
 def write_report(result: Comparison, out_dir: str | Path) -> Path:
     """Write report.md, comparison.json and one scatter plot per oracle against the reference."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "comparison.json").write_text(json.dumps(result.to_dict(), indent=2))
+    (out / "comparison.json").write_text(result.to_json())
     plots = _plot(result, out)
     lines = [
         f"# Oracle comparison: {result.model} at {'x'.join(map(str, result.input_shape))}",

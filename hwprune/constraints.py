@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -53,8 +54,11 @@ QUANTITIES: dict[str, Quantity] = {
 }
 _ALIASES = {"peak-memory": "memory", "macs": "flops", "mac": "flops", "parameters": "params"}
 
-_BUDGET_RE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_\-]*)\s*<=\s*(.+?)\s*$")
-_VALUE_RE = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([A-Za-zµ%]*)$")
+# re.ASCII: \d and \s must not match Arabic-Indic or full-width digits, nor exotic spaces.
+_BUDGET_RE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_\-]*)\s*<=\s*(.+?)\s*$", re.ASCII)
+_VALUE_RE = re.compile(
+    r"^([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\s*([A-Za-zµ%]*)$", re.ASCII
+)
 _EXAMPLE = (
     "expected a budget like 'latency<=2.5ms', 'latency<=50%', 'params<=1.2M' or 'memory<=64MiB'"
 )
@@ -78,12 +82,17 @@ class Budget:
         return self.limit * dense_value
 
 
-def _quantity(name: str, text: str) -> Quantity:
+def _quantity(name: str, text: str, *, option: bool = False) -> Quantity:
     key = _ALIASES.get(name.lower(), name.lower())
     if key not in QUANTITIES:
         known = sorted(QUANTITIES)
         close = difflib.get_close_matches(key, known + list(_ALIASES), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
+        if option:
+            raise BudgetError(
+                f"unknown quantity {name!r} for --oracle {text!r}.{hint} "
+                f"Accepted quantities: {', '.join(known)} (as in --oracle latency=SPEC)"
+            )
         raise BudgetError(
             f"budget {text!r} names {name!r}, which no oracle measures.{hint} "
             f"Measurable quantities: {', '.join(known)}"
@@ -101,6 +110,14 @@ def parse_budget(text: str) -> Budget:
     """
     if not isinstance(text, str):
         raise BudgetError(f"{_EXAMPLE}, got {text!r}")
+    odd = next((c for c in text if not c.isascii() and c != "µ"), None)
+    if odd is not None:
+        # float() reads '٥' and '１' as digits; a budget that looks like another should not parse.
+        raise BudgetError(
+            f"budget {text!r} contains the non-ASCII character {odd!r} (U+{ord(odd):04X}); "
+            f"write it in ASCII as quantity<=number[unit|%], e.g. 'latency<=2.5ms', "
+            "'params<=1.2M', 'memory<=64MiB' or 'latency<=50%'"
+        )
     m = _BUDGET_RE.match(text)
     if not m:
         raise BudgetError(f"{_EXAMPLE}, got {text!r} (only '<=' bounds are accepted)")
@@ -110,6 +127,8 @@ def parse_budget(text: str) -> Budget:
         raise BudgetError(f"{_EXAMPLE}, got {text!r}: {m.group(2)!r} is not a number with a unit")
     number = float(vm.group(1))
     suffix = vm.group(2)
+    if not math.isfinite(number):
+        raise BudgetError(f"budget {text!r} must be a finite number, got {vm.group(1)!r}")
     if number <= 0:
         raise BudgetError(f"budget {text!r} must be a positive number, got {number:g}")
     if suffix == "%":
@@ -126,7 +145,10 @@ def parse_budget(text: str) -> Budget:
         raise BudgetError(
             f"budget {text!r}: unit {suffix!r} does not fit {quantity.name}; accepted: {accepted}"
         )
-    return Budget(quantity.name, number * scale, False, text.strip())
+    limit = number * scale
+    if not math.isfinite(limit):
+        raise BudgetError(f"budget {text!r} is too large to be a finite number of {quantity.unit}")
+    return Budget(quantity.name, limit, False, text.strip())
 
 
 def parse_oracle_overrides(items: Iterable[str] | Mapping[str, str] | None) -> dict[str, str]:
@@ -147,7 +169,11 @@ def parse_oracle_overrides(items: Iterable[str] | Mapping[str, str] | None) -> d
             parsed.append((name.strip(), spec.strip()))
         pairs = parsed
     for name, spec in pairs:
-        out[_quantity(name, f"{name}={spec}").name] = spec
+        if not isinstance(name, str) or not isinstance(spec, str):
+            raise BudgetError(
+                f"expected --oracle QUANTITY=SPEC with text on both sides, got {name!r}={spec!r}"
+            )
+        out[_quantity(name, f"{name}={spec}", option=True).name] = spec
     return out
 
 

@@ -11,9 +11,16 @@ has onnx, onnxruntime, openvino or tensorrt installed.
 """
 
 from oracles.base import Measurement, Oracle, parse_spec
-from oracles.cache import MeasurementCache, default_cache_path, machine_identity, measure
+from oracles.cache import (
+    MeasurementCache,
+    default_cache_path,
+    home_dir,
+    machine_identity,
+    measure,
+)
 from oracles.errors import (
     BackendUnavailableError,
+    CacheError,
     DeviceUnavailableError,
     MeasurementFailedError,
     ModelInputError,
@@ -29,9 +36,11 @@ __all__ = [
     "parse_spec",
     "MeasurementCache",
     "default_cache_path",
+    "home_dir",
     "machine_identity",
     "measure",
     "OracleError",
+    "CacheError",
     "OracleSpecError",
     "UnknownOracleError",
     "BackendUnavailableError",

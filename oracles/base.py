@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from typing import Any, ClassVar
 
 from oracles.errors import OracleSpecError
 
-__all__ = ["Measurement", "Oracle", "parse_spec"]
+__all__ = ["Measurement", "Oracle", "parse_spec", "check_threads"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,20 @@ def parse_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
                 )
             params[key.strip().lower()] = urllib.parse.unquote(value.strip())
     return name, device, params
+
+
+def check_threads(oracle: str, threads: Any) -> None:
+    """Refuse a thread count below 1 or above this machine's CPU count.
+
+    More threads than CPUs measures contention, not the model, and a huge
+    count makes some runtimes abort the process while creating them.
+    """
+    cpus = os.cpu_count() or 1
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= cpus:
+        raise OracleSpecError(
+            f"oracle {oracle!r}: setting 'threads' must be an integer from 1 to {cpus} "
+            f"(this machine's CPU count), got {threads!r}"
+        )
 
 
 def _convert(oracle: str, key: str, raw: str, kind: type) -> Any:

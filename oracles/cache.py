@@ -22,10 +22,18 @@ from pathlib import Path
 from typing import Any
 
 from oracles.base import Measurement, Oracle
+from oracles.errors import CacheError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MeasurementCache", "default_cache_path", "machine_identity", "cache_key", "measure"]
+__all__ = [
+    "MeasurementCache",
+    "home_dir",
+    "default_cache_path",
+    "machine_identity",
+    "cache_key",
+    "measure",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS measurements (
@@ -37,13 +45,25 @@ CREATE TABLE IF NOT EXISTS measurements (
 """
 
 
+def home_dir() -> Path:
+    """hwprune's own folder, one rule for every command: ``$HWPRUNE_HOME`` if set, else
+    ``$XDG_CACHE_HOME/hwprune``, else ``~/.cache/hwprune``.
+
+    The oracle cache, the demo's trained model and downloaded datasets live under it.
+    """
+    env = os.environ.get("HWPRUNE_HOME")
+    if env:
+        return Path(env).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "hwprune"
+
+
 def default_cache_path() -> Path:
-    """``$HWPRUNE_CACHE`` if set, else ``$XDG_CACHE_HOME/hwprune/oracles.sqlite``."""
+    """``$HWPRUNE_CACHE`` if set, else ``oracles.sqlite`` in ``home_dir()``."""
     env = os.environ.get("HWPRUNE_CACHE")
     if env:
-        return Path(env)
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "hwprune" / "oracles.sqlite"
+        return Path(env).expanduser()
+    return home_dir() / "oracles.sqlite"
 
 
 @functools.lru_cache(maxsize=1)
@@ -83,66 +103,137 @@ class MeasurementCache:
     """SQLite store of Measurements; safe for several processes on one file.
 
     A file that is not a readable database is moved aside (``.corrupt-<time>``)
-    with a warning and a fresh one is made; measuring never fails because of
-    the cache.
+    with a warning and a fresh one is made. A valid cache that cannot be
+    written (a read-only file or folder) is read from and never written, with
+    one warning. Measuring never fails because of the cache: where neither
+    works, it measures without one.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path is not None else default_cache_path()
+        if self.path.is_dir():
+            raise CacheError(
+                f"oracle cache {str(self.path)!r} is a folder; give a file path such as "
+                f"{str(self.path / 'oracles.sqlite')!r}"
+            )
         self._local = threading.local()
+        #: True when the cache is read but never written (a read-only file or folder).
+        self.read_only = False
+        #: True when no cache could be opened at all; every lookup misses.
+        self.disabled = False
         self._open()
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        conn.execute("PRAGMA busy_timeout = 30000")
-        # Turning a new file to WAL takes an exclusive lock, and SQLite may answer "database
-        # is locked" at once instead of waiting: two processes opening one new cache together.
-        deadline = time.monotonic() + 30.0
-        while True:
-            try:
-                conn.execute("PRAGMA journal_mode = WAL")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    conn.close()
-                    raise
-                time.sleep(0.05)
-        conn.execute(_SCHEMA)
-        conn.execute("SELECT count(*) FROM measurements").fetchone()
+        try:
+            conn.execute("PRAGMA busy_timeout = 30000")
+            # Turning a new file to WAL takes an exclusive lock, and SQLite may answer "database
+            # is locked" at once instead of waiting: two processes opening one new cache together.
+            deadline = time.monotonic() + 30.0
+            while True:
+                try:
+                    conn.execute("PRAGMA journal_mode = WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            conn.execute(_SCHEMA)
+            conn.execute("SELECT count(*) FROM measurements").fetchone()
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
+    def _connect_read_only(self) -> sqlite3.Connection | None:
+        """A read-only connection to a valid cache file, or None where the file is no cache."""
+        if not self.path.is_file():
+            return None
+        uri = self.path.resolve().as_uri()
+        # mode=ro still needs the -shm file of a WAL database, which a read-only folder
+        # may lack; immutable=1 reads the file as it is.
+        for query in ("mode=ro", "immutable=1"):
+            try:
+                conn = sqlite3.connect(f"{uri}?{query}", uri=True, timeout=30.0)
+                conn.execute("SELECT count(*) FROM measurements").fetchone()
+            except sqlite3.Error:
+                continue
+            return conn
+        return None
+
     def _open(self) -> None:
+        self._local.pid = os.getpid()
+        if self.disabled:
+            self._local.conn = None
+            return
+        if self.read_only:
+            self._local.conn = self._connect_read_only()
+            return
         try:
             self._local.conn = self._connect()
-            self._local.pid = os.getpid()
+            return
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
                 raise
+            error: Exception = exc
+        except OSError as exc:  # the folder cannot be created
+            error = exc
+        conn = self._connect_read_only()
+        if conn is not None:
+            # A valid cache we may not write: read from it, measure the rest without storing.
+            self._warn_read_only(error)
+            self.read_only = True
+            self._local.conn = conn
+            return
+        if self.path.is_file():
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            try:
+                for suffix in ("", "-wal", "-shm"):
+                    p = Path(str(self.path) + suffix)
+                    if p.exists():
+                        p.replace(Path(str(aside) + suffix))
+                self._local.conn = self._connect()
+            except (OSError, sqlite3.Error) as exc:
+                self._disable(f"it is unreadable ({error}) and cannot be replaced ({exc})")
+                return
             log.warning(
                 "oracle cache %s is unreadable (%s); moved it to %s and started a new one",
                 self.path,
-                exc,
+                error,
                 aside,
             )
-            for suffix in ("", "-wal", "-shm"):
-                p = Path(str(self.path) + suffix)
-                if p.exists():
-                    p.replace(Path(str(aside) + suffix))
-            self._local.conn = self._connect()
-            self._local.pid = os.getpid()
+            return
+        self._disable(f"it cannot be created ({error})")
+
+    def _warn_read_only(self, why: BaseException) -> None:
+        log.warning(
+            "oracle cache %s cannot be written (%s); reading from it and not storing new "
+            "measurements",
+            self.path,
+            why,
+        )
+
+    def _disable(self, why: str) -> None:
+        log.warning("oracle cache %s is not used: %s; measuring without a cache", self.path, why)
+        self.disabled = True
+        self._local.conn = None
 
     @property
-    def _conn(self) -> sqlite3.Connection:
+    def _conn(self) -> sqlite3.Connection | None:
         # Connections are not shared across threads or forked processes.
-        if getattr(self._local, "conn", None) is None or self._local.pid != os.getpid():
+        if getattr(self._local, "pid", None) != os.getpid() or (
+            getattr(self._local, "conn", None) is None and not self.disabled
+        ):
             self._open()
         return self._local.conn
 
     def get(self, key: str) -> Measurement | None:
+        conn = self._conn
+        if conn is None:
+            return None
         try:
-            row = self._conn.execute(
+            row = conn.execute(
                 "SELECT measurement FROM measurements WHERE key = ?", (key,)
             ).fetchone()
         except sqlite3.DatabaseError as exc:
@@ -156,19 +247,30 @@ class MeasurementCache:
             return None
 
     def put(self, key: str, measurement: Measurement) -> None:
+        conn = self._conn
+        if conn is None or self.read_only:
+            return
         data = measurement.to_dict()
         data["cached"] = False
         try:
-            self._conn.execute(
+            conn.execute(
                 "INSERT OR REPLACE INTO measurements (key, oracle, measurement, created) "
                 "VALUES (?, ?, ?, ?)",
                 (key, measurement.oracle, json.dumps(data, default=str), time.time()),
             )
         except sqlite3.DatabaseError as exc:
+            if "readonly" in str(exc):
+                # SQLite opens a file it may not write read-only without a word: say it once.
+                self.read_only = True
+                self._warn_read_only(exc)
+                return
             log.warning("oracle cache write failed (%s); the value is not cached", exc)
 
     def __len__(self) -> int:
-        return int(self._conn.execute("SELECT count(*) FROM measurements").fetchone()[0])
+        conn = self._conn
+        if conn is None:
+            return 0
+        return int(conn.execute("SELECT count(*) FROM measurements").fetchone()[0])
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -182,6 +284,8 @@ class MeasurementCache:
     def __setstate__(self, state: Mapping[str, Any]) -> None:
         self.path = Path(state["path"])
         self._local = threading.local()
+        self.read_only = False
+        self.disabled = False
         self._open()
 
 

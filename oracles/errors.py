@@ -40,3 +40,7 @@ class MeasurementFailedError(OracleError, RuntimeError):
 
 class RemoteOracleError(OracleError, RuntimeError):
     """An oracle server (``hwprune serve``) that cannot be reached, refuses the token or the request."""
+
+
+class CacheError(OracleError, ValueError):
+    """A cache path that cannot hold a cache (a folder, for instance)."""

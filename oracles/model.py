@@ -17,6 +17,9 @@ __all__ = [
     "graph_inputs",
     "structure_key",
     "model_bytes",
+    "available_memory",
+    "check_memory",
+    "input_bytes",
 ]
 
 Shapes = Mapping[str, tuple[int, ...]]
@@ -62,7 +65,30 @@ def load_onnx(model: Any) -> Any:
         proto = None
     if proto is None or len(proto.graph.node) == 0 and len(proto.graph.output) == 0:
         raise ModelInputError(f"{where} is not an ONNX model (could not parse a ModelProto)")
+    if isinstance(model, (str, os.PathLike)):
+        _load_external_data(proto, Path(model))
     return proto
+
+
+def _uses_external_data(proto: Any) -> bool:
+    onnx = _onnx()
+    # Exporters put only large initializers outside (small ones and constants stay inline).
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+
+
+def _load_external_data(proto: Any, path: Path) -> None:
+    """Read tensors stored beside the model file, relative to its folder (not the cwd)."""
+    if not _uses_external_data(proto):
+        return
+    from onnx.external_data_helper import load_external_data_for_model
+
+    try:
+        load_external_data_for_model(proto, str(path.resolve().parent))
+    except Exception as exc:  # OSError, or onnx's ValidationError for a missing/escaping file
+        raise ModelInputError(
+            f"the external weight data of {str(path)!r} cannot be read ({exc}); keep the data "
+            "files where the model expects them, relative to its folder"
+        ) from exc
 
 
 def graph_inputs(proto: Any) -> list[Any]:
@@ -232,3 +258,59 @@ def _numel(dims: Any) -> int:
 def _subgraph_model(graph: Any, parent: Any) -> Any:
     onnx = _onnx()
     return onnx.helper.make_model(graph, opset_imports=list(parent.opset_import))
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give a process (MemAvailable), None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def input_bytes(proto: Any, shapes: Shapes) -> int:
+    """Bytes of one set of the model's inputs at ``shapes`` (4 bytes per element if unknown)."""
+    onnx = _onnx()
+    total = 0
+    for inp in graph_inputs(proto):
+        if inp.name not in shapes:
+            continue
+        try:
+            size = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type).itemsize
+        except (KeyError, TypeError, ValueError):
+            size = 4
+        total += _numel(shapes[inp.name]) * size
+    return total
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
+
+
+def check_memory(
+    *,
+    oracle: str,
+    needed: int,
+    what: str,
+    available: int | None = None,
+    hint: str = "give a smaller --input-shape or --batch",
+) -> None:
+    """Refuse, before allocating, a measurement whose inputs alone exceed the free memory.
+
+    ``needed`` is a lower bound (the random inputs an oracle keeps); running the
+    model needs more still, so a refusal here is never a false alarm.
+    """
+    free = available_memory() if available is None else available
+    if free is None or needed <= free:
+        return
+    raise ModelInputError(
+        f"{oracle}: {what} need {needed:,} bytes ({_gib(needed)}), more than the "
+        f"{free:,} bytes ({_gib(free)}) of memory available; {hint}"
+    )

@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from oracles.base import Measurement, Oracle
+from oracles.base import Measurement, Oracle, check_threads
 from oracles.errors import (
     BackendUnavailableError,
     DeviceUnavailableError,
@@ -171,8 +171,7 @@ class OpenVINOLatency(Oracle):
             raise OracleSpecError(
                 f"oracle 'openvino' runs on {', '.join(self.devices)}, not {self.device!r}"
             )
-        if not isinstance(self.threads, int) or self.threads < 1:
-            raise bad("threads", self.threads, "a positive integer (1 or more)")
+        check_threads("openvino", self.threads)
         if not isinstance(self.sessions, int) or not 0 <= self.sessions <= 16:
             raise bad("sessions", self.sessions, "an integer from 0 (auto) to 16")
         if self.batch is not None and (not isinstance(self.batch, int) or self.batch < 1):

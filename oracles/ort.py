@@ -45,12 +45,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from oracles.base import Measurement, Oracle
+from oracles.base import Measurement, Oracle, check_threads
 from oracles.errors import (
     BackendUnavailableError,
     DeviceUnavailableError,
     MeasurementFailedError,
     ModelInputError,
+    OracleError,
     OracleSpecError,
 )
 
@@ -66,6 +67,8 @@ _PROVIDERS = {
 _OPT_LEVELS = ("all", "extended", "basic", "disable")
 #: Different input tensors rotated through the timed runs.
 _INPUT_SETS = 4
+#: Inputs from this size on (bytes) are checked against free memory with activations too.
+_BIG_INPUT = 64 * 2**20
 _SESSION_BLOCK = 8  # consecutive timed runs on one session before the next takes over
 _GPU_EXTRA = 'pip install "hwprune[gpu]" (the onnxruntime-gpu package, in place of onnxruntime)'
 
@@ -210,8 +213,7 @@ class OnnxRuntimeLatency(Oracle):
             raise OracleSpecError(
                 f"oracle 'onnxruntime' runs on {', '.join(self.devices)}, not {self.device!r}"
             )
-        if not isinstance(self.threads, int) or self.threads < 1:
-            raise bad("threads", self.threads, "a positive integer (1 or more)")
+        check_threads("onnxruntime", self.threads)
         if not isinstance(self.sessions, int) or not 0 <= self.sessions <= 16:
             raise bad("sessions", self.sessions, "an integer from 0 (auto) to 16")
         if self.batch is not None and (not isinstance(self.batch, int) or self.batch < 1):
@@ -369,6 +371,25 @@ class OnnxRuntimeLatency(Oracle):
 
         return run_once_bound
 
+    def check_memory(self, proto: Any, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Refuse shapes whose random input sets alone would not fit in memory."""
+        from oracles.model import check_memory, input_bytes
+
+        one = input_bytes(proto, shapes)
+        needed, what = one * _INPUT_SETS, f"{_INPUT_SETS} random input sets of {one:,} bytes"
+        if one >= _BIG_INPUT:
+            # Large inputs mean large activations too: add one inference's peak (a static
+            # count by liveness, no allocation); small models skip this cost.
+            from oracles.static import peak_memory
+
+            try:
+                peak = peak_memory(proto, shapes).total_bytes
+            except OracleError:
+                peak = 0
+            needed += peak
+            what += f" and one inference's peak of {peak:,} bytes"
+        check_memory(oracle=self.spec, needed=needed, what=what)
+
     # -- measuring ----------------------------------------------------------------------------
 
     def measure(
@@ -381,6 +402,7 @@ class OnnxRuntimeLatency(Oracle):
         start = time.perf_counter()
         self.check_available()
         proto, shapes = fix_input_shapes(model, input_shapes, batch=self.batch)
+        self.check_memory(proto, shapes)
         data = proto.SerializeToString()
         del proto
         # Auto: pool over 3 sessions only where they cannot compete for cores (one

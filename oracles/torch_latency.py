@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from oracles.base import Measurement, Oracle
+from oracles.base import Measurement, Oracle, check_threads
 from oracles.errors import (
     BackendUnavailableError,
     DeviceUnavailableError,
@@ -116,8 +116,8 @@ class TorchLatency(Oracle):
             raise OracleSpecError(
                 f"oracle 'torch': batch must be an integer >= 1, got {self.batch}"
             )
+        check_threads("torch", self.threads)
         checks = [
-            ("threads", self.threads, 1),
             ("warmup", self.warmup, 0),
             ("min_runs", self.min_runs, 1),
             ("pool", self.pool, 1),
@@ -233,6 +233,7 @@ class TorchLatency(Oracle):
         shapes = self._shapes(input_shapes)
         started = time.perf_counter()
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.dtype]
+        self._check_memory(shapes, itemsize=torch.empty((), dtype=dtype).element_size())
         device = (
             torch.device("cuda", torch.cuda.current_device())
             if self.device == "cuda"
@@ -294,6 +295,20 @@ class TorchLatency(Oracle):
             batch=int(first[0]),
             seconds=time.perf_counter() - started,
             extra=extra,
+        )
+
+    def _check_memory(self, shapes: Mapping[str, tuple[int, ...]], *, itemsize: int) -> None:
+        """Refuse shapes whose input pool alone would not fit in host memory (CPU only)."""
+        from oracles.model import _numel, check_memory
+
+        if self.device != "cpu":
+            return  # CUDA out-of-memory is caught and reported by measure
+        one = sum(_numel(s) for s in shapes.values()) * itemsize
+        # randn makes each input in fp32 before the cast: count that copy too.
+        check_memory(
+            oracle=self.spec,
+            needed=one * self.pool + sum(_numel(s) for s in shapes.values()) * 4,
+            what=f"{self.pool} random input sets of {one:,} bytes",
         )
 
     def _make_pool(

@@ -110,7 +110,7 @@ def test_export_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     code, stdout, err = _run(["export", str(out), "--onnx", str(onnx_path)], capsys)
     assert code == 0, err
     assert onnx_path.is_file() and "max |onnx - torch|" in stdout
-    code, _, err = _run(["export", str(out / "model.pt"), "--onnx", str(onnx_path),
+    code, _, err = _run(["export", str(out / "model.pt"), "--onnx", str(onnx_path), "--overwrite",
                          "--tensorrt", str(tmp_path / "m.engine")], capsys)  # fmt: skip
     import importlib.util
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+from typing import Any
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +21,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--weights", help="checkpoint (state dict) to load; weights do not change latency"
+    )
+    p.add_argument(
+        "--width",
+        type=float,
+        default=None,
+        help="channel multiplier of *_cifar models (default: the checkpoint's, else 1.0)",
     )
     p.add_argument(
         "--num-classes",
@@ -57,12 +63,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--cache",
-        help="oracle cache file (default: $HWPRUNE_CACHE or ~/.cache/hwprune/oracles.sqlite)",
+        help="oracle cache file (default: $HWPRUNE_CACHE, else oracles.sqlite in $HWPRUNE_HOME, "
+        "else in ~/.cache/hwprune)",
     )
     p.add_argument("--no-cache", action="store_true", help="measure everything afresh")
     p.add_argument("--out", required=True, help="folder for report.md, comparison.json and plots")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.set_defaults(func=run)
+
+
+def _meta_int(meta: dict[str, Any], key: str) -> int | None:
+    value = meta.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from hwprune.cli._console import console
     from hwprune.compare import compare_oracles, default_oracles, write_report
     from hwprune.errors import ConfigError
-    from hwprune.models import get_model, load_checkpoint
+    from hwprune.models import get_model, load_checkpoint, read_checkpoint
     from oracles import MeasurementCache
 
     if args.samples < 3:
@@ -81,10 +93,23 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--min-keep must be in (0, 1], got {args.min_keep}")
     if args.batch < 1:
         raise ConfigError(f"--batch must be a positive integer, got {args.batch}")
+    meta: dict = {}
+    if args.weights:
+        meta = dict(read_checkpoint(args.weights).meta)
+        if meta.get("pruned"):
+            raise ConfigError(
+                f"checkpoint {args.weights!r} holds a pruned model; compare oracles on the "
+                "base model's checkpoint"
+            )
     cifar = args.model.endswith("_cifar")
-    num_classes = args.num_classes or (10 if cifar else 1000)
-    size = args.input_size or (32 if cifar else 224)
-    model = get_model(args.model, num_classes=num_classes)
+    num_classes = args.num_classes or _meta_int(meta, "num_classes") or (10 if cifar else 1000)
+    size = args.input_size or _meta_int(meta, "input_size") or (32 if cifar else 224)
+    width = args.width if args.width is not None else meta.get("width", 1.0)
+    if isinstance(width, bool) or not isinstance(width, (int, float)):
+        raise ConfigError(
+            f"checkpoint {args.weights!r} has a width that is not a number: {width!r}"
+        )
+    model = get_model(args.model, num_classes=num_classes, width=float(width))
     if args.weights:
         load_checkpoint(model, args.weights)
     model.eval()
@@ -106,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         )
     report = write_report(result, args.out)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(result.to_json())
         return 0
     table = Table(title=f"{args.model}: oracles as predictors of {result.reference}")
     for col in ("oracle", "Spearman", "Kendall", "mean rel. err", "smallest/dense"):

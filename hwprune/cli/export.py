@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 
@@ -30,12 +31,82 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="largest accepted |onnx - torch| difference (default 1e-3)")  # fmt: skip
     p.add_argument("--allow-import", action="store_true",
                    help="allow importing the user model code the checkpoint names")  # fmt: skip
+    p.add_argument("--overwrite", "--force", action="store_true",
+                   help="replace existing --onnx/--tensorrt/--openvino files (never the run's own)")  # fmt: skip
     p.set_defaults(func=run)
+
+
+#: What ``--openvino DIR`` writes into DIR (hwprune.export.openvino's default name).
+OPENVINO_FILES = ("model.xml", "model.bin")
+
+
+def _run_dir(source: Path) -> Path | None:
+    """The run directory ``source`` belongs to (it, or the folder of its model.pt), if any."""
+    folder = source if source.is_dir() else source.parent
+    return folder if (folder / "config.json").is_file() or source.is_dir() else None
+
+
+def check_targets(
+    source: str | Path, targets: dict[str, str | None], *, overwrite: bool
+) -> dict[str, Path]:
+    """The export targets as paths, refused when one would replace something it must not.
+
+    Refused always: a folder (a file for ``--openvino``, which takes a folder), the
+    source checkpoint itself, an existing file of the source's run directory (weights,
+    log, report, cache), and one path given twice. Refused unless ``overwrite``: any
+    other existing file.
+    """
+    from hwprune.errors import ConfigError
+
+    src = Path(source)
+    run_dir = _run_dir(src)
+    checkpoint = (src / "model.pt" if src.is_dir() else src).resolve()
+    run_root = run_dir.resolve() if run_dir is not None else None
+    out: dict[str, Path] = {}
+    files: list[Path] = []
+
+    def check_file(option: str, value: str, path: Path) -> None:
+        resolved = path.resolve()
+        in_run = run_root is not None and resolved.is_relative_to(run_root) and path.exists()
+        if resolved == checkpoint or in_run:
+            where = f"run directory {str(run_dir)!r}" if run_dir is not None else "the source"
+            raise ConfigError(
+                f"{option} {value!r} would overwrite {resolved.name}, a file of {where}; "
+                "write the export elsewhere (its files are the run's record)"
+            )
+        if resolved in files:
+            raise ConfigError(f"{option} {value!r} is also given for another output")
+        files.append(resolved)
+        if path.exists() and not overwrite:
+            raise ConfigError(f"{option} {value!r} already exists; pass --overwrite to replace it")
+
+    for option, value in targets.items():
+        if value is None:
+            continue
+        path = Path(value)
+        if option == "--openvino":
+            # A folder that receives model.xml and model.bin.
+            if path.exists() and not path.is_dir():
+                raise ConfigError(f"--openvino {value!r} is a file; give a folder for the IR")
+            for name in OPENVINO_FILES:
+                check_file(option, str(path / name), path / name)
+            out[option] = path
+            continue
+        if not value.strip() or path.is_dir() or value.endswith(("/", "\\")):
+            raise ConfigError(
+                f"{option} {value!r} is a folder; give a file path such as "
+                f"{str(path / ('model.onnx' if option == '--onnx' else 'model.engine'))!r}"
+            )
+        check_file(option, value, path)
+        if path.parent.exists() and not path.parent.is_dir():
+            raise ConfigError(f"{option} {value!r}: {str(path.parent)!r} is not a folder")
+        out[option] = path
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
     from hwprune.cli._console import console
-    from hwprune.errors import ExportError
+    from hwprune.errors import ConfigError, ExportError
     from hwprune.export.final import final_export
     from hwprune.pipeline import load_pruned, model_input_shape
 
@@ -45,13 +116,23 @@ def run(args: argparse.Namespace) -> int:
         from hwprune.export.openvino import require_openvino
 
         require_openvino()
+    if not math.isfinite(args.atol) or args.atol < 0:
+        raise ConfigError(
+            f"--atol must be a finite number >= 0 (the largest accepted |onnx - torch| "
+            f"difference, e.g. 1e-3), got {args.atol:g}"
+        )
+    targets = check_targets(
+        args.source,
+        {"--onnx": args.onnx, "--tensorrt": args.tensorrt, "--openvino": args.openvino},
+        overwrite=args.overwrite,
+    )
     module = load_pruned(args.source, allow_import=args.allow_import)
     shape = (1, *model_input_shape(args.source))
     result = final_export(
         module,
         input_shape=shape,
-        onnx_path=Path(args.onnx),
-        engine_path=Path(args.tensorrt) if args.tensorrt else None,
+        onnx_path=targets["--onnx"],
+        engine_path=targets.get("--tensorrt"),
         opset=args.opset,
         atol=args.atol,
     )
@@ -69,7 +150,11 @@ def run(args: argparse.Namespace) -> int:
         from hwprune.export.openvino import export_openvino
 
         ir = export_openvino(
-            result.onnx_path, Path(args.openvino), module=module, input_shape=shape, atol=args.atol
+            result.onnx_path,
+            targets["--openvino"],
+            module=module,
+            input_shape=shape,
+            atol=args.atol,
         )
         console.print(
             f"wrote {ir.xml_path} and {ir.bin_path.name} (OpenVINO "

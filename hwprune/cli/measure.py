@@ -52,7 +52,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     group.add_argument(
         "--cache",
         metavar="PATH",
-        help="oracle cache file (default: $HWPRUNE_CACHE or ~/.cache/hwprune/oracles.sqlite)",
+        help="oracle cache file (default: $HWPRUNE_CACHE, else oracles.sqlite in $HWPRUNE_HOME, "
+        "else in ~/.cache/hwprune)",
     )
     group.add_argument("--no-cache", action="store_true", help="measure afresh, store nothing")
     p.set_defaults(func=run)
@@ -108,6 +109,11 @@ def run(args: argparse.Namespace) -> int:
                 "hwprune measure takes ONNX oracles (params, flops, weight-memory, peak-memory, "
                 "onnxruntime, tensorrt)"
             )
+        # A timed oracle holds several random input sets: refuse shapes that cannot fit
+        # before measuring anything, rather than thrash or be killed mid-way.
+        check = getattr(oracle, "check_memory", None)
+        if check is not None:
+            check(proto, resolve_input_shapes(proto, shapes, batch=getattr(oracle, "batch", None)))
     cache = None if args.no_cache else MeasurementCache(args.cache)
     data = proto.SerializeToString()
     del proto

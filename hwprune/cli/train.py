@@ -36,6 +36,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """Every numeric option in range, before any data is loaded (one line each)."""
+    import math
+
+    from hwprune.errors import ConfigError
+
+    checks = [
+        ("--epochs", args.epochs, args.epochs >= 1, "a positive integer"),
+        ("--batch-size", args.batch_size, args.batch_size >= 1, "a positive integer"),
+        ("--num-classes", args.num_classes, args.num_classes is None or args.num_classes >= 2,
+         "an integer >= 2 (a classifier needs two classes)"),
+        ("--lr", args.lr, math.isfinite(args.lr) and args.lr > 0, "a finite number > 0"),
+        ("--weight-decay", args.weight_decay,
+         math.isfinite(args.weight_decay) and args.weight_decay >= 0, "a finite number >= 0"),
+        ("--label-smoothing", args.label_smoothing, 0 <= args.label_smoothing < 1,
+         "a number in [0, 1)"),
+        ("--width", args.width, math.isfinite(args.width) and 0 < args.width <= 16,
+         "a number in (0, 16]"),
+    ]  # fmt: skip
+    for flag, value, ok, accepted in checks:
+        if not ok:
+            raise ConfigError(f"{flag} must be {accepted}, got {value}")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -45,11 +69,12 @@ def run(args: argparse.Namespace) -> int:
     from hwprune.models import get_model, save_checkpoint
     from hwprune.train import resolve_device, train
 
+    _check_options(args)
     resolve_device(args.device)  # fail before loading data
     data = get_dataset(
         args.data, root=args.root, download=args.download, seed=0, input_size=args.input_size
     )
-    num_classes = args.num_classes or data.num_classes
+    num_classes = args.num_classes if args.num_classes is not None else data.num_classes
     if num_classes < data.num_classes:
         raise ConfigError(
             f"--num-classes {num_classes} is fewer than the {data.num_classes} classes of {data.name}"

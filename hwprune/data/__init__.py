@@ -106,7 +106,7 @@ def get_dataset(
     """Load a dataset by name and cut it into train / search / test.
 
     ``root`` is where downloadable datasets live (a path in the name wins;
-    default ``$HWPRUNE_DATA`` or ``~/.hwprune/data``). ``seed`` fixes the split:
+    default ``$HWPRUNE_DATA``, else ``data`` in ``oracles.home_dir()``). ``seed`` fixes the split:
     the same seed always gives the same split. ``input_size`` resizes images to
     that square side (default: 32 for digits and CIFAR, 224 for image folders).
     """
@@ -114,7 +114,13 @@ def get_dataset(
     loader = DATASETS.get(key)
     if input_size is not None and (not isinstance(input_size, int) or input_size < 8):
         raise ConfigError(f"input_size must be an integer >= 8, got {input_size!r}")
-    return loader(path=path, root=root, download=download, seed=int(seed), input_size=input_size)
+    data = loader(path=path, root=root, download=download, seed=int(seed), input_size=input_size)
+    if data.num_classes < 2:
+        raise DataError(
+            f"dataset {name!r} has {data.num_classes} class; a classification dataset needs at "
+            "least 2 classes (for imagefolder: one subfolder per class)"
+        )
+    return data
 
 
 def make_loader(

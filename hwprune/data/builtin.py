@@ -28,11 +28,13 @@ CIFAR_SEARCH_SIZE = 5000
 
 
 def default_root() -> Path:
-    """Where datasets live unless a path is given: $HWPRUNE_DATA, else $HWPRUNE_HOME/data."""
+    """Where datasets live unless a path is given: $HWPRUNE_DATA, else ``data`` in hwprune's
+    home folder (``oracles.home_dir()``: $HWPRUNE_HOME, else ~/.cache/hwprune)."""
+    from oracles import home_dir
+
     if os.environ.get("HWPRUNE_DATA"):
         return Path(os.environ["HWPRUNE_DATA"]).expanduser()
-    home = Path(os.environ.get("HWPRUNE_HOME", "~/.hwprune")).expanduser()
-    return home / "data"
+    return home_dir() / "data"
 
 
 @functools.lru_cache(maxsize=1)
@@ -164,7 +166,9 @@ def load_cifar_splits(
             ""
             if download
             else (
-                f" Pass --download (download=True) to fetch it, or give its path as '{name}:/path/to/dir'."
+                f" Give the folder that holds {folder!r} as '{name}:/path/to/dir', or fetch it "
+                f"into {str(where)!r} once with 'hwprune train --data {name} --download ...' "
+                "(get_dataset(..., download=True) in Python)."
             )
         )
         raise DataError(
@@ -193,8 +197,49 @@ def load_cifar_splits(
     )
 
 
+_SHOWN_BAD = 3  # unreadable image files named in the warning
+
+
+def _readable_image(path: str) -> bool:
+    """A cheap check that an image file can be decoded: its header parses, and a JPEG is whole.
+
+    A full decode of every file would take minutes on a large folder; the header and
+    JPEG's end-of-image marker catch the corrupt and truncated files seen in practice.
+    ``_load_image`` still names any file that fails later.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            fmt = img.format
+        if fmt == "JPEG":
+            with open(path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - 64))
+                # Some writers pad after the end-of-image marker; it must be in the last bytes.
+                if b"\xff\xd9" not in fh.read():
+                    return False
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return False
+    return True
+
+
+def _load_image(path: str):  # -> PIL.Image.Image
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as fh:
+            img = Image.open(fh)
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(
+            f"image file {path!r} cannot be read ({exc}); remove or replace it"
+        ) from exc
+
+
 def _image_folder(path: Path, size: int) -> Dataset:
     from torchvision import datasets, transforms
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
     tf = transforms.Compose(
         [
@@ -203,13 +248,41 @@ def _image_folder(path: Path, size: int) -> Dataset:
             transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
     )
+    bad: list[str] = []
+
+    def valid(file: str) -> bool:
+        if not has_file_allowed_extension(file, IMG_EXTENSIONS):
+            return False
+        if _readable_image(file):
+            return True
+        bad.append(file)
+        return False
+
     try:
-        return datasets.ImageFolder(str(path), transform=tf)
+        return datasets.ImageFolder(
+            str(path), transform=tf, loader=_load_image, is_valid_file=valid
+        )
     except (FileNotFoundError, OSError) as exc:
         raise DataError(
             f"no images found in {str(path)!r}: expected one subfolder per class holding "
             f"image files (.png, .jpg, ...) ({exc})"
         ) from exc
+    finally:
+        _warn_skipped(bad, path)
+
+
+def _warn_skipped(bad: list[str], path: Path) -> None:
+    if bad:
+        shown = ", ".join(repr(b) for b in bad[:_SHOWN_BAD])
+        more = f" and {len(bad) - _SHOWN_BAD} more" if len(bad) > _SHOWN_BAD else ""
+        log.warning(
+            "skipped %d unreadable image file%s in %s (corrupt or truncated): %s%s",
+            len(bad),
+            "" if len(bad) == 1 else "s",
+            path,
+            shown,
+            more,
+        )
 
 
 def load_imagefolder_splits(

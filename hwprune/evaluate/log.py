@@ -15,22 +15,42 @@ __all__ = ["EpisodeLog", "read_jsonl"]
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Records of a JSON-lines file; a half-written last line (a killed writer) is skipped."""
+    """Records of a JSON-lines file: every line that holds a JSON object.
+
+    Anything else is skipped with a warning naming the line: a half-written last
+    line (a killed writer), bytes that are not UTF-8, text that is not JSON, and
+    JSON that is not an object (``42``, ``null``, a list), so a reader never
+    sees a record that is not a dict.
+    """
     p = Path(path)
     if not p.exists():
         return
-    with p.open("r", encoding="utf-8") as fh:
+    with p.open("rb") as fh:
         lines = fh.readlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
+    for i, raw in enumerate(lines):
+        if not raw.strip():
             continue
         try:
-            yield json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            # ValueError covers JSONDecodeError and numbers too long for int().
+            if i == len(lines) - 1 and not raw.endswith(b"\n"):
                 log.warning("%s: ignoring a half-written last line", p)
             else:
                 log.warning("%s: ignoring unreadable line %d", p, i + 1)
+            continue
+        except RecursionError:
+            log.warning("%s: ignoring line %d (nested too deeply)", p, i + 1)
+            continue
+        if not isinstance(record, dict):
+            log.warning(
+                "%s: ignoring line %d, a JSON %s where a record (an object) belongs",
+                p,
+                i + 1,
+                type(record).__name__,
+            )
+            continue
+        yield record
 
 
 class EpisodeLog:

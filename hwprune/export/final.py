@@ -234,10 +234,14 @@ def final_export(
             f"tolerance {atol:g}); the export is not faithful"
         )
     onnx_path = Path(onnx_path)
-    onnx_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = onnx_path.with_name(onnx_path.name + ".tmp")
-    tmp.write_bytes(onnx_bytes)
-    tmp.replace(onnx_path)
+    try:
+        onnx_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(onnx_bytes)
+        tmp.replace(onnx_path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)  # never leave a half-written file behind
+        raise ExportError(f"cannot write the ONNX file {str(onnx_path)!r}: {exc}") from exc
     log.info("wrote %s (max |onnx - torch| = %.3g, relative %.3g)", onnx_path, diff, rel)
 
     engine_out: Path | None = None
