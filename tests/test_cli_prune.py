@@ -116,3 +116,25 @@ def test_export_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
     if importlib.util.find_spec("tensorrt") is None:
         assert code == 2 and 'pip install "hwprune[tensorrt]"' in err
+
+
+def test_the_budgets_table_keeps_every_budget_and_oracle_whole_at_80_columns() -> None:
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from hwprune.cli.prune import summary_table
+
+    budgets = [
+        SimpleNamespace(budget="latency<=50%", oracle="onnxruntime:cpu?threads=1", unit="ms",
+                        dense=0.8123, bound=0.40615, final=0.4012, met=True, margin=0.0122),
+        SimpleNamespace(budget="params<=1M", oracle="params", unit="", dense=2.3e6, bound=1e6,
+                        final=812345, met=False, margin=-0.1),
+    ]  # fmt: skip
+    console = Console(width=80, record=True, file=__import__("io").StringIO())
+    console.print(summary_table(SimpleNamespace(budgets=budgets)))
+    text = console.export_text()
+    assert all(len(line) <= 80 for line in text.splitlines())
+    for whole in ("latency<=50%", "onnxruntime:cpu?threads=1", "params<=1M", "0.4062 ms", "NO"):
+        assert whole in text
+    assert "…" not in text

@@ -167,17 +167,27 @@ class ProgressView:
 
 
 def summary_table(result: Any) -> Any:
-    """A rich table: per budget dense, bound, final re-measured value, met."""
+    """A rich table: per budget (its oracle beneath it) dense, bound, final re-measured value, met.
+
+    The oracle sits under its budget rather than in a column of its own and the box has no
+    inner rules, so the table stays whole in an 80-column terminal; text that still does not
+    fit is folded, never cut with an ellipsis.
+    """
+    from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     from hwprune.constraints import format_value
 
-    table = Table(title="budgets (final model re-measured without cache)")
-    for col in ("budget", "oracle", "dense", "bound", "final", "met", "margin"):
-        table.add_column(col)
+    table = Table(title="budgets (final model re-measured without cache)", box=box.SIMPLE_HEAD)
+    longest = max((len(s) for b in result.budgets for s in (b.budget, b.oracle)), default=6)
+    table.add_column("budget / oracle", overflow="fold", min_width=min(longest, 32))
+    for col in ("dense", "bound", "final", "met", "margin"):
+        table.add_column(col, no_wrap=True, justify="right" if col != "met" else "center")
     for b in result.budgets:
         table.add_row(
-            b.budget, b.oracle, format_value(b.dense, b.unit), format_value(b.bound, b.unit),
+            f"{escape(b.budget)}\n[dim]{escape(b.oracle)}[/dim]",
+            format_value(b.dense, b.unit), format_value(b.bound, b.unit),
             format_value(b.final, b.unit), "yes" if b.met else "NO", f"{100 * b.margin:.1f}%",
         )  # fmt: skip
     return table
