@@ -120,9 +120,9 @@ def realistic(model: Any, size: int) -> Any:
     with torch.no_grad():
         for m in model.modules():
             w = getattr(m, "weight", None)
-            if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) and w is not None:
-                if not w.detach().any():
-                    w.copy_(torch.randn(w.shape, generator=g) * 0.02)
+            layer = isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) and w is not None
+            if layer and not w.detach().any():
+                w.copy_(torch.randn(w.shape, generator=g) * 0.02)
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.reset_running_stats()
                 m.momentum = None  # cumulative average over the batches below
@@ -132,14 +132,14 @@ def realistic(model: Any, size: int) -> Any:
     return model.eval()
 
 
-def smallest_size(name: str) -> tuple[int, Any]:
-    """The first size of SIZES the architecture accepts, and the model built for it."""
+def smallest_size(name: str, sizes: tuple[int, ...] = SIZES) -> tuple[int, Any]:
+    """The first of ``sizes`` the architecture accepts (and exports), and the model built for it."""
     import torch
 
     from hwprune.export import export_onnx
 
     last: Exception | None = None
-    for size in SIZES:
+    for size in sizes:
         try:
             model = _build(name, size)
             with torch.no_grad():
@@ -149,7 +149,7 @@ def smallest_size(name: str) -> tuple[int, Any]:
             return size, model
         except Exception as exc:  # the architecture rejects this size: try the next
             last = exc
-    raise RuntimeError(f"no input size in {SIZES} is accepted: {last}")
+    raise RuntimeError(f"no input size in {sizes} is accepted: {last}")
 
 
 def _measure(oracle: Any, module: Any, inputs: Any) -> float:
@@ -198,7 +198,10 @@ def bisect_uniform(space: Any, oracle: Any, *, target: float, dense: float, step
     }
 
 
-def sweep_one(name: str, *, latency: bool, steps: int) -> dict[str, Any]:
+def sweep_one(
+    name: str, *, latency: bool, steps: int, sizes: tuple[int, ...] = SIZES
+) -> dict[str, Any]:
+    """One model's row: built, pruned to flops<=60% by uniform bisection, exported, checked."""
     import tempfile
 
     import torch
@@ -211,7 +214,7 @@ def sweep_one(name: str, *, latency: bool, steps: int) -> dict[str, Any]:
     row: dict[str, Any] = {"model": name, "family": family(name), "status": "failed"}
     start = time.perf_counter()
     try:
-        size, model = smallest_size(name)
+        size, model = smallest_size(name, sizes)
         model = realistic(model, size)
         row["input"] = size
         params = sum(p.numel() for p in model.parameters())
@@ -264,9 +267,7 @@ def sweep_one(name: str, *, latency: bool, steps: int) -> dict[str, Any]:
         if latency:
             timer = oracles.get_oracle(LATENCY_ORACLE)
             lat_dense = _measure(timer, model, space.example_inputs)
-            lat = bisect_uniform(
-                space, timer, target=LATENCY_TARGET, dense=lat_dense, steps=3
-            )
+            lat = bisect_uniform(space, timer, target=LATENCY_TARGET, dense=lat_dense, steps=3)
             row["latency_dense_ms"] = lat_dense
             row["latency_search"] = lat["evaluations"]
             # The FLOPs-chosen model's latency, and the latency budget's own outcome.
@@ -283,7 +284,9 @@ def sweep_one(name: str, *, latency: bool, steps: int) -> dict[str, Any]:
         row["error"] = "ran out of memory on this 24 GB machine"
     except Exception as exc:
         row["status"] = "failed"
-        row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        row["error"] = (
+            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        )
         row["traceback"] = traceback.format_exc(limit=-6)
     finally:
         row["seconds"] = round(time.perf_counter() - start, 1)
@@ -323,11 +326,15 @@ def table(names: list[str]) -> str:
     for name in names:
         r = rows.get(name)
         if r is None:
-            out.append([name, family(name), "not run", "-", "-", "-", "-", "-", "-"])
+            out.append([name, "-", "not run", "-", "-", "-", "-", "-", "-"])
             continue
         status = r["status"]
         parity = (
-            f"{r['parity_rel']:.1e}" if r.get("parity") else "mismatch" if r.get("parity") is False else "-"
+            f"{r['parity_rel']:.1e}"
+            if r.get("parity")
+            else "mismatch"
+            if r.get("parity") is False
+            else "-"
         )
         note = r.get("error", "") if status != "pruned" else ""
         if status == "pruned" and r.get("skipped"):
@@ -354,7 +361,14 @@ def table(names: list[str]) -> str:
 
 def counts(names: list[str]) -> dict[str, int]:
     rows = stored_rows()
-    out = {"tried": 0, "pruned and matched": 0, "refused": 0, "too big": 0, "failed": 0, "not run": 0}
+    out = {
+        "tried": 0,
+        "pruned and matched": 0,
+        "refused": 0,
+        "too big": 0,
+        "failed": 0,
+        "not run": 0,
+    }
     for name in names:
         r = rows.get(name)
         if r is None:
@@ -401,8 +415,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="*", help="only these models (default: all)")
     parser.add_argument("--latency", action="store_true", help="latency too, one model per family")
     parser.add_argument("--steps", type=int, default=6, help="evaluations per bisection")
-    parser.add_argument("--redo", action="store_true", help="repeat stored rows (failed ones always are)")
-    parser.add_argument("--table", action="store_true", help="only write the table from stored rows")
+    parser.add_argument(
+        "--redo", action="store_true", help="repeat stored rows (failed ones always are)"
+    )
+    parser.add_argument(
+        "--table", action="store_true", help="only write the table from stored rows"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("hwprune").setLevel(logging.WARNING)
