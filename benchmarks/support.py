@@ -397,8 +397,11 @@ def write_table(names: list[str]) -> Path:
         f"Latency (one model per family): `{LATENCY_ORACLE}` on a shared 2-core machine "
         "(noisy), for the FLOPs-chosen model, and the ratio a latency<=60% bisection reached. "
         "No data, no accuracy, no fine-tuning: this is about the mechanics (the pieces are "
-        "driven directly, not through `hwprune.prune`).\n\n"
-        + ", ".join(f"{k}: {v}" for k, v in c.items())
+        "driven directly, not through `hwprune.prune`). **The latency columns are not "
+        "trustworthy yet**: the pruned candidates' BN statistics are not re-estimated, so "
+        "some (MobileNet, MnasNet) run on vanishing, denormal activations that ONNX Runtime "
+        "executes many times slower, and the machine ran at a load average near 15 on 2 "
+        "cores.\n\n" + ", ".join(f"{k}: {v}" for k, v in c.items())
     )
     return update_results_md(
         "support",
