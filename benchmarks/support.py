@@ -104,14 +104,42 @@ def _build(name: str, size: int) -> Any:
     return get_model(name, num_classes=10, input_size=size).eval()
 
 
-def smallest_size(name: str) -> tuple[int, Any]:
-    """The first size of SIZES the architecture accepts, and the model built for it."""
+def realistic(model: Any, size: int) -> Any:
+    """Random weights whose outputs have a scale: zero-initialised layers drawn, BN statistics estimated.
+
+    At torchvision's initialisation many classifiers output ~1e-17 (activations vanish
+    through eval-mode BN with unit statistics) and ViT's head is all zeros: a parity check
+    on such outputs proves nothing, and denormal activations make latency meaningless. So
+    layers that start at zero get N(0, 0.02) weights and BN running statistics are
+    estimated on two random batches, as a trained model's would be on its data.
+    """
+    import torch
+    from torch import nn
+
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            w = getattr(m, "weight", None)
+            layer = isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) and w is not None
+            if layer and not w.detach().any():
+                w.copy_(torch.randn(w.shape, generator=g) * 0.02)
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average over the batches below
+        model.train()
+        for _ in range(2):
+            model(torch.randn(4, 3, size, size, generator=g))
+    return model.eval()
+
+
+def smallest_size(name: str, sizes: tuple[int, ...] = SIZES) -> tuple[int, Any]:
+    """The first of ``sizes`` the architecture accepts (and exports), and the model built for it."""
     import torch
 
     from hwprune.export import export_onnx
 
     last: Exception | None = None
-    for size in SIZES:
+    for size in sizes:
         try:
             model = _build(name, size)
             with torch.no_grad():
@@ -121,7 +149,7 @@ def smallest_size(name: str) -> tuple[int, Any]:
             return size, model
         except Exception as exc:  # the architecture rejects this size: try the next
             last = exc
-    raise RuntimeError(f"no input size in {SIZES} is accepted: {last}")
+    raise RuntimeError(f"no input size in {sizes} is accepted: {last}")
 
 
 def _measure(oracle: Any, module: Any, inputs: Any) -> float:
@@ -170,7 +198,10 @@ def bisect_uniform(space: Any, oracle: Any, *, target: float, dense: float, step
     }
 
 
-def sweep_one(name: str, *, latency: bool, steps: int) -> dict[str, Any]:
+def sweep_one(
+    name: str, *, latency: bool, steps: int, sizes: tuple[int, ...] = SIZES
+) -> dict[str, Any]:
+    """One model's row: built, pruned to flops<=60% by uniform bisection, exported, checked."""
     import tempfile
 
     import torch
@@ -183,7 +214,8 @@ def sweep_one(name: str, *, latency: bool, steps: int) -> dict[str, Any]:
     row: dict[str, Any] = {"model": name, "family": family(name), "status": "failed"}
     start = time.perf_counter()
     try:
-        size, model = smallest_size(name)
+        size, model = smallest_size(name, sizes)
+        model = realistic(model, size)
         row["input"] = size
         params = sum(p.numel() for p in model.parameters())
         row["params_dense"] = params
@@ -224,6 +256,9 @@ def sweep_one(name: str, *, latency: bool, steps: int) -> dict[str, Any]:
                 )
                 row["parity_rel"] = exported.max_rel_diff
                 row["parity_abs"] = exported.max_abs_diff
+                row["output_scale"] = max(p.scale for p in exported.outputs)
+                with torch.no_grad():
+                    row["output_max"] = float(pruned(x).abs().max())
                 row["parity"] = True
             except HwpruneError as exc:
                 row["parity"] = False
@@ -232,9 +267,7 @@ def sweep_one(name: str, *, latency: bool, steps: int) -> dict[str, Any]:
         if latency:
             timer = oracles.get_oracle(LATENCY_ORACLE)
             lat_dense = _measure(timer, model, space.example_inputs)
-            lat = bisect_uniform(
-                space, timer, target=LATENCY_TARGET, dense=lat_dense, steps=max(3, steps - 2)
-            )
+            lat = bisect_uniform(space, timer, target=LATENCY_TARGET, dense=lat_dense, steps=3)
             row["latency_dense_ms"] = lat_dense
             row["latency_search"] = lat["evaluations"]
             # The FLOPs-chosen model's latency, and the latency budget's own outcome.
@@ -251,7 +284,9 @@ def sweep_one(name: str, *, latency: bool, steps: int) -> dict[str, Any]:
         row["error"] = "ran out of memory on this 24 GB machine"
     except Exception as exc:
         row["status"] = "failed"
-        row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        row["error"] = (
+            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        )
         row["traceback"] = traceback.format_exc(limit=-6)
     finally:
         row["seconds"] = round(time.perf_counter() - start, 1)
@@ -291,11 +326,15 @@ def table(names: list[str]) -> str:
     for name in names:
         r = rows.get(name)
         if r is None:
-            out.append([name, family(name), "not run", "-", "-", "-", "-", "-", "-"])
+            out.append([name, "-", "not run", "-", "-", "-", "-", "-", "-"])
             continue
         status = r["status"]
         parity = (
-            f"{r['parity_rel']:.1e}" if r.get("parity") else "mismatch" if r.get("parity") is False else "-"
+            f"{r['parity_rel']:.1e}"
+            if r.get("parity")
+            else "mismatch"
+            if r.get("parity") is False
+            else "-"
         )
         note = r.get("error", "") if status != "pruned" else ""
         if status == "pruned" and r.get("skipped"):
@@ -322,7 +361,14 @@ def table(names: list[str]) -> str:
 
 def counts(names: list[str]) -> dict[str, int]:
     rows = stored_rows()
-    out = {"tried": 0, "pruned and matched": 0, "refused": 0, "too big": 0, "failed": 0, "not run": 0}
+    out = {
+        "tried": 0,
+        "pruned and matched": 0,
+        "refused": 0,
+        "too big": 0,
+        "failed": 0,
+        "not run": 0,
+    }
     for name in names:
         r = rows.get(name)
         if r is None:
@@ -343,15 +389,19 @@ def write_table(names: list[str]) -> Path:
     c = counts(names)
     notes = (
         f"{len(names)} classifiers of `torchvision.models.list_models(module=torchvision.models)`, "
-        "random weights, 10 classes, batch 1 at the input shown (64x64 where the architecture "
+        "random weights (BN statistics estimated on random batches, zero-initialised layers "
+        "drawn, so outputs have a scale), 10 classes, batch 1 at the input shown (64x64 where the architecture "
         "allows). FLOPs: the `flops` oracle on the exported ONNX, uniform keep ratio by "
         f"bisection to flops<={FLOPS_TARGET:.0%}. Parity: max |ONNX Runtime - torch| over "
         "every output and 3 random inputs, relative to max(1, max |output|); the gate is 1e-3. "
         f"Latency (one model per family): `{LATENCY_ORACLE}` on a shared 2-core machine "
         "(noisy), for the FLOPs-chosen model, and the ratio a latency<=60% bisection reached. "
         "No data, no accuracy, no fine-tuning: this is about the mechanics (the pieces are "
-        "driven directly, not through `hwprune.prune`).\n\n"
-        + ", ".join(f"{k}: {v}" for k, v in c.items())
+        "driven directly, not through `hwprune.prune`). **The latency columns are not "
+        "trustworthy yet**: the pruned candidates' BN statistics are not re-estimated, so "
+        "some (MobileNet, MnasNet) run on vanishing, denormal activations that ONNX Runtime "
+        "executes many times slower, and the machine ran at a load average near 15 on 2 "
+        "cores.\n\n" + ", ".join(f"{k}: {v}" for k, v in c.items())
     )
     return update_results_md(
         "support",
@@ -368,8 +418,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="*", help="only these models (default: all)")
     parser.add_argument("--latency", action="store_true", help="latency too, one model per family")
     parser.add_argument("--steps", type=int, default=6, help="evaluations per bisection")
-    parser.add_argument("--redo", action="store_true", help="repeat stored rows (failed ones always are)")
-    parser.add_argument("--table", action="store_true", help="only write the table from stored rows")
+    parser.add_argument(
+        "--redo", action="store_true", help="repeat stored rows (failed ones always are)"
+    )
+    parser.add_argument(
+        "--table", action="store_true", help="only write the table from stored rows"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("hwprune").setLevel(logging.WARNING)

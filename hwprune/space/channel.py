@@ -17,7 +17,7 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -138,6 +138,13 @@ def _final_layers(dg: Any) -> list[nn.Module]:
     return finals
 
 
+_MAX_MAPPED = 1 << 15  # more indices than any layer has channels: a mapping gone wrong
+
+
+class _MappingBlowup(ValueError):
+    """Torch-Pruning's index mapping grew past any layer's channel count."""
+
+
 @contextlib.contextmanager
 def _tolerant_index_mapping(unmapped: list[Any]) -> Iterator[None]:
     """Record, rather than raise, a reshape/split/concat whose channel mapping Torch-Pruning fails.
@@ -167,13 +174,34 @@ def _tolerant_index_mapping(unmapped: list[Any]) -> Iterator[None]:
 
         return call
 
+    # Flatten mappings multiply indices by their stride at every view they pass; through
+    # Swin's window partitions they grow without bound (Torch-Pruning never returns, and
+    # memory runs out). A group whose mapped indices pass the cap is abandoned.
+    classes = [getattr(index_mapping, n) for n in dir(index_mapping) if n.endswith("IndexMapping")]
+    calls = {c: c.__call__ for c in classes if isinstance(c, type)}
+
+    def capped(fn: Any) -> Any:
+        def call(self: Any, idxs: Any) -> Any:
+            out = fn(self, idxs)
+            if len(out) > _MAX_MAPPED:
+                raise _MappingBlowup(
+                    f"channel indices grow past {_MAX_MAPPED} through a reshape it cannot follow"
+                )
+            return out
+
+        return call
+
     for n, fn in saved.items():
         setattr(index_mapping, n, tolerant(n, fn))
+    for c, fn in calls.items():
+        c.__call__ = capped(fn)
     try:
         yield
     finally:
         for n, fn in saved.items():
             setattr(index_mapping, n, fn)
+        for c, fn in calls.items():
+            c.__call__ = fn
 
 
 class _Unmapped:
@@ -354,7 +382,9 @@ class ChannelSpace:
     Torch-Pruning's ``num_heads`` with ``prune_num_heads``. Modules
     Torch-Pruning cannot trace take ``customized_pruners`` ({type or module:
     pruning function}) and ``unwrapped_parameters`` ({parameter or its name:
-    dim to prune}), passed to its DependencyGraph.
+    dim to prune}), passed to its DependencyGraph. With ``check`` (default) a
+    unit whose pruning breaks the forward pass (a coupling Torch-Pruning
+    missed) is left out and listed in ``skipped``.
 
     ``channel_choices`` (unit id -> allowed kept-channel counts, e.g. from
     ``hwprune.space.staircase.probe_staircase(...).choices()``) replaces
@@ -390,6 +420,7 @@ class ChannelSpace:
         calibration: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
         seed: int = 0,
         channel_choices: Mapping[str, Sequence[int]] | None = None,
+        check: bool = True,
     ) -> None:
         if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
             raise ConfigError(f"round_to must be a positive integer, got {round_to!r}")
@@ -451,6 +482,9 @@ class ChannelSpace:
         order = sorted(range(len(units)), key=lambda i: position[units[i]["id"]])
         self.units: list[Unit] = [Unit(index=j, **units[i]) for j, i in enumerate(order)]
         self._plans: list[_Plan] = [plans[i] for i in order]
+        self.channel_choices: dict = {}
+        if check:
+            self._drop_broken_units()
         self.channel_choices = self._check_choices(channel_choices)
         self._signature = hashlib.sha256(
             json.dumps(
@@ -668,11 +702,75 @@ class ChannelSpace:
             if module in names and names[module] not in {u["id"] for u in units}:
                 self._skip(names[module], reason)
         if not units:
+            why = (
+                f"; {len(self.skipped)} groups were left out (first: {self.skipped[0].id}: "
+                f"{self.skipped[0].reason})"
+                if self.skipped
+                else ""
+            )
             raise ConfigError(
                 "the model has no prunable channel group (every Conv/Linear output is ignored "
-                "or feeds the model output)"
+                f"or feeds the model output{why})"
             )
         return units, plans
+
+    def _forward_error(self, indices: Sequence[int]) -> str | None:
+        """Why the model with units ``indices`` pruned to half fails its forward pass, or None."""
+        keep = [1.0] * len(self.units)
+        for i in indices:
+            keep[i] = 0.5
+        try:
+            pruned = self.apply(Policy.uniform(self, 1.0).with_keep(keep))
+            pruned.eval()
+            with torch.no_grad():
+                self.example_inputs.call(pruned)
+        except Exception as exc:
+            return _first_line(exc)
+        return None
+
+    def _drop_broken_units(self) -> None:
+        """Leave out units whose pruning breaks the forward pass (a coupling Torch-Pruning missed).
+
+        All units are tried at once; only when that fails are halves tried,
+        down to single units, so a sound model costs one forward pass.
+        """
+        bad: dict[int, str] = {}
+
+        def search(indices: list[int]) -> None:
+            error = self._forward_error(indices)
+            if error is None:
+                return
+            if len(indices) == 1:
+                bad[indices[0]] = error
+                return
+            mid = len(indices) // 2
+            search(indices[:mid])
+            search(indices[mid:])
+
+        was_training = self.model.training
+        try:
+            search(list(range(len(self.units))))
+        finally:
+            self.model.train(was_training)
+        if not bad:
+            return
+        for i, error in sorted(bad.items()):
+            self._skip(self.units[i].id, f"pruning it breaks the forward pass ({error})")
+        kept = [i for i in range(len(self.units)) if i not in bad]
+        if not kept:
+            first = self.skipped[-len(bad)]
+            raise ConfigError(
+                f"nothing in {type(self.model).__name__} can be pruned: all {len(bad)} channel "
+                f"groups break its forward pass when pruned (first: {first.id}: {first.reason})"
+            )
+        self.units = [replace(self.units[i], index=j) for j, i in enumerate(kept)]
+        self._plans = [self._plans[i] for i in kept]
+        if self.units and self._forward_error(list(range(len(self.units)))) is not None:
+            # Sound alone, broken together: no subset rule here is worth guessing.
+            raise ConfigError(
+                "the model's prunable channel groups break its forward pass when pruned "
+                "together; pass ignored_layers=[...] for the layers of the groups in space.units"
+            )
 
     def _skip(self, unit_id: str, reason: str) -> None:
         log.info("channel group of %s left out: %s", unit_id, reason)
