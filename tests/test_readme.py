@@ -125,7 +125,7 @@ def test_readme_python_example_runs_at_a_tiny_size(tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main([*train, "--quiet"]) == 0
     assert (tmp_path / "vgg.pt").is_file()
-    (code,) = [c for c in blocks(README, "python") if "hwprune.prune(" in c]
+    (code,) = [c for c in blocks(README, "python") if "hwprune.prune(model=" in c]
     namespace: dict = {}
     exec(compile(_tiny(code, "python"), "README.md[python]", "exec"), namespace)
     result = namespace["result"]
