@@ -122,7 +122,7 @@ class ProgressView:
 
         self.progress = Progress(
             TextColumn("{task.description:<20}"),
-            BarColumn(),
+            BarColumn(bar_width=16),  # leaves the clock and figures room at 80 columns
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TextColumn("{task.fields[info]}"),
