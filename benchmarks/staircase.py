@@ -23,7 +23,7 @@ How ``auto`` enters the run: ``hwprune.prune`` does not take channel choices
 yet (``--round-to auto`` is to be wired into the run's configuration), so for
 ``auto`` rows this script builds the run's ChannelSpace with
 ``channel_choices=staircase.choices()`` by wrapping the pipeline's space
-builder (``hwprune.pipeline._build_space``) for the duration of that run; the
+builder (``hwprune.run.load.build_space``) for the duration of that run; the
 run is otherwise exactly the pipeline's. Rows are stored one file each in
 ``benchmarks/results/staircase/`` as they complete (a rerun skips them);
 run directories go to ``runs/benchmarks/staircase/`` (git-ignored).
@@ -118,18 +118,20 @@ def _space_with_choices(
     choices: dict[str, Sequence[int]] | None, seen: list[Any]
 ) -> Iterator[None]:
     """Build the run's space with ``channel_choices`` (when given); remember the space built."""
-    from hwprune import pipeline
+    from hwprune.run import load
     from hwprune.space import ChannelSpace
 
-    original = pipeline._build_space
+    original = load.build_space
 
-    def build(model: Any, *, input_shape: tuple[int, ...], options: Any) -> Any:
+    def build(model: Any, *, example_inputs: Any, options: Any, structure: Any = None) -> Any:
         if choices is None:
-            space = original(model, input_shape=input_shape, options=options)
+            space = original(
+                model, example_inputs=example_inputs, options=options, structure=structure
+            )
         else:
             space = ChannelSpace(
                 model,
-                example_input_shape=(1, *tuple(input_shape)),
+                example_inputs=example_inputs,
                 min_keep=float(options["min_keep"]),
                 importance=options["importance"],
                 channel_choices=choices,
@@ -137,11 +139,11 @@ def _space_with_choices(
         seen.append(space)
         return space
 
-    pipeline._build_space = build
+    load.build_space = build
     try:
         yield
     finally:
-        pipeline._build_space = original
+        load.build_space = original
 
 
 def run_row(
