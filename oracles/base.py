@@ -6,7 +6,7 @@ import dataclasses
 import math
 import os
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -116,6 +116,43 @@ def check_threads(oracle: str, threads: Any) -> None:
             f"oracle {oracle!r}: setting 'threads' must be an integer from 1 to {cpus} "
             f"(this machine's CPU count), got {threads!r}"
         )
+
+
+def check_timed_settings(oracle: str, settings: Any) -> Callable[[str, Any, str], Exception]:
+    """Refuse the timing-protocol settings every timed runtime oracle shares.
+
+    ``settings`` has ``device``/``devices``, ``threads``, ``sessions``, ``batch``,
+    ``warmup``, ``min_runs``, ``max_runs``, ``min_time``, ``max_time`` and
+    ``rel_ci``. Returns the oracle's ``bad(setting, value, accepted)`` error
+    maker for the checks of its own settings.
+    """
+
+    def bad(setting: str, value: Any, accepted: str) -> OracleSpecError:
+        return OracleSpecError(
+            f"oracle {oracle!r}: setting {setting!r} must be {accepted}, got {value!r}"
+        )
+
+    s = settings
+    if s.device not in s.devices:
+        raise OracleSpecError(f"oracle {oracle!r} runs on {', '.join(s.devices)}, not {s.device!r}")
+    check_threads(oracle, s.threads)
+    if not isinstance(s.sessions, int) or not 0 <= s.sessions <= 16:
+        raise bad("sessions", s.sessions, "an integer from 0 (auto) to 16")
+    if s.batch is not None and (not isinstance(s.batch, int) or s.batch < 1):
+        raise bad("batch", s.batch, "a positive integer")
+    if s.warmup < 0:
+        raise bad("warmup", s.warmup, "0 or more runs")
+    if s.min_runs < 1:
+        raise bad("min_runs", s.min_runs, "at least 1")
+    if s.max_runs < s.min_runs:
+        raise bad("max_runs", s.max_runs, f"at least min_runs ({s.min_runs})")
+    if s.min_time < 0:
+        raise bad("min_time", s.min_time, "0 or more seconds")
+    if s.max_time <= 0 or s.max_time < s.min_time:
+        raise bad("max_time", s.max_time, f"positive and at least min_time ({s.min_time})")
+    if not 0 < s.rel_ci < 1:
+        raise bad("rel_ci", s.rel_ci, "a fraction between 0 and 1, such as 0.01")
+    return bad
 
 
 def _convert(oracle: str, key: str, raw: str, kind: type) -> Any:

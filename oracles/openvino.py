@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from oracles.base import Measurement, Oracle, check_threads
+from oracles.base import Measurement, Oracle, check_timed_settings
 from oracles.errors import (
     BackendUnavailableError,
     DeviceUnavailableError,
@@ -162,34 +162,7 @@ class OpenVINOLatency(Oracle):
     # -- settings -----------------------------------------------------------------------------
 
     def validate(self) -> None:
-        def bad(setting: str, value: Any, accepted: str) -> OracleSpecError:
-            return OracleSpecError(
-                f"oracle 'openvino': setting {setting!r} must be {accepted}, got {value!r}"
-            )
-
-        if self.device not in self.devices:
-            raise OracleSpecError(
-                f"oracle 'openvino' runs on {', '.join(self.devices)}, not {self.device!r}"
-            )
-        check_threads("openvino", self.threads)
-        if not isinstance(self.sessions, int) or not 0 <= self.sessions <= 16:
-            raise bad("sessions", self.sessions, "an integer from 0 (auto) to 16")
-        if self.batch is not None and (not isinstance(self.batch, int) or self.batch < 1):
-            raise bad("batch", self.batch, "a positive integer")
-        if self.warmup < 0:
-            raise bad("warmup", self.warmup, "0 or more runs")
-        if self.min_runs < 1:
-            raise bad("min_runs", self.min_runs, "at least 1")
-        if self.max_runs < self.min_runs:
-            raise bad("max_runs", self.max_runs, f"at least min_runs ({self.min_runs})")
-        if self.min_time < 0:
-            raise bad("min_time", self.min_time, "0 or more seconds")
-        if self.max_time <= 0 or self.max_time < self.min_time:
-            raise bad(
-                "max_time", self.max_time, f"positive and at least min_time ({self.min_time})"
-            )
-        if not 0 < self.rel_ci < 1:
-            raise bad("rel_ci", self.rel_ci, "a fraction between 0 and 1, such as 0.01")
+        bad = check_timed_settings("openvino", self)
         if self.precision not in _PRECISIONS:
             raise bad("precision", self.precision, "one of " + ", ".join(_PRECISIONS))
         if self.threads != 1 and self.device != "cpu":
