@@ -26,7 +26,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--openvino", metavar="DIR",
                    help="also write the OpenVINO IR (model.xml, model.bin) here, checked against "
                         'torch (needs pip install "hwprune[openvino]")')  # fmt: skip
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    from hwprune.config import DEFAULT_OPSET
+
+    p.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})"
+    )
     p.add_argument("--atol", type=float, default=1e-3,
                    help="largest accepted |onnx - torch| difference (default 1e-3)")  # fmt: skip
     p.add_argument("--allow-import", action="store_true",

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hwprune.config import DEFAULT_OPSET
 from hwprune.errors import ExportError
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ def final_export(
     input_shape: tuple[int, ...] | None = None,
     example_inputs: Any = None,
     engine_path: str | Path | None = None,
-    opset: int = 17,
+    opset: int = DEFAULT_OPSET,
     atol: float = 1e-3,
     seed: int = 0,
     precision: str = "fp32",

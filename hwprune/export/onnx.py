@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from hwprune.config import DEFAULT_OPSET
 from hwprune.errors import ConfigError, ExportError
 from hwprune.inputs import ExampleInputs, flatten_outputs
 
@@ -79,7 +80,7 @@ def export_onnx(
     input_shape: Sequence[int] | None = None,
     example_inputs: object | None = None,
     path: str | Path | None = None,
-    opset: int = 17,
+    opset: int = DEFAULT_OPSET,
     check: bool = True,
     fold_shapes: bool = True,
 ) -> bytes:
