@@ -370,7 +370,7 @@ class OnnxRuntimeLatency(Oracle):
     ) -> Measurement:
         """Time one inference of ``model`` (ONNX bytes, path or ModelProto); see the module protocol."""
         from oracles.model import fix_input_shapes
-        from oracles.timing import time_with_settings
+        from oracles.timing import time_runners
 
         start = time.perf_counter()
         self.check_available()
@@ -390,24 +390,7 @@ class OnnxRuntimeLatency(Oracle):
         def run_once() -> None:
             runners[(next(step) // _SESSION_BLOCK) % count]()
 
-        try:
-            for runner in runners:  # a model that cannot run fails here, before any timing
-                runner()
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise MeasurementFailedError(
-                f"onnxruntime:{self.device} failed to run the model: {first}"
-            ) from exc
-        result = time_with_settings(run_once, self)
-        if not result.converged:
-            log.info(
-                "%s: median %.4g ms after %d runs, CI half-width %.2f%% > target %.2f%%",
-                self.spec,
-                result.median,
-                result.n,
-                100 * result.rel_ci,
-                100 * self.rel_ci,
-            )
+        result = time_runners(runners, run_once, self, label=f"onnxruntime:{self.device}")
         first_shape = next(iter(shapes.values()), ())
         return Measurement(
             quantity=self.quantity,

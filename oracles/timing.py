@@ -29,13 +29,14 @@ from __future__ import annotations
 import bisect
 import functools
 import gc
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from oracles.errors import OracleSpecError
+from oracles.errors import MeasurementFailedError, OracleSpecError
 
 __all__ = ["TimingResult", "time_adaptive", "summarize", "median_ci_ranks"]
 
@@ -292,3 +293,33 @@ def time_with_settings(run_once: Callable[[], float | None], settings: Any) -> T
         max_seconds=settings.max_time,
         target_rel_ci=settings.rel_ci,
     )
+
+
+def time_runners(
+    runners: Sequence[Callable[[], Any]],
+    run_once: Callable[[], float | None],
+    settings: Any,
+    *,
+    label: str,
+) -> TimingResult:
+    """Run each runner once (a model that cannot run fails here, before any timing), then
+    ``time_with_settings(run_once, settings)``; a result that did not reach its CI target
+    is logged. ``label`` names the backend and device in errors ("onnxruntime:cpu")."""
+    try:
+        for runner in runners:
+            runner()
+    except Exception as exc:
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        raise MeasurementFailedError(f"{label} failed to run the model: {first}") from exc
+    result = time_with_settings(run_once, settings)
+    if not result.converged:
+        logging.getLogger(__name__).info(
+            "%s: median %.4g ms after %d runs, CI half-width %.2f%% > target %.2f%%",
+            settings.spec,
+            result.median,
+            result.n,
+            100 * result.rel_ci,
+            100 * settings.rel_ci,
+        )
+    return result
