@@ -6,10 +6,11 @@ Models, datasets, searchers and importance criteria each keep one.
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from hwprune.errors import UnknownNameError
+from hwprune.errors import ConfigError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -49,3 +50,26 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def import_callable(spec: str, *, kind: str, not_callable: str) -> Any:
+    """The callable named ``package.module:attr``: user code, imported because the user named it.
+
+    ``kind`` says what the spec is for in messages ("model", "task"); ``not_callable`` is the
+    sentence given when the attribute exists but cannot be called.
+    """
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ConfigError(
+            f"cannot import module {module_name!r} for {kind} {spec!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    target: Any = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise ConfigError(f"module {module_name!r} has no attribute {attr!r} ({kind} {spec!r})")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ConfigError(not_callable)
+    return target

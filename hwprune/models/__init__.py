@@ -9,7 +9,6 @@ Example::
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from hwprune.models.checkpoint import (
     save_checkpoint,
 )
 from hwprune.models.cifar import VGG_CONFIGS, ResNetCifar, VGGCifar
-from hwprune.registry import Registry
+from hwprune.registry import Registry, import_callable
 
 __all__ = [
     "MODELS",
@@ -135,21 +134,11 @@ def _user_model(spec: str, *, num_classes: int, width: float) -> nn.Module:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"expected a user model as 'package.module:callable', got {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise ConfigError(
-            f"cannot import module {module_name!r} for model {spec!r}: {type(exc).__name__}: {exc}"
-        ) from exc
-    target: Any = module
-    for part in attr.split("."):
-        if not hasattr(target, part):
-            raise ConfigError(f"module {module_name!r} has no attribute {attr!r} (model {spec!r})")
-        target = getattr(target, part)
-    if not callable(target):
-        raise ConfigError(
-            f"{spec!r} is not callable; expected a function or class returning nn.Module"
-        )
+    target = import_callable(
+        spec,
+        kind="model",
+        not_callable=f"{spec!r} is not callable; expected a function or class returning nn.Module",
+    )
     kwargs: dict[str, Any] = {}
     try:
         params = inspect.signature(target).parameters

@@ -6,7 +6,6 @@ was handed (``Loaded.from_objects``).
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -91,21 +90,13 @@ def build_space(
 
 def import_factory(spec: str) -> Any:
     """The callable named ``package.module:attr`` (user code: imported because the user named it)."""
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise ConfigError(
-            f"cannot import module {module_name!r} for task {spec!r}: {type(exc).__name__}: {exc}"
-        ) from None
-    target: Any = module
-    for part in attr.split("."):
-        if not hasattr(target, part):
-            raise ConfigError(f"module {module_name!r} has no attribute {attr!r} (task {spec!r})")
-        target = getattr(target, part)
-    if not callable(target):
-        raise ConfigError(f"task {spec!r} is not callable; expected a factory function")
-    return target
+    from hwprune.registry import import_callable
+
+    return import_callable(
+        spec,
+        kind="task",
+        not_callable=f"task {spec!r} is not callable; expected a factory function",
+    )
 
 
 def call_factory(spec: str) -> tuple[Any, Any, Any]:
