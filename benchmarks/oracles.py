@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         module = build_model(name)
         onnx_bytes = export_onnx(module, shape)
         for spec in specs:
-            fmt = oracles.oracle_class(oracles.parse_spec(spec)[0]).input_format
+            fmt = oracles.get_oracle(spec, check=False).input_format  # understands SPEC@URL
             model = module if fmt == "torch" else onnx_bytes
             row = {
                 "model": name,
