@@ -44,8 +44,16 @@ GRANULARITIES = ("channel", "weight", "2:4")
 DEFAULT_OPSET = 17
 # Opsets torch's exporter and the ONNX checker both accept here.
 OPSET_RANGE = (9, 21)
-# Oracle specs that time a GPU: channel counts in multiples of 8 suit their tensor cores.
-GPU_ORACLE_PREFIXES = ("torch:cuda", "onnxruntime:cuda", "onnxruntime:tensorrt", "tensorrt")
+# Oracle specs that time a GPU or an NPU: channel counts in multiples of 8 suit their matrix
+# units (NVIDIA tensor cores; Intel GPU XMX and NPU tiles behind OpenVINO).
+GPU_ORACLE_PREFIXES = (
+    "torch:cuda",
+    "onnxruntime:cuda",
+    "onnxruntime:tensorrt",
+    "tensorrt",
+    "openvino:gpu",
+    "openvino:npu",
+)
 
 _SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
@@ -384,5 +392,5 @@ def default(name: str) -> Any:
 
 
 def default_round_to(oracle_specs: Sequence[str]) -> int:
-    """8 where a budget is timed on a GPU (tensor cores like multiples of 8), else 1."""
+    """8 where a budget is timed on a GPU or an NPU (matrix units like multiples of 8), else 1."""
     return 8 if any(s.lower().startswith(GPU_ORACLE_PREFIXES) for s in oracle_specs) else 1

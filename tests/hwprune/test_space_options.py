@@ -258,3 +258,20 @@ def test_a_module_that_cannot_be_traced_is_named_in_one_line():
 def test_a_model_that_rejects_its_example_inputs_is_a_config_error():
     with pytest.raises(ConfigError, match="calling TwoInputNet with the example inputs"):
         ChannelSpace(TwoInputNet(), example_inputs=torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize(
+    ("specs", "expected"),
+    [
+        (["onnxruntime:cpu?threads=1"], 1),
+        (["openvino:cpu?threads=1", "params"], 1),
+        (["torch:cuda"], 8),
+        (["openvino:gpu"], 8),
+        (["OpenVINO:NPU?min_time=0.1"], 8),
+        (["params", "openvino:gpu@http://10.0.0.5:8765"], 8),
+    ],
+)
+def test_default_round_to_is_8_on_gpu_and_npu_oracles_openvino_included(specs, expected):
+    from hwprune.config import default_round_to
+
+    assert default_round_to(specs) == expected
