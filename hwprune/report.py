@@ -106,6 +106,16 @@ def write_report_md(
         f"- `model.onnx`: max |ONNX Runtime - torch| on random inputs = "
         f"{'-' if diff is None else f'{diff:.3g}'}",
         f"- TensorRT: {result.tensorrt}",
+        *(
+            [
+                "- `openvino/model.xml` + `model.bin` (OpenVINO IR, FP32 weights): max |OpenVINO "
+                f"- torch| on random inputs = {result.openvino_max_abs_diff:.3g}, compiled with "
+                "INFERENCE_PRECISION_HINT=f32 as the oracle timed it (OpenVINO's CPU default is "
+                "bf16 where the CPU has it)"
+            ]
+            if result.openvino_max_abs_diff is not None
+            else []
+        ),
         "- `model.pt`: load with `hwprune.load_pruned(path)` (weights_only, no unpickling)",
         "- `policy.json`, `episodes.jsonl`, `config.json`",
     ]

@@ -192,7 +192,9 @@ class Oracle:
       a path or a ModelProto) or ``"torch"`` (takes an nn.Module);
       ``devices``: accepted devices, first is the default; ``timed``: whether
       the value is a noisy timing (cached by structure, not by weights);
-      ``requires``: the pip extra that provides its backend.
+      ``requires``: the pip extra that provides its backend;
+      ``named_on_cpu``: settings the canonical spec names even at their default
+      on the cpu device (a CPU latency cannot be read without its thread count).
     """
 
     name: ClassVar[str] = ""
@@ -205,6 +207,7 @@ class Oracle:
     #: True when the value depends on weight values (e.g. counting non-zeros),
     #: so the cache must key on them too.
     value_sensitive: ClassVar[bool] = False
+    named_on_cpu: ClassVar[tuple[str, ...]] = ()
 
     # Instance field every oracle has; subclasses add theirs as dataclass fields.
     device: str = "cpu"
@@ -243,7 +246,8 @@ class Oracle:
 
     @property
     def spec(self) -> str:
-        """Canonical spec string: the name, the device if not the only one, non-default settings."""
+        """Canonical spec string: the name, the device if not the only one, non-default settings
+        (and on the cpu device those in ``named_on_cpu``, default or not)."""
         head = self.name
         if len(self.devices) > 1 or self.device != self.devices[0]:
             head += f":{self.device}"
@@ -253,7 +257,8 @@ class Oracle:
                 if f.name == "device" or not f.init:
                     continue
                 value = getattr(self, f.name)
-                if f.default is not dataclasses.MISSING and value == f.default:
+                named = self.device == "cpu" and f.name in self.named_on_cpu
+                if f.default is not dataclasses.MISSING and value == f.default and not named:
                     continue
                 if isinstance(value, bool):
                     value = int(value)

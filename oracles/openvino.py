@@ -142,6 +142,7 @@ class OpenVINOLatency(Oracle):
     input_format: ClassVar[str] = "onnx"
     devices: ClassVar[tuple[str, ...]] = ("cpu", "gpu", "npu")
     timed: ClassVar[bool] = True
+    named_on_cpu: ClassVar[tuple[str, ...]] = ("threads",)
     requires: ClassVar[str | None] = "openvino"
 
     device: str = "cpu"

@@ -181,6 +181,7 @@ class OnnxRuntimeLatency(Oracle):
     input_format: ClassVar[str] = "onnx"
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda", "tensorrt")
     timed: ClassVar[bool] = True
+    named_on_cpu: ClassVar[tuple[str, ...]] = ("threads",)
     requires: ClassVar[str | None] = None  # "gpu" for cuda/tensorrt, see check_available
 
     device: str = "cpu"

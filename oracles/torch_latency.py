@@ -80,6 +80,7 @@ class TorchLatency(Oracle):
     input_format: ClassVar[str] = "torch"
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     timed: ClassVar[bool] = True
+    named_on_cpu: ClassVar[tuple[str, ...]] = ("threads",)
     requires: ClassVar[str | None] = None
 
     device: str = "cpu"

@@ -56,6 +56,7 @@ def test_run_directory_holds_every_artifact(finished_run) -> None:
     assert (out / "plots" / "accuracy_vs_flops.png").is_file()
     assert (out / "plots" / "keep_ratios.png").is_file()
     assert not (out / "model.engine").exists()  # no TensorRT here
+    assert not (out / "openvino").exists()  # no budget timed by OpenVINO
 
 
 def test_budgets_are_met_on_remeasured_final_model(finished_run) -> None:
@@ -209,3 +210,47 @@ def test_config_file_options(tmp_path: Path) -> None:
     cfg.write_text('modle = "x"\n')
     with pytest.raises(ConfigError, match="unknown option 'modle'"):
         read_config_file(cfg)
+
+
+# Short timing: the budget below is far above any latency, only the export and the proof matter.
+OPENVINO_SPEC = "openvino:cpu?threads=1&warmup=2&min_runs=5&min_time=0.05&max_time=0.5"
+
+
+def test_a_budget_timed_by_openvino_ships_the_checked_ir_and_names_its_oracle(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("openvino")
+    import openvino as ov
+    import torch
+
+    out = tmp_path / "run"
+    result = hwprune.prune(model="vgg11_cifar", weights=tiny_checkpoint, data="digits",
+                           budgets=["params<=60%", "latency<=10s"],
+                           oracles={"latency": OPENVINO_SPEC}, agent="uniform", evaluations=3,
+                           finetune_epochs=1, finetune_batch_size=32, out=out)  # fmt: skip
+    xml, weights = out / "openvino" / "model.xml", out / "openvino" / "model.bin"
+    assert xml.is_file() and weights.is_file() and result.paths["openvino"] == xml
+    report = json.loads((out / "report.json").read_text())
+    assert 0.0 <= report["export"]["openvino_max_abs_diff"] <= 1e-3
+    assert "openvino/model.xml" in (out / "report.md").read_text()
+    # The shipped proof names the oracle with every setting, the default thread count included.
+    latency = next(b for b in report["budgets"] if b["quantity"] == "latency")
+    assert latency["oracle"] == OPENVINO_SPEC
+    # The IR, read back on its own, computes what the shipped torch model computes (at f32, as
+    # the oracle times it: OpenVINO's CPU default is bf16 where the CPU has it).
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    got = compiled(x.numpy())[compiled.outputs[0]]
+    with torch.no_grad():
+        want = hwprune.load_pruned(out)(x).numpy()
+    assert np.max(np.abs(got - want)) < 1e-3
+
+
+def test_the_default_latency_oracle_is_named_with_its_thread_count() -> None:
+    from hwprune.constraints import bind_constraints
+
+    (default,) = bind_constraints(["latency<=50%"])
+    assert default.oracle == "onnxruntime:cpu?threads=1"
+    assert default.describe() == "latency<=50% on onnxruntime:cpu?threads=1"
+    (given,) = bind_constraints(["latency<=50%"], oracles={"latency": "torch"})
+    assert given.oracle == "torch:cpu?threads=1"

@@ -223,6 +223,12 @@ def print_result(result: Any, *, as_json: bool) -> None:
     times = ", ".join(f"{k} {v:.1f}s" for k, v in result.stage_seconds.items())
     console.print(f"stage wall times: {times}", highlight=False)
     console.print(f"TensorRT: {escape(result.tensorrt)}", highlight=False)
+    if result.openvino_max_abs_diff is not None:
+        console.print(
+            f"OpenVINO IR: {escape(str(result.paths['openvino']))} (max |openvino - torch| = "
+            f"{result.openvino_max_abs_diff:.3g})",
+            highlight=False,
+        )
     console.print(f"report: {Path(result.run_dir) / 'report.md'}", highlight=False)
 
 

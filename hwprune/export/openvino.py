@@ -8,12 +8,14 @@ compares its outputs with the torch module's (or, without a module, with ONNX
 Runtime's on the same ONNX). Beyond ``atol`` it raises ExportError and leaves
 ``out_dir`` as it was.
 
-The prune pipeline should call it after the ONNX export when a budget is
-measured by an ``openvino`` oracle (``wants_openvino`` tells)::
+A prune run calls it after the ONNX export when a budget is measured by an
+``openvino`` oracle (``wants_openvino`` tells), with the run's example inputs
+(any form: one tensor, a tuple, named tensors; random inputs of that form feed
+both sides)::
 
     if wants_openvino(budget_oracle_specs):
-        export_openvino(result.onnx_path, run_dir / "openvino", module=model,
-                        input_shape=shape)
+        export_openvino(onnx_path, run_dir / "openvino", module=model,
+                        example_inputs=example_inputs)
 """
 
 from __future__ import annotations
@@ -86,10 +88,17 @@ def _onnx_bytes(onnx_model: bytes | str | Path) -> bytes:
 
 
 def _reference_outputs(
-    onnx_bytes: bytes, module: Any, feed: dict[str, Any], names: Sequence[str]
+    onnx_bytes: bytes, module: Any, feed: dict[str, Any], names: Sequence[str], example: Any
 ) -> list[Any]:
     import numpy as np
 
+    if module is not None and example is not None:  # the user's call form, flattened as exported
+        import torch
+
+        from hwprune.inputs import flatten_outputs
+
+        with torch.no_grad():
+            return [v.detach().float().numpy() for _, v in flatten_outputs(example.call(module))]
     if module is None:
         import onnxruntime as ort
 
@@ -114,6 +123,7 @@ def _max_abs_diff(
     module: Any,
     shapes: dict[str, tuple[int, ...]],
     *,
+    inputs: Any,
     trials: int,
     seed: int,
 ) -> float:
@@ -131,11 +141,16 @@ def _max_abs_diff(
     names = [p.get_any_name() for p in compiled.inputs]
     rng = np.random.default_rng(seed)
     worst = 0.0
-    for _ in range(trials):
-        feed = {n: rng.standard_normal(shapes[n], dtype=np.float32) for n in names}
+    for trial in range(trials):
+        example = None
+        if inputs is not None:  # the example's form: integer inputs stay valid ids
+            example = inputs.random(seed + trial)
+            feed = {n: v for n, v in example.numpy_feed().items() if n in names}
+        else:
+            feed = {n: rng.standard_normal(shapes[n], dtype=np.float32) for n in names}
         got = compiled(feed)
         got_list = [np.asarray(got[p]) for p in compiled.outputs]
-        expected = _reference_outputs(onnx_bytes, module, feed, names)
+        expected = _reference_outputs(onnx_bytes, module, feed, names, example)
         if len(expected) != len(got_list):
             raise ExportError(
                 f"the OpenVINO IR has {len(got_list)} outputs, the reference "
@@ -159,6 +174,7 @@ def export_openvino(
     *,
     module: Any = None,
     input_shape: Sequence[int] | None = None,
+    example_inputs: Any = None,
     name: str = "model",
     atol: float = 1e-3,
     trials: int = 3,
@@ -170,10 +186,13 @@ def export_openvino(
     ``onnx_model`` is the verified ONNX (bytes or a path); ``module`` the torch
     model it came from (the reference; without it ONNX Runtime on the same ONNX
     is). ``input_shape`` fixes a single input's shape where the ONNX has a
-    dynamic one. Raises ExportError when OpenVINO is missing, the conversion
-    fails, or an output differs by more than ``atol``.
+    dynamic one; ``example_inputs`` (a tensor, a tuple or a dict of tensors, as
+    the module is called) fixes every input's shape and the form of the random
+    inputs, the way the ONNX export's check draws them. Raises ExportError when
+    OpenVINO is missing, the conversion fails, or an output differs by more
+    than ``atol``.
     """
-    from oracles.model import fix_input_shapes
+    from oracles.model import fix_input_shapes, graph_inputs, load_onnx
 
     if not name or any(c in name for c in "/\\") or name.startswith("."):
         raise ConfigError(f"name must be a plain file name such as 'model', got {name!r}")
@@ -182,7 +201,15 @@ def export_openvino(
     ov = require_openvino()
     data = _onnx_bytes(onnx_model)
     given = {"input": tuple(int(s) for s in input_shape)} if input_shape is not None else None
+    inputs = None
+    if example_inputs is not None:
+        from hwprune.export.onnx import resolve_inputs
+
+        inputs = resolve_inputs(example_inputs, None, what="the OpenVINO check").to("cpu")
     try:
+        if inputs is not None:  # graph inputs only: the ONNX export drops unused ones
+            present = {i.name for i in graph_inputs(load_onnx(data))}
+            given = {n: s for n, s in inputs.shapes.items() if n in present}
         proto, shapes = fix_input_shapes(data, given)
     except Exception as exc:
         raise ExportError(f"cannot read the ONNX model: {_first_line(exc)}") from exc
@@ -198,6 +225,7 @@ def export_openvino(
             name=name,
             module=module,
             shapes=shapes,
+            inputs=inputs,
             atol=atol,
             trials=trials,
             seed=seed,
@@ -226,6 +254,7 @@ def _convert_and_check(
     name: str,
     module: Any,
     shapes: dict[str, tuple[int, ...]],
+    inputs: Any,
     atol: float,
     trials: int,
     seed: int,
@@ -242,7 +271,13 @@ def _convert_and_check(
             raise ExportError(f"OpenVINO cannot convert the model: {_first_line(exc)}") from exc
         try:
             diff = _max_abs_diff(
-                staging / f"{name}.xml", data, module, shapes, trials=trials, seed=seed
+                staging / f"{name}.xml",
+                data,
+                module,
+                shapes,
+                inputs=inputs,
+                trials=trials,
+                seed=seed,
             )
         except ExportError:
             raise

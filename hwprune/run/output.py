@@ -1,9 +1,10 @@
-"""Stages ``export`` and ``report``: model.pt, policy.json, the verified ONNX, the report."""
+"""Stages ``export`` and ``report``: model.pt, policy.json, the verified ONNX (and the OpenVINO
+IR where a budget is timed by OpenVINO), the report."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,20 @@ from hwprune.run.load import Loaded, space_options
 from hwprune.run.result import BudgetCheck, PruneResult
 from hwprune.run.search import Dense, Searched
 
-__all__ = ["export", "report", "pruned_meta", "PRUNED_ATTR"]
+__all__ = ["Exported", "export", "report", "pruned_meta", "PRUNED_ATTR", "OPENVINO_DIR"]
 
 # The attribute a pruned module carries: what ``hwprune.save`` needs to rebuild it.
 PRUNED_ATTR = "_hwprune_pruned"
+# The run's subfolder for the OpenVINO IR (model.xml, model.bin).
+OPENVINO_DIR = "openvino"
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What the export stage wrote: the checked ONNX (+ engine), and the checked IR or None."""
+
+    onnx: Any  # hwprune.export.final.ExportResult
+    openvino: Any = None  # hwprune.export.openvino.OpenVINOExportResult
 
 
 def policy_dict(policy: Any, space: Any) -> dict[str, Any]:
@@ -41,12 +52,16 @@ def pruned_meta(ctx: RunContext, loaded: Loaded, f: Final) -> dict[str, Any]:
     return {k: v for k, v in meta.items() if v is not None}
 
 
-def export(ctx: RunContext, loaded: Loaded, f: Final) -> Any:
-    """Stage ``export``: policy.json, model.pt (weights + meta), model.onnx (+ engine)."""
+def export(ctx: RunContext, loaded: Loaded, d: Dense, f: Final) -> Exported:
+    """Stage ``export``: policy.json, model.pt (weights + meta), model.onnx (+ engine), and
+    openvino/model.xml + .bin when a budget's oracle is OpenVINO (the runtime it was proven on),
+    each checked against torch on random inputs."""
     from hwprune.export.final import final_export
+    from hwprune.export.openvino import wants_openvino
     from hwprune.models import save_checkpoint
 
-    with ctx.stage("export", 2, "exporting") as step:
+    openvino = wants_openvino(c.oracle for c in d.constraints)
+    with ctx.stage("export", 3 if openvino else 2, "exporting") as step:
         meta = pruned_meta(ctx, loaded, f)
         ctx.path("policy.json").write_text(json.dumps(meta["policy"], indent=2) + "\n",
                                            encoding="utf-8")  # fmt: skip
@@ -62,7 +77,29 @@ def export(ctx: RunContext, loaded: Loaded, f: Final) -> Any:
             seed=ctx.config.seed,
         )
         step(2, max_abs_diff=exported.max_abs_diff)
-    return exported
+        ir = None
+        if openvino:
+            ir = _export_openvino(ctx, loaded, f, exported.onnx_path)
+            step(3, openvino_max_abs_diff=ir.max_abs_diff)
+    return Exported(onnx=exported, openvino=ir)
+
+
+def _export_openvino(ctx: RunContext, loaded: Loaded, f: Final, onnx_path: Path) -> Any:
+    """The OpenVINO IR of the verified ONNX, compared with the torch module; a refusal names
+    what the run kept."""
+    from hwprune.errors import ExportError
+    from hwprune.export.openvino import export_openvino
+
+    try:
+        return export_openvino(
+            onnx_path, ctx.path(OPENVINO_DIR), module=f.module,
+            example_inputs=loaded.example_inputs, seed=ctx.config.seed,
+        )  # fmt: skip
+    except ExportError as exc:
+        raise ExportError(
+            f"{exc}; model.pt and model.onnx are written in {ctx.run_dir}, "
+            "'hwprune export --openvino DIR' retries the IR"
+        ) from exc
 
 
 def _count(module: Any, *, nonzero: bool = False) -> int:
@@ -71,15 +108,17 @@ def _count(module: Any, *, nonzero: bool = False) -> int:
     return int(sum(p.numel() for p in module.parameters()))
 
 
-def _paths(ctx: RunContext, exported: Any) -> dict[str, Path]:
+def _paths(ctx: RunContext, exported: Exported) -> dict[str, Path]:
     paths = {"run_dir": ctx.run_dir}
     for key, name in (("config", "config.json"), ("episodes", "episodes.jsonl"),
                       ("policy", "policy.json"), ("model", "model.pt"),
                       ("report_md", "report.md"), ("report_json", "report.json")):  # fmt: skip
         paths[key] = ctx.path(name)
-    paths["onnx"] = exported.onnx_path
-    if exported.engine_path is not None:
-        paths["engine"] = exported.engine_path
+    paths["onnx"] = exported.onnx.onnx_path
+    if exported.onnx.engine_path is not None:
+        paths["engine"] = exported.onnx.engine_path
+    if exported.openvino is not None:
+        paths["openvino"] = exported.openvino.xml_path
     return paths
 
 
@@ -105,7 +144,7 @@ def _acc(metrics: dict[str, float] | None) -> float | None:
 
 
 def result_of(
-    ctx: RunContext, loaded: Loaded, d: Dense, s: Searched, f: Final, exported: Any
+    ctx: RunContext, loaded: Loaded, d: Dense, s: Searched, f: Final, exported: Exported
 ) -> PruneResult:
     """The typed result of a finished run."""
     metrics = {k: v for k, v in (("dense", d.metrics), ("pruned", f.metrics_pruned),
@@ -120,7 +159,8 @@ def result_of(
         stage_seconds=dict(ctx.stage_seconds), paths=_paths(ctx, exported),
         searcher=s.searcher, evaluations=d.evaluator.evaluations,
         first_feasible_evaluation=s.first_feasible, repairs=f.repairs,
-        export_max_abs_diff=exported.max_abs_diff, tensorrt=exported.tensorrt_message,
+        export_max_abs_diff=exported.onnx.max_abs_diff, tensorrt=exported.onnx.tensorrt_message,
+        openvino_max_abs_diff=None if exported.openvino is None else exported.openvino.max_abs_diff,
         metrics=metrics, score_dense=d.evaluator.dense_accuracy, score_chosen=f.candidate.accuracy,
         task=loaded.task.name, finetuned=loaded.task.finetune is not None,
         evaluated=loaded.task.evaluate is not None, model=f.module,
@@ -132,7 +172,7 @@ def _unit_names(space: Any) -> list[str]:
 
 
 def report(
-    ctx: RunContext, loaded: Loaded, d: Dense, s: Searched, f: Final, exported: Any
+    ctx: RunContext, loaded: Loaded, d: Dense, s: Searched, f: Final, exported: Exported
 ) -> PruneResult:
     """Stage ``report``: plots, report.md and report.json."""
     from hwprune.report import write_report, write_report_json

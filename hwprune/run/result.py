@@ -60,6 +60,7 @@ class PruneResult:
     task: str = "classification"
     finetuned: bool = True
     evaluated: bool = True
+    openvino_max_abs_diff: float | None = None  # the OpenVINO IR's check; None: no IR written
     model: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -92,5 +93,9 @@ class PruneResult:
                 "first_feasible_evaluation": self.first_feasible_evaluation,
                 "repairs": self.repairs,
             },
-            "export": {"max_abs_diff": self.export_max_abs_diff, "tensorrt": self.tensorrt},
+            "export": {
+                "max_abs_diff": self.export_max_abs_diff,
+                "tensorrt": self.tensorrt,
+                "openvino_max_abs_diff": self.openvino_max_abs_diff,
+            },
         }

@@ -32,5 +32,5 @@ def run(
     if confirmations:
         searched.extra["confirmations"] = confirmations
     final = finalize(ctx, loaded, d, chosen)
-    exported = export(ctx, loaded, final)
+    exported = export(ctx, loaded, d, final)
     return report(ctx, loaded, d, searched, final, exported)

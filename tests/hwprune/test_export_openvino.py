@@ -83,3 +83,26 @@ def test_bad_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_wants_openvino() -> None:
     assert wants_openvino(["params", "openvino:cpu?threads=1"])
     assert not wants_openvino(["onnxruntime:cpu?threads=1", "flops"])
+
+
+class _TokensAndImage(nn.Module):
+    """Named inputs, one of them integer token ids: random floats would index out of range."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(5, 4)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, image, ids):
+        return {"score": self.conv(image).mean(dim=(2, 3)) + self.embed(ids).mean(dim=1)}
+
+
+def test_example_inputs_of_any_form_feed_both_sides(tmp_path: Path) -> None:
+    net = _TokensAndImage().eval()
+    example = {"image": torch.randn(2, 3, 8, 8), "ids": torch.tensor([[0, 4, 2], [1, 3, 0]])}
+    data = export_onnx(net, example_inputs=example)
+    result = export_openvino(data, tmp_path / "ir", module=net, example_inputs=example)
+    assert result.reference == "torch" and 0 <= result.max_abs_diff <= 1e-3
+    compiled = openvino.Core().compile_model(str(result.xml_path), "CPU")
+    assert [tuple(p.get_shape()) for p in compiled.inputs] == [(2, 3, 8, 8), (2, 3)]
