@@ -122,6 +122,17 @@ def _parse_url(url: str) -> tuple[str, dict[str, str]]:
     return base, settings
 
 
+def _canonical(spec: str) -> str:
+    """A served oracle's spec as this version writes it; unchanged where it cannot be read."""
+    from oracles.registry import oracle_class
+
+    try:
+        name, device, params = parse_spec(str(spec))
+        return oracle_class(name).from_spec(device, params).spec
+    except Exception:  # an oracle this client does not know: compared as written
+        return str(spec)
+
+
 @dataclass
 class RemoteOracle(Oracle):
     """An ONNX-input oracle that runs on an ``hwprune serve`` server (see the module doc).
@@ -239,10 +250,8 @@ class RemoteOracle(Oracle):
     def identity(self) -> dict[str, Any]:
         """The server machine's identity and the served oracle's runtime identity."""
         info = self._server_info()
-        return {
-            "server": info.get("machine"),
-            "oracle": info.get("identities", {}).get(self.inner.spec),
-        }
+        identities = {_canonical(k): v for k, v in info.get("identities", {}).items()}
+        return {"server": info.get("machine"), "oracle": identities.get(self.inner.spec)}
 
     def model_key(
         self, model: Any, *, input_shapes: Mapping[str, tuple[int, ...]] | None = None
@@ -253,7 +262,9 @@ class RemoteOracle(Oracle):
         """Reach the server, check the token and that it serves the target oracle."""
         info = self._server_info(refresh=True)
         served = info.get("oracles", [])
-        if self.inner.spec not in served:
+        # Canonical on both sides: a server of another version may name defaults differently
+        # ("onnxruntime:cpu" for "onnxruntime:cpu?threads=1").
+        if self.inner.spec not in {_canonical(s) for s in served}:
             raise RemoteOracleError(
                 f"the oracle server at {self.url} does not serve {self.inner.spec!r}; "
                 f"it serves: {', '.join(served) or 'nothing'}"

@@ -267,3 +267,12 @@ def test_isolated_server_measures_in_a_subprocess(model: bytes) -> None:
     with served([FAST_ORT], extra=["--isolate"]) as s:
         m = oracles.get_oracle(f"{FAST_ORT}@{s.url}").measure(model)
     assert m.value > 0 and m.statistic == "median"
+
+
+def test_served_specs_are_compared_canonically_across_versions() -> None:
+    from oracles.remote import _canonical
+
+    # A server of an earlier version wrote the default thread count away.
+    assert _canonical("onnxruntime:cpu") == "onnxruntime:cpu?threads=1"
+    assert _canonical("openvino:gpu") == "openvino:gpu"
+    assert _canonical("no-such-oracle:cpu?x=1") == "no-such-oracle:cpu?x=1"
