@@ -22,6 +22,7 @@ checkpoints are shared with ``quality.py`` (``~/.cache/hwprune/benchmarks``).
 
     python benchmarks/transfer.py            # the full matrix: many hours on 2 cores
     python benchmarks/transfer.py --quick    # vgg11_cifar w0.25, 6 evaluations: minutes
+    python benchmarks/transfer.py --stored-only   # the tables from the stored runs, nothing run
 
 Run pinned on a shared machine: ``OMP_NUM_THREADS=1 nice taskset -c 1 python
 benchmarks/transfer.py --quick``. Writes ``results/transfer.json`` and the
@@ -191,7 +192,7 @@ def _table(cells: list[dict[str, Any]]) -> str:
         for searched in RUNTIMES:
             run = cell["runs"].get(searched, {})
             if not run.get("ok"):
-                failed = f"failed: {str(run.get('error', 'not run'))[:80]}"
+                failed = f"failed: {str(run['error'])[:80]}" if "error" in run else "not run"
                 rows.append([cell["model"], searched, *(["-"] * len(RUNTIMES)), "-", failed,
                              "-", "-"])  # fmt: skip
                 continue
@@ -214,6 +215,19 @@ def _dense_table(cells: list[dict[str, Any]]) -> str:
     )  # fmt: skip
 
 
+def _load_note(cells: list[dict[str, Any]]) -> str:
+    """The range of 1-minute load averages the stored rows were measured at (2 cores)."""
+    loads = [
+        float(row["measured"]["machine"]["load_average"][0])
+        for c in cells
+        for row in (c["dense"], *c["runs"].values())
+        if (row.get("measured") or {}).get("machine", {}).get("load_average")
+    ]
+    if not loads:
+        return ""
+    return f" (1-minute load average {min(loads):.1f}-{max(loads):.1f} when the rows were stored)"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
@@ -228,7 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     p.add_argument("--evaluations", type=int, default=None, help=f"per search ({EVALUATIONS})")
     p.add_argument("--fresh", action="store_true", help="redo stored runs")
+    p.add_argument("--stored-only", action="store_true",
+                   help="write the tables from the stored runs only; what is not stored is "
+                        "listed as not run")  # fmt: skip
     args = p.parse_args(argv)
+    if args.stored_only and (args.fresh or args.quick):
+        p.error("--stored-only reads the full matrix's stored runs; not with --fresh or --quick")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     q = args.quick
@@ -254,10 +273,15 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(store.dir)  # a quick run checks today's code: never reused
     t0 = time.perf_counter()
     cells: list[dict[str, Any]] = []
+    missing: list[str] = []  # --stored-only: what the stored runs do not cover
     for seed, (model, width) in itertools.product(args.seeds, models.items()):
         base = f"{model}-w{width:g}-s{seed}-t{train_epochs}"
         dense_tag = _slug(f"dense-{base}")
         dense = None if args.fresh else store.get(dense_tag)
+        if dense is None and args.stored_only:
+            log.info("%s: no stored dense row; left out", base)
+            missing.append(f"{model} (nothing stored)")
+            continue
         if dense is None:
             log.info("%s: dense model on every runtime", base)
             dense = dense_row(model, width, seed=seed, train_epochs=train_epochs, timing=timing,
@@ -267,9 +291,12 @@ def main(argv: list[str] | None = None) -> int:
         for runtime in args.runtimes:
             tag = _slug(f"{base}-{runtime}-{args.searcher}-e{evaluations}-f{finetune_epochs}")
             stored = None if args.fresh else store.get(tag)
-            if stored is not None and stored.get("ok"):
+            if stored is not None and (stored.get("ok") or args.stored_only):
                 log.info("%s searched on %s: stored", base, runtime)
                 runs[runtime] = stored
+                continue
+            if args.stored_only:
+                missing.append(f"{model} searched on {runtime}")
                 continue
             log.info("%s: searching to %s on %s", base, BUDGET, runtime)
             run_dir = RUNS_DIR / ("transfer-quick" if q else "transfer") / tag
@@ -300,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         "budget": BUDGET, "searcher": args.searcher, "seeds": args.seeds,
         "evaluations": evaluations, "train_epochs": train_epochs,
         "finetune_epochs": finetune_epochs, "timing": timing, "repeats": repeats,
+        "stored_only": args.stored_only, "not_run": missing,
     }  # fmt: skip
     write_results(name, {"settings": settings, "seconds": seconds, "summary": summary,
                          "cells": cells}, command=command_line(), env=env)  # fmt: skip
@@ -318,10 +346,14 @@ def main(argv: list[str] | None = None) -> int:
         f"runtime it searched on, over its bound. Off the diagonal {summary['off_diagonal_missed']} of "
         f"{summary['off_diagonal_total']} cells miss (from "
         f"{summary['off_diagonal_best']:.2f} to {summary['off_diagonal_worst']:.2f}). "
-        f"Wall time {seconds:.0f} s"
+        + (f"Wall time {seconds:.0f} s" if not args.stored_only else "Tables from stored runs")
         + (f" ({statistics.median(run_seconds):.0f} s per search, median)" if run_seconds else "")
-        + ". Timed on a 2-core machine shared with other jobs: latency carries noise."
+        + ". Timed on a 2-core machine shared with other jobs: latency carries noise"
+        + _load_note(cells)
+        + "."
     )
+    if missing:
+        notes += " Not run (the table holds the stored runs only): " + "; ".join(missing) + "."
     if q:
         notes += ("\n\n**Quick mode: an end-to-end check of the benchmark on a tiny model, not "
                   "the transfer matrix.**")  # fmt: skip
