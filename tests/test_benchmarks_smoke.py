@@ -245,3 +245,30 @@ def test_proxy_study_spearman_matches_scipy_with_ties_and_samples_spread_keeps()
     assert all(MIN_KEEP <= k <= 1.0 for keep in keeps for k in keep)
     means = [sum(k) / len(k) for k in keeps]
     assert min(means) < 0.4 and max(means) > 0.6  # levels spread, not one shape
+
+
+def test_transfer_matrix_divides_by_each_runtimes_own_budget() -> None:
+    from benchmarks.transfer import _load_note, matrix, summarise
+
+    dense = {"latency_ms": {"onnxruntime": 10.0, "openvino": 20.0, "torch": 50.0},
+             "measured": {"machine": {"load_average": [3.0, 2.0, 1.0]}}}  # fmt: skip
+    runs = {
+        "onnxruntime": {"ok": True, "latency_ms": {"onnxruntime": 4.0, "openvino": 10.0,
+                                                   "torch": 10.0},
+                        "measured": {"machine": {"load_average": [9.5, 2.0, 1.0]}}},
+        "torch": {"ok": False, "error": "boom"},
+    }  # fmt: skip
+    cells = matrix(dense, runs)
+    assert cells == {"onnxruntime": {"onnxruntime": 1.0, "openvino": 1.25, "torch": 0.5}}
+    summary = summarise([{"matrix": cells}])
+    assert (summary["off_diagonal_missed"], summary["off_diagonal_total"]) == (1, 2)
+    assert summary["off_diagonal_worst"] == 1.25 and summary["diagonal_worst"] == 1.0
+    assert "3.0-9.5" in _load_note([{"dense": dense, "runs": runs}])
+
+
+def test_transfer_stored_only_refuses_quick() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "transfer.py"), "--stored-only", "--quick"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 2 and "--stored-only reads the full matrix" in out.stderr
