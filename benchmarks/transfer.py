@@ -43,6 +43,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import itertools  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
@@ -143,6 +144,67 @@ def dense_row(
             "accuracy": accuracy, "latency_ms": latency}  # fmt: skip
 
 
+def paired_latency(
+    *,
+    shipped: tuple[bytes, Any],
+    dense: tuple[bytes, Any],
+    input_shape: tuple[int, ...],
+    timing: str,
+    repeats: int,
+) -> dict[str, dict[str, float]]:
+    """The shipped and the dense model on every runtime, their calls alternating (dense,
+    shipped, dense, ...; fresh oracles, no cache), medians of ``repeats`` calls each.
+
+    A load that drifts over minutes (a shared machine) then slows both alike: the ratio
+    shipped / dense is taken under the same conditions, where the stored dense row may be
+    hours older than the shipped model.
+    """  # fmt: skip
+    import oracles
+
+    shapes = {"input": tuple(input_shape)}
+    out: dict[str, dict[str, float]] = {"latency_ms": {}, "dense_ms": {}}
+    for runtime in RUNTIMES:
+        calls: dict[str, list[float]] = {"dense_ms": [], "latency_ms": []}
+        for _ in range(repeats):
+            for key, (onnx_bytes, module) in (("dense_ms", dense), ("latency_ms", shipped)):
+                oracle = oracles.get_oracle(spec_for(runtime, timing))
+                model = module if oracle.input_format == "torch" else onnx_bytes
+                calls[key].append(float(oracle.measure(model, input_shapes=shapes).value))
+        for key, values in calls.items():
+            out[key][runtime] = statistics.median(values)
+    return out
+
+
+@functools.lru_cache(maxsize=1)  # one model at a time: its runs reuse it
+def dense_module(model: str, width: float, *, seed: int, train_epochs: int) -> tuple[bytes, Any]:
+    """The trained dense model (its ONNX and its module), as ``dense_row`` measured it."""
+    from hwprune.export import export_onnx
+    from hwprune.models import get_model, load_checkpoint, read_checkpoint
+
+    ckpt, _ = dense_checkpoint(model, width=width, epochs=train_epochs, seed=seed,
+                               batch_size=DIGITS_BATCH, lr=DIGITS_TRAIN_LR)  # fmt: skip
+    meta = read_checkpoint(ckpt).meta
+    size = int(meta.get("input_size") or 32)
+    module = get_model(model, num_classes=int(meta["num_classes"]), width=width, input_size=size)
+    load_checkpoint(module, ckpt)
+    module.eval()
+    return export_onnx(module, input_shape=(1, 3, size, size)), module
+
+
+def paired_row(
+    run_dir: Path, dense: tuple[bytes, Any], *, timing: str, repeats: int
+) -> dict[str, Any]:
+    """``paired_latency`` of a prune run's shipped model (model.onnx; model.pt for torch)."""
+    from hwprune.pipeline import load_pruned, model_input_shape
+
+    t0 = time.perf_counter()
+    shipped = ((run_dir / "model.onnx").read_bytes(), load_pruned(run_dir))
+    found = paired_latency(shipped=shipped, dense=dense,
+                           input_shape=(1, *model_input_shape(run_dir)), timing=timing,
+                           repeats=repeats)  # fmt: skip
+    return {**found, "seconds": time.perf_counter() - t0, "repeats": repeats}
+
+
 def shipped_latency(run_dir: Path, *, timing: str, repeats: int) -> dict[str, float]:
     """The shipped model of a prune run (its model.onnx, its model.pt for torch) on every runtime."""
     from hwprune.pipeline import load_pruned, model_input_shape
@@ -155,14 +217,20 @@ def shipped_latency(run_dir: Path, *, timing: str, repeats: int) -> dict[str, fl
 
 
 def matrix(dense: dict[str, Any], runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """searched runtime -> measured runtime -> latency / (FRACTION x dense latency there)."""
+    """searched runtime -> measured runtime -> latency / (FRACTION x dense latency there).
+
+    Where the run holds a paired measurement (``paired``: shipped and dense timed in
+    alternation), its figures are used; else the shipped model's latency over the stored
+    dense row's."""
     out: dict[str, dict[str, float]] = {}
     for searched, row in runs.items():
         if not row.get("ok"):
             continue
+        paired = row.get("paired")
+        shipped = paired["latency_ms"] if paired else row["latency_ms"]
+        base = paired["dense_ms"] if paired else dense["latency_ms"]
         out[searched] = {
-            measured: row["latency_ms"][measured] / (FRACTION * dense["latency_ms"][measured])
-            for measured in RUNTIMES
+            measured: shipped[measured] / (FRACTION * base[measured]) for measured in RUNTIMES
         }
     return out
 
@@ -242,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     p.add_argument("--evaluations", type=int, default=None, help=f"per search ({EVALUATIONS})")
     p.add_argument("--fresh", action="store_true", help="redo stored runs")
+    p.add_argument("--paired", action="store_true",
+                   help="time each shipped model in alternation with its dense model on every "
+                        "runtime (stored runs without it too); the cells then use those pairs")  # fmt: skip
     p.add_argument("--stored-only", action="store_true",
                    help="write the tables from the stored runs only; what is not stored is "
                         "listed as not run")  # fmt: skip
@@ -293,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
             stored = None if args.fresh else store.get(tag)
             if stored is not None and (stored.get("ok") or args.stored_only):
                 log.info("%s searched on %s: stored", base, runtime)
+                if args.paired and stored.get("ok") and not stored.get("paired"):
+                    log.info("%s searched on %s: paired measurement", base, runtime)
+                    dense_pair = dense_module(model, width, seed=seed, train_epochs=train_epochs)
+                    stored = {**stored, "paired": paired_row(Path(stored["run_dir"]), dense_pair,
+                                                             timing=timing, repeats=repeats)}  # fmt: skip
+                    store.put(tag, stored)
                 runs[runtime] = stored
                 continue
             if args.stored_only:
@@ -312,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
                 m0 = time.perf_counter()
                 row["latency_ms"] = shipped_latency(run_dir, timing=timing, repeats=repeats)
                 row["measure_seconds"] = time.perf_counter() - m0
+                if args.paired:
+                    dense_pair = dense_module(model, width, seed=seed, train_epochs=train_epochs)
+                    row["paired"] = paired_row(run_dir, dense_pair, timing=timing, repeats=repeats)
             store.put(tag, row)  # failures too: the table shows them, a rerun retries them
             runs[runtime] = row
         cells.append({"model": model, "width": width, "seed": seed, "dense": dense,
@@ -352,6 +432,14 @@ def main(argv: list[str] | None = None) -> int:
         + _load_note(cells)
         + "."
     )
+    n_paired = sum(bool(r.get("paired")) for c in cells for r in c["runs"].values())
+    if n_paired:
+        notes += (
+            f" Paired ({n_paired} of {len(run_seconds)} runs): the shipped and the dense model "
+            f"timed in alternation on each runtime, median of {repeats} calls each, and the cell "
+            "is their ratio over 0.40 (the dense table below is the stored dense row, timed once "
+            "before the searches)."
+        )
     if missing:
         notes += " Not run (the table holds the stored runs only): " + "; ".join(missing) + "."
     if q:

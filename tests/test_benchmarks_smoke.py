@@ -260,6 +260,11 @@ def test_transfer_matrix_divides_by_each_runtimes_own_budget() -> None:
     }  # fmt: skip
     cells = matrix(dense, runs)
     assert cells == {"onnxruntime": {"onnxruntime": 1.0, "openvino": 1.25, "torch": 0.5}}
+    # A paired measurement (shipped and dense timed together) replaces the stored dense row.
+    paired = {"latency_ms": {"onnxruntime": 2.0, "openvino": 2.0, "torch": 20.0},
+              "dense_ms": {"onnxruntime": 10.0, "openvino": 4.0, "torch": 50.0}}  # fmt: skip
+    both = matrix(dense, {"onnxruntime": {**runs["onnxruntime"], "paired": paired}})
+    assert both == {"onnxruntime": {"onnxruntime": 0.5, "openvino": 1.25, "torch": 1.0}}
     summary = summarise([{"matrix": cells}])
     assert (summary["off_diagonal_missed"], summary["off_diagonal_total"]) == (1, 2)
     assert summary["off_diagonal_worst"] == 1.25 and summary["diagonal_worst"] == 1.0
