@@ -445,7 +445,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     rows = RunRows(NAME, root=results_dir(quick=args.quick))
+    # Models not run this time keep their stored rows (same settings) in the tables, so a
+    # study run one model at a time still reports every model studied.
     all_rows = {}
+    for name in sorted(set(MODELS) - set(args.models)):
+        stored = [rows.get(tag) for tag in _stored_tags(rows, name, args)]
+        if stored:
+            all_rows[name] = stored
     for name in args.models:
         if args.stored_only:
             all_rows[name] = [rows.get(tag) for tag in _stored_tags(rows, name, args)]
