@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hwprune.config import PruneConfig, default_round_to, read_run_config
+from hwprune.config import PruneConfig, default, default_round_to, read_run_config
 from hwprune.errors import CheckpointError, ConfigError
 from hwprune.progress import ProgressFn
 from hwprune.run.context import RunContext, prepare_run_dir
@@ -55,6 +55,11 @@ def _checked(config: PruneConfig, *, objects: bool) -> tuple[PruneConfig, list]:
         config.require_runnable()
     elif not config.budgets:
         raise ConfigError("at least one budget is required, e.g. budgets=['latency<=50%']")
+    if (objects or config.task is not None) and config.proxy != default("proxy"):
+        raise ConfigError(
+            f"proxy {config.proxy!r} is an option of the built-in task (--model/--data); "
+            "your task's score(model) is the search's proxy"
+        )
     if config.agent.lower() not in list_searchers():
         SEARCHERS.get(config.agent)  # raises UnknownNameError with a suggestion
     resolve_device(config.device)

@@ -32,6 +32,9 @@ __all__ = [
     "OPSET_RANGE",
     "GPU_ORACLE_PREFIXES",
     "CONFIG_VERSION",
+    "PROXIES",
+    "ProxySpec",
+    "parse_proxy",
     "read_config_file",
     "read_run_config",
     "write_run_config",
@@ -54,6 +57,40 @@ GPU_ORACLE_PREFIXES = (
     "openvino:gpu",
     "openvino:npu",
 )
+
+# The search proxies of the built-in classification task (hwprune.train.proxy computes them).
+PROXIES = ("bn", "kd", "recover:STEPS")
+# recover:STEPS holds STEPS fixed training batches and their teacher logits in memory.
+MAX_RECOVER_STEPS = 10_000
+
+
+@dataclass(frozen=True)
+class ProxySpec:
+    """A parsed proxy option: ``kind`` is "bn", "kd" or "recover"; ``steps`` for recover."""
+
+    kind: str
+    steps: int = 0
+
+    def __str__(self) -> str:
+        return f"recover:{self.steps}" if self.kind == "recover" else self.kind
+
+
+def parse_proxy(spec: str) -> ProxySpec:
+    """``"bn"``, ``"kd"`` or ``"recover:STEPS"`` (STEPS from 1 to 10000) as a ProxySpec.
+
+    Anything else raises one ConfigError saying what is accepted.
+    """
+    text = str(spec).strip().lower()
+    kind, sep, arg = text.partition(":")
+    if kind in ("bn", "kd") and not sep:
+        return ProxySpec(kind)
+    if kind == "recover" and arg.isdigit() and 1 <= int(arg) <= MAX_RECOVER_STEPS:
+        return ProxySpec("recover", int(arg))
+    raise ConfigError(
+        f"proxy must be bn, kd or recover:STEPS (STEPS a whole number of SGD steps from 1 to "
+        f"{MAX_RECOVER_STEPS}, as in recover:50), got {spec!r}"
+    )
+
 
 _SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
@@ -115,6 +152,13 @@ class PruneConfig:
     finetune_lr: float = _opt(0.01, "peak learning rate of fine-tuning (cosine)", kind="float")
     finetune_batch_size: int = _opt(128, "fine-tuning batch size", kind="int")
     distill: bool = _opt(False, "distil from the dense model while fine-tuning", kind="bool")
+    proxy: str = _opt(
+        "bn",
+        "search score of the built-in task: bn (accuracy after BatchNorm re-estimation), kd "
+        "(agreement with the dense model: exp(-KL) of their softened outputs), or recover:STEPS "
+        "(kd after STEPS SGD steps distilling from the dense model)",
+        kind="str",
+    )
     seed: int = _opt(0, "seed of the data split, the searcher and fine-tuning", kind="int")
     round_to: int | None = _opt(None, "channel multiple (default 1; 8 for GPU oracles)", kind="int")
     min_keep: float = _opt(0.1, "smallest fraction kept per unit", kind="float")
@@ -171,6 +215,7 @@ class PruneConfig:
             raise bad("opset", f"an ONNX opset from {lo} to {hi}")
         if self.seed < 0:
             raise bad("seed", "a non-negative integer")
+        object.__setattr__(self, "proxy", str(parse_proxy(self.proxy)))
 
     def require_runnable(self) -> None:
         """ConfigError unless the config names what to prune, a budget and how to score."""

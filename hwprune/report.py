@@ -84,6 +84,13 @@ def write_report_md(
         else "- first feasible candidate: none found by the searcher (repaired)",
         f"- repairs after verification: {result.repairs}",
     ]
+    if getattr(result, "proxy_seconds", None) is not None:
+        proxy = getattr(result, "proxy", None)
+        lines.append(
+            (f"- search proxy: `{proxy}`" if proxy else "- search proxy: the task's score")
+            + f", {result.proxy_seconds:.2f} s per evaluation on average (BN re-estimation and "
+            "score)"
+        )
     if history:
         n_feasible, n = feasible_count(history)
         lines.append(

@@ -80,8 +80,11 @@ class BoundTask:
     """A task with every part resolved: what the evaluator and the stages call.
 
     ``finetune``/``evaluate`` are None when the task has none. ``score_samples``
-    is how many samples a score is averaged over (0: unknown), which lets the
-    final choice treat scores within sampling noise as tied.
+    is how many samples a score is a proportion over (0: unknown, or a
+    continuous score), which lets the final choice treat accuracies within
+    sampling noise as tied; with 0 scores are ranked as they are. ``score_key``
+    names what the score measures (proxy, data, seed): the evaluator reuses a
+    logged score only under the same key.
     """
 
     calibrate: Callable[[Any], Any]
@@ -89,6 +92,7 @@ class BoundTask:
     finetune: Callable[[Any, Any], Any] | None = None
     evaluate: Callable[[Any], Mapping[str, float]] | None = None
     score_samples: int = 0
+    score_key: str = ""
     name: str = "task"
     source: Any = None
 
@@ -160,6 +164,7 @@ def as_task(
             if isinstance(task, SupportsEvaluate)
             else None,
             score_samples=int(getattr(task, "score_samples", 0) or 0),
+            score_key=str(getattr(task, "score_key", "") or ""),
             name=type(task).__name__,
             source=task,
         )
@@ -242,14 +247,28 @@ class ClassificationTask:
     """Today's built-in task: image classification on a ``DataSplits``.
 
     calibrate: BN re-estimation on ``bn_batches`` x ``bn_batch_size`` training
-    images fixed by ``seed``; score: top-1 accuracy on a fixed subset (at most
-    ``max_eval_samples``) of the search split (``proxy="accuracy"``; other
-    proxies plug in here); finetune: SGD with cosine schedule for
-    ``finetune_epochs`` (distilled from the teacher when ``distill``; pruned
-    weights of a sparse run stay zero); evaluate: test-split accuracy.
-    """
+    images fixed by ``seed``; score: the search proxy (``proxy``) on a fixed
+    subset (at most ``max_eval_samples``) of the search split; finetune: SGD
+    with cosine schedule for ``finetune_epochs`` (distilled from the teacher
+    when ``distill``; pruned weights of a sparse run stay zero); evaluate:
+    test-split accuracy.
 
-    PROXIES = ("accuracy",)
+    Proxies (``hwprune.train.proxy``), every one higher-is-better in [0, 1]:
+
+    * ``bn``: top-1 accuracy after the BN re-estimation. A proportion over
+      ``score_samples`` images, so the final choice ties accuracies within two
+      standard errors (``hwprune.evaluate.rank_feasible``).
+    * ``kd``: ``exp(-KL)`` of the candidate's and the dense model's (``teacher``)
+      outputs softened by ``temperature`` (``agreement``): continuous, so it
+      still orders candidates whose accuracy is at chance. ``score_samples`` is
+      0: a continuous score is ranked as measured, with no binomial tie band
+      (every candidate is scored on the same images, so their differences are
+      not sampling noise of the kind a proportion has).
+    * ``recover:STEPS``: ``kd`` after STEPS SGD steps on a copy (batch
+      ``recover_batch_size``, fixed training batches, 0.5 CE + 0.5 KD).
+
+    The dense model's outputs are computed once, on the first kd/recover score.
+    """
 
     def __init__(
         self,
@@ -266,13 +285,28 @@ class ClassificationTask:
         finetune_batch_size: int = default("finetune_batch_size"),
         distill: bool = False,
         keep_zeros: bool = False,
-        proxy: str = "accuracy",
+        proxy: str = default("proxy"),
+        teacher: Any = None,
+        temperature: float = 4.0,
+        recover_batch_size: int = 32,
         progress: ProgressFn | None = None,
     ) -> None:
         import torch
 
-        if proxy not in self.PROXIES:
-            raise ConfigError(f"proxy must be one of {', '.join(self.PROXIES)}, got {proxy!r}")
+        from hwprune.config import parse_proxy
+
+        self.proxy_spec = parse_proxy(proxy)
+        self.proxy = str(self.proxy_spec)
+        if self.proxy_spec.kind != "bn" and teacher is None:
+            raise ConfigError(
+                f"the {self.proxy} proxy compares candidates with the dense model; pass teacher="
+            )
+        if not temperature > 0:
+            raise ConfigError(f"temperature must be positive, got {temperature!r}")
+        self.teacher = teacher
+        self.temperature = float(temperature)
+        self.recover_batch_size = int(recover_batch_size)
+        self._fixed: dict[str, Any] = {}
         self.data = data
         self.device = device
         self.seed = int(seed)
@@ -297,8 +331,43 @@ class ClassificationTask:
 
     @property
     def score_samples(self) -> int:
-        """How many search-split images each proxy accuracy is computed on."""
-        return len(self._eval_indices)
+        """How many search-split images the bn accuracy is a proportion over; 0 for the
+        continuous kd/recover scores (ranked as measured)."""
+        return len(self._eval_indices) if self.proxy_spec.kind == "bn" else 0
+
+    @property
+    def score_key(self) -> str:
+        """What a score measures: the proxy, its images, the data and the seed. A logged score
+        is reused only under the same key, so runs with other settings never mix.
+
+        The data part is the dataset's name, split sizes, input shape and a digest of the
+        proxy's images (their labels, the first image of each fixed set), which tells apart
+        splits drawn with another seed or from another subset of the same dataset."""
+        if "key" not in self._fixed:
+            self._fixed["key"] = self._score_key()
+        return self._fixed["key"]
+
+    def _score_key(self) -> str:
+        import hashlib
+
+        import torch
+
+        d = self.data
+        digest = hashlib.sha256()
+        for dataset, indices in ((d.search, self._eval_indices), (d.train, self._bn_indices)):
+            labels = [int(dataset[i][1]) for i in indices]
+            digest.update(torch.tensor(labels, dtype=torch.int64).numpy().tobytes())
+            if indices:
+                digest.update(dataset[indices[0]][0].float().numpy().tobytes())
+        sizes = "/".join(str(n) for n in d.sizes().values())
+        shape = "x".join(str(n) for n in d.input_shape)
+        proxy = (
+            self.proxy if self.proxy_spec.kind == "bn" else f"{self.proxy} T={self.temperature:g}"
+        )
+        if self.proxy_spec.kind == "recover":
+            proxy += f" batch {self.recover_batch_size}"
+        return (f"{proxy} on {len(self._eval_indices)} search images; data {d.name} "
+                f"{sizes} {shape} {digest.hexdigest()[:16]}; seed {self.seed}")  # fmt: skip
 
     def calibrate(self, model: Any) -> None:
         import torch
@@ -314,18 +383,54 @@ class ClassificationTask:
         )
 
     def score(self, model: Any) -> float:
+        """The proxy of a calibrated candidate (see the class docstring); higher is better."""
         import torch
 
         from hwprune.train import accuracy
 
-        return float(
-            accuracy(
-                model.to(self.device),
-                torch.utils.data.Subset(self.data.search, self._eval_indices),
-                device=self.device,
-                batch_size=self.eval_batch_size,
+        if self.proxy_spec.kind == "bn":
+            return float(
+                accuracy(
+                    model.to(self.device),
+                    torch.utils.data.Subset(self.data.search, self._eval_indices),
+                    device=self.device,
+                    batch_size=self.eval_batch_size,
+                )
             )
-        )
+        from hwprune.train.proxy import agreement, kd_proxy, recover_proxy
+
+        common = {"calib": None, "reference": self._reference(), "temperature": self.temperature,
+                  "batch_size": self.eval_batch_size, "device": self.device,
+                  "seed": self.seed}  # fmt: skip
+        if self.proxy_spec.kind == "kd":
+            result = kd_proxy(model, **common)
+        else:
+            result = recover_proxy(model, batches=self._distill_batches(), **common)
+        return agreement(float(result.kd_loss), temperature=self.temperature)
+
+    def _reference(self) -> Any:
+        """The dense model's outputs on the proxy images (once per task)."""
+        if "reference" not in self._fixed:
+            import torch
+
+            from hwprune.train.proxy import reference_outputs
+
+            images = torch.utils.data.Subset(self.data.search, self._eval_indices)
+            self._fixed["reference"] = reference_outputs(
+                self.teacher, images, batch_size=self.eval_batch_size, device=self.device
+            )
+        return self._fixed["reference"]
+
+    def _distill_batches(self) -> Any:
+        """recover's fixed training batches with the dense model's outputs (once per task)."""
+        if "batches" not in self._fixed:
+            from hwprune.train.proxy import distill_batches
+
+            self._fixed["batches"] = distill_batches(
+                self.teacher, self.data.train, steps=self.proxy_spec.steps,
+                batch_size=self.recover_batch_size, seed=self.seed, device=self.device,
+            )  # fmt: skip
+        return self._fixed["batches"]
 
     def evaluate(self, model: Any) -> dict[str, float]:
         from hwprune.train import accuracy

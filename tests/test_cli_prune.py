@@ -51,6 +51,8 @@ def unexportable(num_classes: int = 10) -> torch.nn.Module:
         (["--budget", "speed<=5ms"], "which no oracle measures"),
         (["--oracle", "flops=onnxruntme:cpu"], "onnxruntme"),
         (["--min-keep", "0"], "min_keep must lie in"),
+        (["--proxy", "recover:0"], "proxy must be bn, kd or recover:STEPS"),
+        (["--proxy", "accuracy"], "proxy must be bn, kd or recover:STEPS"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(

@@ -85,13 +85,19 @@ def list_datasets() -> list[str]:
 
 
 def parse_dataset_name(spec: str) -> tuple[str, str | None]:
-    """Split ``"name:path"`` into ``("name", "path")``; a bare name gives ``("name", None)``."""
+    """Split ``"name:path"`` into ``("name", "path")``; a bare name gives ``("name", None)``.
+
+    Options after the name without a path (``"fashion-mnist?train=3000"``) go with the path
+    (``"?train=3000"``), as they do after a path (``"fashion-mnist:/data?train=3000"``)."""
     spec = str(spec).strip()
     if not spec:
         raise ConfigError(
             "expected a dataset name such as 'digits' or 'cifar10:/data/cifar', got ''"
         )
     name, sep, path = spec.partition(":")
+    if not sep and "?" in name:
+        name, _, query = name.partition("?")
+        return name.strip().lower(), f"?{query}"
     return name.strip().lower(), (path if sep and path else None)
 
 

@@ -203,8 +203,12 @@ class Evaluator:
     def _load_log(self) -> None:
         from hwprune.space import Policy
 
+        other = 0
         for record in self._log.records():
             if record.get("type", "candidate") != "candidate":
+                continue
+            if record.get("score_key", "") != self.task.score_key:
+                other += 1  # scored by another proxy or on other data: never mixed in
                 continue
             try:
                 outcome = Outcome.from_record(record, policy_cls=Policy, space=self.space)
@@ -214,6 +218,9 @@ class Evaluator:
             if outcome.key not in self._by_key:
                 self._by_key[outcome.key] = outcome
                 self.history.append(outcome)
+        if other:
+            log.warning("%s: %d candidates were scored with another proxy or data than %r; "
+                        "they are evaluated again", self._log.path, other, self.task.score_key)  # fmt: skip
         if self.history:
             log.info("resumed %d evaluated candidates from %s", len(self.history), self._log.path)
 
@@ -306,6 +313,7 @@ class Evaluator:
         t0 = time.perf_counter()
         acc = self.task.checked_score(module, what=what)
         timings["accuracy"] = time.perf_counter() - t0
+        timings["proxy"] = timings["bn"] + timings["accuracy"]  # the search proxy's whole cost
         module = module.to("cpu")
         measurements = self.measure_module(module, timings=timings)
         values = {name: m.value for name, m in measurements.items()}
@@ -326,7 +334,9 @@ class Evaluator:
         self._by_key[key] = outcome
         self.history.append(outcome)
         if self._log is not None:
-            self._log.append({"type": "candidate", **outcome.to_record()})
+            self._log.append(
+                {"type": "candidate", **outcome.to_record(), "score_key": self.task.score_key}
+            )
         if self.on_outcome is not None:
             self.on_outcome(outcome)
         return outcome

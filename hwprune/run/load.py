@@ -190,6 +190,8 @@ def _builtin(ctx: RunContext) -> Loaded:
         finetune_batch_size=config.finetune_batch_size,
         distill=config.distill,
         keep_zeros=config.granularity != "channel",
+        proxy=config.proxy,
+        teacher=model,
         progress=ctx.progress,
     )
     space = build_space(model, example_inputs=inputs, options=space_options(config))

@@ -164,7 +164,16 @@ def result_of(
         metrics=metrics, score_dense=d.evaluator.dense_accuracy, score_chosen=f.candidate.accuracy,
         task=loaded.task.name, finetuned=loaded.task.finetune is not None,
         evaluated=loaded.task.evaluate is not None, model=f.module,
+        proxy=getattr(loaded.task.source, "proxy", None),
+        proxy_seconds=mean_proxy_seconds(d.evaluator.history),
     )  # fmt: skip
+
+
+def mean_proxy_seconds(history: Any) -> float | None:
+    """The search proxy's mean seconds per evaluated candidate (each computed once; those of
+    a resumed run's earlier sessions count with the seconds they cost then)."""
+    seconds = [float(o.timings["proxy"]) for o in history if "proxy" in o.timings]
+    return sum(seconds) / len(seconds) if seconds else None
 
 
 def _unit_names(space: Any) -> list[str]:

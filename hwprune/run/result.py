@@ -57,6 +57,8 @@ class PruneResult:
     metrics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     score_dense: float | None = None
     score_chosen: float | None = None
+    proxy: str | None = None  # the built-in task's search proxy (None: the user's task scored)
+    proxy_seconds: float | None = None  # mean seconds of BN re-estimation + score per evaluation
     task: str = "classification"
     finetuned: bool = True
     evaluated: bool = True
@@ -92,6 +94,8 @@ class PruneResult:
                 "evaluations": self.evaluations,
                 "first_feasible_evaluation": self.first_feasible_evaluation,
                 "repairs": self.repairs,
+                "proxy": self.proxy,
+                "proxy_seconds_mean": self.proxy_seconds,
             },
             "export": {
                 "max_abs_diff": self.export_max_abs_diff,

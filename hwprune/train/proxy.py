@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from hwprune.config import PROXIES, ProxySpec, parse_proxy
 from hwprune.data import make_loader
 from hwprune.errors import ConfigError
 from hwprune.train.loop import accuracy, reestimate_bn, resolve_device
@@ -46,6 +48,7 @@ __all__ = [
     "ProxyResult",
     "ProxySpec",
     "Reference",
+    "agreement",
     "bn_proxy",
     "distill_batches",
     "kd_loss",
@@ -55,38 +58,6 @@ __all__ = [
     "recover_proxy",
     "reference_outputs",
 ]
-
-PROXIES = ("bn", "kd", "recover:STEPS")
-
-
-@dataclass(frozen=True)
-class ProxySpec:
-    """A parsed proxy option: ``kind`` is "bn", "kd" or "recover"; ``steps`` for recover."""
-
-    kind: str
-    steps: int = 0
-
-    def __str__(self) -> str:
-        return f"recover:{self.steps}" if self.kind == "recover" else self.kind
-
-
-def parse_proxy(spec: str) -> ProxySpec:
-    """``"bn"``, ``"kd"`` or ``"recover:STEPS"`` (STEPS a positive integer) as a ProxySpec."""
-    text = str(spec).strip().lower()
-    kind, sep, arg = text.partition(":")
-    if kind in ("bn", "kd") and not sep:
-        return ProxySpec(kind)
-    if kind == "recover":
-        try:
-            steps = int(arg)
-        except ValueError:
-            steps = 0
-        if steps >= 1:
-            return ProxySpec("recover", steps)
-        raise ConfigError(
-            f"the recover proxy needs a positive number of SGD steps, as in 'recover:50'; got {spec!r}"
-        )
-    raise ConfigError(f"unknown proxy {spec!r}; expected one of: {', '.join(PROXIES)}")
 
 
 @dataclass(frozen=True)
@@ -199,12 +170,22 @@ def _seeded(seed: int) -> Iterator[None]:
 
 
 def _calibrated_copy(
-    model: nn.Module, calib: Dataset, *, bn_batches: int, bn_batch_size: int, device, seed: int
-) -> nn.Module:
+    model: nn.Module, calib: Dataset | None, *, bn_batches: int, bn_batch_size: int, device,
+    seed: int,
+) -> nn.Module:  # fmt: skip
+    """A copy of ``model`` with BatchNorm re-estimated on ``calib`` (None: already done)."""
     module = copy.deepcopy(model).to(resolve_device(device))
-    reestimate_bn(module, calib, batches=bn_batches, batch_size=bn_batch_size, device=device,
-                  seed=seed)  # fmt: skip
+    if calib is not None:
+        reestimate_bn(module, calib, batches=bn_batches, batch_size=bn_batch_size, device=device,
+                      seed=seed)  # fmt: skip
     return module
+
+
+def agreement(kd: float, *, temperature: float) -> float:
+    """``exp(-KL)`` of a KD loss ``T^2 * KL``: in (0, 1], 1 when the outputs match the dense
+    model's. The same order as minus the loss, on the scale of an accuracy (higher is better),
+    which the searchers' rewards and penalties assume."""
+    return math.exp(-float(kd) / (float(temperature) ** 2))
 
 
 def _score(
@@ -238,7 +219,7 @@ def bn_proxy(
 def kd_proxy(
     model: nn.Module,
     *,
-    calib: Dataset,
+    calib: Dataset | None,
     reference: Reference,
     temperature: float = 4.0,
     bn_batches: int = 4,
@@ -248,7 +229,8 @@ def kd_proxy(
     seed: int = 0,
 ) -> ProxyResult:
     """Minus the distillation loss against the dense model's logits on ``reference``, after
-    BN re-estimation on ``calib``; the accuracy on the same images comes with it."""
+    BN re-estimation on ``calib`` (None: the model's BatchNorm is already re-estimated); the
+    accuracy on the same images comes with it."""
     _check_temperature(temperature)
     t0 = time.perf_counter()
     module = _calibrated_copy(model, calib, bn_batches=bn_batches, bn_batch_size=bn_batch_size,
@@ -261,7 +243,7 @@ def kd_proxy(
 def recover_proxy(
     model: nn.Module,
     *,
-    calib: Dataset,
+    calib: Dataset | None,
     reference: Reference,
     batches: Sequence[Reference],
     lr: float = 0.01,
@@ -279,7 +261,8 @@ def recover_proxy(
 
     The loss is finetune's, ``(1 - kd_alpha) * CE + kd_alpha * T^2 * KL``, at a
     constant learning rate; BN is re-estimated on ``calib`` before the first
-    step. ``value`` is minus the KD loss on ``reference`` afterwards.
+    step (None: the model's is already). ``value`` is minus the KD loss on
+    ``reference`` afterwards.
     """
     _check_temperature(temperature)
     if not 0.0 <= kd_alpha <= 1.0:

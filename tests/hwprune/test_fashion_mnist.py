@@ -111,3 +111,11 @@ def test_bad_files_are_named(tmp_path):
     labels.write_bytes(_idx(np.arange(99) % 10))
     with pytest.raises(DataError, match="100 images but .*99 labels"):
         get_dataset(f"fashion-mnist:{tmp_path}")
+
+
+def test_options_after_the_bare_name_go_with_the_default_folder() -> None:
+    from hwprune.data import parse_dataset_name
+
+    assert parse_dataset_name("fashion-mnist?train=20") == ("fashion-mnist", "?train=20")
+    assert parse_dataset_name("fashion-mnist:/d?train=20") == ("fashion-mnist", "/d?train=20")
+    assert parse_dataset_name("fashion-mnist") == ("fashion-mnist", None)
