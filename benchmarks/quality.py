@@ -18,6 +18,12 @@ It also plots test accuracy against re-measured latency for every searcher
 
     python benchmarks/quality.py            # the full grid (many hours on 2 cores)
     python benchmarks/quality.py --quick    # one model, one budget, one seed, few evaluations
+    python benchmarks/quality.py --data 'fashion-mnist?train=3000' --proxy kd   # other data/proxy
+
+``--data`` and ``--proxy`` (the search proxy, hwprune's ``--proxy``) go into every
+stored run's tag and row unless they are the defaults (digits, bn), so runs of other
+settings never mix; the dense checkpoint's cache name keeps the data's options
+(``?train=N``), not its folder.
 
 Quick runs write to ``benchmarks/results/quick/`` (git-ignored), never over
 the full run's numbers. Run directories go to ``runs/benchmarks/quality/``
@@ -69,6 +75,8 @@ from benchmarks._common import (  # noqa: E402
     update_results_md,
     write_results,
 )
+from hwprune.config import default, parse_proxy  # noqa: E402
+from hwprune.errors import ConfigError  # noqa: E402
 
 log = logging.getLogger("benchmarks.quality")
 
@@ -129,6 +137,19 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in ".-" else "_" for c in text).strip("_")
 
 
+def data_slug(data: str) -> str:
+    """The dataset spec as a file-name part: its name and options, not its folder.
+
+    ``"fashion-mnist:/data/fm?train=3000"`` -> ``"fashion-mnist-train_3000"``: the same data
+    read from another folder shares a cache entry, another training subset does not.
+    """
+    from hwprune.data import parse_dataset_name
+
+    name, path = parse_dataset_name(data)
+    query = (path or "").partition("?")[2]
+    return _slug(name + (f"-{query}" if query else ""))
+
+
 def dense_checkpoint(
     name: str,
     *,
@@ -150,7 +171,7 @@ def dense_checkpoint(
     from hwprune.models import get_model, read_checkpoint, save_checkpoint
     from hwprune.train import train
 
-    data_tag = _slug(data.split(":")[0] if ":" in data else data)
+    data_tag = data_slug(data)
     # The default recipe keeps the names earlier caches have.
     recipe = ("" if batch_size == 128 else f"-b{batch_size}") + ("" if lr == 0.05 else f"-lr{lr:g}")
     path = cache_dir() / f"{name}-w{width:g}-{data_tag}-e{epochs}{recipe}-s{seed}.pt"
@@ -217,6 +238,7 @@ def prune_row(
     fresh: bool = False,
     batch_size: int = 128,
     train_lr: float = 0.05,
+    proxy: str | None = None,
     reselect_from: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One ``hwprune.prune`` run (reused when its run directory holds a finished row).
@@ -248,7 +270,7 @@ def prune_row(
         "model": model, "width": width, "data": data, "budgets": list(budgets),
         "searcher": searcher, "seed": seed, "evaluations_budget": evaluations,
         "granularity": granularity, "run_dir": str(run_dir), "batch_size": batch_size,
-        "train_lr": train_lr, "selection": SELECTION,
+        "train_lr": train_lr, "selection": SELECTION, "proxy": proxy or default("proxy"),
     }  # fmt: skip
     if resume:
         row.update(reselected=True, accuracy_before_reselect=reselect_from.get("accuracy"),
@@ -282,6 +304,7 @@ def prune_row(
                 min_keep=min_keep,
                 device=device,
                 tensorrt=False,
+                proxy=proxy or default("proxy"),
             )
         seconds = time.perf_counter() - t0
     except HwpruneError as exc:  # an infeasible budget, a missing searcher ...
@@ -309,6 +332,7 @@ def prune_row(
         evaluations=result.evaluations,
         first_feasible_evaluation=result.first_feasible_evaluation,
         repairs=result.repairs,
+        proxy_seconds_mean=result.proxy_seconds,
     )
     if resume:  # the search was not repeated: its cost is the earlier row's
         row.update({k: reselect_from.get(k) for k in ("search_seconds", "total_seconds",
@@ -597,6 +621,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--finetune-epochs", type=int, default=None, help=f"({FINETUNE_EPOCHS})")
     p.add_argument("--oracle", default=None, help=f"latency oracle spec ({ORACLE})")
+    p.add_argument("--data", default="digits",
+                   help="dataset spec, e.g. fashion-mnist?train=3000 (default digits)")  # fmt: skip
+    p.add_argument("--proxy", default=None,
+                   help=f"search proxy: bn, kd, recover:STEPS (default {default('proxy')})")  # fmt: skip
     p.add_argument("--device", default="cpu", help="training/fine-tuning device: cpu or cuda")
     p.add_argument("--fresh", action="store_true", help="redo runs that finished before")
     p.add_argument("--reselect", action="store_true",
@@ -624,6 +652,15 @@ def main(argv: list[str] | None = None) -> int:
     finetune_epochs = (args.finetune_epochs if args.finetune_epochs is not None
                        else QUICK["finetune_epochs"] if q else FINETUNE_EPOCHS)  # fmt: skip
     oracle = args.oracle or (QUICK["oracle"] if q else ORACLE)
+    try:
+        proxy = str(parse_proxy(args.proxy or default("proxy")))
+        dslug = data_slug(args.data)
+    except ConfigError as exc:
+        p.error(str(exc))
+    # Tags of runs on digits with the default proxy keep the names stored runs already have.
+    extra = ("" if args.data == "digits" else f"-{dslug}") + (
+        "" if proxy == default("proxy") else f"-p{proxy}"
+    )
 
     if q and args.stored_only:
         p.error("--stored-only collects stored runs of the full grid; quick runs are not stored")
@@ -637,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds, models.items(), budgets, args.searchers
     ):
         tag = _slug(f"{model}-w{width:g}-{budget}-{searcher}-s{seed}-"
-                    f"e{evaluations}-f{finetune_epochs}-t{train_epochs}")  # fmt: skip
+                    f"e{evaluations}-f{finetune_epochs}-t{train_epochs}{extra}")  # fmt: skip
         if not q:
             tag += GRID_TAG
         stored = store.get(tag) if store is not None and not args.fresh else None
@@ -659,13 +696,13 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s %s %s seed %d%s", model, budget, searcher, seed,
                  ": re-selecting" if again else "")  # fmt: skip
         rows.append(prune_row(
-            model=model, width=width, data="digits", budgets=[budget],
+            model=model, width=width, data=args.data, budgets=[budget],
             oracles=[f"latency={oracle}"], searcher=searcher, seed=seed,
             evaluations=evaluations, finetune_epochs=finetune_epochs,
             train_epochs=train_epochs, run_dir=RUNS_DIR / "quality" / tag,
             device=args.device, remeasure_oracle=oracle,
             fresh=args.fresh or q,  # a quick run checks today's code: never reused
-            batch_size=DIGITS_BATCH, train_lr=DIGITS_TRAIN_LR,
+            batch_size=DIGITS_BATCH, train_lr=DIGITS_TRAIN_LR, proxy=proxy,
             reselect_from=stored if again else None,
         ))  # fmt: skip
         if store is not None:  # failures too: a collection shows them
@@ -683,6 +720,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": q, "models": models, "budgets": budgets, "searchers": args.searchers,
         "seeds": seeds, "evaluations": evaluations, "train_epochs": train_epochs,
         "finetune_epochs": finetune_epochs, "oracle": oracle, "device": args.device,
+        "data": args.data, "proxy": proxy,
     }  # fmt: skip
     write_results(
         "quality",
@@ -699,7 +737,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     notes = (
         f"`hwprune.prune` per model, budget, searcher and seed: {evaluations} evaluations per "
-        f"search on `{oracle}`, dense models trained {train_epochs} epochs on digits at batch "
+        f"search on `{oracle}` with the `{proxy}` search proxy, dense models trained "
+        f"{train_epochs} epochs on `{args.data}` at batch "
         f"size {DIGITS_BATCH}, peak learning rate {DIGITS_TRAIN_LR:g} (per seed: the seed also "
         f"fixes the split), every chosen policy fine-tuned {finetune_epochs} epoch(s) with the "
         f"same recipe (SGD at peak learning rate 0.01, cosine, batch size {DIGITS_BATCH}, no "

@@ -73,9 +73,11 @@ def test_prune_row_end_to_end_on_a_tiny_model(
         model="resnet20_cifar", width=0.25, data="digits", budgets=["latency<=70%"],
         oracles=[f"latency={oracle}"], searcher="uniform", seed=0, evaluations=6,
         finetune_epochs=1, train_epochs=1, run_dir=tmp_path / "run", remeasure_oracle=oracle,
+        proxy="kd",
     )  # fmt: skip
     row = prune_row(**kwargs)
     assert row["ok"], row.get("error")
+    assert row["proxy"] == "kd" and row["proxy_seconds_mean"] > 0
     assert 0 < row["params_final"] < row["params_dense"]
     assert 0 < row["remeasured_over_dense"] < 1.0
     assert row["remeasured"] > 0 and row["checks"][0]["bound"] > 0
@@ -94,6 +96,16 @@ def test_prune_row_end_to_end_on_a_tiny_model(
     assert after == episodes > 0
     (summary,) = summarise([row])
     assert summary["finished"] == 1 and summary["accuracy_mean"] == row["accuracy"]
+
+
+def test_dense_checkpoint_names_keep_the_data_options_and_drop_the_folder() -> None:
+    from benchmarks.quality import data_slug
+
+    assert data_slug("digits") == "digits"
+    assert data_slug("fashion-mnist?train=3000") == "fashion-mnist-train_3000"
+    assert data_slug("fashion-mnist:/srv/fm?train=3000") == "fashion-mnist-train_3000"
+    assert data_slug("fashion-mnist:/srv/fm") == data_slug("fashion-mnist") == "fashion-mnist"
+    assert data_slug("fashion-mnist:?train=300") != data_slug("fashion-mnist:?train=3000")
 
 
 def test_run_rows_store_and_return_a_finished_run(tmp_path: Path) -> None:
