@@ -67,6 +67,12 @@ SEARCH_IMAGES = 1000  # the fixed proxy set, from the search split
 BN_BATCHES, BN_BATCH_SIZE = 4, 64  # the evaluator's defaults
 TEMPERATURE = 4.0
 MIN_KEEP = 0.1
+# The range of the overall keep level drawn per candidate (see sample_keep), by model. A
+# residual net's latency falls about linearly with its keep ratios (ResNet-32: 57 draws from
+# [0.35, 0.85] measured 0.27-0.80 of the dense latency, 1 feasible at 30%), a plain VGG's about
+# quadratically, so the ResNets draw lower levels to span the same budget.
+LEVELS = {"vgg16_cifar": (0.35, 0.85), "resnet56_cifar": (0.12, 0.42),
+          "resnet32_cifar": (0.12, 0.42), "resnet20_cifar": (0.12, 0.42)}  # fmt: skip
 
 
 def cache_dir() -> Path:
@@ -122,17 +128,20 @@ def bootstrap_interval(xs: Sequence[float], ys: Sequence[float], *, n: int = 100
     return vals[int(0.025 * len(vals))], vals[min(len(vals) - 1, int(0.975 * len(vals)))]
 
 
-def sample_keep(rng: random.Random, units: int) -> list[float]:
+def sample_keep(
+    rng: random.Random, units: int, *, levels: tuple[float, float] = LEVELS["vgg16_cifar"]
+) -> list[float]:
     """A random per-unit keep vector around a random overall level.
 
     A uniform draw over [min_keep, 1] per unit almost never meets 30% of the dense
-    latency, so a level is drawn first (uniform in [0.35, 0.85]) and each unit's
+    latency, so a level is drawn first (uniform in ``levels``, by default [0.35, 0.85],
+    VGG-16's; see LEVELS) and each unit's
     ratio scatters around it (log-normal, sigma 0.4): the feasible draws then span
     the budget, from small models to ones just under the bound, with different
     layer-wise shapes at one latency. (A first range, [0.15, 0.6], gave VGG-16 w0.5
     draws at 0.02-0.21 of the dense latency, none near the 0.30 bound.)
     """
-    level = rng.uniform(0.35, 0.85)
+    level = rng.uniform(*levels)
     return [min(1.0, max(MIN_KEEP, level * math.exp(rng.gauss(0.0, 0.4)))) for _ in range(units)]
 
 
@@ -203,12 +212,13 @@ def candidates(name: str, width: float, space, dense, args: argparse.Namespace) 
     if "dense_latency" not in state:
         m = oracles.measure(oracle, export_onnx(dense, input_shape=(1, 3, 32, 32)),
                             input_shapes=shapes, cache=cache, repeats=3)  # fmt: skip
-        state.update(dense_latency=float(m.value), unit=m.unit, oracle=ORACLE, budget=BUDGET)
+        state.update(dense_latency=float(m.value), unit=m.unit, oracle=ORACLE, budget=BUDGET,
+                     levels=list(LEVELS[name]))  # fmt: skip
     bound = BUDGET * state["dense_latency"]
     while (sum(d["feasible"] for d in state["draws"]) < args.candidates
            and len(state["draws"]) < 8 * args.candidates):  # fmt: skip
         rng = random.Random(1000 + len(state["draws"]))
-        keep = sample_keep(rng, len(space.units))
+        keep = sample_keep(rng, len(space.units), levels=LEVELS[name])
         module = space.apply(Policy(keep=tuple(keep)))
         value = latency(module)
         state["draws"].append({"keep": keep, "latency": value, "fraction": value / state[

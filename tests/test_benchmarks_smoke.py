@@ -246,7 +246,7 @@ def test_proxy_study_spearman_matches_scipy_with_ties_and_samples_spread_keeps()
 
     from scipy.stats import spearmanr
 
-    from benchmarks.proxy_study import MIN_KEEP, sample_keep, spearman
+    from benchmarks.proxy_study import LEVELS, MIN_KEEP, sample_keep, spearman
 
     xs = [0.1, 0.4, 0.4, 0.2, 0.9, 0.5, 0.5, 0.3]
     ys = [1.0, 3.0, 2.0, 2.0, 5.0, 4.0, 6.0, 0.0]
@@ -257,6 +257,8 @@ def test_proxy_study_spearman_matches_scipy_with_ties_and_samples_spread_keeps()
     assert all(MIN_KEEP <= k <= 1.0 for keep in keeps for k in keep)
     means = [sum(k) / len(k) for k in keeps]
     assert min(means) < 0.4 and max(means) > 0.6  # levels spread, not one shape
+    low = [sample_keep(random.Random(i), 13, levels=LEVELS["resnet32_cifar"]) for i in range(50)]
+    assert max(sum(k) / len(k) for k in low) < 0.6 < max(means)  # a residual net's lower range
 
 
 def test_transfer_matrix_divides_by_each_runtimes_own_budget() -> None:
