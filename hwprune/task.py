@@ -44,6 +44,7 @@ __all__ = [
     "TaskError",
     "as_task",
     "reestimate_bn_on",
+    "same_score",
     "ClassificationTask",
 ]
 
@@ -185,6 +186,18 @@ def as_task(
             f"calibrate must be a function of the model or a DataLoader, got {type(calibrate).__name__}"
         )
     return BoundTask(calibrate=cal, score=score, finetune=finetune, evaluate=evaluate, name="task")
+
+
+def same_score(logged: str | None, current: str) -> bool:
+    """Whether a score logged under key ``logged`` means what the task's ``current`` key does.
+
+    Logs written before scores had keys (None) were scored by the built-in task's only proxy
+    then, bn on the run's own data (its config.json fixes the data), or by a user's task: they
+    match a bn key or an unkeyed task.
+    """
+    if logged is None:
+        return current == "" or current.startswith("bn ")
+    return logged == current
 
 
 def _no_calibration(model: Any) -> None:

@@ -202,12 +202,13 @@ class Evaluator:
     # ------------------------------------------------------------------ resume
     def _load_log(self) -> None:
         from hwprune.space import Policy
+        from hwprune.task import same_score
 
         other = 0
         for record in self._log.records():
             if record.get("type", "candidate") != "candidate":
                 continue
-            if record.get("score_key", "") != self.task.score_key:
+            if not same_score(record.get("score_key"), self.task.score_key):
                 other += 1  # scored by another proxy or on other data: never mixed in
                 continue
             try:

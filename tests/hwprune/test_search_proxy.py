@@ -102,6 +102,12 @@ def test_a_logged_score_is_reused_only_for_the_same_proxy_and_data(tmp_path: Pat
     assert evaluator(proxy="recover:2").evaluations == 0
     # Other data (another split seed) is another key too.
     assert evaluator(data=get_dataset("digits", seed=1), proxy="kd").evaluations == 0
+    # A log written before scores had keys was scored by bn: reused by bn only.
+    records = [json.loads(line) for line in Path(log_path).read_text().splitlines()]
+    Path(log_path).write_text("".join(json.dumps({k: v for k, v in r.items() if k != "score_key"})
+                                      + "\n" for r in records))  # fmt: skip
+    assert evaluator(proxy="bn").evaluations == 1
+    assert evaluator(proxy="kd").evaluations == 0
 
 
 def test_a_continuous_proxy_is_ranked_as_measured() -> None:
