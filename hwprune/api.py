@@ -220,12 +220,15 @@ def resume(
     *,
     progress: ProgressFn | None = None,
     evaluations: int | None = None,
+    workers: int | None = None,
+    ray: str | None = None,
     model: Any = None,
     example_inputs: Any = None,
     task: Any = None,
     **structure: Any,
 ) -> PruneResult:
-    """Continue a stopped run with the options in its config.json (``evaluations`` may raise it).
+    """Continue a stopped run with the options in its config.json (``evaluations`` may raise it;
+    ``workers`` and ``ray`` may change how it is evaluated, not what it finds).
 
     A run of a module handed to ``prune`` needs ``model``, ``example_inputs``
     and ``task`` again (the same ones); a ``--task`` run imports its factory again.
@@ -233,6 +236,10 @@ def resume(
     config = read_run_config(run_dir, require_model=False)
     if evaluations is not None:
         config = config.replace(evaluations=evaluations)
+    if workers is not None:
+        config = config.replace(workers=workers)
+    if ray is not None:
+        config = config.replace(ray=ray)
     objects = None
     if model is not None:
         from hwprune.task import as_task

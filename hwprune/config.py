@@ -47,6 +47,8 @@ GRANULARITIES = ("channel", "weight", "2:4")
 DEFAULT_OPSET = 17
 # Opsets torch's exporter and the ONNX checker both accept here.
 OPSET_RANGE = (9, 21)
+# More worker processes than this is a typo, not a machine.
+MAX_WORKERS = 1024
 # Oracle specs that time a GPU or an NPU: channel counts in multiples of 8 suit their matrix
 # units (NVIDIA tensor cores; Intel GPU XMX and NPU tiles behind OpenVINO).
 GPU_ORACLE_PREFIXES = (
@@ -166,6 +168,19 @@ class PruneConfig:
     importance: str = _opt("l2", "channel importance: l1, l2, taylor, random", kind="str")
     device: str = _opt("cpu", "training/evaluation device: cpu, cuda, cuda:N", kind="str")
     opset: int = _opt(DEFAULT_OPSET, "ONNX opset of the export", kind="int")
+    workers: int = _opt(
+        1,
+        "candidates prepared and scored at once (worker processes, or Ray tasks with --ray); "
+        "each timed oracle times one candidate at a time on a core of its own",
+        kind="int",
+    )
+    ray: str | None = _opt(
+        None,
+        "evaluate on a Ray cluster: 'auto' joins a running one, 'local' starts one here, "
+        'or a cluster address (needs pip install "hwprune[ray]")',
+        kind="str",
+        metavar="ADDRESS",
+    )
     tensorrt: bool = _opt(
         True,
         "build a TensorRT engine where TensorRT is installed",
@@ -216,6 +231,8 @@ class PruneConfig:
         if self.seed < 0:
             raise bad("seed", "a non-negative integer")
         object.__setattr__(self, "proxy", str(parse_proxy(self.proxy)))
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise bad("workers", f"a whole number of worker processes from 1 to {MAX_WORKERS}")
 
     def require_runnable(self) -> None:
         """ConfigError unless the config names what to prune, a budget and how to score."""

@@ -342,6 +342,11 @@ class ClassificationTask:
         n_eval = n_search if max_eval_samples is None else min(n_search, max_eval_samples)
         self._eval_indices = torch.randperm(n_search, generator=g)[:n_eval].tolist()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A task sent to worker processes (hwprune.evaluate.parallel) leaves its progress
+        # callback behind: it reports to the main process's display.
+        return {**self.__dict__, "progress": None}
+
     @property
     def score_samples(self) -> int:
         """How many search-split images the bn accuracy is a proportion over; 0 for the

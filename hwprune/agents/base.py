@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -72,27 +72,49 @@ class BudgetedEvaluator:
         self.max_calls = max(10 * self.budget, 100)
         self.t0 = time.perf_counter()
         self.outcomes: list[Outcome] = []
+        # Shapes asked for (answered or still being evaluated): what the budget counts.
+        self._keys: set[str] = set()
         self.first_feasible_evaluation: int | None = None
         self.first_feasible_seconds: float | None = None
 
     @property
     def used(self) -> int:
-        return len({o.key for o in self.outcomes})
+        return len(self._keys)
+
+    @property
+    def width(self) -> int:
+        """How many candidates the evaluator works on at once (1: one after another)."""
+        return int(getattr(self.evaluator, "width", 1))
 
     @property
     def exhausted(self) -> bool:
         return self.used >= self.budget or self.calls >= self.max_calls
 
     def __call__(self, policy: Any) -> Outcome:
+        return self.submit(policy).result()
+
+    def submit(self, policy: Any) -> _Ticket:
+        """Start evaluating ``policy``; ``result()`` of the answer waits for its Outcome.
+
+        The budget counts the policy's shape at once, so a searcher that asks
+        for a batch stops asking when the budget is spent, not when it is paid.
+        """
         self.calls += 1
-        outcome = self.evaluator.evaluate(policy)
+        self._keys.add(self.evaluator.space.shape_key(policy))
+        return _Ticket(self, self.evaluator.submit(policy))
+
+    def evaluate_many(self, policies: Sequence[Any]) -> list[Outcome]:
+        """Outcomes of ``policies``, evaluated together (as many at once as the evaluator can)."""
+        tickets = [self.submit(p) for p in policies]
+        return [t.result() for t in tickets]
+
+    def _done(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
         if outcome.feasible and self.first_feasible_evaluation is None:
-            self.first_feasible_evaluation = self.used
+            self.first_feasible_evaluation = len({o.key for o in self.outcomes})
             self.first_feasible_seconds = time.perf_counter() - self.t0
         if self.progress is not None:
             self.progress(outcome)
-        return outcome
 
     def best(self) -> Outcome | None:
         """The first of :func:`~hwprune.evaluate.rank_feasible` over this search's outcomes."""
@@ -172,6 +194,24 @@ class Searcher:
             first_feasible_seconds=budget.first_feasible_seconds,
             extra=dict(self.extra),
         )
+
+
+class _Ticket:
+    """One submitted policy; ``result()`` returns its Outcome (once, then the same again)."""
+
+    def __init__(self, owner: BudgetedEvaluator, handle: Any) -> None:
+        self._owner = owner
+        self._handle = handle
+        self._outcome: Outcome | None = None
+
+    def done(self) -> bool:
+        return self._outcome is not None or bool(self._handle.done())
+
+    def result(self) -> Outcome:
+        if self._outcome is None:
+            self._outcome = self._handle.result()
+            self._owner._done(self._outcome)
+        return self._outcome
 
 
 def confirm_best(

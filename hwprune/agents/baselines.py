@@ -58,6 +58,7 @@ def bisect_largest_feasible(
     lo: float,
     hi: float,
     tolerance: float = 0.005,
+    width: int = 1,
 ) -> Outcome | None:
     """Largest x in [lo, hi] whose policy ``make_policy(x)`` is feasible, by bisection.
 
@@ -67,40 +68,62 @@ def bisect_largest_feasible(
     same pruned shape, or the evaluation budget runs out. A midpoint whose
     pruned shape equals an end's shape takes that end's verdict without an
     evaluation. Returns the feasible outcome at the largest x found, or None.
+
+    ``width`` > 1 (an evaluator that works on several candidates at once)
+    evaluates ``width`` points at a time: ``hi`` and ``lo`` together, then the
+    interval cut into ``width + 1`` equal parts (so ``width=1`` is the
+    bisection above, point for point).
     """
-    top = evaluate(make_policy(hi))
-    if top.feasible or evaluate.exhausted:
-        return top if top.feasible else None
-    bottom = evaluate(make_policy(lo))
+    width = max(1, int(width))
+    if width == 1 or evaluate.budget - evaluate.used < 2:
+        top = evaluate(make_policy(hi))
+        if top.feasible or evaluate.exhausted:
+            return top if top.feasible else None
+        bottom = evaluate(make_policy(lo))
+    else:
+        top, bottom = evaluate.evaluate_many([make_policy(hi), make_policy(lo)])
+        if top.feasible:
+            return top
     if not bottom.feasible:
         log.info("bisection: even the smallest policy (x=%.4g) is infeasible", lo)
         return None
     keys = {lo: bottom.key, hi: top.key}
     best = bottom
     while hi - lo > tolerance and keys[lo] != keys[hi] and not evaluate.exhausted:
-        mid = (lo + hi) / 2
-        policy = make_policy(mid)
-        key = space.shape_key(policy)
-        if key == keys[lo]:
-            lo = mid
-            keys[lo] = key
-            continue
-        if key == keys[hi]:
-            hi = mid
-            keys[hi] = key
-            continue
-        out = evaluate(policy)
-        if out.feasible:
-            lo, best = mid, out
-        else:
-            hi = mid
-        keys[mid] = out.key
+        room = max(1, evaluate.budget - evaluate.used)
+        n = min(width, room)
+        verdicts: dict[float, bool] = {}
+        asked: list[tuple[float, Any]] = []
+        for i in range(1, n + 1):
+            x = lo + (hi - lo) * i / (n + 1)
+            policy = make_policy(x)
+            key = space.shape_key(policy)
+            keys[x] = key
+            if key == keys[lo]:
+                verdicts[x] = True
+            elif key == keys[hi]:
+                verdicts[x] = False
+            else:
+                asked.append((x, policy))
+        outcomes = evaluate.evaluate_many([p for _, p in asked]) if asked else []
+        found: dict[float, Outcome] = {}
+        for (x, _), out in zip(asked, outcomes, strict=True):
+            verdicts[x] = out.feasible
+            keys[x] = out.key
+            found[x] = out
+        # The largest feasible point below the smallest infeasible one bounds the new interval.
+        for x in sorted(verdicts):
+            if not verdicts[x]:
+                hi = x
+                break
+            lo = x
+            best = found.get(x, best)
     log.info("bisection: largest feasible x=%.4g (interval %.4g..%.4g)", lo, lo, hi)
     return best
 
 
 def uniform_anchor(
-    space: Any, evaluate: BudgetedEvaluator, *, tolerance: float = 0.02
+    space: Any, evaluate: BudgetedEvaluator, *, tolerance: float = 0.02, width: int = 1
 ) -> float | None:
     """The largest uniform keep ratio that meets the budgets (coarse bisection), or None.
 
@@ -118,6 +141,7 @@ def uniform_anchor(
         lo=min_keep,
         hi=1.0,
         tolerance=tolerance,
+        width=width,
     )
     if best is None:
         return None
@@ -174,7 +198,9 @@ class UniformSearch(Searcher):
         self.tolerance = _positive("tolerance", tolerance, upper=1.0)
 
     def _run(self, space: Any, evaluate: BudgetedEvaluator, *, checkpoint_dir: Path | None) -> None:
-        self.extra["keep"] = uniform_anchor(space, evaluate, tolerance=self.tolerance)
+        self.extra["keep"] = uniform_anchor(
+            space, evaluate, tolerance=self.tolerance, width=evaluate.width
+        )
 
 
 # ---------------------------------------------------------------- global magnitude
@@ -359,7 +385,13 @@ class GlobalMagnitudeSearch(Searcher):
 
         # x=0 is the smallest allowed model (every unit at min_keep), x=1 the dense one.
         best = bisect_largest_feasible(
-            make, evaluate, space=space, lo=0.0, hi=1.0, tolerance=self.tolerance
+            make,
+            evaluate,
+            space=space,
+            lo=0.0,
+            hi=1.0,
+            tolerance=self.tolerance,
+            width=evaluate.width,
         )
         self.extra["policy"] = list(best.policy.keep) if best is not None else None
 
@@ -389,9 +421,14 @@ class RandomSearch(Searcher):
         n = len(space.units)
         draws = 0
         while not evaluate.exhausted:
-            level = rng.uniform(min_keep, 1.0)
-            noise = rng.uniform(-self.spread, self.spread, size=n)
-            keep = np.clip(level + noise, min_keep, 1.0)
-            evaluate(template.with_keep(tuple(float(k) for k in keep)))
-            draws += 1
+            # Draws do not depend on results: a batch as wide as the evaluator, never more
+            # than the budget has left, gives the same sequence as one draw at a time.
+            batch = []
+            for _ in range(max(1, min(evaluate.width, evaluate.budget - evaluate.used))):
+                level = rng.uniform(min_keep, 1.0)
+                noise = rng.uniform(-self.spread, self.spread, size=n)
+                keep = np.clip(level + noise, min_keep, 1.0)
+                batch.append(template.with_keep(tuple(float(k) for k in keep)))
+            evaluate.evaluate_many(batch)
+            draws += len(batch)
         self.extra["draws"] = draws

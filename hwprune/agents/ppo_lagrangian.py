@@ -64,7 +64,14 @@ def _ppo_class() -> type:
             if self.stop_fn():
                 return False
             self.lagrange.episodes = []
-            if not super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps):
+            collected = super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+            # Episodes still being evaluated (a parallel evaluator) are waited for here, in
+            # the order they ended: each is logged even when the search stops now.
+            self.lagrange.episodes = [
+                (pos, i, *_answer(p)) if p is not None else (pos, i, acc, costs)
+                for pos, i, acc, costs, p in self.lagrange.episodes
+            ]
+            if not collected:
                 return False
             self.lagrange.dual_step(self.logger)
             rewards = rollout_buffer.rewards
@@ -96,9 +103,11 @@ def _ppo_class() -> type:
             for env_idx, (done, info) in enumerate(
                 zip(self.locals["dones"], self.locals["infos"], strict=True)
             ):
-                if done and "costs" in info:
+                if done and "pending" in info:
+                    self.lagrange.episodes.append((pos, env_idx, 0.0, {}, info["pending"]))
+                elif done and "costs" in info:
                     self.lagrange.episodes.append(
-                        (pos, env_idx, float(info["accuracy"]), dict(info["costs"]))
+                        (pos, env_idx, float(info["accuracy"]), dict(info["costs"]), None)
                     )
             last_of_rollout = pos + 1 >= self.model.n_steps
             # Stop before an evaluation the budget cannot pay for; a rollout that is
@@ -106,6 +115,12 @@ def _ppo_class() -> type:
             return not (self.stop_fn() and any(self.locals["dones"]) and not last_of_rollout)
 
     return LagrangianPPO, EpisodeRecorder
+
+
+def _answer(pending: Any) -> tuple[float, dict[str, float]]:
+    """(accuracy, costs) of an episode whose evaluation was pending."""
+    outcome = pending.result()
+    return float(outcome.accuracy), dict(outcome.costs)
 
 
 class _Lagrange:
@@ -251,7 +266,16 @@ class PPOLagrangian(Searcher):
             who=self.name,
             extra=self.extra,
         )
-        env = LayerPruningEnv(space, evaluate, max_prune=self.max_prune, wall=wall, anchor=anchor)
+        # The episodes of one rollout share one policy network: evaluating them side by side
+        # (a parallel evaluator) changes nothing the agent learns (see _ppo_class).
+        env = LayerPruningEnv(
+            space,
+            evaluate,
+            max_prune=self.max_prune,
+            wall=wall,
+            anchor=anchor,
+            submit=evaluate.submit,
+        )
         if anchor is None:
             # PPO's Gaussian starts at mean 0: on [-1, 1] that is half the allowed pruning.
             env = RescaleAction(env, min_action=np.float32(-1.0), max_action=np.float32(1.0))

@@ -72,7 +72,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
                            help=help_text)  # fmt: skip
         else:
             p.add_argument(flag, dest=f.name, type=types[meta["kind"]], help=help_text,
-                           choices=meta.get("choices"))  # fmt: skip
+                           choices=meta.get("choices"), metavar=meta.get("metavar"))  # fmt: skip
     p.add_argument("--out", metavar="RUN_DIR", help="run directory to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run (every option from "
                    "its config.json; --evaluations may raise the budget)")  # fmt: skip
@@ -233,7 +233,7 @@ def print_result(result: Any, *, as_json: bool) -> None:
 
 
 def execute(options: dict[str, Any], *, resume_dir: str | None, quiet: bool, as_json: bool,
-            evaluations: int | None = None) -> int:  # fmt: skip
+            changes: dict[str, Any] | None = None) -> int:  # fmt: skip
     """Run (or resume) a prune with progress bars; Ctrl-C leaves the run resumable (exit 130)."""
     import contextlib
     import warnings
@@ -258,7 +258,7 @@ def execute(options: dict[str, Any], *, resume_dir: str | None, quiet: bool, as_
     try:
         with view if view is not None else contextlib.nullcontext():
             if resume_dir:
-                result = api.resume(resume_dir, progress=view, evaluations=evaluations)
+                result = api.resume(resume_dir, progress=view, **(changes or {}))
             else:
                 result = api._start(config, out=Path(out), resume=False, overwrite=overwrite,
                                     progress=view, objects=None)  # fmt: skip
@@ -285,14 +285,15 @@ def run(args: argparse.Namespace) -> int:
                         overwrite=bool(args.overwrite))  # fmt: skip
     if args.resume:
         given = collect_options(args)
-        evaluations = given.pop("evaluations", None)
+        # How much to search and how to execute it may change; what to prune may not.
+        changes = {k: given.pop(k) for k in ("evaluations", "workers", "ray") if k in given}
         if given or args.config:
             names = sorted({*given, *(["config"] if args.config else [])})
             raise ConfigError(
                 f"--resume takes its options from the run's config.json; drop "
                 f"{', '.join('--' + n.replace('_', '-') for n in names)} (only --evaluations "
-                "may be given, to raise the search budget)"
+                "may be given, to raise the search budget, and --workers/--ray)"
             )
         return execute({}, resume_dir=args.resume, quiet=args.quiet, as_json=args.json,
-                       evaluations=evaluations)  # fmt: skip
+                       changes=changes)  # fmt: skip
     return execute(collect_options(args), resume_dir=None, quiet=args.quiet, as_json=args.json)

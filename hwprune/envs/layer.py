@@ -239,6 +239,12 @@ class LayerPruningEnv(gym.Env):
             allowed (piecewise linear in between), so an agent whose actions
             start near 0 starts at the budget's boundary instead of at an
             arbitrary point of the space.
+        submit: ``policy -> handle`` whose ``result()`` is the Outcome (a
+            ``BudgetedEvaluator.submit``): an episode whose evaluation is still
+            running ends with reward 0 and ``info["pending"]`` holding the
+            handle, and the agent collects the real reward later (PPO-Lagrangian
+            re-prices every episode's reward after its rollout anyway, so its
+            episodes of one rollout are evaluated in parallel).
 
     Without an anchor the action is ``Box([0], [max_prune])``: the fraction to
     prune; the unit keeps ``1 - action`` clipped to ``[space.min_keep, 1]``. ``info`` of the
@@ -257,6 +263,7 @@ class LayerPruningEnv(gym.Env):
         wall: Mapping[str, float] | None = None,
         reward_fn: Callable[[Any], float] | None = None,
         anchor: float | None = None,
+        submit: Callable[[Any], Any] | None = None,
     ) -> None:
         super().__init__()
         units = list(space.units)
@@ -269,6 +276,7 @@ class LayerPruningEnv(gym.Env):
             raise ConfigError(f"max_prune must lie in (0, 1], got {max_prune!r}")
         self.space = space
         self.evaluate = evaluate
+        self.submit = submit
         self.max_prune = float(max_prune)
         self.reward_fn = reward_fn
         self.keep_floor = max(self.min_keep, 1.0 - self.max_prune)
@@ -410,7 +418,14 @@ class LayerPruningEnv(gym.Env):
             return self._obs(), 0.0, False, False, info
 
         policy = self.policy_from_keep(self._keep)
-        outcome = self.evaluate(policy)
+        if self.submit is not None:
+            handle = self.submit(policy)
+            if not handle.done():
+                info.update(pending=handle, policy=policy)
+                return self._obs(), 0.0, True, False, info
+            outcome = handle.result()
+        else:
+            outcome = self.evaluate(policy)
         reward = float(self.reward_fn(outcome)) if self.reward_fn else float(outcome.accuracy)
         info.update(
             outcome=outcome,

@@ -294,6 +294,9 @@ class Evaluator:
         return self.constraints
 
     # ------------------------------------------------------------- evaluate
+    #: How many candidates this evaluator works on at once (see hwprune.evaluate.parallel).
+    width = 1
+
     def evaluate(self, policy: Any) -> Outcome:
         """Score one policy: proxy accuracy, every oracle's value, feasibility."""
         if any(c.bound is None for c in self.constraints):
@@ -304,10 +307,36 @@ class Evaluator:
             return seen if seen.cached else _as_cached(seen)
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
+        module, acc = self.score_candidate(policy, timings=timings)
+        measurements = self.measure_module(module, timings=timings)
+        timings["total"] = time.perf_counter() - t_start
+        params = sum(p.numel() for p in module.parameters())
+        return self.commit(policy=policy, key=key, accuracy=acc, measurements=measurements,
+                           timings=timings, params=params)  # fmt: skip
+
+    def submit(self, policy: Any) -> Any:
+        """Start evaluating ``policy``; the handle's ``result()`` is its Outcome.
+
+        One process evaluates at once, so the handle is already done; a parallel
+        evaluator (``hwprune.evaluate.parallel``) returns before the work is.
+        """
+        from concurrent.futures import Future
+
+        handle: Future = Future()
+        handle.set_result(self.evaluate(policy))
+        return handle
+
+    def score_candidate(
+        self, policy: Any, *, timings: dict[str, float], what: str | None = None
+    ) -> tuple[Any, float]:
+        """apply, ``task.calibrate``, ``task.score``: the pruned module (on the CPU), its score.
+
+        ``what`` names the candidate in a task's error (default: the next one of this run).
+        """
         t0 = time.perf_counter()
         module = self.space.apply(policy)
         timings["apply"] = time.perf_counter() - t0
-        what = f"candidate {len(self.history) + 1} (keep {_keep_text(policy)})"
+        what = what or self.describe_candidate(policy)
         t0 = time.perf_counter()
         self.task.call("calibrate", module, what=what)
         timings["bn"] = time.perf_counter() - t0
@@ -315,22 +344,36 @@ class Evaluator:
         acc = self.task.checked_score(module, what=what)
         timings["accuracy"] = time.perf_counter() - t0
         timings["proxy"] = timings["bn"] + timings["accuracy"]  # the search proxy's whole cost
-        module = module.to("cpu")
-        measurements = self.measure_module(module, timings=timings)
+        return module.to("cpu"), acc
+
+    def describe_candidate(self, policy: Any) -> str:
+        """How a task's error names the next candidate: its number in the run and its keep ratios."""
+        return f"candidate {len(self.history) + 1} (keep {_keep_text(policy)})"
+
+    def commit(
+        self,
+        *,
+        policy: Any,
+        key: str,
+        accuracy: float,
+        measurements: Mapping[str, Measurement],
+        timings: Mapping[str, float],
+        params: int | None,
+    ) -> Outcome:
+        """The outcome of one scored and measured candidate: remembered, logged, reported."""
         values = {name: m.value for name, m in measurements.items()}
         costs = {c.name: c.cost(values[c.name]) for c in self.constraints}
-        timings["total"] = time.perf_counter() - t_start
         outcome = Outcome(
             index=len(self.history),
             policy=policy,
             key=key,
-            accuracy=acc,
+            accuracy=accuracy,
             values=values,
             costs=costs,
             feasible=all(v <= 1.0 for v in costs.values()),
-            measurements=measurements,
-            timings=timings,
-            params=sum(p.numel() for p in module.parameters()),
+            measurements=dict(measurements),
+            timings=dict(timings),
+            params=params,
         )
         self._by_key[key] = outcome
         self.history.append(outcome)
@@ -341,6 +384,9 @@ class Evaluator:
         if self.on_outcome is not None:
             self.on_outcome(outcome)
         return outcome
+
+    def close(self) -> None:
+        """Release what the evaluator started (worker processes of a parallel evaluator)."""
 
     # ------------------------------------------------------------- results
     def smallest(self) -> dict[str, float]:

@@ -27,10 +27,14 @@ def run(
     ``structure`` its Torch-Pruning options (ignored_layers, num_heads, ...)."""
     loaded = load(ctx, objects=objects, structure=structure)
     d = dense(ctx, loaded, constraints)
-    searched = search(ctx, loaded, d)
-    chosen, confirmations = choose(ctx, loaded, d)
-    if confirmations:
-        searched.extra["confirmations"] = confirmations
-    final = finalize(ctx, loaded, d, chosen)
+    try:
+        searched = search(ctx, loaded, d)
+        chosen, confirmations = choose(ctx, loaded, d)
+        if confirmations:
+            searched.extra["confirmations"] = confirmations
+        # The final proof is timed by the search's devices too (hwprune.evaluate.parallel).
+        final = finalize(ctx, loaded, d, chosen)
+    finally:
+        d.evaluator.close()
     exported = export(ctx, loaded, d, final)
     return report(ctx, loaded, d, searched, final, exported)

@@ -45,21 +45,32 @@ def dense(ctx: RunContext, loaded: Loaded, constraints: list) -> Dense:
     from hwprune.evaluate import Evaluator
     from oracles import MeasurementCache
 
+    config = ctx.config
+    kwargs: dict[str, Any] = {
+        "space": loaded.space,
+        "task": loaded.task,
+        "constraints": constraints,
+        "cache": MeasurementCache(ctx.cache_path),
+        "log_path": str(ctx.episodes_path),
+        "seed": config.seed,
+        "opset": config.opset,
+    }
     with ctx.stage("dense", len(constraints), "measuring the dense model") as step:
-        evaluator = Evaluator(
-            space=loaded.space,
-            task=loaded.task,
-            constraints=constraints,
-            cache=MeasurementCache(ctx.cache_path),
-            log_path=str(ctx.episodes_path),
-            seed=ctx.config.seed,
-            opset=ctx.config.opset,
-        )
-        resumed = evaluator.evaluations
-        constraints = evaluator.calibrate()
-        metrics = None
-        if loaded.task.evaluate is not None:
-            metrics = dict(loaded.task.call("evaluate", loaded.model, what="the dense model"))
+        if config.workers > 1 or config.ray is not None:
+            from hwprune.evaluate.parallel import ParallelEvaluator
+
+            evaluator = ParallelEvaluator(workers=config.workers, ray_address=config.ray, **kwargs)
+        else:
+            evaluator = Evaluator(**kwargs)
+        try:
+            resumed = evaluator.evaluations
+            constraints = evaluator.calibrate()
+            metrics = None
+            if loaded.task.evaluate is not None:
+                metrics = dict(loaded.task.call("evaluate", loaded.model, what="the dense model"))
+        except BaseException:
+            evaluator.close()
+            raise
         step(len(constraints), values={c.name: c.dense_value for c in constraints},
              resumed=resumed)  # fmt: skip
     return Dense(evaluator=evaluator, constraints=constraints, metrics=metrics, resumed=resumed)

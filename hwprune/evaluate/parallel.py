@@ -1,0 +1,621 @@
+"""Candidates evaluated side by side: worker processes (or Ray tasks) and one timer per device.
+
+``ParallelEvaluator`` is an :class:`~hwprune.evaluate.Evaluator` whose
+``submit(policy)`` returns at once. Each candidate is *prepared* by a worker
+(apply the policy, ``task.calibrate``, ``task.score``, ONNX export, every
+untimed oracle), then each *timed* oracle measures it on its **device**: one
+process (or one Ray actor) per timed oracle spec, which times one candidate at
+a time, pinned to a core of its own where it shares the machine with the
+workers (``os.sched_setaffinity``). The dense model, the confirmation of the
+best candidates and the final proof go through the same device, so every
+latency of a run is timed in the same conditions.
+
+What stays in the main process, as with one worker: the measurement cache
+(looked up before a candidate is sent to a device, written when it comes
+back), the episodes log (outcomes are committed in the order they were
+submitted, so the log of a search whose proposals do not depend on pending
+results is the same with any number of workers), resume (a resumed run's
+evaluator reads the log back before anything is submitted).
+
+Backends: local processes (``concurrent.futures`` with the ``spawn`` start
+method: no forked torch or sqlite state) or a Ray cluster (``ray_address``:
+``auto`` joins a running cluster, ``local`` starts one on this machine, any
+other value is a cluster address). Ray is optional: ``pip install "hwprune[ray]"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+import oracles
+from hwprune.errors import ConfigError, HwpruneError
+from hwprune.evaluate.evaluator import Evaluator, Outcome, _as_cached
+from oracles import Measurement, Oracle
+from oracles.errors import OracleError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ParallelEvaluator", "Prepared", "check_workers", "plan_cores", "MAX_WORKERS"]
+
+#: More worker processes than this is a typo, not a machine.
+MAX_WORKERS = 1024
+
+
+def check_workers(workers: Any) -> int:
+    """``workers`` as an int from 1 to MAX_WORKERS, or a ConfigError saying what is accepted."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(
+            f"workers must be a whole number of worker processes from 1 to {MAX_WORKERS}, "
+            f"got {workers!r}"
+        )
+    return workers
+
+
+def plan_cores(
+    devices: int, *, dedicated: bool = True, cores: Sequence[int] | None = None
+) -> tuple[list[int | None], list[int] | None]:
+    """(a core per local timing device, the cores the workers may use).
+
+    With ``dedicated`` and at least two cores, the last ``devices`` cores (at
+    most all but one) are the devices', one each (round robin if fewer), and the
+    workers get the rest; otherwise nothing is pinned (``None``).
+    """
+    cores = sorted(os.sched_getaffinity(0) if cores is None else cores)
+    if not dedicated or devices < 1 or len(cores) < 2:
+        return [None] * devices, None
+    k = min(devices, len(cores) - 1)
+    own = cores[-k:]
+    return [own[i % k] for i in range(devices)], cores[:-k]
+
+
+# ------------------------------------------------------------------ worker side
+@dataclass(frozen=True)
+class Prepared:
+    """A candidate a worker prepared: its score and everything but the timed measurements."""
+
+    accuracy: float
+    params: int
+    onnx: bytes | None
+    module: Any  # the pruned module, only where a timed oracle takes torch modules
+    measurements: Mapping[str, Measurement]
+    timings: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """One of our errors raised in a worker, sent back as a value (re-raised in the main process,
+    as one line, whatever the transport does to exceptions)."""
+
+    error: BaseException
+
+
+@dataclass
+class _Job:
+    """What every worker needs, sent once per worker process."""
+
+    space: Any
+    task: Any
+    example_inputs: Any
+    opset: int | None
+    untimed: dict[str, str]  # constraint name -> oracle spec, measured by the worker
+    onnx: bool  # export ONNX (an untimed or a timed oracle takes it)
+    module: bool  # send the pruned module back (a timed oracle takes torch modules)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _pin(cores: Sequence[int] | None) -> None:
+    if cores:
+        try:
+            os.sched_setaffinity(0, set(cores))
+        except OSError as exc:  # a core the container does not own
+            log.warning("cannot pin to cores %s: %s", list(cores), exc)
+
+
+def _load_job(blob: bytes, cores: Sequence[int] | None) -> dict[str, Any]:
+    import torch
+
+    _pin(cores)
+    torch.set_num_threads(1)  # one worker, one core: N workers use N cores
+    job: _Job = pickle.loads(blob)  # our own bytes, made by the main process of this run
+    evaluator = Evaluator(space=job.space, task=job.task, constraints=[], opset=job.opset, seed=0)
+    untimed = {name: oracles.get_oracle(spec) for name, spec in job.untimed.items()}
+    return {"job": job, "evaluator": evaluator, "oracles": untimed}
+
+
+def _init_worker(blob: bytes, cores: Sequence[int] | None) -> None:
+    _WORKER.update(_load_job(blob, cores))
+
+
+def _prepare_here(state: Mapping[str, Any], policy: Any, what: str) -> Prepared | _Failure:
+    from hwprune.export.onnx import export_onnx
+
+    job: _Job = state["job"]
+    try:
+        timings: dict[str, float] = {}
+        t_start = time.perf_counter()
+        module, acc = state["evaluator"].score_candidate(policy, timings=timings, what=what)
+        onnx_bytes = None
+        if job.onnx:
+            t0 = time.perf_counter()
+            kwargs = {} if job.opset is None else {"opset": job.opset}
+            onnx_bytes = export_onnx(module, example_inputs=job.example_inputs, **kwargs)
+            timings["export"] = time.perf_counter() - t0
+        shapes = job.example_inputs.shapes
+        measured = {}
+        for name, oracle in state["oracles"].items():
+            t0 = time.perf_counter()
+            model = onnx_bytes if oracle.input_format == "onnx" else module
+            measured[name] = oracle.measure(model, input_shapes=shapes)
+            timings[f"oracle:{name}"] = time.perf_counter() - t0
+        timings["worker"] = time.perf_counter() - t_start
+        return Prepared(
+            accuracy=acc,
+            params=sum(p.numel() for p in module.parameters()),
+            onnx=onnx_bytes,
+            module=module if job.module else None,
+            measurements=measured,
+            timings=timings,
+        )
+    except (HwpruneError, OracleError) as exc:
+        return _Failure(exc)
+
+
+def _prepare_local(policy: Any, what: str) -> Prepared | _Failure:
+    return _prepare_here(_WORKER, policy, what)
+
+
+def _prepare_ray(
+    job_ref: list, job_id: str, cores: list[int] | None, node: str, policy: Any, what: str
+) -> Prepared | _Failure:
+    import ray
+
+    state = _WORKER.get(job_id)
+    if state is None:
+        here = ray.get_runtime_context().get_node_id()
+        state = _load_job(ray.get(job_ref[0]), cores if here == node else None)
+        _WORKER.clear()  # one run's job per worker process
+        _WORKER[job_id] = state
+    return _prepare_here(state, policy, what)
+
+
+class _Device:
+    """One timing device: an oracle built from its spec, timing one model at a time."""
+
+    def __init__(self, spec: str, core: int | None) -> None:
+        _pin(None if core is None else [core])
+        self.oracle = oracles.get_oracle(spec)
+        self.error: BaseException | None = None
+        try:
+            self.oracle.check_available()
+        except OracleError as exc:
+            self.error = exc
+
+    def info(self) -> dict[str, Any] | _Failure:
+        if self.error is not None:
+            return _Failure(self.error)
+        return {
+            "identity": self.oracle.identity(),
+            "machine": oracles.machine_identity(),
+            "pid": os.getpid(),
+            "cores": sorted(os.sched_getaffinity(0)),
+        }
+
+    def measure(self, model: Any, input_shapes: Any) -> Measurement | _Failure:
+        try:
+            return self.oracle.measure(model, input_shapes=input_shapes)
+        except OracleError as exc:
+            return _Failure(exc)
+
+
+_DEVICE: list[_Device] = []
+
+
+def _init_device(spec: str, core: int | None) -> None:
+    _DEVICE.append(_Device(spec, core))
+
+
+def _device_call(method: str, *args: Any) -> Any:
+    return getattr(_DEVICE[0], method)(*args)
+
+
+def _answer(value: Any) -> Any:
+    if isinstance(value, _Failure):
+        raise value.error
+    return value
+
+
+# ------------------------------------------------------------------ backends
+class _LocalBackend:
+    """Worker processes and one process per device, on this machine (spawned, not forked)."""
+
+    def __init__(
+        self,
+        *,
+        workers: int,
+        blob: bytes,
+        devices: Mapping[str, int | None],
+        worker_cores: list[int] | None,
+    ) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self._devices = {
+            spec: ProcessPoolExecutor(
+                1, mp_context=ctx, initializer=_init_device, initargs=(spec, core)
+            )
+            for spec, core in devices.items()
+        }
+        self._workers = ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_init_worker, initargs=(blob, worker_cores)
+        )
+
+    def prepare(self, policy: Any, what: str) -> Future:
+        return self._workers.submit(_prepare_local, policy, what)
+
+    def call(self, spec: str, method: str, *args: Any) -> Future:
+        return self._devices[spec].submit(_device_call, method, *args)
+
+    def close(self) -> None:
+        for pool in (self._workers, *self._devices.values()):
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _RayBackend:
+    """Ray tasks for the workers (the run's inputs put in the object store once) and one actor
+    per device, placed on this (the driver's) node."""
+
+    def __init__(
+        self,
+        *,
+        address: str,
+        workers: int,
+        blob: bytes,
+        devices: Mapping[str, int | None],
+        worker_cores: list[int] | None,
+        timed_cpus: Mapping[str, float],
+    ) -> None:
+        ray = _import_ray()
+        self._ray = ray
+        self._started = False
+        if not ray.is_initialized():
+            _ray_init(ray, address)
+            self._started = True
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        node = ray.get_runtime_context().get_node_id()
+        here = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+        self._job = [ray.put(blob)]
+        self._job_id = f"{os.getpid()}-{id(self)}-{time.time()}"
+        self._node = node
+        self._worker_cores = worker_cores
+        self._prepare = ray.remote(num_cpus=1, max_retries=0)(_prepare_ray)
+        actor = ray.remote(_Device)
+        self._devices = {
+            spec: actor.options(
+                num_cpus=timed_cpus.get(spec, 1.0), scheduling_strategy=here, max_concurrency=1
+            ).remote(spec, core)
+            for spec, core in devices.items()
+        }
+
+    def prepare(self, policy: Any, what: str) -> Future:
+        ref = self._prepare.remote(
+            self._job, self._job_id, self._worker_cores, self._node, policy, what
+        )
+        return ref.future()
+
+    def call(self, spec: str, method: str, *args: Any) -> Future:
+        return getattr(self._devices[spec], method).remote(*args).future()
+
+    def close(self) -> None:
+        for actor in self._devices.values():
+            self._ray.kill(actor)
+        if self._started:
+            self._ray.shutdown()
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            '--ray needs Ray, which is not installed: pip install "hwprune[ray]" '
+            "(or drop --ray to use local worker processes)"
+        ) from None
+    return ray
+
+
+def _ray_init(ray: Any, address: str) -> None:
+    """Join (``auto``, an address) or start (``local``) a Ray instance; one line on failure."""
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    try:
+        if address == "local":
+            ray.init(**kwargs)
+        else:
+            ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(
+            f"cannot join the Ray cluster at {address!r} ({first}); start one with "
+            "'ray start --head', or give --ray local to start one here"
+        ) from None
+
+
+# ------------------------------------------------------------------ the device oracle
+class DeviceOracle(Oracle):
+    """An oracle measured in its device process (or actor): the same spec, settings and cache
+    key as the oracle itself, plus the device's machine where that is another machine."""
+
+    def __init__(self, inner: Oracle, call: Any, info: Mapping[str, Any]) -> None:
+        self.inner = inner
+        self._call = call
+        self._identity = dict(info.get("identity", {}))
+        if info.get("machine") != oracles.machine_identity():
+            self._identity["machine"] = info.get("machine")
+        self.name = inner.name
+        self.quantity = inner.quantity
+        self.unit = inner.unit
+        self.input_format = inner.input_format
+        self.timed = inner.timed
+        self.value_sensitive = inner.value_sensitive
+        self.device = inner.device
+
+    @property
+    def spec(self) -> str:
+        return self.inner.spec
+
+    def settings(self) -> dict[str, Any]:
+        return self.inner.settings()
+
+    def identity(self) -> dict[str, Any]:
+        return dict(self._identity)
+
+    def model_key(self, model: Any, *, input_shapes: Any = None) -> str:
+        return self.inner.model_key(model, input_shapes=input_shapes)
+
+    def measure(self, model: Any, *, input_shapes: Any = None) -> Measurement:
+        return _answer(self._call("measure", model, dict(input_shapes or {})).result())
+
+
+# ------------------------------------------------------------------ the evaluator
+@dataclass(eq=False)
+class _Slot:
+    policy: Any
+    key: str
+    what: str
+    prep: Future | None = None  # None until a worker is free for it
+    prepared: Prepared | None = None
+    timing: dict[str, Future] = field(default_factory=dict)
+    cache_keys: dict[str, str] = field(default_factory=dict)
+    measured: dict[str, Measurement] = field(default_factory=dict)
+    t_submit: float = field(default_factory=time.perf_counter)
+    outcome: Outcome | None = None
+
+
+class _Handle:
+    """A submitted policy; ``result()`` waits for (and commits, in order) its Outcome."""
+
+    def __init__(self, owner: ParallelEvaluator, slot: _Slot | None, *, cached: bool) -> None:
+        self._owner = owner
+        self._slot = slot
+        self._cached = cached
+
+    def done(self) -> bool:
+        self._owner._pump(None)
+        return self._slot.outcome is not None
+
+    def result(self) -> Outcome:
+        outcome = self._owner._pump(self._slot)
+        return _as_cached(outcome) if self._cached else outcome
+
+
+class ParallelEvaluator(Evaluator):
+    """An Evaluator that prepares ``workers`` candidates at once and times them on devices.
+
+    Takes every argument of :class:`Evaluator` plus ``workers`` (worker
+    processes or concurrent Ray tasks), ``ray_address`` (None: local
+    processes) and ``dedicated_timing_core`` (pin each local timing device to a
+    core the workers do not use; needs two cores or more). Call ``close()``
+    when done (the run does).
+    """
+
+    def __init__(
+        self,
+        *,
+        workers: int,
+        ray_address: str | None = None,
+        dedicated_timing_core: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.width = check_workers(workers)
+        self._slots: deque[_Slot] = deque()
+        self._pending: dict[str, _Slot] = {}
+        from oracles.remote import split_remote
+
+        timed = {c.name: o for c, o in ((c, self._oracles[c.name]) for c in self.constraints)
+                 if o.timed}  # fmt: skip
+        untimed = {c.name: self._oracles[c.name].spec for c in self.constraints
+                   if c.name not in timed}  # fmt: skip
+        specs = sorted({o.spec for o in timed.values()})
+        # A remote oracle times on its server: its device here only waits, on no core of its own.
+        local = [s for s in specs if split_remote(s) is None]
+        device_cores, worker_cores = plan_cores(len(local), dedicated=dedicated_timing_core)
+        cores = dict(zip(local, device_cores, strict=True))
+        devices = {s: cores.get(s) for s in specs}
+        formats = {o.input_format for o in self._oracles.values()}
+        job = _Job(
+            space=self.space,
+            task=self.task,
+            example_inputs=self.example_inputs,
+            opset=self.opset,
+            untimed=untimed,
+            onnx="onnx" in formats,
+            module=any(o.input_format != "onnx" for o in timed.values()),
+        )
+        try:
+            blob = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            raise ConfigError(
+                f"workers need the model and task sent to other processes, and this one cannot "
+                f"be ({exc}); define the task's functions at module level, or use one worker"
+            ) from None
+        if ray_address is None:
+            self._backend: Any = _LocalBackend(
+                workers=self.width, blob=blob, devices=devices, worker_cores=worker_cores
+            )
+        else:
+            self._backend = _RayBackend(
+                address=ray_address,
+                workers=self.width,
+                blob=blob,
+                devices=devices,
+                worker_cores=worker_cores,
+                timed_cpus={s: 0.0 if s not in local else 1.0 for s in specs},
+            )
+        try:
+            infos = {s: _answer(self._backend.call(s, "info").result()) for s in specs}
+        except BaseException:
+            self._backend.close()
+            raise
+        self.devices = infos
+        for name, oracle in timed.items():
+            spec = oracle.spec
+
+            def call(method: str, *args: Any, _spec: str = spec) -> Future:
+                return self._backend.call(_spec, method, *args)
+
+            self._oracles[name] = DeviceOracle(oracle, call, infos[spec])
+        log.info(
+            "evaluating with %d worker(s) on %s; timing devices: %s",
+            self.width,
+            "Ray" if ray_address is not None else "local processes",
+            {s: i["cores"] for s, i in infos.items()} or "none",
+        )
+
+    # ------------------------------------------------------------- submit
+    def evaluate(self, policy: Any) -> Outcome:
+        return self.submit(policy).result()
+
+    def submit(self, policy: Any) -> _Handle:
+        if any(c.bound is None for c in self.constraints):
+            self.calibrate()
+        key = self.space.shape_key(policy)
+        seen = self._by_key.get(key)
+        if seen is not None:
+            done = _Slot(policy=policy, key=key, what="", outcome=seen)
+            return _Handle(self, done, cached=True)
+        slot = self._pending.get(key)
+        if slot is not None:
+            return _Handle(self, slot, cached=True)
+        what = f"candidate {len(self.history) + len(self._slots) + 1}"
+        slot = _Slot(policy=policy, key=key, what=what)
+        self._slots.append(slot)
+        self._pending[key] = slot
+        self._dispatch()
+        return _Handle(self, slot, cached=False)
+
+    def _dispatch(self) -> None:
+        """Hand waiting candidates to workers, at most ``width`` being prepared at once."""
+        preparing = sum(1 for s in self._slots if s.prep is not None and s.prepared is None)
+        for slot in self._slots:
+            if preparing >= self.width:
+                return
+            if slot.prep is None:
+                slot.prep = self._backend.prepare(slot.policy, slot.what)
+                preparing += 1
+
+    # ------------------------------------------------------------- progress
+    def _advance(self, slot: _Slot) -> None:
+        """Move one slot on: prepared -> timing sent (or answered by the cache) -> measured."""
+        if slot.prepared is None:
+            if slot.prep is None or not slot.prep.done():
+                return
+            slot.prepared = _answer(slot.prep.result())
+            shapes = self.example_inputs.shapes
+            for c in self.constraints:
+                oracle = self._oracles[c.name]
+                model = (
+                    slot.prepared.onnx if oracle.input_format == "onnx" else slot.prepared.module
+                )
+                ckey = None
+                if self.cache is not None:
+                    ckey = oracles.cache.cache_key(
+                        oracle, oracle.model_key(model, input_shapes=shapes)
+                    )
+                    hit = self.cache.get(ckey)
+                    if hit is not None:
+                        slot.measured[c.name] = hit.replace(cached=True)
+                        continue
+                if isinstance(oracle, DeviceOracle):
+                    slot.timing[c.name] = oracle._call("measure", model, dict(shapes))
+                    if ckey is not None:
+                        slot.cache_keys[c.name] = ckey
+                else:
+                    m = slot.prepared.measurements[c.name]
+                    slot.measured[c.name] = m
+                    if ckey is not None:
+                        self.cache.put(ckey, m)
+        for name, future in list(slot.timing.items()):
+            if future.done():
+                m = _answer(future.result())
+                slot.measured[name] = m
+                if name in slot.cache_keys:
+                    self.cache.put(slot.cache_keys[name], m)
+                del slot.timing[name]
+
+    def _pump(self, until: _Slot | None) -> Outcome | None:
+        """Advance every slot, commit the finished ones in submission order; with ``until``,
+        wait until that slot is committed and return its outcome."""
+        while True:
+            for slot in self._slots:
+                self._advance(slot)
+            self._dispatch()
+            while self._slots and self._ready(self._slots[0]):
+                self._commit(self._slots.popleft())
+            if until is None or until.outcome is not None:
+                return None if until is None else until.outcome
+            busy = [s.prep for s in self._slots if s.prep is not None and s.prepared is None]
+            busy += [f for s in self._slots for f in s.timing.values()]
+            if busy:
+                wait(busy, return_when=FIRST_COMPLETED)
+
+    def _ready(self, slot: _Slot) -> bool:
+        return (
+            slot.prepared is not None
+            and not slot.timing
+            and len(slot.measured) == len(self.constraints)
+        )
+
+    def _commit(self, slot: _Slot) -> None:
+        p = slot.prepared
+        timings = dict(p.timings)
+        for name, m in slot.measured.items():
+            if name not in p.measurements:
+                timings[f"oracle:{name}"] = float(m.seconds)
+        timings["total"] = time.perf_counter() - slot.t_submit
+        measurements = {c.name: slot.measured[c.name] for c in self.constraints}
+        slot.outcome = self.commit(
+            policy=slot.policy,
+            key=slot.key,
+            accuracy=p.accuracy,
+            measurements=measurements,
+            timings=timings,
+            params=p.params,
+        )
+        self._pending.pop(slot.key, None)
+
+    def close(self) -> None:
+        """Stop the workers and devices (waiting for nothing that was not asked for)."""
+        backend, self._backend = getattr(self, "_backend", None), None
+        if backend is not None:
+            backend.close()
