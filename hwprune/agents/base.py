@@ -207,6 +207,11 @@ class _Ticket:
     def done(self) -> bool:
         return self._outcome is not None or bool(self._handle.done())
 
+    def __deepcopy__(self, memo: dict) -> _Ticket:
+        # SB3's vectorised envs deep-copy each step's info, which carries this handle:
+        # the copy must wait for the same evaluation, not clone the evaluator.
+        return self
+
     def result(self) -> Outcome:
         if self._outcome is None:
             self._outcome = self._handle.result()

@@ -332,18 +332,24 @@ class Evaluator:
         """apply, ``task.calibrate``, ``task.score``: the pruned module (on the CPU), its score.
 
         ``what`` names the candidate in a task's error (default: the next one of this run).
+        The global torch random state is left as it was (a DataLoader draws from it): a
+        searcher's own draws then do not depend on where, or whether, a candidate was
+        evaluated (in this process, in a worker, or answered from the log on resume).
         """
-        t0 = time.perf_counter()
-        module = self.space.apply(policy)
-        timings["apply"] = time.perf_counter() - t0
-        what = what or self.describe_candidate(policy)
-        t0 = time.perf_counter()
-        self.task.call("calibrate", module, what=what)
-        timings["bn"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        acc = self.task.checked_score(module, what=what)
-        timings["accuracy"] = time.perf_counter() - t0
-        timings["proxy"] = timings["bn"] + timings["accuracy"]  # the search proxy's whole cost
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            t0 = time.perf_counter()
+            module = self.space.apply(policy)
+            timings["apply"] = time.perf_counter() - t0
+            what = what or self.describe_candidate(policy)
+            t0 = time.perf_counter()
+            self.task.call("calibrate", module, what=what)
+            timings["bn"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            acc = self.task.checked_score(module, what=what)
+            timings["accuracy"] = time.perf_counter() - t0
+            timings["proxy"] = timings["bn"] + timings["accuracy"]  # the search proxy's whole cost
         return module.to("cpu"), acc
 
     def describe_candidate(self, policy: Any) -> str:
