@@ -63,6 +63,10 @@ def _checked(config: PruneConfig, *, objects: bool) -> tuple[PruneConfig, list]:
     if config.agent.lower() not in list_searchers():
         SEARCHERS.get(config.agent)  # raises UnknownNameError with a suggestion
     resolve_device(config.device)
+    if config.ray is not None:
+        from hwprune.evaluate.parallel import check_ray
+
+        check_ray(config.ray)  # refused before any run folder exists
     config = config.replace(oracles=_effective_oracles(config))
     constraints = bind_constraints(list(config.budgets), oracles=dict(config.oracles))
     if config.round_to is None:

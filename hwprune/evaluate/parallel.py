@@ -43,7 +43,15 @@ from oracles.errors import OracleError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ParallelEvaluator", "Prepared", "check_workers", "plan_cores", "MAX_WORKERS"]
+__all__ = [
+    "ParallelEvaluator",
+    "DeviceOracle",
+    "Prepared",
+    "check_ray",
+    "check_workers",
+    "plan_cores",
+    "MAX_WORKERS",
+]
 
 #: More worker processes than this is a typo, not a machine.
 MAX_WORKERS = 1024
@@ -105,7 +113,7 @@ class _Job:
     task: Any
     example_inputs: Any
     opset: int | None
-    untimed: dict[str, str]  # constraint name -> oracle spec, measured by the worker
+    untimed: dict[str, Oracle]  # constraint name -> oracle (pickled), measured by the worker
     onnx: bool  # export ONNX (an untimed or a timed oracle takes it)
     module: bool  # send the pruned module back (a timed oracle takes torch modules)
 
@@ -128,11 +136,27 @@ def _load_job(blob: bytes, cores: Sequence[int] | None) -> dict[str, Any]:
     torch.set_num_threads(1)  # one worker, one core: N workers use N cores
     job: _Job = pickle.loads(blob)  # our own bytes, made by the main process of this run
     evaluator = Evaluator(space=job.space, task=job.task, constraints=[], opset=job.opset, seed=0)
-    untimed = {name: oracles.get_oracle(spec) for name, spec in job.untimed.items()}
-    return {"job": job, "evaluator": evaluator, "oracles": untimed}
+    return {"job": job, "evaluator": evaluator, "oracles": dict(job.untimed)}
 
 
-def _init_worker(blob: bytes, cores: Sequence[int] | None) -> None:
+def _exit_with(parent: int | None) -> None:
+    """End this process when ``parent`` is gone (a main process killed with SIGKILL cannot
+    stop its workers, and they would wait on their queue for ever)."""
+    import threading
+
+    if parent is None:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="hwprune-parent-watch", daemon=True).start()
+
+
+def _init_worker(blob: bytes, cores: Sequence[int] | None, parent: int | None = None) -> None:
+    _exit_with(parent)
     _WORKER.update(_load_job(blob, cores))
 
 
@@ -191,9 +215,9 @@ def _prepare_ray(
 class _Device:
     """One timing device: an oracle built from its spec, timing one model at a time."""
 
-    def __init__(self, spec: str, core: int | None) -> None:
+    def __init__(self, oracle: Oracle, core: int | None) -> None:
         _pin(None if core is None else [core])
-        self.oracle = oracles.get_oracle(spec)
+        self.oracle = oracle
         self.error: BaseException | None = None
         try:
             self.oracle.check_available()
@@ -220,8 +244,9 @@ class _Device:
 _DEVICE: list[_Device] = []
 
 
-def _init_device(spec: str, core: int | None) -> None:
-    _DEVICE.append(_Device(spec, core))
+def _init_device(oracle: Oracle, core: int | None, parent: int | None = None) -> None:
+    _exit_with(parent)
+    _DEVICE.append(_Device(oracle, core))
 
 
 def _device_call(method: str, *args: Any) -> Any:
@@ -243,7 +268,7 @@ class _LocalBackend:
         *,
         workers: int,
         blob: bytes,
-        devices: Mapping[str, int | None],
+        devices: Mapping[str, tuple[Oracle, int | None]],
         worker_cores: list[int] | None,
     ) -> None:
         import multiprocessing
@@ -251,13 +276,20 @@ class _LocalBackend:
         ctx = multiprocessing.get_context("spawn")
         self._devices = {
             spec: ProcessPoolExecutor(
-                1, mp_context=ctx, initializer=_init_device, initargs=(spec, core)
+                1, mp_context=ctx, initializer=_init_device, initargs=(oracle, core, os.getpid())
             )
-            for spec, core in devices.items()
+            for spec, (oracle, core) in devices.items()
         }
         self._workers = ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=_init_worker, initargs=(blob, worker_cores)
+            workers,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(blob, worker_cores, os.getpid()),
         )
+        # Start every worker now (the pool starts them on demand): loading torch and the
+        # run's inputs is paid before the search, not by its first candidates.
+        for f in [self._workers.submit(time.sleep, 0.05) for _ in range(workers)]:
+            f.result()
 
     def prepare(self, policy: Any, what: str) -> Future:
         return self._workers.submit(_prepare_local, policy, what)
@@ -280,7 +312,7 @@ class _RayBackend:
         address: str,
         workers: int,
         blob: bytes,
-        devices: Mapping[str, int | None],
+        devices: Mapping[str, tuple[Oracle, int | None]],
         worker_cores: list[int] | None,
         timed_cpus: Mapping[str, float],
     ) -> None:
@@ -303,8 +335,8 @@ class _RayBackend:
         self._devices = {
             spec: actor.options(
                 num_cpus=timed_cpus.get(spec, 1.0), scheduling_strategy=here, max_concurrency=1
-            ).remote(spec, core)
-            for spec, core in devices.items()
+            ).remote(oracle, core)
+            for spec, (oracle, core) in devices.items()
         }
 
     def prepare(self, policy: Any, what: str) -> Future:
@@ -334,8 +366,35 @@ def _import_ray() -> Any:
     return ray
 
 
+def check_ray(address: str, *, timeout: float = 5.0) -> None:
+    """ConfigError in one line unless Ray is installed and ``address`` answers (``auto`` and
+    ``local`` are checked when joined); a cluster address is tried with a plain TCP connect
+    first, since Ray itself waits minutes for a server that is not there."""
+    import socket
+
+    _import_ray()
+    if address in ("auto", "local"):
+        return
+    text = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(
+            f"--ray must be 'auto', 'local' or a cluster address HOST:PORT "
+            f"(or ray://HOST:PORT), got {address!r}"
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise ConfigError(
+            f"cannot reach the Ray cluster at {address!r} ({why}); start one with "
+            "'ray start --head', or give --ray local to start one here"
+        ) from None
+
+
 def _ray_init(ray: Any, address: str) -> None:
     """Join (``auto``, an address) or start (``local``) a Ray instance; one line on failure."""
+    check_ray(address)
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
     try:
         if address == "local":
@@ -444,14 +503,15 @@ class ParallelEvaluator(Evaluator):
 
         timed = {c.name: o for c, o in ((c, self._oracles[c.name]) for c in self.constraints)
                  if o.timed}  # fmt: skip
-        untimed = {c.name: self._oracles[c.name].spec for c in self.constraints
+        untimed = {c.name: self._oracles[c.name] for c in self.constraints
                    if c.name not in timed}  # fmt: skip
         specs = sorted({o.spec for o in timed.values()})
         # A remote oracle times on its server: its device here only waits, on no core of its own.
         local = [s for s in specs if split_remote(s) is None]
         device_cores, worker_cores = plan_cores(len(local), dedicated=dedicated_timing_core)
         cores = dict(zip(local, device_cores, strict=True))
-        devices = {s: cores.get(s) for s in specs}
+        by_spec = {o.spec: o for o in timed.values()}
+        devices = {s: (by_spec[s], cores.get(s)) for s in specs}
         formats = {o.input_format for o in self._oracles.values()}
         job = _Job(
             space=self.space,
