@@ -171,27 +171,26 @@ def test_two_local_workers_log_what_one_worker_logs(tmp_path: Path) -> None:
     assert report["search"]["evaluations"] == 5
 
 
-def test_device_is_pinned_to_its_own_core_and_times_the_dense_model(tmp_path: Path) -> None:
-    from hwprune.constraints import bind_constraints
-    from hwprune.evaluate.parallel import DeviceOracle, ParallelEvaluator
+def _vgg_space():
+    import torch
+
     from hwprune.models import get_model
     from hwprune.run.load import build_space
 
     model = get_model("vgg11_cifar", num_classes=10, width=0.25).eval()
-    import torch
+    options = {"granularity": "channel", "round_to": 1, "min_keep": 0.1, "importance": "l2"}
+    return build_space(model, example_inputs=torch.randn(1, 3, 32, 32), options=options)
 
-    space = build_space(model, example_inputs=torch.randn(1, 3, 32, 32),
-                        options={"granularity": "channel", "round_to": 1, "min_keep": 0.1,
-                                 "importance": "l2"})  # fmt: skip
+
+def test_device_is_pinned_to_its_own_core_and_times_the_dense_model() -> None:
+    from hwprune.constraints import bind_constraints
+    from hwprune.data import get_dataset
+    from hwprune.evaluate.parallel import DeviceOracle, ParallelEvaluator
+    from hwprune.task import ClassificationTask
+
     constraints = bind_constraints(["latency<=90%"], oracles={"latency": LATENCY})
-
-    def score(m):
-        return 0.5
-
-    from hwprune.task import as_task
-
-    ev = ParallelEvaluator(workers=2, space=space, task=as_task(None, score=score),
-                           constraints=constraints)  # fmt: skip
+    task = ClassificationTask(get_dataset("digits"), max_eval_samples=64)
+    ev = ParallelEvaluator(workers=2, space=_vgg_space(), task=task, constraints=constraints)
     try:
         (info,) = ev.devices.values()
         assert info["pid"] != os.getpid()
@@ -203,6 +202,19 @@ def test_device_is_pinned_to_its_own_core_and_times_the_dense_model(tmp_path: Pa
         assert c.dense_value > 0 and ev.dense["latency"].samples >= 1
     finally:
         ev.close()
+
+
+def test_a_task_that_cannot_reach_a_worker_is_one_clear_error() -> None:
+    from hwprune.constraints import bind_constraints
+    from hwprune.evaluate.parallel import ParallelEvaluator
+    from hwprune.task import as_task
+
+    def score(model):  # a local function: it cannot be pickled for another process
+        return 0.5
+
+    with pytest.raises(ConfigError, match=r"workers need the model and task .* module level"):
+        ParallelEvaluator(workers=2, space=_vgg_space(), task=as_task(None, score=score),
+                          constraints=bind_constraints(["flops<=50%"]))  # fmt: skip
 
 
 @pytest.fixture(scope="module")
