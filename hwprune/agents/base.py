@@ -126,7 +126,11 @@ class Searcher:
     """Proposes policies, asks the evaluator, returns the best feasible one.
 
     Subclasses implement ``_run(space, evaluate)`` where ``evaluate`` is a
-    BudgetedEvaluator: call it with policies until ``evaluate.exhausted``.
+    BudgetedEvaluator: call it with policies until ``evaluate.exhausted``. A
+    searcher that can propose several policies before learning from them asks
+    for ``evaluate.width`` at a time (``evaluate.evaluate_many``, or
+    ``evaluate.submit(policy)`` and the handle's ``result()`` later): a parallel
+    evaluator works on them side by side (see ``hwprune.evaluate.parallel``).
     """
 
     name: ClassVar[str] = ""

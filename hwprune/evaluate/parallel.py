@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import oracles
+from hwprune.config import MAX_WORKERS
 from hwprune.errors import ConfigError, HwpruneError
 from hwprune.evaluate.evaluator import Evaluator, Outcome, _as_cached
 from oracles import Measurement, Oracle
@@ -52,9 +53,6 @@ __all__ = [
     "plan_cores",
     "MAX_WORKERS",
 ]
-
-#: More worker processes than this is a typo, not a machine.
-MAX_WORKERS = 1024
 
 
 def check_workers(workers: Any) -> int:
