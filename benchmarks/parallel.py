@@ -145,7 +145,8 @@ def part_search(args: argparse.Namespace, work: Path, store: dict) -> None:
                 continue
             log.info("search: %s with %d worker(s)", label, workers)
             row = _run(out, agent=agent, workers=workers, evaluations=args.evaluations,
-                       budgets=budgets, oracle_map={"latency": LATENCY})  # fmt: skip
+                       budgets=budgets,
+                       oracle_map={} if args.flops_only else {"latency": LATENCY})  # fmt: skip
             row["agent"] = label
             row["budgets"] = budgets
             logs[workers] = _log_rows(out)
