@@ -324,6 +324,13 @@ def write_md(store: dict) -> None:
         "timing says how busy it was; absolute times are noisy. Local worker processes "
         "(spawned), the timing device pinned to the last core, workers to the others."
     )
+    commands = store.get("commands", {})
+    if commands:
+        notes += (
+            " Rows by command: "
+            + "; ".join(f"{what}: `{cmd}`" for what, cmd in sorted(commands.items()))
+            + "."
+        )
     update_results_md("parallel", "Parallel evaluation (`--workers`)", "\n".join(parts),
                       command=_STORE["command"], env=_STORE["env"], notes=notes)  # fmt: skip
 
@@ -342,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slow-evaluations", type=int, default=16)
     p.add_argument("--work", default=None, help="folder of the runs (default: a temp folder)")
     p.add_argument("--fresh", action="store_true", help="forget stored rows of the parts run")
+    p.add_argument("--md-only", action="store_true", help="rewrite RESULTS.md from the JSON")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     _STORE["command"] = command_line()
@@ -350,9 +358,14 @@ def main(argv: list[str] | None = None) -> int:
     store = json.loads(path.read_text())["results"] if path.exists() else {}
     work = Path(args.work or tempfile.mkdtemp(prefix="hwprune-parallel-"))
     parts = ("slow", "shift", "search") if args.part == "all" else (args.part,)
+    if args.md_only:
+        write_md(store)
+        return 0
     for part in parts:
         if args.fresh:
             store.pop(part, None)
+        what = f"{part} (flops only)" if part == "search" and args.flops_only else part
+        store.setdefault("commands", {})[what] = _STORE["command"]
         {"search": part_search, "shift": part_shift, "slow": part_slow}[part](args, work, store)
     return 0
 
