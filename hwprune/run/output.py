@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hwprune.errors import HwpruneError
+from hwprune.evaluate.surrogate import surrogate_report
 from hwprune.run.context import RunContext
 from hwprune.run.final import Final
 from hwprune.run.load import Loaded, space_options
@@ -166,6 +167,7 @@ def result_of(
         evaluated=loaded.task.evaluate is not None, model=f.module,
         proxy=getattr(loaded.task.source, "proxy", None),
         proxy_seconds=mean_proxy_seconds(d.evaluator.history),
+        surrogate=surrogate_report(d.evaluator),
     )  # fmt: skip
 
 

@@ -63,6 +63,9 @@ class PruneResult:
     finetuned: bool = True
     evaluated: bool = True
     openvino_max_abs_diff: float | None = None  # the OpenVINO IR's check; None: no IR written
+    # The latency surrogate: mode, decision per timed budget, its checked error (see
+    # hwprune.evaluate.surrogate.report); empty for runs without one.
+    surrogate: Mapping[str, Any] = field(default_factory=dict)
     model: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -102,4 +105,5 @@ class PruneResult:
                 "tensorrt": self.tensorrt,
                 "openvino_max_abs_diff": self.openvino_max_abs_diff,
             },
+            "surrogate": dict(self.surrogate),
         }

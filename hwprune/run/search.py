@@ -54,6 +54,7 @@ def dense(ctx: RunContext, loaded: Loaded, constraints: list) -> Dense:
             log_path=str(ctx.episodes_path),
             seed=ctx.config.seed,
             opset=ctx.config.opset,
+            surrogate=ctx.config.surrogate,
         )
         resumed = evaluator.evaluations
         constraints = evaluator.calibrate()
@@ -135,8 +136,10 @@ def choose(ctx: RunContext, loaded: Loaded, d: Dense) -> tuple[Any, list[dict[st
 
     Ranked by :func:`~hwprune.evaluate.rank_feasible` over every candidate in
     the episodes log (earlier sessions' included); the first whose
-    re-measurement meets every budget is chosen. None confirmed: the repair
-    step scales the most accurate candidate down until it is feasible.
+    re-measurement meets every budget is chosen (a value the surrogate predicted
+    ranks a candidate, never confirms it). None confirmed: the repair step
+    scales the most accurate candidate down until it is feasible, measuring
+    every value.
     """
     from hwprune.agents import confirm_best, repair
 
@@ -149,7 +152,8 @@ def choose(ctx: RunContext, loaded: Loaded, d: Dense) -> tuple[Any, list[dict[st
                 if evaluator.history
                 else None
             )
-            best = repair(loaded.space, evaluator.evaluate, start)
+            with evaluator.measured_only():
+                best = repair(loaded.space, evaluator.evaluate, start)
         if best is None:
             raise _infeasible(ctx, d)
         step(1, total=1, accuracy=best.accuracy, values=dict(best.values))
