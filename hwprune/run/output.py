@@ -168,6 +168,7 @@ def result_of(
         proxy=getattr(loaded.task.source, "proxy", None),
         proxy_seconds=mean_proxy_seconds(d.evaluator.history),
         surrogate=surrogate_report(d.evaluator),
+        oracle_calls=dict(d.evaluator.oracle_calls),
     )  # fmt: skip
 
 

@@ -66,6 +66,9 @@ class PruneResult:
     # The latency surrogate: mode, decision per timed budget, its checked error (see
     # hwprune.evaluate.surrogate.report); empty for runs without one.
     surrogate: Mapping[str, Any] = field(default_factory=dict)
+    # Calls each budget's oracle made in this session (dense, search, confirmation, proof;
+    # repeats counted, cache hits not).
+    oracle_calls: Mapping[str, int] = field(default_factory=dict)
     model: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -99,6 +102,7 @@ class PruneResult:
                 "repairs": self.repairs,
                 "proxy": self.proxy,
                 "proxy_seconds_mean": self.proxy_seconds,
+                "oracle_calls": dict(self.oracle_calls),
             },
             "export": {
                 "max_abs_diff": self.export_max_abs_diff,
