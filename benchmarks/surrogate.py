@@ -63,7 +63,11 @@ AGENTS = ("ppo-lagrangian", "qlp")
 ORACLE = "onnxruntime:cpu?threads=1"
 BUDGET = "latency<=50%"
 EVALUATIONS = 100
-TRAIN = {"epochs": 8, "batch_size": 32, "lr": 0.02}  # quality.py's digits recipe, 8 epochs (its --quick)
+TRAIN = {
+    "epochs": 3,
+    "batch_size": 32,
+    "lr": 0.02,
+}  # quality.py's digits recipe, 3 epochs (a loaded machine)
 SLOW_DELAY = 2.0  # seconds added to every call of the simulated slow oracle
 RUNS_DIR = RESULTS_DIR / "surrogate_runs"
 WORK_DIR = Path("/tmp/hwprune-bench-surrogate")

@@ -135,6 +135,7 @@ def _checks(d: Dense, f: Final) -> tuple[BudgetCheck, ...]:
             final=float(f.measurements[c.name].value),
             met=bool(f.met[c.name]),
             margin=1.0 - float(f.measurements[c.name].value) / float(c.bound),
+            statistic=str(f.measurements[c.name].statistic),
         )  # fmt: skip
         for c in d.constraints
     )

@@ -23,6 +23,9 @@ class BudgetCheck:
     final: float
     met: bool
     margin: float  # 1 - final / bound: the fraction of the bound left unused
+    # How ``final`` was obtained: "median" (of repeated timed calls) or "exact" (a count);
+    # never "predicted": the proof is a measurement.
+    statistic: str = "exact"
 
 
 @dataclass(frozen=True)
