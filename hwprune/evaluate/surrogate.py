@@ -229,14 +229,30 @@ def candidate_features(space: Any, policy: Any, module: Any) -> np.ndarray:
 class OracleSurrogate:
     """One timed oracle's value learned from the run's measurements: a Gaussian process.
 
-    Features are divided by the dense model's (so the dense model sits at 1 on the
-    count features) and the target is the value over the dense value. Refitted
-    (hyper-parameters included) whenever a measurement was added since the last fit.
+    The target is the value over the dense value. Features (laid out as
+    :func:`candidate_features` writes them, ``units`` kept fractions first) are
+    scaled so that the linear kernel's prior sees what matters: total MACs and
+    bytes as fractions of the dense model's; each layer's MACs and bytes as shares
+    of the dense totals (a small layer counts for little unless the data say
+    otherwise); the kept fractions divided by the number of units (their block
+    sums to the mean kept fraction). Refitted (hyper-parameters included)
+    whenever a measurement was added since the last fit.
     """
 
-    def __init__(self, *, dense_features: np.ndarray, dense_value: float, seed: int = 0) -> None:
-        scale = np.asarray(dense_features, dtype=float).copy()
-        scale[scale == 0] = 1.0
+    def __init__(
+        self, *, dense_features: np.ndarray, dense_value: float, units: int | None = None,
+        seed: int = 0,
+    ) -> None:  # fmt: skip
+        dense = np.asarray(dense_features, dtype=float)
+        u = len(dense) - 2 if units is None else int(units)
+        layers = (len(dense) - u - 2) // 2
+        total_macs, total_bytes = max(dense[-2], 1.0), max(dense[-1], 1.0)
+        scale = np.concatenate([
+            np.full(u, float(max(u, 1))),
+            np.full(layers, total_macs),
+            np.full(layers, total_bytes),
+            [total_macs, total_bytes],
+        ])  # fmt: skip
         self.scale = scale
         self.dense_value = float(dense_value)
         self.seed = int(seed)
@@ -341,7 +357,7 @@ class SurrogateGate:
         for name in self.names:
             model = OracleSurrogate(dense_features=features,
                                     dense_value=evaluator.dense[name].value,
-                                    seed=self.seed)  # fmt: skip
+                                    units=len(space.units), seed=self.seed)  # fmt: skip
             model.add(features, evaluator.dense[name].value)
             self.models[name] = model
         for o in evaluator.history:
@@ -381,7 +397,7 @@ class SurrogateGate:
                 reason[n] = "interval"
             elif _draw(self.seed, key, n) < self.audit_rate:
                 reason[n] = "audit"
-        self.seconds += time.perf_counter() - t0
+        spent = time.perf_counter() - t0
         onnx: list[bytes | None] = [None]
 
         def measure(names: list[str]) -> dict[str, Any]:
@@ -406,7 +422,9 @@ class SurrogateGate:
             )
             best = max((o.accuracy for o in evaluator.history if o.feasible), default=None)
             if feasible and (best is None or accuracy > best):
+                t_measure = time.perf_counter()
                 measurements.update(measure(predicted))
+                t0 += time.perf_counter() - t_measure  # measuring is not the surrogate's time
                 reason.update({n: "best" for n in predicted})
                 predicted = []
         for n in predicted:
@@ -431,8 +449,9 @@ class SurrogateGate:
                     err = (measurements[n].value - p.value) / measurements[n].value
                     log.debug("surrogate %s checked (%s): predicted %.4g, measured %.4g (%+.1f%%)",
                               n, reason[n], p.value, measurements[n].value, 100 * err)  # fmt: skip
-        self.seconds += time.perf_counter() - t0
-        timings["surrogate"] = time.perf_counter() - t0
+        spent += time.perf_counter() - t0
+        self.seconds += spent
+        timings["surrogate"] = spent  # features, fits and predictions (measuring excluded)
         sources = {c.name: "predicted" if c.name in predicted else "measured"
                    for c in evaluator.constraints}  # fmt: skip
         return measurements, sources, records
