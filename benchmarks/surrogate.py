@@ -228,6 +228,102 @@ def write(rows: list[dict[str, Any]], *, env: dict[str, Any], args: Any) -> None
                       table(summary), command=command_line(), env=env, notes=notes)  # fmt: skip
 
 
+def fit_study(tag: str) -> dict[str, Any]:
+    """The choice of regressor, on one stored ``--surrogate off`` run (every latency measured).
+
+    Replays the search's order: the model is fitted on the dense model and the first t
+    candidates and predicts candidate t+1, for every t from MIN_POINTS - 1 on. Compared:
+    the Gaussian process of hwprune.evaluate.surrogate (predictive std includes the
+    timing noise) and a bootstrap ensemble of 30 ridge regressions on the same scaled
+    features (std: the spread of the fits). Reported: median |error|, how often the
+    measured value fell inside the +-2 std interval, and how often the interval
+    straddled the bound (a measurement the gate would have made).
+    """
+    import numpy as np
+    import torch
+    from sklearn.linear_model import RidgeCV
+
+    from hwprune.config import read_run_config
+    from hwprune.evaluate import read_jsonl
+    from hwprune.evaluate.surrogate import MIN_POINTS, OracleSurrogate, candidate_features
+    from hwprune.models import get_model, load_checkpoint
+    from hwprune.run.load import build_space, inputs_of, space_options
+    from hwprune.space import Policy
+
+    out = WORK_DIR / tag
+    config = read_run_config(out)
+    model = get_model(config.model, num_classes=10, width=config.width or 1.0)
+    if config.weights:
+        load_checkpoint(model, config.weights)
+    space = build_space(model.eval(), example_inputs=inputs_of(torch.zeros(1, 3, 32, 32)),
+                        options=space_options(config))  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    dense_value, bound = report["budgets"][0]["dense"], report["budgets"][0]["bound"]
+    records = [r for r in read_jsonl(out / "episodes.jsonl") if r.get("type") == "candidate"]
+    X, y = [], []
+    for r in records:
+        policy = Policy.from_dict(r["policy"]).aligned(space)
+        X.append(candidate_features(space, policy, space.apply(policy)))
+        y.append(float(r["values"]["latency"]))
+    dense_f = candidate_features(space, Policy.dense(space), space.model)
+    results: dict[str, Any] = {"tag": tag, "candidates": len(y)}
+    for method in ("gaussian-process", "bootstrap-ridge"):
+        errors, covered, straddled, seconds = [], 0, 0, 0.0
+        for t in range(MIN_POINTS - 1, len(y)):
+            t0 = time.perf_counter()
+            gp = OracleSurrogate(dense_features=dense_f, dense_value=dense_value,
+                                 units=len(space.units))  # fmt: skip
+            gp.add(dense_f, dense_value)
+            for i in range(t):
+                gp.add(X[i], y[i])
+            if method == "gaussian-process":
+                p = gp.predict(X[t])
+                mean, sd = p.value, p.std
+            else:
+                A, b = np.vstack(gp.X), np.asarray(gp.y)
+                rng = np.random.default_rng(t)
+                preds = []
+                for _ in range(30):
+                    idx = rng.integers(0, len(b), len(b))
+                    reg = RidgeCV(alphas=np.logspace(-4, 2, 13)).fit(A[idx], b[idx])
+                    preds.append(reg.predict((X[t] / gp.scale)[None, :])[0])
+                mean, sd = float(np.mean(preds)) * dense_value, float(np.std(preds)) * dense_value
+            seconds += time.perf_counter() - t0
+            errors.append(abs(y[t] - mean) / y[t])
+            covered += int(abs(y[t] - mean) <= 2 * sd)
+            straddled += int(mean - 2 * sd <= bound <= mean + 2 * sd)
+        n = len(errors)
+        results[method] = {"predictions": n, "median_abs_error": float(np.median(errors)),
+                           "mean_abs_error": float(np.mean(errors)), "coverage_2sd": covered / n,
+                           "straddled": straddled / n, "seconds_per_fit": seconds / n}  # fmt: skip
+    return results
+
+
+def write_fit_study(tags: list[str], *, env: dict[str, Any]) -> None:
+    rows = []
+    for tag in tags:
+        log.info("fit study on %s", tag)
+        rows.append(fit_study(tag))
+    write_results("surrogate_fit", rows, command=command_line(), env=env)
+    table_rows = [
+        [r["tag"], m, r[m]["predictions"], f"{r[m]['median_abs_error']:.1%}",
+         f"{r[m]['mean_abs_error']:.1%}", f"{r[m]['coverage_2sd']:.0%}",
+         f"{r[m]['straddled']:.0%}", f"{r[m]['seconds_per_fit']:.2f}"]
+        for r in rows for m in ("gaussian-process", "bootstrap-ridge")
+    ]  # fmt: skip
+    body = markdown_table(["run (surrogate off)", "regressor", "predictions", "median abs error",
+                           "mean abs error", "inside +-2 std", "interval straddles bound",
+                           "s per fit"], table_rows)  # fmt: skip
+    notes = (
+        "Each stored `--surrogate off` run replayed in its order: fitted on the dense model and "
+        "the first t candidates, the regressor predicts candidate t+1 (features and scaling of "
+        "hwprune.evaluate.surrogate). A bootstrap ensemble's spread knows nothing of the timing "
+        "noise, so its interval is too narrow where the fits agree."
+    )
+    update_results_md("surrogate-fit", "Latency surrogate: which regressor", body,
+                      command=command_line(), env=env, notes=notes)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -236,10 +332,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--evaluations", type=int, default=EVALUATIONS)
     p.add_argument("--no-slow", action="store_true", help="skip the simulated slow oracle")
     p.add_argument("--quick", action="store_true", help="8 evaluations, no table written")
+    p.add_argument("--fit-study", nargs="+", metavar="TAG",
+                   help="only compare regressors on these stored --surrogate off runs")  # fmt: skip
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for name in ("hwprune", "stable_baselines3"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    if args.fit_study:
+        write_fit_study(args.fit_study, env=environment())
+        return 0
     register_slow_oracle()
     if args.quick:
         args.evaluations = 8
