@@ -331,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--agents", nargs="+", default=list(AGENTS))
     p.add_argument("--evaluations", type=int, default=EVALUATIONS)
     p.add_argument("--no-slow", action="store_true", help="skip the simulated slow oracle")
+    p.add_argument("--slow-evaluations", type=int, default=None,
+                   help="evaluations of the slow-oracle runs (default: --evaluations)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="8 evaluations, no table written")
     p.add_argument("--fit-study", nargs="+", metavar="TAG",
                    help="only compare regressors on these stored --surrogate off runs")  # fmt: skip
@@ -358,14 +360,15 @@ def main(argv: list[str] | None = None) -> int:
                     grid.append((model, agent, seed, mode, slow))
     rows: list[dict[str, Any]] = []
     for model, agent, seed, mode, oracle in grid:
-        slow_tag = "-slow" if oracle.startswith("slow") else ""
-        tag = f"{model}-{agent}-s{seed}-{mode}{slow_tag}-e{args.evaluations}"
+        is_slow = oracle.startswith("slow")
+        evaluations = (args.slow_evaluations or args.evaluations) if is_slow else args.evaluations
+        tag = f"{model}-{agent}-s{seed}-{mode}{'-slow' if is_slow else ''}-e{evaluations}"
         row = None if args.quick else store.get(tag)
         if row is None:
             log.info("run %s", tag)
             try:
                 row = one_run(model=model, width=MODELS[model], agent=agent, seed=seed,
-                              surrogate=mode, oracle=oracle, evaluations=args.evaluations,
+                              surrogate=mode, oracle=oracle, evaluations=evaluations,
                               tag=tag)  # fmt: skip
             except Exception as exc:  # a failed run is stored as failed, the grid goes on
                 log.exception("run %s failed", tag)
