@@ -145,13 +145,14 @@ def _f(x: Any, spec: str = "{:.3f}") -> str:
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per model, agent and oracle: off against on, averaged over the seeds both finished."""
     out = []
-    keys = sorted({(r["model"], r["agent"], r["oracle"]) for r in rows})
-    for model, agent, oracle in keys:
-        by = {
-            (r["surrogate"], r["seed"]): r
-            for r in rows
-            if (r["model"], r["agent"], r["oracle"]) == (model, agent, oracle) and r.get("ok")
-        }
+
+    def group(r: dict[str, Any]) -> tuple:
+        return (r["model"], r["agent"], r["oracle"], r.get("evaluations"))
+
+    ok = [r for r in rows if r.get("ok")]
+    for key in sorted({group(r) for r in ok}):
+        model, agent, oracle, evaluations = key
+        by = {(r["surrogate"], r["seed"]): r for r in ok if group(r) == key}
         on_mode = "auto" if oracle.startswith("slow") else "on"
         seeds = sorted({s for (m, s) in by if m == "off"} & {s for (m, s) in by if m == on_mode})
         if not seeds:
@@ -161,6 +162,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         verdicts = sum(r["verdicts"] or 0 for r in on)
         out.append({
             "model": model, "agent": agent, "oracle": oracle, "seeds": seeds, "mode": on_mode,
+            "evaluations": evaluations,
             "calls_off": _mean([r["search_oracle_calls"] for r in off]),
             "calls_on": _mean([r["search_oracle_calls"] for r in on]),
             "run_calls_off": _mean([r["run_oracle_calls"] for r in off]),
@@ -188,7 +190,8 @@ def table(summary: list[dict[str, Any]]) -> str:
         v = s["verdicts"]
         wrong = f"{s['wrong_feasible']} / {s['wrong_infeasible']} of {v}" if v else "- (0 verdicts)"
         rows.append([
-            s["model"], s["agent"], s["oracle"], ",".join(map(str, s["seeds"])), s["mode"],
+            s["model"], s["agent"], s["oracle"], s["evaluations"], ",".join(map(str, s["seeds"])),
+            s["mode"],
             f"{_f(s['calls_off'], '{:.0f}')} -> {_f(s['calls_on'], '{:.0f}')}",
             _f(ratio, "{:.1f}x"),
             f"{_f(s['run_calls_off'], '{:.0f}')} -> {_f(s['run_calls_on'], '{:.0f}')}",
@@ -199,7 +202,7 @@ def table(summary: list[dict[str, Any]]) -> str:
             f"{_f(s['search_s_off'], '{:.0f}')} / {_f(s['search_s_on'], '{:.0f}')}",
         ])  # fmt: skip
     return markdown_table(
-        ["model", "agent", "oracle", "seeds", "surrogate", "search oracle calls off -> on",
+        ["model", "agent", "oracle", "evaluations", "seeds", "surrogate", "search oracle calls off -> on",
          "fewer", "run oracle calls off -> on", "wrong verdicts (feas. / infeas.)",
          "median abs error (checked)", "proxy acc off / on", "test acc off / on",
          "budget met off / on", "search s off / on"],
@@ -212,7 +215,7 @@ def write(rows: list[dict[str, Any]], *, env: dict[str, Any], args: Any) -> None
     write_results("surrogate", {"rows": rows, "summary": summary}, command=command_line(), env=env)
     done = sorted({r["seed"] for r in rows if r.get("ok")})
     notes = (
-        f"`{BUDGET}` on `{ORACLE}`, {args.evaluations} evaluations, dense models trained "
+        f"`{BUDGET}` on `{ORACLE}`, evaluations as shown, dense models trained "
         f"{TRAIN['epochs']} epochs on digits; no fine-tuning (accuracies are the chosen "
         "candidate's, before fine-tuning, means over the seeds shown). Search oracle calls: "
         "candidates whose latency was measured; run oracle calls add the dense model, the "
