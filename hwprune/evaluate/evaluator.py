@@ -436,8 +436,9 @@ class Evaluator:
         module = self.space.apply(seen.policy)
         names = list(seen.predicted)
         measured = self.measure_module(module, only=names)
-        self.surrogate.learn(self, module, policy=seen.policy,
-                             values={n: m.value for n, m in measured.items()})  # fmt: skip
+        if self.surrogate is not None:
+            self.surrogate.learn(self, module, policy=seen.policy,
+                                 values={n: m.value for n, m in measured.items()})  # fmt: skip
         measurements = {**seen.measurements, **measured}
         values = {**seen.values, **{n: m.value for n, m in measured.items()}}
         costs = {c.name: c.cost(values[c.name]) for c in self.constraints}
