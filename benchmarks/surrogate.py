@@ -249,15 +249,16 @@ def fit_study(tag: str) -> dict[str, Any]:
     from hwprune.config import read_run_config
     from hwprune.evaluate import read_jsonl
     from hwprune.evaluate.surrogate import MIN_POINTS, OracleSurrogate, candidate_features
-    from hwprune.models import get_model, load_checkpoint
+    from hwprune.models import get_model, model_from_checkpoint
     from hwprune.run.load import build_space, inputs_of, space_options
     from hwprune.space import Policy
 
     out = WORK_DIR / tag
     config = read_run_config(out)
-    model = get_model(config.model, num_classes=10, width=config.width or 1.0)
     if config.weights:
-        load_checkpoint(model, config.weights)
+        model = model_from_checkpoint(config.weights)
+    else:
+        model = get_model(config.model, num_classes=10, width=config.width or 1.0)
     space = build_space(model.eval(), example_inputs=inputs_of(torch.zeros(1, 3, 32, 32)),
                         options=space_options(config))  # fmt: skip
     report = json.loads((out / "report.json").read_text())
