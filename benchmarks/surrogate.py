@@ -118,7 +118,7 @@ def one_run(*, model: str, width: float, agent: str, seed: int, surrogate: str,
     budget = result.budgets[0]
     return {
         "model": model, "width": width, "agent": agent, "seed": seed, "surrogate": surrogate,
-        "oracle": oracle, "evaluations": evaluations, "candidates": len(records),
+        "oracle": oracle, "evaluations": evaluations, "candidates": len(records), "tag": tag,
         "search_oracle_calls": int(measured),
         "run_oracle_calls": int(result.oracle_calls.get("latency", 0)),
         "decision": (report.get("surrogate") or {}).get("reasons", {}).get("latency"),
@@ -129,8 +129,18 @@ def one_run(*, model: str, width: float, agent: str, seed: int, surrogate: str,
         "dense_test_accuracy": dense_acc, "final_latency_ms": budget.final,
         "bound_ms": budget.bound, "met": result.all_met, "repairs": result.repairs,
         "search_seconds": result.stage_seconds.get("search"), "run_seconds": seconds,
-        "ok": True,
+        "oracle_cv": oracle_noise(out), "ok": True,
     }  # fmt: skip
+
+
+def oracle_noise(out: Path) -> float | None:
+    """The median, over a run's measured candidates, of the timing samples' coefficient of
+    variation (std / mean of the runs behind each median): how noisy the oracle was."""
+    from hwprune.evaluate import read_jsonl
+
+    cvs = [float(r["measurements"]["latency"].get("cv", 0.0)) for r in read_jsonl(out / "episodes.jsonl")
+           if r.get("type") == "candidate" and r.get("sources", {}).get("latency") != "predicted"]  # fmt: skip
+    return statistics.median(cvs) if cvs else None
 
 
 def _mean(xs: list[Any]) -> float | None:
@@ -179,6 +189,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "met_on": all(r["met"] for r in on), "met_off": all(r["met"] for r in off),
             "search_s_off": _mean([r["search_seconds"] for r in off]),
             "search_s_on": _mean([r["search_seconds"] for r in on]),
+            "oracle_cv_off": _mean([r.get("oracle_cv") for r in off]),
         })  # fmt: skip
     return out
 
@@ -200,17 +211,26 @@ def table(summary: list[dict[str, Any]]) -> str:
             f"{_f(s['test_off'])} / {_f(s['test_on'])}",
             f"{'yes' if s['met_off'] else 'NO'} / {'yes' if s['met_on'] else 'NO'}",
             f"{_f(s['search_s_off'], '{:.0f}')} / {_f(s['search_s_on'], '{:.0f}')}",
+            _f(s["oracle_cv_off"], "{:.0%}"),
         ])  # fmt: skip
     return markdown_table(
         ["model", "agent", "oracle", "evaluations", "seeds", "surrogate", "search oracle calls off -> on",
          "fewer", "run oracle calls off -> on", "wrong verdicts (feas. / infeas.)",
          "median abs error (checked)", "proxy acc off / on", "test acc off / on",
-         "budget met off / on", "search s off / on"],
+         "budget met off / on", "search s off / on", "timing cv (off run)"],
         rows,
     )  # fmt: skip
 
 
 def write(rows: list[dict[str, Any]], *, env: dict[str, Any], args: Any) -> None:
+    for r in rows:  # rows stored before the noise was recorded
+        if (
+            r.get("ok")
+            and r.get("oracle_cv") is None
+            and r.get("tag")
+            and (WORK_DIR / r["tag"]).is_dir()
+        ):
+            r["oracle_cv"] = oracle_noise(WORK_DIR / r["tag"])
     summary = summarise(rows)
     write_results("surrogate", {"rows": rows, "summary": summary}, command=command_line(), env=env)
     done = sorted({r["seed"] for r in rows if r.get("ok")})
@@ -393,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 },
             )
-        rows.append(row)
+        rows.append({**row, "tag": tag})
         if not args.quick:
             write(rows, env=env, args=args)
     if args.quick:
