@@ -341,8 +341,10 @@ def write_fit_study(tags: list[str], *, env: dict[str, Any]) -> None:
     notes = (
         "Each stored `--surrogate off` run replayed in its order: fitted on the dense model and "
         "the first t candidates, the regressor predicts candidate t+1 (features and scaling of "
-        "hwprune.evaluate.surrogate). A bootstrap ensemble's spread knows nothing of the timing "
-        "noise, so its interval is too narrow where the fits agree."
+        "hwprune.evaluate.surrogate). The interval is +-2 std (the gate also keeps at least "
+        "+-3%); 'straddles bound': the share of candidates the gate would have measured for "
+        "that reason alone. The errors are bounded below by the oracle's own noise: see the "
+        "timing cv of the same runs in the section above."
     )
     update_results_md("surrogate-fit", "Latency surrogate: which regressor", body,
                       command=command_line(), env=env, notes=notes)  # fmt: skip
