@@ -28,6 +28,7 @@ from hwprune.errors import ConfigError, RunDirError
 __all__ = [
     "PruneConfig",
     "GRANULARITIES",
+    "SURROGATE_MODES",
     "DEFAULT_OPSET",
     "OPSET_RANGE",
     "GPU_ORACLE_PREFIXES",
@@ -43,6 +44,9 @@ __all__ = [
 CONFIG_VERSION = 1
 # What a run prunes: channels (physically removed), unstructured weights, or 2:4 weight blocks.
 GRANULARITIES = ("channel", "weight", "2:4")
+# Whether timed budgets may be predicted by a surrogate learned during the search
+# (hwprune.evaluate.surrogate): auto turns it on for slow oracles only.
+SURROGATE_MODES = ("auto", "on", "off")
 # The ONNX opset of every export a run makes (search candidates, the final model).
 DEFAULT_OPSET = 17
 # Opsets torch's exporter and the ONNX checker both accept here.
@@ -166,6 +170,15 @@ class PruneConfig:
     min_keep: float = _opt(0.1, "smallest fraction kept per unit", kind="float")
     granularity: str = _opt("channel", "what is pruned", kind="str", choices=GRANULARITIES)
     importance: str = _opt("l2", "channel importance: l1, l2, taylor, random", kind="str")
+    surrogate: str = _opt(
+        "auto",
+        "predict timed budgets with a model learned from the run's own measurements, measuring "
+        "where the prediction is unsure, where a candidate would be the best so far, and a "
+        "sample; the dense model, the confirmation and the final proof are always measured. "
+        "auto: on for slow oracles (TensorRT engines, remote SPEC@http oracles, calls over 2 s)",
+        kind="str",
+        choices=SURROGATE_MODES,
+    )
     device: str = _opt("cpu", "training/evaluation device: cpu, cuda, cuda:N", kind="str")
     opset: int = _opt(DEFAULT_OPSET, "ONNX opset of the export", kind="int")
     workers: int = _opt(
@@ -223,6 +236,8 @@ class PruneConfig:
             raise bad("round_to", "a positive integer")
         if self.granularity not in GRANULARITIES:
             raise bad("granularity", f"one of {', '.join(GRANULARITIES)}")
+        if self.surrogate not in SURROGATE_MODES:
+            raise bad("surrogate", f"one of {', '.join(SURROGATE_MODES)}")
         if not _DEVICE.match(self.device):
             raise bad("device", "'cpu', 'cuda' or 'cuda:N'")
         lo, hi = OPSET_RANGE
@@ -233,6 +248,11 @@ class PruneConfig:
         object.__setattr__(self, "proxy", str(parse_proxy(self.proxy)))
         if not 1 <= self.workers <= MAX_WORKERS:
             raise bad("workers", f"a whole number of worker processes from 1 to {MAX_WORKERS}")
+        if self.surrogate == "on" and (self.workers > 1 or self.ray is not None):
+            raise ConfigError(
+                "surrogate 'on' needs one worker: a parallel evaluation measures every "
+                "candidate (give --surrogate off or auto, or --workers 1 without --ray)"
+            )
 
     def require_runnable(self) -> None:
         """ConfigError unless the config names what to prune, a budget and how to score."""

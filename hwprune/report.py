@@ -97,6 +97,7 @@ def write_report_md(
             f"- feasible candidates (every budget met by the search measurement): {n_feasible} "
             f"of {n} ({100.0 * n_feasible / n:.0f}%)"
         )
+    lines += _surrogate_lines(getattr(result, "surrogate", None) or {})
     lines += [
         "",
         "## Stage wall times",
@@ -133,6 +134,40 @@ def write_report_md(
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def _surrogate_lines(info: Mapping[str, Any]) -> list[str]:
+    """The latency surrogate: per timed budget whether it ran and why, what it predicted, and
+    its error on the candidates where it predicted and the oracle then measured."""
+    if not info:
+        return []
+    lines = ["", "## Latency surrogate", "",
+             f"Mode `{info['mode']}`. Predicted values ranked candidates during the search only: "
+             "the dense model, the confirmation of the best candidates, repairs and the final "
+             "proof were measured.", ""]  # fmt: skip
+    for name, on in info.get("enabled", {}).items():
+        why = info.get("reasons", {}).get(name, "")
+        if not on:
+            if not why.startswith("not a timed"):
+                lines.append(f"- `{name}`: off ({why})")
+            continue
+        s = info.get("budgets", {}).get(name, {})
+        total = s.get("predicted", 0) + s.get("measured", 0)
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.get("reasons", {}).items()))
+        lines.append(f"- `{name}`: on ({why}); of {total} candidates, {s.get('measured', 0)} "
+                     f"measured and {s.get('predicted', 0)} predicted ({reasons})")  # fmt: skip
+        if s.get("checked"):
+            wrong = (
+                f"{s['wrong_feasible']} predicted feasible but measured infeasible, "
+                f"{s['wrong_infeasible']} the reverse, of {s['verdicts']} verdicts checked"
+            )
+            lines.append(
+                f"  - error where checked ({s['checked']} candidates predicted, then measured): "
+                f"median {_pct(s['median_abs_error'])}, mean {_pct(s['mean_abs_error'])}, "
+                f"max {_pct(s['max_abs_error'])}; measured inside the interval "
+                f"{_pct(s['coverage'])}; {wrong}"
+            )
+    return lines
 
 
 def _metrics_lines(result: Any, options: Mapping[str, Any]) -> list[str]:

@@ -53,6 +53,7 @@ def unexportable(num_classes: int = 10) -> torch.nn.Module:
         (["--min-keep", "0"], "min_keep must lie in"),
         (["--proxy", "recover:0"], "proxy must be bn, kd or recover:STEPS"),
         (["--proxy", "accuracy"], "proxy must be bn, kd or recover:STEPS"),
+        (["--surrogate", "sometimes"], "invalid choice: 'sometimes'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(

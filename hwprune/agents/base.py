@@ -182,7 +182,8 @@ class Searcher:
         if best is None and repair_infeasible:
             candidates = [o for o in budget.outcomes] or evaluator.history
             start = max(candidates, key=lambda o: o.accuracy) if candidates else None
-            best = repair(space, budget, start.policy if start else None)
+            with evaluator.measured_only():
+                best = repair(space, budget, start.policy if start else None)
             repaired = best is not None
             infeasible = best is None
         return SearchResult(

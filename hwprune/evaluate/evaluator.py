@@ -7,9 +7,10 @@ candidate's pruned shape and every evaluation is appended to the episodes log.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,15 @@ class Outcome:
     timings: Mapping[str, float] = field(default_factory=dict)
     cached: bool = False
     params: int | None = None
+    # Per constraint "measured" or "predicted" (by the surrogate; absent: measured), and the
+    # surrogate gate's record per timed constraint it saw (reason, prediction).
+    sources: Mapping[str, str] = field(default_factory=dict)
+    surrogate: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def predicted(self) -> tuple[str, ...]:
+        """The constraints whose value here is a surrogate's prediction, not a measurement."""
+        return tuple(k for k, v in self.sources.items() if v == "predicted")
 
     @property
     def max_cost(self) -> float:
@@ -65,6 +75,12 @@ class Outcome:
             "params": self.params,
             "measurements": {k: m.to_dict() for k, m in self.measurements.items()},
             "timings": dict(self.timings),
+            "sources": {k: self.sources.get(k, "measured") for k in self.values},
+            **(
+                {"surrogate": {k: dict(v) for k, v in self.surrogate.items()}}
+                if self.surrogate
+                else {}
+            ),
             "time": time.time(),
         }
 
@@ -91,6 +107,10 @@ class Outcome:
             timings=dict(record.get("timings", {})),
             cached=True,
             params=record.get("params"),
+            sources={
+                k: str(record.get("sources", {}).get(k, "measured")) for k in record["values"]
+            },
+            surrogate=dict(record.get("surrogate", {})),
         )
 
 
@@ -163,9 +183,12 @@ class Evaluator:
         seed: int = 0,
         opset: int | None = None,
         on_outcome: Callable[[Outcome], None] | None = None,
+        surrogate: str = "off",
     ) -> None:
         """``task`` scores candidates (see hwprune.task); ``data`` is a shortcut for
-        ``ClassificationTask(data, ...)`` with the bn/eval/device/seed options given here."""
+        ``ClassificationTask(data, ...)`` with the bn/eval/device/seed options given here.
+        ``surrogate`` (auto, on, off): timed values predicted where the search allows it
+        (see hwprune.evaluate.surrogate); decided in ``calibrate``."""
         from hwprune.task import ClassificationTask, as_task
 
         if (task is None) == (data is None):
@@ -191,6 +214,15 @@ class Evaluator:
         self.opset = opset
         self.on_outcome = on_outcome
         self._oracles = {c.name: oracles.get_oracle(c.oracle) for c in self.constraints}
+        from hwprune.evaluate.surrogate import check_mode
+
+        self.surrogate_mode = check_mode(surrogate)
+        self.surrogate: Any = None  # the SurrogateGate, when calibrate turns it on
+        # The log's record of the surrogate's decision per timed constraint (kept on resume).
+        self.surrogate_decision: dict[str, Any] | None = None
+        self._measure_all = 0
+        # Calls each oracle made in this process (repeats counted, cache hits not).
+        self.oracle_calls: dict[str, int] = {c.name: 0 for c in self.constraints}
         self._by_key: dict[str, Outcome] = {}
         self.history: list[Outcome] = []
         self.dense: dict[str, Measurement] = {}
@@ -206,6 +238,8 @@ class Evaluator:
 
         other = 0
         for record in self._log.records():
+            if record.get("type") == "surrogate" and self.surrogate_decision is None:
+                self.surrogate_decision = record
             if record.get("type", "candidate") != "candidate":
                 continue
             if not same_score(record.get("score_key"), self.task.score_key):
@@ -216,9 +250,14 @@ class Evaluator:
             except (KeyError, ValueError, TypeError) as exc:
                 log.warning("skipping an unreadable episode record: %s", exc)
                 continue
-            if outcome.key not in self._by_key:
+            seen = self._by_key.get(outcome.key)
+            if seen is None:
                 self._by_key[outcome.key] = outcome
                 self.history.append(outcome)
+            elif seen.predicted and not outcome.predicted:
+                # The predicted value was measured later (a repair): the measurement stands.
+                self._by_key[outcome.key] = outcome
+                self.history[self.history.index(seen)] = outcome
         if other:
             log.warning("%s: %d candidates were scored with another proxy or data than %r; "
                         "they are evaluated again", self._log.path, other, self.task.score_key)  # fmt: skip
@@ -231,6 +270,22 @@ class Evaluator:
         return self.task.score_samples
 
     # ------------------------------------------------------------- measuring
+    @property
+    def oracles(self) -> Mapping[str, Any]:
+        """Each constraint's oracle, by constraint name."""
+        return self._oracles
+
+    def export(self, module: Any, *, timings: dict[str, float] | None = None) -> bytes:
+        """The module's ONNX bytes at the run's opset (timed as ``export``)."""
+        from hwprune.export.onnx import export_onnx
+
+        t0 = time.perf_counter()
+        kwargs = {} if self.opset is None else {"opset": self.opset}
+        onnx_bytes = export_onnx(module, example_inputs=self.example_inputs, **kwargs)
+        if timings is not None:
+            timings["export"] = time.perf_counter() - t0
+        return onnx_bytes
+
     def measure_module(
         self,
         module: Any,
@@ -239,26 +294,23 @@ class Evaluator:
         timings: dict[str, float] | None = None,
         repeats: int = 1,
         fresh: bool = False,
+        only: Sequence[str] | None = None,
     ) -> dict[str, Measurement]:
         """Every constraint's oracle on one module (its ONNX export made once, lazily).
 
         ``repeats`` > 1 keeps the median of that many independent calls of each
         timed oracle (see ``oracles.measure``); ``fresh`` measures without the
-        cache (the final verification).
+        cache (the final verification); ``only`` names the constraints to measure (default all).
         """
-        from hwprune.export.onnx import export_onnx
-
         shapes = self.example_inputs.shapes
         out: dict[str, Measurement] = {}
         for c in self.constraints:
+            if only is not None and c.name not in only:
+                continue
             oracle = self._oracles[c.name]
             if oracle.input_format == "onnx":
                 if onnx_bytes is None:
-                    t0 = time.perf_counter()
-                    kwargs = {} if self.opset is None else {"opset": self.opset}
-                    onnx_bytes = export_onnx(module, example_inputs=self.example_inputs, **kwargs)
-                    if timings is not None:
-                        timings["export"] = time.perf_counter() - t0
+                    onnx_bytes = self.export(module, timings=timings)
                 model: Any = onnx_bytes
             else:
                 model = module
@@ -270,6 +322,10 @@ class Evaluator:
                 cache=None if fresh else self.cache,
                 repeats=repeats,
             )
+            if not out[c.name].cached:
+                self.oracle_calls[c.name] = self.oracle_calls.get(c.name, 0) + (
+                    repeats if oracle.timed else 1
+                )
             if timings is not None:
                 timings[f"oracle:{c.name}"] = time.perf_counter() - t0
         return out
@@ -291,7 +347,23 @@ class Evaluator:
         self.dense = self.measure_module(dense_module, repeats=MEASURE_REPEATS)
         self.constraints = [c.resolve(self.dense[c.name].value) for c in self.constraints]
         self.dense_accuracy = self.task.checked_score(dense_module, what="the dense model")
+        if self.surrogate_mode != "off":
+            from hwprune.evaluate.surrogate import start_gate
+
+            self.surrogate = start_gate(self, episode_log=self._log)
         return self.constraints
+
+    @contextlib.contextmanager
+    def measured_only(self) -> Iterator[None]:
+        """Within: every value is measured (a predicted one seen before is measured now).
+
+        For the verdicts that decide the output beyond the search: the repairs.
+        """
+        self._measure_all += 1
+        try:
+            yield
+        finally:
+            self._measure_all -= 1
 
     # ------------------------------------------------------------- evaluate
     #: How many candidates this evaluator works on at once (see hwprune.evaluate.parallel).
@@ -303,16 +375,30 @@ class Evaluator:
             self.calibrate()
         key = self.space.shape_key(policy)
         seen = self._by_key.get(key)
+        if seen is not None and seen.predicted and self._measure_all:
+            return self._measure_predicted(seen)
         if seen is not None:
             return seen if seen.cached else _as_cached(seen)
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
         module, acc = self.score_candidate(policy, timings=timings)
-        measurements = self.measure_module(module, timings=timings)
+        sources: dict[str, str] = {}
+        gate_records: dict[str, Any] = {}
+        if self.surrogate is not None and not self._measure_all:
+            measurements, sources, gate_records = self.surrogate.measure(
+                self, module, policy=policy, key=key, accuracy=acc, timings=timings
+            )
+        else:
+            measurements = self.measure_module(module, timings=timings)
+            if self.surrogate is not None:
+                self.surrogate.learn(self, module, policy=policy,
+                                     values={n: m.value for n, m in measurements.items()})  # fmt: skip
+        measurements = {c.name: measurements[c.name] for c in self.constraints}
         timings["total"] = time.perf_counter() - t_start
         params = sum(p.numel() for p in module.parameters())
         return self.commit(policy=policy, key=key, accuracy=acc, measurements=measurements,
-                           timings=timings, params=params)  # fmt: skip
+                           timings=timings, params=params, sources=sources,
+                           surrogate=gate_records)  # fmt: skip
 
     def submit(self, policy: Any) -> Any:
         """Start evaluating ``policy``; the handle's ``result()`` is its Outcome.
@@ -365,8 +451,15 @@ class Evaluator:
         measurements: Mapping[str, Measurement],
         timings: Mapping[str, float],
         params: int | None,
+        sources: Mapping[str, str] | None = None,
+        surrogate: Mapping[str, Any] | None = None,
     ) -> Outcome:
-        """The outcome of one scored and measured candidate: remembered, logged, reported."""
+        """The outcome of one scored and measured candidate: remembered, logged, reported.
+
+        ``sources`` says per constraint whether its value was measured or predicted by the
+        surrogate (absent: measured); ``surrogate`` is the surrogate gate's record per
+        timed constraint it saw.
+        """
         values = {name: m.value for name, m in measurements.items()}
         costs = {c.name: c.cost(values[c.name]) for c in self.constraints}
         outcome = Outcome(
@@ -380,6 +473,8 @@ class Evaluator:
             measurements=dict(measurements),
             timings=dict(timings),
             params=params,
+            sources=dict(sources or {}),
+            surrogate=dict(surrogate or {}),
         )
         self._by_key[key] = outcome
         self.history.append(outcome)
@@ -391,6 +486,39 @@ class Evaluator:
             self.on_outcome(outcome)
         return outcome
 
+    def _measure_predicted(self, seen: Outcome) -> Outcome:
+        """``seen`` with its predicted values measured: replaces it in memory and in the log."""
+        from dataclasses import replace
+
+        module = self.space.apply(seen.policy)
+        names = list(seen.predicted)
+        measured = self.measure_module(module, only=names)
+        if self.surrogate is not None:
+            self.surrogate.learn(self, module, policy=seen.policy,
+                                 values={n: m.value for n, m in measured.items()})  # fmt: skip
+        measurements = {**seen.measurements, **measured}
+        values = {**seen.values, **{n: m.value for n, m in measured.items()}}
+        costs = {c.name: c.cost(values[c.name]) for c in self.constraints}
+        records = {n: {**seen.surrogate.get(n, {}), "source": "measured", "reason": "repair"}
+                   for n in seen.surrogate}  # fmt: skip
+        outcome = replace(
+            seen,
+            values=values,
+            costs=costs,
+            feasible=all(v <= 1.0 for v in costs.values()),
+            measurements=measurements,
+            sources={**seen.sources, **{n: "measured" for n in names}},
+            surrogate=records,
+            cached=False,
+        )
+        self._by_key[seen.key] = outcome
+        self.history[self.history.index(seen)] = outcome
+        if self._log is not None:
+            self._log.append(
+                {"type": "candidate", **outcome.to_record(), "score_key": self.task.score_key}
+            )
+        return outcome
+
     def close(self) -> None:
         """Release what the evaluator started (worker processes of a parallel evaluator)."""
 
@@ -400,7 +528,8 @@ class Evaluator:
         out: dict[str, float] = {}
         for o in self.history:
             for k, v in o.values.items():
-                out[k] = min(out.get(k, v), v)
+                if o.sources.get(k, "measured") == "measured":
+                    out[k] = min(out.get(k, v), v)
         return out
 
     @property

@@ -118,7 +118,8 @@ def repair_candidate(
     2% to spare. Earlier candidates with that margin may all be far smaller (a
     bisection leaves one near the bound and the rest near the floor), while a
     slightly smaller version of the failed policy usually keeps its accuracy;
-    the scaling costs a few evaluations, and repairs are rare.
+    the scaling costs a few evaluations, and repairs are rare. Every value a repair
+    looks at is measured (none predicted by the surrogate).
 
     Best: the first of :func:`~hwprune.evaluate.rank_feasible`, the rule the
     search's own choice follows (most accurate; within sampling noise of it,
@@ -129,7 +130,9 @@ def repair_candidate(
 
     limit = 0.98 * failed.max_cost / max(worst, 1.0)
     pool = [
-        o for o in evaluator.history if o.feasible and o.key not in tried and o.max_cost <= limit
+        o
+        for o in evaluator.history
+        if o.feasible and not o.predicted and o.key not in tried and o.max_cost <= limit
     ]
 
     def strict(policy: Any) -> Any:
@@ -137,7 +140,8 @@ def repair_candidate(
         ok = outcome.feasible and outcome.max_cost <= limit and outcome.key not in tried
         return replace(outcome, feasible=ok)
 
-    found = repair(space, strict, failed.policy)
+    with evaluator.measured_only():
+        found = repair(space, strict, failed.policy)
     if found is not None:
         pool.append(evaluator._by_key.get(found.key, found))
     if not pool:

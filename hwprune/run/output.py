@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hwprune.errors import HwpruneError
+from hwprune.evaluate.surrogate import surrogate_report
 from hwprune.run.context import RunContext
 from hwprune.run.final import Final
 from hwprune.run.load import Loaded, space_options
@@ -134,6 +135,7 @@ def _checks(d: Dense, f: Final) -> tuple[BudgetCheck, ...]:
             final=float(f.measurements[c.name].value),
             met=bool(f.met[c.name]),
             margin=1.0 - float(f.measurements[c.name].value) / float(c.bound),
+            statistic=str(f.measurements[c.name].statistic),
         )  # fmt: skip
         for c in d.constraints
     )
@@ -166,6 +168,8 @@ def result_of(
         evaluated=loaded.task.evaluate is not None, model=f.module,
         proxy=getattr(loaded.task.source, "proxy", None),
         proxy_seconds=mean_proxy_seconds(d.evaluator.history),
+        surrogate=surrogate_report(d.evaluator),
+        oracle_calls=dict(d.evaluator.oracle_calls),
     )  # fmt: skip
 
 

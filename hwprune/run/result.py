@@ -23,6 +23,9 @@ class BudgetCheck:
     final: float
     met: bool
     margin: float  # 1 - final / bound: the fraction of the bound left unused
+    # How ``final`` was obtained: "median" (of repeated timed calls) or "exact" (a count);
+    # never "predicted": the proof is a measurement.
+    statistic: str = "exact"
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,12 @@ class PruneResult:
     finetuned: bool = True
     evaluated: bool = True
     openvino_max_abs_diff: float | None = None  # the OpenVINO IR's check; None: no IR written
+    # The latency surrogate: mode, decision per timed budget, its checked error (see
+    # hwprune.evaluate.surrogate.report); empty for runs without one.
+    surrogate: Mapping[str, Any] = field(default_factory=dict)
+    # Calls each budget's oracle made in this session (dense, search, confirmation, proof;
+    # repeats counted, cache hits not).
+    oracle_calls: Mapping[str, int] = field(default_factory=dict)
     model: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -96,10 +105,12 @@ class PruneResult:
                 "repairs": self.repairs,
                 "proxy": self.proxy,
                 "proxy_seconds_mean": self.proxy_seconds,
+                "oracle_calls": dict(self.oracle_calls),
             },
             "export": {
                 "max_abs_diff": self.export_max_abs_diff,
                 "tensorrt": self.tensorrt,
                 "openvino_max_abs_diff": self.openvino_max_abs_diff,
             },
+            "surrogate": dict(self.surrogate),
         }

@@ -59,9 +59,11 @@ def dense(ctx: RunContext, loaded: Loaded, constraints: list) -> Dense:
         if config.workers > 1 or config.ray is not None:
             from hwprune.evaluate.parallel import ParallelEvaluator
 
+            # Every candidate is measured in parallel runs: the surrogate's gate decides
+            # one candidate at a time, in order (PruneConfig refuses surrogate=on here).
             evaluator = ParallelEvaluator(workers=config.workers, ray_address=config.ray, **kwargs)
         else:
-            evaluator = Evaluator(**kwargs)
+            evaluator = Evaluator(**kwargs, surrogate=config.surrogate)
         try:
             resumed = evaluator.evaluations
             constraints = evaluator.calibrate()
@@ -146,8 +148,10 @@ def choose(ctx: RunContext, loaded: Loaded, d: Dense) -> tuple[Any, list[dict[st
 
     Ranked by :func:`~hwprune.evaluate.rank_feasible` over every candidate in
     the episodes log (earlier sessions' included); the first whose
-    re-measurement meets every budget is chosen. None confirmed: the repair
-    step scales the most accurate candidate down until it is feasible.
+    re-measurement meets every budget is chosen (a value the surrogate predicted
+    ranks a candidate, never confirms it). None confirmed: the repair step
+    scales the most accurate candidate down until it is feasible, measuring
+    every value.
     """
     from hwprune.agents import confirm_best, repair
 
@@ -160,7 +164,8 @@ def choose(ctx: RunContext, loaded: Loaded, d: Dense) -> tuple[Any, list[dict[st
                 if evaluator.history
                 else None
             )
-            best = repair(loaded.space, evaluator.evaluate, start)
+            with evaluator.measured_only():
+                best = repair(loaded.space, evaluator.evaluate, start)
         if best is None:
             raise _infeasible(ctx, d)
         step(1, total=1, accuracy=best.accuracy, values=dict(best.values))

@@ -1,0 +1,538 @@
+"""A latency surrogate learned during the search: predicted where it is sure, measured where not.
+
+A timed oracle costs 0.5 s on ONNX Runtime CPU, 10-60 s where a TensorRT engine
+is built, seconds more over the network. The search already measures hundreds
+of candidates of one model on one device; ``OracleSurrogate`` learns that
+oracle from them (a Gaussian process on the candidate's shape: per-unit kept
+channels, per-layer MACs and bytes, as fractions of the dense model's) and
+``SurrogateGate`` decides, candidate by candidate, which timed values it may
+predict. A value is measured:
+
+- while the surrogate has fewer than ``MIN_POINTS`` measurements ("warmup");
+- when the prediction's interval straddles the budget's bound ("interval");
+- for a fixed fraction of the other candidates, drawn from the candidate's key
+  so a resumed run draws the same ("audit"), their errors logged;
+- when, predicted, the candidate would become the best feasible one so far
+  ("best").
+
+Every verdict that decides the output is measured elsewhere and never asks
+the gate: the dense reference (``Evaluator.calibrate``), the confirmation of the
+best candidates and the final proof (``Evaluator.remeasure``), the repairs
+(``Evaluator.measured_only``).
+
+Why a Gaussian process: with tens of points and a smooth, mostly additive
+target (a layer's time grows with its MACs and bytes), a GP with a linear
+(DotProduct) plus RBF kernel and a white-noise term fits in milliseconds and
+gives a predictive standard deviation that includes the timing noise; a
+bootstrap ensemble of regressors gives only the spread of its fits.
+``benchmarks/surrogate.py`` reports both on held-out candidates. The interval
+is widened when the checked predictions say it is too narrow (its z grows to
+the 90th percentile of the checked |error| / std), and never narrower than
+``REL_FLOOR`` of the value (timing noise between two calls).
+
+No per-layer table is measured at the start (each unit pruned alone at a few
+ratios, as HALP and NetAdapt do): it cannot pay for itself here. At three ratios
+it costs 3 calls per unit, 39 for CIFAR VGG-16 (13 units) and 90 for ResNet-56
+(30 units), against about 33 calls in all for a 100-evaluation search made 3x
+cheaper; and a table of single-unit cuts misses what joint cuts do (fusion,
+the runtime's kernel choice), which the run's own candidates show directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from hwprune.config import SURROGATE_MODES
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "SURROGATE_MODES",
+    "check_mode",
+    "start_gate",
+    "SLOW_CALL_SECONDS",
+    "MIN_POINTS",
+    "AUDIT_RATE",
+    "Prediction",
+    "OracleSurrogate",
+    "SurrogateGate",
+    "surrogate_wanted",
+    "candidate_features",
+    "summarize",
+    "surrogate_report",
+]
+
+# A timed oracle whose call takes longer than this (the dense model, in seconds) gets the
+# surrogate under ``auto``: ONNX Runtime CPU on a small net takes ~0.5 s and stays measured.
+SLOW_CALL_SECONDS = 2.0
+# Oracles that are slow by nature (an engine build per candidate): on under ``auto``.
+SLOW_ORACLES = ("tensorrt", "onnxruntime:tensorrt")
+# Measurements (the dense model's included) before the surrogate may answer.
+MIN_POINTS = 8
+# Fraction of the candidates it could answer that are measured anyway, to check it.
+AUDIT_RATE = 0.1
+# The interval: prediction +- z * std (z = 2: ~95% where the model is right) ...
+Z = 2.0
+# ... and never narrower than this fraction of the value (two calls differ by that much).
+REL_FLOOR = 0.03
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A surrogate's answer: ``value`` with its standard deviation and the interval it trusts."""
+
+    value: float
+    std: float
+    low: float
+    high: float
+    points: int  # measurements it was fitted on
+
+    def straddles(self, bound: float) -> bool:
+        return self.low <= bound <= self.high
+
+    def to_dict(self) -> dict[str, float]:
+        return {"value": self.value, "std": self.std, "low": self.low, "high": self.high,
+                "points": self.points}  # fmt: skip
+
+
+def surrogate_wanted(mode: str, oracle: Any, *, call_seconds: float | None) -> tuple[bool, str]:
+    """Whether ``oracle`` gets a surrogate under ``mode`` (auto, on, off), and why.
+
+    ``auto`` turns it on for a timed oracle that is slow by nature (TensorRT engine
+    builds), served remotely (``SPEC@http://...``), or whose call on the dense model took
+    more than ``SLOW_CALL_SECONDS`` (``call_seconds``; None when it was not timed here).
+    """
+    check_mode(mode)
+    if not getattr(oracle, "timed", False):
+        return False, "not a timed oracle (an exact count is cheap)"
+    if mode == "off":
+        return False, "off"
+    if mode == "on":
+        return True, "on"
+    spec = str(getattr(oracle, "spec", oracle)).lower()
+    if type(oracle).__name__ == "RemoteOracle" or "@" in spec:
+        return True, "auto: a remote oracle"
+    if spec.startswith(SLOW_ORACLES):
+        return True, "auto: an engine is built per candidate"
+    if call_seconds is not None and call_seconds > SLOW_CALL_SECONDS:
+        return True, f"auto: a call took {call_seconds:.1f} s (> {SLOW_CALL_SECONDS:g} s)"
+    if call_seconds is None:
+        return False, "auto: the dense call was not timed in this session"
+    return False, f"auto: a call takes {call_seconds:.2f} s (<= {SLOW_CALL_SECONDS:g} s)"
+
+
+def check_mode(mode: Any) -> str:
+    """``mode`` if it is one of SURROGATE_MODES, else ConfigError in one sentence."""
+    from hwprune.errors import ConfigError
+
+    if mode not in SURROGATE_MODES:
+        raise ConfigError(f"surrogate must be one of {', '.join(SURROGATE_MODES)}, got {mode!r}")
+    return str(mode)
+
+
+def start_gate(evaluator: Any, *, episode_log: Any = None) -> SurrogateGate | None:
+    """The gate for ``evaluator`` (calibrated), or None when no timed constraint gets a surrogate.
+
+    The decision per constraint is written once to the episodes log (``type:
+    surrogate``) and read back on resume: a resumed run's dense value comes from
+    the cache, untimed, and must not turn ``auto`` the other way.
+    """
+    from hwprune.evaluate.evaluator import MEASURE_REPEATS
+
+    decision = evaluator.surrogate_decision
+    if decision is None or decision.get("mode") != evaluator.surrogate_mode:
+        enabled, reasons = {}, {}
+        for c in evaluator.constraints:
+            m = evaluator.dense[c.name]
+            per_call = None if m.cached else m.seconds / MEASURE_REPEATS
+            enabled[c.name], reasons[c.name] = surrogate_wanted(
+                evaluator.surrogate_mode, evaluator.oracles[c.name], call_seconds=per_call
+            )
+        decision = {"type": "surrogate", "mode": evaluator.surrogate_mode, "enabled": enabled,
+                    "reasons": reasons, "time": time.time()}  # fmt: skip
+        if episode_log is not None:
+            episode_log.append(decision)
+        evaluator.surrogate_decision = decision
+    for name, why in decision["reasons"].items():
+        log.info(
+            "surrogate for %s: %s (%s)", name, "on" if decision["enabled"][name] else "off", why
+        )
+    names = [c.name for c in evaluator.constraints if decision["enabled"].get(c.name)]
+    if not names:
+        return None
+    gate = SurrogateGate(names=names, reasons=decision["reasons"], seed=evaluator.seed)
+    gate.start(evaluator)
+    return gate
+
+
+# --------------------------------------------------------------------------- features
+
+
+def _layer_costs(module: Any, example_inputs: Any) -> tuple[list[float], list[float]]:
+    """Per Conv/Linear layer (in module order): MACs per sample and bytes moved (weights,
+    input and output activations, float32), from one forward pass with hooks."""
+    import torch
+    from torch import nn
+
+    from hwprune.space._layers import profile
+
+    prof = profile(module, example_inputs)
+    moved: dict[str, float] = {}
+    batch = max(1, int(example_inputs.batch))
+
+    def hook(name: str) -> Any:
+        def record(m: nn.Module, args: Any, output: Any) -> None:
+            if isinstance(output, tuple):
+                output = output[0]
+            n_in = sum(a.numel() for a in args if isinstance(a, torch.Tensor)) // batch
+            n_out = output.numel() // batch if isinstance(output, torch.Tensor) else 0
+            n_w = sum(p.numel() for p in m.parameters(recurse=False))
+            moved[name] = moved.get(name, 0.0) + 4.0 * (n_in + n_out + n_w)
+
+        return record
+
+    kinds = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention)
+    names = [n for n, m in module.named_modules() if isinstance(m, kinds)]
+    handles = [m.register_forward_hook(hook(n)) for n, m in module.named_modules()
+               if isinstance(m, kinds)]  # fmt: skip
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            example_inputs.call(module)
+    finally:
+        module.train(was_training)
+        for h in handles:
+            h.remove()
+    return [float(prof.macs.get(n, 0)) for n in names], [moved.get(n, 0.0) for n in names]
+
+
+def candidate_features(space: Any, policy: Any, module: Any) -> np.ndarray:
+    """The raw features of one candidate: per-unit kept fraction, per-layer MACs and bytes,
+    total MACs and bytes (divide by the dense model's to compare candidates)."""
+    if hasattr(space, "kept_channels"):
+        kept = space.kept_channels(policy)
+        fractions = [kept[u.id] / max(1, u.channels) for u in space.units]
+    elif hasattr(space, "densities"):
+        fractions = list(space.densities(policy).values())
+    else:
+        fractions = [float(k) for k in policy.keep]
+    macs, moved = _layer_costs(module, space.example_inputs)
+    return np.asarray([*fractions, *macs, *moved, sum(macs), sum(moved)], dtype=float)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class OracleSurrogate:
+    """One timed oracle's value learned from the run's measurements: a Gaussian process.
+
+    The target is the value over the dense value. Features (laid out as
+    :func:`candidate_features` writes them, ``units`` kept fractions first) are
+    scaled so that the linear kernel's prior sees what matters: total MACs and
+    bytes as fractions of the dense model's; each layer's MACs and bytes as shares
+    of the dense totals (a small layer counts for little unless the data say
+    otherwise); the kept fractions divided by the number of units (their block
+    sums to the mean kept fraction). Refitted (hyper-parameters included)
+    whenever a measurement was added since the last fit.
+    """
+
+    def __init__(
+        self, *, dense_features: np.ndarray, dense_value: float, units: int | None = None,
+        seed: int = 0,
+    ) -> None:  # fmt: skip
+        dense = np.asarray(dense_features, dtype=float)
+        u = len(dense) - 2 if units is None else int(units)
+        layers = (len(dense) - u - 2) // 2
+        total_macs, total_bytes = max(dense[-2], 1.0), max(dense[-1], 1.0)
+        scale = np.concatenate([
+            np.full(u, float(max(u, 1))),
+            np.full(layers, total_macs),
+            np.full(layers, total_bytes),
+            [total_macs, total_bytes],
+        ])  # fmt: skip
+        self.scale = scale
+        self.dense_value = float(dense_value)
+        self.seed = int(seed)
+        self.X: list[np.ndarray] = []
+        self.y: list[float] = []
+        self.z_ratios: list[float] = []  # checked |error| / std, for the interval's width
+        self._model: Any = None
+        self._fitted_on = 0
+
+    @property
+    def points(self) -> int:
+        return len(self.y)
+
+    def add(self, features: np.ndarray, value: float) -> None:
+        self.X.append(np.asarray(features, dtype=float) / self.scale)
+        self.y.append(float(value) / self.dense_value)
+
+    def _fit(self) -> Any:
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.gaussian_process import GaussianProcessRegressor
+        from sklearn.gaussian_process.kernels import RBF, ConstantKernel, DotProduct, WhiteKernel
+
+        if self._model is not None and self._fitted_on == self.points:
+            return self._model
+        X, y = np.vstack(self.X), np.asarray(self.y)
+        kernel = (
+            ConstantKernel(1.0, (1e-3, 1e3)) * DotProduct(1.0, (1e-3, 1e2))
+            + ConstantKernel(0.1, (1e-4, 1e2)) * RBF(float(np.sqrt(X.shape[1])), (1e-1, 1e3))
+            + WhiteKernel(1e-3, (1e-6, 1e-1))
+        )
+        gp = GaussianProcessRegressor(
+            kernel=kernel, normalize_y=True, n_restarts_optimizer=2, random_state=self.seed
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gp.fit(X, y)
+        self._model, self._fitted_on = gp, self.points
+        return gp
+
+    def z(self) -> float:
+        """The interval's half-width in standard deviations: ``Z``, or wider when the checked
+        predictions missed by more (their 90th percentile of |error| / std)."""
+        if len(self.z_ratios) < 5:
+            return Z
+        return max(Z, float(np.quantile(self.z_ratios, 0.9)))
+
+    def predict(self, features: np.ndarray) -> Prediction | None:
+        """The value with its interval, or None while fewer than ``MIN_POINTS`` are known."""
+        if self.points < MIN_POINTS:
+            return None
+        gp = self._fit()
+        x = (np.asarray(features, dtype=float) / self.scale)[None, :]
+        mean, std = gp.predict(x, return_std=True)
+        value = float(mean[0]) * self.dense_value
+        sd = max(float(std[0]) * self.dense_value, 1e-12)
+        half = max(self.z() * sd, REL_FLOOR * abs(value))
+        return Prediction(value, sd, value - half, value + half, self.points)
+
+    def check(self, prediction: Prediction, measured: float) -> None:
+        """A measured value for a prediction: widens the interval if the model is overconfident."""
+        self.z_ratios.append(abs(measured - prediction.value) / prediction.std)
+
+
+# --------------------------------------------------------------------------- the gate
+
+
+def _draw(seed: int, key: str, name: str) -> float:
+    """A uniform number in [0, 1) fixed by the run's seed and the candidate: the audit's draw."""
+    digest = hashlib.sha256(f"{seed}:{key}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+class SurrogateGate:
+    """The evaluator's hook: per candidate, which timed values are measured and which predicted.
+
+    Built by ``Evaluator.calibrate`` for the constraints whose oracle gets a
+    surrogate (``names``); fed every measured value (the dense model's first).
+    """
+
+    def __init__(
+        self,
+        *,
+        names: Sequence[str],
+        reasons: Mapping[str, str],
+        seed: int = 0,
+        audit_rate: float = AUDIT_RATE,
+    ) -> None:
+        self.names = tuple(names)
+        self.reasons = dict(reasons)
+        self.seed = int(seed)
+        self.audit_rate = float(audit_rate)
+        self.models: dict[str, OracleSurrogate] = {}
+        self.seconds = 0.0  # spent on features, fits and predictions
+
+    def start(self, evaluator: Any) -> None:
+        """The dense model as the first point; every measured candidate of a resumed log next."""
+        space = evaluator.space
+        from hwprune.space import Policy
+
+        dense_policy = Policy.dense(space)
+        features = candidate_features(space, dense_policy, space.model)
+        for name in self.names:
+            model = OracleSurrogate(dense_features=features,
+                                    dense_value=evaluator.dense[name].value,
+                                    units=len(space.units), seed=self.seed)  # fmt: skip
+            model.add(features, evaluator.dense[name].value)
+            self.models[name] = model
+        for o in evaluator.history:
+            measured = [n for n in self.names if o.sources.get(n, "measured") == "measured"]
+            if measured:
+                f = candidate_features(space, o.policy, space.apply(o.policy))
+                for n in measured:
+                    self.models[n].add(f, o.values[n])
+            for n, info in o.surrogate.items():
+                pred = info.get("prediction")
+                if n in self.models and pred and info.get("source") == "measured":
+                    self.models[n].check(Prediction(**pred), o.values[n])
+
+    def measure(
+        self,
+        evaluator: Any,
+        module: Any,
+        *,
+        policy: Any,
+        key: str,
+        accuracy: float,
+        timings: dict[str, float],
+    ) -> tuple[dict[str, Any], dict[str, str], dict[str, dict[str, Any]]]:
+        """(measurements with predicted ones among them, source per constraint, the gate's
+        record per surrogate constraint: reason, prediction)."""
+        t0 = time.perf_counter()
+        features = candidate_features(evaluator.space, policy, module)
+        bounds = {c.name: c.bound for c in evaluator.constraints}
+        predictions: dict[str, Prediction | None] = {
+            n: self.models[n].predict(features) for n in self.names
+        }
+        reason: dict[str, str] = {}
+        for n, p in predictions.items():
+            if p is None:
+                reason[n] = "warmup"
+            elif p.straddles(bounds[n]):
+                reason[n] = "interval"
+            elif _draw(self.seed, key, n) < self.audit_rate:
+                reason[n] = "audit"
+        spent = time.perf_counter() - t0
+        onnx: list[bytes | None] = [None]
+
+        def measure(names: list[str]) -> dict[str, Any]:
+            # One export serves both rounds of measurement.
+            needs = any(evaluator.oracles[n].input_format == "onnx" for n in names)
+            if needs and onnx[0] is None:
+                onnx[0] = evaluator.export(module, timings=timings)
+            return evaluator.measure_module(module, onnx_bytes=onnx[0], timings=timings,
+                                            only=names)  # fmt: skip
+
+        first = [
+            c.name for c in evaluator.constraints if c.name not in self.names or c.name in reason
+        ]
+        measurements = measure(first) if first else {}
+        t0 = time.perf_counter()
+        predicted = [n for n in self.names if n not in reason]
+        if predicted:
+            feasible = all(
+                (predictions[c.name].value if c.name in predicted else measurements[c.name].value)
+                <= c.bound
+                for c in evaluator.constraints
+            )
+            best = max((o.accuracy for o in evaluator.history if o.feasible), default=None)
+            if feasible and (best is None or accuracy > best):
+                t_measure = time.perf_counter()
+                measurements.update(measure(predicted))
+                t0 += time.perf_counter() - t_measure  # measuring is not the surrogate's time
+                reason.update({n: "best" for n in predicted})
+                predicted = []
+        for n in predicted:
+            p = predictions[n]
+            assert p is not None
+            reason[n] = "predicted"
+            measurements[n] = evaluator.dense[n].replace(
+                value=p.value, statistic="predicted", samples=0, iqr=0.0, cv=0.0,
+                ci_low=p.low, ci_high=p.high, seconds=0.0, cached=False,
+                extra={"std": p.std, "points": p.points},
+            )  # fmt: skip
+        records: dict[str, dict[str, Any]] = {}
+        for n in self.names:
+            p = predictions[n]
+            source = "predicted" if n in predicted else "measured"
+            records[n] = {"source": source, "reason": reason[n],
+                          "prediction": p.to_dict() if p is not None else None}  # fmt: skip
+            if source == "measured":
+                self.models[n].add(features, measurements[n].value)
+                if p is not None:
+                    self.models[n].check(p, measurements[n].value)
+                    err = (measurements[n].value - p.value) / measurements[n].value
+                    log.debug("surrogate %s checked (%s): predicted %.4g, measured %.4g (%+.1f%%)",
+                              n, reason[n], p.value, measurements[n].value, 100 * err)  # fmt: skip
+        spent += time.perf_counter() - t0
+        self.seconds += spent
+        timings["surrogate"] = spent  # features, fits and predictions (measuring excluded)
+        sources = {c.name: "predicted" if c.name in predicted else "measured"
+                   for c in evaluator.constraints}  # fmt: skip
+        return measurements, sources, records
+
+    def learn(self, evaluator: Any, module: Any, *, policy: Any,
+              values: Mapping[str, float]) -> None:  # fmt: skip
+        """A measured value of a candidate first predicted (re-measured for a repair)."""
+        features = candidate_features(evaluator.space, policy, module)
+        for n, v in values.items():
+            if n in self.models:
+                self.models[n].add(features, v)
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def summarize(history: Sequence[Any], constraints: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """Per constraint the gate saw: candidates predicted and measured (by reason), and the
+    surrogate's error on the candidates where it predicted and the oracle then measured.
+
+    ``verdicts``: checked candidates whose interval lay clear of the bound (a verdict the
+    gate would have acted on: audits, would-be bests); ``wrong_feasible``: of those,
+    predicted within the bound and measured over it; ``wrong_infeasible``: the reverse;
+    their rates are fractions of ``verdicts``. Errors are (measured - predicted) / measured.
+    """
+    bounds = {c.name: c.bound for c in constraints}
+    out: dict[str, dict[str, Any]] = {}
+    for o in history:
+        for n, info in getattr(o, "surrogate", {}).items():
+            s = out.setdefault(n, {"predicted": 0, "measured": 0, "reasons": {}, "errors": [],
+                                   "wrong_feasible": 0, "wrong_infeasible": 0, "covered": 0,
+                                   "verdicts": 0})  # fmt: skip
+            s[info["source"]] += 1
+            s["reasons"][info["reason"]] = s["reasons"].get(info["reason"], 0) + 1
+            pred = info.get("prediction")
+            if info["source"] == "measured" and pred:
+                v, b = float(o.values[n]), bounds.get(n)
+                s["errors"].append((v - pred["value"]) / v)
+                s["covered"] += int(pred["low"] <= v <= pred["high"])
+                if b is not None and not pred["low"] <= b <= pred["high"]:
+                    # A verdict the gate would have acted on (its interval clear of the bound).
+                    s["verdicts"] += 1
+                    s["wrong_feasible"] += int(pred["high"] < b < v)
+                    s["wrong_infeasible"] += int(v <= b < pred["low"])
+    for s in out.values():
+        errs = np.abs(np.asarray(s.pop("errors"), dtype=float))
+        s["checked"] = int(errs.size)
+        s["mean_abs_error"] = float(errs.mean()) if errs.size else None
+        s["median_abs_error"] = float(np.median(errs)) if errs.size else None
+        s["max_abs_error"] = float(errs.max()) if errs.size else None
+        n = max(1, s["checked"])
+        s["coverage"] = s["covered"] / n if errs.size else None
+        v = s["verdicts"]
+        s["wrong_feasible_rate"] = s["wrong_feasible"] / v if v else None
+        s["wrong_infeasible_rate"] = s["wrong_infeasible"] / v if v else None
+        if not math.isfinite(s.get("mean_abs_error") or 0.0):
+            s["mean_abs_error"] = None
+    return out
+
+
+def surrogate_report(evaluator: Any) -> dict[str, Any]:
+    """The run's surrogate in plain JSON: mode, decision and reason per budget, candidates
+    measured and predicted, the error where it was checked; {} when the mode was off."""
+    decision = evaluator.surrogate_decision
+    if evaluator.surrogate_mode == "off" or decision is None:
+        return {}
+    history = evaluator.history
+    measured = {c.name: sum(o.sources.get(c.name, "measured") == "measured" for o in history)
+                for c in evaluator.constraints}  # fmt: skip
+    return {
+        "mode": decision["mode"],
+        "enabled": dict(decision["enabled"]),
+        "reasons": dict(decision["reasons"]),
+        "candidates": len(history),
+        "candidates_measured": measured,
+        "budgets": summarize(history, evaluator.constraints),
+    }
