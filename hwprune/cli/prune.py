@@ -102,6 +102,7 @@ class ProgressView:
     STAGES = {
         "train": "train demo model",
         "load": "load data and model",
+        "staircase": "latency staircase",
         "dense": "measure dense model",
         "search": "search",
         "choose": "confirm best",
