@@ -9,14 +9,18 @@ every built count is one the staircase allows.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
 
 import hwprune
 import hwprune.space.staircase as staircase_mod
+import oracles
 from hwprune.api import _checked
 from hwprune.cli import main
 from hwprune.config import PruneConfig
@@ -123,3 +127,37 @@ def test_a_bad_round_to_is_one_line_and_exit_2(value, tmp_path: Path, capsys) ->
     assert f"round_to must be a positive integer or 'auto', got {value!r}" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run").exists()
+
+
+# A stand-in runtime that runs whole networks only (it refuses a lone layer, as some
+# compilers and remote boards do): its "latency" is 0.01 ms per graph node.
+@oracles.register_oracle("test-whole-net-latency")
+@dataclasses.dataclass
+class WholeNetLatency(oracles.Oracle):
+    quantity: ClassVar[str] = "latency"
+    unit: ClassVar[str] = "ms"
+    input_format: ClassVar[str] = "onnx"
+    device: str = "cpu"
+
+    def measure(self, model, *, input_shapes=None) -> oracles.Measurement:
+        import onnx
+
+        graph = (onnx.load_from_string(bytes(model)) if isinstance(model, (bytes, bytearray))
+                 else onnx.load(str(model))).graph  # fmt: skip
+        if len(graph.node) < 3:
+            raise oracles.OracleError("this runtime runs whole networks, not single layers")
+        return oracles.Measurement(quantity="latency", value=0.01 * len(graph.node), unit="ms",
+                                   oracle=self.spec)  # fmt: skip
+
+
+def test_a_staircase_that_cannot_be_probed_warns_and_the_run_goes_on(tmp_path: Path, caplog):
+    model = small_net()
+    with caplog.at_level(logging.WARNING, logger="hwprune.run.stairs"):
+        result = hwprune.prune(model, example_inputs=torch.randn(1, 3, 16, 16),
+                               task=FidelityTask(model), out=tmp_path / "run",
+                               budgets=["latency<=10ms"],
+                               oracles={"latency": "test-whole-net-latency"},
+                               agent="random", evaluations=2)  # fmt: skip
+    assert result.all_met
+    assert "could not be probed" in caplog.text and "single layers" in caplog.text
+    assert not (tmp_path / "run" / "staircase.json").exists()
