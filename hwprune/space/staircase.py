@@ -47,8 +47,9 @@ models for ``PROBE_MIN_TIME`` (0.1 s) instead of the oracle's default half
 second (a spec that sets ``min_time`` keeps its own). Measured on a width-0.5
 VGG-11 with ``onnxruntime:cpu?threads=1`` on a loaded 2-core machine: 12
 coarse counts, bisection to one channel and half-second windows took 507
-oracle calls and 239 s; the defaults here take far fewer (see
-benchmarks/RESULTS.md, "staircase"). Every call goes through the measurement
+oracle calls and 239 s; the defaults here (8 coarse counts, bisection to
+channels/64, 0.1 s windows) 308 calls and 144 s (benchmarks/RESULTS.md,
+"staircase"). Every call goes through the measurement
 cache, so a second probe of the same model on the same oracle and machine
 makes none.
 """
