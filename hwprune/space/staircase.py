@@ -22,8 +22,9 @@ measured here for a width-0.5 VGG-11) is larger than one unit's steps, while
 one layer's median is known to well under 1% in a fraction of a second; what
 the one-layer model leaves out (the layers that do not change with ``k``) adds
 a constant, which moves no step. Layers with the same shape share one
-measurement (the oracle cache keys by graph structure), so the repeated
-blocks of a ResNet are timed once.
+measurement (the oracle cache keys by graph structure), and units whose
+layers have the same shapes share one staircase, so the repeated blocks of a
+ResNet are probed once.
 
 Where the steps are. Counts are probed on a coarse grid
 (``counts_per_unit`` points from the smallest count the space allows to the
@@ -56,6 +57,7 @@ makes none.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -318,6 +320,16 @@ class _Prober:
         self.memo[key] = m
         return m
 
+    def unit_shape(self, unit: Any, low: int) -> tuple:
+        """What the unit's one-layer models are, cut to ``low`` channels (order aside).
+
+        Units with the same shape time the same one-layer models at every count
+        (which dimension of which layer shrinks shows at ``low``), so they share
+        one staircase: the repeated blocks of a ResNet are probed once.
+        """
+        layers = self._layers_at(unit, low)
+        return (unit.channels, low, tuple(sorted((repr(m), s) for _, m, s in layers)))
+
     def unit_latency(self, unit: Any, count: int, *, repeats: int = 1) -> tuple[float, float]:
         """(sum of the layers' medians, sum of their absolute spreads) at ``count`` channels."""
         total = spread = 0.0
@@ -411,9 +423,16 @@ def probe_staircase(
     t0 = time.perf_counter()
     prober = _Prober(space, oracle, cache)
     results: list[UnitStaircase] = []
+    probed: dict[tuple, UnitStaircase] = {}  # by unit shape: the repeated blocks of a ResNet
     for done, unit in enumerate(chosen, start=1):
-        results.append(
-            _probe_unit(
+        low = _lowest(unit.channels, space.min_keep)
+        shape = prober.unit_shape(unit, low)
+        twin = probed.get(shape)
+        if twin is not None:
+            names = tuple(name for name, _, _ in prober._layers_at(unit, unit.channels))
+            results.append(dataclasses.replace(twin, unit=unit.id, layers=names))
+        else:
+            probed[shape] = _probe_unit(
                 prober,
                 unit,
                 min_keep=space.min_keep,
@@ -421,7 +440,7 @@ def probe_staircase(
                 floor=noise_floor,
                 resolution=resolution or default_resolution(unit.channels),
             )
-        )
+            results.append(probed[shape])
         if progress is not None:
             progress(done, len(chosen), unit.id)
     stairs = Staircase(
@@ -449,6 +468,11 @@ def probe_staircase(
     return stairs
 
 
+def _lowest(channels: int, min_keep: float) -> int:
+    """The smallest count probed: ``min_keep`` of the unit's channels, at least 1."""
+    return min(channels, max(1, math.floor(min_keep * channels + 0.5 + 1e-9)))
+
+
 def default_resolution(channels: int) -> int:
     """Bisection width for a unit of ``channels``: 1 up to 64, then channels/64 as a power of 2.
 
@@ -465,8 +489,6 @@ def _probe_oracle(oracle: Any, min_time: float | None) -> Any:
     thousands of runs, and most of a probe's time was the default half-second
     window per call. A spec that sets ``min_time`` itself keeps it.
     """
-    import dataclasses
-
     if min_time is None or not dataclasses.is_dataclass(oracle):
         return oracle
     fields = {f.name: f for f in dataclasses.fields(oracle)}
@@ -488,7 +510,7 @@ def _probe_unit(
     resolution: int = 1,
 ) -> UnitStaircase:
     channels = unit.channels
-    low = min(channels, max(1, math.floor(min_keep * channels + 0.5 + 1e-9)))
+    low = _lowest(channels, min_keep)
     top, spread = prober.unit_latency(unit, channels, repeats=NOISE_REPEATS)
     noise = max(floor, spread / top if top > 0 else 0.0)
     values: dict[int, float] = {channels: top}
