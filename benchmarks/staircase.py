@@ -1,7 +1,7 @@
 """Benchmark: channel counts snapped to the runtime's measured latency staircase (issue 24).
 
-One dense model (default: width-0.5 VGG-11 for 32x32 inputs on the built-in
-digits data; hwprune has no Fashion-MNIST loader yet), one latency budget on
+One dense model (default: width-0.5 VGG-11 for 32x32 inputs on
+Fashion-MNIST with 10,800 training images), one latency budget on
 ``onnxruntime:cpu?threads=1``, and the same search, fine-tuning,
 verification and export (``hwprune.prune``) with channel counts rounded four
 ways: ``--round-to 1``, ``8``, ``16``, and ``auto`` (the counts each unit's
@@ -19,12 +19,13 @@ steps differ by runtime.
     OMP_NUM_THREADS=1 nice taskset -c 1 python benchmarks/staircase.py
     python benchmarks/staircase.py --stored-only     # tables from the stored rows
 
-How ``auto`` enters the run: ``hwprune.prune`` does not take channel choices
-yet (``--round-to auto`` is to be wired into the run's configuration), so for
-``auto`` rows this script builds the run's ChannelSpace with
-``channel_choices=staircase.choices()`` by wrapping the pipeline's space
-builder (``hwprune.run.load.build_space``) for the duration of that run; the
-run is otherwise exactly the pipeline's. Rows are stored one file each in
+``auto`` rows are ``hwprune.prune(round_to="auto")``: the run probes the
+staircase itself (its ``staircase.json``; the row keeps its cost). The runs
+share one measurement cache (``runs/benchmarks/staircase/oracles.sqlite``,
+through ``$HWPRUNE_CACHE``), so the first ``auto`` row pays for the probe and
+later ones (other agents, seeds) are answered by the cache: both costs are in
+the rows. The separate ``probe`` rows measure the probe alone, from an empty
+cache and again on it. Rows are stored one file each in
 ``benchmarks/results/staircase/`` as they complete (a rerun skips them);
 run directories go to ``runs/benchmarks/staircase/`` (git-ignored).
 """
@@ -32,14 +33,14 @@ run directories go to ``runs/benchmarks/staircase/`` (git-ignored).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
+import os
 import shutil
 import statistics
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,7 @@ log = logging.getLogger("benchmarks.staircase")
 RUNS_DIR = _HERE.parent / "runs" / "benchmarks" / "staircase"
 ORACLE = "onnxruntime:cpu?threads=1"
 ROUNDINGS = ("1", "8", "16", "auto")
+DATA = "fashion-mnist:?train=10800"
 
 
 def _rows() -> RunRows:
@@ -76,7 +78,13 @@ def _slug(text: str) -> str:
 
 
 def probe(
-    *, model: str, width: float, num_classes: int, input_shape: Sequence[int], oracle: str
+    *,
+    model: str,
+    width: float,
+    num_classes: int,
+    input_shape: Sequence[int],
+    oracle: str,
+    counts_per_unit: int = 8,
 ) -> dict[str, Any]:
     """Probe the staircase twice on one cache file: the first cost, then the cached answer.
 
@@ -89,7 +97,11 @@ def probe(
     from oracles import MeasurementCache
 
     rows = _rows()
-    tag = f"probe-{model}-w{width:g}-{_slug(oracle)}"
+    # The first probes (12 coarse counts, bisection to one channel, the oracle's own timing
+    # window) are kept under their old tag; probes by today's defaults carry their count.
+    tag = f"probe-{model}-w{width:g}-{_slug(oracle)}" + (
+        "" if counts_per_unit == 12 else f"-c{counts_per_unit}"
+    )
     stored = rows.get(tag)
     cache_path = RUNS_DIR / f"{tag}.sqlite"
     net = get_model(model, num_classes=num_classes, width=width).eval()
@@ -99,10 +111,14 @@ def probe(
             cache_path.unlink()
         RUNS_DIR.mkdir(parents=True, exist_ok=True)
         log.info("probing %s on %s from an empty cache", model, oracle)
-        first = probe_staircase(space, oracle, cache=MeasurementCache(cache_path))
+        first = probe_staircase(
+            space, oracle, cache=MeasurementCache(cache_path), counts_per_unit=counts_per_unit
+        )
         stored = {"tag": tag, "model": model, "width": width, "oracle": oracle,
                   "first": first.to_dict()}  # fmt: skip
-    second = probe_staircase(space, oracle, cache=MeasurementCache(cache_path))
+    second = probe_staircase(
+        space, oracle, cache=MeasurementCache(cache_path), counts_per_unit=counts_per_unit
+    )
     stored["second"] = {
         "oracle_calls": second.oracle_calls,
         "cached_calls": second.cached_calls,
@@ -113,55 +129,20 @@ def probe(
     return stored
 
 
-@contextlib.contextmanager
-def _space_with_choices(
-    choices: dict[str, Sequence[int]] | None, seen: list[Any]
-) -> Iterator[None]:
-    """Build the run's space with ``channel_choices`` (when given); remember the space built."""
-    from hwprune.run import load
-    from hwprune.space import ChannelSpace
-
-    original = load.build_space
-
-    def build(model: Any, *, example_inputs: Any, options: Any, structure: Any = None) -> Any:
-        if choices is None:
-            space = original(
-                model, example_inputs=example_inputs, options=options, structure=structure
-            )
-        else:
-            space = ChannelSpace(
-                model,
-                example_inputs=example_inputs,
-                min_keep=float(options["min_keep"]),
-                importance=options["importance"],
-                channel_choices=choices,
-            )
-        seen.append(space)
-        return space
-
-    load.build_space = build
-    try:
-        yield
-    finally:
-        load.build_space = original
-
-
 def run_row(
     *,
     rounding: str,
     agent: str,
     seed: int,
     args: argparse.Namespace,
-    choices: dict[str, Sequence[int]] | None,
 ) -> dict[str, Any]:
     import hwprune
     from hwprune.errors import HwpruneError
-    from hwprune.space.staircase import proposed_and_built
 
     ckpt, dense_acc = dense_checkpoint(
         args.model, width=args.width, data=args.data, epochs=args.train_epochs, seed=seed
     )
-    run_dir = RUNS_DIR / _slug(f"{args.model}-{args.budget}-{agent}-r{rounding}-s{seed}")
+    run_dir = RUNS_DIR / _slug(row_tag(args, agent=agent, rounding=rounding, seed=seed))
     if run_dir.exists():
         shutil.rmtree(run_dir)
     row: dict[str, Any] = {
@@ -170,33 +151,30 @@ def run_row(
         "evaluations_budget": args.evaluations, "finetune_epochs": args.finetune_epochs,
         "train_epochs": args.train_epochs,
     }  # fmt: skip
-    seen: list[Any] = []
     t0 = time.perf_counter()
     try:
-        with _space_with_choices(choices if rounding == "auto" else None, seen):
-            result = hwprune.prune(
-                model=args.model,
-                weights=ckpt,
-                width=args.width,
-                data=args.data,
-                budgets=[args.budget],
-                oracles={"latency": args.oracle},
-                agent=agent,
-                evaluations=args.evaluations,
-                finetune_epochs=args.finetune_epochs,
-                out=run_dir,
-                seed=seed,
-                round_to=1 if rounding == "auto" else int(rounding),
-                tensorrt=False,
-            )
+        result = hwprune.prune(
+            model=args.model,
+            weights=ckpt,
+            width=args.width,
+            data=args.data,
+            budgets=[args.budget],
+            oracles={"latency": args.oracle},
+            agent=agent,
+            evaluations=args.evaluations,
+            finetune_epochs=args.finetune_epochs,
+            out=run_dir,
+            seed=seed,
+            round_to=rounding if rounding == "auto" else int(rounding),
+            tensorrt=False,
+        )
     except HwpruneError as exc:
         log.warning("%s round-to %s seed %d: %s", agent, rounding, seed, exc)
         row.update(ok=False, error=f"{type(exc).__name__}: {exc}")
         return row
     seconds = time.perf_counter() - t0
     check = result.budgets[0]
-    space = seen[-1]
-    pb = proposed_and_built(space, result.policy)
+    pb, stairs = _proposed_built(result)
     from hwprune.pipeline import model_input_shape
 
     shape = (1, *model_input_shape(result.paths["model"]))
@@ -217,6 +195,7 @@ def run_row(
         params_dense=result.params_dense,
         params_final=result.params_final,
         proposed_built={k: list(v) for k, v in pb.items()},
+        staircase_cost=stairs,
         search_seconds=result.stage_seconds.get("search"),
         total_seconds=seconds,
         evaluations=result.evaluations,
@@ -224,6 +203,34 @@ def run_row(
         run_dir=str(run_dir),
     )
     return row
+
+
+def row_tag(args: argparse.Namespace, *, agent: str, rounding: str, seed: int) -> str:
+    """The row's name; rows on other data than the first ones' (digits) name it."""
+    data = "" if args.data == "digits" else f"{_slug(args.data.replace(':?', '-'))}-"
+    return f"{args.model}-{data}{args.budget}-{agent}-r{rounding}-s{seed}"
+
+
+def _proposed_built(result: Any) -> tuple[dict[str, tuple[int, int]], dict[str, Any] | None]:
+    """The final policy's proposed -> built counts (the run's own space rebuilt from the
+    checkpoint's meta), and the cost of the run's staircase probe (None without one)."""
+    from hwprune.inputs import ExampleInputs
+    from hwprune.models import get_model, read_checkpoint
+    from hwprune.run.load import build_space
+    from hwprune.space.staircase import Staircase, proposed_and_built
+
+    meta = dict(read_checkpoint(result.paths["model"]).meta)
+    base = get_model(meta["model"], num_classes=int(meta["num_classes"]),
+                     width=float(meta["width"])).eval()  # fmt: skip
+    inputs = ExampleInputs.from_shape((1, *(int(s) for s in meta["input_shape"])))
+    space = build_space(base, example_inputs=inputs, options=meta["space"])
+    stairs_path = Path(result.run_dir) / "staircase.json"
+    cost = None
+    if stairs_path.is_file():
+        st = Staircase.load(stairs_path)
+        cost = {"oracle_calls": st.oracle_calls, "cached_calls": st.cached_calls,
+                "seconds": st.seconds}  # fmt: skip
+    return proposed_and_built(space, result.policy), cost
 
 
 # --------------------------------------------------------------------------- tables
@@ -236,22 +243,32 @@ def _f(x: Any, spec: str = "{:.3f}") -> str:
 def rows_table(rows: Sequence[dict[str, Any]]) -> str:
     order = {r: i for i, r in enumerate(ROUNDINGS)}
     body = []
-    for r in sorted(rows, key=lambda r: (r["agent"], r["seed"], order.get(r["rounding"], 9))):
+    key = lambda r: (r["data"], r["agent"], r["seed"], order.get(r["rounding"], 9))  # noqa: E731
+    for r in sorted(rows, key=key):
         if not r.get("ok"):
-            body.append([r["agent"], r["seed"], r["rounding"], "failed", "-", "-", "-", "-", "-",
-                         r.get("error", "")[:80]])  # fmt: skip
+            body.append([r["data"], r["agent"], r["seed"], r["rounding"], "failed", "-", "-", "-",
+                         "-", "-", "-", r.get("error", "")[:80]])  # fmt: skip
             continue
+        cost = r.get("staircase_cost")
+        probe_text = (
+            "-"
+            if not cost
+            else (
+                f"{cost['oracle_calls']} calls, {cost['cached_calls']} cached, {cost['seconds']:.0f} s"
+            )
+        )
         built = [b for _, b in r["proposed_built"].values()]
         body.append([
-            r["agent"], r["seed"], r["rounding"], _f(r["accuracy"], "{:.4f}"),
+            r["data"], r["agent"], r["seed"], r["rounding"], _f(r["accuracy"], "{:.4f}"),
             _f(r["accuracy_dense"], "{:.4f}"),
             f"{r['latency_final']:.4f} / {r['latency_bound']:.4f}",
             _f(r["final_over_bound"]), _f(r["remeasured_over_bound"]),
-            f"{r['params_final']:,}", " ".join(str(b) for b in built),
+            f"{r['params_final']:,}", probe_text, " ".join(str(b) for b in built),
         ])  # fmt: skip
     return markdown_table(
-        ["agent", "seed", "round-to", "test acc", "dense acc", "latency ms (final / bound)",
-         "final/bound", "re-measured/bound", "params", "built channels per unit"],
+        ["data", "agent", "seed", "round-to", "test acc", "dense acc",
+         "latency ms (final / bound)", "final/bound", "re-measured/bound", "params",
+         "run's staircase probe", "built channels per unit"],
         body,
     )  # fmt: skip
 
@@ -264,13 +281,18 @@ def probes_table(probes: Sequence[dict[str, Any]]) -> str:
             f"{u['unit']} ({u['channels']}): {' '.join(str(c) for c in u['choices'])}"
             for u in first["units"]
         )
+        settings = first.get("settings", {})
         body.append([
-            p["oracle"], first["oracle_calls"], f"{first['seconds']:.0f}",
+            p["oracle"], settings.get("counts_per_unit", "-"),
+            settings.get("resolution") or ("1" if settings.get("counts_per_unit") == 12
+                                           else "channels/64"),
+            first["oracle_calls"], f"{first['seconds']:.0f}",
             p["second"]["oracle_calls"], p["second"]["cached_calls"],
             f"{p['second']['seconds']:.1f}", steps,
         ])  # fmt: skip
     return markdown_table(
-        ["oracle", "probe oracle calls", "probe s", "2nd probe oracle calls",
+        ["oracle", "coarse counts", "bisection to", "probe oracle calls", "probe s",
+         "2nd probe oracle calls",
          "2nd probe cache hits", "2nd probe s", "allowed counts (step tops) per unit"],
         body,
     )  # fmt: skip
@@ -280,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="vgg11_cifar")
     p.add_argument("--width", type=float, default=0.5)
-    p.add_argument("--data", default="digits")
+    p.add_argument("--data", default=DATA)
     p.add_argument("--budget", default="latency<=40%")
     p.add_argument("--oracle", default=ORACLE)
     p.add_argument("--roundings", nargs="+", default=list(ROUNDINGS))
@@ -288,9 +310,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--evaluations", type=int, default=40)
     p.add_argument("--finetune-epochs", type=int, default=5)
-    p.add_argument("--train-epochs", type=int, default=20)
-    p.add_argument("--probe-oracles", nargs="*", default=["torch:cpu?threads=1"],
-                   help="other runtimes to probe the same model on")  # fmt: skip
+    p.add_argument("--train-epochs", type=int, default=10)
+    p.add_argument(
+        "--probe-oracles",
+        nargs="*",
+        default=[],
+        help="other runtimes to probe the same model on, e.g. torch:cpu?threads=1",
+    )
+    p.add_argument("--counts-per-unit", type=int, default=8, help="the probe's coarse counts")
     p.add_argument("--stored-only", action="store_true", help="tables from stored rows only")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -309,27 +336,29 @@ def main(argv: list[str] | None = None) -> int:
         for oracle in [args.oracle, *args.probe_oracles]:
             probes.append(probe(model=args.model, width=args.width,
                                 num_classes=int(splits.num_classes),
-                                input_shape=input_shape, oracle=oracle))  # fmt: skip
+                                input_shape=input_shape, oracle=oracle,
+                                counts_per_unit=args.counts_per_unit))  # fmt: skip
             log.info("probe %s: %s", oracle, probes[-1]["second"])
         from hwprune.space.staircase import Staircase, write_staircase_plots
 
         stairs = Staircase.from_dict(probes[0]["first"])
-        choices = {k: list(v) for k, v in stairs.choices().items()}
+        # One measurement cache for every run: the first auto row probes, the next are answered.
+        os.environ.setdefault("HWPRUNE_CACHE", str(RUNS_DIR / "oracles.sqlite"))
         for agent in args.agents:
             for seed in args.seeds:
                 for rounding in args.roundings:
-                    tag = f"{args.model}-{args.budget}-{agent}-r{rounding}-s{seed}"
+                    tag = row_tag(args, agent=agent, rounding=rounding, seed=seed)
                     stored = rows_store.get(tag)
                     if stored is not None and stored.get("ok"):
                         rows.append(stored)
                         continue
-                    row = run_row(rounding=rounding, agent=agent, seed=seed, args=args,
-                                  choices=choices)  # fmt: skip
+                    row = run_row(rounding=rounding, agent=agent, seed=seed, args=args)
                     rows_store.put(tag, row)
                     rows.append(row)
                     log.info("row %s: %s", tag, {k: row.get(k) for k in
                              ("accuracy", "final_over_bound", "remeasured_over_bound")})  # fmt: skip
-        auto = [r for r in rows if r.get("ok") and r["rounding"] == "auto"]
+        auto = [r for r in rows if r.get("ok") and r["rounding"] == "auto"
+                and r["data"] == args.data]  # fmt: skip
         built = {k: v[1] for k, v in auto[0]["proposed_built"].items()} if auto else None
         write_staircase_plots(stairs, rows_store.dir / "plots", built=built, top=3)
     # The tables show every stored row (other agents' and seeds' runs too), probes first.
@@ -343,16 +372,17 @@ def main(argv: list[str] | None = None) -> int:
     write_results("staircase", {"probes": probes, "rows": rows}, command=command_line(), env=env)
     ok = [r for r in rows if r.get("ok")]
     notes = []
-    for agent in sorted({r["agent"] for r in ok}):
+    for data, agent in sorted({(r["data"], r["agent"]) for r in ok}):
+        group = [r for r in ok if r["data"] == data and r["agent"] == agent]
         by = {
-            k: statistics.mean(
-                r["accuracy"] for r in ok if r["agent"] == agent and r["rounding"] == k
-            )
-            for k in {r["rounding"] for r in ok if r["agent"] == agent}
+            k: statistics.mean(r["accuracy"] for r in group if r["rounding"] == k)
+            for k in {r["rounding"] for r in group}
         }
         if "auto" in by:
             others = ", ".join(f"{k}: {v - by['auto']:+.4f}" for k, v in by.items() if k != "auto")
-            notes.append(f"- {agent}: mean test accuracy of each rounding minus `auto` ({others})")
+            notes.append(
+                f"- {data}, {agent}: mean test accuracy of each rounding minus `auto` ({others})"
+            )
     if ok:
         mean_s = statistics.mean(r["total_seconds"] for r in ok)
         notes.append(
@@ -362,10 +392,11 @@ def main(argv: list[str] | None = None) -> int:
             "and PPO's larger evaluation budgets"
         )
     text = (
-        f"{args.model} (width {args.width:g}) on `{args.data}` (hwprune has no Fashion-MNIST "
-        f"loader yet), `{args.budget}` on `{args.oracle}`, {args.evaluations} evaluations, "
-        f"{args.finetune_epochs} fine-tuning epochs for every row. Latencies were taken on a "
-        "shared 2-core machine while other work ran: noisy.\n\n"
+        f"{args.model} (width {args.width:g}), `{args.budget}` on `{args.oracle}`, "
+        f"{args.evaluations} evaluations, {args.finetune_epochs} fine-tuning epochs for every "
+        "row (the first rows on `digits`, the later on Fashion-MNIST, column `data`). "
+        "Latencies were taken on a shared 2-core machine while other work ran (load average "
+        "often above 10): noisy.\n\n"
         "Probe of the latency staircase (first from an empty cache, then again on the same "
         "cache):\n\n" + probes_table(probes) + "\n\nRuns:\n\n" + rows_table(rows)
         + ("\n\n" + "\n".join(notes) if notes else "")

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hwprune.config import PruneConfig, default, default_round_to, read_run_config
+from hwprune.config import AUTO, PruneConfig, default, read_run_config, resolve_round_to
 from hwprune.errors import CheckpointError, ConfigError
 from hwprune.progress import ProgressFn
 from hwprune.run.context import RunContext, prepare_run_dir
@@ -69,8 +69,17 @@ def _checked(config: PruneConfig, *, objects: bool) -> tuple[PruneConfig, list]:
         check_ray(config.ray)  # refused before any run folder exists
     config = config.replace(oracles=_effective_oracles(config))
     constraints = bind_constraints(list(config.budgets), oracles=dict(config.oracles))
-    if config.round_to is None:
-        config = config.replace(round_to=default_round_to([c.oracle for c in constraints]))
+    latency = [c.oracle for c in constraints if c.name == "latency"]
+    round_to = resolve_round_to(
+        config.round_to, granularity=config.granularity, latency_oracles=latency,
+        oracle_specs=[c.oracle for c in constraints],
+    )  # fmt: skip
+    if config.round_to == AUTO and round_to != AUTO:
+        log.info(
+            "round_to 'auto' needs a latency budget on a channel granularity; "
+            "channel counts use multiples of %d instead", round_to,
+        )  # fmt: skip
+    config = config.replace(round_to=round_to)
     if config.model is not None:
         from hwprune.models import MODELS, is_user_model
 

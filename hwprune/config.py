@@ -26,6 +26,7 @@ from typing import Any
 from hwprune.errors import ConfigError, RunDirError
 
 __all__ = [
+    "AUTO",
     "PruneConfig",
     "GRANULARITIES",
     "SURROGATE_MODES",
@@ -38,10 +39,13 @@ __all__ = [
     "parse_proxy",
     "read_config_file",
     "read_run_config",
+    "resolve_round_to",
     "write_run_config",
 ]
 
 CONFIG_VERSION = 1
+# ``round_to`` value that snaps channel counts to the measured latency staircase.
+AUTO = "auto"
 # What a run prunes: channels (physically removed), unstructured weights, or 2:4 weight blocks.
 GRANULARITIES = ("channel", "weight", "2:4")
 # Whether timed budgets may be predicted by a surrogate learned during the search
@@ -166,7 +170,15 @@ class PruneConfig:
         kind="str",
     )
     seed: int = _opt(0, "seed of the data split, the searcher and fine-tuning", kind="int")
-    round_to: int | None = _opt(None, "channel multiple (default 1; 8 for GPU oracles)", kind="int")
+    round_to: int | str | None = _opt(
+        None,
+        "channel counts: 'auto' (measure each unit's latency staircase on the latency "
+        "budget's oracle and build the most channels of each step; the default where a "
+        "latency budget exists) or a fixed multiple N (default without a latency budget: 1; "
+        "8 for GPU oracles)",
+        kind="round_to",
+        metavar="auto|N",
+    )
     min_keep: float = _opt(0.1, "smallest fraction kept per unit", kind="float")
     granularity: str = _opt("channel", "what is pruned", kind="str", choices=GRANULARITIES)
     importance: str = _opt("l2", "channel importance: l1, l2, taylor, random", kind="str")
@@ -232,8 +244,6 @@ class PruneConfig:
             raise bad("finetune_batch_size", "a positive integer")
         if not 0.0 < self.min_keep <= 1.0:
             raise ConfigError(f"min_keep must lie in (0, 1], got {self.min_keep!r}")
-        if self.round_to is not None and self.round_to < 1:
-            raise bad("round_to", "a positive integer")
         if self.granularity not in GRANULARITIES:
             raise bad("granularity", f"one of {', '.join(GRANULARITIES)}")
         if self.surrogate not in SURROGATE_MODES:
@@ -344,7 +354,22 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
         return tuple(value)
     if kind == "oracles":
         return _oracle_map(value, bad)
+    if kind == "round_to":
+        return _round_to(value, bad)
     raise AssertionError(kind)
+
+
+def _round_to(value: Any, bad: Any) -> int | str:
+    """``round_to`` as a positive integer or ``"auto"`` (command-line digits accepted)."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == AUTO:
+            return AUTO
+        if text.isdigit():
+            value = int(text)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise bad("a positive integer or 'auto'")
+    return int(value)
 
 
 def _oracle_map(value: Any, bad: Any) -> dict[str, str]:
@@ -474,5 +499,23 @@ def default(name: str) -> Any:
 
 
 def default_round_to(oracle_specs: Sequence[str]) -> int:
-    """8 where a budget is timed on a GPU or an NPU (matrix units like multiples of 8), else 1."""
+    """The fixed multiple without a latency staircase: 8 where a budget is timed on a GPU or an
+    NPU (matrix units like multiples of 8), else 1."""
     return 8 if any(s.lower().startswith(GPU_ORACLE_PREFIXES) for s in oracle_specs) else 1
+
+
+def resolve_round_to(
+    round_to: int | str | None,
+    *,
+    granularity: str,
+    latency_oracles: Sequence[str],
+    oracle_specs: Sequence[str],
+) -> int | str:
+    """The run's ``round_to``: unset means ``auto`` where a latency budget prunes channels;
+    ``auto`` without a latency oracle (or on a weight granularity, where counts are not
+    rounded) falls back to ``default_round_to(oracle_specs)``."""
+    if isinstance(round_to, int):
+        return round_to
+    if granularity == "channel" and latency_oracles:
+        return AUTO
+    return default_round_to(oracle_specs)

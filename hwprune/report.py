@@ -46,10 +46,12 @@ def write_report_md(
     options: Mapping[str, Any],
     plots: Sequence[Path] = (),
     history: Sequence[Any] | None = None,
+    sections: Sequence[str] = (),
 ) -> Path:
     """report.md: per budget dense, bound, re-measured and margin; accuracies; times; search.
 
-    ``history``: the evaluated candidates, for the share that met every budget.
+    ``history``: the evaluated candidates, for the share that met every budget;
+    ``sections``: more markdown sections (e.g. the channel counts), after the search's.
     """
     run_dir = Path(run_dir)
     lines = [
@@ -98,6 +100,8 @@ def write_report_md(
             f"of {n} ({100.0 * n_feasible / n:.0f}%)"
         )
     lines += _surrogate_lines(getattr(result, "surrogate", None) or {})
+    for section in sections:
+        lines += ["", section.rstrip("\n")]
     lines += [
         "",
         "## Stage wall times",
@@ -294,6 +298,7 @@ def write_report(
     lagrange: Sequence[Any] | None = None,
     mean_costs: Sequence[Mapping[str, float]] | None = None,
     options: Mapping[str, Any],
+    sections: Sequence[str] = (),
 ) -> list[Path]:
     """Plots, report.md and report.json in ``run_dir``; returns the plot paths.
 
@@ -317,6 +322,7 @@ def write_report(
     except Exception as exc:  # a plotting failure must not cost a finished run its report
         log.warning("plots failed: %s", exc)
         plots = []
-    write_report_md(run_dir, result=result, options=options, plots=plots, history=history)
+    write_report_md(run_dir, result=result, options=options, plots=plots, history=history,
+                    sections=sections)  # fmt: skip
     write_report_json(run_dir, result=result, options=options)
     return plots

@@ -58,7 +58,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML (or YAML with pyyaml) file of options "
                    "(names as below, e.g. task = \"pkg.mod:factory\"); the command line "
                    "overrides it")  # fmt: skip
-    types = {"int": int, "float": float, "str": str, "path": str}
+    types = {"int": int, "float": float, "str": str, "path": str, "round_to": str}
     for f in dataclasses.fields(PruneConfig):
         meta, flag = f.metadata, _flag(f)
         help_text = meta["help"] + _default_text(f)
@@ -102,6 +102,7 @@ class ProgressView:
     STAGES = {
         "train": "train demo model",
         "load": "load data and model",
+        "staircase": "latency staircase",
         "dense": "measure dense model",
         "search": "search",
         "choose": "confirm best",

@@ -479,9 +479,14 @@ class Evaluator:
         self._by_key[key] = outcome
         self.history.append(outcome)
         if self._log is not None:
-            self._log.append(
-                {"type": "candidate", **outcome.to_record(), "score_key": self.task.score_key}
-            )
+            record = {"type": "candidate", **outcome.to_record(), "score_key": self.task.score_key}
+            if getattr(self.space, "granularity", None) == "channel":  # proposed -> built counts
+                from hwprune.space.staircase import proposed_and_built
+
+                record["channels"] = {
+                    k: list(v) for k, v in proposed_and_built(self.space, policy).items()
+                }
+            self._log.append(record)
         if self.on_outcome is not None:
             self.on_outcome(outcome)
         return outcome

@@ -42,14 +42,22 @@ def inputs_of(example_inputs: Any) -> Any:
     return ExampleInputs.from_user(example_inputs)
 
 
-def space_options(config: PruneConfig) -> dict[str, Any]:
-    """The space options saved beside a pruned model (enough to rebuild its architecture)."""
-    return {
+def space_options(config: PruneConfig, space: Any = None) -> dict[str, Any]:
+    """The space options saved beside a pruned model (enough to rebuild its architecture).
+
+    ``round_to`` 'auto' builds its staircase space on a round_to=1 space; the
+    allowed counts it chose (``space.channel_choices``) are saved with it.
+    """
+    options: dict[str, Any] = {
         "granularity": config.granularity,
-        "round_to": config.round_to or 1,
+        "round_to": config.round_to if isinstance(config.round_to, int) else 1,
         "min_keep": config.min_keep,
         "importance": config.importance,
     }
+    choices = getattr(space, "channel_choices", None)
+    if choices:
+        options["channel_choices"] = {k: [int(c) for c in v] for k, v in choices.items()}
+    return options
 
 
 def build_space(
@@ -75,6 +83,7 @@ def build_space(
             round_to=int(options["round_to"]),
             min_keep=float(options["min_keep"]),
             importance=options["importance"],
+            channel_choices=options.get("channel_choices"),
             **structure,
         )
     pattern = "2:4" if granularity == "2:4" else "unstructured"

@@ -45,7 +45,7 @@ def pruned_meta(ctx: RunContext, loaded: Loaded, f: Final) -> dict[str, Any]:
         **loaded.meta,
         "pruned": True,
         "policy": policy_dict(f.candidate.policy, loaded.space),
-        "space": space_options(ctx.config),
+        "space": space_options(ctx.config, loaded.space),
         "units": {u.id: int(u.channels) for u in loaded.space.units},
     }
     if f.metrics_final and "accuracy" in f.metrics_final:
@@ -189,19 +189,21 @@ def report(
 ) -> PruneResult:
     """Stage ``report``: plots, report.md and report.json."""
     from hwprune.report import write_report, write_report_json
+    from hwprune.run.stairs import channel_section
 
     options = {**ctx.config.to_dict(), "finetune_text": loaded.finetune_text}
     with ctx.stage("report", 1, "writing the report") as step:
         result = result_of(ctx, loaded, d, s, f, exported)
+        section, stair_plots = channel_section(ctx, loaded, f.candidate.policy)
         plots = write_report(
             ctx.run_dir, result=result, history=d.evaluator.history,
             chosen_key=f.candidate.key, constraints=d.constraints,
             unit_names=_unit_names(loaded.space), lagrange=s.extra.get("lagrange"),
             mean_costs=s.extra.get("mean_costs"),
-            options=options,
+            options=options, sections=[section] if section else [],
         )  # fmt: skip
         step(1)
-    paths = {**result.paths, **{f"plot:{p.stem}": p for p in plots}}
+    paths = {**result.paths, **{f"plot:{p.stem}": p for p in [*plots, *stair_plots]}}
     # report.json again, with the report stage's own time included.
     result = replace(result, stage_seconds=dict(ctx.stage_seconds), paths=paths)
     write_report_json(ctx.run_dir, result=result, options=options)

@@ -12,6 +12,7 @@ from hwprune.run.load import load
 from hwprune.run.output import export, report
 from hwprune.run.result import PruneResult
 from hwprune.run.search import choose, dense, search
+from hwprune.run.stairs import staircase
 
 __all__ = ["run"]
 
@@ -26,6 +27,7 @@ def run(
     """Every stage in order; ``objects`` = (model, example_inputs, task) handed by the caller,
     ``structure`` its Torch-Pruning options (ignored_layers, num_heads, ...)."""
     loaded = load(ctx, objects=objects, structure=structure)
+    loaded = staircase(ctx, loaded, constraints)
     d = dense(ctx, loaded, constraints)
     try:
         searched = search(ctx, loaded, d)

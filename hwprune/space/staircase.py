@@ -22,27 +22,42 @@ measured here for a width-0.5 VGG-11) is larger than one unit's steps, while
 one layer's median is known to well under 1% in a fraction of a second; what
 the one-layer model leaves out (the layers that do not change with ``k``) adds
 a constant, which moves no step. Layers with the same shape share one
-measurement (the oracle cache keys by graph structure), so the repeated
-blocks of a ResNet are timed once.
+measurement (the oracle cache keys by graph structure), and units whose
+layers have the same shapes share one staircase, so the repeated blocks of a
+ResNet are probed once.
 
 Where the steps are. Counts are probed on a coarse grid
 (``counts_per_unit`` points from the smallest count the space allows to the
 full count); wherever two neighbours differ by more than the noise, the
-interval is bisected down to one channel, so every step edge is found
-exactly without timing every count. The coarse grid's inner counts are
+interval is bisected down to ``resolution`` channels (one channel up to 64
+channels, 4 at 256), so every step edge is found to within a few percent of
+the unit's channels without timing every count. The coarse grid's inner counts are
 multiples of a power of two (the stride that gives about ``counts_per_unit``
 points), because most runtimes are fastest at aligned counts; which
 alignment, and how much it matters, is what is measured. The noise is the
 larger of ``noise_floor`` (a fraction of the latency) and the spread the
 oracle itself reports: half the range of three independent calls at the full
-count plus each median's confidence half-width. Then, from the largest count down, a count starts a new
-step only when it is faster than the current step by more than the noise:
+count plus each median's confidence half-width. Then, from the largest count
+down, a count starts a new step only when it is faster than the current step by more than the noise:
 the allowed counts are the step tops, and a count slower than a larger one
 (a spike) is never allowed.
+
+What it costs. Each oracle call exports and times one layer; the time is
+mostly session set-up and the timing window, so the probe times one-layer
+models for ``PROBE_MIN_TIME`` (0.1 s) instead of the oracle's default half
+second (a spec that sets ``min_time`` keeps its own). Measured on a width-0.5
+VGG-11 with ``onnxruntime:cpu?threads=1`` on a loaded 2-core machine: 12
+coarse counts, bisection to one channel and half-second windows took 507
+oracle calls and 239 s; the defaults here (8 coarse counts, bisection to
+channels/64, 0.1 s windows) 308 calls and 144 s (benchmarks/RESULTS.md,
+"staircase"). Every call goes through the measurement
+cache, so a second probe of the same model on the same oracle and machine
+makes none.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -59,6 +74,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "Staircase",
     "UnitStaircase",
+    "default_resolution",
     "find_steps",
     "probe_staircase",
     "proposed_and_built",
@@ -68,6 +84,8 @@ __all__ = [
 
 #: Independent oracle calls at a unit's full count, to measure the run-to-run spread.
 NOISE_REPEATS = 3
+#: Seconds each one-layer model is timed for (where the oracle spec leaves min_time alone).
+PROBE_MIN_TIME = 0.1
 
 
 @dataclass(frozen=True)
@@ -302,6 +320,16 @@ class _Prober:
         self.memo[key] = m
         return m
 
+    def unit_shape(self, unit: Any, low: int) -> tuple:
+        """What the unit's one-layer models are, cut to ``low`` channels (order aside).
+
+        Units with the same shape time the same one-layer models at every count
+        (which dimension of which layer shrinks shows at ``low``), so they share
+        one staircase: the repeated blocks of a ResNet are probed once.
+        """
+        layers = self._layers_at(unit, low)
+        return (unit.channels, low, tuple(sorted((repr(m), s) for _, m, s in layers)))
+
     def unit_latency(self, unit: Any, count: int, *, repeats: int = 1) -> tuple[float, float]:
         """(sum of the layers' medians, sum of their absolute spreads) at ``count`` channels."""
         total = spread = 0.0
@@ -335,8 +363,10 @@ def probe_staircase(
     oracle_spec: str,
     *,
     cache: Any | None,
-    counts_per_unit: int = 12,
+    counts_per_unit: int = 8,
     noise_floor: float = 0.02,
+    resolution: int | None = None,
+    min_time: float | None = PROBE_MIN_TIME,
     units: Iterable[str] | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> Staircase:
@@ -346,9 +376,15 @@ def probe_staircase(
     probed); ``cache`` an ``oracles.MeasurementCache`` (a second probe of the
     same space on the same machine is answered from it with no oracle call);
     ``counts_per_unit`` the coarse grid's size before bisection near jumps;
-    ``noise_floor`` the smallest relative jump that counts as a step; ``units``
-    restricts the probe to some unit ids; ``progress(done, total, unit_id)``
-    is called after each unit.
+    ``noise_floor`` the smallest relative jump that counts as a step;
+    ``resolution`` the width, in channels, at which the bisection of a jump
+    stops (default ``default_resolution(channels)``: 1 up to 64 channels, then
+    1/64 of the unit's channels rounded down to a power of two; the lower count
+    of the last interval is then the step top, at most ``resolution - 1``
+    channels short of the exact edge); ``min_time`` the seconds each one-layer
+    model is timed for where the oracle's spec left its ``min_time`` at the
+    default (None: the spec's own protocol); ``units`` restricts the probe to
+    some unit ids; ``progress(done, total, unit_id)`` is called after each unit.
 
     Example::
 
@@ -365,7 +401,12 @@ def probe_staircase(
         )
     if not 0.0 <= float(noise_floor) < 1.0:
         raise ConfigError(f"noise_floor must lie in [0, 1), got {noise_floor!r}")
-    oracle = oracles.get_oracle(oracle_spec)
+    if resolution is not None and (
+        isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1
+    ):
+        raise ConfigError(f"resolution must be a positive integer, got {resolution!r}")
+    target = oracles.get_oracle(oracle_spec)
+    oracle = _probe_oracle(target, min_time)
     if oracle.quantity != "latency":
         raise ConfigError(
             "the staircase is probed with a latency oracle (onnxruntime, tensorrt, torch, ...), "
@@ -382,22 +423,39 @@ def probe_staircase(
     t0 = time.perf_counter()
     prober = _Prober(space, oracle, cache)
     results: list[UnitStaircase] = []
+    probed: dict[tuple, UnitStaircase] = {}  # by unit shape: the repeated blocks of a ResNet
     for done, unit in enumerate(chosen, start=1):
-        results.append(
-            _probe_unit(
-                prober, unit, min_keep=space.min_keep, points=counts_per_unit, floor=noise_floor
+        low = _lowest(unit.channels, space.min_keep)
+        shape = prober.unit_shape(unit, low)
+        twin = probed.get(shape)
+        if twin is not None:
+            names = tuple(name for name, _, _ in prober._layers_at(unit, unit.channels))
+            results.append(dataclasses.replace(twin, unit=unit.id, layers=names))
+        else:
+            probed[shape] = _probe_unit(
+                prober,
+                unit,
+                min_keep=space.min_keep,
+                points=counts_per_unit,
+                floor=noise_floor,
+                resolution=resolution or default_resolution(unit.channels),
             )
-        )
+            results.append(probed[shape])
         if progress is not None:
             progress(done, len(chosen), unit.id)
     stairs = Staircase(
-        oracle=oracle.spec,
+        oracle=target.spec,
         unit=oracle.unit,
         units=tuple(results),
         oracle_calls=prober.calls,
         cached_calls=prober.cached,
         seconds=time.perf_counter() - t0,
-        settings={"counts_per_unit": counts_per_unit, "noise_floor": float(noise_floor)},
+        settings={
+            "counts_per_unit": counts_per_unit,
+            "noise_floor": float(noise_floor),
+            "resolution": resolution,
+            "timing_spec": oracle.spec,
+        },
     )
     log.info(
         "latency staircase on %s: %d units, %d oracle calls, %d from the cache, %.1f s",
@@ -410,11 +468,49 @@ def probe_staircase(
     return stairs
 
 
+def _lowest(channels: int, min_keep: float) -> int:
+    """The smallest count probed: ``min_keep`` of the unit's channels, at least 1."""
+    return min(channels, max(1, math.floor(min_keep * channels + 0.5 + 1e-9)))
+
+
+def default_resolution(channels: int) -> int:
+    """Bisection width for a unit of ``channels``: 1 up to 64, then channels/64 as a power of 2.
+
+    >>> [default_resolution(c) for c in (16, 64, 128, 256, 512)]
+    [1, 1, 2, 4, 8]
+    """
+    return 2 ** max(0, math.floor(math.log2(max(1, channels) / 64))) if channels > 64 else 1
+
+
+def _probe_oracle(oracle: Any, min_time: float | None) -> Any:
+    """``oracle`` with a short timing window for one-layer models, where its spec left the default.
+
+    A one-layer model runs in tens of microseconds: 0.1 s of timing is
+    thousands of runs, and most of a probe's time was the default half-second
+    window per call. A spec that sets ``min_time`` itself keeps it.
+    """
+    if min_time is None or not dataclasses.is_dataclass(oracle):
+        return oracle
+    fields = {f.name: f for f in dataclasses.fields(oracle)}
+    if "min_time" not in fields or oracle.min_time != fields["min_time"].default:
+        return oracle
+    changes: dict[str, Any] = {"min_time": float(min_time)}
+    if "max_time" in fields and oracle.max_time > 20 * min_time:
+        changes["max_time"] = max(float(min_time), 20 * float(min_time))
+    return dataclasses.replace(oracle, **changes)
+
+
 def _probe_unit(
-    prober: _Prober, unit: Any, *, min_keep: float, points: int, floor: float
+    prober: _Prober,
+    unit: Any,
+    *,
+    min_keep: float,
+    points: int,
+    floor: float,
+    resolution: int = 1,
 ) -> UnitStaircase:
     channels = unit.channels
-    low = min(channels, max(1, math.floor(min_keep * channels + 0.5 + 1e-9)))
+    low = _lowest(channels, min_keep)
     top, spread = prober.unit_latency(unit, channels, repeats=NOISE_REPEATS)
     noise = max(floor, spread / top if top > 0 else 0.0)
     values: dict[int, float] = {channels: top}
@@ -425,8 +521,8 @@ def _probe_unit(
         return values[count]
 
     def refine(a: int, b: int) -> None:
-        # Bisect wherever the latency rises by more than the noise, down to one channel.
-        if b - a <= 1 or at(b) <= at(a) * (1.0 + noise):
+        # Bisect wherever the latency rises by more than the noise, down to ``resolution``.
+        if b - a <= resolution or at(b) <= at(a) * (1.0 + noise):
             return
         mid = (a + b) // 2
         refine(a, mid)

@@ -153,3 +153,40 @@ def test_probe_on_onnxruntime_chooses_probed_counts_and_a_second_probe_is_cached
 def test_probe_rejects_a_non_latency_oracle():
     with pytest.raises(ConfigError, match="latency oracle"):
         probe_staircase(_space(), "params", cache=None)
+
+
+class _Twins(nn.Module):
+    """Two units with the same layer shapes (a -> b and b -> c, all 16 -> 16), then a third."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(16, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 16, 3, padding=1)
+        self.c = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_units_of_the_same_shape_share_one_probe(monkeypatch):
+    from hwprune.space import staircase as mod
+
+    torch.manual_seed(0)
+    space = ChannelSpace(_Twins().eval(), example_input_shape=(1, 16, 8, 8))
+    assert [u.id for u in space.units] == ["a", "b", "c"]
+    cuts: dict[str, int] = {}
+    layers_at = mod._Prober._layers_at
+
+    def counted(self, unit, count):
+        cuts[unit.id] = cuts.get(unit.id, 0) + 1
+        return layers_at(self, unit, count)
+
+    monkeypatch.setattr(mod._Prober, "_layers_at", counted)
+    stairs = probe_staircase(space, FAST_ORT, cache=None)
+    a, b, c = stairs.units
+    assert (b.unit, b.counts, b.latency, b.choices) == ("b", a.counts, a.latency, a.choices)
+    assert b.layers == ("b", "c") and a.layers == ("a", "b")
+    assert cuts["b"] == 2  # its shape, and its layer names: no count of its own was timed
+    assert cuts["a"] > len(a.counts) and cuts["c"] > 2  # c (into the Linear) is probed itself
