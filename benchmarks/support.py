@@ -69,6 +69,9 @@ SIZES = (64, 70, 75, 96, 112, 128, 160, 192, 224, 299)
 # ONNX files are protobufs with a 2 GiB limit, and a model several times that size in
 # memory (dense, pruned copy, export, ONNX Runtime session) does not fit a shared 24 GB box.
 MAX_PARAMS = 400_000_000
+# Address-space cap for the sweep's process, so one large model cannot take the shared
+# machine's memory from everyone else; exceeding it is a MemoryError, recorded as "too big".
+MEMORY_CAP_GB = 16
 FAMILIES = (
     "alexnet", "convnext", "densenet", "efficientnet_v2", "efficientnet", "googlenet",
     "inception", "maxvit", "mnasnet", "mobilenet_v2", "mobilenet_v3", "regnet_x", "regnet_y",
@@ -281,7 +284,9 @@ def sweep_one(
         row["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     except MemoryError:
         row["status"] = "too big"
-        row["error"] = "ran out of memory on this 24 GB machine"
+        row["error"] = (
+            f"ran out of the {MEMORY_CAP_GB} GiB memory cap the sweep sets on a shared 24 GB machine"
+        )
     except Exception as exc:
         row["status"] = "failed"
         row["error"] = (
@@ -425,6 +430,12 @@ def main(argv: list[str] | None = None) -> int:
         "--table", action="store_true", help="only write the table from stored rows"
     )
     args = parser.parse_args(argv)
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    cap = MEMORY_CAP_GB * 2**30
+    cap = cap if hard == resource.RLIM_INFINITY else min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("hwprune").setLevel(logging.WARNING)
     names = classifiers()
