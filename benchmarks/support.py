@@ -19,12 +19,14 @@ their own image sizes, and this sweep needs each architecture at its smallest in
 no data at all (no accuracy is scored, nothing is fine-tuned).
 
 Each model's row is stored as it completes in ``benchmarks/results/support/<model>.json``;
-a second run skips stored rows (``--redo`` repeats them). ``--table`` writes the Markdown
-table into RESULTS.md from the stored rows only.
+a second run skips stored rows (``--redo`` repeats them; with ``--latency``, a stored family
+row not yet timed by the paired protocol is timed, ``--retime`` times it again). ``--table``
+writes, from the stored rows only, the per-family table between README.md's ``support``
+markers, every model in docs/support.md, and the section of benchmarks/RESULTS.md.
 
 Run it alone, on one core::
 
-    OMP_NUM_THREADS=1 nice taskset -c 1 python benchmarks/support.py --latency
+    OMP_NUM_THREADS=1 nice taskset -c 1 python benchmarks/support.py --latency --steps 4
     python benchmarks/support.py --table
 """
 
@@ -433,7 +435,21 @@ def _pct(x: Any) -> str:
     return f"{100 * x:.0f}%" if isinstance(x, (int, float)) else "-"
 
 
+def _latency(r: dict[str, Any], key: str) -> Any:
+    # Only rows timed by the paired protocol count; earlier single-shot figures were not valid.
+    return r.get(key) if "latency_protocol" in r else None
+
+
+def _outcome(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return "not run"
+    if r["status"] == "pruned":
+        return "pruned and matched" if r.get("parity") else "failed"  # a mismatch ships nothing
+    return r["status"] if r["status"] in ("refused", "too big") else "failed"
+
+
 def table(names: list[str]) -> str:
+    """The per-model table, from stored rows."""
     rows = stored_rows()
     out = []
     for name in names:
@@ -458,8 +474,8 @@ def table(names: list[str]) -> str:
                 f"{r.get('input', '-')}",
                 status,
                 _pct(r.get("flops_ratio")),
-                _pct(r.get("latency_ratio")),
-                _pct(r.get("latency_budget_ratio")),
+                _pct(_latency(r, "latency_ratio")),
+                _pct(_latency(r, "latency_budget_ratio")),
                 parity,
                 f"{r.get('seconds', 0):.0f}",
                 note.replace("|", "/")[:160],
@@ -468,6 +484,39 @@ def table(names: list[str]) -> str:
     headers = [
         "model", "input", "status", "FLOPs after/dense", "latency after/dense",
         "latency<=60% reached", "parity (rel.)", "s", "note",
+    ]  # fmt: skip
+    return markdown_table(headers, out)
+
+
+def family_table(names: list[str]) -> str:
+    """One row per family: outcomes, median FLOPs and latency after/dense, worst parity."""
+    import statistics
+
+    rows = stored_rows()
+    out = []
+    for fam in sorted({family(n) for n in names}):
+        members = [n for n in names if family(n) == fam]
+        found = [rows[n] for n in members if n in rows]
+        outcome = [_outcome(rows.get(n)) for n in members]
+        ok = [r for r in found if _outcome(r) == "pruned and matched"]
+        flops = [r["flops_ratio"] for r in ok]
+        lat = [_latency(r, "latency_ratio") for r in ok if _latency(r, "latency_ratio")]
+        parity = max((r["parity_rel"] for r in ok), default=None)
+        out.append(
+            [
+                fam,
+                str(len(found)),
+                str(outcome.count("pruned and matched")),
+                str(outcome.count("refused") + outcome.count("too big")),
+                str(outcome.count("failed")),
+                _pct(statistics.median(flops)) if flops else "-",
+                _pct(statistics.median(lat)) if lat else "-",
+                f"{parity:.0e}" if parity is not None else "-",
+            ]
+        )
+    headers = [
+        "family", "tried", "pruned+matched", "refused", "failed", "FLOPs after/dense",
+        "latency after/dense", "max parity",
     ]  # fmt: skip
     return markdown_table(headers, out)
 
@@ -483,47 +532,104 @@ def counts(names: list[str]) -> dict[str, int]:
         "not run": 0,
     }
     for name in names:
-        r = rows.get(name)
-        if r is None:
-            out["not run"] += 1
-            continue
-        out["tried"] += 1
-        status = r["status"]
-        if status == "pruned" and r.get("parity"):
-            out["pruned and matched"] += 1
-        elif status in ("refused", "too big"):
-            out[status] += 1
-        else:
-            out["failed"] += 1
+        outcome = _outcome(rows.get(name))
+        out[outcome] += 1
+        out["tried"] += outcome != "not run"
     return out
 
 
-def write_table(names: list[str]) -> Path:
+def _counts_line(names: list[str]) -> str:
     c = counts(names)
-    notes = (
-        f"{len(names)} classifiers of `torchvision.models.list_models(module=torchvision.models)`, "
-        "random weights (BN statistics estimated on random batches, zero-initialised layers "
-        "drawn, so outputs have a scale), 10 classes, batch 1 at the input shown (64x64 where the architecture "
-        "allows). FLOPs: the `flops` oracle on the exported ONNX, uniform keep ratio by "
-        f"bisection to flops<={FLOPS_TARGET:.0%}. Parity: max |ONNX Runtime - torch| over "
-        "every output and 3 random inputs, relative to max(1, max |output|); the gate is 1e-3. "
-        f"Latency (one model per family): `{LATENCY_ORACLE}` on a shared 2-core machine "
-        "(noisy), for the FLOPs-chosen model, and the ratio a latency<=60% bisection reached. "
-        "No data, no accuracy, no fine-tuning: this is about the mechanics (the pieces are "
-        "driven directly, not through `hwprune.prune`). **The latency columns are not "
-        "trustworthy yet**: the pruned candidates' BN statistics are not re-estimated, so "
-        "some (MobileNet, MnasNet) run on vanishing, denormal activations that ONNX Runtime "
-        "executes many times slower, and the machine ran at a load average near 15 on 2 "
-        "cores.\n\n" + ", ".join(f"{k}: {v}" for k, v in c.items())
+    return (
+        f"{c['tried']} of {len(names)} tried: {c['pruned and matched']} pruned and matched, "
+        f"{c['refused']} refused, {c['too big']} too big for this machine, {c['failed']} failed"
+        + (f", {c['not run']} not run yet" if c["not run"] else "")
     )
-    return update_results_md(
+
+
+PROTOCOL = (
+    "Random weights (zero-initialised layers drawn, BN statistics estimated on random "
+    "batches, so outputs have a scale), 10 classes, batch 1 at the smallest input of "
+    "64, 70, 75, 96, ... the architecture accepts. Pruned by a uniform keep ratio, bisected "
+    f"on the `flops` oracle (static count on the exported ONNX) to flops<={FLOPS_TARGET:.0%}; "
+    "exported with `final_export`, whose parity gate compares every output of ONNX Runtime "
+    "and torch on 3 random inputs: max |difference| relative to max(1, max |output|), "
+    "within 1e-3, or nothing is exported. Latency, one model per family (the smallest): "
+    f"`{LATENCY_ORACLE}`, dense and the FLOPs-chosen pruned model timed by the same oracle "
+    f"in one process, interleaved, {LATENCY_ROUNDS} pairs, median of the per-pair ratios, "
+    "BN statistics re-estimated on the pruned model; **taken on a shared, loaded 2-core "
+    "machine (load average 8-15 while other engineers ran tests), so single figures carry "
+    "noise**. No data, accuracy or fine-tuning: this is about the mechanics."
+)
+
+README = _HERE.parent / "README.md"
+DOCS = _HERE.parent / "docs" / "support.md"
+
+
+def readme_block(names: list[str]) -> str:
+    import textwrap
+
+    intro = (
+        f"{_counts_line(names)} (Torch-Pruning reports 81 of 85). Random weights, "
+        f"flops<={FLOPS_TARGET:.0%} by a uniform keep ratio, ONNX parity within 1e-3; latency: "
+        "the smallest model of each family, paired with its dense model on a shared, loaded "
+        "CPU (noisy). Every model and the method: [docs/support.md](docs/support.md)."
+    )
+    return textwrap.fill(intro, width=100) + "\n\n" + family_table(names)
+
+
+def replace_between(text: str, section: str, body: str) -> str:
+    """``text`` with what lies between ``<!-- BEGIN section -->`` and its END marker replaced."""
+    begin, end = f"<!-- BEGIN {section} -->", f"<!-- END {section} -->"
+    if begin not in text or end not in text:
+        raise ValueError(f"the markers {begin} / {end} are missing")
+    head, _, rest = text.partition(begin)
+    _, _, tail = rest.partition(end)
+    return f"{head}{begin}\n{body.strip()}\n{end}{tail}"
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_tables(names: list[str]) -> list[Path]:
+    """README's family table, docs/support.md (every model) and RESULTS.md's section."""
+    _write(
+        README, replace_between(README.read_text(encoding="utf-8"), "support", readme_block(names))
+    )
+    env = environment()
+    docs = "\n\n".join(
+        [
+            "# Support matrix: torchvision classifiers",
+            "Written by `python benchmarks/support.py --table` from the stored rows in "
+            "[benchmarks/results/support/](../benchmarks/results/support/) (one JSON file per "
+            "model, with its evaluations, timings, machine and commit); the sweep itself: "
+            "`OMP_NUM_THREADS=1 taskset -c 1 nice python benchmarks/support.py --latency --steps 4`.",
+            f"**{_counts_line(names)}.** Torch-Pruning reports 81 of 85 torchvision models pruned.",
+            PROTOCOL,
+            "## By family",
+            family_table(names),
+            "## Every model",
+            '"latency<=60% reached" is the ratio a uniform bisection on the latency oracle '
+            'reached (3 steps, 3 interleaved pairs each); "s": the model\'s sweep time in '
+            "seconds. A note names the groups Torch-Pruning cannot map and that were left "
+            "unpruned (the rest of the model is pruned).",
+            table(names),
+            f"Machine: {env['machine']}.",
+        ]
+    )
+    _write(DOCS, docs + "\n")
+    results = update_results_md(
         "support",
         "Support matrix: torchvision classifiers",
-        table(names),
+        family_table(names) + "\n\nEvery model: [docs/support.md](../docs/support.md).",
         command=command_line(),
-        env=environment(),
-        notes=notes,
+        env=env,
+        notes=f"{_counts_line(names)}.\n\n{PROTOCOL}",
     )
+    return [README, DOCS, results]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -551,7 +657,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("hwprune").setLevel(logging.WARNING)
     names = classifiers()
     if args.table:
-        print(write_table(names))
+        for path in write_tables(names):
+            print(path)
         print(json.dumps(counts(names)))
         return 0
     todo = args.models or names
