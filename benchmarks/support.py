@@ -150,8 +150,14 @@ def realistic(model: Any, size: int) -> Any:
     return estimate_bn(model, size)
 
 
-def smallest_size(name: str, sizes: tuple[int, ...] = SIZES) -> tuple[int, Any]:
-    """The first of ``sizes`` the architecture accepts (and exports), and the model built for it."""
+def smallest_size(
+    name: str, sizes: tuple[int, ...] = SIZES, *, build: Any = None
+) -> tuple[int, Any]:
+    """The first of ``sizes`` the architecture accepts (and exports), and the model built for it.
+
+    ``build(size)`` replaces building ``name`` from the registry (the tests' tiny
+    configurations of a family's torchvision class).
+    """
     import torch
 
     from hwprune.export import export_onnx
@@ -159,7 +165,7 @@ def smallest_size(name: str, sizes: tuple[int, ...] = SIZES) -> tuple[int, Any]:
     last: Exception | None = None
     for size in sizes:
         try:
-            model = _build(name, size)
+            model = build(size).eval() if build is not None else _build(name, size)
             with torch.no_grad():
                 model(torch.zeros(1, 3, size, size))
             # Adaptive pooling exports only to sizes that divide its input (VGG, AlexNet).
@@ -321,9 +327,12 @@ def latency_only(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def sweep_one(
-    name: str, *, latency: bool, steps: int, sizes: tuple[int, ...] = SIZES
+    name: str, *, latency: bool, steps: int, sizes: tuple[int, ...] = SIZES, build: Any = None
 ) -> dict[str, Any]:
-    """One model's row: built, pruned to flops<=60% by uniform bisection, exported, checked."""
+    """One model's row: built, pruned to flops<=60% by uniform bisection, exported, checked.
+
+    ``build(size)``, when given, builds the model instead of the registry's ``name``.
+    """
     import tempfile
 
     import torch
@@ -336,7 +345,7 @@ def sweep_one(
     row: dict[str, Any] = {"model": name, "family": family(name), "status": "failed"}
     start = time.perf_counter()
     try:
-        size, model = smallest_size(name, sizes)
+        size, model = smallest_size(name, sizes, build=build)
         model = realistic(model, size)
         row["input"] = size
         params = sum(p.numel() for p in model.parameters())
@@ -359,10 +368,16 @@ def sweep_one(
         row["flops_search"] = found["evaluations"]
         if found["keep"] is None:
             row["status"] = "refused"
+            least = min(e["value"] for e in found["evaluations"]) / dense
+            left_out = (
+                f"; {len(space.skipped)} groups left out, first: {space.skipped[0].reason}"
+                if space.skipped
+                else ""
+            )
             row["error"] = (
-                f"no uniform keep ratio reaches flops<=60% (smallest: "
-                f"{min(v for _, v in [(e['keep'], e['value']) for e in found['evaluations']]) / dense:.0%}"
-                f" of dense with {len(space.units)} prunable units)"
+                f"no uniform keep ratio reaches flops<={FLOPS_TARGET:.0%}: the "
+                f"{len(space.units)} prunable units cut it to {least:.0%} of dense at most"
+                f"{left_out}"
             )
             return row
         row["keep"] = found["keep"]
@@ -644,6 +659,11 @@ def main(argv: list[str] | None = None) -> int:
         "--retime", action="store_true", help="with --latency: time stored rows again"
     )
     parser.add_argument(
+        "--families-first",
+        action="store_true",
+        help="the smallest model of every family before the rest",
+    )
+    parser.add_argument(
         "--table", action="store_true", help="only write the table from stored rows"
     )
     args = parser.parse_args(argv)
@@ -669,6 +689,9 @@ def main(argv: list[str] | None = None) -> int:
     firsts: dict[str, str] = {}
     for n in names:
         firsts.setdefault(family(n), n)
+    if args.families_first:
+        heads = [n for n in todo if firsts[family(n)] == n]
+        todo = heads + [n for n in todo if n not in heads]
     for name in todo:
         latency = args.latency and firsts[family(name)] == name
         if name in done and not args.redo and done[name]["status"] != "failed":
