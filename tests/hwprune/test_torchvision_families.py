@@ -39,3 +39,21 @@ def test_shufflenet_chunk_shapes_reach_the_static_oracles():
     raw = export_onnx(model, input_shape=(1, 3, 32, 32), fold_shapes=False)
     with pytest.raises(oracles.MeasurementFailedError, match="static shape"):
         oracles.get_oracle("flops").measure(raw, input_shapes={"input": (1, 3, 32, 32)})
+
+
+def test_shufflenet_width_whose_shuffle_mapping_overruns_is_pruned_around(tmp_path):
+    # At these widths Torch-Pruning's channel-shuffle mapping raises nothing but returns
+    # indices past the layer's channels (index 144 of 48): an IndexError out of the
+    # importance scoring, a traceback from ChannelSpace. Those groups are now left out.
+    from torchvision.models.shufflenetv2 import ShuffleNetV2
+
+    torch.manual_seed(0)
+    model = ShuffleNetV2([2, 2, 2], [16, 24, 48, 96, 128], num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    space = ChannelSpace(model, example_inputs=x)
+    assert space.units
+    assert any("Torch-Pruning cannot follow its channels (index" in s.reason for s in space.skipped)
+    small = space.apply(Policy.uniform(space, 0.5))
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    result = final_export(small, example_inputs=x, onnx_path=tmp_path / "shufflenet.onnx")
+    assert result.max_rel_diff <= 1e-3
