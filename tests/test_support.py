@@ -186,3 +186,12 @@ def test_a_model_past_the_time_limit_is_a_failed_row_naming_where():
         row = support.sweep_one("stuck", latency=False, steps=2, sizes=(32,), build=stuck)
     assert row["status"] == "failed"
     assert row["error"].startswith("did not finish in 1 s (stopped in") and "stuck" in row["error"]
+
+
+def test_readme_family_table_is_the_one_the_stored_rows_give():
+    # README's support block is written by `benchmarks/support.py --table`; stored rows
+    # committed without rewriting it would leave the README claiming other figures.
+    support = _support()
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("<!-- BEGIN support -->\n", 1)[1].split("\n<!-- END support -->", 1)[0]
+    assert block == support.readme_block(support.classifiers())
