@@ -629,11 +629,10 @@ def readme_block(names: list[str]) -> str:
     import textwrap
 
     intro = (
-        f"{_counts_line(names)} (Torch-Pruning reports 81 of 85). Random weights, "
-        f"flops<={FLOPS_TARGET:.0%} by a uniform keep ratio, ONNX parity within 1e-3; latency: "
-        "the smallest model of each family against its dense model, interleaved, on a shared "
-        "loaded CPU (noisy), channel counts as chosen (x1) and rounded to multiples of 8 (x8). "
-        "Every model and the method: [docs/support.md](docs/support.md)."
+        f"{_counts_line(names)} (Torch-Pruning: 81 of 85). Random weights, "
+        f"flops<={FLOPS_TARGET:.0%} (uniform), ONNX parity 1e-3; latency: smallest model per "
+        "family vs dense, interleaved, shared loaded CPU (noisy), channels as chosen (x1) / in "
+        "multiples of 8 (x8). [Method, every model](docs/support.md)."
     )
     return textwrap.fill(intro, width=100) + "\n\n" + family_table(names)
 
