@@ -356,6 +356,29 @@ def _failing_module(exc: BaseException, model: nn.Module) -> str:
     return f"module {names[id(found)]!r} (type {type(found).__name__})"
 
 
+def _out_of_range(dg: Any, group: Any) -> str | None:
+    """How a group's mapped channel indices overrun a member's channel count, or None."""
+    for item in group:
+        node, idxs = item.dep.target, item.idxs
+        if not len(idxs):
+            continue
+        target = node.module
+        if not isinstance(target, nn.Parameter) and getattr(target, "weight", None) is None:
+            continue  # Torch-Pruning's own ops (concat, split, reshape) index their inputs
+        try:
+            if isinstance(target, nn.Parameter):
+                size = int(target.shape[node.pruning_dim])
+            elif dg.is_out_channel_pruning_fn(item.dep.handler):
+                size = dg.get_out_channels(node)
+            else:
+                size = dg.get_in_channels(node)
+        except Exception:  # Torch-Pruning has no channel count for this op: nothing to check
+            continue
+        if size is not None and max(idxs) >= size:
+            return f"index {max(idxs)} of a layer with {size} channels"
+    return None
+
+
 class ChannelSpace:
     """Every coupled channel group of a model, pruned by removing channels for real.
 
@@ -668,6 +691,12 @@ class ChannelSpace:
                 out_layers,
                 key=lambda m: (_layers.is_depthwise(m), position[names[m]]),
             )
+            wild = _out_of_range(dg, group)
+            if wild is not None:
+                # A reshape Torch-Pruning follows without failing but maps wrongly (ShuffleNet's
+                # channel shuffle at some widths): its indices pass the layer's channel count.
+                self._skip(names[root], f"Torch-Pruning cannot follow its channels ({wild})")
+                continue
             with torch.no_grad():
                 scores = scorer(group)
             if scores is None or len(scores) != channels:
