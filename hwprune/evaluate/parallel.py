@@ -159,19 +159,13 @@ def _init_worker(blob: bytes, cores: Sequence[int] | None, parent: int | None = 
 
 
 def _prepare_here(state: Mapping[str, Any], policy: Any, what: str) -> Prepared | _Failure:
-    from hwprune.export.onnx import export_onnx
-
     job: _Job = state["job"]
     try:
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
         module, acc = state["evaluator"].score_candidate(policy, timings=timings, what=what)
-        onnx_bytes = None
-        if job.onnx:
-            t0 = time.perf_counter()
-            kwargs = {} if job.opset is None else {"opset": job.opset}
-            onnx_bytes = export_onnx(module, example_inputs=job.example_inputs, **kwargs)
-            timings["export"] = time.perf_counter() - t0
+        # The worker's evaluator has the run's space (its example inputs) and opset.
+        onnx_bytes = state["evaluator"].export(module, timings=timings) if job.onnx else None
         shapes = job.example_inputs.shapes
         measured = {}
         for name, oracle in state["oracles"].items():
