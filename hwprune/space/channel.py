@@ -139,10 +139,17 @@ def _final_layers(dg: Any) -> list[nn.Module]:
 
 
 _MAX_MAPPED = 1 << 15  # more indices than any layer has channels: a mapping gone wrong
+# Work caps on one group's traversal. Torch-Pruning walks a group once per distinct index
+# set reaching a node; through MaxViT's window/grid partitions every channel arrives alone,
+# so one attention group maps ~18 M indices through one reshape 768 times (45-60 s each,
+# hours for the model). Sound groups of every torchvision classifier stay far below both:
+# at most 8 passes through one mapping (Swin) and 59 k mapped indices (DenseNet-201).
+_MAX_PASSES = 32  # calls of one index mapping (one reshape, concat, split...) per group
+_MAX_GROUP_MAPPED = 1 << 18  # indices mapped, all calls of one group together
 
 
 class _MappingBlowup(ValueError):
-    """Torch-Pruning's index mapping grew past any layer's channel count."""
+    """Torch-Pruning's index mapping grew past any layer's channel count, or past the work caps."""
 
 
 @contextlib.contextmanager
@@ -176,9 +183,12 @@ def _tolerant_index_mapping(unmapped: list[Any]) -> Iterator[None]:
 
     # Flatten mappings multiply indices by their stride at every view they pass; through
     # Swin's window partitions they grow without bound (Torch-Pruning never returns, and
-    # memory runs out). A group whose mapped indices pass the cap is abandoned.
+    # memory runs out). A group whose mapped indices pass the cap is abandoned, and so is
+    # one whose traversal passes the work caps (the context is entered once per group).
     classes = [getattr(index_mapping, n) for n in dir(index_mapping) if n.endswith("IndexMapping")]
     calls = {c: c.__call__ for c in classes if isinstance(c, type)}
+    passes: dict[int, int] = {}
+    mapped = [0]
 
     def capped(fn: Any) -> Any:
         def call(self: Any, idxs: Any) -> Any:
@@ -186,6 +196,17 @@ def _tolerant_index_mapping(unmapped: list[Any]) -> Iterator[None]:
             if len(out) > _MAX_MAPPED:
                 raise _MappingBlowup(
                     f"channel indices grow past {_MAX_MAPPED} through a reshape it cannot follow"
+                )
+            passes[id(self)] = passes.get(id(self), 0) + 1
+            mapped[0] += len(out)
+            what = type(self).__name__.strip("_").removesuffix("IndexMapping").lower()
+            if passes[id(self)] > _MAX_PASSES:
+                raise _MappingBlowup(
+                    f"its traversal passed one {what} mapping more than {_MAX_PASSES} times"
+                )
+            if mapped[0] > _MAX_GROUP_MAPPED:
+                raise _MappingBlowup(
+                    f"its traversal mapped more than {_MAX_GROUP_MAPPED} channel indices"
                 )
             return out
 
@@ -590,6 +611,10 @@ class ChannelSpace:
                 with _tolerant_index_mapping(unmapped):
                     try:
                         return original(module, *args, **kwargs)
+                    except _MappingBlowup as exc:
+                        failed.append((module, f"Torch-Pruning cannot follow its channels in "
+                                               f"bounded work ({exc})"))  # fmt: skip
+                        return []
                     except (IndexError, KeyError, ValueError, ZeroDivisionError) as exc:
                         failed.append((module, f"Torch-Pruning cannot follow its channels "
                                                f"({type(exc).__name__}: {exc})"))  # fmt: skip
