@@ -26,7 +26,7 @@ from torch import nn
 
 from hwprune.errors import ConfigError
 from hwprune.inputs import ExampleInputs
-from hwprune.space import _layers
+from hwprune.space import _layers, _opaque
 from hwprune.space.importance import get_criterion
 from hwprune.space.policy import Policy
 
@@ -104,6 +104,7 @@ class Skipped:
 
 
 def _kind(root: nn.Module, members: Sequence[nn.Module]) -> str:
+    root = _opaque.weight_layer(root)
     if any(_layers.is_depthwise(m) for m in members):
         return "depthwise"
     if isinstance(root, nn.Linear):
@@ -497,8 +498,12 @@ class ChannelSpace:
         self._heads = _resolve_heads(model, num_heads)
         self.num_heads = {names[m]: h for m, h in self._heads.items()}
         self._head_dims = {names[m]: m.embed_dim // h for m, h in self._heads.items()}
+        # Modules Torch-Pruning cannot trace through (Swin) are opaque layers with their own
+        # pruning functions; a user's pruner for the same type wins.
+        self._opaque = _opaque.builtin_pruners(model)
+        pruners = {**self._opaque, **(dict(customized_pruners) if customized_pruners else {})}
         self._tp_options = {
-            "customized_pruners": dict(customized_pruners) if customized_pruners else None,
+            "customized_pruners": pruners or None,
             "unwrapped_parameters": _resolve_unwrapped(model, unwrapped_parameters),
         }
 
@@ -509,7 +514,8 @@ class ChannelSpace:
             finals = _final_layers(dg)
             self.output_layers = tuple(sorted((names[m] for m in finals), key=position.get))
             ignored = [m for n, m in model.named_modules() if n in user_ignored] + finals
-            groups = list(dg.get_all_groups(ignored_layers=ignored, root_module_types=_PRUNABLE))
+            roots = _PRUNABLE + tuple(self._opaque)
+            groups = list(dg.get_all_groups(ignored_layers=ignored, root_module_types=roots))
             scorer = criterion.build(seed)
             saved_grads = None
             if criterion.needs_gradients:
@@ -595,7 +601,11 @@ class ChannelSpace:
         unmapped: list[Any] = []
         failed: list[tuple[nn.Module, str]] = []
         try:
-            with torch.enable_grad(), _tolerant_index_mapping(unmapped):
+            with (
+                torch.enable_grad(),
+                _tolerant_index_mapping(unmapped),
+                _opaque.traced_as_layers(self.model, self._opaque),
+            ):
                 dg = tp.DependencyGraph().build_dependency(
                     self.model,
                     example_inputs=inputs.as_user(),
@@ -695,7 +705,8 @@ class ChannelSpace:
                 elif isinstance(target, nn.Module) and target in names:
                     tname, is_param = names[target], False
                     layer_names.add(tname)
-                    if isinstance(target, _PRUNABLE) and dg.is_out_channel_pruning_fn(dep.handler):
+                    rootable = isinstance(target, _PRUNABLE) or _opaque.is_opaque(target)
+                    if rootable and dg.is_out_channel_pruning_fn(dep.handler):
                         out_layers.append(target)
                 else:
                     continue  # Torch-Pruning's bookkeeping ops (add, concat, flatten...)
@@ -736,18 +747,20 @@ class ChannelSpace:
             step, keys = blocks
             order = _order(scores, keys)
             layers = tuple(sorted(layer_names, key=position.get))
+            # An opaque module's own layers (qkv, proj, reduction) carry its MACs.
+            counted = {n for n in _expand(self.model, set(layers)) if n in prof.params}
             units.append(
                 {
                     "id": names[root],
                     "layers": layers,
                     "channels": channels,
                     "kind": _kind(root, members),
-                    **_layers.geometry(root),
-                    "flops_share": sum(prof.macs.get(n, 0) for n in layers)
+                    **_layers.geometry(_opaque.weight_layer(root)),
+                    "flops_share": sum(prof.macs.get(n, 0) for n in counted)
                     / max(1, prof.total_macs),
-                    "params_share": sum(prof.params.get(n, 0) for n in layers)
+                    "params_share": sum(prof.params.get(n, 0) for n in counted)
                     / max(1, prof.total_params),
-                    "numel": int(root.weight.numel()),
+                    "numel": int(_opaque.weight_layer(root).weight.numel()),
                     "step": step,
                 }
             )
@@ -848,7 +861,11 @@ class ChannelSpace:
         group's slice of the weight whole. A reason string means the group
         cannot be pruned soundly and is left out.
         """
-        mhas = [m for m in dict.fromkeys(members) if isinstance(m, nn.MultiheadAttention)]
+        mhas = [
+            m
+            for m in dict.fromkeys(members)
+            if isinstance(m, nn.MultiheadAttention) or _opaque.is_attention(m)
+        ]
         grouped = [m for m in dict.fromkeys(members) if _layers.is_grouped(m)]
         if mhas and grouped:
             return "couples attention with grouped convolutions"
@@ -860,7 +877,10 @@ class ChannelSpace:
         if any(by_heads) and not all(by_heads):
             missing = [names[m] for m, h in zip(mhas, by_heads, strict=True) if not h]
             return f"shares channels with attention modules not in num_heads: {', '.join(missing)}"
-        layouts = {(m.embed_dim, m.num_heads) for m in mhas}
+        layouts = {
+            _opaque.attention_layout(m) if _opaque.is_attention(m) else (m.embed_dim, m.num_heads)
+            for m in mhas
+        }
         if len(layouts) > 1:
             return f"couples attention modules with different head layouts {sorted(layouts)}"
         embed, heads = layouts.pop()
