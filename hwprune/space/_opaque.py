@@ -63,6 +63,15 @@ def weight_layer(module: nn.Module) -> nn.Module:
     return module
 
 
+def changed_layers(name: str, module: nn.Module) -> list[str]:
+    """Names of the layers inside opaque ``module`` (named ``name``) whose weights its pruner cuts."""
+    if _key(module) in _MERGING:
+        return [f"{name}.reduction", f"{name}.norm"]
+    if _key(module) in _ATTENTION:
+        return [f"{name}.qkv", f"{name}.proj"]
+    return []
+
+
 def attention_layout(module: nn.Module) -> tuple[int, int]:
     """(embedding, heads) of a Swin attention."""
     return int(module.qkv.in_features), int(module.num_heads)
@@ -175,7 +184,11 @@ def _stand_in(module: nn.Module) -> Any:
 def traced_as_layers(model: nn.Module, types: Any) -> Iterator[None]:
     """Within: the modules of ``types`` in ``model`` run their stand-in forward (for tracing)."""
     types = tuple(types)
-    patched = [m for m in model.modules() if types and isinstance(m, types) and is_opaque(m)]
+    patched = [
+        m
+        for m in model.modules()
+        if types and isinstance(m, types) and is_opaque(m) and "forward" not in vars(m)
+    ]
     for m in patched:
         m.forward = _stand_in(m)
     try:

@@ -705,6 +705,7 @@ class ChannelSpace:
                 elif isinstance(target, nn.Module) and target in names:
                     tname, is_param = names[target], False
                     layer_names.add(tname)
+                    layer_names.update(_opaque.changed_layers(tname, target))
                     rootable = isinstance(target, _PRUNABLE) or _opaque.is_opaque(target)
                     if rootable and dg.is_out_channel_pruning_fn(dep.handler):
                         out_layers.append(target)
@@ -747,8 +748,6 @@ class ChannelSpace:
             step, keys = blocks
             order = _order(scores, keys)
             layers = tuple(sorted(layer_names, key=position.get))
-            # An opaque module's own layers (qkv, proj, reduction) carry its MACs.
-            counted = {n for n in _expand(self.model, set(layers)) if n in prof.params}
             units.append(
                 {
                     "id": names[root],
@@ -756,9 +755,9 @@ class ChannelSpace:
                     "channels": channels,
                     "kind": _kind(root, members),
                     **_layers.geometry(_opaque.weight_layer(root)),
-                    "flops_share": sum(prof.macs.get(n, 0) for n in counted)
+                    "flops_share": sum(prof.macs.get(n, 0) for n in layers)
                     / max(1, prof.total_macs),
-                    "params_share": sum(prof.params.get(n, 0) for n in counted)
+                    "params_share": sum(prof.params.get(n, 0) for n in layers)
                     / max(1, prof.total_params),
                     "numel": int(_opaque.weight_layer(root).weight.numel()),
                     "step": step,
