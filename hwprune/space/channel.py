@@ -144,7 +144,7 @@ _MAX_MAPPED = 1 << 15  # more indices than any layer has channels: a mapping gon
 # set reaching a node; through MaxViT's window/grid partitions every channel arrives alone,
 # so one attention group maps ~18 M indices through one reshape 768 times (45-60 s each,
 # hours for the model). Sound groups of every torchvision classifier stay far below both:
-# at most 8 passes through one mapping (Swin) and 59 k mapped indices (DenseNet-201).
+# at most 8 passes through one mapping (Swin) and 77 k mapped indices (VGG-11 at 224).
 _MAX_PASSES = 32  # calls of one index mapping (one reshape, concat, split...) per group
 _MAX_GROUP_MAPPED = 1 << 18  # indices mapped, all calls of one group together
 
@@ -429,7 +429,11 @@ class ChannelSpace:
     pruning function}) and ``unwrapped_parameters`` ({parameter or its name:
     dim to prune}), passed to its DependencyGraph. With ``check`` (default) a
     unit whose pruning breaks the forward pass (a coupling Torch-Pruning
-    missed) is left out and listed in ``skipped``.
+    missed) is left out and listed in ``skipped``, and so is a group whose
+    channels Torch-Pruning cannot follow in bounded work (MaxViT's attention).
+    torchvision's Swin window attention and patch merging, which it cannot
+    trace, are pruned as whole layers (``hwprune.space._opaque``): the
+    embedding loses the same positions of every head.
 
     ``channel_choices`` (unit id -> allowed kept-channel counts, e.g. from
     ``hwprune.space.staircase.probe_staircase(...).choices()``) replaces
