@@ -1,7 +1,8 @@
 """Support matrix: does every torchvision classifier prune, export and match its torch outputs?
 
 For each classification builder in ``torchvision.models.list_models(module=torchvision.models)``,
-at random weights and a small input (64x64 where the architecture allows, else the
+and each semantic-segmentation builder (``torchvision.models.segmentation``: their dict output
+goes through the same pipeline), at random weights and a small input (64x64 where the architecture allows, else the
 smallest size it accepts):
 
 1. build the model (10 classes) and a ``ChannelSpace`` over it (round_to 1, min_keep 0.1);
@@ -80,7 +81,7 @@ FAMILIES = (
     "alexnet", "convnext", "densenet", "efficientnet_v2", "efficientnet", "googlenet",
     "inception", "maxvit", "mnasnet", "mobilenet_v2", "mobilenet_v3", "regnet_x", "regnet_y",
     "resnext", "wide_resnet", "resnet", "shufflenet", "squeezenet", "swin_v2", "swin", "vgg",
-    "vit",
+    "vit", "fcn", "deeplabv3", "lraspp",
 )  # fmt: skip
 
 log = logging.getLogger("support")
@@ -105,8 +106,40 @@ def classifiers() -> list[str]:
     return sorted(names, key=lambda n: (size(n), n))
 
 
+def segmenters() -> list[str]:
+    """Every torchvision semantic-segmentation builder (FCN, DeepLabV3, LR-ASPP), smallest first.
+
+    Beyond the issue's classifiers: Torch-Pruning's 81 of 85 counts such models too. Their
+    output is a dict (``out``); the pipeline prunes, exports and checks it like a tensor.
+    """
+    import torchvision
+
+    names = list(torchvision.models.list_models(module=torchvision.models.segmentation))
+
+    def size(name: str) -> int:
+        try:
+            return int(torchvision.models.get_model_weights(name).DEFAULT.meta["num_params"])
+        except Exception:
+            return 10**12
+
+    return sorted(names, key=lambda n: (size(n), n))
+
+
+def swept() -> list[str]:
+    """What the sweep covers: every classifier, then every segmentation model."""
+    return classifiers() + segmenters()
+
+
 def _build(name: str, size: int) -> Any:
     from hwprune.models import get_model
+
+    if name in segmenters():
+        import torchvision
+
+        extra = {} if name.startswith("lraspp") else {"aux_loss": False}
+        return torchvision.models.get_model(
+            name, weights=None, weights_backbone=None, num_classes=10, **extra
+        ).eval()
 
     return get_model(name, num_classes=10, input_size=size).eval()
 
@@ -427,7 +460,9 @@ def sweep_one(
                 row["parity_abs"] = exported.max_abs_diff
                 row["output_scale"] = max(p.scale for p in exported.outputs)
                 with torch.no_grad():
-                    row["output_max"] = float(space.example_inputs.call(pruned).abs().max())
+                    out = space.example_inputs.call(pruned)  # a tensor, or a dict (segmenters)
+                    leaves = out.values() if isinstance(out, dict) else [out]
+                    row["output_max"] = max(float(t.abs().max()) for t in leaves)
                 row["parity"] = True
             except HwpruneError as exc:
                 row["parity"] = False
@@ -661,7 +696,7 @@ def write_tables(names: list[str]) -> list[Path]:
     env = environment()
     docs = "\n\n".join(
         [
-            "# Support matrix: torchvision classifiers",
+            "# Support matrix: torchvision classifiers and segmentation models",
             "Written by `python benchmarks/support.py --table` from the stored rows in "
             "[benchmarks/results/support/](../benchmarks/results/support/) (one JSON file per "
             "model, with its evaluations, timings, machine and commit); the sweep itself: "
@@ -682,7 +717,7 @@ def write_tables(names: list[str]) -> list[Path]:
     _write(DOCS, docs + "\n")
     results = update_results_md(
         "support",
-        "Support matrix: torchvision classifiers",
+        "Support matrix: torchvision classifiers and segmentation models",
         family_table(names) + "\n\nEvery model: [docs/support.md](../docs/support.md).",
         command=command_line(),
         env=env,
@@ -722,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
     resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("hwprune").setLevel(logging.WARNING)
-    names = classifiers()
+    names = swept()
     if args.table:
         for path in write_tables(names):
             print(path)
@@ -731,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
     todo = args.models or names
     unknown = [n for n in todo if n not in names]
     if unknown:
-        parser.error(f"not a torchvision classifier: {', '.join(unknown)}")
+        parser.error(f"not a torchvision classifier or segmentation model: {', '.join(unknown)}")
     done = stored_rows()
     firsts: dict[str, str] = {}
     for n in names:

@@ -194,4 +194,25 @@ def test_readme_family_table_is_the_one_the_stored_rows_give():
     support = _support()
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     block = text.split("<!-- BEGIN support -->\n", 1)[1].split("\n<!-- END support -->", 1)[0]
-    assert block == support.readme_block(support.classifiers())
+    assert block == support.readme_block(support.swept())
+
+
+def test_segmentation_models_are_swept_with_their_dict_output():
+    # Torch-Pruning's table counts segmentation models too; their output is a dict ("out").
+    support = _support()
+    names = support.segmenters()
+    assert {"lraspp_mobilenet_v3_large", "fcn_resnet50", "deeplabv3_resnet50"} <= set(names)
+    assert support.swept() == support.classifiers() + names
+    assert {support.family(n) for n in names} == {"fcn", "deeplabv3", "lraspp"}
+    row = support.sweep_one("lraspp_mobilenet_v3_large", latency=False, steps=2, sizes=(64,))
+    assert row["status"] == "pruned", row.get("error")
+    assert row["parity"] and row["flops_ratio"] <= support.FLOPS_TARGET
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fcn_resnet50", "deeplabv3_mobilenet_v3_large"])
+def test_segmentation_family_prunes_exports_and_matches_slow(name):
+    support = _support()
+    row = support.sweep_one(name, latency=False, steps=2, sizes=(64,))
+    assert row["status"] == "pruned", row.get("error")
+    assert row["parity"] and row["flops_ratio"] <= support.FLOPS_TARGET

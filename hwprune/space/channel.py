@@ -26,7 +26,7 @@ from torch import nn
 
 from hwprune.errors import ConfigError
 from hwprune.inputs import ExampleInputs
-from hwprune.space import _layers
+from hwprune.space import _layers, _opaque
 from hwprune.space.importance import get_criterion
 from hwprune.space.policy import Policy
 
@@ -104,6 +104,7 @@ class Skipped:
 
 
 def _kind(root: nn.Module, members: Sequence[nn.Module]) -> str:
+    root = _opaque.weight_layer(root)
     if any(_layers.is_depthwise(m) for m in members):
         return "depthwise"
     if isinstance(root, nn.Linear):
@@ -139,10 +140,17 @@ def _final_layers(dg: Any) -> list[nn.Module]:
 
 
 _MAX_MAPPED = 1 << 15  # more indices than any layer has channels: a mapping gone wrong
+# Work caps on one group's traversal. Torch-Pruning walks a group once per distinct index
+# set reaching a node; through MaxViT's window/grid partitions every channel arrives alone,
+# so one attention group maps ~18 M indices through one reshape 768 times (45-60 s each,
+# hours for the model). Sound groups of every torchvision classifier stay far below both:
+# at most 8 passes through one mapping (Swin) and 77 k mapped indices (VGG-11 at 224).
+_MAX_PASSES = 32  # calls of one index mapping (one reshape, concat, split...) per group
+_MAX_GROUP_MAPPED = 1 << 18  # indices mapped, all calls of one group together
 
 
 class _MappingBlowup(ValueError):
-    """Torch-Pruning's index mapping grew past any layer's channel count."""
+    """Torch-Pruning's index mapping grew past any layer's channel count, or past the work caps."""
 
 
 @contextlib.contextmanager
@@ -176,9 +184,12 @@ def _tolerant_index_mapping(unmapped: list[Any]) -> Iterator[None]:
 
     # Flatten mappings multiply indices by their stride at every view they pass; through
     # Swin's window partitions they grow without bound (Torch-Pruning never returns, and
-    # memory runs out). A group whose mapped indices pass the cap is abandoned.
+    # memory runs out). A group whose mapped indices pass the cap is abandoned, and so is
+    # one whose traversal passes the work caps (the context is entered once per group).
     classes = [getattr(index_mapping, n) for n in dir(index_mapping) if n.endswith("IndexMapping")]
     calls = {c: c.__call__ for c in classes if isinstance(c, type)}
+    passes: dict[int, int] = {}
+    mapped = [0]
 
     def capped(fn: Any) -> Any:
         def call(self: Any, idxs: Any) -> Any:
@@ -186,6 +197,17 @@ def _tolerant_index_mapping(unmapped: list[Any]) -> Iterator[None]:
             if len(out) > _MAX_MAPPED:
                 raise _MappingBlowup(
                     f"channel indices grow past {_MAX_MAPPED} through a reshape it cannot follow"
+                )
+            passes[id(self)] = passes.get(id(self), 0) + 1
+            mapped[0] += len(out)
+            what = type(self).__name__.strip("_").removesuffix("IndexMapping").lower()
+            if passes[id(self)] > _MAX_PASSES:
+                raise _MappingBlowup(
+                    f"its traversal passed one {what} mapping more than {_MAX_PASSES} times"
+                )
+            if mapped[0] > _MAX_GROUP_MAPPED:
+                raise _MappingBlowup(
+                    f"its traversal mapped more than {_MAX_GROUP_MAPPED} channel indices"
                 )
             return out
 
@@ -407,7 +429,11 @@ class ChannelSpace:
     pruning function}) and ``unwrapped_parameters`` ({parameter or its name:
     dim to prune}), passed to its DependencyGraph. With ``check`` (default) a
     unit whose pruning breaks the forward pass (a coupling Torch-Pruning
-    missed) is left out and listed in ``skipped``.
+    missed) is left out and listed in ``skipped``, and so is a group whose
+    channels Torch-Pruning cannot follow in bounded work (MaxViT's attention).
+    torchvision's Swin window attention and patch merging, which it cannot
+    trace, are pruned as whole layers (``hwprune.space._opaque``): the
+    embedding loses the same positions of every head.
 
     ``channel_choices`` (unit id -> allowed kept-channel counts, e.g. from
     ``hwprune.space.staircase.probe_staircase(...).choices()``) replaces
@@ -476,8 +502,12 @@ class ChannelSpace:
         self._heads = _resolve_heads(model, num_heads)
         self.num_heads = {names[m]: h for m, h in self._heads.items()}
         self._head_dims = {names[m]: m.embed_dim // h for m, h in self._heads.items()}
+        # Modules Torch-Pruning cannot trace through (Swin) are opaque layers with their own
+        # pruning functions; a user's pruner for the same type wins.
+        self._opaque = _opaque.builtin_pruners(model)
+        pruners = {**self._opaque, **(dict(customized_pruners) if customized_pruners else {})}
         self._tp_options = {
-            "customized_pruners": dict(customized_pruners) if customized_pruners else None,
+            "customized_pruners": pruners or None,
             "unwrapped_parameters": _resolve_unwrapped(model, unwrapped_parameters),
         }
 
@@ -488,7 +518,8 @@ class ChannelSpace:
             finals = _final_layers(dg)
             self.output_layers = tuple(sorted((names[m] for m in finals), key=position.get))
             ignored = [m for n, m in model.named_modules() if n in user_ignored] + finals
-            groups = list(dg.get_all_groups(ignored_layers=ignored, root_module_types=_PRUNABLE))
+            roots = _PRUNABLE + tuple(self._opaque)
+            groups = list(dg.get_all_groups(ignored_layers=ignored, root_module_types=roots))
             scorer = criterion.build(seed)
             saved_grads = None
             if criterion.needs_gradients:
@@ -574,7 +605,11 @@ class ChannelSpace:
         unmapped: list[Any] = []
         failed: list[tuple[nn.Module, str]] = []
         try:
-            with torch.enable_grad(), _tolerant_index_mapping(unmapped):
+            with (
+                torch.enable_grad(),
+                _tolerant_index_mapping(unmapped),
+                _opaque.traced_as_layers(self.model, self._opaque),
+            ):
                 dg = tp.DependencyGraph().build_dependency(
                     self.model,
                     example_inputs=inputs.as_user(),
@@ -590,6 +625,10 @@ class ChannelSpace:
                 with _tolerant_index_mapping(unmapped):
                     try:
                         return original(module, *args, **kwargs)
+                    except _MappingBlowup as exc:
+                        failed.append((module, f"Torch-Pruning cannot follow its channels in "
+                                               f"bounded work ({exc})"))  # fmt: skip
+                        return []
                     except (IndexError, KeyError, ValueError, ZeroDivisionError) as exc:
                         failed.append((module, f"Torch-Pruning cannot follow its channels "
                                                f"({type(exc).__name__}: {exc})"))  # fmt: skip
@@ -670,7 +709,9 @@ class ChannelSpace:
                 elif isinstance(target, nn.Module) and target in names:
                     tname, is_param = names[target], False
                     layer_names.add(tname)
-                    if isinstance(target, _PRUNABLE) and dg.is_out_channel_pruning_fn(dep.handler):
+                    layer_names.update(_opaque.changed_layers(tname, target))
+                    rootable = isinstance(target, _PRUNABLE) or _opaque.is_opaque(target)
+                    if rootable and dg.is_out_channel_pruning_fn(dep.handler):
                         out_layers.append(target)
                 else:
                     continue  # Torch-Pruning's bookkeeping ops (add, concat, flatten...)
@@ -717,12 +758,12 @@ class ChannelSpace:
                     "layers": layers,
                     "channels": channels,
                     "kind": _kind(root, members),
-                    **_layers.geometry(root),
+                    **_layers.geometry(_opaque.weight_layer(root)),
                     "flops_share": sum(prof.macs.get(n, 0) for n in layers)
                     / max(1, prof.total_macs),
                     "params_share": sum(prof.params.get(n, 0) for n in layers)
                     / max(1, prof.total_params),
-                    "numel": int(root.weight.numel()),
+                    "numel": int(_opaque.weight_layer(root).weight.numel()),
                     "step": step,
                 }
             )
@@ -823,7 +864,11 @@ class ChannelSpace:
         group's slice of the weight whole. A reason string means the group
         cannot be pruned soundly and is left out.
         """
-        mhas = [m for m in dict.fromkeys(members) if isinstance(m, nn.MultiheadAttention)]
+        mhas = [
+            m
+            for m in dict.fromkeys(members)
+            if isinstance(m, nn.MultiheadAttention) or _opaque.is_attention(m)
+        ]
         grouped = [m for m in dict.fromkeys(members) if _layers.is_grouped(m)]
         if mhas and grouped:
             return "couples attention with grouped convolutions"
@@ -835,7 +880,10 @@ class ChannelSpace:
         if any(by_heads) and not all(by_heads):
             missing = [names[m] for m, h in zip(mhas, by_heads, strict=True) if not h]
             return f"shares channels with attention modules not in num_heads: {', '.join(missing)}"
-        layouts = {(m.embed_dim, m.num_heads) for m in mhas}
+        layouts = {
+            _opaque.attention_layout(m) if _opaque.is_attention(m) else (m.embed_dim, m.num_heads)
+            for m in mhas
+        }
         if len(layouts) > 1:
             return f"couples attention modules with different head layouts {sorted(layouts)}"
         embed, heads = layouts.pop()
