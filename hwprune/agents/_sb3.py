@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,49 @@ def exhausted(evaluate: Any) -> bool:
 
 def used(evaluate: Any) -> int:
     return int(getattr(evaluate, "used", 0))
+
+
+def episodes_per_batch(evaluate: Any) -> int:
+    """How many episodes an agent plays from one policy before it learns from their outcomes.
+
+    The evaluator's ``width`` (how many candidates it works on at once: 1 for one
+    process), but never more than the distinct candidates the budget still pays
+    for, nor than the calls it still allows, so a batch never runs past the
+    budget. At least 1.
+    """
+    width = int(getattr(evaluate, "width", 1))
+    budget = getattr(evaluate, "budget", None)
+    if budget is None:
+        return max(1, width)
+    left = min(int(budget) - used(evaluate), int(evaluate.max_calls) - int(evaluate.calls))
+    return max(1, min(width, left))
+
+
+class PendingEpisodes:
+    """Episodes that ended while their candidate was still being evaluated.
+
+    A parallel evaluator returns from ``submit`` at once, so an episode can end
+    (``info["pending"]`` from the environment) before its reward is known. The
+    agent keeps going from the same policy; before it learns, ``settle()`` waits
+    for each outcome, in the order the episodes ended, and hands it to the
+    function registered with the episode (which writes the reward where the
+    agent will read it). With one process every episode's outcome is known when
+    it ends and nothing is ever pending.
+    """
+
+    def __init__(self) -> None:
+        self._items: list[tuple[Any, Callable[[Any], None]]] = []
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, handle: Any, on_outcome: Callable[[Any], None]) -> None:
+        self._items.append((handle, on_outcome))
+
+    def settle(self) -> None:
+        items, self._items = self._items, []
+        for handle, on_outcome in items:
+            on_outcome(handle.result())
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
