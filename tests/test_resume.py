@@ -109,18 +109,19 @@ def _shipped(out: Path) -> tuple[dict, dict, list[str], dict]:
 
 
 @pytest.mark.parametrize(
-    ("agent", "evaluations", "kill_at", "workers"),
+    ("agent", "evaluations", "kill_at", "workers", "resume_workers"),
     [
-        pytest.param("random", 10, 4, 1, marks=pytest.mark.slow),
-        pytest.param("ppo-lagrangian", 12, 6, 1, marks=pytest.mark.slow),
+        pytest.param("random", 10, 4, 1, 1, marks=pytest.mark.slow),
+        pytest.param("ppo-lagrangian", 12, 6, 1, 1, marks=pytest.mark.slow),
         # Batches of two episodes evaluated side by side; killed once the agents learn
-        # (AMC: after its anchor and ten random warm-up episodes).
-        pytest.param("amc", 22, 19, 2, marks=pytest.mark.slow),
-        pytest.param("qlp", 12, 7, 2, marks=pytest.mark.slow),
+        # (AMC: after its anchor and ten random warm-up episodes). AMC resumes with one
+        # worker: its batches stay those the run began with (RUN/search.json).
+        pytest.param("amc", 22, 19, 2, 1, marks=pytest.mark.slow),
+        pytest.param("qlp", 12, 7, 2, 2, marks=pytest.mark.slow),
     ],
 )
 def test_a_run_killed_mid_search_ships_what_the_uninterrupted_run_ships(
-    agent: str, evaluations: int, kill_at: int, workers: int, tmp_path: Path
+    agent: str, evaluations: int, kill_at: int, workers: int, resume_workers: int, tmp_path: Path
 ) -> None:
     """Issue 16 item 1: the resumed search replays the log and goes on, the choice ranks every
     candidate of both sessions, and the report counts evaluations across sessions."""
@@ -132,9 +133,12 @@ def test_a_run_killed_mid_search_ships_what_the_uninterrupted_run_ships(
     _kill_after(_prune_cmd(killed, agent, evaluations, workers), killed, kill_at, env, tmp_path)
     assert not (killed / "report.json").exists()
     done = subprocess.run([sys.executable, "-m", "hwprune", "prune", "--resume", str(killed),
-                           "--json", "--quiet"], env=env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
+                           "--workers", str(resume_workers), "--json", "--quiet"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=900)  # fmt: skip
     assert done.returncode == 0, done.stderr
+    if agent in ("amc", "qlp"):
+        batch = json.loads((killed / "search.json").read_text())
+        assert batch == {"batch_episodes": workers}
     policy, accuracy, keys, rest = _shipped(killed)
     want_policy, want_accuracy, want_keys, want_rest = _shipped(whole)
     assert keys == want_keys  # the same candidates, none measured twice

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hwprune.errors import RunDirError
+from hwprune.errors import ConfigError, RunDirError
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +33,15 @@ def used(evaluate: Any) -> int:
     return int(getattr(evaluate, "used", 0))
 
 
-def episodes_per_batch(evaluate: Any) -> int:
+def episodes_per_batch(evaluate: Any, *, batch: int | None = None) -> int:
     """How many episodes an agent plays from one policy before it learns from their outcomes.
 
-    The evaluator's ``width`` (how many candidates it works on at once: 1 for one
-    process), but never more than the distinct candidates the budget still pays
-    for, nor than the calls it still allows, so a batch never runs past the
-    budget. At least 1.
+    ``batch``, by default the evaluator's ``width`` (how many candidates it works
+    on at once: 1 for one process), but never more than the distinct candidates
+    the budget still pays for, nor than the calls it still allows, so a batch
+    never runs past the budget. At least 1.
     """
-    width = int(getattr(evaluate, "width", 1))
+    width = int(batch if batch is not None else getattr(evaluate, "width", 1))
     budget = getattr(evaluate, "budget", None)
     if budget is None:
         return max(1, width)
@@ -143,6 +143,18 @@ class single_thread:
         import torch
 
         torch.set_num_threads(self._threads)
+
+
+def check_batch(batch: Any) -> int | None:
+    """A searcher's ``batch_episodes`` option: None (the evaluator's width) or a whole number >= 1."""
+    if batch is None:
+        return None
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigError(
+            f"batch_episodes must be a whole number of episodes of at least 1 (or None: as many "
+            f"as the evaluator works on at once), got {batch!r}"
+        )
+    return batch
 
 
 def minibatch_size(episodes: int, units: int) -> int:

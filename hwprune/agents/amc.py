@@ -15,11 +15,11 @@ so the wall handles additive budgets and the penalty handles measured ones
 such as latency.
 
 Batches: with an evaluator that works on several candidates at once
-(``--workers N``), the agent plays N episodes from the same actor, each with
-its own draws of the exploration noise, their candidates are evaluated side
-by side, and it learns once every reward of the batch is in (as many
-gradient steps as transitions, as after single episodes). One process plays
-one episode per batch: AMC as published.
+(``--workers N``), the agent plays N episodes (``batch_episodes``) from the
+same actor, each with its own draws of the exploration noise, their
+candidates are evaluated side by side, and it learns once every reward of
+the batch is in (as many gradient steps as transitions, as after single
+episodes). One process plays one episode per batch: AMC as published.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from stable_baselines3.common.noise import ActionNoise
 from hwprune.agents._sb3 import (
     AGENT_FILE,
     PendingEpisodes,
+    check_batch,
     constraints_of,
     episodes_per_batch,
     exhausted,
@@ -241,6 +242,9 @@ class AMC(Searcher):
         anchor: start from the largest uniform keep ratio that meets the budgets
             (coarse bisection, counted in the evaluation budget); actions then
             move each unit above or below it (see ``LayerPruningEnv``).
+        batch_episodes: episodes played from one actor before it learns from them (their
+            candidates evaluated side by side); default: as many as the evaluator works on
+            at once (1 in one process, as in AMC).
         tensorboard_log: a directory for SB3's TensorBoard logs (if installed).
     """
 
@@ -264,10 +268,12 @@ class AMC(Searcher):
         max_prune: float | None = None,
         action_wall: bool = True,
         anchor: bool = True,
+        batch_episodes: int | None = None,
         tensorboard_log: str | Path | None = None,
         **options: Any,
     ) -> None:
         super().__init__(seed=seed, **options)
+        self.batch_episodes = check_batch(batch_episodes)
         if algo not in ("ddpg", "td3"):
             raise ConfigError(f"AMC's algo must be 'ddpg' or 'td3', got {algo!r}")
         if int(warmup_episodes) < 0:
@@ -351,7 +357,7 @@ class AMC(Searcher):
         )
         model.num_units = units
         model.stop_fn = lambda: exhausted(evaluate)
-        model.batch_fn = lambda: episodes_per_batch(evaluate)
+        model.batch_fn = lambda: episodes_per_batch(evaluate, batch=self.batch_episodes)
         model.reward_fn = reward_fn
         model.pending = PendingEpisodes()
         episodes = {"n": 0, "saved": 0}
@@ -418,6 +424,7 @@ class AMC(Searcher):
             sigma=noise.sigma,
             algo=self.algo,
             wall=dict(wall or {}),
+            batch_episodes=self.batch_episodes or evaluate.width,
         )
         env.close()
 

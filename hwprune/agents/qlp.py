@@ -9,11 +9,12 @@ real budget's reduction and reaches the real budget after
 rollout, are judged at the real budget.
 
 Batches: with an evaluator that works on several candidates at once
-(``--workers N``), the agent plays N episodes from the same Q-network (each
-with its own epsilon-greedy draws), their candidates are evaluated side by
-side, and it learns once every reward of the batch is in, with as many
-gradient steps as it would have taken step by step (one per ``train_freq``
-steps). One process: it learns after every ``train_freq`` steps, as in QLP.
+(``--workers N``), the agent plays N episodes (``batch_episodes``) from the
+same Q-network (each with its own epsilon-greedy draws), their candidates are
+evaluated side by side, and it learns once every reward of the batch is in,
+with as many gradient steps as it would have taken step by step (one per
+``train_freq`` steps). One process: it learns after every ``train_freq``
+steps, as in QLP.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hwprune.agents._sb3 import PendingEpisodes, load_parameters
+from hwprune.agents._sb3 import PendingEpisodes, check_batch, load_parameters
 from hwprune.agents.base import SEARCHERS, BudgetedEvaluator, Searcher
 from hwprune.envs.multivisit import DEFAULT_ACTIONS, MultiVisitEnv
 from hwprune.errors import ConfigError
@@ -63,7 +64,9 @@ class QLP(Searcher):
     ``learning_starts`` (steps, default two episodes' worth), ``batch_size``
     (64), ``learning_rate`` (1e-3), ``gamma`` (1.0: the reward comes at the
     end), ``target_update_interval`` (steps, 250), ``net_arch`` ((64, 64)),
-    ``save_every`` (episodes between checkpoints, 20).
+    ``save_every`` (episodes between checkpoints, 20), ``batch_episodes`` (episodes played
+    from one Q-network before it learns from them, their candidates evaluated side by side;
+    default: as many as the evaluator works on at once, 1 in one process).
     """
 
     name = "qlp"
@@ -90,9 +93,11 @@ class QLP(Searcher):
         net_arch: Sequence[int] = (64, 64),
         save_every: int = 20,
         device: str = "cpu",
+        batch_episodes: int | None = None,
         **options: Any,
     ) -> None:
         super().__init__(seed=seed, **options)
+        self.batch_episodes = check_batch(batch_episodes)
         if int(visits) < 1:
             raise ConfigError(f"visits must be at least 1, got {visits!r}")
         self.visits = int(visits)
@@ -153,7 +158,7 @@ class QLP(Searcher):
         )
         steps_per_episode = env.n_units * self.visits
         # A parallel evaluator: a batch of episodes per rollout, learnt from when all are in.
-        batch = int(evaluate.width)
+        batch = self.batch_episodes or int(evaluate.width)
         agent_path = checkpoint_dir / AGENT_FILE if checkpoint_dir is not None else None
         state_path = checkpoint_dir / STATE_FILE if checkpoint_dir is not None else None
         searcher = self
@@ -279,4 +284,5 @@ class QLP(Searcher):
             feasible_episodes=episodes["feasible"],
             timesteps=int(model.num_timesteps),
             resumed=resumed,
+            batch_episodes=batch,
         )

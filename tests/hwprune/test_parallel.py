@@ -153,8 +153,8 @@ def test_n_section_finds_the_bisection_boundary_in_fewer_rounds(width: int) -> N
 # ------------------------------------------------------------------ batched RL episodes
 class _Deferred:
     """An Evaluator wrapper that works on several candidates "at once": ``submit`` returns an
-    unfinished handle, and the candidate is evaluated (here, in this process) only when its
-    result is asked for. Counts how many were outstanding together (searcher logic; real
+    unfinished handle (width > 1), and the candidate is evaluated (here, in this process) only
+    when its result is asked for. Counts how many were outstanding together (searcher logic; real
     workers are tested below)."""
 
     def __init__(self, evaluator, width: int) -> None:
@@ -179,9 +179,12 @@ class _Deferred:
                     owner.outstanding -= 1
                 return self.outcome
 
+        handle = Handle()
         self.outstanding += 1
         self.most = max(self.most, self.outstanding)
-        return Handle()
+        if self.width == 1:  # one at a time: answered before submit returns, as in one process
+            handle.result()
+        return handle
 
 
 def _digits_evaluator(space, budgets: list[str]):
@@ -230,14 +233,14 @@ def test_rl_agents_play_a_batch_of_episodes_and_learn_when_every_reward_is_in(
 
     space = _vgg_space()
 
-    def run():
-        ev = _Deferred(_digits_evaluator(space, ["flops<=40%"]), width=2)
-        result = get_searcher(agent, seed=0, **options).search(
+    def run(width: int, **batch):
+        ev = _Deferred(_digits_evaluator(space, ["flops<=40%"]), width=width)
+        result = get_searcher(agent, seed=0, **options, **batch).search(
             space=ev.space, evaluator=ev, evaluations=7, confirm=0, repair_infeasible=False
         )
         return ev, result
 
-    ev, result = run()
+    ev, result = run(2)
     assert ev.most == 2  # two episodes' candidates were in flight together
     # An odd budget, not overrun (QLP keeps its last evaluation for a greedy rollout, which
     # may find a shape it has seen).
@@ -246,9 +249,13 @@ def test_rl_agents_play_a_batch_of_episodes_and_learn_when_every_reward_is_in(
     keys = [o.key for o in ev.inner.history]
     assert len(keys) == len(set(keys))
     assert updates and all(paid for _, paid in updates), updates
-    # The same seed plays the same episodes (nothing depends on when an answer came).
-    _, again = run()
-    assert [o.policy.keep for o in again.history] == [o.policy.keep for o in result.history]
+    assert result.extra["batch_episodes"] == 2
+    # The batch, not the evaluator, decides what is found: batches of two with candidates
+    # evaluated one at a time (each answer there before the next episode) play the same
+    # episodes with the same seed (how a run resumed with other --workers replays).
+    one, same = run(1, batch_episodes=2)
+    assert one.most == 1
+    assert [o.policy.keep for o in same.history] == [o.policy.keep for o in result.history]
 
 
 # ------------------------------------------------------------------ real workers
