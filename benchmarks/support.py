@@ -201,6 +201,8 @@ def smallest_size(
             model = build(size).eval() if build is not None else _build(name, size)
             with torch.no_grad():
                 model(torch.zeros(1, 3, size, size))
+            if sum(p.numel() for p in model.parameters()) > MAX_PARAMS:
+                return size, model  # too big to export at all: sweep_one says so in one line
             # Adaptive pooling exports only to sizes that divide its input (VGG, AlexNet).
             export_onnx(model, input_shape=(1, 3, size, size), fold_shapes=False)
             return size, model

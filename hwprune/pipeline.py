@@ -5,6 +5,7 @@ and ``hwprune.run`` (the stages). Run directory layout::
     RUN/episodes.jsonl       every evaluated candidate, appended as it completes
     RUN/oracle-cache.sqlite  the oracles' measurements, keyed by graph and machine
     RUN/agent/               the searcher's checkpoint
+    RUN/search.json          amc, qlp: episodes per batch, fixed when the search began
     RUN/policy.json          the chosen keep ratios
     RUN/model.pt             pruned weights + policy + base model meta (see load_pruned)
     RUN/model.onnx           the verified export (model.engine where TensorRT is installed)

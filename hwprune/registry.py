@@ -19,9 +19,22 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._deferred: Callable[[], None] | None = None
+
+    def defer(self, loader: Callable[[], None]) -> None:
+        """Make ``loader``'s registrations on first use (before the first lookup or any later
+        ``register``), not now: for names whose listing needs a heavy import (torchvision's
+        models), so a process that only unpickles a built-in model does not pay for it."""
+        self._deferred = loader
+
+    def _load(self) -> None:
+        loader, self._deferred = self._deferred, None
+        if loader is not None:
+            loader()
 
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
         """Register ``obj`` under ``name``; usable as a decorator. Duplicates are an error."""
+        self._load()  # a deferred name registered later is a duplicate all the same
 
         def add(item: T) -> T:
             key = name.lower()
@@ -33,6 +46,7 @@ class Registry(Generic[T]):
         return add(obj) if obj is not None else add
 
     def get(self, name: str) -> T:
+        self._load()
         key = str(name).lower()
         if key not in self._items:
             close = difflib.get_close_matches(key, list(self._items), n=1, cutoff=0.6)
@@ -43,9 +57,11 @@ class Registry(Generic[T]):
         return self._items[key]
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return str(name).lower() in self._items
 
     def __iter__(self) -> Iterator[str]:

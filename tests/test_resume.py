@@ -65,11 +65,11 @@ def test_sigkill_then_resume_evaluates_no_candidate_twice(tmp_path: Path) -> Non
     assert report["search"]["evaluations"] == len(after)
 
 
-def _prune_cmd(out: Path, agent: str, evaluations: int) -> list[str]:
+def _prune_cmd(out: Path, agent: str, evaluations: int, workers: int = 1) -> list[str]:
     return [sys.executable, "-m", "hwprune", "prune", "--model", "vgg11_cifar", "--width", "0.25",
             "--budget", "flops<=40%", "--agent", agent, "--evaluations", str(evaluations),
             "--finetune-epochs", "1", "--finetune-batch-size", "64", "--out", str(out),
-            "--quiet", "--json"]  # fmt: skip
+            "--workers", str(workers), "--quiet", "--json"]  # fmt: skip
 
 
 def _kill_after(cmd: list[str], out: Path, lines: int, env: dict, cwd: Path) -> None:
@@ -109,32 +109,43 @@ def _shipped(out: Path) -> tuple[dict, dict, list[str], dict]:
 
 
 @pytest.mark.parametrize(
-    ("agent", "evaluations", "kill_at"),
+    ("agent", "evaluations", "kill_at", "workers", "resume_workers"),
     [
-        pytest.param("random", 10, 4, marks=pytest.mark.slow),
-        pytest.param("ppo-lagrangian", 12, 6, marks=pytest.mark.slow),
+        pytest.param("random", 10, 4, 1, 1, marks=pytest.mark.slow),
+        pytest.param("ppo-lagrangian", 12, 6, 1, 1, marks=pytest.mark.slow),
+        # Batches of two episodes evaluated side by side; killed once the agents learn
+        # (AMC: after its anchor and ten random warm-up episodes). AMC resumes with one
+        # worker: its batches stay those the run began with (RUN/search.json).
+        pytest.param("amc", 22, 19, 2, 1, marks=pytest.mark.slow),
+        pytest.param("qlp", 12, 7, 2, 2, marks=pytest.mark.slow),
     ],
 )
 def test_a_run_killed_mid_search_ships_what_the_uninterrupted_run_ships(
-    agent: str, evaluations: int, kill_at: int, tmp_path: Path
+    agent: str, evaluations: int, kill_at: int, workers: int, resume_workers: int, tmp_path: Path
 ) -> None:
     """Issue 16 item 1: the resumed search replays the log and goes on, the choice ranks every
     candidate of both sessions, and the report counts evaluations across sessions."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    done = subprocess.run(_prune_cmd(whole, agent, evaluations), env=env, cwd=tmp_path,
+    done = subprocess.run(_prune_cmd(whole, agent, evaluations, workers), env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=900)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    _kill_after(_prune_cmd(killed, agent, evaluations), killed, kill_at, env, tmp_path)
+    _kill_after(_prune_cmd(killed, agent, evaluations, workers), killed, kill_at, env, tmp_path)
     assert not (killed / "report.json").exists()
     done = subprocess.run([sys.executable, "-m", "hwprune", "prune", "--resume", str(killed),
-                           "--json", "--quiet"], env=env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
+                           "--workers", str(resume_workers), "--json", "--quiet"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=900)  # fmt: skip
     assert done.returncode == 0, done.stderr
+    if agent in ("amc", "qlp"):
+        batch = json.loads((killed / "search.json").read_text())
+        assert batch == {"batch_episodes": workers}
     policy, accuracy, keys, rest = _shipped(killed)
     want_policy, want_accuracy, want_keys, want_rest = _shipped(whole)
     assert keys == want_keys  # the same candidates, none measured twice
-    assert len(keys) == len(set(keys)) == evaluations
+    assert len(keys) == len(set(keys))
+    # Every candidate of the search (a search that found nothing feasible is followed by the
+    # choice's repair, whose candidates are logged too: QLP's 12 evaluations here).
+    assert len(keys) == evaluations or rest["search"]["first_feasible_evaluation"] is None
     assert policy == want_policy
     assert accuracy == want_accuracy
     assert rest == want_rest  # weights, evaluations and first feasible evaluation alike

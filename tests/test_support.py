@@ -216,3 +216,26 @@ def test_segmentation_family_prunes_exports_and_matches_slow(name):
     row = support.sweep_one(name, latency=False, steps=2, sizes=(64,))
     assert row["status"] == "pruned", row.get("error")
     assert row["parity"] and row["flops_ratio"] <= support.FLOPS_TARGET
+
+
+def test_a_model_too_big_to_export_is_listed_as_too_big_not_failed(monkeypatch):
+    # vit_h_14 (632 M parameters) failed as "no input size is accepted": its ONNX file passes
+    # protobuf's 2 GiB limit at every size. It is too big for the machine, and says so.
+    import torch
+
+    import hwprune.export
+
+    support = _support()
+
+    def no_export(*args, **kwargs):
+        raise RuntimeError("the exported model passes protobuf's 2 GiB limit")
+
+    monkeypatch.setattr(hwprune.export, "export_onnx", no_export)
+    monkeypatch.setattr(support, "MAX_PARAMS", 100)
+
+    def build(size):
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten())
+
+    row = support.sweep_one("big", latency=False, steps=2, sizes=(32,), build=build)
+    assert row["status"] == "too big", row.get("error")
+    assert "parameters" in row["error"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hwprune.errors import RunDirError
+from hwprune.errors import ConfigError, RunDirError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,49 @@ def exhausted(evaluate: Any) -> bool:
 
 def used(evaluate: Any) -> int:
     return int(getattr(evaluate, "used", 0))
+
+
+def episodes_per_batch(evaluate: Any, *, batch: int | None = None) -> int:
+    """How many episodes an agent plays from one policy before it learns from their outcomes.
+
+    ``batch``, by default the evaluator's ``width`` (how many candidates it works
+    on at once: 1 for one process), but never more than the distinct candidates
+    the budget still pays for, nor than the calls it still allows, so a batch
+    never runs past the budget. At least 1.
+    """
+    width = int(batch if batch is not None else getattr(evaluate, "width", 1))
+    budget = getattr(evaluate, "budget", None)
+    if budget is None:
+        return max(1, width)
+    left = min(int(budget) - used(evaluate), int(evaluate.max_calls) - int(evaluate.calls))
+    return max(1, min(width, left))
+
+
+class PendingEpisodes:
+    """Episodes that ended while their candidate was still being evaluated.
+
+    A parallel evaluator returns from ``submit`` at once, so an episode can end
+    (``info["pending"]`` from the environment) before its reward is known. The
+    agent keeps going from the same policy; before it learns, ``settle()`` waits
+    for each outcome, in the order the episodes ended, and hands it to the
+    function registered with the episode (which writes the reward where the
+    agent will read it). With one process every episode's outcome is known when
+    it ends and nothing is ever pending.
+    """
+
+    def __init__(self) -> None:
+        self._items: list[tuple[Any, Callable[[Any], None]]] = []
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, handle: Any, on_outcome: Callable[[Any], None]) -> None:
+        self._items.append((handle, on_outcome))
+
+    def settle(self) -> None:
+        items, self._items = self._items, []
+        for handle, on_outcome in items:
+            on_outcome(handle.result())
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
@@ -100,6 +143,18 @@ class single_thread:
         import torch
 
         torch.set_num_threads(self._threads)
+
+
+def check_batch(batch: Any) -> int | None:
+    """A searcher's ``batch_episodes`` option: None (the evaluator's width) or a whole number >= 1."""
+    if batch is None:
+        return None
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigError(
+            f"batch_episodes must be a whole number of episodes of at least 1 (or None: as many "
+            f"as the evaluator works on at once), got {batch!r}"
+        )
+    return batch
 
 
 def minibatch_size(episodes: int, units: int) -> int:

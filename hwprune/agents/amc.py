@@ -13,6 +13,13 @@ Reward for a budget-constrained search: the proxy accuracy if every budget
 is met, else accuracy - penalty * (max cost - 1) (costs are value / bound),
 so the wall handles additive budgets and the penalty handles measured ones
 such as latency.
+
+Batches: with an evaluator that works on several candidates at once
+(``--workers N``), the agent plays N episodes (``batch_episodes``) from the
+same actor, each with its own draws of the exploration noise, their
+candidates are evaluated side by side, and it learns once every reward of
+the batch is in (as many gradient steps as transitions, as after single
+episodes). One process plays one episode per batch: AMC as published.
 """
 
 from __future__ import annotations
@@ -26,7 +33,10 @@ from stable_baselines3.common.noise import ActionNoise
 
 from hwprune.agents._sb3 import (
     AGENT_FILE,
+    PendingEpisodes,
+    check_batch,
     constraints_of,
+    episodes_per_batch,
     exhausted,
     load_parameters,
     read_json,
@@ -133,7 +143,7 @@ class TruncatedNormalNoise(ActionNoise):
 def _ddpg_class(algo: str) -> type:
     """SB3's DDPG/TD3 with AMC's exploration and episode-reward assignment (built lazily)."""
     from stable_baselines3 import DDPG, TD3
-    from stable_baselines3.common.type_aliases import RolloutReturn
+    from stable_baselines3.common.type_aliases import RolloutReturn, TrainFreq, TrainFrequencyUnit
 
     base = {"ddpg": DDPG, "td3": TD3}[algo]
 
@@ -142,6 +152,9 @@ def _ddpg_class(algo: str) -> type:
             return [
                 *super()._excluded_save_params(),
                 "stop_fn",
+                "batch_fn",
+                "reward_fn",
+                "pending",
                 "on_episode",
                 "checkpoint",
                 "num_units",
@@ -159,20 +172,26 @@ def _ddpg_class(algo: str) -> type:
             learning_starts=0,
             log_interval=None,
         ):
-            # One rollout = one episode (train_freq = 1 episode), and the previous
-            # episode's gradient steps are done: checkpoint, then maybe stop.
+            # One rollout = one batch of episodes played by the same actor (one episode with
+            # one process, the evaluator's width with a parallel one), and the previous
+            # batch's gradient steps are done: checkpoint, then maybe stop.
             self.checkpoint()
             if self.stop_fn():
                 return RolloutReturn(0, 0, continue_training=False)
-            return super().collect_rollouts(
+            batch = TrainFreq(self.batch_fn(), TrainFrequencyUnit.EPISODE)
+            rollout = super().collect_rollouts(
                 env,
                 callback,
-                train_freq,
+                batch,
                 replay_buffer,
                 action_noise,
                 learning_starts,
                 log_interval,
             )
+            # The batch's candidates were evaluated side by side: their rewards are
+            # written into the buffer before the agent learns from them.
+            self.pending.settle()
+            return rollout
 
         def train(self, gradient_steps: int, batch_size: int = 100) -> None:
             with single_thread():
@@ -194,7 +213,14 @@ def _ddpg_class(algo: str) -> type:
             # AMC: every step of the episode earns the episode's final reward.
             n = self.num_units
             idx = (replay_buffer.pos - 1 - np.arange(n)) % replay_buffer.buffer_size
-            replay_buffer.rewards[idx, 0] = float(np.asarray(reward).reshape(-1)[0])
+
+            def pay(value: float) -> None:
+                replay_buffer.rewards[idx, 0] = float(value)
+
+            if "pending" in infos[0]:
+                self.pending.add(infos[0]["pending"], lambda outcome: pay(self.reward_fn(outcome)))
+            else:
+                pay(np.asarray(reward).reshape(-1)[0])
             self.on_episode()
 
     return AMCAgent
@@ -216,6 +242,9 @@ class AMC(Searcher):
         anchor: start from the largest uniform keep ratio that meets the budgets
             (coarse bisection, counted in the evaluation budget); actions then
             move each unit above or below it (see ``LayerPruningEnv``).
+        batch_episodes: episodes played from one actor before it learns from them (their
+            candidates evaluated side by side); default: as many as the evaluator works on
+            at once (1 in one process, as in AMC).
         tensorboard_log: a directory for SB3's TensorBoard logs (if installed).
     """
 
@@ -239,10 +268,12 @@ class AMC(Searcher):
         max_prune: float | None = None,
         action_wall: bool = True,
         anchor: bool = True,
+        batch_episodes: int | None = None,
         tensorboard_log: str | Path | None = None,
         **options: Any,
     ) -> None:
         super().__init__(seed=seed, **options)
+        self.batch_episodes = check_batch(batch_episodes)
         if algo not in ("ddpg", "td3"):
             raise ConfigError(f"AMC's algo must be 'ddpg' or 'td3', got {algo!r}")
         if int(warmup_episodes) < 0:
@@ -278,13 +309,20 @@ class AMC(Searcher):
             who=self.name,
             extra=self.extra,
         )
+
+        def reward_fn(outcome: Any) -> float:
+            return amc_reward(outcome, penalty=penalty)
+
+        # Episodes are played in batches of the evaluator's width from one actor, their
+        # candidates evaluated side by side (see _ddpg_class); one process: one at a time.
         env = LayerPruningEnv(
             space,
             evaluate,
             max_prune=self.max_prune,
             wall=wall,
-            reward_fn=lambda outcome: amc_reward(outcome, penalty=penalty),
+            reward_fn=reward_fn,
             anchor=anchor,
+            submit=evaluate.submit,
         )
         units = env.num_units
         noise = TruncatedNormalNoise(
@@ -319,6 +357,9 @@ class AMC(Searcher):
         )
         model.num_units = units
         model.stop_fn = lambda: exhausted(evaluate)
+        model.batch_fn = lambda: episodes_per_batch(evaluate, batch=self.batch_episodes)
+        model.reward_fn = reward_fn
+        model.pending = PendingEpisodes()
         episodes = {"n": 0, "saved": 0}
 
         agent_path = state_path = buffer_path = None
@@ -383,6 +424,7 @@ class AMC(Searcher):
             sigma=noise.sigma,
             algo=self.algo,
             wall=dict(wall or {}),
+            batch_episodes=self.batch_episodes or evaluate.width,
         )
         env.close()
 

@@ -7,10 +7,19 @@ the evaluations run out. The curriculum starts at ``curriculum_start`` of the
 real budget's reduction and reaches the real budget after
 ``curriculum_fraction`` of the evaluations; the rest, and a final greedy
 rollout, are judged at the real budget.
+
+Batches: with an evaluator that works on several candidates at once
+(``--workers N``), the agent plays N episodes (``batch_episodes``) from the
+same Q-network (each with its own epsilon-greedy draws), their candidates are
+evaluated side by side, and it learns once every reward of the batch is in,
+with as many gradient steps as it would have taken step by step (one per
+``train_freq`` steps). One process: it learns after every ``train_freq``
+steps, as in QLP.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -18,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hwprune.agents._sb3 import load_parameters
+from hwprune.agents._sb3 import PendingEpisodes, check_batch, load_parameters
 from hwprune.agents.base import SEARCHERS, BudgetedEvaluator, Searcher
 from hwprune.envs.multivisit import DEFAULT_ACTIONS, MultiVisitEnv
 from hwprune.errors import ConfigError
@@ -55,7 +64,9 @@ class QLP(Searcher):
     ``learning_starts`` (steps, default two episodes' worth), ``batch_size``
     (64), ``learning_rate`` (1e-3), ``gamma`` (1.0: the reward comes at the
     end), ``target_update_interval`` (steps, 250), ``net_arch`` ((64, 64)),
-    ``save_every`` (episodes between checkpoints, 20).
+    ``save_every`` (episodes between checkpoints, 20), ``batch_episodes`` (episodes played
+    from one Q-network before it learns from them, their candidates evaluated side by side;
+    default: as many as the evaluator works on at once, 1 in one process).
     """
 
     name = "qlp"
@@ -82,9 +93,11 @@ class QLP(Searcher):
         net_arch: Sequence[int] = (64, 64),
         save_every: int = 20,
         device: str = "cpu",
+        batch_episodes: int | None = None,
         **options: Any,
     ) -> None:
         super().__init__(seed=seed, **options)
+        self.batch_episodes = check_batch(batch_episodes)
         if int(visits) < 1:
             raise ConfigError(f"visits must be at least 1, got {visits!r}")
         self.visits = int(visits)
@@ -141,8 +154,11 @@ class QLP(Searcher):
             actions=self.actions,
             penalty=self.penalty,
             target=self.curriculum(0.0),
+            submit=evaluate.submit,
         )
         steps_per_episode = env.n_units * self.visits
+        # A parallel evaluator: a batch of episodes per rollout, learnt from when all are in.
+        batch = self.batch_episodes or int(evaluate.width)
         agent_path = checkpoint_dir / AGENT_FILE if checkpoint_dir is not None else None
         state_path = checkpoint_dir / STATE_FILE if checkpoint_dir is not None else None
         searcher = self
@@ -158,7 +174,7 @@ class QLP(Searcher):
             ),
             batch_size=self.batch_size,
             gamma=self.gamma,
-            train_freq=self.train_freq,
+            train_freq=(batch, "episode") if batch > 1 else self.train_freq,
             target_update_interval=self.target_update_interval,
             exploration_initial_eps=self.eps_start,
             exploration_final_eps=self.eps_end,
@@ -197,23 +213,57 @@ class QLP(Searcher):
             os.replace(tmp, state_path)
 
         class _Driver(BaseCallback):
-            """Stops at the evaluation budget, steps the curriculum, checkpoints the agent."""
+            """Stops at the evaluation budget, steps the curriculum, checkpoints the agent, and
+            writes the reward of an episode whose evaluation was pending into the replay buffer
+            before the agent learns (at the rollout's end)."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.pending = PendingEpisodes()
+                self.steps = 0
 
             def _on_step(self) -> bool:
-                for done, info in zip(self.locals["dones"], self.locals["infos"], strict=True):
+                self.steps += 1
+                stop = evaluate.exhausted or evaluate.used >= evaluate.budget - reserve
+                for env_idx, (done, info) in enumerate(
+                    zip(self.locals["dones"], self.locals["infos"], strict=True)
+                ):
                     if not done:
                         continue
                     episodes["count"] += 1
-                    episodes["feasible"] += int(bool(info.get("feasible")))
+                    if "pending" in info:
+                        # SB3 stores this step's transition at the buffer's position next,
+                        # unless this callback stops the search now.
+                        pos = None if stop else self.model.replay_buffer.pos
+                        self.pending.add(
+                            info["pending"],
+                            functools.partial(self._pay, pos, env_idx, info["target"]),
+                        )
+                    else:
+                        episodes["feasible"] += int(bool(info.get("feasible")))
                     env.set_target(searcher.curriculum(searcher._progress(evaluate)))
                     if searcher.save_every and episodes["count"] % searcher.save_every == 0:
                         save()
-                return not (evaluate.exhausted or evaluate.used >= evaluate.budget - reserve)
+                return not stop
+
+            def _pay(self, pos: int | None, env_idx: int, target: float, outcome: Any) -> None:
+                episodes["feasible"] += int(bool(outcome.feasible))
+                if pos is not None:
+                    reward, _ = env.reward(outcome, target=target)
+                    self.model.replay_buffer.rewards[pos, env_idx] = reward
+
+            def _on_rollout_end(self) -> None:
+                self.pending.settle()
+                if batch > 1:
+                    self.model.gradient_steps = max(1, self.steps // max(1, searcher.train_freq))
+                self.steps = 0
 
         # A generous step cap; the callback ends training at the evaluation budget.
         total = max(1, 10 * evaluate.budget * steps_per_episode)
         if not (evaluate.exhausted or evaluate.used >= evaluate.budget - reserve):
-            model.learn(total_timesteps=total, callback=_Driver(), reset_num_timesteps=not resumed)
+            driver = _Driver()
+            model.learn(total_timesteps=total, callback=driver, reset_num_timesteps=not resumed)
+            driver.pending.settle()  # the batch the budget cut short: logged, not learnt from
         save()
 
         if not evaluate.exhausted:
@@ -223,7 +273,7 @@ class QLP(Searcher):
             while not done:
                 action, _ = model.predict(obs, deterministic=True)
                 obs, _, done, _, info = env.step(int(action))
-            outcome = info["outcome"]
+            outcome = info["outcome"] if "outcome" in info else info["pending"].result()
             self.extra["greedy"] = {
                 "accuracy": float(outcome.accuracy),
                 "feasible": bool(outcome.feasible),
@@ -234,4 +284,5 @@ class QLP(Searcher):
             feasible_episodes=episodes["feasible"],
             timesteps=int(model.num_timesteps),
             resumed=resumed,
+            batch_episodes=batch,
         )

@@ -12,6 +12,10 @@ else accuracy minus ``penalty`` times the summed excess cost.
 
 Latency has no cheap estimate, so with a latency budget every episode runs all
 its visits and is judged by the oracle at the end.
+
+With ``submit`` (a parallel evaluator's), an episode whose candidate is still
+being evaluated ends with reward 0 and ``info["pending"]``; the agent computes
+the reward later with ``reward(outcome, target=info["target"])``.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ class MultiVisitEnv(gym.Env):
         penalty: float = 1.0,
         target: float = 1.0,
         early_stop: bool = True,
+        submit: Callable[[Any], Any] | None = None,
     ) -> None:
         super().__init__()
         from hwprune.space import Policy
@@ -78,6 +83,7 @@ class MultiVisitEnv(gym.Env):
             raise ConfigError(f"penalty must be at least 0, got {penalty!r}")
         self.space = space
         self.evaluate = evaluate
+        self.submit = submit
         self.constraints = list(constraints)
         missing = [c.budget.text for c in self.constraints if c.bound is None or not c.dense_value]
         if missing:
@@ -152,10 +158,11 @@ class MultiVisitEnv(gym.Env):
                 out[name] = (total, layer, member)
         return out
 
-    def fraction(self, constraint: Any) -> float:
-        """The budget as a fraction of dense at the current curriculum level."""
+    def fraction(self, constraint: Any, *, target: float | None = None) -> float:
+        """The budget as a fraction of dense at the curriculum level ``target`` (default: current)."""
+        t = self.target if target is None else float(target)
         r = float(constraint.bound) / float(constraint.dense_value)
-        return 1.0 - self.target * (1.0 - r) if r < 1.0 else r
+        return 1.0 - t * (1.0 - r) if r < 1.0 else r
 
     def set_target(self, target: float) -> None:
         """Set the curriculum level in (0, 1]; 1 is the real budget."""
@@ -232,7 +239,15 @@ class MultiVisitEnv(gym.Env):
         done = self._step >= self.n_units * self.visits or self._estimated_met()
         if not done:
             return self._obs(), 0.0, False, False, {}
-        outcome = self.evaluate(self.policy())
+        policy = self.policy()
+        if self.submit is not None:
+            handle = self.submit(policy)
+            if not handle.done():
+                info = {"pending": handle, "policy": policy, "target": self.target}
+                return self._obs(), 0.0, True, False, info
+            outcome = handle.result()
+        else:
+            outcome = self.evaluate(policy)
         self.last_outcome = outcome
         reward, excess = self.reward(outcome)
         info = {
@@ -244,12 +259,13 @@ class MultiVisitEnv(gym.Env):
         }
         return self._obs(), float(reward), True, False, info
 
-    def reward(self, outcome: Any) -> tuple[float, float]:
-        """(reward, summed excess cost) of an outcome judged at the curriculum's budgets."""
+    def reward(self, outcome: Any, *, target: float | None = None) -> tuple[float, float]:
+        """(reward, summed excess cost) of an outcome judged at the curriculum's budgets
+        (at level ``target``, default the current one)."""
         excess = 0.0
         for c in self.constraints:
             value = float(outcome.values[c.name])
-            bound = self.fraction(c) * float(c.dense_value)
+            bound = self.fraction(c, target=target) * float(c.dense_value)
             excess += max(0.0, value / bound - 1.0)
         reward = float(outcome.accuracy) - self.penalty * excess
         return reward, excess

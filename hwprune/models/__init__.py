@@ -109,7 +109,9 @@ def _register_torchvision() -> None:
         _register(name, _torchvision_builder(name), input_size=size)
 
 
-_register_torchvision()
+# Importing torchvision takes seconds (it imports torch._dynamo): done at the first lookup, so
+# a parallel worker that only unpickles a *_cifar model never imports it.
+MODELS.defer(_register_torchvision)
 
 
 def list_models() -> list[str]:

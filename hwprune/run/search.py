@@ -14,13 +14,16 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
-from hwprune.errors import InfeasibleBudgetError
+from hwprune.errors import InfeasibleBudgetError, RunDirError
 from hwprune.run.context import RunContext
 from hwprune.run.load import Loaded
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Dense", "Searched", "dense", "search", "choose"]
+__all__ = ["Dense", "Searched", "dense", "search", "choose", "SEARCH_FILE"]
+
+#: What the search fixed when it began, read back on resume (see _batch_episodes).
+SEARCH_FILE = "search.json"
 
 
 @dataclass
@@ -78,7 +81,7 @@ def dense(ctx: RunContext, loaded: Loaded, constraints: list) -> Dense:
     return Dense(evaluator=evaluator, constraints=constraints, metrics=metrics, resumed=resumed)
 
 
-def _searcher(ctx: RunContext) -> Any:
+def _searcher(ctx: RunContext, evaluator: Any) -> Any:
     import importlib.util
     import inspect
 
@@ -87,13 +90,39 @@ def _searcher(ctx: RunContext) -> Any:
     name = ctx.config.agent
     cls = SEARCHERS.get(name) if name in SEARCHERS else None
     kwargs: dict[str, Any] = {"seed": ctx.config.seed}
-    if cls is not None and importlib.util.find_spec("tensorboard") is not None:
-        params = inspect.signature(cls.__init__).parameters
+    params = inspect.signature(cls.__init__).parameters if cls is not None else {}
+    if "batch_episodes" in params:
+        kwargs["batch_episodes"] = _batch_episodes(ctx, evaluator)
+    if params and importlib.util.find_spec("tensorboard") is not None:
         for key in ("tensorboard_log", "tensorboard_dir", "tensorboard"):
             if key in params:
                 kwargs[key] = str(ctx.path("tensorboard"))
                 break
     return get_searcher(name, **kwargs)
+
+
+def _batch_episodes(ctx: RunContext, evaluator: Any) -> int:
+    """How many episodes an RL searcher (amc, qlp) plays from one policy before it learns.
+
+    The evaluator's width (``--workers``) in the session that began the search,
+    kept in ``RUN/search.json``: a run resumed with other ``--workers`` changes
+    how its candidates are evaluated, not what its searcher proposes, so it
+    still replays the log and finds what the run would have found.
+    """
+    from hwprune.agents._sb3 import read_json, write_json
+
+    path = ctx.path(SEARCH_FILE)
+    if path.is_file():
+        batch = read_json(path).get("batch_episodes")
+        if isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1:
+            return batch
+        raise RunDirError(
+            f"{str(path)!r} holds batch_episodes={batch!r}, expected a whole number >= 1; "
+            "restore the file or start the run again"
+        )
+    batch = int(getattr(evaluator, "width", 1))
+    write_json(path, {"batch_episodes": batch})
+    return batch
 
 
 def search(ctx: RunContext, loaded: Loaded, d: Dense) -> Searched:
@@ -109,7 +138,7 @@ def search(ctx: RunContext, loaded: Loaded, d: Dense) -> Searched:
     agent_dir = ctx.path("agent")
     if agent_dir.exists():
         shutil.rmtree(agent_dir)
-    searcher = _searcher(ctx)
+    searcher = _searcher(ctx, evaluator)
     with ctx.stage("search", total, "searching") as step:
         best: list[float | None] = [None]
         for o in evaluator.history:

@@ -35,6 +35,33 @@ def test_registry_lists_cifar_and_torchvision_models():
     assert default_input_size("resnet50") == 224
 
 
+def test_torchvision_is_imported_at_the_first_lookup_not_with_a_cifar_model(tmp_path):
+    """A parallel worker unpickles a *_cifar model (which imports hwprune.models): torchvision,
+    which imports torch._dynamo, would cost every worker seconds and is not needed there."""
+    import os
+    import pickle
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps(get_model("vgg11_cifar", num_classes=10, width=0.25)))
+    code = textwrap.dedent(f"""
+        import pickle, sys
+        pickle.loads(open({str(path)!r}, "rb").read())
+        before = "torchvision" in sys.modules
+        from hwprune.models import MODELS
+        assert "resnet18" in MODELS  # the first lookup registers torchvision's models
+        print(before, "torchvision" in sys.modules)
+    """)
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]
+
+
 @pytest.mark.parametrize("name", CIFAR)
 def test_cifar_models_forward_32x32(name):
     model = get_model(name, num_classes=7).eval()

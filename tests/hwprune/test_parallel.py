@@ -150,6 +150,114 @@ def test_n_section_finds_the_bisection_boundary_in_fewer_rounds(width: int) -> N
         assert len(line.asked) < rounds[1]
 
 
+# ------------------------------------------------------------------ batched RL episodes
+class _Deferred:
+    """An Evaluator wrapper that works on several candidates "at once": ``submit`` returns an
+    unfinished handle (width > 1), and the candidate is evaluated (here, in this process) only
+    when its result is asked for. Counts how many were outstanding together (searcher logic; real
+    workers are tested below)."""
+
+    def __init__(self, evaluator, width: int) -> None:
+        self.inner, self.width = evaluator, width
+        self.outstanding = self.most = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def submit(self, policy):
+        owner = self
+
+        class Handle:
+            outcome = None
+
+            def done(self) -> bool:
+                return self.outcome is not None
+
+            def result(self):
+                if self.outcome is None:
+                    self.outcome = owner.inner.evaluate(policy)
+                    owner.outstanding -= 1
+                return self.outcome
+
+        handle = Handle()
+        self.outstanding += 1
+        self.most = max(self.most, self.outstanding)
+        if self.width == 1:  # one at a time: answered before submit returns, as in one process
+            handle.result()
+        return handle
+
+
+def _digits_evaluator(space, budgets: list[str]):
+    from hwprune.constraints import bind_constraints
+    from hwprune.data import get_dataset
+    from hwprune.evaluate import Evaluator
+    from hwprune.task import ClassificationTask
+
+    task = ClassificationTask(get_dataset("digits"), max_eval_samples=64, bn_batches=1,
+                              bn_batch_size=32)  # fmt: skip
+    ev = Evaluator(space=space, task=task, constraints=bind_constraints(budgets))
+    ev.calibrate()
+    return ev
+
+
+@pytest.mark.parametrize(
+    ("agent", "options", "learner"),
+    [
+        ("amc", {"warmup_episodes": 2, "anchor": False}, "TD3"),
+        ("qlp", {"visits": 2, "learning_starts": 8, "batch_size": 8}, "DQN"),
+    ],
+)
+def test_rl_agents_play_a_batch_of_episodes_and_learn_when_every_reward_is_in(
+    agent: str, options: dict, learner: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """amc and qlp ask for the evaluator's width of candidates before waiting for any, never
+    past the budget, and every reward of a batch is in the replay buffer before an update."""
+    import numpy as np
+    import stable_baselines3
+
+    from hwprune.agents import get_searcher
+
+    base = getattr(stable_baselines3, learner)
+    train, updates = base.train, []
+
+    def checked_train(model, *args, **kwargs):
+        buf = model.replay_buffer
+        rows = slice(0, buf.buffer_size if buf.full else buf.pos)
+        ends = buf.dones[rows, 0] > 0
+        # AMC pays every step of an episode its final reward; DQN the last step only.
+        paid = buf.rewards[rows, 0] if agent == "amc" else buf.rewards[rows, 0][ends]
+        updates.append((int(ends.sum()), bool(np.all(paid != 0))))
+        return train(model, *args, **kwargs)
+
+    monkeypatch.setattr(base, "train", checked_train)
+
+    space = _vgg_space()
+
+    def run(width: int, **batch):
+        ev = _Deferred(_digits_evaluator(space, ["flops<=40%"]), width=width)
+        result = get_searcher(agent, seed=0, **options, **batch).search(
+            space=ev.space, evaluator=ev, evaluations=7, confirm=0, repair_infeasible=False
+        )
+        return ev, result
+
+    ev, result = run(2)
+    assert ev.most == 2  # two episodes' candidates were in flight together
+    # An odd budget, not overrun (QLP keeps its last evaluation for a greedy rollout, which
+    # may find a shape it has seen).
+    assert ev.inner.evaluations == result.evaluations <= 7
+    assert result.evaluations == 7 or agent == "qlp"
+    keys = [o.key for o in ev.inner.history]
+    assert len(keys) == len(set(keys))
+    assert updates and all(paid for _, paid in updates), updates
+    assert result.extra["batch_episodes"] == 2
+    # The batch, not the evaluator, decides what is found: batches of two with candidates
+    # evaluated one at a time (each answer there before the next episode) play the same
+    # episodes with the same seed (how a run resumed with other --workers replays).
+    one, same = run(1, batch_episodes=2)
+    assert one.most == 1
+    assert [o.policy.keep for o in same.history] == [o.policy.keep for o in result.history]
+
+
 # ------------------------------------------------------------------ real workers
 def test_two_local_workers_log_what_one_worker_logs(tmp_path: Path) -> None:
     """Random search: the same candidates, scores and counts in the same order; the latency
