@@ -607,7 +607,7 @@ def family_table(names: list[str]) -> str:
             ]
         )
     headers = [
-        "family", "tried", "pruned+matched", "refused", "failed", "FLOPs after/dense",
+        "family", "tried", "pruned+matched", "refused or too big", "failed", "FLOPs after/dense",
         "latency after/dense (x1 / x8)", "max parity",
     ]  # fmt: skip
     return markdown_table(headers, out)
