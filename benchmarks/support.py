@@ -91,11 +91,10 @@ def family(name: str) -> str:
     return next((f for f in FAMILIES if name.startswith(f)), name)
 
 
-def classifiers() -> list[str]:
-    """Every torchvision classifier, smallest first (parameter counts from its weights' metadata)."""
+def _smallest_first(module: Any) -> list[str]:
+    """The builders of a torchvision ``module``, smallest first (parameter counts from their
+    weights' metadata)."""
     import torchvision
-
-    names = list(torchvision.models.list_models(module=torchvision.models))
 
     def size(name: str) -> int:
         try:
@@ -103,7 +102,14 @@ def classifiers() -> list[str]:
         except Exception:
             return 10**12
 
-    return sorted(names, key=lambda n: (size(n), n))
+    return sorted(torchvision.models.list_models(module=module), key=lambda n: (size(n), n))
+
+
+def classifiers() -> list[str]:
+    """Every torchvision classifier, smallest first."""
+    import torchvision
+
+    return _smallest_first(torchvision.models)
 
 
 def segmenters() -> list[str]:
@@ -114,15 +120,7 @@ def segmenters() -> list[str]:
     """
     import torchvision
 
-    names = list(torchvision.models.list_models(module=torchvision.models.segmentation))
-
-    def size(name: str) -> int:
-        try:
-            return int(torchvision.models.get_model_weights(name).DEFAULT.meta["num_params"])
-        except Exception:
-            return 10**12
-
-    return sorted(names, key=lambda n: (size(n), n))
+    return _smallest_first(torchvision.models.segmentation)
 
 
 def swept() -> list[str]:
