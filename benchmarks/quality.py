@@ -376,6 +376,7 @@ def summarise(
         acc_pruned, acc_pruned_sd = _mean_std(pruned)
         over = [r["remeasured_over_bound"] for r in ok if "remeasured_over_bound" in r]
         frac = [r["remeasured_over_dense"] for r in ok if "remeasured_over_dense" in r]
+        use = [u for u in (budget_use(r) for r in ok) if u is not None]
         out.append({
             "model": model, "width": rs[0]["width"], "budget": budget, "searcher": searcher,
             "seeds": max(planned or 0, len(rs)), "finished": len(ok),
@@ -385,6 +386,8 @@ def summarise(
             "accuracy_dense_mean": _mean_std([r["accuracy_dense"] for r in ok])[0],
             "remeasured_over_bound_mean": _mean_std(over)[0],
             "remeasured_over_bound_max": max(over) if over else math.nan,
+            "budget_use_median": statistics.median(use) if use else math.nan,
+            "accuracy_by_seed": {int(r["seed"]): r["accuracy"] for r in ok},
             "latency_over_dense_mean": _mean_std(frac)[0],
             "latency_over_dense_std": _mean_std(frac)[1],
             "params_mean": _mean_std([r["params_final"] for r in ok])[0],
@@ -393,6 +396,23 @@ def summarise(
             "evaluations_mean": _mean_std([r["evaluations"] for r in ok])[0],
         })  # fmt: skip
     return out
+
+
+def budget_use(row: dict[str, Any]) -> float | None:
+    """How much of its binding budget a run's shipped model uses: verified value / bound.
+
+    The pipeline's own verification (median of its timed calls) of the final model, for
+    the budget it comes closest to; None when the row has no checks.
+    """
+    uses = [c["final"] / c["bound"] for c in row.get("checks") or ()
+            if c.get("final") is not None and c.get("bound")]  # fmt: skip
+    return max(uses) if uses else None
+
+
+def paired(a: dict[str, Any], b: dict[str, Any]) -> dict[int, float]:
+    """Per seed both finished: test accuracy of summary ``a`` minus that of ``b``."""
+    sa, sb = a.get("accuracy_by_seed") or {}, b.get("accuracy_by_seed") or {}
+    return {seed: sa[seed] - sb[seed] for seed in sorted(set(sa) & set(sb))}
 
 
 def headline(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -427,6 +447,11 @@ def headline(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 f"best_baseline{suffix}_accuracy": best_base and best_base.get(f"{key}_mean"),
                 f"best_baseline{suffix}_std": best_base and best_base.get(f"{key}_std"),
             })  # fmt: skip
+        rl_s = max(rl, key=lambda s: s["accuracy_mean"]) if rl else None
+        base_s = max(base, key=lambda s: s["accuracy_mean"]) if base else None
+        diffs = paired(rl_s, base_s) if rl_s and base_s else {}
+        line["paired"] = diffs  # seed -> best RL minus best baseline, test accuracy
+        line["paired_mean"], line["paired_std"] = _mean_std(list(diffs.values()))
         out.append(line)
     return out
 
@@ -482,7 +507,8 @@ def _f(x: Any, spec: str = "{:.3f}") -> str:
 
 def table(summary: Sequence[dict[str, Any]]) -> str:
     headers = ["model", "budget", "searcher", "seeds ok", "test acc. (mean ± std)",
-               "before fine-tuning", "re-measured / budget (mean, max)", "latency / dense", "params (final / dense)",
+               "before fine-tuning", "budget used (median)", "re-measured / budget (mean, max)",
+               "latency / dense", "params (final / dense)",
                "search s", "evals"]  # fmt: skip
     rows = []
     for s in summary:
@@ -501,6 +527,7 @@ def table(summary: Sequence[dict[str, Any]]) -> str:
                     "-",
                     "-",
                     "-",
+                    "-",
                 ]
             )
             continue  # fmt: skip
@@ -511,6 +538,8 @@ def table(summary: Sequence[dict[str, Any]]) -> str:
             f"{s['finished']}/{s['seeds']}",
             f"{_f(s['accuracy_mean'])} ± {_f(s['accuracy_std'])}",
             f"{_f(s.get('accuracy_pruned_mean'))} ± {_f(s.get('accuracy_pruned_std'))}",
+            _f(s.get("budget_use_median"), "{:.2f}")
+            + (" (< 0.90)" if s.get("budget_use_median", 1.0) < 0.9 else ""),
             f"{_f(s['remeasured_over_bound_mean'])}, {_f(s['remeasured_over_bound_max'])}",
             _f(s["latency_over_dense_mean"]), params,
             _f(s["search_seconds_mean"], "{:.0f}"), _f(s["evaluations_mean"], "{:.0f}"),
@@ -520,7 +549,8 @@ def table(summary: Sequence[dict[str, Any]]) -> str:
 
 def headline_table(lines: Sequence[dict[str, Any]]) -> str:
     headers = ["model", "budget", "accuracy", "best RL searcher", "its acc. (mean ± std)",
-               "best baseline", "its acc. (mean ± std)", "RL - baseline"]  # fmt: skip
+               "best baseline", "its acc. (mean ± std)", "RL - baseline",
+               "paired by seed: RL - baseline"]  # fmt: skip
     rows = []
     for h in lines:
         for suffix, what in (("", "test, after fine-tuning"), ("_pruned", "before fine-tuning")):
@@ -530,13 +560,33 @@ def headline_table(lines: Sequence[dict[str, Any]]) -> str:
                 h.get(f"best_baseline{suffix}_accuracy"),
             )
             diff = rl_acc - base_acc if rl and base and None not in (rl_acc, base_acc) else None
+            pairs = h.get("paired") if not suffix else None
+            by_seed = (
+                f"{_f(h['paired_mean'], '{:+.3f}')} ± {_f(h['paired_std'])} ("
+                + ", ".join(f"s{k}: {v:+.3f}" for k, v in sorted(pairs.items())) + ")"
+                if pairs else "-"
+            )  # fmt: skip
             rows.append([
                 h["model"], f"`{h['budget']}`", what,
                 rl or "-", f"{_f(rl_acc)} ± {_f(h.get(f'best_rl{suffix}_std'))}",
                 base or "-", f"{_f(base_acc)} ± {_f(h.get(f'best_baseline{suffix}_std'))}",
-                _f(diff, "{:+.3f}"),
+                _f(diff, "{:+.3f}"), by_seed,
             ])  # fmt: skip
     return markdown_table(headers, rows)
+
+
+def budget_use_note(summary: Sequence[dict[str, Any]]) -> str:
+    """The cells whose shipped models leave more than 10% of their budget unused (median)."""
+    low = [s for s in summary if s["finished"] and s.get("budget_use_median", 1.0) < 0.9]
+    if not low:
+        return ""
+    which = "; ".join(f"{s['model']} `{s['budget']}` {s['searcher']} {s['budget_use_median']:.2f}"
+                      for s in low)  # fmt: skip
+    return (f"\n\n**{len(low)} of {sum(1 for s in summary if s['finished'])} cells ship models "
+            f"that use less than 90% of their budget** (median over seeds of the verified "
+            f"latency / bound): {which}. A searcher that stops far below its budget gives away "
+            "accuracy; read its row as a weak result of that searcher, not as a margin of the "
+            "others.")  # fmt: skip
 
 
 def measured_notes(rows: Sequence[dict]) -> str:
@@ -765,6 +815,7 @@ def main(argv: list[str] | None = None) -> int:
     if q:
         notes += "\n\n**Quick mode: an end-to-end check, not a comparison.**"
     notes += measured_notes(rows)
+    notes += budget_use_note(summary)
     if missing:
         notes += (f"\n\n**{len(missing)} runs of this grid are not stored yet and are left out** "
                   "(collected with `--stored-only`): the \"seeds ok\" column counts the runs "

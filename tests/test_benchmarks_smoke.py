@@ -291,3 +291,29 @@ def test_transfer_stored_only_refuses_quick() -> None:
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     assert out.returncode == 2 and "--stored-only reads the full matrix" in out.stderr
+
+
+def test_headline_pairs_seeds_and_summary_flags_unused_budget() -> None:
+    from benchmarks.quality import budget_use_note, headline, headline_table, summarise, table
+
+    def row(searcher: str, seed: int, acc: float, final: float) -> dict:
+        return {"model": "m", "width": 1.0, "budgets": ["latency<=30%"], "searcher": searcher,
+                "seed": seed, "ok": True, "accuracy": acc, "accuracy_dense": 0.99,
+                "params_final": 10, "params_dense": 100, "search_seconds": 1.0,
+                "evaluations": 60, "checks": [{"bound": 1.0, "dense": 3.3, "final": final}]}  # fmt: skip
+
+    rows = [row("qlp", 0, 0.90, 0.95), row("qlp", 1, 0.80, 0.97), row("qlp", 2, 0.85, 0.99),
+            row("amc", 0, 0.70, 0.9), row("uniform", 0, 0.88, 0.5), row("uniform", 1, 0.81, 0.6),
+            row("uniform", 2, 0.70, 0.95)]  # fmt: skip
+    summary = summarise(rows, planned=3)
+    by = {s["searcher"]: s for s in summary}
+    assert by["qlp"]["budget_use_median"] == pytest.approx(0.97)
+    assert by["uniform"]["budget_use_median"] == pytest.approx(0.6)
+    (line,) = headline(summary)
+    assert line["paired"] == pytest.approx({0: 0.02, 1: -0.01, 2: 0.15})
+    assert line["paired_mean"] == pytest.approx(0.16 / 3)
+    text = headline_table([line])
+    assert "+0.053 ± 0.085 (s0: +0.020, s1: -0.010, s2: +0.150)" in text
+    assert "0.60 (< 0.90)" in table(summary) and "| 0.97 |" in table(summary)
+    assert "1 of 3 cells ship models that use less than 90%" in budget_use_note(summary)
+    assert "m `latency<=30%` uniform 0.60" in budget_use_note(summary)
