@@ -17,6 +17,7 @@ on digits the accuracies are not comparable with CIFAR-10 ones.
 
     python benchmarks/paper.py --data digits --device cpu --quick     # minutes, here
     python benchmarks/paper.py --data digits --device cpu             # hours on 2 cores
+    python benchmarks/paper.py --data 'fashion-mnist?train=3000' --models vgg11_cifar  # hours
     python benchmarks/paper.py --only QLP --budgets "params<=5%" --no-write   # one setting
     python benchmarks/paper.py --data cifar10:/data/cifar --device cuda --train-epochs 160
 
@@ -57,6 +58,7 @@ from benchmarks.quality import (  # noqa: E402
     RUNS_DIR,
     SELECTION_RULE,
     _slug,
+    data_slug,
     needs_reselect,
     prune_row,
 )
@@ -141,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--data",
         default="digits",
-        help="digits (built in) or cifar10:PATH (a folder with cifar-10-batches-py)",
+        help="digits (built in), fashion-mnist[:PATH][?train=N] (the Debian package "
+        "dataset-fashion-mnist, or a folder with its four idx files) or cifar10:PATH (a folder "
+        "with cifar-10-batches-py)",
     )
     p.add_argument(
         "--device",
@@ -197,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     from hwprune.data import parse_dataset_name
 
     data_name, data_path = parse_dataset_name(args.data)
-    if data_name not in ("digits", "cifar10"):
-        p.error(f"--data must be digits or cifar10:PATH, got {args.data!r}")
+    if data_name not in ("digits", "fashion-mnist", "cifar10"):
+        p.error(f"--data must be digits, fashion-mnist[:PATH][?train=N] or cifar10:PATH, "
+                f"got {args.data!r}")  # fmt: skip
     if data_name == "cifar10" and not data_path:
         p.error("--data cifar10 needs the folder that holds CIFAR-10: cifar10:PATH")
     if args.device == "cuda":
@@ -207,14 +212,15 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             p.error("--device cuda: no CUDA GPU is visible to torch here; use --device cpu")
     evaluations = args.evaluations or (8 if args.quick else 100)
-    default_epochs = 5 if args.quick else (20 if data_name == "digits" else 100)
+    small = data_name in ("digits", "fashion-mnist")  # the CPU recipe of the quality grid
+    default_epochs = 5 if args.quick else (20 if small else 100)
     train_epochs = args.train_epochs or default_epochs
     finetune_epochs = (args.finetune_epochs if args.finetune_epochs is not None
                        else 1 if args.quick else 10)  # fmt: skip
-    batch_size = args.batch_size or (DIGITS_BATCH if data_name == "digits" else 128)
+    batch_size = args.batch_size or (DIGITS_BATCH if small else 128)
     if batch_size < 1:
         p.error(f"--batch-size must be a positive integer, got {batch_size}")
-    train_lr = args.train_lr or (DIGITS_TRAIN_LR if data_name == "digits" else 0.05)
+    train_lr = args.train_lr or (DIGITS_TRAIN_LR if small else 0.05)
     if not train_lr > 0:
         p.error(f"--train-lr must be positive, got {train_lr}")
     plan = [
@@ -233,14 +239,18 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     missing: list[dict[str, Any]] = []
     # Finished runs are stored (committed) and reused, except in quick mode: see quality.py.
-    store = None if args.quick or data_name != "digits" else RunRows("paper")
+    # Another dataset's runs, results and RESULTS.md section sit beside the digits ones.
+    name = "paper" if args.data == "digits" else f"paper_{data_slug(args.data)}"
+    store = None if args.quick or data_name == "cifar10" else RunRows(name)
     if args.stored_only and store is None:
-        p.error("--stored-only collects stored runs; only full runs on digits are stored")
+        p.error("--stored-only collects stored runs; only full runs on digits or Fashion-MNIST "
+                "are stored")  # fmt: skip
     for s in plan:
         for seed in args.seeds:
             tag = _slug(
                 f"{s['paper']}-{s['model']}-w{s['width']:g}-{s['budget']}-{s['searcher']}-"
-                f"{data_name}-s{seed}-e{evaluations}-f{finetune_epochs}-t{train_epochs}"
+                f"{data_name if args.data == 'digits' else data_slug(args.data)}-s{seed}-"
+                f"e{evaluations}-f{finetune_epochs}-t{train_epochs}"
                 # The old default recipe (batch 128, lr 0.05) keeps the tags earlier runs have.
                 + ("" if batch_size == 128 else f"-b{batch_size}")
                 + ("" if train_lr == 0.05 else f"-lr{train_lr:g}")
@@ -286,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
               "evaluations": evaluations, "train_epochs": train_epochs,
               "finetune_epochs": finetune_epochs, "batch_size": batch_size,
               "train_lr": train_lr}  # fmt: skip
-    write_results("paper", {"settings": config, "seconds": seconds, "runs": rows},
+    write_results(name, {"settings": config, "seconds": seconds, "runs": rows},
                   command=command_line(), env=env, quick=args.quick)  # fmt: skip
     notes = (
         f"Data: `{args.data}`; device: {args.device}. Weight granularity (unstructured magnitude "
@@ -298,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         f"epoch(s) at batch size {batch_size} (learning rate 0.01, cosine) and its budget "
         "re-measured before it counts. Accuracy: test split. The last column quotes the papers' "
         "own CIFAR-10 results for orientation; they are not produced by this command, and "
-        "accuracies on digits are not comparable with CIFAR-10 ones."
+        f"accuracies on `{args.data}` are not comparable with CIFAR-10 ones."
     )
     if args.quick:
         notes += "\n\n**Quick mode (small widths, few evaluations): an end-to-end check.**"
@@ -342,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
                          for m in missing)  # fmt: skip
         notes += (f"\n\n**Not run yet, left out of this table** (collected with "
                   f"`--stored-only`): {left}.")  # fmt: skip
-    update_results_md("paper", "The seed papers' settings", body, command=command_line(),
+    title = "The seed papers' settings" + ("" if name == "paper" else f" on `{args.data}`")
+    update_results_md(name, title, body, command=command_line(),
                       env=env, notes=notes, quick=args.quick)  # fmt: skip
     return 0
 
