@@ -158,6 +158,24 @@ def _unclaim(out: Path, *, created: bool) -> None:
             out.rmdir()
 
 
+def _not_in_a_spawned_import() -> None:
+    """Stop a worker process that is importing the user's script and reached a prune call.
+
+    Workers are spawned (``workers > 1``): each imports the main script again, and a script
+    without an ``if __name__ == "__main__":`` guard would start a second run inside it. The
+    worker exits at once with one line (``SystemExit``, no traceback); the parent process
+    then says what to do (``hwprune.evaluate.parallel.WORKERS_DIED``).
+    """
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise SystemExit(
+            "hwprune: this worker process is importing the script that started the run, and the "
+            "script calls hwprune.prune at its top level; put that call under "
+            '`if __name__ == "__main__":`'
+        )
+
+
 def prune(
     model: Any = None,
     *,
@@ -195,6 +213,7 @@ def prune(
     Raises InfeasibleBudgetError (the run directory is kept) when no allowed
     policy meets a budget, naming the smallest value measured.
     """
+    _not_in_a_spawned_import()
     from torch import nn
 
     objects = None

@@ -187,3 +187,32 @@ def test_imagefolder_images_load_at_the_checkpoints_input_size(tmp_path: Path) -
     assert loaded.example_inputs.first_shape == (1, 3, 32, 32)
     loaded = load(RunContext(config=PruneConfig(**base, input_size=48), run_dir=tmp_path))
     assert loaded.example_inputs.first_shape == (1, 3, 48, 48)  # --input-size wins over the meta
+
+
+def test_workers_from_a_script_without_a_main_guard_say_so(tmp_path: Path) -> None:
+    """Spawned workers import the script again: each stops at its prune call in one line, and
+    the run fails saying what to do (not a BrokenProcessPool, not a second run's RunDirError)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import torch, hwprune\n"
+        "from torch import nn\n"
+        "def score(m):\n"
+        "    return 1.0\n"
+        "m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(),\n"
+        "                  nn.LazyLinear(2))\n"
+        "m(torch.randn(1, 3, 8, 8))\n"
+        "hwprune.prune(m, example_inputs=torch.randn(1, 3, 8, 8), budgets=['flops<=50%'],\n"
+        "              out='run', workers=2, agent='random', evaluations=2, score=score,\n"
+        "              finetune=False)\n",
+        encoding="utf-8",
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, text=True,
+                          capture_output=True, timeout=600)  # fmt: skip
+    assert done.returncode != 0
+    assert "worker process stopped while starting" in done.stderr
+    assert 'if __name__ == "__main__":' in done.stderr
+    assert "RunDirError" not in done.stderr

@@ -32,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,13 @@ from hwprune.errors import ConfigError, HwpruneError
 from hwprune.evaluate.evaluator import Evaluator, Outcome, _as_cached
 from oracles import Measurement, Oracle
 from oracles.errors import OracleError
+
+# What a worker that died before it could start most often means, for the one-line error.
+WORKERS_DIED = (
+    "a worker process stopped while starting: worker processes are spawned and import your "
+    "script again, so a script that calls hwprune.prune with workers > 1 must do so under "
+    '`if __name__ == "__main__":` (otherwise, the worker\'s own error is printed above)'
+)
 
 log = logging.getLogger(__name__)
 
@@ -280,8 +288,12 @@ class _LocalBackend:
         )
         # Start every worker now (the pool starts them on demand): loading torch and the
         # run's inputs is paid before the search, not by its first candidates.
-        for f in [self._workers.submit(time.sleep, 0.05) for _ in range(workers)]:
-            f.result()
+        try:
+            for f in [self._workers.submit(time.sleep, 0.05) for _ in range(workers)]:
+                f.result()
+        except BrokenProcessPool as exc:
+            self.close()
+            raise HwpruneError(WORKERS_DIED) from exc
 
     def prepare(self, policy: Any, what: str) -> Future:
         return self._workers.submit(_prepare_local, policy, what)
