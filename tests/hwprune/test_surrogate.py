@@ -38,6 +38,7 @@ from hwprune.evaluate.surrogate import (
     surrogate_report,
     surrogate_wanted,
 )
+from hwprune.report import _surrogate_lines
 from hwprune.space import ChannelSpace, Policy
 from hwprune.task import BoundTask
 
@@ -388,6 +389,25 @@ def test_a_straddling_non_contender_is_predicted_and_a_straddling_contender_meas
     s = summarize(ev.history, ev.constraints)["latency"]
     assert s["straddling_predicted"] == straddled_predicted
     assert s["reasons"]["not-contender"] == straddled_predicted
+    # Audited straddlers are counted apart from the verdicts, with the side of their mean.
+    bound = ev.constraints[0].bound
+    audited = [o for o, r in zip(ev.history, rows, strict=True) if r[2] == "audit" and r[3]]
+    means = [o.surrogate["latency"]["prediction"]["value"] for o in audited]
+    assert s["straddling_audited"] == len(audited)
+    assert s["straddling_wrong_feasible"] == sum(
+        m <= bound < o.values["latency"] for m, o in zip(means, audited, strict=True)
+    )
+    assert s["straddling_wrong_infeasible"] == sum(
+        o.values["latency"] <= bound < m for m, o in zip(means, audited, strict=True)
+    )
+    clear = [o for o, r in zip(ev.history, rows, strict=True)
+             if r[1] == "measured" and r[3] is False]  # fmt: skip
+    assert s["verdicts"] == len(clear)  # checked with the interval clear of the bound
+    lines = "\n".join(_surrogate_lines(surrogate_report(ev)))
+    assert (
+        "too inaccurate ever to be shipped (below the top 5 feasible): "
+        f"{straddled_predicted} predicted"
+    ) in lines
 
 
 def test_a_resumed_gate_decides_as_the_uninterrupted_one(space, data, tmp_path) -> None:
@@ -433,3 +453,14 @@ def test_the_shipped_model_is_re_measured_and_no_predicted_straddler_is_confirme
     assert tried <= {o.key for o in ranked}
     for o in ranked:
         assert o.surrogate["latency"]["reason"] != "not-contender"
+
+
+def test_a_search_confirming_more_than_the_gate_assumes_widens_the_gate(space) -> None:
+    from hwprune.agents import get_searcher
+
+    ev = noisy_evaluator(space)
+    ev.calibrate()
+    assert ev.surrogate.top == CONFIRM_TOP
+    get_searcher("random", seed=0).search(space=space, evaluator=ev, evaluations=3, confirm=7)
+    assert ev.surrogate.top == 7  # a 7th-best candidate may now be shipped: it is a contender
+    assert surrogate_report(ev)["top"] == 7
