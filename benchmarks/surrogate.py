@@ -12,6 +12,9 @@ test accuracy are compared). Reported per run:
 * the surrogate's wrong feasibility verdicts among the checked candidates (its
   interval clear of the bound, then measured): predicted feasible but measured
   infeasible, and the reverse; its median |error| where checked;
+* the candidates predicted although their interval straddled the bound (not
+  contenders for the final choice), and, of those drawn for the audit, how many
+  had their predicted value on the wrong side of the bound;
 * the chosen candidate's proxy accuracy, test accuracy, and the re-measured latency
   of the final model against the bound;
 * the search's wall time.
@@ -23,6 +26,7 @@ hwprune.evaluate.surrogate.SLOW_CALL_SECONDS) and ``off``.
 
     python benchmarks/surrogate.py                       # the grid, stored run by run
     python benchmarks/surrogate.py --seeds 0 --quick     # a few evaluations, end to end
+    python benchmarks/surrogate.py --seeds 0 --no-write  # a sanity figure: nothing stored
 
 Each finished run is stored in ``benchmarks/results/surrogate_runs/`` and reused
 when the script runs again; the table (``results/surrogate.json``, the
@@ -71,6 +75,8 @@ TRAIN = {
 SLOW_DELAY = 2.0  # seconds added to every call of the simulated slow oracle
 RUNS_DIR = RESULTS_DIR / "surrogate_runs"
 WORK_DIR = Path("/tmp/hwprune-bench-surrogate")
+# --quick and --no-write runs: WORK_DIR keeps the stored runs' directories (--fit-study reads them).
+SCRATCH_DIR = Path("/tmp/hwprune-bench-surrogate-scratch")
 
 
 def register_slow_oracle() -> None:
@@ -94,7 +100,8 @@ def register_slow_oracle() -> None:
 
 
 def one_run(*, model: str, width: float, agent: str, seed: int, surrogate: str,
-            oracle: str, evaluations: int, tag: str) -> dict[str, Any]:  # fmt: skip
+            oracle: str, evaluations: int, tag: str,
+            work_dir: Path = WORK_DIR) -> dict[str, Any]:  # fmt: skip
     """One prune run; its figures from the result and the episodes log."""
     from quality import dense_checkpoint
 
@@ -102,7 +109,7 @@ def one_run(*, model: str, width: float, agent: str, seed: int, surrogate: str,
     from hwprune.evaluate import read_jsonl
 
     ckpt, dense_acc = dense_checkpoint(model, width=width, data="digits", seed=0, **TRAIN)
-    out = WORK_DIR / tag
+    out = work_dir / tag
     t0 = time.perf_counter()
     result = hwprune.prune(
         model=model, weights=str(ckpt), data="digits", budgets=[BUDGET],
@@ -125,6 +132,10 @@ def one_run(*, model: str, width: float, agent: str, seed: int, surrogate: str,
         "reasons": s.get("reasons"), "checked": s.get("checked"), "verdicts": s.get("verdicts"),
         "wrong_feasible": s.get("wrong_feasible"), "wrong_infeasible": s.get("wrong_infeasible"),
         "median_abs_error": s.get("median_abs_error"), "coverage": s.get("coverage"),
+        "straddling_predicted": s.get("straddling_predicted"),
+        "straddling_audited": s.get("straddling_audited"),
+        "straddling_wrong_feasible": s.get("straddling_wrong_feasible"),
+        "straddling_wrong_infeasible": s.get("straddling_wrong_infeasible"),
         "proxy_accuracy": result.score_chosen, "test_accuracy": result.accuracy_pruned,
         "dense_test_accuracy": dense_acc, "final_latency_ms": budget.final,
         "bound_ms": budget.bound, "met": result.all_met, "repairs": result.repairs,
@@ -141,6 +152,12 @@ def oracle_noise(out: Path) -> float | None:
     cvs = [float(r["measurements"]["latency"].get("cv", 0.0)) for r in read_jsonl(out / "episodes.jsonl")
            if r.get("type") == "candidate" and r.get("sources", {}).get("latency") != "predicted"]  # fmt: skip
     return statistics.median(cvs) if cvs else None
+
+
+def _total(rows: list[dict[str, Any]], name: str) -> int | None:
+    """The sum of ``name`` over ``rows``; None if a row lacks it (stored before it existed)."""
+    xs = [r.get(name) for r in rows]
+    return None if any(x is None for x in xs) else sum(xs)
 
 
 def _mean(xs: list[Any]) -> float | None:
@@ -181,6 +198,10 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "wrong_feasible": sum(r["wrong_feasible"] or 0 for r in on),
             "wrong_infeasible": sum(r["wrong_infeasible"] or 0 for r in on),
             "checked": sum(r["checked"] or 0 for r in on),
+            "straddling_predicted": _total(on, "straddling_predicted"),
+            "straddling_audited": _total(on, "straddling_audited"),
+            "straddling_wrong_feasible": _total(on, "straddling_wrong_feasible"),
+            "straddling_wrong_infeasible": _total(on, "straddling_wrong_infeasible"),
             "median_abs_error": _mean([r["median_abs_error"] for r in on]),
             "proxy_off": _mean([r["proxy_accuracy"] for r in off]),
             "proxy_on": _mean([r["proxy_accuracy"] for r in on]),
@@ -200,13 +221,22 @@ def table(summary: list[dict[str, Any]]) -> str:
         ratio = s["calls_off"] / s["calls_on"] if s["calls_on"] else None
         v = s["verdicts"]
         wrong = f"{s['wrong_feasible']} / {s['wrong_infeasible']} of {v}" if v else "- (0 verdicts)"
+        a = s.get("straddling_audited")
+        if a is None:
+            straddling = "-"
+        else:
+            straddling = f"{s['straddling_predicted']}; " + (
+                f"{s['straddling_wrong_feasible']} / {s['straddling_wrong_infeasible']} of {a}"
+                if a
+                else "0 audited"
+            )
         rows.append([
             s["model"], s["agent"], s["oracle"], s["evaluations"], ",".join(map(str, s["seeds"])),
             s["mode"],
             f"{_f(s['calls_off'], '{:.0f}')} -> {_f(s['calls_on'], '{:.0f}')}",
             _f(ratio, "{:.1f}x"),
             f"{_f(s['run_calls_off'], '{:.0f}')} -> {_f(s['run_calls_on'], '{:.0f}')}",
-            wrong, _f(s["median_abs_error"], "{:.1%}"),
+            wrong, straddling, _f(s["median_abs_error"], "{:.1%}"),
             f"{_f(s['proxy_off'])} / {_f(s['proxy_on'])}",
             f"{_f(s['test_off'])} / {_f(s['test_on'])}",
             f"{'yes' if s['met_off'] else 'NO'} / {'yes' if s['met_on'] else 'NO'}",
@@ -216,6 +246,7 @@ def table(summary: list[dict[str, Any]]) -> str:
     return markdown_table(
         ["model", "agent", "oracle", "evaluations", "seeds", "surrogate", "search oracle calls off -> on",
          "fewer", "run oracle calls off -> on", "wrong verdicts (feas. / infeas.)",
+         "straddling predicted; audited wrong (feas. / infeas.)",
          "median abs error (checked)", "proxy acc off / on", "test acc off / on",
          "budget met off / on", "search s off / on", "timing cv (off run)"],
         rows,
@@ -223,6 +254,8 @@ def table(summary: list[dict[str, Any]]) -> str:
 
 
 def write(rows: list[dict[str, Any]], *, env: dict[str, Any], args: Any) -> None:
+    from hwprune.evaluate import CONFIRM_TOP
+
     for r in rows:  # rows stored before the noise was recorded
         if (
             r.get("ok")
@@ -242,6 +275,11 @@ def write(rows: list[dict[str, Any]], *, env: dict[str, Any], args: Any) -> None
         "confirmation and the final proof (3 calls each). Wrong verdicts: checked candidates "
         "whose prediction interval lay clear of the bound but whose measurement fell on the "
         "other side (predicted feasible, measured infeasible / the reverse), summed over seeds. "
+        "Straddling predicted: candidates whose interval straddled the bound, predicted because "
+        f"they were less accurate than the {CONFIRM_TOP} best feasible so far (less the tie "
+        "tolerance) and so could never be shipped; audited wrong: of those drawn for the audit, predicted value "
+        "within the bound and measured over it / the reverse ('-': runs stored before this was "
+        "recorded). "
         f"`slow-onnxruntime` is the same oracle with {SLOW_DELAY:g} s added to every call "
         "(a stand-in for a TensorRT engine build; 20 s would have taken hours per run here), "
         f"with `--surrogate auto`. Seeds finished: {done}. Timings taken on a shared 2-core "
@@ -360,6 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slow-evaluations", type=int, default=None,
                    help="evaluations of the slow-oracle runs (default: --evaluations)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="8 evaluations, no table written")
+    p.add_argument("--no-write", action="store_true",
+                   help="run the grid afresh, print the table; store nothing (no rows, no "
+                        "results, no RESULTS.md; run directories under " + str(SCRATCH_DIR)
+                        + ")")  # fmt: skip
     p.add_argument("--fit-study", nargs="+", metavar="TAG",
                    help="only compare regressors on these stored --surrogate off runs")  # fmt: skip
     args = p.parse_args(argv)
@@ -372,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     register_slow_oracle()
     if args.quick:
         args.evaluations = 8
+    dry = args.quick or args.no_write
     env = environment()
     store = RunRows("surrogate")
     grid = []
@@ -389,18 +432,18 @@ def main(argv: list[str] | None = None) -> int:
         is_slow = oracle.startswith("slow")
         evaluations = (args.slow_evaluations or args.evaluations) if is_slow else args.evaluations
         tag = f"{model}-{agent}-s{seed}-{mode}{'-slow' if is_slow else ''}-e{evaluations}"
-        row = None if args.quick else store.get(tag)
+        row = None if dry else store.get(tag)
         if row is None:
             log.info("run %s", tag)
             try:
                 row = one_run(model=model, width=MODELS[model], agent=agent, seed=seed,
-                              surrogate=mode, oracle=oracle, evaluations=evaluations,
-                              tag=tag)  # fmt: skip
+                              surrogate=mode, oracle=oracle, evaluations=evaluations, tag=tag,
+                              work_dir=SCRATCH_DIR if dry else WORK_DIR)  # fmt: skip
             except Exception as exc:  # a failed run is stored as failed, the grid goes on
                 log.exception("run %s failed", tag)
                 row = {"model": model, "agent": agent, "seed": seed, "surrogate": mode,
                        "oracle": oracle, "ok": False, "error": str(exc)}  # fmt: skip
-            if not args.quick:
+            if not dry:
                 store.put(tag, row)
             log.info(
                 "done %s: %s",
@@ -416,10 +459,18 @@ def main(argv: list[str] | None = None) -> int:
                 },
             )
         rows.append({**row, "tag": tag})
-        if not args.quick:
+        if not dry:
             write(rows, env=env, args=args)
-    if args.quick:
+    if dry:
         print(table(summarise(rows)))
+        if args.no_write:
+            for r in rows:  # what the table averages, run by run
+                print(json.dumps({k: r.get(k) for k in (
+                    "tag", "search_oracle_calls", "run_oracle_calls", "reasons", "verdicts",
+                    "wrong_feasible", "wrong_infeasible", "straddling_predicted",
+                    "straddling_audited", "straddling_wrong_feasible",
+                    "straddling_wrong_infeasible", "proxy_accuracy", "test_accuracy", "met",
+                    "search_seconds", "oracle_cv")}))  # fmt: skip
     return 0
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from hwprune.evaluate import Evaluator, Outcome, rank_feasible
+from hwprune.evaluate import CONFIRM_TOP, Evaluator, Outcome, rank_feasible
 from hwprune.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ class Searcher:
         progress: Callable[[Outcome], None] | None = None,
         checkpoint_dir: str | Path | None = None,
         repair_infeasible: bool = True,
-        confirm: int = 5,
+        confirm: int = CONFIRM_TOP,
     ) -> SearchResult:
         """Run the searcher on ``evaluations`` distinct candidates; return the best feasible one.
 
@@ -170,6 +170,11 @@ class Searcher:
             raise ValueError(f"evaluations must be at least 1, got {evaluations}")
         if any(c.bound is None for c in evaluator.constraints):
             evaluator.calibrate()
+        gate = getattr(evaluator, "surrogate", None)
+        if gate is not None and confirm > gate.top:
+            # The surrogate measures straddling candidates only among the first gate.top
+            # that a confirmation could reach: it must reach no further than that.
+            gate.top = int(confirm)
         budget = BudgetedEvaluator(evaluator, evaluations, progress=progress)
         ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self._run(space, budget, checkpoint_dir=ckpt)
@@ -225,7 +230,7 @@ class _Ticket:
 
 
 def confirm_best(
-    space: Any, evaluator: Evaluator, outcomes: list[Outcome], *, top: int = 5
+    space: Any, evaluator: Evaluator, outcomes: list[Outcome], *, top: int = CONFIRM_TOP
 ) -> tuple[Outcome | None, list[dict[str, Any]]]:
     """The best feasible outcome that a fresh measurement also finds feasible.
 

@@ -1,6 +1,13 @@
 """Candidate evaluation: proxy accuracy plus oracle measurements, cached and logged."""
 
-from hwprune.evaluate.evaluator import Evaluator, Outcome, accuracy_tolerance, rank_feasible
+from hwprune.evaluate.evaluator import (
+    CONFIRM_TOP,
+    Evaluator,
+    Outcome,
+    accuracy_tolerance,
+    contender_floor,
+    rank_feasible,
+)
 from hwprune.evaluate.log import EpisodeLog, read_jsonl
 
 __all__ = [
@@ -8,6 +15,8 @@ __all__ = [
     "Outcome",
     "EpisodeLog",
     "read_jsonl",
+    "CONFIRM_TOP",
     "accuracy_tolerance",
+    "contender_floor",
     "rank_feasible",
 ]

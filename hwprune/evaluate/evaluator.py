@@ -26,7 +26,18 @@ log = logging.getLogger(__name__)
 # of a search's best candidates and the final model's proof.
 MEASURE_REPEATS = 3
 
-__all__ = ["Outcome", "Evaluator", "accuracy_tolerance", "rank_feasible"]
+# How many of rank_feasible's first candidates the final choice re-measures (confirm_best):
+# a candidate behind that many can never be shipped, which the latency surrogate relies on.
+CONFIRM_TOP = 5
+
+__all__ = [
+    "Outcome",
+    "Evaluator",
+    "CONFIRM_TOP",
+    "accuracy_tolerance",
+    "contender_floor",
+    "rank_feasible",
+]
 
 
 @dataclass(frozen=True)
@@ -155,6 +166,30 @@ def rank_feasible(outcomes: Sequence[Outcome], *, samples: int) -> list[Outcome]
         keys = {o.key for o in tied}
         pool = [o for o in pool if o.key not in keys]
     return ranked
+
+
+def contender_floor(
+    outcomes: Sequence[Outcome], *, samples: int, top: int = CONFIRM_TOP
+) -> float | None:
+    """The proxy accuracy under which a new candidate can never be among the first ``top`` of
+    :func:`rank_feasible`, whatever its feasibility and whatever is evaluated after it.
+
+    None while fewer than ``top`` distinct outcomes are feasible (every candidate may
+    still be chosen). Otherwise the ``top``-th best feasible accuracy ``a`` less the
+    widest tie tolerance of any group that could hold the ``top`` best
+    (``accuracy_tolerance`` at ``max(a, 0.5)``: it is largest at 0.5). Why that is
+    enough: an outcome at least ``a`` accurate and a candidate more than that
+    tolerance below it can never fall in one tie group, so the ``top`` best always
+    come first, and later outcomes only add to them. The floor only rises.
+    """
+    best: dict[str, float] = {}
+    for o in outcomes:
+        if o.feasible and o.key not in best:
+            best[o.key] = o.accuracy
+    if len(best) < max(1, int(top)):
+        return None
+    kth = sorted(best.values(), reverse=True)[int(top) - 1]
+    return kth - accuracy_tolerance(max(kth, 0.5), samples)
 
 
 class Evaluator:

@@ -9,9 +9,16 @@ channels, per-layer MACs and bytes, as fractions of the dense model's) and
 predict. A value is measured:
 
 - while the surrogate has fewer than ``MIN_POINTS`` measurements ("warmup");
-- when the prediction's interval straddles the budget's bound ("interval");
-- for a fixed fraction of the other candidates, drawn from the candidate's key
-  so a resumed run draws the same ("audit"), their errors logged;
+- when the prediction's interval straddles the budget's bound and the candidate
+  is a *contender* ("interval"): its proxy accuracy could still put it among the
+  first ``CONFIRM_TOP`` candidates the final choice re-measures
+  (``hwprune.evaluate.contender_floor``, computed from the history, so a resumed
+  run decides the same). A straddling candidate below that floor can never be
+  shipped, feasible or not; its verdict only feeds the searcher, so its value is
+  predicted ("not-contender", the record flagged ``straddles``);
+- for a fixed fraction of the other candidates (straddling non-contenders
+  included), drawn from the candidate's key so a resumed run draws the same
+  ("audit"), their errors logged;
 - when the candidate is more accurate than every feasible one so far, whatever
   its predicted verdict ("best").
 
@@ -52,6 +59,7 @@ from typing import Any
 import numpy as np
 
 from hwprune.config import SURROGATE_MODES
+from hwprune.evaluate.evaluator import CONFIRM_TOP, contender_floor
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +70,7 @@ __all__ = [
     "SLOW_CALL_SECONDS",
     "MIN_POINTS",
     "AUDIT_RATE",
+    "NOT_CONTENDER",
     "Prediction",
     "OracleSurrogate",
     "SurrogateGate",
@@ -84,6 +93,9 @@ AUDIT_RATE = 0.1
 Z = 2.0
 # ... and never narrower than this fraction of the value (two calls differ by that much).
 REL_FLOOR = 0.03
+# The reason of a value predicted although its interval straddles the bound: the candidate
+# is too inaccurate ever to be shipped (see contender_floor).
+NOT_CONTENDER = "not-contender"
 
 
 @dataclass(frozen=True)
@@ -346,11 +358,15 @@ class SurrogateGate:
         reasons: Mapping[str, str],
         seed: int = 0,
         audit_rate: float = AUDIT_RATE,
+        top: int = CONFIRM_TOP,
     ) -> None:
         self.names = tuple(names)
         self.reasons = dict(reasons)
         self.seed = int(seed)
         self.audit_rate = float(audit_rate)
+        # The final choice re-measures the first ``top`` of rank_feasible (confirm_best):
+        # a straddling candidate is measured only if it could be one of them.
+        self.top = int(top)
         self.models: dict[str, OracleSurrogate] = {}
         self.seconds = 0.0  # spent on features, fits and predictions
 
@@ -396,14 +412,22 @@ class SurrogateGate:
         predictions: dict[str, Prediction | None] = {
             n: self.models[n].predict(features) for n in self.names
         }
+        # Below this floor the candidate can never be shipped (confirm_best re-measures only
+        # the first ``top`` of rank_feasible): a straddling value is then predicted.
+        floor = contender_floor(
+            evaluator.history, samples=getattr(evaluator, "eval_samples", 0), top=self.top
+        )
+        contender = floor is None or accuracy >= floor
         reason: dict[str, str] = {}
         for n, p in predictions.items():
             if p is None:
                 reason[n] = "warmup"
-            elif p.straddles(bounds[n]):
+            elif p.straddles(bounds[n]) and contender:
                 reason[n] = "interval"
             elif _draw(self.seed, key, n) < self.audit_rate:
                 reason[n] = "audit"
+            elif p.straddles(bounds[n]):
+                reason[n] = NOT_CONTENDER  # predicted, the verdict feeds only the searcher
         spent = time.perf_counter() - t0
         onnx: list[bytes | None] = [None]
 
@@ -415,12 +439,10 @@ class SurrogateGate:
             return evaluator.measure_module(module, onnx_bytes=onnx[0], timings=timings,
                                             only=names)  # fmt: skip
 
-        first = [
-            c.name for c in evaluator.constraints if c.name not in self.names or c.name in reason
-        ]
+        predicted = [n for n in self.names if reason.get(n, NOT_CONTENDER) == NOT_CONTENDER]
+        first = [c.name for c in evaluator.constraints if c.name not in predicted]
         measurements = measure(first) if first else {}
         t0 = time.perf_counter()
-        predicted = [n for n in self.names if n not in reason]
         if predicted:
             best = max((o.accuracy for o in evaluator.history if o.feasible), default=None)
             # More accurate than every feasible candidate so far: measured whatever the
@@ -436,7 +458,7 @@ class SurrogateGate:
         for n in predicted:
             p = predictions[n]
             assert p is not None
-            reason[n] = "predicted"
+            reason.setdefault(n, "predicted")
             measurements[n] = evaluator.dense[n].replace(
                 value=p.value, statistic="predicted", samples=0, iqr=0.0, cv=0.0,
                 ci_low=p.low, ci_high=p.high, seconds=0.0, cached=False,
@@ -448,6 +470,8 @@ class SurrogateGate:
             source = "predicted" if n in predicted else "measured"
             records[n] = {"source": source, "reason": reason[n],
                           "prediction": p.to_dict() if p is not None else None}  # fmt: skip
+            if p is not None:
+                records[n]["straddles"] = p.straddles(bounds[n])
             if source == "measured":
                 self.models[n].add(features, measurements[n].value)
                 if p is not None:
@@ -482,6 +506,13 @@ def summarize(history: Sequence[Any], constraints: Sequence[Any]) -> dict[str, d
     gate would have acted on: audits, would-be bests); ``wrong_feasible``: of those,
     predicted within the bound and measured over it; ``wrong_infeasible``: the reverse;
     their rates are fractions of ``verdicts``. Errors are (measured - predicted) / measured.
+
+    Candidates whose interval straddled the bound: ``straddling_predicted`` were predicted
+    (not contenders for the final choice, so their verdict fed only the searcher);
+    ``straddling_audited`` were not contenders but drawn for the audit, and of those
+    ``straddling_wrong_feasible`` had a predicted value (the interval's middle) within the
+    bound and a measured one over it, ``straddling_wrong_infeasible`` the reverse: how often
+    the verdict the searcher was given for a straddling non-contender was wrong.
     """
     bounds = {c.name: c.bound for c in constraints}
     out: dict[str, dict[str, Any]] = {}
@@ -489,19 +520,30 @@ def summarize(history: Sequence[Any], constraints: Sequence[Any]) -> dict[str, d
         for n, info in getattr(o, "surrogate", {}).items():
             s = out.setdefault(n, {"predicted": 0, "measured": 0, "reasons": {}, "errors": [],
                                    "wrong_feasible": 0, "wrong_infeasible": 0, "covered": 0,
-                                   "verdicts": 0})  # fmt: skip
+                                   "verdicts": 0, "straddling_predicted": 0,
+                                   "straddling_audited": 0, "straddling_wrong_feasible": 0,
+                                   "straddling_wrong_infeasible": 0})  # fmt: skip
             s[info["source"]] += 1
             s["reasons"][info["reason"]] = s["reasons"].get(info["reason"], 0) + 1
-            pred = info.get("prediction")
+            pred, b = info.get("prediction"), bounds.get(n)
+            straddles = bool(pred) and b is not None and pred["low"] <= b <= pred["high"]
+            if straddles and info["source"] == "predicted":
+                s["straddling_predicted"] += 1
             if info["source"] == "measured" and pred:
-                v, b = float(o.values[n]), bounds.get(n)
+                v = float(o.values[n])
                 s["errors"].append((v - pred["value"]) / v)
                 s["covered"] += int(pred["low"] <= v <= pred["high"])
-                if b is not None and not pred["low"] <= b <= pred["high"]:
+                if b is not None and not straddles:
                     # A verdict the gate would have acted on (its interval clear of the bound).
                     s["verdicts"] += 1
                     s["wrong_feasible"] += int(pred["high"] < b < v)
                     s["wrong_infeasible"] += int(v <= b < pred["low"])
+                elif straddles and info["reason"] == "audit":
+                    # A straddling non-contender drawn for the audit: its predicted verdict
+                    # (the middle's side of the bound) is what the searcher would have got.
+                    s["straddling_audited"] += 1
+                    s["straddling_wrong_feasible"] += int(pred["value"] <= b < v)
+                    s["straddling_wrong_infeasible"] += int(v <= b < pred["value"])
     for s in out.values():
         errs = np.abs(np.asarray(s.pop("errors"), dtype=float))
         s["checked"] = int(errs.size)
@@ -513,6 +555,10 @@ def summarize(history: Sequence[Any], constraints: Sequence[Any]) -> dict[str, d
         v = s["verdicts"]
         s["wrong_feasible_rate"] = s["wrong_feasible"] / v if v else None
         s["wrong_infeasible_rate"] = s["wrong_infeasible"] / v if v else None
+        a = s["straddling_audited"]
+        s["straddling_wrong_rate"] = (
+            (s["straddling_wrong_feasible"] + s["straddling_wrong_infeasible"]) / a if a else None
+        )
         if not math.isfinite(s.get("mean_abs_error") or 0.0):
             s["mean_abs_error"] = None
     return out
@@ -533,5 +579,7 @@ def surrogate_report(evaluator: Any) -> dict[str, Any]:
         "reasons": dict(decision["reasons"]),
         "candidates": len(history),
         "candidates_measured": measured,
+        # Straddling values were measured only for candidates that could be among this many.
+        "top": evaluator.surrogate.top if evaluator.surrogate is not None else CONFIRM_TOP,
         "budgets": summarize(history, evaluator.constraints),
     }

@@ -14,6 +14,8 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import oracles
@@ -21,7 +23,14 @@ from hwprune.config import PruneConfig
 from hwprune.constraints import bind_constraints
 from hwprune.data import get_dataset
 from hwprune.errors import ConfigError
-from hwprune.evaluate import Evaluator, read_jsonl
+from hwprune.evaluate import (
+    CONFIRM_TOP,
+    Evaluator,
+    accuracy_tolerance,
+    contender_floor,
+    rank_feasible,
+    read_jsonl,
+)
 from hwprune.evaluate.surrogate import (
     MIN_POINTS,
     OracleSurrogate,
@@ -29,7 +38,9 @@ from hwprune.evaluate.surrogate import (
     surrogate_report,
     surrogate_wanted,
 )
+from hwprune.report import _surrogate_lines
 from hwprune.space import ChannelSpace, Policy
+from hwprune.task import BoundTask
 
 
 @oracles.register_oracle("test-smooth-latency")
@@ -176,13 +187,16 @@ def test_the_gate_measures_fewer_and_only_where_it_may_predict(space, data, tmp_
         if o.sources["latency"] == "predicted":
             assert o.measurements["latency"].statistic == "predicted"
             p = info["prediction"]
-            assert not p["low"] <= bound <= p["high"], "a straddling interval was trusted"
+            if p["low"] <= bound <= p["high"]:  # trusted only where it can never be shipped
+                floor = contender_floor(ev.history[: o.index], samples=ev.eval_samples)
+                assert info["reason"] == "not-contender" and o.accuracy < floor
             # More accurate than every feasible candidate so far: measured, whatever the
             # predicted verdict (a wrong 'infeasible' would hide the best model from the choice).
             assert best is not None and o.accuracy <= best, "a would-be best was not measured"
         else:
             assert o.measurements["latency"].statistic == "median"
-        assert info["reason"] in ("warmup", "interval", "audit", "best", "predicted")
+        assert info["reason"] in ("warmup", "interval", "audit", "best", "predicted",
+                                  "not-contender")  # fmt: skip
         if o.feasible:
             best = o.accuracy if best is None else max(best, o.accuracy)
     assert [o.surrogate["latency"]["reason"] for o in ev.history[: MIN_POINTS - 1]] == [
@@ -235,3 +249,218 @@ def test_the_auto_decision_is_logged_once_and_kept_on_resume(space, data, tmp_pa
     decisions = [r for r in read_jsonl(path) if r.get("type") == "surrogate"]
     assert len(decisions) == 1 and decisions[0]["enabled"] == {"latency": True}
     assert again.surrogate is not None
+
+
+# --------------------------------------------------------------------------- contenders
+
+
+@oracles.register_oracle("test-noisy-latency")
+@dataclasses.dataclass
+class NoisyLatency(SmoothLatency):
+    """SmoothLatency times a factor in [0.8, 1.2] fixed by the model's parameter count: as
+    rough as a loaded machine's timing (intervals straddle the bound), yet the same model
+    always measures the same, so a resumed run sees the values the first one saw."""
+
+    calls: ClassVar[list[int]] = [0]
+
+    def measure(self, model, *, input_shapes=None) -> oracles.Measurement:
+        m = super().measure(model, input_shapes=input_shapes)
+        n = int(oracles.get_oracle("params").measure(model).value)
+        u = ((n * 2654435761) % 1009) / 1009
+        return dataclasses.replace(m, value=m.value * (0.8 + 0.4 * u))
+
+
+def size_score(model: nn.Module) -> float:
+    """A proxy accuracy that grows with the model's size, give or take 0.15 (fixed per size),
+    on 200 samples: feasible candidates near the bound are the accurate ones, and some
+    straddling ones are not."""
+    n = sum(p.numel() for p in model.parameters())
+    u = ((n * 40503) % 1013) / 1013
+    return round(200 * min(1.0, 0.3 + 0.6 * n / TINY_PARAMS + 0.3 * (u - 0.5))) / 200
+
+
+TINY_PARAMS = sum(p.numel() for p in tiny_net().parameters())
+
+
+def noisy_evaluator(space, *, log_path=None) -> Evaluator:
+    task = BoundTask(calibrate=lambda m: None, score=size_score, score_samples=200,
+                     score_key="test-size-score")  # fmt: skip
+    return Evaluator(
+        space=space,
+        task=task,
+        constraints=bind_constraints(["latency<=40%"], oracles={"latency": "test-noisy-latency"}),
+        surrogate="on",
+        log_path=log_path,
+    )
+
+
+def gate_rows(ev: Evaluator) -> list[tuple[str, str, str, bool | None, float | None]]:
+    """Per candidate: key, source, reason, straddles, the contender floor it was judged by."""
+    rows, bound = [], ev.constraints[0].bound
+    for o in ev.history:
+        info, p = o.surrogate["latency"], o.surrogate["latency"]["prediction"]
+        straddled = None if p is None else p["low"] <= bound <= p["high"]
+        assert info.get("straddles") == straddled  # the log says so, where there is a prediction
+        floor = contender_floor(ev.history[: o.index], samples=ev.eval_samples)
+        rows.append((o.key, info["source"], info["reason"], straddled, floor))
+    return rows
+
+
+def test_the_floor_is_the_top_th_best_feasible_accuracy_less_the_widest_tie() -> None:
+    from types import SimpleNamespace as O
+
+    accs = [0.97, 0.95, 0.93, 0.91, 0.90, 0.89, 0.5]
+    outcomes = [O(key=f"k{i}", accuracy=a, feasible=True, max_cost=0.5) for i, a in enumerate(accs)]
+    outcomes.append(O(key="big", accuracy=0.99, feasible=False, max_cost=1.5))  # not feasible
+    outcomes.append(O(key="k0", accuracy=0.97, feasible=True, max_cost=0.5))  # seen: counts once
+    assert contender_floor(outcomes[:4], samples=0) is None  # fewer than top feasible
+    assert CONFIRM_TOP == 5
+    assert contender_floor(outcomes, samples=0) == 0.90  # the 5th best feasible
+    assert contender_floor(outcomes, samples=100) == pytest.approx(
+        0.90 - accuracy_tolerance(0.90, 100)
+    )
+    assert contender_floor(outcomes, samples=100, top=7) == pytest.approx(
+        0.5 - accuracy_tolerance(0.5, 100)
+    )
+    # Why the tolerance: a candidate below the 5th best but tied with the best within
+    # sampling noise, closer to its bound than they are, is ranked first and confirmed first.
+    tied = [O(key=f"t{i}", accuracy=a, feasible=True, max_cost=0.5)
+            for i, a in enumerate([0.90, 0.89, 0.89, 0.89, 0.88])]  # fmt: skip
+    near = O(key="near", accuracy=0.87, feasible=True, max_cost=0.99)
+    assert rank_feasible([*tied, near], samples=100)[0] is near
+    assert near.accuracy >= contender_floor(tied, samples=100)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    before=st.lists(st.tuples(st.integers(0, 100), st.booleans(), st.floats(0.0, 1.0)),
+                    min_size=5, max_size=20),
+    later=st.lists(st.tuples(st.integers(0, 100), st.booleans(), st.floats(0.0, 1.0)),
+                   max_size=10),
+    cost=st.floats(0.0, 1.0),
+    samples=st.sampled_from([0, 20, 100]),
+    gap=st.floats(1e-6, 1.0),
+)  # fmt: skip
+def test_a_candidate_under_the_floor_never_reaches_the_confirmation(
+    before, later, cost, samples, gap
+) -> None:
+    """Whatever comes after it, a candidate under the floor is not among the first top."""
+    from types import SimpleNamespace as O
+
+    def outcome(i, t):
+        hits, feasible, c = t
+        return O(key=f"o{i}", accuracy=hits / 100, feasible=feasible, max_cost=c)
+
+    history = [outcome(i, t) for i, t in enumerate(before)]
+    floor = contender_floor(history, samples=samples)
+    if floor is None:
+        return
+    acc = floor - gap  # under the floor
+    if acc < 0:
+        return
+    candidate = O(key="c", accuracy=acc, feasible=True, max_cost=cost)
+    more = [outcome(len(before) + i, t) for i, t in enumerate(later)]
+    ranked = rank_feasible([*history, candidate, *more], samples=samples)
+    assert candidate not in ranked[:CONFIRM_TOP]
+
+
+def test_a_straddling_non_contender_is_predicted_and_a_straddling_contender_measured(
+    space, data
+) -> None:
+    ev = noisy_evaluator(space)
+    ev.calibrate()
+    NoisyLatency.calls[0] = 0
+    for p in policies(space, 80, seed=3):
+        ev.evaluate(p)
+    assert NoisyLatency.calls[0] == sum(o.sources["latency"] == "measured" for o in ev.history)
+    rows = gate_rows(ev)
+    straddled_predicted = straddled_measured = 0
+    for (_key, source, reason, straddled, floor), o in zip(rows, ev.history, strict=True):
+        if not straddled:
+            continue
+        contender = floor is None or o.accuracy >= floor
+        if contender:  # could be shipped: its verdict is measured
+            assert source == "measured" and reason == "interval", (o.index, reason)
+            straddled_measured += 1
+        else:  # can never be shipped: predicted, unless drawn for the audit
+            assert (source, reason) in (("predicted", "not-contender"), ("measured", "audit"))
+            straddled_predicted += source == "predicted"
+    assert straddled_predicted > 0 and straddled_measured > 0
+    s = summarize(ev.history, ev.constraints)["latency"]
+    assert s["straddling_predicted"] == straddled_predicted
+    assert s["reasons"]["not-contender"] == straddled_predicted
+    # Audited straddlers are counted apart from the verdicts, with the side of their mean.
+    bound = ev.constraints[0].bound
+    audited = [o for o, r in zip(ev.history, rows, strict=True) if r[2] == "audit" and r[3]]
+    means = [o.surrogate["latency"]["prediction"]["value"] for o in audited]
+    assert s["straddling_audited"] == len(audited)
+    assert s["straddling_wrong_feasible"] == sum(
+        m <= bound < o.values["latency"] for m, o in zip(means, audited, strict=True)
+    )
+    assert s["straddling_wrong_infeasible"] == sum(
+        o.values["latency"] <= bound < m for m, o in zip(means, audited, strict=True)
+    )
+    clear = [o for o, r in zip(ev.history, rows, strict=True)
+             if r[1] == "measured" and r[3] is False]  # fmt: skip
+    assert s["verdicts"] == len(clear)  # checked with the interval clear of the bound
+    lines = "\n".join(_surrogate_lines(surrogate_report(ev)))
+    assert (
+        "too inaccurate ever to be shipped (below the top 5 feasible): "
+        f"{straddled_predicted} predicted"
+    ) in lines
+
+
+def test_a_resumed_gate_decides_as_the_uninterrupted_one(space, data, tmp_path) -> None:
+    pols = policies(space, 80, seed=3)
+    whole = noisy_evaluator(space)
+    whole.calibrate()
+    for p in pols:
+        whole.evaluate(p)
+    path = str(tmp_path / "ep.jsonl")
+    first = noisy_evaluator(space, log_path=path)
+    first.calibrate()
+    for p in pols[:40]:
+        first.evaluate(p)
+    again = noisy_evaluator(space, log_path=path)  # the log holds the first 40
+    again.calibrate()
+    for p in pols:  # the searcher replays: the first 40 are answered from the log
+        again.evaluate(p)
+    assert gate_rows(again) == gate_rows(whole)
+    resumed = [(r[1], r[2]) for r in gate_rows(again)[40:]]
+    assert ("predicted", "not-contender") in resumed and ("measured", "interval") in resumed
+
+
+def test_the_shipped_model_is_re_measured_and_no_predicted_straddler_is_confirmed(
+    space, data
+) -> None:
+    from hwprune.agents import get_searcher
+
+    ev = noisy_evaluator(space)
+    ev.calibrate()
+    NoisyLatency.calls[0] = 0
+    result = get_searcher("random", seed=0).search(space=space, evaluator=ev, evaluations=60)
+    confirmations = result.extra["confirmations"]
+    assert result.best is not None and confirmations[-1]["confirmed"]
+    assert confirmations[-1]["key"] == result.best.key
+    # Each tried candidate was measured afresh (3 calls each), predicted or not.
+    calls = NoisyLatency.calls[0]
+    searched = sum(o.sources["latency"] == "measured" for o in ev.history)
+    assert calls == searched + 3 * len(confirmations)
+    assert any(o.surrogate["latency"]["reason"] == "not-contender" for o in ev.history)
+    # A straddler predicted for not being a contender never reaches the confirmation.
+    tried = {c["key"] for c in confirmations}
+    ranked = rank_feasible(ev.history, samples=ev.eval_samples)[:CONFIRM_TOP]
+    assert tried <= {o.key for o in ranked}
+    for o in ranked:
+        assert o.surrogate["latency"]["reason"] != "not-contender"
+
+
+def test_a_search_confirming_more_than_the_gate_assumes_widens_the_gate(space) -> None:
+    from hwprune.agents import get_searcher
+
+    ev = noisy_evaluator(space)
+    ev.calibrate()
+    assert ev.surrogate.top == CONFIRM_TOP
+    get_searcher("random", seed=0).search(space=space, evaluator=ev, evaluations=3, confirm=7)
+    assert ev.surrogate.top == 7  # a 7th-best candidate may now be shipped: it is a contender
+    assert surrogate_report(ev)["top"] == 7
