@@ -38,14 +38,19 @@ def test_surrogate_on_predicts_some_candidates_and_proves_the_final_model_by_mea
     for r in records:  # a predicted value says so in its measurement too
         predicted = r["sources"]["latency"] == "predicted"
         assert (r["measurements"]["latency"]["statistic"] == "predicted") == predicted
-        assert r["surrogate"]["latency"]["source"] == r["sources"]["latency"]
+        gate = r.get("surrogate", {}).get("latency")
+        if gate is None:  # a repair's candidate (the final proof failed under load): measured
+            assert not predicted
+        else:
+            assert gate["source"] == r["sources"]["latency"]
     # The shipped model's budget check is a fresh measurement (median of timed calls).
     budget = result["budgets"][0]
     assert budget["statistic"] == "median" and budget["met"] is True
     # dense (3 calls) + the search's measured candidates + confirmation and proof (3 each).
     assert result["search"]["oracle_calls"]["latency"] >= 3 + measured + 3 + 3
     s = result["surrogate"]["budgets"]["latency"]
-    assert s["predicted"] == sources.count("predicted") and s["measured"] == measured
+    gated = [r["sources"]["latency"] for r in records if "latency" in r.get("surrogate", {})]
+    assert s["predicted"] == sources.count("predicted") and s["measured"] == gated.count("measured")
     assert "## Latency surrogate" in (out / "report.md").read_text()
 
 
