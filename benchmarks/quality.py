@@ -538,7 +538,7 @@ def table(summary: Sequence[dict[str, Any]]) -> str:
             f"{s['finished']}/{s['seeds']}",
             f"{_f(s['accuracy_mean'])} ± {_f(s['accuracy_std'])}",
             f"{_f(s.get('accuracy_pruned_mean'))} ± {_f(s.get('accuracy_pruned_std'))}",
-            _f(s.get("budget_use_median"), "{:.2f}")
+            _f(s.get("budget_use_median"), "{:.3f}")
             + (" (< 0.90)" if s.get("budget_use_median", 1.0) < 0.9 else ""),
             f"{_f(s['remeasured_over_bound_mean'])}, {_f(s['remeasured_over_bound_max'])}",
             _f(s["latency_over_dense_mean"]), params,
@@ -580,7 +580,7 @@ def budget_use_note(summary: Sequence[dict[str, Any]]) -> str:
     low = [s for s in summary if s["finished"] and s.get("budget_use_median", 1.0) < 0.9]
     if not low:
         return ""
-    which = "; ".join(f"{s['model']} `{s['budget']}` {s['searcher']} {s['budget_use_median']:.2f}"
+    which = "; ".join(f"{s['model']} `{s['budget']}` {s['searcher']} {s['budget_use_median']:.3f}"
                       for s in low)  # fmt: skip
     return (f"\n\n**{len(low)} of {sum(1 for s in summary if s['finished'])} cells ship models "
             f"that use less than 90% of their budget** (median over seeds of the verified "

@@ -314,6 +314,6 @@ def test_headline_pairs_seeds_and_summary_flags_unused_budget() -> None:
     assert line["paired_mean"] == pytest.approx(0.16 / 3)
     text = headline_table([line])
     assert "+0.053 ± 0.085 (s0: +0.020, s1: -0.010, s2: +0.150)" in text
-    assert "0.60 (< 0.90)" in table(summary) and "| 0.97 |" in table(summary)
+    assert "0.600 (< 0.90)" in table(summary) and "| 0.970 |" in table(summary)
     assert "1 of 3 cells ship models that use less than 90%" in budget_use_note(summary)
-    assert "m `latency<=30%` uniform 0.60" in budget_use_note(summary)
+    assert "m `latency<=30%` uniform 0.600" in budget_use_note(summary)
