@@ -439,6 +439,8 @@ def headline(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
             best_rl = max(rl, key=score) if rl else None
             best_base = max(base, key=score) if base else None
+            if not suffix:  # the pair the seeds are compared on: best after fine-tuning
+                rl_s, base_s = best_rl, best_base
             line.update({
                 f"best_rl{suffix}": best_rl and best_rl["searcher"],
                 f"best_rl{suffix}_accuracy": best_rl and best_rl.get(f"{key}_mean"),
@@ -447,8 +449,6 @@ def headline(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 f"best_baseline{suffix}_accuracy": best_base and best_base.get(f"{key}_mean"),
                 f"best_baseline{suffix}_std": best_base and best_base.get(f"{key}_std"),
             })  # fmt: skip
-        rl_s = max(rl, key=lambda s: s["accuracy_mean"]) if rl else None
-        base_s = max(base, key=lambda s: s["accuracy_mean"]) if base else None
         diffs = paired(rl_s, base_s) if rl_s and base_s else {}
         line["paired"] = diffs  # seed -> best RL minus best baseline, test accuracy
         line["paired_mean"], line["paired_std"] = _mean_std(list(diffs.values()))
