@@ -196,7 +196,9 @@ def run_one(
         "first_feasible_evaluation": result.first_feasible_evaluation,
         "first_feasible_seconds": result.first_feasible_seconds,
         "confirm_rejected": sum(
-            1 for c in result.extra.get("confirmations", []) if not c["confirmed"]
+            1
+            for c in result.extra.get("confirmations", [])
+            if not c["confirmed"] and c.get("stage", "confirmed") == "confirmed"
         ),
         "anchor": result.extra.get("anchor"),
         "accuracy": None,

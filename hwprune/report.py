@@ -173,11 +173,9 @@ def _surrogate_lines(info: Mapping[str, Any]) -> list[str]:
             )
         if s.get("straddling_predicted") or s.get("straddling_audited"):
             audited = s.get("straddling_audited", 0)
-            top = f" (below the top {info['top']} feasible)" if info.get("top") else ""
             lines.append(
-                f"  - interval straddling the bound but the candidate too inaccurate ever to be "
-                f"shipped{top}: "
-                f"{s.get('straddling_predicted', 0)} predicted"
+                "  - interval straddling the bound, deferred (predicted for the search; measured "
+                f"only where the final choice reached it): {s.get('straddling_predicted', 0)}"
                 + (
                     f"; {audited} audited, of which {s['straddling_wrong_feasible']} predicted "
                     f"feasible but measured infeasible and {s['straddling_wrong_infeasible']} "

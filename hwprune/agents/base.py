@@ -170,16 +170,12 @@ class Searcher:
             raise ValueError(f"evaluations must be at least 1, got {evaluations}")
         if any(c.bound is None for c in evaluator.constraints):
             evaluator.calibrate()
-        gate = getattr(evaluator, "surrogate", None)
-        if gate is not None and confirm > gate.top:
-            # The surrogate measures straddling candidates only among the first gate.top
-            # that a confirmation could reach: it must reach no further than that.
-            gate.top = int(confirm)
         budget = BudgetedEvaluator(evaluator, evaluations, progress=progress)
         ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self._run(space, budget, checkpoint_dir=ckpt)
         best = budget.best()
-        if best is not None and confirm > 0:
+        samples = getattr(evaluator, "eval_samples", 0)
+        if confirm > 0 and rank_feasible(budget.outcomes, samples=samples, undecided=True):
             best, self.extra["confirmations"] = confirm_best(
                 space, evaluator, budget.outcomes, top=confirm
             )
@@ -229,6 +225,11 @@ class _Ticket:
         return self._outcome
 
 
+# How many candidates deferred by the latency surrogate the final choice may measure and pass
+# over (confirm_best): one call each.
+DEFERRED_LIMIT = 20
+
+
 def confirm_best(
     space: Any, evaluator: Evaluator, outcomes: list[Outcome], *, top: int = CONFIRM_TOP
 ) -> tuple[Outcome | None, list[dict[str, Any]]]:
@@ -238,10 +239,37 @@ def confirm_best(
     :func:`~hwprune.evaluate.rank_feasible` (most accurate first; within
     sampling noise of each other, least pruned first); returns (outcome or
     None, one record per re-measurement with its values and verdict).
+
+    Outcomes whose verdict the latency surrogate deferred (their predicted
+    interval straddled a bound: :attr:`~hwprune.evaluate.Outcome.undecided`) are
+    ranked with them. Such a one is first measured as a search candidate is (once,
+    logged, ``stage`` "measured"): if that says infeasible it is passed over without
+    counting against ``top``, else it is re-measured like the rest. At most
+    ``DEFERRED_LIMIT`` are passed over: each costs one call, and a search whose
+    unsure candidates outrank its feasible ones by that many has a surrogate too
+    unsure to save anything. Any other predicted value is measured the same way before its
+    confirmation, so the outcome returned holds only measured values.
     """
-    ranked = rank_feasible(outcomes, samples=getattr(evaluator, "eval_samples", 0))
+    samples = getattr(evaluator, "eval_samples", 0)
+    ranked = rank_feasible(outcomes, samples=samples, undecided=True)
     records: list[dict[str, Any]] = []
-    for o in ranked[: max(0, int(top))]:
+    tried = passed_over = 0
+    for o in ranked:
+        if tried >= max(0, int(top)) or passed_over >= DEFERRED_LIMIT:
+            break
+        if o.predicted:
+            search_values = dict(o.values)
+            with evaluator.measured_only():
+                o = evaluator.evaluate(o.policy)  # its predicted values measured, once
+            if not o.feasible:
+                passed_over += 1
+                records.append({"key": o.key, "accuracy": float(o.accuracy),
+                                "search_values": search_values, "values": dict(o.values),
+                                "stage": "measured", "confirmed": False})  # fmt: skip
+                log.info("candidate %s (accuracy %.4f), deferred by the surrogate, measured "
+                         "infeasible: %s", o.key, o.accuracy, o.values)  # fmt: skip
+                continue
+        tried += 1
         measured = evaluator.remeasure(space.apply(o.policy))
         values = {c.name: float(measured[c.name].value) for c in evaluator.constraints}
         ok = all(c.met(values[c.name]) for c in evaluator.constraints)
@@ -251,6 +279,7 @@ def confirm_best(
                 "accuracy": float(o.accuracy),
                 "search_values": dict(o.values),
                 "values": values,
+                "stage": "confirmed",
                 "confirmed": ok,
             }
         )

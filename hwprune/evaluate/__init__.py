@@ -5,7 +5,6 @@ from hwprune.evaluate.evaluator import (
     Evaluator,
     Outcome,
     accuracy_tolerance,
-    contender_floor,
     rank_feasible,
 )
 from hwprune.evaluate.log import EpisodeLog, read_jsonl
@@ -17,6 +16,5 @@ __all__ = [
     "read_jsonl",
     "CONFIRM_TOP",
     "accuracy_tolerance",
-    "contender_floor",
     "rank_feasible",
 ]

@@ -26,8 +26,7 @@ log = logging.getLogger(__name__)
 # of a search's best candidates and the final model's proof.
 MEASURE_REPEATS = 3
 
-# How many of rank_feasible's first candidates the final choice re-measures (confirm_best):
-# a candidate behind that many can never be shipped, which the latency surrogate relies on.
+# How many of rank_feasible's first candidates the final choice re-measures (confirm_best).
 CONFIRM_TOP = 5
 
 __all__ = [
@@ -35,7 +34,6 @@ __all__ = [
     "Evaluator",
     "CONFIRM_TOP",
     "accuracy_tolerance",
-    "contender_floor",
     "rank_feasible",
 ]
 
@@ -69,6 +67,15 @@ class Outcome:
     def predicted(self) -> tuple[str, ...]:
         """The constraints whose value here is a surrogate's prediction, not a measurement."""
         return tuple(k for k, v in self.sources.items() if v == "predicted")
+
+    @property
+    def undecided(self) -> bool:
+        """Its feasibility rests on a prediction whose interval straddled a bound (the gate
+        deferred it): feasible or not, only a measurement can say."""
+        return any(
+            self.sources.get(n) == "predicted" and self.surrogate.get(n, {}).get("straddles")
+            for n in self.values
+        )
 
     @property
     def max_cost(self) -> float:
@@ -139,7 +146,9 @@ def accuracy_tolerance(accuracy: float, samples: int) -> float:
     return max(2.0 * math.sqrt(p * (1.0 - p) / samples), 1.0 / samples)
 
 
-def rank_feasible(outcomes: Sequence[Outcome], *, samples: int) -> list[Outcome]:
+def rank_feasible(
+    outcomes: Sequence[Outcome], *, samples: int, undecided: bool = False
+) -> list[Outcome]:
     """The distinct feasible outcomes, in the order the final choice considers them.
 
     The most accurate first, except that a proxy accuracy is a sample estimate:
@@ -149,11 +158,15 @@ def rank_feasible(outcomes: Sequence[Outcome], *, samples: int) -> list[Outcome]
     hard, before fine-tuning) the proxy cannot tell candidates apart, and
     fine-tuning recovers far more from the larger model than from the floor.
     The rest are ranked the same way, group by group.
+
+    ``undecided``: rank the outcomes whose verdict the surrogate deferred
+    (:attr:`Outcome.undecided`) with the feasible ones; the final choice measures
+    them before it may choose one.
     """
     seen: set[str] = set()
     pool: list[Outcome] = []
     for o in outcomes:
-        if o.feasible and o.key not in seen:
+        if (o.feasible or (undecided and o.undecided)) and o.key not in seen:
             seen.add(o.key)
             pool.append(o)
     ranked: list[Outcome] = []
@@ -166,30 +179,6 @@ def rank_feasible(outcomes: Sequence[Outcome], *, samples: int) -> list[Outcome]
         keys = {o.key for o in tied}
         pool = [o for o in pool if o.key not in keys]
     return ranked
-
-
-def contender_floor(
-    outcomes: Sequence[Outcome], *, samples: int, top: int = CONFIRM_TOP
-) -> float | None:
-    """The proxy accuracy under which a new candidate can never be among the first ``top`` of
-    :func:`rank_feasible`, whatever its feasibility and whatever is evaluated after it.
-
-    None while fewer than ``top`` distinct outcomes are feasible (every candidate may
-    still be chosen). Otherwise the ``top``-th best feasible accuracy ``a`` less the
-    widest tie tolerance of any group that could hold the ``top`` best
-    (``accuracy_tolerance`` at ``max(a, 0.5)``: it is largest at 0.5). Why that is
-    enough: an outcome at least ``a`` accurate and a candidate more than that
-    tolerance below it can never fall in one tie group, so the ``top`` best always
-    come first, and later outcomes only add to them. The floor only rises.
-    """
-    best: dict[str, float] = {}
-    for o in outcomes:
-        if o.feasible and o.key not in best:
-            best[o.key] = o.accuracy
-    if len(best) < max(1, int(top)):
-        return None
-    kth = sorted(best.values(), reverse=True)[int(top) - 1]
-    return kth - accuracy_tolerance(max(kth, 0.5), samples)
 
 
 class Evaluator:
@@ -539,7 +528,7 @@ class Evaluator:
         measurements = {**seen.measurements, **measured}
         values = {**seen.values, **{n: m.value for n, m in measured.items()}}
         costs = {c.name: c.cost(values[c.name]) for c in self.constraints}
-        records = {n: {**seen.surrogate.get(n, {}), "source": "measured", "reason": "repair"}
+        records = {n: {**seen.surrogate.get(n, {}), "source": "measured", "reason": "later"}
                    for n in seen.surrogate}  # fmt: skip
         outcome = replace(
             seen,

@@ -14,8 +14,6 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from torch import nn
 
 import oracles
@@ -26,8 +24,6 @@ from hwprune.errors import ConfigError
 from hwprune.evaluate import (
     CONFIRM_TOP,
     Evaluator,
-    accuracy_tolerance,
-    contender_floor,
     rank_feasible,
     read_jsonl,
 )
@@ -187,16 +183,17 @@ def test_the_gate_measures_fewer_and_only_where_it_may_predict(space, data, tmp_
         if o.sources["latency"] == "predicted":
             assert o.measurements["latency"].statistic == "predicted"
             p = info["prediction"]
-            if p["low"] <= bound <= p["high"]:  # trusted only where it can never be shipped
-                floor = contender_floor(ev.history[: o.index], samples=ev.eval_samples)
-                assert info["reason"] == "not-contender" and o.accuracy < floor
-            # More accurate than every feasible candidate so far: measured, whatever the
-            # predicted verdict (a wrong 'infeasible' would hide the best model from the choice).
-            assert best is not None and o.accuracy <= best, "a would-be best was not measured"
+            if p["low"] <= bound <= p["high"]:  # unsure: deferred to the final choice
+                assert info["reason"] == "deferred" and info["straddles"] and o.undecided
+            else:
+                # A sure verdict more accurate than every feasible candidate so far: measured
+                # (a wrong 'infeasible' would hide the best model from the choice).
+                assert best is not None and o.accuracy <= best, "a would-be best was not measured"
+                assert info["reason"] == "predicted" and not o.undecided
         else:
             assert o.measurements["latency"].statistic == "median"
-        assert info["reason"] in ("warmup", "interval", "audit", "best", "predicted",
-                                  "not-contender")  # fmt: skip
+            assert not o.undecided
+        assert info["reason"] in ("warmup", "audit", "best", "predicted", "deferred")
         if o.feasible:
             best = o.accuracy if best is None else max(best, o.accuracy)
     assert [o.surrogate["latency"]["reason"] for o in ev.history[: MIN_POINTS - 1]] == [
@@ -294,79 +291,18 @@ def noisy_evaluator(space, *, log_path=None) -> Evaluator:
     )
 
 
-def gate_rows(ev: Evaluator) -> list[tuple[str, str, str, bool | None, float | None]]:
-    """Per candidate: key, source, reason, straddles, the contender floor it was judged by."""
+def gate_rows(ev: Evaluator) -> list[tuple[str, str, str, bool | None]]:
+    """Per candidate: key, source, reason, whether its interval straddled the bound."""
     rows, bound = [], ev.constraints[0].bound
     for o in ev.history:
         info, p = o.surrogate["latency"], o.surrogate["latency"]["prediction"]
         straddled = None if p is None else p["low"] <= bound <= p["high"]
         assert info.get("straddles") == straddled  # the log says so, where there is a prediction
-        floor = contender_floor(ev.history[: o.index], samples=ev.eval_samples)
-        rows.append((o.key, info["source"], info["reason"], straddled, floor))
+        rows.append((o.key, info["source"], info["reason"], straddled))
     return rows
 
 
-def test_the_floor_is_the_top_th_best_feasible_accuracy_less_the_widest_tie() -> None:
-    from types import SimpleNamespace as O
-
-    accs = [0.97, 0.95, 0.93, 0.91, 0.90, 0.89, 0.5]
-    outcomes = [O(key=f"k{i}", accuracy=a, feasible=True, max_cost=0.5) for i, a in enumerate(accs)]
-    outcomes.append(O(key="big", accuracy=0.99, feasible=False, max_cost=1.5))  # not feasible
-    outcomes.append(O(key="k0", accuracy=0.97, feasible=True, max_cost=0.5))  # seen: counts once
-    assert contender_floor(outcomes[:4], samples=0) is None  # fewer than top feasible
-    assert CONFIRM_TOP == 5
-    assert contender_floor(outcomes, samples=0) == 0.90  # the 5th best feasible
-    assert contender_floor(outcomes, samples=100) == pytest.approx(
-        0.90 - accuracy_tolerance(0.90, 100)
-    )
-    assert contender_floor(outcomes, samples=100, top=7) == pytest.approx(
-        0.5 - accuracy_tolerance(0.5, 100)
-    )
-    # Why the tolerance: a candidate below the 5th best but tied with the best within
-    # sampling noise, closer to its bound than they are, is ranked first and confirmed first.
-    tied = [O(key=f"t{i}", accuracy=a, feasible=True, max_cost=0.5)
-            for i, a in enumerate([0.90, 0.89, 0.89, 0.89, 0.88])]  # fmt: skip
-    near = O(key="near", accuracy=0.87, feasible=True, max_cost=0.99)
-    assert rank_feasible([*tied, near], samples=100)[0] is near
-    assert near.accuracy >= contender_floor(tied, samples=100)
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    before=st.lists(st.tuples(st.integers(0, 100), st.booleans(), st.floats(0.0, 1.0)),
-                    min_size=5, max_size=20),
-    later=st.lists(st.tuples(st.integers(0, 100), st.booleans(), st.floats(0.0, 1.0)),
-                   max_size=10),
-    cost=st.floats(0.0, 1.0),
-    samples=st.sampled_from([0, 20, 100]),
-    gap=st.floats(1e-6, 1.0),
-)  # fmt: skip
-def test_a_candidate_under_the_floor_never_reaches_the_confirmation(
-    before, later, cost, samples, gap
-) -> None:
-    """Whatever comes after it, a candidate under the floor is not among the first top."""
-    from types import SimpleNamespace as O
-
-    def outcome(i, t):
-        hits, feasible, c = t
-        return O(key=f"o{i}", accuracy=hits / 100, feasible=feasible, max_cost=c)
-
-    history = [outcome(i, t) for i, t in enumerate(before)]
-    floor = contender_floor(history, samples=samples)
-    if floor is None:
-        return
-    acc = floor - gap  # under the floor
-    if acc < 0:
-        return
-    candidate = O(key="c", accuracy=acc, feasible=True, max_cost=cost)
-    more = [outcome(len(before) + i, t) for i, t in enumerate(later)]
-    ranked = rank_feasible([*history, candidate, *more], samples=samples)
-    assert candidate not in ranked[:CONFIRM_TOP]
-
-
-def test_a_straddling_non_contender_is_predicted_and_a_straddling_contender_measured(
-    space, data
-) -> None:
+def test_a_straddling_value_is_deferred_unless_audited_and_counted_apart(space, data) -> None:
     ev = noisy_evaluator(space)
     ev.calibrate()
     NoisyLatency.calls[0] = 0
@@ -374,21 +310,16 @@ def test_a_straddling_non_contender_is_predicted_and_a_straddling_contender_meas
         ev.evaluate(p)
     assert NoisyLatency.calls[0] == sum(o.sources["latency"] == "measured" for o in ev.history)
     rows = gate_rows(ev)
-    straddled_predicted = straddled_measured = 0
-    for (_key, source, reason, straddled, floor), o in zip(rows, ev.history, strict=True):
-        if not straddled:
-            continue
-        contender = floor is None or o.accuracy >= floor
-        if contender:  # could be shipped: its verdict is measured
-            assert source == "measured" and reason == "interval", (o.index, reason)
-            straddled_measured += 1
-        else:  # can never be shipped: predicted, unless drawn for the audit
-            assert (source, reason) in (("predicted", "not-contender"), ("measured", "audit"))
-            straddled_predicted += source == "predicted"
-    assert straddled_predicted > 0 and straddled_measured > 0
+    deferred = 0
+    for _key, source, reason, straddled in rows:
+        if straddled:  # unsure: predicted for the searcher, unless drawn for the audit
+            assert (source, reason) in (("predicted", "deferred"), ("measured", "audit"))
+            deferred += source == "predicted"
+        else:
+            assert reason != "deferred"
+    assert deferred > 0
     s = summarize(ev.history, ev.constraints)["latency"]
-    assert s["straddling_predicted"] == straddled_predicted
-    assert s["reasons"]["not-contender"] == straddled_predicted
+    assert s["straddling_predicted"] == s["reasons"]["deferred"] == deferred
     # Audited straddlers are counted apart from the verdicts, with the side of their mean.
     bound = ev.constraints[0].bound
     audited = [o for o, r in zip(ev.history, rows, strict=True) if r[2] == "audit" and r[3]]
@@ -404,10 +335,8 @@ def test_a_straddling_non_contender_is_predicted_and_a_straddling_contender_meas
              if r[1] == "measured" and r[3] is False]  # fmt: skip
     assert s["verdicts"] == len(clear)  # checked with the interval clear of the bound
     lines = "\n".join(_surrogate_lines(surrogate_report(ev)))
-    assert (
-        "too inaccurate ever to be shipped (below the top 5 feasible): "
-        f"{straddled_predicted} predicted"
-    ) in lines
+    assert "interval straddling the bound, deferred (predicted for the search; " in lines
+    assert f"reached it): {deferred}" in lines
 
 
 def test_a_resumed_gate_decides_as_the_uninterrupted_one(space, data, tmp_path) -> None:
@@ -427,40 +356,38 @@ def test_a_resumed_gate_decides_as_the_uninterrupted_one(space, data, tmp_path) 
         again.evaluate(p)
     assert gate_rows(again) == gate_rows(whole)
     resumed = [(r[1], r[2]) for r in gate_rows(again)[40:]]
-    assert ("predicted", "not-contender") in resumed and ("measured", "interval") in resumed
+    assert ("predicted", "deferred") in resumed and ("predicted", "predicted") in resumed
 
 
-def test_the_shipped_model_is_re_measured_and_no_predicted_straddler_is_confirmed(
-    space, data
-) -> None:
-    from hwprune.agents import get_searcher
+def test_the_final_choice_measures_a_deferred_candidate_before_it_may_ship_it(space) -> None:
+    from hwprune.agents import confirm_best, get_searcher
 
     ev = noisy_evaluator(space)
     ev.calibrate()
+    result = get_searcher("random", seed=0).search(space=space, evaluator=ev, evaluations=60,
+                                                    confirm=0)  # fmt: skip
+    ranked = rank_feasible(ev.history, samples=ev.eval_samples, undecided=True)
+    feasible = rank_feasible(ev.history, samples=ev.eval_samples)
+    assert len(ranked) > len(feasible)  # predicted infeasible, but unsure: ranked too
+    assert any(o.undecided for o in ranked[:CONFIRM_TOP])  # the choice reaches some
     NoisyLatency.calls[0] = 0
-    result = get_searcher("random", seed=0).search(space=space, evaluator=ev, evaluations=60)
-    confirmations = result.extra["confirmations"]
-    assert result.best is not None and confirmations[-1]["confirmed"]
-    assert confirmations[-1]["key"] == result.best.key
-    # Each tried candidate was measured afresh (3 calls each), predicted or not.
-    calls = NoisyLatency.calls[0]
-    searched = sum(o.sources["latency"] == "measured" for o in ev.history)
-    assert calls == searched + 3 * len(confirmations)
-    assert any(o.surrogate["latency"]["reason"] == "not-contender" for o in ev.history)
-    # A straddler predicted for not being a contender never reaches the confirmation.
-    tried = {c["key"] for c in confirmations}
-    ranked = rank_feasible(ev.history, samples=ev.eval_samples)[:CONFIRM_TOP]
-    assert tried <= {o.key for o in ranked}
-    for o in ranked:
-        assert o.surrogate["latency"]["reason"] != "not-contender"
+    best, records = confirm_best(space, ev, result.history)
+    assert best is not None and records[-1]["confirmed"] and records[-1]["key"] == best.key
+    # In rank order; a predicted candidate was measured once first (and passed over if that
+    # said infeasible), every tried one re-measured afresh: 1 and 3 calls.
+    assert [r["key"] for r in records] == [o.key for o in ranked[: len(records)]]
+    was_predicted = {o.key for o in ranked[: len(records)] if o.predicted}
+    assert NoisyLatency.calls[0] == len(was_predicted) + 3 * sum(
+        r["stage"] == "confirmed" for r in records
+    )
+    for r in records:
+        if r["stage"] == "measured":
+            assert r["key"] in was_predicted and not r["confirmed"]
+            assert r["values"]["latency"] > ev.constraints[0].bound
+    assert best.predicted == () and best.feasible  # shipped on measured values only
+    assert all(o.key not in was_predicted or not o.predicted for o in ev.history)
+    assert sum(r["stage"] == "confirmed" for r in records) <= CONFIRM_TOP
+    # The measured values are the log's now: the report counts them as measured later.
+    s = summarize(ev.history, ev.constraints)["latency"]
+    assert s["reasons"].get("later", 0) == len(was_predicted)
 
-
-def test_a_search_confirming_more_than_the_gate_assumes_widens_the_gate(space) -> None:
-    from hwprune.agents import get_searcher
-
-    ev = noisy_evaluator(space)
-    ev.calibrate()
-    assert ev.surrogate.top == CONFIRM_TOP
-    get_searcher("random", seed=0).search(space=space, evaluator=ev, evaluations=3, confirm=7)
-    assert ev.surrogate.top == 7  # a 7th-best candidate may now be shipped: it is a contender
-    assert surrogate_report(ev)["top"] == 7
