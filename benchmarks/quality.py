@@ -272,6 +272,7 @@ def prune_row(
         "searcher": searcher, "seed": seed, "evaluations_budget": evaluations,
         "granularity": granularity, "run_dir": str(run_dir), "batch_size": batch_size,
         "train_lr": train_lr, "selection": SELECTION, "proxy": proxy or default("proxy"),
+        "surrogate": "off",
     }  # fmt: skip
     if resume:
         row.update(reselected=True, accuracy_before_reselect=reselect_from.get("accuracy"),
@@ -306,6 +307,9 @@ def prune_row(
                 device=device,
                 tensorrt=False,
                 proxy=proxy or default("proxy"),
+                # Every searcher measures every candidate. ``auto`` turns the surrogate on when
+                # the dense call takes over 2 s, which a loaded machine did for 4 grid runs.
+                surrogate="off",
             )
         seconds = time.perf_counter() - t0
     except HwpruneError as exc:  # an infeasible budget, a missing searcher ...

@@ -167,6 +167,7 @@ def run_row(
             seed=seed,
             round_to=rounding if rounding == "auto" else int(rounding),
             tensorrt=False,
+            surrogate="off",  # every candidate measured, whatever the load
         )
     except HwpruneError as exc:
         log.warning("%s round-to %s seed %d: %s", agent, rounding, seed, exc)
