@@ -304,7 +304,39 @@ def run_model(name: str, width: float, args: argparse.Namespace, rows: RunRows) 
         log.info("candidate %d: latency %.3f, bn %.3f, kd %.3f, %s %.3f -> test %.4f", i,
                  draw["fraction"], scores[0].value, scores[1].value, scores[2].proxy,
                  scores[2].value, result.test_accuracy)  # fmt: skip
-    return done
+    for steps in args.more_recover_steps:
+        if steps == args.recover_steps:
+            continue
+        more = distill_batches(dense, data.train, steps=steps, batch_size=BATCH, seed=0)
+        for i, row in enumerate(done):
+            tag = _more_tag(_tag(name, width, i, args), steps)
+            if rows.get(tag) is not None:
+                continue
+            candidate = space.apply(Policy(keep=tuple(row["keep"])))
+            score = recover_proxy(candidate, reference=reference, batches=more,
+                                  temperature=TEMPERATURE, calib=calib, bn_batches=BN_BATCHES,
+                                  bn_batch_size=BN_BATCH_SIZE)  # fmt: skip
+            rows.put(tag, {"candidate": i, "recover_steps": steps,
+                           "proxy": dataclasses.asdict(score)})  # fmt: skip
+            log.info("candidate %d: %s %.3f (accuracy %.3f) in %.1f s", i, score.proxy,
+                     score.value, score.accuracy, score.seconds)  # fmt: skip
+    return [_with_more(rows, _tag(name, width, i, args), r, args) for i, r in enumerate(done)]
+
+
+def _more_tag(base: str, steps: int) -> str:
+    """A longer recovery of a stored candidate: its row holds only that proxy (the candidate,
+    its fine-tuned accuracy and the other proxies are the base row's)."""
+    return f"{base}+r{steps}"
+
+
+def _with_more(rows: RunRows, base: str, row: dict, args: argparse.Namespace) -> dict:
+    """The base row with the stored longer recoveries of ``--more-recover-steps`` added."""
+    proxies = dict(row["proxies"])
+    for steps in args.more_recover_steps:
+        more = rows.get(_more_tag(base, steps))
+        if more is not None:
+            proxies[more["proxy"]["proxy"]] = more["proxy"]
+    return {**row, "proxies": proxies}
 
 
 def summarise(done: Sequence[dict]) -> list[dict[str, Any]]:
@@ -312,18 +344,24 @@ def summarise(done: Sequence[dict]) -> list[dict[str, Any]]:
     if not done:
         return []
     acc = [r["accuracy"] for r in done]
-    recover = next(k for k in done[0]["proxies"] if k.startswith("recover"))
+    recovers = sorted({k for r in done for k in r["proxies"] if k.startswith("recover")},
+                      key=lambda k: int(k.split(":")[1]))  # fmt: skip
+    # A longer recovery counts where every candidate has it (--more-recover-steps finished).
+    recovers = [k for k in recovers if all(k in r["proxies"] for r in done)]
     series = {
         "latency (larger is better; free)": ([r["latency_fraction"] for r in done], [0.0]),
         "bn (accuracy)": ([r["proxies"]["bn"]["value"] for r in done],
                           [r["proxies"]["bn"]["seconds"] for r in done]),
         "kd (-KD loss)": ([r["proxies"]["kd"]["value"] for r in done],
                           [r["proxies"]["kd"]["seconds"] for r in done]),
-        f"{recover} (-KD loss)": ([r["proxies"][recover]["value"] for r in done],
-                                  [r["proxies"][recover]["seconds"] for r in done]),
-        f"{recover} (accuracy)": ([r["proxies"][recover]["accuracy"] for r in done],
-                                  [r["proxies"][recover]["seconds"] for r in done]),
     }  # fmt: skip
+    for recover in recovers:
+        seconds = [r["proxies"][recover]["seconds"] for r in done]
+        series[f"{recover} (-KD loss)"] = ([r["proxies"][recover]["value"] for r in done], seconds)
+        series[f"{recover} (accuracy)"] = (
+            [r["proxies"][recover]["accuracy"] for r in done],
+            seconds,
+        )
     out = []
     fraction = [r["latency_fraction"] for r in done]
     for proxy, (values, seconds) in series.items():
@@ -356,6 +394,8 @@ def recommend(summary: Sequence[dict[str, Any]], all_rows: dict[str, list[dict]]
             by.setdefault(s["proxy"], []).append(s)
     if not by:
         return "no rows stored yet"
+    models = {x["model"] for x in summary}
+    by = {p: ss for p, ss in by.items() if {x["model"] for x in ss} == models}  # on every model
     worst = {p: min(x["spearman"] for x in ss) for p, ss in by.items()}
     cost = {p: max(x["seconds"] for x in ss) for p, ss in by.items()}
     offered = [p for p in by if p.startswith("bn") or not p.endswith("(accuracy)")]
@@ -425,7 +465,9 @@ def report(all_rows: dict[str, list[dict]], args: argparse.Namespace) -> None:
         f"per-layer keep ratios around a random level (`sample_keep`), kept when "
         f"`{ORACLE}` measures them at <= {BUDGET:.0%} of the dense latency. Proxies on "
         f"{SEARCH_IMAGES} fixed search images after BN re-estimation on {BN_BATCHES}x"
-        f"{BN_BATCH_SIZE} training images; recover: {args.recover_steps} SGD steps (batch "
+        f"{BN_BATCH_SIZE} training images; recover: "
+        f"{' / '.join(str(n) for n in [args.recover_steps, *args.more_recover_steps])} "
+        f"SGD steps (batch "
         f"{BATCH}, lr 0.01, 0.5 CE + 0.5 KD, T={TEMPERATURE:g}) on a copy. Fine-tuning: "
         f"{args.finetune_epochs} epoch(s) distilled from the dense model (batch {BATCH}, lr 0.01), "
         f"then test accuracy on {args.test_images} of the official 10,000 test images"
@@ -448,6 +490,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dense-epochs", type=int, default=3)
     parser.add_argument("--finetune-epochs", type=int, default=1)
     parser.add_argument("--recover-steps", type=int, default=30)
+    parser.add_argument("--more-recover-steps", type=int, nargs="+", default=[], metavar="N",
+                        help="also score the stored candidates after N recovery steps (their "
+                             "fine-tuning and other proxies are reused)")  # fmt: skip
     parser.add_argument("--data-dir", default=None, help="folder of the four idx files")
     parser.add_argument("--stored-only", action="store_true", help="tables from stored rows only")
     parser.add_argument("--quick", action="store_true",
@@ -465,12 +510,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # study run one model at a time still reports every model studied.
     all_rows = {}
     for name in sorted(set(MODELS) - set(args.models)):
-        stored = [rows.get(tag) for tag in _stored_tags(rows, name, args)]
+        stored = [_with_more(rows, tag, rows.get(tag), args)
+                  for tag in _stored_tags(rows, name, args)]  # fmt: skip
         if stored:
             all_rows[name] = stored
     for name in args.models:
         if args.stored_only:
-            all_rows[name] = [rows.get(tag) for tag in _stored_tags(rows, name, args)]
+            all_rows[name] = [_with_more(rows, tag, rows.get(tag), args)
+                              for tag in _stored_tags(rows, name, args)]  # fmt: skip
         else:
             all_rows[name] = run_model(name, MODELS[name], args, rows)
         report(all_rows, args)
