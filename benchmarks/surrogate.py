@@ -213,12 +213,23 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "proxy_on": _mean([r["proxy_accuracy"] for r in on]),
             "test_off": _mean([r["test_accuracy"] for r in off]),
             "test_on": _mean([r["test_accuracy"] for r in on]),
+            # Seed by seed, with the surrogate minus without: "equal within noise"?
+            "test_diffs": [b["test_accuracy"] - a["test_accuracy"] for a, b in zip(off, on, strict=True)
+                           if a.get("test_accuracy") is not None
+                           and b.get("test_accuracy") is not None],
             "met_on": all(r["met"] for r in on), "met_off": all(r["met"] for r in off),
             "search_s_off": _mean([r["search_seconds"] for r in off]),
             "search_s_on": _mean([r["search_seconds"] for r in on]),
             "oracle_cv_off": _mean([r.get("oracle_cv") for r in off]),
         })  # fmt: skip
     return out
+
+
+def _diffs(xs: list[float]) -> str:
+    if not xs:
+        return "-"
+    sd = f" +- {statistics.stdev(xs):.3f}" if len(xs) > 1 else ""
+    return f"{statistics.fmean(xs):+.3f}{sd} (n={len(xs)})"
 
 
 def table(summary: list[dict[str, Any]]) -> str:
@@ -245,6 +256,7 @@ def table(summary: list[dict[str, Any]]) -> str:
             wrong, straddling, _f(s["median_abs_error"], "{:.1%}"),
             f"{_f(s['proxy_off'])} / {_f(s['proxy_on'])}",
             f"{_f(s['test_off'])} / {_f(s['test_on'])}",
+            _diffs(s.get("test_diffs") or []),
             f"{'yes' if s['met_off'] else 'NO'} / {'yes' if s['met_on'] else 'NO'}",
             f"{_f(s['search_s_off'], '{:.0f}')} / {_f(s['search_s_on'], '{:.0f}')}",
             _f(s["oracle_cv_off"], "{:.0%}"),
@@ -254,6 +266,7 @@ def table(summary: list[dict[str, Any]]) -> str:
          "fewer", "run oracle calls off -> on", "wrong verdicts (feas. / infeas.)",
          "straddling predicted; audited wrong (feas. / infeas.)",
          "median abs error (checked)", "proxy acc off / on", "test acc off / on",
+         "test acc on - off (per seed: mean +- sd)",
          "budget met off / on", "search s off / on", "timing cv (off run)"],
         rows,
     )  # fmt: skip
@@ -285,9 +298,10 @@ def write(rows: list[dict[str, Any]], *, env: dict[str, Any], args: Any) -> None
         "confirmed: those calls are in the run's count); audited wrong: of the straddlers "
         "drawn for the audit, predicted value within the bound and measured over it / the "
         "reverse, i.e. how often a deferred candidate's verdict misled the searcher. "
-        f"`slow-onnxruntime` is the same oracle with {SLOW_DELAY:g} s added to every call "
-        "(a stand-in for a TensorRT engine build; 20 s would have taken hours per run here), "
-        f"with `--surrogate auto`. Seeds finished: {done}. Timings taken on a shared 2-core "
+        "`slow-onnxruntime` is the same oracle with `delay` seconds added to every call "
+        "(a stand-in for a TensorRT engine build), with `--surrogate auto`; its rows run fewer "
+        "evaluations (the column says how many): at 20 s a call, 100 measured evaluations "
+        f"take over half an hour. Seeds finished: {done}. Timings taken on a shared 2-core "
         "machine while other jobs ran (noisy), the benchmark pinned to one core."
     )
     update_results_md("surrogate", "Latency surrogate: oracle calls saved, verdicts, accuracy",
@@ -400,6 +414,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--agents", nargs="+", default=list(AGENTS))
     p.add_argument("--evaluations", type=int, default=EVALUATIONS)
     p.add_argument("--no-slow", action="store_true", help="skip the simulated slow oracle")
+    p.add_argument(
+        "--slow-delay",
+        type=float,
+        default=SLOW_DELAY,
+        help=f"seconds added to each slow-oracle call (default {SLOW_DELAY:g})",
+    )
+    p.add_argument("--slow-only", action="store_true", help="only the simulated slow oracle")
     p.add_argument("--slow-evaluations", type=int, default=None,
                    help="evaluations of the slow-oracle runs (default: --evaluations)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="8 evaluations, no table written")
@@ -423,11 +444,11 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     store = RunRows("surrogate")
     grid = []
-    slow = f"slow-onnxruntime:cpu?threads=1&delay={SLOW_DELAY:g}"
+    slow = f"slow-onnxruntime:cpu?threads=1&delay={args.slow_delay:g}"
     for seed in args.seeds:  # one seed of everything first
         pairs = [(m, a) for m in args.models for a in args.agents]
         for i, (model, agent) in enumerate(pairs):
-            for mode in ("off", "on"):
+            for mode in () if args.slow_only else ("off", "on"):
                 grid.append((model, agent, seed, mode, ORACLE))
             if i == 0 and not args.no_slow:  # the slow oracle early: its wall time is the point
                 for mode in ("off", "auto"):
@@ -436,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     for model, agent, seed, mode, oracle in grid:
         is_slow = oracle.startswith("slow")
         evaluations = (args.slow_evaluations or args.evaluations) if is_slow else args.evaluations
-        tag = f"{model}-{agent}-s{seed}-{mode}{'-slow' if is_slow else ''}-e{evaluations}"
+        slow_tag = "-slow" if args.slow_delay == SLOW_DELAY else f"-slow{args.slow_delay:g}s"
+        tag = f"{model}-{agent}-s{seed}-{mode}{slow_tag if is_slow else ''}-e{evaluations}"
         row = None if dry else store.get(tag)
         if row is None:
             log.info("run %s", tag)
