@@ -185,8 +185,9 @@ class PruneConfig:
     surrogate: str = _opt(
         "auto",
         "predict timed budgets with a model learned from the run's own measurements, measuring "
-        "where the prediction is unsure, where a candidate would be the best so far, and a "
-        "sample; the dense model, the confirmation and the final proof are always measured. "
+        "a sample and any sure verdict on a candidate that would be the best so far; a value "
+        "whose interval straddles the bound is measured only if the final choice reaches it. "
+        "The dense model, the confirmation and the final proof are always measured. "
         "auto: on for slow oracles (TensorRT engines, remote SPEC@http oracles, calls over 2 s)",
         kind="str",
         choices=SURROGATE_MODES,
