@@ -161,7 +161,10 @@ def rank_feasible(
 
     ``undecided``: rank the outcomes whose verdict the surrogate deferred
     (:attr:`Outcome.undecided`) with the feasible ones; the final choice measures
-    them before it may choose one.
+    them before it may choose one. Within a tie group those predicted over a bound
+    come after the rest, the closest to their bounds first: each is more likely
+    infeasible than not, and measuring it costs a call. (Without predictions
+    every ranked outcome is within its bounds and the order is as above.)
     """
     seen: set[str] = set()
     pool: list[Outcome] = []
@@ -174,7 +177,8 @@ def rank_feasible(
         top = max(o.accuracy for o in pool)
         tol = accuracy_tolerance(top, samples)
         tied = [o for o in pool if o.accuracy >= top - tol]
-        tied.sort(key=lambda o: (-o.max_cost, -o.accuracy))
+        tied.sort(key=lambda o: (o.max_cost > 1.0, abs(1.0 - o.max_cost), -o.accuracy)
+                  if o.max_cost > 1.0 else (False, -o.max_cost, -o.accuracy))  # fmt: skip
         ranked.extend(tied)
         keys = {o.key for o in tied}
         pool = [o for o in pool if o.key not in keys]

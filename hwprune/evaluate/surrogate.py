@@ -12,7 +12,10 @@ predict. A value is measured:
 - for a fixed fraction of the candidates it could answer, drawn from the
   candidate's key so a resumed run draws the same ("audit"), their errors logged;
 - when the prediction's interval lies clear of the bound but the candidate is
-  more accurate than every feasible one so far ("best").
+  more accurate than every feasible one so far by more than the sampling
+  tolerance of a tie (``hwprune.evaluate.accuracy_tolerance``: within it,
+  ``rank_feasible`` calls them tied, and a proxy at chance would "beat" the best
+  feasible one every few candidates by noise alone) ("best").
 
 A value whose interval straddles the bound is not measured during the search:
 it is *deferred* (predicted, the record flagged ``straddles``). A constrained
@@ -63,6 +66,7 @@ from typing import Any
 import numpy as np
 
 from hwprune.config import SURROGATE_MODES
+from hwprune.evaluate.evaluator import accuracy_tolerance
 
 log = logging.getLogger(__name__)
 
@@ -437,6 +441,8 @@ class SurrogateGate:
         clear = [n for n in predicted if reason.get(n) != DEFERRED]
         if clear:
             best = max((o.accuracy for o in evaluator.history if o.feasible), default=None)
+            if best is not None:  # clearly more accurate: beyond a tie's sampling tolerance
+                best += accuracy_tolerance(best, getattr(evaluator, "eval_samples", 0))
             # More accurate than every feasible candidate so far, with a verdict the interval
             # is sure of: measured all the same. A wrong "infeasible" would hide the best
             # model from the choice (seen: VGG-16, 22 of 31 predictions infeasible, one at
