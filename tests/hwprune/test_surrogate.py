@@ -29,8 +29,10 @@ from hwprune.evaluate import (
     read_jsonl,
 )
 from hwprune.evaluate.surrogate import (
+    BEST_WIDEN,
     MIN_POINTS,
     OracleSurrogate,
+    Prediction,
     summarize,
     surrogate_report,
     surrogate_wanted,
@@ -187,16 +189,20 @@ def test_the_gate_measures_fewer_and_only_where_it_may_predict(space, data, tmp_
             if p["low"] <= bound <= p["high"]:  # unsure: deferred to the final choice
                 assert info["reason"] == "deferred" and info["straddles"] and o.undecided
             else:
-                # A sure verdict more accurate than every feasible candidate so far: measured
-                # (a wrong 'infeasible' would hide the best model from the choice).
+                # Clearly more accurate than every feasible candidate so far: predicted only if
+                # sure at twice the interval (a wrong 'infeasible' would hide the best model).
                 tol = accuracy_tolerance(best, ev.eval_samples) if best is not None else 0.0
-                assert best is not None and o.accuracy <= best + tol, "a would-be best, predicted"
+                would_be_best = best is None or o.accuracy > best + tol
+                pred = Prediction(**p)
+                assert not (would_be_best and pred.straddles(bound, widen=BEST_WIDEN)), o.index
                 assert info["reason"] == "predicted" and not o.undecided
         else:
             assert o.measurements["latency"].statistic == "median"
             assert not o.undecided
             if info["reason"] == "best":  # clearly more accurate than every feasible one so far
                 assert best is None or o.accuracy > best + accuracy_tolerance(best, ev.eval_samples)
+                pred = Prediction(**info["prediction"])
+                assert not pred.straddles(bound) and pred.straddles(bound, widen=BEST_WIDEN)
         assert info["reason"] in ("warmup", "audit", "best", "predicted", "deferred")
         if o.feasible:
             best = o.accuracy if best is None else max(best, o.accuracy)
@@ -322,6 +328,20 @@ def test_a_straddling_value_is_deferred_unless_audited_and_counted_apart(space, 
         else:
             assert reason != "deferred"
     assert deferred > 0
+    # A would-be best (clearly more accurate than every feasible one before it) is measured
+    # when its verdict is not sure at twice the interval, and only then.
+    bound, bests = ev.constraints[0].bound, 0
+    for o in ev.history:
+        info = o.surrogate["latency"]
+        feasible = [x.accuracy for x in ev.history[: o.index] if x.feasible]
+        if info["prediction"] is None or info["reason"] in ("audit", "deferred"):
+            continue
+        top = max(feasible, default=None)
+        would_be_best = top is None or o.accuracy > top + accuracy_tolerance(top, ev.eval_samples)
+        unsure = Prediction(**info["prediction"]).straddles(bound, widen=BEST_WIDEN)
+        assert (info["reason"] == "best") == (would_be_best and unsure), o.index
+        bests += info["reason"] == "best"
+    assert bests > 0
     s = summarize(ev.history, ev.constraints)["latency"]
     assert s["straddling_predicted"] == s["reasons"]["deferred"] == deferred
     # Audited straddlers are counted apart from the verdicts, with the side of their mean.
