@@ -253,6 +253,7 @@ def table(summary: list[dict[str, Any]]) -> str:
             f"{_f(s['calls_off'], '{:.0f}')} -> {_f(s['calls_on'], '{:.0f}')}",
             _f(ratio, "{:.1f}x"),
             f"{_f(s['run_calls_off'], '{:.0f}')} -> {_f(s['run_calls_on'], '{:.0f}')}",
+            _f(s["run_calls_off"] / s["run_calls_on"] if s["run_calls_on"] else None, "{:.1f}x"),
             wrong, straddling, _f(s["median_abs_error"], "{:.1%}"),
             f"{_f(s['proxy_off'])} / {_f(s['proxy_on'])}",
             f"{_f(s['test_off'])} / {_f(s['test_on'])}",
@@ -263,7 +264,7 @@ def table(summary: list[dict[str, Any]]) -> str:
         ])  # fmt: skip
     return markdown_table(
         ["model", "agent", "oracle", "evaluations", "seeds", "surrogate", "search oracle calls off -> on",
-         "fewer", "run oracle calls off -> on", "wrong verdicts (feas. / infeas.)",
+         "fewer", "run oracle calls off -> on", "fewer (run)", "wrong verdicts (feas. / infeas.)",
          "straddling predicted; audited wrong (feas. / infeas.)",
          "median abs error (checked)", "proxy acc off / on", "test acc off / on",
          "test acc on - off (per seed: mean +- sd)",
@@ -424,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slow-evaluations", type=int, default=None,
                    help="evaluations of the slow-oracle runs (default: --evaluations)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="8 evaluations, no table written")
+    p.add_argument("--stored-only", action="store_true",
+                   help="run nothing: the table from every stored run of the models, agents and "
+                        "seeds given (any oracle delay and evaluation count)")  # fmt: skip
     p.add_argument("--no-write", action="store_true",
                    help="run the grid afresh, print the table; store nothing (no rows, no "
                         "results, no RESULTS.md; run directories under " + str(SCRATCH_DIR)
@@ -443,6 +447,16 @@ def main(argv: list[str] | None = None) -> int:
     dry = args.quick or args.no_write
     env = environment()
     store = RunRows("surrogate")
+    if args.stored_only:
+        stored = []
+        for path in sorted(store.dir.glob("*.json")):
+            row = json.loads(path.read_text())
+            if (row.get("model") in args.models and row.get("agent") in args.agents
+                    and row.get("seed") in args.seeds):  # fmt: skip
+                stored.append({**row, "tag": row.get("tag") or path.stem})
+        write(stored, env=env, args=args)
+        print(table(summarise(stored)))
+        return 0
     grid = []
     slow = f"slow-onnxruntime:cpu?threads=1&delay={args.slow_delay:g}"
     for seed in args.seeds:  # one seed of everything first
