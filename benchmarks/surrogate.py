@@ -100,7 +100,7 @@ def register_slow_oracle() -> None:
 
 
 def one_run(*, model: str, width: float, agent: str, seed: int, surrogate: str,
-            oracle: str, evaluations: int, tag: str,
+            oracle: str, evaluations: int, tag: str, round_to: int | None = None,
             work_dir: Path = WORK_DIR) -> dict[str, Any]:  # fmt: skip
     """One prune run; its figures from the result and the episodes log."""
     from quality import dense_checkpoint
@@ -115,6 +115,7 @@ def one_run(*, model: str, width: float, agent: str, seed: int, surrogate: str,
         model=model, weights=str(ckpt), data="digits", budgets=[BUDGET],
         oracles={"latency": oracle}, agent=agent, evaluations=evaluations, finetune_epochs=0,
         seed=seed, surrogate=surrogate, tensorrt=False, out=out, overwrite=True,
+        **({} if round_to is None else {"round_to": round_to}),
     )  # fmt: skip
     seconds = time.perf_counter() - t0
     records = [r for r in read_jsonl(out / "episodes.jsonl")
@@ -133,6 +134,7 @@ def one_run(*, model: str, width: float, agent: str, seed: int, surrogate: str,
         "model": model, "width": width, "agent": agent, "seed": seed, "surrogate": surrogate,
         "oracle": oracle, "evaluations": evaluations, "candidates": len(records) - len(later),
         "tag": tag, "search_oracle_calls": int(measured), "deferred_measured": len(later),
+        "round_to": "auto" if round_to is None else round_to,
         "run_oracle_calls": int(result.oracle_calls.get("latency", 0)),
         "decision": (report.get("surrogate") or {}).get("reasons", {}).get("latency"),
         "reasons": s.get("reasons"), "checked": s.get("checked"), "verdicts": s.get("verdicts"),
@@ -180,11 +182,12 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
 
     def group(r: dict[str, Any]) -> tuple:
-        return (r["model"], r["agent"], r["oracle"], r.get("evaluations"))
+        return (r["model"], r["agent"], r["oracle"], r.get("evaluations"),
+                str(r.get("round_to", "auto")))  # fmt: skip
 
     ok = [r for r in rows if r.get("ok")]
     for key in sorted({group(r) for r in ok}):
-        model, agent, oracle, evaluations = key
+        model, agent, oracle, evaluations, rounding = key
         by = {(r["surrogate"], r["seed"]): r for r in ok if group(r) == key}
         on_mode = "auto" if oracle.startswith("slow") else "on"
         seeds = sorted({s for (m, s) in by if m == "off"} & {s for (m, s) in by if m == on_mode})
@@ -194,7 +197,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         on = [by[on_mode, s] for s in seeds]
         verdicts = sum(r["verdicts"] or 0 for r in on)
         out.append({
-            "model": model, "agent": agent, "oracle": oracle, "seeds": seeds, "mode": on_mode,
+            "model": model, "agent": agent, "seeds": seeds, "mode": on_mode,
+            "oracle": oracle + ("" if rounding == "auto" else f" (--round-to {rounding})"),
             "evaluations": evaluations,
             "calls_off": _mean([r["search_oracle_calls"] for r in off]),
             "calls_on": _mean([r["search_oracle_calls"] for r in on]),
@@ -422,6 +426,10 @@ def main(argv: list[str] | None = None) -> int:
         help=f"seconds added to each slow-oracle call (default {SLOW_DELAY:g})",
     )
     p.add_argument("--slow-only", action="store_true", help="only the simulated slow oracle")
+    p.add_argument("--slow-round-to", type=int, default=None, metavar="N",
+                   help="the slow-oracle runs round channel counts to multiples of N instead "
+                        "of probing the staircase (auto): the probe's ~300 calls would each "
+                        "pay the delay")  # fmt: skip
     p.add_argument("--slow-evaluations", type=int, default=None,
                    help="evaluations of the slow-oracle runs (default: --evaluations)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="8 evaluations, no table written")
@@ -472,13 +480,16 @@ def main(argv: list[str] | None = None) -> int:
         is_slow = oracle.startswith("slow")
         evaluations = (args.slow_evaluations or args.evaluations) if is_slow else args.evaluations
         slow_tag = "-slow" if args.slow_delay == SLOW_DELAY else f"-slow{args.slow_delay:g}s"
-        tag = f"{model}-{agent}-s{seed}-{mode}{slow_tag if is_slow else ''}-e{evaluations}"
+        rounding = args.slow_round_to if is_slow else None
+        tag = (f"{model}-{agent}-s{seed}-{mode}{slow_tag if is_slow else ''}-e{evaluations}"
+               + (f"-r{rounding}" if rounding else ""))  # fmt: skip
         row = None if dry else store.get(tag)
         if row is None:
             log.info("run %s", tag)
             try:
                 row = one_run(model=model, width=MODELS[model], agent=agent, seed=seed,
                               surrogate=mode, oracle=oracle, evaluations=evaluations, tag=tag,
+                              round_to=rounding,
                               work_dir=SCRATCH_DIR if dry else WORK_DIR)  # fmt: skip
             except Exception as exc:  # a failed run is stored as failed, the grid goes on
                 log.exception("run %s failed", tag)
