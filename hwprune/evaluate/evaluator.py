@@ -177,8 +177,10 @@ def rank_feasible(
         top = max(o.accuracy for o in pool)
         tol = accuracy_tolerance(top, samples)
         tied = [o for o in pool if o.accuracy >= top - tol]
-        tied.sort(key=lambda o: (o.max_cost > 1.0, abs(1.0 - o.max_cost), -o.accuracy)
-                  if o.max_cost > 1.0 else (False, -o.max_cost, -o.accuracy))  # fmt: skip
+        # Within bounds: the least pruned first. Predicted over a bound: after them, the
+        # closest to its bound first.
+        over = lambda o: o.max_cost > 1.0  # noqa: E731
+        tied.sort(key=lambda o: (over(o), o.max_cost if over(o) else -o.max_cost, -o.accuracy))
         ranked.extend(tied)
         keys = {o.key for o in tied}
         pool = [o for o in pool if o.key not in keys]

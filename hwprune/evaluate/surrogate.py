@@ -434,6 +434,8 @@ class SurrogateGate:
                 reason[n] = "audit"
             elif p.straddles(bounds[n]):
                 reason[n] = DEFERRED  # predicted; measured if the final choice reaches it
+            else:
+                reason[n] = "predicted"  # a sure verdict (unless it would be the best, below)
         spent = time.perf_counter() - t0
         onnx: list[bytes | None] = [None]
 
@@ -445,11 +447,11 @@ class SurrogateGate:
             return evaluator.measure_module(module, onnx_bytes=onnx[0], timings=timings,
                                             only=names)  # fmt: skip
 
-        predicted = [n for n in self.names if reason.get(n, DEFERRED) == DEFERRED]
+        predicted = [n for n in self.names if reason[n] in (DEFERRED, "predicted")]
         first = [c.name for c in evaluator.constraints if c.name not in predicted]
         measurements = measure(first) if first else {}
         t0 = time.perf_counter()
-        clear = [n for n in predicted if reason.get(n) != DEFERRED]
+        clear = [n for n in predicted if reason[n] == "predicted"]
         if clear:
             best = max((o.accuracy for o in evaluator.history if o.feasible), default=None)
             if best is not None:  # clearly more accurate: beyond a tie's sampling tolerance
@@ -471,7 +473,6 @@ class SurrogateGate:
         for n in predicted:
             p = predictions[n]
             assert p is not None
-            reason.setdefault(n, "predicted")
             measurements[n] = evaluator.dense[n].replace(
                 value=p.value, statistic="predicted", samples=0, iqr=0.0, cv=0.0,
                 ci_low=p.low, ci_high=p.high, seconds=0.0, cached=False,
