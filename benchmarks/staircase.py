@@ -230,7 +230,7 @@ def _proposed_built(result: Any) -> tuple[dict[str, tuple[int, int]], dict[str, 
     if stairs_path.is_file():
         st = Staircase.load(stairs_path)
         cost = {"oracle_calls": st.oracle_calls, "cached_calls": st.cached_calls,
-                "seconds": st.seconds}  # fmt: skip
+                "seconds": st.seconds, "complete": st.complete}  # fmt: skip
     return proposed_and_built(space, result.policy), cost
 
 
