@@ -57,9 +57,11 @@ sys.path.insert(0, str(_HERE.parent))
 from benchmarks._common import (  # noqa: E402
     RESULTS_DIR,
     RunRows,
+    absolute_budget,
     command_line,
     environment,
     markdown_table,
+    reference_latency,
     update_results_md,
     write_results,
 )
@@ -70,8 +72,6 @@ log = logging.getLogger("benchmarks.staircase")
 RUNS_DIR = _HERE.parent / "runs" / "benchmarks" / "staircase"
 ORACLE = "onnxruntime:cpu?threads=1"
 ROUNDINGS = ("1", "8", "16", "auto")
-#: Independent calls of the dense model's reference latency (see reference_latency).
-REFERENCE_CALLS = 9
 DATA = "fashion-mnist:?train=10800"
 
 
@@ -135,59 +135,6 @@ def probe(
     }
     rows.put(tag, stored)
     return stored
-
-
-def reference_latency(
-    *,
-    model: str,
-    width: float,
-    num_classes: int,
-    input_shape: Sequence[int],
-    oracle: str,
-    calls: int = REFERENCE_CALLS,
-) -> dict[str, Any]:
-    """The dense model's latency, measured once for every row of the model: the median of
-    ``calls`` independent fresh calls, stored (``reference-*.json``) and reused.
-
-    A run resolves ``latency<=40%`` against its own dense measurement, which on this
-    shared machine moved by a factor of two between runs; rows compared at different
-    bounds compare nothing. Every row of a model gets ``fraction x reference`` as an
-    absolute bound instead. The latency does not depend on the weights (dense
-    kernels), so one measurement of the architecture serves every seed.
-    """
-    import oracles
-    from hwprune.export.onnx import export_onnx
-    from hwprune.models import get_model
-
-    rows = _rows()
-    tag = f"reference-{model}-w{width:g}-{_slug(oracle)}"
-    stored = rows.get(tag)
-    if stored is not None:
-        return stored
-    net = get_model(model, num_classes=num_classes, width=width).eval()
-    shape = (1, *(int(s) for s in input_shape))
-    onnx_bytes = export_onnx(net, input_shape=shape)
-    values = []
-    for _ in range(calls):  # a fresh oracle (session) per call, no cache
-        m = oracles.get_oracle(oracle).measure(onnx_bytes, input_shapes={"input": shape})
-        values.append(float(m.value))
-    stored = {"tag": tag, "model": model, "width": width, "oracle": oracle, "values": values,
-              "median": statistics.median(values), "unit": "ms",
-              "load_average": list(os.getloadavg())}  # fmt: skip
-    rows.put(tag, stored)
-    log.info("reference latency of %s on %s: %.4f ms (%s)", model, oracle, stored["median"],
-             " ".join(f"{v:.4f}" for v in values))  # fmt: skip
-    return stored
-
-
-def absolute_budget(budget: str, reference_ms: float) -> str:
-    """``latency<=40%`` as ``latency<=X ms`` against the stored reference."""
-    from hwprune.constraints import parse_budget
-
-    b = parse_budget(budget)
-    if not b.relative:
-        return budget
-    return f"{b.quantity}<={b.limit * reference_ms:.5f}ms"
 
 
 def run_row(
@@ -467,8 +414,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.fixed_bound:
             ref = reference_latency(model=args.model, width=args.width,
                                     num_classes=int(splits.num_classes),
-                                    input_shape=input_shape, oracle=args.oracle)  # fmt: skip
+                                    input_shape=input_shape, oracle=args.oracle,
+                                    rows=_rows())  # fmt: skip
             args.reference_ms = float(ref["median"])
+            log.info("reference latency of %s on %s: %.4f ms (%s)", args.model, args.oracle,
+                     ref["median"], " ".join(f"{v:.4f}" for v in ref["values"]))  # fmt: skip
         # One measurement cache for every run: the first auto row probes, the next are answered.
         os.environ.setdefault("HWPRUNE_CACHE", str(RUNS_DIR / "oracles.sqlite"))
         for agent in args.agents:
