@@ -383,6 +383,7 @@ def summarise(
         over = [r["remeasured_over_bound"] for r in ok if "remeasured_over_bound" in r]
         frac = [r["remeasured_over_dense"] for r in ok if "remeasured_over_dense" in r]
         use = [u for u in (budget_use(r) for r in ok) if u is not None]
+        bounds = [c["bound"] for r in ok for c in (r.get("checks") or ())[:1] if c.get("bound")]
         out.append({
             "model": model, "width": rs[0]["width"], "budget": budget, "searcher": searcher,
             "seeds": max(planned or 0, len(rs)), "finished": len(ok),
@@ -393,6 +394,10 @@ def summarise(
             "remeasured_over_bound_mean": _mean_std(over)[0],
             "remeasured_over_bound_max": max(over) if over else math.nan,
             "budget_use_median": statistics.median(use) if use else math.nan,
+            # The first budget's absolute bound per run: one value when the runs share a
+            # fixed reference, else each run's fraction of its own dense measurement.
+            "bound_min": min(bounds) if bounds else math.nan,
+            "bound_max": max(bounds) if bounds else math.nan,
             "accuracy_by_seed": {int(r["seed"]): r["accuracy"] for r in ok},
             "latency_over_dense_mean": _mean_std(frac)[0],
             "latency_over_dense_std": _mean_std(frac)[1],
@@ -511,9 +516,17 @@ def _f(x: Any, spec: str = "{:.3f}") -> str:
     return spec.format(x)
 
 
+def _bound_range(s: dict[str, Any]) -> str:
+    lo, hi = s.get("bound_min", math.nan), s.get("bound_max", math.nan)
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return "-"
+    return f"{lo:.3f}" if hi - lo < 5e-4 else f"{lo:.3f}-{hi:.3f}"
+
+
 def table(summary: Sequence[dict[str, Any]]) -> str:
     headers = ["model", "budget", "searcher", "seeds ok", "test acc. (mean ± std)",
-               "before fine-tuning", "budget used (median)", "re-measured / budget (mean, max)",
+               "before fine-tuning", "bound (min-max)", "budget used (median)",
+               "re-measured / budget (mean, max)",
                "latency / dense", "params (final / dense)",
                "search s", "evals"]  # fmt: skip
     rows = []
@@ -534,6 +547,7 @@ def table(summary: Sequence[dict[str, Any]]) -> str:
                     "-",
                     "-",
                     "-",
+                    "-",
                 ]
             )
             continue  # fmt: skip
@@ -544,6 +558,7 @@ def table(summary: Sequence[dict[str, Any]]) -> str:
             f"{s['finished']}/{s['seeds']}",
             f"{_f(s['accuracy_mean'])} ± {_f(s['accuracy_std'])}",
             f"{_f(s.get('accuracy_pruned_mean'))} ± {_f(s.get('accuracy_pruned_std'))}",
+            _bound_range(s),
             _f(s.get("budget_use_median"), "{:.3f}")
             + (" (< 0.90)" if s.get("budget_use_median", 1.0) < 0.9 else ""),
             f"{_f(s['remeasured_over_bound_mean'])}, {_f(s['remeasured_over_bound_max'])}",
@@ -802,7 +817,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_write:
         return 0
     # Another dataset's grid has its own results and RESULTS.md section beside the digits one.
-    name = "quality" if args.data == "digits" else f"quality_{dslug}"
+    name = ("quality" if args.data == "digits" else f"quality_{dslug}") + (
+        "_fixed-bound" if args.fixed_bound else ""
+    )
     png = plot(rows, results_dir(quick=q) / f"{name}.png")
     settings = {
         "quick": q, "models": models, "budgets": budgets, "searchers": args.searchers,
