@@ -825,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": q, "models": models, "budgets": budgets, "searchers": args.searchers,
         "seeds": seeds, "evaluations": evaluations, "train_epochs": train_epochs,
         "finetune_epochs": finetune_epochs, "oracle": oracle, "device": args.device,
-        "data": args.data, "proxy": proxy,
+        "data": args.data, "proxy": proxy, "fixed_bound": args.fixed_bound,
     }  # fmt: skip
     write_results(
         name,
@@ -860,7 +860,17 @@ def main(argv: list[str] | None = None) -> int:
         "takes the median of 3), as a fraction of the budget (above 1.000 means timing noise "
         "at the edge of the budget) and of the dense latency. Uniform and "
         "global-magnitude stop when their bisection converges, so they use fewer evaluations. "
-        "Timed on a 2-core virtual machine: latency carries noise."
+        "Timed on a 2-core virtual machine: latency carries noise. "
+        + (
+            "Bound: every run of a model is held to the budget's fraction of one stored "
+            "reference latency of its dense model (`--fixed-bound`: the median of 9 fresh "
+            "calls, measured once), so the searchers face the same absolute bound."
+            if args.fixed_bound
+            else "Bound: each run's fraction of its own dense measurement (median of 3 calls "
+            "at the run's start), which the machine's load moved from run to run (column "
+            '"bound"): searchers compared here did not all face the same absolute bound; '
+            "the `--fixed-bound` grid does."
+        )
     )
     if png is not None:
         notes += f"\n\n![accuracy against latency]({png.relative_to(results_md(quick=q).parent)})"
@@ -872,7 +882,9 @@ def main(argv: list[str] | None = None) -> int:
         notes += (f"\n\n**{len(missing)} runs of this grid are not stored yet and are left out** "
                   "(collected with `--stored-only`): the \"seeds ok\" column counts the runs "
                   "that are in.")  # fmt: skip
-    title = "Quality at matched latency" + ("" if name == "quality" else f" on `{args.data}`")
+    title = "Quality at matched latency" + ("" if args.data == "digits" else f" on `{args.data}`")
+    if args.fixed_bound:
+        title += ", one fixed bound per model"
     update_results_md(name, title,
                       body + "\n\nBest RL searcher against best baseline (mean test accuracy):\n\n"
                       + headline_table(heads), command=command_line(), env=env,
