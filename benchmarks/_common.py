@@ -307,3 +307,65 @@ class RunRows:
         tmp.write_text(json.dumps(stored, indent=2, default=str) + "\n", encoding="utf-8")
         tmp.replace(path)
         return path
+
+
+#: Independent fresh calls behind a dense model's reference latency (see reference_latency).
+REFERENCE_CALLS = 9
+
+
+def reference_latency(
+    *,
+    model: str,
+    width: float,
+    num_classes: int,
+    input_shape: Sequence[int],
+    oracle: str,
+    rows: RunRows,
+    calls: int = REFERENCE_CALLS,
+) -> dict[str, Any]:
+    """The dense model's latency, measured once for every row of the model: the median of
+    ``calls`` independent fresh calls (a new oracle, no cache), stored in ``rows`` as
+    ``reference-MODEL-wWIDTH-ORACLE`` and reused.
+
+    A run resolves ``latency<=40%`` against its own dense measurement, which on the shared
+    2-core machine moved by up to a factor of two between runs: rows compared at different
+    bounds compare nothing. A benchmark gives every row of a model ``fraction x reference``
+    as an absolute bound instead (:func:`absolute_budget`). The latency does not depend on
+    the weights (dense kernels), so one measurement of the architecture serves every seed.
+    """
+    import os
+    import statistics
+
+    import oracles
+    from hwprune.export.onnx import export_onnx
+    from hwprune.models import get_model
+
+    slug = "".join(c if c.isalnum() or c in ".-" else "_" for c in oracle).strip("_")
+    tag = f"reference-{model}-w{width:g}-{slug}"
+    stored = rows.get(tag)
+    if stored is not None:
+        return stored
+    net = get_model(model, num_classes=num_classes, width=width).eval()
+    shape = (1, *(int(s) for s in input_shape))
+    onnx_bytes = export_onnx(net, input_shape=shape)
+    values = []
+    for _ in range(calls):
+        m = oracles.get_oracle(oracle).measure(onnx_bytes, input_shapes={"input": shape})
+        values.append(float(m.value))
+    stored = {"tag": tag, "model": model, "width": width, "oracle": oracle, "values": values,
+              "median": statistics.median(values), "unit": "ms",
+              "load_average": list(os.getloadavg())}  # fmt: skip
+    rows.put(tag, stored)
+    return stored
+
+
+def absolute_budget(budget: str, reference: float) -> str:
+    """A relative budget (``latency<=40%``) as an absolute one against ``reference``, in the
+    quantity's base unit (ms for latency); an absolute budget is returned as it is."""
+    from hwprune.constraints import parse_budget
+
+    b = parse_budget(budget)
+    if not b.relative:
+        return budget
+    unit = "ms" if b.quantity == "latency" else ""
+    return f"{b.quantity}<={b.limit * reference:.5f}{unit}"

@@ -68,9 +68,11 @@ sys.path.insert(0, str(_HERE.parent))
 
 from benchmarks._common import (  # noqa: E402
     RunRows,
+    absolute_budget,
     command_line,
     environment,
     markdown_table,
+    reference_latency,
     results_dir,
     results_md,
     update_results_md,
@@ -655,6 +657,19 @@ def measured_notes(rows: Sequence[dict]) -> str:
     return notes
 
 
+def _reference(model: str, width: float, data: str, oracle: str, store: RunRows) -> float:
+    """The dense model's stored reference latency (ms) on ``oracle`` (measured once)."""
+    from hwprune.data import get_dataset
+
+    splits = get_dataset(data, seed=0)
+    ref = reference_latency(model=model, width=width, num_classes=int(splits.num_classes),
+                            input_shape=tuple(int(s) for s in splits.input_shape),
+                            oracle=oracle, rows=store)  # fmt: skip
+    log.info("reference latency of %s (width %g) on %s: %.4f ms", model, width, oracle,
+             ref["median"])  # fmt: skip
+    return float(ref["median"])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
@@ -686,6 +701,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="for stored runs made with an earlier final-choice rule: redo the "
                         "choice, fine-tuning, verification and export from the search history "
                         "in the run directory (the search is not repeated)")  # fmt: skip
+    p.add_argument("--fixed-bound", action="store_true",
+                   help="hold every run of a model to one absolute bound: the relative "
+                        "budget's fraction of the dense model's reference latency (the median "
+                        "of 9 fresh calls, measured once and stored in quality_runs/) instead "
+                        "of each run's own dense measurement, which load moves by up to 2x; "
+                        "the runs' tags say 'fixed'")  # fmt: skip
     p.add_argument("--no-write", action="store_true", help="write no results (log only)")
     p.add_argument("--stored-only", action="store_true",
                    help="collect: tabulate the stored runs and leave out the rest instead of "
@@ -717,6 +738,10 @@ def main(argv: list[str] | None = None) -> int:
         "" if proxy == default("proxy") else f"-p{proxy}"
     )
 
+    if args.fixed_bound:
+        extra += "-fixed"
+    if q and args.fixed_bound:
+        p.error("--fixed-bound is for the stored grid, not --quick")
     if q and args.stored_only:
         p.error("--stored-only collects stored runs of the full grid; quick runs are not stored")
     env = environment()
@@ -750,8 +775,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         log.info("%s %s %s seed %d%s", model, budget, searcher, seed,
                  ": re-selecting" if again else "")  # fmt: skip
+        run_budget, reference = budget, None
+        if args.fixed_bound:
+            reference = _reference(model, width, args.data, oracle, store)
+            run_budget = absolute_budget(budget, reference)
         rows.append(prune_row(
-            model=model, width=width, data=args.data, budgets=[budget],
+            model=model, width=width, data=args.data, budgets=[run_budget],
             oracles=[f"latency={oracle}"], searcher=searcher, seed=seed,
             evaluations=evaluations, finetune_epochs=finetune_epochs,
             train_epochs=train_epochs, run_dir=RUNS_DIR / "quality" / tag,
@@ -760,6 +789,8 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=DIGITS_BATCH, train_lr=DIGITS_TRAIN_LR, proxy=proxy,
             reselect_from=stored if again else None,
         ))  # fmt: skip
+        if reference is not None:  # grouped by the relative budget; run at the absolute one
+            rows[-1].update(budgets=[budget], budget_run=run_budget, reference_ms=reference)
         if store is not None:  # failures too: a collection shows them
             store.put(tag, rows[-1])
     seconds = time.perf_counter() - t0

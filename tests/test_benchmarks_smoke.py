@@ -317,3 +317,17 @@ def test_headline_pairs_seeds_and_summary_flags_unused_budget() -> None:
     assert "0.600 (< 0.90)" in table(summary) and "| 0.970 |" in table(summary)
     assert "1 of 3 cells ship models that use less than 90%" in budget_use_note(summary)
     assert "m `latency<=30%` uniform 0.600" in budget_use_note(summary)
+
+
+def test_a_fixed_bound_is_the_fraction_of_one_stored_reference_measurement(tmp_path: Path) -> None:
+    from benchmarks._common import RunRows, absolute_budget, reference_latency
+
+    rows = RunRows("quality", root=tmp_path)
+    oracle = "onnxruntime:cpu?threads=1&min_time=0.01&max_time=0.2&min_runs=5"
+    kwargs = dict(model="vgg11_cifar", width=0.25, num_classes=10, input_shape=(3, 32, 32),
+                  oracle=oracle, rows=rows)  # fmt: skip
+    ref = reference_latency(**kwargs, calls=3)
+    assert len(ref["values"]) == 3 and ref["median"] == sorted(ref["values"])[1] > 0
+    assert reference_latency(**kwargs, calls=3)["values"] == ref["values"]  # stored, not redone
+    assert absolute_budget("latency<=40%", 1.5) == "latency<=0.60000ms"
+    assert absolute_budget("latency<=2ms", 1.5) == "latency<=2ms"

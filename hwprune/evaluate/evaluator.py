@@ -254,6 +254,8 @@ class Evaluator:
         # Calls each oracle made in this process (repeats counted, cache hits not).
         self.oracle_calls: dict[str, int] = {c.name: 0 for c in self.constraints}
         self._by_key: dict[str, Outcome] = {}
+        # Keys predicted in the search and measured later by an earlier session (resume).
+        self._later: dict[str, Outcome] = {}
         self.history: list[Outcome] = []
         self.dense: dict[str, Measurement] = {}
         self.dense_accuracy: float | None = None
@@ -285,9 +287,10 @@ class Evaluator:
                 self._by_key[outcome.key] = outcome
                 self.history.append(outcome)
             elif seen.predicted and not outcome.predicted:
-                # The predicted value was measured later (a repair): the measurement stands.
-                self._by_key[outcome.key] = outcome
-                self.history[self.history.index(seen)] = outcome
+                # Measured later (by the final choice or a repair). The search saw the
+                # prediction, and a resumed search must see what it saw; the measurement
+                # answers when a verdict beyond the search asks (``measured_only``).
+                self._later[outcome.key] = outcome
         if other:
             log.warning("%s: %d candidates were scored with another proxy or data than %r; "
                         "they are evaluated again", self._log.path, other, self.task.score_key)  # fmt: skip
@@ -522,12 +525,21 @@ class Evaluator:
         return outcome
 
     def _measure_predicted(self, seen: Outcome) -> Outcome:
-        """``seen`` with its predicted values measured: replaces it in memory and in the log."""
+        """``seen`` with its predicted values measured: replaces it in memory and in the log.
+
+        A resumed run whose earlier session measured them already (the log's later record
+        for the key) takes those measurements: no oracle call, nothing logged again.
+        """
         from dataclasses import replace
 
         module = self.space.apply(seen.policy)
         names = list(seen.predicted)
-        measured = self.measure_module(module, only=names)
+        later = self._later.pop(seen.key, None)
+        if later is not None and all(n in later.measurements for n in names):
+            measured = {n: later.measurements[n] for n in names}
+        else:
+            later = None
+            measured = self.measure_module(module, only=names)
         if self.surrogate is not None:
             self.surrogate.learn(self, module, policy=seen.policy,
                                  values={n: m.value for n, m in measured.items()})  # fmt: skip
@@ -544,11 +556,11 @@ class Evaluator:
             measurements=measurements,
             sources={**seen.sources, **{n: "measured" for n in names}},
             surrogate=records,
-            cached=False,
+            cached=later is not None,
         )
         self._by_key[seen.key] = outcome
         self.history[self.history.index(seen)] = outcome
-        if self._log is not None:
+        if self._log is not None and later is None:
             self._log.append(
                 {"type": "candidate", **outcome.to_record(), "score_key": self.task.score_key}
             )

@@ -8,7 +8,9 @@ parameter count) and counts its calls: it tests the gate's logic, not measuring
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -239,11 +241,21 @@ def test_measured_only_measures_a_predicted_value_and_the_log_keeps_it(
     assert ev.smallest()["latency"] == min(
         o.values["latency"] for o in ev.history if not o.predicted
     )
-    # A resumed evaluator reads the later, measured record for that key.
+    # A resumed evaluator gives the search what it saw (the prediction), and a verdict
+    # beyond the search the measurement of the earlier session: no call, nothing logged.
     again = make_evaluator(space, data, surrogate="on", log_path=path)
+    again.calibrate()
     back = next(o for o in again.history if o.key == predicted.key)
-    assert back.sources["latency"] == "measured"
-    assert back.values["latency"] == pytest.approx(measured.values["latency"])
+    assert back.sources["latency"] == "predicted"
+    assert again.evaluate(predicted.policy).values == back.values
+    lines = len(list(read_jsonl(path)))
+    SmoothLatency.calls[0] = 0
+    with again.measured_only():
+        later = again.evaluate(predicted.policy)
+    assert SmoothLatency.calls[0] == 0 and len(list(read_jsonl(path))) == lines
+    assert later.sources["latency"] == "measured"
+    assert later.values["latency"] == pytest.approx(measured.values["latency"])
+    assert again._by_key[predicted.key] is later
     assert len(again.history) == len(ev.history)
 
 
@@ -433,3 +445,46 @@ def test_the_final_choice_measures_a_deferred_candidate_before_it_may_ship_it(sp
     # The measured values are the log's now: the report counts them as measured later.
     s = summarize(ev.history, ev.constraints)["latency"]
     assert s["reasons"].get("later", 0) == len(was_predicted)
+
+
+def _later(line: str) -> bool:
+    """A log line holding a deferred candidate's measurement by the final choice."""
+    record = json.loads(line)
+    return record.get("surrogate", {}).get("latency", {}).get("reason") == "later"
+
+
+def test_a_run_killed_during_the_final_choice_resumes_to_the_same_choice(space, tmp_path) -> None:
+    """Killed after the choice measured some deferred candidates, then resumed: the search
+    replays on the predictions it saw, and the choice ranks, passes over and ships as the
+    uninterrupted run did, without measuring a deferred candidate again."""
+    from hwprune.agents import confirm_best, get_searcher
+
+    def search(path: Path) -> Evaluator:
+        ev = noisy_evaluator(space, log_path=str(path))
+        ev.calibrate()
+        get_searcher("random", seed=0).search(space=space, evaluator=ev, evaluations=60,
+                                              confirm=0)  # fmt: skip
+        return ev
+
+    ev = search(tmp_path / "whole.jsonl")
+    searched = [(o.key, o.values, o.sources) for o in ev.history]
+    best, records = confirm_best(space, ev, ev.history)
+    assert best is not None
+    decisions = [(r["key"], r["stage"], r["confirmed"]) for r in records]
+    lines = (tmp_path / "whole.jsonl").read_text().splitlines(keepends=True)
+    later = [i for i, line in enumerate(lines) if _later(line)]
+    assert len(later) >= 2  # the choice measured several deferred candidates
+    confirmations = sum(r["stage"] == "confirmed" for r in records)
+    for n, cut in enumerate(later, start=1):  # killed just after the n-th such measurement
+        path = tmp_path / f"killed-{n}.jsonl"
+        path.write_text("".join(lines[: cut + 1]))
+        again = search(path)
+        # The resumed search saw the predictions the first one saw.
+        assert [(o.key, o.values, o.sources) for o in again.history] == searched
+        NoisyLatency.calls[0] = 0
+        best2, records2 = confirm_best(space, again, again.history)
+        assert best2 is not None and best2.key == best.key
+        assert [(r["key"], r["stage"], r["confirmed"]) for r in records2] == decisions
+        # The measurements the first session made are not made again, nor logged again.
+        assert NoisyLatency.calls[0] == len(later) - n + 3 * confirmations
+        assert sum(map(_later, path.read_text().splitlines())) == len(later)
