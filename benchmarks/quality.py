@@ -266,7 +266,10 @@ def prune_row(
     resume = reselect_from is not None and (run_dir / "config.json").is_file() and history.is_file()
     if row_path.is_file() and not fresh and reselect_from is None:
         row = json.loads(row_path.read_text(encoding="utf-8"))
-        if row.get("ok"):
+        # Reused only if made under today's settings: the same budgets (a fixed bound is in
+        # them), the surrogate off (rows before session 12 may have had it on).
+        same = row.get("budgets") == list(budgets) and row.get("surrogate") == "off"
+        if row.get("ok") and same:
             log.info("reusing %s", row_path)
             return row
     row: dict[str, Any] = {
