@@ -19,6 +19,12 @@ steps differ by runtime.
     OMP_NUM_THREADS=1 nice taskset -c 1 python benchmarks/staircase.py
     python benchmarks/staircase.py --stored-only     # tables from the stored rows
 
+Every row of a model is held to the same absolute bound: the budget's fraction
+of the dense model's reference latency, the median of 9 independent fresh
+oracle calls measured once and stored (``reference-*.json``). A run that
+resolves ``latency<=40%`` against its own dense measurement (``--per-run-bound``,
+the first rows) got bounds up to a factor of two apart on this shared machine.
+
 ``auto`` rows are ``hwprune.prune(round_to="auto")``: the run probes the
 staircase itself (its ``staircase.json``; the row keeps its cost). The runs
 share one measurement cache (``runs/benchmarks/staircase/oracles.sqlite``,
@@ -64,6 +70,8 @@ log = logging.getLogger("benchmarks.staircase")
 RUNS_DIR = _HERE.parent / "runs" / "benchmarks" / "staircase"
 ORACLE = "onnxruntime:cpu?threads=1"
 ROUNDINGS = ("1", "8", "16", "auto")
+#: Independent calls of the dense model's reference latency (see reference_latency).
+REFERENCE_CALLS = 9
 DATA = "fashion-mnist:?train=10800"
 
 
@@ -129,6 +137,59 @@ def probe(
     return stored
 
 
+def reference_latency(
+    *,
+    model: str,
+    width: float,
+    num_classes: int,
+    input_shape: Sequence[int],
+    oracle: str,
+    calls: int = REFERENCE_CALLS,
+) -> dict[str, Any]:
+    """The dense model's latency, measured once for every row of the model: the median of
+    ``calls`` independent fresh calls, stored (``reference-*.json``) and reused.
+
+    A run resolves ``latency<=40%`` against its own dense measurement, which on this
+    shared machine moved by a factor of two between runs; rows compared at different
+    bounds compare nothing. Every row of a model gets ``fraction x reference`` as an
+    absolute bound instead. The latency does not depend on the weights (dense
+    kernels), so one measurement of the architecture serves every seed.
+    """
+    import oracles
+    from hwprune.export.onnx import export_onnx
+    from hwprune.models import get_model
+
+    rows = _rows()
+    tag = f"reference-{model}-w{width:g}-{_slug(oracle)}"
+    stored = rows.get(tag)
+    if stored is not None:
+        return stored
+    net = get_model(model, num_classes=num_classes, width=width).eval()
+    shape = (1, *(int(s) for s in input_shape))
+    onnx_bytes = export_onnx(net, input_shape=shape)
+    values = []
+    for _ in range(calls):  # a fresh oracle (session) per call, no cache
+        m = oracles.get_oracle(oracle).measure(onnx_bytes, input_shapes={"input": shape})
+        values.append(float(m.value))
+    stored = {"tag": tag, "model": model, "width": width, "oracle": oracle, "values": values,
+              "median": statistics.median(values), "unit": "ms",
+              "load_average": list(os.getloadavg())}  # fmt: skip
+    rows.put(tag, stored)
+    log.info("reference latency of %s on %s: %.4f ms (%s)", model, oracle, stored["median"],
+             " ".join(f"{v:.4f}" for v in values))  # fmt: skip
+    return stored
+
+
+def absolute_budget(budget: str, reference_ms: float) -> str:
+    """``latency<=40%`` as ``latency<=X ms`` against the stored reference."""
+    from hwprune.constraints import parse_budget
+
+    b = parse_budget(budget)
+    if not b.relative:
+        return budget
+    return f"{b.quantity}<={b.limit / 100.0 * reference_ms:.5f}ms"
+
+
 def run_row(
     *,
     rounding: str,
@@ -145,8 +206,10 @@ def run_row(
     run_dir = RUNS_DIR / _slug(row_tag(args, agent=agent, rounding=rounding, seed=seed))
     if run_dir.exists():
         shutil.rmtree(run_dir)
+    bound = absolute_budget(args.budget, args.reference_ms) if args.fixed_bound else args.budget
     row: dict[str, Any] = {
         "model": args.model, "width": args.width, "data": args.data, "budget": args.budget,
+        "budget_run": bound, "reference_ms": args.reference_ms if args.fixed_bound else None,
         "oracle": args.oracle, "agent": agent, "rounding": rounding, "seed": seed,
         "evaluations_budget": args.evaluations, "finetune_epochs": args.finetune_epochs,
         "train_epochs": args.train_epochs,
@@ -158,7 +221,7 @@ def run_row(
             weights=ckpt,
             width=args.width,
             data=args.data,
-            budgets=[args.budget],
+            budgets=[bound],
             oracles={"latency": args.oracle},
             agent=agent,
             evaluations=args.evaluations,
@@ -209,7 +272,8 @@ def run_row(
 def row_tag(args: argparse.Namespace, *, agent: str, rounding: str, seed: int) -> str:
     """The row's name; rows on other data than the first ones' (digits) name it."""
     data = "" if args.data == "digits" else f"{_slug(args.data.replace(':?', '-'))}-"
-    return f"{args.model}-{data}{args.budget}-{agent}-r{rounding}-s{seed}"
+    fixed = "fixed-" if args.fixed_bound else ""
+    return f"{args.model}-{data}{fixed}{args.budget}-{agent}-r{rounding}-s{seed}"
 
 
 def _proposed_built(result: Any) -> tuple[dict[str, tuple[int, int]], dict[str, Any] | None]:
@@ -230,7 +294,7 @@ def _proposed_built(result: Any) -> tuple[dict[str, tuple[int, int]], dict[str, 
     if stairs_path.is_file():
         st = Staircase.load(stairs_path)
         cost = {"oracle_calls": st.oracle_calls, "cached_calls": st.cached_calls,
-                "seconds": st.seconds}  # fmt: skip
+                "seconds": st.seconds, "complete": st.complete}  # fmt: skip
     return proposed_and_built(space, result.policy), cost
 
 
@@ -244,10 +308,12 @@ def _f(x: Any, spec: str = "{:.3f}") -> str:
 def rows_table(rows: Sequence[dict[str, Any]]) -> str:
     order = {r: i for i, r in enumerate(ROUNDINGS)}
     body = []
-    key = lambda r: (r["data"], r["agent"], r["seed"], order.get(r["rounding"], 9))  # noqa: E731
+    key = lambda r: (r["model"], r["data"], r["budget"], _bound_kind(r), r["agent"], r["seed"],  # noqa: E731
+                     order.get(r["rounding"], 9))  # fmt: skip
     for r in sorted(rows, key=key):
+        head = [r["model"], r["data"], f"{r['budget']} ({_bound_kind(r)})"]
         if not r.get("ok"):
-            body.append([r["data"], r["agent"], r["seed"], r["rounding"], "failed", "-", "-", "-",
+            body.append([*head, r["agent"], r["seed"], r["rounding"], "failed", "-", "-", "-",
                          "-", "-", "-", r.get("error", "")[:80]])  # fmt: skip
             continue
         cost = r.get("staircase_cost")
@@ -260,18 +326,65 @@ def rows_table(rows: Sequence[dict[str, Any]]) -> str:
         )
         built = [b for _, b in r["proposed_built"].values()]
         body.append([
-            r["data"], r["agent"], r["seed"], r["rounding"], _f(r["accuracy"], "{:.4f}"),
+            *head, r["agent"], r["seed"], r["rounding"], _f(r["accuracy"], "{:.4f}"),
             _f(r["accuracy_dense"], "{:.4f}"),
             f"{r['latency_final']:.4f} / {r['latency_bound']:.4f}",
             _f(r["final_over_bound"]), _f(r["remeasured_over_bound"]),
             f"{r['params_final']:,}", probe_text, " ".join(str(b) for b in built),
         ])  # fmt: skip
     return markdown_table(
-        ["data", "agent", "seed", "round-to", "test acc", "dense acc",
+        ["model", "data", "budget (bound)", "agent", "seed", "round-to", "test acc", "dense acc",
          "latency ms (final / bound)", "final/bound", "re-measured/bound", "params",
          "run's staircase probe", "built channels per unit"],
         body,
     )  # fmt: skip
+
+
+def _bound_kind(r: dict[str, Any]) -> str:
+    return "fixed" if r.get("reference_ms") else "per run"
+
+
+def summary_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Per (model, data, budget, bound kind, agent) and rounding: seeds, test accuracy mean and
+    spread, latency used of the bound, and the paired per-seed difference ``auto - this``."""
+    order = {r: i for i, r in enumerate(ROUNDINGS)}
+    groups: dict[tuple, dict[str, dict[int, dict[str, Any]]]] = {}
+    for r in rows:
+        key = (r["model"], r["data"], r["budget"], _bound_kind(r), r["agent"])
+        groups.setdefault(key, {}).setdefault(r["rounding"], {})[r["seed"]] = r
+    body = []
+    for key in sorted(groups):
+        by = groups[key]
+        for rounding in sorted(by, key=lambda k: order.get(k, 9)):
+            runs = by[rounding]
+            acc = [x["accuracy"] for x in runs.values()]
+            used = [x["final_over_bound"] for x in runs.values()]
+            auto = by.get("auto", {})
+            diffs = [auto[sd]["accuracy"] - runs[sd]["accuracy"] for sd in runs if sd in auto]
+            paired = (
+                "-" if rounding == "auto" or not diffs else
+                f"{statistics.mean(diffs):+.4f}" + (
+                    f" ± {statistics.stdev(diffs):.4f}" if len(diffs) > 1 else "") +
+                f" ({sum(d > 0 for d in diffs)}/{len(diffs)} seeds ahead)"
+            )  # fmt: skip
+            body.append([*key, rounding, len(runs), f"{statistics.mean(acc):.4f}"
+                         + (f" ± {statistics.stdev(acc):.4f}" if len(acc) > 1 else ""),
+                         f"{statistics.median(used):.2f}", paired])  # fmt: skip
+    return markdown_table(
+        ["model", "data", "budget", "bound", "agent", "round-to", "seeds", "test acc",
+         "final/bound (median)", "auto - this"],
+        body,
+    )  # fmt: skip
+
+
+def references_table(references: Sequence[dict[str, Any]]) -> str:
+    body = [[r["model"], r["width"], r["oracle"], f"{r['median']:.4f}",
+             " ".join(f"{v:.4f}" for v in r["values"]),
+             " ".join(f"{x:.1f}" for x in r.get("load_average", []))]
+            for r in references]  # fmt: skip
+    return markdown_table(
+        ["model", "width", "oracle", "median ms", "calls ms", "load average (1, 5, 15 min)"], body
+    )
 
 
 def probes_table(probes: Sequence[dict[str, Any]]) -> str:
@@ -319,6 +432,13 @@ def main(argv: list[str] | None = None) -> int:
         help="other runtimes to probe the same model on, e.g. torch:cpu?threads=1",
     )
     p.add_argument("--counts-per-unit", type=int, default=8, help="the probe's coarse counts")
+    p.add_argument(
+        "--per-run-bound",
+        dest="fixed_bound",
+        action="store_false",
+        help="resolve a relative budget against each run's own dense measurement (the first "
+        "rows' way) instead of one stored reference measurement of the dense model",
+    )
     p.add_argument("--stored-only", action="store_true", help="tables from stored rows only")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -343,6 +463,12 @@ def main(argv: list[str] | None = None) -> int:
         from hwprune.space.staircase import Staircase, write_staircase_plots
 
         stairs = Staircase.from_dict(probes[0]["first"])
+        args.reference_ms = None
+        if args.fixed_bound:
+            ref = reference_latency(model=args.model, width=args.width,
+                                    num_classes=int(splits.num_classes),
+                                    input_shape=input_shape, oracle=args.oracle)  # fmt: skip
+            args.reference_ms = float(ref["median"])
         # One measurement cache for every run: the first auto row probes, the next are answered.
         os.environ.setdefault("HWPRUNE_CACHE", str(RUNS_DIR / "oracles.sqlite"))
         for agent in args.agents:
@@ -363,27 +489,21 @@ def main(argv: list[str] | None = None) -> int:
         built = {k: v[1] for k, v in auto[0]["proposed_built"].items()} if auto else None
         write_staircase_plots(stairs, rows_store.dir / "plots", built=built, top=3)
     # The tables show every stored row (other agents' and seeds' runs too), probes first.
-    probes, rows = [], []
+    probes, rows, references = [], [], []
     for path in sorted(rows_store.dir.glob("*.json")):
         data = json.loads(path.read_text(encoding="utf-8"))
-        (probes if str(data.get("tag", "")).startswith("probe-") else rows).append(data)
+        tag = str(data.get("tag", ""))
+        if tag.startswith("reference-"):
+            references.append(data)
+            continue
+        (probes if tag.startswith("probe-") else rows).append(data)
     probes.sort(key=lambda p: p["oracle"] != args.oracle)
 
     env = environment()
     write_results("staircase", {"probes": probes, "rows": rows}, command=command_line(), env=env)
     ok = [r for r in rows if r.get("ok")]
     notes = []
-    for data, agent in sorted({(r["data"], r["agent"]) for r in ok}):
-        group = [r for r in ok if r["data"] == data and r["agent"] == agent]
-        by = {
-            k: statistics.mean(r["accuracy"] for r in group if r["rounding"] == k)
-            for k in {r["rounding"] for r in group}
-        }
-        if "auto" in by:
-            others = ", ".join(f"{k}: {v - by['auto']:+.4f}" for k, v in by.items() if k != "auto")
-            notes.append(
-                f"- {data}, {agent}: mean test accuracy of each rounding minus `auto` ({others})"
-            )
+    summary = summary_table(ok)
     if ok:
         mean_s = statistics.mean(r["total_seconds"] for r in ok)
         notes.append(
@@ -393,13 +513,20 @@ def main(argv: list[str] | None = None) -> int:
             "and PPO's larger evaluation budgets"
         )
     text = (
-        f"{args.model} (width {args.width:g}), `{args.budget}` on `{args.oracle}`, "
+        f"Model, data and budget per row in its columns (width 0.5, `{args.oracle}`), "
         f"{args.evaluations} evaluations, {args.finetune_epochs} fine-tuning epochs for every "
-        "row (the first rows on `digits`, the later on Fashion-MNIST, column `data`). "
-        "Latencies were taken on a shared 2-core machine while other work ran (load average "
-        "often above 10): noisy.\n\n"
+        "row. Bound `fixed`: the budget's fraction of one stored reference latency of the dense "
+        "model, the same for every row of that model; `per run` (the first rows): of the run's "
+        "own dense measurement, which moved by up to a factor of two between runs on this "
+        "shared 2-core machine, so those rows were not held to the same bound. "
+        "Latencies were taken while other work ran: noisy.\n\n"
         "Probe of the latency staircase (first from an empty cache, then again on the same "
-        "cache):\n\n" + probes_table(probes) + "\n\nRuns:\n\n" + rows_table(rows)
+        "cache):\n\n" + probes_table(probes)
+        + "\n\nReference latency of the dense model (rows with a fixed bound: the budget's "
+        "fraction of this median of independent fresh calls):\n\n" + references_table(references)
+        + "\n\nBy model, budget and agent (seeds paired; `auto - this`: the mean and spread of "
+        "the per-seed difference in test accuracy):\n\n" + summary
+        + "\n\nRuns:\n\n" + rows_table(rows)
         + ("\n\n" + "\n".join(notes) if notes else "")
     )  # fmt: skip
     update_results_md("staircase", "Channel counts from the measured latency staircase", text,

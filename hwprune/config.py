@@ -179,6 +179,14 @@ class PruneConfig:
         kind="round_to",
         metavar="auto|N",
     )
+    staircase_seconds: float = _opt(
+        600.0,
+        "time budget of the round_to 'auto' staircase probe: past it, the units probed keep "
+        "the steps found so far and the rest are built at the fixed multiple (8 for GPU "
+        "oracles, else not rounded). Matters for slow oracles: a TensorRT engine build per "
+        "probed layer; ONNX Runtime on a CPU takes 1-3 minutes for a VGG. 0: no limit",
+        kind="float",
+    )
     min_keep: float = _opt(0.1, "smallest fraction kept per unit", kind="float")
     granularity: str = _opt("channel", "what is pruned", kind="str", choices=GRANULARITIES)
     importance: str = _opt("l2", "channel importance: l1, l2, taylor, random", kind="str")
@@ -243,6 +251,10 @@ class PruneConfig:
             )
         if self.finetune_batch_size < 1:
             raise bad("finetune_batch_size", "a positive integer")
+        if self.staircase_seconds < 0:
+            raise ConfigError(
+                f"staircase_seconds must be 0 (no limit) or positive, got {self.staircase_seconds!r}"
+            )
         if not 0.0 < self.min_keep <= 1.0:
             raise ConfigError(f"min_keep must lie in (0, 1], got {self.min_keep!r}")
         if self.granularity not in GRANULARITIES:

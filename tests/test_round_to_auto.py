@@ -161,3 +161,29 @@ def test_a_staircase_that_cannot_be_probed_warns_and_the_run_goes_on(tmp_path: P
     assert result.all_met
     assert "could not be probed" in caplog.text and "single layers" in caplog.text
     assert not (tmp_path / "run" / "staircase.json").exists()
+
+
+def test_a_probe_past_its_time_budget_keeps_what_it_timed_and_the_report_says_so(
+    tmp_path: Path,
+) -> None:
+    # A millisecond: the budget runs out before the first unit's coarse grid is timed.
+    result = _prune(tmp_path / "run", staircase_seconds=0.001)
+    stairs = staircase_mod.Staircase.load(tmp_path / "run" / "staircase.json")
+    assert not stairs.complete and set(stairs.left_out) == {"body.0", "body.3"}
+    assert stairs.settings["seconds_budget"] == 0.001
+    # On a CPU oracle a unit not probed is not rounded: every count may be built.
+    assert stairs.choices() == {} and all(v == () for v in stairs.left_out.values())
+    assert result.all_met
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "time budget (0.001 s, `staircase_seconds`) ran out" in report
+    assert "not probed" in report
+
+
+@pytest.mark.parametrize("value", ["-1", "soon"])
+def test_a_bad_staircase_budget_is_one_line_and_exit_2(value, tmp_path: Path, capsys) -> None:
+    code = main(["prune", "--model", "vgg11_cifar", "--budget", "latency<=50%",
+                 "--staircase-seconds", value, "--out", str(tmp_path / "run"), "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "staircase_seconds" in err.replace("-", "_"), err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()

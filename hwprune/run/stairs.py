@@ -19,7 +19,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from hwprune.config import AUTO
+from hwprune.config import AUTO, default_round_to
 from hwprune.run.context import RunContext
 from hwprune.run.load import Loaded, build_space, space_options
 
@@ -57,8 +57,10 @@ def staircase(ctx: RunContext, loaded: Loaded, constraints: Sequence[Any]) -> Lo
             single = [u.id for u in loaded.space.units if int(getattr(u, "step", 1)) == 1]
             try:
                 stairs = probe_staircase(
-                    loaded.space, spec, cache=MeasurementCache(), units=single, progress=progress
-                )
+                    loaded.space, spec, cache=MeasurementCache(), units=single,
+                    progress=progress, seconds=config.staircase_seconds or None,
+                    fallback=default_round_to([spec]),
+                )  # fmt: skip
             except Exception as exc:  # a one-layer model the oracle cannot time: no staircase
                 first = (str(exc).strip().splitlines() or [""])[0][:200]
                 log.warning(
@@ -120,6 +122,22 @@ def channel_section(ctx: RunContext, loaded: Loaded, policy: Any) -> tuple[str, 
         f"by the measurement cache, {stairs.seconds:.0f} s; `{STAIRCASE_FILE}`), and every "
         "proposed count was built as the top of its latency step (the most channels for the "
         "same latency). Latency: the sum of the unit's layers timed alone.",
+    ]
+    if not stairs.complete:
+        cut = [u.unit for u in stairs.units if not u.complete]
+        budget = stairs.settings.get("seconds_budget")
+        fallback = int(stairs.settings.get("fallback", 1))
+        lines += [
+            "",
+            f"The probe's time budget ({budget:g} s, `staircase_seconds`) ran out before it was "
+            f"done: {len(cut)} units have steps from a coarser set of counts (a jump not "
+            f"bisected to its edge), and {len(stairs.left_out)} were not probed "
+            + ("(their counts are not rounded)." if fallback <= 1 else
+               f"(built at multiples of {fallback}).")
+            + " A larger `--staircase-seconds` (or 0, no limit) probes them; the measurements "
+            "made so far are in the measurement cache, so the next probe starts from them.",
+        ]  # fmt: skip
+    lines += [
         "",
         f"| unit | channels | proposed | built | allowed counts | latency built / full "
         f"({stairs.unit}) |",
@@ -128,6 +146,10 @@ def channel_section(ctx: RunContext, loaded: Loaded, policy: Any) -> tuple[str, 
     for u in space.units:
         r = rows.get(u.id)
         allowed = " ".join(str(c) for c in r["choices"]) if r else "-"
+        if r is None and u.id in stairs.left_out:
+            allowed = "not probed" + (
+                f": multiples of {stairs.settings.get('fallback')}" if stairs.left_out[u.id] else ""
+            )
         lat = (f"{r['latency_built']:.4f} / {r['latency_full']:.4f}"
                if r and r["latency_built"] is not None else "-")  # fmt: skip
         lines.append(f"| `{u.id}` | {u.channels} | {pb[u.id][0]} | {pb[u.id][1]} | {allowed} "

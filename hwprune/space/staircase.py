@@ -52,7 +52,9 @@ oracle calls and 239 s; the defaults here (8 coarse counts, bisection to
 channels/64, 0.1 s windows) 308 calls and 144 s (benchmarks/RESULTS.md,
 "staircase"). Every call goes through the measurement
 cache, so a second probe of the same model on the same oracle and machine
-makes none.
+makes none. On a slow oracle (an engine build per one-layer model) a time
+budget (``seconds``) bounds the probe: the slowest units and the largest jumps
+come first, and what was timed when the time runs out is kept.
 """
 
 from __future__ import annotations
@@ -105,6 +107,8 @@ class UnitStaircase:
     noise: float
     choices: tuple[int, ...]
     layers: tuple[str, ...] = ()
+    #: Every jump bisected down to the resolution (False: the probe's time budget ran out).
+    complete: bool = True
 
     def latency_at(self, count: int) -> float:
         """Latency of the step ``count`` falls in (the measured value of its step top)."""
@@ -121,6 +125,7 @@ class UnitStaircase:
             "noise": self.noise,
             "choices": list(self.choices),
             "layers": list(self.layers),
+            "complete": self.complete,
         }
 
     @classmethod
@@ -133,6 +138,7 @@ class UnitStaircase:
             noise=float(data["noise"]),
             choices=tuple(int(c) for c in data["choices"]),
             layers=tuple(str(n) for n in data.get("layers", ())),
+            complete=bool(data.get("complete", True)),
         )
 
 
@@ -142,7 +148,9 @@ class Staircase:
 
     ``oracle_calls`` counts the calls the oracle really ran (each timed for
     ``min_time`` or more); ``cached_calls`` those answered by the measurement
-    cache; ``seconds`` the probe's wall time (exports included).
+    cache; ``seconds`` the probe's wall time (exports included). ``left_out``:
+    the units the probe's time budget did not reach, with the counts they are
+    built at instead (multiples of the fallback; empty: not rounded).
     """
 
     oracle: str
@@ -152,10 +160,18 @@ class Staircase:
     cached_calls: int = 0
     seconds: float = 0.0
     settings: Mapping[str, Any] = field(default_factory=dict)
+    left_out: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     def choices(self) -> dict[str, tuple[int, ...]]:
         """Allowed kept-channel counts by unit id, for ``ChannelSpace(channel_choices=...)``."""
-        return {u.unit: u.choices for u in self.units}
+        out = {u: tuple(c) for u, c in self.left_out.items() if c}
+        out.update({u.unit: u.choices for u in self.units})
+        return out
+
+    @property
+    def complete(self) -> bool:
+        """Every unit probed and every jump bisected (the time budget did not run out)."""
+        return not self.left_out and all(u.complete for u in self.units)
 
     def by_unit(self) -> dict[str, UnitStaircase]:
         return {u.unit: u for u in self.units}
@@ -169,6 +185,7 @@ class Staircase:
             "seconds": self.seconds,
             "settings": dict(self.settings),
             "units": [u.to_dict() for u in self.units],
+            "left_out": {k: list(v) for k, v in self.left_out.items()},
         }
 
     @classmethod
@@ -181,6 +198,9 @@ class Staircase:
             cached_calls=int(data.get("cached_calls", 0)),
             seconds=float(data.get("seconds", 0.0)),
             settings=dict(data.get("settings", {})),
+            left_out={
+                str(k): tuple(int(c) for c in v) for k, v in data.get("left_out", {}).items()
+            },  # fmt: skip
         )
 
     def save(self, path: str | Path) -> Path:
@@ -369,6 +389,8 @@ def probe_staircase(
     min_time: float | None = PROBE_MIN_TIME,
     units: Iterable[str] | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    seconds: float | None = None,
+    fallback: int = 1,
 ) -> Staircase:
     """Measure every unit's latency staircase on ``oracle_spec`` and choose its step tops.
 
@@ -384,7 +406,18 @@ def probe_staircase(
     channels short of the exact edge); ``min_time`` the seconds each one-layer
     model is timed for where the oracle's spec left its ``min_time`` at the
     default (None: the spec's own protocol); ``units`` restricts the probe to
-    some unit ids; ``progress(done, total, unit_id)`` is called after each unit.
+    some unit ids; ``progress(done, total, unit_id)`` is called after each unit's
+    coarse grid.
+
+    ``seconds`` bounds the probe's wall time (None: no bound), for oracles whose
+    call is slow (a TensorRT engine build per one-layer model, a remote server).
+    The probe times every unit at its full count, then the coarse grids, slowest
+    units first, then bisects the jumps where the most latency is at stake first,
+    and stops where the time runs out: a unit with its coarse grid timed gets its
+    steps from the counts timed (``UnitStaircase.complete`` False where a jump was
+    left unbisected); a unit without is listed in ``Staircase.left_out``, built at
+    multiples of ``fallback`` (1: not rounded). Without a bound the result is the
+    same as bisecting unit by unit.
 
     Example::
 
@@ -405,6 +438,10 @@ def probe_staircase(
         isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1
     ):
         raise ConfigError(f"resolution must be a positive integer, got {resolution!r}")
+    if seconds is not None and not float(seconds) > 0:
+        raise ConfigError(f"the staircase probe's seconds must be positive, got {seconds!r}")
+    if isinstance(fallback, bool) or not isinstance(fallback, int) or fallback < 1:
+        raise ConfigError(f"fallback must be a positive integer, got {fallback!r}")
     target = oracles.get_oracle(oracle_spec)
     oracle = _probe_oracle(target, min_time)
     if oracle.quantity != "latency":
@@ -421,28 +458,30 @@ def probe_staircase(
         chosen = [u for u in chosen if u.id in wanted]
 
     t0 = time.perf_counter()
+    deadline = None if seconds is None else t0 + float(seconds)
     prober = _Prober(space, oracle, cache)
-    results: list[UnitStaircase] = []
-    probed: dict[tuple, UnitStaircase] = {}  # by unit shape: the repeated blocks of a ResNet
-    for done, unit in enumerate(chosen, start=1):
+    # Units whose one-layer models have the same shapes share one probe: the repeated
+    # blocks of a ResNet are probed once.
+    probes: dict[tuple, _UnitProbe] = {}
+    members: list[tuple[Any, _UnitProbe]] = []
+    for unit in chosen:
         low = _lowest(unit.channels, space.min_keep)
         shape = prober.unit_shape(unit, low)
-        twin = probed.get(shape)
-        if twin is not None:
-            names = tuple(name for name, _, _ in prober._layers_at(unit, unit.channels))
-            results.append(dataclasses.replace(twin, unit=unit.id, layers=names))
-        else:
-            probed[shape] = _probe_unit(
-                prober,
-                unit,
-                min_keep=space.min_keep,
-                points=counts_per_unit,
-                floor=noise_floor,
+        if shape not in probes:
+            probes[shape] = _UnitProbe(
+                prober, unit, low=low, points=counts_per_unit, floor=noise_floor,
                 resolution=resolution or default_resolution(unit.channels),
-            )
-            results.append(probed[shape])
-        if progress is not None:
-            progress(done, len(chosen), unit.id)
+            )  # fmt: skip
+        members.append((unit, probes[shape]))
+    _run_probes(list(probes.values()), deadline=deadline, progress=progress, members=members)
+    results: list[UnitStaircase] = []
+    left_out: dict[str, tuple[int, ...]] = {}
+    for unit, p in members:
+        if not p.coarse_done:  # the budget ran out before its coarse grid was timed
+            left_out[unit.id] = _multiples(p.low, unit.channels, fallback)
+            continue
+        names = tuple(name for name, _, _ in prober._layers_at(unit, unit.channels))
+        results.append(dataclasses.replace(p.result(), unit=unit.id, layers=names))
     stairs = Staircase(
         oracle=target.spec,
         unit=oracle.unit,
@@ -455,17 +494,137 @@ def probe_staircase(
             "noise_floor": float(noise_floor),
             "resolution": resolution,
             "timing_spec": oracle.spec,
+            "seconds_budget": None if seconds is None else float(seconds),
+            "fallback": int(fallback),
         },
+        left_out=left_out,
     )
+    cut = [u.unit for u in results if not u.complete]
     log.info(
-        "latency staircase on %s: %d units, %d oracle calls, %d from the cache, %.1f s",
+        "latency staircase on %s: %d units, %d oracle calls, %d from the cache, %.1f s%s",
         stairs.oracle,
         len(results),
         stairs.oracle_calls,
         stairs.cached_calls,
         stairs.seconds,
-    )
+        "" if not (cut or left_out) else (
+            f"; the {seconds:g} s budget ran out: {len(cut)} units with steps not bisected to "
+            f"the end, {len(left_out)} not probed (their counts are "
+            + ("not rounded)" if fallback <= 1 else f"rounded to multiples of {fallback})")
+        ),
+    )  # fmt: skip
     return stairs
+
+
+def _multiples(low: int, channels: int, step: int) -> tuple[int, ...]:
+    """Counts for a unit the probe did not reach: multiples of ``step`` from ``low`` up, and the
+    full count (none for ``step`` 1: the space's own rounding applies)."""
+    if step <= 1:
+        return ()
+    return tuple(sorted({*range(-(-max(low, 1) // step) * step, channels, step), channels}))
+
+
+class _UnitProbe:
+    """One unit's (or shape class's) measurements as the probe goes."""
+
+    def __init__(
+        self, prober: _Prober, unit: Any, *, low: int, points: int, floor: float, resolution: int
+    ) -> None:
+        self.prober, self.unit, self.low, self.floor = prober, unit, low, floor
+        self.resolution = resolution
+        self.grid = _grid(low, unit.channels, points)
+        self.values: dict[int, float] = {}
+        self.noise = floor
+        self.coarse_done = False
+        self.complete = False  # every jump bisected down to the resolution
+
+    def full(self) -> float:
+        top, spread = self.prober.unit_latency(self.unit, self.unit.channels, repeats=NOISE_REPEATS)
+        self.noise = max(self.floor, spread / top if top > 0 else 0.0)
+        self.values[self.unit.channels] = top
+        return top
+
+    def at(self, count: int) -> float:
+        if count not in self.values:
+            self.values[count] = self.prober.unit_latency(self.unit, count)[0]
+        return self.values[count]
+
+    def splits(self, a: int, b: int) -> bool:
+        """Whether the interval is bisected: wider than the resolution, and a jump above noise."""
+        return b - a > self.resolution and self.at(b) > self.at(a) * (1.0 + self.noise)
+
+    def result(self) -> UnitStaircase:
+        counts = tuple(sorted(self.values))
+        latency = tuple(self.values[c] for c in counts)
+        choices = find_steps(counts, latency, noise=self.noise)
+        log.debug("unit %s: %d counts timed, steps at %s", self.unit.id, len(counts), choices)
+        return UnitStaircase(
+            unit=self.unit.id, channels=self.unit.channels, counts=counts, latency=latency,
+            noise=self.noise, choices=choices, complete=self.complete,
+        )  # fmt: skip
+
+
+def _run_probes(
+    probes: list[_UnitProbe],
+    *,
+    deadline: float | None,
+    progress: Callable[[int, int, str], None] | None,
+    members: list[tuple[Any, _UnitProbe]],
+) -> None:
+    """Time every unit at its full count, then its coarse grid (slowest units first), then
+    bisect the jumps where the most latency is at stake first, until ``deadline``.
+
+    Without a deadline every unit ends as a depth-first bisection would leave it (the same
+    intervals are split); with one, what was timed before it is kept: a unit whose coarse
+    grid is complete has its steps from the counts timed (``complete`` False where a jump
+    was left unbisected), the others none.
+    """
+    import heapq
+
+    def late() -> bool:
+        return deadline is not None and time.perf_counter() > deadline
+
+    timed: list[tuple[float, int]] = []
+    for i, p in enumerate(probes):
+        if late():
+            break
+        timed.append((p.full(), i))
+    done = 0
+    for _, i in sorted(timed, key=lambda t: (-t[0], t[1])):
+        p = probes[i]
+        for count in p.grid:
+            if late():
+                break
+            p.at(count)
+        else:
+            p.coarse_done = True
+            if progress is not None:
+                for unit, q in members:
+                    if q is p:
+                        done += 1
+                        progress(done, len(members), unit.id)
+    # Bisection: the interval with the largest latency jump first.
+    heap: list[tuple[float, int, int, int]] = []
+    for i, p in enumerate(probes):
+        if p.coarse_done:
+            p.complete = True
+            for a, b in zip(p.grid, p.grid[1:], strict=False):
+                heapq.heappush(heap, (-(p.values[b] - p.values[a]), i, a, b))
+    while heap:
+        _, i, a, b = heapq.heappop(heap)
+        p = probes[i]
+        if not p.splits(a, b):
+            continue
+        if late():
+            p.complete = False
+            for _, j, c, d in heap:  # every unit with a jump still waiting (no call: both
+                if probes[j].splits(c, d):  # ends of a queued interval were timed)
+                    probes[j].complete = False
+            break
+        mid = (a + b) // 2
+        p.at(mid)
+        heapq.heappush(heap, (-(p.values[mid] - p.values[a]), i, a, mid))
+        heapq.heappush(heap, (-(p.values[b] - p.values[mid]), i, mid, b))
 
 
 def _lowest(channels: int, min_keep: float) -> int:
@@ -498,55 +657,6 @@ def _probe_oracle(oracle: Any, min_time: float | None) -> Any:
     if "max_time" in fields and oracle.max_time > 20 * min_time:
         changes["max_time"] = max(float(min_time), 20 * float(min_time))
     return dataclasses.replace(oracle, **changes)
-
-
-def _probe_unit(
-    prober: _Prober,
-    unit: Any,
-    *,
-    min_keep: float,
-    points: int,
-    floor: float,
-    resolution: int = 1,
-) -> UnitStaircase:
-    channels = unit.channels
-    low = _lowest(channels, min_keep)
-    top, spread = prober.unit_latency(unit, channels, repeats=NOISE_REPEATS)
-    noise = max(floor, spread / top if top > 0 else 0.0)
-    values: dict[int, float] = {channels: top}
-
-    def at(count: int) -> float:
-        if count not in values:
-            values[count] = prober.unit_latency(unit, count)[0]
-        return values[count]
-
-    def refine(a: int, b: int) -> None:
-        # Bisect wherever the latency rises by more than the noise, down to ``resolution``.
-        if b - a <= resolution or at(b) <= at(a) * (1.0 + noise):
-            return
-        mid = (a + b) // 2
-        refine(a, mid)
-        refine(mid, b)
-
-    grid = _grid(low, channels, points)
-    for count in grid:
-        at(count)
-    for a, b in zip(grid, grid[1:], strict=False):
-        refine(a, b)
-    counts = tuple(sorted(values))
-    latency = tuple(values[c] for c in counts)
-    choices = find_steps(counts, latency, noise=noise)
-    layers = tuple(name for name, _, _ in prober._layers_at(unit, channels))
-    log.debug("unit %s: %d counts timed, steps at %s", unit.id, len(counts), choices)
-    return UnitStaircase(
-        unit=unit.id,
-        channels=channels,
-        counts=counts,
-        latency=latency,
-        noise=noise,
-        choices=choices,
-        layers=layers,
-    )
 
 
 # --------------------------------------------------------------------------- what was built

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
+from typing import ClassVar
 
 import pytest
 import torch
 from torch import nn
 
+import oracles
 from hwprune.errors import ConfigError
 from hwprune.space import ChannelSpace, Policy
 from hwprune.space.staircase import (
@@ -190,3 +194,108 @@ def test_units_of_the_same_shape_share_one_probe(monkeypatch):
     assert b.layers == ("b", "c") and a.layers == ("a", "b")
     assert cuts["b"] == 2  # its shape, and its layer names: no count of its own was timed
     assert cuts["a"] > len(a.counts) and cuts["c"] > 2  # c (into the Linear) is probed itself
+
+
+# ------------------------------------------------------------------ the probe's time budget
+
+
+@oracles.register_oracle("test-stair-latency")
+@dataclasses.dataclass
+class StairLatency(oracles.Oracle):
+    """A one-layer model's latency as a known staircase: 0.01 ms per started block of 8 output
+    channels times per started block of 8 input channels. Each call moves ``CLOCK`` on by one
+    "second", so a time budget is a number of calls."""
+
+    quantity: ClassVar[str] = "latency"
+    unit: ClassVar[str] = "ms"
+    timed: ClassVar[bool] = True
+    input_format: ClassVar[str] = "torch"
+    device: str = "cpu"
+
+    def measure(self, model, *, input_shapes=None) -> oracles.Measurement:
+        CLOCK[0] += 1.0
+        w = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))).weight
+        out_c, in_c = int(w.shape[0]), int(w.shape[1])
+        value = 0.01 * math.ceil(out_c / 8) * math.ceil(in_c / 8)
+        return oracles.Measurement(quantity="latency", value=value, unit="ms", oracle=self.spec,
+                                   statistic="median", samples=10)  # fmt: skip
+
+
+CLOCK = [0.0]
+
+
+class _Wide(nn.Module):
+    """Three units of different cost: 64 -> 64 -> 32 channels, then a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 64, 3, padding=1)
+        self.b = nn.Conv2d(64, 64, 3, padding=1)
+        self.c = nn.Conv2d(64, 32, 3, padding=1)
+        self.fc = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.c(torch.relu(self.b(torch.relu(self.a(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    from hwprune.space import staircase as mod
+
+    CLOCK[0] = 0.0
+    monkeypatch.setattr(mod.time, "perf_counter", lambda: CLOCK[0])
+    return CLOCK
+
+
+def _wide_space() -> ChannelSpace:
+    torch.manual_seed(0)
+    return ChannelSpace(_Wide().eval(), example_input_shape=(1, 3, 8, 8), min_keep=0.1)
+
+
+def test_without_a_budget_the_probe_finds_every_step_edge(fake_clock):
+    stairs = probe_staircase(_wide_space(), "test-stair-latency", cache=None, noise_floor=0.01)
+    assert stairs.complete and not stairs.left_out
+    # Every unit's latency jumps after each multiple of 8 (its output channels feed the next
+    # layer's input channels): the step tops are the multiples of 8 and the full count.
+    for u in stairs.units:
+        assert u.complete
+        low = max(1, round(0.1 * u.channels))
+        want = {c for c in range(8, u.channels + 1, 8) if c >= low} | {u.channels}
+        assert set(u.choices) == want, u.unit
+
+
+@pytest.mark.parametrize("budget", [0.5, 30.0, 45.0, 100.0])
+def test_a_budget_stops_the_probe_and_what_it_timed_is_kept(fake_clock, budget):
+    space = _wide_space()
+    whole = probe_staircase(space, "test-stair-latency", cache=None, noise_floor=0.01)
+    calls_whole = whole.oracle_calls
+    fake_clock[0] = 0.0
+    part = probe_staircase(space, "test-stair-latency", cache=None, noise_floor=0.01,
+                           seconds=budget, fallback=8)  # fmt: skip
+    # The check comes before each count is timed: past the budget by one count's calls at
+    # most (a unit's two layers, three times each at its full count).
+    assert part.oracle_calls <= budget + 6 and part.oracle_calls < calls_whole
+    assert not part.complete
+    by_unit = {u.unit: u for u in whole.units}
+    for u in part.units:  # probed: steps from a subset of the counts the whole probe timed
+        assert set(u.counts) <= set(by_unit[u.unit].counts)
+        assert u.choices[-1] == u.channels
+        assert set(u.choices) <= set(u.counts)
+    for unit_id, counts in part.left_out.items():  # not reached: multiples of the fallback
+        channels = next(u.channels for u in space.units if u.id == unit_id)
+        assert counts[-1] == channels and all(c % 8 == 0 for c in counts[:-1])
+    assert part.choices().keys() == {u.id for u in space.units}
+    # The costliest units are probed first: a unit left out is no slower than one probed.
+    full = {u.unit: u.latency[-1] for u in whole.units}
+    if part.units and part.left_out:
+        assert min(full[u.unit] for u in part.units) >= max(full[k] for k in part.left_out)
+    # The result round-trips through JSON, budget state included.
+    assert Staircase.from_dict(part.to_dict()) == part
+
+
+def test_bad_probe_budgets_are_refused():
+    with pytest.raises(ConfigError, match="seconds must be positive"):
+        probe_staircase(_space(), FAST_ORT, cache=None, seconds=0)
+    with pytest.raises(ConfigError, match="fallback"):
+        probe_staircase(_space(), FAST_ORT, cache=None, fallback=0)
