@@ -187,7 +187,7 @@ def absolute_budget(budget: str, reference_ms: float) -> str:
     b = parse_budget(budget)
     if not b.relative:
         return budget
-    return f"{b.quantity}<={b.limit / 100.0 * reference_ms:.5f}ms"
+    return f"{b.quantity}<={b.limit * reference_ms:.5f}ms"
 
 
 def run_row(

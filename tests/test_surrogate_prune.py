@@ -90,6 +90,9 @@ def test_on_makes_fewer_calls_than_off_and_a_resume_keeps_predictions_predicted(
             assert r["surrogate"]["latency"]["reason"] == "later"
     s = on["surrogate"]["budgets"]["latency"]
     assert s["predicted"] == sum(r["sources"]["latency"] == "predicted" for r in after) > 0
-    calls_on = sum(r["sources"]["latency"] == "measured" for r in after)
-    calls_off = len(_candidates(tmp_path / "off"))
-    assert len(after) == calls_off == 24 and calls_on < calls_off
+    # The search's 24 candidates come first; a final proof that fails under load adds a
+    # repair's candidates after them (measured), in either run.
+    off_search = _candidates(tmp_path / "off")[:24]
+    assert len(off_search) == 24 and len(after) >= 24
+    calls_on = sum(r["sources"]["latency"] == "measured" for r in after[:24])
+    assert calls_on < sum(r["sources"]["latency"] == "measured" for r in off_search) == 24

@@ -29,8 +29,10 @@ ResNet are probed once.
 Where the steps are. Counts are probed on a coarse grid
 (``counts_per_unit`` points from the smallest count the space allows to the
 full count); wherever two neighbours differ by more than the noise, the
-interval is bisected down to ``resolution`` channels (one channel up to 64
-channels, 4 at 256), so every step edge is found to within a few percent of
+interval is bisected while it is wider than ``resolution`` channels (one
+channel up to 64 channels, 4 at 256): the halves are timed only where they are
+wider still, so the last interval timed is at most twice that wide, and every
+step edge is found to within a few percent of
 the unit's channels without timing every count. The coarse grid's inner counts are
 multiples of a power of two (the stride that gives about ``counts_per_unit``
 points), because most runtimes are fastest at aligned counts; which
@@ -401,9 +403,10 @@ def probe_staircase(
     ``noise_floor`` the smallest relative jump that counts as a step;
     ``resolution`` the width, in channels, at which the bisection of a jump
     stops (default ``default_resolution(channels)``: 1 up to 64 channels, then
-    1/64 of the unit's channels rounded down to a power of two; the lower count
-    of the last interval is then the step top, at most ``resolution - 1``
-    channels short of the exact edge); ``min_time`` the seconds each one-layer
+    1/64 of the unit's channels rounded down to a power of two; an interval no
+    wider is not timed inside, so the lower count of the last interval timed is
+    the step top, at most ``2 * resolution - 1`` channels short of the exact
+    edge); ``min_time`` the seconds each one-layer
     model is timed for where the oracle's spec left its ``min_time`` at the
     default (None: the spec's own protocol); ``units`` restricts the probe to
     some unit ids; ``progress(done, total, unit_id)`` is called after each unit's
@@ -603,7 +606,9 @@ def _run_probes(
                     if q is p:
                         done += 1
                         progress(done, len(members), unit.id)
-    # Bisection: the interval with the largest latency jump first.
+    # Bisection, the interval with the largest latency jump first. As in a depth-first
+    # bisection, an interval's ends are timed only when it is wider than the resolution:
+    # a halved interval inherits its parent's jump as its priority until its ends are timed.
     heap: list[tuple[float, int, int, int]] = []
     for i, p in enumerate(probes):
         if p.coarse_done:
@@ -611,20 +616,25 @@ def _run_probes(
             for a, b in zip(p.grid, p.grid[1:], strict=False):
                 heapq.heappush(heap, (-(p.values[b] - p.values[a]), i, a, b))
     while heap:
-        _, i, a, b = heapq.heappop(heap)
+        jump, i, a, b = heapq.heappop(heap)
         p = probes[i]
+        if b - a <= p.resolution:
+            continue
+        if late() and not (a in p.values and b in p.values):
+            heapq.heappush(heap, (jump, i, a, b))
+            for _, j, c, d in heap:  # a jump still waiting (no call: an interval with an end
+                q = probes[j]  # not timed yet counts as one)
+                if d - c > q.resolution and (
+                    c not in q.values or d not in q.values or q.splits(c, d)
+                ):
+                    q.complete = False
+            break
         if not p.splits(a, b):
             continue
-        if late():
-            p.complete = False
-            for _, j, c, d in heap:  # every unit with a jump still waiting (no call: both
-                if probes[j].splits(c, d):  # ends of a queued interval were timed)
-                    probes[j].complete = False
-            break
         mid = (a + b) // 2
-        p.at(mid)
-        heapq.heappush(heap, (-(p.values[mid] - p.values[a]), i, a, mid))
-        heapq.heappush(heap, (-(p.values[b] - p.values[mid]), i, mid, b))
+        rise = -(p.at(b) - p.at(a))
+        heapq.heappush(heap, (rise, i, a, mid))
+        heapq.heappush(heap, (rise, i, mid, b))
 
 
 def _lowest(channels: int, min_keep: float) -> int:

@@ -299,3 +299,32 @@ def test_bad_probe_budgets_are_refused():
         probe_staircase(_space(), FAST_ORT, cache=None, seconds=0)
     with pytest.raises(ConfigError, match="fallback"):
         probe_staircase(_space(), FAST_ORT, cache=None, fallback=0)
+
+
+def test_without_a_budget_the_counts_timed_are_a_depth_first_bisections(fake_clock):
+    """The budgeted probe's order (slowest units, largest jumps first) times the same counts
+    as bisecting unit by unit, depth first, would: a budget changes only where it stops."""
+    from hwprune.space import staircase as mod
+
+    space = _wide_space()
+    stairs = probe_staircase(space, "test-stair-latency", cache=None, noise_floor=0.01,
+                             resolution=3)  # fmt: skip
+    prober = mod._Prober(space, oracles.get_oracle("test-stair-latency"), None)
+    for u in stairs.units:
+        unit = next(x for x in space.units if x.id == u.unit)
+        values = {c: prober.unit_latency(unit, c)[0] for c in mod._grid(u.counts[0], u.channels, 8)}
+
+        def refine(a: int, b: int, unit=unit, values=values, noise=u.noise) -> None:
+            if b - a <= 3:
+                return
+            for c in (a, b):
+                values.setdefault(c, prober.unit_latency(unit, c)[0])
+            if values[b] <= values[a] * (1 + noise):
+                return
+            refine(a, (a + b) // 2)
+            refine((a + b) // 2, b)
+
+        grid = sorted(values)
+        for a, b in zip(grid, grid[1:], strict=False):
+            refine(a, b)
+        assert u.counts == tuple(sorted(values)), u.unit
