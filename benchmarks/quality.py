@@ -383,6 +383,7 @@ def summarise(
         over = [r["remeasured_over_bound"] for r in ok if "remeasured_over_bound" in r]
         frac = [r["remeasured_over_dense"] for r in ok if "remeasured_over_dense" in r]
         use = [u for u in (budget_use(r) for r in ok) if u is not None]
+        bounds = [c["bound"] for r in ok for c in (r.get("checks") or ())[:1] if c.get("bound")]
         out.append({
             "model": model, "width": rs[0]["width"], "budget": budget, "searcher": searcher,
             "seeds": max(planned or 0, len(rs)), "finished": len(ok),
@@ -393,6 +394,10 @@ def summarise(
             "remeasured_over_bound_mean": _mean_std(over)[0],
             "remeasured_over_bound_max": max(over) if over else math.nan,
             "budget_use_median": statistics.median(use) if use else math.nan,
+            # The first budget's absolute bound per run: one value when the runs share a
+            # fixed reference, else each run's fraction of its own dense measurement.
+            "bound_min": min(bounds) if bounds else math.nan,
+            "bound_max": max(bounds) if bounds else math.nan,
             "accuracy_by_seed": {int(r["seed"]): r["accuracy"] for r in ok},
             "latency_over_dense_mean": _mean_std(frac)[0],
             "latency_over_dense_std": _mean_std(frac)[1],
@@ -511,9 +516,17 @@ def _f(x: Any, spec: str = "{:.3f}") -> str:
     return spec.format(x)
 
 
+def _bound_range(s: dict[str, Any]) -> str:
+    lo, hi = s.get("bound_min", math.nan), s.get("bound_max", math.nan)
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return "-"
+    return f"{lo:.3f}" if hi - lo < 5e-4 else f"{lo:.3f}-{hi:.3f}"
+
+
 def table(summary: Sequence[dict[str, Any]]) -> str:
     headers = ["model", "budget", "searcher", "seeds ok", "test acc. (mean ± std)",
-               "before fine-tuning", "budget used (median)", "re-measured / budget (mean, max)",
+               "before fine-tuning", "bound (min-max)", "budget used (median)",
+               "re-measured / budget (mean, max)",
                "latency / dense", "params (final / dense)",
                "search s", "evals"]  # fmt: skip
     rows = []
@@ -534,6 +547,7 @@ def table(summary: Sequence[dict[str, Any]]) -> str:
                     "-",
                     "-",
                     "-",
+                    "-",
                 ]
             )
             continue  # fmt: skip
@@ -544,6 +558,7 @@ def table(summary: Sequence[dict[str, Any]]) -> str:
             f"{s['finished']}/{s['seeds']}",
             f"{_f(s['accuracy_mean'])} ± {_f(s['accuracy_std'])}",
             f"{_f(s.get('accuracy_pruned_mean'))} ± {_f(s.get('accuracy_pruned_std'))}",
+            _bound_range(s),
             _f(s.get("budget_use_median"), "{:.3f}")
             + (" (< 0.90)" if s.get("budget_use_median", 1.0) < 0.9 else ""),
             f"{_f(s['remeasured_over_bound_mean'])}, {_f(s['remeasured_over_bound_max'])}",
@@ -802,13 +817,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_write:
         return 0
     # Another dataset's grid has its own results and RESULTS.md section beside the digits one.
-    name = "quality" if args.data == "digits" else f"quality_{dslug}"
+    name = ("quality" if args.data == "digits" else f"quality_{dslug}") + (
+        "_fixed-bound" if args.fixed_bound else ""
+    )
     png = plot(rows, results_dir(quick=q) / f"{name}.png")
     settings = {
         "quick": q, "models": models, "budgets": budgets, "searchers": args.searchers,
         "seeds": seeds, "evaluations": evaluations, "train_epochs": train_epochs,
         "finetune_epochs": finetune_epochs, "oracle": oracle, "device": args.device,
-        "data": args.data, "proxy": proxy,
+        "data": args.data, "proxy": proxy, "fixed_bound": args.fixed_bound,
     }  # fmt: skip
     write_results(
         name,
@@ -843,7 +860,17 @@ def main(argv: list[str] | None = None) -> int:
         "takes the median of 3), as a fraction of the budget (above 1.000 means timing noise "
         "at the edge of the budget) and of the dense latency. Uniform and "
         "global-magnitude stop when their bisection converges, so they use fewer evaluations. "
-        "Timed on a 2-core virtual machine: latency carries noise."
+        "Timed on a 2-core virtual machine: latency carries noise. "
+        + (
+            "Bound: every run of a model is held to the budget's fraction of one stored "
+            "reference latency of its dense model (`--fixed-bound`: the median of 9 fresh "
+            "calls, measured once), so the searchers face the same absolute bound."
+            if args.fixed_bound
+            else "Bound: each run's fraction of its own dense measurement (median of 3 calls "
+            "at the run's start), which the machine's load moved from run to run (column "
+            '"bound"): searchers compared here did not all face the same absolute bound; '
+            "the `--fixed-bound` grid does."
+        )
     )
     if png is not None:
         notes += f"\n\n![accuracy against latency]({png.relative_to(results_md(quick=q).parent)})"
@@ -855,7 +882,9 @@ def main(argv: list[str] | None = None) -> int:
         notes += (f"\n\n**{len(missing)} runs of this grid are not stored yet and are left out** "
                   "(collected with `--stored-only`): the \"seeds ok\" column counts the runs "
                   "that are in.")  # fmt: skip
-    title = "Quality at matched latency" + ("" if name == "quality" else f" on `{args.data}`")
+    title = "Quality at matched latency" + ("" if args.data == "digits" else f" on `{args.data}`")
+    if args.fixed_bound:
+        title += ", one fixed bound per model"
     update_results_md(name, title,
                       body + "\n\nBest RL searcher against best baseline (mean test accuracy):\n\n"
                       + headline_table(heads), command=command_line(), env=env,

@@ -178,15 +178,18 @@ def choose(ctx: RunContext, loaded: Loaded, d: Dense) -> tuple[Any, list[dict[st
     Ranked by :func:`~hwprune.evaluate.rank_feasible` over every candidate in
     the episodes log (earlier sessions' included); the first whose
     re-measurement meets every budget is chosen (a value the surrogate predicted
-    ranks a candidate, never confirms it). None confirmed: the repair step
-    scales the most accurate candidate down until it is feasible, measuring
-    every value.
+    ranks a candidate, never confirms it). If the most accurate failed its
+    re-measurement and the one confirmed is clearly less accurate, the failed one
+    scaled down to a margin competes too (:func:`_rescue`). None confirmed: the
+    repair step scales the most accurate candidate down until it is feasible,
+    measuring every value.
     """
     from hwprune.agents import confirm_best, repair
 
     evaluator = d.evaluator
     with ctx.stage("choose", None, "confirming the best candidates") as step:
         best, confirmations = confirm_best(loaded.space, evaluator, evaluator.history)
+        best = _rescue(loaded.space, evaluator, best, confirmations)
         if best is None:
             start = (
                 max(evaluator.history, key=lambda o: o.accuracy).policy
@@ -199,6 +202,51 @@ def choose(ctx: RunContext, loaded: Loaded, d: Dense) -> tuple[Any, list[dict[st
             raise _infeasible(ctx, d)
         step(1, total=1, accuracy=best.accuracy, values=dict(best.values))
     return best, confirmations
+
+
+def _rescue(
+    space: Any, evaluator: Any, best: Any | None, confirmations: list[dict[str, Any]]
+) -> Any | None:
+    """``best``, or the most accurate candidate that failed its confirmation made feasible
+    with a margin, whichever ranks first.
+
+    A candidate near its bound can fail its re-measurement by noise (a busy machine); the
+    next one in rank order may be far smaller and far less accurate (a bisection leaves one
+    candidate near the bound and the rest near the floor). Then, as the final proof's
+    repair does, the failed candidate is scaled down until its search value is below the
+    bound by the margin the re-measurement asks for; the result is confirmed like any
+    candidate and shipped if it ranks above ``best``. Appends its confirmation records.
+    """
+    from hwprune.agents import confirm_best
+    from hwprune.evaluate import accuracy_tolerance, rank_feasible
+    from hwprune.run.final import repair_candidate
+
+    failed = [r for r in confirmations if r.get("stage") == "confirmed" and not r["confirmed"]]
+    if not failed:
+        return best
+    top = evaluator._by_key.get(failed[0]["key"])
+    if top is None:
+        return best
+    samples = evaluator.eval_samples
+    if best is not None and best.accuracy >= top.accuracy - accuracy_tolerance(
+        top.accuracy, samples
+    ):
+        return best
+    worst = max(c.cost(failed[0]["values"][c.name]) for c in evaluator.constraints)
+    tried = {r["key"] for r in failed}  # (the repair's bisection starts at the floor model)
+    rescued = repair_candidate(evaluator, space, top, worst=worst, tried=tried)
+    if rescued is None or (best is not None and rescued.key == best.key):
+        return best
+    confirmed, records = confirm_best(space, evaluator, [rescued], top=1)
+    confirmations.extend({**r, "stage": "rescued"} for r in records)
+    if confirmed is None:
+        return best
+    log.info("candidate %s (accuracy %.4f) failed its confirmation; scaled down to a margin: "
+             "%s (accuracy %.4f)", top.key, top.accuracy, confirmed.key,
+             confirmed.accuracy)  # fmt: skip
+    if best is None:
+        return confirmed
+    return rank_feasible([confirmed, best], samples=samples)[0]
 
 
 def _infeasible(ctx: RunContext, d: Dense) -> InfeasibleBudgetError:
