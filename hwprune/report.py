@@ -99,6 +99,7 @@ def write_report_md(
             f"- feasible candidates (every budget met by the search measurement): {n_feasible} "
             f"of {n} ({100.0 * n_feasible / n:.0f}%)"
         )
+    lines += _chance_lines(result, history)
     lines += _surrogate_lines(getattr(result, "surrogate", None) or {})
     for section in sections:
         lines += ["", section.rstrip("\n")]
@@ -138,6 +139,23 @@ def write_report_md(
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def _chance_lines(result: Any, history: Sequence[Any] | None) -> list[str]:
+    """How many feasible candidates scored at chance, and whether the shipped one did."""
+    floor = getattr(result, "score_floor", None)
+    if floor is None:
+        return []
+    feasible = {o.key: o for o in history or () if o.feasible}
+    low = sum(1 for o in feasible.values() if o.accuracy <= floor)
+    line = (f"- chance floor of the proxy: {floor:.4f} (the largest class's share of its "
+            f"images plus sampling noise or a tenth of the dense model's margin); {low} of "
+            f"{len(feasible)} feasible candidates at or below it")  # fmt: skip
+    chosen = getattr(result, "score_chosen", None)
+    if chosen is not None and chosen <= floor:
+        line += (f". The shipped candidate scored {chosen:.4f}, at chance: the proxy could not "
+                 "rank it, and candidates at chance are ranked by the parameters they keep")  # fmt: skip
+    return [line]
 
 
 def _surrogate_lines(info: Mapping[str, Any]) -> list[str]:

@@ -60,6 +60,9 @@ class PruneResult:
     metrics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     score_dense: float | None = None
     score_chosen: float | None = None
+    # The score at or below which a candidate counted as at chance (rank_feasible's floor);
+    # None when the task gives no chance score.
+    score_floor: float | None = None
     proxy: str | None = None  # the built-in task's search proxy (None: the user's task scored)
     proxy_seconds: float | None = None  # mean seconds of BN re-estimation + score per evaluation
     task: str = "classification"
@@ -93,7 +96,11 @@ class PruneResult:
                 "finetuned": self.accuracy_finetuned,
             },
             "metrics": {k: dict(v) for k, v in self.metrics.items()},
-            "score": {"dense": self.score_dense, "chosen": self.score_chosen},
+            "score": {
+                "dense": self.score_dense,
+                "chosen": self.score_chosen,
+                "chance_floor": self.score_floor,
+            },
             "task": {"name": self.task, "finetune": self.finetuned, "evaluate": self.evaluated},
             "params": {"dense": self.params_dense, "final": self.params_final},
             "stage_seconds": dict(self.stage_seconds),

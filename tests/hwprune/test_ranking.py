@@ -83,3 +83,19 @@ def test_at_chance_a_candidate_predicted_over_its_bound_still_comes_last() -> No
     assert unsure.undecided
     ranked = rank_feasible([unsure, sure], samples=2000, undecided=True, floor=0.2)
     assert [o.key for o in ranked] == ["sure", "unsure"]
+
+
+def test_the_report_says_when_the_shipped_candidate_was_chosen_at_chance() -> None:
+    from types import SimpleNamespace
+
+    from hwprune.report import _chance_lines
+
+    history = [outcome("a", 0.11, 0.9, params=30_000), outcome("b", 0.13, 0.5, params=4_000),
+               outcome("c", 0.40, 0.7, params=20_000), outcome("x", 0.9, 1.5, feasible=False)]  # fmt: skip
+    at_chance = SimpleNamespace(score_floor=0.178, score_chosen=0.11)
+    (line,) = _chance_lines(at_chance, history)
+    assert "chance floor of the proxy: 0.1780" in line and "2 of 3 feasible" in line
+    assert "scored 0.1100, at chance" in line
+    informed = SimpleNamespace(score_floor=0.178, score_chosen=0.40)
+    assert "at chance:" not in _chance_lines(informed, history)[0]
+    assert _chance_lines(SimpleNamespace(score_floor=None, score_chosen=0.4), history) == []
