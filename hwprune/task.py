@@ -377,6 +377,18 @@ class ClassificationTask:
         continuous kd/recover scores (ranked as measured)."""
         return len(self._eval_indices) if self.proxy_spec.kind == "bn" else 0
 
+    def _labels(self, split: str) -> list[int]:
+        """The labels of the proxy's (``search``) or the calibration's (``train``) fixed images,
+        read once: a user's image folder decodes an image to give its label."""
+        if split not in self._fixed:
+            dataset, indices = (
+                (self.data.search, self._eval_indices)
+                if split == "search"
+                else (self.data.train, self._bn_indices)
+            )
+            self._fixed[split] = [int(dataset[i][1]) for i in indices]
+        return self._fixed[split]
+
     @property
     def score_chance(self) -> float | None:
         """The bn accuracy of a model that knows nothing: the largest class's share of the
@@ -387,7 +399,7 @@ class ClassificationTask:
         if "chance" not in self._fixed:
             from collections import Counter
 
-            labels = Counter(int(self.data.search[i][1]) for i in self._eval_indices)
+            labels = Counter(self._labels("search"))
             self._fixed["chance"] = max(labels.values()) / len(self._eval_indices)
         return self._fixed["chance"]
 
@@ -410,8 +422,9 @@ class ClassificationTask:
 
         d = self.data
         digest = hashlib.sha256()
-        for dataset, indices in ((d.search, self._eval_indices), (d.train, self._bn_indices)):
-            labels = [int(dataset[i][1]) for i in indices]
+        for split, dataset, indices in (("search", d.search, self._eval_indices),
+                                        ("train", d.train, self._bn_indices)):  # fmt: skip
+            labels = self._labels(split)
             digest.update(torch.tensor(labels, dtype=torch.int64).numpy().tobytes())
             if indices:
                 digest.update(dataset[indices[0]][0].float().numpy().tobytes())
