@@ -28,6 +28,19 @@ from hwprune.inputs import flatten_outputs
 PARITY_TOLERANCE = 1e-3
 
 
+def main_or_one_line(main: Callable[[], None]) -> None:
+    """Run an example's ``main``; hwprune's own errors (an unmeetable budget, bad input) end it
+    with their one sentence and exit status 1, not a traceback."""
+    import sys
+
+    from hwprune.errors import HwpruneError
+
+    try:
+        main()
+    except HwpruneError as exc:
+        sys.exit(f"error: {exc}")
+
+
 def parse_args(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(

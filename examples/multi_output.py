@@ -23,7 +23,7 @@ from torch import nn
 
 import hwprune
 
-from _check import parse_args, report, summarize
+from _check import main_or_one_line, parse_args, report, summarize
 
 SHAPES = ("circle", "square", "cross", "ring")
 
@@ -168,4 +168,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main_or_one_line(main)

@@ -23,7 +23,7 @@ from torch import nn
 import hwprune
 from hwprune.task import reestimate_bn_on
 
-from _check import parse_args, report, summarize
+from _check import main_or_one_line, parse_args, report, summarize
 
 NUM_CLASSES = 3  # background, circle, square
 
@@ -186,4 +186,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main_or_one_line(main)

@@ -27,7 +27,7 @@ from torchvision.models import VisionTransformer
 import hwprune
 from hwprune.data import get_dataset
 
-from _check import parse_args, report, summarize
+from _check import main_or_one_line, parse_args, report, summarize
 
 
 def fresh_vit() -> VisionTransformer:
@@ -142,4 +142,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main_or_one_line(main)

@@ -61,3 +61,24 @@ def test_example_meets_its_budgets_exports_faithfully_and_restores(name: str, tm
         assert summary["latency_ms"]["final"] < summary["latency_ms"]["dense"]
         assert all(layer["head_dim"] == 16 for layer in summary["layers"])  # whole heads
         assert summary["hidden_dim"] == 16 * summary["layers"][0]["heads"]
+
+
+def test_an_example_that_cannot_meet_its_budget_ends_with_one_sentence() -> None:
+    """A busy machine can make an example's final proof miss its budget beyond repair; the
+    script then says so in one line and exits 1, as the CLI does, instead of a traceback."""
+    code = (
+        "import sys; sys.path.insert(0, 'examples')\n"
+        "from _check import main_or_one_line\n"
+        "from hwprune.errors import InfeasibleBudgetError\n"
+        "def main():\n"
+        "    raise InfeasibleBudgetError('the final model misses a budget on re-measurement')\n"
+        "main_or_one_line(main)\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env=env, timeout=300)  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: the final model misses a budget on re-measurement"
