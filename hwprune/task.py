@@ -108,17 +108,11 @@ class BoundTask:
     def checked_score(self, model: Any, *, what: str) -> float:
         """``score(model)`` as a finite float; TaskError naming ``what`` if it raises or is not."""
         value = self.call("score", model, what=what)
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise TaskError(
-                f"{self.name}.score returned {value!r} for {what}; it must return a finite number"
-            ) from None
-        if not math.isfinite(value):
-            raise TaskError(
-                f"{self.name}.score returned {value} for {what}; it must return a finite number"
-            )
-        return value
+        return _finite(
+            value,
+            TaskError,
+            lambda v: f"{self.name}.score returned {v} for {what}; it must return a finite number",
+        )
 
     def call(self, method: str, *args: Any, what: str) -> Any:
         """One of the task's methods; an exception from user code becomes a one-line TaskError."""
@@ -197,19 +191,27 @@ def as_task(
     return BoundTask(calibrate=cal, score=score, finetune=finetune, evaluate=evaluate, name="task")
 
 
+def _finite(value: Any, error: type[Exception], message: Callable[[str], str]) -> float:
+    """``value`` as a finite float, else ``error(message(shown))`` with the value shown."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise error(message(repr(value))) from None
+    if not math.isfinite(number):
+        raise error(message(str(number)))
+    return number
+
+
 def _chance(task: Any) -> float | None:
     value = getattr(task, "score_chance", None)
     if value is None:
         return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"{type(task).__name__}.score_chance must be a number or None, got {value!r}"
-        ) from None
-    if not math.isfinite(value):
-        raise ConfigError(f"{type(task).__name__}.score_chance must be finite, got {value}")
-    return value
+    name = type(task).__name__
+    return _finite(
+        value,
+        ConfigError,
+        lambda v: f"{name}.score_chance must be a finite number or None, got {v}",
+    )
 
 
 def same_score(logged: str | None, current: str) -> bool:

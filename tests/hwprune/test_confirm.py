@@ -264,5 +264,5 @@ def test_a_task_chance_score_must_be_a_number() -> None:
         def score(self, model):
             return 0.0
 
-    with pytest.raises(ConfigError, match="score_chance must be a number or None"):
+    with pytest.raises(ConfigError, match="score_chance must be a finite number or None"):
         as_task(Bad())
