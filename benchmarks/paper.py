@@ -56,7 +56,7 @@ from benchmarks.quality import (  # noqa: E402
     DIGITS_BATCH,
     DIGITS_TRAIN_LR,
     RUNS_DIR,
-    SELECTION_RULE,
+    SELECTION_RULES,
     _slug,
     data_slug,
     needs_reselect,
@@ -342,10 +342,13 @@ def main(argv: list[str] | None = None) -> int:
             for r in again
             if r.get("accuracy_before_reselect") is not None
         )
+        before = sorted({SELECTION_RULES.get(r.get("selection_before_reselect"), "?")
+                         for r in again})  # fmt: skip
+        after = sorted({SELECTION_RULES.get(r.get("selection"), "?") for r in again})
         notes += (f"\n\n{len(again)} of {len(rows)} runs were re-selected (`--reselect`): "
-                  "searched under the earlier final-choice rule (the most accurate candidate), "
+                  f"searched under an earlier final-choice rule ({'; or '.join(before)}), "
                   "then chosen, fine-tuned, verified and exported again from the same search "
-                  f"history under the current one ({SELECTION_RULE}). Test accuracy before -> "
+                  f"history under a later one ({'; or '.join(after)}). Test accuracy before -> "
                   f"after: {which}.")  # fmt: skip
     if missing:
         left = "; ".join(f"{m['paper']} {m['model']} `{m['budget']}` seed {m['seed']}"

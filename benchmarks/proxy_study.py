@@ -350,6 +350,7 @@ def summarise(done: Sequence[dict]) -> list[dict[str, Any]]:
     recovers = [k for k in recovers if all(k in r["proxies"] for r in done)]
     series = {
         "latency (larger is better; free)": ([r["latency_fraction"] for r in done], [0.0]),
+        "parameters kept (larger is better; free)": ([r["params"] for r in done], [0.0]),
         "bn (accuracy)": ([r["proxies"]["bn"]["value"] for r in done],
                           [r["proxies"]["bn"]["seconds"] for r in done]),
         "kd (-KD loss)": ([r["proxies"]["kd"]["value"] for r in done],
@@ -390,7 +391,7 @@ def recommend(summary: Sequence[dict[str, Any]], all_rows: dict[str, list[dict]]
     the ranking target is mostly test noise. From the stored numbers, not by hand."""
     by: dict[str, list[dict]] = {}
     for s in summary:
-        if not s["proxy"].startswith("latency"):
+        if not s["proxy"].endswith("free)"):
             by.setdefault(s["proxy"], []).append(s)
     if not by:
         return "no rows stored yet"
@@ -411,9 +412,14 @@ def recommend(summary: Sequence[dict[str, Any]], all_rows: dict[str, list[dict]]
         text = (f"No offered proxy reaches Spearman 0.6 on every model studied (worst Spearman "
                 f"over the models, seconds per candidate: {listing}), so the measurement "
                 "supports no change: the search's default proxy stays `bn`")  # fmt: skip
-    free = [x["spearman"] for x in summary if x["proxy"].startswith("latency")]
-    if free:
-        text += f"; the candidate's latency alone (free) gives {min(free):.2f}"
+    for what in ("latency", "parameters kept"):
+        free = [x["spearman"] for x in summary if x["proxy"].startswith(f"{what} (")]
+        if free:
+            text += f"; the candidate's {what} alone (free) gives {min(free):.2f}"
+    text += (
+        " (not a search proxy: blind to which layers matter; the final choice ranks "
+        "candidates whose bn accuracy is at chance by parameters kept)"
+    )
     noisy = [m for m, rows in all_rows.items() if rows and noise_dominated(rows)]
     if noisy:
         text += (

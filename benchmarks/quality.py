@@ -110,8 +110,18 @@ GRID_TAG = "-g2"
 # (2026-11-27): proxy accuracies within two standard errors count as tied, least pruned first
 # (hwprune.evaluate.rank_feasible). Rows without it chose the most accurate, ties by margin,
 # which near chance picked the floor model; ``--reselect`` redoes their stages after the search.
-SELECTION = "tie"
-SELECTION_RULE = "proxy accuracies within two standard errors count as tied, least pruned first"
+# "chance" (2026-11-30): as "tie", and candidates whose proxy is at chance (within sampling noise
+# or a tenth of the dense model's margin of the largest class's share) come after the rest, the
+# one keeping the most parameters first: the floor model had shipped at 0.55 of its bound.
+SELECTION = "chance"
+SELECTION_RULE = ("proxy accuracies within two standard errors count as tied, least pruned first; "
+                  "those at chance come last, the most parameters first")  # fmt: skip
+# Every rule a stored row may name (None: rows before the field).
+SELECTION_RULES = {
+    None: "the most accurate candidate, exact ties by margin",
+    "tie": "proxy accuracies within two standard errors count as tied, least pruned first",
+    "chance": SELECTION_RULE,
+}
 
 # --quick: one small model, one budget, one seed, few evaluations, short timing.
 QUICK = {
@@ -282,7 +292,8 @@ def prune_row(
     if resume:
         row.update(reselected=True, accuracy_before_reselect=reselect_from.get("accuracy"),
                    params_before_reselect=reselect_from.get("params_final"),
-                   ok_before_reselect=bool(reselect_from.get("ok")))  # fmt: skip
+                   ok_before_reselect=bool(reselect_from.get("ok")),
+                   selection_before_reselect=reselect_from.get("selection"))  # fmt: skip
     try:
         ckpt, dense_acc = dense_checkpoint(model, width=width, data=data, epochs=train_epochs,
                                            seed=seed, device=device, batch_size=batch_size,
@@ -647,11 +658,14 @@ def measured_notes(rows: Sequence[dict]) -> str:
         both = [r for r in again if r.get("ok") and r.get("ok_before_reselect")]
         moved = [r for r in both if r.get("params_before_reselect") != r["params_final"]]
         gain = [r["accuracy"] - r["accuracy_before_reselect"] for r in moved]
+        before = sorted({SELECTION_RULES.get(r.get("selection_before_reselect"), "?")
+                         for r in again})  # fmt: skip
+        after = sorted({SELECTION_RULES.get(r.get("selection"), "?") for r in again})
         notes += (f"\n\n{len(again)} of {len(rows)} runs were re-selected (`--reselect`): "
-                  "their search ran under the earlier final-choice rule (the most accurate "
-                  "candidate, exact ties by margin), and the choice, fine-tuning, verification "
-                  "and export were redone from the same search history with the current rule "
-                  f"({SELECTION_RULE}). Of the {len(both)} that shipped a model both times, {len(moved)} "
+                  f"their search ran under an earlier final-choice rule ({'; or '.join(before)}), "
+                  "and the choice, fine-tuning, verification and export were redone from the "
+                  f"same search history with a later one ({'; or '.join(after)}). Of the "
+                  f"{len(both)} that shipped a model both times, {len(moved)} "
                   "shipped a different one (another parameter count: another choice, or a "
                   "repair after a timing miss)")  # fmt: skip
         if gain:

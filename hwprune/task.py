@@ -13,6 +13,11 @@ two required methods and two optional ones::
         def evaluate(self, model) -> dict:   # optional: final metrics for the report
             ...
 
+Two optional attributes tell the final choice how far to trust the score:
+``score_samples`` (a proportion over that many samples: scores within sampling
+noise count as tied) and ``score_chance`` (the score of a model that knows
+nothing: candidates scored near it are ranked by size instead).
+
 The one-line case takes plain callables (``calibrate`` may be a DataLoader)::
 
     task = hwprune.task.as_task(score=my_metric, calibrate=train_loader)
@@ -83,9 +88,11 @@ class BoundTask:
     ``finetune``/``evaluate`` are None when the task has none. ``score_samples``
     is how many samples a score is a proportion over (0: unknown, or a
     continuous score), which lets the final choice treat accuracies within
-    sampling noise as tied; with 0 scores are ranked as they are. ``score_key``
-    names what the score measures (proxy, data, seed): the evaluator reuses a
-    logged score only under the same key.
+    sampling noise as tied; with 0 scores are ranked as they are. ``score_chance``
+    is the score of a model that knows nothing (None: unknown); candidates scored
+    near it are ranked by size, not by score (``hwprune.evaluate.rank_feasible``).
+    ``score_key`` names what the score measures (proxy, data, seed): the evaluator
+    reuses a logged score only under the same key.
     """
 
     calibrate: Callable[[Any], Any]
@@ -93,6 +100,7 @@ class BoundTask:
     finetune: Callable[[Any, Any], Any] | None = None
     evaluate: Callable[[Any], Mapping[str, float]] | None = None
     score_samples: int = 0
+    score_chance: float | None = None
     score_key: str = ""
     name: str = "task"
     source: Any = None
@@ -165,6 +173,7 @@ def as_task(
             if isinstance(task, SupportsEvaluate)
             else None,
             score_samples=int(getattr(task, "score_samples", 0) or 0),
+            score_chance=_chance(task),
             score_key=str(getattr(task, "score_key", "") or ""),
             name=type(task).__name__,
             source=task,
@@ -186,6 +195,21 @@ def as_task(
             f"calibrate must be a function of the model or a DataLoader, got {type(calibrate).__name__}"
         )
     return BoundTask(calibrate=cal, score=score, finetune=finetune, evaluate=evaluate, name="task")
+
+
+def _chance(task: Any) -> float | None:
+    value = getattr(task, "score_chance", None)
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{type(task).__name__}.score_chance must be a number or None, got {value!r}"
+        ) from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{type(task).__name__}.score_chance must be finite, got {value}")
+    return value
 
 
 def same_score(logged: str | None, current: str) -> bool:
@@ -352,6 +376,20 @@ class ClassificationTask:
         """How many search-split images the bn accuracy is a proportion over; 0 for the
         continuous kd/recover scores (ranked as measured)."""
         return len(self._eval_indices) if self.proxy_spec.kind == "bn" else 0
+
+    @property
+    def score_chance(self) -> float | None:
+        """The bn accuracy of a model that knows nothing: the largest class's share of the
+        proxy's images (a model that always answers that class). None for kd/recover, whose
+        continuous scores still order candidates at chance."""
+        if self.proxy_spec.kind != "bn" or not self._eval_indices:
+            return None
+        if "chance" not in self._fixed:
+            from collections import Counter
+
+            labels = Counter(int(self.data.search[i][1]) for i in self._eval_indices)
+            self._fixed["chance"] = max(labels.values()) / len(self._eval_indices)
+        return self._fixed["chance"]
 
     @property
     def score_key(self) -> str:

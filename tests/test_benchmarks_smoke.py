@@ -89,7 +89,7 @@ def test_prune_row_end_to_end_on_a_tiny_model(
     # Re-selection resumes the run from its search history: no new candidate is evaluated.
     episodes = (tmp_path / "run" / "episodes.jsonl").read_text().count('"type": "candidate"')
     again = prune_row(**kwargs, reselect_from=row)
-    assert again["ok"] and again["reselected"] and again["selection"] == "tie"
+    assert again["ok"] and again["reselected"] and again["selection"] == "chance"
     assert again["search_seconds"] == row["search_seconds"] and "reselect_seconds" in again
     assert again["accuracy_before_reselect"] == row["accuracy"]
     after = (tmp_path / "run" / "episodes.jsonl").read_text().count('"type": "candidate"')

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from hwprune.evaluate import CONFIRM_TOP, Evaluator, Outcome, rank_feasible
+from hwprune.evaluate import CONFIRM_TOP, Evaluator, Outcome, rank_feasible, ranking
 from hwprune.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class BudgetedEvaluator:
 
     def best(self) -> Outcome | None:
         """The first of :func:`~hwprune.evaluate.rank_feasible` over this search's outcomes."""
-        ranked = rank_feasible(self.outcomes, samples=getattr(self.evaluator, "eval_samples", 0))
+        ranked = rank_feasible(self.outcomes, **ranking(self.evaluator))
         return ranked[0] if ranked else None
 
 
@@ -174,8 +174,7 @@ class Searcher:
         ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self._run(space, budget, checkpoint_dir=ckpt)
         best = budget.best()
-        samples = getattr(evaluator, "eval_samples", 0)
-        if confirm > 0 and rank_feasible(budget.outcomes, samples=samples, undecided=True):
+        if confirm > 0 and rank_feasible(budget.outcomes, **ranking(evaluator), undecided=True):
             best, self.extra["confirmations"] = confirm_best(
                 space, evaluator, budget.outcomes, top=confirm
             )
@@ -250,8 +249,7 @@ def confirm_best(
     unsure to save anything. Any other predicted value is measured the same way before its
     confirmation, so the outcome returned holds only measured values.
     """
-    samples = getattr(evaluator, "eval_samples", 0)
-    ranked = rank_feasible(outcomes, samples=samples, undecided=True)
+    ranked = rank_feasible(outcomes, **ranking(evaluator), undecided=True)
     records: list[dict[str, Any]] = []
     tried = passed_over = 0
     for o in ranked:

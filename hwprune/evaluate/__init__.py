@@ -5,7 +5,9 @@ from hwprune.evaluate.evaluator import (
     Evaluator,
     Outcome,
     accuracy_tolerance,
+    chance_floor,
     rank_feasible,
+    ranking,
 )
 from hwprune.evaluate.log import EpisodeLog, read_jsonl
 
@@ -16,5 +18,7 @@ __all__ = [
     "read_jsonl",
     "CONFIRM_TOP",
     "accuracy_tolerance",
+    "chance_floor",
     "rank_feasible",
+    "ranking",
 ]

@@ -29,12 +29,21 @@ MEASURE_REPEATS = 3
 # How many of rank_feasible's first candidates the final choice re-measures (confirm_best).
 CONFIRM_TOP = 5
 
+# A proxy score counts as "at chance" (it says nothing of the accuracy after fine-tuning)
+# until it is above the task's chance score by this share of the dense model's margin over
+# chance (and by sampling noise). Measured (benchmarks/proxy_study.py, ResNet-32 on Fashion-
+# MNIST cut to 30% of its latency): with every candidate's bn accuracy under 0.16 against the
+# dense model's 0.88, bn ranked the fine-tuned accuracies at Spearman 0.22, parameters kept 0.87.
+CHANCE_SHARE = 0.1
+
 __all__ = [
     "Outcome",
     "Evaluator",
     "CONFIRM_TOP",
     "accuracy_tolerance",
+    "chance_floor",
     "rank_feasible",
+    "ranking",
 ]
 
 
@@ -146,18 +155,50 @@ def accuracy_tolerance(accuracy: float, samples: int) -> float:
     return max(2.0 * math.sqrt(p * (1.0 - p) / samples), 1.0 / samples)
 
 
+def chance_floor(chance: float | None, dense: float | None, samples: int) -> float | None:
+    """The proxy score at or below which a candidate counts as at chance (None: no floor).
+
+    ``chance`` is the task's score of a model that knows nothing (the largest class's
+    share of the proxy's images), ``dense`` the dense model's score. The floor is chance
+    plus the larger of :func:`accuracy_tolerance` at chance and ``CHANCE_SHARE`` of the
+    dense model's margin over chance. Without a chance score (a task that does not give
+    one, a continuous proxy) there is no floor.
+    """
+    if chance is None or dense is None:
+        return None
+    margin = max(float(dense) - float(chance), 0.0)
+    return float(chance) + max(accuracy_tolerance(chance, samples), CHANCE_SHARE * margin)
+
+
+def ranking(evaluator: Any) -> dict[str, Any]:
+    """:func:`rank_feasible`'s ``samples`` and ``floor`` for the outcomes of ``evaluator``."""
+    return {
+        "samples": getattr(evaluator, "eval_samples", 0),
+        "floor": getattr(evaluator, "score_floor", None),
+    }
+
+
 def rank_feasible(
-    outcomes: Sequence[Outcome], *, samples: int, undecided: bool = False
+    outcomes: Sequence[Outcome],
+    *,
+    samples: int,
+    undecided: bool = False,
+    floor: float | None = None,
 ) -> list[Outcome]:
     """The distinct feasible outcomes, in the order the final choice considers them.
 
     The most accurate first, except that a proxy accuracy is a sample estimate:
     outcomes within :func:`accuracy_tolerance` of the most accurate one count as
     tied with it, and of those the least pruned (the largest worst cost: the
-    closest to its bounds) comes first. Near chance (a deep residual net cut
-    hard, before fine-tuning) the proxy cannot tell candidates apart, and
-    fine-tuning recovers far more from the larger model than from the floor.
-    The rest are ranked the same way, group by group.
+    closest to its bounds) comes first. The rest are ranked the same way, group
+    by group.
+
+    ``floor`` (:func:`chance_floor`): outcomes scored at or below it are at
+    chance. A deep net cut hard sits there before fine-tuning, and its proxy
+    then ranks noise: a 2-channel floor model can score a few points above a
+    model ten times its size. They come after every outcome above the floor,
+    all tied, the one keeping the most parameters first (then the closest to
+    its bounds): fine-tuning recovers far more from the larger model.
 
     ``undecided``: rank the outcomes whose verdict the surrogate deferred
     (:attr:`Outcome.undecided`) with the feasible ones; the final choice measures
@@ -172,6 +213,11 @@ def rank_feasible(
         if (o.feasible or (undecided and o.undecided)) and o.key not in seen:
             seen.add(o.key)
             pool.append(o)
+    over = lambda o: o.max_cost > 1.0  # noqa: E731
+    chance: list[Outcome] = []
+    if floor is not None:
+        chance = [o for o in pool if o.accuracy <= floor]
+        pool = [o for o in pool if o.accuracy > floor]
     ranked: list[Outcome] = []
     while pool:
         top = max(o.accuracy for o in pool)
@@ -179,12 +225,19 @@ def rank_feasible(
         tied = [o for o in pool if o.accuracy >= top - tol]
         # Within bounds: the least pruned first. Predicted over a bound: after them, the
         # closest to its bound first.
-        over = lambda o: o.max_cost > 1.0  # noqa: E731
         tied.sort(key=lambda o: (over(o), o.max_cost if over(o) else -o.max_cost, -o.accuracy))
         ranked.extend(tied)
         keys = {o.key for o in tied}
         pool = [o for o in pool if o.key not in keys]
-    return ranked
+    chance.sort(
+        key=lambda o: (
+            over(o),
+            o.max_cost if over(o) else -(o.params or 0),
+            -o.max_cost,
+            -o.accuracy,
+        )
+    )
+    return ranked + chance
 
 
 class Evaluator:
@@ -301,6 +354,12 @@ class Evaluator:
     def eval_samples(self) -> int:
         """How many samples each score is averaged over (0: the task does not say)."""
         return self.task.score_samples
+
+    @property
+    def score_floor(self) -> float | None:
+        """The score at or below which a candidate is at chance (:func:`chance_floor`);
+        None before ``calibrate`` or when the task gives no chance score."""
+        return chance_floor(self.task.score_chance, self.dense_accuracy, self.eval_samples)
 
     # ------------------------------------------------------------- measuring
     @property

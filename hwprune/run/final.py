@@ -126,7 +126,7 @@ def repair_candidate(
     the least pruned).
     """
     from hwprune.agents import repair
-    from hwprune.evaluate import rank_feasible
+    from hwprune.evaluate import rank_feasible, ranking
 
     limit = 0.98 * failed.max_cost / max(worst, 1.0)
     pool = [
@@ -146,4 +146,4 @@ def repair_candidate(
         pool.append(evaluator._by_key.get(found.key, found))
     if not pool:
         return None
-    return rank_feasible(pool, samples=evaluator.eval_samples)[0]
+    return rank_feasible(pool, **ranking(evaluator))[0]

@@ -218,7 +218,7 @@ def _rescue(
     candidate and shipped if it ranks above ``best``. Appends its confirmation records.
     """
     from hwprune.agents import confirm_best
-    from hwprune.evaluate import accuracy_tolerance, rank_feasible
+    from hwprune.evaluate import accuracy_tolerance, rank_feasible, ranking
     from hwprune.run.final import repair_candidate
 
     failed = [r for r in confirmations if r.get("stage") == "confirmed" and not r["confirmed"]]
@@ -228,8 +228,13 @@ def _rescue(
     if top is None:
         return best
     samples = evaluator.eval_samples
-    if best is not None and best.accuracy >= top.accuracy - accuracy_tolerance(
-        top.accuracy, samples
+    floor = getattr(evaluator, "score_floor", None)
+    # At chance (``rank_feasible``'s floor) accuracies say nothing and the larger model leads:
+    # scaling it down to a margin may still beat the confirmed one.
+    if (
+        best is not None
+        and (floor is None or top.accuracy > floor)
+        and best.accuracy >= top.accuracy - accuracy_tolerance(top.accuracy, samples)
     ):
         return best
     worst = max(c.cost(failed[0]["values"][c.name]) for c in evaluator.constraints)
@@ -246,7 +251,7 @@ def _rescue(
              confirmed.accuracy)  # fmt: skip
     if best is None:
         return confirmed
-    return rank_feasible([confirmed, best], samples=samples)[0]
+    return rank_feasible([confirmed, best], **ranking(evaluator))[0]
 
 
 def _infeasible(ctx: RunContext, d: Dense) -> InfeasibleBudgetError:

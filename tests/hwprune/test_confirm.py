@@ -206,3 +206,63 @@ def test_a_best_candidate_failing_its_confirmation_is_scaled_to_a_margin_not_dro
     assert best.params < chosen.params < near.params and chosen.params >= 0.8 * near.params
     # A fallback within the accuracy tolerance of the failed one is kept as it is.
     assert _rescue(space, ev, chosen, [{**records[0]}]) is chosen
+
+
+def test_at_chance_the_choice_ships_the_largest_feasible_candidate_not_the_top_score(space):
+    """A deep net cut hard scores noise before fine-tuning; in the fixed-bound grid the floor
+    model scored a few points above the rest and shipped at 0.55 of its bound. A task that
+    gives its chance score ranks such candidates by parameters kept; a task that gives none
+    keeps the old rule (the top score)."""
+    from hwprune.task import BoundTask, as_task
+
+    full = sum(p.numel() for p in space.model.parameters())
+
+    class NearChance:
+        # The dense model is informed (0.9); every cut one sits near chance (0.1), and the
+        # smaller it is the higher it happens to score.
+        score_samples = 100_000
+        score_key = "near-chance"
+
+        def __init__(self, chance: float | None) -> None:
+            self.score_chance = chance
+
+        def calibrate(self, model):
+            pass
+
+        def score(self, model):
+            size = sum(p.numel() for p in model.parameters())
+            return 0.9 if size == full else 0.1 + 0.05 * (1 - size / full)
+
+    LoadedLatency.load[0] = 1.0
+    chosen = {}
+    for chance in (None, 0.1):
+        task = as_task(NearChance(chance))
+        assert isinstance(task, BoundTask) and task.score_chance == chance
+        ev = Evaluator(space=space, task=task, constraints=bind_constraints(
+            ["latency<=40%"], oracles={"latency": "test-loaded-latency"}))  # fmt: skip
+        ev.calibrate()
+        for keep in (0.1, 0.3, 0.5, 0.6, 0.8):
+            ev.evaluate(Policy.uniform(space, keep))
+        feasible = [o for o in ev.history if o.feasible]
+        assert len(feasible) >= 3
+        assert (ev.score_floor is None) == (chance is None)
+        best, records = confirm_best(space, ev, ev.history)
+        assert best is not None and records[0]["confirmed"]
+        chosen[chance] = best.params
+        smallest, largest = min(o.params for o in feasible), max(o.params for o in feasible)
+    assert chosen[None] == smallest
+    assert chosen[0.1] == largest
+
+
+def test_a_task_chance_score_must_be_a_number() -> None:
+    from hwprune.errors import ConfigError
+    from hwprune.task import as_task
+
+    class Bad:
+        score_chance = "ten percent"
+
+        def score(self, model):
+            return 0.0
+
+    with pytest.raises(ConfigError, match="score_chance must be a number or None"):
+        as_task(Bad())

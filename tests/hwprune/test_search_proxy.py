@@ -138,3 +138,15 @@ def test_bad_proxy_settings_are_one_sentence() -> None:
     with pytest.raises(ConfigError, match="proxy 'kd' is an option of the built-in task"):
         hwprune.prune(net, example_inputs=torch.randn(1, 3, 8, 8), score=lambda m: 1.0,
                       budgets=["params<=50%"], out="unused", proxy="kd")  # fmt: skip
+
+
+def test_the_bn_proxy_chance_is_the_largest_class_share_of_its_images() -> None:
+    from collections import Counter
+
+    data = get_dataset("digits")
+    bn = ClassificationTask(data, proxy="bn", max_eval_samples=200)
+    labels = Counter(int(data.search[i][1]) for i in bn._eval_indices)
+    assert bn.score_chance == max(labels.values()) / 200
+    assert 0.1 <= bn.score_chance < 0.2  # ten roughly balanced classes
+    kd = ClassificationTask(data, proxy="kd", teacher=torch.nn.Linear(1, 1))
+    assert kd.score_chance is None  # a continuous score still orders candidates at chance
