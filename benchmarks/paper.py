@@ -56,11 +56,11 @@ from benchmarks.quality import (  # noqa: E402
     DIGITS_BATCH,
     DIGITS_TRAIN_LR,
     RUNS_DIR,
-    SELECTION_RULES,
     _slug,
     data_slug,
     needs_reselect,
     prune_row,
+    reselect_rules,
 )
 
 log = logging.getLogger("benchmarks.paper")
@@ -342,13 +342,11 @@ def main(argv: list[str] | None = None) -> int:
             for r in again
             if r.get("accuracy_before_reselect") is not None
         )
-        before = sorted({SELECTION_RULES.get(r.get("selection_before_reselect"), "?")
-                         for r in again})  # fmt: skip
-        after = sorted({SELECTION_RULES.get(r.get("selection"), "?") for r in again})
+        before, after = reselect_rules(again)
         notes += (f"\n\n{len(again)} of {len(rows)} runs were re-selected (`--reselect`): "
-                  f"searched under an earlier final-choice rule ({'; or '.join(before)}), "
+                  f"searched under an earlier final-choice rule ({before}), "
                   "then chosen, fine-tuned, verified and exported again from the same search "
-                  f"history under a later one ({'; or '.join(after)}). Test accuracy before -> "
+                  f"history under a later one ({after}). Test accuracy before -> "
                   f"after: {which}.")  # fmt: skip
     if missing:
         left = "; ".join(f"{m['paper']} {m['model']} `{m['budget']}` seed {m['seed']}"

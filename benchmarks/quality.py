@@ -135,6 +135,15 @@ QUICK = {
 }
 
 
+def reselect_rules(rows: Sequence[dict[str, Any]]) -> tuple[str, str]:
+    """The final-choice rules re-selected rows were chosen under before and after, as text."""
+
+    def named(key: str) -> str:
+        return "; or ".join(sorted({SELECTION_RULES.get(r.get(key), "?") for r in rows}))
+
+    return named("selection_before_reselect"), named("selection")
+
+
 def needs_reselect(stored: dict[str, Any] | None) -> bool:
     """Whether a stored row chose its final candidate by an earlier rule than SELECTION."""
     return stored is not None and stored.get("selection") != SELECTION
@@ -658,13 +667,11 @@ def measured_notes(rows: Sequence[dict]) -> str:
         both = [r for r in again if r.get("ok") and r.get("ok_before_reselect")]
         moved = [r for r in both if r.get("params_before_reselect") != r["params_final"]]
         gain = [r["accuracy"] - r["accuracy_before_reselect"] for r in moved]
-        before = sorted({SELECTION_RULES.get(r.get("selection_before_reselect"), "?")
-                         for r in again})  # fmt: skip
-        after = sorted({SELECTION_RULES.get(r.get("selection"), "?") for r in again})
+        before, after = reselect_rules(again)
         notes += (f"\n\n{len(again)} of {len(rows)} runs were re-selected (`--reselect`): "
-                  f"their search ran under an earlier final-choice rule ({'; or '.join(before)}), "
+                  f"their search ran under an earlier final-choice rule ({before}), "
                   "and the choice, fine-tuning, verification and export were redone from the "
-                  f"same search history with a later one ({'; or '.join(after)}). Of the "
+                  f"same search history with a later one ({after}). Of the "
                   f"{len(both)} that shipped a model both times, {len(moved)} "
                   "shipped a different one (another parameter count: another choice, or a "
                   "repair after a timing miss)")  # fmt: skip

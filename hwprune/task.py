@@ -398,12 +398,10 @@ class ClassificationTask:
         continuous scores still order candidates at chance."""
         if self.proxy_spec.kind != "bn" or not self._eval_indices:
             return None
-        if "chance" not in self._fixed:
-            from collections import Counter
+        from collections import Counter
 
-            labels = Counter(self._labels("search"))
-            self._fixed["chance"] = max(labels.values()) / len(self._eval_indices)
-        return self._fixed["chance"]
+        labels = Counter(self._labels("search"))  # read once (``_labels``)
+        return max(labels.values()) / len(self._eval_indices)
 
     @property
     def score_key(self) -> str:
