@@ -85,6 +85,14 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in ".-" else "_" for c in text).strip("_")
 
 
+def _machine() -> str:
+    """The processor and GPU the probe timed on, as the results header names them."""
+    m = environment()["machine"]
+    return (
+        f"{m.get('cpu')} ({m.get('cores')} cores), GPU: {', '.join(m.get('gpus') or []) or 'none'}"
+    )
+
+
 def probe(
     *,
     model: str,
@@ -93,11 +101,13 @@ def probe(
     input_shape: Sequence[int],
     oracle: str,
     counts_per_unit: int = 8,
+    seconds: float | None = None,
 ) -> dict[str, Any]:
     """Probe the staircase twice on one cache file: the first cost, then the cached answer.
 
     The cache file lives in the run folder; the first probe's cost is the stored
     one when a previous session made it (the cache file then answers the second).
+    ``seconds`` bounds the first probe (``probe_staircase``'s budget; None: no limit).
     """
     from hwprune.models import get_model
     from hwprune.space import ChannelSpace
@@ -120,12 +130,20 @@ def probe(
         RUNS_DIR.mkdir(parents=True, exist_ok=True)
         log.info("probing %s on %s from an empty cache", model, oracle)
         first = probe_staircase(
-            space, oracle, cache=MeasurementCache(cache_path), counts_per_unit=counts_per_unit
+            space,
+            oracle,
+            cache=MeasurementCache(cache_path),
+            counts_per_unit=counts_per_unit,
+            seconds=seconds,
         )
         stored = {"tag": tag, "model": model, "width": width, "oracle": oracle,
-                  "first": first.to_dict()}  # fmt: skip
+                  "machine": _machine(), "first": first.to_dict()}  # fmt: skip
     second = probe_staircase(
-        space, oracle, cache=MeasurementCache(cache_path), counts_per_unit=counts_per_unit
+        space,
+        oracle,
+        cache=MeasurementCache(cache_path),
+        counts_per_unit=counts_per_unit,
+        seconds=seconds,
     )
     stored["second"] = {
         "oracle_calls": second.oracle_calls,
@@ -334,6 +352,17 @@ def references_table(references: Sequence[dict[str, Any]]) -> str:
     )
 
 
+def _probe_budget(first: dict[str, Any]) -> str:
+    budget = first.get("settings", {}).get("seconds_budget")
+    if budget is None:
+        return "none"
+    short = [u["unit"] for u in first["units"] if not u.get("complete", True)]
+    left = first.get("left_out", {})
+    if not short and not left:
+        return f"{budget:g} s, done"
+    return f"{budget:g} s, ran out ({len(short)} units not bisected to the end, {len(left)} not probed)"
+
+
 def probes_table(probes: Sequence[dict[str, Any]]) -> str:
     body = []
     for p in probes:
@@ -344,19 +373,45 @@ def probes_table(probes: Sequence[dict[str, Any]]) -> str:
         )
         settings = first.get("settings", {})
         body.append([
-            p["oracle"], settings.get("counts_per_unit", "-"),
+            p["model"], p["oracle"], settings.get("counts_per_unit", "-"),
             settings.get("resolution") or ("1" if settings.get("counts_per_unit") == 12
                                            else "channels/64"),
-            first["oracle_calls"], f"{first['seconds']:.0f}",
+            _probe_budget(first), first["oracle_calls"], f"{first['seconds']:.0f}",
             p["second"]["oracle_calls"], p["second"]["cached_calls"],
-            f"{p['second']['seconds']:.1f}", steps,
+            f"{p['second']['seconds']:.1f}", p.get("machine", "this one (header)"), steps,
         ])  # fmt: skip
     return markdown_table(
-        ["oracle", "coarse counts", "bisection to", "probe oracle calls", "probe s",
-         "2nd probe oracle calls",
-         "2nd probe cache hits", "2nd probe s", "allowed counts (step tops) per unit"],
+        ["model", "oracle", "coarse counts", "bisection to", "time budget", "probe oracle calls",
+         "probe s", "2nd probe oracle calls", "2nd probe cache hits", "2nd probe s", "machine",
+         "allowed counts (step tops) per unit"],
         body,
     )  # fmt: skip
+
+
+def _probe_only(args: argparse.Namespace) -> int:
+    """Store probe rows for --oracle and --probe-oracles; the tables come from --stored-only."""
+    if args.input_shape is not None:
+        input_shape, num_classes = tuple(args.input_shape), 10
+    else:
+        from hwprune.data import get_dataset
+
+        splits = get_dataset(args.data, seed=0)
+        input_shape, num_classes = (
+            tuple(int(s) for s in splits.input_shape),
+            int(splits.num_classes),
+        )
+    for oracle in [args.oracle, *args.probe_oracles]:
+        row = probe(model=args.model, width=args.width, num_classes=num_classes,
+                    input_shape=input_shape, oracle=oracle,
+                    counts_per_unit=args.counts_per_unit, seconds=args.probe_seconds)  # fmt: skip
+        first = row["first"]
+        log.info("probe %s: first %d oracle calls in %.0f s (%d units left out); second %s",
+                 oracle, first["oracle_calls"], first["seconds"],
+                 len(first.get("left_out", [])), row["second"])  # fmt: skip
+        for unit in first["units"]:
+            log.info("  %s (%d channels): %s", unit["unit"], unit["channels"],
+                     " ".join(str(c) for c in unit["choices"]))  # fmt: skip
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,12 +442,37 @@ def main(argv: list[str] | None = None) -> int:
         "rows' way) instead of one stored reference measurement of the dense model",
     )
     p.add_argument("--stored-only", action="store_true", help="tables from stored rows only")
+    p.add_argument(
+        "--probe-only",
+        action="store_true",
+        help="probe --oracle and --probe-oracles and store the probe rows; no runs, no tables "
+        "(for a machine that only lends the runtime, e.g. a GPU for torch:cuda)",
+    )
+    p.add_argument(
+        "--input-shape",
+        type=int,
+        nargs=3,
+        metavar=("C", "H", "W"),
+        default=None,
+        help="with --probe-only: the input shape instead of the dataset's (no data is loaded; "
+        "10 classes)",
+    )
+    p.add_argument(
+        "--probe-seconds",
+        type=float,
+        default=None,
+        help="time budget of each probe from an empty cache (default: no limit)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for r in args.roundings:
         if r != "auto" and not r.isdigit():
             p.error(f"--roundings takes positive integers or 'auto', got {r!r}")
 
+    if args.input_shape is not None and not args.probe_only:
+        p.error("--input-shape goes with --probe-only")
+    if args.probe_only:
+        return _probe_only(args)
     rows_store = _rows()
     from hwprune.data import get_dataset
 
@@ -405,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
             probes.append(probe(model=args.model, width=args.width,
                                 num_classes=int(splits.num_classes),
                                 input_shape=input_shape, oracle=oracle,
-                                counts_per_unit=args.counts_per_unit))  # fmt: skip
+                                counts_per_unit=args.counts_per_unit,
+                                seconds=args.probe_seconds))  # fmt: skip
             log.info("probe %s: %s", oracle, probes[-1]["second"])
         from hwprune.space.staircase import Staircase, write_staircase_plots
 

@@ -130,7 +130,10 @@ class PruneConfig:
         None, "width multiplier of *_cifar models (default: the checkpoint's, else 1)", kind="float"
     )
     data: str = _opt(
-        "digits", "dataset: digits (built in), cifar10, cifar100, imagefolder:PATH", kind="str"
+        "digits",
+        "dataset: digits (built in), fashion-mnist[:PATH][?train=N] (Debian's "
+        "dataset-fashion-mnist), cifar10, cifar100, imagefolder:PATH",
+        kind="str",
     )
     data_root: str | None = _opt(None, "folder of downloadable datasets", kind="path")
     input_size: int | None = _opt(

@@ -331,3 +331,27 @@ def test_a_fixed_bound_is_the_fraction_of_one_stored_reference_measurement(tmp_p
     assert reference_latency(**kwargs, calls=3)["values"] == ref["values"]  # stored, not redone
     assert absolute_budget("latency<=40%", 1.5) == "latency<=0.60000ms"
     assert absolute_budget("latency<=2ms", 1.5) == "latency<=2ms"
+
+
+def test_staircase_probe_only_stores_a_budgeted_probe_with_its_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--probe-only times a real ONNX Runtime staircase, held to its seconds, and loads no data."""
+    from benchmarks import staircase
+
+    monkeypatch.setattr(staircase, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(staircase, "RUNS_DIR", tmp_path / "runs")
+    argv = ["--probe-only", "--model", "vgg11_cifar", "--width", "0.125", "--input-shape", "3",
+            "32", "32", "--oracle", "onnxruntime:cpu?threads=1", "--probe-seconds", "2",
+            "--data", "no-such-dataset"]  # fmt: skip
+    assert staircase.main(argv) == 0
+    (path,) = (tmp_path / "results" / "staircase").glob("probe-*.json")
+    row = json.loads(path.read_text())
+    assert row["model"] == "vgg11_cifar" and "GPU: " in row["machine"]
+    assert row["first"]["settings"]["seconds_budget"] == 2.0
+    assert set(row["second"]) >= {"oracle_calls", "cached_calls", "seconds"}
+    table = staircase.probes_table([row])
+    assert "| vgg11_cifar | onnxruntime:cpu?threads=1 |" in table and "2 s, " in table
+    with pytest.raises(SystemExit) as exit_:
+        staircase.main(["--input-shape", "3", "8", "8"])
+    assert exit_.value.code == 2

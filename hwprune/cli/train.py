@@ -12,8 +12,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="train a model on a dataset and save a checkpoint",
         description=(
             "Train a model (e.g. vgg11_cifar, resnet56_cifar, a torchvision name, or "
-            "package.module:callable) on a dataset (digits, cifar10[:PATH], cifar100[:PATH], "
-            "imagefolder:PATH) and save {'state_dict', 'meta'} to --out."
+            "package.module:callable) on a dataset (digits, fashion-mnist[:PATH][?train=N], "
+            "cifar10[:PATH], cifar100[:PATH], imagefolder:PATH) and save {'state_dict', 'meta'} to --out."
         ),
     )
     p.add_argument("--model", required=True, help="model name, e.g. vgg11_cifar")
