@@ -47,6 +47,7 @@ test image of one seed was seen in training.
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import json
 import logging
@@ -122,6 +123,14 @@ SELECTION_RULES = {
     "tie": "proxy accuracies within two standard errors count as tied, least pruned first",
     "chance": SELECTION_RULE,
 }
+
+# What the searchers learn from, recorded in every row whose search ran with it. "size at
+# chance" (2026-11-30, hwprune.evaluate.search_signal): the proxy score, or for a candidate at
+# chance the floor scaled by its parameters kept. Rows without it searched on the raw proxy
+# score (a re-selected row keeps its original search, so it keeps its original value).
+SEARCH_SIGNAL = "size at chance"
+SEARCH_SIGNALS = {None: "the raw proxy score", SEARCH_SIGNAL: "the proxy score, or the size at "
+                  "chance (hwprune.evaluate.search_signal)"}  # fmt: skip
 
 # --quick: one small model, one budget, one seed, few evaluations, short timing.
 QUICK = {
@@ -296,9 +305,10 @@ def prune_row(
         "searcher": searcher, "seed": seed, "evaluations_budget": evaluations,
         "granularity": granularity, "run_dir": str(run_dir), "batch_size": batch_size,
         "train_lr": train_lr, "selection": SELECTION, "proxy": proxy or default("proxy"),
-        "surrogate": "off",
+        "surrogate": "off", "search_signal": SEARCH_SIGNAL,
     }  # fmt: skip
     if resume:
+        row["search_signal"] = reselect_from.get("search_signal")  # the search is not redone
         row.update(reselected=True, accuracy_before_reselect=reselect_from.get("accuracy"),
                    params_before_reselect=reselect_from.get("params_final"),
                    ok_before_reselect=bool(reselect_from.get("ok")),
@@ -680,6 +690,12 @@ def measured_notes(rows: Sequence[dict]) -> str:
                       f"{min(gain):+.3f} to {max(gain):+.3f})")  # fmt: skip
         notes += ("; the same model fine-tunes to the same accuracy. Search seconds and "
                   "evaluations are the original search's.")  # fmt: skip
+    signals = collections.Counter(r.get("search_signal") for r in rows)
+    if len(signals) > 1:
+        notes += ("\n\nThe searches learnt from different signals: " + "; ".join(
+            f"{n} runs from {SEARCH_SIGNALS.get(k, k)}" for k, n in sorted(
+                signals.items(), key=lambda kv: str(kv[0])))
+            + ". Where no candidate was at chance the two are the same.")  # fmt: skip
     failed = [r for r in rows if not r.get("ok")]
     if failed:
         notes += (f"\n\n{len(failed)} of {len(rows)} runs ended without a model ("

@@ -16,7 +16,8 @@ two required methods and two optional ones::
 Two optional attributes tell the final choice how far to trust the score:
 ``score_samples`` (a proportion over that many samples: scores within sampling
 noise count as tied) and ``score_chance`` (the score of a model that knows
-nothing: candidates scored near it are ranked by size instead).
+nothing: candidates scored near it are ranked by size instead, and the searchers
+learn from their size, ``hwprune.evaluate.search_signal``).
 
 The one-line case takes plain callables (``calibrate`` may be a DataLoader)::
 
@@ -90,7 +91,8 @@ class BoundTask:
     continuous score), which lets the final choice treat accuracies within
     sampling noise as tied; with 0 scores are ranked as they are. ``score_chance``
     is the score of a model that knows nothing (None: unknown); candidates scored
-    near it are ranked by size, not by score (``hwprune.evaluate.rank_feasible``).
+    near it are ranked by size, not by score (``hwprune.evaluate.rank_feasible``), and
+    the searchers learn from their size (``hwprune.evaluate.search_signal``).
     ``score_key`` names what the score measures (proxy, data, seed): the evaluator
     reuses a logged score only under the same key.
     """

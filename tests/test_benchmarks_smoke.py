@@ -355,3 +355,25 @@ def test_staircase_probe_only_stores_a_budgeted_probe_with_its_machine(
     with pytest.raises(SystemExit) as exit_:
         staircase.main(["--input-shape", "3", "8", "8"])
     assert exit_.value.code == 2
+
+
+def test_proxy_study_scores_the_search_signal_from_the_stored_floor() -> None:
+    """At chance the study ranks candidates as the search does: by size, at bn's cost."""
+    from benchmarks.proxy_study import SIGNAL, recommend, summarise
+
+    def row(bn: float, params: int, acc: float) -> dict:
+        proxies = {"bn": {"value": bn, "seconds": 2.0}, "kd": {"value": bn, "seconds": 1.0}}
+        return {"model": "m", "width": 1.0, "latency_fraction": 0.3, "params": params,
+                "accuracy": acc, "proxies": proxies, "test_images": 2000}  # fmt: skip
+
+    # The bn noise runs against the size; the accuracy after fine-tuning follows the size.
+    rows = [row(0.15, 100, 0.50), row(0.12, 200, 0.60), row(0.11, 300, 0.70), row(0.10, 400, 0.8)]
+    floor = {"floor": 0.17, "dense_params": 1000}
+    by = {s["proxy"]: s for s in summarise(rows, floor)}
+    assert by["bn (accuracy)"]["spearman"] == pytest.approx(-1.0)
+    assert by[SIGNAL]["spearman"] == pytest.approx(1.0)
+    assert by[SIGNAL]["seconds"] == by["bn (accuracy)"]["seconds"]
+    assert SIGNAL not in {s["proxy"] for s in summarise(rows)}  # no floor stored: not scored
+    text = recommend(list(by.values()), {"m": rows})
+    assert text.startswith("Default by value per cost: `bn` with its chance rule")
+    assert "not an independent test" in text

@@ -58,8 +58,9 @@ BUFFER_FILE = "replay.npz"
 
 
 def amc_reward(outcome: Any, *, penalty: float) -> float:
-    """Accuracy if feasible, else accuracy minus ``penalty`` times the worst relative excess."""
-    acc = float(outcome.accuracy)
+    """The search score (``reward_score``: the proxy accuracy, or the size at chance) if
+    feasible, else that score minus ``penalty`` times the worst relative excess."""
+    acc = float(getattr(outcome, "reward_score", outcome.accuracy))
     if outcome.feasible:
         return acc
     worst = max(outcome.costs.values()) if outcome.costs else 1.0

@@ -108,13 +108,18 @@ class BudgetedEvaluator:
         tickets = [self.submit(p) for p in policies]
         return [t.result() for t in tickets]
 
-    def _done(self, outcome: Outcome) -> None:
+    def _done(self, outcome: Outcome) -> Outcome:
+        """Record a finished evaluation; returns it with its search signal set."""
+        signal = getattr(self.evaluator, "signal", None)
+        if signal is not None:
+            outcome = signal(outcome)
         self.outcomes.append(outcome)
         if outcome.feasible and self.first_feasible_evaluation is None:
             self.first_feasible_evaluation = len({o.key for o in self.outcomes})
             self.first_feasible_seconds = time.perf_counter() - self.t0
         if self.progress is not None:
             self.progress(outcome)
+        return outcome
 
     def best(self) -> Outcome | None:
         """The first of :func:`~hwprune.evaluate.rank_feasible` over this search's outcomes."""
@@ -219,8 +224,7 @@ class _Ticket:
 
     def result(self) -> Outcome:
         if self._outcome is None:
-            self._outcome = self._handle.result()
-            self._owner._done(self._outcome)
+            self._outcome = self._owner._done(self._handle.result())
         return self._outcome
 
 

@@ -107,7 +107,7 @@ def _ppo_class() -> type:
                     self.lagrange.episodes.append((pos, env_idx, 0.0, {}, info["pending"]))
                 elif done and "costs" in info:
                     self.lagrange.episodes.append(
-                        (pos, env_idx, float(info["accuracy"]), dict(info["costs"]), None)
+                        (pos, env_idx, float(info["score"]), dict(info["costs"]), None)
                     )
             last_of_rollout = pos + 1 >= self.model.n_steps
             # Stop before an evaluation the budget cannot pay for; a rollout that is
@@ -118,9 +118,9 @@ def _ppo_class() -> type:
 
 
 def _answer(pending: Any) -> tuple[float, dict[str, float]]:
-    """(accuracy, costs) of an episode whose evaluation was pending."""
+    """(search score, costs) of an episode whose evaluation was pending."""
     outcome = pending.result()
-    return float(outcome.accuracy), dict(outcome.costs)
+    return outcome.reward_score, dict(outcome.costs)
 
 
 class _Lagrange:

@@ -67,6 +67,13 @@ ADDITIVE: dict[str, str] = {
 }
 
 
+def _reward_score(outcome: Any) -> float:
+    """What the reward is built on: the outcome's search score (the proxy accuracy, or its
+    size at chance: ``hwprune.evaluate.search_signal``); plain accuracy for outcomes without
+    one."""
+    return float(getattr(outcome, "reward_score", outcome.accuracy))
+
+
 def additive_targets(constraints: Sequence[Any]) -> dict[str, float]:
     """The action wall's targets: {constraint name: bound / dense value} for params/FLOPs budgets.
 
@@ -426,11 +433,13 @@ class LayerPruningEnv(gym.Env):
             outcome = handle.result()
         else:
             outcome = self.evaluate(policy)
-        reward = float(self.reward_fn(outcome)) if self.reward_fn else float(outcome.accuracy)
+        score = _reward_score(outcome)
+        reward = float(self.reward_fn(outcome)) if self.reward_fn else score
         info.update(
             outcome=outcome,
             policy=policy,
             accuracy=float(outcome.accuracy),
+            score=score,
             costs=dict(outcome.costs),
             feasible=bool(outcome.feasible),
         )

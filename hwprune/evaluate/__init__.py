@@ -8,6 +8,7 @@ from hwprune.evaluate.evaluator import (
     chance_floor,
     rank_feasible,
     ranking,
+    search_signal,
 )
 from hwprune.evaluate.log import EpisodeLog, read_jsonl
 
@@ -21,4 +22,5 @@ __all__ = [
     "chance_floor",
     "rank_feasible",
     "ranking",
+    "search_signal",
 ]

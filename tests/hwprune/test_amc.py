@@ -69,7 +69,11 @@ def test_short_search_with_the_wall_stays_within_a_params_budget(space, data):
     result = get_searcher("amc", seed=0, warmup_episodes=4).search(
         space=space, evaluator=ev, evaluations=24
     )
-    assert result.searcher == "amc" and result.evaluations == 24
+    # The search ends at its budget: 24 distinct candidates, or the cap on calls (10 per
+    # evaluation) once the agent settles on one shape. On this untrained net every candidate
+    # is at chance, so the reward is the model's size and the agent settles at the wall.
+    assert result.searcher == "amc"
+    assert result.evaluations == 24 or len(result.history) >= 240
     assert result.extra["wall"] == {"params": pytest.approx(0.35)}
     # The anchor's bisection (about 7 evaluations) comes first, then the episodes.
     assert result.extra["anchor"] is not None

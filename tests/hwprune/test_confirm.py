@@ -254,6 +254,58 @@ def test_at_chance_the_choice_ships_the_largest_feasible_candidate_not_the_top_s
     assert chosen[0.1] == largest
 
 
+def test_at_chance_the_agents_reward_is_the_size_not_the_noise(space):
+    """The search learns from what the final choice ranks by: an RL environment's reward for a
+    candidate at chance is the floor scaled by its parameters kept (larger is better), where
+    the proxy alone would reward the smaller model's noise."""
+    import numpy as np
+
+    from hwprune.agents.base import BudgetedEvaluator
+    from hwprune.envs.layer import LayerPruningEnv
+    from hwprune.task import as_task
+
+    full = sum(p.numel() for p in space.model.parameters())
+
+    class NearChance:
+        score_samples = 100_000
+        score_key = "near-chance-reward"
+
+        def __init__(self, chance):
+            self.score_chance = chance
+
+        def calibrate(self, model):
+            pass
+
+        def score(self, model):
+            size = sum(p.numel() for p in model.parameters())
+            return 0.9 if size == full else 0.1 + 0.05 * (1 - size / full)
+
+    for chance in (None, 0.1):
+        ev = Evaluator(space=space, task=as_task(NearChance(chance)),
+                       constraints=bind_constraints(["params<=60%"], oracles={"params": "params"}))  # fmt: skip
+        ev.calibrate()
+        budget = BudgetedEvaluator(ev, 10)
+        env = LayerPruningEnv(space, budget, submit=budget.submit)
+        rewards = {}
+        for action in (0.8, 0.3):  # the share of each unit pruned: keep 0.2, then 0.7
+            env.reset(seed=0)
+            done = False
+            while not done:
+                _, reward, done, _, info = env.step(np.array([action], dtype=np.float32))
+            outcome = info["outcome"]
+            assert reward == info["score"] == outcome.reward_score
+            rewards[outcome.params] = (reward, outcome.accuracy)
+        (small, (r_small, a_small)), (large, (r_large, a_large)) = sorted(rewards.items())
+        assert a_small > a_large  # the proxy's noise favours the smaller model
+        if chance is None:
+            assert (r_small, r_large) == (a_small, a_large)
+        else:
+            floor = ev.score_floor
+            assert r_large > r_small
+            assert r_large == pytest.approx(floor * large / space.dense_params)
+            assert [o.signal for o in budget.outcomes] == [r_small, r_large]
+
+
 def test_a_task_chance_score_must_be_a_number() -> None:
     from hwprune.errors import ConfigError
     from hwprune.task import as_task

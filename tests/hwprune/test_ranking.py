@@ -100,3 +100,22 @@ def test_the_report_says_when_the_shipped_candidate_was_chosen_at_chance() -> No
     informed = SimpleNamespace(score_floor=0.178, score_chosen=0.40)
     assert "at chance:" not in _chance_lines(informed, history)[0]
     assert _chance_lines(SimpleNamespace(score_floor=None, score_chosen=0.4), history) == []
+
+
+def test_the_search_signal_is_the_score_above_the_floor_and_the_size_at_it() -> None:
+    from hwprune.evaluate import search_signal
+
+    floor, dense = 0.2, 1000
+    assert search_signal(0.5, 300, floor=floor, dense_params=dense) == 0.5
+    # At or below the floor: the floor scaled by the parameters kept, whatever the noise said.
+    assert search_signal(0.19, 300, floor=floor, dense_params=dense) == pytest.approx(0.06)
+    assert search_signal(0.05, 600, floor=floor, dense_params=dense) == pytest.approx(0.12)
+    assert search_signal(0.2, 1000, floor=floor, dense_params=dense) == pytest.approx(0.2)
+    # Monotone in size, and never above an informed candidate's score.
+    sizes = [10, 100, 500, 999, 1000]
+    signals = [search_signal(0.15, n, floor=floor, dense_params=dense) for n in sizes]
+    assert signals == sorted(signals) and max(signals) <= floor < 0.2001
+    # No floor (a continuous proxy, a task without a chance score) or no size: the score.
+    assert search_signal(0.05, 300, floor=None, dense_params=dense) == 0.05
+    assert search_signal(0.05, None, floor=floor, dense_params=dense) == 0.05
+    assert search_signal(0.05, 300, floor=floor, dense_params=None) == 0.05
