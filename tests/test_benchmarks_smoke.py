@@ -376,4 +376,4 @@ def test_proxy_study_scores_the_search_signal_from_the_stored_floor() -> None:
     assert SIGNAL not in {s["proxy"] for s in summarise(rows)}  # no floor stored: not scored
     text = recommend(list(by.values()), {"m": rows})
     assert text.startswith("Default by value per cost: `bn` with its chance rule")
-    assert "not an independent test" in text
+    assert "not an independent test" in text and "held out from its design: m (1.00)" in text
