@@ -105,8 +105,14 @@ DIGITS_TRAIN_LR = 0.02
 # otherwise idle machine, all with one code version (verification by a median of 3 calls, repair
 # by a factor) and the digits recipe above; version 1 (no suffix, 2026-11-22/23) ran two
 # processes at once over three code versions, trained and fine-tuned at batch 128, and its
-# timing noise confounded the comparison.
-GRID_TAG = "-g2"
+# timing noise confounded the comparison. Version 3 (2026-11-30 on) is version 2 with the
+# searches learning from the search signal (SEARCH_SIGNAL below): version 2's searches learnt from
+# the raw proxy score, which today's code cannot run, so version 2 is only collected
+# (``--grid-version 2 --stored-only``; its remaining runs ran from a checkout before the change).
+GRID_VERSION = 3
+GRID_TAG = f"-g{GRID_VERSION}"
+# The grid versions this code can still run (earlier ones can only be collected).
+RUNNABLE_GRIDS = {3}
 # The rule that picks the final candidate from a search's history, recorded in every row. "tie"
 # (2026-11-27): proxy accuracies within two standard errors count as tied, least pruned first
 # (hwprune.evaluate.rank_feasible). Rows without it chose the most accurate, ties by margin,
@@ -762,6 +768,11 @@ def main(argv: list[str] | None = None) -> int:
                         "of 9 fresh calls, measured once and stored in quality_runs/) instead "
                         "of each run's own dense measurement, which load moves by up to 2x; "
                         "the runs' tags say 'fixed'")  # fmt: skip
+    p.add_argument("--grid-version", type=int, default=GRID_VERSION,
+                   help=f"the stored grid's version (default {GRID_VERSION}: searches learn from "
+                        "the search signal; 2: the grid searched on the raw proxy score, which "
+                        "is collected with --stored-only, not run); a version other than the "
+                        "default has its own RESULTS.md section")  # fmt: skip
     p.add_argument("--no-write", action="store_true", help="write no results (log only)")
     p.add_argument("--stored-only", action="store_true",
                    help="collect: tabulate the stored runs and leave out the rest instead of "
@@ -799,6 +810,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--fixed-bound is for the stored grid, not --quick")
     if q and args.stored_only:
         p.error("--stored-only collects stored runs of the full grid; quick runs are not stored")
+    if args.grid_version not in RUNNABLE_GRIDS and not args.stored_only:
+        p.error(f"grid version {args.grid_version} cannot be run by this code (it runs version "
+                f"{GRID_VERSION}); collect it with --stored-only")  # fmt: skip
+    grid_tag = f"-g{args.grid_version}"
     env = environment()
     t0 = time.perf_counter()
     rows = []
@@ -811,7 +826,7 @@ def main(argv: list[str] | None = None) -> int:
         tag = _slug(f"{model}-w{width:g}-{budget}-{searcher}-s{seed}-"
                     f"e{evaluations}-f{finetune_epochs}-t{train_epochs}{extra}")  # fmt: skip
         if not q:
-            tag += GRID_TAG
+            tag += grid_tag
         stored = store.get(tag) if store is not None and not args.fresh else None
         again = args.reselect and not args.stored_only and needs_reselect(stored)
         if stored is not None and stored.get("ok") and not again:
@@ -860,6 +875,8 @@ def main(argv: list[str] | None = None) -> int:
     name = ("quality" if args.data == "digits" else f"quality_{dslug}") + (
         "_fixed-bound" if args.fixed_bound else ""
     )
+    # Grid version 2, the digits and Fashion-MNIST grids stored so far, keeps its section name.
+    name += "" if args.grid_version == 2 or q else f"_g{args.grid_version}"
     png = plot(rows, results_dir(quick=q) / f"{name}.png")
     settings = {
         "quick": q, "models": models, "budgets": budgets, "searchers": args.searchers,
@@ -888,7 +905,13 @@ def main(argv: list[str] | None = None) -> int:
         f"fixes the split), every chosen policy fine-tuned {finetune_epochs} epoch(s) with the "
         f"same recipe (SGD at peak learning rate 0.01, cosine, batch size {DIGITS_BATCH}, no "
         "distillation), then verified and exported. Grid version "
-        f"`{GRID_TAG.lstrip('-')}`: one run at a time"
+        f"`g{args.grid_version}`"
+        + (
+            " (searches on the raw proxy score, before the search signal)"
+            if args.grid_version == 2
+            else " (searches on the search signal)"
+        )  # fmt: skip
+        + ": one run at a time"
         + (
             ", nothing else heavy on the machine. "
             if args.data == "digits"
@@ -925,6 +948,8 @@ def main(argv: list[str] | None = None) -> int:
     title = "Quality at matched latency" + ("" if args.data == "digits" else f" on `{args.data}`")
     if args.fixed_bound:
         title += ", one fixed bound per model"
+    if not q and args.grid_version != 2:
+        title += f" (grid version {args.grid_version}: searches on the search signal)"
     update_results_md(name, title,
                       body + "\n\nBest RL searcher against best baseline (mean test accuracy):\n\n"
                       + headline_table(heads), command=command_line(), env=env,

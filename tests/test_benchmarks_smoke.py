@@ -377,3 +377,15 @@ def test_proxy_study_scores_the_search_signal_from_the_stored_floor() -> None:
     text = recommend(list(by.values()), {"m": rows})
     assert text.startswith("Default by value per cost: `bn` with its chance rule")
     assert "not an independent test" in text and "held out from its design: m (1.00)" in text
+
+
+def test_quality_refuses_to_run_a_grid_version_it_cannot_reproduce() -> None:
+    """Grid version 2 searched on the raw proxy score; today's code can only collect it."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--grid-version", "2",
+         "--models", "vgg16_cifar=0.25", "--no-write"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "grid version 2 cannot be run by this code" in out.stderr
+    assert "collect it with --stored-only" in out.stderr
