@@ -14,7 +14,9 @@ predict. A value is measured:
 - when the candidate is more accurate than every feasible one so far by more
   than the sampling tolerance of a tie (``hwprune.evaluate.accuracy_tolerance``:
   within it, ``rank_feasible`` calls them tied, and a proxy at chance would
-  "beat" the best feasible one every few candidates by noise alone) and its
+  "beat" the best feasible one every few candidates by noise alone; a candidate
+  at chance counts by its size, as the search and the final choice rank it:
+  ``hwprune.evaluate.search_signal``) and its
   interval is clear of the bound, but not at ``BEST_WIDEN`` times its width
   ("best"): a verdict that would hide the best candidate must be twice as sure.
   (A would-be best far over its bound, the usual case for a searcher that
@@ -70,7 +72,7 @@ from typing import Any
 import numpy as np
 
 from hwprune.config import SURROGATE_MODES
-from hwprune.evaluate.evaluator import accuracy_tolerance
+from hwprune.evaluate.evaluator import accuracy_tolerance, search_signal
 
 log = logging.getLogger(__name__)
 
@@ -453,15 +455,26 @@ class SurrogateGate:
         t0 = time.perf_counter()
         clear = [n for n in predicted if reason[n] == "predicted"]
         if clear:
-            best = max((o.accuracy for o in evaluator.history if o.feasible), default=None)
-            if best is not None:  # clearly more accurate: beyond a tie's sampling tolerance
+            # Compared as the search and the final choice rank: a candidate at chance by its
+            # size (search_signal), so that noise near chance does not make a "best".
+            floor = getattr(evaluator, "score_floor", None)
+            dense_params = getattr(getattr(evaluator, "space", None), "dense_params", None)
+
+            def signal(score: float, params: int | None) -> float:
+                return search_signal(score, params, floor=floor, dense_params=dense_params)
+
+            best = max((signal(o.accuracy, o.params) for o in evaluator.history if o.feasible),
+                       default=None)  # fmt: skip
+            if best is not None and (floor is None or best > floor):
+                # clearly more accurate: beyond a tie's sampling tolerance (sizes are exact)
                 best += accuracy_tolerance(best, getattr(evaluator, "eval_samples", 0))
+            mine = signal(accuracy, sum(p.numel() for p in module.parameters()))
             # More accurate than every feasible candidate so far, with a verdict the interval
             # is sure of, but not twice as sure: measured. A wrong "infeasible" would hide the
             # best model from the choice (seen: VGG-16, 22 of 31 predictions infeasible, one
             # at 0.994 against a best feasible 0.939 when the run ended); a wrong "feasible"
             # would be measured by the final choice before it could be shipped.
-            if best is None or accuracy > best:
+            if best is None or mine > best:
                 unsure = [n for n in clear
                           if predictions[n].straddles(bounds[n], widen=BEST_WIDEN)]  # fmt: skip
                 if unsure:
