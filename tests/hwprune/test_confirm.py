@@ -208,6 +208,25 @@ def test_a_best_candidate_failing_its_confirmation_is_scaled_to_a_margin_not_dro
     assert _rescue(space, ev, chosen, [{**records[0]}]) is chosen
 
 
+class NearChance:
+    """A task whose dense model is informed (0.9) while every cut one sits near chance (0.1),
+    the smaller the higher it happens to score."""
+
+    score_samples = 100_000
+    score_key = "near-chance"
+
+    def __init__(self, space, chance: float | None) -> None:
+        self.full = sum(p.numel() for p in space.model.parameters())
+        self.score_chance = chance
+
+    def calibrate(self, model):
+        pass
+
+    def score(self, model):
+        size = sum(p.numel() for p in model.parameters())
+        return 0.9 if size == self.full else 0.1 + 0.05 * (1 - size / self.full)
+
+
 def test_at_chance_the_choice_ships_the_largest_feasible_candidate_not_the_top_score(space):
     """A deep net cut hard scores noise before fine-tuning; in the fixed-bound grid the floor
     model scored a few points above the rest and shipped at 0.55 of its bound. A task that
@@ -215,28 +234,10 @@ def test_at_chance_the_choice_ships_the_largest_feasible_candidate_not_the_top_s
     keeps the old rule (the top score)."""
     from hwprune.task import BoundTask, as_task
 
-    full = sum(p.numel() for p in space.model.parameters())
-
-    class NearChance:
-        # The dense model is informed (0.9); every cut one sits near chance (0.1), and the
-        # smaller it is the higher it happens to score.
-        score_samples = 100_000
-        score_key = "near-chance"
-
-        def __init__(self, chance: float | None) -> None:
-            self.score_chance = chance
-
-        def calibrate(self, model):
-            pass
-
-        def score(self, model):
-            size = sum(p.numel() for p in model.parameters())
-            return 0.9 if size == full else 0.1 + 0.05 * (1 - size / full)
-
     LoadedLatency.load[0] = 1.0
     chosen = {}
     for chance in (None, 0.1):
-        task = as_task(NearChance(chance))
+        task = as_task(NearChance(space, chance))
         assert isinstance(task, BoundTask) and task.score_chance == chance
         ev = Evaluator(space=space, task=task, constraints=bind_constraints(
             ["latency<=40%"], oracles={"latency": "test-loaded-latency"}))  # fmt: skip
@@ -264,24 +265,8 @@ def test_at_chance_the_agents_reward_is_the_size_not_the_noise(space):
     from hwprune.envs.layer import LayerPruningEnv
     from hwprune.task import as_task
 
-    full = sum(p.numel() for p in space.model.parameters())
-
-    class NearChance:
-        score_samples = 100_000
-        score_key = "near-chance-reward"
-
-        def __init__(self, chance):
-            self.score_chance = chance
-
-        def calibrate(self, model):
-            pass
-
-        def score(self, model):
-            size = sum(p.numel() for p in model.parameters())
-            return 0.9 if size == full else 0.1 + 0.05 * (1 - size / full)
-
     for chance in (None, 0.1):
-        ev = Evaluator(space=space, task=as_task(NearChance(chance)),
+        ev = Evaluator(space=space, task=as_task(NearChance(space, chance)),
                        constraints=bind_constraints(["params<=60%"], oracles={"params": "params"}))  # fmt: skip
         ev.calibrate()
         budget = BudgetedEvaluator(ev, 10)
