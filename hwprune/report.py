@@ -148,9 +148,15 @@ def _chance_lines(result: Any, history: Sequence[Any] | None) -> list[str]:
         return []
     feasible = {o.key: o for o in history or () if o.feasible}
     low = sum(1 for o in feasible.values() if o.accuracy <= floor)
+    seen = {o.key: o for o in history or ()}
+    searched = sum(1 for o in seen.values() if o.accuracy <= floor)
     line = (f"- chance floor of the proxy: {floor:.4f} (the largest class's share of its "
             f"images plus sampling noise or a tenth of the dense model's margin); {low} of "
             f"{len(feasible)} feasible candidates at or below it")  # fmt: skip
+    if searched:
+        line += (f"; the searcher learnt from the size of the {searched} of {len(seen)} "
+                 "candidates at chance, not from their score (floor x parameters kept / "
+                 "dense parameters)")  # fmt: skip
     chosen = getattr(result, "score_chosen", None)
     if chosen is not None and chosen <= floor:
         line += (f". The shipped candidate scored {chosen:.4f}, at chance: the proxy could not "

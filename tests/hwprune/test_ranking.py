@@ -97,6 +97,7 @@ def test_the_report_says_when_the_shipped_candidate_was_chosen_at_chance() -> No
     (line,) = _chance_lines(at_chance, history)
     assert "chance floor of the proxy: 0.1780" in line and "2 of 3 feasible" in line
     assert "scored 0.1100, at chance" in line
+    assert "learnt from the size of the 2 of 4 candidates at chance" in line
     informed = SimpleNamespace(score_floor=0.178, score_chosen=0.40)
     assert "at chance:" not in _chance_lines(informed, history)[0]
     assert _chance_lines(SimpleNamespace(score_floor=None, score_chosen=0.4), history) == []
