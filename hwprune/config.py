@@ -167,7 +167,8 @@ class PruneConfig:
     distill: bool = _opt(False, "distil from the dense model while fine-tuning", kind="bool")
     proxy: str = _opt(
         "bn",
-        "search score of the built-in task: bn (accuracy after BatchNorm re-estimation), kd "
+        "search score of the built-in task: bn (accuracy after BatchNorm re-estimation; a "
+        "candidate scored at chance is ranked, and rewarded, by its size), kd "
         "(agreement with the dense model: exp(-KL) of their softened outputs), or recover:STEPS "
         "(kd after STEPS SGD steps distilling from the dense model)",
         kind="str",
