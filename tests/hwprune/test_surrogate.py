@@ -29,6 +29,7 @@ from hwprune.evaluate import (
     accuracy_tolerance,
     rank_feasible,
     read_jsonl,
+    search_signal,
 )
 from hwprune.evaluate.surrogate import (
     BEST_WIDEN,
@@ -183,6 +184,18 @@ def test_the_gate_measures_fewer_and_only_where_it_may_predict(space, data, tmp_
     assert calls_on < 0.7 * n
     bound = ev.constraints[0].bound
     best = None
+    floor = ev.score_floor
+
+    def signal(o) -> float:  # as the gate compares: a candidate at chance by its size
+        return search_signal(o.accuracy, o.params, floor=floor, dense_params=space.dense_params)
+
+    def tol(best: float) -> float:  # sizes are exact: no sampling tolerance at chance
+        return (
+            0.0
+            if floor is not None and best <= floor
+            else accuracy_tolerance(best, ev.eval_samples)
+        )
+
     for o in ev.history:
         info = o.surrogate["latency"]
         if o.sources["latency"] == "predicted":
@@ -193,8 +206,7 @@ def test_the_gate_measures_fewer_and_only_where_it_may_predict(space, data, tmp_
             else:
                 # Clearly more accurate than every feasible candidate so far: predicted only if
                 # sure at twice the interval (a wrong 'infeasible' would hide the best model).
-                tol = accuracy_tolerance(best, ev.eval_samples) if best is not None else 0.0
-                would_be_best = best is None or o.accuracy > best + tol
+                would_be_best = best is None or signal(o) > best + tol(best)
                 pred = Prediction(**p)
                 assert not (would_be_best and pred.straddles(bound, widen=BEST_WIDEN)), o.index
                 assert info["reason"] == "predicted" and not o.undecided
@@ -202,12 +214,12 @@ def test_the_gate_measures_fewer_and_only_where_it_may_predict(space, data, tmp_
             assert o.measurements["latency"].statistic == "median"
             assert not o.undecided
             if info["reason"] == "best":  # clearly more accurate than every feasible one so far
-                assert best is None or o.accuracy > best + accuracy_tolerance(best, ev.eval_samples)
+                assert best is None or signal(o) > best + tol(best)
                 pred = Prediction(**info["prediction"])
                 assert not pred.straddles(bound) and pred.straddles(bound, widen=BEST_WIDEN)
         assert info["reason"] in ("warmup", "audit", "best", "predicted", "deferred")
         if o.feasible:
-            best = o.accuracy if best is None else max(best, o.accuracy)
+            best = signal(o) if best is None else max(best, signal(o))
     assert [o.surrogate["latency"]["reason"] for o in ev.history[: MIN_POINTS - 1]] == [
         "warmup"
     ] * (MIN_POINTS - 1)  # the dense model is the first point
