@@ -199,15 +199,20 @@ def _looks_numeric(x: Any) -> bool:
     return True
 
 
-def _provenance(command: str, env: Mapping[str, Any]) -> str:
+def machine_text(env: Mapping[str, Any]) -> str:
+    """The processor, its cores, the GPUs and the system, as the results header names them."""
     m = env.get("machine", {})
     gpus = ", ".join(m.get("gpus") or []) or "none"
+    return f"{m.get('cpu')} ({m.get('cores')} cores), GPU: {gpus}, {m.get('system')}"
+
+
+def _provenance(command: str, env: Mapping[str, Any]) -> str:
+    m = env.get("machine", {})
     versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items())
     load = m.get("load_average")
     lines = [
         f"- command: `{command}`",
-        f"- machine: {m.get('cpu')} ({m.get('cores')} cores), GPU: {gpus}, {m.get('system')}"
-        + (f", load average at start {load[0]}" if load else ""),
+        f"- machine: {machine_text(env)}" + (f", load average at start {load[0]}" if load else ""),
         f"- date: {env.get('date')}" + (f", commit {env['commit']}" if env.get("commit") else ""),
         f"- versions: {versions}",
     ]

@@ -110,9 +110,8 @@ DIGITS_TRAIN_LR = 0.02
 # the raw proxy score, which today's code cannot run, so version 2 is only collected
 # (``--grid-version 2 --stored-only``; its remaining runs ran from a checkout before the change).
 GRID_VERSION = 3
-GRID_TAG = f"-g{GRID_VERSION}"
 # The grid versions this code can still run (earlier ones can only be collected).
-RUNNABLE_GRIDS = {3}
+RUNNABLE_GRIDS = {GRID_VERSION}
 # The rule that picks the final candidate from a search's history, recorded in every row. "tie"
 # (2026-11-27): proxy accuracies within two standard errors count as tied, least pruned first
 # (hwprune.evaluate.rank_feasible). Rows without it chose the most accurate, ties by margin,
@@ -695,7 +694,8 @@ def measured_notes(rows: Sequence[dict]) -> str:
             notes += (f", test accuracy {statistics.fmean(gain):+.3f} on average (from "
                       f"{min(gain):+.3f} to {max(gain):+.3f})")  # fmt: skip
         notes += ("; the same model fine-tunes to the same accuracy. Search seconds and "
-                  "evaluations are the original search's.")  # fmt: skip
+                  "evaluations are the original search's; the re-selections took "
+                  f"{sum(r.get('reselect_seconds') or 0.0 for r in again):,.0f} s.")  # fmt: skip
     signals = collections.Counter(r.get("search_signal") for r in rows)
     if len(signals) > 1:
         notes += ("\n\nThe searches learnt from different signals: " + "; ".join(
@@ -941,6 +941,11 @@ def main(argv: list[str] | None = None) -> int:
         notes += "\n\n**Quick mode: an end-to-end check, not a comparison.**"
     notes += measured_notes(rows)
     notes += budget_use_note(summary)
+    if rows:
+        notes += (f"\n\nThe {len(rows)} runs took "
+                  f"{sum(r.get('total_seconds') or 0.0 for r in rows):,.0f} s (the rows' "
+                  "`total_seconds`: a re-selected row keeps its first run's), before the dense "
+                  "models' training.")  # fmt: skip
     if missing:
         notes += (f"\n\n**{len(missing)} runs of this grid are not stored yet and are left out** "
                   "(collected with `--stored-only`): the \"seeds ok\" column counts the runs "

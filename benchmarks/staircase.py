@@ -60,6 +60,7 @@ from benchmarks._common import (  # noqa: E402
     absolute_budget,
     command_line,
     environment,
+    machine_text,
     markdown_table,
     reference_latency,
     update_results_md,
@@ -85,14 +86,6 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in ".-" else "_" for c in text).strip("_")
 
 
-def _machine() -> str:
-    """The processor and GPU the probe timed on, as the results header names them."""
-    m = environment()["machine"]
-    return (
-        f"{m.get('cpu')} ({m.get('cores')} cores), GPU: {', '.join(m.get('gpus') or []) or 'none'}"
-    )
-
-
 def probe(
     *,
     model: str,
@@ -107,7 +100,8 @@ def probe(
 
     The cache file lives in the run folder; the first probe's cost is the stored
     one when a previous session made it (the cache file then answers the second).
-    ``seconds`` bounds the first probe (``probe_staircase``'s budget; None: no limit).
+    ``seconds`` bounds each of the two probes (``probe_staircase``'s budget; None: no limit):
+    after a first probe that ran out, the second continues from the cache within the same time.
     """
     from hwprune.models import get_model
     from hwprune.space import ChannelSpace
@@ -137,7 +131,7 @@ def probe(
             seconds=seconds,
         )
         stored = {"tag": tag, "model": model, "width": width, "oracle": oracle,
-                  "machine": _machine(), "first": first.to_dict()}  # fmt: skip
+                  "machine": machine_text(environment()), "first": first.to_dict()}  # fmt: skip
     second = probe_staircase(
         space,
         oracle,
@@ -388,18 +382,19 @@ def probes_table(probes: Sequence[dict[str, Any]]) -> str:
     )  # fmt: skip
 
 
+def _shape(data: str) -> tuple[tuple[int, ...], int]:
+    """The dataset's input shape and number of classes."""
+    from hwprune.data import get_dataset
+
+    splits = get_dataset(data, seed=0)
+    return tuple(int(s) for s in splits.input_shape), int(splits.num_classes)
+
+
 def _probe_only(args: argparse.Namespace) -> int:
     """Store probe rows for --oracle and --probe-oracles; the tables come from --stored-only."""
-    if args.input_shape is not None:
-        input_shape, num_classes = tuple(args.input_shape), 10
-    else:
-        from hwprune.data import get_dataset
-
-        splits = get_dataset(args.data, seed=0)
-        input_shape, num_classes = (
-            tuple(int(s) for s in splits.input_shape),
-            int(splits.num_classes),
-        )
+    input_shape, num_classes = (
+        (tuple(args.input_shape), 10) if args.input_shape is not None else _shape(args.data)
+    )
     for oracle in [args.oracle, *args.probe_oracles]:
         row = probe(model=args.model, width=args.width, num_classes=num_classes,
                     input_shape=input_shape, oracle=oracle,
@@ -461,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         "--probe-seconds",
         type=float,
         default=None,
-        help="time budget of each probe from an empty cache (default: no limit)",
+        help="time budget of each probe, the first from an empty cache and the second on it "
+        "(default: no limit)",
     )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -474,16 +470,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe_only:
         return _probe_only(args)
     rows_store = _rows()
-    from hwprune.data import get_dataset
-
-    splits = get_dataset(args.data, seed=0)
-    input_shape = tuple(int(s) for s in splits.input_shape)
+    input_shape, num_classes = _shape(args.data)
     probes: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     if not args.stored_only:
         for oracle in [args.oracle, *args.probe_oracles]:
             probes.append(probe(model=args.model, width=args.width,
-                                num_classes=int(splits.num_classes),
+                                num_classes=num_classes,
                                 input_shape=input_shape, oracle=oracle,
                                 counts_per_unit=args.counts_per_unit,
                                 seconds=args.probe_seconds))  # fmt: skip
@@ -494,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         args.reference_ms = None
         if args.fixed_bound:
             ref = reference_latency(model=args.model, width=args.width,
-                                    num_classes=int(splits.num_classes),
+                                    num_classes=num_classes,
                                     input_shape=input_shape, oracle=args.oracle,
                                     rows=_rows())  # fmt: skip
             args.reference_ms = float(ref["median"])

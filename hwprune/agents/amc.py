@@ -46,7 +46,7 @@ from hwprune.agents._sb3 import (
 )
 from hwprune.agents.base import SEARCHERS, BudgetedEvaluator, Searcher
 from hwprune.agents.baselines import start_anchor
-from hwprune.envs.layer import LayerPruningEnv, additive_targets
+from hwprune.envs.layer import LayerPruningEnv, _reward_score, additive_targets
 from hwprune.errors import ConfigError, RunDirError
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ BUFFER_FILE = "replay.npz"
 def amc_reward(outcome: Any, *, penalty: float) -> float:
     """The search score (``reward_score``: the proxy accuracy, or the size at chance) if
     feasible, else that score minus ``penalty`` times the worst relative excess."""
-    acc = float(getattr(outcome, "reward_score", outcome.accuracy))
+    acc = _reward_score(outcome)
     if outcome.feasible:
         return acc
     worst = max(outcome.costs.values()) if outcome.costs else 1.0

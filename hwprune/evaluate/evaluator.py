@@ -388,14 +388,18 @@ class Evaluator:
         None before ``calibrate`` or when the task gives no chance score."""
         return chance_floor(self.task.score_chance, self.dense_accuracy, self.eval_samples)
 
-    def signal(self, outcome: Outcome) -> Outcome:
-        """``outcome`` with its :func:`search_signal` set (what a searcher learns from)."""
-        value = search_signal(
-            outcome.accuracy,
-            outcome.params,
+    def search_value(self, accuracy: float, params: int | None) -> float:
+        """:func:`search_signal` of a score and a parameter count under this run's floor."""
+        return search_signal(
+            accuracy,
+            params,
             floor=self.score_floor,
             dense_params=getattr(self.space, "dense_params", None),
         )
+
+    def signal(self, outcome: Outcome) -> Outcome:
+        """``outcome`` with its :func:`search_signal` set (what a searcher learns from)."""
+        value = self.search_value(outcome.accuracy, outcome.params)
         return outcome if value == outcome.accuracy else replace(outcome, signal=value)
 
     # ------------------------------------------------------------- measuring

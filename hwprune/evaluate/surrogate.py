@@ -72,7 +72,7 @@ from typing import Any
 import numpy as np
 
 from hwprune.config import SURROGATE_MODES
-from hwprune.evaluate.evaluator import accuracy_tolerance, search_signal
+from hwprune.evaluate.evaluator import accuracy_tolerance
 
 log = logging.getLogger(__name__)
 
@@ -457,12 +457,7 @@ class SurrogateGate:
         if clear:
             # Compared as the search and the final choice rank: a candidate at chance by its
             # size (search_signal), so that noise near chance does not make a "best".
-            floor = getattr(evaluator, "score_floor", None)
-            dense_params = getattr(getattr(evaluator, "space", None), "dense_params", None)
-
-            def signal(score: float, params: int | None) -> float:
-                return search_signal(score, params, floor=floor, dense_params=dense_params)
-
+            floor, signal = evaluator.score_floor, evaluator.search_value
             best = max((signal(o.accuracy, o.params) for o in evaluator.history if o.feasible),
                        default=None)  # fmt: skip
             if best is not None and (floor is None or best > floor):
