@@ -313,6 +313,19 @@ class RunRows:
         tmp.replace(path)
         return path
 
+    def amend(self, tag: str, fields: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Add ``fields`` to the stored row for ``tag``, keeping when and where it was measured
+        (figures derived later from the run's own files); None when no row is stored."""
+        row = self.get(tag)
+        if row is None:
+            return None
+        row.update(fields)
+        path = self.path(tag)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(row, indent=2, default=str) + "\n", encoding="utf-8")
+        tmp.replace(path)
+        return row
+
 
 #: Independent fresh calls behind a dense model's reference latency (see reference_latency).
 REFERENCE_CALLS = 9

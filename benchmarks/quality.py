@@ -382,6 +382,7 @@ def prune_row(
     if resume:  # the search was not repeated: its cost is the earlier row's
         row.update({k: reselect_from.get(k) for k in ("search_seconds", "total_seconds",
                     "evaluations", "first_feasible_evaluation")}, reselect_seconds=seconds)  # fmt: skip
+    row.update(search_use(run_dir) or {})
     if remeasure_oracle is not None:
         from hwprune.pipeline import model_input_shape
 
@@ -399,6 +400,11 @@ def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
     if not xs:
         return math.nan, math.nan
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def _median(xs: Sequence[float | None]) -> float:
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    return statistics.median(xs) if xs else math.nan
 
 
 def summarise(
@@ -432,6 +438,10 @@ def summarise(
             "remeasured_over_bound_mean": _mean_std(over)[0],
             "remeasured_over_bound_max": max(over) if over else math.nan,
             "budget_use_median": statistics.median(use) if use else math.nan,
+            "search_best_use_median": _median([r.get("search_best_use") for r in ok]),
+            "shipped_search_use_median": _median([r.get("shipped_search_use") for r in ok]),
+            "use_losses": dict(collections.Counter(
+                loss for loss in (use_loss(r) for r in ok) if loss is not None)),
             # The first budget's absolute bound per run: one value when the runs share a
             # fixed reference, else each run's fraction of its own dense measurement.
             "bound_min": min(bounds) if bounds else math.nan,
@@ -456,6 +466,65 @@ def budget_use(row: dict[str, Any]) -> float | None:
     uses = [c["final"] / c["bound"] for c in row.get("checks") or ()
             if c.get("final") is not None and c.get("bound")]  # fmt: skip
     return max(uses) if uses else None
+
+
+def search_use(run_dir: Path) -> dict[str, Any] | None:
+    """Where a run's budget use was lost, from its run directory's search history.
+
+    ``search_best_use``: the largest cost (measured value / bound, the binding budget)
+    of any feasible candidate the search measured; ``shipped_search_use``: the shipped
+    candidate's cost as the search measured it (the verified figure is the row's
+    ``checks``); ``feasible_candidates``: how many the search found. None when the
+    directory no longer holds its history (run directories are not committed).
+    """
+    history, report = run_dir / "episodes.jsonl", run_dir / "report.json"
+    if not (history.is_file() and report.is_file()):
+        return None
+    try:
+        keep = json.loads(report.read_text(encoding="utf-8"))["policy"]["keep"]
+        episodes = [json.loads(line) for line in history.read_text(encoding="utf-8").splitlines()
+                    if line.strip()]  # fmt: skip
+    except (OSError, ValueError, KeyError):
+        return None
+    feasible = [max(e["costs"].values()) for e in episodes if e.get("feasible") and e.get("costs")]
+    shipped = [max(e["costs"].values()) for e in episodes
+               if e.get("costs") and (e.get("policy") or {}).get("keep") == keep]  # fmt: skip
+    return {"search_best_use": max(feasible) if feasible else None,
+            "shipped_search_use": shipped[-1] if shipped else None,
+            "feasible_candidates": len(feasible)}  # fmt: skip
+
+
+#: How far (in budget use) a stage may lose before the budget note blames it.
+USE_SLACK = 0.05
+
+
+def use_loss(row: dict[str, Any]) -> str | None:
+    """Why a run's shipped model uses under 90% of its budget, or None when it does not.
+
+    ``search``: the search measured no feasible candidate at 90% or more; ``repair``:
+    the chosen model failed its final proof and a candidate with more margin shipped;
+    ``choice``: the final choice preferred a candidate the search measured below the
+    best one (a higher score, or at chance more parameters at less latency); ``timing``:
+    the final proof measured the shipped model below what the search measured. Of
+    ``choice`` and ``timing`` the one that lost more is named, when it lost at least
+    :data:`USE_SLACK`; ``unknown`` otherwise, or when the run's history is gone.
+    """
+    use = budget_use(row)
+    if use is None or use >= 0.9:
+        return None
+    best, shipped = row.get("search_best_use"), row.get("shipped_search_use")
+    if best is None:
+        return "unknown"
+    if best < 0.9:
+        return "search"
+    if row.get("repairs"):
+        return "repair"
+    if shipped is None:
+        return "unknown"
+    choice, timing = best - shipped, shipped - use  # what each stage lost; the larger is named
+    if max(choice, timing) < USE_SLACK:
+        return "unknown"
+    return "choice" if choice >= timing else "timing"
 
 
 def paired(a: dict[str, Any], b: dict[str, Any]) -> dict[int, float]:
@@ -641,11 +710,43 @@ def budget_use_note(summary: Sequence[dict[str, Any]]) -> str:
         return ""
     which = "; ".join(f"{s['model']} `{s['budget']}` {s['searcher']} {s['budget_use_median']:.3f}"
                       for s in low)  # fmt: skip
-    return (f"\n\n**{len(low)} of {sum(1 for s in summary if s['finished'])} cells ship models "
+    note = (f"\n\n**{len(low)} of {sum(1 for s in summary if s['finished'])} cells ship models "
             f"that use less than 90% of their budget** (median over seeds of the verified "
             f"latency / bound): {which}. A searcher that stops far below its budget gives away "
             "accuracy; read its row as a weak result of that searcher, not as a margin of the "
             "others.")  # fmt: skip
+    known = [s for s in low if not math.isnan(s.get("search_best_use_median", math.nan))]
+    if not known:
+        return note
+    losses: collections.Counter[str] = collections.Counter()
+    for s in summary:
+        losses.update(s.get("use_losses") or {})
+    lines = [[f"{s['model']} `{s['budget']}` {s['searcher']}",
+              _f(s.get("search_best_use_median")), _f(s.get("shipped_search_use_median")),
+              _f(s.get("budget_use_median")),
+              ", ".join(f"{k} {v}" for k, v in sorted((s.get("use_losses") or {}).items()))
+              or "-"] for s in known]  # fmt: skip
+    return note + (
+        "\n\nWhy, from each run's search history (budget use = latency / bound of the binding "
+        "budget; medians over seeds): the largest feasible candidate the search measured, the "
+        "shipped candidate as the search measured it, and as the final proof measured it. Per "
+        "run under 90%, the stage that lost the most: `search` (no feasible candidate at 90%), "
+        f"`choice` (the final choice took a smaller one; lost >= {USE_SLACK:.2f}), `repair` "
+        "(the chosen model failed its final proof and one with more margin shipped), `timing` "
+        "(the proof measured it faster than the search did). Over all cells: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(losses.items()))
+        + " runs.\n\n"
+        + markdown_table(
+            [
+                "cell",
+                "search's best",
+                "shipped, in the search",
+                "shipped, verified",
+                "runs under 90% by cause",
+            ],
+            lines,
+        )  # fmt: skip
+    )
 
 
 def measured_notes(rows: Sequence[dict]) -> str:
@@ -828,6 +929,12 @@ def main(argv: list[str] | None = None) -> int:
         if not q:
             tag += grid_tag
         stored = store.get(tag) if store is not None and not args.fresh else None
+        if stored is not None and stored.get("ok") and "search_best_use" not in stored:
+            # Rows stored before runs recorded where their budget use went: derived from the
+            # run directory's history where this machine still has it.
+            found = search_use(Path(stored.get("run_dir", "")))
+            if found is not None:
+                stored = store.amend(tag, found)
         again = args.reselect and not args.stored_only and needs_reselect(stored)
         if stored is not None and stored.get("ok") and not again:
             log.info("%s %s %s seed %d: stored", model, budget, searcher, seed)

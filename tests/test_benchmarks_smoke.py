@@ -319,6 +319,51 @@ def test_headline_pairs_seeds_and_summary_flags_unused_budget() -> None:
     assert "m `latency<=30%` uniform 0.600" in budget_use_note(summary)
 
 
+def test_the_budget_note_names_where_each_run_lost_its_budget_use(tmp_path: Path) -> None:
+    from benchmarks._common import RunRows
+    from benchmarks.quality import budget_use_note, search_use, summarise, use_loss
+
+    # A run directory as hwprune.prune leaves it: the search history and the report.
+    run = tmp_path / "run"
+    run.mkdir()
+    shipped = {"a": 0.5, "b": 0.5}
+    episodes = [
+        {"feasible": False, "costs": {"latency": 1.3}, "policy": {"keep": {"a": 1.0, "b": 1.0}}},
+        {"feasible": True, "costs": {"latency": 0.97}, "policy": {"keep": {"a": 0.7, "b": 0.7}}},
+        {"feasible": True, "costs": {"latency": 0.71}, "policy": {"keep": shipped}},
+    ]
+    (run / "episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in episodes))
+    (run / "report.json").write_text(json.dumps({"policy": {"keep": shipped}}))
+    found = search_use(run)
+    assert found == {"search_best_use": 0.97, "shipped_search_use": 0.71, "feasible_candidates": 2}
+    assert search_use(tmp_path / "gone") is None
+
+    def row(seed: int, final: float, **extra: object) -> dict:
+        return {"model": "m", "width": 1.0, "budgets": ["latency<=30%"], "searcher": "qlp",
+                "seed": seed, "ok": True, "accuracy": 0.8, "accuracy_dense": 0.9,
+                "params_final": 10, "params_dense": 100, "search_seconds": 1.0, "evaluations": 9,
+                "checks": [{"bound": 1.0, "dense": 3.3, "final": final}], **extra}  # fmt: skip
+
+    choice = row(0, 0.70, **found)
+    timing = row(1, 0.72, search_best_use=0.97, shipped_search_use=0.95)
+    search = row(2, 0.80, search_best_use=0.85, shipped_search_use=0.85)
+    repair = row(3, 0.60, search_best_use=0.99, shipped_search_use=0.70, repairs=1)
+    assert [use_loss(r) for r in (choice, timing, search, repair)] == [
+        "choice", "timing", "search", "repair"]  # fmt: skip
+    assert use_loss(row(4, 0.95, **found)) is None  # uses 95%: nothing lost
+    assert use_loss(row(5, 0.5)) == "unknown"  # its history is gone
+    note = budget_use_note(summarise([choice, timing, search, repair], planned=4))
+    assert "choice 1, repair 1, search 1, timing 1 runs" in note
+    assert "| m `latency<=30%` qlp | 0.970 | 0.780 | 0.710 |" in note
+
+    # A stored row gains the derived figures without losing when it was measured.
+    store = RunRows("quality", root=tmp_path)
+    store.put("t", row(0, 0.7))
+    before = store.get("t")["measured"]
+    assert store.amend("t", found)["search_best_use"] == 0.97
+    assert store.get("t")["measured"] == before and store.amend("missing", found) is None
+
+
 def test_a_fixed_bound_is_the_fraction_of_one_stored_reference_measurement(tmp_path: Path) -> None:
     from benchmarks._common import RunRows, absolute_budget, reference_latency
 
