@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hwprune.errors import UnknownNameError
 from hwprune.plots import feasible_count
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,16 @@ def write_report_md(
     return path
 
 
+def _learns(searcher: str | None) -> bool:
+    """Whether the named searcher learns from scores (True for a name not registered here)."""
+    from hwprune.agents import SEARCHERS
+
+    try:
+        return bool(SEARCHERS.get(searcher).learns) if searcher else True
+    except UnknownNameError:  # registered in another process: say what it was given
+        return True
+
+
 def _chance_lines(result: Any, history: Sequence[Any] | None) -> list[str]:
     """How many feasible candidates scored at chance, and whether the shipped one did."""
     floor = getattr(result, "score_floor", None)
@@ -153,10 +164,13 @@ def _chance_lines(result: Any, history: Sequence[Any] | None) -> list[str]:
     line = (f"- chance floor of the proxy: {floor:.4f} (the largest class's share of its "
             f"images plus sampling noise or a tenth of the dense model's margin); {low} of "
             f"{len(feasible)} feasible candidates at or below it")  # fmt: skip
-    if searched:
+    if searched and _learns(getattr(result, "searcher", None)):
         line += (f"; the searcher learnt from the size of the {searched} of {len(seen)} "
                  "candidates at chance, not from their score (floor x parameters kept / "
                  "dense parameters)")  # fmt: skip
+    elif searched:
+        line += (f"; {searched} of {len(seen)} candidates searched were at chance (this "
+                 "searcher follows a fixed rule and does not learn from scores)")  # fmt: skip
     chosen = getattr(result, "score_chosen", None)
     if chosen is not None and chosen <= floor:
         line += (f". The shipped candidate scored {chosen:.4f}, at chance: the proxy could not "

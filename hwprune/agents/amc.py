@@ -250,6 +250,7 @@ class AMC(Searcher):
     """
 
     name = "amc"
+    learns = True
 
     def __init__(
         self,

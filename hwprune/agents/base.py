@@ -139,6 +139,9 @@ class Searcher:
     """
 
     name: ClassVar[str] = ""
+    #: Whether the searcher learns from the scores it is given (the RL agents); the baselines
+    #: follow a fixed rule (bisection, magnitudes, random draws) and use scores only to choose.
+    learns: ClassVar[bool] = False
 
     def __init__(self, *, seed: int = 0, **options: Any) -> None:
         self.seed = int(seed)

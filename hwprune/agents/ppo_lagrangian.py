@@ -205,6 +205,7 @@ class PPOLagrangian(Searcher):
     """
 
     name = "ppo-lagrangian"
+    learns = True
 
     def __init__(
         self,

@@ -70,6 +70,7 @@ class QLP(Searcher):
     """
 
     name = "qlp"
+    learns = True
 
     def __init__(
         self,

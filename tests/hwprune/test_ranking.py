@@ -98,6 +98,13 @@ def test_the_report_says_when_the_shipped_candidate_was_chosen_at_chance() -> No
     assert "chance floor of the proxy: 0.1780" in line and "2 of 3 feasible" in line
     assert "scored 0.1100, at chance" in line
     assert "learnt from the size of the 2 of 4 candidates at chance" in line
+    # A baseline follows its rule: its report does not claim it learnt anything.
+    for name, learns in (("ppo-lagrangian", True), ("qlp", True), ("amc", True),
+                         ("uniform", False), ("global-magnitude", False), ("random", False)):  # fmt: skip
+        run = SimpleNamespace(score_floor=0.178, score_chosen=0.11, searcher=name)
+        (text,) = _chance_lines(run, history)
+        assert ("learnt from the size" in text) is learns, name
+        assert learns or "2 of 4 candidates searched were at chance" in text
     informed = SimpleNamespace(score_floor=0.178, score_chosen=0.40)
     assert "at chance:" not in _chance_lines(informed, history)[0]
     assert _chance_lines(SimpleNamespace(score_floor=None, score_chosen=0.4), history) == []
