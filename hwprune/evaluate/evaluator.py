@@ -41,6 +41,7 @@ __all__ = [
     "Evaluator",
     "CONFIRM_TOP",
     "accuracy_tolerance",
+    "candidate_params",
     "chance_floor",
     "rank_feasible",
     "ranking",
@@ -177,6 +178,20 @@ def chance_floor(chance: float | None, dense: float | None, samples: int) -> flo
         return None
     margin = max(float(dense) - float(chance), 0.0)
     return float(chance) + max(accuracy_tolerance(chance, samples), CHANCE_SHARE * margin)
+
+
+def candidate_params(space: Any, policy: Any, module: Any) -> int:
+    """A candidate's size: the parameters it keeps.
+
+    A channel space builds a smaller model, so its parameter count is the size. A weight space
+    zeroes weights in a model of the dense shape, where that count is the dense one for every
+    candidate; its size is the weights left non-zero (``space.nonzero_params``), or the search
+    signal at chance and the final choice's tie-break would see every candidate as dense.
+    """
+    nonzero = getattr(space, "nonzero_params", None)
+    if callable(nonzero):
+        return int(nonzero(policy))
+    return sum(p.numel() for p in module.parameters())
 
 
 def search_signal(
@@ -528,7 +543,7 @@ class Evaluator:
                                      values={n: m.value for n, m in measurements.items()})  # fmt: skip
         measurements = {c.name: measurements[c.name] for c in self.constraints}
         timings["total"] = time.perf_counter() - t_start
-        params = sum(p.numel() for p in module.parameters())
+        params = candidate_params(self.space, policy, module)
         return self.commit(policy=policy, key=key, accuracy=acc, measurements=measurements,
                            timings=timings, params=params, sources=sources,
                            surrogate=gate_records)  # fmt: skip

@@ -39,7 +39,7 @@ from typing import Any
 import oracles
 from hwprune.config import MAX_WORKERS
 from hwprune.errors import ConfigError, HwpruneError
-from hwprune.evaluate.evaluator import Evaluator, Outcome, _as_cached
+from hwprune.evaluate.evaluator import Evaluator, Outcome, _as_cached, candidate_params
 from oracles import Measurement, Oracle
 from oracles.errors import OracleError
 
@@ -184,7 +184,7 @@ def _prepare_here(state: Mapping[str, Any], policy: Any, what: str) -> Prepared 
         timings["worker"] = time.perf_counter() - t_start
         return Prepared(
             accuracy=acc,
-            params=sum(p.numel() for p in module.parameters()),
+            params=candidate_params(state["evaluator"].space, policy, module),
             onnx=onnx_bytes,
             module=module if job.module else None,
             measurements=measured,

@@ -220,6 +220,30 @@ def test_qlp_reports_an_unreachable_budget(model, data):
     assert result.smallest["params"] == pytest.approx(smallest)
 
 
+def test_a_sparse_candidate_counts_the_weights_it_keeps(model, data):
+    # A weight space zeroes weights in a dense-shaped model: counting its parameters gave
+    # every candidate the dense size, so the search signal at chance (floor x size) and the
+    # final choice's tie-break could not tell a 10% model from a 60% one.
+    from hwprune.space import WeightSpace
+
+    space = WeightSpace(model)
+    ev = make_evaluator(
+        space, data, ["params<=50%"], oracle_overrides={"params": "params?nonzero=1"}
+    )
+    dense = sum(p.numel() for p in model.parameters())
+    outs = [ev.evaluate(Policy.uniform(space, k)) for k in (1.0, 0.6, 0.1)]
+    assert outs[0].params == dense == space.dense_params
+    assert outs[0].params > outs[1].params > outs[2].params
+    # The params oracle counts non-zero values, so also BatchNorm biases that are zero here.
+    for o in outs[1:]:
+        assert o.params == pytest.approx(o.values["params"], abs=100)
+    # A channel space builds a smaller model: its parameter count is its size.
+    channels = channel_space(model, data)
+    ev_c = make_evaluator(channels, data, ["params<=50%"])
+    half = ev_c.evaluate(Policy.uniform(channels, 0.5))
+    assert half.params == sum(p.numel() for p in channels.apply(half.policy).parameters())
+
+
 def test_qlp_rejects_bad_options():
     with pytest.raises(ConfigError, match="curriculum_start"):
         get_searcher("qlp", curriculum_start=0.0)
