@@ -36,11 +36,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["QLP"]
 
-#: Visits per unit unless a params/FLOPs budget needs more (:meth:`QLP.auto_visits`).
-DEFAULT_VISITS = 3
-#: The most visits the automatic count gives.
-MAX_AUTO_VISITS = 30
-
 AGENT_FILE = "agent.zip"
 STATE_FILE = "qlp_state.json"
 
@@ -60,9 +55,7 @@ def _fraction(name: str, value: Any, *, low_open: bool = False) -> float:
 class QLP(Searcher):
     """DQN on the multi-visit environment with an epsilon schedule and a budget curriculum.
 
-    Options (all keyword): ``visits`` (rounds over the units; default: 3, or as many as
-    it takes an agent cutting at random to meet a params/FLOPs budget, see
-    :meth:`auto_visits`), ``actions``
+    Options (all keyword): ``visits`` (rounds over the units, 3), ``actions``
     (fractions of the current keep pruned per step), ``penalty`` (reward per
     unit of excess cost, 1.0), ``curriculum_start`` (first level, 0.5),
     ``curriculum_fraction`` (share of evaluations to reach the real budget,
@@ -83,7 +76,7 @@ class QLP(Searcher):
         self,
         *,
         seed: int = 0,
-        visits: int | None = None,
+        visits: int = 3,
         actions: Sequence[float] = DEFAULT_ACTIONS,
         penalty: float = 1.0,
         curriculum_start: float = 0.5,
@@ -106,9 +99,9 @@ class QLP(Searcher):
     ) -> None:
         super().__init__(seed=seed, **options)
         self.batch_episodes = check_batch(batch_episodes)
-        if visits is not None and int(visits) < 1:
+        if int(visits) < 1:
             raise ConfigError(f"visits must be at least 1, got {visits!r}")
-        self.visits = None if visits is None else int(visits)
+        self.visits = int(visits)
         self.actions = tuple(float(a) for a in actions)
         self.penalty = float(penalty)
         self.curriculum_start = _fraction("curriculum_start", curriculum_start, low_open=True)
@@ -149,23 +142,6 @@ class QLP(Searcher):
         s = min(1.0, progress / self.exploration_fraction)
         return self.eps_start + (self.eps_end - self.eps_start) * s
 
-    def auto_visits(self, env: MultiVisitEnv) -> int:
-        """The default number of visits: :data:`DEFAULT_VISITS`, or more where a params/FLOPs
-        budget needs them.
-
-        Three visits of the largest default cut (half the keep) leave 1/8 of every unit, so
-        a 90% or 95% sparsity budget (QLP's own settings) was out of reach of every episode.
-        An episode ends as soon as the estimate meets the budget, so extra visits cost only
-        the episodes that do not get there; the count is the one at which an agent picking
-        its cuts at random (the mean action per visit) meets every estimable budget, at most
-        :data:`MAX_AUTO_VISITS`. Latency and memory have no estimate: 3.
-        """
-        mean_cut = sum(self.actions) / len(self.actions)
-        needed = env.visits_to_reach(1.0 - mean_cut, limit=MAX_AUTO_VISITS)
-        if needed is None and env.visits_to_reach(1.0 - max(self.actions)) is None:
-            return DEFAULT_VISITS  # nothing estimable, or out of reach whatever the cuts
-        return max(DEFAULT_VISITS, needed or MAX_AUTO_VISITS)
-
     # ------------------------------------------------------------ search
     def _run(self, space: Any, evaluate: BudgetedEvaluator, *, checkpoint_dir: Path | None) -> None:
         from stable_baselines3 import DQN
@@ -175,19 +151,13 @@ class QLP(Searcher):
             space,
             evaluate,
             constraints=evaluate.evaluator.constraints,
-            visits=self.visits or DEFAULT_VISITS,
+            visits=self.visits,
             actions=self.actions,
             penalty=self.penalty,
             target=self.curriculum(0.0),
             submit=evaluate.submit,
         )
-        if self.visits is None:
-            env.visits = self.auto_visits(env)
-            if env.visits != DEFAULT_VISITS:
-                log.info("qlp: %d visits per unit (a params/FLOPs budget needs more than %d)",
-                         env.visits, DEFAULT_VISITS)  # fmt: skip
-        self.extra["visits"] = env.visits
-        steps_per_episode = env.n_units * env.visits
+        steps_per_episode = env.n_units * self.visits
         # A parallel evaluator: a batch of episodes per rollout, learnt from when all are in.
         batch = self.batch_episodes or int(evaluate.width)
         agent_path = checkpoint_dir / AGENT_FILE if checkpoint_dir is not None else None

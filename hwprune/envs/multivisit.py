@@ -198,23 +198,6 @@ class MultiVisitEnv(gym.Env):
             return np.asarray(keep, dtype=np.float64)
         return np.array([got[u.id] for u in self.space.units], dtype=np.float64)
 
-    def visits_to_reach(self, factor: float, *, limit: int = 30) -> int | None:
-        """Visits after which every unit kept at ``factor`` per visit meets every estimable
-        budget (params, FLOPs) at the real level, by :meth:`estimate`.
-
-        None when no budget has a cheap estimate (latency, memory: only the oracle knows), or
-        when ``limit`` visits do not reach it (``min_keep`` or layers no unit touches).
-        """
-        wanted = [c for c in self.constraints if c.name in self._shares]
-        if not wanted or not 0.0 < factor < 1.0:
-            return None
-        for visits in range(1, limit + 1):
-            keep = self.effective_keep([factor**visits] * self.n_units)
-            est = self.estimate(keep)
-            if all(est[c.name] <= self.fraction(c, target=1.0) for c in wanted):
-                return visits
-        return None
-
     def _estimated_met(self) -> bool:
         if not self.early_stop or not self.constraints:
             return False

@@ -220,43 +220,6 @@ def test_qlp_reports_an_unreachable_budget(model, data):
     assert result.smallest["params"] == pytest.approx(smallest)
 
 
-def test_qlp_takes_the_visits_a_high_sparsity_budget_needs(model, data):
-    # QLP's own settings: 90% sparsity. Three visits of the largest cut (half the keep) leave
-    # 1/8 of every layer, so with the old fixed 3 visits no episode could meet the budget and
-    # every feasible model came from the repair step after the search.
-    from hwprune.agents.qlp import DEFAULT_VISITS, QLP
-    from hwprune.space import WeightSpace
-
-    space = WeightSpace(model)
-    ev = make_evaluator(
-        space, data, ["params<=10%"], oracle_overrides={"params": "params?nonzero=1"}
-    )
-    env = MultiVisitEnv(space, ev.evaluate, constraints=ev.constraints)
-    assert env.visits_to_reach(0.5) > DEFAULT_VISITS  # out of reach in 3 visits even at max cuts
-    visits = QLP().auto_visits(env)
-    assert visits >= env.visits_to_reach(1.0 - sum(env.actions) / len(env.actions))
-    opts = {"learning_starts": 16, "batch_size": 16, "target_update_interval": 50}
-    found = get_searcher("qlp", seed=0, **opts).search(
-        space=space, evaluator=ev, evaluations=8, repair_infeasible=False, confirm=0
-    )
-    assert found.extra["visits"] == visits
-    assert found.best is not None and found.best.values["params"] <= ev.constraints[0].bound
-    ev_old = make_evaluator(space, data, ["params<=10%"],
-                            oracle_overrides={"params": "params?nonzero=1"})  # fmt: skip
-    old = get_searcher("qlp", seed=0, visits=DEFAULT_VISITS, **opts).search(
-        space=space, evaluator=ev_old, evaluations=8, repair_infeasible=False, confirm=0
-    )
-    assert old.best is None  # the fixed 3 visits never get there
-
-    # Budgets with no cheap estimate (latency) or a loose one keep the default.
-    loose = make_evaluator(
-        space, data, ["params<=60%"], oracle_overrides={"params": "params?nonzero=1"}
-    )
-    assert (
-        QLP().auto_visits(MultiVisitEnv(space, loose.evaluate, constraints=loose.constraints)) == 3
-    )
-
-
 def test_qlp_rejects_bad_options():
     with pytest.raises(ConfigError, match="curriculum_start"):
         get_searcher("qlp", curriculum_start=0.0)
