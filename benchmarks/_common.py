@@ -307,9 +307,13 @@ class RunRows:
         env = environment()
         stored = {**row, "measured": {"date": env["date"], "machine": env["machine"],
                                        "commit": env.get("commit")}}  # fmt: skip
+        return self._write(tag, stored)
+
+    def _write(self, tag: str, row: Mapping[str, Any]) -> Path:
+        """Write ``row`` for ``tag`` atomically (a temporary file, then a rename)."""
         path = self.path(tag)
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(stored, indent=2, default=str) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(row, indent=2, default=str) + "\n", encoding="utf-8")
         tmp.replace(path)
         return path
 
@@ -320,10 +324,7 @@ class RunRows:
         if row is None:
             return None
         row.update(fields)
-        path = self.path(tag)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(row, indent=2, default=str) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        self._write(tag, row)
         return row
 
 

@@ -437,7 +437,9 @@ def summarise(
             "accuracy_dense_mean": _mean_std([r["accuracy_dense"] for r in ok])[0],
             "remeasured_over_bound_mean": _mean_std(over)[0],
             "remeasured_over_bound_max": max(over) if over else math.nan,
-            "budget_use_median": statistics.median(use) if use else math.nan,
+            "budget_use_median": _median(use),
+            "search_known": sum(1 for r in ok if r.get("search_best_use") is not None),
+            "search_reached": sum(1 for r in ok if (r.get("search_best_use") or 0.0) >= 0.9),
             "search_best_use_median": _median([r.get("search_best_use") for r in ok]),
             "shipped_search_use_median": _median([r.get("shipped_search_use") for r in ok]),
             "use_losses": dict(collections.Counter(
@@ -735,7 +737,10 @@ def budget_use_note(summary: Sequence[dict[str, Any]]) -> str:
         "(the chosen model failed its final proof and one with more margin shipped), `timing` "
         "(the proof measured it faster than the search did). Over all cells: "
         + ", ".join(f"{k} {v}" for k, v in sorted(losses.items()))
-        + " runs.\n\n"
+        + " runs. In "
+        + f"{sum(s.get('search_reached', 0) for s in summary)} of "
+        + f"{sum(s.get('search_known', 0) for s in summary)} runs with their history the search "
+        "measured a feasible candidate at 0.9 or more of the bound.\n\n"
         + markdown_table(
             [
                 "cell",
@@ -745,7 +750,7 @@ def budget_use_note(summary: Sequence[dict[str, Any]]) -> str:
                 "runs under 90% by cause",
             ],
             lines,
-        )  # fmt: skip
+        )
     )
 
 
