@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         help="one ICPR run (vgg11_cifar w0.25) and one QLP run (resnet56_cifar w0.5, "
         "90%%), 8 evaluations, short training",
     )
-    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (default: 0)")
     p.add_argument("--evaluations", type=int, default=None, help="per search (100; quick 8)")
     p.add_argument(
         "--train-epochs",
@@ -167,7 +167,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="dense training epochs (digits 20, cifar10 100; quick 5)",
     )
-    p.add_argument("--finetune-epochs", type=int, default=None, help="(10; quick 1)")
+    p.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=None,
+        help="fine-tuning epochs of every pruned model (10; quick 1)",
+    )
     p.add_argument(
         "--batch-size",
         type=int,

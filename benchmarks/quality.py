@@ -849,14 +849,22 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME[=WIDTH]",
         help="models and widths (default: vgg16_cifar=0.5 resnet56_cifar=1)",
     )
-    p.add_argument("--budgets", nargs="+", default=None)
-    p.add_argument("--searchers", nargs="+", default=list(SEARCHERS))
-    p.add_argument("--seeds", nargs="+", type=int, default=None)
+    p.add_argument("--budgets", nargs="+", default=None,
+                   help=f"budgets, e.g. 'latency<=30%%' ({' '.join(BUDGETS).replace('%', '%%')})")  # fmt: skip
+    p.add_argument("--searchers", nargs="+", default=list(SEARCHERS),
+                   help=f"searchers ({' '.join(SEARCHERS)})")  # fmt: skip
+    p.add_argument("--seeds", nargs="+", type=int, default=None,
+                   help=f"seeds; each has its own dense model and split ({' '.join(map(str, SEEDS))})")  # fmt: skip
     p.add_argument("--evaluations", type=int, default=None, help=f"per search ({EVALUATIONS})")
     p.add_argument(
         "--train-epochs", type=int, default=None, help=f"dense training ({TRAIN_EPOCHS})"
     )
-    p.add_argument("--finetune-epochs", type=int, default=None, help=f"({FINETUNE_EPOCHS})")
+    p.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=None,
+        help=f"fine-tuning epochs of every pruned model ({FINETUNE_EPOCHS})",
+    )
     p.add_argument("--oracle", default=None, help=f"latency oracle spec ({ORACLE})")
     p.add_argument("--data", default="digits",
                    help="dataset spec, e.g. fashion-mnist?train=3000 (default digits)")  # fmt: skip

@@ -411,17 +411,67 @@ def _probe_only(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="vgg11_cifar")
-    p.add_argument("--width", type=float, default=0.5)
-    p.add_argument("--data", default=DATA)
-    p.add_argument("--budget", default="latency<=40%")
-    p.add_argument("--oracle", default=ORACLE)
-    p.add_argument("--roundings", nargs="+", default=list(ROUNDINGS))
-    p.add_argument("--agents", nargs="+", default=["uniform"])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0])
-    p.add_argument("--evaluations", type=int, default=40)
-    p.add_argument("--finetune-epochs", type=int, default=5)
-    p.add_argument("--train-epochs", type=int, default=10)
+    p.add_argument(
+        "--model", default="vgg11_cifar", help="a registered model name (default: %(default)s)"
+    )
+    p.add_argument(
+        "--width",
+        type=float,
+        default=0.5,
+        help="the model's width multiplier (default: %(default)s)",
+    )
+    p.add_argument(
+        "--data",
+        default=DATA,
+        help="dataset, e.g. 'fashion-mnist?train=3000' or digits (default: %(default)s)",
+    )
+    p.add_argument(
+        "--budget",
+        default="latency<=40%",
+        help="the budget every row prunes to (default: %(default)s)",
+    )
+    p.add_argument(
+        "--oracle",
+        default=ORACLE,
+        help="the runtime that is probed and measures the budget (default: %(default)s)",
+    )
+    p.add_argument(
+        "--roundings",
+        nargs="+",
+        default=list(ROUNDINGS),
+        help="--round-to values to compare: multiples or auto (default: %(default)s)",
+    )
+    p.add_argument(
+        "--agents",
+        nargs="+",
+        default=["uniform"],
+        help="searchers to run, e.g. uniform ppo-lagrangian (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="seeds: each trains (or reuses) its own dense model and split (default: %(default)s)",
+    )
+    p.add_argument(
+        "--evaluations",
+        type=int,
+        default=40,
+        help="candidates evaluated per search (default: %(default)s)",
+    )
+    p.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=5,
+        help="fine-tuning epochs of every pruned model (default: %(default)s)",
+    )
+    p.add_argument(
+        "--train-epochs",
+        type=int,
+        default=10,
+        help="epochs of the dense model, trained once per seed and cached (default: %(default)s)",
+    )
     p.add_argument(
         "--probe-oracles",
         nargs="*",
