@@ -65,11 +65,19 @@ def test_sigkill_then_resume_evaluates_no_candidate_twice(tmp_path: Path) -> Non
     assert report["search"]["evaluations"] == len(after)
 
 
-def _prune_cmd(out: Path, agent: str, evaluations: int, workers: int = 1) -> list[str]:
+# Weight granularity: zeroed weights, sized by the weights they keep non-zero (the parameters
+# oracle counting non-zeros, as the QLP paper's sparsity settings do).
+WEIGHT = ("--granularity", "weight", "--budget", "params<=30%", "--oracle",
+          "params=params?nonzero=1")  # fmt: skip
+
+
+def _prune_cmd(
+    out: Path, agent: str, evaluations: int, workers: int = 1, space: tuple[str, ...] = ()
+) -> list[str]:
     return [sys.executable, "-m", "hwprune", "prune", "--model", "vgg11_cifar", "--width", "0.25",
-            "--budget", "flops<=40%", "--agent", agent, "--evaluations", str(evaluations),
-            "--finetune-epochs", "1", "--finetune-batch-size", "64", "--out", str(out),
-            "--workers", str(workers), "--quiet", "--json"]  # fmt: skip
+            *(space or ("--budget", "flops<=40%")), "--agent", agent, "--evaluations",
+            str(evaluations), "--finetune-epochs", "1", "--finetune-batch-size", "64", "--out",
+            str(out), "--workers", str(workers), "--quiet", "--json"]  # fmt: skip
 
 
 def _kill_after(cmd: list[str], out: Path, lines: int, env: dict, cwd: Path) -> None:
@@ -109,28 +117,38 @@ def _shipped(out: Path) -> tuple[dict, dict, list[str], dict]:
 
 
 @pytest.mark.parametrize(
-    ("agent", "evaluations", "kill_at", "workers", "resume_workers"),
+    ("agent", "evaluations", "kill_at", "workers", "resume_workers", "space"),
     [
-        pytest.param("random", 10, 4, 1, 1, marks=pytest.mark.slow),
-        pytest.param("ppo-lagrangian", 12, 6, 1, 1, marks=pytest.mark.slow),
+        pytest.param("random", 10, 4, 1, 1, (), marks=pytest.mark.slow),
+        pytest.param("ppo-lagrangian", 12, 6, 1, 1, (), marks=pytest.mark.slow),
         # Batches of two episodes evaluated side by side; killed once the agents learn
         # (AMC: after its anchor and ten random warm-up episodes). AMC resumes with one
         # worker: its batches stay those the run began with (RUN/search.json).
-        pytest.param("amc", 22, 19, 2, 1, marks=pytest.mark.slow),
-        pytest.param("qlp", 12, 7, 2, 2, marks=pytest.mark.slow),
+        pytest.param("amc", 22, 19, 2, 1, (), marks=pytest.mark.slow),
+        pytest.param("qlp", 12, 7, 2, 2, (), marks=pytest.mark.slow),
+        # A candidate's size at weight granularity is its non-zero weights; the resumed run
+        # must see the sizes the first session logged.
+        pytest.param("qlp", 12, 7, 1, 1, WEIGHT, marks=pytest.mark.slow, id="qlp-weight"),
     ],
 )
 def test_a_run_killed_mid_search_ships_what_the_uninterrupted_run_ships(
-    agent: str, evaluations: int, kill_at: int, workers: int, resume_workers: int, tmp_path: Path
+    agent: str,
+    evaluations: int,
+    kill_at: int,
+    workers: int,
+    resume_workers: int,
+    space: tuple[str, ...],
+    tmp_path: Path,
 ) -> None:
     """Issue 16 item 1: the resumed search replays the log and goes on, the choice ranks every
     candidate of both sessions, and the report counts evaluations across sessions."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    done = subprocess.run(_prune_cmd(whole, agent, evaluations, workers), env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    done = subprocess.run(_prune_cmd(whole, agent, evaluations, workers, space), env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=900)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    _kill_after(_prune_cmd(killed, agent, evaluations, workers), killed, kill_at, env, tmp_path)
+    cmd = _prune_cmd(killed, agent, evaluations, workers, space)
+    _kill_after(cmd, killed, kill_at, env, tmp_path)
     assert not (killed / "report.json").exists()
     done = subprocess.run([sys.executable, "-m", "hwprune", "prune", "--resume", str(killed),
                            "--workers", str(resume_workers), "--json", "--quiet"], env=env,
