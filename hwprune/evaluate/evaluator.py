@@ -683,6 +683,10 @@ class Evaluator:
         """Release what the evaluator started (worker processes of a parallel evaluator)."""
 
     # ------------------------------------------------------------- results
+    def outcome(self, key: str) -> Outcome | None:
+        """The latest outcome of the candidate with architecture key ``key`` (None if unseen)."""
+        return self._by_key.get(key)
+
     def smallest(self) -> dict[str, float]:
         """The smallest value measured per constraint so far (for infeasible-budget reports)."""
         out: dict[str, float] = {}

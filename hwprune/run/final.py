@@ -143,7 +143,7 @@ def repair_candidate(
     with evaluator.measured_only():
         found = repair(space, strict, failed.policy)
     if found is not None:
-        pool.append(evaluator._by_key.get(found.key, found))
+        pool.append(evaluator.outcome(found.key) or found)
     if not pool:
         return None
     return rank_feasible(pool, **ranking(evaluator))[0]

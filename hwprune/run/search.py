@@ -224,7 +224,7 @@ def _rescue(
     failed = [r for r in confirmations if r.get("stage") == "confirmed" and not r["confirmed"]]
     if not failed:
         return best
-    top = evaluator._by_key.get(failed[0]["key"])
+    top = evaluator.outcome(failed[0]["key"])
     if top is None:
         return best
     samples = evaluator.eval_samples
