@@ -449,6 +449,9 @@ def summarise(
             "bound_min": min(bounds) if bounds else math.nan,
             "bound_max": max(bounds) if bounds else math.nan,
             "accuracy_by_seed": {int(r["seed"]): r["accuracy"] for r in ok},
+            # The dense model's reference (ms) a fixed-bound run was held to: a seed's runs
+            # are compared only where they share it (one machine, one bound).
+            "reference_by_seed": {int(r["seed"]): r.get("reference_ms") for r in ok},
             "latency_over_dense_mean": _mean_std(frac)[0],
             "latency_over_dense_std": _mean_std(frac)[1],
             "params_mean": _mean_std([r["params_final"] for r in ok])[0],
@@ -530,9 +533,19 @@ def use_loss(row: dict[str, Any]) -> str | None:
 
 
 def paired(a: dict[str, Any], b: dict[str, Any]) -> dict[int, float]:
-    """Per seed both finished: test accuracy of summary ``a`` minus that of ``b``."""
+    """Per seed both finished: test accuracy of summary ``a`` minus that of ``b``.
+
+    A seed whose two runs were held to different fixed bounds (run on two machines, each
+    with its own reference latency) is left out: their accuracies are not a pair.
+    """
     sa, sb = a.get("accuracy_by_seed") or {}, b.get("accuracy_by_seed") or {}
-    return {seed: sa[seed] - sb[seed] for seed in sorted(set(sa) & set(sb))}
+    ra, rb = a.get("reference_by_seed") or {}, b.get("reference_by_seed") or {}
+
+    def same_bound(seed: int) -> bool:
+        x, y = ra.get(seed), rb.get(seed)
+        return x is None or y is None or math.isclose(x, y, rel_tol=1e-9)
+
+    return {seed: sa[seed] - sb[seed] for seed in sorted(set(sa) & set(sb)) if same_bound(seed)}
 
 
 def headline(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -887,6 +900,13 @@ def main(argv: list[str] | None = None) -> int:
                         "the search signal; 2: the grid searched on the raw proxy score, which "
                         "is collected with --stored-only, not run); a version other than the "
                         "default has its own RESULTS.md section")  # fmt: skip
+    p.add_argument("--store", default=None, metavar="TAG",
+                   help="keep the rows of another machine apart (e.g. h200 for a lent GPU "
+                        "machine's): stored in benchmarks/results/quality-TAG_runs/ with their "
+                        "own reference latency, and collected into their own RESULTS.md section")  # fmt: skip
+    p.add_argument("--how", default=None,
+                   help="with --store: how the runs were run, for the section's notes (e.g. "
+                        "'15 runs side by side, one per core')")  # fmt: skip
     p.add_argument("--no-write", action="store_true", help="write no results (log only)")
     p.add_argument("--stored-only", action="store_true",
                    help="collect: tabulate the stored runs and leave out the rest instead of "
@@ -932,7 +952,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     rows = []
     missing: list[str] = []
-    store = None if q else RunRows("quality")
+    if args.store is not None and (q or not args.store.replace("-", "").isalnum()):
+        p.error("--store takes a tag of letters, digits and '-' (and is not for --quick)")
+    store = None if q else RunRows("quality" if args.store is None else f"quality-{args.store}")
     # Seed outermost: a grid stopped part way still holds whole seeds of every cell.
     for seed, (model, width), budget, searcher in itertools.product(
         seeds, models.items(), budgets, args.searchers
@@ -997,6 +1019,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     # Grid version 2, the digits and Fashion-MNIST grids stored so far, keeps its section name.
     name += "" if args.grid_version == 2 or q else f"_g{args.grid_version}"
+    name += "" if proxy == default("proxy") else "_" + _slug(f"p{proxy}")
+    name += "" if args.store is None else f"_{args.store}"
     png = plot(rows, results_dir(quick=q) / f"{name}.png")
     settings = {
         "quick": q, "models": models, "budgets": budgets, "searchers": args.searchers,
@@ -1031,9 +1055,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.grid_version == 2
             else " (searches on the search signal)"
         )  # fmt: skip
-        + ": one run at a time"
+        + (f": {args.how.rstrip('.')}. " if args.how else ": one run at a time")
         + (
-            ", nothing else heavy on the machine. "
+            ""
+            if args.how
+            else ", nothing else heavy on the machine. "
             if args.data == "digits"
             else ", pinned to one core of a shared machine whose other core (and at times this one) "
             "ran other work: latency figures carry that load. "
@@ -1043,7 +1069,7 @@ def main(argv: list[str] | None = None) -> int:
         "takes the median of 3), as a fraction of the budget (above 1.000 means timing noise "
         "at the edge of the budget) and of the dense latency. Uniform and "
         "global-magnitude stop when their bisection converges, so they use fewer evaluations. "
-        "Timed on a 2-core virtual machine: latency carries noise. "
+        + ("" if args.store else "Timed on a 2-core virtual machine: latency carries noise. ")
         + (
             "Bound: every run of a model is held to the budget's fraction of one stored "
             "reference latency of its dense model (`--fixed-bound`: the median of 9 fresh "
@@ -1075,6 +1101,10 @@ def main(argv: list[str] | None = None) -> int:
         title += ", one fixed bound per model"
     if not q and args.grid_version != 2:
         title += f" (grid version {args.grid_version}: searches on the search signal)"
+    if proxy != default("proxy"):
+        title += f", `--proxy {proxy}`"
+    if args.store is not None:
+        title += f", measured on `{args.store}`"
     update_results_md(name, title,
                       body + "\n\nBest RL searcher against best baseline (mean test accuracy):\n\n"
                       + headline_table(heads), command=command_line(), env=env,

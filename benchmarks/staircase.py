@@ -300,7 +300,10 @@ def rows_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _bound_kind(r: dict[str, Any]) -> str:
-    return "fixed" if r.get("reference_ms") else "per run"
+    """``fixed REF ms`` (rows held to one stored reference of the dense model; another
+    machine has its own reference, so its rows are another group) or ``per run``."""
+    ref = r.get("reference_ms")
+    return f"fixed {ref:.4f} ms" if ref else "per run"
 
 
 def summary_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -337,13 +340,23 @@ def summary_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def references_table(references: Sequence[dict[str, Any]]) -> str:
+    def machine(r: dict[str, Any]) -> str:
+        m = (r.get("measured") or {}).get("machine") or {}
+        where = ", ".join(str(m[k]) for k in ("cpu", "cpu_id") if m.get(k)) or "-"
+        if r.get("adopted_from"):
+            check = " ".join(f"{v:.4f}" for v in r.get("check_values", []))
+            return f"{where} (adopted the earlier reference: this machine measured {check})"
+        return where if r.get("machine_key") else f"{where} (before machines were told apart)"
+
     body = [[r["model"], r["width"], r["oracle"], f"{r['median']:.4f}",
              " ".join(f"{v:.4f}" for v in r["values"]),
-             " ".join(f"{x:.1f}" for x in r.get("load_average", []))]
+             " ".join(f"{x:.1f}" for x in r.get("load_average", [])), machine(r)]
             for r in references]  # fmt: skip
     return markdown_table(
-        ["model", "width", "oracle", "median ms", "calls ms", "load average (1, 5, 15 min)"], body
-    )
+        ["model", "width", "oracle", "median ms", "calls ms", "load average (1, 5, 15 min)",
+         "machine"],
+        body,
+    )  # fmt: skip
 
 
 def _probe_budget(first: dict[str, Any]) -> str:

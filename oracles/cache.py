@@ -66,25 +66,54 @@ def default_cache_path() -> Path:
     return home_dir() / "oracles.sqlite"
 
 
-@functools.lru_cache(maxsize=1)
-def machine_identity() -> dict[str, Any]:
-    """What identifies this host for measurements: CPU model, core count, OS, Python."""
-    cpu = platform.processor() or ""
+def _cpuinfo(path: str = "/proc/cpuinfo") -> dict[str, str]:
+    """The first processor's fields in ``/proc/cpuinfo`` (lower-case names); {} elsewhere."""
+    fields: dict[str, str] = {}
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+        with open(path, encoding="utf-8") as fh:
             for line in fh:
-                if line.lower().startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                if not line.strip():
+                    if fields:
+                        break  # the first processor's block is enough
+                    continue
+                name, sep, value = line.partition(":")
+                if sep:
+                    fields.setdefault(name.strip().lower(), value.strip())
     except OSError:
         pass
-    return {
+    return fields
+
+
+@functools.lru_cache(maxsize=1)
+def machine_identity() -> dict[str, Any]:
+    """What identifies this host for measurements: CPU model, core count, OS, Python.
+
+    A cloud VM's CPU name can be as generic as "AMD EPYC" on hosts of different generations
+    (one such pair here timed the same model 2-3x apart), so the CPU's family, model and
+    stepping and a digest of its instruction-set flags (which decide the kernels a runtime
+    picks) are part of it where ``/proc/cpuinfo`` has them: a measurement cache shared
+    between such hosts never answers one with the other's timings.
+    """
+    info = _cpuinfo()
+    cpu = info.get("model name") or platform.processor() or ""
+    ident: dict[str, Any] = {
         "cpu": cpu or platform.machine(),
         "cores": os.cpu_count(),
         "arch": platform.machine(),
         "system": platform.system(),
         "python": platform.python_version(),
     }
+    parts = [
+        f"{k} {info[k]}" for k in ("vendor_id", "cpu family", "model", "stepping") if k in info
+    ]
+    if parts:
+        ident["cpu_id"] = ", ".join(parts)
+    flags = info.get("flags") or info.get("features")  # x86 / Arm
+    if flags:
+        ident["cpu_flags"] = hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[
+            :12
+        ]
+    return ident
 
 
 def cache_key(oracle: Oracle, model_key: str) -> str:

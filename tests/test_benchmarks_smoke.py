@@ -317,6 +317,11 @@ def test_headline_pairs_seeds_and_summary_flags_unused_budget() -> None:
     assert "0.600 (< 0.90)" in table(summary) and "| 0.970 |" in table(summary)
     assert "1 of 3 cells ship models that use less than 90%" in budget_use_note(summary)
     assert "m `latency<=30%` uniform 0.600" in budget_use_note(summary)
+    # A seed whose runs were held to two machines' references is no pair.
+    for r in rows:
+        r["reference_ms"] = 2.0 if r["seed"] == 2 and r["searcher"] == "qlp" else 1.0
+    (line,) = headline(summarise(rows, planned=3))
+    assert line["paired"] == pytest.approx({0: 0.02, 1: -0.01})
 
 
 def test_the_budget_note_names_where_each_run_lost_its_budget_use(tmp_path: Path) -> None:
@@ -365,7 +370,7 @@ def test_the_budget_note_names_where_each_run_lost_its_budget_use(tmp_path: Path
 
 
 def test_a_fixed_bound_is_the_fraction_of_one_stored_reference_measurement(tmp_path: Path) -> None:
-    from benchmarks._common import RunRows, absolute_budget, reference_latency
+    from benchmarks._common import RunRows, absolute_budget, machine_key, reference_latency
 
     rows = RunRows("quality", root=tmp_path)
     oracle = "onnxruntime:cpu?threads=1&min_time=0.01&max_time=0.2&min_runs=5"
@@ -374,8 +379,32 @@ def test_a_fixed_bound_is_the_fraction_of_one_stored_reference_measurement(tmp_p
     ref = reference_latency(**kwargs, calls=3)
     assert len(ref["values"]) == 3 and ref["median"] == sorted(ref["values"])[1] > 0
     assert reference_latency(**kwargs, calls=3)["values"] == ref["values"]  # stored, not redone
+    assert ref["tag"].endswith(f"-m{machine_key()}")  # one reference per machine
     assert absolute_budget("latency<=40%", 1.5) == "latency<=0.60000ms"
     assert absolute_budget("latency<=2ms", 1.5) == "latency<=2ms"
+
+
+def test_a_reference_stored_on_another_machine_is_not_this_machines_bound(tmp_path: Path) -> None:
+    """References stored before they were kept per machine carry no machine key: one that
+    this machine measures alike is adopted (the rows stored with it keep their bound), one
+    it measures 2-3x apart (another host of one generic CPU name) is replaced by its own."""
+    from benchmarks._common import RunRows, reference_latency
+
+    oracle = "onnxruntime:cpu?threads=1&min_time=0.01&max_time=0.2&min_runs=5"
+    kwargs = dict(model="vgg11_cifar", width=0.25, num_classes=10, input_shape=(3, 32, 32),
+                  oracle=oracle, calls=3)  # fmt: skip
+    here = reference_latency(**kwargs, rows=RunRows("quality", root=tmp_path / "here"))["median"]
+    legacy = "reference-vgg11_cifar-w0.25-onnxruntime_cpu_threads_1_min_time_0.01_max_time_0.2_min_runs_5"
+    for name, stored, adopted in (("alike", here, True), ("other", here * 2.5, False)):
+        rows = RunRows("quality", root=tmp_path / name)
+        rows.put(legacy, {"tag": legacy, "model": "vgg11_cifar", "width": 0.25, "oracle": oracle,
+                          "values": [stored], "median": stored, "unit": "ms"})  # fmt: skip
+        ref = reference_latency(**kwargs, rows=rows)
+        assert (ref["median"] == stored) is adopted, name
+        assert (ref.get("adopted_from") == legacy) is adopted and len(
+            ref.get("check_values", [0] * 3)
+        ) == 3
+        assert rows.get(legacy)["median"] == stored  # the old rows' reference is kept as it was
 
 
 def test_staircase_probe_only_stores_a_budgeted_probe_with_its_machine(

@@ -290,6 +290,49 @@ def test_measure_hit_is_marked_cached(tmp_path):
     assert cache_key(FlopsOracle(), "m") != cache_key(FlopsOracle(batch=2), "m")
 
 
+_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: {family}
+model\t\t: {model}
+model name\t: AMD EPYC
+stepping\t: 1
+flags\t\t: fpu sse2 avx2{more}
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+cpu family\t: {family}
+model name\t: AMD EPYC
+"""
+
+
+def test_hosts_with_one_cpu_name_and_other_cpus_never_share_timings(tmp_path, monkeypatch):
+    """A cloud VM's CPU can be just "AMD EPYC" on hosts of two generations that time the same
+    model 2-3x apart: their timings must not answer each other from one cache."""
+    from oracles import cache as c
+
+    parse = c._cpuinfo
+
+    def key_on(name: str, **cpu: object) -> tuple[str, str]:
+        path = tmp_path / name
+        path.write_text(_CPUINFO.format(**cpu))
+        info = parse(str(path))
+        monkeypatch.setattr(c, "_cpuinfo", lambda: info)
+        c.machine_identity.cache_clear()
+        try:
+            timed = oracles.get_oracle("onnxruntime:cpu?threads=1")
+            return cache_key(timed, "m"), cache_key(FlopsOracle(), "m")
+        finally:
+            c.machine_identity.cache_clear()
+
+    zen3 = key_on("zen3", family=25, model=1, more="")
+    assert parse(str(tmp_path / "zen3"))["cpu family"] == "25"  # the first block only
+    zen5 = key_on("zen5", family=26, model=2, more="")
+    avx512 = key_on("avx512", family=25, model=1, more=" avx512f")
+    assert zen3 == key_on("zen3-again", family=25, model=1, more="")
+    assert len({zen3[0], zen5[0], avx512[0]}) == 3  # timed: one entry per CPU
+    assert zen3[1] == zen5[1] == avx512[1]  # counted (FLOPs): the same on every host
+
+
 def _write_entries(path: str, tag: str, n: int) -> int:
     cache = MeasurementCache(path)
     for i in range(n):
