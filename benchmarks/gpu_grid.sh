@@ -36,7 +36,8 @@ TRAIN=${TRAIN:-20}
 CORES=${CORES:-$(nproc)}
 DATA=${DATA:-fashion-mnist:$PWD/.fmnist?train=3000}
 ORACLE="onnxruntime:cpu?threads=1"
-mkdir -p "$OUT" logs
+LOGS=${LOGS:-/tmp/gpu_grid_logs}
+mkdir -p "$OUT" "$LOGS"
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl || exit 1
@@ -58,7 +59,7 @@ torch.__version__, torch.cuda.is_available(), 'onnxruntime', onnxruntime.__versi
 pack() {  # every finished row and every log so far, replaced whole (never half written)
     [ -d "$ROWS" ] && tar czf "$OUT/rows.tgz.part" -C benchmarks/results "quality-${STORE}_runs" \
         && mv "$OUT/rows.tgz.part" "$OUT/rows.tgz"
-    tar czf "$OUT/logs.tgz.part" logs && mv "$OUT/logs.tgz.part" "$OUT/logs.tgz"
+    tar czf "$OUT/logs.tgz.part" -C "$LOGS" . && mv "$OUT/logs.tgz.part" "$OUT/logs.tgz"
 }
 left() { echo $((LIMIT - ($(date +%s) - START))); }
 
@@ -69,14 +70,14 @@ for seed in $SEEDS; do
     taskset -c $core python3 -c "
 from benchmarks.quality import dense_checkpoint, DIGITS_BATCH, DIGITS_TRAIN_LR
 print(dense_checkpoint('$MODEL', width=$WIDTH, data='$DATA', epochs=$TRAIN, seed=$seed,
-      device='$DEVICE', batch_size=DIGITS_BATCH, lr=DIGITS_TRAIN_LR))" > "logs/dense-s$seed.log" 2>&1 &
+      device='$DEVICE', batch_size=DIGITS_BATCH, lr=DIGITS_TRAIN_LR))" > "$LOGS/dense-s$seed.log" 2>&1 &
     core=$((core + 1))
 done
 wait
 taskset -c 0 python3 -c "
 from benchmarks._common import RunRows
 from benchmarks.quality import _reference
-_reference('$MODEL', $WIDTH, '$DATA', '$ORACLE', RunRows('quality-$STORE'))" > logs/reference.log 2>&1
+_reference('$MODEL', $WIDTH, '$DATA', '$ORACLE', RunRows('quality-$STORE'))" > "$LOGS/reference.log" 2>&1
 pack
 echo "dense and reference: $(( $(date +%s) - START )) s" >> "$OUT/env.log"
 
@@ -94,7 +95,7 @@ for proxy in $PROXIES; do
                 --budgets "$BUDGET" --searchers "$s" --seeds "$seed" --fixed-bound \
                 --proxy "$proxy" --device "$DEVICE" --store "$STORE" --no-write \
                 --evaluations "$EVALS" --finetune-epochs "$FT" --train-epochs "$TRAIN" \
-                > "logs/${proxy//[^a-z0-9]/_}-$s-s$seed.log" 2>&1 &
+                > "$LOGS/${proxy//[^a-z0-9]/_}-$s-s$seed.log" 2>&1 &
             pids+=($!)
             i=$((i + 1))
         done
