@@ -46,6 +46,7 @@ else
     export PYTHONPATH=$PWD
 fi
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+command -v taskset > /dev/null || taskset() { shift 2; "$@"; }  # unpinned where it is missing
 ROWS=benchmarks/results/quality-${STORE}_runs
 {
     date -u
