@@ -601,7 +601,9 @@ class ChannelSpace:
         """
         import torch_pruning as tp
 
-        inputs = self.example_inputs
+        # On the model's device now: a caller may have moved the dense model (to the GPU for
+        # its accuracy) after the space was built on the CPU.
+        inputs = self.example_inputs.to(_layers.model_device(self.model))
         unmapped: list[Any] = []
         failed: list[tuple[nn.Module, str]] = []
         try:

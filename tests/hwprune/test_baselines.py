@@ -152,6 +152,35 @@ def test_global_magnitude_is_feasible_and_not_uniform(model, data):
     assert result.evaluations <= 20
 
 
+def test_global_magnitude_traces_the_model_where_it_is_now(model, data):
+    """`--device cuda` moved the dense model to the GPU after its space was built on the CPU,
+    and global-magnitude's trace failed ("weight is on cuda:0, other tensors on cpu"). Here
+    the space's example inputs are put on another device (meta) than the model: the trace
+    must follow the model."""
+    import copy
+
+    from hwprune.agents.baselines import channel_magnitudes
+
+    space = make_space(copy.deepcopy(model), data)
+    want = channel_magnitudes(space)
+    space.example_inputs = space.example_inputs.to("meta")
+    got = channel_magnitudes(space)
+    assert len(got) == len(space.units) and all(np.allclose(a, b) for a, b in zip(got, want, strict=True))
+
+
+@pytest.mark.gpu
+def test_global_magnitude_on_a_model_moved_to_the_gpu(model, data):
+    import copy
+
+    from hwprune.agents.baselines import channel_magnitudes
+
+    space = make_space(copy.deepcopy(model), data)
+    want = channel_magnitudes(space)
+    space.model.to("cuda")
+    got = channel_magnitudes(space)
+    assert all(np.allclose(a, b, rtol=1e-4) for a, b in zip(got, want, strict=True))
+
+
 def test_random_search_spends_its_budget_and_repeats_with_its_seed(model, data):
     space = make_space(model, data)
     ev = make_evaluator(space, data, ["params<=50%"])
