@@ -215,7 +215,7 @@ def _layer_costs(module: Any, example_inputs: Any) -> tuple[list[float], list[fl
     import torch
     from torch import nn
 
-    from hwprune.space._layers import profile
+    from hwprune.space._layers import model_device, profile
 
     prof = profile(module, example_inputs)
     moved: dict[str, float] = {}
@@ -240,7 +240,7 @@ def _layer_costs(module: Any, example_inputs: Any) -> tuple[list[float], list[fl
     module.eval()
     try:
         with torch.no_grad():
-            example_inputs.call(module)
+            example_inputs.to(model_device(module)).call(module)
     finally:
         module.train(was_training)
         for h in handles:

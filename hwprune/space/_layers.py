@@ -40,11 +40,13 @@ def profile(model: nn.Module, example: Any) -> LayerProfile:
     """Count MACs (per sample) of Conv/Linear layers with forward hooks, and parameters.
 
     ``example`` is one input tensor or anything ``ExampleInputs.from_user`` takes;
-    "per sample" divides by the first input's leading size.
+    "per sample" divides by the first input's leading size. It is moved to the model's
+    device: a space keeps its inputs where the model was when the space was built, and a
+    run may since have moved the model (``--device cuda``).
     """
     from hwprune.inputs import ExampleInputs
 
-    inputs = ExampleInputs.from_user(example)
+    inputs = ExampleInputs.from_user(example).to(model_device(model))
     macs: dict[str, int] = {}
     batch = inputs.batch
 

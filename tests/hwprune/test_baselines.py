@@ -152,20 +152,18 @@ def test_global_magnitude_is_feasible_and_not_uniform(model, data):
     assert result.evaluations <= 20
 
 
-def test_global_magnitude_traces_the_model_where_it_is_now(model, data):
-    """`--device cuda` moved the dense model to the GPU after its space was built on the CPU,
-    and global-magnitude's trace failed ("weight is on cuda:0, other tensors on cpu"). Here
-    the space's example inputs are put on another device (meta) than the model: the trace
-    must follow the model."""
+@pytest.mark.gpu
+def test_layer_costs_of_a_model_moved_to_the_gpu(model, data):
+    """QLP's parameter shares profiled space.model with the space's CPU inputs after the run
+    moved the model to the GPU (`hwprune prune --device cuda --agent qlp`)."""
     import copy
 
-    from hwprune.agents.baselines import channel_magnitudes
+    from hwprune.space._layers import profile
 
     space = make_space(copy.deepcopy(model), data)
-    want = channel_magnitudes(space)
-    space.example_inputs = space.example_inputs.to("meta")
-    got = channel_magnitudes(space)
-    assert len(got) == len(space.units) and all(np.allclose(a, b) for a, b in zip(got, want, strict=True))
+    want = profile(space.model, space.example_inputs).total_macs
+    space.model.to("cuda")
+    assert profile(space.model, space.example_inputs).total_macs == want
 
 
 @pytest.mark.gpu
