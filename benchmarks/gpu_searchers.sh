@@ -50,7 +50,7 @@ try:
     print(f"{name}: all_met {r.get('all_met')}, accuracy {r.get('accuracy')}")
 except Exception as exc:  # show why it failed
     err = open(f"/tmp/{name}.err").read().strip().splitlines()
-    print(f"{name}: FAILED ({type(exc).__name__}): {err[-1] if err else '-'}")
+    print(f"{name}: FAILED ({type(exc).__name__}):", *err[-15:], sep="\n    ")
 PY
     done
 } 2>&1 | tee "$OUT/searchers.log"
