@@ -339,6 +339,45 @@ def summary_table(rows: Sequence[dict[str, Any]]) -> str:
     )  # fmt: skip
 
 
+def pooled_table(rows: Sequence[dict[str, Any]]) -> str | None:
+    """``auto - this`` pooled over machines: per (model, data, budget, agent), every seed run on
+    one machine is one pair (the same seed on two machines, each with its own reference, is two).
+    None when no such group spans more than one machine."""
+    order = {r: i for i, r in enumerate(ROUNDINGS)}
+    groups: dict[tuple, dict[str, dict[tuple, dict[str, Any]]]] = {}
+    for r in rows:
+        if not r.get("reference_ms"):
+            continue
+        key = (r["model"], r["data"], r["budget"], r["agent"])
+        pair = (r["seed"], round(float(r["reference_ms"]), 6))
+        groups.setdefault(key, {}).setdefault(r["rounding"], {})[pair] = r
+    body = []
+    for key in sorted(groups):
+        by = groups[key]
+        if len({ref for runs in by.values() for _, ref in runs}) < 2:
+            continue
+        auto = by.get("auto", {})
+        for rounding in sorted(by, key=lambda k: order.get(k, 9)):
+            if rounding == "auto":
+                continue
+            diffs = [auto[p]["accuracy"] - r["accuracy"] for p, r in by[rounding].items()
+                     if p in auto]  # fmt: skip
+            if not diffs:
+                continue
+            spread = f" ± {statistics.stdev(diffs):.4f}" if len(diffs) > 1 else ""
+            machines = len({ref for _, ref in by[rounding]})
+            body.append([*key, rounding, len(diffs), machines,
+                         f"{statistics.mean(diffs):+.4f}{spread}",
+                         f"{sum(d > 0 for d in diffs)}/{len(diffs)}"])  # fmt: skip
+    if not body:
+        return None
+    return markdown_table(
+        ["model", "data", "budget", "agent", "round-to", "pairs", "machines",
+         "auto - this (mean ± sd)", "auto ahead"],
+        body,
+    )  # fmt: skip
+
+
 def references_table(references: Sequence[dict[str, Any]]) -> str:
     def machine(r: dict[str, Any]) -> str:
         m = (r.get("measured") or {}).get("machine") or {}
@@ -606,13 +645,23 @@ def main(argv: list[str] | None = None) -> int:
         "model, the same for every row of that model; `per run` (the first rows): of the run's "
         "own dense measurement, which moved by up to a factor of two between runs on this "
         "shared 2-core machine, so those rows were not held to the same bound. "
-        "Latencies were taken while other work ran: noisy.\n\n"
+        "Latencies were taken while other work ran: noisy. The machine changed between "
+        "sessions (two hosts both named \"AMD EPYC\" timed the dense models 2-3x apart): each "
+        "machine's rows are held to that machine's own reference and grouped by it (the bound "
+        "column names the reference).\n\n"
         "Probe of the latency staircase (first from an empty cache, then again on the same "
         "cache):\n\n" + probes_table(probes)
         + "\n\nReference latency of the dense model (rows with a fixed bound: the budget's "
         "fraction of this median of independent fresh calls):\n\n" + references_table(references)
         + "\n\nBy model, budget and agent (seeds paired; `auto - this`: the mean and spread of "
         "the per-seed difference in test accuracy):\n\n" + summary
+        + (
+            "\n\nPooled over machines (a machine's rows are held to its own reference, and "
+            "each seed on each machine is one pair of `auto` and the other rounding):\n\n"
+            + pooled
+            if (pooled := pooled_table(ok))
+            else ""
+        )
         + "\n\nRuns:\n\n" + rows_table(rows)
         + ("\n\n" + "\n".join(notes) if notes else "")
     )  # fmt: skip

@@ -463,3 +463,23 @@ def test_quality_refuses_to_run_a_grid_version_it_cannot_reproduce() -> None:
     assert out.returncode == 2
     assert "grid version 2 cannot be run by this code" in out.stderr
     assert "collect it with --stored-only" in out.stderr
+
+
+def test_staircase_pools_auto_against_each_rounding_over_machines() -> None:
+    """A seed run on two machines (each held to its own reference) is two pairs, never one."""
+    from benchmarks.staircase import pooled_table, summary_table
+
+    def row(seed: int, ref: float, rounding: str, acc: float) -> dict:
+        return {"model": "vgg16_cifar", "data": "d", "budget": "latency<=40%", "agent": "uniform",
+                "seed": seed, "reference_ms": ref, "rounding": rounding, "accuracy": acc,
+                "final_over_bound": 0.9}  # fmt: skip
+
+    one = [row(0, 2.4, "auto", 0.85), row(0, 2.4, "1", 0.84), row(1, 2.4, "auto", 0.83),
+           row(1, 2.4, "1", 0.84)]  # fmt: skip
+    assert pooled_table(one) is None  # one machine: the summary's pairs say it all
+    two = [*one, row(0, 0.8, "auto", 0.86), row(0, 0.8, "1", 0.83)]
+    text = pooled_table(two)
+    assert (
+        "| vgg16_cifar | d | latency<=40% | uniform | 1 | 3 | 2 | +0.0100 ± 0.0200 | 2/3 |" in text
+    )
+    assert "fixed 2.4000 ms" in summary_table(two) and "fixed 0.8000 ms" in summary_table(two)
