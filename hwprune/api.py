@@ -147,7 +147,7 @@ def _unclaim(out: Path, *, created: bool) -> None:
     import shutil
 
     for name in ("config.json", "episodes.jsonl", "oracle-cache.sqlite", "oracle-cache.sqlite-wal",
-                 "oracle-cache.sqlite-shm", "agent", ".hwprune.lock"):  # fmt: skip
+                 "oracle-cache.sqlite-shm", "machine.json", "agent", ".hwprune.lock"):  # fmt: skip
         p = out / name
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)

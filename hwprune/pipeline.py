@@ -4,6 +4,7 @@ and ``hwprune.run`` (the stages). Run directory layout::
     RUN/config.json          every option needed to rerun (PruneConfig.to_dict)
     RUN/episodes.jsonl       every evaluated candidate, appended as it completes
     RUN/oracle-cache.sqlite  the oracles' measurements, keyed by graph and machine
+    RUN/machine.json         the machine the candidates were timed on (checked on resume)
     RUN/agent/               the searcher's checkpoint
     RUN/search.json          amc, qlp: episodes per batch, fixed when the search began
     RUN/policy.json          the chosen keep ratios

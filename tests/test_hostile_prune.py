@@ -216,3 +216,38 @@ def test_workers_from_a_script_without_a_main_guard_say_so(tmp_path: Path) -> No
     assert "worker process stopped while starting" in done.stderr
     assert 'if __name__ == "__main__":' in done.stderr
     assert "RunDirError" not in done.stderr
+
+
+def test_a_run_timed_on_another_machine_is_not_resumed_here(tmp_path: Path, capsys) -> None:
+    """Two hosts of one CPU name timed the same model 2-3x apart: a run's logged latencies
+    and a dense model re-measured on another machine would mix them. Refused in one line,
+    the run untouched; a run that times nothing (a FLOPs budget) resumes anywhere."""
+    import oracles
+
+    timed = tmp_path / "timed"
+    latency = "latency=onnxruntime:cpu?threads=1&min_time=0.01&max_time=0.2&min_runs=5"
+    argv = ["prune", "--model", "vgg11_cifar", "--width", "0.25", "--budget", "latency<=90%",
+            "--oracle", latency, "--agent", "uniform", "--evaluations", "2", "--round-to", "8",
+            "--finetune-epochs", "0", "--quiet", "--out", str(timed)]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    here = json.loads((timed / "machine.json").read_text())
+    assert here["cpu"] == oracles.machine_identity()["cpu"] and "python" not in here
+    other = {**here, "cpu_id": "vendor_id GenuineIntel, cpu family 6, model 143, stepping 8"}
+    (timed / "machine.json").write_text(json.dumps(other))
+
+    def kept() -> dict[str, bytes]:  # (SQLite's shared-memory index changes on any open)
+        return {p.name: p.read_bytes() for p in timed.iterdir()
+                if p.is_file() and not p.name.endswith(("-shm", "-wal", ".lock"))}  # fmt: skip
+
+    before = kept()
+    err = _one_line_exit_2(
+        ["prune", "--resume", str(timed), "--evaluations", "3", "--quiet"], capsys
+    )
+    assert "its candidates were timed on another (" in err and "GenuineIntel" in err
+    assert kept() == before and "episodes.jsonl" in before and "report.json" in before
+
+    counted = tmp_path / "counted"
+    assert main(["prune", *BASE, "--out", str(counted)]) == 0
+    (counted / "machine.json").write_text(json.dumps(other))
+    assert main(["prune", "--resume", str(counted), "--evaluations", "3", "--quiet"]) == 0
+    assert json.loads((counted / "machine.json").read_text()) == here  # it times nothing

@@ -43,6 +43,61 @@ class Searched:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+#: The machine a run's timings were taken on (``oracles.machine_identity``), written when it starts.
+MACHINE_FILE = "machine.json"
+#: The fields of a machine identity that decide its timings (not the Python version).
+_HARDWARE = ("cpu", "cpu_id", "cpu_flags", "cores", "arch", "system")
+
+
+def _same_machine(ctx: RunContext, evaluator: Any) -> None:
+    """Record this machine in a new run; refuse to resume a run timed on another one.
+
+    A resumed run replays its log's measurements and re-measures the dense model: on other
+    hardware the two would mix machines (one "AMD EPYC" host here timed models 2-3x faster than
+    another of that name). Only a run whose own process times candidates is held to this: not
+    one timed by remote oracles (``hwprune serve``) or Ray workers.
+    """
+    import json
+
+    import oracles
+    from oracles.remote import RemoteOracle
+
+    here = {k: v for k, v in oracles.machine_identity().items() if k in _HARDWARE}
+    path = ctx.path(MACHINE_FILE)
+    timed = ctx.config.ray is None and any(
+        o.timed and not isinstance(o, RemoteOracle) for o in evaluator.oracles.values()
+    )
+
+    def record() -> None:
+        path.write_text(json.dumps(here, indent=2) + "\n", encoding="utf-8")
+
+    if not ctx.resumed:
+        record()
+        return
+    if not path.is_file():
+        return  # a run started before runs recorded their machine: nothing to compare with
+    try:
+        there = {k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items()
+                 if k in _HARDWARE}  # fmt: skip
+    except (OSError, ValueError, AttributeError):
+        return  # unreadable: nothing to compare with
+    if there == here:
+        return
+    if not timed or evaluator.evaluations == 0:
+        record()  # nothing timed there is kept: the run's timings start here
+        return
+
+    def text(m: dict[str, Any]) -> str:
+        cpu = str(m.get("cpu") or "?") + (f" [{m['cpu_id']}]" if m.get("cpu_id") else "")
+        return cpu + (f", {m['cores']} cores" if m.get("cores") else "")
+
+    raise RunDirError(
+        f"cannot resume {str(ctx.run_dir)!r} on this machine: its candidates were timed on "
+        f"another ({text(there)}; this one: {text(here)}), and timings do not carry between "
+        "machines; resume it where it started, or start a new run with another --out"
+    )
+
+
 def dense(ctx: RunContext, loaded: Loaded, constraints: list) -> Dense:
     """Stage ``dense``: measure the dense model with every budget's oracle; its metrics."""
     from hwprune.evaluate import Evaluator
@@ -69,6 +124,7 @@ def dense(ctx: RunContext, loaded: Loaded, constraints: list) -> Dense:
             evaluator = Evaluator(**kwargs, surrogate=config.surrogate)
         try:
             resumed = evaluator.evaluations
+            _same_machine(ctx, evaluator)
             constraints = evaluator.calibrate()
             metrics = None
             if loaded.task.evaluate is not None:
