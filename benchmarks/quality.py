@@ -773,7 +773,10 @@ def measured_notes(rows: Sequence[dict]) -> str:
     machines: dict[str, int] = {}
     spread: dict[tuple[str, str], list[float]] = {}
     for r in rows:
-        cpu = r.get("measured", {}).get("machine", {}).get("cpu")
+        # The CPU name alone ("AMD EPYC") named two hosts that timed models 2-3x apart; the
+        # kernel release in "system" told them apart in every row stored so far.
+        m = r.get("measured", {}).get("machine", {})
+        cpu = m.get("cpu") and (f"{m['cpu']} ({m['system']})" if m.get("system") else m["cpu"])
         if cpu:
             machines[cpu] = machines.get(cpu, 0) + 1
         if r.get("ok") and r.get("checks"):
@@ -788,6 +791,11 @@ def measured_notes(rows: Sequence[dict]) -> str:
                   "their final model over the budget and were repaired (a smaller model with "
                   "the margin the miss showed), which can cost accuracy. Differences between "
                   "searchers smaller than the spread over seeds are not a ranking.")  # fmt: skip
+        if len(machines) > 1:
+            notes += (f" The runs span {len(machines)} machines ("
+                      + ", ".join(f"{k}: {n} runs" for k, n in sorted(machines.items()))
+                      + "): each held its runs to its own reference latency of the dense "
+                      "model, and a seed's runs on two machines are not paired.")  # fmt: skip
     far = [r for r in rows if r.get("ok") and r.get("remeasured_over_bound", 0.0) > 1.2]
     if far:
         notes += (f"\n\n{len(far)} of {len(rows)} re-measurements landed more than 20% over "
