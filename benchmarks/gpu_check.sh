@@ -14,13 +14,7 @@
 set -u
 OUT=${OUT:-/tmp/gpu_check_out}
 mkdir -p "$OUT"
-if [ -d .whl ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:$PWD
-else
-    export PYTHONPATH=$PWD
-fi
+. benchmarks/_device_env.sh  # wheels from .whl/, PYTHONPATH, taskset
 export PYTHONUNBUFFERED=1 HWPRUNE_CACHE=/tmp/hwprune-gpu-check.sqlite
 {
     date -u

@@ -45,15 +45,8 @@ DATA=${DATA:-fashion-mnist:$PWD/.fmnist?train=3000}
 ORACLE="onnxruntime:cpu?threads=1"
 LOGS=${LOGS:-/tmp/gpu_grid_logs}
 mkdir -p "$OUT" "$LOGS"
-if [ -d .whl ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:$PWD
-else
-    export PYTHONPATH=$PWD
-fi
+. benchmarks/_device_env.sh  # wheels from .whl/, PYTHONPATH, taskset
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-command -v taskset > /dev/null || taskset() { shift 2; "$@"; }  # unpinned where it is missing
 ROWS=benchmarks/results/quality-${STORE}_runs
 {
     date -u

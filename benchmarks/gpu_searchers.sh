@@ -10,15 +10,8 @@
 set -u
 OUT=${OUT:-/tmp/gpu_searchers_out}
 mkdir -p "$OUT"
-if [ -d .whl ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:$PWD
-else
-    export PYTHONPATH=$PWD
-fi
+. benchmarks/_device_env.sh  # wheels from .whl/, PYTHONPATH, taskset
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
-command -v taskset > /dev/null || taskset() { shift 2; "$@"; }
 DEVICE=${DEVICE:-cuda}
 SEARCHERS=${SEARCHERS:-ppo-lagrangian qlp amc uniform global-magnitude random}
 CORES=${CORES:-$(nproc)}
