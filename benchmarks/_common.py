@@ -89,21 +89,13 @@ def command_line() -> str:
     return shlex.join(["python", str(script), *sys.argv[1:]])
 
 
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as fh:
-        for line in fh:
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def _cpu_ident() -> dict[str, str]:
-    """The CPU's family, model and stepping and a digest of its flags (``oracles``' machine
-    identity): a CPU name as generic as "AMD EPYC" does not tell two hosts apart."""
+    """The CPU's name, its family, model and stepping and a digest of its flags (``oracles``'
+    machine identity): a CPU name as generic as "AMD EPYC" does not tell two hosts apart."""
     from oracles.cache import machine_identity
 
     ident = machine_identity()
-    return {k: ident[k] for k in ("cpu_id", "cpu_flags") if k in ident}
+    return {k: ident[k] for k in ("cpu", "cpu_id", "cpu_flags") if k in ident}
 
 
 def machine_key() -> str:
@@ -156,7 +148,6 @@ def environment() -> dict[str, Any]:
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "machine": {
-            "cpu": _cpu_model(),
             **_cpu_ident(),
             "cores": os.cpu_count(),
             "gpus": _gpu_names(),

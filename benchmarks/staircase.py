@@ -632,6 +632,14 @@ def main(argv: list[str] | None = None) -> int:
     summary = summary_table(ok)
     if ok:
         mean_s = statistics.mean(r["total_seconds"] for r in ok)
+        by_model: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            by_model.setdefault(r["model"], []).append(r)
+        notes.append("- rows per model (with a model / all) and their seconds (the rows' "
+                     "`total_seconds`): " + "; ".join(
+                         f"{m} {sum(1 for r in rs if r.get('ok'))} / {len(rs)}, "
+                         f"{sum(r.get('total_seconds') or 0.0 for r in rs):,.0f} s"
+                         for m, rs in sorted(by_model.items())))  # fmt: skip
         notes.append(
             f"- mean seconds per row here: {mean_s:.0f}; the issue's full grid (3 models, 2 "
             f"budgets, 2 agents, 4 roundings, 3 seeds = 144 rows) at this cost per row would "
