@@ -229,10 +229,16 @@ def run_row(
 
 
 def row_tag(args: argparse.Namespace, *, agent: str, rounding: str, seed: int) -> str:
-    """The row's name; rows on other data than the first ones' (digits) name it."""
+    """The row's name; rows on other data than the first ones' (digits) name it, and rows on
+    another runtime than the first ones' (``ORACLE``) name it."""
     data = "" if args.data == "digits" else f"{_slug(args.data.replace(':?', '-'))}-"
     fixed = "fixed-" if args.fixed_bound else ""
-    return f"{args.model}-{data}{fixed}{args.budget}-{agent}-r{rounding}-s{seed}"
+    runtime = "" if args.oracle == ORACLE else f"{_slug(args.oracle)}-"
+    return f"{args.model}-{data}{runtime}{fixed}{args.budget}-{agent}-r{rounding}-s{seed}"
+
+
+def _oracle(r: dict[str, Any]) -> str:
+    return str(r.get("oracle") or ORACLE)
 
 
 def _proposed_built(result: Any) -> tuple[dict[str, tuple[int, int]], dict[str, Any] | None]:
@@ -267,10 +273,10 @@ def _f(x: Any, spec: str = "{:.3f}") -> str:
 def rows_table(rows: Sequence[dict[str, Any]]) -> str:
     order = {r: i for i, r in enumerate(ROUNDINGS)}
     body = []
-    key = lambda r: (r["model"], r["data"], r["budget"], _bound_kind(r), r["agent"], r["seed"],  # noqa: E731
-                     order.get(r["rounding"], 9))  # fmt: skip
+    key = lambda r: (r["model"], r["data"], _oracle(r), r["budget"], _bound_kind(r), r["agent"],  # noqa: E731
+                     r["seed"], order.get(r["rounding"], 9))  # fmt: skip
     for r in sorted(rows, key=key):
-        head = [r["model"], r["data"], f"{r['budget']} ({_bound_kind(r)})"]
+        head = [r["model"], r["data"], _oracle(r), f"{r['budget']} ({_bound_kind(r)})"]
         if not r.get("ok"):
             body.append([*head, r["agent"], r["seed"], r["rounding"], "failed", "-", "-", "-",
                          "-", "-", "-", r.get("error", "")[:80]])  # fmt: skip
@@ -292,7 +298,8 @@ def rows_table(rows: Sequence[dict[str, Any]]) -> str:
             f"{r['params_final']:,}", probe_text, " ".join(str(b) for b in built),
         ])  # fmt: skip
     return markdown_table(
-        ["model", "data", "budget (bound)", "agent", "seed", "round-to", "test acc", "dense acc",
+        ["model", "data", "oracle", "budget (bound)", "agent", "seed", "round-to", "test acc",
+         "dense acc",
          "latency ms (final / bound)", "final/bound", "re-measured/bound", "params",
          "run's staircase probe", "built channels per unit"],
         body,
@@ -307,12 +314,13 @@ def _bound_kind(r: dict[str, Any]) -> str:
 
 
 def summary_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Per (model, data, budget, bound kind, agent) and rounding: seeds, test accuracy mean and
-    spread, latency used of the bound, and the paired per-seed difference ``auto - this``."""
+    """Per (model, data, oracle, budget, bound kind, agent) and rounding: seeds, test accuracy
+    mean and spread, latency used of the bound, and the paired per-seed difference
+    ``auto - this``."""
     order = {r: i for i, r in enumerate(ROUNDINGS)}
     groups: dict[tuple, dict[str, dict[int, dict[str, Any]]]] = {}
     for r in rows:
-        key = (r["model"], r["data"], r["budget"], _bound_kind(r), r["agent"])
+        key = (r["model"], r["data"], _oracle(r), r["budget"], _bound_kind(r), r["agent"])
         groups.setdefault(key, {}).setdefault(r["rounding"], {})[r["seed"]] = r
     body = []
     for key in sorted(groups):
@@ -333,14 +341,15 @@ def summary_table(rows: Sequence[dict[str, Any]]) -> str:
                          + (f" ± {statistics.stdev(acc):.4f}" if len(acc) > 1 else ""),
                          f"{statistics.median(used):.2f}", paired])  # fmt: skip
     return markdown_table(
-        ["model", "data", "budget", "bound", "agent", "round-to", "seeds", "test acc",
+        ["model", "data", "oracle", "budget", "bound", "agent", "round-to", "seeds", "test acc",
          "final/bound (median)", "auto - this"],
         body,
     )  # fmt: skip
 
 
 def pooled_table(rows: Sequence[dict[str, Any]]) -> str | None:
-    """``auto - this`` pooled over machines: per (model, data, budget, agent), every seed run on
+    """``auto - this`` pooled over machines: per (model, data, oracle, budget, agent), every seed
+    run on
     one machine is one pair (the same seed on two machines, each with its own reference, is two).
     None when no such group spans more than one machine."""
     order = {r: i for i, r in enumerate(ROUNDINGS)}
@@ -348,7 +357,7 @@ def pooled_table(rows: Sequence[dict[str, Any]]) -> str | None:
     for r in rows:
         if not r.get("reference_ms"):
             continue
-        key = (r["model"], r["data"], r["budget"], r["agent"])
+        key = (r["model"], r["data"], _oracle(r), r["budget"], r["agent"])
         pair = (r["seed"], round(float(r["reference_ms"]), 6))
         groups.setdefault(key, {}).setdefault(r["rounding"], {})[pair] = r
     body = []
@@ -372,7 +381,7 @@ def pooled_table(rows: Sequence[dict[str, Any]]) -> str | None:
     if not body:
         return None
     return markdown_table(
-        ["model", "data", "budget", "agent", "round-to", "pairs", "machines",
+        ["model", "data", "oracle", "budget", "agent", "round-to", "pairs", "machines",
          "auto - this (mean ± sd)", "auto ahead"],
         body,
     )  # fmt: skip
@@ -611,9 +620,13 @@ def main(argv: list[str] | None = None) -> int:
                     log.info("row %s: %s", tag, {k: row.get(k) for k in
                              ("accuracy", "final_over_bound", "remeasured_over_bound")})  # fmt: skip
         auto = [r for r in rows if r.get("ok") and r["rounding"] == "auto"
-                and r["data"] == args.data]  # fmt: skip
+                and r["data"] == args.data and _oracle(r) == args.oracle]  # fmt: skip
         built = {k: v[1] for k, v in auto[0]["proposed_built"].items()} if auto else None
-        write_staircase_plots(stairs, rows_store.dir / "plots", built=built, top=3)
+        # Another runtime's staircase of the same units gets its own folder.
+        plots = rows_store.dir / "plots"
+        if args.oracle != ORACLE:
+            plots = plots / f"{args.model}-{_slug(args.oracle)}"
+        write_staircase_plots(stairs, plots, built=built, top=3)
     # The tables show every stored row (other agents' and seeds' runs too), probes first.
     probes, rows, references = [], [], []
     for path in sorted(rows_store.dir.glob("*.json")):
@@ -647,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
             "and PPO's larger evaluation budgets"
         )
     text = (
-        f"Model, data and budget per row in its columns (width 0.5, `{args.oracle}`), "
+        "Model, data, runtime (oracle) and budget per row in its columns (width 0.5), "
         f"{args.evaluations} evaluations, {args.finetune_epochs} fine-tuning epochs for every "
         "row. Bound `fixed`: the budget's fraction of one stored reference latency of the dense "
         "model, the same for every row of that model; `per run` (the first rows): of the run's "

@@ -480,6 +480,38 @@ def test_staircase_pools_auto_against_each_rounding_over_machines() -> None:
     two = [*one, row(0, 0.8, "auto", 0.86), row(0, 0.8, "1", 0.83)]
     text = pooled_table(two)
     assert (
-        "| vgg16_cifar | d | latency<=40% | uniform | 1 | 3 | 2 | +0.0100 ± 0.0200 | 2/3 |" in text
+        "| vgg16_cifar | d | onnxruntime:cpu?threads=1 | latency<=40% | uniform | 1 | 3 | 2 "
+        "| +0.0100 ± 0.0200 | 2/3 |" in text
     )
     assert "fixed 2.4000 ms" in summary_table(two) and "fixed 0.8000 ms" in summary_table(two)
+
+
+def test_staircase_rows_on_another_runtime_are_their_own_rows() -> None:
+    """An OpenVINO row is never answered by the ONNX Runtime row of the same model, budget,
+    agent, rounding and seed, and the tables keep the runtimes apart."""
+    import argparse
+
+    from benchmarks.staircase import ORACLE, row_tag, summary_table
+
+    args = argparse.Namespace(model="vgg11_cifar", data="fashion-mnist?train=3000",
+                              fixed_bound=True, budget="latency<=40%", oracle=ORACLE)  # fmt: skip
+    onnx = row_tag(args, agent="uniform", rounding="auto", seed=0)
+    # The first rows' names stay as they were stored.
+    assert onnx == "vgg11_cifar-fashion-mnist_train_3000-fixed-latency<=40%-uniform-rauto-s0"
+    args.oracle = "openvino:cpu?threads=1"
+    ov = row_tag(args, agent="uniform", rounding="auto", seed=0)
+    assert ov != onnx and "openvino" in ov
+
+    def row(oracle: str | None, rounding: str, acc: float) -> dict:
+        r = {"model": "vgg11_cifar", "data": "d", "budget": "latency<=40%", "agent": "uniform",
+             "seed": 0, "reference_ms": 0.4, "rounding": rounding, "accuracy": acc,
+             "final_over_bound": 0.9}  # fmt: skip
+        if oracle:
+            r["oracle"] = oracle
+        return r
+
+    rows = [row(None, "auto", 0.85), row(None, "1", 0.84),
+            row(args.oracle, "auto", 0.80), row(args.oracle, "1", 0.83)]  # fmt: skip
+    text = summary_table(rows)
+    assert f"| {ORACLE} |" in text and f"| {args.oracle} |" in text
+    assert "+0.0100" in text and "-0.0300" in text  # each runtime paired with itself
