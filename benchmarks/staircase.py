@@ -60,6 +60,7 @@ from benchmarks._common import (  # noqa: E402
     absolute_budget,
     command_line,
     environment,
+    machine_key,
     machine_text,
     markdown_table,
     reference_latency,
@@ -110,10 +111,12 @@ def probe(
 
     rows = _rows()
     # The first probes (12 coarse counts, bisection to one channel, the oracle's own timing
-    # window) are kept under their old tag; probes by today's defaults carry their count.
+    # window) are kept under their old tag; probes by today's defaults carry their count, and
+    # those made since machines were told apart carry the machine's key: another machine's
+    # probe is another staircase, kept beside this one's instead of overwritten by it.
     tag = f"probe-{model}-w{width:g}-{_slug(oracle)}" + (
         "" if counts_per_unit == 12 else f"-c{counts_per_unit}"
-    )
+    ) + f"-m{machine_key()}"
     stored = rows.get(tag)
     cache_path = RUNS_DIR / f"{tag}.sqlite"
     net = get_model(model, num_classes=num_classes, width=width).eval()

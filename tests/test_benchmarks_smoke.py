@@ -412,6 +412,7 @@ def test_staircase_probe_only_stores_a_budgeted_probe_with_its_machine(
 ) -> None:
     """--probe-only times a real ONNX Runtime staircase, held to its seconds, and loads no data."""
     from benchmarks import staircase
+    from benchmarks._common import machine_key
 
     monkeypatch.setattr(staircase, "RESULTS_DIR", tmp_path / "results")
     monkeypatch.setattr(staircase, "RUNS_DIR", tmp_path / "runs")
@@ -422,6 +423,8 @@ def test_staircase_probe_only_stores_a_budgeted_probe_with_its_machine(
     (path,) = (tmp_path / "results" / "staircase").glob("probe-*.json")
     row = json.loads(path.read_text())
     assert row["model"] == "vgg11_cifar" and "GPU: " in row["machine"]
+    # Kept per machine: another machine's probe of the same model is stored beside it.
+    assert row["tag"].endswith(f"-c8-m{machine_key()}") and path.stem == row["tag"]
     assert row["first"]["settings"]["seconds_budget"] == 2.0
     assert set(row["second"]) >= {"oracle_calls", "cached_calls", "seconds"}
     table = staircase.probes_table([row])
