@@ -114,9 +114,11 @@ def probe(
     # window) are kept under their old tag; probes by today's defaults carry their count, and
     # those made since machines were told apart carry the machine's key: another machine's
     # probe is another staircase, kept beside this one's instead of overwritten by it.
-    tag = f"probe-{model}-w{width:g}-{_slug(oracle)}" + (
-        "" if counts_per_unit == 12 else f"-c{counts_per_unit}"
-    ) + f"-m{machine_key()}"
+    tag = (
+        f"probe-{model}-w{width:g}-{_slug(oracle)}"
+        + ("" if counts_per_unit == 12 else f"-c{counts_per_unit}")
+        + f"-m{machine_key()}"
+    )
     stored = rows.get(tag)
     cache_path = RUNS_DIR / f"{tag}.sqlite"
     net = get_model(model, num_classes=num_classes, width=width).eval()
