@@ -33,7 +33,9 @@ later ones (other agents, seeds) are answered by the cache: both costs are in
 the rows. The separate ``probe`` rows measure the probe alone, from an empty
 cache and again on it. Rows are stored one file each in
 ``benchmarks/results/staircase/`` as they complete (a rerun skips them);
-run directories go to ``runs/benchmarks/staircase/`` (git-ignored).
+run directories go to ``runs/benchmarks/staircase/`` (git-ignored). A row on
+another runtime (``--oracle openvino:cpu?threads=1``) is named by it and is
+its own row; references and probes are stored per machine (``-mKEY``).
 """
 
 from __future__ import annotations
