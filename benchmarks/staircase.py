@@ -306,8 +306,7 @@ def rows_table(rows: Sequence[dict[str, Any]]) -> str:
         ])  # fmt: skip
     return markdown_table(
         ["model", "data", "oracle", "budget (bound)", "agent", "seed", "round-to", "test acc",
-         "dense acc",
-         "latency ms (final / bound)", "final/bound", "re-measured/bound", "params",
+         "dense acc", "latency ms (final / bound)", "final/bound", "re-measured/bound", "params",
          "run's staircase probe", "built channels per unit"],
         body,
     )  # fmt: skip
@@ -356,9 +355,8 @@ def summary_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def pooled_table(rows: Sequence[dict[str, Any]]) -> str | None:
     """``auto - this`` pooled over machines: per (model, data, oracle, budget, agent), every seed
-    run on
-    one machine is one pair (the same seed on two machines, each with its own reference, is two).
-    None when no such group spans more than one machine."""
+    run on one machine is one pair (the same seed on two machines, each with its own reference,
+    is two). None when no such group spans more than one machine."""
     order = {r: i for i, r in enumerate(ROUNDINGS)}
     groups: dict[tuple, dict[str, dict[tuple, dict[str, Any]]]] = {}
     for r in rows:
@@ -667,7 +665,8 @@ def main(argv: list[str] | None = None) -> int:
             "and PPO's larger evaluation budgets"
         )
     text = (
-        "Model, data, runtime (oracle) and budget per row in its columns (width 0.5), "
+        "Model, data, runtime (oracle) and budget per row in its columns (each model's width "
+        "in the reference table), "
         f"{args.evaluations} evaluations, {args.finetune_epochs} fine-tuning epochs for every "
         "row. Bound `fixed`: the budget's fraction of one stored reference latency of the dense "
         "model, the same for every row of that model; `per run` (the first rows): of the run's "
