@@ -294,7 +294,7 @@ class RunRows:
     Long benchmarks (hours on 2 cores) are run piecewise: a run whose row is
     stored is reused when the script is run again with the same settings (the
     tag names them), so an interrupted run, or runs split over processes or
-    sessions, add up to one table. Rows are committed with the results, and
+    invocations, add up to one table. Rows are committed with the results, and
     each keeps the date and machine it was measured on. A failed run's row
     (``ok: False`` and its error) is stored too, so a collection with
     ``--stored-only`` reports it as failed rather than not run; running the

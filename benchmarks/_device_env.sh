@@ -1,4 +1,4 @@
-# Sourced by the scripts run on a lent GPU machine (gpu_check.sh, gpu_grid.sh,
+# Sourced by the scripts run on a GPU machine without network access (gpu_check.sh, gpu_grid.sh,
 # gpu_searchers.sh), from the repository root: the packages that machine lacks, carried as
 # wheels in .whl/, installed into /tmp/site, and the checkout put on the path. Python's output
 # unbuffered, and `taskset` a no-op where it is missing.

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The device check run on a lent GPU machine (one short script: its time is counted).
+# The device check for a GPU machine without network access (one short script, time-boxed).
 #
-# Needs: a CUDA GPU with PyTorch; the packages it lacks as wheels in .whl/ (on the lent H200:
-# onnxslim, stable-baselines3, gymnasium, farama-notifications and torch-pruning, fetched here with
+# Needs: a CUDA GPU with PyTorch; the packages it lacks as wheels in .whl/ (on the H200 of
+# benchmarks/results/gpu_check/env.log: onnxslim, stable-baselines3, gymnasium, farama-notifications and torch-pruning, fetched here with
 # `pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64
 # -d .whl NAME==VERSION`); OUT, a folder for what comes back. Three parts, one after the
 # other so that no two time the GPU at once:

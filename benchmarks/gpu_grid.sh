@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One cell of the quality grid on a lent GPU machine, its runs side by side, one per CPU core.
+# One cell of the quality grid on a GPU machine, its runs side by side, one per CPU core.
 #
-# The H200 machine lent to some sessions has 16 CPU cores: the runs of one grid cell (every
+# The H200 machine of benchmarks/results/gpu_grid/env.log has 16 CPU cores: the runs of one grid cell (every
 # searcher and seed) run at once there, each pinned to its own core, training, fine-tuning and
 # the search proxy on the GPU, the latency oracle (ONNX Runtime, 1 thread) on the run's core.
 # Its rows are kept apart from this machine's (`quality.py --store TAG`): another CPU, another
@@ -10,7 +10,7 @@
 # the start), and every finished row is packed into $OUT as it lands, so a wave cut short keeps
 # what it finished.
 #
-# Measured on the lent H200 (2026-11-30, benchmarks/results/gpu_grid/env.log): 30 ResNet-32 runs
+# Measured on that H200 (2026-11-30, driver 580.159.04, torch 2.11.0+cu130; commit fd9c208): 30 ResNet-32 runs
 # at latency<=20%, 15 at a time, took 426 s, but only 8 finished. With 15 runs at once the
 # dense model measured 1.14-2.11 ms against the idle reference of 1.25 ms, and on that CPU the
 # smallest allowed model is near 20% of dense: most searches found no candidate under the

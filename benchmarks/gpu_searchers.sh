@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every searcher through `hwprune prune --device cuda` on a lent GPU machine (a short check).
+# Every searcher through `hwprune prune --device cuda` on a GPU machine (a short check).
 #
 # Found by benchmarks/gpu_grid.sh: with --device cuda, global-magnitude traced a dense model the
 # run had moved to the GPU with example inputs left on the CPU, and failed. This check runs the

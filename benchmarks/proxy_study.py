@@ -375,8 +375,8 @@ def _with_more(rows: RunRows, base: str, row: dict, args: argparse.Namespace) ->
 
 
 SIGNAL = "bn with size at chance (the search signal)"
-# The models whose stored rows the chance rule and the search signal were designed from
-# (session 14: the parameters-kept column); other models' rows test them.
+# The models whose stored rows (with their parameters-kept column) the chance rule and the
+# search signal were designed from; other models' rows test them.
 DESIGNED_ON = {"resnet32_cifar", "vgg16_cifar"}
 
 

@@ -32,7 +32,7 @@ run is reused when the script is run again with the same options (``--fresh``
 redoes it). Outside ``--quick`` each finished run's row is also stored in
 ``benchmarks/results/quality_runs/`` (committed), so the grid, hours long, can
 be run piecewise: over several processes (``--models``, ``--budgets``,
-``--no-write``) or sessions, then collected by one more run. Writes
+``--no-write``) or invocations, then collected by one more run. Writes
 ``benchmarks/results/quality.json`` and the "quality" section of
 ``benchmarks/RESULTS.md`` (with ``--data`` other than digits: ``quality_<data>.json`` and
 its own section). After a change to the rule that picks the final
@@ -300,7 +300,7 @@ def prune_row(
     if row_path.is_file() and not fresh and reselect_from is None:
         row = json.loads(row_path.read_text(encoding="utf-8"))
         # Reused only if made under today's settings: the same budgets (a fixed bound is in
-        # them), the surrogate off (rows before session 12 may have had it on).
+        # them), the surrogate off (rows stored before every grid pinned it off may have had it on).
         same = row.get("budgets") == list(budgets) and row.get("surrogate") == "off"
         if row.get("ok") and same:
             log.info("reusing %s", row_path)
@@ -909,7 +909,7 @@ def main(argv: list[str] | None = None) -> int:
                         "is collected with --stored-only, not run); a version other than the "
                         "default has its own RESULTS.md section")  # fmt: skip
     p.add_argument("--store", default=None, metavar="TAG",
-                   help="keep the rows of another machine apart (e.g. h200 for a lent GPU "
+                   help="keep the rows of another machine apart (e.g. h200 for a GPU "
                         "machine's): stored in benchmarks/results/quality-TAG_runs/ with their "
                         "own reference latency, and collected into their own RESULTS.md section")  # fmt: skip
     p.add_argument("--how", default=None,

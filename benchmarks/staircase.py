@@ -102,7 +102,7 @@ def probe(
     """Probe the staircase twice on one cache file: the first cost, then the cached answer.
 
     The cache file lives in the run folder; the first probe's cost is the stored
-    one when a previous session made it (the cache file then answers the second).
+    one when an earlier invocation made it (the cache file then answers the second).
     ``seconds`` bounds each of the two probes (``probe_staircase``'s budget; None: no limit):
     after a first probe that ran out, the second continues from the cache within the same time.
     """
@@ -673,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
         "own dense measurement, which moved by up to a factor of two between runs on this "
         "shared 2-core machine, so those rows were not held to the same bound. "
         "Latencies were taken while other work ran: noisy. The machine changed between "
-        "sessions (two hosts both named \"AMD EPYC\" timed the dense models 2-3x apart): each "
+        "runs (two hosts both named \"AMD EPYC\" timed the dense models 2-3x apart): each "
         "machine's rows are held to that machine's own reference and grouped by it (the bound "
         "column names the reference).\n\n"
         "Probe of the latency staircase (first from an empty cache, then again on the same "

@@ -152,7 +152,7 @@ def test_cache_answers_a_second_identical_structure(tmp_path) -> None:
     assert second.value == first.value
 
 
-# ----------------------------------------------------------------- CUDA (lent GPU machine)
+# ----------------------------------------------------------- CUDA (skipped without a CUDA GPU)
 
 CUDA_FAST = "min_time=0.2&max_time=3&min_runs=20&warmup=20"
 
