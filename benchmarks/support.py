@@ -22,8 +22,8 @@ no data at all (no accuracy is scored, nothing is fine-tuned).
 Each model's row is stored as it completes in ``benchmarks/results/support/<model>.json``;
 a second run skips stored rows (``--redo`` repeats them; with ``--latency``, a stored family
 row not yet timed by the paired protocol is timed, ``--retime`` times it again). ``--table``
-writes, from the stored rows only, the per-family table between README.md's ``support``
-markers, every model in docs/support.md, and the section of benchmarks/RESULTS.md.
+writes, from the stored rows only, a summary between README.md's ``support`` markers, the
+per-family table and every model in docs/support.md, and the section of benchmarks/RESULTS.md.
 
 Run it alone, on one core::
 
@@ -576,6 +576,11 @@ def table(names: list[str]) -> str:
     return markdown_table(headers, out)
 
 
+def _family_latency(ok: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The family's timed row: its first pruned-and-matched model with a paired latency."""
+    return next((r for r in ok if _latency(r, "latency_ratio")), None)
+
+
 def family_table(names: list[str]) -> str:
     """One row per family: outcomes, median FLOPs and latency after/dense, worst parity."""
     import statistics
@@ -588,7 +593,8 @@ def family_table(names: list[str]) -> str:
         outcome = [_outcome(rows.get(n)) for n in members]
         ok = [r for r in found if _outcome(r) == "pruned and matched"]
         flops = [r["flops_ratio"] for r in ok]
-        lat = [r for r in ok if _latency(r, "latency_ratio")]
+        timed = _family_latency(ok)
+        lat = [timed] if timed else []
         parity = max((r["parity_rel"] for r in ok), default=None)
         out.append(
             [
@@ -660,16 +666,48 @@ README = _HERE.parent / "README.md"
 DOCS = _HERE.parent / "docs" / "support.md"
 
 
+def latency_ranges(names: list[str]) -> dict[str, tuple[str, float, str, float]]:
+    """Per rounding (x1, x8): the family whose timed model ran fastest and slowest against dense.
+
+    Each family's timed row is the one its ``family_table`` row shows.
+    """
+    rows = stored_rows()
+    timed: dict[str, dict[str, Any]] = {}
+    for fam in sorted({family(n) for n in names}):
+        ok = [rows[n] for n in names if family(n) == fam and n in rows]
+        row = _family_latency([r for r in ok if _outcome(r) == "pruned and matched"])
+        if row is not None:
+            timed[fam] = row
+    out = {}
+    for label, key in (("x1", "latency_ratio"), ("x8", "latency_ratio_round8")):
+        ratios = {fam: r[key] for fam, r in timed.items() if isinstance(r.get(key), (int, float))}
+        if ratios:
+            lo, hi = min(ratios, key=ratios.get), max(ratios, key=ratios.get)
+            out[label] = (lo, ratios[lo], hi, ratios[hi])
+    return out
+
+
 def readme_block(names: list[str]) -> str:
+    """README's support summary; the table by family is docs/support.md's (README stays short)."""
     import textwrap
 
+    ranges = latency_ranges(names)
+    spread = ""
+    if "x1" in ranges and "x8" in ranges:
+        (lo1, r_lo1, hi1, r_hi1), (lo8, r_lo8, hi8, r_hi8) = ranges["x1"], ranges["x8"]
+        spread = (
+            f" With channels as chosen the pruned model ran at {_pct(r_lo1)} ({lo1}) to "
+            f"{_pct(r_hi1)} ({hi1}) of its dense latency; in multiples of 8 (`--round-to 8`) at "
+            f"{_pct(r_lo8)} ({lo8}) to {_pct(r_hi8)} ({hi8})."
+        )
     intro = (
         f"{_counts_line(names)} (Torch-Pruning: 81 of 85). Random weights, "
-        f"flops<={FLOPS_TARGET:.0%} (uniform), ONNX parity 1e-3; latency: smallest model per "
-        "family vs dense, interleaved, shared loaded CPU (noisy), channels as chosen (x1) / in "
-        "multiples of 8 (x8). [Method, every model](docs/support.md)."
+        f"flops<={FLOPS_TARGET:.0%} (uniform), ONNX parity 1e-3; latency: the smallest model per "
+        "family against its dense model, interleaved, on a shared loaded CPU (noisy)."
+        + spread
+        + " [By family](docs/support.md#by-family), [every model and the method](docs/support.md)."
     )
-    return textwrap.fill(intro, width=100) + "\n\n" + family_table(names)
+    return textwrap.fill(intro, width=100, break_on_hyphens=False)
 
 
 def replace_between(text: str, section: str, body: str) -> str:
@@ -689,7 +727,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def write_tables(names: list[str]) -> list[Path]:
-    """README's family table, docs/support.md (every model) and RESULTS.md's section."""
+    """README's summary, docs/support.md (by family, every model) and RESULTS.md's section."""
     _write(
         README, replace_between(README.read_text(encoding="utf-8"), "support", readme_block(names))
     )

@@ -188,13 +188,32 @@ def test_a_model_past_the_time_limit_is_a_failed_row_naming_where():
     assert row["error"].startswith("did not finish in 1 s (stopped in") and "stuck" in row["error"]
 
 
-def test_readme_family_table_is_the_one_the_stored_rows_give():
+def test_readme_support_summary_is_the_one_the_stored_rows_give():
     # README's support block is written by `benchmarks/support.py --table`; stored rows
     # committed without rewriting it would leave the README claiming other figures.
     support = _support()
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     block = text.split("<!-- BEGIN support -->\n", 1)[1].split("\n<!-- END support -->", 1)[0]
     assert block == support.readme_block(support.swept())
+
+
+def test_readme_latency_range_names_the_extremes_of_the_family_table():
+    # The README summarises docs/support.md's table by family: its fastest and slowest
+    # families per rounding are that table's, with the same percentages.
+    support = _support()
+    names = support.swept()
+    cells = {}
+    for line in support.family_table(names).splitlines()[2:]:
+        cols = [c.strip() for c in line.strip("|").split("|")]
+        if cols[6] != "-":
+            cells[cols[0]] = [int(v.rstrip("%")) for v in cols[6].split(" / ")]
+    ranges = support.latency_ranges(names)
+    for i, label in enumerate(("x1", "x8")):
+        lo, r_lo, hi, r_hi = ranges[label]
+        assert round(100 * r_lo) == cells[lo][i] == min(c[i] for c in cells.values())
+        assert round(100 * r_hi) == cells[hi][i] == max(c[i] for c in cells.values())
+    block = " ".join(support.readme_block(names).split())
+    assert f"{cells[ranges['x1'][2]][0]}% ({ranges['x1'][2]})" in block
 
 
 def test_segmentation_models_are_swept_with_their_dict_output():
