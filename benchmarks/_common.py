@@ -1,8 +1,8 @@
-"""Shared plumbing for benchmark scripts: the environment, results files and RESULTS.md sections.
+"""Shared plumbing for the benchmarks: the environment, results files and RESULTS.md sections.
 
-Every benchmark script does the same three things at the end::
+Every benchmark does the same three things at the end::
 
-    from _common import command_line, environment, markdown_table, update_results_md, write_results
+    from benchmarks._common import command_line, environment, markdown_table, update_results_md, write_results
 
     env = environment()
     write_results("oracles", rows, command=command_line(), env=env)   # benchmarks/results/oracles.json
@@ -48,6 +48,7 @@ __all__ = [
     "results_dir",
     "results_md",
     "command_line",
+    "module_command",
     "environment",
     "markdown_table",
     "write_results",
@@ -59,6 +60,17 @@ __all__ = [
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
+# Run as a file rather than with -m, this folder comes first on the import path and its
+# oracles.py hides the ``oracles`` package: say how to run it instead of failing later.
+_MAIN = sys.modules.get("__main__")
+if (
+    getattr(_MAIN, "__spec__", None) is None
+    and Path(getattr(_MAIN, "__file__", "/")).resolve().parent == BENCH_DIR
+):
+    raise SystemExit(
+        "the benchmarks run as modules from the repository root: "
+        f"python -m benchmarks.{Path(_MAIN.__file__).stem} ..."
+    )
 # Quick runs (``--quick``, ``run.py --quick``) write here (git-ignored), so a ten-minute check
 # never overwrites the committed numbers of a full run.
 QUICK_DIR = RESULTS_DIR / "quick"
@@ -81,8 +93,17 @@ _HEADER = (
 )
 
 
+def module_command(file: str) -> str:
+    """How a user runs the benchmark defined in ``file``: ``python -m benchmarks.NAME``."""
+    return f"python -m benchmarks.{Path(file).stem}"
+
+
 def command_line() -> str:
-    """The command that ran this script, as a user would type it (``python benchmarks/x.py ...``)."""
+    """The command that ran this benchmark, as a user would type it
+    (``python -m benchmarks.NAME ...``)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name.startswith("benchmarks."):
+        return shlex.join(["python", "-m", spec.name, *sys.argv[1:]])
     script = Path(sys.argv[0])
     with contextlib.suppress(ValueError):
         script = script.resolve().relative_to(BENCH_DIR.parent)

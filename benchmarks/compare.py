@@ -11,8 +11,8 @@ and ``onnxruntime:cuda``, ``onnxruntime:tensorrt``, ``tensorrt`` where
 installed) and a second comparison whose reference is the last of them (the
 closest to a deployed engine).
 
-    python benchmarks/compare.py                 # 12 variants of each of the three models
-    python benchmarks/compare.py --quick         # vgg16_cifar only, 5 variants, short timing
+    python -m benchmarks.compare                 # 12 variants of each of the three models
+    python -m benchmarks.compare --quick         # vgg16_cifar only, 5 variants, short timing
 
 Writes ``benchmarks/results/compare.json``, the scatter plots and a report per
 model under ``benchmarks/results/compare/<model>/``, and the "compare" section
@@ -27,21 +27,15 @@ import argparse
 import logging
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-# Runs from a checkout: the repository root goes on the path, and this folder comes off it,
-# or benchmarks/oracles.py would hide the ``oracles`` package.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
-
-from benchmarks._common import (  # noqa: E402
+from benchmarks._common import (
     command_line,
     environment,
     markdown_table,
+    module_command,
     results_dir,
     results_md,
     update_results_md,
@@ -156,7 +150,7 @@ def table_rows(entries: list[dict[str, Any]]) -> list[list[Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=module_command(__file__), description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help=f"{', '.join(QUICK_MODELS)} only, {QUICK_SAMPLES} variants, timing capped "
                         f"at {QUICK_MAX_TIME:g} s per measurement")  # fmt: skip

@@ -1,6 +1,6 @@
 """The built-in demo end to end, timed: ``hwprune demo`` from a fresh cache.
 
-    python benchmarks/demo.py
+    python -m benchmarks.demo
 
 Runs ``hwprune demo`` in a subprocess with an empty ``HWPRUNE_HOME`` (so the
 dense model is trained too), then writes results/demo.json and the "demo"
@@ -20,13 +20,19 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import command_line, markdown_table, update_results_md, write_results  # noqa: E402
+from benchmarks._common import (
+    command_line,
+    markdown_table,
+    module_command,
+    update_results_md,
+    write_results,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
+    argparse.ArgumentParser(
+        prog=module_command(__file__), description=__doc__.splitlines()[0]
+    ).parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="hwprune-demo-") as tmp:
         env = dict(os.environ, HWPRUNE_HOME=str(Path(tmp) / "home"))
         run_dir = Path(tmp) / "run"

@@ -1,6 +1,6 @@
 """Cost of one ``Evaluator.evaluate`` call, stage by stage, and what BN re-estimation buys.
 
-    python benchmarks/evaluate.py [--quick]
+    python -m benchmarks.evaluate [--quick]
 
 For CIFAR VGG-16 and ResNet-56 trained on digits, with the
 ``onnxruntime:cpu?threads=1`` latency oracle: seconds per evaluate call split
@@ -18,12 +18,15 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import command_line, markdown_table, update_results_md, write_results  # noqa: E402
-from quality import dense_checkpoint  # noqa: E402
+from benchmarks._common import (
+    command_line,
+    markdown_table,
+    module_command,
+    update_results_md,
+    write_results,
+)
+from benchmarks.quality import dense_checkpoint
 
 STAGES = ("apply", "bn", "accuracy", "export", "oracle:latency", "total")
 
@@ -137,7 +140,9 @@ def bn_table(bn: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=module_command(__file__), description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--quick", action="store_true", help="fewer candidates, short training")
     args = parser.parse_args(argv)
     candidates = 3 if args.quick else 6

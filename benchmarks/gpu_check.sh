@@ -8,7 +8,7 @@
 # other so that no two time the GPU at once:
 #   1. the gpu/tensorrt-marked tests;
 #   2. the latency staircase of a width-0.5 VGG-11 (32x32 inputs) on torch:cuda with CUDA
-#      graphs at batch 256 and at batch 1 (benchmarks/staircase.py --probe-only);
+#      graphs at batch 256 and at batch 1 (python -m benchmarks.staircase --probe-only);
 #   3. a real `hwprune prune` on the GPU: a dense model trained on digits with --device cuda,
 #      then latency<=50% on torch:cuda with --round-to auto (the default).
 set -u
@@ -30,7 +30,7 @@ timeout 120 python3 -m pytest -m "gpu or tensorrt" -q -p no:cacheprovider -rs \
     tests/hwprune/test_compare.py 2>&1 | tee "$OUT/pytest.log" | tail -15
 
 echo "== 2. staircase probe on torch:cuda"
-timeout 120 python3 benchmarks/staircase.py --probe-only --model vgg11_cifar --width 0.5 \
+timeout 120 python3 -m benchmarks.staircase --probe-only --model vgg11_cifar --width 0.5 \
     --input-shape 3 32 32 --oracle 'torch:cuda?graph=1&batch=256' \
     --probe-oracles 'torch:cuda?graph=1' --probe-seconds 25 2>&1 \
     | grep -v "did not reach" | tee "$OUT/probe.log" | tail -30

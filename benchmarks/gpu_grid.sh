@@ -22,7 +22,7 @@
 # /usr/share/datasets/fashion-mnist; both folders ignored through .git/info/exclude and carried).
 # Writes to $OUT: env.log, rows.tgz (benchmarks/results/quality-$STORE_runs/) and logs.tgz.
 # Collect here: unpack rows.tgz into benchmarks/results/, then
-#   python benchmarks/quality.py --data 'fashion-mnist?train=3000' --models resnet32_cifar=1 \
+#   python -m benchmarks.quality --data 'fashion-mnist?train=3000' --models resnet32_cifar=1 \
 #       --budgets 'latency<=20%' --searchers ppo-lagrangian qlp amc uniform global-magnitude \
 #       --seeds 0 1 2 --fixed-bound --proxy PROXY --store h200 --stored-only --how '...'
 set -u
@@ -92,7 +92,7 @@ for proxy in $PROXIES; do
     for seed in $SEEDS; do
         for s in $SEARCHERS; do
             HWPRUNE_CACHE=/tmp/hwprune-$i.sqlite taskset -c $((i % CORES)) timeout "$budget_s" \
-                python3 benchmarks/quality.py --data "$DATA" --models "$MODEL=$WIDTH" \
+                python3 -m benchmarks.quality --data "$DATA" --models "$MODEL=$WIDTH" \
                 --budgets "$BUDGET" --searchers "$s" --seeds "$seed" --fixed-bound \
                 --proxy "$proxy" --device "$DEVICE" --store "$STORE" --no-write \
                 --evaluations "$EVALS" --finetune-epochs "$FT" --train-epochs "$TRAIN" \

@@ -14,7 +14,7 @@ For torchvision resnet18 (1x3x224x224) and hwprune's CIFAR VGG-16
 Goal (issue 22): the OpenVINO oracle varies by at most 1% across calls, as
 the ONNX Runtime oracle does. Run pinned to one core on a shared machine::
 
-    OMP_NUM_THREADS=1 nice taskset -c 1 python benchmarks/openvino_oracle.py
+    OMP_NUM_THREADS=1 nice taskset -c 1 python -m benchmarks.openvino_oracle
 
 It writes ``benchmarks/results/openvino_oracle.json`` and regenerates the
 "openvino_oracle" section of ``benchmarks/RESULTS.md`` (``--quick``: one
@@ -23,29 +23,23 @@ model, 3 calls, into ``benchmarks/results/quick/``).
 
 from __future__ import annotations
 
+import argparse
+import logging
+import math
+import os
 import sys
-from pathlib import Path
+from typing import Any
 
-# benchmarks/oracles.py is named like the ``oracles`` package: keep this folder off the path.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
-
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-from typing import Any  # noqa: E402
-
-import oracles  # noqa: E402
-from benchmarks._common import (  # noqa: E402
+import oracles
+from benchmarks._common import (
     command_line,
     environment,
     markdown_table,
+    module_command,
     update_results_md,
     write_results,
 )
-from benchmarks.oracles import HITS, bench_one, build_model, export_onnx  # noqa: E402
+from benchmarks.oracles import HITS, bench_one, build_model, export_onnx
 
 log = logging.getLogger("benchmarks.openvino_oracle")
 
@@ -57,7 +51,9 @@ QUICK_CALLS = 3
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=module_command(__file__), description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--oracles", nargs="+", default=list(ORACLES), metavar="SPEC")
     parser.add_argument("--calls", type=int, default=5, help="independent calls (default 5)")

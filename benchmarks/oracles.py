@@ -15,8 +15,8 @@ varies by at most 1% across calls, and a cache hit takes under 10 ms.
 
 Run from the repository root::
 
-    python benchmarks/oracles.py                      # all models and oracles
-    python benchmarks/oracles.py --models vgg16_cifar --calls 3 --no-write
+    python -m benchmarks.oracles                      # all models and oracles
+    python -m benchmarks.oracles --models vgg16_cifar --calls 3 --no-write
 
 It writes ``benchmarks/results/oracles.json`` and regenerates the "oracles"
 section of ``benchmarks/RESULTS.md`` (unless ``--no-write``).
@@ -24,29 +24,24 @@ section of ``benchmarks/RESULTS.md`` (unless ``--no-write``).
 
 from __future__ import annotations
 
+import argparse
+import io
+import logging
+import math
+import statistics
 import sys
+import tempfile
+import time
+import warnings
 from pathlib import Path
+from typing import Any
 
-# This file is named like the ``oracles`` package: keep its folder off the import path.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
-
-import argparse  # noqa: E402
-import io  # noqa: E402
-import logging  # noqa: E402
-import math  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from typing import Any  # noqa: E402
-
-import oracles  # noqa: E402
-from benchmarks._common import (  # noqa: E402
+import oracles
+from benchmarks._common import (
     command_line,
     environment,
     markdown_table,
+    module_command,
     update_results_md,
     write_results,
 )
@@ -194,7 +189,9 @@ def _fmt_value(row: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=module_command(__file__), description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--oracles", nargs="+", default=list(ORACLES), metavar="SPEC")
     parser.add_argument(

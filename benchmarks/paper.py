@@ -15,11 +15,11 @@ accuracy change against the dense model, beside the figures the ICPR paper
 reports on CIFAR-10. Those are the paper's numbers, quoted for orientation;
 on digits the accuracies are not comparable with CIFAR-10 ones.
 
-    python benchmarks/paper.py --data digits --device cpu --quick     # minutes, here
-    python benchmarks/paper.py --data digits --device cpu             # hours on 2 cores
-    python benchmarks/paper.py --data 'fashion-mnist?train=3000' --models vgg11_cifar  # hours
-    python benchmarks/paper.py --only QLP --budgets "params<=5%" --no-write   # one setting
-    python benchmarks/paper.py --data cifar10:/data/cifar --device cuda --train-epochs 160
+    python -m benchmarks.paper --data digits --device cpu --quick     # minutes, here
+    python -m benchmarks.paper --data digits --device cpu             # hours on 2 cores
+    python -m benchmarks.paper --data 'fashion-mnist?train=3000' --models vgg11_cifar  # hours
+    python -m benchmarks.paper --only QLP --budgets "params<=5%" --no-write   # one setting
+    python -m benchmarks.paper --data cifar10:/data/cifar --device cuda --train-epochs 160
 
 ``cifar10:PATH`` names a folder holding torchvision's CIFAR-10 files
 (``cifar-10-batches-py``); nothing is downloaded. Dense models are trained
@@ -33,26 +33,19 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-# Runs from a checkout: the repository root goes on the path, and this folder comes off it,
-# or benchmarks/oracles.py would hide the ``oracles`` package.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
-
-from benchmarks._common import (  # noqa: E402
+from benchmarks._common import (
     RunRows,
     command_line,
     environment,
     markdown_table,
+    module_command,
     update_results_md,
     write_results,
 )
-from benchmarks.quality import (  # noqa: E402
+from benchmarks.quality import (
     DIGITS_BATCH,
     DIGITS_TRAIN_LR,
     RUNS_DIR,
@@ -139,7 +132,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=module_command(__file__), description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--data",
         default="digits",

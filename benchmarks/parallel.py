@@ -23,35 +23,31 @@ completes (a rerun of one part keeps the others) and summarised in the
 The machine is shared: the 1-minute load average is recorded before and
 after every timing. Run it niced, in the background::
 
-    OMP_NUM_THREADS=1 nice python benchmarks/parallel.py [--part search|shift|slow]
+    OMP_NUM_THREADS=1 nice python -m benchmarks.parallel [--part search|shift|slow]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import statistics
 import sys
+import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import multiprocessing  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from typing import Any, ClassVar  # noqa: E402
-
-import oracles  # noqa: E402
-from benchmarks._common import (  # noqa: E402
+import oracles
+from benchmarks._common import (
     command_line,
     environment,
     markdown_table,
+    module_command,
     results_dir,
     update_results_md,
     write_results,
@@ -337,7 +333,7 @@ def write_md(store: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=module_command(__file__), description=__doc__.splitlines()[0])
     p.add_argument("--part", choices=("search", "shift", "slow", "all"), default="all")
     p.add_argument("--searchers", nargs="+", default=list(SEARCHERS[:3]))
     p.add_argument("--evaluations", type=int, default=100)

@@ -20,7 +20,7 @@ it completes; a rerun with the same settings skips finished rows.
 ``--stored-only`` writes the tables from stored rows without computing more.
 Run it alone on one core::
 
-    OMP_NUM_THREADS=1 nice taskset -c 0 python benchmarks/proxy_study.py --candidates 24
+    OMP_NUM_THREADS=1 nice taskset -c 0 python -m benchmarks.proxy_study --candidates 24
 """
 
 from __future__ import annotations
@@ -40,15 +40,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
-
-from benchmarks._common import (  # noqa: E402
+from benchmarks._common import (
     RunRows,
     command_line,
     environment,
     markdown_table,
+    module_command,
     results_dir,
     update_results_md,
     write_results,
@@ -570,7 +567,9 @@ def report(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=module_command(__file__), description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--models", nargs="+", default=["vgg16_cifar"], choices=sorted(MODELS))
     parser.add_argument("--candidates", type=int, default=24)
     parser.add_argument("--train-images", type=int, default=3000)

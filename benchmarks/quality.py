@@ -16,9 +16,9 @@ export. Reported per model, budget and searcher over three seeds:
 It also plots test accuracy against re-measured latency for every searcher
 (``benchmarks/results/quality.png``).
 
-    python benchmarks/quality.py            # the full grid (many hours on 2 cores)
-    python benchmarks/quality.py --quick    # one model, one budget, one seed, few evaluations
-    python benchmarks/quality.py --data 'fashion-mnist?train=3000' --proxy kd   # other data/proxy
+    python -m benchmarks.quality            # the full grid (many hours on 2 cores)
+    python -m benchmarks.quality --quick    # one model, one budget, one seed, few evaluations
+    python -m benchmarks.quality --data 'fashion-mnist?train=3000' --proxy kd   # other data/proxy
 
 ``--data`` and ``--proxy`` (the search proxy, hwprune's ``--proxy``) go into every
 stored run's tag and row unless they are the defaults (digits, bn), so runs of other
@@ -55,32 +55,28 @@ import math
 import os
 import shutil
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-# Runs from a checkout: the repository root goes on the path, and this folder comes off it,
-# or benchmarks/oracles.py would hide the ``oracles`` package.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
-
-from benchmarks._common import (  # noqa: E402
+from benchmarks._common import (
     RunRows,
     absolute_budget,
     command_line,
     environment,
     markdown_table,
+    module_command,
     reference_latency,
     results_dir,
     results_md,
     update_results_md,
     write_results,
 )
-from hwprune.config import default, parse_proxy  # noqa: E402
-from hwprune.errors import ConfigError  # noqa: E402
+from hwprune.config import default, parse_proxy
+from hwprune.errors import ConfigError
+
+_HERE = Path(__file__).resolve().parent
 
 log = logging.getLogger("benchmarks.quality")
 
@@ -859,7 +855,7 @@ def _reference(model: str, width: float, data: str, oracle: str, store: RunRows)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=module_command(__file__), description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="vgg16_cifar at width 0.25, latency<=50%%, seed 0, 8 evaluations, "
                         "1 fine-tuning epoch")  # fmt: skip

@@ -20,7 +20,7 @@ cheap query) and ``onnxruntime:cpu?threads=1``. Run it pinned and niced on a
 shared machine; the server inherits the pinning, and it never times while
 the client works (the client waits for its answer)::
 
-    OMP_NUM_THREADS=1 taskset -c 1 nice python benchmarks/remote_oracle.py
+    OMP_NUM_THREADS=1 taskset -c 1 nice python -m benchmarks.remote_oracle
 
 It writes ``benchmarks/results/remote_oracle.json`` and regenerates the
 "remote_oracle" section of ``benchmarks/RESULTS.md`` (unless ``--no-write``).
@@ -28,32 +28,30 @@ It writes ``benchmarks/results/remote_oracle.json`` and regenerates the
 
 from __future__ import annotations
 
+import argparse
+import logging
+import os
+import re
+import select
+import signal
+import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
-
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import select  # noqa: E402
-import signal  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
-
-import oracles  # noqa: E402
-from benchmarks._common import (  # noqa: E402
+import oracles
+from benchmarks._common import (
     command_line,
     environment,
     markdown_table,
+    module_command,
     update_results_md,
     write_results,
 )
+
+_HERE = Path(__file__).resolve().parent
 
 log = logging.getLogger("benchmarks.remote_oracle")
 
@@ -133,7 +131,9 @@ def bench(spec: str, url: str, data: bytes, shape: tuple[int, ...], calls: int) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=module_command(__file__), description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--calls", type=int, default=7, help="calls per side (default 7)")
     parser.add_argument("--no-write", action="store_true", help="print only; write no results")

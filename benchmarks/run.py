@@ -1,11 +1,11 @@
 """The benchmark suite's entry point: run every benchmark that fits this machine, in turn.
 
-    python benchmarks/run.py --quick                 # 5-15 minutes on 2 CPU cores
-    python benchmarks/run.py                         # the full suite (hours)
-    python benchmarks/run.py --only compare quality  # some of them
-    python benchmarks/run.py --list                  # what would run, and how
+    python -m benchmarks.run --quick                 # 5-15 minutes on 2 CPU cores
+    python -m benchmarks.run                         # the full suite (hours)
+    python -m benchmarks.run --only compare quality  # some of them
+    python -m benchmarks.run --list                  # what would run, and how
 
-Each benchmark runs as its own process (``python benchmarks/<name>.py ...``),
+Each benchmark runs as its own process (``python -m benchmarks.<name> ...``),
 so one that fails does not stop the others; each writes
 ``benchmarks/results/<name>.json`` and regenerates its own section of
 ``benchmarks/RESULTS.md`` with the command, machine, date and versions above
@@ -33,33 +33,33 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-ROOT = BENCH_DIR.parent
-sys.path.append(str(BENCH_DIR))  # appended: benchmarks/oracles.py must not hide the package
-
-from _common import (  # noqa: E402
+from benchmarks._common import (
     command_line,
     environment,
     markdown_table,
+    module_command,
     update_results_md,
     write_results,
 )
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
 
 ORDER = ("demo", "oracles", "evaluate", "search", "compare", "quality", "paper")
 
 
 @dataclass(frozen=True)
 class Step:
-    """One benchmark: its name and the arguments of its script."""
+    """One benchmark: its module's name and its arguments."""
 
     name: str
     args: tuple[str, ...]
 
     def command(self) -> list[str]:
-        return [sys.executable, str(BENCH_DIR / f"{self.name}.py"), *self.args]
+        return [sys.executable, "-m", f"benchmarks.{self.name}", *self.args]
 
     def shown(self) -> str:
-        return " ".join(["python", f"benchmarks/{self.name}.py", *self.args])
+        return " ".join(["python", "-m", f"benchmarks.{self.name}", *self.args])
 
 
 def cuda_available() -> bool:
@@ -119,7 +119,7 @@ def record(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=module_command(__file__), description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--quick", action="store_true", help="small settings: 5-15 minutes on 2 CPU cores"
     )
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = [s.name for s in steps if not (BENCH_DIR / f"{s.name}.py").is_file()]
     if args.list:
         for s in steps:
-            print(s.shown() + ("   (script missing)" if s.name in missing else ""))
+            print(s.shown() + ("   (module missing)" if s.name in missing else ""))
         return 0
     results: list[tuple[str, str, float]] = []
     env = environment()  # the machine and its load at the start, not after hours of benchmarks

@@ -15,8 +15,8 @@ evaluations (100), for three seeds. Reported per model and searcher:
 Each run gets its own evaluator without an oracle cache, so no searcher is
 served measurements another one paid for.
 
-    python benchmarks/search.py                 # the full comparison (hours on 2 cores)
-    python benchmarks/search.py --quick         # a few evaluations, to check it end to end
+    python -m benchmarks.search                 # the full comparison (hours on 2 cores)
+    python -m benchmarks.search --quick         # a few evaluations, to check it end to end
 
 Writes ``benchmarks/results/search.json`` and the "search" section of
 ``benchmarks/RESULTS.md``. Each finished run is also stored in
@@ -24,9 +24,9 @@ Writes ``benchmarks/results/search.json`` and the "search" section of
 the same settings (``--fresh`` redoes it), so the grid can be run piecewise, e.g.
 one model per core::
 
-    taskset -c 0 python benchmarks/search.py --models vgg11_cifar --no-write &
-    taskset -c 1 python benchmarks/search.py --models resnet56_cifar --no-write
-    python benchmarks/search.py        # collects the stored runs, writes the table
+    taskset -c 0 python -m benchmarks.search --models vgg11_cifar --no-write &
+    taskset -c 1 python -m benchmarks.search --models resnet56_cifar --no-write
+    python -m benchmarks.search        # collects the stored runs, writes the table
 """
 
 from __future__ import annotations
@@ -36,23 +36,16 @@ import logging
 import math
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-# Runs from a checkout: the repository root first (hwprune, oracles), this folder (_common)
-# last, so benchmarks/oracles.py does not shadow the oracles package.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
-sys.path.append(str(_HERE))
-
-from _common import (  # noqa: E402
+from benchmarks._common import (
     RunRows,
     command_line,
     environment,
     markdown_table,
+    module_command,
     update_results_md,
     write_results,
 )
@@ -255,7 +248,7 @@ def _fmt(x: float | None, spec: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=module_command(__file__), description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="narrow models, 4 epochs, 6 evaluations, 1 seed: an end-to-end check")  # fmt: skip
     p.add_argument("--evaluations", type=int, default=None, help="evaluations per search (100)")

@@ -16,8 +16,8 @@ probe answered from the cache (0 oracle calls), and the same probe on other
 runtimes (``--probe-oracles``, e.g. ``torch:cpu?threads=1``) to show that the
 steps differ by runtime.
 
-    OMP_NUM_THREADS=1 nice taskset -c 1 python benchmarks/staircase.py
-    python benchmarks/staircase.py --stored-only     # tables from the stored rows
+    OMP_NUM_THREADS=1 nice taskset -c 1 python -m benchmarks.staircase
+    python -m benchmarks.staircase --stored-only     # tables from the stored rows
 
 Every row of a model is held to the same absolute bound: the budget's fraction
 of the dense model's reference latency, the median of 9 independent fresh
@@ -46,17 +46,12 @@ import logging
 import os
 import shutil
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
-
-from benchmarks._common import (  # noqa: E402
+from benchmarks._common import (
     RESULTS_DIR,
     RunRows,
     absolute_budget,
@@ -65,11 +60,14 @@ from benchmarks._common import (  # noqa: E402
     machine_key,
     machine_text,
     markdown_table,
+    module_command,
     reference_latency,
     update_results_md,
     write_results,
 )
-from benchmarks.quality import dense_checkpoint, remeasure  # noqa: E402
+from benchmarks.quality import dense_checkpoint, remeasure
+
+_HERE = Path(__file__).resolve().parent
 
 log = logging.getLogger("benchmarks.staircase")
 
@@ -476,7 +474,7 @@ def _probe_only(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=module_command(__file__), description=__doc__.splitlines()[0])
     p.add_argument(
         "--model", default="vgg11_cifar", help="a registered model name (default: %(default)s)"
     )

@@ -27,8 +27,8 @@ per-family table and every model in docs/support.md, and the section of benchmar
 
 Run it alone, on one core::
 
-    OMP_NUM_THREADS=1 nice taskset -c 1 python benchmarks/support.py --latency --steps 4
-    python benchmarks/support.py --table
+    OMP_NUM_THREADS=1 nice taskset -c 1 python -m benchmarks.support --latency --steps 4
+    python -m benchmarks.support --table
 """
 
 from __future__ import annotations
@@ -44,26 +44,16 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-# The script's folder holds benchmarks/oracles.py, which would shadow the ``oracles`` package.
+from benchmarks._common import (
+    RESULTS_DIR,
+    command_line,
+    environment,
+    markdown_table,
+    module_command,
+    update_results_md,
+)
+
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
-
-def _load_common() -> Any:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_common", _HERE / "_common.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["_common"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_common = _load_common()
-RESULTS_DIR = _common.RESULTS_DIR
-command_line, environment = _common.command_line, _common.environment
-markdown_table, update_results_md = _common.markdown_table, _common.update_results_md
-
 ROWS_DIR = RESULTS_DIR / "support"
 FLOPS_TARGET = 0.6
 LATENCY_TARGET = 0.6
@@ -735,10 +725,10 @@ def write_tables(names: list[str]) -> list[Path]:
     docs = "\n\n".join(
         [
             "# Support matrix: torchvision classifiers and segmentation models",
-            "Written by `python benchmarks/support.py --table` from the stored rows in "
+            "Written by `python -m benchmarks.support --table` from the stored rows in "
             "[benchmarks/results/support/](../benchmarks/results/support/) (one JSON file per "
             "model, with its evaluations, timings, machine and commit); the sweep itself: "
-            "`OMP_NUM_THREADS=1 taskset -c 1 nice python benchmarks/support.py --latency --steps 4`.",
+            "`OMP_NUM_THREADS=1 taskset -c 1 nice python -m benchmarks.support --latency --steps 4`.",
             f"**{_counts_line(names)}.** Torch-Pruning reports 81 of 85 torchvision models pruned.",
             PROTOCOL,
             "## By family",
@@ -765,7 +755,9 @@ def write_tables(names: list[str]) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=module_command(__file__), description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--models", nargs="*", help="only these models (default: all)")
     parser.add_argument("--latency", action="store_true", help="latency too, one model per family")
     parser.add_argument("--steps", type=int, default=6, help="evaluations per bisection")

@@ -24,9 +24,9 @@ delay per call, standing in for a TensorRT engine build) shows the search's wall
 time with the surrogate ``auto`` (on: the dense call takes longer than
 hwprune.evaluate.surrogate.SLOW_CALL_SECONDS) and ``off``.
 
-    python benchmarks/surrogate.py                       # the grid, stored run by run
-    python benchmarks/surrogate.py --seeds 0 --quick     # a few evaluations, end to end
-    python benchmarks/surrogate.py --seeds 0 --no-write  # a sanity figure: nothing stored
+    python -m benchmarks.surrogate                       # the grid, stored run by run
+    python -m benchmarks.surrogate --seeds 0 --quick     # a few evaluations, end to end
+    python -m benchmarks.surrogate --seeds 0 --no-write  # a sanity figure: nothing stored
 
 Each finished run is stored in ``benchmarks/results/surrogate_runs/`` and reused
 when the script runs again; the table (``results/surrogate.json``, the
@@ -45,17 +45,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
-sys.path.append(str(_HERE))
-
-from _common import (  # noqa: E402
+from benchmarks._common import (
     RESULTS_DIR,
     RunRows,
     command_line,
     environment,
     markdown_table,
+    module_command,
     update_results_md,
     write_results,
 )
@@ -103,9 +99,8 @@ def one_run(*, model: str, width: float, agent: str, seed: int, surrogate: str,
             oracle: str, evaluations: int, tag: str, round_to: int | None = None,
             work_dir: Path = WORK_DIR) -> dict[str, Any]:  # fmt: skip
     """One prune run; its figures from the result and the episodes log."""
-    from quality import dense_checkpoint
-
     import hwprune
+    from benchmarks.quality import dense_checkpoint
     from hwprune.evaluate import read_jsonl
 
     ckpt, dense_acc = dense_checkpoint(model, width=width, data="digits", seed=0, **TRAIN)
@@ -413,7 +408,7 @@ def write_fit_study(tags: list[str], *, env: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=module_command(__file__), description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--agents", nargs="+", default=list(AGENTS))

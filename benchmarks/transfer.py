@@ -20,12 +20,12 @@ committed; ``--quick``: ``results/quick/transfer_runs/``), so an interrupted
 matrix resumes where it stopped; ``--fresh`` redoes stored runs. The dense
 checkpoints are shared with ``quality.py`` (``~/.cache/hwprune/benchmarks``).
 
-    python benchmarks/transfer.py            # the full matrix: many hours on 2 cores
-    python benchmarks/transfer.py --quick    # vgg11_cifar w0.25, 6 evaluations: minutes
-    python benchmarks/transfer.py --stored-only   # the tables from the stored runs, nothing run
+    python -m benchmarks.transfer            # the full matrix: many hours on 2 cores
+    python -m benchmarks.transfer --quick    # vgg11_cifar w0.25, 6 evaluations: minutes
+    python -m benchmarks.transfer --stored-only   # the tables from the stored runs, nothing run
 
-Run pinned on a shared machine: ``OMP_NUM_THREADS=1 nice taskset -c 1 python
-benchmarks/transfer.py --quick``. Writes ``results/transfer.json`` and the
+Run pinned on a shared machine: ``OMP_NUM_THREADS=1 nice taskset -c 1 python -m
+benchmarks.transfer --quick``. Writes ``results/transfer.json`` and the
 "transfer" section of RESULTS.md; ``--quick`` writes
 ``results/transfer_quick.json`` and its own "transfer_quick" section (a check
 that the pipeline runs end to end on three runtimes, not a comparison).
@@ -33,36 +33,30 @@ that the pipeline runs end to end on three runtimes, not a comparison).
 
 from __future__ import annotations
 
+import argparse
+import functools
+import itertools
+import logging
+import math
+import shutil
+import statistics
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
-# The repository root goes on the path, and this folder comes off it (benchmarks/oracles.py
-# would hide the ``oracles`` package).
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
-
-import argparse  # noqa: E402
-import functools  # noqa: E402
-import itertools  # noqa: E402
-import logging  # noqa: E402
-import math  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
-
-from benchmarks._common import (  # noqa: E402
+from benchmarks._common import (
     QUICK_DIR,
     RESULTS_DIR,
     RunRows,
     command_line,
     environment,
     markdown_table,
+    module_command,
     update_results_md,
     write_results,
 )
-from benchmarks.quality import (  # noqa: E402
+from benchmarks.quality import (
     DIGITS_BATCH,
     DIGITS_TRAIN_LR,
     RUNS_DIR,
@@ -297,7 +291,7 @@ def _load_note(cells: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=module_command(__file__), description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="vgg11_cifar at width 0.25, 6 evaluations, 1 fine-tuning epoch, short "
                         "timing; never reuses an earlier quick run")  # fmt: skip

@@ -1,40 +1,99 @@
-"""The benchmark scripts: their entry point's plan, and one real prune row end to end (slow)."""
+"""The benchmarks package: its entry point's plan, and one real prune row end to end (slow).
+
+The benchmarks import as ``benchmarks.NAME`` with the repository root on the path (pytest's
+``pythonpath``), and run as ``python -m benchmarks.NAME`` from it."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.machinery
 import json
+import os
+import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def test_run_list_names_every_benchmark_with_its_quick_arguments() -> None:
     out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--list", "--quick", "--no-gpu"],
+        [sys.executable, "-m", "benchmarks.run", "--list", "--quick", "--no-gpu"],
         capture_output=True, text=True, check=True, cwd=ROOT,
     )  # fmt: skip
     lines = out.stdout.strip().splitlines()
-    assert [line.split()[1] for line in lines] == [
-        f"benchmarks/{n}.py"
+    assert [line.split()[:3] for line in lines] == [
+        ["python", "-m", f"benchmarks.{n}"]
         for n in ("demo", "oracles", "evaluate", "search", "compare", "quality", "paper")
     ]
     assert lines[-1].endswith("--data digits --device cpu --quick")
-    assert all("script missing" not in line for line in lines)
+    assert all("missing" not in line for line in lines)
 
 
 def test_run_only_rejects_an_unknown_benchmark() -> None:
     out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--only", "nope", "--list"],
+        [sys.executable, "-m", "benchmarks.run", "--only", "nope", "--list"],
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     assert out.returncode == 2
     assert "invalid choice: 'nope'" in out.stderr
+
+
+BENCHMARKS = sorted(
+    p.stem for p in (ROOT / "benchmarks").glob("*.py") if not p.name.startswith("_")
+)
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_every_benchmark_is_a_module_whose_help_names_how_to_run_it(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    module = importlib.import_module(f"benchmarks.{name}")
+    with pytest.raises(SystemExit) as exc:
+        module.main(["--help"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: python -m benchmarks.{name} ")
+
+
+def test_no_benchmark_edits_the_import_path() -> None:
+    edits = re.compile(r"sys\.path\s*(\[.*\]\s*=|\+=|=|\.(insert|append|extend|remove)\()")
+    found = [
+        f"{p.name}:{i}"
+        for p in sorted((ROOT / "benchmarks").glob("*.py"))
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if edits.search(line)
+    ]
+    assert not found
+
+
+def test_a_benchmark_run_as_a_file_says_how_to_run_it() -> None:
+    # As a file, benchmarks/ comes first on the path and its oracles.py would hide the package.
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "oracles.py"), "--help"],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines() == [
+        "the benchmarks run as modules from the repository root: python -m benchmarks.oracles ..."
+    ]
+
+
+def test_command_line_records_the_module_a_benchmark_ran_as(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from benchmarks._common import command_line
+
+    main = types.ModuleType("__main__")
+    main.__spec__ = importlib.machinery.ModuleSpec("benchmarks.quality", None)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    monkeypatch.setattr(
+        sys, "argv", [str(ROOT / "benchmarks" / "quality.py"), "--data", "fashion-mnist?train=3000"]
+    )
+    assert command_line() == "python -m benchmarks.quality --data 'fashion-mnist?train=3000'"
 
 
 def test_compare_caps_only_timed_oracles() -> None:
@@ -220,11 +279,10 @@ def test_notes_name_far_remeasurements_and_failed_runs() -> None:
 def test_a_whole_suite_records_its_wall_times(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from benchmarks import run
+    from benchmarks import _common, run
 
-    common = sys.modules["_common"]  # run.py imports it as a script does
-    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path / "results")
-    monkeypatch.setattr(common, "RESULTS_MD", tmp_path / "RESULTS.md")
+    monkeypatch.setattr(_common, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(_common, "RESULTS_MD", tmp_path / "RESULTS.md")
     steps = [("demo", "ok", 80.4), ("search", "failed (exit 1)", 12.0)]
     run.record(
         mode="quick",
@@ -287,7 +345,7 @@ def test_transfer_matrix_divides_by_each_runtimes_own_budget() -> None:
 
 def test_transfer_stored_only_refuses_quick() -> None:
     out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "transfer.py"), "--stored-only", "--quick"],
+        [sys.executable, "-m", "benchmarks.transfer", "--stored-only", "--quick"],
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     assert out.returncode == 2 and "--stored-only reads the full matrix" in out.stderr
@@ -459,7 +517,7 @@ def test_proxy_study_scores_the_search_signal_from_the_stored_floor() -> None:
 def test_quality_refuses_to_run_a_grid_version_it_cannot_reproduce() -> None:
     """Grid version 2 searched on the raw proxy score; today's code can only collect it."""
     out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--grid-version", "2",
+        [sys.executable, "-m", "benchmarks.quality", "--grid-version", "2",
          "--models", "vgg16_cifar=0.25", "--no-write"],
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip

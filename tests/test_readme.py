@@ -79,6 +79,27 @@ def test_pages_place_figures_by_date_commit_or_machine(page: Path):
     assert not found, f"{page.relative_to(ROOT)} speaks of its own history:\n" + "\n".join(found)
 
 
+# The benchmarks are a package run from the repository root; run as a file, one of them
+# would import benchmarks/oracles.py in place of the oracles package.
+AS_FILE = re.compile(r"\bpython3?(?:\s+-\w+)*\s+\S*benchmarks/\w+\.py")
+AS_MODULE = re.compile(r"\bpython3?\s+-m\s+benchmarks\.(\w+)")
+BENCHMARK_TEXTS = [
+    *DESCRIBED,
+    *sorted((ROOT / "benchmarks").glob("*.sh")),
+    *sorted((ROOT / "benchmarks").glob("*.py")),
+]
+
+
+@pytest.mark.parametrize("page", BENCHMARK_TEXTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_benchmark_commands_run_modules_that_exist(page: Path):
+    text = page.read_text(encoding="utf-8")
+    assert not AS_FILE.findall(text), f"{page.name} runs a benchmark as a file"
+    for name in AS_MODULE.findall(text):
+        if name.isupper():  # a placeholder: python -m benchmarks.NAME
+            continue
+        assert (ROOT / "benchmarks" / f"{name}.py").is_file(), f"{page.name}: no benchmarks.{name}"
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_hwprune_command_names_a_subcommand_and_options_that_exist(page: Path):
     from hwprune.cli import build_parser

@@ -1,26 +1,12 @@
-"""benchmarks/support.py on one model per torchvision family at a tiny input (heavy ones slow)."""
+"""benchmarks.support on one model per torchvision family at a tiny input (heavy ones slow)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _support():
-    if "hwprune_support" in sys.modules:
-        return sys.modules["hwprune_support"]
-    spec = importlib.util.spec_from_file_location(
-        "hwprune_support", ROOT / "benchmarks" / "support.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["hwprune_support"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 TINY = (32, 48, 64, 70, 75, 96, 112, 128, 160, 192, 224, 299)
@@ -117,7 +103,8 @@ SLOW = [
 
 
 def _check(name: str, build=None) -> None:
-    support = _support()
+    from benchmarks import support
+
     with support._time_limit(600):  # MaxViT's grouping does not finish: fail, do not hang
         row = support.sweep_one(name, latency=False, steps=3, sizes=TINY, build=build)
     assert row["status"] == "pruned", row.get("error") or row.get("traceback")
@@ -149,7 +136,8 @@ def test_family_prunes_exports_and_matches_slow(name):
 
 
 def test_every_classifier_has_a_family_and_the_families_are_covered():
-    support = _support()
+    from benchmarks import support
+
     names = support.classifiers()
     assert len(names) == len(set(names)) >= 80
     families = {support.family(n) for n in names}
@@ -160,7 +148,8 @@ def test_every_classifier_has_a_family_and_the_families_are_covered():
 
 
 def test_table_and_counts_come_from_stored_rows(tmp_path, monkeypatch):
-    support = _support()
+    from benchmarks import support
+
     monkeypatch.setattr(support, "ROWS_DIR", tmp_path)
     support.store({"model": "resnet18", "family": "resnet", "status": "pruned", "parity": True,
                    "parity_rel": 1e-7, "flops_ratio": 0.55, "input": 64, "seconds": 3.0})  # fmt: skip
@@ -177,7 +166,7 @@ def test_table_and_counts_come_from_stored_rows(tmp_path, monkeypatch):
 def test_a_model_past_the_time_limit_is_a_failed_row_naming_where():
     import time
 
-    support = _support()
+    from benchmarks import support
 
     def stuck(size):
         time.sleep(30)
@@ -191,7 +180,8 @@ def test_a_model_past_the_time_limit_is_a_failed_row_naming_where():
 def test_readme_support_summary_is_the_one_the_stored_rows_give():
     # README's support block is written by `benchmarks/support.py --table`; stored rows
     # committed without rewriting it would leave the README claiming other figures.
-    support = _support()
+    from benchmarks import support
+
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     block = text.split("<!-- BEGIN support -->\n", 1)[1].split("\n<!-- END support -->", 1)[0]
     assert block == support.readme_block(support.swept())
@@ -200,7 +190,8 @@ def test_readme_support_summary_is_the_one_the_stored_rows_give():
 def test_readme_latency_range_names_the_extremes_of_the_family_table():
     # The README summarises docs/support.md's table by family: its fastest and slowest
     # families per rounding are that table's, with the same percentages.
-    support = _support()
+    from benchmarks import support
+
     names = support.swept()
     cells = {}
     for line in support.family_table(names).splitlines()[2:]:
@@ -218,7 +209,8 @@ def test_readme_latency_range_names_the_extremes_of_the_family_table():
 
 def test_segmentation_models_are_swept_with_their_dict_output():
     # Torch-Pruning's table counts segmentation models too; their output is a dict ("out").
-    support = _support()
+    from benchmarks import support
+
     names = support.segmenters()
     assert {"lraspp_mobilenet_v3_large", "fcn_resnet50", "deeplabv3_resnet50"} <= set(names)
     assert support.swept() == support.classifiers() + names
@@ -231,7 +223,8 @@ def test_segmentation_models_are_swept_with_their_dict_output():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["fcn_resnet50", "deeplabv3_mobilenet_v3_large"])
 def test_segmentation_family_prunes_exports_and_matches_slow(name):
-    support = _support()
+    from benchmarks import support
+
     row = support.sweep_one(name, latency=False, steps=2, sizes=(64,))
     assert row["status"] == "pruned", row.get("error")
     assert row["parity"] and row["flops_ratio"] <= support.FLOPS_TARGET
@@ -243,8 +236,7 @@ def test_a_model_too_big_to_export_is_listed_as_too_big_not_failed(monkeypatch):
     import torch
 
     import hwprune.export
-
-    support = _support()
+    from benchmarks import support
 
     def no_export(*args, **kwargs):
         raise RuntimeError("the exported model passes protobuf's 2 GiB limit")
