@@ -21,7 +21,6 @@ served oracle locally, so ``oracles.remote`` never imports the registry.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import importlib
 import logging
@@ -202,9 +201,10 @@ def get_oracle(spec: str | Oracle, *, check: bool = True) -> Oracle:
 def capabilities(spec: str | Oracle) -> Capabilities:
     """What the oracle ``spec`` names needs and ships (``oracles.Capabilities``).
 
-    Read from its class and device alone: no oracle is built, no runtime imported
-    or checked, so it answers on a machine without that runtime. A remote spec
-    (``SPEC@http://...``) has the served oracle's capabilities with ``remote`` set.
+    Read from its class and device alone: no runtime is imported or checked, so it
+    answers on a machine without that runtime. A remote spec (``SPEC@http://...``)
+    has the served oracle's capabilities with ``remote`` set (the remote oracle is
+    built, unchecked, so its address and target are read as ``get_oracle`` reads them).
 
     >>> capabilities("onnxruntime:cuda").needs_gpu, capabilities("onnxruntime:cpu").needs_gpu
     (True, False)
@@ -214,11 +214,7 @@ def capabilities(spec: str | Oracle) -> Capabilities:
     if not isinstance(spec, str):
         raise OracleSpecError(f"expected an oracle spec string, got {type(spec).__name__}")
     if "@" in spec:
-        from oracles.remote import split_remote
-
-        parts = split_remote(spec)
-        if parts is not None:
-            return dataclasses.replace(capabilities(parts[0]), remote=True)
+        return get_oracle(spec, check=False).capabilities
     name, device, _ = parse_spec(spec)
     cls = oracle_class(name)
     if device is not None and device not in cls.devices:
