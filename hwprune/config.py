@@ -32,7 +32,6 @@ __all__ = [
     "SURROGATE_MODES",
     "DEFAULT_OPSET",
     "OPSET_RANGE",
-    "GPU_ORACLE_PREFIXES",
     "CONFIG_VERSION",
     "PROXIES",
     "ProxySpec",
@@ -57,16 +56,6 @@ DEFAULT_OPSET = 17
 OPSET_RANGE = (9, 21)
 # More worker processes than this is a typo, not a machine.
 MAX_WORKERS = 1024
-# Oracle specs that time a GPU or an NPU: channel counts in multiples of 8 suit their matrix
-# units (NVIDIA tensor cores; Intel GPU XMX and NPU tiles behind OpenVINO).
-GPU_ORACLE_PREFIXES = (
-    "torch:cuda",
-    "onnxruntime:cuda",
-    "onnxruntime:tensorrt",
-    "tensorrt",
-    "openvino:gpu",
-    "openvino:npu",
-)
 
 # The search proxies of the built-in classification task (hwprune.train.proxy computes them).
 PROXIES = ("bn", "kd", "recover:STEPS")
@@ -517,8 +506,11 @@ def default(name: str) -> Any:
 
 def default_round_to(oracle_specs: Sequence[str]) -> int:
     """The fixed multiple without a latency staircase: 8 where a budget is timed on a GPU or an
-    NPU (matrix units like multiples of 8), else 1."""
-    return 8 if any(s.lower().startswith(GPU_ORACLE_PREFIXES) for s in oracle_specs) else 1
+    NPU (the oracle's ``needs_gpu``: NVIDIA tensor cores, Intel GPU XMX and NPU tiles like
+    multiples of 8), else 1."""
+    from oracles import capabilities
+
+    return 8 if any(capabilities(s).needs_gpu for s in oracle_specs) else 1
 
 
 def resolve_round_to(

@@ -17,7 +17,7 @@ and ``hwprune.run`` (the stages). Run directory layout::
 from __future__ import annotations
 
 from hwprune.api import load_pruned, model_input_shape, prune, resume
-from hwprune.config import GPU_ORACLE_PREFIXES, read_config_file, read_run_config
+from hwprune.config import read_config_file, read_run_config
 from hwprune.progress import ProgressEvent
 from hwprune.run.final import MAX_REPAIRS, repair_candidate
 from hwprune.run.result import BudgetCheck, PruneResult
@@ -34,7 +34,6 @@ __all__ = [
     "model_input_shape",
     "read_config_file",
     "read_run_config",
-    "GPU_ORACLE_PREFIXES",
     "MAX_REPAIRS",
 ]
 

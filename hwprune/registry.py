@@ -1,24 +1,49 @@
 """A small name -> constructor registry with "did you mean" on a typo.
 
-Models, datasets, searchers and importance criteria each keep one.
+Models, datasets, searchers and importance criteria each keep one. A registry
+with an ``entry_point_group`` also holds what installed packages list in that
+group (``hwprune.searchers`` for searchers): the group is read when a name is
+not known yet and when the names are listed, and a plugin's module is imported
+when its name is first used. A plugin cannot take a name already registered.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from hwprune.errors import ConfigError, UnknownNameError
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
 
 
+def _target(obj: Any) -> str:
+    """``module:attr`` of a registered object, the form an entry point names it by."""
+    return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
+
+
 class Registry(Generic[T]):
-    def __init__(self, kind: str) -> None:
+    """Names to objects. ``check(name, obj)`` refuses an object that lacks the interface (a
+    registration: TypeError; a plugin: ConfigError) and may complete it (set its name)."""
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        entry_point_group: str | None = None,
+        check: Callable[[str, Any], None] | None = None,
+    ) -> None:
         self.kind = kind
+        self.entry_point_group = entry_point_group
+        self._check = check
         self._items: dict[str, T] = {}
+        self._plugins: dict[str, Any] = {}  # name -> importlib.metadata.EntryPoint, not loaded
+        self._shadowed: set[tuple[str, str]] = set()  # plugins warned about for a taken name
         self._deferred: Callable[[], None] | None = None
 
     def defer(self, loader: Callable[[], None]) -> None:
@@ -38,31 +63,88 @@ class Registry(Generic[T]):
 
         def add(item: T) -> T:
             key = name.lower()
-            if key in self._items:
+            if key in self._items or key in self._plugins:
                 raise ValueError(f"a {self.kind} named {key!r} is already registered")
+            if self._check is not None:
+                self._check(key, item)
             self._items[key] = item
             return item
 
         return add(obj) if obj is not None else add
 
+    def unregister(self, name: str) -> None:
+        """Forget ``name`` (a plugin's or a registration's); a name not registered is no error."""
+        key = str(name).lower()
+        self._items.pop(key, None)
+        self._plugins.pop(key, None)
+
+    def _discover(self) -> None:
+        """Add the entry points of ``entry_point_group`` not seen yet (none is imported here)."""
+        if self.entry_point_group is None:
+            return
+        from importlib.metadata import entry_points
+
+        try:
+            found = entry_points(group=self.entry_point_group)
+        except Exception as exc:  # a broken distribution's metadata must not hide the built-ins
+            log.warning("could not read the %s entry points: %s", self.entry_point_group, exc)
+            return
+        for ep in found:
+            key = ep.name.strip().lower()
+            if key in self._plugins:
+                continue
+            if key not in self._items:
+                self._plugins[key] = ep
+            elif _target(self._items[key]) != ep.value and (key, ep.value) not in self._shadowed:
+                self._shadowed.add((key, ep.value))
+                log.warning("ignoring the %s %r of entry point %r: that name is already %s",
+                            self.kind, key, ep.value, _target(self._items[key]))  # fmt: skip
+
+    def _load_plugin(self, key: str) -> T:
+        ep = self._plugins[key]
+        where = f"entry point '{ep.name} = {ep.value}' of group {self.entry_point_group}"
+        try:
+            obj = ep.load()
+        except Exception as exc:
+            raise ConfigError(
+                f"{self.kind} {key!r} ({where}) cannot be loaded: {type(exc).__name__}: {exc}"
+            ) from exc
+        if self._check is not None:
+            try:
+                self._check(key, obj)
+            except TypeError as exc:
+                raise ConfigError(f"{self.kind} {key!r} ({where}): {exc}") from None
+        del self._plugins[key]
+        self._items[key] = obj
+        return obj
+
     def get(self, name: str) -> T:
         self._load()
         key = str(name).lower()
+        if key not in self._items and key not in self._plugins:
+            self._discover()
+        if key in self._plugins:
+            return self._load_plugin(key)
         if key not in self._items:
-            close = difflib.get_close_matches(key, list(self._items), n=1, cutoff=0.6)
+            known = sorted({*self._items, *self._plugins})
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            shown = ", ".join(sorted(self._items)[:12])
-            more = ", ..." if len(self._items) > 12 else ""
+            shown = ", ".join(known[:12])
+            more = ", ..." if len(known) > 12 else ""
             raise UnknownNameError(f"unknown {self.kind} {name!r}.{hint} Known: {shown}{more}")
         return self._items[key]
 
     def names(self) -> list[str]:
         self._load()
-        return sorted(self._items)
+        self._discover()
+        return sorted({*self._items, *self._plugins})
 
     def __contains__(self, name: object) -> bool:
         self._load()
-        return str(name).lower() in self._items
+        key = str(name).lower()
+        if key not in self._items and key not in self._plugins:
+            self._discover()
+        return key in self._items or key in self._plugins
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

@@ -10,7 +10,7 @@ has onnx, onnxruntime, openvino or tensorrt installed.
 11689512.0
 """
 
-from oracles.base import Measurement, Oracle, parse_spec
+from oracles.base import Capabilities, Measurement, Oracle, check_oracle_class, parse_spec
 from oracles.cache import (
     MeasurementCache,
     default_cache_path,
@@ -28,11 +28,19 @@ from oracles.errors import (
     OracleSpecError,
     UnknownOracleError,
 )
-from oracles.registry import get_oracle, list_oracles, oracle_class, register_oracle
+from oracles.registry import (
+    capabilities,
+    get_oracle,
+    list_oracles,
+    oracle_class,
+    register_oracle,
+)
 
 __all__ = [
+    "Capabilities",
     "Measurement",
     "Oracle",
+    "check_oracle_class",
     "parse_spec",
     "MeasurementCache",
     "default_cache_path",
@@ -47,6 +55,7 @@ __all__ = [
     "DeviceUnavailableError",
     "ModelInputError",
     "MeasurementFailedError",
+    "capabilities",
     "get_oracle",
     "list_oracles",
     "oracle_class",

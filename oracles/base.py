@@ -12,7 +12,41 @@ from typing import Any, ClassVar
 
 from oracles.errors import OracleSpecError
 
-__all__ = ["Measurement", "Oracle", "parse_spec", "check_threads"]
+__all__ = [
+    "Capabilities",
+    "Measurement",
+    "Oracle",
+    "parse_spec",
+    "check_oracle_class",
+    "check_threads",
+    "EXPORT_FORMATS",
+    "INPUT_FORMATS",
+]
+
+#: What an oracle takes: ONNX (bytes, a path or a ModelProto) or a torch nn.Module.
+INPUT_FORMATS = ("onnx", "torch")
+#: Artifacts a run ships so that a budget can be proven on its runtime: the ONNX model, an
+#: OpenVINO IR (model.xml + .bin), a TensorRT engine, the torch module (model.pt).
+EXPORT_FORMATS = ("onnx", "openvino-ir", "engine", "torch")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an oracle needs and what a run must ship for it, known without running anything.
+
+    ``runtime``: the family that measures ("static", "onnxruntime", "openvino",
+    "tensorrt", "torch"; a plugin names its own). ``export_format``: the artifact
+    (one of ``EXPORT_FORMATS``) a run ships so the budget this oracle judged can be
+    proven where it runs. ``needs_gpu``: it times on a GPU or an NPU (matrix units,
+    which favour channel counts in multiples of 8). ``slow``: slow by nature (an
+    engine build per candidate). ``remote``: it runs on an ``hwprune serve`` server.
+    """
+
+    runtime: str
+    export_format: str
+    needs_gpu: bool
+    slow: bool
+    remote: bool = False
 
 
 @dataclass(frozen=True)
@@ -180,18 +214,31 @@ def _convert(oracle: str, key: str, raw: str, kind: type) -> Any:
 
 
 class Oracle:
-    """A black box that measures one quantity of a candidate model.
+    """The oracle interface: a black box that measures one quantity of a candidate model.
 
-    Subclasses are dataclasses whose fields are their settings, so an oracle is
-    built from its spec string alone (``from_spec``), renders back to a
-    canonical spec (``spec``), and pickles (for subprocesses or Ray actors).
+    A subclass defines four things (``register_oracle`` and the ``hwprune.oracles``
+    entry points check them with ``check_oracle_class``):
 
-    Class attributes a subclass sets:
-      ``name``: registry name; ``quantity``: what it measures (latency, params,
-      flops, memory); ``unit``; ``input_format``: ``"onnx"`` (takes ONNX bytes,
-      a path or a ModelProto) or ``"torch"`` (takes an nn.Module);
-      ``devices``: accepted devices, first is the default; ``timed``: whether
-      the value is a noisy timing (cached by structure, not by weights);
+    1. **measure**: ``measure(model, *, input_shapes=None) -> Measurement``, the one
+       call; ``model`` is in ``input_format``.
+    2. **Spec settings**: the subclass is a dataclass whose fields are its settings
+       (``device`` plus any of int, float, bool, str), so it is built from its spec
+       string alone (``from_spec``), renders back to a canonical spec (``spec``) and
+       pickles (for subprocesses or Ray actors). ``validate()`` refuses bad values.
+    3. **Identity**: ``identity()`` returns what besides the model and settings decides
+       the value (machine, runtime versions); a timed oracle overrides it so the cache
+       never mixes machines. ``check_available()`` raises when it cannot run here.
+    4. **Capabilities** (class attributes, read by ``capabilities_on`` without building
+       or running anything): ``runtime``, ``export_format``, ``gpu_devices`` (the devices
+       that are a GPU or an NPU), ``slow_devices`` (devices where a call is slow by
+       nature) and ``remote``; see ``Capabilities``.
+
+    Other class attributes a subclass sets:
+      ``name``: registry name (set by the registry); ``quantity``: what it measures
+      (latency, params, flops, memory); ``unit``; ``input_format``: ``"onnx"``
+      (takes ONNX bytes, a path or a ModelProto) or ``"torch"`` (takes an
+      nn.Module); ``devices``: accepted devices, first is the default; ``timed``:
+      whether the value is a noisy timing (cached by structure, not by weights);
       ``requires``: the pip extra that provides its backend;
       ``named_on_cpu``: settings the canonical spec names even at their default
       on the cpu device (a CPU latency cannot be read without its thread count).
@@ -208,6 +255,12 @@ class Oracle:
     #: so the cache must key on them too.
     value_sensitive: ClassVar[bool] = False
     named_on_cpu: ClassVar[tuple[str, ...]] = ()
+    # Capabilities: declared here, read through ``capabilities_on`` / ``capabilities``.
+    runtime: ClassVar[str] = "custom"
+    export_format: ClassVar[str] = "onnx"
+    gpu_devices: ClassVar[tuple[str, ...]] = ()
+    slow_devices: ClassVar[tuple[str, ...]] = ()
+    remote: ClassVar[bool] = False
 
     # Instance field every oracle has; subclasses add theirs as dataclass fields.
     device: str = "cpu"
@@ -243,6 +296,32 @@ class Oracle:
 
     def validate(self) -> None:
         """Check settings' ranges; raise OracleSpecError on a bad value."""
+
+    @classmethod
+    def capabilities_on(cls, device: str | None = None) -> Capabilities:
+        """The capabilities of this oracle class on ``device`` (None: its default device)."""
+        dev = device or cls.devices[0]
+        return Capabilities(
+            runtime=cls.runtime,
+            export_format=cls.export_format,
+            needs_gpu=dev in cls.gpu_devices,
+            slow=dev in cls.slow_devices,
+            remote=cls.remote,
+        )
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.capabilities_on(self.device)
+
+    @property
+    def needs_gpu(self) -> bool:
+        """Whether it times on a GPU or an NPU (on its device; onnxruntime:cuda yes, :cpu no)."""
+        return self.capabilities.needs_gpu
+
+    @property
+    def slow(self) -> bool:
+        """Whether a call is slow by nature on its device (an engine build per candidate)."""
+        return self.capabilities.slow
 
     @property
     def spec(self) -> str:
@@ -304,3 +383,39 @@ class Oracle:
 
     def __str__(self) -> str:
         return self.spec
+
+
+def check_oracle_class(cls: Any) -> None:
+    """Raise TypeError saying what ``cls`` lacks to be an oracle (the four parts in ``Oracle``)."""
+    if not (isinstance(cls, type) and issubclass(cls, Oracle)):
+        raise TypeError(f"{cls!r} is not a subclass of oracles.Oracle")
+    missing: list[str] = []
+    if cls.measure is Oracle.measure:
+        missing.append("a measure(model, *, input_shapes=None) method")
+    if not dataclasses.is_dataclass(cls):
+        missing.append("its settings as dataclass fields (decorate it with @dataclass)")
+    for attr in ("quantity", "unit", "runtime"):
+        value = getattr(cls, attr, None)
+        if not isinstance(value, str) or not value:
+            missing.append(f"a non-empty string {attr!r}")
+    if cls.input_format not in INPUT_FORMATS:
+        missing.append(f"'input_format' one of {', '.join(INPUT_FORMATS)}")
+    if cls.export_format not in EXPORT_FORMATS:
+        missing.append(f"'export_format' one of {', '.join(EXPORT_FORMATS)}")
+    devices = cls.devices
+    if not (
+        isinstance(devices, tuple) and devices and all(isinstance(d, str) and d for d in devices)
+    ):
+        missing.append("'devices' a non-empty tuple of device names")
+    else:
+        for attr in ("gpu_devices", "slow_devices"):
+            extra = [d for d in getattr(cls, attr) if d not in devices]
+            if extra:
+                missing.append(f"{attr!r} among its devices ({', '.join(extra)} is not)")
+    for attr in ("timed", "value_sensitive", "remote"):
+        if not isinstance(getattr(cls, attr), bool):
+            missing.append(f"{attr!r} True or False")
+    if missing:
+        raise TypeError(
+            f"{cls.__qualname__} is not a complete oracle: it needs " + "; ".join(missing)
+        )

@@ -144,6 +144,9 @@ class OpenVINOLatency(Oracle):
     timed: ClassVar[bool] = True
     named_on_cpu: ClassVar[tuple[str, ...]] = ("threads",)
     requires: ClassVar[str | None] = "openvino"
+    runtime: ClassVar[str] = "openvino"
+    export_format: ClassVar[str] = "openvino-ir"
+    gpu_devices: ClassVar[tuple[str, ...]] = ("gpu", "npu")
 
     device: str = "cpu"
     threads: int = 1

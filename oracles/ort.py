@@ -183,6 +183,10 @@ class OnnxRuntimeLatency(Oracle):
     timed: ClassVar[bool] = True
     named_on_cpu: ClassVar[tuple[str, ...]] = ("threads",)
     requires: ClassVar[str | None] = None  # "gpu" for cuda/tensorrt, see check_available
+    runtime: ClassVar[str] = "onnxruntime"
+    export_format: ClassVar[str] = "onnx"
+    gpu_devices: ClassVar[tuple[str, ...]] = ("cuda", "tensorrt")
+    slow_devices: ClassVar[tuple[str, ...]] = ("tensorrt",)  # an engine build per candidate
 
     device: str = "cpu"
     threads: int = 1

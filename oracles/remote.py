@@ -32,6 +32,7 @@ connect and read timeouts, JSON answers only.
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import logging
@@ -41,11 +42,11 @@ import re
 import socket
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from oracles.base import Measurement, Oracle, parse_spec
+from oracles.base import Capabilities, Measurement, Oracle
 from oracles.errors import OracleError, OracleSpecError, RemoteOracleError
 
 log = logging.getLogger(__name__)
@@ -122,25 +123,16 @@ def _parse_url(url: str) -> tuple[str, dict[str, str]]:
     return base, settings
 
 
-def _canonical(spec: str) -> str:
-    """A served oracle's spec as this version writes it; unchanged where it cannot be read."""
-    from oracles.registry import oracle_class
-
-    try:
-        name, device, params = parse_spec(str(spec))
-        return oracle_class(name).from_spec(device, params).spec
-    except Exception:  # an oracle this client does not know: compared as written
-        return str(spec)
-
-
 @dataclass
 class RemoteOracle(Oracle):
     """An ONNX-input oracle that runs on an ``hwprune serve`` server (see the module doc).
 
-    ``target`` is the served oracle's spec, ``url`` the server's base URL.
-    Quantity, unit, device and the cache's notion of the model come from the
-    target oracle, built here without checking its backend (the server has it,
-    this machine need not).
+    ``target`` is the served oracle's spec, ``url`` the server's base URL,
+    ``resolve`` the function that builds an oracle from a local spec without
+    checking its backend (``oracles.get_oracle`` passes its registry's; this
+    module knows no oracle by name). Quantity, unit, device, capabilities and
+    the cache's notion of the model come from the target oracle, built here
+    with ``resolve`` (the server has its backend, this machine need not).
 
     >>> oracle = get_oracle("onnxruntime:cpu?threads=1@http://127.0.0.1:8765")  # doctest: +SKIP
     >>> oracle.measure("model.onnx").extra["remote"]["host"]  # doctest: +SKIP
@@ -149,24 +141,25 @@ class RemoteOracle(Oracle):
 
     name: ClassVar[str] = "remote"
     input_format: ClassVar[str] = "onnx"
+    remote: ClassVar[bool] = True
 
     target: str = ""
     url: str = ""
     timeout: float = 600.0
     attempts: int = 10
     wait: float = 120.0
+    resolve: Callable[[str], Oracle] | None = field(default=None, repr=False, compare=False)
     _inner: Oracle | None = field(default=None, init=False, repr=False, compare=False)
     _info: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        from oracles.registry import oracle_class
-
+        if self.resolve is None:
+            raise TypeError("RemoteOracle needs resolve=; build it with oracles.get_oracle")
         if split_remote(self.target) is not None:
             raise OracleSpecError(
                 f"oracle spec {self.target!r}: one server address per spec ('@' given twice)"
             )
-        name, device, params = parse_spec(self.target)
-        inner = oracle_class(name).from_spec(device, params)
+        inner = self.resolve(self.target)
         if inner.input_format != "onnx":
             raise OracleSpecError(
                 f"oracle {inner.spec!r} measures a PyTorch module; a remote oracle takes ONNX "
@@ -185,12 +178,12 @@ class RemoteOracle(Oracle):
         self.validate()
 
     @classmethod
-    def from_remote_spec(cls, spec: str) -> RemoteOracle:
-        """Build from ``SPEC@http://HOST:PORT[?...]``."""
+    def from_remote_spec(cls, spec: str, *, resolve: Callable[[str], Oracle]) -> RemoteOracle:
+        """Build from ``SPEC@http://HOST:PORT[?...]``; ``resolve`` builds ``SPEC`` locally."""
         parts = split_remote(spec)
         if parts is None:
             raise OracleSpecError(f"oracle spec {spec!r} names no server (SPEC@http://HOST:PORT)")
-        return cls(target=parts[0], url=parts[1])
+        return cls(target=parts[0], url=parts[1], resolve=resolve)
 
     def validate(self) -> None:
         for key, low in (("timeout", 0.0), ("wait", 0.0)):
@@ -234,6 +227,27 @@ class RemoteOracle(Oracle):
         return self.inner.device
 
     @property
+    def runtime(self) -> str:  # type: ignore[override]
+        return self.inner.runtime
+
+    @property
+    def export_format(self) -> str:  # type: ignore[override]
+        return self.inner.export_format
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """The served oracle's capabilities, with ``remote`` set."""
+        return dataclasses.replace(self.inner.capabilities, remote=True)
+
+    def _canonical(self, spec: str) -> str:
+        """A served oracle's spec as this version writes it; unchanged where it cannot be read."""
+        assert self.resolve is not None
+        try:
+            return self.resolve(str(spec)).spec
+        except Exception:  # an oracle this client does not know: compared as written
+            return str(spec)
+
+    @property
     def spec(self) -> str:
         query = {
             k: getattr(self, k)
@@ -250,7 +264,7 @@ class RemoteOracle(Oracle):
     def identity(self) -> dict[str, Any]:
         """The server machine's identity and the served oracle's runtime identity."""
         info = self._server_info()
-        identities = {_canonical(k): v for k, v in info.get("identities", {}).items()}
+        identities = {self._canonical(k): v for k, v in info.get("identities", {}).items()}
         return {"server": info.get("machine"), "oracle": identities.get(self.inner.spec)}
 
     def model_key(
@@ -264,7 +278,7 @@ class RemoteOracle(Oracle):
         served = info.get("oracles", [])
         # Canonical on both sides: a server of another version may name defaults differently
         # ("onnxruntime:cpu" for "onnxruntime:cpu?threads=1").
-        if self.inner.spec not in {_canonical(s) for s in served}:
+        if self.inner.spec not in {self._canonical(s) for s in served}:
             raise RemoteOracleError(
                 f"the oracle server at {self.url} does not serve {self.inner.spec!r}; "
                 f"it serves: {', '.join(served) or 'nothing'}"

@@ -82,6 +82,9 @@ class TorchLatency(Oracle):
     timed: ClassVar[bool] = True
     named_on_cpu: ClassVar[tuple[str, ...]] = ("threads",)
     requires: ClassVar[str | None] = None
+    runtime: ClassVar[str] = "torch"
+    export_format: ClassVar[str] = "torch"
+    gpu_devices: ClassVar[tuple[str, ...]] = ("cuda",)
 
     device: str = "cpu"
     threads: int = 1

@@ -443,6 +443,10 @@ class _TensorRTOracle(Oracle):
     input_format: ClassVar[str] = "onnx"
     devices: ClassVar[tuple[str, ...]] = ("cuda",)
     requires: ClassVar[str | None] = "tensorrt"
+    runtime: ClassVar[str] = "tensorrt"
+    export_format: ClassVar[str] = "engine"
+    gpu_devices: ClassVar[tuple[str, ...]] = ("cuda",)
+    slow_devices: ClassVar[tuple[str, ...]] = ("cuda",)  # an engine build per candidate
 
     device: str = "cuda"
     batch: int | None = None

@@ -1,10 +1,16 @@
-"""Searchers by name: RL agents (ppo-lagrangian, qlp, amc) and baselines (uniform, global-magnitude, random)."""
+"""Searchers by name: RL agents (ppo-lagrangian, qlp, amc) and baselines (uniform, global-magnitude, random).
+
+Other packages add searchers through the ``hwprune.searchers`` entry-point group
+(``ENTRY_POINT_GROUP``); ``get_searcher`` and ``list_searchers`` find them by name.
+"""
 
 from hwprune.agents.base import (
+    ENTRY_POINT_GROUP,
     SEARCHERS,
     BudgetedEvaluator,
     Searcher,
     SearchResult,
+    check_searcher_class,
     confirm_best,
     get_searcher,
     list_searchers,
@@ -12,10 +18,12 @@ from hwprune.agents.base import (
 )
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "SEARCHERS",
     "BudgetedEvaluator",
     "Searcher",
     "SearchResult",
+    "check_searcher_class",
     "confirm_best",
     "get_searcher",
     "list_searchers",

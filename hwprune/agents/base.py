@@ -18,6 +18,8 @@ __all__ = [
     "Searcher",
     "SearchResult",
     "SEARCHERS",
+    "ENTRY_POINT_GROUP",
+    "check_searcher_class",
     "get_searcher",
     "list_searchers",
     "repair",
@@ -334,7 +336,29 @@ def repair(
     return best
 
 
-SEARCHERS: Registry[type[Searcher]] = Registry("searcher")
+#: The entry-point group other packages list their searchers in (``name = "pkg.mod:Class"``).
+ENTRY_POINT_GROUP = "hwprune.searchers"
+
+
+def check_searcher_class(name: str, cls: Any) -> None:
+    """Raise TypeError saying what ``cls`` lacks to be a searcher; give it its registry name.
+
+    A searcher is a ``Searcher`` subclass that defines ``_run(space, evaluate, *,
+    checkpoint_dir)`` and takes ``seed`` and its options as keywords.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Searcher)):
+        raise TypeError(f"{cls!r} is not a subclass of hwprune.agents.Searcher")
+    if cls._run is Searcher._run:
+        raise TypeError(
+            f"{cls.__qualname__} is not a complete searcher: it needs a "
+            "_run(space, evaluate, *, checkpoint_dir) method"
+        )
+    cls.name = name
+
+
+SEARCHERS: Registry[type[Searcher]] = Registry(
+    "searcher", entry_point_group=ENTRY_POINT_GROUP, check=check_searcher_class
+)
 
 
 def get_searcher(name: str, **kwargs: Any) -> Searcher:

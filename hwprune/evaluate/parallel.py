@@ -503,18 +503,16 @@ class ParallelEvaluator(Evaluator):
         self.width = check_workers(workers)
         self._slots: deque[_Slot] = deque()
         self._pending: dict[str, _Slot] = {}
-        from oracles.remote import split_remote
-
         timed = {c.name: o for c, o in ((c, self._oracles[c.name]) for c in self.constraints)
                  if o.timed}  # fmt: skip
         untimed = {c.name: self._oracles[c.name] for c in self.constraints
                    if c.name not in timed}  # fmt: skip
         specs = sorted({o.spec for o in timed.values()})
+        by_spec = {o.spec: o for o in timed.values()}
         # A remote oracle times on its server: its device here only waits, on no core of its own.
-        local = [s for s in specs if split_remote(s) is None]
+        local = [s for s in specs if not by_spec[s].remote]
         device_cores, worker_cores = plan_cores(len(local), dedicated=dedicated_timing_core)
         cores = dict(zip(local, device_cores, strict=True))
-        by_spec = {o.spec: o for o in timed.values()}
         devices = {s: (by_spec[s], cores.get(s)) for s in specs}
         formats = {o.input_format for o in self._oracles.values()}
         job = _Job(

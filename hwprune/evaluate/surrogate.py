@@ -97,8 +97,6 @@ __all__ = [
 # A timed oracle whose call takes longer than this (the dense model, in seconds) gets the
 # surrogate under ``auto``: ONNX Runtime CPU on a small net takes ~0.5 s and stays measured.
 SLOW_CALL_SECONDS = 2.0
-# Oracles that are slow by nature (an engine build per candidate): on under ``auto``.
-SLOW_ORACLES = ("tensorrt", "onnxruntime:tensorrt")
 # Measurements (the dense model's included) before the surrogate may answer.
 MIN_POINTS = 8
 # Fraction of the candidates it could answer that are measured anyway, to check it.
@@ -139,9 +137,10 @@ class Prediction:
 def surrogate_wanted(mode: str, oracle: Any, *, call_seconds: float | None) -> tuple[bool, str]:
     """Whether ``oracle`` gets a surrogate under ``mode`` (auto, on, off), and why.
 
-    ``auto`` turns it on for a timed oracle that is slow by nature (TensorRT engine
-    builds), served remotely (``SPEC@http://...``), or whose call on the dense model took
-    more than ``SLOW_CALL_SECONDS`` (``call_seconds``; None when it was not timed here).
+    ``auto`` turns it on for a timed oracle that is slow by nature (``oracle.slow``:
+    TensorRT engine builds), served remotely (``oracle.remote``: ``SPEC@http://...``),
+    or whose call on the dense model took more than ``SLOW_CALL_SECONDS``
+    (``call_seconds``; None when it was not timed here).
     """
     check_mode(mode)
     if not getattr(oracle, "timed", False):
@@ -150,10 +149,9 @@ def surrogate_wanted(mode: str, oracle: Any, *, call_seconds: float | None) -> t
         return False, "off"
     if mode == "on":
         return True, "on"
-    spec = str(getattr(oracle, "spec", oracle)).lower()
-    if type(oracle).__name__ == "RemoteOracle" or "@" in spec:
+    if oracle.remote:
         return True, "auto: a remote oracle"
-    if spec.startswith(SLOW_ORACLES):
+    if oracle.slow:
         return True, "auto: an engine is built per candidate"
     if call_seconds is not None and call_seconds > SLOW_CALL_SECONDS:
         return True, f"auto: a call took {call_seconds:.1f} s (> {SLOW_CALL_SECONDS:g} s)"

@@ -8,12 +8,12 @@ compares its outputs with the torch module's (or, without a module, with ONNX
 Runtime's on the same ONNX). Beyond ``atol`` it raises ExportError and leaves
 ``out_dir`` as it was.
 
-A prune run calls it after the ONNX export when a budget is measured by an
-``openvino`` oracle (``wants_openvino`` tells), with the run's example inputs
-(any form: one tensor, a tuple, named tensors; random inputs of that form feed
-both sides)::
+A prune run calls it after the ONNX export when a budget's oracle ships an
+OpenVINO IR (``oracles.capabilities(spec).export_format == "openvino-ir"``),
+with the run's example inputs (any form: one tensor, a tuple, named tensors;
+random inputs of that form feed both sides)::
 
-    if wants_openvino(budget_oracle_specs):
+    if any(oracles.capabilities(s).export_format == "openvino-ir" for s in budget_specs):
         export_openvino(onnx_path, run_dir / "openvino", module=model,
                         example_inputs=example_inputs)
 """
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 __all__ = [
     "OpenVINOExportResult",
     "export_openvino",
-    "wants_openvino",
     "require_openvino",
     "OPENVINO_HINT",
 ]
@@ -52,13 +51,6 @@ class OpenVINOExportResult:
     reference: str  # "torch" or "onnxruntime"
     openvino_version: str
     fp16_weights: bool
-
-
-def wants_openvino(oracle_specs: Iterable[str]) -> bool:
-    """Whether any of these oracle specs (a run's budget oracles) times with OpenVINO."""
-    from oracles import parse_spec
-
-    return any(parse_spec(str(spec))[0] == "openvino" for spec in oracle_specs)
 
 
 def require_openvino() -> Any:

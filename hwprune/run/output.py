@@ -58,10 +58,10 @@ def export(ctx: RunContext, loaded: Loaded, d: Dense, f: Final) -> Exported:
     openvino/model.xml + .bin when a budget's oracle is OpenVINO (the runtime it was proven on),
     each checked against torch on random inputs."""
     from hwprune.export.final import final_export
-    from hwprune.export.openvino import wants_openvino
     from hwprune.models import save_checkpoint
+    from oracles import capabilities
 
-    openvino = wants_openvino(c.oracle for c in d.constraints)
+    openvino = any(capabilities(c.oracle).export_format == "openvino-ir" for c in d.constraints)
     with ctx.stage("export", 3 if openvino else 2, "exporting") as step:
         meta = pruned_meta(ctx, loaded, f)
         ctx.path("policy.json").write_text(json.dumps(meta["policy"], indent=2) + "\n",

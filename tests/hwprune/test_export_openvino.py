@@ -14,7 +14,8 @@ openvino = pytest.importorskip("openvino")
 
 from hwprune.errors import ConfigError, ExportError  # noqa: E402
 from hwprune.export import export_onnx  # noqa: E402
-from hwprune.export.openvino import export_openvino, wants_openvino  # noqa: E402
+from hwprune.export.openvino import export_openvino  # noqa: E402
+from oracles import capabilities  # noqa: E402
 
 
 def _net(seed: int = 0) -> nn.Module:
@@ -80,9 +81,12 @@ def test_bad_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         export_openvino(data, tmp_path / "ir")
 
 
-def test_wants_openvino() -> None:
-    assert wants_openvino(["params", "openvino:cpu?threads=1"])
-    assert not wants_openvino(["onnxruntime:cpu?threads=1", "flops"])
+def test_an_openvino_budget_ships_an_openvino_ir() -> None:
+    # A run exports the IR where a budget's oracle declares it (output.export reads this).
+    for spec in ("openvino:cpu?threads=1", "openvino:npu", "openvino:gpu@http://127.0.0.1:9"):
+        assert capabilities(spec).export_format == "openvino-ir", spec
+    for spec in ("params", "flops", "onnxruntime:cpu?threads=1", "onnxruntime:tensorrt"):
+        assert capabilities(spec).export_format == "onnx", spec
 
 
 class _TokensAndImage(nn.Module):

@@ -166,6 +166,29 @@ def test_auto_turns_on_for_slow_remote_or_engine_oracles_only() -> None:
     assert surrogate_wanted("on", params, call_seconds=None)[0] is False  # exact counts: measured
 
 
+@oracles.register_oracle("test-engine-latency")
+@dataclasses.dataclass
+class EngineLatency(SmoothLatency):
+    """Declares an engine build per candidate on its "gpu" device (not on its "cpu")."""
+
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "gpu")
+    slow_devices: ClassVar[tuple[str, ...]] = ("gpu",)
+
+
+def test_auto_reads_slowness_from_the_oracle_class_not_its_name() -> None:
+    slow = oracles.get_oracle("test-engine-latency:gpu")
+    assert surrogate_wanted("auto", slow, call_seconds=0.1) == (
+        True, "auto: an engine is built per candidate")  # fmt: skip
+    fast = oracles.get_oracle("test-engine-latency:cpu")
+    assert surrogate_wanted("auto", fast, call_seconds=0.1)[0] is False
+    # onnxruntime is slow on its TensorRT provider only (built here, not run).
+    trt = oracles.get_oracle("onnxruntime:tensorrt", check=False)
+    assert (
+        surrogate_wanted("auto", trt, call_seconds=0.1)[1]
+        == "auto: an engine is built per candidate"
+    )
+
+
 def test_bad_mode_is_refused_in_one_sentence() -> None:
     with pytest.raises(ConfigError, match=r"surrogate must be one of auto, on, off, got 'often'"):
         PruneConfig(model="vgg11_cifar", budgets=("latency<=50%",), surrogate="often")

@@ -165,6 +165,118 @@ def test_spec_is_canonical(echo):
     assert o.settings() == {"device": "cpu", "scale": 1.0, "count": 5, "flag": False, "mode": "a"}
 
 
+def test_register_names_what_an_incomplete_oracle_lacks():
+    @dataclass(frozen=True)
+    class NoMeasure(Oracle):
+        quantity = "nodes"
+        unit = "nodes"
+
+    class NotADataclass(Oracle):
+        quantity = "nodes"
+        unit = "nodes"
+
+        def measure(self, model, *, input_shapes=None):
+            raise NotImplementedError
+
+    @dataclass(frozen=True)
+    class NoUnit(EchoOracle):
+        unit = ""
+
+    @dataclass(frozen=True)
+    class GpuNotADevice(EchoOracle):
+        devices = ("cpu",)
+        gpu_devices = ("cuda",)
+
+    @dataclass(frozen=True)
+    class UnknownArtifact(EchoOracle):
+        export_format = "tflite"
+
+    cases = [
+        (NoMeasure, r"NoMeasure is not a complete oracle: it needs a measure\(model"),
+        (NoUnit, "a non-empty string 'unit'"),
+        (GpuNotADevice, r"'gpu_devices' among its devices \(cuda is not\)"),
+        (UnknownArtifact, "'export_format' one of onnx, openvino-ir, engine, torch"),
+        (NotADataclass, r"its settings as dataclass fields"),
+    ]
+    for cls, message in cases:
+        with pytest.raises(TypeError, match=message):
+            register_oracle("test-incomplete")(cls)
+    assert "test-incomplete" not in oracles.list_oracles()
+
+
+# --------------------------------------------------------------------------- capabilities
+
+
+@pytest.mark.parametrize(
+    ("spec", "runtime", "export_format", "needs_gpu", "slow"),
+    [
+        ("params", "static", "onnx", False, False),
+        ("flops?batch=2", "static", "onnx", False, False),
+        ("peak-memory", "static", "onnx", False, False),
+        ("onnxruntime:cpu?threads=1", "onnxruntime", "onnx", False, False),
+        ("onnxruntime:cuda", "onnxruntime", "onnx", True, False),
+        ("onnxruntime:tensorrt", "onnxruntime", "onnx", True, True),
+        ("tensorrt", "tensorrt", "engine", True, True),
+        ("tensorrt-memory?precision=fp16", "tensorrt", "engine", True, True),
+        ("torch", "torch", "torch", False, False),
+        ("torch:cuda", "torch", "torch", True, False),
+        ("openvino", "openvino", "openvino-ir", False, False),
+        ("openvino:gpu", "openvino", "openvino-ir", True, False),
+        ("openvino:npu", "openvino", "openvino-ir", True, False),
+    ],
+)
+def test_capabilities_of_the_built_in_oracles(spec, runtime, export_format, needs_gpu, slow):
+    caps = oracles.capabilities(spec)
+    assert caps == oracles.Capabilities(runtime, export_format, needs_gpu, slow, remote=False)
+    built = oracles.get_oracle(spec, check=False)  # the instance says the same
+    assert built.capabilities == caps
+    assert (built.runtime, built.export_format) == (runtime, export_format)
+    assert (built.needs_gpu, built.slow, built.remote) == (needs_gpu, slow, False)
+    if built.input_format == "onnx":  # served: the served oracle's, remote set
+        served = f"{spec}@http://127.0.0.1:9"
+        remote = oracles.get_oracle(served, check=False)
+        assert oracles.capabilities(served) == remote.capabilities
+        assert remote.capabilities == oracles.Capabilities(runtime, export_format, needs_gpu,
+                                                           slow, remote=True)  # fmt: skip
+        assert remote.remote and remote.needs_gpu is needs_gpu and remote.slow is slow
+
+
+def test_capabilities_follow_the_class_for_a_registered_oracle(echo):
+    assert not oracles.capabilities("test-echo:cuda").needs_gpu  # declares no GPU device
+    with pytest.raises(OracleSpecError, match="runs on cpu, cuda, not 'npu'"):
+        oracles.capabilities("test-echo:npu")
+    with pytest.raises(UnknownOracleError, match="Did you mean 'tensorrt'"):
+        oracles.capabilities("tensorrtt")
+
+
+def test_capabilities_need_no_runtime_and_oracles_needs_neither_torch_nor_hwprune():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, oracles, oracles.onnx_graph, oracles.static, oracles.remote\n"
+        "for s in ('tensorrt', 'openvino:npu', 'onnxruntime:cuda', 'torch:cuda', 'params'):\n"
+        "    oracles.capabilities(s)\n"
+        "print(sorted(m for m in ('torch', 'hwprune', 'tensorrt', 'openvino', 'onnxruntime')\n"
+        "             if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_the_remote_oracle_does_not_import_the_registry():
+    """The registry builds remote oracles; oracles.remote gets its resolver, one way only."""
+    import ast
+    from pathlib import Path
+
+    import oracles.remote
+
+    tree = ast.parse(Path(oracles.remote.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "oracles.base" in imported and "oracles.registry" not in imported
+
+
 # --------------------------------------------------------------------------- models
 
 

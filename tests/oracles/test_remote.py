@@ -270,9 +270,8 @@ def test_isolated_server_measures_in_a_subprocess(model: bytes) -> None:
 
 
 def test_served_specs_are_compared_canonically_across_versions() -> None:
-    from oracles.remote import _canonical
-
+    remote = oracles.get_oracle("params@http://127.0.0.1:9", check=False)
     # A server of an earlier version wrote the default thread count away.
-    assert _canonical("onnxruntime:cpu") == "onnxruntime:cpu?threads=1"
-    assert _canonical("openvino:gpu") == "openvino:gpu"
-    assert _canonical("no-such-oracle:cpu?x=1") == "no-such-oracle:cpu?x=1"
+    assert remote._canonical("onnxruntime:cpu") == "onnxruntime:cpu?threads=1"
+    assert remote._canonical("openvino:gpu") == "openvino:gpu"
+    assert remote._canonical("no-such-oracle:cpu?x=1") == "no-such-oracle:cpu?x=1"

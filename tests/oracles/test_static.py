@@ -12,16 +12,8 @@ from onnx_builders import conv_chain, export_torch, make_model
 
 import oracles
 from oracles.errors import MeasurementFailedError, ModelInputError, OracleSpecError
-from oracles.static import (
-    FlopsOracle,
-    ParamsOracle,
-    PeakMemoryOracle,
-    WeightMemoryOracle,
-    count_macs,
-    count_params,
-    peak_memory,
-    weight_bytes,
-)
+from oracles.onnx_graph import count_macs, count_params, peak_memory, weight_bytes
+from oracles.static import FlopsOracle, ParamsOracle, PeakMemoryOracle, WeightMemoryOracle
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
