@@ -89,9 +89,8 @@ def _checked(config: PruneConfig, *, objects: bool) -> tuple[PruneConfig, list]:
         from hwprune.models import read_checkpoint
 
         weights = Path(config.weights)
-        if not weights.is_file():
-            raise CheckpointError(f"checkpoint file not found: {config.weights!r}")
-        read_checkpoint(weights)  # unreadable or pickled: refused before any folder exists
+        # Missing, a folder, a device, unreadable or pickled: refused before any folder exists.
+        read_checkpoint(weights)
         config = config.replace(weights=str(weights.resolve()))
     if config.model is not None:
         from hwprune.data import DATASETS, parse_dataset_name

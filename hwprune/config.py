@@ -56,6 +56,13 @@ DEFAULT_OPSET = 17
 OPSET_RANGE = (9, 21)
 # More worker processes than this is a typo, not a machine.
 MAX_WORKERS = 1024
+# Seeds numpy's legacy generator takes (Stable-Baselines3 seeds it): 0 to 2**32 - 1.
+SEED_RANGE = (0, 2**32 - 1)
+# Upper ends of the counting options: beyond them a value is a typo, and the libraries the
+# run hands it to (numpy, torch, SB3) overflow on it with a traceback instead.
+MAX_EVALUATIONS = 10_000_000
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 1 << 20
 
 # The search proxies of the built-in classification task (hwprune.train.proxy computes them).
 PROXIES = ("bn", "kd", "recover:STEPS")
@@ -129,10 +136,12 @@ class PruneConfig:
         None,
         "square image side the model takes (default: the checkpoint's meta, else the dataset's)",
         kind="int",
+        range=(8, 4096),
+        accepts="an image side in [8, 4096]",
     )
     budgets: tuple[str, ...] = _opt(
         (),
-        "budget such as 'latency<=50%%', 'latency<=2.5ms', 'params<=1M' (repeatable)",
+        "budget such as 'latency<=50%', 'latency<=2.5ms', 'params<=1M' (repeatable)",
         kind="strs",
         flag="--budget",
         metavar="B",
@@ -149,10 +158,14 @@ class PruneConfig:
         "searcher: ppo-lagrangian, qlp, amc, uniform, global-magnitude, random",
         kind="str",
     )
-    evaluations: int = _opt(100, "candidates to evaluate", kind="int")
-    finetune_epochs: int = _opt(5, "fine-tuning epochs (built-in task)", kind="int")
+    evaluations: int = _opt(100, "candidates to evaluate", kind="int", range=(1, MAX_EVALUATIONS))
+    finetune_epochs: int = _opt(
+        5, "fine-tuning epochs (built-in task)", kind="int", range=(0, MAX_EPOCHS)
+    )
     finetune_lr: float = _opt(0.01, "peak learning rate of fine-tuning (cosine)", kind="float")
-    finetune_batch_size: int = _opt(128, "fine-tuning batch size", kind="int")
+    finetune_batch_size: int = _opt(
+        128, "fine-tuning batch size", kind="int", range=(1, MAX_BATCH_SIZE)
+    )
     distill: bool = _opt(False, "distil from the dense model while fine-tuning", kind="bool")
     proxy: str = _opt(
         "bn",
@@ -162,7 +175,9 @@ class PruneConfig:
         "(kd after STEPS SGD steps distilling from the dense model)",
         kind="str",
     )
-    seed: int = _opt(0, "seed of the data split, the searcher and fine-tuning", kind="int")
+    seed: int = _opt(
+        0, "seed of the data split, the searcher and fine-tuning", kind="int", range=SEED_RANGE
+    )
     round_to: int | str | None = _opt(
         None,
         "channel counts: 'auto' (measure each unit's latency staircase on the latency "
@@ -194,12 +209,20 @@ class PruneConfig:
         choices=SURROGATE_MODES,
     )
     device: str = _opt("cpu", "training/evaluation device: cpu, cuda, cuda:N", kind="str")
-    opset: int = _opt(DEFAULT_OPSET, "ONNX opset of the export", kind="int")
+    opset: int = _opt(
+        DEFAULT_OPSET,
+        "ONNX opset of the export",
+        kind="int",
+        range=OPSET_RANGE,
+        accepts=f"an ONNX opset from {OPSET_RANGE[0]} to {OPSET_RANGE[1]}",
+    )
     workers: int = _opt(
         1,
         "candidates prepared and scored at once (worker processes, or Ray tasks with --ray); "
         "each timed oracle times one candidate at a time on a core of its own",
         kind="int",
+        range=(1, MAX_WORKERS),
+        accepts=f"a whole number of worker processes from 1 to {MAX_WORKERS}",
     )
     ray: str | None = _opt(
         None,
@@ -232,18 +255,10 @@ class PruneConfig:
             raise ConfigError("give either model (with data) or task, not both")
         if self.width is not None and not (0.0 < self.width <= 16.0):
             raise bad("width", "a multiplier in (0, 16]")
-        if self.input_size is not None and not 8 <= self.input_size <= 4096:
-            raise bad("input_size", "an image side in [8, 4096]")
-        if self.evaluations < 1:
-            raise bad("evaluations", "a positive integer")
-        if self.finetune_epochs < 0:
-            raise bad("finetune_epochs", "a non-negative integer")
         if not 0.0 < self.finetune_lr < 10.0:
             raise ConfigError(
                 f"finetune_lr must be a learning rate in (0, 10), got {self.finetune_lr!r}"
             )
-        if self.finetune_batch_size < 1:
-            raise bad("finetune_batch_size", "a positive integer")
         if self.staircase_seconds < 0:
             raise ConfigError(
                 f"staircase_seconds must be 0 (no limit) or positive, got {self.staircase_seconds!r}"
@@ -256,14 +271,7 @@ class PruneConfig:
             raise bad("surrogate", f"one of {', '.join(SURROGATE_MODES)}")
         if not _DEVICE.match(self.device):
             raise bad("device", "'cpu', 'cuda' or 'cuda:N'")
-        lo, hi = OPSET_RANGE
-        if not lo <= self.opset <= hi:
-            raise bad("opset", f"an ONNX opset from {lo} to {hi}")
-        if self.seed < 0:
-            raise bad("seed", "a non-negative integer")
         object.__setattr__(self, "proxy", str(parse_proxy(self.proxy)))
-        if not 1 <= self.workers <= MAX_WORKERS:
-            raise bad("workers", f"a whole number of worker processes from 1 to {MAX_WORKERS}")
         if self.surrogate == "on" and (self.workers > 1 or self.ray is not None):
             raise ConfigError(
                 "surrogate 'on' needs one worker: a parallel evaluation measures every "
@@ -335,6 +343,10 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad("an integer")
+        # Every integer option has its range here, where each value is checked.
+        lo, hi = f.metadata["range"]
+        if not lo <= value <= hi:
+            raise bad(f.metadata.get("accepts") or f"a whole number from {lo} to {hi}")
         return int(value)
     if kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -403,6 +415,72 @@ def _oracle_map(value: Any, bad: Any) -> dict[str, str]:
 # --------------------------------------------------------------------------- files
 
 
+# A config file is a page of options; anything larger is not one (and is not read whole).
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def not_a_file(mode: int) -> str | None:
+    """What a ``stat`` mode names when it is not a regular file ("a folder", "a character
+    device, not a regular file"), else None."""
+    import stat
+
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    kinds = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISFIFO, "a pipe"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
+    kind = next((name for test, name in kinds if test(mode)), "a special file")
+    return f"{kind}, not a regular file"
+
+
+def input_file_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be read as an input file ("not found", "is a folder", "is a
+    character device, not a regular file"), or None when it is a regular file."""
+    import os
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "not found"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    what = not_a_file(mode)
+    return None if what is None else f"is {what}"
+
+
+def _read_bounded_text(p: Path, *, where: str, limit: int) -> str:
+    """The file's text, read only after its open handle is seen to be a regular file of at most
+    ``limit`` bytes (a device, a pipe or a folder is named, never read)."""
+    import os
+
+    try:
+        # Non-blocking: opening a pipe must not wait for a writer before it is refused.
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise ConfigError(f"{where} not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{where} cannot be read: {exc.strerror}") from None
+    try:
+        what = not_a_file(os.fstat(fd).st_mode)
+        if what is not None:
+            raise ConfigError(f"{where} is {what}; expected a TOML or YAML file")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(f"{where} cannot be read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ConfigError(
+            f"{where} is over {limit // (1 << 20)} MiB; a config file is a page of options"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The options of a TOML file (or YAML when pyyaml is installed) as a plain dict, checked.
 
@@ -411,14 +489,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """
     p = Path(path)
     where = f"config file {str(p)!r}"
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {str(p)!r}")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{where} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise ConfigError(f"{where} cannot be read: {exc.strerror}") from None
+    text = _read_bounded_text(p, where=where, limit=MAX_CONFIG_BYTES)
     if p.suffix.lower() in (".yaml", ".yml"):
         try:
             import yaml

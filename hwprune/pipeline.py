@@ -11,7 +11,8 @@ and ``hwprune.run`` (the stages). Run directory layout::
     RUN/model.pt             pruned weights + policy + base model meta (see load_pruned)
     RUN/model.onnx           the verified export (model.engine where TensorRT is installed)
     RUN/report.md, RUN/report.json, RUN/plots/*.png
-    RUN/.hwprune.lock        held (flock) by the one process working on the run
+    RUN/.hwprune.lock        held (flock) by the one process working on the run; removed when
+                             it stops (finished, failed or interrupted)
 """
 
 from __future__ import annotations

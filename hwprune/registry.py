@@ -9,9 +9,14 @@ when its name is first used. A plugin cannot take a name already registered.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
+import importlib.util
 import logging
+import os
+import sys
+import traceback
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -25,6 +30,10 @@ T = TypeVar("T")
 def _target(obj: Any) -> str:
     """``module:attr`` of a registered object, the form an entry point names it by."""
     return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
+
+
+class UserExitError(ConfigError):
+    """User code named on the command line called ``exit()``: an error, not the end of hwprune."""
 
 
 class Registry(Generic[T]):
@@ -153,16 +162,29 @@ class Registry(Generic[T]):
 def import_callable(spec: str, *, kind: str, not_callable: str) -> Any:
     """The callable named ``package.module:attr``: user code, imported because the user named it.
 
-    ``kind`` says what the spec is for in messages ("model", "task"); ``not_callable`` is the
-    sentence given when the attribute exists but cannot be called.
+    The module is looked up in the current folder first, as ``python -m`` does (the
+    ``hwprune`` console script does not put it on ``sys.path`` itself). ``kind`` says what
+    the spec is for in messages ("model", "task"); ``not_callable`` is the sentence given when
+    the attribute exists but cannot be called.
     """
     module_name, _, attr = spec.partition(":")
+    _current_folder_on_path()
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:
+    except ModuleNotFoundError as exc:
+        if not _names_the_module_itself(exc, module_name):
+            raise _import_failed(exc, module_name, spec=spec, kind=kind) from exc
         raise ConfigError(
-            f"cannot import module {module_name!r} for {kind} {spec!r}: {type(exc).__name__}: {exc}"
-        ) from exc
+            f"cannot import module {module_name!r} for {kind} {spec!r}: no module named "
+            f"{exc.name!r} in the current folder ({os.getcwd()}) or on the Python path"
+        ) from None
+    except SystemExit as exc:
+        raise UserExitError(
+            f"importing {module_name} for {kind} {spec!r} called {exit_call(exc)}; "
+            "a module must not exit when it is imported"
+        ) from None
+    except Exception as exc:
+        raise _import_failed(exc, module_name, spec=spec, kind=kind) from exc
     target: Any = module
     for part in attr.split("."):
         if not hasattr(target, part):
@@ -171,3 +193,76 @@ def import_callable(spec: str, *, kind: str, not_callable: str) -> Any:
     if not callable(target):
         raise ConfigError(not_callable)
     return target
+
+
+def call_user(fn: Callable[..., Any], *args: Any, spec: str, doing: str, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, where ``fn`` is user code named ``spec``; an ``exit()`` in it is
+    a UserExitError naming ``spec`` and what it was ``doing`` ("building the model"), not a
+    silent end of the process. Other exceptions propagate (the caller words them)."""
+    try:
+        return fn(*args, **kwargs)
+    except SystemExit as exc:
+        raise UserExitError(f"{spec} called {exit_call(exc)} while {doing}") from None
+
+
+def exit_call(exc: SystemExit) -> str:
+    """How the user's code exited, as written: ``exit()``, ``exit(0)``, ``exit('bye')``."""
+    return "exit()" if exc.code is None else f"exit({exc.code!r})"
+
+
+def _current_folder_on_path() -> None:
+    # At the front, as ``python -m`` puts it: the user's mod.py wins over an installed mod.
+    # Kept there, so worker processes (spawned with this sys.path) import it too.
+    here = os.getcwd()
+    if not any(os.path.abspath(p or os.curdir) == here for p in sys.path):
+        sys.path.insert(0, here)
+
+
+def _names_the_module_itself(exc: ModuleNotFoundError, module_name: str) -> bool:
+    """Whether ``exc`` says the named module (or a package above it) is missing, rather than
+    something the module imports."""
+    missing = exc.name or ""
+    return bool(missing) and (module_name == missing or module_name.startswith(missing + "."))
+
+
+def _import_failed(exc: BaseException, module_name: str, *, spec: str, kind: str) -> ConfigError:
+    """The module's own error, one line: what it raised and where in the user's files."""
+    text = exc.msg if isinstance(exc, SyntaxError) and exc.msg else str(exc)
+    first = (text.strip().splitlines() or [""])[0]
+    where = _where(exc, module_name)
+    return ConfigError(
+        f"importing {module_name} for {kind} {spec!r} raised {type(exc).__name__}"
+        + (f": {first}" if first else "")
+        + (f" ({where})" if where else "")
+    )
+
+
+def _where(exc: BaseException, module_name: str) -> str:
+    """ "mod.py line 3": the line of the user's module that raised (a syntax error's own line;
+    else the deepest frame in the named module's file, else the deepest outside importlib)."""
+    if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
+        return f"{_shown(exc.filename)} line {exc.lineno}"
+    frames = [(f.f_code.co_filename, n) for f, n in traceback.walk_tb(exc.__traceback__)]
+    frames = [(name, n) for name, n in frames if not name.startswith("<")]
+    origin = sys.modules.get(module_name)
+    origin_file = getattr(origin, "__file__", None)
+    if origin_file is None:
+        with contextlib.suppress(ImportError, ValueError):
+            found = importlib.util.find_spec(module_name)
+            origin_file = found.origin if found is not None else None
+    own = [(name, n) for name, n in frames if origin_file and _same(name, origin_file)]
+    chosen = own[-1] if own else (frames[-1] if frames else None)
+    return "" if chosen is None else f"{_shown(chosen[0])} line {chosen[1]}"
+
+
+def _same(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _shown(filename: str) -> str:
+    """A file of the user's, relative to the current folder when it lies below it."""
+    with contextlib.suppress(ValueError):
+        rel = os.path.relpath(filename)
+        if not rel.startswith(os.pardir):
+            return rel
+    return filename

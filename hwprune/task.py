@@ -123,6 +123,10 @@ class BoundTask:
             return fn(*args)
         except HwpruneError:
             raise
+        except SystemExit as exc:  # user code's exit() must not end hwprune silently
+            from hwprune.registry import exit_call
+
+            raise TaskError(f"{self.name}.{method} called {exit_call(exc)} on {what}") from None
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [""])[0]
             raise TaskError(

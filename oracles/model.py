@@ -49,6 +49,11 @@ def load_onnx(model: Any) -> Any:
             raise ModelInputError(f"model file not found: {str(path)!r}")
         if path.is_dir():
             raise ModelInputError(f"expected an ONNX file, got the directory {str(path)!r}")
+        if not path.is_file():  # a device or a pipe would be read without end
+            raise ModelInputError(
+                f"expected an ONNX file, got {str(path)!r}, which is not a regular file "
+                "(a device, pipe or socket)"
+            )
         data = path.read_bytes()
         where = f"file {str(path)!r}"
     elif isinstance(model, (bytes, bytearray, memoryview)):

@@ -74,7 +74,7 @@ def test_resume_of_a_bad_config_json(content: str, message: str, tmp_path: Path,
         (["--device", "tpu"], "device must be 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
         (["--width", "0"], "width must be a multiplier in (0, 16], got 0"),
         (["--opset", "5"], "opset must be an ONNX opset from 9 to 21, got 5"),
-        (["--evaluations", "0"], "evaluations must be a positive integer, got 0"),
+        (["--evaluations", "0"], "evaluations must be a whole number from 1 to 10000000, got 0"),
         (["--task", "not a spec"], "task must be a factory written package.module:callable"),
     ],
 )

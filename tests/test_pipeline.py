@@ -187,7 +187,7 @@ def test_bad_options_fail_before_the_run_directory_exists(tmp_path: Path) -> Non
         ConfigError, match=r"finetune_lr must be a learning rate in \(0, 10\), got 0"
     ):
         hwprune.prune(model="vgg11_cifar", budgets=["flops<=50%"], finetune_lr=0, out=out)
-    with pytest.raises(ConfigError, match="finetune_batch_size must be a positive integer, got 0"):
+    with pytest.raises(ConfigError, match="finetune_batch_size must be a whole number from 1 to"):
         hwprune.prune(model="vgg11_cifar", budgets=["flops<=50%"], finetune_batch_size=0, out=out)
     with pytest.raises(CheckpointError, match="not found"):
         hwprune.prune(model="vgg11_cifar", weights=tmp_path / "nope.pt", budgets=["flops<=50%"],

@@ -33,11 +33,23 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"hwprune {_version()}",
+                        help="print hwprune's version and exit")  # fmt: skip
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in SUBCOMMANDS:
         importlib.import_module(f"hwprune.cli.{name.replace('-', '_')}").add_parser(sub)
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version (its metadata), as pip shows it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hwprune")
+    except PackageNotFoundError:
+        return "unknown (not installed; run from a source tree)"
 
 
 def _say(message: str) -> None:
@@ -67,6 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (HwpruneError, OracleError) as exc:
         _say(str(exc))
+        return 2
+    except SystemExit as exc:
+        # Nothing of hwprune's exits here: user code it ran (a model's forward, a library it
+        # calls) did, and a run must not end silently with exit 0.
+        from hwprune.registry import exit_call
+
+        _say(f"'hwprune {args.command}' stopped: code it ran called {exit_call(exc)}")
         return 2
     except KeyboardInterrupt:
         from hwprune.cli._console import err_console

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from hwprune.cli._options import bounded_int
+from hwprune.config import SEED_RANGE
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -60,7 +63,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--min-keep", type=float, default=0.1, help="smallest keep ratio sampled (default 0.1)"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=bounded_int(*SEED_RANGE), default=0,
+                   help="seed of the sampled pruned variants (default 0)")  # fmt: skip
     p.add_argument(
         "--cache",
         help="oracle cache file (default: $HWPRUNE_CACHE, else oracles.sqlite in $HWPRUNE_HOME, "

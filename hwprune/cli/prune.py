@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
         epilog=(
             "example: hwprune prune --model vgg11_cifar --weights vgg.pt --data digits "
-            "--budget 'latency<=50%%' --agent ppo-lagrangian --evaluations 100 --out runs/vgg"
+            "--budget 'latency<=50%' --agent ppo-lagrangian --evaluations 100 --out runs/vgg"
         ),
     )
     add_options(p)
@@ -61,7 +61,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
     types = {"int": int, "float": float, "str": str, "path": str, "round_to": str}
     for f in dataclasses.fields(PruneConfig):
         meta, flag = f.metadata, _flag(f)
-        help_text = meta["help"] + _default_text(f)
+        # The fields' help is plain text ('latency<=50%'); argparse reads % as formatting.
+        help_text = (meta["help"] + _default_text(f)).replace("%", "%%")
         if meta["kind"] == "bool":
             negate = bool(meta.get("negate"))
             action = "store_false" if negate else "store_true"
@@ -276,6 +277,52 @@ def execute(options: dict[str, Any], *, resume_dir: str | None, quiet: bool, as_
     return 0
 
 
+# What a finished run holds: its report (written last) and the model it ships.
+FINISHED = ("report.json", "report.md", "model.pt", "model.onnx")
+
+
+def finished_evaluations(run_dir: Path) -> int | None:
+    """The evaluation budget a finished run in ``run_dir`` was searched with, or None when the
+    run is not finished (no report yet, or one of its outputs is missing)."""
+    if not all((run_dir / name).is_file() for name in FINISHED):
+        return None
+    try:
+        report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+        evaluations = report["options"]["evaluations"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return evaluations if isinstance(evaluations, int) else None
+
+
+def _say_complete(run_dir: Path, *, evaluations: int | None, as_json: bool) -> bool:
+    """Whether ``--resume`` of ``run_dir`` has nothing to do: the run finished and no larger
+    --evaluations asks for more search. Then say so in one line (or print its report.json
+    with --json) and touch nothing."""
+    from hwprune.cli._console import console
+    from hwprune.config import read_run_config
+    from hwprune.run.context import RunLock
+
+    read_run_config(run_dir, require_model=False)  # not a run directory: the resume's own error
+    # Held while looking, so a run another process is still finishing is not called complete.
+    lock = RunLock(run_dir).acquire()
+    try:
+        done = finished_evaluations(run_dir)
+        if done is None or (evaluations is not None and evaluations > done):
+            return False
+        if as_json:
+            print((run_dir / "report.json").read_text(encoding="utf-8"), end="")
+        else:
+            console.print(
+                f"run {str(run_dir)!r} is complete ({done} evaluations); report: "
+                f"{run_dir / 'report.md'}. Nothing changed; to search further, resume with "
+                f"--evaluations above {done}",
+                highlight=False, soft_wrap=True,
+            )  # fmt: skip
+        return True
+    finally:
+        lock.release()
+
+
 def run(args: argparse.Namespace) -> int:
     from hwprune.errors import ConfigError
 
@@ -295,6 +342,9 @@ def run(args: argparse.Namespace) -> int:
                 f"{', '.join('--' + n.replace('_', '-') for n in names)} (only --evaluations "
                 "may be given, to raise the search budget, and --workers/--ray)"
             )
+        if _say_complete(Path(args.resume), evaluations=changes.get("evaluations"),
+                         as_json=args.json):  # fmt: skip
+            return 0
         return execute({}, resume_dir=args.resume, quiet=args.quiet, as_json=args.json,
                        changes=changes)  # fmt: skip
     return execute(collect_options(args), resume_dir=None, quiet=args.quiet, as_json=args.json)

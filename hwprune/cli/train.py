@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from hwprune.cli._options import bounded_int
+from hwprune.config import MAX_BATCH_SIZE, MAX_EPOCHS, SEED_RANGE
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -27,7 +30,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0, help="seed for initialisation and shuffling")
+    p.add_argument("--seed", type=bounded_int(*SEED_RANGE), default=0,
+                   help="seed for initialisation and shuffling")  # fmt: skip
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--root", default=None, help="dataset root folder (for cifar10/cifar100)")
     p.add_argument("--download", action="store_true", help="download the dataset if missing")
@@ -43,8 +47,10 @@ def _check_options(args: argparse.Namespace) -> None:
     from hwprune.errors import ConfigError
 
     checks = [
-        ("--epochs", args.epochs, args.epochs >= 1, "a positive integer"),
-        ("--batch-size", args.batch_size, args.batch_size >= 1, "a positive integer"),
+        ("--epochs", args.epochs, 1 <= args.epochs <= MAX_EPOCHS,
+         f"a whole number from 1 to {MAX_EPOCHS}"),
+        ("--batch-size", args.batch_size, 1 <= args.batch_size <= MAX_BATCH_SIZE,
+         f"a whole number from 1 to {MAX_BATCH_SIZE}"),
         ("--num-classes", args.num_classes, args.num_classes is None or args.num_classes >= 2,
          "an integer >= 2 (a classifier needs two classes)"),
         ("--lr", args.lr, math.isfinite(args.lr) and args.lr > 0, "a finite number > 0"),

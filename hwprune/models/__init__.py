@@ -26,7 +26,7 @@ from hwprune.models.checkpoint import (
     save_checkpoint,
 )
 from hwprune.models.cifar import VGG_CONFIGS, ResNetCifar, VGGCifar
-from hwprune.registry import Registry, import_callable
+from hwprune.registry import Registry, UserExitError, call_user, import_callable
 
 __all__ = [
     "MODELS",
@@ -154,7 +154,9 @@ def _user_model(spec: str, *, num_classes: int, width: float) -> nn.Module:
             raise ConfigError(f"width={width} given, but {spec!r} takes no 'width' argument")
         kwargs["width"] = width
     try:
-        model = target(**kwargs)
+        model = call_user(target, spec=spec, doing="building the model", **kwargs)
+    except UserExitError:
+        raise
     except Exception as exc:
         raise ConfigError(f"calling {spec!r} failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):

@@ -42,9 +42,12 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     Raises CheckpointError for a missing file, a file torch cannot read, or one
     that needs unpickling arbitrary objects (refused: weights_only=True only).
     """
+    from hwprune.config import input_file_problem
+
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {str(path)!r}")
+    problem = input_file_problem(path)
+    if problem is not None:  # a folder or a device is named, never handed to torch.load
+        raise CheckpointError(f"checkpoint file {str(path)!r} {problem}")
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:

@@ -30,7 +30,8 @@ class RunLock:
 
     The OS drops the lock when the process dies (kill -9 included), so a stale
     lock never blocks a resume. The holder's pid is written into the file so a
-    refused second process can name it.
+    refused second process can name it. ``release`` removes the file: a run that
+    finished (or stopped with an error or Ctrl-C) leaves none behind.
     """
 
     def __init__(self, run_dir: Path) -> None:
@@ -40,30 +41,49 @@ class RunLock:
     def acquire(self) -> RunLock:
         import fcntl
 
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise RunDirError(
-                f"cannot use {str(self.path.parent)!r} as a run directory: {exc.strerror}"
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise RunDirError(
+                    f"cannot use {str(self.path.parent)!r} as a run directory: {exc.strerror}"
+                ) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+                os.close(fd)
+                raise RunDirError(
+                    f"run directory {str(self.path.parent)!r} is in use by another hwprune "
+                    f"process (pid {holder}); wait for it to finish or stop it first"
+                ) from None
+            # The holder before us removes the file as it releases it: a lock taken on a
+            # removed file excludes no one, so take the one now at the path instead.
+            if self._is_at_path(fd):
+                break
             os.close(fd)
-            raise RunDirError(
-                f"run directory {str(self.path.parent)!r} is in use by another hwprune process "
-                f"(pid {holder}); wait for it to finish or stop it first"
-            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
         return self
 
+    def _is_at_path(self, fd: int) -> bool:
+        try:
+            here = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
+
     def release(self) -> None:
         if self._fd is not None:
             import fcntl
 
+            # Removed while still held, so no process can lock this file after us and
+            # believe it owns the run.
+            if self._is_at_path(self._fd):
+                with contextlib.suppress(OSError):
+                    self.path.unlink()
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

@@ -112,9 +112,13 @@ def call_factory(spec: str) -> tuple[Any, Any, Any]:
     """(model, example_inputs, task) from the user's factory ``spec``, checked."""
     from torch import nn
 
+    from hwprune.registry import UserExitError, call_user
+
     factory = import_factory(spec)
     try:
-        made = factory()
+        made = call_user(factory, spec=spec, doing="building the model, its inputs and the task")
+    except UserExitError:
+        raise
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
         raise ConfigError(f"task factory {spec!r} raised {type(exc).__name__}: {first}") from None
@@ -270,7 +274,10 @@ def resolve_weights_path(weights: str | Path | None) -> str | None:
     """``weights`` as an absolute path, checked to exist (before any run folder is made)."""
     if weights is None:
         return None
+    from hwprune.config import input_file_problem
+
     p = Path(weights)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint file not found: {str(weights)!r}")
+    problem = input_file_problem(p)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint file {str(weights)!r} {problem}")
     return str(p.resolve())
