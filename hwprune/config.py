@@ -206,6 +206,13 @@ class PruneConfig:
     )
     device: str = _opt("cpu", "training/evaluation device: cpu, cuda, cuda:N", kind="str")
     opset: int = _opt(DEFAULT_OPSET, "ONNX opset of the export", kind="int")
+    allow_trace_warnings: bool = _opt(
+        False,
+        "export a model whose forward branches on, or turns into Python numbers, values "
+        "computed from its input (the ONNX graph keeps the example input's branch and values; "
+        "refused by default, naming the file and line)",
+        kind="bool",
+    )
     workers: int = _opt(
         1,
         "candidates prepared and scored at once (worker processes, or Ray tasks with --ray); "
@@ -503,11 +510,11 @@ def write_run_config(run_dir: Path, config: PruneConfig) -> Path:
     import time
 
     record = {"version": CONFIG_VERSION, "created": time.time(), "options": config.to_dict()}
-    path = run_dir / "config.json"
-    tmp = path.with_name("config.json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    from hwprune.files import write_atomic
+
+    return write_atomic(
+        run_dir / "config.json", json.dumps(record, indent=2, sort_keys=True) + "\n"
+    )
 
 
 def default(name: str) -> Any:
