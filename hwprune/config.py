@@ -208,9 +208,10 @@ class PruneConfig:
     opset: int = _opt(DEFAULT_OPSET, "ONNX opset of the export", kind="int")
     allow_trace_warnings: bool = _opt(
         False,
-        "export a model whose forward branches on, or turns into Python numbers, values "
-        "computed from its input (the ONNX graph keeps the example input's branch and values; "
-        "refused by default, naming the file and line)",
+        "export a model whose forward branches on values computed from its input, or turns "
+        "them into Python numbers (the ONNX graph keeps the example input's branch and "
+        "values; refused by default, naming the file and line; the final comparison with "
+        "torch still applies)",
         kind="bool",
     )
     workers: int = _opt(
