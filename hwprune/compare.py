@@ -192,10 +192,12 @@ def compare_oracles(
     min_keep: float = 0.1,
     cache: MeasurementCache | None = None,
     progress: Callable[[int, int], None] | None = None,
+    allow_trace_warnings: bool = False,
 ) -> Comparison:
     """Measure ``samples`` pruned variants of ``model`` with every oracle and score them.
 
     ``reference`` defaults to the first latency oracle in ``oracle_specs``.
+    ``allow_trace_warnings``: see ``export_onnx`` (a forward deciding on input values).
     """
     from hwprune.export.onnx import export_onnx
     from hwprune.space import ChannelSpace
@@ -241,7 +243,8 @@ def compare_oracles(
         for spec, oracle in zip(specs, built, strict=True):
             if oracle.input_format == "onnx":
                 if onnx_bytes is None:
-                    onnx_bytes = export_onnx(module, input_shape=tuple(input_shape))
+                    onnx_bytes = export_onnx(module, input_shape=tuple(input_shape),
+                                             allow_trace_warnings=allow_trace_warnings)  # fmt: skip
                 m = oracles.measure(oracle, onnx_bytes, input_shapes=shapes, cache=cache)
             else:
                 m = oracles.measure(oracle, module, input_shapes=shapes, cache=cache)

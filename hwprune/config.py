@@ -216,6 +216,14 @@ class PruneConfig:
         range=OPSET_RANGE,
         accepts=f"an ONNX opset from {OPSET_RANGE[0]} to {OPSET_RANGE[1]}",
     )
+    allow_trace_warnings: bool = _opt(
+        False,
+        "export a model whose forward branches on values computed from its input, or turns "
+        "them into Python numbers (the ONNX graph keeps the example input's branch and "
+        "values; refused by default, naming the file and line; the final comparison with "
+        "torch still applies)",
+        kind="bool",
+    )
     workers: int = _opt(
         1,
         "candidates prepared and scored at once (worker processes, or Ray tasks with --ray); "
@@ -563,11 +571,11 @@ def write_run_config(run_dir: Path, config: PruneConfig) -> Path:
     import time
 
     record = {"version": CONFIG_VERSION, "created": time.time(), "options": config.to_dict()}
-    path = run_dir / "config.json"
-    tmp = path.with_name("config.json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    from hwprune.files import write_atomic
+
+    return write_atomic(
+        run_dir / "config.json", json.dumps(record, indent=2, sort_keys=True) + "\n"
+    )
 
 
 def default(name: str) -> Any:

@@ -41,3 +41,34 @@ class InfeasibleBudgetError(HwpruneError):
 
 class ExportError(HwpruneError):
     """A model that cannot be exported, or an export that does not match the torch model."""
+
+
+class WriteError(HwpruneError, OSError):
+    """A file that could not be written (disk full, no permission); nothing half-written is left.
+
+    Still an OSError (``errno``, ``strerror``, ``filename`` as the OS gave them) for code
+    that handles those; its message is one line naming the file.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        errno: int | None = None,
+        strerror: str | None = None,
+        filename: str | None = None,
+    ) -> None:
+        OSError.__init__(self, errno, strerror, filename)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple:
+        # OSError pickles its (errno, strerror) args; the message is what must survive
+        # the trip back from a worker process.
+        return _write_error, (self.message, self.errno, self.strerror, self.filename)
+
+
+def _write_error(message: str, errno: int | None, strerror: str | None, filename: str | None):
+    return WriteError(message, errno=errno, strerror=strerror, filename=filename)

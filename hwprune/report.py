@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hwprune.errors import UnknownNameError
+from hwprune.files import write_atomic
 from hwprune.plots import feasible_count
 
 log = logging.getLogger(__name__)
@@ -24,10 +25,7 @@ def write_report_json(run_dir: str | Path, *, result: Any, options: Mapping[str,
     """report.json: the PruneResult plus the options that produced it."""
     path = Path(run_dir) / "report.json"
     data = {"options": dict(options), **result.to_dict()}
-    tmp = path.with_name("report.json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def _fmt(value: float | None, unit: str) -> str:
@@ -332,9 +330,7 @@ def write_plots(
         path = out / f"{name}.png"
         fig.savefig(path, dpi=100)
         written.append(path)
-    tmp = out / "plots.json.tmp"
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(out / "plots.json")
+    write_atomic(out / "plots.json", json.dumps(data, indent=1, sort_keys=True) + "\n")
     return written
 
 

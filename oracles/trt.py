@@ -309,8 +309,12 @@ def build_engine(
             data = bytes(config.get_timing_cache().serialize())
             cache_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache_path.with_name(f"{cache_path.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, cache_path)  # atomic: concurrent builders never see half a file
+            try:
+                tmp.write_bytes(data)
+                os.replace(tmp, cache_path)  # atomic: concurrent builders never see half a file
+            except OSError:
+                tmp.unlink(missing_ok=True)  # a full disk leaves no partial cache behind
+                raise
         except OSError as exc:
             log.warning("could not save the TensorRT timing cache to %s: %s", cache_path, exc)
     return bytes(plan)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -78,10 +77,9 @@ class PendingEpisodes:
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Write JSON atomically (a killed run never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    from hwprune.files import write_atomic
+
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -436,14 +436,17 @@ _BUFFER_FIELDS = ("observations", "next_observations", "actions", "rewards", "do
 
 def _save_buffer(buffer: Any, path: Path) -> None:
     """The replay buffer's arrays as .npz (no pickle), written atomically."""
-    import os
+    import io
+
+    from hwprune.files import write_atomic
 
     arrays = {k: getattr(buffer, k) for k in _BUFFER_FIELDS if getattr(buffer, k, None) is not None}
     arrays["pos"] = np.array(buffer.pos)
     arrays["full"] = np.array(buffer.full)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    # Into memory first: np.savez names its own temporary files and leaves them on failure.
+    data = io.BytesIO()
+    np.savez(data, **arrays)
+    write_atomic(path, data.getbuffer())
 
 
 def _load_buffer(buffer: Any, path: Path) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -206,12 +205,12 @@ class QLP(Searcher):
                 return
             agent_path.parent.mkdir(parents=True, exist_ok=True)
             model.save(agent_path, exclude=["exploration_schedule"])
-            tmp = state_path.with_suffix(".json.tmp")
-            tmp.write_text(
+            from hwprune.files import write_atomic
+
+            write_atomic(
+                state_path,
                 json.dumps({"episodes": episodes, "timesteps": int(model.num_timesteps)}),
-                encoding="utf-8",
             )
-            os.replace(tmp, state_path)
 
         class _Driver(BaseCallback):
             """Stops at the evaluation budget, steps the curriculum, checkpoints the agent, and

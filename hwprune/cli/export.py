@@ -35,6 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="largest accepted |onnx - torch| difference (default 1e-3)")  # fmt: skip
     p.add_argument("--allow-import", action="store_true",
                    help="allow importing the user model code the checkpoint names")  # fmt: skip
+    p.add_argument("--allow-trace-warnings", action="store_true",
+                   help="export a model whose forward branches on values computed from its "
+                        "input (the ONNX graph keeps one branch; refused by default)")  # fmt: skip
     p.add_argument("--overwrite", "--force", action="store_true",
                    help="replace existing --onnx/--tensorrt/--openvino files (never the run's own)")  # fmt: skip
     p.set_defaults(func=run)
@@ -139,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         engine_path=targets.get("--tensorrt"),
         opset=args.opset,
         atol=args.atol,
+        allow_trace_warnings=args.allow_trace_warnings,
     )
     console.print(
         f"wrote {result.onnx_path} (opset {result.opset}, "

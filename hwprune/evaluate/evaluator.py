@@ -307,13 +307,15 @@ class Evaluator:
         device: str = "cpu",
         seed: int = 0,
         opset: int | None = None,
+        allow_trace_warnings: bool = False,
         on_outcome: Callable[[Outcome], None] | None = None,
         surrogate: str = "off",
     ) -> None:
         """``task`` scores candidates (see hwprune.task); ``data`` is a shortcut for
         ``ClassificationTask(data, ...)`` with the bn/eval/device/seed options given here.
         ``surrogate`` (auto, on, off): timed values predicted where the search allows it
-        (see hwprune.evaluate.surrogate); decided in ``calibrate``."""
+        (see hwprune.evaluate.surrogate); decided in ``calibrate``. ``allow_trace_warnings``
+        exports candidates whose forward decides on input values (see ``export_onnx``)."""
         from hwprune.task import ClassificationTask, as_task
 
         if (task is None) == (data is None):
@@ -337,6 +339,7 @@ class Evaluator:
         self.example_inputs = space.example_inputs
         self.input_shape = tuple(space.example_input_shape)
         self.opset = opset
+        self.allow_trace_warnings = bool(allow_trace_warnings)
         self.on_outcome = on_outcome
         self._oracles = {c.name: oracles.get_oracle(c.oracle) for c in self.constraints}
         from hwprune.evaluate.surrogate import check_mode
@@ -429,7 +432,8 @@ class Evaluator:
 
         t0 = time.perf_counter()
         kwargs = {} if self.opset is None else {"opset": self.opset}
-        onnx_bytes = export_onnx(module, example_inputs=self.example_inputs, **kwargs)
+        onnx_bytes = export_onnx(module, example_inputs=self.example_inputs,
+                                 allow_trace_warnings=self.allow_trace_warnings, **kwargs)  # fmt: skip
         if timings is not None:
             timings["export"] = time.perf_counter() - t0
         return onnx_bytes

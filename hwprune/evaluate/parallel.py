@@ -119,6 +119,7 @@ class _Job:
     task: Any
     example_inputs: Any
     opset: int | None
+    allow_trace_warnings: bool
     untimed: dict[str, Oracle]  # constraint name -> oracle (pickled), measured by the worker
     onnx: bool  # export ONNX (an untimed or a timed oracle takes it)
     module: bool  # send the pruned module back (a timed oracle takes torch modules)
@@ -141,7 +142,8 @@ def _load_job(blob: bytes, cores: Sequence[int] | None) -> dict[str, Any]:
     _pin(cores)
     torch.set_num_threads(1)  # one worker, one core: N workers use N cores
     job: _Job = pickle.loads(blob)  # our own bytes, made by the main process of this run
-    evaluator = Evaluator(space=job.space, task=job.task, constraints=[], opset=job.opset, seed=0)
+    evaluator = Evaluator(space=job.space, task=job.task, constraints=[], opset=job.opset,
+                          allow_trace_warnings=job.allow_trace_warnings, seed=0)  # fmt: skip
     return {"job": job, "evaluator": evaluator, "oracles": dict(job.untimed)}
 
 
@@ -520,6 +522,7 @@ class ParallelEvaluator(Evaluator):
             task=self.task,
             example_inputs=self.example_inputs,
             opset=self.opset,
+            allow_trace_warnings=self.allow_trace_warnings,
             untimed=untimed,
             onnx="onnx" in formats,
             module=any(o.input_format != "onnx" for o in timed.values()),

@@ -18,7 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hwprune.config import DEFAULT_OPSET
-from hwprune.errors import ConfigError, ExportError
+from hwprune.errors import ConfigError, ExportError, WriteError
+from hwprune.export.trace import watch_values
+from hwprune.files import write_atomic
 from hwprune.inputs import ExampleInputs, flatten_outputs
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,24 @@ def _keyword_call(module, names: Sequence[str]):
     return KeywordCall()
 
 
+# Places accepted with allow_trace_warnings already logged: once each, not once per candidate.
+_ACCEPTED: set[tuple[str, int]] = set()
+
+
+def _judge_trace(found: Sequence, caught: Sequence, *, allow: bool) -> None:
+    """ExportError for the first input-dependent conversion (unless ``allow``: a warning, once)."""
+    for w in caught:
+        log.debug("tracer: %s:%s: %s", w.filename, w.lineno, str(w.message).splitlines()[0])
+    if not found:
+        return
+    if not allow:
+        raise ExportError(found[0].message(others=len(found) - 1))
+    for f in found:
+        if (f.filename, f.lineno) not in _ACCEPTED:
+            _ACCEPTED.add((f.filename, f.lineno))
+            log.warning("%s", f.message(accepted=True))
+
+
 def export_onnx(
     model,
     *,
@@ -83,6 +103,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     check: bool = True,
     fold_shapes: bool = True,
+    allow_trace_warnings: bool = False,
 ) -> bytes:
     """The ONNX bytes of ``model`` for fixed input shapes, every input and output named.
 
@@ -97,6 +118,12 @@ def export_onnx(
     shape arithmetic the tracer records (Shape -> Gather -> Div ...) into
     constants with the simplifier, so that static oracles see every shape. An operator the exporter
     cannot express raises ExportError naming it.
+
+    A forward that turns a tensor computed from its input into a Python value (a branch
+    on ``y.mean() > 0.1``, ``float(t)``, ``t.item()``) cannot be exported faithfully: the
+    graph keeps that one input's branch or value. That raises ExportError naming the file,
+    line and code (see hwprune.export.trace); ``allow_trace_warnings`` exports it anyway,
+    with a logged warning.
 
     Example::
 
@@ -128,12 +155,16 @@ def export_onnx(
         with torch.no_grad():
             names_out = output_names(inputs.call(module))
         target = module if inputs.kind != "dict" else _keyword_call(module, inputs.names)
-        with warnings.catch_warnings():
+        watch = watch_values(n_inputs=len(inputs.tensors))
+        with warnings.catch_warnings(record=True) as caught:
             # The TorchScript exporter is deprecated in favour of dynamo; chosen on purpose.
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", UserWarning)
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            with torch.no_grad():
+            # Tracer warnings are recorded, not shown: their text cannot tell a shape check
+            # (harmless at fixed shapes) from a decision on the input's values; ``watch``
+            # finds the latter by what the converted tensor depends on.
+            warnings.simplefilter("always", torch.jit.TracerWarning)
+            with torch.no_grad(), watch:
                 torch.onnx.export(
                     target,
                     inputs.args(),
@@ -157,6 +188,7 @@ def export_onnx(
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
         module.train(was_training)
+    _judge_trace(watch.found, caught, allow=allow_trace_warnings)
 
     data = buffer.getvalue()
     proto = onnx.load_from_string(data)
@@ -183,8 +215,9 @@ def export_onnx(
             "pass only the inputs the model reads"
         )
     if path is not None:
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(data)
+        try:
+            write_atomic(path, data, what="the ONNX file")
+        except WriteError as exc:
+            raise ExportError(str(exc)) from exc
     log.debug("exported %s: %d bytes, opset %d", type(model).__name__, len(data), opset)
     return data

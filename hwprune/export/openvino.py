@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from hwprune.errors import ConfigError, ExportError
+from hwprune.files import write_error
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +256,12 @@ def _convert_and_check(
     with tempfile.TemporaryDirectory(dir=out, prefix=".openvino-") as tmp:
         staging = Path(tmp)
         onnx_file = staging / "source.onnx"
-        onnx_file.write_bytes(data)
+        try:
+            onnx_file.write_bytes(data)
+        except OSError as exc:  # the staging folder goes with the error
+            raise ExportError(
+                str(write_error(out, exc, size=len(data), what="the OpenVINO IR in"))
+            ) from exc
         try:
             ov_model = ov.convert_model(str(onnx_file))
             ov.save_model(ov_model, str(staging / f"{name}.xml"), compress_to_fp16=compress_to_fp16)

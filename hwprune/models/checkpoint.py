@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import pickle
 import re
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from hwprune.errors import CheckpointError
+from hwprune.files import write_atomic
 
 __all__ = ["Checkpoint", "read_checkpoint", "load_checkpoint", "save_checkpoint"]
 
@@ -131,12 +133,13 @@ def save_checkpoint(model: nn.Module, path: str | Path, *, meta: Mapping[str, An
     """
     _check_plain(meta, "meta")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"state_dict": state, "meta": dict(meta)}, tmp)
-    tmp.replace(path)
-    return path
+    # Serialised in memory first: torch.save on a full disk raises a RuntimeError from its
+    # zip writer with no path in it; the bytes written by write_atomic fail as a one-line
+    # WriteError naming the file and the space it needs, with nothing left behind.
+    buffer = io.BytesIO()
+    torch.save({"state_dict": state, "meta": dict(meta)}, buffer)
+    return write_atomic(path, buffer.getbuffer())
 
 
 def _check_plain(value: Any, where: str) -> None:

@@ -76,6 +76,7 @@ def export(ctx: RunContext, loaded: Loaded, d: Dense, f: Final) -> Exported:
             engine_path=ctx.path("model.engine") if ctx.config.tensorrt else None,
             opset=ctx.config.opset,
             seed=ctx.config.seed,
+            allow_trace_warnings=ctx.config.allow_trace_warnings,
         )
         step(2, max_abs_diff=exported.max_abs_diff)
         ir = None

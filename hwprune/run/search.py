@@ -98,6 +98,20 @@ def _same_machine(ctx: RunContext, evaluator: Any) -> None:
     )
 
 
+def check_export(config: Any, space: Any) -> None:
+    """Export the dense model once, for nothing but its refusals (ExportError).
+
+    The run ends with an ONNX export of the chosen model; a forward that cannot be
+    exported faithfully (a branch on its input's values: hwprune.export.trace) or an
+    operator ONNX lacks is refused here, before any time goes into the search. Where an
+    oracle takes ONNX, the dense model's measurement exports it first anyway.
+    """
+    from hwprune.export.onnx import export_onnx
+
+    export_onnx(space.model, example_inputs=space.example_inputs, opset=config.opset,
+                fold_shapes=False, allow_trace_warnings=config.allow_trace_warnings)  # fmt: skip
+
+
 def dense(ctx: RunContext, loaded: Loaded, constraints: list) -> Dense:
     """Stage ``dense``: measure the dense model with every budget's oracle; its metrics."""
     from hwprune.evaluate import Evaluator
@@ -112,6 +126,7 @@ def dense(ctx: RunContext, loaded: Loaded, constraints: list) -> Dense:
         "log_path": str(ctx.episodes_path),
         "seed": config.seed,
         "opset": config.opset,
+        "allow_trace_warnings": config.allow_trace_warnings,
     }
     with ctx.stage("dense", len(constraints), "measuring the dense model") as step:
         if config.workers > 1 or config.ray is not None:
@@ -125,6 +140,8 @@ def dense(ctx: RunContext, loaded: Loaded, constraints: list) -> Dense:
         try:
             resumed = evaluator.evaluations
             _same_machine(ctx, evaluator)
+            if all(o.input_format != "onnx" for o in evaluator.oracles.values()):
+                check_export(config, loaded.space)
             constraints = evaluator.calibrate()
             metrics = None
             if loaded.task.evaluate is not None:

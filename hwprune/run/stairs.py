@@ -22,6 +22,7 @@ from typing import Any
 from hwprune.config import AUTO, default_round_to
 from hwprune.run.context import RunContext
 from hwprune.run.load import Loaded, build_space, space_options
+from hwprune.run.search import check_export
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ def staircase(ctx: RunContext, loaded: Loaded, constraints: Sequence[Any]) -> Lo
             def progress(done: int, total: int, unit: str) -> None:
                 step(done, total=total, unit=unit)
 
+            # The probe takes minutes; a model the run could not export is refused first.
+            check_export(config, loaded.space)
             # Units pruned in blocks (attention heads) keep their block size: not probed.
             single = [u.id for u in loaded.space.units if int(getattr(u, "step", 1)) == 1]
             try:

@@ -207,11 +207,9 @@ class Staircase:
 
     def save(self, path: str | Path) -> Path:
         """Write the staircase as JSON (atomically)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
-        return path
+        from hwprune.files import write_atomic
+
+        return write_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> Staircase:
