@@ -39,7 +39,7 @@ cp benchmarks/results/staircase/probe-vgg11_cifar-w0.5-torch_cuda*.json "$OUT/" 
 echo "== 3. hwprune train + prune on the GPU"
 {
     timeout 60 python3 -m hwprune train --model vgg11_cifar --width 0.5 --data digits \
-        --input-size 32 --epochs 15 --device cuda --out /tmp/dense.pt --quiet &&
+        --input-size 32 --epochs 15 --device cuda --out /tmp/dense.pt --overwrite --quiet &&
     timeout 170 python3 -m hwprune prune --model vgg11_cifar --weights /tmp/dense.pt \
         --data digits --budget 'latency<=50%' --oracle 'latency=torch:cuda?graph=1&batch=256' \
         --device cuda --agent ppo-lagrangian --evaluations 24 --finetune-epochs 3 \

@@ -23,7 +23,7 @@ CORES=${CORES:-$(nproc)}
         tests/hwprune/test_baselines.py tests/oracles/test_torch_latency.py 2>&1 | tail -6
     echo "== dense model on the GPU"
     timeout 60 python3 -m hwprune train --model vgg11_cifar --width 0.25 --data digits \
-        --input-size 32 --epochs 5 --device "$DEVICE" --out /tmp/dense.pt --quiet
+        --input-size 32 --epochs 5 --device "$DEVICE" --out /tmp/dense.pt --overwrite --quiet
     echo "train exit $?"
     i=1
     for s in $SEARCHERS; do

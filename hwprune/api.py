@@ -21,8 +21,9 @@ from typing import Any
 
 from hwprune.config import AUTO, PruneConfig, default, read_run_config, resolve_round_to
 from hwprune.errors import CheckpointError, ConfigError
+from hwprune.outputs import check_home
 from hwprune.progress import ProgressFn
-from hwprune.run.context import RunContext, prepare_run_dir
+from hwprune.run.context import RunContext, check_run_dir, prepare_run_dir
 from hwprune.run.result import PruneResult
 from hwprune.task import TaskError
 
@@ -114,6 +115,9 @@ def _start(
 ) -> PruneResult:
     from hwprune.run import run
 
+    # Where the run writes, checked before anything is imported, loaded or measured.
+    check_run_dir(out, resume=resume, overwrite=overwrite)
+    check_home()
     config, constraints = _checked(config, objects=objects is not None)
     if objects is None and config.task is not None:
         from hwprune.run.load import call_factory

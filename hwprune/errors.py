@@ -27,7 +27,12 @@ class DataError(ConfigError):
     """A dataset that cannot be found or read."""
 
 
-class RunDirError(ConfigError):
+class OutputError(ConfigError):
+    """An output path that is the wrong kind of thing (a folder for a file, a file inside a
+    file), that may not be written, or that exists and would be replaced without --overwrite."""
+
+
+class RunDirError(OutputError):
     """An output folder that holds another run, or a run folder that cannot be resumed."""
 
 

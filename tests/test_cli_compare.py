@@ -30,8 +30,9 @@ def test_compare_oracles_command_reports_and_reuses_the_cache(
     assert len(data["values"]["params"]) == 5
     assert "Spearman" in (out / "report.md").read_text()
     assert json.loads((out / "comparison.json").read_text())["values"] == data["values"]
-    # The second run is answered from the oracle cache: every sample of every oracle.
-    assert main(argv) == 0
+    # The second run (replacing the first's folder) is answered from the oracle cache: every
+    # sample of every oracle.
+    assert main([*argv, "--overwrite"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert sorted(again["cached"].values()) == [5, 5, 5]
     assert again["values"]["flops"] == data["values"]["flops"]

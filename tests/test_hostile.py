@@ -218,7 +218,7 @@ EXPORT: list[Case] = [
     ("openvino_is_file", _export("--onnx", "{root}/ov.onnx", "--openvino", "{root}/notes.txt"),
      "give a folder"),
     ("onnx_is_folder", _export("--onnx", "{root}/folder"), "is a folder"),
-    ("onnx_below_file", _export("--onnx", "{root}/notes.txt/m.onnx"), "is not a folder"),
+    ("onnx_below_file", _export("--onnx", "{root}/notes.txt/m.onnx"), "is a file, not a folder"),
     ("same_target_twice", _export("--onnx", "{root}/a.onnx", "--tensorrt", "{root}/a.onnx"),
      "also given"),
     ("atol_negative", _export("--onnx", "{root}/x.onnx", "--atol", "-1"), "--atol must be"),

@@ -71,7 +71,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "else in ~/.cache/hwprune)",
     )
     p.add_argument("--no-cache", action="store_true", help="measure everything afresh")
-    p.add_argument("--out", required=True, help="folder for report.md, comparison.json and plots")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="folder for report.md, comparison.json and plots "
+        "(new or empty; another comparison there is replaced only with --overwrite)",
+    )
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier comparison in --out (never other files)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.set_defaults(func=run)
 
@@ -89,6 +96,14 @@ def run(args: argparse.Namespace) -> int:
     from hwprune.compare import compare_oracles, default_oracles, write_report
     from hwprune.errors import ConfigError
     from hwprune.models import get_model, load_checkpoint, read_checkpoint
+    from hwprune.outputs import (
+        COMPARISON,
+        check_cache_file,
+        check_folder,
+        check_home,
+        clear_folder,
+        make_folder,
+    )
     from oracles import MeasurementCache
 
     if args.samples < 3:
@@ -97,6 +112,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--min-keep must be in (0, 1], got {args.min_keep}")
     if args.batch < 1:
         raise ConfigError(f"--batch must be a positive integer, got {args.batch}")
+    # Where it writes, before any model is built or measured (hwprune.outputs).
+    check_folder(args.out, kind=COMPARISON, overwrite=args.overwrite)
+    if not args.no_cache:
+        if args.cache:
+            check_cache_file(args.cache)
+        else:
+            check_home()
     meta: dict = {}
     if args.weights:
         meta = dict(read_checkpoint(args.weights).meta)
@@ -133,6 +155,10 @@ def run(args: argparse.Namespace) -> int:
             cache=cache,
             progress=lambda done, total: bar.update(task, completed=done),
         )
+    # Checked again: the folder may have changed while measuring.
+    if check_folder(args.out, kind=COMPARISON, overwrite=args.overwrite):
+        clear_folder(args.out)  # no plot of the earlier comparison stays beside the new one
+    make_folder(args.out, kind=COMPARISON)
     report = write_report(result, args.out)
     if args.json:
         print(result.to_json())

@@ -8,7 +8,6 @@ on single-thread ONNX Runtime CPU, fine-tunes, verifies, exports, reports.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,10 @@ DEMO_EVALUATIONS = 60
 DEMO_FINETUNE_EPOCHS = 6
 
 
+#: Where the demo runs without --out.
+DEMO_OUT = "hwprune-demo"
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
@@ -29,11 +32,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             f"Train (or reuse) a width-{DEMO_WIDTH} {DEMO_MODEL} on the built-in digits set, prune it "
             f"with ppo-lagrangian to {DEMO_BUDGET} of the dense latency on onnxruntime:cpu "
-            "(1 thread), fine-tune, verify, export and report."
+            "(1 thread), fine-tune, verify, export and report. Run again where an earlier demo "
+            "was interrupted, it resumes that demo; where it finished, it is refused (naming the "
+            "report) unless --overwrite is given."
         ),
     )
-    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default: ./hwprune-demo)")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --out")
+    p.add_argument("--out", metavar="RUN_DIR", help=f"run directory (default: ./{DEMO_OUT})")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier demo (finished or not) in the run directory")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=lambda a: run_demo(quiet=a.quiet, as_json=a.json, out=a.out,
@@ -41,9 +47,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def home() -> Path:
-    """hwprune's cache folder: $HWPRUNE_HOME, else ~/.cache/hwprune."""
-    env = os.environ.get("HWPRUNE_HOME")
-    return Path(env) if env else Path.home() / ".cache" / "hwprune"
+    """hwprune's own folder (``oracles.home_dir()``: $HWPRUNE_HOME, else ~/.cache/hwprune)."""
+    from oracles import home_dir
+
+    return home_dir()
+
+
+def demo_checkpoint_path(*, seed: int = 0) -> Path:
+    """Where the trained demo model is kept between demos."""
+    name = f"{DEMO_MODEL}-w{DEMO_WIDTH}-{DEMO_DATA}-e{DEMO_TRAIN_EPOCHS}-s{seed}.pt"
+    return home() / "demo" / name
 
 
 def demo_checkpoint(*, progress: Any = None, seed: int = 0) -> tuple[Path, float | None]:
@@ -54,9 +67,7 @@ def demo_checkpoint(*, progress: Any = None, seed: int = 0) -> tuple[Path, float
     from hwprune.models import get_model, read_checkpoint, save_checkpoint
     from hwprune.train import train
 
-    path = (
-        home() / "demo" / f"{DEMO_MODEL}-w{DEMO_WIDTH}-{DEMO_DATA}-e{DEMO_TRAIN_EPOCHS}-s{seed}.pt"
-    )
+    path = demo_checkpoint_path(seed=seed)
     if path.is_file():
         try:
             read_checkpoint(path)
@@ -82,16 +93,102 @@ def demo_checkpoint(*, progress: Any = None, seed: int = 0) -> tuple[Path, float
     return path, time.perf_counter() - t0
 
 
+def demo_options(weights: str | Path) -> dict[str, Any]:
+    """The demo's prune options (``hwprune.config.PruneConfig`` fields) for its checkpoint."""
+    return dict(
+        model=DEMO_MODEL,
+        weights=str(weights),
+        width=DEMO_WIDTH,
+        data=DEMO_DATA,
+        budgets=[DEMO_BUDGET],
+        oracles=[DEMO_ORACLE],
+        agent="ppo-lagrangian",
+        evaluations=DEMO_EVALUATIONS,
+        finetune_epochs=DEMO_FINETUNE_EPOCHS,
+    )
+
+
+def _is_demo(run_dir: Path) -> bool:
+    """Whether the run in ``run_dir`` was started by the demo (its config.json says what)."""
+    from hwprune.config import read_run_config
+
+    config = read_run_config(run_dir)
+    expected = demo_options("")
+    return all(
+        getattr(config, k) == type(getattr(config, k))(v)
+        for k, v in expected.items()
+        if k in ("model", "width", "data", "budgets", "agent")
+    )
+
+
+def _earlier_demo(run_dir: Path, *, overwrite: bool) -> bool:
+    """What a new demo does with ``run_dir``, decided before any training: True to resume the
+    interrupted demo there; False to start (in a new or empty folder, or replacing an earlier
+    run with ``overwrite``). A finished demo, another run or other files are refused in one
+    line (``hwprune.outputs``: nothing is replaced without --overwrite)."""
+    from hwprune.errors import RunDirError
+    from hwprune.outputs import RUN, check_folder
+
+    # overwrite=True: a run in the folder is not refused here but looked at below.
+    holds = check_folder(run_dir, kind=RUN, overwrite=True)
+    if not holds or overwrite:
+        return False
+    where = str(run_dir)
+    if not _is_demo(run_dir):
+        raise RunDirError(
+            f"{where!r} holds a hwprune run that is not the demo; resume it with 'hwprune prune "
+            f"--resume {where}', pass --overwrite to replace it, or choose another --out"
+        )
+    if (run_dir / "report.json").is_file():
+        raise RunDirError(
+            f"{where!r} holds a finished demo (its report: {str(run_dir / 'report.md')!r}); "
+            "pass --overwrite to run it again, or choose another --out"
+        )
+    return True
+
+
+def _measured(run_dir: Path) -> int:
+    """How many candidates the episodes log of ``run_dir`` holds (its other records, such as
+    the surrogate's settings, and a half-written last line are not candidates)."""
+    import json
+
+    try:
+        lines = (run_dir / "episodes.jsonl").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return 0
+    count = 0
+    for line in lines.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        count += isinstance(record, dict) and "index" in record
+    return count
+
+
 def run_demo(
     *, quiet: bool = False, as_json: bool = False, out: str | None = None, overwrite: bool = False
 ) -> int:
-    """Train or reuse the demo model, then prune it (see the module docstring)."""
+    """Train or reuse the demo model, then prune it (see the module docstring); an interrupted
+    demo in the run directory is resumed."""
     import contextlib
 
     from hwprune.cli._console import err_console
     from hwprune.cli.prune import ProgressView, execute
+    from hwprune.outputs import check_home
     from hwprune.progress import ProgressEvent
 
+    run_dir = Path(out or DEMO_OUT)
+    # Everything the demo writes, checked before it trains: its folder, hwprune's own folder.
+    resume = _earlier_demo(run_dir, overwrite=overwrite)
+    check_home(writable=not demo_checkpoint_path().is_file())
+    if resume:
+        err_console.print(
+            f"resuming the interrupted demo in {run_dir} ({_measured(run_dir)} candidates "
+            "measured; --overwrite starts afresh)",
+            highlight=False,
+            soft_wrap=True,
+        )
     show = not (quiet or as_json)
     view = ProgressView(err_console) if show else None
 
@@ -104,17 +201,7 @@ def run_demo(
     if show:
         how = "cached" if seconds is None else f"trained in {seconds:.1f}s"
         err_console.print(f"demo model: {ckpt} ({how})", highlight=False)
-    options = dict(
-        model=DEMO_MODEL,
-        weights=str(ckpt),
-        width=DEMO_WIDTH,
-        data=DEMO_DATA,
-        budgets=[DEMO_BUDGET],
-        oracles=[DEMO_ORACLE],
-        agent="ppo-lagrangian",
-        evaluations=DEMO_EVALUATIONS,
-        finetune_epochs=DEMO_FINETUNE_EPOCHS,
-        out=out or "hwprune-demo",
-        overwrite=overwrite or (out is None),
-    )
+    if resume:
+        return execute({}, resume_dir=str(run_dir), quiet=quiet, as_json=as_json)
+    options = {**demo_options(ckpt), "out": str(run_dir), "overwrite": overwrite}
     return execute(options, resume_dir=None, quiet=quiet, as_json=as_json)

@@ -56,14 +56,16 @@ def _run_dir(source: Path) -> Path | None:
 def check_targets(
     source: str | Path, targets: dict[str, str | None], *, overwrite: bool
 ) -> dict[str, Path]:
-    """The export targets as paths, refused when one would replace something it must not.
+    """The export targets as paths, checked before anything is loaded (``hwprune.outputs``).
 
-    Refused always: a folder (a file for ``--openvino``, which takes a folder), the
-    source checkpoint itself, an existing file of the source's run directory (weights,
-    log, report, cache), and one path given twice. Refused unless ``overwrite``: any
-    other existing file.
+    Refused always: the source checkpoint itself, an existing file of the source's run
+    directory (weights, log, report, cache), one path given twice, and what
+    ``check_file`` refuses (a folder, a path inside a file, a folder that may not be
+    written); ``--openvino`` takes a folder and its model.xml and model.bin are checked
+    as files. Refused unless ``overwrite``: any other existing file.
     """
     from hwprune.errors import ConfigError
+    from hwprune.outputs import check_file
 
     src = Path(source)
     run_dir = _run_dir(src)
@@ -72,10 +74,11 @@ def check_targets(
     out: dict[str, Path] = {}
     files: list[Path] = []
 
-    def check_file(option: str, value: str, path: Path) -> None:
+    def check(option: str, value: str, path: Path, example: str) -> None:
         resolved = path.resolve()
-        in_run = run_root is not None and resolved.is_relative_to(run_root) and path.exists()
-        if resolved == checkpoint or in_run:
+        taken = path.exists() and not path.is_dir()  # a folder is refused by check_file
+        in_run = run_root is not None and resolved.is_relative_to(run_root) and taken
+        if (resolved == checkpoint and taken) or in_run:
             where = f"run directory {str(run_dir)!r}" if run_dir is not None else "the source"
             raise ConfigError(
                 f"{option} {value!r} would overwrite {resolved.name}, a file of {where}; "
@@ -84,8 +87,7 @@ def check_targets(
         if resolved in files:
             raise ConfigError(f"{option} {value!r} is also given for another output")
         files.append(resolved)
-        if path.exists() and not overwrite:
-            raise ConfigError(f"{option} {value!r} already exists; pass --overwrite to replace it")
+        check_file(value, option=option, overwrite=overwrite, example=example)
 
     for option, value in targets.items():
         if value is None:
@@ -96,17 +98,10 @@ def check_targets(
             if path.exists() and not path.is_dir():
                 raise ConfigError(f"--openvino {value!r} is a file; give a folder for the IR")
             for name in OPENVINO_FILES:
-                check_file(option, str(path / name), path / name)
+                check(option, str(path / name), path / name, name)
             out[option] = path
             continue
-        if not value.strip() or path.is_dir() or value.endswith(("/", "\\")):
-            raise ConfigError(
-                f"{option} {value!r} is a folder; give a file path such as "
-                f"{str(path / ('model.onnx' if option == '--onnx' else 'model.engine'))!r}"
-            )
-        check_file(option, value, path)
-        if path.parent.exists() and not path.parent.is_dir():
-            raise ConfigError(f"{option} {value!r}: {str(path.parent)!r} is not a folder")
+        check(option, value, path, "model.onnx" if option == "--onnx" else "model.engine")
         out[option] = path
     return out
 

@@ -89,6 +89,7 @@ def _value(m: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     from hwprune.cli._console import console, err_console
     from hwprune.errors import ConfigError
+    from hwprune.outputs import check_cache_file, check_home
     from oracles import MeasurementCache, get_oracle
     from oracles import measure as cached_measure
     from oracles.model import load_onnx, resolve_input_shapes
@@ -96,6 +97,11 @@ def run(args: argparse.Namespace) -> int:
     if args.batch is not None and args.batch < 1:
         raise ConfigError(f"--batch must be a positive integer, got {args.batch}")
     given = parse_input_shapes(args.input_shapes)
+    if not args.no_cache:  # the only thing it writes, checked before anything is loaded
+        if args.cache:
+            check_cache_file(args.cache)
+        else:
+            check_home()
     proto = load_onnx(args.model)
     # Every oracle sees the same static shapes; a dynamic dimension nobody fixed is an error now.
     shapes = resolve_input_shapes(proto, given, batch=args.batch)

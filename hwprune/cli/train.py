@@ -23,6 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="dataset name, e.g. digits or cifar10:/data/cifar")
     p.add_argument("--epochs", type=int, required=True, help="number of training epochs")
     p.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier for *_cifar models")
     p.add_argument("--num-classes", type=int, default=None, help="default: the dataset's classes")
     p.add_argument("--input-size", type=int, default=None, help="image side (default per dataset)")
@@ -73,9 +74,14 @@ def run(args: argparse.Namespace) -> int:
     from hwprune.data import get_dataset
     from hwprune.errors import ConfigError
     from hwprune.models import get_model, save_checkpoint
+    from hwprune.outputs import check_file, check_home
     from hwprune.train import resolve_device, train
 
     _check_options(args)
+    # Where it writes, before any data is loaded or an epoch trained (hwprune.outputs).
+    check_file(args.out, option="--out", overwrite=args.overwrite, example="model.pt")
+    if args.download and args.root is None:
+        check_home()  # datasets download into hwprune's own folder
     resolve_device(args.device)  # fail before loading data
     data = get_dataset(
         args.data, root=args.root, download=args.download, seed=0, input_size=args.input_size

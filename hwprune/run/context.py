@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -18,11 +17,10 @@ from typing import Any
 
 from hwprune.config import PruneConfig, write_run_config
 from hwprune.errors import ConfigError, RunDirError
+from hwprune.outputs import LOCK_NAME, RUN, check_folder, clear_folder, make_folder
 from hwprune.progress import ProgressEvent, ProgressFn, emit
 
-__all__ = ["RunContext", "RunLock", "StageStep", "prepare_run_dir"]
-
-LOCK_NAME = ".hwprune.lock"
+__all__ = ["LOCK_NAME", "RunContext", "RunLock", "StageStep", "check_run_dir", "prepare_run_dir"]
 
 
 class RunLock:
@@ -89,56 +87,41 @@ class RunLock:
             self._fd = None
 
 
-def _make_dir(out: Path) -> None:
-    """``out`` created with its parents; RunDirError in one line when the filesystem says no."""
-    for parent in [out, *out.parents]:
-        if parent.exists() and not parent.is_dir():
-            raise RunDirError(
-                f"cannot create run directory {str(out)!r}: {str(parent)!r} is a file, not a folder"
-            )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunDirError(f"cannot create run directory {str(out)!r}: {exc.strerror}") from None
+def check_run_dir(out: Path, *, resume: bool, overwrite: bool) -> bool:
+    """The run directory's checks, before any work (they only read; ``hwprune.outputs``'
+    rule): a new run needs a new or empty folder, or one holding a hwprune run with
+    ``overwrite``; a resume needs a run folder it may write. Returns True when the folder
+    holds a run (continued, or replaced)."""
+    if resume and overwrite:
+        raise ConfigError("give either resume or overwrite, not both")
+    if not resume:
+        return check_folder(out, kind=RUN, overwrite=overwrite, resumable=True)
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"output {str(out)!r} is a file, expected a folder for the run")
+    if not (out / "config.json").is_file():
+        raise RunDirError(
+            f"cannot resume {str(out)!r}: it has no config.json (not a hwprune run directory)"
+        )
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise RunDirError(f"cannot resume {str(out)!r}: the folder may not be written")
+    return True
 
 
 def prepare_run_dir(out: Path, config: PruneConfig, *, resume: bool, overwrite: bool) -> RunLock:
     """Take the run directory (locked before anything is written) and write config.json.
 
-    A new run refuses an occupied folder unless ``overwrite`` (and then only a
-    hwprune run folder); a resume needs config.json. Returns the held lock.
+    ``check_run_dir`` again (the folder may have changed since the command checked it),
+    then a new run's folder is made, or, with ``overwrite``, the old run in it is
+    cleared once the lock is held. Returns the held lock.
     """
-    if resume and overwrite:
-        raise ConfigError("give either resume or overwrite, not both")
-    config_path = out / "config.json"
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"output {str(out)!r} is a file, expected a folder for the run")
+    holds = check_run_dir(out, resume=resume, overwrite=overwrite)
     if resume:
-        if not config_path.is_file():
-            raise RunDirError(
-                f"cannot resume {str(out)!r}: it has no config.json (not a hwprune run directory)"
-            )
         return RunLock(out).acquire()
-    occupied = out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir())
-    if occupied and not overwrite:
-        what = "a hwprune run" if config_path.is_file() else "other files"
-        raise RunDirError(
-            f"output folder {str(out)!r} already holds {what}; pass --resume to continue "
-            "it, --overwrite to replace it, or choose another --out"
-        )
-    if occupied and not config_path.is_file():
-        raise RunDirError(
-            f"refusing to overwrite {str(out)!r}: it is not a hwprune run directory "
-            "(no config.json); choose another --out"
-        )
-    _make_dir(out)
+    make_folder(out, kind=RUN)
     lock = RunLock(out).acquire()
     try:
-        if occupied:
-            for p in out.iterdir():
-                if p.name == LOCK_NAME:
-                    continue
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        if holds:
+            clear_folder(out)
         write_run_config(out, config)
     except OSError as exc:
         lock.release()
