@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 import hwprune
 from hwprune.cli import main
 from hwprune.errors import ConfigError, DataError, HwpruneError
-from hwprune.task import TaskError, as_task, reestimate_bn_on, score_number
+from hwprune.task import TaskError, as_task, reestimate_bn_on
 from tests.user_task import FidelityTask, SmallNet, TiedNet, small_net, tied_net
 
 SMALL = dict(budgets=["params<=60%"], agent="random", evaluations=2)
@@ -342,6 +342,8 @@ def test_an_output_that_is_none_is_named(shape: str, where: str, tmp_path: Path)
      torch.tensor(3)],
 )  # fmt: skip
 def test_a_real_finite_number_is_a_score(value) -> None:
+    from hwprune.task import score_number
+
     assert score_number(value) == pytest.approx(float(value))
 
 
@@ -364,6 +366,8 @@ def test_a_real_finite_number_is_a_score(value) -> None:
          "none", "complex", "list"],
 )  # fmt: skip
 def test_a_score_that_is_not_a_real_finite_number_is_refused(value, shown: str) -> None:
+    from hwprune.task import score_number
+
     assert score_number(value) is None
     task = as_task(score=lambda m: value)
     with pytest.raises(TaskError) as info:
