@@ -254,7 +254,8 @@ def as_task(
 
 
 #: What a score (and ``score_chance``) must be, in the words of every refusal.
-NUMBER_RULE = "a real finite number (an int, a float, a 0-d tensor or a numpy scalar)"
+NUMBER_KINDS = "an int, a float, a 0-d tensor or a numpy scalar"
+NUMBER_RULE = f"a real finite number ({NUMBER_KINDS})"
 
 
 def score_number(value: Any) -> float | None:
@@ -314,7 +315,8 @@ def _chance(task: Any) -> float | None:
     number = score_number(value)
     if number is None:
         raise ConfigError(
-            f"{type(task).__name__}.score_chance must be None or {NUMBER_RULE}, got {_shown(value)}"
+            f"{type(task).__name__}.score_chance must be a finite number or None "
+            f"({NUMBER_KINDS}), got {_shown(value)}"
         )
     return number
 

@@ -390,6 +390,6 @@ def test_score_chance_follows_the_same_rule() -> None:
     class Chance(FidelityTask):
         score_chance = "0.1"
 
-    with pytest.raises(ConfigError, match=r"Chance\.score_chance must be None or a real finite "
-                                          r"number .*, got '0\.1' \(a str\)"):  # fmt: skip
+    with pytest.raises(ConfigError, match=r"Chance\.score_chance must be a finite number or None "
+                                          r"\(.*\), got '0\.1' \(a str\)"):  # fmt: skip
         as_task(Chance(small_net()))
