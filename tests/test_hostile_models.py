@@ -223,6 +223,36 @@ def test_the_weight_space_prunes_tied_layers_as_one_unit() -> None:
     assert space.nonzero_params(policy) == nonzero
 
 
+class _TiedHead(nn.Module):
+    """A language-model head tied to its embedding (a tie with a layer that is not Conv/Linear)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 16)
+        self.mid = nn.Linear(16, 32)
+        self.out = nn.Linear(32, 16)
+        self.head = nn.Linear(16, 10)
+        self.head.weight = self.emb.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.out(torch.relu(self.mid(self.emb(ids)))))
+
+
+@pytest.mark.parametrize("space_type", ["ChannelSpace", "WeightSpace"])
+def test_a_head_tied_to_an_embedding_keeps_its_tie(space_type: str) -> None:
+    import hwprune.space as spaces
+    from hwprune.space import Policy
+
+    torch.manual_seed(0)
+    space = getattr(spaces, space_type)(
+        _TiedHead().eval(), example_inputs=torch.randint(0, 10, (1, 5))
+    )
+    assert "mid" in [u.id for u in space.units]  # the untied layer is still pruned
+    assert "head" not in [layer for u in space.units for layer in u.layers]
+    pruned = space.apply(Policy.uniform(space, 0.5))
+    assert pruned.head.weight is pruned.emb.weight
+
+
 def test_a_split_tie_is_never_silent() -> None:
     from hwprune.space._layers import check_ties, tied_parameters
 

@@ -213,7 +213,10 @@ def check_ties(pruned: nn.Module, ties: Sequence[tuple[str, ...]]) -> None:
     """ConfigError when ``pruned`` holds two tensors where the dense model tied one parameter:
     a pruned model never silently holds two copies of a shared weight."""
     for names in ties:
-        held = {id(pruned.get_parameter(n)) for n in names}
+        held = set()
+        for n in names:
+            owner, _, attr = n.rpartition(".")
+            held.add(id(getattr(pruned.get_submodule(owner) if owner else pruned, attr, None)))
         if len(held) > 1:
             raise ConfigError(
                 f"pruning split the parameter that {', '.join(repr(n) for n in names)} share "

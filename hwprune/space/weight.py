@@ -137,16 +137,26 @@ class WeightSpace:
         self._sorted: list[torch.Tensor] = []  # |w| ascending, per layer (unstructured)
         self._masks: list[torch.Tensor] = []  # 2:4 masks
         # Layers that share one weight Parameter (a tie) are one unit: the first holder's,
-        # masked once and set on every holder, so the pruned model keeps one tensor.
-        holders: dict[int, list[str]] = {}
-        for name, module in model.named_modules():
-            if isinstance(module, _LAYERS) and module.weight is not None:
-                holders.setdefault(id(module.weight), []).append(name)
-        self._tied: dict[str, tuple[str, ...]] = {
-            names[0]: tuple(names[1:]) for names in holders.values() if len(names) > 1
-        }
-        followers = {n for names in self._tied.values() for n in names}
+        # masked once and set on every holder, so the pruned model keeps one tensor. A weight
+        # also held elsewhere (an embedding tied to a Linear head) stays dense.
         self._ties = _layers.tied_parameters(model)
+        self._tied: dict[str, tuple[str, ...]] = {}
+        followers: set[str] = set()
+        layers = {n for n, m in model.named_modules() if isinstance(m, _LAYERS)}
+        for holders in self._ties:
+            owners = [h.rpartition(".")[0] for h in holders]
+            if all(h.endswith(".weight") for h in holders) and all(o in layers for o in owners):
+                self._tied[owners[0]] = tuple(owners[1:])
+                followers.update(owners[1:])
+            else:
+                dense = [
+                    o
+                    for o, h in zip(owners, holders, strict=True)
+                    if o in layers and h.endswith(".weight")
+                ]
+                if dense:
+                    log.info("weights of %s left dense: tied to %s", dense, holders)
+                followers.update(dense)
         with torch.no_grad():
             for name, module in model.named_modules():
                 if not isinstance(module, _LAYERS) or name in ignored or name in followers:
