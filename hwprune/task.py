@@ -273,17 +273,20 @@ def score_number(value: Any) -> float | None:
 
     if isinstance(value, (bool, np.bool_)):
         return None
-    if isinstance(value, numbers.Real):
-        number = float(value)
-    elif isinstance(value, (np.ndarray, np.generic)):
-        if value.ndim != 0 or value.dtype.kind not in "iuf":
+    try:
+        if isinstance(value, numbers.Real):
+            number = float(value)
+        elif isinstance(value, (np.ndarray, np.generic)):
+            if value.ndim != 0 or value.dtype.kind not in "iuf":
+                return None
+            number = float(value)
+        elif isinstance(value, torch.Tensor):
+            if value.dim() != 0 or value.dtype == torch.bool or value.dtype.is_complex:
+                return None
+            number = float(value.item())
+        else:
             return None
-        number = float(value)
-    elif isinstance(value, torch.Tensor):
-        if value.dim() != 0 or value.dtype == torch.bool or value.dtype.is_complex:
-            return None
-        number = float(value.item())
-    else:
+    except OverflowError:  # an int beyond any float
         return None
     return number if math.isfinite(number) else None
 
@@ -303,8 +306,10 @@ def _shown(value: Any) -> str:
         if dims:
             return f"a {kind} of shape {dims}"
         return f"a 0-d {kind} holding {value.item()} ({str(value.dtype).removeprefix('torch.')})"
-    if isinstance(value, (int, float)):
-        return str(float(value))  # nan, inf
+    if isinstance(value, float):
+        return str(value)  # nan, inf
+    if isinstance(value, int):
+        return "an int too large for a float"
     return "None" if value is None else f"a {type(value).__name__}"
 
 
@@ -394,10 +399,11 @@ def _layout_difference(
 ) -> str | None:
     """The first way layout ``got`` differs from ``want``, in words; None when they match."""
     (want_names, want_shapes), (got_names, got_shapes) = want, got
-    missing = [n for n in want_names if n not in set(got_names)]
+    have, wanted = set(got_names), set(want_names)
+    missing = [n for n in want_names if n not in have]
     if missing:
         return f"it has no module {missing[0]!r}"
-    extra = [n for n in got_names if n not in set(want_names)]
+    extra = [n for n in got_names if n not in wanted]
     if extra:
         return f"it has a module {extra[0]!r} the candidate has not"
     for name, shape in want_shapes.items():

@@ -391,9 +391,10 @@ def test_a_real_finite_number_is_a_score(value) -> None:
         (None, "None"),
         (1 + 2j, "a complex"),
         ([0.5], "a list"),
+        (10**400, "an int too large for a float"),
     ],
     ids=["str", "bool", "np-bool", "bool-tensor", "1-d-tensor", "1-d-array", "nan", "inf-tensor",
-         "none", "complex", "list"],
+         "none", "complex", "list", "huge-int"],
 )  # fmt: skip
 def test_a_score_that_is_not_a_real_finite_number_is_refused(value, shown: str) -> None:
     from hwprune.task import score_number
