@@ -129,6 +129,9 @@ def _start(
     try:
         return run(ctx, constraints=constraints, objects=objects, structure=structure)
     except TaskError as exc:
+        if not resume and not _measured(out):
+            _unclaim(out, created=not existed)  # refused before anything was measured
+            raise
         raise TaskError(
             f"{exc}; everything measured is kept in {str(out)!r}: fix the task and resume "
             f"(hwprune prune --resume {out})"
@@ -141,11 +144,16 @@ def _start(
         lock.release()
 
 
+def _measured(out: Path) -> bool:
+    """Whether the run in ``out`` has measured anything (its episodes log is not empty)."""
+    log_path = out / "episodes.jsonl"
+    return log_path.is_file() and log_path.stat().st_size > 0
+
+
 def _unclaim(out: Path, *, created: bool) -> None:
     """A new run that failed before measuring any candidate leaves no folder claiming it
     (so the retry is not refused as 'already holds a hwprune run')."""
-    log_path = out / "episodes.jsonl"
-    if log_path.is_file() and log_path.stat().st_size > 0:
+    if _measured(out):
         return  # something was measured: keep it, resumable
     import shutil
 

@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,9 +26,12 @@ import torch
 
 from hwprune.errors import ConfigError
 
-__all__ = ["ExampleInputs", "flatten_outputs"]
+__all__ = ["ExampleInputs", "check_model_device", "flatten_outputs", "none_output"]
 
 KINDS = ("tensor", "tuple", "dict")
+#: Where a model's tensors and its example inputs must live: devices that hold data (not
+#: ``meta``, whose tensors have shapes and no values) and that hwprune runs on.
+REAL_DEVICES = ("cpu", "cuda")
 SINGLE_INPUT = "input"
 SINGLE_OUTPUT = "output"
 
@@ -77,6 +81,12 @@ class ExampleInputs:
             raise ConfigError(f"example input names must be distinct, got {list(self.names)}")
         if self.kind == "tensor" and len(self.tensors) != 1:
             raise ConfigError("example inputs of kind 'tensor' hold exactly one tensor")
+        for name, t in zip(self.names, self.tensors, strict=True):
+            if t.device.type not in REAL_DEVICES:
+                raise ConfigError(
+                    f"example input {name!r} is a tensor on the {t.device.type} device; "
+                    "example inputs must be real tensors on cpu or cuda"
+                )
         if not self.ranges:
             ranges = tuple(
                 (int(t.min()), int(t.max())) if _is_integer(t.dtype) and t.numel() else None
@@ -256,6 +266,41 @@ class ExampleInputs:
             for n, s in self.shapes.items()
         )
         return f"ExampleInputs({self.kind}; {parts})"
+
+
+def check_model_device(model: torch.nn.Module) -> None:
+    """ConfigError naming the first parameter or buffer of ``model`` that is not a real tensor
+    on cpu or cuda (a model built on the ``meta`` device has shapes and no weights)."""
+    tensors = itertools.chain(
+        (("parameter", n, t) for n, t in model.named_parameters()),
+        (("buffer", n, t) for n, t in model.named_buffers()),
+    )
+    for kind, name, t in tensors:
+        if t.device.type not in REAL_DEVICES:
+            raise ConfigError(
+                f"{type(model).__name__}'s {kind} {name!r} is a tensor on the {t.device.type} "
+                "device; "
+                "the model's parameters and buffers must be real tensors on cpu or cuda (load "
+                "its weights first, e.g. model.to_empty(device='cpu') then load_state_dict)"
+            )
+
+
+def none_output(out: Any, *, path: str = "output") -> str | None:
+    """Where a model's output holds None (``output``, ``output['aux']``, ``output[1]``), or
+    None when every leaf is something else. The first such place, depth first."""
+    if out is None:
+        return path
+    if isinstance(out, Mapping):
+        items: Any = ((f"{path}[{k!r}]", v) for k, v in out.items())
+    elif isinstance(out, (tuple, list)):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(out))
+    else:
+        return None
+    for where, value in items:
+        found = none_output(value, path=where)
+        if found is not None:
+            return found
+    return None
 
 
 def flatten_outputs(out: Any, *, single: str = SINGLE_OUTPUT) -> list[tuple[str, torch.Tensor]]:

@@ -5,11 +5,11 @@ two required methods and two optional ones::
 
     class MyTask:
         def calibrate(self, model):          # forward passes that re-estimate BatchNorm
-            ...
+            ...                               # (at least one batch: see reestimate_bn_on)
         def score(self, model) -> float:     # the proxy the search maximises (mAP, -loss...)
             ...
-        def finetune(self, model, teacher):  # optional: your training loop; returns the model
-            ...
+        def finetune(self, model, teacher):  # optional: your training loop; returns the
+            ...                               # model trained (None: trained in place)
         def evaluate(self, model) -> dict:   # optional: final metrics for the report
             ...
 
@@ -30,14 +30,15 @@ the search split, the fine-tuning recipe (optionally distilled), test accuracy.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from hwprune.config import default
-from hwprune.errors import ConfigError, HwpruneError
+from hwprune.errors import ConfigError, DataError, HwpruneError
 from hwprune.progress import ProgressEvent, ProgressFn, emit
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,9 @@ __all__ = [
     "TaskError",
     "as_task",
     "reestimate_bn_on",
+    "reset_batchnorms",
     "same_score",
+    "score_number",
     "ClassificationTask",
 ]
 
@@ -73,7 +76,9 @@ class Task(Protocol):
 @runtime_checkable
 class SupportsFinetune(Protocol):
     def finetune(self, model: Any, teacher: Any) -> Any:
-        """Train the pruned ``model`` (``teacher``: the dense model); return the trained model."""
+        """Train the pruned ``model`` (``teacher``: the dense model); return it trained, or None
+        when it is trained in place. Anything else (another module, a module of other
+        parameter shapes) is refused with a TaskError."""
 
 
 @runtime_checkable
@@ -108,13 +113,55 @@ class BoundTask:
     source: Any = None
 
     def checked_score(self, model: Any, *, what: str) -> float:
-        """``score(model)`` as a finite float; TaskError naming ``what`` if it raises or is not."""
+        """``score(model)`` as a float; TaskError naming ``what`` if it raises or returns anything
+        but a real finite number (:func:`score_number`)."""
         value = self.call("score", model, what=what)
-        return _finite(
-            value,
-            TaskError,
-            lambda v: f"{self.name}.score returned {v} for {what}; it must return a finite number",
-        )
+        number = score_number(value)
+        if number is None:
+            raise TaskError(
+                f"{self.name}.score returned {_shown(value)} for {what}; it must return "
+                f"{NUMBER_RULE}"
+            )
+        return number
+
+    def checked_calibrate(self, model: Any, *, what: str) -> None:
+        """``calibrate(model)``; TaskError naming ``what`` if it raises or leaves a BatchNorm
+        layer reset without a batch to refill it (running mean 0, variance 1, no batch counted),
+        which would ship a model whose every BatchNorm normalises with made-up statistics."""
+        before = reset_batchnorms(model)
+        self.call("calibrate", model, what=what)
+        left = [n for n in reset_batchnorms(model) if n not in before]
+        if left:
+            raise TaskError(
+                f"{self.name}.calibrate left BatchNorm {left[0]!r}"
+                + (f" and {len(left) - 1} more" if len(left) > 1 else "")
+                + f" reset with no batch seen (running mean 0, variance 1) on {what}; calibrate "
+                "must run at least one batch through the model in train mode"
+            )
+
+    def checked_finetune(self, model: Any, teacher: Any, *, what: str) -> Any:
+        """``finetune(model, teacher)``: the trained candidate (``model`` itself when finetune
+        returns None: trained in place). TaskError naming what differs when it returns anything
+        but a module with the candidate's module names and parameter shapes."""
+        layout = _layout(model)
+        trained = self.call("finetune", model, teacher, what=what)
+        if trained is None:
+            return model
+        from torch import nn
+
+        if not isinstance(trained, nn.Module):
+            raise TaskError(
+                f"{self.name}.finetune returned a {type(trained).__name__} for {what}; it must "
+                "return the candidate it was given, trained (or None when it trains it in place)"
+            )
+        problem = _layout_difference(layout, _layout(trained))
+        if problem is not None:
+            raise TaskError(
+                f"{self.name}.finetune returned a module that is not the candidate it was given "
+                f"({problem}) for {what}; it must return that candidate, trained (or None when "
+                "it trains it in place)"
+            )
+        return trained
 
     def call(self, method: str, *args: Any, what: str) -> Any:
         """One of the task's methods; an exception from user code becomes a one-line TaskError."""
@@ -147,10 +194,11 @@ def as_task(
 ) -> BoundTask:
     """A BoundTask from a task object, or from plain callables.
 
-    ``calibrate`` may be a function ``fn(model)``, an iterable of batches (a
-    DataLoader: each batch is a tensor, an ``(inputs, target)`` pair or a dict
-    of named inputs; ``calibrate_batches`` of them are run), or None (no
-    BatchNorm re-estimation).
+    ``calibrate`` may be a function ``fn(model)``, a re-iterable collection of
+    batches (a DataLoader or a list: each batch is a tensor, an ``(inputs, target)``
+    pair or a dict of named inputs; up to ``calibrate_batches`` of them are run, at
+    least one), or None (no BatchNorm re-estimation). An empty one or a one-pass
+    iterator (a generator) is refused: the candidates after it would see no batch.
     """
     if isinstance(task, BoundTask):
         return task
@@ -184,7 +232,19 @@ def as_task(
         cal: Callable[[Any], Any] = _no_calibration
     elif callable(calibrate) and not hasattr(calibrate, "__iter__"):
         cal = calibrate
+    elif isinstance(calibrate, Iterator):
+        # A generator runs out after the first candidate: every later one would see no batch.
+        raise ConfigError(
+            f"calibrate is a one-pass iterator ({type(calibrate).__name__}), which runs out "
+            "after the first candidate; give a DataLoader or a list of batches, or a function "
+            "of the model"
+        )
     elif isinstance(calibrate, Iterable):
+        if _length(calibrate) == 0:
+            raise ConfigError(
+                f"calibrate is an empty {type(calibrate).__name__} (no batch); BatchNorm "
+                "re-estimation needs at least one batch of inputs"
+            )
         loader = calibrate
 
         def cal(model: Any) -> None:
@@ -197,27 +257,77 @@ def as_task(
     return BoundTask(calibrate=cal, score=score, finetune=finetune, evaluate=evaluate, name="task")
 
 
-def _finite(value: Any, error: type[Exception], message: Callable[[str], str]) -> float:
-    """``value`` as a finite float, else ``error(message(shown))`` with the value shown."""
+#: What a score (and ``score_chance``) must be, in the words of every refusal.
+NUMBER_KINDS = "an int, a float, a 0-d tensor or a numpy scalar"
+NUMBER_RULE = f"a real finite number ({NUMBER_KINDS})"
+
+
+def score_number(value: Any) -> float | None:
+    """``value`` as a float when it is a real finite number, else None: the one rule for scores.
+
+    Accepted: int, float (any ``numbers.Real``), a numpy scalar, a 0-d torch tensor or numpy
+    array of an integer or floating dtype. Refused: bool (a pass/fail is not a score), str
+    (``float("0.5")`` would hide a metric returned as text), complex, a tensor or array with
+    dimensions (which of its numbers is the score?), NaN and infinities.
+    """
+    import numbers
+
+    import numpy as np
+    import torch
+
+    if isinstance(value, (bool, np.bool_)):
+        return None
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise error(message(repr(value))) from None
-    if not math.isfinite(number):
-        raise error(message(str(number)))
-    return number
+        if isinstance(value, numbers.Real):
+            number = float(value)
+        elif isinstance(value, (np.ndarray, np.generic)):
+            if value.ndim != 0 or value.dtype.kind not in "iuf":
+                return None
+            number = float(value)
+        elif isinstance(value, torch.Tensor):
+            if value.dim() != 0 or value.dtype == torch.bool or value.dtype.is_complex:
+                return None
+            number = float(value.item())
+        else:
+            return None
+    except OverflowError:  # an int beyond any float
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _shown(value: Any) -> str:
+    """How a refused score reads in a message: the value, or what it was."""
+    import numpy as np
+    import torch
+
+    if isinstance(value, (bool, np.bool_)):
+        return f"{value} (a bool)"
+    if isinstance(value, str):
+        return f"{value if len(value) <= 40 else value[:37] + '...'!r} (a str)"
+    if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
+        kind = "tensor" if isinstance(value, torch.Tensor) else "numpy value"
+        dims = tuple(int(n) for n in value.shape)
+        if dims:
+            return f"a {kind} of shape {dims}"
+        return f"a 0-d {kind} holding {value.item()} ({str(value.dtype).removeprefix('torch.')})"
+    if isinstance(value, float):
+        return str(value)  # nan, inf
+    if isinstance(value, int):
+        return "an int too large for a float"
+    return "None" if value is None else f"a {type(value).__name__}"
 
 
 def _chance(task: Any) -> float | None:
     value = getattr(task, "score_chance", None)
     if value is None:
         return None
-    name = type(task).__name__
-    return _finite(
-        value,
-        ConfigError,
-        lambda v: f"{name}.score_chance must be a finite number or None, got {v}",
-    )
+    number = score_number(value)
+    if number is None:
+        raise ConfigError(
+            f"{type(task).__name__}.score_chance must be a finite number or None "
+            f"({NUMBER_KINDS}), got {_shown(value)}"
+        )
+    return number
 
 
 def same_score(logged: str | None, current: str) -> bool:
@@ -236,6 +346,17 @@ def _no_calibration(model: Any) -> None:
     return None
 
 
+_EMPTY = object()
+
+
+def _length(obj: Any) -> int | None:
+    """``len(obj)``, or None for an iterable without a length (an iterable dataset's loader)."""
+    try:
+        return len(obj)
+    except Exception:
+        return None
+
+
 def _forward(model: Any, batch: Any, device: Any) -> None:
     if isinstance(batch, Mapping):
         model(**{k: v.to(device) for k, v in batch.items()})
@@ -251,11 +372,66 @@ def _forward(model: Any, batch: Any, device: Any) -> None:
         model(batch.to(device))
 
 
+def reset_batchnorms(model: Any) -> list[str]:
+    """The BatchNorm layers of ``model`` whose running statistics are at their reset values
+    (mean 0, variance 1, no batch counted): reset and never refilled, or never trained."""
+    import torch
+    from torch import nn
+
+    found = []
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.modules.batchnorm._BatchNorm) or m.running_mean is None:
+            continue
+        counted = m.num_batches_tracked
+        if counted is not None and int(counted) != 0:
+            continue
+        with torch.no_grad():
+            if bool((m.running_mean == 0).all()) and bool((m.running_var == 1).all()):
+                found.append(name)
+    return found
+
+
+def _layout(model: Any) -> tuple[list[str], dict[str, tuple[int, ...]]]:
+    """A module's module names and parameter shapes: what a trained candidate keeps."""
+    names = [n for n, _ in model.named_modules()]
+    return names, {n: tuple(p.shape) for n, p in model.named_parameters()}
+
+
+def _layout_difference(
+    want: tuple[list[str], dict[str, tuple[int, ...]]],
+    got: tuple[list[str], dict[str, tuple[int, ...]]],
+) -> str | None:
+    """The first way layout ``got`` differs from ``want``, in words; None when they match."""
+    (want_names, want_shapes), (got_names, got_shapes) = want, got
+    have, wanted = set(got_names), set(want_names)
+    missing = [n for n in want_names if n not in have]
+    if missing:
+        return f"it has no module {missing[0]!r}"
+    extra = [n for n in got_names if n not in wanted]
+    if extra:
+        return f"it has a module {extra[0]!r} the candidate has not"
+    for name, shape in want_shapes.items():
+        if name not in got_shapes:
+            return f"it has no parameter {name!r}"
+        if got_shapes[name] != shape:
+            return (
+                f"parameter {name!r} has shape {list(got_shapes[name])}, "
+                f"{list(shape)} in the candidate"
+            )
+    extra = [n for n in got_shapes if n not in want_shapes]
+    if extra:
+        return f"it has a parameter {extra[0]!r} the candidate has not"
+    return None
+
+
 def reestimate_bn_on(model: Any, loader: Iterable[Any], *, batches: int = 8) -> int:
-    """Reset and re-estimate every BatchNorm's statistics from ``batches`` batches of ``loader``.
+    """Reset and re-estimate every BatchNorm's statistics from up to ``batches`` batches of
+    ``loader``.
 
     Cumulative averages (momentum None) in train mode for BN only; the model
-    ends in eval mode. Returns the number of batches run.
+    ends in eval mode. Returns the number of batches run. A loader that yields
+    no batch raises DataError and leaves the statistics as they were: reset
+    statistics with nothing to refill them would normalise with mean 0 and variance 1.
     """
     import torch
     from torch import nn
@@ -264,7 +440,17 @@ def reestimate_bn_on(model: Any, loader: Iterable[Any], *, batches: int = 8) -> 
     model.eval()
     if not bns:
         return 0
+    if not isinstance(batches, int) or isinstance(batches, bool) or batches < 1:
+        raise ConfigError(f"batches must be a positive integer, got {batches!r}")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    batch_iter = iter(loader)
+    first = next(batch_iter, _EMPTY)
+    if first is _EMPTY:
+        raise DataError(
+            f"the calibration data ({type(loader).__name__}) yielded no batch; BatchNorm "
+            "re-estimation needs at least one batch of inputs (the statistics were left as they "
+            "were)"
+        )
     saved = [(m, m.momentum) for m in bns]
     for m in bns:
         m.reset_running_stats()
@@ -273,7 +459,7 @@ def reestimate_bn_on(model: Any, loader: Iterable[Any], *, batches: int = 8) -> 
     n = 0
     try:
         with torch.no_grad():
-            for batch in loader:
+            for batch in itertools.chain([first], batch_iter):
                 if n >= batches:
                     break
                 _forward(model, batch, device)
@@ -449,13 +635,20 @@ class ClassificationTask:
 
         from hwprune.train import reestimate_bn
 
-        reestimate_bn(
+        asked = len(self._bn_indices)
+        seen = reestimate_bn(
             model.to(self.device),
             torch.utils.data.Subset(self.data.train, self._bn_indices),
             batches=self.bn_batches,
             batch_size=self.bn_batch_size,
             device=self.device,
         )
+        if 0 < seen < asked:  # 0: the model has no BatchNorm
+            raise DataError(
+                f"BatchNorm re-estimation saw {seen} of the {asked} training images it was asked "
+                f"to run ({self.bn_batches} batches of {self.bn_batch_size}); the training split "
+                f"of {self.data.name} yielded fewer"
+            )
 
     def score(self, model: Any) -> float:
         """The proxy of a calibrated candidate (see the class docstring); higher is better."""

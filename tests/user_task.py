@@ -37,9 +37,11 @@ def small_net() -> SmallNet:
 class FidelityTask:
     """score: -MSE to the dense model's outputs on fixed inputs; evaluate: the MSE."""
 
-    def __init__(self, dense: nn.Module, *, finetune_steps: int = 3) -> None:
+    def __init__(
+        self, dense: nn.Module, *, finetune_steps: int = 3, shape: tuple = (3, 16, 16)
+    ) -> None:
         g = torch.Generator().manual_seed(1)
-        self.x = torch.randn(64, 3, 16, 16, generator=g)
+        self.x = torch.randn(64, *shape, generator=g)
         with torch.no_grad():
             self.target = dense.eval()(self.x)
         self.loader = torch.utils.data.DataLoader(self.x, batch_size=16)
@@ -110,3 +112,43 @@ def score_only_factory():
     model = small_net()
     inner = FidelityTask(model)
     return model, torch.randn(1, 3, 16, 16), hwprune.task.as_task(score=inner.score)
+
+
+class EmptyCalibrationTask(FidelityTask):
+    """Calibrates BatchNorm from a loader that yields no batch."""
+
+    def calibrate(self, model: nn.Module) -> None:
+        hwprune.task.reestimate_bn_on(model, torch.utils.data.DataLoader([]), batches=4)
+
+
+def empty_calibration_factory():
+    model = small_net()
+    return model, torch.randn(1, 3, 16, 16), EmptyCalibrationTask(model)
+
+
+class TiedNet(nn.Module):
+    """Two convolutions that share one weight Parameter (a weight tie), between untied ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c0 = nn.Conv2d(3, 16, 3, padding=1)
+        self.c1 = nn.Conv2d(16, 16, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.c2.weight = self.c1.weight
+        self.c3 = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in (self.c0, self.c1, self.c2, self.c3):
+            x = torch.relu(conv(x))
+        return self.head(x.mean((2, 3)))
+
+
+def tied_net() -> TiedNet:
+    torch.manual_seed(0)
+    return TiedNet().eval()
+
+
+def tied_factory():
+    model = tied_net()
+    return model, torch.randn(1, 3, 8, 8), FidelityTask(model, shape=(3, 8, 8))

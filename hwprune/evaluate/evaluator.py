@@ -582,7 +582,7 @@ class Evaluator:
             timings["apply"] = time.perf_counter() - t0
             what = what or self.describe_candidate(policy)
             t0 = time.perf_counter()
-            self.task.call("calibrate", module, what=what)
+            self.task.checked_calibrate(module, what=what)
             timings["bn"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             acc = self.task.checked_score(module, what=what)

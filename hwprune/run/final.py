@@ -47,13 +47,12 @@ def finetune(ctx: RunContext, loaded: Loaded, candidate: Any, teacher: Any) -> t
     epochs = source.finetune_epochs if isinstance(source, ClassificationTask) else None
     with ctx.stage("finetune", epochs, "fine-tuning") as step:
         module = loaded.space.apply(candidate.policy)
-        task.call("calibrate", module, what=what)
+        task.checked_calibrate(module, what=what)
         before = after = None
         if task.evaluate is not None:
             before = dict(task.call("evaluate", module, what=what))
         if task.finetune is not None:
-            trained = task.call("finetune", module, teacher, what=what)
-            module = trained if trained is not None else module
+            module = task.checked_finetune(module, teacher, what=what)
         module = module.to("cpu").eval()
         if task.evaluate is not None:
             after = dict(task.call("evaluate", module, what=what))

@@ -19,7 +19,10 @@ from hwprune.task import BoundTask, ClassificationTask, as_task
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Loaded", "load", "build_space", "inputs_of", "import_factory", "call_factory"]
+__all__ = [
+    "Loaded", "load", "build_space", "check_calibration", "inputs_of", "import_factory",
+    "call_factory",
+]  # fmt: skip
 
 
 @dataclass
@@ -266,8 +269,25 @@ def load(
             loaded = from_objects(ctx, *objects, meta=meta, structure=structure)
         else:
             loaded = _builtin(ctx)
+        check_calibration(loaded)
         step(1)
     return loaded
+
+
+def check_calibration(loaded: Loaded) -> None:
+    """The task's calibrate once, on a copy of the dense model, before anything is measured.
+
+    A calibration that sees no batch (an empty loader) or leaves a BatchNorm layer reset is
+    refused here, in one line, rather than at the first candidate or in the shipped model.
+    """
+    import copy
+
+    from torch import nn
+
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in loaded.model.modules()):
+        return  # nothing a calibration could wipe
+    probe = copy.deepcopy(loaded.model)
+    loaded.task.checked_calibrate(probe, what="a copy of the dense model, before the search")
 
 
 def resolve_weights_path(weights: str | Path | None) -> str | None:

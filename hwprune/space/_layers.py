@@ -195,3 +195,31 @@ def unshare_tensors(copied: nn.Module, original: nn.Module) -> None:
                         nn.Parameter(data, requires_grad=t.requires_grad) if is_param else data
                     )
                 table[name] = clones[id(t)]
+
+
+def tied_parameters(model: nn.Module) -> list[tuple[str, ...]]:
+    """Parameters that several module attributes hold (a weight tie), each as the names of its
+    holders ("c1.weight", "c2.weight"), in module order. A module registered under two names
+    is one module, not a tie."""
+    holders: dict[int, list[str]] = {}
+    for name, module in model.named_modules():
+        for attr, p in module._parameters.items():
+            if p is not None:
+                holders.setdefault(id(p), []).append(f"{name}.{attr}" if name else attr)
+    return [tuple(names) for names in holders.values() if len(names) > 1]
+
+
+def check_ties(pruned: nn.Module, ties: Sequence[tuple[str, ...]]) -> None:
+    """ConfigError when ``pruned`` holds two tensors where the dense model tied one parameter:
+    a pruned model never silently holds two copies of a shared weight."""
+    for names in ties:
+        held = set()
+        for n in names:
+            owner, _, attr = n.rpartition(".")
+            held.add(id(getattr(pruned.get_submodule(owner) if owner else pruned, attr, None)))
+        if len(held) > 1:
+            raise ConfigError(
+                f"pruning split the parameter that {', '.join(repr(n) for n in names)} share "
+                "(a weight tie) into separate copies; leave those layers out with "
+                "ignored_layers=[...] and describe them with customized_pruners, or untie them"
+            )

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from hwprune.errors import ConfigError
-from hwprune.inputs import ExampleInputs
+from hwprune.inputs import ExampleInputs, check_model_device, none_output
 from hwprune.space import _layers, _opaque
 from hwprune.space.importance import get_criterion
 from hwprune.space.policy import Policy
@@ -261,7 +261,10 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
-def _resolve_inputs(example_inputs: Any, example_input_shape: Sequence[int]) -> ExampleInputs:
+def _resolve_inputs(
+    example_inputs: Any, example_input_shape: Sequence[int], *, model: nn.Module
+) -> ExampleInputs:
+    check_model_device(model)  # first: the inputs are moved to the model's device
     if example_inputs is not None:
         return ExampleInputs.from_user(example_inputs)
     shape = tuple(int(s) for s in example_input_shape)
@@ -272,8 +275,15 @@ def _resolve_inputs(example_inputs: Any, example_input_shape: Sequence[int]) -> 
     return ExampleInputs.from_shape(shape)
 
 
-def _profile(model: nn.Module, inputs: ExampleInputs) -> _layers.LayerProfile:
-    """The dense model's per-layer MACs; a model that rejects its example inputs is a ConfigError."""
+def _profile(
+    model: nn.Module, inputs: ExampleInputs, *, outputs: list[Any] | None = None
+) -> _layers.LayerProfile:
+    """The dense model's per-layer MACs; a model that rejects its example inputs is a ConfigError.
+
+    ``outputs``, when given, receives what the model returned."""
+    handle = None
+    if outputs is not None:
+        handle = model.register_forward_hook(lambda _m, _a, out: outputs.append(out))
     try:
         return _layers.profile(model, inputs)
     except ConfigError:
@@ -283,6 +293,9 @@ def _profile(model: nn.Module, inputs: ExampleInputs) -> _layers.LayerProfile:
             f"calling {type(model).__name__} with the example inputs ({inputs!r}) failed: "
             f"{_first_line(exc)}"
         ) from exc
+    finally:
+        if handle is not None:
+            handle.remove()
 
 
 def _expand(model: nn.Module, names: set[str]) -> set[str]:
@@ -475,7 +488,7 @@ class ChannelSpace:
             raise ConfigError(f"round_to must be a positive integer, got {round_to!r}")
         if not 0.0 <= float(min_keep) <= 1.0:
             raise ConfigError(f"min_keep must lie in [0, 1], got {min_keep!r}")
-        inputs = _resolve_inputs(example_inputs, example_input_shape)
+        inputs = _resolve_inputs(example_inputs, example_input_shape, model=model)
         criterion = get_criterion(importance)
         if criterion.needs_gradients and calibration is None:
             raise ConfigError(
@@ -492,12 +505,22 @@ class ChannelSpace:
         self.seed = seed
         self.skipped: list[Skipped] = []
 
-        prof = _profile(model, self.example_inputs)
+        outputs: list[Any] = []
+        prof = _profile(model, self.example_inputs, outputs=outputs)
         self.dense_params = prof.total_params
         self.dense_macs = prof.total_macs
+        where = none_output(outputs[0]) if outputs else None
+        if where is not None:
+            # Torch-Pruning traces backwards from every output; a None stops it with a TypeError
+            # that names no output.
+            raise ConfigError(
+                f"{type(model).__name__}'s {where} is None with the example inputs; a pruned "
+                "model's outputs must be tensors (a tensor, or tuples, lists and dicts of tensors)"
+            )
 
         names = {m: n for n, m in model.named_modules()}
         position = {n: i for i, n in enumerate(names.values())}
+        self._ties = _layers.tied_parameters(model)
         user_ignored = _expand(model, _layers.resolve_names(model, ignored_layers))
         self._heads = _resolve_heads(model, num_heads)
         self.num_heads = {names[m]: h for m, h in self._heads.items()}
@@ -684,6 +707,11 @@ class ChannelSpace:
         plans: list[_Plan] = []
         param_names = getattr(dg, "_param_to_name", {})
         unmapped = getattr(dg, "hwprune_unmapped", None)
+        # A group that cuts a tied parameter would cut each holder's copy on its own (two
+        # tensors where there was one): such groups are left out, so the tie is kept.
+        tied: dict[int, tuple[str, ...]] = {}
+        for holders in self._ties:
+            tied[id(self.model.get_parameter(holders[0]))] = holders
         for group in groups:
             members = [dep.target.module for dep, _ in group]
             blocked = [
@@ -701,9 +729,15 @@ class ChannelSpace:
             ops: list[_Op] = []
             layer_names: set[str] = set()
             out_layers: list[nn.Module] = []
+            cuts_tie: tuple[str, ...] | None = None
             for item in group:
                 dep, idxs = item.dep, item.idxs
                 target = dep.target.module
+                if tied and cuts_tie is None:
+                    own = [target] if isinstance(target, nn.Parameter) else (
+                        target.parameters(recurse=False) if isinstance(target, nn.Module) else []
+                    )  # fmt: skip
+                    cuts_tie = next((tied[id(p)] for p in own if id(p) in tied), None)
                 if isinstance(target, nn.Parameter):
                     if target not in param_names:
                         continue
@@ -734,6 +768,13 @@ class ChannelSpace:
                 out_layers,
                 key=lambda m: (_layers.is_depthwise(m), position[names[m]]),
             )
+            if cuts_tie is not None:
+                self._skip(
+                    names[root],
+                    f"it cuts the parameter that {' and '.join(repr(n) for n in cuts_tie)} share "
+                    "(a weight tie), which would leave two copies; the tie is kept unpruned",
+                )
+                continue
             wild = _out_of_range(dg, group)
             if wild is not None:
                 # A reshape Torch-Pruning follows without failing but maps wrongly (ShuffleNet's
@@ -1023,6 +1064,7 @@ class ChannelSpace:
                 op.handler(modules[target], idxs)
         self._fix_attributes(pruned)
         _layers.unshare_tensors(pruned, self.model)
+        _layers.check_ties(pruned, self._ties)
         return pruned
 
     def _fix_attributes(self, pruned: nn.Module) -> None:

@@ -120,7 +120,7 @@ class WeightSpace:
             )
         if not 0.0 <= float(min_keep) <= 1.0:
             raise ConfigError(f"min_keep must lie in [0, 1], got {min_keep!r}")
-        inputs = _resolve_inputs(example_inputs, example_input_shape)
+        inputs = _resolve_inputs(example_inputs, example_input_shape, model=model)
         self.model = model
         self.pattern = pattern
         self.min_keep = float(min_keep)
@@ -136,25 +136,52 @@ class WeightSpace:
         units: list[Unit] = []
         self._sorted: list[torch.Tensor] = []  # |w| ascending, per layer (unstructured)
         self._masks: list[torch.Tensor] = []  # 2:4 masks
+        # Layers that share one weight Parameter (a tie) are one unit: the first holder's,
+        # masked once and set on every holder, so the pruned model keeps one tensor. A weight
+        # also held elsewhere (an embedding tied to a Linear head) stays dense.
+        self._ties = _layers.tied_parameters(model)
+        self._tied: dict[str, tuple[str, ...]] = {}
+        followers: set[str] = set()
+        layers = {n for n, m in model.named_modules() if isinstance(m, _LAYERS)}
+        for holders in self._ties:
+            owners = [h.rpartition(".")[0] for h in holders]
+            if all(h.endswith(".weight") for h in holders) and all(o in layers for o in owners):
+                self._tied[owners[0]] = tuple(owners[1:])
+                followers.update(owners[1:])
+            else:
+                dense = [
+                    o
+                    for o, h in zip(owners, holders, strict=True)
+                    if o in layers and h.endswith(".weight")
+                ]
+                if dense:
+                    log.info("weights of %s left dense: tied to %s", dense, holders)
+                followers.update(dense)
         with torch.no_grad():
             for name, module in model.named_modules():
-                if not isinstance(module, _LAYERS) or name in ignored:
+                if not isinstance(module, _LAYERS) or name in ignored or name in followers:
                     continue
                 if module.weight is None:
                     continue
                 if pattern == "2:4" and not _two_four_ok(module):
                     log.debug("2:4: leaving %s dense (input channels not a multiple of 4)", name)
                     continue
+                tied = self._tied.get(name, ())
+                if any(n in ignored for n in tied):
+                    log.info("weights of %s left dense: tied to the ignored %s", name, tied)
+                    continue
                 w = module.weight.detach()
+                layers = (name, *tied)
                 units.append(
                     Unit(
                         id=name,
                         index=len(units),
-                        layers=(name,),
+                        layers=layers,
                         channels=int(w.shape[0]),
                         kind=_kind(module),
                         **_layers.geometry(module),
-                        flops_share=prof.macs.get(name, 0) / max(1, prof.total_macs),
+                        flops_share=sum(prof.macs.get(n, 0) for n in layers)
+                        / max(1, prof.total_macs),
                         params_share=w.numel() / max(1, prof.total_params),
                         numel=int(w.numel()),
                     )
@@ -247,5 +274,8 @@ class WeightSpace:
                 else:
                     _zero_smallest(w, n_drop=unit.numel - k, sorted_abs=self._sorted[i])
                 module.weight = nn.Parameter(w, requires_grad=module.weight.requires_grad)
+                for name in self._tied.get(unit.id, ()):
+                    modules[name].weight = module.weight
         _layers.unshare_tensors(pruned, self.model)
+        _layers.check_ties(pruned, self._ties)
         return pruned

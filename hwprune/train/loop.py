@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import time
@@ -15,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from hwprune.data import DataSplits, make_loader
-from hwprune.errors import ConfigError, HwpruneError
+from hwprune.errors import ConfigError, DataError, HwpruneError
 
 __all__ = [
     "DivergedError",
@@ -174,6 +175,16 @@ def reestimate_bn(
         loader: Iterable = data
     else:
         loader = make_loader(data, batch_size=batch_size, shuffle=True, seed=seed)
+    # The first batch before any reset: statistics reset with no batch to refill them would
+    # normalise every layer with mean 0 and variance 1.
+    batch_iter = iter(loader)
+    first = next(batch_iter, None)
+    if first is None:
+        raise DataError(
+            "the BatchNorm calibration data yielded no batch (an empty loader, or drop_last with "
+            "fewer images than one batch); re-estimation needs at least one batch (the statistics "
+            "were left as they were)"
+        )
     saved = [(m, m.momentum) for m in bns]
     model.eval()
     for m in bns:
@@ -183,7 +194,7 @@ def reestimate_bn(
     seen = 0
     try:
         with torch.no_grad():  # statistics only: no autograd graph
-            for i, (x, _) in enumerate(loader):
+            for i, (x, _) in enumerate(itertools.chain([first], batch_iter)):
                 if i >= batches:
                     break
                 model(x.to(dev, non_blocking=True))
