@@ -9,29 +9,33 @@ One multiple-choice knapsack picks a kept count per unit: the value of keeping
 group of coupled channels is one unit, so it counts once), the cost the unit's
 measured latency at ``k``, and the sum must fit the bound.
 
-The predicted latency of a model is the dense model's measured latency plus,
-per unit, the change of its staircase latency from its full count to ``k``:
-``dense + sum_u (L_u(k_u) - L_u(full))``. The constant part of the network (the
-layers no unit changes) is so measured once, in the dense model, and the
-prediction is exact for the dense model. It is a first-order model: a layer
-between two pruned units shrinks on both sides, which the sum of two
-one-sided changes underestimates, and fusion or a kernel switch is not in any
-staircase. So the whole model is measured (through the evaluator: a logged
-candidate like any other) and the knapsack's bound corrected until the
-measured latency sits in ``[window * bound, bound]``: the first correction
-moves the bound by the gap between measured and predicted, then the bound is
-bisected between the largest bound measured under the window and the
-smallest measured over it (the point interpolated between the two, kept
-within the middle of the bracket). It stops in the window, after ``steps``
-measurements, or when no new solution lies between the two.
+The predicted latency of a model maps the sum of its units' staircase
+latencies linearly onto two whole-model measurements: the dense model (measured
+by the run) and the smallest allowed model (every unit at its fewest channels,
+measured first, as a logged candidate). So the constant part of the network
+(the layers no unit changes) and the staircase's scale (a layer timed alone
+runs faster than inside the network) are measured, not assumed, and the
+prediction is exact at both ends. A smallest model that misses a budget ends
+the search at once: no allowed policy meets it. Between the ends the model is
+first-order: a layer between two pruned units shrinks on both sides, fusion or
+a kernel switch is in no staircase. So every solution is measured (through the
+evaluator: a logged candidate like any other) and the knapsack's bound
+corrected until the measured latency sits in ``[window * bound, bound]``: the
+first correction moves the bound by the gap between measured and aimed-at
+latency, then the bound is bisected between the largest bound measured under
+the window and the smallest measured over it (the point interpolated between
+the two, kept within the middle of the bracket). It stops in the window, after
+``steps`` corrections, when no new solution lies between the two, or when the
+oracle's noise inverts the bracket (a larger bound measured faster).
 
 Several budgets: the first latency budget (else the first budget) is the
 knapsack's capacity; every other budget is folded into the objective with a
 Lagrange multiplier found by bisection (:func:`~hwprune.agents.knapsack.
 solve_mck_lagrangian`), its per-unit cost a static estimate (the unit's share
 of the dense model's parameters for params and weight memory, of its MACs for
-the rest), and its bound corrected by the measured-minus-predicted gap after
-each measurement that misses it.
+the rest) mapped onto the same two measurements, and its bound moved by the
+gap between measured and aimed-at value after each measurement that misses it
+or that it held well under its bound (a positive multiplier).
 
 Without a staircase for the budget's oracle (no latency budget, or a probe
 that failed) latency costs come from each unit's share of the MACs, said in
@@ -197,6 +201,7 @@ class LatencyKnapsackSearch(Searcher):
         seconds["importance"] = time.perf_counter() - t0
 
         primary = next((i for i, c in enumerate(constraints) if c.name == "latency"), 0)
+        lead = constraints[primary]
         tables: list[list[np.ndarray]] = []
         models: dict[str, str] = {}
         for c in constraints:
@@ -204,11 +209,6 @@ class LatencyKnapsackSearch(Searcher):
             tables.append(table)
             models[c.name] = model
         counts, values, tables = _undominated(counts, values, tables)
-        consts = [
-            float(c.dense_value) - sum(float(t[-1]) for t in table)
-            for c, table in zip(constraints, tables, strict=True)
-        ]
-        lead = constraints[primary]
         if lead.name == "latency" and models[lead.name] != "staircase":
             log.info(
                 "latency-knapsack: no latency staircase for %s; each unit's latency cost is "
@@ -224,95 +224,144 @@ class LatencyKnapsackSearch(Searcher):
             keep = [counts[u][i] / space.units[u].channels for u, i in enumerate(choice)]
             return template.with_keep(tuple(float(k) for k in keep))
 
-        def predicted(choice: Sequence[int]) -> dict[str, float]:
-            return {c.name: consts[j] + total(tables[j], choice)
-                    for j, c in enumerate(constraints)}  # fmt: skip
+        def key_of(choice: Sequence[int]) -> str:
+            return space.shape_key(policy_of(choice))
 
-        bounds = {c.name: float(c.bound) for c in constraints}
-        # Where each budget's bound sits in the prediction's terms (corrected as measured).
-        eff = dict(bounds)
-        solve_seconds = [0.0]
-
-        def solve(cap: float) -> tuple[tuple[int, ...], tuple[float, ...]] | None:
-            t = time.perf_counter()
-            others = [(tables[j], eff[c.name] - consts[j])
-                      for j, c in enumerate(constraints) if j != primary]  # fmt: skip
-            sol = solve_mck_lagrangian(values, tables[primary], cap - consts[primary],
-                                       others=others, bins=self.bins)  # fmt: skip
-            solve_seconds[0] += time.perf_counter() - t
-            return None if sol is None else (sol.choice, sol.multipliers)
-
-        smallest = tuple(0 for _ in counts)  # options ascend: index 0 is each unit's fewest
-        bound = bounds[lead.name]
-        aim = (1.0 + self.window) / 2.0 * bound
         calls: list[dict[str, Any]] = []
-        verdicts: dict[str, str] = {}  # measured solutions: "under", "over" or "other"
-        below: tuple[float, float] | None = None  # (knapsack bound, measured) under the window
-        above: tuple[float, float] | None = None  # (knapsack bound, measured) over the bound
-        cap = bound
-        converged = False
-        verify = 0.0
-        for step in range(self.steps):
-            if evaluate.exhausted:
-                break
-            found = solve(cap)
-            choice, multipliers = (smallest, ()) if found is None else found
-            policy = policy_of(choice)
-            key = space.shape_key(policy)
-            if key in verdicts:
-                nxt = self._fresh(solve, cap, below, above, verdicts,
-                                  lambda ch: space.shape_key(policy_of(ch)), 0.01 * bound)  # fmt: skip
-                if nxt is None:
-                    converged = below is not None and above is not None
-                    break
-                cap, choice, multipliers = nxt
-                policy = policy_of(choice)
-                key = space.shape_key(policy)
-            guess = predicted(choice)
+        timing = {"solve": 0.0, "verify": 0.0}
+
+        def measure(choice: tuple[int, ...], cap: float | None, guess: dict[str, float],
+                    multipliers: Sequence[float] = ()) -> Any:  # fmt: skip
             t = time.perf_counter()
-            with evaluator.measured_only():
-                out = evaluate(policy)
+            with evaluator.measured_only():  # the correction needs measurements, not predictions
+                out = evaluate(policy_of(choice))
             took = time.perf_counter() - t
-            verify += took
-            value = float(out.values[lead.name])
+            timing["verify"] += took
             calls.append({
-                "step": step + 1, "key": out.key, "bound": cap, "predicted": guess,
+                "step": len(calls), "key": out.key, "bound": cap, "predicted": guess,
                 "measured": {k: float(v) for k, v in out.values.items()},
                 "feasible": bool(out.feasible), "cached": bool(out.cached), "seconds": took,
                 "multipliers": [float(m) for m in multipliers],
                 "kept": [int(counts[u][i]) for u, i in enumerate(choice)],
             })  # fmt: skip
             log.info(
-                "latency-knapsack step %d: knapsack bound %.5g, predicted %s %.5g, measured "
-                "%.5g (bound %.5g), %s", step + 1, cap, lead.name, guess[lead.name], value,
-                bound, "feasible" if out.feasible else "infeasible",
+                "latency-knapsack call %d: knapsack bound %s, predicted %s %s, measured %.5g "
+                "(bound %.5g), %s", len(calls) - 1, "-" if cap is None else f"{cap:.5g}",
+                lead.name, f"{guess[lead.name]:.5g}" if lead.name in guess else "-",
+                float(out.values[lead.name]), float(lead.bound),
+                "feasible" if out.feasible else "infeasible",
             )  # fmt: skip
-            if found is None and not out.feasible:
-                self._record(calls, models, seconds, solve_seconds[0], verify, lead, normalised,
-                             space, converged=False)  # fmt: skip
-                raise _infeasible(constraints, out.values, guess, space)
-            # The other budgets: a miss moves that budget's bound by the miss.
-            for j, c in enumerate(constraints):
-                if j != primary and not c.met(float(out.values[c.name])):
-                    eff[c.name] -= float(out.values[c.name]) - bounds[c.name]
-            others_met = all(
-                c.met(float(out.values[c.name])) for j, c in enumerate(constraints) if j != primary
-            )
-            if value <= bound and value >= self.window * bound and others_met:
-                converged = True
+            return out
+
+        def done(converged: bool) -> None:
+            self._record(calls, models, seconds, timing, lead, normalised, space,
+                         converged=converged)  # fmt: skip
+
+        # The constant part of the network and the staircase's scale, measured once: the
+        # smallest allowed model (every unit at its fewest channels) and the dense model.
+        # Each budget's prediction maps the sum of its per-unit costs linearly onto them.
+        smallest = tuple(0 for _ in counts)
+        full = tuple(len(c) - 1 for c in counts)
+        floor = measure(smallest, None, {})
+        if not floor.feasible:
+            done(False)
+            raise _infeasible(constraints, floor.values, space)
+        low = [float(floor.values[c.name]) for c in constraints]
+        high = [float(c.dense_value) for c in constraints]
+        t_low = [total(t, smallest) for t in tables]
+        t_high = [total(t, full) for t in tables]
+
+        def slope(j: int) -> float:
+            span = t_high[j] - t_low[j]
+            return (high[j] - low[j]) / span if span > 1e-12 else 0.0
+
+        def predicted(choice: Sequence[int]) -> dict[str, float]:
+            return {c.name: low[j] + slope(j) * (total(tables[j], choice) - t_low[j])
+                    for j, c in enumerate(constraints)}  # fmt: skip
+
+        def table_bound(j: int, value: float) -> float:
+            """The bound on the sum of budget ``j``'s costs whose prediction is ``value``."""
+            k = slope(j)
+            return t_low[j] + (value - low[j]) / k if k > 0 else (
+                np.inf if value >= low[j] else -np.inf)  # fmt: skip
+
+        calls[0]["predicted"] = predicted(smallest)
+        bounds = {c.name: float(c.bound) for c in constraints}
+        eff = dict(bounds)  # each other budget's bound in the prediction's terms, as corrected
+        tried: dict[str, list[tuple[float, float]]] = {c.name: [] for c in constraints}
+
+        def solve(cap: float) -> tuple[tuple[int, ...], tuple[float, ...]] | None:
+            t = time.perf_counter()
+            others = [(tables[j], table_bound(j, eff[c.name]))
+                      for j, c in enumerate(constraints) if j != primary]  # fmt: skip
+            others = [(t_, min(b, 1e300)) for t_, b in others]
+            cap_t = table_bound(primary, cap)
+            sol = None
+            if cap_t >= t_low[primary] - 1e-12:
+                sol = solve_mck_lagrangian(values, tables[primary], min(cap_t, 1e300),
+                                           others=others, bins=self.bins)  # fmt: skip
+            timing["solve"] += time.perf_counter() - t
+            return None if sol is None else (sol.choice, sol.multipliers)
+
+        bound = bounds[lead.name]
+        aim = (1.0 + self.window) / 2.0 * bound
+        below: tuple[float, float] | None = None  # (knapsack bound, measured) under the window
+        above: tuple[float, float] | None = None  # (knapsack bound, measured) over the bound
+        verdicts: dict[str, str] = {floor.key: "under"}  # measured: "under", "over", "other"
+        value = low[primary]
+        if value >= self.window * bound:
+            done(True)  # the smallest model already fills the window
+            return
+        cap = bound
+        converged = False
+        while len(calls) <= self.steps and not evaluate.exhausted:
+            found = solve(cap)
+            if found is None or key_of(found[0]) in verdicts:
+                found_fresh = self._fresh(solve, cap, below, above, verdicts, key_of,
+                                          0.01 * bound)  # fmt: skip
+                if found_fresh is None:
+                    break
+                cap, choice, multipliers = found_fresh
+            else:
+                choice, multipliers = found
+            guess = predicted(choice)
+            out = measure(choice, cap, guess, multipliers)
+            value = float(out.values[lead.name])
+            # The other budgets: one missed, or one that held the solution (its multiplier is
+            # positive) while measured under its window, moves its bound by the gap.
+            others = [j for j in range(len(constraints)) if j != primary]
+            moved = filled = False
+            for n, j in enumerate(others):
+                c, got = constraints[j], float(out.values[constraints[j].name])
+                held = n < len(multipliers) and multipliers[n] > 0
+                filled |= held and self.window * bounds[c.name] <= got <= bounds[c.name]
+                if not c.met(got) or (held and got < self.window * bounds[c.name]):
+                    tried[c.name].append((eff[c.name], got))
+                    eff[c.name] = _next_bound(eff[c.name], got,
+                                              (1.0 + self.window) / 2.0 * bounds[c.name],
+                                              None, None, tried[c.name])  # fmt: skip
+                    moved = True
+            others_met = all(c.met(float(out.values[c.name])) for c in constraints
+                             if c is not lead)  # fmt: skip
+            if value <= bound and others_met and (value >= self.window * bound or filled):
+                converged = True  # the budget that holds the solution sits in its window
                 break
             if value > bound:
-                verdicts[key] = "over"
+                verdicts[out.key] = "over"
                 above = (cap, value) if above is None or cap < above[0] else above
-            elif others_met:
-                verdicts[key] = "under"
+            elif others_met and not moved:
+                verdicts[out.key] = "under"
                 below = (cap, value) if below is None or cap > below[0] else below
             else:
-                verdicts[key] = "other"
+                verdicts[out.key] = "other"
                 continue  # the same bound again, with the other budgets' bounds corrected
-            cap = _next_bound(cap, value, guess[lead.name], aim, below, above)
-        self._record(calls, models, seconds, solve_seconds[0], verify, lead, normalised, space,
-                     converged=converged)  # fmt: skip
+            if below is not None and above is not None and below[0] >= above[0]:
+                # A larger bound measured faster than a smaller one: the oracle's noise is
+                # larger than what is left to correct; the candidates so far are ranked.
+                break
+            tried[lead.name].append((cap, value))
+            cap = _next_bound(cap, value, aim, below, above, tried[lead.name])
+        done(converged)
 
     @staticmethod
     def _fresh(
@@ -358,8 +407,7 @@ class LatencyKnapsackSearch(Searcher):
         calls: list[dict[str, Any]],
         models: dict[str, str],
         seconds: dict[str, float],
-        solve: float,
-        verify: float,
+        timing: Mapping[str, float],
         lead: Any,
         normalised: bool,
         space: Any,
@@ -376,7 +424,7 @@ class LatencyKnapsackSearch(Searcher):
             "cost_model": dict(models),
             "importance": str(getattr(space, "importance", "l2")),
             "importance_normalised": normalised,
-            "seconds": {**seconds, "solve": solve, "verify": verify},
+            "seconds": {**seconds, **timing},
             "staircase_oracle_calls": int(stairs.oracle_calls) if stairs is not None else None,
             "staircase_cached_calls": int(stairs.cached_calls) if stairs is not None else None,
             "candidates": len({c["key"] for c in calls}),
@@ -392,22 +440,34 @@ class LatencyKnapsackSearch(Searcher):
 def _next_bound(
     cap: float,
     measured: float,
-    guess: float,
     aim: float,
     below: tuple[float, float] | None,
     above: tuple[float, float] | None,
+    tried: Sequence[tuple[float, float]] = (),
 ) -> float:
-    """The knapsack's next bound: the measured gap removed while one side is known, then
-    the bracket's interpolated point (kept within its middle 80%)."""
-    if below is None or above is None:
-        return cap + (aim - measured)
-    (b0, m0), (b1, m1) = below, above
-    mid = (b0 + b1) / 2.0
-    if m1 <= m0:
-        return mid
-    x = b0 + (aim - m0) * (b1 - b0) / (m1 - m0)
-    lo, hi = b0 + 0.1 * (b1 - b0), b1 - 0.1 * (b1 - b0)
-    return min(max(x, lo), hi)
+    """The knapsack's next bound for one budget (the prediction's terms), aiming the measured
+    value at ``aim``.
+
+    Inside a bracket (a bound measured under the window, a smaller one over the bound): the
+    point interpolated between them, kept within the bracket's middle 80%. Else the secant
+    through the last two bounds tried (``tried``: (bound, measured) in order), its step at
+    most four times the last one; else (one point, or a secant that does not rise) the
+    bound moved by the gap between the measured and the aimed-at value.
+    """
+    if below is not None and above is not None:
+        (b0, m0), (b1, m1) = below, above
+        if m1 <= m0:
+            return (b0 + b1) / 2.0
+        x = b0 + (aim - m0) * (b1 - b0) / (m1 - m0)
+        lo, hi = b0 + 0.1 * (b1 - b0), b1 - 0.1 * (b1 - b0)
+        return min(max(x, lo), hi)
+    if len(tried) >= 2:
+        (x0, m0), (x1, m1) = tried[-2], tried[-1]
+        if x1 != x0 and (m1 - m0) / (x1 - x0) > 0:
+            x = x1 + (aim - m1) * (x1 - x0) / (m1 - m0)
+            reach = 4.0 * abs(x1 - x0)
+            return min(max(x, x1 - reach), x1 + reach)
+    return cap + (aim - measured)
 
 
 def _undominated(
@@ -442,14 +502,13 @@ def _undominated(
 
 
 def _infeasible(
-    constraints: Sequence[Any], values: Mapping[str, float], guess: Mapping[str, float], space: Any
+    constraints: Sequence[Any], values: Mapping[str, float], space: Any
 ) -> InfeasibleBudgetError:
     from hwprune.constraints import format_value
 
     missed = [
-        f"{c.budget.text} on {c.oracle}: the smallest allowed model measures "
-        f"{format_value(float(values[c.name]), c.unit)} (the knapsack predicted "
-        f"{format_value(float(guess[c.name]), c.unit)}) against a bound of "
+        f"{c.budget.text} on {c.oracle}: the smallest allowed model (every unit at its fewest "
+        f"channels) measures {format_value(float(values[c.name]), c.unit)} against a bound of "
         f"{format_value(float(c.bound), c.unit)}"
         for c in constraints
         if not c.met(float(values[c.name]))
@@ -500,17 +559,19 @@ def knapsack_section(extra: Mapping[str, Any]) -> str:
     lo, hi = k["window"]
     lines += [
         "",
-        f"Measured {name} is accepted in [{lo:.4g}, {hi:.4g}] {unit}. Predicted: dense value plus "
-        "each unit's staircase change; knapsack bound: the corrected bound the knapsack "
-        "solved for.",
+        f"Measured {name} is accepted in [{lo:.4g}, {hi:.4g}] {unit}. Predicted: the sum of the "
+        "units' costs, mapped linearly onto the measured smallest allowed model (call 0) and "
+        "the dense model; knapsack bound: the corrected bound the knapsack solved for.",
         "",
         f"| step | knapsack bound ({unit}) | predicted ({unit}) | measured ({unit}) "
         "| measured / predicted | feasible |",
         "|---:|---:|---:|---:|---:|---|",
     ]
     for c in k["calls"]:
-        p, m = float(c["predicted"][name]), float(c["measured"][name])
-        ratio = f"{m / p:.3f}" if p > 0 else "-"
-        lines.append(f"| {c['step']} | {float(c['bound']):.4g} | {p:.4g} | {m:.4g} | {ratio} "
+        p, m = c["predicted"].get(name), float(c["measured"][name])
+        ratio = f"{m / float(p):.3f}" if p is not None and float(p) > 0 else "-"
+        cap = "smallest model" if c.get("bound") is None else f"{float(c['bound']):.4g}"
+        guess = "-" if p is None else f"{float(p):.4g}"
+        lines.append(f"| {c['step']} | {cap} | {guess} | {m:.4g} | {ratio} "
                      f"| {'yes' if c['feasible'] else 'no'} |")  # fmt: skip
     return "\n".join(lines)
