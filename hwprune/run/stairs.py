@@ -121,7 +121,7 @@ def channel_section(ctx: RunContext, loaded: Loaded, policy: Any) -> tuple[str, 
     pb = proposed_and_built(space, policy)
     path = ctx.path(STAIRCASE_FILE)
     # A staircase measured for the searcher alone (round_to N) did not snap the counts.
-    snapped = path.is_file() and bool(getattr(space, "channel_choices", None))
+    snapped = path.is_file() and ctx.config.round_to == AUTO
     stairs = Staircase.load(path) if snapped else None
     lines = ["## Channel counts", ""]
     plots: list[Any] = []

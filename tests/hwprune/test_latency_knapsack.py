@@ -337,6 +337,8 @@ def test_prune_with_latency_knapsack_on_onnxruntime_meets_the_budget(tmp_path):
     md = (run / "report.md").read_text()
     assert "## Latency knapsack" in md and "| step | knapsack bound" in md
     assert "smallest model" in md
+    # The counts were not snapped to step tops: the report does not say they were.
+    assert "Counts are multiples of 4" in md and "`round_to auto`" not in md
 
 
 def test_an_unreachable_bound_ends_a_run_with_one_line(tmp_path):
