@@ -155,7 +155,7 @@ class PruneConfig:
     )
     agent: str = _opt(
         "ppo-lagrangian",
-        "searcher: ppo-lagrangian, qlp, amc, uniform, global-magnitude, random",
+        "searcher: ppo-lagrangian, qlp, amc, uniform, global-magnitude, random, latency-knapsack",
         kind="str",
     )
     evaluations: int = _opt(100, "candidates to evaluate", kind="int", range=(1, MAX_EVALUATIONS))

@@ -33,5 +33,6 @@ __all__ = [
 # Importing the modules registers their searchers.
 from hwprune.agents import amc as _amc  # noqa: E402,F401
 from hwprune.agents import baselines as _baselines  # noqa: E402,F401
+from hwprune.agents import latency_knapsack as _latency_knapsack  # noqa: E402,F401
 from hwprune.agents import ppo_lagrangian as _ppo_lagrangian  # noqa: E402,F401
 from hwprune.agents import qlp as _qlp  # noqa: E402,F401

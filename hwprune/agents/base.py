@@ -144,6 +144,9 @@ class Searcher:
     #: Whether the searcher learns from the scores it is given (the RL agents); the baselines
     #: follow a fixed rule (bisection, magnitudes, random draws) and use scores only to choose.
     learns: ClassVar[bool] = False
+    #: Whether the run measures the latency staircase for it whatever ``round_to`` is (the
+    #: searcher takes it as its ``staircase`` argument).
+    needs_staircase: ClassVar[bool] = False
 
     def __init__(self, *, seed: int = 0, **options: Any) -> None:
         self.seed = int(seed)
@@ -152,6 +155,11 @@ class Searcher:
 
     def _run(self, space: Any, evaluate: BudgetedEvaluator, *, checkpoint_dir: Path | None) -> None:
         raise NotImplementedError
+
+    @classmethod
+    def report_section(cls, extra: dict[str, Any]) -> str:
+        """A report.md section drawn from the search's ``extra`` ("" for none)."""
+        return ""
 
     def search(
         self,

@@ -171,7 +171,7 @@ def result_of(
         proxy=getattr(loaded.task.source, "proxy", None),
         proxy_seconds=mean_proxy_seconds(d.evaluator.history),
         surrogate=surrogate_report(d.evaluator),
-        oracle_calls=dict(d.evaluator.oracle_calls),
+        oracle_calls=dict(d.evaluator.oracle_calls), search_extra=dict(s.extra),
     )  # fmt: skip
 
 
@@ -186,6 +186,14 @@ def _unit_names(space: Any) -> list[str]:
     return [str(u.id or f"unit {i}") for i, u in enumerate(space.units)]
 
 
+def _searcher_section(s: Searched) -> str:
+    """The searcher's own report.md section, drawn from its ``extra`` ("" for none)."""
+    from hwprune.agents import SEARCHERS
+
+    cls = SEARCHERS.get(s.searcher) if s.searcher in SEARCHERS else None
+    return cls.report_section(s.extra) if cls is not None else ""
+
+
 def report(
     ctx: RunContext, loaded: Loaded, d: Dense, s: Searched, f: Final, exported: Exported
 ) -> PruneResult:
@@ -197,12 +205,13 @@ def report(
     with ctx.stage("report", 1, "writing the report") as step:
         result = result_of(ctx, loaded, d, s, f, exported)
         section, stair_plots = channel_section(ctx, loaded, f.candidate.policy)
+        sections = [t for t in (_searcher_section(s), section) if t]
         plots = write_report(
             ctx.run_dir, result=result, history=d.evaluator.history,
             chosen_key=f.candidate.key, constraints=d.constraints,
             unit_names=_unit_names(loaded.space), lagrange=s.extra.get("lagrange"),
             mean_costs=s.extra.get("mean_costs"),
-            options=options, sections=[section] if section else [],
+            options=options, sections=sections,
         )  # fmt: skip
         step(1)
     paths = {**result.paths, **{f"plot:{p.stem}": p for p in [*plots, *stair_plots]}}

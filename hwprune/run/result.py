@@ -75,6 +75,8 @@ class PruneResult:
     # Calls each budget's oracle made in this session (dense, search, confirmation, proof;
     # repeats counted, cache hits not).
     oracle_calls: Mapping[str, int] = field(default_factory=dict)
+    # What the searcher recorded of its own work (its ``SearchResult.extra``).
+    search_extra: Mapping[str, Any] = field(default_factory=dict)
     model: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -113,6 +115,7 @@ class PruneResult:
                 "proxy": self.proxy,
                 "proxy_seconds_mean": self.proxy_seconds,
                 "oracle_calls": dict(self.oracle_calls),
+                "extra": dict(self.search_extra),
             },
             "export": {
                 "max_abs_diff": self.export_max_abs_diff,

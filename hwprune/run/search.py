@@ -166,6 +166,10 @@ def _searcher(ctx: RunContext, evaluator: Any) -> Any:
     params = inspect.signature(cls.__init__).parameters if cls is not None else {}
     if "batch_episodes" in params:
         kwargs["batch_episodes"] = _batch_episodes(ctx, evaluator)
+    if "staircase" in params:
+        from hwprune.run.stairs import read_staircase
+
+        kwargs["staircase"] = read_staircase(ctx)
     if params and importlib.util.find_spec("tensorboard") is not None:
         for key in ("tensorboard_log", "tensorboard_dir", "tensorboard"):
             if key in params:

@@ -26,7 +26,13 @@ from hwprune.run.search import check_export
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STAIRCASE_FILE", "staircase", "channel_section"]
+__all__ = [
+    "STAIRCASE_FILE",
+    "staircase",
+    "channel_section",
+    "needs_staircase",
+    "read_staircase",
+]
 
 STAIRCASE_FILE = "staircase.json"
 
@@ -37,7 +43,10 @@ def staircase(ctx: RunContext, loaded: Loaded, constraints: Sequence[Any]) -> Lo
     from oracles import MeasurementCache
 
     config = ctx.config
-    if config.round_to != AUTO or config.granularity != "channel":
+    # A searcher that prices units by their staircase (latency-knapsack) gets it measured
+    # whatever round_to is; the space then keeps its own round_to.
+    snap = config.round_to == AUTO
+    if not (snap or needs_staircase(config.agent)) or config.granularity != "channel":
         return loaded
     spec = next((c.oracle for c in constraints if c.name == "latency"), None)
     if spec is None:  # the config resolves 'auto' away without a latency budget
@@ -74,11 +83,29 @@ def staircase(ctx: RunContext, loaded: Loaded, constraints: Sequence[Any]) -> Lo
                 return loaded
             stairs.save(path)
             step(units, oracle_calls=stairs.oracle_calls, cached_calls=stairs.cached_calls)
+        if not snap:
+            return loaded
         choices = {k: [int(c) for c in v] for k, v in stairs.choices().items()}
         options = {**space_options(config), "channel_choices": choices}
         space = build_space(loaded.model, example_inputs=loaded.example_inputs, options=options,
                             structure=loaded.structure)  # fmt: skip
     return dataclasses.replace(loaded, space=space)
+
+
+def needs_staircase(agent: str) -> bool:
+    """Whether the searcher named ``agent`` asks the run for the latency staircase."""
+    from hwprune.agents import SEARCHERS
+
+    cls = SEARCHERS.get(agent) if agent in SEARCHERS else None
+    return bool(getattr(cls, "needs_staircase", False))
+
+
+def read_staircase(ctx: RunContext) -> Any:
+    """The staircase the ``staircase`` stage measured (``RUN/staircase.json``), or None."""
+    from hwprune.space.staircase import Staircase
+
+    path = ctx.path(STAIRCASE_FILE)
+    return Staircase.load(path) if path.is_file() else None
 
 
 def channel_section(ctx: RunContext, loaded: Loaded, policy: Any) -> tuple[str, list[Any]]:
@@ -96,7 +123,9 @@ def channel_section(ctx: RunContext, loaded: Loaded, policy: Any) -> tuple[str, 
         return "", []
     pb = proposed_and_built(space, policy)
     path = ctx.path(STAIRCASE_FILE)
-    stairs = Staircase.load(path) if path.is_file() else None
+    # A staircase measured for the searcher alone (round_to N) did not snap the counts.
+    snapped = path.is_file() and ctx.config.round_to == AUTO
+    stairs = Staircase.load(path) if snapped else None
     lines = ["## Channel counts", ""]
     plots: list[Any] = []
     if stairs is None:

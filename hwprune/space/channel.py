@@ -93,6 +93,7 @@ class _Plan:
     ops: tuple[_Op, ...]
     order: np.ndarray  # the unit's channels, most important first (in blocks of ``step``)
     step: int = 1
+    scores: np.ndarray | None = None  # the criterion's score of each channel (dense order)
 
 
 @dataclass(frozen=True)
@@ -810,7 +811,7 @@ class ChannelSpace:
                     "step": step,
                 }
             )
-            plans.append(_Plan(ops=tuple(ops), order=order, step=step))
+            plans.append(_Plan(ops=tuple(ops), order=order, step=step, scores=scores))
         for module, reason in getattr(dg, "hwprune_failed", ()):
             if module in names and names[module] not in {u["id"] for u in units}:
                 self._skip(names[module], reason)
@@ -1028,6 +1029,11 @@ class ChannelSpace:
         kept = self._kept(policy)
         blob = json.dumps([self._signature, self.granularity, kept]).encode()
         return hashlib.sha256(blob).hexdigest()[:20]
+
+    def channel_importance(self) -> list[np.ndarray]:
+        """Each unit's channel scores by the space's ``importance`` criterion (dense channel
+        order; unnormalised): the scores that decided which channels a pruned unit keeps."""
+        return [np.asarray(p.scores, dtype=np.float64).copy() for p in self._plans]
 
     def describe(self) -> list[dict[str, Any]]:
         """Per-unit features (index, channels, kind, geometry, MAC and parameter shares)."""

@@ -1,0 +1,577 @@
+"""``latency-knapsack``: HALP's method (Shen et al., NeurIPS 2022) on any runtime.
+
+Each unit's latency against its channel count is the staircase measured on the
+latency budget's own oracle (``hwprune.space.staircase``, the run's
+``staircase`` stage); each channel has an importance (the space's criterion,
+``--importance``: the scores that decide which channels a pruned unit keeps).
+One multiple-choice knapsack picks a kept count per unit: the value of keeping
+``k`` channels is the summed importance of the unit's ``k`` best channels (a
+group of coupled channels is one unit, so it counts once), the cost the unit's
+measured latency at ``k``, and the sum must fit the bound.
+
+The predicted latency of a model maps the sum of its units' staircase
+latencies linearly onto two whole-model measurements: the dense model (measured
+by the run) and the smallest allowed model (every unit at its fewest channels,
+measured first, as a logged candidate). So the constant part of the network
+(the layers no unit changes) and the staircase's scale (a layer timed alone
+runs faster than inside the network) are measured, not assumed, and the
+prediction is exact at both ends. A smallest model that misses a budget ends
+the search at once: no allowed policy meets it. Between the ends the model is
+first-order: a layer between two pruned units shrinks on both sides, fusion or
+a kernel switch is in no staircase. So every solution is measured (through the
+evaluator: a logged candidate like any other) and the knapsack's bound
+corrected until the measured latency sits in ``[window * bound, bound]``: the
+first correction moves the bound by the gap between measured and aimed-at
+latency, then the bound is bisected between the largest bound measured under
+the window and the smallest measured over it (the point interpolated between
+the two, kept within the middle of the bracket). It stops in the window, after
+``steps`` corrections, when no new solution lies between the two, or when the
+oracle's noise inverts the bracket (a larger bound measured faster).
+
+Several budgets: the first latency budget (else the first budget) is the
+knapsack's capacity; every other budget is folded into the objective with a
+Lagrange multiplier found by bisection (:func:`~hwprune.agents.knapsack.
+solve_mck_lagrangian`), its per-unit cost a static estimate (the unit's share
+of the dense model's parameters for params and weight memory, of its MACs for
+the rest) mapped onto the same two measurements, and its bound moved by the
+gap between measured and aimed-at value after each measurement that misses it
+or that it held well under its bound (a positive multiplier).
+
+Without a staircase for the budget's oracle (no latency budget, or a probe
+that failed) latency costs come from each unit's share of the MACs, said in
+one log line and in the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from hwprune.agents.base import SEARCHERS, BudgetedEvaluator, Searcher
+from hwprune.agents.knapsack import solve_mck_lagrangian, total
+from hwprune.errors import ConfigError, InfeasibleBudgetError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LatencyKnapsackSearch", "unit_options", "knapsack_section"]
+
+#: Quantities whose per-unit cost is estimated from the unit's parameter share.
+_PARAM_LIKE = ("params", "weight-memory")
+#: Options per unit above which the dominance filter is skipped (its cost grows as n^2).
+_DOMINANCE_LIMIT = 1024
+#: Pure re-solves tried for a bound that gives a solution not measured yet.
+_RESOLVE_TRIES = 24
+
+
+def unit_options(space: Any, unit: Any) -> list[int]:
+    """Every kept-channel count ``space`` can build for ``unit`` (ascending): its
+    ``channel_choices`` (staircase step tops) or the multiples of ``round_to``,
+    from ``min_keep`` up to the full count."""
+    c = int(unit.channels)
+    return sorted({int(space.unit_channels_for(k / c, unit)) for k in range(1, c + 1)})
+
+
+def _load_staircase(staircase: Any) -> Any:
+    if staircase is None:
+        return None
+    from hwprune.space.staircase import Staircase
+
+    if isinstance(staircase, Staircase):
+        return staircase
+    if isinstance(staircase, (str, Path)):
+        return Staircase.load(staircase)
+    if isinstance(staircase, Mapping):
+        return Staircase.from_dict(staircase)
+    raise ConfigError(
+        f"staircase must be a Staircase, a staircase.json path or its dict, got "
+        f"{type(staircase).__name__}"
+    )
+
+
+@SEARCHERS.register("latency-knapsack")
+class LatencyKnapsackSearch(Searcher):
+    """One multiple-choice knapsack over measured latency staircases and channel importance.
+
+    Options: ``staircase`` (a ``Staircase``, its JSON path or dict; the run
+    passes the one its ``staircase`` stage measured), ``steps`` (most whole-model
+    measurements of the bound's correction, default 8), ``window`` (the
+    measured latency is accepted in ``[window * bound, bound]``, default 0.95),
+    ``bins`` (the knapsack's budget resolution, default 4096).
+    """
+
+    name = "latency-knapsack"
+    #: The run probes the latency staircase for this searcher whatever its ``round_to``.
+    needs_staircase: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        staircase: Any = None,
+        steps: int = 8,
+        window: float = 0.95,
+        bins: int = 4096,
+        **options: Any,
+    ) -> None:
+        super().__init__(seed=seed, **options)
+        self.staircase = _load_staircase(staircase)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"steps must be a whole number >= 1, got {steps!r}")
+        try:
+            self.window = float(window)
+        except (TypeError, ValueError):
+            raise ConfigError(f"window must be a number in (0, 1), got {window!r}") from None
+        if not 0.0 < self.window < 1.0:
+            raise ConfigError(f"window must be a number in (0, 1), got {window!r}")
+        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 16:
+            raise ConfigError(f"bins must be a whole number >= 16, got {bins!r}")
+        self.steps = steps
+        self.bins = bins
+
+    # ------------------------------------------------------------------ tables
+    def _values(self, space: Any, counts: list[list[int]]) -> tuple[list[np.ndarray], bool]:
+        """Per unit, the summed importance of its ``k`` best channels for each count ``k``."""
+        from hwprune.agents.baselines import channel_magnitudes
+
+        importance = str(getattr(space, "importance", "l2"))
+        if hasattr(space, "channel_importance"):
+            scores = space.channel_importance()
+        else:
+            scores = channel_magnitudes(space)
+        # Loss-change estimates (taylor) compare across layers as they are; norms of weights
+        # do not (a layer's scale is arbitrary): each unit's are divided by their mean, as
+        # Torch-Pruning's global ranking does.
+        normalise = importance != "taylor"
+        out = []
+        for s, ks in zip(scores, counts, strict=True):
+            s = np.clip(np.nan_to_num(np.asarray(s, dtype=np.float64)), 0.0, None)
+            if normalise:
+                s = s / max(float(s.mean()), 1e-12)
+            top = np.concatenate([[0.0], np.cumsum(np.sort(s)[::-1])])
+            out.append(np.array([top[min(k, s.size)] for k in ks], dtype=np.float64))
+        return out, normalise
+
+    def _costs(
+        self, space: Any, constraint: Any, counts: list[list[int]]
+    ) -> tuple[list[np.ndarray], str]:
+        """Per unit, the predicted ``constraint`` value's part at each count, and the model used."""
+        dense = float(constraint.dense_value)
+        stairs = self.staircase
+        by_unit = stairs.by_unit() if stairs is not None else {}
+        use_stairs = (
+            constraint.name == "latency"
+            and stairs is not None
+            and stairs.oracle == constraint.oracle
+        )
+        share = "params_share" if constraint.name in _PARAM_LIKE else "flops_share"
+        out = []
+        for unit, ks in zip(space.units, counts, strict=True):
+            probed = by_unit.get(unit.id) if use_stairs else None
+            if probed is not None:
+                out.append(np.array([probed.latency_at(k) for k in ks], dtype=np.float64))
+            else:
+                part = dense * float(getattr(unit, share, 0.0))
+                out.append(np.array([part * k / unit.channels for k in ks], dtype=np.float64))
+        if use_stairs:
+            return out, "staircase"
+        return out, share.replace("_", "-")
+
+    # --------------------------------------------------------------------- run
+    def _run(self, space: Any, evaluate: BudgetedEvaluator, *, checkpoint_dir: Path | None) -> None:
+        from hwprune.space import Policy
+
+        if getattr(space, "granularity", "channel") != "channel":
+            raise ConfigError(
+                "latency-knapsack chooses kept channel counts; it needs granularity 'channel', "
+                f"got {space.granularity!r}"
+            )
+        evaluator = evaluate.evaluator
+        constraints = list(evaluator.constraints)
+        if not constraints:
+            raise ConfigError("latency-knapsack needs at least one budget")
+        seconds: dict[str, float] = {}
+        t0 = time.perf_counter()
+        counts = [unit_options(space, u) for u in space.units]
+        values, normalised = self._values(space, counts)
+        seconds["importance"] = time.perf_counter() - t0
+
+        primary = next((i for i, c in enumerate(constraints) if c.name == "latency"), 0)
+        lead = constraints[primary]
+        tables: list[list[np.ndarray]] = []
+        models: dict[str, str] = {}
+        for c in constraints:
+            table, model = self._costs(space, c, counts)
+            tables.append(table)
+            models[c.name] = model
+        counts, values, tables = _undominated(counts, values, tables)
+        if lead.name == "latency" and models[lead.name] != "staircase":
+            log.info(
+                "latency-knapsack: no latency staircase for %s; each unit's latency cost is "
+                "estimated from its share of the model's MACs", lead.oracle,
+            )  # fmt: skip
+        stairs = self.staircase
+        if stairs is not None and models.get("latency") == "staircase":
+            seconds["staircase"] = float(stairs.seconds)
+
+        template = Policy.dense(space)
+
+        def policy_of(choice: Sequence[int]) -> Any:
+            keep = [counts[u][i] / space.units[u].channels for u, i in enumerate(choice)]
+            return template.with_keep(tuple(float(k) for k in keep))
+
+        def key_of(choice: Sequence[int]) -> str:
+            return space.shape_key(policy_of(choice))
+
+        calls: list[dict[str, Any]] = []
+        timing = {"solve": 0.0, "verify": 0.0}
+
+        def measure(choice: tuple[int, ...], cap: float | None, guess: dict[str, float],
+                    multipliers: Sequence[float] = ()) -> Any:  # fmt: skip
+            t = time.perf_counter()
+            with evaluator.measured_only():  # the correction needs measurements, not predictions
+                out = evaluate(policy_of(choice))
+            took = time.perf_counter() - t
+            timing["verify"] += took
+            calls.append({
+                "step": len(calls), "key": out.key, "bound": cap, "predicted": guess,
+                "measured": {k: float(v) for k, v in out.values.items()},
+                "feasible": bool(out.feasible), "cached": bool(out.cached), "seconds": took,
+                "multipliers": [float(m) for m in multipliers],
+                "kept": [int(counts[u][i]) for u, i in enumerate(choice)],
+            })  # fmt: skip
+            log.info(
+                "latency-knapsack call %d: knapsack bound %s, predicted %s %s, measured %.5g "
+                "(bound %.5g), %s", len(calls) - 1, "-" if cap is None else f"{cap:.5g}",
+                lead.name, f"{guess[lead.name]:.5g}" if lead.name in guess else "-",
+                float(out.values[lead.name]), float(lead.bound),
+                "feasible" if out.feasible else "infeasible",
+            )  # fmt: skip
+            return out
+
+        def done(converged: bool) -> None:
+            self._record(calls, models, seconds, timing, lead, normalised, space,
+                         converged=converged)  # fmt: skip
+
+        # The constant part of the network and the staircase's scale, measured once: the
+        # smallest allowed model (every unit at its fewest channels) and the dense model.
+        # Each budget's prediction maps the sum of its per-unit costs linearly onto them.
+        smallest = tuple(0 for _ in counts)
+        full = tuple(len(c) - 1 for c in counts)
+        floor = measure(smallest, None, {})
+        if not floor.feasible:
+            done(False)
+            raise _infeasible(constraints, floor.values, space)
+        low = [float(floor.values[c.name]) for c in constraints]
+        high = [float(c.dense_value) for c in constraints]
+        t_low = [total(t, smallest) for t in tables]
+        t_high = [total(t, full) for t in tables]
+
+        def slope(j: int) -> float:
+            span = t_high[j] - t_low[j]
+            return (high[j] - low[j]) / span if span > 1e-12 else 0.0
+
+        def predicted(choice: Sequence[int]) -> dict[str, float]:
+            return {c.name: low[j] + slope(j) * (total(tables[j], choice) - t_low[j])
+                    for j, c in enumerate(constraints)}  # fmt: skip
+
+        def table_bound(j: int, value: float) -> float:
+            """The bound on the sum of budget ``j``'s costs whose prediction is ``value``."""
+            k = slope(j)
+            return t_low[j] + (value - low[j]) / k if k > 0 else (
+                np.inf if value >= low[j] else -np.inf)  # fmt: skip
+
+        calls[0]["predicted"] = predicted(smallest)
+        bounds = {c.name: float(c.bound) for c in constraints}
+        eff = dict(bounds)  # each other budget's bound in the prediction's terms, as corrected
+        tried: dict[str, list[tuple[float, float]]] = {c.name: [] for c in constraints}
+
+        def solve(cap: float) -> tuple[tuple[int, ...], tuple[float, ...]] | None:
+            t = time.perf_counter()
+            others = [(tables[j], table_bound(j, eff[c.name]))
+                      for j, c in enumerate(constraints) if j != primary]  # fmt: skip
+            others = [(t_, min(b, 1e300)) for t_, b in others]
+            cap_t = table_bound(primary, cap)
+            sol = None
+            if cap_t >= t_low[primary] - 1e-12:
+                sol = solve_mck_lagrangian(values, tables[primary], min(cap_t, 1e300),
+                                           others=others, bins=self.bins)  # fmt: skip
+            timing["solve"] += time.perf_counter() - t
+            return None if sol is None else (sol.choice, sol.multipliers)
+
+        bound = bounds[lead.name]
+        aim = (1.0 + self.window) / 2.0 * bound
+        below: tuple[float, float] | None = None  # (knapsack bound, measured) under the window
+        above: tuple[float, float] | None = None  # (knapsack bound, measured) over the bound
+        verdicts: dict[str, str] = {floor.key: "under"}  # measured: "under", "over", "other"
+        value = low[primary]
+        if value >= self.window * bound:
+            done(True)  # the smallest model already fills the window
+            return
+        cap = bound
+        converged = False
+        while len(calls) <= self.steps and not evaluate.exhausted:
+            found = solve(cap)
+            if found is None or key_of(found[0]) in verdicts:
+                found_fresh = self._fresh(solve, cap, below, above, verdicts, key_of,
+                                          0.01 * bound)  # fmt: skip
+                if found_fresh is None:
+                    break
+                cap, choice, multipliers = found_fresh
+            else:
+                choice, multipliers = found
+            guess = predicted(choice)
+            out = measure(choice, cap, guess, multipliers)
+            value = float(out.values[lead.name])
+            # The other budgets: one missed, or one that held the solution (its multiplier is
+            # positive) while measured under its window, moves its bound by the gap.
+            others = [j for j in range(len(constraints)) if j != primary]
+            moved = filled = False
+            for n, j in enumerate(others):
+                c, got = constraints[j], float(out.values[constraints[j].name])
+                held = n < len(multipliers) and multipliers[n] > 0
+                filled |= held and self.window * bounds[c.name] <= got <= bounds[c.name]
+                if not c.met(got) or (held and got < self.window * bounds[c.name]):
+                    tried[c.name].append((eff[c.name], got))
+                    eff[c.name] = _next_bound(eff[c.name], got,
+                                              (1.0 + self.window) / 2.0 * bounds[c.name],
+                                              None, None, tried[c.name])  # fmt: skip
+                    moved = True
+            others_met = all(c.met(float(out.values[c.name])) for c in constraints
+                             if c is not lead)  # fmt: skip
+            if value <= bound and others_met and (value >= self.window * bound or filled):
+                converged = True  # the budget that holds the solution sits in its window
+                break
+            if value > bound:
+                verdicts[out.key] = "over"
+                above = (cap, value) if above is None or cap < above[0] else above
+            elif others_met and not moved:
+                verdicts[out.key] = "under"
+                below = (cap, value) if below is None or cap > below[0] else below
+            else:
+                verdicts[out.key] = "other"
+                continue  # the same bound again, with the other budgets' bounds corrected
+            if below is not None and above is not None and below[0] >= above[0]:
+                # A larger bound measured faster than a smaller one: the oracle's noise is
+                # larger than what is left to correct; the candidates so far are ranked.
+                break
+            tried[lead.name].append((cap, value))
+            cap = _next_bound(cap, value, aim, below, above, tried[lead.name])
+        done(converged)
+
+    @staticmethod
+    def _fresh(
+        solve: Any,
+        cap: float,
+        below: tuple[float, float] | None,
+        above: tuple[float, float] | None,
+        verdicts: Mapping[str, str],
+        key_of: Any,
+        step: float,
+    ) -> tuple[float, tuple[int, ...], tuple[float, ...]] | None:
+        """A knapsack bound near ``cap`` whose solution has not been measured yet, or None.
+
+        A solution measured under the window asks for a larger bound, one measured over
+        the bound for a smaller one: halving inside the bracket, doubling steps outside.
+        """
+        lo = below[0] if below is not None else None
+        hi = above[0] if above is not None else None
+        trial = cap
+        for i in range(_RESOLVE_TRIES):
+            found = solve(trial)
+            verdict = "under" if found is None else verdicts.get(key_of(found[0]))
+            if verdict is None:
+                return trial, found[0], found[1]
+            if verdict == "under":
+                lo = trial if lo is None else max(lo, trial)
+            elif verdict == "over":
+                hi = trial if hi is None else min(hi, trial)
+            else:
+                return None  # another budget holds it there
+            if lo is not None and hi is not None:
+                if hi - lo <= 1e-9 * max(1.0, abs(hi)):
+                    return None
+                trial = (lo + hi) / 2.0
+            elif hi is not None:
+                trial = hi - step * 2.0**i
+            else:
+                trial = lo + step * 2.0**i
+        return None
+
+    def _record(
+        self,
+        calls: list[dict[str, Any]],
+        models: dict[str, str],
+        seconds: dict[str, float],
+        timing: Mapping[str, float],
+        lead: Any,
+        normalised: bool,
+        space: Any,
+        *,
+        converged: bool,
+    ) -> None:
+        stairs = self.staircase
+        self.extra["knapsack"] = {
+            "primary": lead.name,
+            "oracle": lead.oracle,
+            "unit": lead.unit,
+            "bound": float(lead.bound),
+            "window": [self.window * float(lead.bound), float(lead.bound)],
+            "cost_model": dict(models),
+            "importance": str(getattr(space, "importance", "l2")),
+            "importance_normalised": normalised,
+            "seconds": {**seconds, **timing},
+            "staircase_oracle_calls": int(stairs.oracle_calls) if stairs is not None else None,
+            "staircase_cached_calls": int(stairs.cached_calls) if stairs is not None else None,
+            "candidates": len({c["key"] for c in calls}),
+            "calls": calls,
+            "converged": converged,
+        }
+
+    @classmethod
+    def report_section(cls, extra: Mapping[str, Any]) -> str:
+        return knapsack_section(extra)
+
+
+def _next_bound(
+    cap: float,
+    measured: float,
+    aim: float,
+    below: tuple[float, float] | None,
+    above: tuple[float, float] | None,
+    tried: Sequence[tuple[float, float]] = (),
+) -> float:
+    """The knapsack's next bound for one budget (the prediction's terms), aiming the measured
+    value at ``aim``.
+
+    Inside a bracket (a bound measured under the window, a smaller one over the bound): the
+    point interpolated between them, kept within the bracket's middle 80%. Else the secant
+    through the last two bounds tried (``tried``: (bound, measured) in order), its step at
+    most four times the last one; else (one point, or a secant that does not rise) the
+    bound moved by the gap between the measured and the aimed-at value.
+    """
+    if below is not None and above is not None:
+        (b0, m0), (b1, m1) = below, above
+        if m1 <= m0:
+            return (b0 + b1) / 2.0
+        x = b0 + (aim - m0) * (b1 - b0) / (m1 - m0)
+        lo, hi = b0 + 0.1 * (b1 - b0), b1 - 0.1 * (b1 - b0)
+        return min(max(x, lo), hi)
+    if len(tried) >= 2:
+        (x0, m0), (x1, m1) = tried[-2], tried[-1]
+        if x1 != x0 and (m1 - m0) / (x1 - x0) > 0:
+            x = x1 + (aim - m1) * (x1 - x0) / (m1 - m0)
+            reach = 4.0 * abs(x1 - x0)
+            return min(max(x, x1 - reach), x1 + reach)
+    return cap + (aim - measured)
+
+
+def _undominated(
+    counts: list[list[int]], values: list[np.ndarray], tables: list[list[np.ndarray]]
+) -> tuple[list[list[int]], list[np.ndarray], list[list[np.ndarray]]]:
+    """Each unit's options without those another option beats (no less value, no more cost
+    in any budget): on a staircase only step tops are worth buying. The smallest count
+    (index 0) and the full count (last) are always kept: the run's floor and its anchor."""
+    out_c, out_v, out_t = [], [], [[] for _ in tables]
+    for u, ks in enumerate(counts):
+        n = len(ks)
+        v = values[u]
+        cost = np.stack([t[u] for t in tables], axis=1)  # (n, budgets)
+        keep = np.ones(n, dtype=bool)
+        if 2 < n <= _DOMINANCE_LIMIT:
+            ge_v = v[:, None] >= v[None, :]  # [j, i]: j has at least i's value
+            le_c = np.all(cost[:, None, :] <= cost[None, :, :], axis=2)
+            strictly = (v[:, None] > v[None, :]) | np.any(
+                cost[:, None, :] < cost[None, :, :], axis=2
+            )
+            later = np.arange(n)[:, None] > np.arange(n)[None, :]
+            beats = ge_v & le_c & (strictly | later)
+            np.fill_diagonal(beats, False)
+            keep = ~beats.any(axis=0)
+            keep[0] = keep[-1] = True
+        idx = np.flatnonzero(keep)
+        out_c.append([ks[i] for i in idx])
+        out_v.append(v[idx])
+        for j, t in enumerate(tables):
+            out_t[j].append(t[u][idx])
+    return out_c, out_v, out_t
+
+
+def _infeasible(
+    constraints: Sequence[Any], values: Mapping[str, float], space: Any
+) -> InfeasibleBudgetError:
+    from hwprune.constraints import format_value
+
+    missed = [
+        f"{c.budget.text} on {c.oracle}: the smallest allowed model (every unit at its fewest "
+        f"channels) measures {format_value(float(values[c.name]), c.unit)} against a bound of "
+        f"{format_value(float(c.bound), c.unit)}"
+        for c in constraints
+        if not c.met(float(values[c.name]))
+    ]
+    return InfeasibleBudgetError(
+        f"latency-knapsack: no allowed policy meets the budgets ({'; '.join(missed)}, with "
+        f"min_keep={getattr(space, 'min_keep', 0.0)}); loosen the budget or lower min_keep",
+        smallest={c.name: float(values[c.name]) for c in constraints},
+    )
+
+
+def knapsack_section(extra: Mapping[str, Any]) -> str:
+    """report.md's section: the knapsack's predicted value against the measured one, per call,
+    and what the method cost."""
+    k = extra.get("knapsack") if isinstance(extra, Mapping) else None
+    if not isinstance(k, Mapping) or not k.get("calls"):
+        return ""
+    name, unit = str(k["primary"]), str(k.get("unit", ""))
+    sec = dict(k.get("seconds", {}))
+    model = dict(k.get("cost_model", {}))
+    lines = ["## Latency knapsack", ""]
+    if model.get(name) == "staircase":
+        lines.append(
+            f"Per-unit {name} costs: the measured staircase on `{k['oracle']}` "
+            f"({sec.get('staircase', 0.0):.1f} s, {k.get('staircase_oracle_calls')} oracle calls, "
+            f"{k.get('staircase_cached_calls')} answered by the measurement cache)."
+        )
+    else:
+        lines.append(
+            f"No staircase was measured for `{k['oracle']}`: per-unit {name} costs are the "
+            f"unit's {model.get(name, 'flops-share')} of the dense value (a static estimate)."
+        )
+    others = {q: m for q, m in model.items() if q != name}
+    if others:
+        lines.append(
+            "Other budgets, folded into the objective with Lagrange multipliers: "
+            + ", ".join(f"{q} ({m})" for q, m in others.items())
+            + "."
+        )
+    lines.append(
+        f"Importance `{k.get('importance')}`"
+        + (" (each unit's scores divided by their mean)" if k.get("importance_normalised") else "")
+        + f": {sec.get('importance', 0.0):.2f} s; knapsack solves {sec.get('solve', 0.0):.2f} s; "
+        f"{len(k['calls'])} whole-model measurements ({k.get('candidates')} candidates) "
+        f"{sec.get('verify', 0.0):.1f} s; "
+        + ("converged in the window." if k.get("converged") else "stopped before the window.")
+    )
+    lo, hi = k["window"]
+    lines += [
+        "",
+        f"Measured {name} is accepted in [{lo:.4g}, {hi:.4g}] {unit}. Predicted: the sum of the "
+        "units' costs, mapped linearly onto the measured smallest allowed model (call 0) and "
+        "the dense model; knapsack bound: the corrected bound the knapsack solved for.",
+        "",
+        f"| step | knapsack bound ({unit}) | predicted ({unit}) | measured ({unit}) "
+        "| measured / predicted | feasible |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
+    for c in k["calls"]:
+        p, m = c["predicted"].get(name), float(c["measured"][name])
+        ratio = f"{m / float(p):.3f}" if p is not None and float(p) > 0 else "-"
+        cap = "smallest model" if c.get("bound") is None else f"{float(c['bound']):.4g}"
+        guess = "-" if p is None else f"{float(p):.4g}"
+        lines.append(f"| {c['step']} | {cap} | {guess} | {m:.4g} | {ratio} "
+                     f"| {'yes' if c['feasible'] else 'no'} |")  # fmt: skip
+    return "\n".join(lines)

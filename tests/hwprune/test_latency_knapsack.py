@@ -1,0 +1,361 @@
+"""latency-knapsack: the multiple-choice knapsack solver, the bound's correction, the run.
+
+The solver is tested on its own against hand-made staircases and brute force.
+The searcher's correction is tested with a deterministic stand-in oracle
+(allowed: it tests the searcher's logic, not measuring) whose latency is not
+additive: a bilinear weight count plus a fixed overhead per pruned unit. One
+test runs the real ONNX Runtime oracle end to end through ``hwprune.prune``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import hwprune
+import oracles
+from hwprune.agents import get_searcher, list_searchers
+from hwprune.agents.knapsack import solve_mck, solve_mck_lagrangian, total
+from hwprune.agents.latency_knapsack import unit_options
+from hwprune.constraints import bind_constraints
+from hwprune.data import get_dataset
+from hwprune.errors import InfeasibleBudgetError
+from hwprune.evaluate import Evaluator
+from hwprune.space import ChannelSpace
+from hwprune.space.staircase import Staircase, UnitStaircase
+
+LATENCY = "onnxruntime:cpu?threads=1&min_time=0.02&warmup=2"
+
+
+# ------------------------------------------------------------------- the solver
+def brute(values, costs, capacity):
+    best = None
+    for ch in itertools.product(*[range(len(v)) for v in values]):
+        if total(costs, ch) <= capacity + 1e-12:
+            v = total(values, ch)
+            if best is None or v > best:
+                best = v
+    return best
+
+
+def test_solve_mck_finds_the_known_optimum_of_a_hand_made_staircase():
+    # Unit a: 4 channels, latency steps at 2 and 4 (3 costs what 4 does); unit b: one step.
+    # Values: the summed importance of the k best channels.
+    values = [[1.0, 1.8, 2.4, 2.8], [5.0, 9.0]]
+    costs = [[1.0, 1.0, 3.0, 3.0], [2.0, 6.0]]
+    # 7 fits b's full count (6) and a's first step (1): keeping 2 of a's channels is free.
+    assert solve_mck(values, costs, 7.0) == (1, 1)
+    # 9 buys both full counts.
+    assert solve_mck(values, costs, 9.0) == (3, 1)
+    # 5: b cannot grow; a's 4 channels cost 3.
+    assert solve_mck(values, costs, 5.0) == (3, 0)
+    # Below the cheapest options: nothing fits.
+    assert solve_mck(values, costs, 2.9) is None
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_solve_mck_matches_brute_force_on_small_random_instances(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(150):
+        units = int(rng.integers(1, 5))
+        sizes = [int(rng.integers(1, 5)) for _ in range(units)]
+        values = [rng.integers(0, 20, size=n).astype(float) for n in sizes]
+        costs = [rng.integers(0, 15, size=n).astype(float) for n in sizes]
+        capacity = float(rng.integers(0, 40))
+        sol = solve_mck(values, costs, capacity)
+        best = brute(values, costs, capacity)
+        if best is None:
+            assert sol is None
+        else:
+            # Whole-number costs within the bins: the exact optimum.
+            assert sol is not None and total(costs, sol) <= capacity
+            assert total(values, sol) == best
+        # Real-valued costs: never over the capacity, and at least as good as the optimum of
+        # a capacity smaller by the discretisation's worst case (one bin per unit).
+        fcosts = [c + rng.random(c.size) for c in costs]
+        bins = 64
+        sol = solve_mck(values, fcosts, capacity, bins=bins)
+        base = sum(float(c.min()) for c in fcosts)
+        if brute(values, fcosts, capacity) is None:
+            assert sol is None
+            continue
+        assert sol is not None and total(fcosts, sol) <= capacity + 1e-9
+        slack = units * (capacity - base) / bins
+        worse = brute(values, fcosts, capacity - slack)
+        if worse is not None:
+            assert total(values, sol) >= worse - 1e-9
+
+
+def test_lagrangian_meets_a_folded_in_budget_and_the_capacity():
+    rng = np.random.default_rng(7)
+    checked = 0
+    for _ in range(60):
+        sizes = [4, 3, 4]
+        values = [np.sort(rng.random(n)).cumsum() for n in sizes]
+        lat = [np.sort(rng.random(n)) for n in sizes]
+        par = [np.sort(rng.random(n)) * 3 for n in sizes]
+        cap, bound = float(rng.uniform(1.0, 2.5)), float(rng.uniform(2.0, 7.0))
+        sol = solve_mck_lagrangian(values, lat, cap, others=[(par, bound)])
+        if sol is None:
+            assert total(lat, (0, 0, 0)) > cap
+            continue
+        assert total(lat, sol.choice) <= cap + 1e-9
+        if sol.met[0]:
+            assert total(par, sol.choice) <= bound + 1e-9
+            checked += 1
+        else:  # only where nothing under the capacity meets it
+            assert all(
+                total(par, ch) > bound or total(lat, ch) > cap
+                for ch in itertools.product(*[range(n) for n in sizes])
+            )
+    assert checked > 20
+
+
+# ------------------------------------------------- the searcher on a stand-in oracle
+OVERHEAD = 2.0  # ms per pruned unit: what no additive table of units predicts
+
+
+@oracles.register_oracle("test-overhead-latency")
+@dataclasses.dataclass
+class OverheadLatency(oracles.Oracle):
+    """Weights of every Conv/Linear / 1000 ms, plus OVERHEAD per conv with fewer outputs
+    than the dense one (channels: 24, 48, 48). Takes the ONNX export (as the evaluator
+    hands it) or the torch module (for the hand-made staircase)."""
+
+    quantity: ClassVar[str] = "latency"
+    unit: ClassVar[str] = "ms"
+    input_format: ClassVar[str] = "onnx"
+    device: str = "cpu"
+
+    def measure(self, model, *, input_shapes=None) -> oracles.Measurement:
+        if isinstance(model, nn.Module):
+            convs = [m.weight.shape for m in model.modules() if isinstance(m, nn.Conv2d)]
+            linear = [m.weight.shape for m in model.modules() if isinstance(m, nn.Linear)]
+        else:
+            import onnx
+            from onnx import numpy_helper
+
+            graph = onnx.load_from_string(bytes(model)).graph
+            init = {i.name: numpy_helper.to_array(i).shape for i in graph.initializer}
+            convs = [init[n.input[1]] for n in graph.node if n.op_type == "Conv"]
+            linear = [init[n.input[1]] for n in graph.node if n.op_type in ("Gemm", "MatMul")
+                      and n.input[1] in init]  # fmt: skip
+        weights = sum(int(np.prod(s)) for s in [*convs, *linear])
+        pruned = sum(1 for s, c in zip(convs, (24, 48, 48), strict=True) if s[0] < c)
+        value = weights / 1000.0 + OVERHEAD * pruned
+        return oracles.Measurement(quantity="latency", value=value, unit="ms", oracle=self.spec)
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 24, 3, padding=1, bias=False),
+            nn.BatchNorm2d(24),
+            nn.ReLU(),
+            nn.Conv2d(24, 48, 3, padding=1, bias=False),
+            nn.BatchNorm2d(48),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(48, 48, 3, padding=1, bias=False),
+            nn.BatchNorm2d(48),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+        )
+        self.fc = nn.Linear(48, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.features(x), 1))
+
+
+@pytest.fixture(scope="module")
+def data():
+    return get_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def space(data):
+    torch.manual_seed(0)
+    return ChannelSpace(TinyNet().eval(), example_input_shape=(1, *data.input_shape),
+                        min_keep=0.1)  # fmt: skip
+
+
+def evaluator(space, data, budgets, *, log_path=None) -> Evaluator:
+    ev = Evaluator(space=space, data=data,
+                   constraints=bind_constraints(budgets, oracles={"latency": "test-overhead-latency"}),
+                   bn_batches=1, bn_batch_size=32, max_eval_samples=64,
+                   log_path=log_path)  # fmt: skip
+    ev.calibrate()
+    return ev
+
+
+def additive_staircase(space) -> Staircase:
+    """Each unit's latency with the rest dense, from the stand-in's weight count (no overhead):
+    what a probe of single layers would see."""
+    oracle = oracles.get_oracle("test-overhead-latency")
+    units = []
+    for u in space.units:
+        counts = tuple(unit_options(space, u))
+        lat = []
+        for k in counts:
+            kept = [k if v.id == u.id else v.channels for v in space.units]
+            lat.append(oracle.measure(space._apply_kept(kept)).value - OVERHEAD * (k < u.channels))
+        units.append(UnitStaircase(unit=u.id, channels=u.channels, counts=counts,
+                                   latency=tuple(lat), noise=0.0, choices=counts))  # fmt: skip
+    return Staircase(oracle=oracle.spec, unit="ms", units=tuple(units))
+
+
+def test_latency_knapsack_is_registered():
+    assert "latency-knapsack" in list_searchers()
+
+
+def test_a_non_additive_latency_is_corrected_into_the_window(space, data):
+    ev = evaluator(space, data, ["latency<=45%"])
+    bound = ev.constraints[0].bound
+    searcher = get_searcher("latency-knapsack", staircase=additive_staircase(space))
+    result = searcher.search(space=space, evaluator=ev, evaluations=20, confirm=0)
+    k = result.extra["knapsack"]
+    calls = k["calls"]
+    assert k["cost_model"] == {"latency": "staircase"}
+    # Call 0 is the smallest allowed model; call 1 the first knapsack solution, which the
+    # overhead and the bilinear weights put away from its prediction and out of the window.
+    assert calls[0]["bound"] is None and calls[0]["kept"] == [2, 5, 5]
+    first = calls[1]
+    assert abs(first["measured"]["latency"] - first["predicted"]["latency"]) > 0.05 * bound
+    assert not 0.95 * bound <= first["measured"]["latency"] <= bound
+    # The correction ends in the window, in a handful of whole-model measurements.
+    last = calls[-1]["measured"]["latency"]
+    assert k["converged"] and 0.95 * bound <= last <= bound, calls
+    assert len(calls) <= 1 + 8 and result.evaluations == k["candidates"] == len(calls)
+    assert result.best is not None and result.best.values["latency"] <= bound
+    assert set(k["seconds"]) >= {"importance", "solve", "verify", "staircase"}
+
+
+def test_a_resumed_search_proposes_the_same_candidates_from_the_log(space, data, tmp_path):
+    log = str(tmp_path / "episodes.jsonl")
+    stairs = additive_staircase(space)
+    first = get_searcher("latency-knapsack", staircase=stairs).search(
+        space=space, evaluator=evaluator(space, data, ["latency<=45%"], log_path=log),
+        evaluations=20, confirm=0,
+    )  # fmt: skip
+    again_ev = evaluator(space, data, ["latency<=45%"], log_path=log)
+    calls_before = dict(again_ev.oracle_calls)
+    again = get_searcher("latency-knapsack", staircase=stairs).search(
+        space=space, evaluator=again_ev, evaluations=20, confirm=0
+    )
+    assert [o.key for o in again.history] == [o.key for o in first.history]
+    assert again.best.key == first.best.key
+    assert again_ev.oracle_calls == calls_before  # every candidate answered by the log
+
+
+def test_a_params_budget_is_folded_in_with_a_multiplier(space, data):
+    ev = evaluator(space, data, ["latency<=60%", "params<=30%"])
+    result = get_searcher("latency-knapsack", staircase=additive_staircase(space)).search(
+        space=space, evaluator=ev, evaluations=20, confirm=0
+    )
+    k = result.extra["knapsack"]
+    assert k["cost_model"] == {"latency": "staircase", "params": "params-share"}
+    assert result.best is not None and result.best.feasible
+    params_bound = next(c.bound for c in ev.constraints if c.name == "params")
+    assert result.best.values["params"] <= params_bound
+    # The params budget binds: some solution carried a positive multiplier for it.
+    assert any(c["multipliers"] and c["multipliers"][0] > 0 for c in k["calls"][1:])
+
+
+def test_without_a_staircase_latency_costs_come_from_the_mac_shares(space, data, caplog):
+    ev = evaluator(space, data, ["latency<=50%"])
+    with caplog.at_level("INFO", logger="hwprune.agents.latency_knapsack"):
+        result = get_searcher("latency-knapsack").search(
+            space=space, evaluator=ev, evaluations=20, confirm=0
+        )
+    assert result.extra["knapsack"]["cost_model"] == {"latency": "flops-share"}
+    assert "no latency staircase" in caplog.text and "MACs" in caplog.text
+    assert result.best is not None and result.best.feasible
+
+
+def test_an_unreachable_bound_is_one_line_naming_the_smallest_model(space, data):
+    ev = evaluator(space, data, ["latency<=1%"])
+    with pytest.raises(InfeasibleBudgetError) as info:
+        get_searcher("latency-knapsack").search(space=space, evaluator=ev, evaluations=10)
+    text = str(info.value)
+    assert "\n" not in text
+    assert "smallest allowed model" in text and "latency<=1%" in text and "min_keep" in text
+    assert info.value.smallest["latency"] > ev.constraints[0].bound
+
+
+# ------------------------------------------------------------- the run, end to end
+class Fidelity:
+    """Agreement with the dense model's outputs on fixed inputs (higher is better)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.x = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            self.ref = model.eval()(self.x)
+
+    def calibrate(self, model: nn.Module) -> None:
+        pass
+
+    def score(self, model: nn.Module) -> float:
+        with torch.no_grad():
+            return float(-torch.mean((model.eval()(self.x) - self.ref) ** 2))
+
+
+def small_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+    ).eval()  # fmt: skip
+
+
+def test_prune_with_latency_knapsack_on_onnxruntime_meets_the_budget(tmp_path):
+    model = small_net()
+    result = hwprune.prune(
+        model, example_inputs=torch.randn(1, 3, 16, 16), task=Fidelity(model),
+        out=tmp_path / "run", budgets=["latency<=60%"], oracles={"latency": LATENCY},
+        agent="latency-knapsack", evaluations=8, round_to=4, staircase_seconds=60,
+    )  # fmt: skip
+    assert result.all_met
+    run = tmp_path / "run"
+    # Probed for the searcher although round_to is a fixed multiple: counts stay multiples of 4.
+    assert (run / "staircase.json").is_file()
+    for m in result.model.modules():
+        if isinstance(m, nn.Conv2d):
+            assert m.out_channels % 4 == 0
+    report = json.loads((run / "report.json").read_text())
+    k = report["search"]["extra"]["knapsack"]
+    assert k["cost_model"] == {"latency": "staircase"} and len(k["calls"]) >= 2
+    assert k["seconds"]["staircase"] > 0 and k["staircase_oracle_calls"] > 0
+    md = (run / "report.md").read_text()
+    assert "## Latency knapsack" in md and "| step | knapsack bound" in md
+    assert "smallest model" in md
+    # The counts were not snapped to step tops: the report does not say they were.
+    assert "Counts are multiples of 4" in md and "`round_to auto`" not in md
+
+
+def test_an_unreachable_bound_ends_a_run_with_one_line(tmp_path):
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    with pytest.raises(InfeasibleBudgetError) as info:
+        hwprune.prune(
+            model, example_inputs=torch.randn(1, 3, 32, 32), task=Fidelity32(model),
+            out=tmp_path / "run", budgets=["latency<=1%"],
+            oracles={"latency": "test-overhead-latency"}, agent="latency-knapsack",
+            evaluations=4, round_to=1,
+        )  # fmt: skip
+    assert "\n" not in str(info.value) and "smallest allowed model" in str(info.value)
+
+
+class Fidelity32(Fidelity):
+    def __init__(self, model: nn.Module) -> None:
+        self.x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            self.ref = model.eval()(self.x)
