@@ -89,21 +89,25 @@ def run_demo(
     import contextlib
 
     from hwprune.cli._console import err_console
-    from hwprune.cli.prune import ProgressView, execute
-    from hwprune.progress import ProgressEvent
+    from hwprune.cli._progress import (
+        Terminated,
+        progress_view,
+        sigterm_interrupts,
+        train_progress,
+    )
+    from hwprune.cli.prune import execute
 
     show = not (quiet or as_json)
-    view = ProgressView(err_console) if show else None
-
-    def train_progress(p: Any) -> None:
-        if p.epoch_done and view is not None:
-            view(ProgressEvent("train", p.epoch, p.epochs, info={"loss": p.loss}))
-
-    with view if view is not None else contextlib.nullcontext():
-        ckpt, seconds = demo_checkpoint(progress=train_progress if show else None)
+    view = progress_view(err_console, show=show)
+    try:
+        with sigterm_interrupts(), view if view is not None else contextlib.nullcontext():
+            ckpt, seconds = demo_checkpoint(progress=train_progress(view) if view else None)
+    except KeyboardInterrupt as exc:
+        err_console.print("interrupted while training the demo model", highlight=False)
+        return 143 if isinstance(exc, Terminated) else 130
     if show:
         how = "cached" if seconds is None else f"trained in {seconds:.1f}s"
-        err_console.print(f"demo model: {ckpt} ({how})", highlight=False)
+        err_console.print(f"demo model: {ckpt} ({how})", highlight=False, soft_wrap=True)
     options = dict(
         model=DEMO_MODEL,
         weights=str(ckpt),
