@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hwprune.errors import UnknownNameError
+from hwprune.evaluate.precision import timing_lines
 from hwprune.plots import feasible_count
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,9 @@ def write_report_md(
         )
     lines += _chance_lines(result, history)
     lines += _surrogate_lines(getattr(result, "surrogate", None) or {})
+    lines += timing_lines(
+        getattr(result, "timing", None) or {}, units={b.quantity: b.unit for b in result.budgets}
+    )
     for section in sections:
         lines += ["", section.rstrip("\n")]
     lines += [

@@ -75,6 +75,9 @@ class PruneResult:
     # Calls each budget's oracle made in this session (dense, search, confirmation, proof;
     # repeats counted, cache hits not).
     oracle_calls: Mapping[str, int] = field(default_factory=dict)
+    # Per timed budget, how precise its timings were: the search's stop rule and what its
+    # candidates reached, the dense reference, the final proof (hwprune.evaluate.precision).
+    timing: Mapping[str, Any] = field(default_factory=dict)
     model: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -120,4 +123,5 @@ class PruneResult:
                 "openvino_max_abs_diff": self.openvino_max_abs_diff,
             },
             "surrogate": dict(self.surrogate),
+            "timing": dict(self.timing),
         }
