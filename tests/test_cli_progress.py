@@ -39,6 +39,26 @@ def test_plain_lines_keep_coming_while_a_stage_waits_for_its_next_event() -> Non
     assert len(lines) == 2 + len(beats)
 
 
+def test_elapsed_counts_from_the_stage_start_when_events_carry_no_seconds() -> None:
+    now = [100.0]
+    out = io.StringIO()
+    with LineProgress(out, interval=30.0, clock=lambda: now[0]) as view:
+        view(ProgressEvent("finetune", 0, 6, "fine-tuning"))
+        for epoch, at in ((1, 140.0), (2, 175.0), (3, 210.0)):
+            now[0] = at  # a task's own per-epoch events: seconds=0
+            view(ProgressEvent("finetune", epoch, 6, info={"search_accuracy": 0.9}))
+        now[0] = 220.0
+        view(ProgressEvent("finetune", 6, 6, seconds=120.0, finished=True))
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        "fine-tune: started (0/6) | elapsed 0:00",
+        "fine-tune: 1/6 | search acc 90.0% | elapsed 0:40 | remaining ~3:20",
+        "fine-tune: 2/6 | search acc 90.0% | elapsed 1:15 | remaining ~2:30",
+        "fine-tune: 3/6 | search acc 90.0% | elapsed 1:50 | remaining ~1:50",
+        "fine-tune: done 6/6 | elapsed 2:00",
+    ]
+
+
 def test_a_console_that_is_not_a_terminal_gets_plain_lines() -> None:
     from rich.console import Console
 

@@ -146,10 +146,10 @@ class LineProgress:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # The open stage: its last event, when that arrived, its first count and time.
+        # The open stage: its last event, its first count and seconds, when it opened here.
         self._last: ProgressEvent | None = None
-        self._last_at = 0.0
         self._base: tuple[int, float] = (0, 0.0)
+        self._opened_at = 0.0
         self._printed_at = 0.0
 
     def __enter__(self) -> LineProgress:
@@ -168,15 +168,21 @@ class LineProgress:
         with self._lock:
             now = self.clock()
             opening = self._last is None or self._last.stage != event.stage
-            self._last, self._last_at = (None if event.finished else event), now
             if opening:
-                self._base = (event.done, event.seconds)
-            if opening or event.finished:
-                self._write(event, event.seconds, first=opening)
+                self._base, self._opened_at = (event.done, event.seconds), now
+            self._last = None if event.finished else event
+            # Elapsed by this clock: not every event of a stage carries its seconds (a
+            # task's own fine-tuning events do not).
+            elapsed = self._elapsed(now)
+            if event.finished:
+                self._write(event, max(event.seconds, elapsed), first=opening)
                 self._printed_at = now
-            elif now - self._printed_at >= self.interval:
-                self._write(event, event.seconds)
+            elif opening or now - self._printed_at >= self.interval:
+                self._write(event, elapsed, first=opening)
                 self._printed_at = now
+
+    def _elapsed(self, now: float) -> float:
+        return self._base[1] + now - self._opened_at
 
     def _beat(self) -> None:
         # A stage can go longer than ``interval`` between events (one slow candidate).
@@ -184,7 +190,7 @@ class LineProgress:
             with self._lock:
                 now = self.clock()
                 if self._last is not None and now - self._printed_at >= self.interval:
-                    self._write(self._last, self._last.seconds + now - self._last_at)
+                    self._write(self._last, self._elapsed(now))
                     self._printed_at = now
 
     def line(self, event: ProgressEvent, elapsed: float, *, first: bool = False) -> str:
