@@ -31,17 +31,13 @@ def write_report_json(run_dir: str | Path, *, result: Any, options: Mapping[str,
     return path
 
 
-def _parts_lines(run_dir: Path) -> list[str]:
+def _parts_lines(parts: int) -> list[str]:
     """A note when the run was stopped and resumed: its stage times add up every part."""
-    from hwprune.run.context import read_stage_times
-
-    times = read_stage_times(run_dir)
-    if times is None or times["parts"] <= 1:
+    if parts <= 1:
         return []
-    n = times["parts"]
     return [
-        f"The run was stopped and resumed {n - 1} time{'s' if n > 2 else ''}: each stage's "
-        f"time adds up its {n} parts (a stage run again on resume counts every time).",
+        f"The run was stopped and resumed {parts - 1} time{'s' if parts > 2 else ''}: each "
+        f"stage's time adds up its {parts} parts (a stage run again on resume counts every time).",
         "",
     ]
 
@@ -127,7 +123,7 @@ def write_report_md(
         "",
         "## Stage wall times",
         "",
-        *_parts_lines(run_dir),
+        *_parts_lines(int(getattr(result, "parts", 1))),
         "| stage | seconds |",
         "|---|---|",
     ]

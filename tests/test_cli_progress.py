@@ -129,6 +129,7 @@ def test_sigterm_mid_search_leaves_a_resumable_run_whose_stage_times_add_up(
     for label in ("search", "confirm best", "verify budgets", "export", "report"):
         assert f"{label}: started" in err and f"{label}: done" in err, err
     report = json.loads((run / "report.json").read_text())
+    assert report["parts"] == 2
     for stage, seconds in interrupted["stage_seconds"].items():
         assert report["stage_seconds"][stage] >= seconds
     # The stages run again on resume count twice: the first part and this one.

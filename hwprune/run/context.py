@@ -2,9 +2,9 @@
 
 ``RunContext.stage(name, total)`` is the one timed-stage helper: it emits the
 stage's first and last ProgressEvent, records its wall time, and hands the
-stage a ``step(done, info=...)`` for the events in between. The wall times are
-kept in ``RUN/stages.json`` as each stage ends or is interrupted, so the times
-of a stopped and resumed run add up both parts.
+stage a ``step(done, info=...)`` for the events in between. A run stopped by
+Ctrl-C or SIGTERM keeps its stage times in ``RUN/stages.json``, so the times of a
+stopped and resumed run add up every part.
 """
 
 from __future__ import annotations
@@ -205,13 +205,18 @@ class RunContext:
                 outer(event)
 
         outer, self.progress = self.progress, record
+        interrupted = False
         try:
             yield step
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the run is resumed later
+            interrupted = True
+            raise
         finally:
             self.progress = outer
             seconds = time.perf_counter() - t0
             self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + seconds
-            self._save_stage_times()
+            if interrupted:
+                self._save_stage_times()
         prev = last.get("event")
         done = step.total if step.total is not None else (prev.done if prev else 1)
         emit(
@@ -228,8 +233,11 @@ class RunContext:
         )
 
     def _save_stage_times(self) -> None:
-        """Write the stage times once the run is resumable (its episodes log holds a
-        candidate): a run stopped before that is removed whole, with no file left behind."""
+        """Write the stage times of a run being stopped, for its resume to add to.
+
+        Only when it is resumable (its episodes log holds a candidate): a run stopped before
+        that is removed whole, with no file left behind. A run that fails or is refused
+        (a resume on another machine) writes nothing: it is left as it was."""
         log_path = self.episodes_path
         if not (log_path.is_file() and log_path.stat().st_size > 0):
             return

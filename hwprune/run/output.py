@@ -172,7 +172,7 @@ def result_of(
         proxy_seconds=mean_proxy_seconds(d.evaluator.history),
         surrogate=surrogate_report(d.evaluator),
         oracle_calls=dict(d.evaluator.oracle_calls),
-        timing=timing_report(d.evaluator, f.measurements),
+        timing=timing_report(d.evaluator, f.measurements), parts=ctx.parts,
     )  # fmt: skip
 
 

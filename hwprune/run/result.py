@@ -78,6 +78,8 @@ class PruneResult:
     # Per timed budget, how precise its timings were: the search's stop rule and what its
     # candidates reached, the dense reference, the final proof (hwprune.evaluate.precision).
     timing: Mapping[str, Any] = field(default_factory=dict)
+    # How many times the run was started (1, plus one per resume): stage_seconds add them up.
+    parts: int = 1
     model: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -107,6 +109,7 @@ class PruneResult:
             "task": {"name": self.task, "finetune": self.finetuned, "evaluate": self.evaluated},
             "params": {"dense": self.params_dense, "final": self.params_final},
             "stage_seconds": dict(self.stage_seconds),
+            "parts": self.parts,
             "paths": {k: str(v) for k, v in self.paths.items()},
             "search": {
                 "searcher": self.searcher,
