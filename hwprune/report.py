@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hwprune.errors import UnknownNameError
+from hwprune.evaluate.precision import timing_lines
 from hwprune.files import write_atomic
 from hwprune.plots import feasible_count
 
@@ -26,6 +27,17 @@ def write_report_json(run_dir: str | Path, *, result: Any, options: Mapping[str,
     path = Path(run_dir) / "report.json"
     data = {"options": dict(options), **result.to_dict()}
     return write_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _parts_lines(parts: int) -> list[str]:
+    """A note when the run was stopped and resumed: its stage times add up every part."""
+    if parts <= 1:
+        return []
+    return [
+        f"The run was stopped and resumed {parts - 1} time{'s' if parts > 2 else ''}: each "
+        f"stage's time adds up its {parts} parts (a stage run again on resume counts every time).",
+        "",
+    ]
 
 
 def _fmt(value: float | None, unit: str) -> str:
@@ -100,12 +112,16 @@ def write_report_md(
         )
     lines += _chance_lines(result, history)
     lines += _surrogate_lines(getattr(result, "surrogate", None) or {})
+    lines += timing_lines(
+        getattr(result, "timing", None) or {}, units={b.quantity: b.unit for b in result.budgets}
+    )
     for section in sections:
         lines += ["", section.rstrip("\n")]
     lines += [
         "",
         "## Stage wall times",
         "",
+        *_parts_lines(int(getattr(result, "parts", 1))),
         "| stage | seconds |",
         "|---|---|",
     ]

@@ -38,7 +38,13 @@ from typing import Any
 
 from oracles.errors import MeasurementFailedError, OracleSpecError
 
-__all__ = ["TimingResult", "time_adaptive", "summarize", "median_ci_ranks"]
+__all__ = [
+    "TimingResult",
+    "capped_protocol",
+    "median_ci_ranks",
+    "summarize",
+    "time_adaptive",
+]
 
 #: Two-sided 95% normal quantile, for the order-statistic ranks of large samples.
 _Z95 = 1.959963984540054
@@ -323,3 +329,35 @@ def time_runners(
             100 * settings.rel_ci,
         )
     return result
+
+
+def capped_protocol(oracle: Any, *, max_runs: int, max_time: float) -> dict[str, Any]:
+    """The setting changes that stop ``oracle``'s timing after at most ``max_runs`` runs and
+    ``max_time`` seconds, where its spec leaves those settings at their defaults.
+
+    A spec that sets ``max_runs`` or ``max_time`` keeps its own; an oracle without them (an
+    exact count, a remote oracle) gets no change ({}). Apply the changes with
+    ``dataclasses.replace(oracle, **changes)``: the caps are settings like any other, so
+    they are in the oracle's spec, its cache key and every measurement it makes. A run cap
+    bounds a call's time by construction in proportion to the model's own run time (the
+    warm-up stops at a quarter of ``max_time``), and a call that stops at a cap before its
+    median's confidence interval is within ``rel_ci`` reports ``converged=False``.
+    """
+    import dataclasses
+
+    if not dataclasses.is_dataclass(oracle) or isinstance(oracle, type):
+        return {}
+    fields = {f.name: f for f in dataclasses.fields(oracle)}
+    if not {"max_runs", "max_time", "min_runs", "min_time"} <= set(fields):
+        return {}
+    changes: dict[str, Any] = {}
+    if oracle.max_runs == fields["max_runs"].default:
+        # Never below min_runs: the protocol's own floor stays.
+        cap = max(int(max_runs), int(oracle.min_runs))
+        if cap < oracle.max_runs:
+            changes["max_runs"] = cap
+    if oracle.max_time == fields["max_time"].default:
+        cap_s = max(float(max_time), float(oracle.min_time))
+        if cap_s < oracle.max_time:
+            changes["max_time"] = cap_s
+    return changes

@@ -123,6 +123,20 @@ def tensorboard_dir(path: str | Path | None) -> str | None:
     return str(path)
 
 
+def quiet_logger(model: Any, tensorboard_log: str | None) -> None:
+    """Give an SB3 model a logger that writes nowhere when it logs no TensorBoard.
+
+    Without a logger of its own, SB3's ``learn`` configures one in a new
+    ``<tempdir>/SB3-<date>`` folder (left empty, one per search); a search writes
+    only into its run folder. With a TensorBoard folder SB3 logs into that folder.
+    """
+    if tensorboard_log is not None:
+        return
+    from stable_baselines3.common.logger import Logger
+
+    model.set_logger(Logger(folder=None, output_formats=[]))
+
+
 class single_thread:
     """Run a small network's updates on one torch thread, then restore the setting.
 

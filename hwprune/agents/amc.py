@@ -39,6 +39,7 @@ from hwprune.agents._sb3 import (
     episodes_per_batch,
     exhausted,
     load_parameters,
+    quiet_logger,
     read_json,
     single_thread,
     tensorboard_dir,
@@ -338,6 +339,7 @@ class AMC(Searcher):
         if self.algo == "td3":
             extra = {"policy_delay": 2, "target_policy_noise": 0.1, "target_noise_clip": 0.2}
         AMCAgent = _ddpg_class(self.algo)
+        tensorboard = tensorboard_dir(self.tensorboard_log)
         model = AMCAgent(
             "MlpPolicy",
             env,
@@ -351,12 +353,13 @@ class AMC(Searcher):
             gradient_steps=-1,
             action_noise=noise,
             policy_kwargs={"net_arch": list(self.net_arch)},
-            tensorboard_log=tensorboard_dir(self.tensorboard_log),
+            tensorboard_log=tensorboard,
             seed=self.seed,
             device="cpu",
             verbose=0,
             **extra,
         )
+        quiet_logger(model, tensorboard)
         model.num_units = units
         model.stop_fn = lambda: exhausted(evaluate)
         model.batch_fn = lambda: episodes_per_batch(evaluate, batch=self.batch_episodes)

@@ -29,6 +29,7 @@ from hwprune.agents._sb3 import (
     exhausted,
     load_parameters,
     minibatch_size,
+    quiet_logger,
     read_json,
     single_thread,
     tensorboard_dir,
@@ -292,6 +293,7 @@ class PPOLagrangian(Searcher):
             return exhausted(evaluate)
 
         LagrangianPPO, EpisodeRecorder = _ppo_class()
+        tensorboard = tensorboard_dir(self.tensorboard_log)
         model = LagrangianPPO(
             "MlpPolicy",
             env,
@@ -303,11 +305,12 @@ class PPOLagrangian(Searcher):
             gae_lambda=1.0,
             ent_coef=self.ent_coef,
             policy_kwargs={"net_arch": list(self.net_arch), "log_std_init": self.log_std_init},
-            tensorboard_log=tensorboard_dir(self.tensorboard_log),
+            tensorboard_log=tensorboard,
             seed=self.seed,
             device="cpu",
             verbose=0,
         )
+        quiet_logger(model, tensorboard)
         model.lagrange = lagrange
         model.stop_fn = stop
 

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hwprune.agents._sb3 import PendingEpisodes, check_batch, load_parameters
+from hwprune.agents._sb3 import PendingEpisodes, check_batch, load_parameters, quiet_logger
 from hwprune.agents.base import SEARCHERS, BudgetedEvaluator, Searcher
 from hwprune.envs.multivisit import DEFAULT_ACTIONS, MultiVisitEnv
 from hwprune.errors import ConfigError
@@ -183,6 +183,7 @@ class QLP(Searcher):
             device=self.device,
             verbose=0,
         )
+        quiet_logger(model, None)
         if agent_path is not None and agent_path.exists():
             # Weights only (torch.load(weights_only=True) inside set_parameters): the
             # pickled part of SB3's zip is never loaded, so a run folder cannot run code.

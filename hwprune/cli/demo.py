@@ -19,6 +19,10 @@ DEMO_ORACLE = "latency=onnxruntime:cpu?threads=1"
 DEMO_TRAIN_EPOCHS = 5
 DEMO_EVALUATIONS = 60
 DEMO_FINETUNE_EPOCHS = 6
+# The latency-staircase probe's time budget: a few hundred one-layer timings, 30-40 s on a
+# quiet 2-core machine; on a busy one every timing runs to its cap, and past this budget the
+# units not yet probed are built unrounded (report.md says which).
+DEMO_STAIRCASE_SECONDS = 60.0
 
 
 #: Where the demo runs without --out.
@@ -105,6 +109,7 @@ def demo_options(weights: str | Path) -> dict[str, Any]:
         agent="ppo-lagrangian",
         evaluations=DEMO_EVALUATIONS,
         finetune_epochs=DEMO_FINETUNE_EPOCHS,
+        staircase_seconds=DEMO_STAIRCASE_SECONDS,
     )
 
 
@@ -174,9 +179,14 @@ def run_demo(
     import contextlib
 
     from hwprune.cli._console import err_console
-    from hwprune.cli.prune import ProgressView, execute
+    from hwprune.cli._progress import (
+        Terminated,
+        progress_view,
+        sigterm_interrupts,
+        train_progress,
+    )
+    from hwprune.cli.prune import execute
     from hwprune.outputs import check_home
-    from hwprune.progress import ProgressEvent
 
     run_dir = Path(out or DEMO_OUT)
     # Everything the demo writes, checked before it trains: its folder, hwprune's own folder.
@@ -190,17 +200,16 @@ def run_demo(
             soft_wrap=True,
         )
     show = not (quiet or as_json)
-    view = ProgressView(err_console) if show else None
-
-    def train_progress(p: Any) -> None:
-        if p.epoch_done and view is not None:
-            view(ProgressEvent("train", p.epoch, p.epochs, info={"loss": p.loss}))
-
-    with view if view is not None else contextlib.nullcontext():
-        ckpt, seconds = demo_checkpoint(progress=train_progress if show else None)
+    view = progress_view(err_console, show=show)
+    try:
+        with sigterm_interrupts(), view if view is not None else contextlib.nullcontext():
+            ckpt, seconds = demo_checkpoint(progress=train_progress(view) if view else None)
+    except KeyboardInterrupt as exc:
+        err_console.print("interrupted while training the demo model", highlight=False)
+        return 143 if isinstance(exc, Terminated) else 130
     if show:
         how = "cached" if seconds is None else f"trained in {seconds:.1f}s"
-        err_console.print(f"demo model: {ckpt} ({how})", highlight=False)
+        err_console.print(f"demo model: {ckpt} ({how})", highlight=False, soft_wrap=True)
     if resume:
         return execute({}, resume_dir=str(run_dir), quiet=quiet, as_json=as_json)
     options = {**demo_options(ckpt), "out": str(run_dir), "overwrite": overwrite}

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hwprune.cli._progress import ProgressView  # noqa: F401  (the CLI's renderer, kept here too)
+
 # Options that only start a new run: refused beside --resume (the run's config.json rules).
 RUN_ONLY = ("out", "overwrite", "config")
 
@@ -97,77 +99,6 @@ def collect_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-class ProgressView:
-    """Rich progress bars, one per stage, fed by the run's ProgressEvents."""
-
-    STAGES = {
-        "train": "train demo model",
-        "load": "load data and model",
-        "staircase": "latency staircase",
-        "dense": "measure dense model",
-        "search": "search",
-        "choose": "confirm best",
-        "finetune": "fine-tune",
-        "verify": "verify budgets",
-        "export": "export",
-        "report": "report",
-    }
-
-    def __init__(self, console: Any) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("{task.description:<20}"),
-            BarColumn(bar_width=16),  # leaves the clock and figures room at 80 columns
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[info]}"),
-            console=console,
-            transient=False,
-        )
-        self.tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> ProgressView:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.progress.__exit__(*exc)
-
-    def __call__(self, event: Any) -> None:
-        stage = event.stage
-        if stage not in self.tasks:
-            self.tasks[stage] = self.progress.add_task(
-                self.STAGES.get(stage, stage), total=event.total, info=""
-            )
-        self.progress.update(
-            self.tasks[stage], completed=event.done, total=event.total, info=self._info(event)
-        )
-
-    @staticmethod
-    def _info(event: Any) -> str:
-        info = event.info or {}
-        parts = []
-        if event.stage == "search":
-            acc = info.get("best_feasible_accuracy")
-            parts.append("best feasible: " + ("-" if acc is None else f"{100 * acc:.1f}%"))
-            values = info.get("values") or {}
-            parts += [f"{k}={v:.4g}" for k, v in values.items()]
-        elif event.stage == "finetune" and info.get("search_accuracy") is not None:
-            parts.append(f"search acc {100 * info['search_accuracy']:.1f}%")
-        elif event.stage == "verify" and "met" in info:
-            parts += [f"{k}: {'met' if ok else 'MISSED'}" for k, ok in info["met"].items()]
-        elif event.message and not event.finished:
-            parts.append(event.message)
-        return "  ".join(parts)
-
-
 def summary_table(result: Any) -> Any:
     """A rich table: per budget (its oracle beneath it) dense, bound, final re-measured value, met.
 
@@ -236,20 +167,21 @@ def print_result(result: Any, *, as_json: bool) -> None:
 
 def execute(options: dict[str, Any], *, resume_dir: str | None, quiet: bool, as_json: bool,
             changes: dict[str, Any] | None = None) -> int:  # fmt: skip
-    """Run (or resume) a prune with progress bars; Ctrl-C leaves the run resumable (exit 130)."""
+    """Run (or resume) a prune with progress (bars on a terminal, lines in a file or pipe);
+    Ctrl-C or SIGTERM leaves the run resumable (exit 130 or 143)."""
     import contextlib
     import warnings
 
     from hwprune import api
     from hwprune.cli._console import err_console
+    from hwprune.cli._progress import Terminated, progress_view, sigterm_interrupts
     from hwprune.config import PruneConfig
     from hwprune.errors import ConfigError
 
     # Library chatter (gymnasium dtype casts, SB3 creating folders) is not for the user.
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(gymnasium|stable_baselines3)")
     run_dir = resume_dir or options.get("out")
-    show = not (quiet or as_json)
-    view = ProgressView(err_console) if show else None
+    view = progress_view(err_console, show=not (quiet or as_json))
     if not resume_dir:
         options = dict(options)
         out, overwrite = options.pop("out", None), bool(options.pop("overwrite", False))
@@ -258,21 +190,22 @@ def execute(options: dict[str, Any], *, resume_dir: str | None, quiet: bool, as_
         if not out:
             raise ConfigError("--out RUN_DIR is required (the run directory to create)")
     try:
-        with view if view is not None else contextlib.nullcontext():
+        with sigterm_interrupts(), view if view is not None else contextlib.nullcontext():
             if resume_dir:
                 result = api.resume(resume_dir, progress=view, **(changes or {}))
             else:
                 result = api._start(config, out=Path(out), resume=False, overwrite=overwrite,
                                     progress=view, objects=None)  # fmt: skip
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if run_dir and (Path(run_dir) / "config.json").is_file():
             err_console.print(
                 f"interrupted; everything measured is kept. Resume with: hwprune prune --resume {run_dir}",
                 highlight=False,
+                soft_wrap=True,
             )
         else:
             err_console.print("interrupted", highlight=False)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
     print_result(result, as_json=as_json)
     return 0
 

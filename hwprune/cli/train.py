@@ -109,39 +109,15 @@ def run(args: argparse.Namespace) -> int:
         label_smoothing=args.label_smoothing, batch_size=args.batch_size, device=args.device,
         seed=args.seed,
     )  # fmt: skip
-    if args.quiet or args.json:
+    from hwprune.cli._progress import progress_view, train_progress
+
+    # Bars on a terminal, plain lines in a log file or a pipe (the renderer of every stage).
+    view = progress_view(err_console, show=not (args.quiet or args.json))
+    if view is None:
         result = train(model, data, **kwargs)
     else:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        bar = Progress(
-            TextColumn("epoch {task.fields[epoch]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  search acc {task.fields[acc]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=err_console,
-            transient=False,
-        )
-        with bar:
-            task = bar.add_task("train", total=None, epoch="1", loss=float("nan"), acc="-")
-
-            def show(ev) -> None:
-                done = (ev.epoch - 1) * ev.steps + ev.step
-                fields = {"epoch": f"{ev.epoch}/{ev.epochs}", "loss": ev.loss}
-                if ev.search_accuracy is not None:
-                    fields["acc"] = f"{100 * ev.search_accuracy:.2f}%"
-                bar.update(task, completed=done, total=ev.epochs * ev.steps, **fields)
-
-            result = train(model, data, progress=show, **kwargs)
+        with view:
+            result = train(model, data, progress=train_progress(view), **kwargs)
 
     meta = {
         "model": args.model,

@@ -18,6 +18,7 @@ import oracles
 from hwprune.constraints import Constraint
 from hwprune.evaluate.log import EpisodeLog
 from oracles import Measurement, MeasurementCache
+from oracles.timing import capped_protocol
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,16 @@ MEASURE_REPEATS = 3
 
 # How many of rank_feasible's first candidates the final choice re-measures (confirm_best).
 CONFIRM_TOP = 5
+
+# The search's stop rule for one timed call on a candidate: at most this many timed runs and
+# seconds (``oracles.timing.capped_protocol``; a spec that sets max_runs or max_time keeps
+# its own). The spec's own rule (2000 runs or 20 s) goes on until the median's interval is
+# within rel_ci, which a busy machine never reaches: every call then ran to its cap and a
+# demo's 60 candidates took minutes of timing each. A search value ranks candidates; every
+# value that is a verdict or a reference (the dense model, the confirmation of the best
+# candidates, the final proof) is measured with the spec's own rule.
+SEARCH_MAX_RUNS = 200
+SEARCH_MAX_TIME = 2.0
 
 # A proxy score counts as "at chance" (it says nothing of the accuracy after fine-tuning)
 # until it is above the task's chance score by this share of the dense model's margin over
@@ -40,6 +51,8 @@ __all__ = [
     "Outcome",
     "Evaluator",
     "CONFIRM_TOP",
+    "SEARCH_MAX_RUNS",
+    "SEARCH_MAX_TIME",
     "accuracy_tolerance",
     "candidate_params",
     "chance_floor",
@@ -342,6 +355,15 @@ class Evaluator:
         self.allow_trace_warnings = bool(allow_trace_warnings)
         self.on_outcome = on_outcome
         self._oracles = {c.name: oracles.get_oracle(c.oracle) for c in self.constraints}
+        # Each timed oracle with the search's stop rule (the same oracle where it has none).
+        self._search_changes = {
+            name: capped_protocol(o, max_runs=SEARCH_MAX_RUNS, max_time=SEARCH_MAX_TIME)
+            for name, o in self._oracles.items()
+        }
+        self._search_oracles = {
+            name: replace(o, **self._search_changes[name]) if self._search_changes[name] else o
+            for name, o in self._oracles.items()
+        }
         from hwprune.evaluate.surrogate import check_mode
 
         self.surrogate_mode = check_mode(surrogate)
@@ -426,6 +448,12 @@ class Evaluator:
         """Each constraint's oracle, by constraint name."""
         return self._oracles
 
+    @property
+    def search_oracles(self) -> Mapping[str, Any]:
+        """Each constraint's oracle as a candidate's evaluation calls it: a timed one with the
+        search's stop rule (``SEARCH_MAX_RUNS``, ``SEARCH_MAX_TIME``)."""
+        return self._search_oracles
+
     def export(self, module: Any, *, timings: dict[str, float] | None = None) -> bytes:
         """The module's ONNX bytes at the run's opset (timed as ``export``)."""
         from hwprune.export.onnx import export_onnx
@@ -453,13 +481,16 @@ class Evaluator:
         ``repeats`` > 1 keeps the median of that many independent calls of each
         timed oracle (see ``oracles.measure``); ``fresh`` measures without the
         cache (the final verification); ``only`` names the constraints to measure (default all).
+        One call from the cache is a candidate's evaluation and times with the search's stop
+        rule (``search_oracles``); a reference or a verdict (repeats or fresh) with the spec's.
         """
         shapes = self.example_inputs.shapes
+        verdict = repeats > 1 or fresh
         out: dict[str, Measurement] = {}
         for c in self.constraints:
             if only is not None and c.name not in only:
                 continue
-            oracle = self._oracles[c.name]
+            oracle = self._oracles[c.name] if verdict else self._search_oracles[c.name]
             if oracle.input_format == "onnx":
                 if onnx_bytes is None:
                     onnx_bytes = self.export(module, timings=timings)

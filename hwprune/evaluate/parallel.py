@@ -25,6 +25,7 @@ other value is a cluster address). Ray is optional: ``pip install "hwprune[ray]"
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pickle
@@ -236,9 +237,14 @@ class _Device:
             "cores": sorted(os.sched_getaffinity(0)),
         }
 
-    def measure(self, model: Any, input_shapes: Any) -> Measurement | _Failure:
+    def measure(
+        self, model: Any, input_shapes: Any, changes: Mapping[str, Any] | None = None
+    ) -> Measurement | _Failure:
+        """One measurement; ``changes`` are setting changes for this call (the search's
+        stop rule, ``Evaluator.search_oracles``)."""
+        oracle = dataclasses.replace(self.oracle, **changes) if changes else self.oracle
         try:
-            return self.oracle.measure(model, input_shapes=input_shapes)
+            return oracle.measure(model, input_shapes=input_shapes)
         except OracleError as exc:
             return _Failure(exc)
 
@@ -420,7 +426,17 @@ class DeviceOracle(Oracle):
     """An oracle measured in its device process (or actor): the same spec, settings and cache
     key as the oracle itself, plus the device's machine where that is another machine."""
 
-    def __init__(self, inner: Oracle, call: Any, info: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        inner: Oracle,
+        call: Any,
+        info: Mapping[str, Any],
+        changes: Mapping[str, Any] | None = None,
+    ) -> None:
+        # ``changes``: settings the device applies to its oracle for each call made here.
+        self.changes = dict(changes or {})
+        if self.changes:
+            inner = dataclasses.replace(inner, **self.changes)
         self.inner = inner
         self._call = call
         self._identity = dict(info.get("identity", {}))
@@ -448,7 +464,13 @@ class DeviceOracle(Oracle):
         return self.inner.model_key(model, input_shapes=input_shapes)
 
     def measure(self, model: Any, *, input_shapes: Any = None) -> Measurement:
-        return _answer(self._call("measure", model, dict(input_shapes or {})).result())
+        return _answer(self.submit(model, input_shapes).result())
+
+    def submit(self, model: Any, input_shapes: Any = None) -> Future:
+        """Send one measurement to the device; its Future answers a Measurement or _Failure."""
+        if self.changes:
+            return self._call("measure", model, dict(input_shapes or {}), self.changes)
+        return self._call("measure", model, dict(input_shapes or {}))
 
 
 # ------------------------------------------------------------------ the evaluator
@@ -560,6 +582,9 @@ class ParallelEvaluator(Evaluator):
                 return self._backend.call(_spec, method, *args)
 
             self._oracles[name] = DeviceOracle(oracle, call, infos[spec])
+            self._search_oracles[name] = DeviceOracle(
+                oracle, call, infos[spec], changes=self._search_changes[name]
+            )
         log.info(
             "evaluating with %d worker(s) on %s; timing devices: %s",
             self.width,
@@ -608,7 +633,7 @@ class ParallelEvaluator(Evaluator):
             slot.prepared = _answer(slot.prep.result())
             shapes = self.example_inputs.shapes
             for c in self.constraints:
-                oracle = self._oracles[c.name]
+                oracle = self._search_oracles[c.name]  # a candidate: the search's stop rule
                 model = (
                     slot.prepared.onnx if oracle.input_format == "onnx" else slot.prepared.module
                 )
@@ -622,7 +647,7 @@ class ParallelEvaluator(Evaluator):
                         slot.measured[c.name] = hit.replace(cached=True)
                         continue
                 if isinstance(oracle, DeviceOracle):
-                    slot.timing[c.name] = oracle._call("measure", model, dict(shapes))
+                    slot.timing[c.name] = oracle.submit(model, shapes)
                     if ckey is not None:
                         slot.cache_keys[c.name] = ckey
                 else:

@@ -2,12 +2,16 @@
 
 ``RunContext.stage(name, total)`` is the one timed-stage helper: it emits the
 stage's first and last ProgressEvent, records its wall time, and hands the
-stage a ``step(done, info=...)`` for the events in between.
+stage a ``step(done, info=...)`` for the events in between. A run stopped by
+Ctrl-C or SIGTERM keeps its stage times in ``RUN/stages.json``, so the times of a
+stopped and resumed run add up every part.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -20,7 +24,20 @@ from hwprune.errors import ConfigError, RunDirError
 from hwprune.outputs import LOCK_NAME, RUN, check_folder, clear_folder, make_folder
 from hwprune.progress import ProgressEvent, ProgressFn, emit
 
-__all__ = ["LOCK_NAME", "RunContext", "RunLock", "StageStep", "check_run_dir", "prepare_run_dir"]
+__all__ = [
+    "LOCK_NAME",
+    "RunContext",
+    "RunLock",
+    "StageStep",
+    "check_run_dir",
+    "prepare_run_dir",
+    "read_stage_times",
+]
+
+#: The stages' wall seconds so far and how many times the run was started (resumes + 1).
+STAGES_FILE = "stages.json"
+
+log = logging.getLogger(__name__)
 
 
 class RunLock:
@@ -161,6 +178,15 @@ class RunContext:
     resumed: bool = False
     stage_seconds: dict[str, float] = field(default_factory=dict)
     final_info: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: How many times this run was started: 1, plus one per resume.
+    parts: int = 1
+
+    def __post_init__(self) -> None:
+        if self.resumed and not self.stage_seconds:
+            earlier = read_stage_times(self.run_dir)
+            if earlier is not None:
+                self.stage_seconds = dict(earlier["stage_seconds"])
+                self.parts = int(earlier["parts"]) + 1
 
     @property
     def episodes_path(self) -> Path:
@@ -191,12 +217,18 @@ class RunContext:
                 outer(event)
 
         outer, self.progress = self.progress, record
+        interrupted = False
         try:
             yield step
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the run is resumed later
+            interrupted = True
+            raise
         finally:
             self.progress = outer
             seconds = time.perf_counter() - t0
             self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + seconds
+            if interrupted:
+                self._save_stage_times()
         prev = last.get("event")
         done = step.total if step.total is not None else (prev.done if prev else 1)
         emit(
@@ -211,3 +243,34 @@ class RunContext:
                 finished=True,
             ),
         )
+
+    def _save_stage_times(self) -> None:
+        """Write the stage times of a run being stopped, for its resume to add to.
+
+        Only when it is resumable (its episodes log holds a candidate): a run stopped before
+        that is removed whole, with no file left behind. A run that fails or is refused
+        (a resume on another machine) writes nothing: it is left as it was."""
+        log_path = self.episodes_path
+        if not (log_path.is_file() and log_path.stat().st_size > 0):
+            return
+        path = self.path(STAGES_FILE)
+        data = {"stage_seconds": self.stage_seconds, "parts": self.parts}
+        try:
+            tmp = path.with_name(STAGES_FILE + ".tmp")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:  # the times are a report figure, not worth failing the run for
+            log.warning("cannot record the stage times in %s: %s", path, exc)
+
+
+def read_stage_times(run_dir: Path) -> dict[str, Any] | None:
+    """``RUN/stages.json``: {"stage_seconds": {stage: seconds}, "parts": n}, or None when
+    absent or unreadable (the run's times then start from this part)."""
+    path = Path(run_dir) / STAGES_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        seconds = {str(k): float(v) for k, v in data["stage_seconds"].items()}
+        parts = int(data.get("parts", 1))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return {"stage_seconds": seconds, "parts": max(1, parts)}

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hwprune.errors import HwpruneError
+from hwprune.evaluate.precision import timing_report
 from hwprune.evaluate.surrogate import surrogate_report
 from hwprune.run.context import RunContext
 from hwprune.run.final import Final
@@ -172,6 +173,7 @@ def result_of(
         proxy_seconds=mean_proxy_seconds(d.evaluator.history),
         surrogate=surrogate_report(d.evaluator),
         oracle_calls=dict(d.evaluator.oracle_calls), search_extra=dict(s.extra),
+        timing=timing_report(d.evaluator, f.measurements), parts=ctx.parts,
     )  # fmt: skip
 
 

@@ -77,6 +77,11 @@ class PruneResult:
     oracle_calls: Mapping[str, int] = field(default_factory=dict)
     # What the searcher recorded of its own work (its ``SearchResult.extra``).
     search_extra: Mapping[str, Any] = field(default_factory=dict)
+    # Per timed budget, how precise its timings were: the search's stop rule and what its
+    # candidates reached, the dense reference, the final proof (hwprune.evaluate.precision).
+    timing: Mapping[str, Any] = field(default_factory=dict)
+    # How many times the run was started (1, plus one per resume): stage_seconds add them up.
+    parts: int = 1
     model: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -106,6 +111,7 @@ class PruneResult:
             "task": {"name": self.task, "finetune": self.finetuned, "evaluate": self.evaluated},
             "params": {"dense": self.params_dense, "final": self.params_final},
             "stage_seconds": dict(self.stage_seconds),
+            "parts": self.parts,
             "paths": {k: str(v) for k, v in self.paths.items()},
             "search": {
                 "searcher": self.searcher,
@@ -123,4 +129,5 @@ class PruneResult:
                 "openvino_max_abs_diff": self.openvino_max_abs_diff,
             },
             "surrogate": dict(self.surrogate),
+            "timing": dict(self.timing),
         }
