@@ -404,7 +404,10 @@ def _interrupt_when(
             assert line is not None, f"the demo ended first (exit {proc.wait()}):\n{text}"
             text += line
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 130
+        # 130 from the CLI's handler, or death by SIGINT: CPython ends a `python -m` process
+        # that way when a KeyboardInterrupt passed through its run machinery, even once
+        # handled; a shell reports both as 130.
+        assert proc.wait(timeout=60) in (130, -signal.SIGINT)
     finally:
         if proc.poll() is None:
             proc.kill()
