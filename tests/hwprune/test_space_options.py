@@ -132,8 +132,12 @@ def test_a_mismatch_on_any_output_is_never_shipped(tmp_path):
     torch.manual_seed(0)
     x = torch.ones(1, 4)  # traced on the positive branch; random inputs take both
     out = tmp_path / "drift.onnx"
-    with pytest.raises(ExportError, match="output 'aux' differs from torch's"):
+    with pytest.raises(ExportError, match="data-dependent control flow"):
         final_export(_SecondOutputDrifts().eval(), example_inputs=x, onnx_path=out)
+    # Accepted knowingly, the branch is exported, and the parity check still refuses it.
+    with pytest.raises(ExportError, match="output 'aux' differs from torch's"):
+        final_export(_SecondOutputDrifts().eval(), example_inputs=x, onnx_path=out,
+                     allow_trace_warnings=True)  # fmt: skip
     assert not out.exists()
 
 
