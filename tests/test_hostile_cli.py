@@ -346,6 +346,31 @@ def test_resume_of_a_finished_run_says_complete_and_changes_nothing(finished: Pa
     assert _files(finished) == before and sorted(os.listdir(finished)) == names
 
 
+def test_a_stopped_resume_that_raised_evaluations_is_continued_not_called_complete(
+    finished: Path, tmp_path: Path, capsys
+) -> None:
+    import shutil
+
+    import hwprune
+    from hwprune.config import read_run_config
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+
+    def interrupt(event) -> None:
+        if event.stage == "search":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        hwprune.resume(run, evaluations=3, progress=interrupt)
+    assert read_run_config(run, require_model=False).evaluations == 3
+    assert main(["prune", "--resume", str(run), "--quiet"]) == 0
+    out, _ = capsys.readouterr()
+    assert "is complete" not in out
+    report = json.loads((run / "report.json").read_text())
+    assert report["options"]["evaluations"] == 3 and report["search"]["evaluations"] == 3
+
+
 def test_a_run_stopped_by_an_error_or_ctrl_c_leaves_no_lock(tmp_path: Path, capsys) -> None:
     import hwprune
     from tests.user_task import factory

@@ -235,12 +235,14 @@ def _say_complete(run_dir: Path, *, evaluations: int | None, as_json: bool) -> b
     from hwprune.config import read_run_config
     from hwprune.run.context import RunLock
 
-    read_run_config(run_dir, require_model=False)  # not a run directory: the resume's own error
+    # Not a run directory: the resume's own error. A raised --evaluations that an earlier,
+    # stopped resume wrote into config.json still asks for more search.
+    wanted = read_run_config(run_dir, require_model=False).evaluations
     # Held while looking, so a run another process is still finishing is not called complete.
     lock = RunLock(run_dir).acquire()
     try:
         done = finished_evaluations(run_dir)
-        if done is None or (evaluations is not None and evaluations > done):
+        if done is None or max(wanted, evaluations or 0) > done:
             return False
         if as_json:
             print((run_dir / "report.json").read_text(encoding="utf-8"), end="")

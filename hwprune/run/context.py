@@ -146,6 +146,18 @@ def prepare_run_dir(out: Path, config: PruneConfig, *, resume: bool, overwrite: 
     return lock
 
 
+def keep_raised_budget(out: Path, config: PruneConfig) -> None:
+    """A resume that raises the search's evaluations writes them into config.json once its
+    search starts (every refusal is behind it): a later plain resume, after this one is
+    stopped, continues that search rather than finding the earlier report and calling the
+    run complete."""
+    from hwprune.config import read_run_config
+
+    stored = read_run_config(out, require_model=False)
+    if config.evaluations > stored.evaluations:
+        write_run_config(out, stored.replace(evaluations=config.evaluations))
+
+
 @dataclass
 class StageStep:
     """Handed to a stage by ``RunContext.stage``: report intermediate progress."""

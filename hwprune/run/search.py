@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hwprune.errors import InfeasibleBudgetError, RunDirError
-from hwprune.run.context import RunContext
+from hwprune.run.context import RunContext, keep_raised_budget
 from hwprune.run.load import Loaded
 
 log = logging.getLogger(__name__)
@@ -212,6 +212,8 @@ def search(ctx: RunContext, loaded: Loaded, d: Dense) -> Searched:
     was never stopped (exactly so where the oracles are deterministic).
     """
     evaluator, total = d.evaluator, ctx.config.evaluations
+    if ctx.resumed:
+        keep_raised_budget(ctx.run_dir, ctx.config)
     agent_dir = ctx.path("agent")
     if agent_dir.exists():
         shutil.rmtree(agent_dir)
