@@ -5,29 +5,13 @@ from __future__ import annotations
 import tempfile
 
 import pytest
-import torch
-from torch import nn
 
 from hwprune.agents import get_searcher
 from hwprune.constraints import bind_constraints
 from hwprune.data import get_dataset
 from hwprune.evaluate import Evaluator
 from hwprune.space import ChannelSpace
-
-
-def tiny_net(channels: int) -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(channels, 8, 3, padding=1, bias=False),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1, bias=False),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 10),
-    ).eval()
+from tests.nets import tiny_net
 
 
 @pytest.mark.parametrize(

@@ -18,30 +18,9 @@ from hwprune.constraints import bind_constraints
 from hwprune.data import get_dataset
 from hwprune.evaluate import Evaluator
 from hwprune.space import ChannelSpace, Policy
+from tests.nets import TinyNet
 
 LATENCY = "onnxruntime:cpu?threads=1&min_time=0.1&warmup=5"
-
-
-class TinyNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 24, 3, padding=1, bias=False),
-            nn.BatchNorm2d(24),
-            nn.ReLU(),
-            nn.Conv2d(24, 48, 3, padding=1, bias=False),
-            nn.BatchNorm2d(48),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(48, 48, 3, padding=1, bias=False),
-            nn.BatchNorm2d(48),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
-        )
-        self.fc = nn.Linear(48, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.features(x), 1))
 
 
 @pytest.fixture(scope="module")

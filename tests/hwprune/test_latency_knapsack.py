@@ -30,6 +30,7 @@ from hwprune.errors import InfeasibleBudgetError
 from hwprune.evaluate import Evaluator
 from hwprune.space import ChannelSpace
 from hwprune.space.staircase import Staircase, UnitStaircase
+from tests.nets import TinyNet
 
 LATENCY = "onnxruntime:cpu?threads=1&min_time=0.02&warmup=2"
 
@@ -151,28 +152,6 @@ class OverheadLatency(oracles.Oracle):
         pruned = sum(1 for s, c in zip(convs, (24, 48, 48), strict=True) if s[0] < c)
         value = weights / 1000.0 + OVERHEAD * pruned
         return oracles.Measurement(quantity="latency", value=value, unit="ms", oracle=self.spec)
-
-
-class TinyNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 24, 3, padding=1, bias=False),
-            nn.BatchNorm2d(24),
-            nn.ReLU(),
-            nn.Conv2d(24, 48, 3, padding=1, bias=False),
-            nn.BatchNorm2d(48),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(48, 48, 3, padding=1, bias=False),
-            nn.BatchNorm2d(48),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
-        )
-        self.fc = nn.Linear(48, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.features(x), 1))
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,6 @@ import dataclasses
 import time
 
 import pytest
-import torch
-from torch import nn
 
 import oracles
 from hwprune.constraints import bind_constraints
@@ -22,24 +20,10 @@ from hwprune.evaluate.precision import timing_lines, timing_report
 from hwprune.space import ChannelSpace, Policy
 from oracles.cache import cache_key
 from oracles.timing import capped_protocol
+from tests.nets import tiny_net
 
 # Never converges (a 0.01% interval): every call stops at a cap, as under load.
 UNREACHABLE = "onnxruntime:cpu?threads=1&rel_ci=0.0001&warmup=2&min_runs=5"
-
-
-def tiny_net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=False),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1, bias=False),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 10),
-    ).eval()
 
 
 def test_the_cap_lowers_only_the_settings_a_spec_leaves_at_their_default() -> None:
