@@ -14,13 +14,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 import oracles
 from hwprune.errors import ConfigError
 from oracles import MeasurementCache
+
+if TYPE_CHECKING:
+    from hwprune.space import ChannelSpace
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +138,7 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def sample_policies(space: Any, n: int, *, seed: int = 0) -> list[Any]:
+def sample_policies(space: ChannelSpace, n: int, *, seed: int = 0) -> list[Any]:
     """``n`` policies from dense to the smallest allowed model, with per-unit variety.
 
     Sample i has a base keep level spaced evenly over [min_keep, 1] and
@@ -147,7 +150,7 @@ def sample_policies(space: Any, n: int, *, seed: int = 0) -> list[Any]:
     if n < 3:
         raise ValueError(f"need at least 3 samples to compare oracles, got {n}")
     rng = np.random.default_rng(seed)
-    lo = float(getattr(space, "min_keep", 0.1))
+    lo = space.min_keep
     policies = [Policy.dense(space)]
     units = len(space.units)
     for i in range(1, n):
@@ -197,31 +200,79 @@ def compare_oracles(
     """Measure ``samples`` pruned variants of ``model`` with every oracle and score them.
 
     ``reference`` defaults to the first latency oracle in ``oracle_specs``.
+    ``progress(done, total)``: called with 0 once the oracles and the memory needed are
+    checked, then after each variant is measured.
     ``allow_trace_warnings``: see ``export_onnx`` (a forward deciding on input values).
     """
-    from hwprune.export.onnx import export_onnx
     from hwprune.space import ChannelSpace
 
+    built, reference = _built_oracles(oracle_specs, reference)
+    specs = [o.spec for o in built]
+    _check_memory(model, built, tuple(input_shape))
+
+    start = time.perf_counter()
+    space = ChannelSpace(model, example_input_shape=tuple(input_shape), min_keep=min_keep)
+    policies = sample_policies(space, samples, seed=seed)
+    if progress is not None:
+        progress(0, len(policies))
+    values: dict[str, list[float]] = {s: [] for s in specs}
+    hits = {s: 0 for s in specs}
+    for i, policy in enumerate(policies):
+        measured = _measure_variant(space.apply(policy), built, tuple(input_shape), cache=cache,
+                                    allow_trace_warnings=allow_trace_warnings)  # fmt: skip
+        for spec, m in zip(specs, measured, strict=True):
+            values[spec].append(float(m.value))
+            hits[spec] += int(m.cached)
+        if progress is not None:
+            progress(i + 1, len(policies))
+
+    pairs = []
+    for i, a in enumerate(specs):
+        for b in specs[i + 1 :]:
+            pairs.append(PairStats(a, b, *_rank_corr(values[a], values[b])))
+    return Comparison(
+        model=model_name,
+        input_shape=tuple(input_shape),
+        reference=reference,
+        oracles=specs,
+        units={o.spec: o.unit for o in built},
+        keeps=[float(np.mean(p.keep)) for p in policies],
+        values=values,
+        pairs=pairs,
+        predictors=[_predictor(s, values[s], values[reference]) for s in specs if s != reference],
+        ratio={s: min(v) / v[0] if v[0] else math.nan for s, v in values.items()},
+        seconds=time.perf_counter() - start,
+        cached=hits,
+    )
+
+
+def _built_oracles(
+    oracle_specs: Sequence[str], reference: str | None
+) -> tuple[list[oracles.Oracle], str]:
+    """Every oracle built once from its spec (the reference added when it is not among them)
+    and the reference's canonical spec; an oracle listed twice is refused."""
     built = [oracles.get_oracle(s) for s in oracle_specs]
     specs = [o.spec for o in built]
     if len(set(specs)) != len(specs):
         raise ConfigError(f"an oracle is listed twice: {', '.join(oracle_specs)}")
     if reference is None:
         latency = [o.spec for o in built if o.quantity == "latency"]
-        reference = latency[0] if latency else specs[0]
-    else:
-        ref_oracle = oracles.get_oracle(reference)
-        reference = ref_oracle.spec
-        if reference not in specs:
-            built.append(ref_oracle)
-            specs.append(reference)
+        return built, latency[0] if latency else specs[0]
+    ref_oracle = oracles.get_oracle(reference)
+    if ref_oracle.spec not in specs:
+        built.append(ref_oracle)
+    return built, ref_oracle.spec
 
-    # Tracing, export and every timed oracle hold copies of the input: refuse before any.
+
+def _check_memory(
+    model: Any, built: Sequence[oracles.Oracle], input_shape: tuple[int, ...]
+) -> None:
+    """Tracing, export and every timed oracle hold copies of the input: refuse before any."""
     from oracles.model import check_memory
 
     one = 4 * math.prod(int(d) for d in input_shape)
-    copies = max([getattr(o, "pool", 4) for o in built if o.timed] or [1])
-    layer = _largest_layer_bytes(model, tuple(input_shape))
+    copies = max([o.settings().get("pool", 4) for o in built if o.timed] or [1])
+    layer = _largest_layer_bytes(model, input_shape)
     check_memory(
         oracle="compare-oracles",
         needed=one * copies + layer,
@@ -230,51 +281,31 @@ def compare_oracles(
         hint="give a smaller --input-size or --batch",
     )
 
-    start = time.perf_counter()
-    space = ChannelSpace(model, example_input_shape=tuple(input_shape), min_keep=min_keep)
-    policies = sample_policies(space, samples, seed=seed)
-    values: dict[str, list[float]] = {s: [] for s in specs}
-    hits = {s: 0 for s in specs}
-    shapes = {"input": tuple(input_shape)}
-    keeps = []
-    for i, policy in enumerate(policies):
-        module = space.apply(policy)
-        onnx_bytes = None
-        for spec, oracle in zip(specs, built, strict=True):
-            if oracle.input_format == "onnx":
-                if onnx_bytes is None:
-                    onnx_bytes = export_onnx(module, input_shape=tuple(input_shape),
-                                             allow_trace_warnings=allow_trace_warnings)  # fmt: skip
-                m = oracles.measure(oracle, onnx_bytes, input_shapes=shapes, cache=cache)
-            else:
-                m = oracles.measure(oracle, module, input_shapes=shapes, cache=cache)
-            values[spec].append(float(m.value))
-            hits[spec] += int(m.cached)
-        keeps.append(float(np.mean(policy.keep)))
-        if progress is not None:
-            progress(i + 1, len(policies))
 
-    pairs = []
-    for i, a in enumerate(specs):
-        for b in specs[i + 1 :]:
-            s, k = _rank_corr(values[a], values[b])
-            pairs.append(PairStats(a, b, s, k))
-    predictors = [_predictor(s, values[s], values[reference]) for s in specs if s != reference]
-    ratio = {s: min(v) / v[0] if v[0] else math.nan for s, v in values.items()}
-    return Comparison(
-        model=model_name,
-        input_shape=tuple(input_shape),
-        reference=reference,
-        oracles=specs,
-        units={s: o.unit for s, o in zip(specs, built, strict=True)},
-        keeps=keeps,
-        values=values,
-        pairs=pairs,
-        predictors=predictors,
-        ratio=ratio,
-        seconds=time.perf_counter() - start,
-        cached=hits,
-    )
+def _measure_variant(
+    module: Any,
+    built: Sequence[oracles.Oracle],
+    input_shape: tuple[int, ...],
+    *,
+    cache: MeasurementCache | None,
+    allow_trace_warnings: bool,
+) -> list[oracles.Measurement]:
+    """One pruned variant measured by every oracle, in order (exported to ONNX once, for the
+    oracles that take ONNX)."""
+    from hwprune.export.onnx import export_onnx
+
+    shapes = {"input": input_shape}
+    onnx_bytes = None
+    measured = []
+    for oracle in built:
+        if oracle.input_format == "onnx":
+            if onnx_bytes is None:
+                onnx_bytes = export_onnx(module, input_shape=input_shape,
+                                         allow_trace_warnings=allow_trace_warnings)  # fmt: skip
+            measured.append(oracles.measure(oracle, onnx_bytes, input_shapes=shapes, cache=cache))
+        else:
+            measured.append(oracles.measure(oracle, module, input_shapes=shapes, cache=cache))
+    return measured
 
 
 def _largest_layer_bytes(model: Any, input_shape: tuple[int, ...]) -> int:

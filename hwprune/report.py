@@ -10,19 +10,24 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hwprune.errors import UnknownNameError
 from hwprune.evaluate.precision import timing_lines
 from hwprune.files import write_atomic
 from hwprune.plots import feasible_count
 
+if TYPE_CHECKING:
+    from hwprune.run.result import PruneResult
+
 log = logging.getLogger(__name__)
 
 __all__ = ["write_report", "write_report_json", "write_report_md", "write_plots"]
 
 
-def write_report_json(run_dir: str | Path, *, result: Any, options: Mapping[str, Any]) -> Path:
+def write_report_json(
+    run_dir: str | Path, *, result: PruneResult, options: Mapping[str, Any]
+) -> Path:
     """report.json: the PruneResult plus the options that produced it."""
     path = Path(run_dir) / "report.json"
     data = {"options": dict(options), **result.to_dict()}
@@ -53,7 +58,7 @@ def _pct(value: float | None) -> str:
 def write_report_md(
     run_dir: str | Path,
     *,
-    result: Any,
+    result: PruneResult,
     options: Mapping[str, Any],
     plots: Sequence[Path] = (),
     history: Sequence[Any] | None = None,
@@ -64,7 +69,33 @@ def write_report_md(
     ``history``: the evaluated candidates, for the share that met every budget;
     ``sections``: more markdown sections (e.g. the channel counts), after the search's.
     """
-    run_dir = Path(run_dir)
+    lines = [
+        *_budget_lines(result, options),
+        "",
+        *_metrics_lines(result, options),
+        "",
+        f"Parameters: {result.params_dense:,} dense, {result.params_final:,} final "
+        f"({100.0 * result.params_final / max(1, result.params_dense):.1f}%).",
+        "",
+        *_search_lines(result, history),
+        *_chance_lines(result, history),
+        *_surrogate_lines(result.surrogate),
+        *timing_lines(result.timing, units={b.quantity: b.unit for b in result.budgets}),
+    ]
+    for section in sections:
+        lines += ["", section.rstrip("\n")]
+    lines += ["", *_stage_lines(result), "", *_files_lines(result)]
+    if plots:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
+        lines += ["", "The plotted data: `plots/plots.json`."]
+    path = Path(run_dir) / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _budget_lines(result: PruneResult, options: Mapping[str, Any]) -> list[str]:
+    """The title and, per budget, its dense, bound and re-measured values."""
     lines = [
         (
             f"# hwprune report: {options.get('model')} on {options.get('data')}"
@@ -83,11 +114,12 @@ def write_report_md(
             f"| `{b.budget}` | `{b.oracle}` | {_fmt(b.dense, b.unit)} | {_fmt(b.bound, b.unit)} "
             f"| {_fmt(b.final, b.unit)} | {'yes' if b.met else 'NO'} | {100 * b.margin:.1f}% |"
         )
-    lines += ["", *_metrics_lines(result, options), ""]
-    lines += [
-        f"Parameters: {result.params_dense:,} dense, {result.params_final:,} final "
-        f"({100.0 * result.params_final / max(1, result.params_dense):.1f}%).",
-        "",
+    return lines
+
+
+def _search_lines(result: PruneResult, history: Sequence[Any] | None) -> list[str]:
+    """The search: its searcher, evaluations, first feasible candidate, repairs and proxy."""
+    lines = [
         "## Search",
         "",
         f"- searcher: `{result.searcher}`",
@@ -97,10 +129,13 @@ def write_report_md(
         else "- first feasible candidate: none found by the searcher (repaired)",
         f"- repairs after verification: {result.repairs}",
     ]
-    if getattr(result, "proxy_seconds", None) is not None:
-        proxy = getattr(result, "proxy", None)
+    if result.proxy_seconds is not None:
         lines.append(
-            (f"- search proxy: `{proxy}`" if proxy else "- search proxy: the task's score")
+            (
+                f"- search proxy: `{result.proxy}`"
+                if result.proxy
+                else "- search proxy: the task's score"
+            )
             + f", {result.proxy_seconds:.2f} s per evaluation on average (BN re-estimation and "
             "score)"
         )
@@ -110,50 +145,43 @@ def write_report_md(
             f"- feasible candidates (every budget met by the search measurement): {n_feasible} "
             f"of {n} ({100.0 * n_feasible / n:.0f}%)"
         )
-    lines += _chance_lines(result, history)
-    lines += _surrogate_lines(getattr(result, "surrogate", None) or {})
-    lines += timing_lines(
-        getattr(result, "timing", None) or {}, units={b.quantity: b.unit for b in result.budgets}
-    )
-    for section in sections:
-        lines += ["", section.rstrip("\n")]
-    lines += [
-        "",
+    return lines
+
+
+def _stage_lines(result: PruneResult) -> list[str]:
+    """Each stage's wall time (added up over the parts of a resumed run)."""
+    return [
         "## Stage wall times",
         "",
-        *_parts_lines(int(getattr(result, "parts", 1))),
+        *_parts_lines(result.parts),
         "| stage | seconds |",
         "|---|---|",
+        *(f"| {k} | {v:.1f} |" for k, v in result.stage_seconds.items()),
     ]
-    lines += [f"| {k} | {v:.1f} |" for k, v in result.stage_seconds.items()]
+
+
+def _files_lines(result: PruneResult) -> list[str]:
+    """The files the run ships and how far each export agrees with torch."""
     diff = result.export_max_abs_diff
-    lines += [
-        "",
+    lines = [
         "## Files",
         "",
         f"- `model.onnx`: max |ONNX Runtime - torch| on random inputs = "
         f"{'-' if diff is None else f'{diff:.3g}'}",
         f"- TensorRT: {result.tensorrt}",
-        *(
-            [
-                "- `openvino/model.xml` + `model.bin` (OpenVINO IR, FP32 weights): max |OpenVINO "
-                f"- torch| on random inputs = {result.openvino_max_abs_diff:.3g}, compiled with "
-                "INFERENCE_PRECISION_HINT=f32 as the oracle timed it (OpenVINO's CPU default is "
-                "bf16 where the CPU has it)"
-            ]
-            if result.openvino_max_abs_diff is not None
-            else []
-        ),
+    ]
+    if result.openvino_max_abs_diff is not None:
+        lines.append(
+            "- `openvino/model.xml` + `model.bin` (OpenVINO IR, FP32 weights): max |OpenVINO "
+            f"- torch| on random inputs = {result.openvino_max_abs_diff:.3g}, compiled with "
+            "INFERENCE_PRECISION_HINT=f32 as the oracle timed it (OpenVINO's CPU default is "
+            "bf16 where the CPU has it)"
+        )
+    return [
+        *lines,
         "- `model.pt`: load with `hwprune.load_pruned(path)` (weights_only, no unpickling)",
         "- `policy.json`, `episodes.jsonl`, `config.json`",
     ]
-    if plots:
-        lines += ["", "## Plots", ""]
-        lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
-        lines += ["", "The plotted data: `plots/plots.json`."]
-    path = run_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def _learns(searcher: str | None) -> bool:
@@ -166,9 +194,9 @@ def _learns(searcher: str | None) -> bool:
         return True
 
 
-def _chance_lines(result: Any, history: Sequence[Any] | None) -> list[str]:
+def _chance_lines(result: PruneResult, history: Sequence[Any] | None) -> list[str]:
     """How many feasible candidates scored at chance, and whether the shipped one did."""
-    floor = getattr(result, "score_floor", None)
+    floor = result.score_floor
     if floor is None:
         return []
     feasible = {o.key: o for o in history or () if o.feasible}
@@ -178,14 +206,14 @@ def _chance_lines(result: Any, history: Sequence[Any] | None) -> list[str]:
     line = (f"- chance floor of the proxy: {floor:.4f} (the largest class's share of its "
             f"images plus sampling noise or a tenth of the dense model's margin); {low} of "
             f"{len(feasible)} feasible candidates at or below it")  # fmt: skip
-    if searched and _learns(getattr(result, "searcher", None)):
+    if searched and _learns(result.searcher):
         line += (f"; the searcher learnt from the size of the {searched} of {len(seen)} "
                  "candidates at chance, not from their score (floor x parameters kept / "
                  "dense parameters)")  # fmt: skip
     elif searched:
         line += (f"; {searched} of {len(seen)} candidates searched were at chance (this "
                  "searcher follows a fixed rule and does not learn from scores)")  # fmt: skip
-    chosen = getattr(result, "score_chosen", None)
+    chosen = result.score_chosen
     if chosen is not None and chosen <= floor:
         line += (f". The shipped candidate scored {chosen:.4f}, at chance: the proxy could not "
                  "rank it, and candidates at chance are ranked by the parameters they keep")  # fmt: skip
@@ -239,7 +267,7 @@ def _surrogate_lines(info: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _metrics_lines(result: Any, options: Mapping[str, Any]) -> list[str]:
+def _metrics_lines(result: PruneResult, options: Mapping[str, Any]) -> list[str]:
     """The task's metrics (test accuracy for the built-in task) and the fine-tuning recipe."""
     finetune_text = options.get("finetune_text") or (
         f"Fine-tuning: {options.get('finetune_epochs')} epoch(s), SGD at peak learning rate "
@@ -247,8 +275,8 @@ def _metrics_lines(result: Any, options: Mapping[str, Any]) -> list[str]:
         f"{options.get('finetune_batch_size', 128)}"
         + (", distilled from the dense model." if options.get("distill") else ".")
     )
-    metrics = getattr(result, "metrics", None) or {}
-    if getattr(result, "evaluated", True) and "accuracy" in metrics.get("dense", {"accuracy": 0}):
+    metrics = result.metrics
+    if result.evaluated and "accuracy" in metrics.get("dense", {"accuracy": 0}):
         lines = [
             "## Accuracy (test split)",
             "",
@@ -268,11 +296,10 @@ def _metrics_lines(result: Any, options: Mapping[str, Any]) -> list[str]:
     else:
         lines = ["## Metrics", "", "The task has no evaluate(model): no final metrics were "
                  "computed; the search's score is shown instead."]  # fmt: skip
-    score = (getattr(result, "score_dense", None), getattr(result, "score_chosen", None))
-    if score[0] is not None and not getattr(result, "evaluated", True):
-        lines += ["", f"Score (the task's proxy): dense {score[0]:.4g}, chosen candidate "
-                  f"before fine-tuning {score[1]:.4g}."]  # fmt: skip
-    if not getattr(result, "finetuned", True):
+    if result.score_dense is not None and not result.evaluated:
+        lines += ["", f"Score (the task's proxy): dense {result.score_dense:.4g}, chosen "
+                  f"candidate before fine-tuning {result.score_chosen:.4g}."]  # fmt: skip
+    if not result.finetuned:
         finetune_text = "Fine-tuning: none (the task has no finetune(model, teacher))."
     return [*lines, "", finetune_text]
 
@@ -353,7 +380,7 @@ def write_plots(
 def write_report(
     run_dir: str | Path,
     *,
-    result: Any,
+    result: PruneResult,
     history: Sequence[Any],
     chosen_key: str | None,
     constraints: Sequence[Any],
@@ -378,8 +405,8 @@ def write_report(
             unit_names=unit_names,
             lagrange=lagrange,
             mean_costs=mean_costs,
-            final_values=getattr(result, "final", None),
-            final_accuracy=getattr(result, "accuracy_finetuned", None),
+            final_values=result.final,
+            final_accuracy=result.accuracy_finetuned,
             search_evaluations=options.get("evaluations"),
         )
     except Exception as exc:  # a plotting failure must not cost a finished run its report

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+from types import ModuleType
 from typing import NoReturn
 
 SUBCOMMANDS = ["measure", "compare-oracles", "prune", "export", "demo", "train", "serve"]
@@ -38,8 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in SUBCOMMANDS:
-        importlib.import_module(f"hwprune.cli.{name.replace('-', '_')}").add_parser(sub)
+        subcommand(name).add_parser(sub)
     return parser
+
+
+def subcommand(name: str) -> ModuleType:
+    """The module of subcommand ``name`` (imported by name, so a subcommand that runs another,
+    as ``prune --demo`` runs ``demo``, does not import it)."""
+    return importlib.import_module(f"hwprune.cli.{name.replace('-', '_')}")
 
 
 def _version() -> str:

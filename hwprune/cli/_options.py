@@ -1,9 +1,10 @@
-"""Option types shared by the subcommands."""
+"""Options shared by the subcommands: argparse types, option groups and their checks."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import Any
 
 
 def bounded_int(lo: int, hi: int) -> Callable[[str], int]:
@@ -28,3 +29,44 @@ def bounded_int(lo: int, hi: int) -> Callable[[str], int]:
 
     parse.__name__ = "int"  # argparse names the type in some messages
     return parse
+
+
+def add_output_options(p: argparse.ArgumentParser, *, json_help: str) -> None:
+    """``--quiet`` (no progress) and ``--json`` (the result as JSON on stdout, no progress)."""
+    p.add_argument("--quiet", action="store_true", help="no progress bars or lines")
+    p.add_argument("--json", action="store_true", help=json_help)
+
+
+def shows_progress(args: argparse.Namespace) -> bool:
+    """Whether a command shows its progress: not with --quiet, nor with --json (whose reader
+    wants the result alone)."""
+    return not (args.quiet or args.json)
+
+
+def add_cache_options(p: argparse.ArgumentParser) -> None:
+    """``--cache PATH`` or ``--no-cache``: where a measuring command keeps its measurements."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--cache", metavar="PATH", help="oracle cache file (default: "
+                       "$HWPRUNE_CACHE, else oracles.sqlite in $HWPRUNE_HOME, else in "
+                       "~/.cache/hwprune)")  # fmt: skip
+    group.add_argument("--no-cache", action="store_true", help="measure afresh, store nothing")
+
+
+def check_cache(args: argparse.Namespace) -> None:
+    """The cache ``add_cache_options`` named, checked before anything is loaded or measured
+    (``hwprune.outputs``): its file, or hwprune's own folder that holds the default one."""
+    from hwprune.outputs import check_cache_file, check_home
+
+    if args.no_cache:
+        return
+    if args.cache:
+        check_cache_file(args.cache)
+    else:
+        check_home()
+
+
+def open_cache(args: argparse.Namespace) -> Any:
+    """The ``oracles.MeasurementCache`` that ``add_cache_options`` named (None: --no-cache)."""
+    from oracles import MeasurementCache
+
+    return None if args.no_cache else MeasurementCache(args.cache)

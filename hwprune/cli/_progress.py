@@ -1,8 +1,10 @@
 """How the CLI shows a long run: rich bars on a terminal, plain lines in a file or a pipe.
 
-Every long stage (train, load, staircase, dense, search, choose, finetune, verify,
-export, report) reports ``hwprune.progress.ProgressEvent``s; ``progress_view``
-picks the renderer. The plain renderer prints one line when a stage starts, one
+Every long stage reports ``hwprune.progress.ProgressEvent``s: a prune run's (load,
+staircase, dense, search, choose, finetune, verify, export, report), training
+(``hwprune train`` and the demo's model: ``train_progress``), and the measuring of
+``hwprune measure`` and ``hwprune compare-oracles`` (``stage_progress``).
+``progress_view`` picks the renderer (``shown_progress`` holds it open). The plain renderer prints one line when a stage starts, one
 when it ends, and, while a stage runs, a line at least every ``interval``
 seconds (even when no event arrives: one candidate can take longer than that),
 so a log file shows where a run is.
@@ -21,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
-from hwprune.progress import ProgressEvent
+from hwprune.progress import ProgressEvent, ProgressFn, emit
 
 __all__ = [
     "LineProgress",
@@ -29,12 +31,16 @@ __all__ = [
     "STAGES",
     "Terminated",
     "progress_view",
+    "shown_progress",
     "sigterm_interrupts",
+    "stage_progress",
     "train_progress",
 ]
 
 STAGES = {
     "train": "train",
+    "measure": "measure",
+    "compare": "measure variants",
     "load": "load data and model",
     "staircase": "latency staircase",
     "dense": "measure dense model",
@@ -238,9 +244,43 @@ def progress_view(console: Any, *, show: bool) -> ProgressView | LineProgress | 
     return LineProgress(console.file)
 
 
-def train_progress(view: Any) -> Callable[[Any], None]:
+@contextlib.contextmanager
+def shown_progress(*, show: bool) -> Iterator[ProgressFn | None]:
+    """While the block runs, the renderer of every long stage on stderr (``progress_view``:
+    bars on a terminal, plain lines in a file or a pipe); None when nothing is to be shown."""
+    from hwprune.cli._console import err_console
+
+    view = progress_view(err_console, show=show)
+    if view is None:
+        yield None
+        return
+    with view:
+        yield view
+
+
+def stage_progress(view: ProgressFn | None, stage: str, total: int | None) -> Callable[..., None]:
+    """The step of one long stage that a command runs outside a prune run (measuring with
+    oracles, measuring pruned variants): ``step(done, total=None, *, message="")`` sends
+    ``view`` the stage's event; ``step(0)`` opens the stage and the step that reaches its
+    total closes it. It also serves as a ``progress(done, total)`` callback."""
+    start = time.perf_counter()
+
+    def step(done: int, total_now: int | None = None, *, message: str = "") -> None:
+        nonlocal total
+        if total_now is not None:
+            total = total_now
+        finished = total is not None and done >= total
+        emit(view, ProgressEvent(stage, done, total, message,
+                                 seconds=time.perf_counter() - start, finished=finished))  # fmt: skip
+
+    return step
+
+
+def train_progress(view: ProgressFn | None) -> Callable[[Any], None] | None:
     """A ``hwprune.train`` progress callback that feeds ``view`` the stage ``train`` (its
-    last epoch's end closes the stage)."""
+    last epoch's end closes the stage); None without a view."""
+    if view is None:
+        return None
     start: list[float] = []
     accuracy: list[float] = []  # the last epoch's search accuracy, shown until the next
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from hwprune.cli._options import bounded_int
+from hwprune.cli._options import (
+    add_cache_options,
+    add_output_options,
+    bounded_int,
+    check_cache,
+    open_cache,
+    shows_progress,
+)
 from hwprune.config import SEED_RANGE
 
 
@@ -65,12 +72,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=bounded_int(*SEED_RANGE), default=0,
                    help="seed of the sampled pruned variants (default 0)")  # fmt: skip
-    p.add_argument(
-        "--cache",
-        help="oracle cache file (default: $HWPRUNE_CACHE, else oracles.sqlite in $HWPRUNE_HOME, "
-        "else in ~/.cache/hwprune)",
-    )
-    p.add_argument("--no-cache", action="store_true", help="measure everything afresh")
+    add_cache_options(p)
     p.add_argument(
         "--out",
         required=True,
@@ -79,7 +81,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier comparison in --out (never other files)")  # fmt: skip
-    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    add_output_options(p, json_help="print the comparison as JSON")
     p.set_defaults(func=run)
 
 
@@ -89,22 +91,46 @@ def _meta_int(meta: dict[str, Any], key: str) -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.progress import Progress
-    from rich.table import Table
-
-    from hwprune.cli._console import console
+    from hwprune.cli._console import console, print_table
+    from hwprune.cli._progress import shown_progress, stage_progress
     from hwprune.compare import compare_oracles, default_oracles, write_report
+    from hwprune.outputs import COMPARISON, check_folder, clear_folder, make_folder
+
+    _check_numbers(args)
+    # Where it writes, before any model is built or measured (hwprune.outputs).
+    check_folder(args.out, kind=COMPARISON, overwrite=args.overwrite)
+    check_cache(args)
+    model, size = _model(args)
+    with shown_progress(show=shows_progress(args)) as view:
+        # compare_oracles opens the stage once its oracles and the memory needed are checked.
+        step = stage_progress(view, "compare", args.samples)
+        result = compare_oracles(
+            model=model,
+            model_name=args.model,
+            input_shape=(args.batch, 3, size, size),
+            oracle_specs=args.oracles or list(default_oracles()),
+            reference=args.reference,
+            samples=args.samples,
+            seed=args.seed,
+            min_keep=args.min_keep,
+            cache=open_cache(args),
+            progress=step,
+        )
+    # Checked again: the folder may have changed while measuring.
+    if check_folder(args.out, kind=COMPARISON, overwrite=args.overwrite):
+        clear_folder(args.out)  # no plot of the earlier comparison stays beside the new one
+    make_folder(args.out, kind=COMPARISON)
+    report = write_report(result, args.out)
+    if args.json:
+        print(result.to_json())
+        return 0
+    print_table(_table(result))
+    console.print(f"report: {report}")
+    return 0
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
     from hwprune.errors import ConfigError
-    from hwprune.models import get_model, load_checkpoint, read_checkpoint
-    from hwprune.outputs import (
-        COMPARISON,
-        check_cache_file,
-        check_folder,
-        check_home,
-        clear_folder,
-        make_folder,
-    )
-    from oracles import MeasurementCache
 
     if args.samples < 3:
         raise ConfigError(f"--samples must be at least 3, got {args.samples}")
@@ -112,13 +138,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--min-keep must be in (0, 1], got {args.min_keep}")
     if args.batch < 1:
         raise ConfigError(f"--batch must be a positive integer, got {args.batch}")
-    # Where it writes, before any model is built or measured (hwprune.outputs).
-    check_folder(args.out, kind=COMPARISON, overwrite=args.overwrite)
-    if not args.no_cache:
-        if args.cache:
-            check_cache_file(args.cache)
-        else:
-            check_home()
+
+
+def _model(args: argparse.Namespace) -> tuple[Any, int]:
+    """The dense model in eval mode (its checkpoint's weights, when given) and its input size."""
+    from hwprune.errors import ConfigError
+    from hwprune.models import get_model, load_checkpoint, read_checkpoint
+
     meta: dict = {}
     if args.weights:
         meta = dict(read_checkpoint(args.weights).meta)
@@ -138,32 +164,13 @@ def run(args: argparse.Namespace) -> int:
     model = get_model(args.model, num_classes=num_classes, width=float(width))
     if args.weights:
         load_checkpoint(model, args.weights)
-    model.eval()
-    cache = None if args.no_cache else MeasurementCache(args.cache)
-    specs = args.oracles or list(default_oracles())
-    with Progress(console=console, transient=True, disable=args.json) as bar:
-        task = bar.add_task(f"measuring {args.model}", total=args.samples)
-        result = compare_oracles(
-            model=model,
-            model_name=args.model,
-            input_shape=(args.batch, 3, size, size),
-            oracle_specs=specs,
-            reference=args.reference,
-            samples=args.samples,
-            seed=args.seed,
-            min_keep=args.min_keep,
-            cache=cache,
-            progress=lambda done, total: bar.update(task, completed=done),
-        )
-    # Checked again: the folder may have changed while measuring.
-    if check_folder(args.out, kind=COMPARISON, overwrite=args.overwrite):
-        clear_folder(args.out)  # no plot of the earlier comparison stays beside the new one
-    make_folder(args.out, kind=COMPARISON)
-    report = write_report(result, args.out)
-    if args.json:
-        print(result.to_json())
-        return 0
-    table = Table(title=f"{args.model}: oracles as predictors of {result.reference}")
+    return model.eval(), size
+
+
+def _table(result: Any) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"{result.model}: oracles as predictors of {result.reference}")
     for col in ("oracle", "Spearman", "Kendall", "mean rel. err", "smallest/dense"):
         table.add_column(col, justify="left" if col == "oracle" else "right")
     pairs = {(p.a, p.b): p for p in result.pairs} | {(p.b, p.a): p for p in result.pairs}
@@ -176,6 +183,4 @@ def run(args: argparse.Namespace) -> int:
             f"{p.mean_rel_error:.1%}",
             f"{result.ratio[p.oracle]:.3f}",
         )
-    console.print(table)
-    console.print(f"report: {report}")
-    return 0
+    return table

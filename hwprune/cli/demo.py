@@ -11,6 +11,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from hwprune.cli._options import add_output_options
+
 DEMO_MODEL = "vgg11_cifar"
 DEMO_WIDTH = 0.5
 DEMO_DATA = "digits"
@@ -46,10 +48,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="RUN_DIR", help=f"run directory (default: ./{DEMO_OUT})")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier demo (finished or not) in the run directory")  # fmt: skip
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=lambda a: run_demo(quiet=a.quiet, as_json=a.json, out=a.out,
-                                           overwrite=a.overwrite))  # fmt: skip
+    add_output_options(p, json_help="print the result as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``hwprune demo`` (and ``hwprune prune --demo``): the demo with the options given."""
+    return run_demo(quiet=args.quiet, as_json=args.json, out=args.out,
+                    overwrite=bool(args.overwrite))  # fmt: skip
 
 
 def home() -> Path:
@@ -119,13 +125,8 @@ def _is_demo(run_dir: Path) -> bool:
     """Whether the run in ``run_dir`` was started by the demo (its config.json says what)."""
     from hwprune.config import read_run_config
 
-    config = read_run_config(run_dir)
-    expected = demo_options("")
-    return all(
-        getattr(config, k) == type(getattr(config, k))(v)
-        for k, v in expected.items()
-        if k in ("model", "width", "data", "budgets", "agent")
-    )
+    saved, expected = read_run_config(run_dir).to_dict(), demo_options("")
+    return all(saved[k] == expected[k] for k in ("model", "width", "data", "budgets", "agent"))
 
 
 def _earlier_demo(run_dir: Path, *, overwrite: bool) -> bool:
@@ -178,12 +179,10 @@ def run_demo(
 ) -> int:
     """Train or reuse the demo model, then prune it (see the module docstring); an interrupted
     demo in the run directory is resumed."""
-    import contextlib
-
     from hwprune.cli._console import err_console
     from hwprune.cli._progress import (
         Terminated,
-        progress_view,
+        shown_progress,
         sigterm_interrupts,
         train_progress,
     )
@@ -202,10 +201,9 @@ def run_demo(
             soft_wrap=True,
         )
     show = not (quiet or as_json)
-    view = progress_view(err_console, show=show)
     try:
-        with sigterm_interrupts(), view if view is not None else contextlib.nullcontext():
-            ckpt, seconds = demo_checkpoint(progress=train_progress(view) if view else None)
+        with sigterm_interrupts(), shown_progress(show=show) as view:
+            ckpt, seconds = demo_checkpoint(progress=train_progress(view))
     except KeyboardInterrupt as exc:
         err_console.print("interrupted while training the demo model", highlight=False)
         return 143 if isinstance(exc, Terminated) else 130

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import re
 from typing import Any
+
+from hwprune.cli._options import (
+    add_cache_options,
+    add_output_options,
+    check_cache,
+    open_cache,
+    shows_progress,
+)
 
 #: Oracles used when none is named: exact counts plus single-thread CPU latency.
 DEFAULT_ORACLES = ("params", "flops", "peak-memory", "onnxruntime:cpu?threads=1")
@@ -47,15 +54,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "one input may omit NAME=)",
     )
     p.add_argument("--batch", type=int, default=None, help="override every input's first dimension")
-    p.add_argument("--json", action="store_true", help="print a JSON list of measurements")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument(
-        "--cache",
-        metavar="PATH",
-        help="oracle cache file (default: $HWPRUNE_CACHE, else oracles.sqlite in $HWPRUNE_HOME, "
-        "else in ~/.cache/hwprune)",
-    )
-    group.add_argument("--no-cache", action="store_true", help="measure afresh, store nothing")
+    add_output_options(p, json_help="print a JSON list of measurements")
+    add_cache_options(p)
     p.set_defaults(func=run)
 
 
@@ -87,26 +87,34 @@ def _value(m: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hwprune.cli._console import console, err_console
+    from hwprune.cli._console import print_table
     from hwprune.errors import ConfigError
-    from hwprune.outputs import check_cache_file, check_home
-    from oracles import MeasurementCache, get_oracle
-    from oracles import measure as cached_measure
     from oracles.model import load_onnx, resolve_input_shapes
 
     if args.batch is not None and args.batch < 1:
         raise ConfigError(f"--batch must be a positive integer, got {args.batch}")
     given = parse_input_shapes(args.input_shapes)
-    if not args.no_cache:  # the only thing it writes, checked before anything is loaded
-        if args.cache:
-            check_cache_file(args.cache)
-        else:
-            check_home()
+    check_cache(args)  # the only thing it writes, checked before anything is loaded
     proto = load_onnx(args.model)
     # Every oracle sees the same static shapes; a dynamic dimension nobody fixed is an error now.
     shapes = resolve_input_shapes(proto, given, batch=args.batch)
-    specs = args.oracles or list(DEFAULT_ORACLES)
-    # Build (and check) every oracle before measuring any, so a typo fails fast.
+    chosen = _oracles(args.oracles or list(DEFAULT_ORACLES), proto, shapes)
+    data = proto.SerializeToString()
+    del proto
+    results = _measure_all(chosen, data, shapes, cache=open_cache(args), show=shows_progress(args))
+    if args.json:
+        print(json.dumps([m.to_dict() for m in results], indent=2, default=str))
+    else:
+        print_table(_table(args.model, shapes, results))
+    return 0
+
+
+def _oracles(specs: list[str], proto: Any, shapes: dict[str, tuple[int, ...]]) -> list[Any]:
+    """Every oracle built and checked before any measures, so a typo fails fast."""
+    from hwprune.errors import ConfigError
+    from oracles import get_oracle
+    from oracles.model import resolve_input_shapes
+
     chosen = [get_oracle(spec) for spec in specs]
     for oracle in chosen:
         if oracle.input_format != "onnx":
@@ -119,66 +127,48 @@ def run(args: argparse.Namespace) -> int:
         # before measuring anything, rather than thrash or be killed mid-way.
         check = getattr(oracle, "check_memory", None)
         if check is not None:
-            check(proto, resolve_input_shapes(proto, shapes, batch=getattr(oracle, "batch", None)))
-    cache = None if args.no_cache else MeasurementCache(args.cache)
-    data = proto.SerializeToString()
-    del proto
+            batch = oracle.settings().get("batch")
+            check(proto, resolve_input_shapes(proto, shapes, batch=batch))
+    return chosen
+
+
+def _measure_all(
+    chosen: list[Any], data: bytes, shapes: dict[str, tuple[int, ...]], *, cache: Any, show: bool
+) -> list[Any]:
+    """One measurement per oracle, in order, with the stage ``measure``'s progress shown."""
+    from hwprune.cli._progress import shown_progress, stage_progress
+    from oracles import measure
 
     results = []
     try:
-        for oracle in chosen:
-            busy = (
-                contextlib.nullcontext()
-                if args.json
-                else err_console.status(f"measuring with {oracle.spec}", spinner="dots")
-            )
-            with busy:
-                results.append(cached_measure(oracle, data, input_shapes=shapes, cache=cache))
+        with shown_progress(show=show) as view:
+            step = stage_progress(view, "measure", len(chosen))
+            for i, oracle in enumerate(chosen):
+                step(i, message=f"measuring with {oracle.spec}")
+                results.append(measure(oracle, data, input_shapes=shapes, cache=cache))
+            step(len(chosen))
     finally:
         if cache is not None:
             cache.close()
+    return results
 
-    if args.json:
-        print(json.dumps([m.to_dict() for m in results], indent=2, default=str))
-        return 0
 
+def _table(model: str, shapes: dict[str, tuple[int, ...]], results: list[Any]) -> Any:
     from rich import box
     from rich.table import Table
 
     shown = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in shapes.items())
-    table = Table(title=f"{args.model} ({shown})", box=box.SIMPLE_HEAD)
-    for col, justify in (
-        ("oracle", "left"),
-        ("quantity", "left"),
-        ("value", "right"),
-        ("unit", "left"),
-        ("statistic", "left"),
-        ("samples", "right"),
-        ("IQR", "right"),
-        ("CV", "right"),
-        ("cached", "center"),
-        ("seconds", "right"),
-    ):
-        table.add_column(col, justify=justify)
+    table = Table(title=f"{model} ({shown})", box=box.SIMPLE_HEAD)
+    left = ("oracle", "quantity", "unit", "statistic")
+    for col in ("oracle", "quantity", "value", "unit", "statistic", "samples", "IQR", "CV",
+                "cached", "seconds"):  # fmt: skip
+        table.add_column(col, justify="left" if col in left else
+                         "center" if col == "cached" else "right")  # fmt: skip
     for m in results:
         timed = m.statistic != "exact"
         table.add_row(
-            m.oracle,
-            m.quantity,
-            _value(m),
-            m.unit,
-            m.statistic,
-            str(m.samples),
-            f"{m.iqr:.3g}" if timed else "-",
-            f"{m.cv:.1%}" if timed else "-",
-            "yes" if m.cached else "no",
-            f"{m.seconds:.2f}",
-        )
-    out = console
-    if not console.is_terminal:
-        # Piped output has no width to fit; keep rows whole rather than cut to 80 columns.
-        from rich.console import Console
-
-        out = Console(width=max(console.width, 160))
-    out.print(table)
-    return 0
+            m.oracle, m.quantity, _value(m), m.unit, m.statistic, str(m.samples),
+            f"{m.iqr:.3g}" if timed else "-", f"{m.cv:.1%}" if timed else "-",
+            "yes" if m.cached else "no", f"{m.seconds:.2f}",
+        )  # fmt: skip
+    return table

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hwprune.cli._progress import ProgressView  # noqa: F401  (the CLI's renderer, kept here too)
+from hwprune.cli._options import add_output_options
 
 # Options that only start a new run: refused beside --resume (the run's config.json rules).
 RUN_ONLY = ("out", "overwrite", "config")
@@ -81,8 +81,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    "its config.json; --evaluations may raise the budget)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace an existing run in --out")  # fmt: skip
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_output_options(p, json_help="print the result as JSON")
 
 
 def collect_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -90,10 +89,11 @@ def collect_options(args: argparse.Namespace) -> dict[str, Any]:
     from hwprune.config import PruneConfig, read_config_file
 
     options: dict[str, Any] = {}
-    if getattr(args, "config", None):
+    given = vars(args)  # the parsed options by name; an option not given is None
+    if args.config:
         options.update(read_config_file(args.config))
     for name in [f.name for f in dataclasses.fields(PruneConfig)] + ["out", "overwrite"]:
-        value = getattr(args, name, None)
+        value = given.get(name)
         if value is not None:
             options[name] = value
     return options
@@ -262,10 +262,9 @@ def run(args: argparse.Namespace) -> int:
     from hwprune.errors import ConfigError
 
     if args.demo:
-        from hwprune.cli.demo import run_demo
+        from hwprune.cli import subcommand
 
-        return run_demo(quiet=args.quiet, as_json=args.json, out=args.out,
-                        overwrite=bool(args.overwrite))  # fmt: skip
+        return subcommand("demo").run(args)
     if args.resume:
         given = collect_options(args)
         # How much to search and how to execute it may change; what to prune may not.

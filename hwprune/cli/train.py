@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from hwprune.cli._options import bounded_int
+from hwprune.cli._options import add_output_options, bounded_int, shows_progress
 from hwprune.config import MAX_BATCH_SIZE, MAX_EPOCHS, SEED_RANGE
 
 
@@ -36,8 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--root", default=None, help="dataset root folder (for cifar10/cifar100)")
     p.add_argument("--download", action="store_true", help="download the dataset if missing")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_output_options(p, json_help="print the result as JSON")
     p.set_defaults(func=run)
 
 
@@ -70,7 +69,7 @@ def _check_options(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from hwprune.cli._console import console, err_console
+    from hwprune.cli._console import console
     from hwprune.data import get_dataset
     from hwprune.errors import ConfigError
     from hwprune.models import get_model, save_checkpoint
@@ -109,15 +108,10 @@ def run(args: argparse.Namespace) -> int:
         label_smoothing=args.label_smoothing, batch_size=args.batch_size, device=args.device,
         seed=args.seed,
     )  # fmt: skip
-    from hwprune.cli._progress import progress_view, train_progress
+    from hwprune.cli._progress import shown_progress, train_progress
 
-    # Bars on a terminal, plain lines in a log file or a pipe (the renderer of every stage).
-    view = progress_view(err_console, show=not (args.quiet or args.json))
-    if view is None:
-        result = train(model, data, **kwargs)
-    else:
-        with view:
-            result = train(model, data, progress=train_progress(view), **kwargs)
+    with shown_progress(show=shows_progress(args)) as view:
+        result = train(model, data, progress=train_progress(view), **kwargs)
 
     meta = {
         "model": args.model,
