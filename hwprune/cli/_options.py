@@ -70,3 +70,23 @@ def open_cache(args: argparse.Namespace) -> Any:
     from oracles import MeasurementCache
 
     return None if args.no_cache else MeasurementCache(args.cache)
+
+
+def add_command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    doc: str | None,
+    *,
+    run: Callable[[argparse.Namespace], int],
+    epilog: str | None = None,
+) -> argparse.ArgumentParser:
+    """Register subcommand ``name`` from its module's docstring ``doc``, so one text serves
+    the reader of the code and of ``--help``: the first paragraph, less its
+    ````hwprune NAME``: `` and its final full stop, is the one-line help that ``hwprune
+    --help`` lists; the rest is the command's description. ``run(args)`` runs
+    the command and returns its exit code."""
+    first, _, rest = (doc or "").strip().partition("\n\n")
+    summary = " ".join(first.split()).removeprefix(f"``hwprune {name}``: ").removesuffix(".")
+    p = sub.add_parser(name, help=summary, description=" ".join(rest.split()), epilog=epilog)
+    p.set_defaults(func=run)
+    return p

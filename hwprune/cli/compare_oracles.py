@@ -1,4 +1,10 @@
-"""``hwprune compare-oracles``: how well each oracle predicts a reference (usually real latency)."""
+"""``hwprune compare-oracles``: measure pruned variants of a model with several oracles and
+correlate them.
+
+Sample pruned variants of a model over the whole range of pruning, measure each with every
+oracle, and report rank correlations (Spearman, Kendall) and each oracle's error as a linear
+predictor of the reference oracle.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from typing import Any
 
 from hwprune.cli._options import (
     add_cache_options,
+    add_command,
     add_output_options,
     bounded_int,
     check_cache,
@@ -17,15 +24,7 @@ from hwprune.config import SEED_RANGE
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "compare-oracles",
-        help="measure pruned variants of a model with several oracles and correlate them",
-        description=(
-            "Sample pruned variants of a model over the whole range of pruning, measure each "
-            "with every oracle, and report rank correlations (Spearman, Kendall) and each "
-            "oracle's error as a linear predictor of the reference oracle."
-        ),
-    )
+    p = add_command(sub, "compare-oracles", __doc__, run=run)
     p.add_argument(
         "--model", required=True, help="model name (e.g. resnet18, vgg16_cifar) or module:callable"
     )
@@ -82,7 +81,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier comparison in --out (never other files)")  # fmt: skip
     add_output_options(p, json_help="print the comparison as JSON")
-    p.set_defaults(func=run)
 
 
 def _meta_int(meta: dict[str, Any], key: str) -> int | None:

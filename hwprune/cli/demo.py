@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from hwprune.cli._options import add_output_options
+from hwprune.cli._options import add_command, add_output_options
 
 DEMO_MODEL = "vgg11_cifar"
 DEMO_WIDTH = 0.5
@@ -34,22 +34,20 @@ DEMO_OUT = "hwprune-demo"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="run the built-in demo (no data, network or GPU needed)",
-        description=(
-            f"Train (or reuse) a width-{DEMO_WIDTH} {DEMO_MODEL} on the built-in digits set, prune it "
-            f"with ppo-lagrangian to {DEMO_BUDGET} of the dense latency on onnxruntime:cpu "
-            "(1 thread), fine-tune, verify, export and report. Run again where an earlier demo "
-            "was interrupted, it resumes that demo; where it finished, it is refused (naming the "
-            "report) unless --overwrite is given."
-        ),
+    # The text names the demo's settings, so it is built here rather than in the docstring.
+    about = (
+        "``hwprune demo``: run the built-in demo (no data, network or GPU needed).\n\n"
+        f"Train (or reuse) a width-{DEMO_WIDTH} {DEMO_MODEL} on the built-in digits set, prune it "
+        f"with ppo-lagrangian to {DEMO_BUDGET} of the dense latency on onnxruntime:cpu "
+        "(1 thread), fine-tune, verify, export and report. Run again where an earlier demo "
+        "was interrupted, it resumes that demo; where it finished, it is refused (naming the "
+        "report) unless --overwrite is given."
     )
+    p = add_command(sub, "demo", about, run=run)
     p.add_argument("--out", metavar="RUN_DIR", help=f"run directory (default: ./{DEMO_OUT})")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier demo (finished or not) in the run directory")  # fmt: skip
     add_output_options(p, json_help="print the result as JSON")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,11 @@
-"""``hwprune export``: a pruned model (run directory or model.pt) to ONNX, and TensorRT where installed."""
+"""``hwprune export``: export a pruned model to ONNX (checked, simplified, compared) and
+TensorRT.
+
+Export a model saved by 'hwprune prune' to ONNX: onnx's checker, onnxslim simplification, and a
+comparison with the torch outputs on random inputs (fails above --atol). With --tensorrt, also
+build a TensorRT engine where TensorRT is installed; with --openvino, also write the OpenVINO
+IR, compared with torch the same way.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +13,13 @@ import argparse
 import math
 from pathlib import Path
 
+from hwprune.cli._options import add_command
+
+EXAMPLE = "example: hwprune export runs/vgg --onnx vgg.onnx --tensorrt vgg.engine"
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "export",
-        help="export a pruned model to ONNX (checked, simplified, compared) and TensorRT",
-        description=(
-            "Export a model saved by 'hwprune prune' to ONNX: onnx's checker, onnxslim "
-            "simplification, and a comparison with the torch outputs on random inputs (fails "
-            "above --atol). With --tensorrt, also build a TensorRT engine where TensorRT is "
-            "installed; with --openvino, also write the OpenVINO IR, compared with torch the "
-            "same way."
-        ),
-        epilog="example: hwprune export runs/vgg --onnx vgg.onnx --tensorrt vgg.engine",
-    )
+    p = add_command(sub, "export", __doc__, run=run, epilog=EXAMPLE)
     p.add_argument("source", metavar="RUN_DIR|MODEL.pt", help="a run directory or its model.pt")
     p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="where to write the ONNX file")
     p.add_argument("--tensorrt", metavar="OUT.engine", help="also build a TensorRT engine here")
@@ -40,7 +40,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "input (the ONNX graph keeps one branch; refused by default)")  # fmt: skip
     p.add_argument("--overwrite", "--force", action="store_true",
                    help="replace existing --onnx/--tensorrt/--openvino files (never the run's own)")  # fmt: skip
-    p.set_defaults(func=run)
 
 
 #: What ``--openvino DIR`` writes into DIR (hwprune.export.openvino's default name).

@@ -1,4 +1,8 @@
-"""``hwprune measure``: measure an ONNX model with one or more oracles and show the numbers."""
+"""``hwprune measure``: measure an ONNX model with oracles (latency, memory, params, FLOPs).
+
+Measure an ONNX model with one or more oracles. Timed oracles report the median of many runs
+with its spread; results are cached by graph structure, oracle settings and machine.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 
 from hwprune.cli._options import (
     add_cache_options,
+    add_command,
     add_output_options,
     check_cache,
     open_cache,
@@ -18,23 +23,16 @@ from hwprune.cli._options import (
 #: Oracles used when none is named: exact counts plus single-thread CPU latency.
 DEFAULT_ORACLES = ("params", "flops", "peak-memory", "onnxruntime:cpu?threads=1")
 
+EXAMPLE = (
+    "example: hwprune measure model.onnx --oracle 'onnxruntime:cpu?threads=1' "
+    "--oracle params --input-shape input=1x3x224x224"
+)
+
 _SHAPE = re.compile(r"^\d+(x\d+)*$")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "measure",
-        help="measure an ONNX model with oracles (latency, memory, params, FLOPs)",
-        description=(
-            "Measure an ONNX model with one or more oracles. Timed oracles report the median "
-            "of many runs with its spread; results are cached by graph structure, oracle "
-            "settings and machine."
-        ),
-        epilog=(
-            "example: hwprune measure model.onnx --oracle 'onnxruntime:cpu?threads=1' "
-            "--oracle params --input-shape input=1x3x224x224"
-        ),
-    )
+    p = add_command(sub, "measure", __doc__, run=run, epilog=EXAMPLE)
     p.add_argument("model", metavar="MODEL.onnx", help="the ONNX model file to measure")
     p.add_argument(
         "--oracle",
@@ -56,7 +54,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=None, help="override every input's first dimension")
     add_output_options(p, json_help="print a JSON list of measurements")
     add_cache_options(p)
-    p.set_defaults(func=run)
 
 
 def parse_input_shapes(items: list[str] | None) -> dict[str, tuple[int, ...]]:

@@ -1,7 +1,10 @@
-"""``hwprune prune``: search, fine-tune, prove the budgets, export, report (resumable).
+"""``hwprune prune``: prune a model until it meets budgets measured on the serving runtime.
 
-The options are built from ``hwprune.config.PruneConfig``'s fields: one place
-owns each default, its type and its help.
+Measure the dense model, search per-layer pruning with an agent, fine-tune the best candidate,
+re-measure it with every budget's oracle, export ONNX (and TensorRT where installed) and write a
+report into the run directory. Your own model: --task package.module:factory, where factory()
+returns (model, example_inputs, task) and task has score(model) and calibrate(model) (optionally
+finetune(model, teacher) and evaluate(model)); see hwprune.task.
 """
 
 from __future__ import annotations
@@ -12,33 +15,22 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hwprune.cli._options import add_output_options
+from hwprune.cli._options import add_command, add_output_options
 
 # Options that only start a new run: refused beside --resume (the run's config.json rules).
 RUN_ONLY = ("out", "overwrite", "config")
 
+EXAMPLE = (
+    "example: hwprune prune --model vgg11_cifar --weights vgg.pt --data digits "
+    "--budget 'latency<=50%' --agent ppo-lagrangian --evaluations 100 --out runs/vgg"
+)
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "prune",
-        help="prune a model until it meets budgets measured on the serving runtime",
-        description=(
-            "Measure the dense model, search per-layer pruning with an agent, fine-tune the best "
-            "candidate, re-measure it with every budget's oracle, export ONNX (and TensorRT "
-            "where installed) and write a report into the run directory. Your own model: "
-            "--task package.module:factory, where factory() returns (model, example_inputs, "
-            "task) and task has score(model) and calibrate(model) (optionally finetune(model, "
-            "teacher) and evaluate(model)); see hwprune.task."
-        ),
-        epilog=(
-            "example: hwprune prune --model vgg11_cifar --weights vgg.pt --data digits "
-            "--budget 'latency<=50%' --agent ppo-lagrangian --evaluations 100 --out runs/vgg"
-        ),
-    )
+    p = add_command(sub, "prune", __doc__, run=run, epilog=EXAMPLE)
     add_options(p)
     p.add_argument("--demo", action="store_true",
                    help="run the built-in demo (same as 'hwprune demo')")  # fmt: skip
-    p.set_defaults(func=run)
 
 
 def _flag(f: dataclasses.Field) -> str:

@@ -1,31 +1,29 @@
-"""``hwprune serve``: run on the target device and serve its oracles to searches elsewhere.
+"""``hwprune serve``: serve ONNX oracles over HTTP so a search on another machine measures on
+this one.
 
-The server itself is ``oracles.serve`` (it imports no torch, so a device needs
-only onnx and its runtime); this module adds it to the ``hwprune`` command.
+Serve the named ONNX oracles over HTTP on this machine (the target device). A search elsewhere
+names one as SPEC@http://HOST:PORT, e.g. --oracle
+latency='onnxruntime:cpu?threads=1@http://jetson:8765'. One measurement runs at a time; the
+server listens on 127.0.0.1 unless --host says otherwise, and any other address needs a token
+($HWPRUNE_TOKEN on both machines).
 """
 
 from __future__ import annotations
 
 import argparse
 
+from hwprune.cli._options import add_command
+
+EXAMPLE = "example: hwprune serve --oracle 'onnxruntime:cpu?threads=1' --port 8765"
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    # The server itself is oracles.serve (it imports no torch, so a device needs only onnx and
+    # its runtime); this module adds it to the hwprune command.
     from oracles.serve import add_arguments
 
-    p = sub.add_parser(
-        "serve",
-        help="serve ONNX oracles over HTTP so a search on another machine measures on this one",
-        description=(
-            "Serve the named ONNX oracles over HTTP on this machine (the target device). A "
-            "search elsewhere names one as SPEC@http://HOST:PORT, e.g. --oracle "
-            "latency='onnxruntime:cpu?threads=1@http://jetson:8765'. One measurement runs at a "
-            "time; the server listens on 127.0.0.1 unless --host says otherwise, and any other "
-            "address needs a token ($HWPRUNE_TOKEN on both machines)."
-        ),
-        epilog="example: hwprune serve --oracle 'onnxruntime:cpu?threads=1' --port 8765",
-    )
+    p = add_command(sub, "serve", __doc__, run=run, epilog=EXAMPLE)
     add_arguments(p)
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,24 +1,21 @@
-"""``hwprune train``: train a model by name on a dataset by name and save a checkpoint."""
+"""``hwprune train``: train a model on a dataset and save a checkpoint.
+
+Train a model (e.g. vgg11_cifar, resnet56_cifar, a torchvision name, or package.module:callable)
+on a dataset (digits, fashion-mnist[:PATH][?train=N], cifar10[:PATH], cifar100[:PATH],
+imagefolder:PATH) and save {'state_dict', 'meta'} to --out.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from hwprune.cli._options import add_output_options, bounded_int, shows_progress
+from hwprune.cli._options import add_command, add_output_options, bounded_int, shows_progress
 from hwprune.config import MAX_BATCH_SIZE, MAX_EPOCHS, SEED_RANGE
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "train",
-        help="train a model on a dataset and save a checkpoint",
-        description=(
-            "Train a model (e.g. vgg11_cifar, resnet56_cifar, a torchvision name, or "
-            "package.module:callable) on a dataset (digits, fashion-mnist[:PATH][?train=N], "
-            "cifar10[:PATH], cifar100[:PATH], imagefolder:PATH) and save {'state_dict', 'meta'} to --out."
-        ),
-    )
+    p = add_command(subparsers, "train", __doc__, run=run)
     p.add_argument("--model", required=True, help="model name, e.g. vgg11_cifar")
     p.add_argument("--data", required=True, help="dataset name, e.g. digits or cifar10:/data/cifar")
     p.add_argument("--epochs", type=int, required=True, help="number of training epochs")
@@ -37,7 +34,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--root", default=None, help="dataset root folder (for cifar10/cifar100)")
     p.add_argument("--download", action="store_true", help="download the dataset if missing")
     add_output_options(p, json_help="print the result as JSON")
-    p.set_defaults(func=run)
 
 
 def _check_options(args: argparse.Namespace) -> None:
