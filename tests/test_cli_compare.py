@@ -56,3 +56,16 @@ def test_compare_oracles_bad_input_is_one_line(
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), err
     assert expected in lines[0]
+
+
+def test_compare_oracles_shows_each_variant_measured_as_plain_lines_in_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["compare-oracles", "--model", "resnet20_cifar", "--oracle", "params", "--oracle",
+            "flops", "--samples", "3", "--no-cache", "--out", str(tmp_path / "cmp")]  # fmt: skip
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert lines[0] == "measure variants: started (0/3) | elapsed 0:00", err
+    assert lines[-1].startswith("measure variants: done 3/3 | elapsed "), err
+    assert "Spearman" in out and "measure variants" not in out

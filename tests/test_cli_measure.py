@@ -199,3 +199,18 @@ def test_subprocess_exit_code_and_no_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error:") and "missing.onnx" in proc.stderr
+
+
+def test_progress_goes_to_stderr_as_plain_lines_when_it_is_not_a_terminal(
+    model_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["measure", str(model_path), "--oracle", "params", "--oracle", "flops", "--no-cache"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert lines[0] == "measure: started (0/2) | elapsed 0:00", err
+    assert lines[-1].startswith("measure: done 2/2 | elapsed "), err
+    assert len(lines) == 2, err  # a fast command: no line between its first and its last
+    assert "params" in out and "measure:" not in out  # stdout holds the table alone
+    assert main([*argv, "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

@@ -263,15 +263,17 @@ def stage_progress(view: ProgressFn | None, stage: str, total: int | None) -> Ca
     oracles, measuring pruned variants): ``step(done, total=None, *, message="")`` sends
     ``view`` the stage's event; ``step(0)`` opens the stage and the step that reaches its
     total closes it. It also serves as a ``progress(done, total)`` callback."""
-    start = time.perf_counter()
+    opened: list[float] = []  # when the first step came: the stage's time counts from there
 
     def step(done: int, total_now: int | None = None, *, message: str = "") -> None:
         nonlocal total
         if total_now is not None:
             total = total_now
+        now = time.perf_counter()
+        opened[:] = opened or [now]
         finished = total is not None and done >= total
-        emit(view, ProgressEvent(stage, done, total, message,
-                                 seconds=time.perf_counter() - start, finished=finished))  # fmt: skip
+        emit(view, ProgressEvent(stage, done, total, message, seconds=now - opened[0],
+                                 finished=finished))  # fmt: skip
 
     return step
 
