@@ -29,19 +29,24 @@ from __future__ import annotations
 import bisect
 import functools
 import gc
+import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+from oracles.base import Measurement, Oracle
 from oracles.errors import MeasurementFailedError, OracleSpecError
 
 __all__ = [
     "TimingResult",
     "capped_protocol",
+    "latency_measurement",
     "median_ci_ranks",
+    "pool_count",
+    "rotate",
     "summarize",
     "time_adaptive",
 ]
@@ -329,6 +334,92 @@ def time_runners(
             100 * settings.rel_ci,
         )
     return result
+
+
+@dataclass
+class TimedRuntimeOracle(Oracle):
+    """The settings every ONNX-runtime latency oracle shares: ``device``, ``threads``,
+    ``batch`` and the timing protocol (``warmup``, ``min_runs``, ``max_runs``,
+    ``min_time``, ``max_time`` in seconds, ``rel_ci``); a subclass adds its own after them."""
+
+    quantity: ClassVar[str] = "latency"
+    unit: ClassVar[str] = "ms"
+    input_format: ClassVar[str] = "onnx"
+    timed: ClassVar[bool] = True
+    named_on_cpu: ClassVar[tuple[str, ...]] = ("threads",)
+
+    device: str = "cpu"
+    threads: int = 1
+    batch: int | None = None
+    warmup: int = 10
+    min_runs: int = 20
+    max_runs: int = 2000
+    min_time: float = 0.5
+    max_time: float = 20.0
+    rel_ci: float = 0.01
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+
+#: Consecutive timed runs on one session (compiled model) before the next takes over.
+SESSION_BLOCK = 8
+
+
+def pool_count(sessions: int, *, device: str, threads: int) -> int:
+    """How many sessions the timed runs rotate over: ``sessions``, or where it is 0 (auto) 3
+    on the CPU with one thread and else 1.
+
+    Pooling only where sessions cannot compete for cores: idle multi-thread pools
+    spinning next to each other slow every run.
+    """
+    return sessions or (3 if device == "cpu" and threads == 1 else 1)
+
+
+def rotate(
+    runners: Sequence[Callable[[], Any]], *, block: int = SESSION_BLOCK
+) -> Callable[[], None]:
+    """One run per call, ``block`` consecutive runs on each runner in turn.
+
+    One session's memory layout can make it a few percent faster or slower than
+    the next; pooling runs over several keeps that from showing up as a
+    difference between two calls on the same model.
+    """
+    step = itertools.count()
+    count = len(runners)
+
+    def run_once() -> None:
+        runners[(next(step) // block) % count]()
+
+    return run_once
+
+
+def latency_measurement(
+    oracle: Any,
+    result: TimingResult,
+    *,
+    backend: str,
+    shapes: Mapping[str, tuple[int, ...]],
+    started: float,
+    threads: int | None,
+    extra: Mapping[str, Any],
+) -> Measurement:
+    """The Measurement of a timed ``oracle`` (its spec, quantity, unit, device and ``batch``)
+    from ``result``; the batch is the oracle's, or the first input's first dimension."""
+    first = next(iter(shapes.values()), ())
+    batch = oracle.batch if oracle.batch is not None else (first[0] if first else None)
+    return Measurement(
+        quantity=oracle.quantity,
+        unit=oracle.unit,
+        oracle=oracle.spec,
+        backend=backend,
+        device=oracle.device,
+        threads=threads,
+        batch=batch,
+        seconds=time.perf_counter() - started,
+        extra=dict(extra),
+        **result.measurement_fields(),
+    )
 
 
 def capped_protocol(oracle: Any, *, max_runs: int, max_time: float) -> dict[str, Any]:
