@@ -19,6 +19,7 @@ __all__ = [
     "parse_spec",
     "check_oracle_class",
     "check_threads",
+    "check_time_window",
     "EXPORT_FORMATS",
     "INPUT_FORMATS",
 ]
@@ -187,6 +188,23 @@ def check_timed_settings(oracle: str, settings: Any) -> Callable[[str, Any, str]
     if not 0 < s.rel_ci < 1:
         raise bad("rel_ci", s.rel_ci, "a fraction between 0 and 1, such as 0.01")
     return bad
+
+
+def check_time_window(oracle: str, settings: Any) -> None:
+    """Refuse a timing protocol's ``min_time``/``max_time`` (seconds) and ``rel_ci`` out of range.
+
+    For the timed oracles that check their run counts in their own words (torch, tensorrt).
+    """
+    s = settings
+    if s.min_time < 0 or s.max_time <= 0 or s.max_time < s.min_time:
+        raise OracleSpecError(
+            f"oracle {oracle!r}: expected 0 <= min_time <= max_time and max_time > 0 (seconds), "
+            f"got min_time={s.min_time}, max_time={s.max_time}"
+        )
+    if not 0 < s.rel_ci < 1:
+        raise OracleSpecError(
+            f"oracle {oracle!r}: rel_ci must be a fraction in (0, 1), got {s.rel_ci}"
+        )
 
 
 def _convert(oracle: str, key: str, raw: str, kind: type) -> Any:

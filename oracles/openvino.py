@@ -231,6 +231,8 @@ class OpenVINOLatency(TimedRuntimeOracle):
 
         precision = prop("INFERENCE_PRECISION_HINT")
         hint = prop("PERFORMANCE_HINT")
+        # OpenVINO releases return the hint as an enum (with .name) or a plain string, and the
+        # precision as an ov.Type (with .type_name) or a string: read either.
         return {
             "performance_hint": getattr(hint, "name", str(hint)),
             "num_streams": int(prop("NUM_STREAMS") or 0),
