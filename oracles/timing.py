@@ -41,6 +41,8 @@ from oracles.base import Measurement, Oracle
 from oracles.errors import MeasurementFailedError, OracleSpecError
 
 __all__ = [
+    "TimedRuntimeOracle",
+    "TimingProtocol",
     "TimingResult",
     "capped_protocol",
     "latency_measurement",
@@ -337,26 +339,41 @@ def time_runners(
 
 
 @dataclass
-class TimedRuntimeOracle(Oracle):
-    """The settings every ONNX-runtime latency oracle shares: ``device``, ``threads``,
-    ``batch`` and the timing protocol (``warmup``, ``min_runs``, ``max_runs``,
-    ``min_time``, ``max_time`` in seconds, ``rel_ci``); a subclass adds its own after them."""
+class TimingProtocol:
+    """The timing protocol's settings, with the defaults every timed oracle starts from:
+    ``warmup`` runs, ``min_runs``/``max_runs``, ``min_time``/``max_time`` (seconds of timed
+    runs) and ``rel_ci`` (stop once the median's 95% CI is within this fraction of it).
 
-    quantity: ClassVar[str] = "latency"
-    unit: ClassVar[str] = "ms"
-    input_format: ClassVar[str] = "onnx"
-    timed: ClassVar[bool] = True
-    named_on_cpu: ClassVar[tuple[str, ...]] = ("threads",)
+    An oracle lists it first among its bases: a dataclass orders the fields of its bases
+    from the last base to the first, so these come after the other bases' settings in
+    the oracle's canonical spec.
+    """
 
-    device: str = "cpu"
-    threads: int = 1
-    batch: int | None = None
     warmup: int = 10
     min_runs: int = 20
     max_runs: int = 2000
     min_time: float = 0.5
     max_time: float = 20.0
     rel_ci: float = 0.01
+
+
+@dataclass
+class _DeviceSettings(Oracle):
+    device: str = "cpu"
+    threads: int = 1
+    batch: int | None = None
+
+
+@dataclass
+class TimedRuntimeOracle(TimingProtocol, _DeviceSettings):
+    """The settings every ONNX-runtime latency oracle shares: ``device``, ``threads``,
+    ``batch`` and the ``TimingProtocol``'s; a subclass adds its own after them."""
+
+    quantity: ClassVar[str] = "latency"
+    unit: ClassVar[str] = "ms"
+    input_format: ClassVar[str] = "onnx"
+    timed: ClassVar[bool] = True
+    named_on_cpu: ClassVar[tuple[str, ...]] = ("threads",)
 
     def __post_init__(self) -> None:
         self.validate()

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from oracles.base import Measurement, Oracle, check_time_window
 from oracles.errors import (
@@ -38,9 +38,7 @@ from oracles.errors import (
     ModelInputError,
     OracleSpecError,
 )
-
-if TYPE_CHECKING:
-    from oracles.timing import TimingResult
+from oracles.timing import TimingProtocol, TimingResult
 
 __all__ = [
     "build_engine",
@@ -625,7 +623,7 @@ class _TensorRTOracle(Oracle):
 
 
 @dataclass
-class TensorRTLatency(_TensorRTOracle):
+class TensorRTLatency(TimingProtocol, _TensorRTOracle):
     """Median GPU compute time (ms) of a TensorRT engine built from the ONNX model.
 
     Like trtexec's "GPU Compute Time": each run is one ``execute_async_v3`` on
@@ -645,13 +643,6 @@ class TensorRTLatency(_TensorRTOracle):
     quantity: ClassVar[str] = "latency"
     unit: ClassVar[str] = "ms"
     timed: ClassVar[bool] = True
-
-    warmup: int = 10
-    min_runs: int = 20
-    max_runs: int = 2000
-    min_time: float = 0.5
-    max_time: float = 20.0
-    rel_ci: float = 0.01
 
     def validate(self) -> None:
         super().validate()
