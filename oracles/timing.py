@@ -27,6 +27,7 @@ True
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import gc
 import itertools
@@ -279,16 +280,7 @@ def time_adaptive(
     # A fast model can hit max_runs before min_seconds with an interval already
     # far inside the target: that is a converged measurement too.
     converged = converged or (len(samples) >= min_runs and result.converged)
-    return TimingResult(
-        samples_ms=result.samples_ms,
-        median=result.median,
-        iqr=result.iqr,
-        cv=result.cv,
-        ci_low=result.ci_low,
-        ci_high=result.ci_high,
-        converged=converged,
-        wall_seconds=result.wall_seconds,
-    )
+    return dataclasses.replace(result, converged=converged)
 
 
 def time_with_settings(run_once: Callable[[], float | None], settings: Any) -> TimingResult:
@@ -451,8 +443,6 @@ def capped_protocol(oracle: Any, *, max_runs: int, max_time: float) -> dict[str,
     warm-up stops at a quarter of ``max_time``), and a call that stops at a cap before its
     median's confidence interval is within ``rel_ci`` reports ``converged=False``.
     """
-    import dataclasses
-
     if not dataclasses.is_dataclass(oracle) or isinstance(oracle, type):
         return {}
     fields = {f.name: f for f in dataclasses.fields(oracle)}
