@@ -52,7 +52,7 @@ from oracles.timing import TimedRuntimeOracle, latency_measurement, pool_count, 
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OpenVINOLatency", "OPENVINO_EXTRA"]
+__all__ = ["OpenVINOLatency", "OPENVINO_EXTRA", "first_line"]
 
 OPENVINO_EXTRA = 'pip install "hwprune[openvino]"'
 _DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
@@ -77,7 +77,8 @@ def _core() -> Any:
     return _ov().Core()
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The line of an OpenVINO exception that says what went wrong (at most 300 characters)."""
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     # OpenVINO prefixes its messages with "Exception from src/...cpp:NN:"; the cause follows.
     for line in lines:
@@ -203,7 +204,7 @@ class OpenVINOLatency(TimedRuntimeOracle):
             compiled = _core().compile_model(model, self.ov_device, self._config())
         except Exception as exc:
             raise MeasurementFailedError(
-                f"openvino:{self.device} could not compile the model: {_first_line(exc)}"
+                f"openvino:{self.device} could not compile the model: {first_line(exc)}"
             ) from exc
         ran_on = [str(d) for d in compiled.get_property("EXECUTION_DEVICES")]
         if not ran_on or not all(_device_present(self.ov_device, [d]) for d in ran_on):
@@ -261,7 +262,7 @@ class OpenVINOLatency(TimedRuntimeOracle):
             ov_model = _core().read_model(data)
         except Exception as exc:
             raise MeasurementFailedError(
-                f"openvino:{self.device} could not read the ONNX model: {_first_line(exc)}"
+                f"openvino:{self.device} could not read the ONNX model: {first_line(exc)}"
             ) from exc
         del data
         count = pool_count(self.sessions, device=self.device, threads=self.threads)
