@@ -451,23 +451,15 @@ def reestimate_bn_on(model: Any, loader: Iterable[Any], *, batches: int = 8) -> 
             "re-estimation needs at least one batch of inputs (the statistics were left as they "
             "were)"
         )
-    saved = [(m, m.momentum) for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
+    from hwprune.train.loop import cumulative_bn
+
     n = 0
-    try:
-        with torch.no_grad():
-            for batch in itertools.chain([first], batch_iter):
-                if n >= batches:
-                    break
-                _forward(model, batch, device)
-                n += 1
-    finally:
-        for m, momentum in saved:
-            m.momentum = momentum
-        model.eval()
+    with cumulative_bn(model, bns):
+        for batch in itertools.chain([first], batch_iter):
+            if n >= batches:
+                break
+            _forward(model, batch, device)
+            n += 1
     return n
 
 

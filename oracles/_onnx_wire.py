@@ -15,6 +15,7 @@ no data.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,14 +110,20 @@ def _strip_tensor(buf: memoryview) -> bytes:
     return bytes(out)
 
 
-def _strip_graph(buf: memoryview) -> bytes:
+def _rewrite(buf: memoryview, field_number: int, inner: Callable[[memoryview], bytes]) -> bytes:
+    """The message ``buf`` with every embedded message in ``field_number`` passed through
+    ``inner``; other fields are copied as they are."""
     out = bytearray()
     for field, wire, whole, payload in _fields(buf):
-        if field == _INITIALIZER and wire == 2 and payload is not None:
-            out += _len_field(field, _strip_tensor(payload))
+        if field == field_number and wire == 2 and payload is not None:
+            out += _len_field(field, inner(payload))
         else:
             out += whole
     return bytes(out)
+
+
+def _strip_graph(buf: memoryview) -> bytes:
+    return _rewrite(buf, _INITIALIZER, _strip_tensor)
 
 
 def strip_payloads(data: bytes) -> bytes:
@@ -124,14 +131,7 @@ def strip_payloads(data: bytes) -> bytes:
 
     Raises ValueError when ``data`` is not a well-formed protobuf message.
     """
-    buf = memoryview(data)
-    out = bytearray()
-    for field, wire, whole, payload in _fields(buf):
-        if field == _GRAPH and wire == 2 and payload is not None:
-            out += _len_field(field, _strip_graph(payload))
-        else:
-            out += whole
-    return bytes(out)
+    return _rewrite(memoryview(data), _GRAPH, _strip_graph)
 
 
 def load_onnx_structure(model: Any) -> Any:

@@ -19,6 +19,7 @@ __all__ = [
     "parse_spec",
     "check_oracle_class",
     "check_threads",
+    "check_time_window",
     "EXPORT_FORMATS",
     "INPUT_FORMATS",
 ]
@@ -189,6 +190,23 @@ def check_timed_settings(oracle: str, settings: Any) -> Callable[[str, Any, str]
     return bad
 
 
+def check_time_window(oracle: str, settings: Any) -> None:
+    """Refuse a timing protocol's ``min_time``/``max_time`` (seconds) and ``rel_ci`` out of range.
+
+    For the timed oracles that check their run counts in their own words (torch, tensorrt).
+    """
+    s = settings
+    if s.min_time < 0 or s.max_time <= 0 or s.max_time < s.min_time:
+        raise OracleSpecError(
+            f"oracle {oracle!r}: expected 0 <= min_time <= max_time and max_time > 0 (seconds), "
+            f"got min_time={s.min_time}, max_time={s.max_time}"
+        )
+    if not 0 < s.rel_ci < 1:
+        raise OracleSpecError(
+            f"oracle {oracle!r}: rel_ci must be a fraction in (0, 1), got {s.rel_ci}"
+        )
+
+
 def _convert(oracle: str, key: str, raw: str, kind: type) -> Any:
     try:
         if kind is bool:
@@ -264,6 +282,9 @@ class Oracle:
 
     # Instance field every oracle has; subclasses add theirs as dataclass fields.
     device: str = "cpu"
+    #: The batch size an oracle fixes as its input's first dimension; a subclass with a
+    #: ``batch`` setting declares it as a field, None keeps the model's own shapes.
+    batch: int | None = None
 
     @classmethod
     def from_spec(cls, device: str | None, params: Mapping[str, str]) -> Oracle:
@@ -331,23 +352,24 @@ class Oracle:
         if len(self.devices) > 1 or self.device != self.devices[0]:
             head += f":{self.device}"
         parts = []
-        if dataclasses.is_dataclass(self):
-            for f in dataclasses.fields(self):
-                if f.name == "device" or not f.init:
-                    continue
-                value = getattr(self, f.name)
-                named = self.device == "cpu" and f.name in self.named_on_cpu
-                if f.default is not dataclasses.MISSING and value == f.default and not named:
-                    continue
-                if isinstance(value, bool):
-                    value = int(value)
-                # Quote '&', '=', '?', '%' so that parse_spec reads the value back unchanged.
-                parts.append(f"{f.name}={urllib.parse.quote(str(value), safe='/:,')}")
+        values = Oracle.settings(self)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)} if values else {}
+        for key, value in values.items():
+            if key == "device":
+                continue
+            named = self.device == "cpu" and key in self.named_on_cpu
+            if defaults[key] is not dataclasses.MISSING and value == defaults[key] and not named:
+                continue
+            if isinstance(value, bool):
+                value = int(value)
+            # Quote '&', '=', '?', '%' so that parse_spec reads the value back unchanged.
+            parts.append(f"{key}={urllib.parse.quote(str(value), safe='/:,')}")
         return head + ("?" + "&".join(parts) if parts else "")
 
     def settings(self) -> dict[str, Any]:
-        """Every setting (defaults included), for cache keys and reports."""
+        """Every setting (defaults included), in field order, for cache keys and reports."""
         if dataclasses.is_dataclass(self):
+            # The dataclass fields are the settings (part 2 of the interface): read them by name.
             return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
         return {}
 
@@ -370,7 +392,7 @@ class Oracle:
 
         # Weight payloads are skipped unless the key hashes them: a cache hit stays ~1 ms.
         proto = load_onnx(model) if self.value_sensitive else load_onnx_structure(model)
-        shapes = resolve_input_shapes(proto, input_shapes, batch=getattr(self, "batch", None))
+        shapes = resolve_input_shapes(proto, input_shapes, batch=self.batch)
         return structure_key(proto, input_shapes=shapes, include_values=self.value_sensitive)
 
     def measure(
@@ -394,8 +416,8 @@ def check_oracle_class(cls: Any) -> None:
         missing.append("a measure(model, *, input_shapes=None) method")
     if not dataclasses.is_dataclass(cls):
         missing.append("its settings as dataclass fields (decorate it with @dataclass)")
-    for attr in ("quantity", "unit", "runtime"):
-        value = getattr(cls, attr, None)
+    named = {"quantity": cls.quantity, "unit": cls.unit, "runtime": cls.runtime}
+    for attr, value in named.items():
         if not isinstance(value, str) or not value:
             missing.append(f"a non-empty string {attr!r}")
     if cls.input_format not in INPUT_FORMATS:
@@ -408,12 +430,13 @@ def check_oracle_class(cls: Any) -> None:
     ):
         missing.append("'devices' a non-empty tuple of device names")
     else:
-        for attr in ("gpu_devices", "slow_devices"):
-            extra = [d for d in getattr(cls, attr) if d not in devices]
+        for attr, listed in (("gpu_devices", cls.gpu_devices), ("slow_devices", cls.slow_devices)):
+            extra = [d for d in listed if d not in devices]
             if extra:
                 missing.append(f"{attr!r} among its devices ({', '.join(extra)} is not)")
-    for attr in ("timed", "value_sensitive", "remote"):
-        if not isinstance(getattr(cls, attr), bool):
+    flags = {"timed": cls.timed, "value_sensitive": cls.value_sensitive, "remote": cls.remote}
+    for attr, flag in flags.items():
+        if not isinstance(flag, bool):
             missing.append(f"{attr!r} True or False")
     if missing:
         raise TypeError(

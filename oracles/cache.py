@@ -128,6 +128,13 @@ def cache_key(oracle: Oracle, model_key: str) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+class _Local(threading.local):
+    """One thread's connection and the process that opened it (None until opened)."""
+
+    pid: int | None = None
+    conn: sqlite3.Connection | None = None
+
+
 class MeasurementCache:
     """SQLite store of Measurements; safe for several processes on one file.
 
@@ -145,7 +152,7 @@ class MeasurementCache:
                 f"oracle cache {str(self.path)!r} is a folder; give a file path such as "
                 f"{str(self.path / 'oracles.sqlite')!r}"
             )
-        self._local = threading.local()
+        self._local = _Local()
         #: True when the cache is read but never written (a read-only file or folder).
         self.read_only = False
         #: True when no cache could be opened at all; every lookup misses.
@@ -251,9 +258,7 @@ class MeasurementCache:
     @property
     def _conn(self) -> sqlite3.Connection | None:
         # Connections are not shared across threads or forked processes.
-        if getattr(self._local, "pid", None) != os.getpid() or (
-            getattr(self._local, "conn", None) is None and not self.disabled
-        ):
+        if self._local.pid != os.getpid() or (self._local.conn is None and not self.disabled):
             self._open()
         return self._local.conn
 
@@ -302,7 +307,7 @@ class MeasurementCache:
         return int(conn.execute("SELECT count(*) FROM measurements").fetchone()[0])
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
+        conn = self._local.conn
         if conn is not None:
             conn.close()
             self._local.conn = None
@@ -312,7 +317,7 @@ class MeasurementCache:
 
     def __setstate__(self, state: Mapping[str, Any]) -> None:
         self.path = Path(state["path"])
-        self._local = threading.local()
+        self._local = _Local()
         self.read_only = False
         self.disabled = False
         self._open()

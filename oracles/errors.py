@@ -44,3 +44,27 @@ class RemoteOracleError(OracleError, RuntimeError):
 
 class CacheError(OracleError, ValueError):
     """A cache path that cannot hold a cache (a folder, for instance)."""
+
+
+def error_class(name: object) -> type[OracleError] | None:
+    """The error class of this module called ``name`` (as sent over a pipe or the wire), if any.
+
+    Lets an error raised in a subprocess or on a server keep its type on this side.
+    """
+    for cls in _ERRORS:
+        if cls.__name__ == name:
+            return cls
+    return None
+
+
+_ERRORS: tuple[type[OracleError], ...] = (
+    OracleError,
+    OracleSpecError,
+    UnknownOracleError,
+    BackendUnavailableError,
+    DeviceUnavailableError,
+    ModelInputError,
+    MeasurementFailedError,
+    RemoteOracleError,
+    CacheError,
+)

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from oracles.base import Measurement, Oracle
-from oracles.errors import MeasurementFailedError, OracleError
+from oracles.errors import MeasurementFailedError, OracleError, error_class
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +70,8 @@ def _describe_exit(code: int | None) -> str:
 
 def _rebuild_error(info: Mapping[str, Any], label: str) -> Exception:
     if info.get("oracle_error"):
-        import oracles.errors as errors
-
-        cls = getattr(errors, str(info.get("type")), None)
-        if isinstance(cls, type) and issubclass(cls, OracleError):
+        cls = error_class(info.get("type"))
+        if cls is not None:
             # A project error (bad input, missing device) keeps its type and its sentence.
             return cls(info.get("message", ""))
     message = str(info.get("message", "")).strip().splitlines()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ __all__ = [
     "available_memory",
     "check_memory",
     "input_bytes",
+    "random_feeds",
 ]
 
 Shapes = Mapping[str, tuple[int, ...]]
@@ -319,3 +320,31 @@ def check_memory(
         f"{oracle}: {what} need {needed:,} bytes ({_gib(needed)}), more than the "
         f"{free:,} bytes ({_gib(free)}) of memory available; {hint}"
     )
+
+
+def random_feeds(
+    inputs: Sequence[tuple[str, Any, tuple[int, ...]]], *, count: int, seed: int = 0
+) -> list[dict[str, Any]]:
+    """``count`` sets of random NumPy inputs, one array per ``(name, dtype, shape)``.
+
+    Floats are standard normal, booleans fair coin flips, integers small and
+    non-negative (0 to 7) so that they stay valid as indices or token ids. The
+    sets differ from each other, so timed runs rotating over them are not served
+    from a warm copy of the previous input; the same seed gives the same sets.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    feeds: list[dict[str, Any]] = []
+    for _ in range(count):
+        feed: dict[str, Any] = {}
+        for name, dtype, shape in inputs:
+            if np.issubdtype(dtype, np.floating):
+                arr = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+            elif np.dtype(dtype) == np.bool_:
+                arr = rng.random(shape) < 0.5
+            else:
+                arr = rng.integers(0, 8, size=shape, dtype=dtype)
+            feed[name] = np.ascontiguousarray(arr)
+        feeds.append(feed)
+    return feeds

@@ -656,6 +656,33 @@ class PeakMemory:
     input_shapes: Mapping[str, tuple[int, ...]]
 
 
+def _walk_peak(
+    step_nodes: list[Any],
+    new_buffers: list[list[str]],
+    buffer_size: Mapping[str, int],
+    last_use: Mapping[str, int],
+    pinned: set[str],
+    *,
+    start_bytes: int,
+) -> tuple[int, str]:
+    """The largest live byte count over the steps and the node where it occurs: each step
+    allocates its new buffers, then frees those it read last (pinned buffers are never freed)."""
+    free_at: dict[int, list[str]] = {}
+    for b, i in last_use.items():
+        if b not in pinned:
+            free_at.setdefault(i, []).append(b)
+    live = start_bytes
+    peak = live
+    peak_node = "(inputs)"
+    for i, node in enumerate(step_nodes):
+        live += sum(buffer_size[b] for b in new_buffers[i])
+        if live > peak:
+            peak = live
+            peak_node = node.name or f"{node.op_type}#{i}"
+        live -= sum(buffer_size[b] for b in free_at.get(i, ()))
+    return peak, peak_node
+
+
 def peak_memory(
     model: Any, input_shapes: Shapes | None = None, *, batch: int | None = None
 ) -> PeakMemory:
@@ -678,9 +705,8 @@ def peak_memory(
     buffer_of: dict[str, str] = {}
     buffer_size: dict[str, int] = {}
     last_use: dict[str, int] = {}
-    pinned: set[str] = (
-        set()
-    )  # buffers live to the end: graph inputs (the caller holds them), outputs
+    # Buffers live to the end: graph inputs (the caller holds them), outputs.
+    pinned: set[str] = set()
 
     real_inputs = [i.name for i in graph_inputs(proto)]
     for name in real_inputs:
@@ -716,19 +742,9 @@ def peak_memory(
                 output_total += buffer_size[b]
             pinned.add(b)
 
-    free_at: dict[int, list[str]] = {}
-    for b, i in last_use.items():
-        if b not in pinned:
-            free_at.setdefault(i, []).append(b)
-    live = input_total
-    peak = live
-    peak_node = "(inputs)"
-    for i, node in enumerate(step_nodes):
-        live += sum(buffer_size[b] for b in new_buffers[i])
-        if live > peak:
-            peak = live
-            peak_node = node.name or f"{node.op_type}#{i}"
-        live -= sum(buffer_size[b] for b in free_at.get(i, ()))
+    peak, peak_node = _walk_peak(
+        step_nodes, new_buffers, buffer_size, last_use, pinned, start_bytes=input_total
+    )
     wbytes = _stored_bytes(consts, set(_uses(proto)))
     return PeakMemory(
         total_bytes=peak + wbytes,

@@ -33,13 +33,14 @@ raises DeviceUnavailableError.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from oracles.base import Measurement, Oracle, check_timed_settings
+from oracles.base import Measurement, check_timed_settings
 from oracles.errors import (
     BackendUnavailableError,
     DeviceUnavailableError,
@@ -47,17 +48,17 @@ from oracles.errors import (
     ModelInputError,
     OracleSpecError,
 )
+from oracles.timing import TimedRuntimeOracle, latency_measurement, pool_count, rotate, time_runners
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OpenVINOLatency", "OPENVINO_EXTRA"]
+__all__ = ["OpenVINOLatency", "OPENVINO_EXTRA", "first_line"]
 
 OPENVINO_EXTRA = 'pip install "hwprune[openvino]"'
 _DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
 _PRECISIONS = ("f32", "bf16", "f16", "auto")
 #: Different input tensors rotated through the timed runs.
 _INPUT_SETS = 4
-_BLOCK = 8  # consecutive timed runs on one compiled model before the next takes over
 
 
 def _ov() -> Any:
@@ -76,7 +77,8 @@ def _core() -> Any:
     return _ov().Core()
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The line of an OpenVINO exception that says what went wrong (at most 300 characters)."""
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     # OpenVINO prefixes its messages with "Exception from src/...cpp:NN:"; the cause follows.
     for line in lines:
@@ -91,38 +93,28 @@ def _device_present(name: str, available: list[str]) -> bool:
 
 
 def _random_feeds(
-    ports: list[Any], shapes: Mapping[str, tuple[int, ...]], *, count: int, seed: int = 0
+    ports: list[Any], shapes: Mapping[str, tuple[int, ...]], *, count: int
 ) -> list[dict[str, Any]]:
     import numpy as np
 
-    rng = np.random.default_rng(seed)
-    feeds: list[dict[str, Any]] = []
-    for _ in range(count):
-        feed: dict[str, Any] = {}
-        for port in ports:
-            name = port.get_any_name()
-            try:
-                dtype = np.dtype(port.get_element_type().to_dtype())
-            except Exception as exc:
-                raise ModelInputError(
-                    f"the openvino oracle cannot make random inputs of type "
-                    f"{port.get_element_type()} for input {name!r}"
-                ) from exc
-            shape = shapes.get(name, tuple(port.get_shape()))
-            if np.issubdtype(dtype, np.floating):
-                arr = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
-            elif dtype == np.bool_:
-                arr = rng.random(shape) < 0.5
-            else:
-                # Small non-negative integers stay valid as indices or token ids.
-                arr = rng.integers(0, 8, size=shape).astype(dtype)
-            feed[name] = np.ascontiguousarray(arr)
-        feeds.append(feed)
-    return feeds
+    from oracles.model import random_feeds
+
+    inputs = []
+    for port in ports:
+        name = port.get_any_name()
+        try:
+            dtype = np.dtype(port.get_element_type().to_dtype())
+        except Exception as exc:
+            raise ModelInputError(
+                f"the openvino oracle cannot make random inputs of type "
+                f"{port.get_element_type()} for input {name!r}"
+            ) from exc
+        inputs.append((name, dtype, shapes.get(name, tuple(port.get_shape()))))
+    return random_feeds(inputs, count=count)
 
 
 @dataclass
-class OpenVINOLatency(Oracle):
+class OpenVINOLatency(TimedRuntimeOracle):
     """Median latency (ms) of one inference with OpenVINO on its CPU, GPU or NPU plugin.
 
     Settings (spec ``openvino:cpu?threads=1&batch=1``): ``threads`` CPU
@@ -137,31 +129,14 @@ class OpenVINOLatency(Oracle):
     """
 
     name: ClassVar[str] = "openvino"
-    quantity: ClassVar[str] = "latency"
-    unit: ClassVar[str] = "ms"
-    input_format: ClassVar[str] = "onnx"
     devices: ClassVar[tuple[str, ...]] = ("cpu", "gpu", "npu")
-    timed: ClassVar[bool] = True
-    named_on_cpu: ClassVar[tuple[str, ...]] = ("threads",)
     requires: ClassVar[str | None] = "openvino"
     runtime: ClassVar[str] = "openvino"
     export_format: ClassVar[str] = "openvino-ir"
     gpu_devices: ClassVar[tuple[str, ...]] = ("gpu", "npu")
 
-    device: str = "cpu"
-    threads: int = 1
-    batch: int | None = None
-    warmup: int = 10
-    min_runs: int = 20
-    max_runs: int = 2000
-    min_time: float = 0.5
-    max_time: float = 20.0
-    rel_ci: float = 0.01
     precision: str = "f32"
     sessions: int = 0
-
-    def __post_init__(self) -> None:
-        self.validate()
 
     # -- settings -----------------------------------------------------------------------------
 
@@ -229,7 +204,7 @@ class OpenVINOLatency(Oracle):
             compiled = _core().compile_model(model, self.ov_device, self._config())
         except Exception as exc:
             raise MeasurementFailedError(
-                f"openvino:{self.device} could not compile the model: {_first_line(exc)}"
+                f"openvino:{self.device} could not compile the model: {first_line(exc)}"
             ) from exc
         ran_on = [str(d) for d in compiled.get_property("EXECUTION_DEVICES")]
         if not ran_on or not all(_device_present(self.ov_device, [d]) for d in ran_on):
@@ -257,6 +232,8 @@ class OpenVINOLatency(Oracle):
 
         precision = prop("INFERENCE_PRECISION_HINT")
         hint = prop("PERFORMANCE_HINT")
+        # OpenVINO releases return the hint as an enum (with .name) or a plain string, and the
+        # precision as an ov.Type (with .type_name) or a string: read either.
         return {
             "performance_hint": getattr(hint, "name", str(hint)),
             "num_streams": int(prop("NUM_STREAMS") or 0),
@@ -275,7 +252,6 @@ class OpenVINOLatency(Oracle):
     ) -> Measurement:
         """Time one inference of ``model`` (ONNX bytes, path or ModelProto); see the module protocol."""
         from oracles.model import fix_input_shapes
-        from oracles.timing import time_runners
 
         start = time.perf_counter()
         self.check_available()
@@ -286,31 +262,21 @@ class OpenVINOLatency(Oracle):
             ov_model = _core().read_model(data)
         except Exception as exc:
             raise MeasurementFailedError(
-                f"openvino:{self.device} could not read the ONNX model: {_first_line(exc)}"
+                f"openvino:{self.device} could not read the ONNX model: {first_line(exc)}"
             ) from exc
         del data
-        count = self.sessions or (3 if self.device == "cpu" and self.threads == 1 else 1)
+        count = pool_count(self.sessions, device=self.device, threads=self.threads)
         compiled = [self._compile(ov_model) for _ in range(count)]
         feeds = _random_feeds(list(compiled[0].inputs), shapes, count=_INPUT_SETS)
         runners = [self._runner(c, feeds) for c in compiled]
-        step = iter(range(1 << 62))
-
-        def run_once() -> None:
-            runners[(next(step) // _BLOCK) % count]()
-
-        result = time_runners(runners, run_once, self, label=f"openvino:{self.device}")
-        first_shape = next(iter(shapes.values()), ())
-        return Measurement(
-            quantity=self.quantity,
-            unit=self.unit,
-            oracle=self.spec,
+        result = time_runners(runners, rotate(runners), self, label=f"openvino:{self.device}")
+        return latency_measurement(
+            self,
+            result,
             backend="openvino",
-            device=self.device,
+            shapes=shapes,
+            started=start,
             threads=self.threads if self.device == "cpu" else None,
-            batch=self.batch
-            if self.batch is not None
-            else (first_shape[0] if first_shape else None),
-            seconds=time.perf_counter() - start,
             extra={
                 "openvino": _ov().__version__,
                 "ov_device": self.ov_device,
@@ -320,17 +286,15 @@ class OpenVINOLatency(Oracle):
                 "rel_ci": result.rel_ci,
                 "input_shapes": {k: list(v) for k, v in shapes.items()},
             },
-            **result.measurement_fields(),
         )
 
     @staticmethod
     def _runner(compiled: Any, feeds: list[dict[str, Any]]) -> Callable[[], None]:
         request = compiled.create_infer_request()
-        it = iter(range(1 << 62))
-        n = len(feeds)
+        inputs = itertools.cycle(feeds)
 
         def run_once() -> None:
             # Synchronous: returns once the outputs are ready (on any device).
-            request.infer(feeds[next(it) % n], share_inputs=True, share_outputs=True)
+            request.infer(next(inputs), share_inputs=True, share_outputs=True)
 
         return run_once

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import itertools
 import logging
 import shutil
 import subprocess
@@ -45,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from oracles.base import Measurement, Oracle, check_timed_settings
+from oracles.base import Measurement, check_timed_settings
 from oracles.errors import (
     BackendUnavailableError,
     DeviceUnavailableError,
@@ -54,6 +55,7 @@ from oracles.errors import (
     OracleError,
     OracleSpecError,
 )
+from oracles.timing import TimedRuntimeOracle, latency_measurement, pool_count, rotate, time_runners
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,6 @@ _OPT_LEVELS = ("all", "extended", "basic", "disable")
 _INPUT_SETS = 4
 #: Inputs from this size on (bytes) are checked against free memory with activations too.
 _BIG_INPUT = 64 * 2**20
-_SESSION_BLOCK = 8  # consecutive timed runs on one session before the next takes over
 _GPU_EXTRA = 'pip install "hwprune[gpu]" (the onnxruntime-gpu package, in place of onnxruntime)'
 
 
@@ -133,31 +134,16 @@ def _numpy_dtype(ort_type: str) -> Any:
 
 
 def _random_inputs(
-    session: Any, shapes: Mapping[str, tuple[int, ...]], *, count: int, seed: int = 0
+    session: Any, shapes: Mapping[str, tuple[int, ...]], *, count: int
 ) -> list[dict[str, Any]]:
-    import numpy as np
+    from oracles.model import random_feeds
 
-    rng = np.random.default_rng(seed)
-    sets: list[dict[str, Any]] = []
-    for _ in range(count):
-        feed: dict[str, Any] = {}
-        for inp in session.get_inputs():
-            dtype = _numpy_dtype(inp.type)
-            shape = shapes[inp.name]
-            if np.issubdtype(dtype, np.floating):
-                arr = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
-            elif dtype is np.bool_:
-                arr = rng.random(shape) < 0.5
-            else:
-                # Small non-negative integers stay valid as indices or token ids.
-                arr = rng.integers(0, 8, size=shape, dtype=dtype)
-            feed[inp.name] = np.ascontiguousarray(arr)
-        sets.append(feed)
-    return sets
+    inputs = [(i.name, _numpy_dtype(i.type), shapes[i.name]) for i in session.get_inputs()]
+    return random_feeds(inputs, count=count)
 
 
 @dataclass
-class OnnxRuntimeLatency(Oracle):
+class OnnxRuntimeLatency(TimedRuntimeOracle):
     """Median latency (ms) of one inference with ONNX Runtime on CPU, CUDA or TensorRT.
 
     Settings (spec ``onnxruntime:cpu?threads=1&batch=1``): ``threads``
@@ -176,35 +162,18 @@ class OnnxRuntimeLatency(Oracle):
     """
 
     name: ClassVar[str] = "onnxruntime"
-    quantity: ClassVar[str] = "latency"
-    unit: ClassVar[str] = "ms"
-    input_format: ClassVar[str] = "onnx"
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda", "tensorrt")
-    timed: ClassVar[bool] = True
-    named_on_cpu: ClassVar[tuple[str, ...]] = ("threads",)
     requires: ClassVar[str | None] = None  # "gpu" for cuda/tensorrt, see check_available
     runtime: ClassVar[str] = "onnxruntime"
     export_format: ClassVar[str] = "onnx"
     gpu_devices: ClassVar[tuple[str, ...]] = ("cuda", "tensorrt")
     slow_devices: ClassVar[tuple[str, ...]] = ("tensorrt",)  # an engine build per candidate
 
-    device: str = "cpu"
-    threads: int = 1
-    batch: int | None = None
-    warmup: int = 10
-    min_runs: int = 20
-    max_runs: int = 2000
-    min_time: float = 0.5
-    max_time: float = 20.0
-    rel_ci: float = 0.01
     copies: bool = False
     opt_level: str = "all"
     fp16: bool = False
     spin: bool = True
     sessions: int = 0
-
-    def __post_init__(self) -> None:
-        self.validate()
 
     # -- settings -----------------------------------------------------------------------------
 
@@ -323,12 +292,11 @@ class OnnxRuntimeLatency(Oracle):
     def _runner(self, session: Any, feeds: list[dict[str, Any]]) -> Callable[[], None]:
         ort = _ort()
         outputs = [o.name for o in session.get_outputs()]
-        it = iter(range(1 << 62))
-        n = len(feeds)
         if self.device == "cpu" or self.copies:
+            inputs = itertools.cycle(feeds)
 
             def run_once() -> None:
-                session.run(outputs, feeds[next(it) % n])
+                session.run(outputs, next(inputs))
 
             return run_once
 
@@ -341,9 +309,10 @@ class OnnxRuntimeLatency(Oracle):
             for name in outputs:
                 binding.bind_output(name, "cuda", 0)
             bindings.append(binding)
+        bound = itertools.cycle(bindings)
 
         def run_once_bound() -> None:
-            binding = bindings[next(it) % n]
+            binding = next(bound)
             session.run_with_iobinding(binding)
             binding.synchronize_outputs()
 
@@ -375,7 +344,6 @@ class OnnxRuntimeLatency(Oracle):
     ) -> Measurement:
         """Time one inference of ``model`` (ONNX bytes, path or ModelProto); see the module protocol."""
         from oracles.model import fix_input_shapes
-        from oracles.timing import time_runners
 
         start = time.perf_counter()
         self.check_available()
@@ -383,39 +351,25 @@ class OnnxRuntimeLatency(Oracle):
         self.check_memory(proto, shapes)
         data = proto.SerializeToString()
         del proto
-        # Auto: pool over 3 sessions only where they cannot compete for cores (one
-        # thread on CPU); idle multi-thread pools spinning next to each other slow every run.
-        count = self.sessions or (3 if self.device == "cpu" and self.threads == 1 else 1)
+        count = pool_count(self.sessions, device=self.device, threads=self.threads)
         sessions = [self._session(data) for _ in range(count)]
-        session = sessions[0]
-        feeds = _random_inputs(session, shapes, count=_INPUT_SETS)
+        feeds = _random_inputs(sessions[0], shapes, count=_INPUT_SETS)
         runners = [self._runner(s, feeds) for s in sessions]
-        step = iter(range(1 << 62))
-
-        def run_once() -> None:
-            runners[(next(step) // _SESSION_BLOCK) % count]()
-
-        result = time_runners(runners, run_once, self, label=f"onnxruntime:{self.device}")
-        first_shape = next(iter(shapes.values()), ())
-        return Measurement(
-            quantity=self.quantity,
-            unit=self.unit,
-            oracle=self.spec,
+        result = time_runners(runners, rotate(runners), self, label=f"onnxruntime:{self.device}")
+        return latency_measurement(
+            self,
+            result,
             backend="onnxruntime",
-            device=self.device,
+            shapes=shapes,
+            started=start,
             threads=self.threads,
-            batch=self.batch
-            if self.batch is not None
-            else (first_shape[0] if first_shape else None),
-            seconds=time.perf_counter() - start,
             extra={
                 "provider": self.provider,
-                "providers": list(session.get_providers()),
+                "providers": list(sessions[0].get_providers()),
                 "converged": result.converged,
                 "sessions": count,
                 "rel_ci": result.rel_ci,
                 "opt_level": self.opt_level,
                 "input_shapes": {k: list(v) for k, v in shapes.items()},
             },
-            **result.measurement_fields(),
         )

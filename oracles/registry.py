@@ -162,6 +162,7 @@ def oracle_class(name: str) -> type[Oracle]:
         _REGISTRY[key] = entry
     elif isinstance(entry, str):
         module, _, attr = entry.partition(":")
+        # A built-in named "module:Class" is imported only when first asked for.
         entry = getattr(importlib.import_module(module), attr)
         _REGISTRY[key] = entry
     return entry

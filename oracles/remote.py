@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from oracles.base import Capabilities, Measurement, Oracle
-from oracles.errors import OracleError, OracleSpecError, RemoteOracleError
+from oracles.errors import OracleError, OracleSpecError, RemoteOracleError, error_class
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +186,8 @@ class RemoteOracle(Oracle):
         return cls(target=parts[0], url=parts[1], resolve=resolve)
 
     def validate(self) -> None:
-        for key, low in (("timeout", 0.0), ("wait", 0.0)):
-            value = getattr(self, key)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= low:
+        for key, value in (("timeout", self.timeout), ("wait", self.wait)):
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0.0:
                 raise OracleSpecError(
                     f"oracle server address {self.url!r}: {key} must be a positive number of "
                     f"seconds, got {value!r}"
@@ -249,11 +248,8 @@ class RemoteOracle(Oracle):
 
     @property
     def spec(self) -> str:
-        query = {
-            k: getattr(self, k)
-            for k in _CLIENT_SETTINGS
-            if getattr(self, k) != self.__dataclass_fields__[k].default
-        }
+        given = {"timeout": self.timeout, "attempts": self.attempts, "wait": self.wait}
+        query = {k: v for k, v in given.items() if v != self.__dataclass_fields__[k].default}
         tail = "?" + "&".join(f"{k}={v:g}" for k, v in query.items()) if query else ""
         return f"{self.inner.spec}@{self.url}{tail}"
 
@@ -464,9 +460,5 @@ def _answer_error(status: int, data: bytes, url: str) -> OracleError:
         kind = json.loads(data).get("type")
     except (ValueError, AttributeError):
         kind = None
-    import oracles.errors as errors
-
-    cls = getattr(errors, str(kind), None)
-    if not (isinstance(cls, type) and issubclass(cls, OracleError)):
-        cls = RemoteOracleError
+    cls = error_class(kind) or RemoteOracleError
     return cls(f"oracle server at {url} (HTTP {status}): {message}")

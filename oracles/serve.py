@@ -145,6 +145,9 @@ def _is_loopback(host: str) -> bool:
     return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
 
 
+_Shapes = Mapping[str, tuple[int, ...]] | None
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     app: OracleServer
@@ -346,6 +349,8 @@ class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     server_version = "hwprune-serve/1"
     timeout = _SOCKET_TIMEOUT
+    #: Set once the request body is read (or drained), so that it is never read twice.
+    _body_read = False
 
     # -- answers -------------------------------------------------------------------------------
 
@@ -375,7 +380,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _drain(self) -> None:
         """Read and drop a small unread body, so the client gets the answer, not a reset."""
         length = self._length()
-        if length is None or length > _DRAIN_MAX or getattr(self, "_body_read", False):
+        if length is None or length > _DRAIN_MAX or self._body_read:
             return
         self._body_read = True
         while length > 0:
@@ -418,24 +423,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if not self._authorized():
             return
-        if self.headers.get("Transfer-Encoding"):
-            self._refuse(
-                411, "send the model with a Content-Length, not chunked", "ModelInputError"
-            )
-            return
-        length = self._length()
-        if length is None or length == 0:
-            self._refuse(
-                411, "the request has no Content-Length or an empty body", "ModelInputError"
-            )
-            return
-        if length > app.max_bytes:
-            self._refuse(
-                413,
-                f"the request body of {length:,} bytes is over this server's limit of "
-                f"{app.max_bytes:,} bytes (--max-bytes)",
-                "RemoteOracleError",
-            )
+        length = self._body_length(app.max_bytes)
+        if length is None:
             return
         query = dict(urllib.parse.parse_qsl(url.query))
         try:
@@ -453,57 +442,90 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         try:
-            # Wait for the device before reading the body: no upload or parse runs beside a timing.
-            arrived = time.time()
-            with app._device_lock:
-                start = time.perf_counter()
-                began = time.time()
-                try:
-                    data = self.rfile.read(length)
-                except OSError as exc:  # a client that stalls past the socket timeout, or left
-                    data = b""
-                    log.warning("reading the model from %s failed: %s", self.client_address[0], exc)
-                self._body_read = True
-                if len(data) != length:
-                    self.close_connection = True
-                    log.warning(
-                        "%s sent %d of %d bytes; dropped", self.client_address[0], len(data), length
-                    )
-                    return
-                try:
-                    answer = app.measure(oracle, data, shapes)
-                    # The server's clock: how long the request queued, when the device was held.
-                    answer["queued_s"] = began - arrived
-                    answer["held"] = [began, time.time()]
-                except OracleError as exc:
-                    status = _STATUS.get(type(exc), 500)
-                    log.info("%s: %s: %s", oracle.spec, type(exc).__name__, exc)
-                    self._refuse(status, str(exc), type(exc).__name__)
-                    return
-                except Exception as exc:  # a backend's own error: one sentence back, trace here
-                    log.exception(
-                        "%s failed on a model from %s", oracle.spec, self.client_address[0]
-                    )
-                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                    self._refuse(
-                        500,
-                        f"{oracle.spec} failed: {type(exc).__name__}: {first}",
-                        MeasurementFailedError.__name__,
-                    )
-                    return
-                log.info(
-                    "%s: %s = %.6g %s for %s (%d bytes, %.2f s)",
-                    oracle.spec,
-                    answer["measurement"]["quantity"],
-                    answer["measurement"]["value"],
-                    answer["measurement"]["unit"],
-                    self.client_address[0],
-                    length,
-                    time.perf_counter() - start,
-                )
-                self._send_json(200, answer)
+            self._measure_on_device(app, oracle, shapes, length)
         finally:
             app._queue.release()
+
+    def _body_length(self, max_bytes: int) -> int | None:
+        """The announced body length, or None after refusing a body that is not acceptable."""
+        if self.headers.get("Transfer-Encoding"):
+            self._refuse(
+                411, "send the model with a Content-Length, not chunked", "ModelInputError"
+            )
+            return None
+        length = self._length()
+        if length is None or length == 0:
+            self._refuse(
+                411, "the request has no Content-Length or an empty body", "ModelInputError"
+            )
+            return None
+        if length > max_bytes:
+            self._refuse(
+                413,
+                f"the request body of {length:,} bytes is over this server's limit of "
+                f"{max_bytes:,} bytes (--max-bytes)",
+                "RemoteOracleError",
+            )
+            return None
+        return length
+
+    def _measure_on_device(
+        self, app: OracleServer, oracle: Oracle, shapes: _Shapes, length: int
+    ) -> None:
+        # Wait for the device before reading the body: no upload or parse runs beside a timing.
+        arrived = time.time()
+        with app._device_lock:
+            start = time.perf_counter()
+            began = time.time()
+            try:
+                data = self.rfile.read(length)
+            except OSError as exc:  # a client that stalls past the socket timeout, or left
+                data = b""
+                log.warning("reading the model from %s failed: %s", self.client_address[0], exc)
+            self._body_read = True
+            if len(data) != length:
+                self.close_connection = True
+                log.warning(
+                    "%s sent %d of %d bytes; dropped", self.client_address[0], len(data), length
+                )
+                return
+            answer = self._measure(app, oracle, data, shapes)
+            if answer is None:
+                return
+            # The server's clock: how long the request queued, when the device was held.
+            answer["queued_s"] = began - arrived
+            answer["held"] = [began, time.time()]
+            log.info(
+                "%s: %s = %.6g %s for %s (%d bytes, %.2f s)",
+                oracle.spec,
+                answer["measurement"]["quantity"],
+                answer["measurement"]["value"],
+                answer["measurement"]["unit"],
+                self.client_address[0],
+                length,
+                time.perf_counter() - start,
+            )
+            self._send_json(200, answer)
+
+    def _measure(
+        self, app: OracleServer, oracle: Oracle, data: bytes, shapes: _Shapes
+    ) -> dict[str, Any] | None:
+        """The answer for one model, or None after refusing with the error's status."""
+        try:
+            return app.measure(oracle, data, shapes)
+        except OracleError as exc:
+            status = _STATUS.get(type(exc), 500)
+            log.info("%s: %s: %s", oracle.spec, type(exc).__name__, exc)
+            self._refuse(status, str(exc), type(exc).__name__)
+        except Exception as exc:  # a backend's own error: one sentence back, trace here
+            log.exception("%s failed on a model from %s", oracle.spec, self.client_address[0])
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            self._refuse(
+                500,
+                f"{oracle.spec} failed: {type(exc).__name__}: {first}",
+                MeasurementFailedError.__name__,
+            )
+        return None
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base's name)
         log.debug("%s %s", self.address_string(), format % args)

@@ -25,6 +25,29 @@ __all__ = ["ParamsOracle", "FlopsOracle", "WeightMemoryOracle", "PeakMemoryOracl
 # --------------------------------------------------------------------------- oracles
 
 
+def _exact(
+    oracle: Oracle,
+    value: float,
+    *,
+    started: float,
+    input_shapes: Shapes | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Measurement:
+    """The Measurement of a count ``value`` that took since ``started`` (``perf_counter``)."""
+    first = next(iter(input_shapes.values()), ()) if input_shapes else ()
+    return Measurement(
+        quantity=oracle.quantity,
+        value=float(value),
+        unit=oracle.unit,
+        oracle=oracle.spec,
+        backend="onnx",
+        device=oracle.device,
+        batch=first[0] if first else None,
+        seconds=time.perf_counter() - started,
+        extra=extra or {},
+    )
+
+
 def _check_batch(oracle: Oracle, batch: int | None) -> None:
     if batch is not None and batch < 1:
         raise OracleSpecError(
@@ -86,16 +109,7 @@ class ParamsOracle(Oracle):
     def measure(self, model: Any, *, input_shapes: Shapes | None = None) -> Measurement:
         start = time.perf_counter()
         value = count_params(model, nonzero=self.nonzero)
-        return Measurement(
-            quantity=self.quantity,
-            value=float(value),
-            unit=self.unit,
-            oracle=self.spec,
-            backend="onnx",
-            device=self.device,
-            seconds=time.perf_counter() - start,
-            extra={"nonzero": self.nonzero},
-        )
+        return _exact(self, value, started=start, extra={"nonzero": self.nonzero})
 
 
 @dataclass(frozen=True)
@@ -143,16 +157,11 @@ class FlopsOracle(Oracle):
     def measure(self, model: Any, *, input_shapes: Shapes | None = None) -> Measurement:
         start = time.perf_counter()
         count = count_macs(model, input_shapes, batch=self.batch, elementwise=self.elementwise)
-        first = next(iter(count.input_shapes.values()), ())
-        return Measurement(
-            quantity=self.quantity,
-            value=float(count.total),
-            unit=self.unit,
-            oracle=self.spec,
-            backend="onnx",
-            device=self.device,
-            batch=first[0] if first else None,
-            seconds=time.perf_counter() - start,
+        return _exact(
+            self,
+            count.total,
+            started=start,
+            input_shapes=count.input_shapes,
             extra={
                 "by_op": dict(count.by_op),
                 "uncounted_ops": list(count.uncounted_ops),
@@ -185,16 +194,7 @@ class WeightMemoryOracle(Oracle):
 
     def measure(self, model: Any, *, input_shapes: Shapes | None = None) -> Measurement:
         start = time.perf_counter()
-        value = weight_bytes(model)
-        return Measurement(
-            quantity=self.quantity,
-            value=float(value),
-            unit=self.unit,
-            oracle=self.spec,
-            backend="onnx",
-            device=self.device,
-            seconds=time.perf_counter() - start,
-        )
+        return _exact(self, weight_bytes(model), started=start)
 
 
 @dataclass(frozen=True)
@@ -230,16 +230,11 @@ class PeakMemoryOracle(Oracle):
     def measure(self, model: Any, *, input_shapes: Shapes | None = None) -> Measurement:
         start = time.perf_counter()
         pm = peak_memory(model, input_shapes, batch=self.batch)
-        first = next(iter(pm.input_shapes.values()), ())
-        return Measurement(
-            quantity=self.quantity,
-            value=float(pm.total_bytes),
-            unit=self.unit,
-            oracle=self.spec,
-            backend="onnx",
-            device=self.device,
-            batch=first[0] if first else None,
-            seconds=time.perf_counter() - start,
+        return _exact(
+            self,
+            pm.total_bytes,
+            started=start,
+            input_shapes=pm.input_shapes,
             extra={
                 "activation_bytes": pm.activation_bytes,
                 "weight_bytes": pm.weight_bytes,

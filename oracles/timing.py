@@ -27,21 +27,29 @@ True
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import gc
+import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+from oracles.base import Measurement, Oracle
 from oracles.errors import MeasurementFailedError, OracleSpecError
 
 __all__ = [
+    "TimedRuntimeOracle",
+    "TimingProtocol",
     "TimingResult",
     "capped_protocol",
+    "latency_measurement",
     "median_ci_ranks",
+    "pool_count",
+    "rotate",
     "summarize",
     "time_adaptive",
 ]
@@ -272,16 +280,7 @@ def time_adaptive(
     # A fast model can hit max_runs before min_seconds with an interval already
     # far inside the target: that is a converged measurement too.
     converged = converged or (len(samples) >= min_runs and result.converged)
-    return TimingResult(
-        samples_ms=result.samples_ms,
-        median=result.median,
-        iqr=result.iqr,
-        cv=result.cv,
-        ci_low=result.ci_low,
-        ci_high=result.ci_high,
-        converged=converged,
-        wall_seconds=result.wall_seconds,
-    )
+    return dataclasses.replace(result, converged=converged)
 
 
 def time_with_settings(run_once: Callable[[], float | None], settings: Any) -> TimingResult:
@@ -331,6 +330,107 @@ def time_runners(
     return result
 
 
+@dataclass
+class TimingProtocol:
+    """The timing protocol's settings, with the defaults every timed oracle starts from:
+    ``warmup`` runs, ``min_runs``/``max_runs``, ``min_time``/``max_time`` (seconds of timed
+    runs) and ``rel_ci`` (stop once the median's 95% CI is within this fraction of it).
+
+    An oracle lists it first among its bases: a dataclass orders the fields of its bases
+    from the last base to the first, so these come after the other bases' settings in
+    the oracle's canonical spec.
+    """
+
+    warmup: int = 10
+    min_runs: int = 20
+    max_runs: int = 2000
+    min_time: float = 0.5
+    max_time: float = 20.0
+    rel_ci: float = 0.01
+
+
+@dataclass
+class _DeviceSettings(Oracle):
+    device: str = "cpu"
+    threads: int = 1
+    batch: int | None = None
+
+
+@dataclass
+class TimedRuntimeOracle(TimingProtocol, _DeviceSettings):
+    """The settings every ONNX-runtime latency oracle shares: ``device``, ``threads``,
+    ``batch`` and the ``TimingProtocol``'s; a subclass adds its own after them."""
+
+    quantity: ClassVar[str] = "latency"
+    unit: ClassVar[str] = "ms"
+    input_format: ClassVar[str] = "onnx"
+    timed: ClassVar[bool] = True
+    named_on_cpu: ClassVar[tuple[str, ...]] = ("threads",)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+
+#: Consecutive timed runs on one session (compiled model) before the next takes over.
+SESSION_BLOCK = 8
+
+
+def pool_count(sessions: int, *, device: str, threads: int) -> int:
+    """How many sessions the timed runs rotate over: ``sessions``, or where it is 0 (auto) 3
+    on the CPU with one thread and else 1.
+
+    Pooling only where sessions cannot compete for cores: idle multi-thread pools
+    spinning next to each other slow every run.
+    """
+    return sessions or (3 if device == "cpu" and threads == 1 else 1)
+
+
+def rotate(
+    runners: Sequence[Callable[[], Any]], *, block: int = SESSION_BLOCK
+) -> Callable[[], None]:
+    """One run per call, ``block`` consecutive runs on each runner in turn.
+
+    One session's memory layout can make it a few percent faster or slower than
+    the next; pooling runs over several keeps that from showing up as a
+    difference between two calls on the same model.
+    """
+    step = itertools.count()
+    count = len(runners)
+
+    def run_once() -> None:
+        runners[(next(step) // block) % count]()
+
+    return run_once
+
+
+def latency_measurement(
+    oracle: Any,
+    result: TimingResult,
+    *,
+    backend: str,
+    shapes: Mapping[str, tuple[int, ...]],
+    started: float,
+    threads: int | None,
+    extra: Mapping[str, Any],
+) -> Measurement:
+    """The Measurement of a timed ``oracle`` (its spec, quantity, unit, device and ``batch``)
+    from ``result``; the batch is the oracle's, or the first input's first dimension."""
+    first = next(iter(shapes.values()), ())
+    batch = oracle.batch if oracle.batch is not None else (first[0] if first else None)
+    return Measurement(
+        quantity=oracle.quantity,
+        unit=oracle.unit,
+        oracle=oracle.spec,
+        backend=backend,
+        device=oracle.device,
+        threads=threads,
+        batch=batch,
+        seconds=time.perf_counter() - started,
+        extra=dict(extra),
+        **result.measurement_fields(),
+    )
+
+
 def capped_protocol(oracle: Any, *, max_runs: int, max_time: float) -> dict[str, Any]:
     """The setting changes that stop ``oracle``'s timing after at most ``max_runs`` runs and
     ``max_time`` seconds, where its spec leaves those settings at their defaults.
@@ -343,8 +443,6 @@ def capped_protocol(oracle: Any, *, max_runs: int, max_time: float) -> dict[str,
     warm-up stops at a quarter of ``max_time``), and a call that stops at a cap before its
     median's confidence interval is within ``rel_ci`` reports ``converged=False``.
     """
-    import dataclasses
-
     if not dataclasses.is_dataclass(oracle) or isinstance(oracle, type):
         return {}
     fields = {f.name: f for f in dataclasses.fields(oracle)}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import logging
 import shutil
 import subprocess
@@ -27,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from oracles.base import Measurement, Oracle, check_threads
+from oracles.base import Measurement, Oracle, check_threads, check_time_window
 from oracles.errors import (
     BackendUnavailableError,
     DeviceUnavailableError,
@@ -135,15 +136,7 @@ class TorchLatency(Oracle):
             raise OracleSpecError(
                 f"oracle 'torch': max_runs ({self.max_runs}) must be >= min_runs ({self.min_runs})"
             )
-        if self.min_time < 0 or self.max_time <= 0 or self.max_time < self.min_time:
-            raise OracleSpecError(
-                "oracle 'torch': expected 0 <= min_time <= max_time and max_time > 0 (seconds), "
-                f"got min_time={self.min_time}, max_time={self.max_time}"
-            )
-        if not 0 < self.rel_ci < 1:
-            raise OracleSpecError(
-                f"oracle 'torch': rel_ci must be a fraction in (0, 1), got {self.rel_ci}"
-            )
+        check_time_window("torch", self)
 
     def check_available(self) -> None:
         """Raise if torch is missing or CUDA was asked for and is absent; never fall back to CPU."""
@@ -226,7 +219,7 @@ class TorchLatency(Oracle):
         self, model: Any, *, input_shapes: Mapping[str, tuple[int, ...]] | None = None
     ) -> Measurement:
         """Time ``model``'s forward pass on ``input_shapes`` (default one 1x3x32x32 input)."""
-        from oracles.timing import time_with_settings
+        from oracles.timing import latency_measurement, time_with_settings
 
         torch = _torch()
         self.check_available()
@@ -281,23 +274,13 @@ class TorchLatency(Oracle):
             log.info(
                 "torch latency did not reach rel_ci=%.3g within the run/time limits", self.rel_ci
             )
-        first = next(iter(shapes.values()))
-        return Measurement(
-            quantity=self.quantity,
-            value=float(timing.median),
-            unit=self.unit,
-            oracle=self.spec,
-            statistic="median",
-            samples=len(timing.samples_ms),
-            iqr=float(timing.iqr),
-            cv=float(timing.cv),
-            ci_low=float(timing.ci_low),
-            ci_high=float(timing.ci_high),
+        return latency_measurement(
+            self,
+            timing,
             backend=f"torch {torch.__version__}",
-            device=self.device,
+            shapes=shapes,
+            started=started,
             threads=self.threads if self.device == "cpu" else None,
-            batch=int(first[0]),
-            seconds=time.perf_counter() - started,
             extra=extra,
         )
 
@@ -334,12 +317,11 @@ class TorchLatency(Oracle):
         self, torch: Any, net: Any, pool: list[tuple[Any, ...]], *, device: Any
     ) -> Callable[[], float | None]:
         """The function the timing protocol calls once per run."""
-        counter = iter(range(1 << 62))
-        n = len(pool)
+        inputs = itertools.cycle(pool)
         if device.type == "cpu":
 
             def run_cpu() -> None:
-                net(*pool[next(counter) % n])
+                net(*next(inputs))
                 return None
 
             return run_cpu
@@ -349,9 +331,9 @@ class TorchLatency(Oracle):
         if not self.graph:
 
             def run_cuda() -> float:
-                inputs = pool[next(counter) % n]
+                given = next(inputs)
                 start.record()
-                net(*inputs)
+                net(*given)
                 end.record()
                 end.synchronize()
                 return float(start.elapsed_time(end))
@@ -379,7 +361,7 @@ class TorchLatency(Oracle):
 
         def run_graph() -> float:
             # The copy into the captured input is queued before the start event, so it is not timed.
-            for dst, src in zip(static, pool[next(counter) % n], strict=True):
+            for dst, src in zip(static, next(inputs), strict=True):
                 dst.copy_(src)
             start.record()
             cuda_graph.replay()

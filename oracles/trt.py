@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from oracles.base import Measurement, Oracle
+from oracles.base import Measurement, Oracle, check_time_window
 from oracles.errors import (
     BackendUnavailableError,
     DeviceUnavailableError,
@@ -38,6 +38,7 @@ from oracles.errors import (
     ModelInputError,
     OracleSpecError,
 )
+from oracles.timing import TimingProtocol, TimingResult
 
 __all__ = [
     "build_engine",
@@ -120,6 +121,7 @@ def strongly_typed_only(trt: Any | None = None) -> bool:
     """True for TensorRT 11 and later, which removed the weak-typing precision flags."""
     trt = trt or _trt()
     major = int(str(trt.__version__).split(".")[0])
+    # TensorRT 11 dropped BuilderFlag.FP16; a build without it is strongly typed whatever its version.
     return major >= 11 or not hasattr(trt.BuilderFlag, "FP16")
 
 
@@ -193,6 +195,8 @@ def _parser_errors(parser: Any) -> str:
 
 
 def _call(obj: Any, method: str) -> Any:
+    # The parser error's accessors differ across TensorRT releases (node_name and
+    # node_operator are newer than desc and node): a missing one reads as None.
     fn = getattr(obj, method, None)
     if fn is None:
         return None
@@ -239,13 +243,48 @@ def build_engine(
     trt = _trt()
     strong_only = strongly_typed_only(trt)
     proto, shapes = fix_input_shapes(onnx_model, input_shapes, batch=batch)
-    strongly_typed = strong_only or precision == "onnx"
     if strong_only and precision == "fp16":
         proto = _to_fp16_onnx(proto)
 
     logger = _new_logger()
     builder = trt.Builder(logger)
+    # The parser owns the weights the network points at: it stays alive until the build is done.
+    network, _parser = _parse_network(
+        trt, builder, logger, proto, strongly_typed=strong_only or precision == "onnx"
+    )
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
+    if precision == "fp16" and not strong_only:
+        config.set_flag(trt.BuilderFlag.FP16)
+    if sparse:
+        # SPARSE_WEIGHTS is absent from some TensorRT builds: probe it to refuse with a sentence.
+        flag = getattr(trt.BuilderFlag, "SPARSE_WEIGHTS", None)
+        if flag is None:
+            raise OracleSpecError(
+                f"sparse=1 needs BuilderFlag.SPARSE_WEIGHTS, which TensorRT {trt.__version__} lacks"
+            )
+        config.set_flag(flag)
+    _add_profile(builder, config, network, shapes)
+    cache_path = Path(timing_cache_path) if timing_cache_path else None
+    _load_timing_cache(config, cache_path)
+
+    started = time.perf_counter()
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        detail = "; ".join(logger.errors[-3:]) or "no error message from TensorRT"
+        raise MeasurementFailedError(f"TensorRT engine build failed ({precision}): {detail}")
+    log.info("built a TensorRT engine (%s) in %.1f s", precision, time.perf_counter() - started)
+    if cache_path is not None:
+        _save_timing_cache(config, cache_path)
+    return bytes(plan)
+
+
+def _parse_network(
+    trt: Any, builder: Any, logger: Any, proto: Any, *, strongly_typed: bool
+) -> tuple[Any, Any]:
+    """The network parsed from ``proto`` and the parser that holds its weights."""
     flags = 0
+    # Releases from before strongly typed networks have no STRONGLY_TYPED flag to set.
     strong_flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     if strongly_typed and strong_flag is not None:
         flags |= 1 << int(strong_flag)
@@ -255,19 +294,12 @@ def build_engine(
         raise ModelInputError(
             f"TensorRT's ONNX parser rejected the model: {_parser_errors(parser)}"
         )
+    return network, parser
 
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
-    if precision == "fp16" and not strong_only:
-        config.set_flag(trt.BuilderFlag.FP16)
-    if sparse:
-        flag = getattr(trt.BuilderFlag, "SPARSE_WEIGHTS", None)
-        if flag is None:
-            raise OracleSpecError(
-                f"sparse=1 needs BuilderFlag.SPARSE_WEIGHTS, which TensorRT {trt.__version__} lacks"
-            )
-        config.set_flag(flag)
 
+def _add_profile(
+    builder: Any, config: Any, network: Any, shapes: Mapping[str, tuple[int, ...]]
+) -> None:
     # Inputs are static after fix_input_shapes; a profile is only needed if the
     # parser still reports a dynamic dimension (e.g. shape computed in-graph).
     profile = None
@@ -284,7 +316,8 @@ def build_engine(
     if profile is not None:
         config.add_optimization_profile(profile)
 
-    cache_path = Path(timing_cache_path) if timing_cache_path else None
+
+def _load_timing_cache(config: Any, cache_path: Path | None) -> None:
     blob = b""
     if cache_path is not None and cache_path.is_file():
         blob = cache_path.read_bytes()
@@ -297,27 +330,20 @@ def build_engine(
         timing_cache = config.create_timing_cache(b"")
     config.set_timing_cache(timing_cache, False)
 
-    started = time.perf_counter()
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        detail = "; ".join(logger.errors[-3:]) or "no error message from TensorRT"
-        raise MeasurementFailedError(f"TensorRT engine build failed ({precision}): {detail}")
-    log.info("built a TensorRT engine (%s) in %.1f s", precision, time.perf_counter() - started)
 
-    if cache_path is not None:
+def _save_timing_cache(config: Any, cache_path: Path) -> None:
+    try:
+        data = bytes(config.get_timing_cache().serialize())
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_path.with_name(f"{cache_path.name}.{os.getpid()}.tmp")
         try:
-            data = bytes(config.get_timing_cache().serialize())
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_path.with_name(f"{cache_path.name}.{os.getpid()}.tmp")
-            try:
-                tmp.write_bytes(data)
-                os.replace(tmp, cache_path)  # atomic: concurrent builders never see half a file
-            except OSError:
-                tmp.unlink(missing_ok=True)  # a full disk leaves no partial cache behind
-                raise
-        except OSError as exc:
-            log.warning("could not save the TensorRT timing cache to %s: %s", cache_path, exc)
-    return bytes(plan)
+            tmp.write_bytes(data)
+            os.replace(tmp, cache_path)  # atomic: concurrent builders never see half a file
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a full disk leaves no partial cache behind
+            raise
+    except OSError as exc:
+        log.warning("could not save the TensorRT timing cache to %s: %s", cache_path, exc)
 
 
 # ------------------------------------------------------------------- running
@@ -398,6 +424,7 @@ class _LoadedEngine:
 
     def device_memory_bytes(self) -> int:
         """Scratch memory the engine needs on the device for one execution context."""
+        # device_memory_size_v2 is newer than device_memory_size: older releases have only the first.
         if hasattr(self.engine, "device_memory_size_v2"):
             return int(self.engine.device_memory_size_v2)
         return int(self.engine.device_memory_size)
@@ -557,11 +584,46 @@ class _TensorRTOracle(Oracle):
     def _measure_here(
         self, data: bytes, input_shapes: Mapping[str, tuple[int, ...]] | None
     ) -> Measurement:
-        raise NotImplementedError
+        started = time.perf_counter()
+        plan, shapes, build_seconds = self._build(data, input_shapes)
+        engine = _LoadedEngine(plan, shapes)
+        try:
+            timing = self._time(engine)
+            device_memory = engine.device_memory_bytes()
+        finally:
+            engine.close()
+        extra = self._extra(plan, build_seconds)
+        if timing is not None:
+            extra["converged"] = timing.converged
+        extra.update(
+            device_memory_bytes=device_memory, input_shapes={k: list(v) for k, v in shapes.items()}
+        )
+        # A latency is the timing's median; the memory oracle's value is scratch plus engine.
+        fields = (
+            timing.measurement_fields()
+            if timing is not None
+            else {"value": float(device_memory + len(plan))}
+        )
+        first = next(iter(shapes.values()), (1,))
+        return Measurement(
+            quantity=self.quantity,
+            unit=self.unit,
+            oracle=self.spec,
+            backend=f"tensorrt {extra['tensorrt']}",
+            device=self.device,
+            batch=int(first[0]) if first else None,
+            seconds=time.perf_counter() - started,
+            extra=extra,
+            **fields,
+        )
+
+    def _time(self, engine: _LoadedEngine) -> TimingResult | None:
+        """The timed runs of a loaded engine; None for an oracle that does not time."""
+        return None
 
 
 @dataclass
-class TensorRTLatency(_TensorRTOracle):
+class TensorRTLatency(TimingProtocol, _TensorRTOracle):
     """Median GPU compute time (ms) of a TensorRT engine built from the ONNX model.
 
     Like trtexec's "GPU Compute Time": each run is one ``execute_async_v3`` on
@@ -582,13 +644,6 @@ class TensorRTLatency(_TensorRTOracle):
     unit: ClassVar[str] = "ms"
     timed: ClassVar[bool] = True
 
-    warmup: int = 10
-    min_runs: int = 20
-    max_runs: int = 2000
-    min_time: float = 0.5
-    max_time: float = 20.0
-    rel_ci: float = 0.01
-
     def validate(self) -> None:
         super().validate()
         if self.warmup < 0 or self.min_runs < 1 or self.max_runs < self.min_runs:
@@ -596,48 +651,13 @@ class TensorRTLatency(_TensorRTOracle):
                 f"oracle 'tensorrt': expected warmup >= 0 and 1 <= min_runs <= max_runs, got "
                 f"warmup={self.warmup}, min_runs={self.min_runs}, max_runs={self.max_runs}"
             )
-        if self.min_time < 0 or self.max_time <= 0 or self.max_time < self.min_time:
-            raise OracleSpecError(
-                "oracle 'tensorrt': expected 0 <= min_time <= max_time and max_time > 0 (seconds), "
-                f"got min_time={self.min_time}, max_time={self.max_time}"
-            )
-        if not 0 < self.rel_ci < 1:
-            raise OracleSpecError(
-                f"oracle 'tensorrt': rel_ci must be a fraction in (0, 1), got {self.rel_ci}"
-            )
+        check_time_window("tensorrt", self)
 
-    def _measure_here(
-        self, data: bytes, input_shapes: Mapping[str, tuple[int, ...]] | None
-    ) -> Measurement:
+    def _time(self, engine: _LoadedEngine) -> TimingResult | None:
         from oracles.timing import time_with_settings
 
-        started = time.perf_counter()
-        plan, shapes, build_seconds = self._build(data, input_shapes)
-        engine = _LoadedEngine(plan, shapes)
-        try:
-            run_once: Callable[[], float] = engine.run_once
-            timing = time_with_settings(run_once, self)
-            device_memory = engine.device_memory_bytes()
-        finally:
-            engine.close()
-        extra = self._extra(plan, build_seconds)
-        extra.update(
-            converged=timing.converged,
-            device_memory_bytes=device_memory,
-            input_shapes={k: list(v) for k, v in shapes.items()},
-        )
-        first = next(iter(shapes.values()), (1,))
-        return Measurement(
-            quantity=self.quantity,
-            unit=self.unit,
-            oracle=self.spec,
-            backend=f"tensorrt {extra['tensorrt']}",
-            device=self.device,
-            batch=int(first[0]) if first else None,
-            seconds=time.perf_counter() - started,
-            extra=extra,
-            **timing.measurement_fields(),
-        )
+        run_once: Callable[[], float] = engine.run_once
+        return time_with_settings(run_once, self)
 
 
 @dataclass
@@ -656,30 +676,3 @@ class TensorRTMemory(_TensorRTOracle):
     quantity: ClassVar[str] = "memory"
     unit: ClassVar[str] = "bytes"
     timed: ClassVar[bool] = False
-
-    def _measure_here(
-        self, data: bytes, input_shapes: Mapping[str, tuple[int, ...]] | None
-    ) -> Measurement:
-        started = time.perf_counter()
-        plan, shapes, build_seconds = self._build(data, input_shapes)
-        engine = _LoadedEngine(plan, shapes)
-        try:
-            device_memory = engine.device_memory_bytes()
-        finally:
-            engine.close()
-        extra = self._extra(plan, build_seconds)
-        extra.update(
-            device_memory_bytes=device_memory, input_shapes={k: list(v) for k, v in shapes.items()}
-        )
-        first = next(iter(shapes.values()), (1,))
-        return Measurement(
-            quantity=self.quantity,
-            value=float(device_memory + len(plan)),
-            unit=self.unit,
-            oracle=self.spec,
-            backend=f"tensorrt {extra['tensorrt']}",
-            device=self.device,
-            batch=int(first[0]) if first else None,
-            seconds=time.perf_counter() - started,
-            extra=extra,
-        )

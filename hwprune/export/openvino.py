@@ -29,6 +29,7 @@ from typing import Any
 
 from hwprune.errors import ConfigError, ExportError
 from hwprune.files import write_error
+from oracles.openvino import first_line as _first_line
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +62,6 @@ def require_openvino() -> Any:
     except ImportError as exc:
         raise ExportError(OPENVINO_HINT) from exc
     return openvino
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-    for line in lines:
-        if not line.startswith("Exception from ") and not line.startswith("Check "):
-            return line[:300]
-    return lines[0][:300] if lines else type(exc).__name__
 
 
 def _onnx_bytes(onnx_model: bytes | str | Path) -> bytes:

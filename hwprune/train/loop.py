@@ -7,7 +7,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -147,6 +147,25 @@ def accuracy(
     return correct / total
 
 
+@contextlib.contextmanager
+def cumulative_bn(model: nn.Module, bns: Sequence[nn.Module]) -> Iterator[None]:
+    """Inside: the BatchNorm layers ``bns`` start from reset statistics and average every batch
+    run cumulatively (momentum None, train mode for them only, no autograd graph). On exit
+    their momentum is restored and ``model`` is in eval mode, whatever happened inside."""
+    saved = [(m, m.momentum) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        with torch.no_grad():  # statistics only: no autograd graph
+            yield
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        model.eval()
+
+
 @torch.no_grad()
 def reestimate_bn(
     model: nn.Module,
@@ -185,24 +204,14 @@ def reestimate_bn(
             "fewer images than one batch); re-estimation needs at least one batch (the statistics "
             "were left as they were)"
         )
-    saved = [(m, m.momentum) for m in bns]
     model.eval()
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
     seen = 0
-    try:
-        with torch.no_grad():  # statistics only: no autograd graph
-            for i, (x, _) in enumerate(itertools.chain([first], batch_iter)):
-                if i >= batches:
-                    break
-                model(x.to(dev, non_blocking=True))
-                seen += len(x)
-    finally:
-        for m, momentum in saved:
-            m.momentum = momentum
-        model.eval()
+    with cumulative_bn(model, bns):
+        for i, (x, _) in enumerate(itertools.chain([first], batch_iter)):
+            if i >= batches:
+                break
+            model(x.to(dev, non_blocking=True))
+            seen += len(x)
     log.debug("re-estimated %d BatchNorm layers on %d images", len(bns), seen)
     return seen
 
@@ -221,6 +230,171 @@ def _check_args(epochs: int, lr: float, batch_size: int) -> None:
         raise ConfigError(f"lr must be positive, got {lr!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+def sgd(model: nn.Module, *, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """SGD over ``model``'s trainable parameters, with Nesterov momentum where momentum > 0."""
+    return torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        nesterov=momentum > 0,
+    )
+
+
+@dataclass(frozen=True)
+class _Objective:
+    """The training loss: cross-entropy, blended with distillation from ``teacher`` if given."""
+
+    label_smoothing: float
+    teacher: nn.Module | None
+    kd_alpha: float
+    kd_temperature: float
+
+    def __call__(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        if self.teacher is None:
+            return loss
+        t = self.kd_temperature
+        with torch.no_grad():
+            soft = F.softmax(self.teacher(x) / t, dim=1)
+        kd = F.kl_div(F.log_softmax(logits / t, dim=1), soft, reduction="batchmean")
+        return (1.0 - self.kd_alpha) * loss + self.kd_alpha * t**2 * kd
+
+
+@dataclass
+class _Stepper:
+    """One run's model, batches, optimizer and schedule: what every epoch steps through."""
+
+    model: nn.Module
+    loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    objective: _Objective
+    device: torch.device
+    epochs: int
+    lr: float
+
+    @property
+    def current_lr(self) -> float:  # a float unless the caller gave a tensor
+        return self.optimizer.param_groups[0]["lr"]
+
+    def epoch(self, epoch: int, progress: Progress | None) -> tuple[float, float]:
+        """Train one epoch; the mean loss and the accuracy on the batches seen."""
+        self.model.train()
+        loss_sum = 0.0
+        correct = seen = 0
+        steps = len(self.loader)
+        for step, (x, y) in enumerate(self.loader, start=1):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            logits = self.model(x)
+            loss = self.objective(logits, x, y)
+            if not torch.isfinite(loss):
+                raise DivergedError(
+                    f"training diverged at epoch {epoch}, step {step}: the loss is "
+                    f"{float(loss)}; lower the learning rate (lr={self.lr})"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.detach().argmax(1) == y).sum())
+            seen += len(y)
+            if progress is not None:
+                progress(
+                    TrainProgress(
+                        epoch=epoch,
+                        epochs=self.epochs,
+                        step=step,
+                        steps=steps,
+                        loss=loss_sum / seen,
+                        lr=self.current_lr,
+                    )  # fmt: skip
+                )
+        return loss_sum / seen, correct / seen
+
+
+def _stepper(
+    model: nn.Module,
+    data: DataSplits,
+    *,
+    epochs: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    objective: _Objective,
+) -> _Stepper:
+    """The shuffled training batches and the optimizer with its warm-up and cosine schedule."""
+    loader = make_loader(
+        data.train,
+        batch_size=batch_size,
+        shuffle=True,
+        augment=data.augment,
+        augment_pad=data.augment_pad,
+        drop_last=len(data.train) > batch_size,  # no tiny last batch for BatchNorm
+        pin_memory=device.type == "cuda",
+        seed=seed,
+    )
+    steps = len(loader)
+    total = epochs * steps
+    warmup = min(steps, max(1, total // 20))
+    optimizer = sgd(model, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _lr_factor(s, total=total, warmup=warmup)
+    )
+    log.debug(
+        "training %d epochs x %d steps on %s with %d threads",
+        epochs, steps, device, torch.get_num_threads(),
+    )  # fmt: skip
+    return _Stepper(model, loader, optimizer, scheduler, objective, device, epochs, lr)
+
+
+def _evaluated_epoch(
+    stepper: _Stepper,
+    epoch: int,
+    *,
+    search: Dataset,
+    batch_size: int,
+    progress: Progress | None,
+) -> EpochStats:
+    """Train one epoch, then score the search split; log and report it."""
+    t0 = time.perf_counter()
+    loss, train_acc = stepper.epoch(epoch, progress)
+    search_acc = accuracy(
+        stepper.model, search, device=stepper.device, batch_size=max(256, batch_size)
+    )
+    stats = EpochStats(
+        epoch=epoch,
+        loss=loss,
+        train_accuracy=train_acc,
+        search_accuracy=search_acc,
+        lr=stepper.current_lr,
+        seconds=time.perf_counter() - t0,
+    )
+    log.info(
+        "epoch %d/%d loss %.4f search acc %.4f (%.1fs)",
+        epoch, stepper.epochs, stats.loss, search_acc, stats.seconds,
+    )  # fmt: skip
+    if progress is not None:
+        steps = len(stepper.loader)
+        progress(
+            TrainProgress(
+                epoch=epoch,
+                epochs=stepper.epochs,
+                step=steps,
+                steps=steps,
+                loss=stats.loss,
+                lr=stats.lr,
+                search_accuracy=search_acc,
+                epoch_done=True,
+            )  # fmt: skip
+        )
+    return stats
 
 
 def _fit(
@@ -248,104 +422,21 @@ def _fit(
     if teacher is not None:
         teacher.to(dev).eval()
     start = time.perf_counter()
-    history: list[EpochStats] = []
+    objective = _Objective(label_smoothing, teacher, kd_alpha, kd_temperature)
     rng_devices = [dev.index or 0] if dev.type == "cuda" else []
     # Seed the global RNG (augmentation, dropout) without disturbing the caller's RNG state.
     with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(seed)
-        loader = make_loader(
-            data.train,
-            batch_size=batch_size,
-            shuffle=True,
-            augment=data.augment,
-            augment_pad=data.augment_pad,
-            drop_last=len(data.train) > batch_size,  # no tiny last batch for BatchNorm
-            pin_memory=dev.type == "cuda",
-            seed=seed,
-        )
-        steps = len(loader)
-        total = epochs * steps
-        warmup = min(steps, max(1, total // 20))
-        optimizer = torch.optim.SGD(
-            [p for p in model.parameters() if p.requires_grad],
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            nesterov=momentum > 0,
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: _lr_factor(s, total=total, warmup=warmup)
-        )
-        log.debug(
-            "training %d epochs x %d steps on %s with %d threads",
-            epochs, steps, dev, torch.get_num_threads(),
+        stepper = _stepper(
+            model, data, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
+            batch_size=batch_size, device=dev, seed=seed, objective=objective,
         )  # fmt: skip
-        for epoch in range(1, epochs + 1):
-            t0 = time.perf_counter()
-            model.train()
-            loss_sum = 0.0
-            correct = seen = 0
-            for step, (x, y) in enumerate(loader, start=1):
-                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-                logits = model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-                if teacher is not None:
-                    with torch.no_grad():
-                        soft = F.softmax(teacher(x) / kd_temperature, dim=1)
-                    kd = F.kl_div(
-                        F.log_softmax(logits / kd_temperature, dim=1), soft, reduction="batchmean"
-                    )
-                    loss = (1.0 - kd_alpha) * loss + kd_alpha * kd_temperature**2 * kd
-                if not torch.isfinite(loss):
-                    raise DivergedError(
-                        f"training diverged at epoch {epoch}, step {step}: the loss is "
-                        f"{float(loss)}; lower the learning rate (lr={lr})"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                loss_sum += float(loss.detach()) * len(y)
-                correct += int((logits.detach().argmax(1) == y).sum())
-                seen += len(y)
-                if progress is not None:
-                    progress(
-                        TrainProgress(
-                            epoch=epoch,
-                            epochs=epochs,
-                            step=step,
-                            steps=steps,
-                            loss=loss_sum / seen,
-                            lr=optimizer.param_groups[0]["lr"],
-                        )  # fmt: skip
-                    )
-            search_acc = accuracy(model, data.search, device=dev, batch_size=max(256, batch_size))
-            stats = EpochStats(
-                epoch=epoch,
-                loss=loss_sum / seen,
-                train_accuracy=correct / seen,
-                search_accuracy=search_acc,
-                lr=optimizer.param_groups[0]["lr"],
-                seconds=time.perf_counter() - t0,
+        history = [
+            _evaluated_epoch(
+                stepper, epoch, search=data.search, batch_size=batch_size, progress=progress
             )
-            history.append(stats)
-            log.info(
-                "epoch %d/%d loss %.4f search acc %.4f (%.1fs)",
-                epoch, epochs, stats.loss, search_acc, stats.seconds,
-            )  # fmt: skip
-            if progress is not None:
-                progress(
-                    TrainProgress(
-                        epoch=epoch,
-                        epochs=epochs,
-                        step=steps,
-                        steps=steps,
-                        loss=stats.loss,
-                        lr=stats.lr,
-                        search_accuracy=search_acc,
-                        epoch_done=True,
-                    )  # fmt: skip
-                )
+            for epoch in range(1, epochs + 1)
+        ]
     model.eval()
     test_acc = accuracy(model, data.test, device=dev, batch_size=max(256, batch_size))
     return TrainResult(

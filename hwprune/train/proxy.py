@@ -41,7 +41,7 @@ from torch.utils.data import Dataset
 from hwprune.config import PROXIES, ProxySpec, parse_proxy
 from hwprune.data import make_loader
 from hwprune.errors import ConfigError
-from hwprune.train.loop import accuracy, reestimate_bn, resolve_device
+from hwprune.train.loop import accuracy, reestimate_bn, resolve_device, sgd
 
 __all__ = [
     "PROXIES",
@@ -273,13 +273,7 @@ def recover_proxy(
     dev = resolve_device(device)
     module = _calibrated_copy(model, calib, bn_batches=bn_batches, bn_batch_size=bn_batch_size,
                               device=device, seed=seed)  # fmt: skip
-    optimizer = torch.optim.SGD(
-        [p for p in module.parameters() if p.requires_grad],
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        nesterov=momentum > 0,
-    )
+    optimizer = sgd(module, lr=lr, momentum=momentum, weight_decay=weight_decay)
     with _seeded(seed):  # dropout, if any
         module.train()
         for batch in batches:
