@@ -21,8 +21,7 @@ from typing import Any
 
 from hwprune.config import AUTO, default_round_to
 from hwprune.run.context import RunContext
-from hwprune.run.load import Loaded, build_space, space_options
-from hwprune.run.search import check_export
+from hwprune.run.load import Loaded, build_space, check_export, space_options
 
 log = logging.getLogger(__name__)
 
