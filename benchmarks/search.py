@@ -38,7 +38,7 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks._common import (
     RunRows,
@@ -49,6 +49,9 @@ from benchmarks._common import (
     update_results_md,
     write_results,
 )
+
+if TYPE_CHECKING:
+    from hwprune.run.choose import Choice
 
 log = logging.getLogger("benchmarks.search")
 
@@ -171,9 +174,13 @@ def run_one(
         evaluator.dense_accuracy = dense[1]
     calibrate_s = time.perf_counter() - t0
     constraint = evaluator.constraints[0]
+    # The searcher only proposes; what the run would ship is chosen by the run's own rule.
     result = get_searcher(searcher, seed=seed).search(
-        space=space, evaluator=evaluator, evaluations=evaluations
-    )
+        space=space, evaluator=evaluator, evaluations=evaluations, confirm=0,
+        repair_infeasible=False,
+    )  # fmt: skip
+    choice = ship(space, evaluator)
+    best = choice.best
     row: dict[str, Any] = {
         "searcher": searcher,
         "seed": seed,
@@ -183,14 +190,14 @@ def run_one(
         "dense_accuracy": evaluator.dense_accuracy,
         "dense_value": constraint.dense_value,
         "bound": constraint.bound,
-        "feasible": result.best is not None,
-        "repaired": result.repaired,
-        "infeasible": result.infeasible,
+        "feasible": best is not None,
+        "repaired": choice.repaired,
+        "infeasible": best is None,
         "first_feasible_evaluation": result.first_feasible_evaluation,
         "first_feasible_seconds": result.first_feasible_seconds,
         "confirm_rejected": sum(
             1
-            for c in result.extra.get("confirmations", [])
+            for c in choice.confirmations
             if not c["confirmed"] and c.get("stage", "confirmed") == "confirmed"
         ),
         "anchor": result.extra.get("anchor"),
@@ -200,16 +207,24 @@ def run_one(
         "remeasured_fraction_of_budget": None,
         "policy": None,
     }
-    if result.best is not None:
-        again = remeasure(space, result.best.policy, oracle=oracle, input_shape=input_shape)
+    if best is not None:
+        again = remeasure(space, best.policy, oracle=oracle, input_shape=input_shape)
         row.update(
-            accuracy=result.best.accuracy,
-            search_value=result.best.values[constraint.name],
+            accuracy=best.accuracy,
+            search_value=best.values[constraint.name],
             remeasured_value=again,
             remeasured_fraction_of_budget=again / constraint.bound,
-            policy=list(result.best.policy.keep),
+            policy=list(best.policy.keep),
         )
     return row
+
+
+def ship(space: Any, evaluator: Any) -> Choice:
+    """The candidate ``hwprune prune`` would ship from ``evaluator``'s candidates (every one it
+    holds, those read back from its episodes log included): the run's own selection rule."""
+    from hwprune.run.choose import choose_candidate
+
+    return choose_candidate(space=space, evaluator=evaluator)
 
 
 def _mean_std(xs: list[float]) -> tuple[float | None, float | None]:

@@ -20,7 +20,8 @@ from __future__ import annotations
 from hwprune.api import load_pruned, model_input_shape, prune, resume
 from hwprune.config import read_config_file, read_run_config
 from hwprune.progress import ProgressEvent
-from hwprune.run.final import MAX_REPAIRS, repair_candidate
+from hwprune.run.choose import repair_candidate
+from hwprune.run.final import MAX_REPAIRS
 from hwprune.run.result import BudgetCheck, PruneResult
 
 _repair_candidate = repair_candidate

@@ -96,7 +96,7 @@ class BoundTask:
     continuous score), which lets the final choice treat accuracies within
     sampling noise as tied; with 0 scores are ranked as they are. ``score_chance``
     is the score of a model that knows nothing (None: unknown); candidates scored
-    near it are ranked by size, not by score (``hwprune.evaluate.rank_feasible``), and
+    near it are ranked by size, not by score (``hwprune.run.choose.rank_feasible``), and
     the searchers learn from their size (``hwprune.evaluate.search_signal``).
     ``score_key`` names what the score measures (proxy, data, seed): the evaluator
     reuses a logged score only under the same key.
@@ -480,7 +480,7 @@ class ClassificationTask:
 
     * ``bn``: top-1 accuracy after the BN re-estimation. A proportion over
       ``score_samples`` images, so the final choice ties accuracies within two
-      standard errors (``hwprune.evaluate.rank_feasible``).
+      standard errors (``hwprune.run.choose.rank_feasible``).
     * ``kd``: ``exp(-KL)`` of the candidate's and the dense model's (``teacher``)
       outputs softened by ``temperature`` (``agreement``): continuous, so it
       still orders candidates whose accuracy is at chance. ``score_samples`` is

@@ -11,10 +11,8 @@ from hwprune.agents.base import (
     Searcher,
     SearchResult,
     check_searcher_class,
-    confirm_best,
     get_searcher,
     list_searchers,
-    repair,
 )
 
 __all__ = [
@@ -24,10 +22,8 @@ __all__ = [
     "Searcher",
     "SearchResult",
     "check_searcher_class",
-    "confirm_best",
     "get_searcher",
     "list_searchers",
-    "repair",
 ]
 
 # Importing the modules registers their searchers.

@@ -1,4 +1,4 @@
-"""The searcher interface shared by RL agents and baselines, and the repair step."""
+"""The searcher interface shared by RL agents and baselines."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from hwprune.evaluate import CONFIRM_TOP, Evaluator, Outcome, rank_feasible, ranking
+from hwprune.evaluate import Evaluator, Outcome
 from hwprune.registry import Registry
+from hwprune.run.choose import CONFIRM_TOP, choose_candidate
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,6 @@ __all__ = [
     "check_searcher_class",
     "get_searcher",
     "list_searchers",
-    "repair",
-    "confirm_best",
     "BudgetedEvaluator",
 ]
 
@@ -123,11 +122,6 @@ class BudgetedEvaluator:
             self.progress(outcome)
         return outcome
 
-    def best(self) -> Outcome | None:
-        """The first of :func:`~hwprune.evaluate.rank_feasible` over this search's outcomes."""
-        ranked = rank_feasible(self.outcomes, **ranking(self.evaluator))
-        return ranked[0] if ranked else None
-
 
 class Searcher:
     """Proposes policies, asks the evaluator, returns the best feasible one.
@@ -172,17 +166,17 @@ class Searcher:
         repair_infeasible: bool = True,
         confirm: int = CONFIRM_TOP,
     ) -> SearchResult:
-        """Run the searcher on ``evaluations`` distinct candidates; return the best feasible one.
+        """Run the searcher on ``evaluations`` distinct candidates; return what it found.
 
-        ``confirm``: a candidate's feasibility during the search rests on one
-        measurement, and a timed oracle's noise lets a candidate near the bound
-        pass by luck. So the most accurate feasible candidates are measured
-        again, afresh (no cache), in order, and the first one whose second
-        measurement also meets every budget is returned; at most ``confirm``
-        are tried (0 turns this off). If none confirms, the repair step runs
-        from the most accurate one. Re-measurements are not new candidates
-        and do not count as evaluations; they are listed in
-        ``extra["confirmations"]``.
+        The searcher only proposes: ``best`` is chosen from its outcomes by
+        :func:`hwprune.run.choose.choose_candidate`, the rule every prune run ships by.
+        ``confirm``: how many of the most accurate feasible candidates are
+        measured again, afresh, the first that still meets every budget being
+        returned (0: the most accurate unconfirmed). Re-measurements are not
+        new candidates and do not count as evaluations; they are listed in
+        ``extra["confirmations"]``. ``repair_infeasible``: none confirmed, the
+        repair step scales the most accurate one down until it is feasible
+        (its evaluations are recorded with the search's).
         """
         if evaluations < 1:
             raise ValueError(f"evaluations must be at least 1, got {evaluations}")
@@ -191,19 +185,14 @@ class Searcher:
         budget = BudgetedEvaluator(evaluator, evaluations, progress=progress)
         ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self._run(space, budget, checkpoint_dir=ckpt)
-        best = budget.best()
-        if confirm > 0 and rank_feasible(budget.outcomes, **ranking(evaluator), undecided=True):
-            best, self.extra["confirmations"] = confirm_best(
-                space, evaluator, budget.outcomes, top=confirm
-            )
-        repaired = infeasible = False
-        if best is None and repair_infeasible:
-            candidates = [o for o in budget.outcomes] or evaluator.history
-            start = max(candidates, key=lambda o: o.accuracy) if candidates else None
-            with evaluator.measured_only():
-                best = repair(space, budget, start.policy if start else None)
-            repaired = best is not None
-            infeasible = best is None
+        choice = choose_candidate(space=space, evaluator=evaluator, outcomes=budget.outcomes,
+                                  confirm=confirm, repair_infeasible=repair_infeasible,
+                                  evaluate=budget)  # fmt: skip
+        if choice.confirmations:
+            self.extra["confirmations"] = choice.confirmations
+        best = choice.best
+        repaired = choice.repaired
+        infeasible = repair_infeasible and best is None
         return SearchResult(
             searcher=self.name,
             best=best,
@@ -239,109 +228,6 @@ class _Ticket:
         if self._outcome is None:
             self._outcome = self._owner._done(self._handle.result())
         return self._outcome
-
-
-# How many candidates deferred by the latency surrogate the final choice may measure and pass
-# over (confirm_best): one call each.
-DEFERRED_LIMIT = 20
-
-
-def confirm_best(
-    space: Any, evaluator: Evaluator, outcomes: list[Outcome], *, top: int = CONFIRM_TOP
-) -> tuple[Outcome | None, list[dict[str, Any]]]:
-    """The best feasible outcome that a fresh measurement also finds feasible.
-
-    Tries the first ``top`` distinct feasible outcomes in the order of
-    :func:`~hwprune.evaluate.rank_feasible` (most accurate first; within
-    sampling noise of each other, least pruned first); returns (outcome or
-    None, one record per re-measurement with its values and verdict).
-
-    Outcomes whose verdict the latency surrogate deferred (their predicted
-    interval straddled a bound: :attr:`~hwprune.evaluate.Outcome.undecided`) are
-    ranked with them. Such a one is first measured as a search candidate is (once,
-    logged, ``stage`` "measured"): if that says infeasible it is passed over without
-    counting against ``top``, else it is re-measured like the rest. At most
-    ``DEFERRED_LIMIT`` are passed over: each costs one call, and a search whose
-    unsure candidates outrank its feasible ones by that many has a surrogate too
-    unsure to save anything. Any other predicted value is measured the same way before its
-    confirmation, so the outcome returned holds only measured values.
-    """
-    ranked = rank_feasible(outcomes, **ranking(evaluator), undecided=True)
-    records: list[dict[str, Any]] = []
-    tried = passed_over = 0
-    for o in ranked:
-        if tried >= max(0, int(top)) or passed_over >= DEFERRED_LIMIT:
-            break
-        if o.predicted:
-            search_values = dict(o.values)
-            with evaluator.measured_only():
-                o = evaluator.evaluate(o.policy)  # its predicted values measured, once
-            if not o.feasible:
-                passed_over += 1
-                records.append({"key": o.key, "accuracy": float(o.accuracy),
-                                "search_values": search_values, "values": dict(o.values),
-                                "stage": "measured", "confirmed": False})  # fmt: skip
-                log.info("candidate %s (accuracy %.4f), deferred by the surrogate, measured "
-                         "infeasible: %s", o.key, o.accuracy, o.values)  # fmt: skip
-                continue
-        tried += 1
-        measured = evaluator.remeasure(space.apply(o.policy))
-        values = {c.name: float(measured[c.name].value) for c in evaluator.constraints}
-        ok = all(c.met(values[c.name]) for c in evaluator.constraints)
-        records.append(
-            {
-                "key": o.key,
-                "accuracy": float(o.accuracy),
-                "search_values": dict(o.values),
-                "values": values,
-                "stage": "confirmed",
-                "confirmed": ok,
-            }
-        )
-        if ok:
-            return o, records
-        log.info(
-            "candidate %s (accuracy %.4f) was feasible once but not when re-measured: %s",
-            o.key,
-            o.accuracy,
-            values,
-        )
-    return None, records
-
-
-def repair(
-    space: Any, evaluate: Callable[[Any], Outcome], policy: Any | None, *, steps: int = 8
-) -> Outcome | None:
-    """Scale a policy's pruning up until the oracles call it feasible (bisection on the scale).
-
-    keep(s) = min_keep + s * (keep - min_keep) for s in [0, 1]: s=1 is the
-    policy itself, s=0 the smallest allowed model. Returns the feasible outcome
-    with the largest s found, or None if even the smallest allowed model fails.
-    """
-    import dataclasses
-
-    from hwprune.space import Policy
-
-    if policy is None:
-        policy = Policy.dense(space)
-    min_keep = getattr(space, "min_keep", 0.0)
-
-    def scaled(s: float) -> Any:
-        keep = tuple(min_keep + s * (k - min_keep) for k in policy.keep)
-        return dataclasses.replace(policy, keep=keep)
-
-    smallest = evaluate(scaled(0.0))
-    if not smallest.feasible:
-        return None
-    lo, hi, best = 0.0, 1.0, smallest
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        out = evaluate(scaled(mid))
-        if out.feasible:
-            lo, best = mid, out
-        else:
-            hi = mid
-    return best
 
 
 #: The entry-point group other packages list their searchers in (``name = "pkg.mod:Class"``).

@@ -1,13 +1,10 @@
 """Candidate evaluation: proxy accuracy plus oracle measurements, cached and logged."""
 
 from hwprune.evaluate.evaluator import (
-    CONFIRM_TOP,
     Evaluator,
     Outcome,
     accuracy_tolerance,
     chance_floor,
-    rank_feasible,
-    ranking,
     search_signal,
 )
 from hwprune.evaluate.log import EpisodeLog, read_jsonl
@@ -17,10 +14,7 @@ __all__ = [
     "Outcome",
     "EpisodeLog",
     "read_jsonl",
-    "CONFIRM_TOP",
     "accuracy_tolerance",
     "chance_floor",
-    "rank_feasible",
-    "ranking",
     "search_signal",
 ]

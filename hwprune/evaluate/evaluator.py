@@ -27,9 +27,6 @@ log = logging.getLogger(__name__)
 # of a search's best candidates and the final model's proof.
 MEASURE_REPEATS = 3
 
-# How many of rank_feasible's first candidates the final choice re-measures (confirm_best).
-CONFIRM_TOP = 5
-
 # The search's stop rule for one timed call on a candidate: at most this many timed runs and
 # seconds (``oracles.timing.capped_protocol``; a spec that sets max_runs or max_time keeps
 # its own). The spec's own rule (2000 runs or 20 s) goes on until the median's interval is
@@ -50,14 +47,11 @@ CHANCE_SHARE = 0.1
 __all__ = [
     "Outcome",
     "Evaluator",
-    "CONFIRM_TOP",
     "SEARCH_MAX_RUNS",
     "SEARCH_MAX_TIME",
     "accuracy_tolerance",
     "candidate_params",
     "chance_floor",
-    "rank_feasible",
-    "ranking",
     "search_signal",
 ]
 
@@ -217,82 +211,13 @@ def search_signal(
     kept predict the accuracy after fine-tuning far better (proxy study: Spearman 0.87
     against 0.22 for the score on ResNet-32). Such a candidate is given
     ``floor * params / dense_params``: monotone in its size and never above an informed
-    candidate's score, the same order the final choice (:func:`rank_feasible`) uses. Without
-    a floor or a parameter count, the proxy score itself.
+    candidate's score, the same order the final choice
+    (:func:`hwprune.run.choose.rank_feasible`) uses. Without a floor or a parameter count,
+    the proxy score itself.
     """
     if floor is None or accuracy > floor or not params or not dense_params:
         return float(accuracy)
     return float(floor) * min(float(params) / float(dense_params), 1.0)
-
-
-def ranking(evaluator: Any) -> dict[str, Any]:
-    """:func:`rank_feasible`'s ``samples`` and ``floor`` for the outcomes of ``evaluator``."""
-    return {
-        "samples": getattr(evaluator, "eval_samples", 0),
-        "floor": getattr(evaluator, "score_floor", None),
-    }
-
-
-def rank_feasible(
-    outcomes: Sequence[Outcome],
-    *,
-    samples: int,
-    undecided: bool = False,
-    floor: float | None = None,
-) -> list[Outcome]:
-    """The distinct feasible outcomes, in the order the final choice considers them.
-
-    The most accurate first, except that a proxy accuracy is a sample estimate:
-    outcomes within :func:`accuracy_tolerance` of the most accurate one count as
-    tied with it, and of those the least pruned (the largest worst cost: the
-    closest to its bounds) comes first. The rest are ranked the same way, group
-    by group.
-
-    ``floor`` (:func:`chance_floor`): outcomes scored at or below it are at
-    chance. A deep net cut hard sits there before fine-tuning, and its proxy
-    then ranks noise: a 2-channel floor model can score a few points above a
-    model ten times its size. They come after every outcome above the floor,
-    all tied, the one keeping the most parameters first (then the closest to
-    its bounds): fine-tuning recovers far more from the larger model.
-
-    ``undecided``: rank the outcomes whose verdict the surrogate deferred
-    (:attr:`Outcome.undecided`) with the feasible ones; the final choice measures
-    them before it may choose one. Within a tie group those predicted over a bound
-    come after the rest, the closest to their bounds first: each is more likely
-    infeasible than not, and measuring it costs a call. (Without predictions
-    every ranked outcome is within its bounds and the order is as above.)
-    """
-    seen: set[str] = set()
-    pool: list[Outcome] = []
-    for o in outcomes:
-        if (o.feasible or (undecided and o.undecided)) and o.key not in seen:
-            seen.add(o.key)
-            pool.append(o)
-    over = lambda o: o.max_cost > 1.0  # noqa: E731
-    chance: list[Outcome] = []
-    if floor is not None:
-        chance = [o for o in pool if o.accuracy <= floor]
-        pool = [o for o in pool if o.accuracy > floor]
-    ranked: list[Outcome] = []
-    while pool:
-        top = max(o.accuracy for o in pool)
-        tol = accuracy_tolerance(top, samples)
-        tied = [o for o in pool if o.accuracy >= top - tol]
-        # Within bounds: the least pruned first. Predicted over a bound: after them, the
-        # closest to its bound first.
-        tied.sort(key=lambda o: (over(o), o.max_cost if over(o) else -o.max_cost, -o.accuracy))
-        ranked.extend(tied)
-        keys = {o.key for o in tied}
-        pool = [o for o in pool if o.key not in keys]
-    chance.sort(
-        key=lambda o: (
-            over(o),
-            o.max_cost if over(o) else -(o.params or 0),
-            -o.max_cost,
-            -o.accuracy,
-        )
-    )
-    return ranked + chance
 
 
 class Evaluator:

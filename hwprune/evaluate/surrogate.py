@@ -109,7 +109,7 @@ REL_FLOOR = 0.03
 # the interval's half-width; else it is measured ("best").
 BEST_WIDEN = 2.0
 # The reason of a value predicted although its interval straddles the bound: measured only
-# if the final choice reaches the candidate (hwprune.agents.confirm_best).
+# if the final choice reaches the candidate (hwprune.run.choose.confirm_best).
 DEFERRED = "deferred"
 
 

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,7 +189,6 @@ class RunContext:
     progress: ProgressFn | None = None
     resumed: bool = False
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    final_info: dict[str, Mapping[str, Any]] = field(default_factory=dict)
     #: How many times this run was started: 1, plus one per resume.
     parts: int = 1
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from hwprune.errors import InfeasibleBudgetError
+from hwprune.run.choose import repair_candidate
 from hwprune.run.context import RunContext
 from hwprune.run.load import Loaded
 from hwprune.run.search import Dense
@@ -20,7 +21,7 @@ from hwprune.task import ClassificationTask
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Final", "MAX_REPAIRS", "finetune", "verify", "finalize", "repair_candidate"]
+__all__ = ["Final", "MAX_REPAIRS", "finetune", "verify", "finalize"]
 
 # How many more candidates verification may try before giving up on a missed budget.
 MAX_REPAIRS = 4
@@ -102,47 +103,3 @@ def finalize(ctx: RunContext, loaded: Loaded, d: Dense, chosen: Any) -> Final:
                 "margin can be found; loosen the budget or lower min_keep",
                 smallest=d.evaluator.smallest(),
             )
-
-
-def repair_candidate(
-    evaluator: Any, space: Any, failed: Any, *, worst: float, tried: set[str]
-) -> Any | None:
-    """The best of: the earlier candidates with more margin, and the failed policy scaled
-    down until it has that margin.
-
-    ``worst`` is the failed model's largest re-measured cost. Timing noise is a
-    factor (a busy machine slows every model alike), so the margin is one too:
-    the failed model measured ``worst / failed.max_cost`` times its search value,
-    and a replacement must have been measured that much under its bounds, with
-    2% to spare. Earlier candidates with that margin may all be far smaller (a
-    bisection leaves one near the bound and the rest near the floor), while a
-    slightly smaller version of the failed policy usually keeps its accuracy;
-    the scaling costs a few evaluations, and repairs are rare. Every value a repair
-    looks at is measured (none predicted by the surrogate).
-
-    Best: the first of :func:`~hwprune.evaluate.rank_feasible`, the rule the
-    search's own choice follows (most accurate; within sampling noise of it,
-    the least pruned).
-    """
-    from hwprune.agents import repair
-    from hwprune.evaluate import rank_feasible, ranking
-
-    limit = 0.98 * failed.max_cost / max(worst, 1.0)
-    pool = [
-        o
-        for o in evaluator.history
-        if o.feasible and not o.predicted and o.key not in tried and o.max_cost <= limit
-    ]
-
-    def strict(policy: Any) -> Any:
-        outcome = evaluator.evaluate(policy)
-        ok = outcome.feasible and outcome.max_cost <= limit and outcome.key not in tried
-        return replace(outcome, feasible=ok)
-
-    with evaluator.measured_only():
-        found = repair(space, strict, failed.policy)
-    if found is not None:
-        pool.append(evaluator.outcome(found.key) or found)
-    if not pool:
-        return None
-    return rank_feasible(pool, **ranking(evaluator))[0]

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "Loaded", "load", "build_space", "check_calibration", "inputs_of", "import_factory",
-    "call_factory",
+    "call_factory", "check_export",
 ]  # fmt: skip
 
 
@@ -301,3 +301,17 @@ def resolve_weights_path(weights: str | Path | None) -> str | None:
     if problem is not None:
         raise CheckpointError(f"checkpoint file {str(weights)!r} {problem}")
     return str(p.resolve())
+
+
+def check_export(config: Any, space: Any) -> None:
+    """Export the dense model once, for nothing but its refusals (ExportError).
+
+    The run ends with an ONNX export of the chosen model; a forward that cannot be
+    exported faithfully (a branch on its input's values: hwprune.export.trace) or an
+    operator ONNX lacks is refused here, before any time goes into the search. Where an
+    oracle takes ONNX, the dense model's measurement exports it first anyway.
+    """
+    from hwprune.export.onnx import export_onnx
+
+    export_onnx(space.model, example_inputs=space.example_inputs, opset=config.opset,
+                fold_shapes=False, allow_trace_warnings=config.allow_trace_warnings)  # fmt: skip

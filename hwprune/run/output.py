@@ -166,7 +166,7 @@ def result_of(
         export_max_abs_diff=exported.onnx.max_abs_diff, tensorrt=exported.onnx.tensorrt_message,
         openvino_max_abs_diff=None if exported.openvino is None else exported.openvino.max_abs_diff,
         metrics=metrics, score_dense=d.evaluator.dense_accuracy, score_chosen=f.candidate.accuracy,
-        score_floor=getattr(d.evaluator, "score_floor", None),
+        score_floor=d.evaluator.score_floor,
         task=loaded.task.name, finetuned=loaded.task.finetune is not None,
         evaluated=loaded.task.evaluate is not None, model=f.module,
         proxy=getattr(loaded.task.source, "proxy", None),

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hwprune.errors import InfeasibleBudgetError, RunDirError
+from hwprune.run.choose import choose_candidate
 from hwprune.run.context import RunContext, keep_raised_budget
-from hwprune.run.load import Loaded
+from hwprune.run.load import Loaded, check_export
 
 log = logging.getLogger(__name__)
 
@@ -96,20 +97,6 @@ def _same_machine(ctx: RunContext, evaluator: Any) -> None:
         f"another ({text(there)}; this one: {text(here)}), and timings do not carry between "
         "machines; resume it where it started, or start a new run with another --out"
     )
-
-
-def check_export(config: Any, space: Any) -> None:
-    """Export the dense model once, for nothing but its refusals (ExportError).
-
-    The run ends with an ONNX export of the chosen model; a forward that cannot be
-    exported faithfully (a branch on its input's values: hwprune.export.trace) or an
-    operator ONNX lacks is refused here, before any time goes into the search. Where an
-    oracle takes ONNX, the dense model's measurement exports it first anyway.
-    """
-    from hwprune.export.onnx import export_onnx
-
-    export_onnx(space.model, example_inputs=space.example_inputs, opset=config.opset,
-                fold_shapes=False, allow_trace_warnings=config.allow_trace_warnings)  # fmt: skip
 
 
 def dense(ctx: RunContext, loaded: Loaded, constraints: list) -> Dense:
@@ -197,7 +184,7 @@ def _batch_episodes(ctx: RunContext, evaluator: Any) -> int:
             f"{str(path)!r} holds batch_episodes={batch!r}, expected a whole number >= 1; "
             "restore the file or start the run again"
         )
-    batch = int(getattr(evaluator, "width", 1))
+    batch = int(evaluator.width)
     write_json(path, {"batch_episodes": batch})
     return batch
 
@@ -245,92 +232,22 @@ def search(ctx: RunContext, loaded: Loaded, d: Dense) -> Searched:
         )
     first = next((i + 1 for i, o in enumerate(evaluator.history) if o.feasible), None)
     return Searched(
-        searcher=getattr(searcher, "name", ctx.config.agent),
+        searcher=searcher.name,
         first_feasible=first,
         extra=dict(result.extra),
     )
 
 
 def choose(ctx: RunContext, loaded: Loaded, d: Dense) -> tuple[Any, list[dict[str, Any]]]:
-    """Stage ``choose``: the best candidate of the whole log that a fresh measurement confirms.
-
-    Ranked by :func:`~hwprune.evaluate.rank_feasible` over every candidate in
-    the episodes log (earlier sessions' included); the first whose
-    re-measurement meets every budget is chosen (a value the surrogate predicted
-    ranks a candidate, never confirms it). If the most accurate failed its
-    re-measurement and the one confirmed is clearly less accurate, the failed one
-    scaled down to a margin competes too (:func:`_rescue`). None confirmed: the
-    repair step scales the most accurate candidate down until it is feasible,
-    measuring every value.
-    """
-    from hwprune.agents import confirm_best, repair
-
-    evaluator = d.evaluator
+    """Stage ``choose``: the candidate of the whole episodes log that ships, and the records of
+    the re-measurements that decided it (:func:`hwprune.run.choose.choose_candidate` over every
+    candidate in the log, earlier sessions' included)."""
     with ctx.stage("choose", None, "confirming the best candidates") as step:
-        best, confirmations = confirm_best(loaded.space, evaluator, evaluator.history)
-        best = _rescue(loaded.space, evaluator, best, confirmations)
-        if best is None:
-            start = (
-                max(evaluator.history, key=lambda o: o.accuracy).policy
-                if evaluator.history
-                else None
-            )
-            with evaluator.measured_only():
-                best = repair(loaded.space, evaluator.evaluate, start)
-        if best is None:
+        choice = choose_candidate(space=loaded.space, evaluator=d.evaluator)
+        if choice.best is None:
             raise _infeasible(ctx, d)
-        step(1, total=1, accuracy=best.accuracy, values=dict(best.values))
-    return best, confirmations
-
-
-def _rescue(
-    space: Any, evaluator: Any, best: Any | None, confirmations: list[dict[str, Any]]
-) -> Any | None:
-    """``best``, or the most accurate candidate that failed its confirmation made feasible
-    with a margin, whichever ranks first.
-
-    A candidate near its bound can fail its re-measurement by noise (a busy machine); the
-    next one in rank order may be far smaller and far less accurate (a bisection leaves one
-    candidate near the bound and the rest near the floor). Then, as the final proof's
-    repair does, the failed candidate is scaled down until its search value is below the
-    bound by the margin the re-measurement asks for; the result is confirmed like any
-    candidate and shipped if it ranks above ``best``. Appends its confirmation records.
-    """
-    from hwprune.agents import confirm_best
-    from hwprune.evaluate import accuracy_tolerance, rank_feasible, ranking
-    from hwprune.run.final import repair_candidate
-
-    failed = [r for r in confirmations if r.get("stage") == "confirmed" and not r["confirmed"]]
-    if not failed:
-        return best
-    top = evaluator.outcome(failed[0]["key"])
-    if top is None:
-        return best
-    samples = evaluator.eval_samples
-    floor = getattr(evaluator, "score_floor", None)
-    # At chance (``rank_feasible``'s floor) accuracies say nothing and the larger model leads:
-    # scaling it down to a margin may still beat the confirmed one.
-    if (
-        best is not None
-        and (floor is None or top.accuracy > floor)
-        and best.accuracy >= top.accuracy - accuracy_tolerance(top.accuracy, samples)
-    ):
-        return best
-    worst = max(c.cost(failed[0]["values"][c.name]) for c in evaluator.constraints)
-    tried = {r["key"] for r in failed}  # (the repair's bisection starts at the floor model)
-    rescued = repair_candidate(evaluator, space, top, worst=worst, tried=tried)
-    if rescued is None or (best is not None and rescued.key == best.key):
-        return best
-    confirmed, records = confirm_best(space, evaluator, [rescued], top=1)
-    confirmations.extend({**r, "stage": "rescued"} for r in records)
-    if confirmed is None:
-        return best
-    log.info("candidate %s (accuracy %.4f) failed its confirmation; scaled down to a margin: "
-             "%s (accuracy %.4f)", top.key, top.accuracy, confirmed.key,
-             confirmed.accuracy)  # fmt: skip
-    if best is None:
-        return confirmed
-    return rank_feasible([confirmed, best], **ranking(evaluator))[0]
+        step(1, total=1, accuracy=choice.best.accuracy, values=dict(choice.best.values))
+    return choice.best, choice.confirmations
 
 
 def _infeasible(ctx: RunContext, d: Dense) -> InfeasibleBudgetError:

@@ -21,8 +21,7 @@ from typing import Any
 
 from hwprune.config import AUTO, default_round_to
 from hwprune.run.context import RunContext
-from hwprune.run.load import Loaded, build_space, space_options
-from hwprune.run.search import check_export
+from hwprune.run.load import Loaded, build_space, check_export, space_options
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ def staircase(ctx: RunContext, loaded: Loaded, constraints: Sequence[Any]) -> Lo
     if spec is None:  # the config resolves 'auto' away without a latency budget
         return loaded
     path = ctx.path(STAIRCASE_FILE)
-    units = sum(1 for u in loaded.space.units if int(getattr(u, "step", 1)) == 1)
+    units = sum(1 for u in loaded.space.units if u.step == 1)
     with ctx.stage("staircase", units, "probing the latency staircase") as step:
         if path.is_file():
             stairs = Staircase.load(path)
@@ -66,7 +65,7 @@ def staircase(ctx: RunContext, loaded: Loaded, constraints: Sequence[Any]) -> Lo
             # The probe takes minutes; a model the run could not export is refused first.
             check_export(config, loaded.space)
             # Units pruned in blocks (attention heads) keep their block size: not probed.
-            single = [u.id for u in loaded.space.units if int(getattr(u, "step", 1)) == 1]
+            single = [u.id for u in loaded.space.units if u.step == 1]
             try:
                 stairs = probe_staircase(
                     loaded.space, spec, cache=MeasurementCache(), units=single,
@@ -97,7 +96,7 @@ def needs_staircase(agent: str) -> bool:
     from hwprune.agents import SEARCHERS
 
     cls = SEARCHERS.get(agent) if agent in SEARCHERS else None
-    return bool(getattr(cls, "needs_staircase", False))
+    return cls is not None and cls.needs_staircase
 
 
 def read_staircase(ctx: RunContext) -> Any:
@@ -119,7 +118,7 @@ def channel_section(ctx: RunContext, loaded: Loaded, policy: Any) -> tuple[str, 
     from hwprune.space.staircase import Staircase, proposed_and_built, write_staircase_plots
 
     space = loaded.space
-    if getattr(space, "granularity", None) != "channel":
+    if space.granularity != "channel":
         return "", []
     pb = proposed_and_built(space, policy)
     path = ctx.path(STAIRCASE_FILE)
@@ -156,20 +155,36 @@ def channel_section(ctx: RunContext, loaded: Loaded, policy: Any) -> tuple[str, 
         "same latency). Latency: the sum of the unit's layers timed alone.",
     ]
     if not stairs.complete:
-        cut = [u.unit for u in stairs.units if not u.complete]
-        budget = stairs.settings.get("seconds_budget")
-        fallback = int(stairs.settings.get("fallback", 1))
-        lines += [
-            "",
-            f"The probe's time budget ({budget:g} s, `staircase_seconds`) ran out before it was "
-            f"done: {len(cut)} units have steps from a coarser set of counts (a jump not "
-            f"bisected to its edge), and {len(stairs.left_out)} were not probed "
-            + ("(their counts are not rounded)." if fallback <= 1 else
-               f"(built at multiples of {fallback}).")
-            + " A larger `--staircase-seconds` (or 0, no limit) probes them; the measurements "
-            "made so far are in the measurement cache, so the next probe starts from them.",
-        ]  # fmt: skip
-    lines += [
+        lines += ["", _unfinished_probe(stairs)]
+    lines += _staircase_table(space, stairs, pb, rows)
+    if plots:
+        lines += ["", "The units whose latency changes most, their measured staircase and the "
+                  "count built:", ""]  # fmt: skip
+        lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
+    return "\n".join(lines), plots
+
+
+def _unfinished_probe(stairs: Any) -> str:
+    """What a probe whose time budget ran out left coarse or unprobed, and how to finish it."""
+    cut = [u.unit for u in stairs.units if not u.complete]
+    budget = stairs.settings.get("seconds_budget")
+    fallback = int(stairs.settings.get("fallback", 1))
+    return (
+        f"The probe's time budget ({budget:g} s, `staircase_seconds`) ran out before it was "
+        f"done: {len(cut)} units have steps from a coarser set of counts (a jump not "
+        f"bisected to its edge), and {len(stairs.left_out)} were not probed "
+        + ("(their counts are not rounded)." if fallback <= 1 else
+           f"(built at multiples of {fallback}).")
+        + " A larger `--staircase-seconds` (or 0, no limit) probes them; the measurements "
+        "made so far are in the measurement cache, so the next probe starts from them."
+    )  # fmt: skip
+
+
+def _staircase_table(
+    space: Any, stairs: Any, pb: dict[str, tuple[int, int]], rows: dict[str, Any]
+) -> list[str]:
+    """The "Channel counts" table with a staircase: allowed counts and latency built / full."""
+    lines = [
         "",
         f"| unit | channels | proposed | built | allowed counts | latency built / full "
         f"({stairs.unit}) |",
@@ -186,8 +201,4 @@ def channel_section(ctx: RunContext, loaded: Loaded, policy: Any) -> tuple[str, 
                if r and r["latency_built"] is not None else "-")  # fmt: skip
         lines.append(f"| `{u.id}` | {u.channels} | {pb[u.id][0]} | {pb[u.id][1]} | {allowed} "
                      f"| {lat} |")  # fmt: skip
-    if plots:
-        lines += ["", "The units whose latency changes most, their measured staircase and the "
-                  "count built:", ""]  # fmt: skip
-        lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
-    return "\n".join(lines), plots
+    return lines

@@ -17,10 +17,10 @@ from torch import nn
 
 import oracles
 from hwprune.agents import get_searcher
-from hwprune.agents.base import confirm_best
 from hwprune.constraints import bind_constraints
 from hwprune.data import get_dataset
 from hwprune.evaluate import Evaluator
+from hwprune.run.choose import confirm_best
 from hwprune.space import ChannelSpace, Policy
 
 
@@ -179,7 +179,7 @@ def test_a_best_candidate_failing_its_confirmation_is_scaled_to_a_margin_not_dro
     (uniform on VGG-16 shipped a model using 0.089 of its bound so): when load makes the near
     one fail its re-measurement, the choice ships it scaled down to the margin that
     re-measurement asks for, not the floor model that ranks next."""
-    from hwprune.run.search import _rescue
+    from hwprune.run.choose import rescue as _rescue
     from hwprune.task import BoundTask
 
     full = sum(p.numel() for p in space.model.parameters())

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from hwprune.evaluate import Outcome, accuracy_tolerance, chance_floor, rank_feasible
+from hwprune.evaluate import Outcome, accuracy_tolerance, chance_floor
 from hwprune.evaluate.evaluator import CHANCE_SHARE
+from hwprune.run.choose import rank_feasible
 
 
 def outcome(

@@ -13,8 +13,9 @@ import hwprune
 from hwprune.constraints import bind_constraints
 from hwprune.data import get_dataset
 from hwprune.errors import ConfigError
-from hwprune.evaluate import Evaluator, Outcome, rank_feasible, read_jsonl
+from hwprune.evaluate import Evaluator, Outcome, read_jsonl
 from hwprune.models import get_model
+from hwprune.run.choose import rank_feasible
 from hwprune.space import ChannelSpace, Policy
 from hwprune.task import ClassificationTask
 

@@ -24,10 +24,8 @@ from hwprune.constraints import bind_constraints
 from hwprune.data import get_dataset
 from hwprune.errors import ConfigError
 from hwprune.evaluate import (
-    CONFIRM_TOP,
     Evaluator,
     accuracy_tolerance,
-    rank_feasible,
     read_jsonl,
     search_signal,
 )
@@ -41,6 +39,7 @@ from hwprune.evaluate.surrogate import (
     surrogate_wanted,
 )
 from hwprune.report import _surrogate_lines
+from hwprune.run.choose import CONFIRM_TOP, rank_feasible
 from hwprune.space import ChannelSpace, Policy
 from hwprune.task import BoundTask
 
@@ -479,7 +478,8 @@ def test_in_a_tie_an_unsure_candidate_predicted_over_its_bound_comes_after_the_r
 
 
 def test_the_final_choice_measures_a_deferred_candidate_before_it_may_ship_it(space) -> None:
-    from hwprune.agents import confirm_best, get_searcher
+    from hwprune.agents import get_searcher
+    from hwprune.run.choose import confirm_best
 
     ev = noisy_evaluator(space)
     ev.calibrate()
@@ -521,7 +521,8 @@ def test_a_run_killed_during_the_final_choice_resumes_to_the_same_choice(space, 
     """Killed after the choice measured some deferred candidates, then resumed: the search
     replays on the predictions it saw, and the choice ranks, passes over and ships as the
     uninterrupted run did, without measuring a deferred candidate again."""
-    from hwprune.agents import confirm_best, get_searcher
+    from hwprune.agents import get_searcher
+    from hwprune.run.choose import confirm_best
 
     def search(path: Path) -> Evaluator:
         ev = noisy_evaluator(space, log_path=str(path))
