@@ -11,18 +11,11 @@ from torch import nn
 
 from hwprune.errors import ExportError
 from hwprune.export import export_onnx
+from tests.nets import conv_net
 
 
 def _net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 4),
-    )
+    return conv_net(8, classes=4, bias=True)
 
 
 def _run(data: bytes, x: torch.Tensor) -> np.ndarray:

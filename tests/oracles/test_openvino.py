@@ -49,24 +49,6 @@ def test_registered_and_parsed_from_spec() -> None:
     assert oracles.get_oracle(oracle.spec).settings() == oracle.settings()
 
 
-@pytest.mark.parametrize(
-    ("spec", "match"),
-    [
-        ("openvino:cpu?threads=0", r"'threads' must be an integer from 1 to \d+ .* got 0"),
-        ("openvino:cpu?precision=fp8", r"'precision' must be one of f32, bf16, f16, auto"),
-        ("openvino:cpu?sessions=99", r"'sessions' must be an integer from 0"),
-        ("openvino:cpu?min_runs=50&max_runs=10", r"'max_runs' must be at least min_runs"),
-        ("openvino:gpu?threads=2", r"threads applies to the cpu device only"),
-        ("openvino:tpu", r"runs on cpu, gpu, npu, not 'tpu'"),
-        ("openvino:cpu?thread=1", r"has no setting 'thread'"),
-    ],
-)
-def test_bad_settings_raise_one_clear_sentence(spec: str, match: str) -> None:
-    with pytest.raises(OracleSpecError, match=match) as info:
-        oracles.get_oracle(spec)
-    assert "\n" not in str(info.value)
-
-
 @pytest.mark.parametrize("device", ["gpu", "npu"])
 def test_absent_device_is_refused_in_one_line(device: str) -> None:
     name = device.upper()
@@ -97,7 +79,8 @@ def test_measurement_follows_the_protocol(small: bytes) -> None:
     assert m.ci_low is not None and m.ci_high is not None
     assert m.ci_low <= m.value <= m.ci_high
     assert 10 <= m.samples <= 200
-    assert m.iqr >= 0 and m.cv >= 0
+    # The spread comes from the timed runs (a measurement that is not timed reports 0).
+    assert m.iqr > 0 and m.cv > 0
     assert m.backend == "openvino" and m.device == "cpu" and m.threads == 1 and m.batch == 1
     assert m.oracle == oracle.spec and m.seconds > 0
     # Read back from the compiled model: what ran, not what was asked.
