@@ -71,18 +71,11 @@ def test_missing_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
         ov_oracle._core.cache_clear()
 
 
-def test_measurement_follows_the_protocol(small: bytes) -> None:
+def test_measurement_follows_the_protocol(small: bytes, cpu_timing_checked) -> None:
     oracle = oracles.get_oracle(f"openvino:cpu?threads=1&{FAST}")
     m = oracle.measure(small)
-    assert m.quantity == "latency" and m.unit == "ms" and m.statistic == "median"
-    assert m.value > 0
-    assert m.ci_low is not None and m.ci_high is not None
-    assert m.ci_low <= m.value <= m.ci_high
-    assert 10 <= m.samples <= 200
-    # The spread comes from the timed runs (a measurement that is not timed reports 0).
-    assert m.iqr > 0 and m.cv > 0
-    assert m.backend == "openvino" and m.device == "cpu" and m.threads == 1 and m.batch == 1
-    assert m.oracle == oracle.spec and m.seconds > 0
+    cpu_timing_checked(m, oracle)
+    assert m.backend == "openvino"
     # Read back from the compiled model: what ran, not what was asked.
     assert m.extra["performance_hint"] == "LATENCY"
     assert m.extra["num_streams"] == 1
@@ -91,7 +84,6 @@ def test_measurement_follows_the_protocol(small: bytes) -> None:
     assert m.extra["execution_devices"] == ["CPU"]
     assert m.extra["sessions"] == 3  # one thread on the CPU: three compiled models rotated
     assert m.extra["openvino"] == openvino.__version__
-    assert isinstance(m.extra["converged"], bool)
 
 
 def test_threads_are_bound_and_an_impossible_count_is_refused(small: bytes) -> None:
