@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 
 import pytest
 
@@ -37,3 +38,20 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     """Every test gets its own oracle cache, never the user's."""
     monkeypatch.setenv("HWPRUNE_CACHE", str(tmp_path_factory.mktemp("cache") / "oracles.sqlite"))
     monkeypatch.setenv("HWPRUNE_HOME", str(tmp_path_factory.mktemp("home")))
+
+
+@pytest.fixture
+def cli_refusal(capsys: pytest.CaptureFixture[str]) -> Callable[[list[str]], str]:
+    """``cli_refusal(argv)`` runs the CLI in this process and checks that it refused: exit
+    status 2, one line on stderr and no traceback. Returns that line, spaces collapsed."""
+    from hwprune.cli import main
+
+    def run(argv: list[str]) -> str:
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1, err
+        return " ".join(err.split())
+
+    return run

@@ -24,15 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 TASK_RUN = ["--budget", "params<=60%", "--agent", "uniform", "--evaluations", "2", "--quiet"]
 
 
-def _one_line_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1, err
-    return " ".join(err.split())
-
-
 @pytest.fixture
 def user_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The current folder, holding the user's modules, and a sys.path without it (as the
@@ -68,19 +59,19 @@ def _write(folder: Path, name: str, code: str) -> None:
     ids=["prune", "train"],
 )  # fmt: skip
 def test_a_seed_beyond_its_range_is_refused_in_one_line(
-    argv: list[str], message: str, tmp_path: Path, capsys
+    argv: list[str], message: str, tmp_path: Path, cli_refusal
 ) -> None:
     out = tmp_path / "out"
     flag = "--out"
-    err = _one_line_exit_2([*argv, flag, str(out if argv[0] == "prune" else out / "m.pt")], capsys)
+    err = cli_refusal([*argv, flag, str(out if argv[0] == "prune" else out / "m.pt")])
     assert message in err
     assert not out.exists()
 
 
-def test_a_config_files_seed_beyond_its_range_is_refused(tmp_path: Path, capsys) -> None:
+def test_a_config_files_seed_beyond_its_range_is_refused(tmp_path: Path, cli_refusal) -> None:
     config = tmp_path / "run.toml"
     config.write_text(f'model = "vgg11_cifar"\nbudget = "flops<=50%"\nseed = {2**64}\n')
-    err = _one_line_exit_2(["prune", "--config", str(config), "--out", str(tmp_path / "o")], capsys)
+    err = cli_refusal(["prune", "--config", str(config), "--out", str(tmp_path / "o")])
     assert f"seed must be a whole number from 0 to {2**32 - 1}, got {2**64}" in err
 
 
@@ -128,11 +119,12 @@ def test_the_console_script_imports_a_task_module_from_the_current_folder(tmp_pa
 
 
 @pytest.mark.parametrize("flag", ["--task", "--model"])
-def test_a_module_in_the_current_folder_is_imported(flag: str, user_folder: Path, capsys) -> None:
+def test_a_module_in_the_current_folder_is_imported(
+    flag: str, user_folder: Path, cli_refusal
+) -> None:
     _write(user_folder, "hostile_here", 'def build(**kw):\n    raise RuntimeError("built")\n')
-    err = _one_line_exit_2(
-        ["prune", flag, "hostile_here:build", "--budget", "params<=50%", "--out", "o", "--quiet"],
-        capsys,
+    err = cli_refusal(
+        ["prune", flag, "hostile_here:build", "--budget", "params<=50%", "--out", "o", "--quiet"]
     )
     assert "RuntimeError" in err and "built" in err and "No module named" not in err
 
@@ -152,20 +144,21 @@ def test_a_module_in_the_current_folder_is_imported(flag: str, user_folder: Path
     ids=["missing_import", "raises", "syntax"],
 )  # fmt: skip
 def test_an_error_inside_the_users_module_is_shown(
-    code: str, message: str, user_folder: Path, capsys
+    code: str, message: str, user_folder: Path, cli_refusal
 ) -> None:
     _write(user_folder, "hostile_broken", code)
-    err = _one_line_exit_2(
-        ["prune", "--task", "hostile_broken:f", "--budget", "params<=50%", "--out", "o", "--quiet"],
-        capsys,
+    err = cli_refusal(
+        ["prune", "--task", "hostile_broken:f", "--budget", "params<=50%", "--out", "o", "--quiet"]
     )
     assert message in err
     assert "(hostile_broken.py line" in err
     assert not (user_folder / "o").exists()
 
 
-def test_a_module_that_is_nowhere_says_where_it_was_looked_for(user_folder: Path, capsys) -> None:
-    err = _one_line_exit_2(
+def test_a_module_that_is_nowhere_says_where_it_was_looked_for(
+    user_folder: Path, cli_refusal
+) -> None:
+    err = cli_refusal(
         [
             "prune",
             "--task",
@@ -175,8 +168,7 @@ def test_a_module_that_is_nowhere_says_where_it_was_looked_for(user_folder: Path
             "--out",
             "o",
             "--quiet",
-        ],
-        capsys,
+        ]
     )
     assert "no module named 'hostile_nowhere' in the current folder" in err
     assert str(user_folder) in err
@@ -242,14 +234,12 @@ def exiting_forward(num_classes=10):
     ids=["task_factory", "model_callable", "on_import", "task_score", "model_forward"],
 )  # fmt: skip
 def test_exit_in_user_code_is_an_error_naming_it(
-    argv: list[str], message: str, user_folder: Path, capsys
+    argv: list[str], message: str, user_folder: Path, cli_refusal
 ) -> None:
     _write(user_folder, "hostile_exits", EXITING)
     _write(user_folder, "hostile_exits_on_import", "import sys\n\nsys.exit('bye')\n")
     sys.path.append(str(REPO))  # tests.user_task
-    err = _one_line_exit_2(
-        ["prune", *argv, "--budget", "params<=60%", "--out", "o", "--quiet"], capsys
-    )
+    err = cli_refusal(["prune", *argv, "--budget", "params<=60%", "--out", "o", "--quiet"])
     assert message in err
 
 
@@ -266,19 +256,17 @@ def test_exit_in_user_code_is_an_error_naming_it(
     ids=["device", "folder", "fifo"],
 )
 def test_config_that_is_not_a_regular_file_says_what_it_is(
-    target: str, message: str, tmp_path: Path, capsys
+    target: str, message: str, tmp_path: Path, cli_refusal
 ) -> None:
     os.mkfifo(tmp_path / "fifo")  # opened without waiting for a writer
     path = target.format(tmp=tmp_path)
-    err = _one_line_exit_2(["prune", "--config", path, "--out", str(tmp_path / "o")], capsys)
+    err = cli_refusal(["prune", "--config", path, "--out", str(tmp_path / "o")])
     assert f"config file {path!r} {message}" in err and "not found" not in err
 
 
-def test_weights_that_are_a_device_say_so(tmp_path: Path, capsys) -> None:
-    err = _one_line_exit_2(
-        ["prune", "--model", "vgg11_cifar", "--weights", "/dev/zero", "--budget", "params<=50%",
-         "--out", str(tmp_path / "o")], capsys,
-    )  # fmt: skip
+def test_weights_that_are_a_device_say_so(tmp_path: Path, cli_refusal) -> None:
+    err = cli_refusal(["prune", "--model", "vgg11_cifar", "--weights", "/dev/zero", "--budget", "params<=50%",
+         "--out", str(tmp_path / "o")])  # fmt: skip
     assert "checkpoint file '/dev/zero' is a character device, not a regular file" in err
 
 
@@ -371,15 +359,13 @@ def test_a_stopped_resume_that_raised_evaluations_is_continued_not_called_comple
     assert report["options"]["evaluations"] == 3 and report["search"]["evaluations"] == 3
 
 
-def test_a_run_stopped_by_an_error_or_ctrl_c_leaves_no_lock(tmp_path: Path, capsys) -> None:
+def test_a_run_stopped_by_an_error_or_ctrl_c_leaves_no_lock(tmp_path: Path, cli_refusal) -> None:
     import hwprune
     from tests.user_task import factory
 
     failed = tmp_path / "failed"
-    err = _one_line_exit_2(
-        ["prune", "--task", "tests.user_task:raising_factory", "--budget", "params<=60%",
-         "--agent", "random", "--evaluations", "4", "--quiet", "--out", str(failed)], capsys,
-    )  # fmt: skip
+    err = cli_refusal(["prune", "--task", "tests.user_task:raising_factory", "--budget", "params<=60%",
+         "--agent", "random", "--evaluations", "4", "--quiet", "--out", str(failed)])  # fmt: skip
     assert "the metric crashed" in err and (failed / "episodes.jsonl").is_file()
     assert not (failed / ".hwprune.lock").exists()
 

@@ -17,15 +17,6 @@ BASE = ["--model", "vgg11_cifar", "--width", "0.25", "--budget", "flops<=50%", "
         "uniform", "--evaluations", "2", "--finetune-epochs", "0", "--quiet"]  # fmt: skip
 
 
-def _one_line_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1, err
-    return " ".join(err.split())
-
-
 CONFIG_FILES = [
     ('width = "quarter"\n', "width must be a number, got 'quarter'"),
     ('seed = "x"\n', "seed must be an integer, got 'x'"),
@@ -38,11 +29,11 @@ CONFIG_FILES = [
 
 
 @pytest.mark.parametrize(("text", "message"), CONFIG_FILES)
-def test_bad_config_file(text, message, tmp_path: Path, capsys) -> None:
+def test_bad_config_file(text, message, tmp_path: Path, cli_refusal) -> None:
     cfg = tmp_path / "run.toml"
     cfg.write_bytes(text if isinstance(text, bytes) else text.encode())
     out = tmp_path / "run"
-    err = _one_line_exit_2(["prune", "--config", str(cfg), *BASE, "--out", str(out)], capsys)
+    err = cli_refusal(["prune", "--config", str(cfg), *BASE, "--out", str(out)])
     assert message in err
     assert not out.exists()  # a failed start claims no folder
 
@@ -59,11 +50,13 @@ def test_bad_config_file(text, message, tmp_path: Path, capsys) -> None:
         ("{not json", "config.json is unreadable"),
     ],
 )  # fmt: skip
-def test_resume_of_a_bad_config_json(content: str, message: str, tmp_path: Path, capsys) -> None:
+def test_resume_of_a_bad_config_json(
+    content: str, message: str, tmp_path: Path, cli_refusal
+) -> None:
     out = tmp_path / "run"
     out.mkdir()
     (out / "config.json").write_text(content)
-    err = _one_line_exit_2(["prune", "--resume", str(out)], capsys)
+    err = cli_refusal(["prune", "--resume", str(out)])
     assert message in err
     assert (out / "config.json").read_text() == content
 
@@ -78,9 +71,9 @@ def test_resume_of_a_bad_config_json(content: str, message: str, tmp_path: Path,
         (["--task", "not a spec"], "task must be a factory written package.module:callable"),
     ],
 )
-def test_bad_option_refused_before_any_folder(extra, message, tmp_path: Path, capsys) -> None:
+def test_bad_option_refused_before_any_folder(extra, message, tmp_path: Path, cli_refusal) -> None:
     out = tmp_path / "run"
-    err = _one_line_exit_2(["prune", *BASE, "--out", str(out), *extra], capsys)
+    err = cli_refusal(["prune", *BASE, "--out", str(out), *extra])
     assert message in err
     assert not out.exists()
 
@@ -88,51 +81,53 @@ def test_bad_option_refused_before_any_folder(extra, message, tmp_path: Path, ca
 @pytest.mark.skipif(
     __import__("torch").cuda.is_available(), reason="checks the refusal where no CUDA exists"
 )
-def test_cuda_without_cuda(tmp_path: Path, capsys) -> None:
+def test_cuda_without_cuda(tmp_path: Path, cli_refusal) -> None:
     out = tmp_path / "run"
-    err = _one_line_exit_2(["prune", *BASE, "--out", str(out), "--device", "cuda"], capsys)
+    err = cli_refusal(["prune", *BASE, "--out", str(out), "--device", "cuda"])
     assert "no CUDA GPU is available" in err and not out.exists()
 
 
-def test_out_below_a_regular_file(tmp_path: Path, capsys) -> None:
+def test_out_below_a_regular_file(tmp_path: Path, cli_refusal) -> None:
     (tmp_path / "file").write_text("x")
-    err = _one_line_exit_2(["prune", *BASE, "--out", str(tmp_path / "file" / "run")], capsys)
+    err = cli_refusal(["prune", *BASE, "--out", str(tmp_path / "file" / "run")])
     assert "is a file, not a folder" in err
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_out_under_a_read_only_folder(tmp_path: Path, capsys) -> None:
+def test_out_under_a_read_only_folder(tmp_path: Path, cli_refusal) -> None:
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
     try:
-        err = _one_line_exit_2(["prune", *BASE, "--out", str(ro / "run")], capsys)
+        err = cli_refusal(["prune", *BASE, "--out", str(ro / "run")])
     finally:
         ro.chmod(0o700)
     assert "cannot create run directory" in err and "Permission denied" in err
 
 
-def test_bad_weights_leave_no_folder_so_the_retry_is_not_refused(tmp_path: Path, capsys) -> None:
+def test_bad_weights_leave_no_folder_so_the_retry_is_not_refused(
+    tmp_path: Path, cli_refusal
+) -> None:
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     out = tmp_path / "run"
-    err = _one_line_exit_2(["prune", *BASE, "--out", str(out), "--weights", str(bad)], capsys)
+    err = cli_refusal(["prune", *BASE, "--out", str(out), "--weights", str(bad)])
     assert "cannot read checkpoint" in err
     assert not out.exists()
 
 
 @pytest.mark.parametrize("extra", [["--budget", "flops<=10%"], ["--out", "x"], ["--overwrite"]])
-def test_resume_beside_run_options_is_refused(extra, tmp_path: Path, capsys) -> None:
+def test_resume_beside_run_options_is_refused(extra, tmp_path: Path, cli_refusal) -> None:
     out = tmp_path / "run"
     out.mkdir()
     (out / "config.json").write_text(
         json.dumps({"options": {"model": "vgg11_cifar", "budgets": ["flops<=50%"]}})
     )
-    err = _one_line_exit_2(["prune", "--resume", str(out), *extra], capsys)
+    err = cli_refusal(["prune", "--resume", str(out), *extra])
     assert "--resume takes its options from the run's config.json; drop --" in err
 
 
-def test_a_second_process_on_a_run_directory_is_refused(tmp_path: Path, capsys) -> None:
+def test_a_second_process_on_a_run_directory_is_refused(tmp_path: Path, cli_refusal) -> None:
     from hwprune.run import RunLock
 
     out = tmp_path / "run"
@@ -142,9 +137,9 @@ def test_a_second_process_on_a_run_directory_is_refused(tmp_path: Path, capsys) 
     )
     lock = RunLock(out).acquire()
     try:
-        err = _one_line_exit_2(["prune", "--resume", str(out)], capsys)
+        err = cli_refusal(["prune", "--resume", str(out)])
         assert f"in use by another hwprune process (pid {os.getpid()})" in err
-        err = _one_line_exit_2(["prune", *BASE, "--out", str(out), "--overwrite"], capsys)
+        err = cli_refusal(["prune", *BASE, "--out", str(out), "--overwrite"])
         assert f"pid {os.getpid()}" in err
         assert (out / "config.json").is_file()  # the holder's run is untouched
     finally:
@@ -218,7 +213,9 @@ def test_workers_from_a_script_without_a_main_guard_say_so(tmp_path: Path) -> No
     assert "RunDirError" not in done.stderr
 
 
-def test_a_run_timed_on_another_machine_is_not_resumed_here(tmp_path: Path, capsys) -> None:
+def test_a_run_timed_on_another_machine_is_not_resumed_here(
+    tmp_path: Path, capsys, cli_refusal
+) -> None:
     """Two hosts of one CPU name timed the same model 2-3x apart: a run's logged latencies
     and a dense model re-measured on another machine would mix them. Refused in one line,
     the run untouched; a run that times nothing (a FLOPs budget) resumes anywhere."""
@@ -240,9 +237,7 @@ def test_a_run_timed_on_another_machine_is_not_resumed_here(tmp_path: Path, caps
                 if p.is_file() and not p.name.endswith(("-shm", "-wal", ".lock"))}  # fmt: skip
 
     before = kept()
-    err = _one_line_exit_2(
-        ["prune", "--resume", str(timed), "--evaluations", "3", "--quiet"], capsys
-    )
+    err = cli_refusal(["prune", "--resume", str(timed), "--evaluations", "3", "--quiet"])
     assert "its candidates were timed on another (" in err and "GenuineIntel" in err
     assert kept() == before and "episodes.jsonl" in before and "report.json" in before
 

@@ -7,65 +7,25 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 import oracles
 from hwprune.agents import get_searcher
 from hwprune.agents.amc import TruncatedNormalNoise, amc_reward
-from hwprune.constraints import bind_constraints
-from hwprune.data import get_dataset
 from hwprune.errors import ConfigError
-from hwprune.evaluate import Evaluator
 from hwprune.export.onnx import export_onnx
 from hwprune.space import ChannelSpace
-
-
-def tiny_net(channels: int) -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(channels, 16, 3, padding=1, bias=False),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(16, 24, 3, padding=1, bias=False),
-        nn.BatchNorm2d(24),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(24, 24, 3, padding=1, bias=False),
-        nn.BatchNorm2d(24),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(24, 10),
-    ).eval()
+from tests.nets import pooled_net
 
 
 @pytest.fixture(scope="module")
-def data():
-    return get_dataset("digits", input_size=16)
-
-
-@pytest.fixture(scope="module")
-def space(data):
-    return ChannelSpace(tiny_net(data.input_shape[0]), example_input_shape=(1, *data.input_shape))
-
-
-def evaluator(space, data, budgets) -> Evaluator:
-    ev = Evaluator(
-        space=space,
-        data=data,
-        constraints=bind_constraints(budgets),
-        bn_batches=1,
-        bn_batch_size=32,
-        max_eval_samples=64,
+def space(data16):
+    return ChannelSpace(
+        pooled_net(data16.input_shape[0]), example_input_shape=(1, *data16.input_shape)
     )
-    ev.calibrate()
-    return ev
 
 
-def test_short_search_with_the_wall_stays_within_a_params_budget(space, data):
-    ev = evaluator(space, data, ["params<=35%"])
+def test_short_search_with_the_wall_stays_within_a_params_budget(space, data16, make_evaluator):
+    ev = make_evaluator(space, data16, ["params<=35%"])
     result = get_searcher("amc", seed=0, warmup_episodes=4).search(
         space=space, evaluator=ev, evaluations=24
     )
@@ -91,8 +51,8 @@ def test_short_search_with_the_wall_stays_within_a_params_budget(space, data):
     assert result.extra["sigma"] < 0.5
 
 
-def test_without_the_wall_random_warmup_breaks_a_tight_budget(space, data):
-    ev = evaluator(space, data, ["params<=35%"])
+def test_without_the_wall_random_warmup_breaks_a_tight_budget(space, data16, make_evaluator):
+    ev = make_evaluator(space, data16, ["params<=35%"])
     result = get_searcher("amc", seed=0, warmup_episodes=8, action_wall=False, anchor=False).search(
         space=space, evaluator=ev, evaluations=8, repair_infeasible=False
     )
@@ -100,11 +60,11 @@ def test_without_the_wall_random_warmup_breaks_a_tight_budget(space, data):
     assert max(o.costs["params"] for o in result.history) > 1.0
 
 
-def test_same_seed_same_policies(space, data):
+def test_same_seed_same_policies(space, data16, make_evaluator):
     def policies(seed: int) -> list[tuple[float, ...]]:
         result = get_searcher("amc", seed=seed, warmup_episodes=2, anchor=False).search(
             space=space,
-            evaluator=evaluator(space, data, ["flops<=50%"]),
+            evaluator=make_evaluator(space, data16, ["flops<=50%"]),
             evaluations=6,
             repair_infeasible=False,
         )
@@ -115,11 +75,13 @@ def test_same_seed_same_policies(space, data):
     assert policies(6) != first
 
 
-def test_save_and_resume_keeps_agent_noise_and_replay_buffer(space, data, tmp_path):
+def test_save_and_resume_keeps_agent_noise_and_replay_buffer(
+    space, data16, make_evaluator, tmp_path
+):
     ckpt = tmp_path / "amc"
     first = get_searcher("amc", seed=0, warmup_episodes=2, anchor=False).search(
         space=space,
-        evaluator=evaluator(space, data, ["flops<=50%"]),
+        evaluator=make_evaluator(space, data16, ["flops<=50%"]),
         evaluations=5,
         checkpoint_dir=ckpt,
     )
@@ -135,7 +97,7 @@ def test_save_and_resume_keeps_agent_noise_and_replay_buffer(space, data, tmp_pa
 
     second = get_searcher("amc", seed=0, warmup_episodes=2, anchor=False).search(
         space=space,
-        evaluator=evaluator(space, data, ["flops<=50%"]),
+        evaluator=make_evaluator(space, data16, ["flops<=50%"]),
         evaluations=3,
         checkpoint_dir=ckpt,
     )
@@ -149,15 +111,15 @@ def test_save_and_resume_keeps_agent_noise_and_replay_buffer(space, data, tmp_pa
     with pytest.raises(ConfigError, match="holds a 'ddpg' agent"):
         get_searcher("amc", seed=0, algo="td3", anchor=False).search(
             space=space,
-            evaluator=evaluator(space, data, ["flops<=50%"]),
+            evaluator=make_evaluator(space, data16, ["flops<=50%"]),
             evaluations=2,
             checkpoint_dir=ckpt,
         )
 
 
-def test_td3_variant_runs(space, data):
+def test_td3_variant_runs(space, data16, make_evaluator):
     result = get_searcher("amc", seed=0, algo="td3", warmup_episodes=1, anchor=False).search(
-        space=space, evaluator=evaluator(space, data, ["flops<=60%"]), evaluations=4
+        space=space, evaluator=make_evaluator(space, data16, ["flops<=60%"]), evaluations=4
     )
     assert result.extra["algo"] == "td3" and result.best is not None
 

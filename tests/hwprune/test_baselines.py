@@ -14,18 +14,10 @@ from torch import nn
 import oracles
 from hwprune.agents import get_searcher
 from hwprune.agents.baselines import bisect_largest_feasible, global_keep
-from hwprune.constraints import bind_constraints
-from hwprune.data import get_dataset
-from hwprune.evaluate import Evaluator
 from hwprune.space import ChannelSpace, Policy
 from tests.nets import TinyNet
 
 LATENCY = "onnxruntime:cpu?threads=1&min_time=0.1&warmup=5"
-
-
-@pytest.fixture(scope="module")
-def data():
-    return get_dataset("digits")
 
 
 @pytest.fixture(scope="module")
@@ -41,20 +33,6 @@ def model():
 
 def make_space(model, data, *, min_keep: float = 0.1) -> ChannelSpace:
     return ChannelSpace(model, example_input_shape=(1, *data.input_shape), min_keep=min_keep)
-
-
-def make_evaluator(space, data, budgets, *, oracle_overrides=None) -> Evaluator:
-    constraints = bind_constraints(budgets, oracles=oracle_overrides)
-    ev = Evaluator(
-        space=space,
-        data=data,
-        constraints=constraints,
-        bn_batches=1,
-        bn_batch_size=32,
-        max_eval_samples=64,
-    )
-    ev.calibrate()
-    return ev
 
 
 def remeasure(space, policy, data, spec: str) -> float:
@@ -77,7 +55,7 @@ def test_global_keep_removes_the_lowest_scores_globally():
 
 
 # ------------------------------------------------------------- searchers
-def test_uniform_finds_the_largest_feasible_keep(model, data):
+def test_uniform_finds_the_largest_feasible_keep(model, data, make_evaluator):
     space = make_space(model, data)
     ev = make_evaluator(space, data, ["params<=40%"])
     result = get_searcher("uniform", tolerance=0.002).search(
@@ -99,7 +77,7 @@ def test_uniform_finds_the_largest_feasible_keep(model, data):
     assert result.evaluations <= 12
 
 
-def test_uniform_meets_a_latency_budget_on_onnxruntime(model, data):
+def test_uniform_meets_a_latency_budget_on_onnxruntime(model, data, make_evaluator):
     space = make_space(model, data)
     ev = make_evaluator(space, data, ["latency<=60%"], oracle_overrides={"latency": LATENCY})
     result = get_searcher("uniform", tolerance=0.02).search(
@@ -115,7 +93,7 @@ def test_uniform_meets_a_latency_budget_on_onnxruntime(model, data):
     )
 
 
-def test_global_magnitude_is_feasible_and_not_uniform(model, data):
+def test_global_magnitude_is_feasible_and_not_uniform(model, data, make_evaluator):
     space = make_space(model, data)
     ev = make_evaluator(space, data, ["params<=40%"])
     result = get_searcher("global-magnitude").search(space=space, evaluator=ev, evaluations=20)
@@ -158,7 +136,7 @@ def test_global_magnitude_on_a_model_moved_to_the_gpu(model, data):
     assert all(np.allclose(a, b, rtol=1e-4) for a, b in zip(got, want, strict=True))
 
 
-def test_random_search_spends_its_budget_and_repeats_with_its_seed(model, data):
+def test_random_search_spends_its_budget_and_repeats_with_its_seed(model, data, make_evaluator):
     space = make_space(model, data)
     ev = make_evaluator(space, data, ["params<=50%"])
     a = get_searcher("random", seed=3).search(space=space, evaluator=ev, evaluations=6)
@@ -173,7 +151,7 @@ def test_random_search_spends_its_budget_and_repeats_with_its_seed(model, data):
 
 
 @pytest.mark.parametrize("name", ["uniform", "global-magnitude", "random"])
-def test_unreachable_budget_is_reported_infeasible(model, data, name):
+def test_unreachable_budget_is_reported_infeasible(model, data, name, make_evaluator):
     space = make_space(model, data, min_keep=0.1)
     ev = make_evaluator(space, data, ["params<=0.01%"])
     result = get_searcher(name, seed=0).search(space=space, evaluator=ev, evaluations=3)
@@ -182,7 +160,7 @@ def test_unreachable_budget_is_reported_infeasible(model, data, name):
     assert result.smallest["params"] == pytest.approx(smallest)
 
 
-def test_bisection_stops_when_both_ends_share_a_shape(model, data):
+def test_bisection_stops_when_both_ends_share_a_shape(model, data, make_evaluator):
     space = make_space(model, data)
     ev = make_evaluator(space, data, ["params<=40%"])
     from hwprune.agents.base import BudgetedEvaluator

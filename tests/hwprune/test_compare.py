@@ -5,32 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch.nn as nn
 
 from hwprune.compare import compare_oracles, sample_policies, write_report
-
-
-def conv_chain() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1),
-        nn.BatchNorm2d(64),
-        nn.ReLU(),
-        nn.Conv2d(64, 64, 3, padding=1),
-        nn.BatchNorm2d(64),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(64, 10),
-    )
+from tests.nets import conv_net
 
 
 def test_samples_cover_the_whole_range():
     from hwprune.space import ChannelSpace
 
-    space = ChannelSpace(conv_chain(), example_input_shape=(1, 3, 16, 16), min_keep=0.1)
+    space = ChannelSpace(
+        conv_net(32, 64, 64, bias=True), example_input_shape=(1, 3, 16, 16), min_keep=0.1
+    )
     policies = sample_policies(space, 8, seed=0)
     means = [sum(p.keep) / len(p.keep) for p in policies]
     assert means[0] == 1.0
@@ -44,7 +29,7 @@ def test_correlations_from_real_measurements(tmp_path):
 
     cache = MeasurementCache(tmp_path / "cache.sqlite")
     result = compare_oracles(
-        model=conv_chain(),
+        model=conv_net(32, 64, 64, bias=True),
         model_name="chain",
         input_shape=(1, 3, 16, 16),
         oracle_specs=[
@@ -69,7 +54,7 @@ def test_correlations_from_real_measurements(tmp_path):
     assert len(data["values"]["flops"]) == 6
     # A second run answers from the oracle cache.
     again = compare_oracles(
-        model=conv_chain(),
+        model=conv_net(32, 64, 64, bias=True),
         input_shape=(1, 3, 16, 16),
         oracle_specs=["flops", "onnxruntime:cpu?threads=1&min_time=0.05"],
         samples=6,

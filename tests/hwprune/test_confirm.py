@@ -12,16 +12,14 @@ import dataclasses
 from typing import ClassVar
 
 import pytest
-import torch
-from torch import nn
 
 import oracles
 from hwprune.agents import get_searcher
 from hwprune.constraints import bind_constraints
-from hwprune.data import get_dataset
 from hwprune.evaluate import Evaluator
 from hwprune.run.choose import confirm_best
 from hwprune.space import ChannelSpace, Policy
+from tests.nets import conv_net
 
 
 @oracles.register_oracle("test-lucky-latency")
@@ -40,51 +38,17 @@ class LuckyLatency(oracles.Oracle):
         return oracles.Measurement(quantity="latency", value=value, unit="ms", oracle=self.spec)
 
 
-def tiny_net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1, bias=False),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1, bias=False),
-        nn.BatchNorm2d(64),
-        nn.ReLU(),
-        nn.Conv2d(64, 64, 3, padding=1, bias=False),
-        nn.BatchNorm2d(64),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(64, 10),
-    ).eval()
-
-
-@pytest.fixture(scope="module")
-def data():
-    return get_dataset("digits")
-
-
 @pytest.fixture(scope="module")
 def space(data):
-    return ChannelSpace(tiny_net(), example_input_shape=(1, *data.input_shape), min_keep=0.1)
+    return ChannelSpace(conv_net(32, 64, 64).eval(), example_input_shape=(1, *data.input_shape),
+                        min_keep=0.1)  # fmt: skip
 
 
-def make_evaluator(space, data, budget: str, oracle: str) -> Evaluator:
-    quantity = budget.split("<=")[0]
-    ev = Evaluator(
-        space=space,
-        data=data,
-        constraints=bind_constraints([budget], oracles={quantity: oracle}),
-        bn_batches=1,
-        bn_batch_size=32,
-        max_eval_samples=64,
-    )
-    ev.calibrate()
-    return ev
-
-
-def test_a_candidate_feasible_only_by_luck_is_passed_over(space, data):
+def test_a_candidate_feasible_only_by_luck_is_passed_over(space, data, make_evaluator):
     LuckyLatency.seen.clear()
-    ev = make_evaluator(space, data, "latency<=3ms", "test-lucky-latency")
+    ev = make_evaluator(
+        space, data, ["latency<=3ms"], oracle_overrides={"latency": "test-lucky-latency"}
+    )
     bound = ev.constraints[0].bound
     big, small = ev.evaluate(Policy.uniform(space, 0.9)), ev.evaluate(Policy.uniform(space, 0.5))
     # Both looked feasible on their first (lucky) measurement; only the small one really is.
@@ -100,8 +64,8 @@ def test_a_candidate_feasible_only_by_luck_is_passed_over(space, data):
     assert chosen is None and len(records) == 1
 
 
-def test_search_confirms_its_result_and_records_it(space, data):
-    ev = make_evaluator(space, data, "params<=50%", "params")
+def test_search_confirms_its_result_and_records_it(space, data, make_evaluator):
+    ev = make_evaluator(space, data, ["params<=50%"], oracle_overrides={"params": "params"})
     result = get_searcher("uniform").search(space=space, evaluator=ev, evaluations=12)
     records = result.extra["confirmations"]
     assert len(records) == 1 and records[0]["confirmed"]
@@ -129,12 +93,14 @@ class SpikyLatency(oracles.Oracle):
         return oracles.Measurement(quantity="latency", value=value, unit="ms", oracle=self.spec)
 
 
-def test_the_final_proof_is_a_median_of_three_like_the_dense_baseline(space, data):
+def test_the_final_proof_is_a_median_of_three_like_the_dense_baseline(space, data, make_evaluator):
     from hwprune.evaluate.evaluator import MEASURE_REPEATS
     from hwprune.pipeline import _verify
 
     SpikyLatency.calls.clear()
-    ev = make_evaluator(space, data, "latency<=60%", "test-spiky-latency")
+    ev = make_evaluator(
+        space, data, ["latency<=60%"], oracle_overrides={"latency": "test-spiky-latency"}
+    )
     assert MEASURE_REPEATS == 3 and len(SpikyLatency.calls) == 3  # the dense baseline
     assert ev.dense["latency"].value == pytest.approx(SpikyLatency.calls[0])  # spike ignored
     module = space.apply(Policy.uniform(space, 0.7))
@@ -148,8 +114,13 @@ def test_the_final_proof_is_a_median_of_three_like_the_dense_baseline(space, dat
     assert real <= ev.constraints[0].bound < 1.6 * real
 
 
-def test_remeasure_times_a_real_onnx_runtime_session_three_times(space, data):
-    ev = make_evaluator(space, data, "latency<=80%", "onnxruntime:cpu?threads=1&max_runs=20")
+def test_remeasure_times_a_real_onnx_runtime_session_three_times(space, data, make_evaluator):
+    ev = make_evaluator(
+        space,
+        data,
+        ["latency<=80%"],
+        oracle_overrides={"latency": "onnxruntime:cpu?threads=1&max_runs=20"},
+    )
     m = ev.remeasure(space.apply(Policy.uniform(space, 0.5)))["latency"]
     values = m.extra["repeat_values"]
     assert len(values) == 3 and values == sorted(values) and m.value == values[1] > 0

@@ -6,7 +6,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from stable_baselines3.common.env_checker import check_env
 from torch import nn
 
@@ -16,26 +15,13 @@ from hwprune.envs.layer import OBS_FEATURES
 from hwprune.errors import ConfigError
 from hwprune.export.onnx import export_onnx
 from hwprune.space import ChannelSpace
+from tests.nets import conv_net
 
 SHAPE = (1, 3, 16, 16)
 
 
 def tiny_net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1, bias=False),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1, stride=2, bias=False),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1, bias=False),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(32, 10),
-    ).eval()
+    return conv_net(16, 32, 32, strides=(1, 2, 1)).eval()
 
 
 @pytest.fixture(scope="module")

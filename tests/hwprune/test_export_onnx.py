@@ -11,18 +11,11 @@ from torch import nn
 
 from hwprune.errors import ExportError
 from hwprune.export import export_onnx
+from tests.nets import Cancelling, conv_net
 
 
 def _net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 4),
-    )
+    return conv_net(8, classes=4, bias=True)
 
 
 def _run(data: bytes, x: torch.Tensor) -> np.ndarray:
@@ -210,24 +203,16 @@ def test_parity_draws_find_the_branch_an_accepted_export_baked_in(tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
-class _RoundingAndBranch(nn.Module):
+class _RoundingAndBranch(Cancelling):
     """Float32 rounding amplified (activations of ~1e5 cancelling) on every input, and a
     branch on small inputs that a normal example input does not take."""
 
     def __init__(self) -> None:
-        super().__init__()
         torch.manual_seed(0)
-        self.a = nn.Linear(256, 1024)
-        self.b = nn.Linear(256, 1024)
-        self.head = nn.Linear(1024, 10)
-        with torch.no_grad():
-            self.b.weight.copy_(self.a.weight * (1 + 1e-6))
-            self.b.bias.copy_(self.a.bias)
-            self.a.weight.mul_(3e4)
-            self.b.weight.mul_(3e4)
+        super().__init__()
 
     def forward(self, x):
-        out = self.head(torch.sigmoid(self.a(x) - self.b(x)) * self.a(x))
+        out = super().forward(x)
         if x.abs().mean() < 0.3:
             out = out * 1.01
         return out

@@ -16,18 +16,11 @@ from hwprune.errors import ConfigError, ExportError  # noqa: E402
 from hwprune.export import export_onnx  # noqa: E402
 from hwprune.export.openvino import export_openvino  # noqa: E402
 from oracles import capabilities  # noqa: E402
+from tests.nets import conv_net  # noqa: E402
 
 
 def _net(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 4),
-    )
+    net = conv_net(8, classes=4, bias=True, seed=seed)
     with torch.no_grad():
         net[1].running_mean.uniform_(-1, 1)
         net[1].running_var.uniform_(0.5, 2)

@@ -25,7 +25,6 @@ from hwprune.agents import get_searcher, list_searchers
 from hwprune.agents.knapsack import solve_mck, solve_mck_lagrangian, total
 from hwprune.agents.latency_knapsack import unit_options
 from hwprune.constraints import bind_constraints
-from hwprune.data import get_dataset
 from hwprune.errors import InfeasibleBudgetError
 from hwprune.evaluate import Evaluator
 from hwprune.space import ChannelSpace
@@ -152,11 +151,6 @@ class OverheadLatency(oracles.Oracle):
         pruned = sum(1 for s, c in zip(convs, (24, 48, 48), strict=True) if s[0] < c)
         value = weights / 1000.0 + OVERHEAD * pruned
         return oracles.Measurement(quantity="latency", value=value, unit="ms", oracle=self.spec)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return get_dataset("digits")
 
 
 @pytest.fixture(scope="module")

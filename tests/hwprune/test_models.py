@@ -171,7 +171,9 @@ def test_checkpoint_round_trip(tmp_path):
     assert load_checkpoint(fresh, path)["accuracy"] == 0.5
     for k, v in model.state_dict().items():
         assert torch.equal(v, fresh.state_dict()[k])
-    assert get_model("resnet20_cifar", num_classes=3, width=0.5, weights=path) is not None
+    loaded = get_model("resnet20_cifar", num_classes=3, width=0.5, weights=path)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k])
 
 
 def test_bare_and_dataparallel_state_dicts_load(tmp_path):

@@ -7,65 +7,27 @@ import json
 from typing import ClassVar
 
 import pytest
-import torch
-from torch import nn
 
 import oracles
 from hwprune.agents import get_searcher
 from hwprune.agents.ppo_lagrangian import _Lagrange
-from hwprune.constraints import bind_constraints
-from hwprune.data import get_dataset
 from hwprune.errors import ConfigError
-from hwprune.evaluate import Evaluator
 from hwprune.export.onnx import export_onnx
 from hwprune.space import ChannelSpace
-
-
-def tiny_net(channels: int) -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(channels, 16, 3, padding=1, bias=False),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(16, 24, 3, padding=1, bias=False),
-        nn.BatchNorm2d(24),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(24, 24, 3, padding=1, bias=False),
-        nn.BatchNorm2d(24),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(24, 10),
-    ).eval()
+from tests.nets import pooled_net
 
 
 @pytest.fixture(scope="module")
-def data():
-    return get_dataset("digits", input_size=16)
-
-
-@pytest.fixture(scope="module")
-def space(data):
-    return ChannelSpace(tiny_net(data.input_shape[0]), example_input_shape=(1, *data.input_shape))
-
-
-def evaluator(space, data, budgets, *, oracle_overrides=None) -> Evaluator:
-    ev = Evaluator(
-        space=space,
-        data=data,
-        constraints=bind_constraints(budgets, oracles=oracle_overrides),
-        bn_batches=1,
-        bn_batch_size=32,
-        max_eval_samples=64,
+def space(data16):
+    return ChannelSpace(
+        pooled_net(data16.input_shape[0]), example_input_shape=(1, *data16.input_shape)
     )
-    ev.calibrate()
-    return ev
 
 
-def test_short_search_returns_a_policy_that_meets_the_budget_when_remeasured(space, data):
-    ev = evaluator(space, data, ["flops<=40%"])
+def test_short_search_returns_a_policy_that_meets_the_budget_when_remeasured(
+    space, data16, make_evaluator
+):
+    ev = make_evaluator(space, data16, ["flops<=40%"])
     result = get_searcher("ppo-lagrangian", seed=0).search(
         space=space, evaluator=ev, evaluations=24
     )
@@ -105,9 +67,11 @@ class SwitchLatency(oracles.Oracle):
         return oracles.Measurement(quantity="latency", value=value, unit="ms", oracle=self.spec)
 
 
-def test_multiplier_rises_while_violated_and_falls_once_met(space, data):
+def test_multiplier_rises_while_violated_and_falls_once_met(space, data16, make_evaluator):
     SwitchLatency.calls[0] = 0
-    ev = evaluator(space, data, ["latency<=2ms"], oracle_overrides=["latency=test-switch-latency"])
+    ev = make_evaluator(
+        space, data16, ["latency<=2ms"], oracle_overrides=["latency=test-switch-latency"]
+    )
     searcher = get_searcher("ppo-lagrangian", seed=1, lambda_lr=0.5, anchor=False)
     result = searcher.search(space=space, evaluator=ev, evaluations=32, repair_infeasible=False)
     lag = [e["latency"] for e in result.extra["lagrange"]]
@@ -135,9 +99,9 @@ def test_reward_uses_current_multipliers():
     assert lag.reward(0.8, {"latency": 1.5, "params": 1.0}) == pytest.approx(0.3)
 
 
-def test_same_seed_same_policies(space, data):
+def test_same_seed_same_policies(space, data16, make_evaluator):
     def policies(seed: int) -> list[tuple[float, ...]]:
-        ev = evaluator(space, data, ["flops<=50%"])
+        ev = make_evaluator(space, data16, ["flops<=50%"])
         result = get_searcher("ppo-lagrangian", seed=seed).search(
             space=space, evaluator=ev, evaluations=8, repair_infeasible=False
         )
@@ -148,11 +112,11 @@ def test_same_seed_same_policies(space, data):
     assert policies(4) != first
 
 
-def test_save_and_resume_continues_from_the_saved_agent(space, data, tmp_path):
+def test_save_and_resume_continues_from_the_saved_agent(space, data16, make_evaluator, tmp_path):
     ckpt = tmp_path / "agent"
     first = get_searcher("ppo-lagrangian", seed=0, anchor=False).search(
         space=space,
-        evaluator=evaluator(space, data, ["params<=50%"]),
+        evaluator=make_evaluator(space, data16, ["params<=50%"]),
         evaluations=8,
         checkpoint_dir=ckpt,
     )
@@ -164,7 +128,7 @@ def test_save_and_resume_continues_from_the_saved_agent(space, data, tmp_path):
     second_searcher = get_searcher("ppo-lagrangian", seed=0, anchor=False)
     second = second_searcher.search(
         space=space,
-        evaluator=evaluator(space, data, ["params<=50%"]),
+        evaluator=make_evaluator(space, data16, ["params<=50%"]),
         evaluations=8,
         checkpoint_dir=ckpt,
     )
@@ -179,7 +143,7 @@ def test_save_and_resume_continues_from_the_saved_agent(space, data, tmp_path):
     # A fresh agent (no checkpoint) with the same seed acts differently from the resumed one.
     fresh = get_searcher("ppo-lagrangian", seed=0, anchor=False).search(
         space=space,
-        evaluator=evaluator(space, data, ["params<=50%"]),
+        evaluator=make_evaluator(space, data16, ["params<=50%"]),
         evaluations=8,
     )
     assert [o.policy.keep for o in fresh.history] != [o.policy.keep for o in second.history]
@@ -187,17 +151,19 @@ def test_save_and_resume_continues_from_the_saved_agent(space, data, tmp_path):
     with pytest.raises(ConfigError, match="multipliers are for constraints"):
         get_searcher("ppo-lagrangian", seed=0, anchor=False).search(
             space=space,
-            evaluator=evaluator(space, data, ["flops<=50%"]),
+            evaluator=make_evaluator(space, data16, ["flops<=50%"]),
             evaluations=4,
             checkpoint_dir=ckpt,
         )
 
 
-def test_resumed_search_keeps_its_anchor_instead_of_bisecting_again(space, data, tmp_path):
+def test_resumed_search_keeps_its_anchor_instead_of_bisecting_again(
+    space, data16, make_evaluator, tmp_path
+):
     ckpt = tmp_path / "agent"
     first = get_searcher("ppo-lagrangian", seed=0).search(
         space=space,
-        evaluator=evaluator(space, data, ["params<=50%"]),
+        evaluator=make_evaluator(space, data16, ["params<=50%"]),
         evaluations=16,
         checkpoint_dir=ckpt,
     )
@@ -208,7 +174,7 @@ def test_resumed_search_keeps_its_anchor_instead_of_bisecting_again(space, data,
     assert first.history[0].policy.keep == (1.0,) * len(space.units)
     second = get_searcher("ppo-lagrangian", seed=0).search(
         space=space,
-        evaluator=evaluator(space, data, ["params<=50%"]),
+        evaluator=make_evaluator(space, data16, ["params<=50%"]),
         evaluations=8,
         checkpoint_dir=ckpt,
     )
@@ -224,26 +190,32 @@ def test_bad_options_are_one_sentence_errors():
 
 
 @pytest.mark.parametrize("name", ["ppo-lagrangian", "amc"])
-def test_a_ten_percent_weight_budget_is_searched_below_the_channel_floor(data, name):
+def test_a_ten_percent_weight_budget_is_searched_below_the_channel_floor(
+    data16, make_evaluator, name
+):
     """The ICPR setting: ``params<=10%`` counting non-zero weights on a weight space with
     min_keep 0.01. The anchor lies under 0.1 keep (BN parameters stay dense), which the
     agents' old fixed max_prune of 0.9 rejected as a configuration error."""
     from hwprune.space import WeightSpace
 
     space = WeightSpace(
-        tiny_net(data.input_shape[0]), example_input_shape=(1, *data.input_shape), min_keep=0.01
+        pooled_net(data16.input_shape[0]),
+        example_input_shape=(1, *data16.input_shape),
+        min_keep=0.01,
     )
-    ev = evaluator(space, data, ["params<=10%"], oracle_overrides={"params": "params?nonzero=1"})
+    ev = make_evaluator(
+        space, data16, ["params<=10%"], oracle_overrides={"params": "params?nonzero=1"}
+    )
     result = get_searcher(name, seed=0).search(space=space, evaluator=ev, evaluations=16)
     assert result.extra["anchor"] is not None and result.extra["anchor"] < 0.1
     assert result.best is not None and result.best.feasible
     assert result.best.values["params"] <= ev.constraints[0].bound
 
 
-def test_report_plots_the_logged_multipliers_one_line_per_constraint(space, data):
+def test_report_plots_the_logged_multipliers_one_line_per_constraint(space, data16, make_evaluator):
     from hwprune.plots import lagrange_data, lagrange_figure
 
-    ev = evaluator(space, data, ["flops<=50%", "params<=50%"])
+    ev = make_evaluator(space, data16, ["flops<=50%", "params<=50%"])
     result = get_searcher("ppo-lagrangian", seed=0, anchor=False).search(
         space=space, evaluator=ev, evaluations=8, repair_infeasible=False
     )

@@ -4,66 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from stable_baselines3.common.env_checker import check_env
 from torch import nn
 
 import oracles
 from hwprune.agents import get_searcher
-from hwprune.constraints import bind_constraints
-from hwprune.data import get_dataset
 from hwprune.envs.multivisit import MultiVisitEnv
 from hwprune.errors import ConfigError
-from hwprune.evaluate import Evaluator
 from hwprune.space import ChannelSpace, Policy
+from tests.nets import conv_net
 
 LATENCY = "onnxruntime:cpu?threads=1&min_time=0.1&warmup=5"
 
 
-class TinyNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1, bias=False),
-            nn.BatchNorm2d(16),
-            nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1, stride=2, bias=False),
-            nn.BatchNorm2d(32),
-            nn.ReLU(),
-            nn.Conv2d(32, 32, 3, padding=1, bias=False),
-            nn.BatchNorm2d(32),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
-        self.fc = nn.Linear(32, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.body(x))
-
-
-@pytest.fixture(scope="module")
-def data():
-    return get_dataset("digits")
-
-
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return TinyNet().eval()
-
-
-def make_evaluator(space, data, budgets, *, oracle_overrides=None) -> Evaluator:
-    ev = Evaluator(
-        space=space,
-        data=data,
-        constraints=bind_constraints(budgets, oracles=oracle_overrides),
-        bn_batches=1,
-        bn_batch_size=32,
-        max_eval_samples=64,
-    )
-    ev.calibrate()
-    return ev
+    return conv_net(16, 32, 32, strides=(1, 2, 1)).eval()
 
 
 def channel_space(model, data, *, min_keep=0.1) -> ChannelSpace:
@@ -79,7 +35,7 @@ def remeasure(space, policy, data, spec: str) -> float:
 
 
 # ------------------------------------------------------------------- env
-def test_multivisit_env_passes_check_env_on_channels(model, data):
+def test_multivisit_env_passes_check_env_on_channels(model, data, make_evaluator):
     space = channel_space(model, data)
     ev = make_evaluator(space, data, ["params<=50%"])
     env = MultiVisitEnv(space, ev.evaluate, constraints=ev.constraints, visits=2)
@@ -87,7 +43,7 @@ def test_multivisit_env_passes_check_env_on_channels(model, data):
     assert env.observation_space.shape == (2 * len(space.units) + 2,)
 
 
-def test_multivisit_env_passes_check_env_on_weights(model, data):
+def test_multivisit_env_passes_check_env_on_weights(model, data, make_evaluator):
     from hwprune.space import WeightSpace
 
     for pattern in ("unstructured", "2:4"):
@@ -99,7 +55,7 @@ def test_multivisit_env_passes_check_env_on_weights(model, data):
         check_env(env, warn=True, skip_render_check=True)
 
 
-def test_episode_prunes_current_density_and_ends_on_the_estimate(model, data):
+def test_episode_prunes_current_density_and_ends_on_the_estimate(model, data, make_evaluator):
     space = channel_space(model, data)
     ev = make_evaluator(space, data, ["params<=60%"])
     env = MultiVisitEnv(space, ev.evaluate, constraints=ev.constraints, visits=4,
@@ -124,24 +80,10 @@ def test_episode_prunes_current_density_and_ends_on_the_estimate(model, data):
 
 def wide_net() -> nn.Module:
     """Wide enough (about 1 ms) that pruning, not per-call overhead, sets its latency."""
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 64, 3, padding=1, bias=False),
-        nn.BatchNorm2d(64),
-        nn.ReLU(),
-        nn.Conv2d(64, 128, 3, padding=1, stride=2, bias=False),
-        nn.BatchNorm2d(128),
-        nn.ReLU(),
-        nn.Conv2d(128, 128, 3, padding=1, bias=False),
-        nn.BatchNorm2d(128),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(128, 10),
-    ).eval()
+    return conv_net(64, 128, 128, strides=(1, 2, 1)).eval()
 
 
-def test_latency_episode_runs_every_visit_and_penalises_excess(data):
+def test_latency_episode_runs_every_visit_and_penalises_excess(data, make_evaluator):
     space = channel_space(wide_net(), data)
     ev = make_evaluator(space, data, ["latency<=50%"], oracle_overrides={"latency": LATENCY})
     env = MultiVisitEnv(space, ev.evaluate, constraints=ev.constraints, visits=2, penalty=2.0)
@@ -153,7 +95,7 @@ def test_latency_episode_runs_every_visit_and_penalises_excess(data):
     assert rewards[-1][1] == pytest.approx(info["accuracy"] - 2.0 * info["excess"])
 
 
-def test_curriculum_eases_the_budget(model, data):
+def test_curriculum_eases_the_budget(model, data, make_evaluator):
     space = channel_space(model, data)
     ev = make_evaluator(space, data, ["params<=40%"])
     env = MultiVisitEnv(space, ev.evaluate, constraints=ev.constraints, target=0.5)
@@ -165,7 +107,9 @@ def test_curriculum_eases_the_budget(model, data):
 
 
 # ------------------------------------------------------------------- QLP
-def test_qlp_finds_a_feasible_policy_and_repeats_with_its_seed(model, data, tmp_path):
+def test_qlp_finds_a_feasible_policy_and_repeats_with_its_seed(
+    model, data, tmp_path, make_evaluator
+):
     space = channel_space(model, data)
     opts = {"visits": 2, "learning_starts": 16, "batch_size": 16, "target_update_interval": 50}
 
@@ -191,7 +135,7 @@ def test_qlp_finds_a_feasible_policy_and_repeats_with_its_seed(model, data, tmp_
     assert c.extra["resumed"] and c.extra["timesteps"] > a.extra["timesteps"]
 
 
-def test_qlp_meets_a_latency_budget_on_onnxruntime(data):
+def test_qlp_meets_a_latency_budget_on_onnxruntime(data, make_evaluator):
     # On a 0.1 ms net the latency is mostly per-call overhead and a "feasible"
     # candidate can be timing noise; a wider net makes the budget a real one.
     space = channel_space(wide_net(), data)
@@ -209,7 +153,7 @@ def test_qlp_meets_a_latency_budget_on_onnxruntime(data):
     )
 
 
-def test_qlp_reports_an_unreachable_budget(model, data):
+def test_qlp_reports_an_unreachable_budget(model, data, make_evaluator):
     space = channel_space(model, data, min_keep=0.1)
     ev = make_evaluator(space, data, ["params<=0.01%"])
     result = get_searcher("qlp", seed=0, visits=1, learning_starts=4, batch_size=4).search(
@@ -220,7 +164,7 @@ def test_qlp_reports_an_unreachable_budget(model, data):
     assert result.smallest["params"] == pytest.approx(smallest)
 
 
-def test_a_sparse_candidate_counts_the_weights_it_keeps(model, data):
+def test_a_sparse_candidate_counts_the_weights_it_keeps(model, data, make_evaluator):
     # A weight space zeroes weights in a dense-shaped model: counting its parameters gave
     # every candidate the dense size, so the search signal at chance (floor x size) and the
     # final choice's tie-break could not tell a 10% model from a 60% one.

@@ -8,7 +8,6 @@ depend on timing; the repair logic is the same for any oracle).
 from __future__ import annotations
 
 import pytest
-import torch
 from torch import nn
 
 from hwprune.constraints import bind_constraints
@@ -17,28 +16,13 @@ from hwprune.evaluate import Evaluator
 from hwprune.pipeline import _repair_candidate
 from hwprune.space import ChannelSpace, Policy
 from hwprune.train import train
-
-
-def conv_net(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1, bias=False),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1, bias=False),
-        nn.BatchNorm2d(64),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(64, 10),
-    )
+from tests.nets import conv_net
 
 
 @pytest.fixture(scope="module")
 def trained():
     data = get_dataset("digits")
-    net = conv_net(seed=0)
+    net = conv_net(32, 64, pooled=1, seed=0)
     train(net, data, epochs=4, seed=0)
     return net.eval(), data
 
@@ -102,7 +86,7 @@ def test_candidates_tied_on_proxy_accuracy_go_to_the_least_pruned(trained):
     """An untrained net scores near chance whatever is pruned (as a deep residual net cut
     hard does before fine-tuning): the repair keeps the largest candidate with the margin."""
     _, data = trained
-    net = conv_net(seed=1).eval()  # untrained
+    net = conv_net(32, 64, pooled=1, seed=1).eval()  # untrained
     space, evaluator = make_evaluator(net, data, "params<=40%")
     edge = evaluator.evaluate(Policy.uniform(space, 0.6))
     smaller = [evaluator.evaluate(Policy.uniform(space, k)) for k in (0.1, 0.2, 0.3)]

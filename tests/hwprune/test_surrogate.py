@@ -15,13 +15,11 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
-import torch
 from torch import nn
 
 import oracles
 from hwprune.config import PruneConfig
 from hwprune.constraints import bind_constraints
-from hwprune.data import get_dataset
 from hwprune.errors import ConfigError
 from hwprune.evaluate import (
     Evaluator,
@@ -42,6 +40,7 @@ from hwprune.report import _surrogate_lines
 from hwprune.run.choose import CONFIRM_TOP, rank_feasible
 from hwprune.space import ChannelSpace, Policy
 from hwprune.task import BoundTask
+from tests.nets import conv_net
 
 
 @oracles.register_oracle("test-smooth-latency")
@@ -64,32 +63,10 @@ class SmoothLatency(oracles.Oracle):
         )  # fmt: skip
 
 
-def tiny_net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1, bias=False),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1, bias=False),
-        nn.BatchNorm2d(64),
-        nn.ReLU(),
-        nn.Conv2d(64, 64, 3, padding=1, bias=False),
-        nn.BatchNorm2d(64),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(64, 10),
-    ).eval()
-
-
-@pytest.fixture(scope="module")
-def data():
-    return get_dataset("digits")
-
-
 @pytest.fixture(scope="module")
 def space(data):
-    return ChannelSpace(tiny_net(), example_input_shape=(1, *data.input_shape), min_keep=0.1)
+    return ChannelSpace(conv_net(32, 64, 64).eval(), example_input_shape=(1, *data.input_shape),
+                        min_keep=0.1)  # fmt: skip
 
 
 def make_evaluator(space, data, *, surrogate: str, log_path=None) -> Evaluator:
@@ -332,7 +309,7 @@ def size_score(model: nn.Module) -> float:
     return round(200 * min(1.0, 0.3 + 0.6 * n / TINY_PARAMS + 0.3 * (u - 0.5))) / 200
 
 
-TINY_PARAMS = sum(p.numel() for p in tiny_net().parameters())
+TINY_PARAMS = sum(p.numel() for p in conv_net(32, 64, 64).parameters())
 
 
 def noisy_evaluator(space, *, log_path=None) -> Evaluator:

@@ -10,6 +10,7 @@ from hwprune.export import export_onnx
 from hwprune.export.final import final_export
 from hwprune.models import get_model
 from hwprune.space import ChannelSpace, Policy
+from tests.nets import Cancelling
 
 
 def test_shufflenet_channel_shuffle_is_pruned_around_not_a_crash(tmp_path):
@@ -59,34 +60,9 @@ def test_shufflenet_width_whose_shuffle_mapping_overruns_is_pruned_around(tmp_pa
     assert result.max_rel_diff <= 1e-3
 
 
-class _Cancelling(torch.nn.Module):
-    """Activations of ~1e5 whose difference gates the output: float32 rounding dominates it.
-
-    The support issue's second failure ("ONNX differs from torch by up to 9", export
-    refused) has this shape: EfficientNet and MobileNetV3 with BN statistics estimated on
-    data narrower than the random check inputs reach activations of 1e5, and torch's own
-    float32 output is then as far from the exact one as ONNX Runtime's.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = torch.nn.Linear(256, 1024)
-        self.b = torch.nn.Linear(256, 1024)
-        self.head = torch.nn.Linear(1024, 10)
-        with torch.no_grad():
-            self.b.weight.copy_(self.a.weight * (1 + 1e-6))
-            self.b.bias.copy_(self.a.bias)
-            # 3e4: past the tolerance in every kind of check draw (normal, small, uniform).
-            self.a.weight.mul_(3e4)
-            self.b.weight.mul_(3e4)
-
-    def forward(self, x):
-        return self.head(torch.sigmoid(self.a(x) - self.b(x)) * self.a(x))
-
-
 def test_export_as_close_to_float64_as_torch_itself_is_not_refused(tmp_path):
     torch.manual_seed(0)
-    model = _Cancelling().eval()
+    model = Cancelling().eval()
     x = torch.randn(1, 256)
     result = final_export(model, example_inputs=x, onnx_path=tmp_path / "m.onnx")
     (out,) = result.outputs

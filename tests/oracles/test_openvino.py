@@ -49,24 +49,6 @@ def test_registered_and_parsed_from_spec() -> None:
     assert oracles.get_oracle(oracle.spec).settings() == oracle.settings()
 
 
-@pytest.mark.parametrize(
-    ("spec", "match"),
-    [
-        ("openvino:cpu?threads=0", r"'threads' must be an integer from 1 to \d+ .* got 0"),
-        ("openvino:cpu?precision=fp8", r"'precision' must be one of f32, bf16, f16, auto"),
-        ("openvino:cpu?sessions=99", r"'sessions' must be an integer from 0"),
-        ("openvino:cpu?min_runs=50&max_runs=10", r"'max_runs' must be at least min_runs"),
-        ("openvino:gpu?threads=2", r"threads applies to the cpu device only"),
-        ("openvino:tpu", r"runs on cpu, gpu, npu, not 'tpu'"),
-        ("openvino:cpu?thread=1", r"has no setting 'thread'"),
-    ],
-)
-def test_bad_settings_raise_one_clear_sentence(spec: str, match: str) -> None:
-    with pytest.raises(OracleSpecError, match=match) as info:
-        oracles.get_oracle(spec)
-    assert "\n" not in str(info.value)
-
-
 @pytest.mark.parametrize("device", ["gpu", "npu"])
 def test_absent_device_is_refused_in_one_line(device: str) -> None:
     name = device.upper()
@@ -89,17 +71,11 @@ def test_missing_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
         ov_oracle._core.cache_clear()
 
 
-def test_measurement_follows_the_protocol(small: bytes) -> None:
+def test_measurement_follows_the_protocol(small: bytes, cpu_timing_checked) -> None:
     oracle = oracles.get_oracle(f"openvino:cpu?threads=1&{FAST}")
     m = oracle.measure(small)
-    assert m.quantity == "latency" and m.unit == "ms" and m.statistic == "median"
-    assert m.value > 0
-    assert m.ci_low is not None and m.ci_high is not None
-    assert m.ci_low <= m.value <= m.ci_high
-    assert 10 <= m.samples <= 200
-    assert m.iqr >= 0 and m.cv >= 0
-    assert m.backend == "openvino" and m.device == "cpu" and m.threads == 1 and m.batch == 1
-    assert m.oracle == oracle.spec and m.seconds > 0
+    cpu_timing_checked(m, oracle)
+    assert m.backend == "openvino"
     # Read back from the compiled model: what ran, not what was asked.
     assert m.extra["performance_hint"] == "LATENCY"
     assert m.extra["num_streams"] == 1
@@ -108,7 +84,6 @@ def test_measurement_follows_the_protocol(small: bytes) -> None:
     assert m.extra["execution_devices"] == ["CPU"]
     assert m.extra["sessions"] == 3  # one thread on the CPU: three compiled models rotated
     assert m.extra["openvino"] == openvino.__version__
-    assert isinstance(m.extra["converged"], bool)
 
 
 def test_threads_are_bound_and_an_impossible_count_is_refused(small: bytes) -> None:
