@@ -329,7 +329,7 @@ class Evaluator:
         ``surrogate`` (auto, on, off): timed values predicted where the search allows it
         (see hwprune.evaluate.surrogate); decided in ``calibrate``. ``allow_trace_warnings``
         exports candidates whose forward decides on input values (see ``export_onnx``)."""
-        from hwprune.task import ClassificationTask, as_task
+        from hwprune.tasks import ClassificationTask, as_task
 
         if (task is None) == (data is None):
             raise TypeError("Evaluator needs exactly one of task= or data=")
@@ -386,7 +386,7 @@ class Evaluator:
     # ------------------------------------------------------------------ resume
     def _load_log(self) -> None:
         from hwprune.space import Policy
-        from hwprune.task import same_score
+        from hwprune.tasks import same_score
 
         other = 0
         for record in self._log.records():
