@@ -367,7 +367,7 @@ def test_export_to_a_folder_leaves_no_tmp_and_export_elsewhere_works(
 ) -> None:
     from hwprune.errors import ExportError
     from hwprune.export.final import final_export
-    from hwprune.pipeline import load_pruned
+    from hwprune.api import load_pruned
 
     # The library call too: a folder in place of the file is one ExportError, no *.tmp.
     target = tmp_path / "taken"

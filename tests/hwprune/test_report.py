@@ -9,7 +9,7 @@ import pytest
 
 from hwprune.constraints import Constraint, parse_budget
 from hwprune.evaluate import Outcome
-from hwprune.pipeline import BudgetCheck, PruneResult
+from hwprune.run.result import BudgetCheck, PruneResult
 from hwprune.plots import (
     accuracy_data,
     accuracy_figure,
