@@ -10,22 +10,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import oracles
 from hwprune.constraints import Constraint
 from hwprune.evaluate.log import EpisodeLog
+from hwprune.evaluate.options import EvaluatorOptions, ProxyOptions, split_options
 from hwprune.evaluate.scores import (
-    CHANCE_SHARE,
     accuracy_tolerance,
     candidate_params,
     chance_floor,
     search_signal,
 )
 from hwprune.evaluate.surrogate import check_mode, start_gate
-from oracles import Measurement, MeasurementCache
+from oracles import Measurement
 from oracles.timing import capped_protocol
 
 log = logging.getLogger(__name__)
@@ -51,12 +51,11 @@ SEARCH_MAX_TIME = 2.0
 __all__ = [
     "Outcome",
     "Evaluator",
-    "EvaluatorOptions",
-    "ProxyOptions",
     "CONFIRM_TOP",
     "SEARCH_MAX_RUNS",
     "SEARCH_MAX_TIME",
-    "CHANCE_SHARE",
+    "EvaluatorOptions",
+    "ProxyOptions",
     "accuracy_tolerance",
     "candidate_params",
     "chance_floor",
@@ -238,64 +237,6 @@ def rank_feasible(
     return ranked + chance
 
 
-@dataclass(frozen=True)
-class EvaluatorOptions:
-    """How an :class:`Evaluator` measures, remembers and reports.
-
-    ``cache``: the oracles' measurements across runs; ``log_path``: the episodes log
-    (appended to, and read back on resume); ``seed``: the surrogate's audit draws (and the
-    built-in task's fixed images); ``opset``/``allow_trace_warnings``: the candidates' ONNX
-    export (see ``export_onnx``: a forward that decides on input values); ``surrogate``
-    (auto, on, off): timed values predicted where the search allows it (see
-    hwprune.evaluate.surrogate), decided in ``calibrate``; ``on_outcome``: called with
-    every new outcome.
-    """
-
-    cache: MeasurementCache | None = None
-    log_path: str | None = None
-    seed: int = 0
-    opset: int | None = None
-    allow_trace_warnings: bool = False
-    surrogate: str = "off"
-    on_outcome: Callable[[Outcome], None] | None = None
-
-
-@dataclass(frozen=True)
-class ProxyOptions:
-    """The built-in classification task of ``Evaluator(data=...)``: BN re-estimation on
-    ``bn_batches`` x ``bn_batch_size`` training images, the proxy on at most
-    ``max_eval_samples`` search images in batches of ``eval_batch_size``, on ``device``."""
-
-    bn_batches: int = 4
-    bn_batch_size: int = 64
-    eval_batch_size: int = 256
-    max_eval_samples: int | None = 2000
-    device: str = "cpu"
-
-
-def _options(
-    options: EvaluatorOptions | None,
-    proxy: ProxyOptions | None,
-    settings: Mapping[str, Any],
-    *,
-    shortcut: bool,
-) -> tuple[EvaluatorOptions, ProxyOptions]:
-    """``options`` and ``proxy`` with ``settings`` (options given one by one) filled in;
-    TypeError for a setting neither names, as for any unknown keyword."""
-    own = {f.name for f in fields(EvaluatorOptions)}
-    task = {f.name for f in fields(ProxyOptions)} if shortcut else set()
-    unknown = sorted(set(settings) - own - task)
-    if unknown:
-        raise TypeError(f"Evaluator got an unexpected keyword argument {unknown[0]!r}")
-    if proxy is not None and not shortcut:
-        raise TypeError("Evaluator takes proxy= only with data= (the built-in task's options)")
-    options = replace(
-        options or EvaluatorOptions(), **{k: settings[k] for k in own & set(settings)}
-    )
-    proxy = replace(proxy or ProxyOptions(), **{k: settings[k] for k in task & set(settings)})
-    return options, proxy
-
-
 def _judge(constraint: Constraint) -> Any:
     """The oracle that judges ``constraint``, built once per evaluator from its spec."""
     return oracles.get_oracle(constraint.oracle)
@@ -329,7 +270,7 @@ class Evaluator:
 
         if (task is None) == (data is None):
             raise TypeError("Evaluator needs exactly one of task= or data=")
-        options, proxy = _options(options, proxy, settings, shortcut=data is not None)
+        options, proxy = split_options(options, proxy, settings, shortcut=data is not None)
         if data is not None:
             task = ClassificationTask(data, seed=options.seed, **asdict(proxy))
         self.options = options

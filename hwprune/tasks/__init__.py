@@ -8,29 +8,9 @@ task of ``hwprune prune --model/--data``, one ``Task`` among the others.
 
 from __future__ import annotations
 
-from hwprune.tasks.base import (
-    BoundTask,
-    SupportsEvaluate,
-    SupportsFinetune,
-    Task,
-    TaskError,
-    as_task,
-    same_score,
-    score_number,
-)
-from hwprune.tasks.calibration import reestimate_bn_on, reset_batchnorms
-from hwprune.tasks.classification import ClassificationTask
+from hwprune.tasks import base, calibration, classification
+from hwprune.tasks.base import *  # noqa: F403
+from hwprune.tasks.calibration import *  # noqa: F403
+from hwprune.tasks.classification import *  # noqa: F403
 
-__all__ = [
-    "Task",
-    "SupportsFinetune",
-    "SupportsEvaluate",
-    "BoundTask",
-    "TaskError",
-    "as_task",
-    "reestimate_bn_on",
-    "reset_batchnorms",
-    "same_score",
-    "score_number",
-    "ClassificationTask",
-]
+__all__ = [*base.__all__, *calibration.__all__, *classification.__all__]

@@ -281,14 +281,11 @@ def _bind(task: Any) -> BoundTask:
 
 def _epochs(task: Any) -> int | None:
     value = _part(task, "finetune_epochs")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(
-            f"{type(task).__name__}.finetune_epochs must be a non-negative int or None, "
-            f"got {value!r}"
-        )
-    return value
+    if value is None or (type(value) is int and value >= 0):  # a bool is no count
+        return value
+    raise ConfigError(
+        f"{type(task).__name__}.finetune_epochs must be a non-negative int or None, got {value!r}"
+    )
 
 
 #: What a score (and ``score_chance``) must be, in the words of every refusal.
