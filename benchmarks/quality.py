@@ -380,7 +380,7 @@ def prune_row(
                     "evaluations", "first_feasible_evaluation")}, reselect_seconds=seconds)  # fmt: skip
     row.update(search_use(run_dir) or {})
     if remeasure_oracle is not None:
-        from hwprune.pipeline import model_input_shape
+        from hwprune.api import model_input_shape
 
         shape = (1, *model_input_shape(result.paths["model"]))
         value = remeasure(Path(result.paths["onnx"]), oracle=remeasure_oracle, input_shape=shape)

@@ -203,7 +203,7 @@ def run_row(
     seconds = time.perf_counter() - t0
     check = result.budgets[0]
     pb, stairs = _proposed_built(result)
-    from hwprune.pipeline import model_input_shape
+    from hwprune.api import model_input_shape
 
     shape = (1, *model_input_shape(result.paths["model"]))
     again = remeasure(Path(result.paths["onnx"]), oracle=args.oracle, input_shape=shape)

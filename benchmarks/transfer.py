@@ -189,7 +189,7 @@ def paired_row(
     run_dir: Path, dense: tuple[bytes, Any], *, timing: str, repeats: int
 ) -> dict[str, Any]:
     """``paired_latency`` of a prune run's shipped model (model.onnx; model.pt for torch)."""
-    from hwprune.pipeline import load_pruned, model_input_shape
+    from hwprune.api import load_pruned, model_input_shape
 
     t0 = time.perf_counter()
     shipped = ((run_dir / "model.onnx").read_bytes(), load_pruned(run_dir))
@@ -201,7 +201,7 @@ def paired_row(
 
 def shipped_latency(run_dir: Path, *, timing: str, repeats: int) -> dict[str, float]:
     """The shipped model of a prune run (its model.onnx, its model.pt for torch) on every runtime."""
-    from hwprune.pipeline import load_pruned, model_input_shape
+    from hwprune.api import load_pruned, model_input_shape
 
     shape = (1, *model_input_shape(run_dir))
     return measure_everywhere(

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import hwprune
-from hwprune.task import reestimate_bn_on
+from hwprune.tasks import reestimate_bn_on
 
 from _check import main_or_one_line, parse_args, report, summarize
 

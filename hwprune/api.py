@@ -25,7 +25,7 @@ from hwprune.outputs import check_home
 from hwprune.progress import ProgressFn
 from hwprune.run.context import RunContext, check_run_dir, prepare_run_dir
 from hwprune.run.result import PruneResult
-from hwprune.task import TaskError
+from hwprune.tasks import TaskError
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def prune(
 
     objects = None
     if isinstance(model, nn.Module):
-        from hwprune.task import as_task
+        from hwprune.tasks import as_task
 
         if example_inputs is None:
             raise ConfigError(
@@ -285,7 +285,7 @@ def resume(
         config = config.replace(ray=ray)
     objects = None
     if model is not None:
-        from hwprune.task import as_task
+        from hwprune.tasks import as_task
 
         objects = (model, example_inputs, as_task(task))
     elif config.model is None and config.task is None:

@@ -365,9 +365,9 @@ def test_hostile_suite_covers_every_group() -> None:
 def test_export_to_a_folder_leaves_no_tmp_and_export_elsewhere_works(
     world: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from hwprune.api import load_pruned
     from hwprune.errors import ExportError
     from hwprune.export.final import final_export
-    from hwprune.pipeline import load_pruned
 
     # The library call too: a folder in place of the file is one ExportError, no *.tmp.
     target = tmp_path / "taken"

@@ -206,7 +206,7 @@ def test_load_pruned_refuses_a_plain_checkpoint(tiny_checkpoint: Path) -> None:
 
 
 def test_config_file_options(tmp_path: Path) -> None:
-    from hwprune.pipeline import read_config_file
+    from hwprune.config import read_config_file
 
     cfg = tmp_path / "run.toml"
     cfg.write_text('model = "vgg11_cifar"\nbudget = "latency<=50%"\nfinetune-epochs = 2\n')

@@ -106,10 +106,10 @@ def check_targets(
 
 
 def run(args: argparse.Namespace) -> int:
+    from hwprune.api import load_pruned, model_input_shape
     from hwprune.cli._console import console
     from hwprune.errors import ConfigError, ExportError
     from hwprune.export.final import final_export
-    from hwprune.pipeline import load_pruned, model_input_shape
 
     if args.opset < 7:
         raise ExportError(f"--opset must be at least 7, got {args.opset}")

@@ -10,14 +10,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import oracles
 from hwprune.constraints import Constraint
 from hwprune.evaluate.log import EpisodeLog
-from oracles import Measurement, MeasurementCache
+from hwprune.evaluate.options import EvaluatorOptions, ProxyOptions, split_options
+from hwprune.evaluate.scores import (
+    accuracy_tolerance,
+    candidate_params,
+    chance_floor,
+    search_signal,
+)
+from hwprune.evaluate.surrogate import check_mode, start_gate
+from oracles import Measurement
 from oracles.timing import capped_protocol
 
 log = logging.getLogger(__name__)
@@ -37,18 +45,13 @@ MEASURE_REPEATS = 3
 SEARCH_MAX_RUNS = 200
 SEARCH_MAX_TIME = 2.0
 
-# A proxy score counts as "at chance" (it says nothing of the accuracy after fine-tuning)
-# until it is above the task's chance score by this share of the dense model's margin over
-# chance (and by sampling noise). Measured (benchmarks/proxy_study.py, ResNet-32 on Fashion-
-# MNIST cut to 30% of its latency): with every candidate's bn accuracy under 0.16 against the
-# dense model's 0.88, bn ranked the fine-tuned accuracies at Spearman 0.22, parameters kept 0.87.
-CHANCE_SHARE = 0.1
-
 __all__ = [
     "Outcome",
     "Evaluator",
     "SEARCH_MAX_RUNS",
     "SEARCH_MAX_TIME",
+    "EvaluatorOptions",
+    "ProxyOptions",
     "accuracy_tolerance",
     "candidate_params",
     "chance_floor",
@@ -158,66 +161,9 @@ class Outcome:
         )
 
 
-def accuracy_tolerance(accuracy: float, samples: int) -> float:
-    """How far apart two proxy accuracies on ``samples`` images can be by sampling alone.
-
-    Two standard errors of a proportion at ``accuracy``, and at least one image.
-    ``samples`` < 1 (unknown) gives 0: only exact ties.
-    """
-    import math
-
-    if samples < 1:
-        return 0.0
-    p = min(max(float(accuracy), 0.0), 1.0)
-    return max(2.0 * math.sqrt(p * (1.0 - p) / samples), 1.0 / samples)
-
-
-def chance_floor(chance: float | None, dense: float | None, samples: int) -> float | None:
-    """The proxy score at or below which a candidate counts as at chance (None: no floor).
-
-    ``chance`` is the task's score of a model that knows nothing (the largest class's
-    share of the proxy's images), ``dense`` the dense model's score. The floor is chance
-    plus the larger of :func:`accuracy_tolerance` at chance and ``CHANCE_SHARE`` of the
-    dense model's margin over chance. Without a chance score (a task that does not give
-    one, a continuous proxy) there is no floor.
-    """
-    if chance is None or dense is None:
-        return None
-    margin = max(float(dense) - float(chance), 0.0)
-    return float(chance) + max(accuracy_tolerance(chance, samples), CHANCE_SHARE * margin)
-
-
-def candidate_params(space: Any, policy: Any, module: Any) -> int:
-    """A candidate's size: the parameters it keeps.
-
-    A channel space builds a smaller model, so its parameter count is the size. A weight space
-    zeroes weights in a model of the dense shape, where that count is the dense one for every
-    candidate; its size is the weights left non-zero (``space.nonzero_params``), or the search
-    signal at chance and the final choice's tie-break would see every candidate as dense.
-    """
-    nonzero = getattr(space, "nonzero_params", None)
-    if callable(nonzero):
-        return int(nonzero(policy))
-    return sum(p.numel() for p in module.parameters())
-
-
-def search_signal(
-    accuracy: float, params: int | None, *, floor: float | None, dense_params: int | None
-) -> float:
-    """The score a searcher learns from: the proxy score, or the model's size at chance.
-
-    A candidate scored at or below ``floor`` (:func:`chance_floor`) is at chance, and its
-    score is noise: a deep net cut hard sits there before fine-tuning, where parameters
-    kept predict the accuracy after fine-tuning far better (proxy study: Spearman 0.87
-    against 0.22 for the score on ResNet-32). Such a candidate is given
-    ``floor * params / dense_params``: monotone in its size and never above an informed
-    candidate's score, the same order the final choice
-    (:func:`hwprune.run.choose.rank_feasible`) uses. Without a floor or a parameter count,
-    the proxy score itself.
-    """
-    if floor is None or accuracy > floor or not params or not dense_params:
-        return float(accuracy)
-    return float(floor) * min(float(params) / float(dense_params), 1.0)
+def _judge(constraint: Constraint) -> Any:
+    """The oracle that judges ``constraint``, built once per evaluator from its spec."""
+    return oracles.get_oracle(constraint.oracle)
 
 
 class Evaluator:
@@ -233,53 +179,37 @@ class Evaluator:
         self,
         *,
         space: Any,
+        constraints: Sequence[Constraint],
         task: Any = None,
         data: Any = None,
-        constraints: Sequence[Constraint],
-        cache: MeasurementCache | None = None,
-        log_path: str | None = None,
-        bn_batches: int = 4,
-        bn_batch_size: int = 64,
-        eval_batch_size: int = 256,
-        max_eval_samples: int | None = 2000,
-        device: str = "cpu",
-        seed: int = 0,
-        opset: int | None = None,
-        allow_trace_warnings: bool = False,
-        on_outcome: Callable[[Outcome], None] | None = None,
-        surrogate: str = "off",
+        options: EvaluatorOptions | None = None,
+        proxy: ProxyOptions | None = None,
+        **settings: Any,
     ) -> None:
-        """``task`` scores candidates (see hwprune.task); ``data`` is a shortcut for
-        ``ClassificationTask(data, ...)`` with the bn/eval/device/seed options given here.
-        ``surrogate`` (auto, on, off): timed values predicted where the search allows it
-        (see hwprune.evaluate.surrogate); decided in ``calibrate``. ``allow_trace_warnings``
-        exports candidates whose forward decides on input values (see ``export_onnx``)."""
-        from hwprune.task import ClassificationTask, as_task
+        """``task`` scores candidates (see hwprune.tasks); ``data`` is a shortcut for the
+        built-in ``ClassificationTask(data, ...)`` with ``proxy``'s options and ``options``'
+        seed. ``settings`` spell the same options out one by one: each names a field of
+        :class:`EvaluatorOptions` or (with ``data``) of :class:`ProxyOptions`."""
+        from hwprune.tasks import ClassificationTask, as_task
 
         if (task is None) == (data is None):
             raise TypeError("Evaluator needs exactly one of task= or data=")
+        options, proxy = split_options(options, proxy, settings, shortcut=data is not None)
         if data is not None:
-            task = ClassificationTask(
-                data,
-                device=device,
-                seed=seed,
-                bn_batches=bn_batches,
-                bn_batch_size=bn_batch_size,
-                eval_batch_size=eval_batch_size,
-                max_eval_samples=max_eval_samples,
-            )
+            task = ClassificationTask(data, seed=options.seed, **asdict(proxy))
+        self.options = options
         self.space = space
         self.task = as_task(task)
         self.constraints = list(constraints)
-        self.cache = cache
-        self.seed = seed
+        self.cache = options.cache
+        self.seed = options.seed
         # Every input of the model, by ONNX input name: each oracle gets every input's shape.
         self.example_inputs = space.example_inputs
         self.input_shape = tuple(space.example_input_shape)
-        self.opset = opset
-        self.allow_trace_warnings = bool(allow_trace_warnings)
-        self.on_outcome = on_outcome
-        self._oracles = {c.name: oracles.get_oracle(c.oracle) for c in self.constraints}
+        self.opset = options.opset
+        self.allow_trace_warnings = bool(options.allow_trace_warnings)
+        self.on_outcome = options.on_outcome
+        self._oracles = {c.name: _judge(c) for c in self.constraints}
         # Each timed oracle with the search's stop rule (the same oracle where it has none).
         self._search_changes = {
             name: capped_protocol(o, max_runs=SEARCH_MAX_RUNS, max_time=SEARCH_MAX_TIME)
@@ -289,9 +219,7 @@ class Evaluator:
             name: replace(o, **self._search_changes[name]) if self._search_changes[name] else o
             for name, o in self._oracles.items()
         }
-        from hwprune.evaluate.surrogate import check_mode
-
-        self.surrogate_mode = check_mode(surrogate)
+        self.surrogate_mode = check_mode(options.surrogate)
         self.surrogate: Any = None  # the SurrogateGate, when calibrate turns it on
         # The log's record of the surrogate's decision per timed constraint (kept on resume).
         self.surrogate_decision: dict[str, Any] | None = None
@@ -304,14 +232,14 @@ class Evaluator:
         self.history: list[Outcome] = []
         self.dense: dict[str, Measurement] = {}
         self.dense_accuracy: float | None = None
-        self._log = EpisodeLog(log_path) if log_path else None
+        self._log = EpisodeLog(options.log_path) if options.log_path else None
         if self._log is not None:
             self._load_log()
 
     # ------------------------------------------------------------------ resume
     def _load_log(self) -> None:
         from hwprune.space import Policy
-        from hwprune.task import same_score
+        from hwprune.tasks import same_score
 
         other = 0
         for record in self._log.records():
@@ -359,7 +287,7 @@ class Evaluator:
             accuracy,
             params,
             floor=self.score_floor,
-            dense_params=getattr(self.space, "dense_params", None),
+            dense_params=self.space.dense_params,
         )
 
     def signal(self, outcome: Outcome) -> Outcome:
@@ -456,9 +384,7 @@ class Evaluator:
         self.constraints = [c.resolve(self.dense[c.name].value) for c in self.constraints]
         self.dense_accuracy = self.task.checked_score(dense_module, what="the dense model")
         if self.surrogate_mode != "off":
-            from hwprune.evaluate.surrogate import start_gate
-
-            self.surrogate = start_gate(self, episode_log=self._log)
+            self.surrogate = start_gate(self, episode_log=self._log, dense_repeats=MEASURE_REPEATS)
         return self.constraints
 
     @contextlib.contextmanager
@@ -588,7 +514,7 @@ class Evaluator:
         self.history.append(outcome)
         if self._log is not None:
             record = {"type": "candidate", **outcome.to_record(), "score_key": self.task.score_key}
-            if getattr(self.space, "granularity", None) == "channel":  # proposed -> built counts
+            if self.space.granularity == "channel":  # proposed -> built counts
                 from hwprune.space.staircase import proposed_and_built
 
                 record["channels"] = {
@@ -662,7 +588,7 @@ class Evaluator:
 
 
 def _keep_text(policy: Any) -> str:
-    keep = [f"{k:.3g}" for k in getattr(policy, "keep", ())]
+    keep = [f"{k:.3g}" for k in policy.keep]
     return ", ".join(keep[:6]) + (", ..." if len(keep) > 6 else "")
 
 

@@ -523,6 +523,7 @@ class ParallelEvaluator(Evaluator):
         dedicated_timing_core: bool = True,
         **kwargs: Any,
     ) -> None:
+        self._backend: Any = None  # close() works on an evaluator whose start failed
         super().__init__(**kwargs)
         self.width = check_workers(workers)
         self._slots: deque[_Slot] = deque()
@@ -557,7 +558,7 @@ class ParallelEvaluator(Evaluator):
                 f"be ({exc}); define the task's functions at module level, or use one worker"
             ) from None
         if ray_address is None:
-            self._backend: Any = _LocalBackend(
+            self._backend = _LocalBackend(
                 workers=self.width, blob=blob, devices=devices, worker_cores=worker_cores
             )
         else:
@@ -706,6 +707,6 @@ class ParallelEvaluator(Evaluator):
 
     def close(self) -> None:
         """Stop the workers and devices (waiting for nothing that was not asked for)."""
-        backend, self._backend = getattr(self, "_backend", None), None
+        backend, self._backend = self._backend, None
         if backend is not None:
             backend.close()

@@ -43,10 +43,9 @@ def timing_report(evaluator: Any, final: Mapping[str, Any]) -> dict[str, Any]:
     """Per timed budget: the oracle's target, the search's stop rule and what its measured
     candidates reached, the dense reference and the final proof (each with its interval)."""
     out: dict[str, Any] = {}
-    search_oracles = getattr(evaluator, "search_oracles", evaluator.oracles)
     for c in evaluator.constraints:
         oracle = evaluator.oracles[c.name]
-        if not getattr(oracle, "timed", False):
+        if not oracle.timed:
             continue
         measured = [
             o.measurements[c.name]
@@ -64,10 +63,10 @@ def timing_report(evaluator: Any, final: Mapping[str, Any]) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "oracle": oracle.spec,
             "target_rel_ci": getattr(getattr(oracle, "inner", oracle), "rel_ci", None),
-            "search_oracle": search_oracles[c.name].spec,
+            "search_oracle": evaluator.search_oracles[c.name].spec,
             "search": search,
         }
-        if c.name in getattr(evaluator, "dense", {}):
+        if c.name in evaluator.dense:
             entry["dense"] = _one(evaluator.dense[c.name])
         if c.name in final:
             entry["final"] = _one(final[c.name])

@@ -72,7 +72,7 @@ from typing import Any
 import numpy as np
 
 from hwprune.config import SURROGATE_MODES
-from hwprune.evaluate.evaluator import accuracy_tolerance
+from hwprune.evaluate.scores import accuracy_tolerance
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def surrogate_wanted(mode: str, oracle: Any, *, call_seconds: float | None) -> t
     (``call_seconds``; None when it was not timed here).
     """
     check_mode(mode)
-    if not getattr(oracle, "timed", False):
+    if not oracle.timed:
         return False, "not a timed oracle (an exact count is cheap)"
     if mode == "off":
         return False, "off"
@@ -169,21 +169,22 @@ def check_mode(mode: Any) -> str:
     return str(mode)
 
 
-def start_gate(evaluator: Any, *, episode_log: Any = None) -> SurrogateGate | None:
+def start_gate(
+    evaluator: Any, *, episode_log: Any = None, dense_repeats: int = 1
+) -> SurrogateGate | None:
     """The gate for ``evaluator`` (calibrated), or None when no timed constraint gets a surrogate.
 
-    The decision per constraint is written once to the episodes log (``type:
+    ``dense_repeats``: how many calls the dense model's measurement took (its seconds are
+    their sum). The decision per constraint is written once to the episodes log (``type:
     surrogate``) and read back on resume: a resumed run's dense value comes from
     the cache, untimed, and must not turn ``auto`` the other way.
     """
-    from hwprune.evaluate.evaluator import MEASURE_REPEATS
-
     decision = evaluator.surrogate_decision
     if decision is None or decision.get("mode") != evaluator.surrogate_mode:
         enabled, reasons = {}, {}
         for c in evaluator.constraints:
             m = evaluator.dense[c.name]
-            per_call = None if m.cached else m.seconds / MEASURE_REPEATS
+            per_call = None if m.cached else m.seconds / dense_repeats
             enabled[c.name], reasons[c.name] = surrogate_wanted(
                 evaluator.surrogate_mode, evaluator.oracles[c.name], call_seconds=per_call
             )
@@ -249,10 +250,10 @@ def _layer_costs(module: Any, example_inputs: Any) -> tuple[list[float], list[fl
 def candidate_features(space: Any, policy: Any, module: Any) -> np.ndarray:
     """The raw features of one candidate: per-unit kept fraction, per-layer MACs and bytes,
     total MACs and bytes (divide by the dense model's to compare candidates)."""
-    if hasattr(space, "kept_channels"):
+    if space.granularity == "channel":
         kept = space.kept_channels(policy)
         fractions = [kept[u.id] / max(1, u.channels) for u in space.units]
-    elif hasattr(space, "densities"):
+    elif space.granularity == "weight":
         fractions = list(space.densities(policy).values())
     else:
         fractions = [float(k) for k in policy.keep]
@@ -426,85 +427,66 @@ class SurrogateGate:
         predictions: dict[str, Prediction | None] = {
             n: self.models[n].predict(features) for n in self.names
         }
-        reason: dict[str, str] = {}
-        for n, p in predictions.items():
-            if p is None:
-                reason[n] = "warmup"
-            elif _draw(self.seed, key, n) < self.audit_rate:
-                reason[n] = "audit"
-            elif p.straddles(bounds[n]):
-                reason[n] = DEFERRED  # predicted; measured if the final choice reaches it
-            else:
-                reason[n] = "predicted"  # a sure verdict (unless it would be the best, below)
+        reason = {n: self._reason(p, key=key, name=n, bound=bounds[n])
+                  for n, p in predictions.items()}  # fmt: skip
         spent = time.perf_counter() - t0
-        onnx: list[bytes | None] = [None]
-
-        def measure(names: list[str]) -> dict[str, Any]:
-            # One export serves both rounds of measurement.
-            needs = any(evaluator.oracles[n].input_format == "onnx" for n in names)
-            if needs and onnx[0] is None:
-                onnx[0] = evaluator.export(module, timings=timings)
-            return evaluator.measure_module(module, onnx_bytes=onnx[0], timings=timings,
-                                            only=names)  # fmt: skip
-
+        measure = _measurer(evaluator, module, timings)
         predicted = [n for n in self.names if reason[n] in (DEFERRED, "predicted")]
         first = [c.name for c in evaluator.constraints if c.name not in predicted]
         measurements = measure(first) if first else {}
         t0 = time.perf_counter()
         clear = [n for n in predicted if reason[n] == "predicted"]
-        if clear:
-            # Compared as the search and the final choice rank: a candidate at chance by its
-            # size (search_signal), so that noise near chance does not make a "best".
-            floor, signal = evaluator.score_floor, evaluator.search_value
-            best = max((signal(o.accuracy, o.params) for o in evaluator.history if o.feasible),
-                       default=None)  # fmt: skip
-            if best is not None and (floor is None or best > floor):
-                # clearly more accurate: beyond a tie's sampling tolerance (sizes are exact)
-                best += accuracy_tolerance(best, getattr(evaluator, "eval_samples", 0))
-            mine = signal(accuracy, sum(p.numel() for p in module.parameters()))
-            # More accurate than every feasible candidate so far, with a verdict the interval
-            # is sure of, but not twice as sure: measured. A wrong "infeasible" would hide the
-            # best model from the choice (seen: VGG-16, 22 of 31 predictions infeasible, one
-            # at 0.994 against a best feasible 0.939 when the run ended); a wrong "feasible"
-            # would be measured by the final choice before it could be shipped.
-            if best is None or mine > best:
-                unsure = [n for n in clear
-                          if predictions[n].straddles(bounds[n], widen=BEST_WIDEN)]  # fmt: skip
-                if unsure:
-                    t_measure = time.perf_counter()
-                    measurements.update(measure(unsure))
-                    t0 += time.perf_counter() - t_measure  # measuring: not the surrogate's time
-                    reason.update({n: "best" for n in unsure})
-                    predicted = [n for n in predicted if n not in unsure]
+        unsure = _unsure_best(evaluator, module, accuracy=accuracy, clear=clear,
+                              predictions=predictions, bounds=bounds)  # fmt: skip
+        if unsure:
+            t_measure = time.perf_counter()
+            measurements.update(measure(unsure))
+            t0 += time.perf_counter() - t_measure  # measuring: not the surrogate's time
+            reason.update({n: "best" for n in unsure})
+            predicted = [n for n in predicted if n not in unsure]
         for n in predicted:
-            p = predictions[n]
-            assert p is not None
-            measurements[n] = evaluator.dense[n].replace(
-                value=p.value, statistic="predicted", samples=0, iqr=0.0, cv=0.0,
-                ci_low=p.low, ci_high=p.high, seconds=0.0, cached=False,
-                extra={"std": p.std, "points": p.points},
-            )  # fmt: skip
-        records: dict[str, dict[str, Any]] = {}
-        for n in self.names:
-            p = predictions[n]
-            source = "predicted" if n in predicted else "measured"
-            records[n] = {"source": source, "reason": reason[n],
-                          "prediction": p.to_dict() if p is not None else None}  # fmt: skip
-            if p is not None:
-                records[n]["straddles"] = p.straddles(bounds[n])
-            if source == "measured":
-                self.models[n].add(features, measurements[n].value)
-                if p is not None:
-                    self.models[n].check(p, measurements[n].value)
-                    err = (measurements[n].value - p.value) / measurements[n].value
-                    log.debug("surrogate %s checked (%s): predicted %.4g, measured %.4g (%+.1f%%)",
-                              n, reason[n], p.value, measurements[n].value, 100 * err)  # fmt: skip
+            measurements[n] = _as_measurement(evaluator.dense[n], predictions[n])
+        records = {
+            n: self._record(n, predictions[n], reason=reason[n], bound=bounds[n],
+                            features=features, measured=None if n in predicted
+                            else measurements[n].value)
+            for n in self.names
+        }  # fmt: skip
         spent += time.perf_counter() - t0
         self.seconds += spent
         timings["surrogate"] = spent  # features, fits and predictions (measuring excluded)
         sources = {c.name: "predicted" if c.name in predicted else "measured"
                    for c in evaluator.constraints}  # fmt: skip
         return measurements, sources, records
+
+    def _reason(self, p: Prediction | None, *, key: str, name: str, bound: float) -> str:
+        """Why a value is measured or predicted, before the would-be-best check."""
+        if p is None:
+            return "warmup"
+        if _draw(self.seed, key, name) < self.audit_rate:
+            return "audit"
+        if p.straddles(bound):
+            return DEFERRED  # predicted; measured if the final choice reaches it
+        return "predicted"  # a sure verdict (unless it would be the best: _unsure_best)
+
+    def _record(
+        self, name: str, p: Prediction | None, *, reason: str, bound: float,
+        features: np.ndarray, measured: float | None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """The gate's record of one value; a measured value is learned (and checks ``p``)."""
+        record: dict[str, Any] = {"source": "predicted" if measured is None else "measured",
+                                  "reason": reason,
+                                  "prediction": p.to_dict() if p is not None else None}  # fmt: skip
+        if p is not None:
+            record["straddles"] = p.straddles(bound)
+        if measured is not None:
+            self.models[name].add(features, measured)
+            if p is not None:
+                self.models[name].check(p, measured)
+                err = (measured - p.value) / measured
+                log.debug("surrogate %s checked (%s): predicted %.4g, measured %.4g (%+.1f%%)",
+                          name, reason, p.value, measured, 100 * err)  # fmt: skip
+        return record
 
     def learn(self, evaluator: Any, module: Any, *, policy: Any,
               values: Mapping[str, float]) -> None:  # fmt: skip
@@ -513,6 +495,57 @@ class SurrogateGate:
         for n, v in values.items():
             if n in self.models:
                 self.models[n].add(features, v)
+
+
+def _measurer(evaluator: Any, module: Any, timings: dict[str, float]) -> Any:
+    """Measure some constraints of ``module``; one ONNX export serves every round."""
+    onnx: list[bytes | None] = [None]
+
+    def measure(names: list[str]) -> dict[str, Any]:
+        needs = any(evaluator.oracles[n].input_format == "onnx" for n in names)
+        if needs and onnx[0] is None:
+            onnx[0] = evaluator.export(module, timings=timings)
+        return evaluator.measure_module(module, onnx_bytes=onnx[0], timings=timings,
+                                        only=names)  # fmt: skip
+
+    return measure
+
+
+def _unsure_best(
+    evaluator: Any, module: Any, *, accuracy: float, clear: list[str],
+    predictions: Mapping[str, Prediction | None], bounds: Mapping[str, float],
+) -> list[str]:  # fmt: skip
+    """Of the ``clear`` verdicts, those to measure anyway: the candidate would be the best
+    feasible one so far and the verdict is not sure at ``BEST_WIDEN`` times its interval.
+
+    Compared as the search and the final choice rank: a candidate at chance by its size
+    (search_signal), so that noise near chance does not make a "best". A wrong "infeasible"
+    would hide the best model from the choice (seen: VGG-16, 22 of 31 predictions
+    infeasible, one at 0.994 against a best feasible 0.939 when the run ended); a wrong
+    "feasible" would be measured by the final choice before it could be shipped.
+    """
+    if not clear:
+        return []
+    floor, signal = evaluator.score_floor, evaluator.search_value
+    best = max((signal(o.accuracy, o.params) for o in evaluator.history if o.feasible),
+               default=None)  # fmt: skip
+    if best is not None and (floor is None or best > floor):
+        # clearly more accurate: beyond a tie's sampling tolerance (sizes are exact)
+        best += accuracy_tolerance(best, evaluator.eval_samples)
+    mine = signal(accuracy, sum(p.numel() for p in module.parameters()))
+    if best is not None and mine <= best:
+        return []
+    return [n for n in clear if predictions[n].straddles(bounds[n], widen=BEST_WIDEN)]
+
+
+def _as_measurement(dense: Any, p: Prediction | None) -> Any:
+    """A prediction in the shape of a measurement (the dense model's, its values replaced)."""
+    assert p is not None
+    return dense.replace(
+        value=p.value, statistic="predicted", samples=0, iqr=0.0, cv=0.0,
+        ci_low=p.low, ci_high=p.high, seconds=0.0, cached=False,
+        extra={"std": p.std, "points": p.points},
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the report
@@ -537,7 +570,7 @@ def summarize(history: Sequence[Any], constraints: Sequence[Any]) -> dict[str, d
     bounds = {c.name: c.bound for c in constraints}
     out: dict[str, dict[str, Any]] = {}
     for o in history:
-        for n, info in getattr(o, "surrogate", {}).items():
+        for n, info in o.surrogate.items():
             s = out.setdefault(n, {"predicted": 0, "measured": 0, "reasons": {}, "errors": [],
                                    "wrong_feasible": 0, "wrong_infeasible": 0, "covered": 0,
                                    "verdicts": 0, "straddling_predicted": 0,

@@ -14,12 +14,14 @@ import dataclasses
 import importlib.util
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hwprune.config import DEFAULT_OPSET
 from hwprune.errors import ExportError, WriteError
+from hwprune.export.onnx import export_onnx, resolve_inputs, simplify
 from hwprune.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -105,25 +107,6 @@ class ExportResult:
     input_names: tuple[str, ...] = ()
 
 
-def simplify(onnx_bytes: bytes) -> tuple[bytes, bool]:
-    """The model simplified by onnxslim (constant folding, dead nodes); the input when it fails."""
-    import onnx
-
-    try:
-        import onnxslim
-    except ImportError:
-        log.info("onnxslim is not installed; exporting the unsimplified graph")
-        return onnx_bytes, False
-    try:
-        slim = onnxslim.slim(onnx.load_from_string(onnx_bytes))
-    except Exception as exc:  # a simplifier bug must not lose a valid export
-        log.warning("onnxslim failed (%s); exporting the unsimplified graph", exc)
-        return onnx_bytes, False
-    if slim is None:
-        return onnx_bytes, False
-    return slim.SerializeToString(), True
-
-
 def check_inputs(inputs: Any, *, seed: int, trial: int) -> Any:
     """The parity check's ``trial``-th random inputs of ``inputs``' form, seeded.
 
@@ -171,7 +154,6 @@ def parity(
     import onnxruntime as ort
     import torch
 
-    from hwprune.export.onnx import resolve_inputs
     from hwprune.inputs import flatten_outputs, output_scale
 
     inputs = resolve_inputs(example_inputs, input_shape, what="the parity check").to("cpu")
@@ -321,8 +303,6 @@ def compare_with_torch(
 
 
 def _export(module: Any, inputs: Any, opset: int, *, allow_trace_warnings: bool) -> bytes:
-    from hwprune.export.onnx import export_onnx
-
     try:
         return export_onnx(
             module, example_inputs=inputs, opset=opset, allow_trace_warnings=allow_trace_warnings
@@ -363,8 +343,6 @@ def final_export(
     """
     import onnx
 
-    from hwprune.export.onnx import resolve_inputs
-
     inputs = resolve_inputs(example_inputs, input_shape, what="final_export")
     onnx_bytes = _export(
         module,
@@ -378,8 +356,32 @@ def final_export(
         raise ExportError(f"the exported ONNX fails onnx's checker: {_first_line(exc)}") from exc
     onnx_bytes, simplified = simplify(onnx_bytes)
     found = parity(module, onnx_bytes, example_inputs=inputs, seed=seed, atol=atol)
+    _judge_parity(found, atol=atol)
     diff = max((p.max_abs_diff for p in found), default=0.0)
     rel = max((p.rel_diff for p in found), default=0.0)
+    try:
+        onnx_path = write_atomic(onnx_path, onnx_bytes, what="the ONNX file")
+    except WriteError as exc:  # an export's failures are ExportErrors, this one too
+        raise ExportError(str(exc)) from exc
+    log.info("wrote %s (max |onnx - torch| = %.3g, relative %.3g)", onnx_path, diff, rel)
+
+    engine_out, message = _engine(onnx_bytes, engine_path, inputs=inputs, precision=precision)
+    return ExportResult(
+        onnx_path=onnx_path,
+        engine_path=engine_out,
+        max_abs_diff=diff,
+        simplified=simplified,
+        opset=opset,
+        tensorrt_message=message,
+        max_rel_diff=rel,
+        outputs=found,
+        input_names=tuple(inputs.names),
+    )
+
+
+def _judge_parity(found: Sequence[OutputParity], *, atol: float) -> None:
+    """ExportError for the worst output that is not faithful (``OutputParity.faithful``); a
+    warning for one beyond ``atol`` of torch float32 that is as close to float64 as torch."""
     unfaithful = [p for p in found if not p.faithful(atol)]
     if unfaithful:
         bad = max(unfaithful, key=lambda p: p.rel_diff)
@@ -402,12 +404,13 @@ def final_export(
                 "amplifies rounding at these inputs; the export is as faithful as torch",
                 p.name, p.rel_diff, p.torch_vs_float64, p.onnx_vs_float64,
             )  # fmt: skip
-    try:
-        onnx_path = write_atomic(onnx_path, onnx_bytes, what="the ONNX file")
-    except WriteError as exc:  # an export's failures are ExportErrors, this one too
-        raise ExportError(str(exc)) from exc
-    log.info("wrote %s (max |onnx - torch| = %.3g, relative %.3g)", onnx_path, diff, rel)
 
+
+def _engine(
+    onnx_bytes: bytes, engine_path: str | Path | None, *, inputs: Any, precision: str
+) -> tuple[Path | None, str]:
+    """The TensorRT engine written to ``engine_path`` where TensorRT is installed (None and
+    why not, otherwise), and the line the report shows."""
     engine_out: Path | None = None
     if engine_path is None:
         message = "no TensorRT engine requested"
@@ -422,14 +425,4 @@ def final_export(
         except WriteError as exc:
             raise ExportError(str(exc)) from exc
         message = f"TensorRT engine written to {engine_out}"
-    return ExportResult(
-        onnx_path=onnx_path,
-        engine_path=engine_out,
-        max_abs_diff=diff,
-        simplified=simplified,
-        opset=opset,
-        tensorrt_message=message,
-        max_rel_diff=rel,
-        outputs=found,
-        input_names=tuple(inputs.names),
-    )
+    return engine_out, message

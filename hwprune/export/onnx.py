@@ -25,7 +25,9 @@ from hwprune.inputs import ExampleInputs, flatten_outputs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "export_onnx", "output_names", "resolve_inputs"]
+__all__ = [
+    "INPUT_NAME", "OUTPUT_NAME", "export_onnx", "output_names", "resolve_inputs", "simplify",
+]  # fmt: skip
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -130,7 +132,6 @@ def export_onnx(
         data = export_onnx(space.apply(policy), input_shape=(1, 3, 32, 32))
         data = export_onnx(detector, example_inputs={"image": x, "mask": m})
     """
-    import onnx
     import torch
 
     if not isinstance(model, torch.nn.Module):
@@ -141,6 +142,22 @@ def export_onnx(
         inputs = ExampleInputs(
             kind="tensor", names=inputs.names, tensors=(torch.zeros(inputs.first_shape),)
         )
+    data = _traced(model, inputs, opset=opset, allow_trace_warnings=allow_trace_warnings)
+    data = _checked(data, inputs, check=check, fold_shapes=fold_shapes)
+    if path is not None:
+        try:
+            write_atomic(path, data, what="the ONNX file")
+        except WriteError as exc:
+            raise ExportError(str(exc)) from exc
+    log.debug("exported %s: %d bytes, opset %d", type(model).__name__, len(data), opset)
+    return data
+
+
+def _traced(model, inputs: ExampleInputs, *, opset: int, allow_trace_warnings: bool) -> bytes:
+    """The TorchScript exporter's bytes of ``model`` (eval mode, CPU; its own mode and device
+    are left as they were); ExportError for an operator it cannot express or a forward that
+    decides on its input's values (unless ``allow_trace_warnings``)."""
+    import torch
 
     on_cpu = all(t.device.type == "cpu" for t in model.state_dict().values())
     module = model if on_cpu else copy.deepcopy(model).cpu()
@@ -189,16 +206,20 @@ def export_onnx(
         torch.backends.mha.set_fastpath_enabled(fastpath)
         module.train(was_training)
     _judge_trace(watch.found, caught, allow=allow_trace_warnings)
+    return buffer.getvalue()
 
-    data = buffer.getvalue()
+
+def _checked(data: bytes, inputs: ExampleInputs, *, check: bool, fold_shapes: bool) -> bytes:
+    """The exported bytes with their shape arithmetic folded (``fold_shapes``), checked by
+    onnx's checker (``check``); ExportError when the graph lost one of the named inputs."""
+    import onnx
+
     proto = onnx.load_from_string(data)
     if fold_shapes and any(n.op_type == "Shape" for n in proto.graph.node):
         # The tracer records x.size() / chunk sizes as Shape -> Gather -> Div ... chains, and
         # ONNX's shape inference cannot propagate values through Div: the static oracles would
         # not know the shapes after them (ShuffleNet's chunk). With fixed input shapes the
         # chains are constants; the simplifier folds them.
-        from hwprune.export.final import simplify
-
         folded, ok = simplify(data)
         if ok:
             data, proto = folded, onnx.load_from_string(folded)
@@ -214,10 +235,23 @@ def export_onnx(
             f"the exported ONNX graph has no input {missing[0]!r}: the model does not use it; "
             "pass only the inputs the model reads"
         )
-    if path is not None:
-        try:
-            write_atomic(path, data, what="the ONNX file")
-        except WriteError as exc:
-            raise ExportError(str(exc)) from exc
-    log.debug("exported %s: %d bytes, opset %d", type(model).__name__, len(data), opset)
     return data
+
+
+def simplify(onnx_bytes: bytes) -> tuple[bytes, bool]:
+    """The model simplified by onnxslim (constant folding, dead nodes); the input when it fails."""
+    import onnx
+
+    try:
+        import onnxslim
+    except ImportError:
+        log.info("onnxslim is not installed; exporting the unsimplified graph")
+        return onnx_bytes, False
+    try:
+        slim = onnxslim.slim(onnx.load_from_string(onnx_bytes))
+    except Exception as exc:  # a simplifier bug must not lose a valid export
+        log.warning("onnxslim failed (%s); exporting the unsimplified graph", exc)
+        return onnx_bytes, False
+    if slim is None:
+        return onnx_bytes, False
+    return slim.SerializeToString(), True

@@ -17,7 +17,6 @@ from hwprune.run.choose import repair_candidate
 from hwprune.run.context import RunContext
 from hwprune.run.load import Loaded
 from hwprune.run.search import Dense
-from hwprune.task import ClassificationTask
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +43,7 @@ def finetune(ctx: RunContext, loaded: Loaded, candidate: Any, teacher: Any) -> t
     """Stage ``finetune``: apply, calibrate, metrics before, task.finetune, metrics after."""
     task = loaded.task
     what = f"the chosen candidate (evaluation {candidate.index + 1})"
-    source = task.source
-    epochs = source.finetune_epochs if isinstance(source, ClassificationTask) else None
+    epochs = task.finetune_epochs
     with ctx.stage("finetune", epochs, "fine-tuning") as step:
         module = loaded.space.apply(candidate.policy)
         task.checked_calibrate(module, what=what)

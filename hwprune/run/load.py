@@ -15,7 +15,7 @@ from typing import Any
 from hwprune.config import PruneConfig
 from hwprune.errors import CheckpointError, ConfigError
 from hwprune.run.context import RunContext
-from hwprune.task import BoundTask, ClassificationTask, as_task
+from hwprune.tasks import BoundTask, ClassificationTask, as_task
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +211,9 @@ def _builtin(ctx: RunContext) -> Loaded:
         progress=ctx.progress,
     )
     space = build_space(model, example_inputs=inputs, options=space_options(config))
-    return Loaded(model=model, example_inputs=inputs, task=as_task(task), space=space, meta=meta,
-                  finetune_text=task.describe_finetune())  # fmt: skip
+    bound = as_task(task)
+    return Loaded(model=model, example_inputs=inputs, task=bound, space=space, meta=meta,
+                  finetune_text=bound.finetune_text())  # fmt: skip
 
 
 def structure_meta(model: Any, structure: Mapping[str, Any]) -> dict[str, Any]:
@@ -246,9 +247,8 @@ def from_objects(
             "example_inputs": inputs.to_json(), **structure_meta(model, structure)}  # fmt: skip
     space = build_space(model, example_inputs=inputs, options=space_options(ctx.config),
                         structure=structure)  # fmt: skip
-    text = None if bound.finetune is not None else "Fine-tuning: none (the task has no finetune)."
     return Loaded(model=model, example_inputs=inputs, task=bound, space=space, meta=meta,
-                  structure=structure, finetune_text=text)  # fmt: skip
+                  structure=structure, finetune_text=bound.finetune_text())  # fmt: skip
 
 
 def load(

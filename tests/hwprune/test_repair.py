@@ -1,4 +1,4 @@
-"""Repairing a final model that misses its budget on re-measurement (``hwprune.pipeline``).
+"""Repairing a final model that misses its budget on re-measurement (``hwprune.run.final``).
 
 Real parts throughout: a small conv net trained on digits, Torch-Pruning surgery,
 BN re-estimation and the ``params`` oracle (deterministic, so the test does not
@@ -13,7 +13,7 @@ from torch import nn
 from hwprune.constraints import bind_constraints
 from hwprune.data import get_dataset
 from hwprune.evaluate import Evaluator
-from hwprune.pipeline import _repair_candidate
+from hwprune.run.final import repair_candidate as _repair_candidate
 from hwprune.space import ChannelSpace, Policy
 from hwprune.train import train
 from tests.nets import conv_net

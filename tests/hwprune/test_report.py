@@ -9,7 +9,6 @@ import pytest
 
 from hwprune.constraints import Constraint, parse_budget
 from hwprune.evaluate import Outcome
-from hwprune.pipeline import BudgetCheck, PruneResult
 from hwprune.plots import (
     accuracy_data,
     accuracy_figure,
@@ -19,6 +18,7 @@ from hwprune.plots import (
     search_curve,
 )
 from hwprune.report import write_plots, write_report
+from hwprune.run.result import BudgetCheck, PruneResult
 
 
 def constraint(text: str, dense: float) -> Constraint:
