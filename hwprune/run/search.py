@@ -334,7 +334,7 @@ def _rescue(
 
 
 def _infeasible(ctx: RunContext, d: Dense) -> InfeasibleBudgetError:
-    from hwprune.constraints import format_value
+    from hwprune.budgets import format_value
 
     smallest = d.evaluator.smallest()
     by_name = {c.name: c for c in d.constraints}

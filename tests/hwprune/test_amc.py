@@ -13,7 +13,7 @@ from torch import nn
 import oracles
 from hwprune.agents import get_searcher
 from hwprune.agents.amc import TruncatedNormalNoise, amc_reward
-from hwprune.constraints import bind_constraints
+from hwprune.budgets import bind_constraints
 from hwprune.data import get_dataset
 from hwprune.errors import ConfigError
 from hwprune.evaluate import Evaluator

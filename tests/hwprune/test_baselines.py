@@ -14,7 +14,7 @@ from torch import nn
 import oracles
 from hwprune.agents import get_searcher
 from hwprune.agents.baselines import bisect_largest_feasible, global_keep
-from hwprune.constraints import bind_constraints
+from hwprune.budgets import bind_constraints
 from hwprune.data import get_dataset
 from hwprune.evaluate import Evaluator
 from hwprune.space import ChannelSpace, Policy

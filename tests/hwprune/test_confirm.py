@@ -18,7 +18,7 @@ from torch import nn
 import oracles
 from hwprune.agents import get_searcher
 from hwprune.agents.base import confirm_best
-from hwprune.constraints import bind_constraints
+from hwprune.budgets import bind_constraints
 from hwprune.data import get_dataset
 from hwprune.evaluate import Evaluator
 from hwprune.space import ChannelSpace, Policy

@@ -10,7 +10,7 @@ from torch import nn
 
 import oracles
 from hwprune.agents import get_searcher
-from hwprune.constraints import bind_constraints
+from hwprune.budgets import bind_constraints
 from hwprune.data import get_dataset
 from hwprune.envs.multivisit import MultiVisitEnv
 from hwprune.errors import ConfigError

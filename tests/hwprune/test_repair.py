@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from hwprune.constraints import bind_constraints
+from hwprune.budgets import bind_constraints
 from hwprune.data import get_dataset
 from hwprune.evaluate import Evaluator
 from hwprune.pipeline import _repair_candidate
