@@ -315,11 +315,11 @@ class PruneConfig:
     # ------------------------------------------------------------ round trip
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values; ``from_mapping`` reads them back to an equal config."""
-        out = {}
+        out: dict[str, Any] = {}
         for name, v in vars(self).items():
-            out[name] = (
-                [str(x) for x in v] if isinstance(v, tuple) else dict(v) if isinstance(v, dict) else v
-            )
+            if isinstance(v, tuple):
+                v = [str(x) for x in v]  # budgets as the text they were parsed from
+            out[name] = dict(v) if isinstance(v, dict) else v
         return out
 
     @classmethod

@@ -12,11 +12,10 @@ Example::
 
 from hwprune.space.channel import ChannelSpace, Unit
 from hwprune.space.importance import IMPORTANCE, Criterion, get_criterion
-from hwprune.space.policy import GRANULARITIES, PATTERNS, Policy
+from hwprune.space.policy import PATTERNS, Policy
 from hwprune.space.weight import WeightSpace, two_four_mask
 
 __all__ = [
-    "GRANULARITIES",
     "IMPORTANCE",
     "PATTERNS",
     "ChannelSpace",
