@@ -337,11 +337,13 @@ def save(pruned: Any, path: str | Path) -> Path:
     architecture from a fresh dense instance (``restore``): the policy and the
     space options. Nothing in it needs unpickling.
     """
+    from torch import nn
+
     from hwprune.models import save_checkpoint
     from hwprune.run.output import PRUNED_ATTR
 
     module = pruned.model if isinstance(pruned, PruneResult) else pruned
-    meta = getattr(module, PRUNED_ATTR, None)
+    meta = vars(module).get(PRUNED_ATTR) if isinstance(module, nn.Module) else None
     if not isinstance(meta, Mapping):
         raise ConfigError(
             "save takes the pruned module returned by hwprune.prune (result.model) or by "

@@ -450,23 +450,16 @@ def probe_staircase(
         members=members,
     )  # fmt: skip
     results, left_out = _unit_results(prober, members, fallback=fallback)
+    settings = {
+        "counts_per_unit": counts_per_unit, "noise_floor": float(noise_floor),
+        "resolution": resolution, "timing_spec": timing.spec,
+        "seconds_budget": None if seconds is None else float(seconds), "fallback": int(fallback),
+    }  # fmt: skip
     stairs = Staircase(
-        oracle=target.spec,
-        unit=timing.unit,
-        units=tuple(results),
-        oracle_calls=prober.calls,
-        cached_calls=prober.cached,
-        seconds=time.perf_counter() - t0,
-        settings={
-            "counts_per_unit": counts_per_unit,
-            "noise_floor": float(noise_floor),
-            "resolution": resolution,
-            "timing_spec": timing.spec,
-            "seconds_budget": None if seconds is None else float(seconds),
-            "fallback": int(fallback),
-        },
+        oracle=target.spec, unit=timing.unit, units=tuple(results), oracle_calls=prober.calls,
+        cached_calls=prober.cached, seconds=time.perf_counter() - t0, settings=settings,
         left_out=left_out,
-    )
+    )  # fmt: skip
     _log_probe(stairs, seconds=seconds, fallback=fallback)
     return stairs
 
