@@ -119,10 +119,10 @@ def _is_demo(run_dir: Path) -> bool:
     """Whether the run in ``run_dir`` was started by the demo (its config.json says what)."""
     from hwprune.config import read_run_config
 
-    config = read_run_config(run_dir)
+    saved = read_run_config(run_dir).to_dict()  # plain values, as demo_options gives them
     expected = demo_options("")
     return all(
-        getattr(config, k) == type(getattr(config, k))(v)
+        saved[k] == v
         for k, v in expected.items()
         if k in ("model", "width", "data", "budgets", "agent")
     )
