@@ -444,7 +444,7 @@ def reference_latency(
 def absolute_budget(budget: str, reference: float) -> str:
     """A relative budget (``latency<=40%``) as an absolute one against ``reference``, in the
     quantity's base unit (ms for latency); an absolute budget is returned as it is."""
-    from hwprune.constraints import parse_budget
+    from hwprune.budgets import parse_budget
 
     b = parse_budget(budget)
     if not b.relative:

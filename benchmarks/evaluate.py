@@ -32,7 +32,7 @@ STAGES = ("apply", "bn", "accuracy", "export", "oracle:latency", "total")
 
 
 def stage_times(name: str, width: float, epochs: int, candidates: int) -> dict:
-    from hwprune.constraints import bind_constraints
+    from hwprune.budgets import bind_constraints
     from hwprune.data import get_dataset
     from hwprune.evaluate import Evaluator
     from hwprune.models import model_from_checkpoint

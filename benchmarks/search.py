@@ -114,7 +114,7 @@ def dense_reference(
     model: Any, *, data: Any, budget: str, oracle: str, bn_batches: int
 ) -> tuple[float, float]:
     """The dense model's value on the budget's oracle and its proxy accuracy, measured once."""
-    from hwprune.constraints import bind_constraints
+    from hwprune.budgets import bind_constraints
     from hwprune.evaluate import Evaluator
     from hwprune.space import ChannelSpace
 
@@ -150,7 +150,7 @@ def run_one(
     calibrates itself.
     """
     from hwprune.agents import get_searcher
-    from hwprune.constraints import bind_constraints
+    from hwprune.budgets import bind_constraints
     from hwprune.evaluate import Evaluator
     from hwprune.space import ChannelSpace
 

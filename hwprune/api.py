@@ -7,8 +7,9 @@ Prune your own module with your own task::
     hwprune.save(result.model, "pruned.pt")
     again = hwprune.restore(MyNet(), "pruned.pt")   # fresh dense instance + saved policy
 
-or name everything (the CLI's way): ``hwprune.prune(model="vgg11_cifar",
-weights="vgg.pt", data="digits", budgets=[...], out="runs/vgg")``.
+or name everything: ``hwprune.prune(model="vgg11_cifar", weights="vgg.pt", data="digits",
+budgets=[...], out="runs/vgg")``, or start from a ``PruneConfig`` as the CLI does
+(``start(config, out=...)``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hwprune.config import AUTO, PruneConfig, default, read_run_config, resolve_round_to
+from hwprune.budgets import Constraint
+from hwprune.config import AUTO, PruneConfig, read_run_config, resolve_round_to
 from hwprune.errors import CheckpointError, ConfigError
 from hwprune.outputs import check_home
 from hwprune.progress import ProgressFn
@@ -29,38 +31,26 @@ from hwprune.tasks import TaskError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["prune", "resume", "save", "restore", "load_pruned", "model_input_shape"]
+__all__ = ["prune", "start", "resume", "save", "restore", "load_pruned", "model_input_shape"]
 
 
 def _effective_oracles(config: PruneConfig) -> dict[str, str]:
     """The oracle overrides; sparse granularities count non-zero parameters."""
-    from hwprune.constraints import parse_oracle_overrides
-
-    oracles = dict(parse_oracle_overrides([f"{k}={v}" for k, v in config.oracles.items()] or None))
+    oracles = dict(config.oracles)
     if (
         config.granularity != "channel"
         and "params" not in oracles
-        and any(b.strip().lower().startswith(("params", "parameters")) for b in config.budgets)
+        and any(b.quantity == "params" for b in config.budgets)
     ):
         oracles["params"] = "params?nonzero=1"
     return oracles
 
 
-def _checked(config: PruneConfig, *, objects: bool) -> tuple[PruneConfig, list]:
-    """Every check that needs no run directory; the config with resolved defaults."""
+def _check_runtime(config: PruneConfig) -> None:
+    """The searcher, device and Ray address the config names exist here."""
     from hwprune.agents import SEARCHERS, list_searchers
-    from hwprune.constraints import bind_constraints
     from hwprune.train import resolve_device
 
-    if not objects:
-        config.require_runnable()
-    elif not config.budgets:
-        raise ConfigError("at least one budget is required, e.g. budgets=['latency<=50%']")
-    if (objects or config.task is not None) and config.proxy != default("proxy"):
-        raise ConfigError(
-            f"proxy {config.proxy!r} is an option of the built-in task (--model/--data); "
-            "your task's score(model) is the search's proxy"
-        )
     if config.agent.lower() not in list_searchers():
         SEARCHERS.get(config.agent)  # raises UnknownNameError with a suggestion
     resolve_device(config.device)
@@ -68,19 +58,12 @@ def _checked(config: PruneConfig, *, objects: bool) -> tuple[PruneConfig, list]:
         from hwprune.evaluate.parallel import check_ray
 
         check_ray(config.ray)  # refused before any run folder exists
-    config = config.replace(oracles=_effective_oracles(config))
-    constraints = bind_constraints(list(config.budgets), oracles=dict(config.oracles))
-    latency = [c.oracle for c in constraints if c.name == "latency"]
-    round_to = resolve_round_to(
-        config.round_to, granularity=config.granularity, latency_oracles=latency,
-        oracle_specs=[c.oracle for c in constraints],
-    )  # fmt: skip
-    if config.round_to == AUTO and round_to != AUTO:
-        log.info(
-            "round_to 'auto' needs a latency budget on a channel granularity; "
-            "channel counts use multiples of %d instead", round_to,
-        )  # fmt: skip
-    config = config.replace(round_to=round_to)
+
+
+def _checked_inputs(config: PruneConfig) -> PruneConfig:
+    """The model, weights and dataset the config names checked; the config with the weights and
+    an image folder as absolute paths. Missing, a folder, a device, unreadable or pickled
+    weights are refused before any folder exists."""
     if config.model is not None:
         from hwprune.models import MODELS, is_user_model
 
@@ -90,7 +73,6 @@ def _checked(config: PruneConfig, *, objects: bool) -> tuple[PruneConfig, list]:
         from hwprune.models import read_checkpoint
 
         weights = Path(config.weights)
-        # Missing, a folder, a device, unreadable or pickled: refused before any folder exists.
         read_checkpoint(weights)
         config = config.replace(weights=str(weights.resolve()))
     if config.model is not None:
@@ -100,7 +82,55 @@ def _checked(config: PruneConfig, *, objects: bool) -> tuple[PruneConfig, list]:
     if config.data.startswith("imagefolder:"):
         path = Path(config.data.split(":", 1)[1]).expanduser()
         config = config.replace(data=f"imagefolder:{path.resolve()}")
-    return config, constraints
+    return config
+
+
+def _checked(config: PruneConfig, *, objects: bool) -> tuple[PruneConfig, list[Constraint]]:
+    """Every check that needs no run directory and that ``PruneConfig`` cannot make alone (names
+    registered here, files, oracles); the config with resolved defaults and its constraints."""
+    from hwprune.budgets import bind_constraints
+
+    config.require_runnable(module_given=objects)
+    _check_runtime(config)
+    config = config.replace(oracles=_effective_oracles(config))
+    constraints = bind_constraints(config.budgets, oracles=config.oracles)
+    latency = [c.judge for c in constraints if c.name == "latency"]
+    round_to = resolve_round_to(
+        config.round_to, granularity=config.granularity, latency_oracles=latency,
+        oracle_specs=[c.judge for c in constraints],
+    )  # fmt: skip
+    if config.round_to == AUTO and round_to != AUTO:
+        log.info(
+            "round_to 'auto' needs a latency budget on a channel granularity; "
+            "channel counts use multiples of %d instead", round_to,
+        )  # fmt: skip
+    config = config.replace(round_to=round_to)
+    return _checked_inputs(config), constraints
+
+
+def start(
+    config: PruneConfig,
+    *,
+    out: str | Path,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+) -> PruneResult:
+    """Run a new prune from a ``PruneConfig`` (the ``hwprune prune`` command's way in).
+
+    ``config`` names the model (or a ``task`` factory), the budgets and every
+    option, as ``PruneConfig.from_mapping`` or ``read_config_file`` read them;
+    ``out`` is the run directory to create (an existing run in it is replaced
+    only with ``overwrite``); ``progress`` receives the stages' progress events.
+    Everything that needs no run directory is checked before ``out`` is
+    created. Continue a stopped run with ``resume``.
+
+    Example::
+
+        config = PruneConfig(model="vgg11_cifar", budgets=("latency<=50%",), evaluations=20)
+        result = hwprune.api.start(config, out="runs/vgg")
+    """
+    return _start(config, out=Path(out), resume=False, overwrite=overwrite, progress=progress,
+                  objects=None)  # fmt: skip
 
 
 def _start(
@@ -307,11 +337,13 @@ def save(pruned: Any, path: str | Path) -> Path:
     architecture from a fresh dense instance (``restore``): the policy and the
     space options. Nothing in it needs unpickling.
     """
+    from torch import nn
+
     from hwprune.models import save_checkpoint
     from hwprune.run.output import PRUNED_ATTR
 
     module = pruned.model if isinstance(pruned, PruneResult) else pruned
-    meta = getattr(module, PRUNED_ATTR, None)
+    meta = vars(module).get(PRUNED_ATTR) if isinstance(module, nn.Module) else None
     if not isinstance(meta, Mapping):
         raise ConfigError(
             "save takes the pruned module returned by hwprune.prune (result.model) or by "

@@ -21,9 +21,13 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from hwprune.budgets import Budget, parse_budgets, parse_oracle_overrides
 from hwprune.errors import ConfigError, RunDirError
+
+if TYPE_CHECKING:
+    from oracles import Oracle
 
 __all__ = [
     "AUTO",
@@ -139,10 +143,11 @@ class PruneConfig:
         range=(8, 4096),
         accepts="an image side in [8, 4096]",
     )
-    budgets: tuple[str, ...] = _opt(
+    budgets: tuple[Budget, ...] = _opt(
         (),
         "budget such as 'latency<=50%', 'latency<=2.5ms', 'params<=1M' (repeatable)",
         kind="strs",
+        parse=parse_budgets,
         flag="--budget",
         metavar="B",
     )
@@ -248,14 +253,15 @@ class PruneConfig:
     )
 
     def __post_init__(self) -> None:
+        given = vars(self)
         for f in dataclasses.fields(self):
-            object.__setattr__(self, f.name, _coerce(f, getattr(self, f.name)))
+            object.__setattr__(self, f.name, _coerce(f, given[f.name]))
         self._check()
 
     # ---------------------------------------------------------------- checks
     def _check(self) -> None:
         def bad(name: str, what: str) -> ConfigError:
-            return ConfigError(f"{name} must be {what}, got {getattr(self, name)!r}")
+            return ConfigError(f"{name} must be {what}, got {vars(self)[name]!r}")
 
         if self.task is not None and not _SPEC.match(self.task):
             raise bad("task", "a factory written package.module:callable")
@@ -286,23 +292,34 @@ class PruneConfig:
                 "candidate (give --surrogate off or auto, or --workers 1 without --ray)"
             )
 
-    def require_runnable(self) -> None:
-        """ConfigError unless the config names what to prune, a budget and how to score."""
-        if self.model is None and self.task is None:
+    def require_runnable(self, *, module_given: bool = False) -> None:
+        """ConfigError unless the config names what to prune, a budget and how to score.
+
+        ``module_given``: the caller hands the model and its task as objects (``hwprune.prune``
+        with an nn.Module), so no model name or task factory is needed, and the built-in
+        task's ``proxy`` is not used.
+        """
+        if not module_given and self.model is None and self.task is None:
             raise ConfigError(
                 "--model (a registered name or package.module:callable) or --task "
                 "(package.module:factory) is required"
             )
         if not self.budgets:
             raise ConfigError("at least one --budget is required, e.g. --budget 'latency<=50%'")
+        if (module_given or self.task is not None) and self.proxy != default("proxy"):
+            raise ConfigError(
+                f"proxy {self.proxy!r} is an option of the built-in task (--model/--data); "
+                "your task's score(model) is the search's proxy"
+            )
 
     # ------------------------------------------------------------ round trip
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values; ``from_mapping`` reads them back to an equal config."""
-        out = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, dict) else v
+        out: dict[str, Any] = {}
+        for name, v in vars(self).items():
+            if isinstance(v, tuple):
+                v = [str(x) for x in v]  # budgets as the text they were parsed from
+            out[name] = dict(v) if isinstance(v, dict) else v
         return out
 
     @classmethod
@@ -329,7 +346,9 @@ class PruneConfig:
         try:
             return cls(**data)
         except ConfigError as exc:
-            raise ConfigError(f"{prefix}{exc}") from None
+            if not prefix:
+                raise
+            raise type(exc)(f"{prefix}{exc}") from None
 
     def replace(self, **changes: Any) -> PruneConfig:
         return dataclasses.replace(self, **changes)
@@ -373,13 +392,18 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
             raise bad("a non-empty string")
         return value
     if kind == "strs":
-        if isinstance(value, str):
+        if isinstance(value, (str, Budget)):
             value = [value]
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, (str, Budget)) for v in value
+        ):
             raise bad("a string or a list of strings")
-        return tuple(value)
+        parse = f.metadata.get("parse", tuple)
+        return parse(value)
     if kind == "oracles":
-        return _oracle_map(value, bad)
+        if not isinstance(value, (str, list, tuple, Mapping)):
+            raise bad("QUANTITY=SPEC strings such as 'latency=onnxruntime:cpu'")
+        return parse_oracle_overrides(value)
     if kind == "round_to":
         return _round_to(value, bad)
     raise AssertionError(kind)
@@ -396,28 +420,6 @@ def _round_to(value: Any, bad: Any) -> int | str:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise bad("a positive integer or 'auto'")
     return int(value)
-
-
-def _oracle_map(value: Any, bad: Any) -> dict[str, str]:
-    if isinstance(value, str):
-        value = [value]
-    if isinstance(value, Mapping):
-        items = list(value.items())
-    elif isinstance(value, (list, tuple)):
-        items = []
-        for v in value:
-            if not isinstance(v, str) or "=" not in v:
-                raise bad("QUANTITY=SPEC strings such as 'latency=onnxruntime:cpu'")
-            q, spec = v.split("=", 1)
-            items.append((q, spec))
-    else:
-        raise bad("QUANTITY=SPEC strings such as 'latency=onnxruntime:cpu'")
-    out = {}
-    for q, spec in items:
-        if not isinstance(q, str) or not isinstance(spec, str) or not q.strip() or not spec.strip():
-            raise bad("QUANTITY=SPEC strings such as 'latency=onnxruntime:cpu'")
-        out[q.strip()] = spec.strip()
-    return out
 
 
 # --------------------------------------------------------------------------- files
@@ -583,7 +585,7 @@ def default(name: str) -> Any:
     return PruneConfig.__dataclass_fields__[name].default
 
 
-def default_round_to(oracle_specs: Sequence[str]) -> int:
+def default_round_to(oracle_specs: Sequence[str | Oracle]) -> int:
     """The fixed multiple without a latency staircase: 8 where a budget is timed on a GPU or an
     NPU (the oracle's ``needs_gpu``: NVIDIA tensor cores, Intel GPU XMX and NPU tiles like
     multiples of 8), else 1."""
@@ -596,12 +598,13 @@ def resolve_round_to(
     round_to: int | str | None,
     *,
     granularity: str,
-    latency_oracles: Sequence[str],
-    oracle_specs: Sequence[str],
+    latency_oracles: Sequence[str | Oracle],
+    oracle_specs: Sequence[str | Oracle],
 ) -> int | str:
     """The run's ``round_to``: unset means ``auto`` where a latency budget prunes channels;
     ``auto`` without a latency oracle (or on a weight granularity, where counts are not
-    rounded) falls back to ``default_round_to(oracle_specs)``."""
+    rounded) falls back to ``default_round_to(oracle_specs)``. Oracles are given as specs or as the
+    oracles built from them."""
     if isinstance(round_to, int):
         return round_to
     if granularity == "channel" and latency_oracles:

@@ -290,7 +290,7 @@ def _scatter(ax: Any, points: Sequence[Point], **kwargs: Any) -> None:
 
 def accuracy_figure(data: AccuracyPlot) -> Any:
     """Every candidate (feasible or not), the budget, the chosen candidate and the final model."""
-    from hwprune.constraints import format_value
+    from hwprune.budgets import format_value
 
     fig, (ax,) = _figure(6.4, 4.4)
     _scatter(ax, data.feasible, s=14, c="tab:blue", label="feasible candidate")

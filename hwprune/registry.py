@@ -187,9 +187,12 @@ def import_callable(spec: str, *, kind: str, not_callable: str) -> Any:
         raise _import_failed(exc, module_name, spec=spec, kind=kind) from exc
     target: Any = module
     for part in attr.split("."):
-        if not hasattr(target, part):
-            raise ConfigError(f"module {module_name!r} has no attribute {attr!r} ({kind} {spec!r})")
-        target = getattr(target, part)
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ConfigError(
+                f"module {module_name!r} has no attribute {attr!r} ({kind} {spec!r})"
+            ) from None
     if not callable(target):
         raise ConfigError(not_callable)
     return target

@@ -46,7 +46,7 @@ def _parts_lines(parts: int) -> list[str]:
 
 
 def _fmt(value: float | None, unit: str) -> str:
-    from hwprune.constraints import format_value
+    from hwprune.budgets import format_value
 
     return "-" if value is None else format_value(float(value), unit)
 

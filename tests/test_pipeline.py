@@ -252,7 +252,7 @@ def test_a_budget_timed_by_openvino_ships_the_checked_ir_and_names_its_oracle(
 
 
 def test_the_default_latency_oracle_is_named_with_its_thread_count() -> None:
-    from hwprune.constraints import bind_constraints
+    from hwprune.budgets import bind_constraints
 
     (default,) = bind_constraints(["latency<=50%"])
     assert default.oracle == "onnxruntime:cpu?threads=1"

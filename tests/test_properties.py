@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import oracles
-from hwprune.constraints import QUANTITIES, Budget, parse_budget, parse_oracle_overrides
+from hwprune.budgets import QUANTITIES, Budget, parse_budget, parse_oracle_overrides
 from hwprune.errors import BudgetError
 from hwprune.evaluate.log import read_jsonl
 from oracles.base import parse_spec

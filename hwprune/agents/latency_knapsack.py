@@ -504,7 +504,7 @@ def _undominated(
 def _infeasible(
     constraints: Sequence[Any], values: Mapping[str, float], space: Any
 ) -> InfeasibleBudgetError:
-    from hwprune.constraints import format_value
+    from hwprune.budgets import format_value
 
     missed = [
         f"{c.budget.text} on {c.oracle}: the smallest allowed model (every unit at its fewest "

@@ -102,7 +102,7 @@ def summary_table(result: Any) -> Any:
     from rich.markup import escape
     from rich.table import Table
 
-    from hwprune.constraints import format_value
+    from hwprune.budgets import format_value
 
     table = Table(title="budgets (final model re-measured without cache)", box=box.SIMPLE_HEAD)
     longest = max((len(s) for b in result.budgets for s in (b.budget, b.oracle)), default=6)
@@ -186,8 +186,7 @@ def execute(options: dict[str, Any], *, resume_dir: str | None, quiet: bool, as_
             if resume_dir:
                 result = api.resume(resume_dir, progress=view, **(changes or {}))
             else:
-                result = api._start(config, out=Path(out), resume=False, overwrite=overwrite,
-                                    progress=view, objects=None)  # fmt: skip
+                result = api.start(config, out=out, overwrite=overwrite, progress=view)
     except KeyboardInterrupt as exc:
         if run_dir and (Path(run_dir) / "config.json").is_file():
             err_console.print(

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import oracles
-from hwprune.constraints import Constraint
+from hwprune.budgets import Constraint
 from hwprune.evaluate.log import EpisodeLog
 from hwprune.evaluate.options import EvaluatorOptions, ProxyOptions, split_options
 from hwprune.evaluate.scores import (
@@ -162,7 +162,10 @@ class Outcome:
 
 
 def _judge(constraint: Constraint) -> Any:
-    """The oracle that judges ``constraint``, built once per evaluator from its spec."""
+    """The oracle that judges ``constraint``: the one bound to it (built once, where its
+    budget was bound), else built here from its spec (a constraint made by hand)."""
+    if constraint.judge is not None:
+        return constraint.judge
     return oracles.get_oracle(constraint.oracle)
 
 

@@ -76,7 +76,7 @@ def timing_report(evaluator: Any, final: Mapping[str, Any]) -> dict[str, Any]:
 
 def timing_lines(timing: Mapping[str, Any], *, units: Mapping[str, str]) -> list[str]:
     """report.md's section on the precision of the timed values (empty: nothing timed)."""
-    from hwprune.constraints import format_value
+    from hwprune.budgets import format_value
 
     if not timing:
         return []

@@ -71,7 +71,7 @@ def verify(ctx: RunContext, d: Dense, module: Any) -> tuple[dict[str, Any], dict
 
 def finalize(ctx: RunContext, loaded: Loaded, d: Dense, chosen: Any) -> Final:
     """Fine-tune and verify ``chosen``; repair (another candidate) while a budget is missed."""
-    from hwprune.constraints import format_value
+    from hwprune.budgets import format_value
 
     teacher = copy.deepcopy(loaded.model).eval()
     tried: set[str] = set()

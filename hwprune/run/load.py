@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from hwprune.config import PruneConfig
@@ -288,19 +287,6 @@ def check_calibration(loaded: Loaded) -> None:
         return  # nothing a calibration could wipe
     probe = copy.deepcopy(loaded.model)
     loaded.task.checked_calibrate(probe, what="a copy of the dense model, before the search")
-
-
-def resolve_weights_path(weights: str | Path | None) -> str | None:
-    """``weights`` as an absolute path, checked to exist (before any run folder is made)."""
-    if weights is None:
-        return None
-    from hwprune.config import input_file_problem
-
-    p = Path(weights)
-    problem = input_file_problem(p)
-    if problem is not None:
-        raise CheckpointError(f"checkpoint file {str(weights)!r} {problem}")
-    return str(p.resolve())
 
 
 def check_export(config: Any, space: Any) -> None:

@@ -251,7 +251,7 @@ def choose(ctx: RunContext, loaded: Loaded, d: Dense) -> tuple[Any, list[dict[st
 
 
 def _infeasible(ctx: RunContext, d: Dense) -> InfeasibleBudgetError:
-    from hwprune.constraints import format_value
+    from hwprune.budgets import format_value
 
     smallest = d.evaluator.smallest()
     by_name = {c.name: c for c in d.constraints}

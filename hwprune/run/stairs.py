@@ -47,9 +47,11 @@ def staircase(ctx: RunContext, loaded: Loaded, constraints: Sequence[Any]) -> Lo
     snap = config.round_to == AUTO
     if not (snap or needs_staircase(config.agent)) or config.granularity != "channel":
         return loaded
-    spec = next((c.oracle for c in constraints if c.name == "latency"), None)
-    if spec is None:  # the config resolves 'auto' away without a latency budget
+    lead = next((c for c in constraints if c.name == "latency"), None)
+    if lead is None:  # the config resolves 'auto' away without a latency budget
         return loaded
+    spec = lead.oracle
+    oracle = lead.judge if lead.judge is not None else spec  # built once, when bound
     path = ctx.path(STAIRCASE_FILE)
     units = sum(1 for u in loaded.space.units if u.step == 1)
     with ctx.stage("staircase", units, "probing the latency staircase") as step:
@@ -68,9 +70,9 @@ def staircase(ctx: RunContext, loaded: Loaded, constraints: Sequence[Any]) -> Lo
             single = [u.id for u in loaded.space.units if u.step == 1]
             try:
                 stairs = probe_staircase(
-                    loaded.space, spec, cache=MeasurementCache(), units=single,
+                    loaded.space, oracle, cache=MeasurementCache(), units=single,
                     progress=progress, seconds=config.staircase_seconds or None,
-                    fallback=default_round_to([spec]),
+                    fallback=default_round_to([oracle]),
                 )  # fmt: skip
             except Exception as exc:  # a one-layer model the oracle cannot time: no staircase
                 first = (str(exc).strip().splitlines() or [""])[0][:200]

@@ -1,5 +1,7 @@
 """What can be pruned: channel groups (physically removed) or weights (zeroed), and policies over them.
 
+Every space implements ``PruneSpace`` (``hwprune.space.protocol``).
+
 Example::
 
     from hwprune.space import ChannelSpace, Policy
@@ -12,16 +14,17 @@ Example::
 
 from hwprune.space.channel import ChannelSpace, Unit
 from hwprune.space.importance import IMPORTANCE, Criterion, get_criterion
-from hwprune.space.policy import GRANULARITIES, PATTERNS, Policy
+from hwprune.space.policy import PATTERNS, Policy
+from hwprune.space.protocol import PruneSpace
 from hwprune.space.weight import WeightSpace, two_four_mask
 
 __all__ = [
-    "GRANULARITIES",
     "IMPORTANCE",
     "PATTERNS",
     "ChannelSpace",
     "Criterion",
     "Policy",
+    "PruneSpace",
     "Unit",
     "WeightSpace",
     "get_criterion",

@@ -216,7 +216,8 @@ def check_ties(pruned: nn.Module, ties: Sequence[tuple[str, ...]]) -> None:
         held = set()
         for n in names:
             owner, _, attr = n.rpartition(".")
-            held.add(id(getattr(pruned.get_submodule(owner) if owner else pruned, attr, None)))
+            holder = pruned.get_submodule(owner) if owner else pruned
+            held.add(id(holder._parameters.get(attr)))
         if len(held) > 1:
             raise ConfigError(
                 f"pruning split the parameter that {', '.join(repr(n) for n in names)} share "

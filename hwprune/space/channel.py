@@ -11,12 +11,11 @@ calls Torch-Pruning's per-layer pruning functions with the recorded indices.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -24,9 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
+import hwprune.space._layers as _layers
+import hwprune.space._opaque as _opaque
 from hwprune.errors import ConfigError
 from hwprune.inputs import ExampleInputs, check_model_device, none_output
-from hwprune.space import _layers, _opaque
+from hwprune.space._tp_compat import MappingBlowup, Unmapped, param_names, tolerant_index_mapping
 from hwprune.space.importance import get_criterion
 from hwprune.space.policy import Policy
 
@@ -140,101 +141,13 @@ def _final_layers(dg: Any) -> list[nn.Module]:
     return finals
 
 
-_MAX_MAPPED = 1 << 15  # more indices than any layer has channels: a mapping gone wrong
-# Work caps on one group's traversal. Torch-Pruning walks a group once per distinct index
-# set reaching a node; through MaxViT's window/grid partitions every channel arrives alone,
-# so one attention group maps ~18 M indices through one reshape 768 times (45-60 s each,
-# hours for the model). Sound groups of every torchvision classifier stay far below both:
-# at most 8 passes through one mapping (Swin) and 77 k mapped indices (VGG-11 at 224).
-_MAX_PASSES = 32  # calls of one index mapping (one reshape, concat, split...) per group
-_MAX_GROUP_MAPPED = 1 << 18  # indices mapped, all calls of one group together
+@dataclass(frozen=True)
+class _Traced:
+    """A traced DependencyGraph, the nodes whose mapping failed, and the groups it gave up on."""
 
-
-class _MappingBlowup(ValueError):
-    """Torch-Pruning's index mapping grew past any layer's channel count, or past the work caps."""
-
-
-@contextlib.contextmanager
-def _tolerant_index_mapping(unmapped: list[Any]) -> Iterator[None]:
-    """Record, rather than raise, a reshape/split/concat whose channel mapping Torch-Pruning fails.
-
-    Torch-Pruning 1.6 infers how channel indices pass through view/reshape,
-    split, concat and slice nodes; on ShuffleNet's channel shuffle (a view to
-    5-d, a transpose, a view back) its reshape rule divides by a channel count
-    it inferred as 0 and the whole trace dies with ZeroDivisionError. Such a
-    node keeps the identity mapping here and is recorded in ``unmapped`` as
-    (node, reason): every group through it is left out of the space, so no
-    channel is ever pruned on a mapping that was not established.
-    """
-    from torch_pruning.dependency import index_mapping
-
-    names = [n for n in dir(index_mapping) if n.startswith("update_") and n.endswith("_mapping")]
-    names.remove("update_index_mapping")
-    saved = {n: getattr(index_mapping, n) for n in names}
-
-    def tolerant(name: str, fn: Any) -> Any:
-        def call(graph: Any, node: Any) -> None:
-            try:
-                fn(graph, node)
-            except Exception as exc:  # Torch-Pruning's inference failed on this node only
-                what = name.removeprefix("update_").removesuffix("_index_mapping")
-                unmapped.append((node, f"Torch-Pruning cannot map channels through a {what} "
-                                       f"({type(exc).__name__}: {exc})"))  # fmt: skip
-
-        return call
-
-    # Flatten mappings multiply indices by their stride at every view they pass; through
-    # Swin's window partitions they grow without bound (Torch-Pruning never returns, and
-    # memory runs out). A group whose mapped indices pass the cap is abandoned, and so is
-    # one whose traversal passes the work caps (the context is entered once per group).
-    classes = [getattr(index_mapping, n) for n in dir(index_mapping) if n.endswith("IndexMapping")]
-    calls = {c: c.__call__ for c in classes if isinstance(c, type)}
-    passes: dict[int, int] = {}
-    mapped = [0]
-
-    def capped(fn: Any) -> Any:
-        def call(self: Any, idxs: Any) -> Any:
-            out = fn(self, idxs)
-            if len(out) > _MAX_MAPPED:
-                raise _MappingBlowup(
-                    f"channel indices grow past {_MAX_MAPPED} through a reshape it cannot follow"
-                )
-            passes[id(self)] = passes.get(id(self), 0) + 1
-            mapped[0] += len(out)
-            what = type(self).__name__.strip("_").removesuffix("IndexMapping").lower()
-            if passes[id(self)] > _MAX_PASSES:
-                raise _MappingBlowup(
-                    f"its traversal passed one {what} mapping more than {_MAX_PASSES} times"
-                )
-            if mapped[0] > _MAX_GROUP_MAPPED:
-                raise _MappingBlowup(
-                    f"its traversal mapped more than {_MAX_GROUP_MAPPED} channel indices"
-                )
-            return out
-
-        return call
-
-    for n, fn in saved.items():
-        setattr(index_mapping, n, tolerant(n, fn))
-    for c, fn in calls.items():
-        c.__call__ = capped(fn)
-    try:
-        yield
-    finally:
-        for n, fn in saved.items():
-            setattr(index_mapping, n, fn)
-        for c, fn in calls.items():
-            c.__call__ = fn
-
-
-class _Unmapped:
-    """Nodes whose channel mapping failed (by id), read live: groups built later add to it."""
-
-    def __init__(self, found: list[Any]) -> None:
-        self._found = found
-
-    def get(self, node: Any) -> str | None:
-        return next((reason for n, reason in self._found if n is node), None)
+    graph: Any
+    unmapped: Unmapped
+    failed: list[tuple[nn.Module, str]]
 
 
 def _order(scores: np.ndarray, keys: np.ndarray | None) -> np.ndarray:
@@ -249,8 +162,9 @@ def _order(scores: np.ndarray, keys: np.ndarray | None) -> np.ndarray:
 
 def _vit_hidden_dim(module: nn.Module) -> None:
     # torchvision's VisionTransformer reshapes the patch embedding with self.hidden_dim.
-    if isinstance(getattr(module, "conv_proj", None), nn.Conv2d) and hasattr(module, "hidden_dim"):
-        module.hidden_dim = int(module.conv_proj.out_channels)
+    conv = module._modules.get("conv_proj")
+    if isinstance(conv, nn.Conv2d) and "hidden_dim" in vars(module):
+        module.hidden_dim = int(conv.out_channels)
 
 
 # Model classes (by name: no import of their packages) whose forward reads a size attribute.
@@ -415,6 +329,50 @@ def _out_of_range(dg: Any, group: Any) -> str | None:
     return None
 
 
+def _group_ops(
+    dg: Any, group: Any, names: dict[nn.Module, str], tied: dict[int, tuple[str, ...]]
+) -> tuple[list[_Op], set[str], list[nn.Module], tuple[str, ...] | None]:
+    """A group's pruning calls, the layers it changes, its layers that lose output channels,
+    and the holders of a tied parameter it cuts (None when it cuts no tie)."""
+    param_to_name = param_names(dg)
+    ops: list[_Op] = []
+    layer_names: set[str] = set()
+    out_layers: list[nn.Module] = []
+    cuts_tie: tuple[str, ...] | None = None
+    for item in group:
+        dep, idxs = item.dep, item.idxs
+        target = dep.target.module
+        if tied and cuts_tie is None:
+            own = [target] if isinstance(target, nn.Parameter) else (
+                target.parameters(recurse=False) if isinstance(target, nn.Module) else []
+            )  # fmt: skip
+            cuts_tie = next((tied[id(p)] for p in own if id(p) in tied), None)
+        if isinstance(target, nn.Parameter):
+            if target not in param_to_name:
+                continue
+            tname, is_param = param_to_name[target], True
+        elif isinstance(target, nn.Module) and target in names:
+            tname, is_param = names[target], False
+            layer_names.add(tname)
+            layer_names.update(_opaque.changed_layers(tname, target))
+            rootable = isinstance(target, _PRUNABLE) or _opaque.is_opaque(target)
+            if rootable and dg.is_out_channel_pruning_fn(dep.handler):
+                out_layers.append(target)
+        else:
+            continue  # Torch-Pruning's bookkeeping ops (add, concat, flatten...)
+        ops.append(
+            _Op(
+                target=tname,
+                handler=dep.handler,
+                pruning_dim=int(dep.target.pruning_dim),
+                is_param=is_param,
+                idxs=np.asarray(idxs, dtype=np.int64),
+                roots=np.asarray(item.root_idxs, dtype=np.int64),
+            )
+        )
+    return ops, layer_names, out_layers, cuts_tie
+
+
 class ChannelSpace:
     """Every coupled channel group of a model, pruned by removing channels for real.
 
@@ -505,9 +463,28 @@ class ChannelSpace:
         self.min_keep = float(min_keep)
         self.seed = seed
         self.skipped: list[Skipped] = []
+        prof = self._profile_dense()
+        user_ignored = _expand(model, _layers.resolve_names(model, ignored_layers))
+        self._structure(num_heads, customized_pruners, unwrapped_parameters)
+        self._build_units(criterion, calibration, user_ignored, prof)
+        self.channel_choices: dict = {}
+        if check:
+            self._drop_broken_units()
+        self.channel_choices = self._check_choices(channel_choices)
+        self._signature = self._space_signature()
+        log.info(
+            "channel space: %d units (%d groups left out), %d params, %d MACs, output layers %s",
+            len(self.units),
+            len(self.skipped),
+            self.dense_params,
+            self.dense_macs,
+            ", ".join(self.output_layers) or "none",
+        )
 
+    def _profile_dense(self) -> _layers.LayerProfile:
+        """The dense model's per-layer MACs and parameters; an output that is None is refused."""
         outputs: list[Any] = []
-        prof = _profile(model, self.example_inputs, outputs=outputs)
+        prof = _profile(self.model, self.example_inputs, outputs=outputs)
         self.dense_params = prof.total_params
         self.dense_macs = prof.total_macs
         where = none_output(outputs[0]) if outputs else None
@@ -515,14 +492,21 @@ class ChannelSpace:
             # Torch-Pruning traces backwards from every output; a None stops it with a TypeError
             # that names no output.
             raise ConfigError(
-                f"{type(model).__name__}'s {where} is None with the example inputs; a pruned "
+                f"{type(self.model).__name__}'s {where} is None with the example inputs; a pruned "
                 "model's outputs must be tensors (a tensor, or tuples, lists and dicts of tensors)"
             )
+        return prof
 
+    def _structure(
+        self,
+        num_heads: Mapping[str | nn.Module, int] | None,
+        customized_pruners: Mapping[Any, Any] | None,
+        unwrapped_parameters: Mapping[Any, int] | Sequence[tuple[Any, int]] | None,
+    ) -> None:
+        """Weight ties, attention heads, opaque layers and Torch-Pruning's tracing options."""
+        model = self.model
         names = {m: n for n, m in model.named_modules()}
-        position = {n: i for i, n in enumerate(names.values())}
         self._ties = _layers.tied_parameters(model)
-        user_ignored = _expand(model, _layers.resolve_names(model, ignored_layers))
         self._heads = _resolve_heads(model, num_heads)
         self.num_heads = {names[m]: h for m, h in self._heads.items()}
         self._head_dims = {names[m]: m.embed_dim // h for m, h in self._heads.items()}
@@ -535,36 +519,43 @@ class ChannelSpace:
             "unwrapped_parameters": _resolve_unwrapped(model, unwrapped_parameters),
         }
 
+    def _build_units(
+        self, criterion: Any, calibration: Any, user_ignored: set[str], prof: _layers.LayerProfile
+    ) -> None:
+        """Trace the dense model, rank each group's channels, and keep the units in model order."""
+        model = self.model
+        names = {m: n for n, m in model.named_modules()}
+        position = {n: i for i, n in enumerate(names.values())}
         was_training = model.training
         model.eval()  # tracing runs a forward pass; BN statistics must not move
         try:
-            dg = self.dependency_graph()
-            finals = _final_layers(dg)
+            traced = self._trace()
+            finals = _final_layers(traced.graph)
             self.output_layers = tuple(sorted((names[m] for m in finals), key=position.get))
             ignored = [m for n, m in model.named_modules() if n in user_ignored] + finals
             roots = _PRUNABLE + tuple(self._opaque)
-            groups = list(dg.get_all_groups(ignored_layers=ignored, root_module_types=roots))
-            scorer = criterion.build(seed)
+            groups = list(
+                traced.graph.get_all_groups(ignored_layers=ignored, root_module_types=roots)
+            )
+            scorer = criterion.build(self.seed)
             saved_grads = None
             if criterion.needs_gradients:
                 saved_grads = self._backward(calibration)
             try:
-                units, plans = self._plan(dg, groups, scorer, names, position, prof)
+                units, plans = self._plan(traced, groups, scorer, names, position, prof)
             finally:
                 if saved_grads is not None:
                     for p, g in saved_grads.items():
                         p.grad = g
         finally:
             model.train(was_training)
-
         order = sorted(range(len(units)), key=lambda i: position[units[i]["id"]])
         self.units: list[Unit] = [Unit(index=j, **units[i]) for j, i in enumerate(order)]
         self._plans: list[_Plan] = [plans[i] for i in order]
-        self.channel_choices: dict = {}
-        if check:
-            self._drop_broken_units()
-        self.channel_choices = self._check_choices(channel_choices)
-        self._signature = hashlib.sha256(
+
+    def _space_signature(self) -> str:
+        """What decides the pruned architectures: criterion, seed, input shapes and the units."""
+        return hashlib.sha256(
             json.dumps(
                 [
                     self.importance,
@@ -574,14 +565,6 @@ class ChannelSpace:
                 ]
             ).encode()
         ).hexdigest()[:16]
-        log.info(
-            "channel space: %d units (%d groups left out), %d params, %d MACs, output layers %s",
-            len(self.units),
-            len(self.skipped),
-            self.dense_params,
-            self.dense_macs,
-            ", ".join(self.output_layers) or "none",
-        )
 
     def _check_choices(
         self, choices: Mapping[str, Sequence[int]] | None
@@ -623,17 +606,22 @@ class ChannelSpace:
         A tracing failure raises ConfigError naming the module that failed and
         the options that describe a module Torch-Pruning cannot trace.
         """
+        return self._trace().graph
+
+    def _trace(self) -> _Traced:
+        """``dependency_graph``, with the nodes whose channel mapping failed and the groups
+        whose channels Torch-Pruning could not follow (``hwprune.space._tp_compat``)."""
         import torch_pruning as tp
 
         # On the model's device now: a caller may have moved the dense model (to the GPU for
         # its accuracy) after the space was built on the CPU.
         inputs = self.example_inputs.to(_layers.model_device(self.model))
-        unmapped: list[Any] = []
+        unmapped = Unmapped()
         failed: list[tuple[nn.Module, str]] = []
         try:
             with (
                 torch.enable_grad(),
-                _tolerant_index_mapping(unmapped),
+                tolerant_index_mapping(unmapped),
                 _opaque.traced_as_layers(self.model, self._opaque),
             ):
                 dg = tp.DependencyGraph().build_dependency(
@@ -643,27 +631,6 @@ class ChannelSpace:
                     verbose=False,
                     **self._tp_options,
                 )
-            original = dg.get_pruning_group
-
-            def get_pruning_group(module: Any, *args: Any, **kwargs: Any) -> Any:
-                # Torch-Pruning re-runs the index mapping for every group it builds; a group
-                # whose indices cannot be followed through a mapped node is left out (empty).
-                with _tolerant_index_mapping(unmapped):
-                    try:
-                        return original(module, *args, **kwargs)
-                    except _MappingBlowup as exc:
-                        failed.append((module, f"Torch-Pruning cannot follow its channels in "
-                                               f"bounded work ({exc})"))  # fmt: skip
-                        return []
-                    except (IndexError, KeyError, ValueError, ZeroDivisionError) as exc:
-                        failed.append((module, f"Torch-Pruning cannot follow its channels "
-                                               f"({type(exc).__name__}: {exc})"))  # fmt: skip
-                        return []
-
-            dg.get_pruning_group = get_pruning_group
-            dg.hwprune_unmapped = _Unmapped(unmapped)
-            dg.hwprune_failed = failed
-            return dg
         except Exception as exc:
             where = _failing_module(exc, self.model)
             raise ConfigError(
@@ -672,6 +639,25 @@ class ChannelSpace:
                 "unwrapped_parameters={parameter: dim}, or give attention heads with "
                 "num_heads={module: heads}"
             ) from exc
+        original = dg.get_pruning_group
+
+        def get_pruning_group(module: Any, *args: Any, **kwargs: Any) -> Any:
+            # Torch-Pruning re-runs the index mapping for every group it builds; a group
+            # whose indices cannot be followed through a mapped node is left out (empty).
+            with tolerant_index_mapping(unmapped):
+                try:
+                    return original(module, *args, **kwargs)
+                except MappingBlowup as exc:
+                    failed.append((module, f"Torch-Pruning cannot follow its channels in "
+                                           f"bounded work ({exc})"))  # fmt: skip
+                    return []
+                except (IndexError, KeyError, ValueError, ZeroDivisionError) as exc:
+                    failed.append((module, f"Torch-Pruning cannot follow its channels "
+                                           f"({type(exc).__name__}: {exc})"))  # fmt: skip
+                    return []
+
+        dg.get_pruning_group = get_pruning_group
+        return _Traced(graph=dg, unmapped=unmapped, failed=failed)
 
     # ------------------------------------------------------------ building
     def _backward(self, calibration: Any) -> dict[nn.Parameter, torch.Tensor | None]:
@@ -697,122 +683,35 @@ class ChannelSpace:
 
     def _plan(
         self,
-        dg: Any,
+        traced: _Traced,
         groups: list[Any],
         scorer: Any,
         names: dict[nn.Module, str],
         position: dict[str, int],
         prof: _layers.LayerProfile,
     ) -> tuple[list[dict[str, Any]], list[_Plan]]:
+        """Each group Torch-Pruning found as a unit (its features) and its plan; the groups that
+        cannot be pruned soundly are left out and listed in ``skipped``."""
         units: list[dict[str, Any]] = []
         plans: list[_Plan] = []
-        param_names = getattr(dg, "_param_to_name", {})
-        unmapped = getattr(dg, "hwprune_unmapped", None)
         # A group that cuts a tied parameter would cut each holder's copy on its own (two
         # tensors where there was one): such groups are left out, so the tie is kept.
         tied: dict[int, tuple[str, ...]] = {}
         for holders in self._ties:
             tied[id(self.model.get_parameter(holders[0]))] = holders
         for group in groups:
-            members = [dep.target.module for dep, _ in group]
-            blocked = [
-                reason
-                for dep, _ in group
-                for node in (dep.source, dep.target)
-                if unmapped is not None and (reason := unmapped.get(node)) is not None
-            ]
-            if blocked:
-                root_name = next(
-                    (names[m] for m in members if isinstance(m, _PRUNABLE) and m in names), "?"
-                )
-                self._skip(root_name, blocked[0])
+            planned = self._plan_group(traced, group, scorer, names, position, tied)
+            if planned is None:
                 continue
-            ops: list[_Op] = []
-            layer_names: set[str] = set()
-            out_layers: list[nn.Module] = []
-            cuts_tie: tuple[str, ...] | None = None
-            for item in group:
-                dep, idxs = item.dep, item.idxs
-                target = dep.target.module
-                if tied and cuts_tie is None:
-                    own = [target] if isinstance(target, nn.Parameter) else (
-                        target.parameters(recurse=False) if isinstance(target, nn.Module) else []
-                    )  # fmt: skip
-                    cuts_tie = next((tied[id(p)] for p in own if id(p) in tied), None)
-                if isinstance(target, nn.Parameter):
-                    if target not in param_names:
-                        continue
-                    tname, is_param = param_names[target], True
-                elif isinstance(target, nn.Module) and target in names:
-                    tname, is_param = names[target], False
-                    layer_names.add(tname)
-                    layer_names.update(_opaque.changed_layers(tname, target))
-                    rootable = isinstance(target, _PRUNABLE) or _opaque.is_opaque(target)
-                    if rootable and dg.is_out_channel_pruning_fn(dep.handler):
-                        out_layers.append(target)
-                else:
-                    continue  # Torch-Pruning's bookkeeping ops (add, concat, flatten...)
-                ops.append(
-                    _Op(
-                        target=tname,
-                        handler=dep.handler,
-                        pruning_dim=int(dep.target.pruning_dim),
-                        is_param=is_param,
-                        idxs=np.asarray(idxs, dtype=np.int64),
-                        roots=np.asarray(item.root_idxs, dtype=np.int64),
-                    )
-                )
-            if not out_layers:
-                continue
-            channels = len(group[0].idxs)
-            root = min(
-                out_layers,
-                key=lambda m: (_layers.is_depthwise(m), position[names[m]]),
+            unit, plan = planned
+            layers = unit["layers"]
+            unit["flops_share"] = sum(prof.macs.get(n, 0) for n in layers) / max(1, prof.total_macs)
+            unit["params_share"] = sum(prof.params.get(n, 0) for n in layers) / max(
+                1, prof.total_params
             )
-            if cuts_tie is not None:
-                self._skip(
-                    names[root],
-                    f"it cuts the parameter that {' and '.join(repr(n) for n in cuts_tie)} share "
-                    "(a weight tie), which would leave two copies; the tie is kept unpruned",
-                )
-                continue
-            wild = _out_of_range(dg, group)
-            if wild is not None:
-                # A reshape Torch-Pruning follows without failing but maps wrongly (ShuffleNet's
-                # channel shuffle at some widths): its indices pass the layer's channel count.
-                self._skip(names[root], f"Torch-Pruning cannot follow its channels ({wild})")
-                continue
-            with torch.no_grad():
-                scores = scorer(group)
-            if scores is None or len(scores) != channels:
-                raise RuntimeError(
-                    f"importance {self.importance!r} gave no score for the group of {names[root]}"
-                )
-            scores = torch.nan_to_num(scores.detach().float().cpu(), nan=0.0).numpy()
-            blocks = self._blocks(dg, members, ops, channels, names)
-            if isinstance(blocks, str):
-                self._skip(names[root], blocks)
-                continue
-            step, keys = blocks
-            order = _order(scores, keys)
-            layers = tuple(sorted(layer_names, key=position.get))
-            units.append(
-                {
-                    "id": names[root],
-                    "layers": layers,
-                    "channels": channels,
-                    "kind": _kind(root, members),
-                    **_layers.geometry(_opaque.weight_layer(root)),
-                    "flops_share": sum(prof.macs.get(n, 0) for n in layers)
-                    / max(1, prof.total_macs),
-                    "params_share": sum(prof.params.get(n, 0) for n in layers)
-                    / max(1, prof.total_params),
-                    "numel": int(_opaque.weight_layer(root).weight.numel()),
-                    "step": step,
-                }
-            )
-            plans.append(_Plan(ops=tuple(ops), order=order, step=step, scores=scores))
-        for module, reason in getattr(dg, "hwprune_failed", ()):
+            units.append(unit)
+            plans.append(plan)
+        for module, reason in traced.failed:
             if module in names and names[module] not in {u["id"] for u in units}:
                 self._skip(names[module], reason)
         if not units:
@@ -827,6 +726,72 @@ class ChannelSpace:
                 f"or feeds the model output{why})"
             )
         return units, plans
+
+    def _plan_group(
+        self,
+        traced: _Traced,
+        group: Any,
+        scorer: Any,
+        names: dict[nn.Module, str],
+        position: dict[str, int],
+        tied: dict[int, tuple[str, ...]],
+    ) -> tuple[dict[str, Any], _Plan] | None:
+        """One group as a unit (its features but the MAC and parameter shares) and its plan, or
+        None where it has no output layer here or cannot be pruned soundly (then skipped)."""
+        dg = traced.graph
+        members = [dep.target.module for dep, _ in group]
+        blocked = [
+            reason
+            for dep, _ in group
+            for node in (dep.source, dep.target)
+            if (reason := traced.unmapped.get(node)) is not None
+        ]
+        if blocked:
+            root_name = next(
+                (names[m] for m in members if isinstance(m, _PRUNABLE) and m in names), "?"
+            )
+            self._skip(root_name, blocked[0])
+            return None
+        ops, layer_names, out_layers, cuts_tie = _group_ops(dg, group, names, tied)
+        if not out_layers:
+            return None
+        channels = len(group[0].idxs)
+        root = min(out_layers, key=lambda m: (_layers.is_depthwise(m), position[names[m]]))
+        problem = None
+        if cuts_tie is not None:
+            problem = (
+                f"it cuts the parameter that {' and '.join(repr(n) for n in cuts_tie)} share "
+                "(a weight tie), which would leave two copies; the tie is kept unpruned"
+            )
+        elif (wild := _out_of_range(dg, group)) is not None:
+            # A reshape Torch-Pruning follows without failing but maps wrongly (ShuffleNet's
+            # channel shuffle at some widths): its indices pass the layer's channel count.
+            problem = f"Torch-Pruning cannot follow its channels ({wild})"
+        if problem is not None:
+            self._skip(names[root], problem)
+            return None
+        with torch.no_grad():
+            scores = scorer(group)
+        if scores is None or len(scores) != channels:
+            raise RuntimeError(
+                f"importance {self.importance!r} gave no score for the group of {names[root]}"
+            )
+        scores = torch.nan_to_num(scores.detach().float().cpu(), nan=0.0).numpy()
+        blocks = self._blocks(dg, members, ops, channels, names)
+        if isinstance(blocks, str):
+            self._skip(names[root], blocks)
+            return None
+        step, keys = blocks
+        unit = {
+            "id": names[root],
+            "layers": tuple(sorted(layer_names, key=position.get)),
+            "channels": channels,
+            "kind": _kind(root, members),
+            **_layers.geometry(_opaque.weight_layer(root)),
+            "numel": int(_opaque.weight_layer(root).weight.numel()),
+            "step": step,
+        }
+        return unit, _Plan(ops=tuple(ops), order=_order(scores, keys), step=step, scores=scores)
 
     def _forward_error(self, indices: Sequence[int]) -> str | None:
         """Why the model with units ``indices`` pruned to half fails its forward pass, or None."""
@@ -1065,7 +1030,7 @@ class ChannelSpace:
                 parent_name, _, attr = target.rpartition(".")
                 parent = pruned.get_submodule(parent_name) if parent_name else pruned
                 op.handler.__self__.pruning_dim = op.pruning_dim
-                setattr(parent, attr, op.handler(getattr(parent, attr), idxs))
+                setattr(parent, attr, op.handler(pruned.get_parameter(target), idxs))
             else:
                 op.handler(modules[target], idxs)
         self._fix_attributes(pruned)

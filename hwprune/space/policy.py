@@ -7,12 +7,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hwprune.config import GRANULARITIES
 from hwprune.errors import ConfigError
 
-__all__ = ["GRANULARITIES", "PATTERNS", "Policy"]
+__all__ = ["PATTERNS", "Policy"]
 
-GRANULARITIES = ("channel", "weight")
 PATTERNS = ("unstructured", "2:4")
+# What a policy's keep ratios count: channels, or weight density. The run's "2:4" granularity
+# is a weight policy with the "2:4" pattern.
+_POLICY_GRANULARITIES = tuple(g for g in GRANULARITIES if g not in PATTERNS)
 
 
 def _require_same_units(ids: Sequence[str], names: Sequence[str] | Mapping[str, Any]) -> None:
@@ -75,9 +78,9 @@ class Policy:
                     f"(among {len(keep)} values)"
                 )
         object.__setattr__(self, "keep", keep)
-        if self.granularity not in GRANULARITIES:
+        if self.granularity not in _POLICY_GRANULARITIES:
             raise ConfigError(
-                f"policy granularity must be one of {', '.join(GRANULARITIES)}, "
+                f"policy granularity must be one of {', '.join(_POLICY_GRANULARITIES)}, "
                 f"got {self.granularity!r}"
             )
         if self.granularity == "weight":
@@ -108,7 +111,7 @@ class Policy:
         return cls(
             keep=(float(keep),) * len(space.units),
             granularity=space.granularity,
-            pattern=getattr(space, "pattern", None),
+            pattern=space.pattern,
             unit_ids=tuple(u.id for u in space.units),
         )
 

@@ -69,9 +69,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hwprune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hwprune.space.channel import ChannelSpace
+    from oracles import Oracle
 
 log = logging.getLogger(__name__)
 
@@ -379,8 +383,8 @@ def _grid(low: int, high: int, points: int) -> list[int]:
 
 
 def probe_staircase(
-    space: Any,
-    oracle_spec: str,
+    space: ChannelSpace,
+    oracle: Oracle | str,
     *,
     cache: Any | None,
     counts_per_unit: int = 8,
@@ -392,7 +396,10 @@ def probe_staircase(
     seconds: float | None = None,
     fallback: int = 1,
 ) -> Staircase:
-    """Measure every unit's latency staircase on ``oracle_spec`` and choose its step tops.
+    """Measure every unit's latency staircase on ``oracle`` and choose its step tops.
+
+    ``oracle`` is a latency oracle (the one a run's latency budget was bound to,
+    ``Constraint.judge``), or its spec string, built here.
 
     ``space`` is a ChannelSpace (its ``min_keep`` sets the smallest count
     probed); ``cache`` an ``oracles.MeasurementCache`` (a second probe of the
@@ -425,9 +432,49 @@ def probe_staircase(
         stairs = probe_staircase(space, "onnxruntime:cpu?threads=1", cache=MeasurementCache())
         space = ChannelSpace(model, example_input_shape=shape, channel_choices=stairs.choices())
     """
-    import oracles
+    _check_probe_options(
+        space, counts_per_unit=counts_per_unit, noise_floor=noise_floor, resolution=resolution,
+        seconds=seconds, fallback=fallback,
+    )  # fmt: skip
+    target, timing = _latency_oracles(oracle, min_time)
+    chosen = _chosen_units(space, units)
+    t0 = time.perf_counter()
+    prober = _Prober(space, timing, cache)
+    members = _shared_probes(
+        prober, chosen, min_keep=space.min_keep, points=counts_per_unit, floor=noise_floor,
+        resolution=resolution,
+    )  # fmt: skip
+    deadline = None if seconds is None else t0 + float(seconds)
+    _run_probes(
+        list({id(p): p for _, p in members}.values()), deadline=deadline, progress=progress,
+        members=members,
+    )  # fmt: skip
+    results, left_out = _unit_results(prober, members, fallback=fallback)
+    settings = {
+        "counts_per_unit": counts_per_unit, "noise_floor": float(noise_floor),
+        "resolution": resolution, "timing_spec": timing.spec,
+        "seconds_budget": None if seconds is None else float(seconds), "fallback": int(fallback),
+    }  # fmt: skip
+    stairs = Staircase(
+        oracle=target.spec, unit=timing.unit, units=tuple(results), oracle_calls=prober.calls,
+        cached_calls=prober.cached, seconds=time.perf_counter() - t0, settings=settings,
+        left_out=left_out,
+    )  # fmt: skip
+    _log_probe(stairs, seconds=seconds, fallback=fallback)
+    return stairs
 
-    if getattr(space, "granularity", None) != "channel":
+
+def _check_probe_options(
+    space: Any,
+    *,
+    counts_per_unit: int,
+    noise_floor: float,
+    resolution: int | None,
+    seconds: float | None,
+    fallback: int,
+) -> None:
+    """ConfigError for a space that is not a channel space or an option out of its range."""
+    if space.granularity != "channel":
         raise ConfigError("the latency staircase is probed on a channel space only")
     if not isinstance(counts_per_unit, int) or counts_per_unit < 2:
         raise ConfigError(
@@ -443,38 +490,63 @@ def probe_staircase(
         raise ConfigError(f"the staircase probe's seconds must be positive, got {seconds!r}")
     if isinstance(fallback, bool) or not isinstance(fallback, int) or fallback < 1:
         raise ConfigError(f"fallback must be a positive integer, got {fallback!r}")
-    target = oracles.get_oracle(oracle_spec)
-    oracle = _probe_oracle(target, min_time)
-    if oracle.quantity != "latency":
+
+
+def _latency_oracles(oracle: Oracle | str, min_time: float | None) -> tuple[Oracle, Oracle]:
+    """(the target oracle, the same oracle with the probe's short timing window)."""
+    import oracles
+
+    target = oracle if isinstance(oracle, oracles.Oracle) else oracles.get_oracle(oracle)
+    timing = _probe_oracle(target, min_time)
+    if timing.quantity != "latency":
         raise ConfigError(
             "the staircase is probed with a latency oracle (onnxruntime, tensorrt, torch, ...), "
-            f"got {oracle.spec!r}, which measures {oracle.quantity}"
+            f"got {timing.spec!r}, which measures {timing.quantity}"
         )
-    chosen = list(space.units)
-    if units is not None:
-        wanted = set(units)
-        unknown = sorted(wanted - {u.id for u in chosen})
-        if unknown:
-            raise ConfigError(f"no unit named {', '.join(unknown)} in the space")
-        chosen = [u for u in chosen if u.id in wanted]
+    return target, timing
 
-    t0 = time.perf_counter()
-    deadline = None if seconds is None else t0 + float(seconds)
-    prober = _Prober(space, oracle, cache)
-    # Units whose one-layer models have the same shapes share one probe: the repeated
-    # blocks of a ResNet are probed once.
+
+def _chosen_units(space: Any, units: Iterable[str] | None) -> list[Any]:
+    """The space's units the probe times: all, or those named in ``units``."""
+    chosen = list(space.units)
+    if units is None:
+        return chosen
+    wanted = set(units)
+    unknown = sorted(wanted - {u.id for u in chosen})
+    if unknown:
+        raise ConfigError(f"no unit named {', '.join(unknown)} in the space")
+    return [u for u in chosen if u.id in wanted]
+
+
+def _shared_probes(
+    prober: _Prober,
+    chosen: Sequence[Any],
+    *,
+    min_keep: float,
+    points: int,
+    floor: float,
+    resolution: int | None,
+) -> list[tuple[Any, _UnitProbe]]:
+    """Each unit with its probe; units whose one-layer models have the same shapes share one
+    probe (the repeated blocks of a ResNet are probed once)."""
     probes: dict[tuple, _UnitProbe] = {}
     members: list[tuple[Any, _UnitProbe]] = []
     for unit in chosen:
-        low = _lowest(unit.channels, space.min_keep)
+        low = _lowest(unit.channels, min_keep)
         shape = prober.unit_shape(unit, low)
         if shape not in probes:
             probes[shape] = _UnitProbe(
-                prober, unit, low=low, points=counts_per_unit, floor=noise_floor,
+                prober, unit, low=low, points=points, floor=floor,
                 resolution=resolution or default_resolution(unit.channels),
             )  # fmt: skip
         members.append((unit, probes[shape]))
-    _run_probes(list(probes.values()), deadline=deadline, progress=progress, members=members)
+    return members
+
+
+def _unit_results(
+    prober: _Prober, members: Sequence[tuple[Any, _UnitProbe]], *, fallback: int
+) -> tuple[list[UnitStaircase], dict[str, tuple[int, ...]]]:
+    """Each probed unit's staircase, and the fallback counts of the units left out."""
     results: list[UnitStaircase] = []
     left_out: dict[str, tuple[int, ...]] = {}
     for unit, p in members:
@@ -483,28 +555,16 @@ def probe_staircase(
             continue
         names = tuple(name for name, _, _ in prober._layers_at(unit, unit.channels))
         results.append(dataclasses.replace(p.result(), unit=unit.id, layers=names))
-    stairs = Staircase(
-        oracle=target.spec,
-        unit=oracle.unit,
-        units=tuple(results),
-        oracle_calls=prober.calls,
-        cached_calls=prober.cached,
-        seconds=time.perf_counter() - t0,
-        settings={
-            "counts_per_unit": counts_per_unit,
-            "noise_floor": float(noise_floor),
-            "resolution": resolution,
-            "timing_spec": oracle.spec,
-            "seconds_budget": None if seconds is None else float(seconds),
-            "fallback": int(fallback),
-        },
-        left_out=left_out,
-    )
-    cut = [u.unit for u in results if not u.complete]
+    return results, left_out
+
+
+def _log_probe(stairs: Staircase, *, seconds: float | None, fallback: int) -> None:
+    cut = [u.unit for u in stairs.units if not u.complete]
+    left_out = stairs.left_out
     log.info(
         "latency staircase on %s: %d units, %d oracle calls, %d from the cache, %.1f s%s",
         stairs.oracle,
-        len(results),
+        len(stairs.units),
         stairs.oracle_calls,
         stairs.cached_calls,
         stairs.seconds,
@@ -514,7 +574,6 @@ def probe_staircase(
             + ("not rounded)" if fallback <= 1 else f"rounded to multiples of {fallback})")
         ),
     )  # fmt: skip
-    return stairs
 
 
 def _multiples(low: int, channels: int, step: int) -> tuple[int, ...]:

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+import hwprune.space._layers as _layers
 from hwprune.errors import ConfigError
-from hwprune.space import _layers
 from hwprune.space.channel import Skipped, Unit, _expand, _profile, _resolve_inputs
 from hwprune.space.policy import PATTERNS, Policy
 
@@ -103,6 +103,9 @@ class WeightSpace:
     """
 
     granularity = "weight"
+    # Zeroing weights never changes an output shape: no layer is kept dense for the model's
+    # outputs (ChannelSpace names the layers whose output channels it never prunes).
+    output_layers: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -132,13 +135,31 @@ class WeightSpace:
         self.dense_params = prof.total_params
         self.dense_macs = prof.total_macs
         ignored = _expand(model, _layers.resolve_names(model, ignored_layers))
-
-        units: list[Unit] = []
+        followers = self._resolve_ties()
         self._sorted: list[torch.Tensor] = []  # |w| ascending, per layer (unstructured)
         self._masks: list[torch.Tensor] = []  # 2:4 masks
-        # Layers that share one weight Parameter (a tie) are one unit: the first holder's,
-        # masked once and set on every holder, so the pruned model keeps one tensor. A weight
-        # also held elsewhere (an embedding tied to a Linear head) stays dense.
+        with torch.no_grad():
+            self.units = self._build_units(prof, ignored=ignored, followers=followers)
+        if not self.units:
+            raise ConfigError(
+                f"the model has no Conv/Linear weight to prune with pattern {pattern!r}"
+            )
+        self._signature = hashlib.sha256(
+            json.dumps(
+                [
+                    pattern,
+                    [list(s) for s in self.example_inputs.shapes.values()],
+                    [(u.id, u.numel) for u in self.units],
+                ]
+            ).encode()
+        ).hexdigest()[:16]
+
+    def _resolve_ties(self) -> set[str]:
+        """Layers that share one weight Parameter (a tie) are one unit: the first holder's,
+        masked once and set on every holder, so the pruned model keeps one tensor. A weight
+        also held elsewhere (an embedding tied to a Linear head) stays dense. Returns the
+        layers that are no unit of their own (later holders and dense ones)."""
+        model = self.model
         self._ties = _layers.tied_parameters(model)
         self._tied: dict[str, tuple[str, ...]] = {}
         followers: set[str] = set()
@@ -157,53 +178,45 @@ class WeightSpace:
                 if dense:
                     log.info("weights of %s left dense: tied to %s", dense, holders)
                 followers.update(dense)
-        with torch.no_grad():
-            for name, module in model.named_modules():
-                if not isinstance(module, _LAYERS) or name in ignored or name in followers:
-                    continue
-                if module.weight is None:
-                    continue
-                if pattern == "2:4" and not _two_four_ok(module):
-                    log.debug("2:4: leaving %s dense (input channels not a multiple of 4)", name)
-                    continue
-                tied = self._tied.get(name, ())
-                if any(n in ignored for n in tied):
-                    log.info("weights of %s left dense: tied to the ignored %s", name, tied)
-                    continue
-                w = module.weight.detach()
-                layers = (name, *tied)
-                units.append(
-                    Unit(
-                        id=name,
-                        index=len(units),
-                        layers=layers,
-                        channels=int(w.shape[0]),
-                        kind=_kind(module),
-                        **_layers.geometry(module),
-                        flops_share=sum(prof.macs.get(n, 0) for n in layers)
-                        / max(1, prof.total_macs),
-                        params_share=w.numel() / max(1, prof.total_params),
-                        numel=int(w.numel()),
-                    )
+        return followers
+
+    def _build_units(
+        self, prof: _layers.LayerProfile, *, ignored: set[str], followers: set[str]
+    ) -> list[Unit]:
+        """One unit per prunable layer, with its sorted magnitudes or its 2:4 mask recorded."""
+        units: list[Unit] = []
+        for name, module in self.model.named_modules():
+            if not isinstance(module, _LAYERS) or name in ignored or name in followers:
+                continue
+            if module.weight is None:
+                continue
+            if self.pattern == "2:4" and not _two_four_ok(module):
+                log.debug("2:4: leaving %s dense (input channels not a multiple of 4)", name)
+                continue
+            tied = self._tied.get(name, ())
+            if any(n in ignored for n in tied):
+                log.info("weights of %s left dense: tied to the ignored %s", name, tied)
+                continue
+            w = module.weight.detach()
+            layers = (name, *tied)
+            units.append(
+                Unit(
+                    id=name,
+                    index=len(units),
+                    layers=layers,
+                    channels=int(w.shape[0]),
+                    kind=_kind(module),
+                    **_layers.geometry(module),
+                    flops_share=sum(prof.macs.get(n, 0) for n in layers) / max(1, prof.total_macs),
+                    params_share=w.numel() / max(1, prof.total_params),
+                    numel=int(w.numel()),
                 )
-                if pattern == "2:4":
-                    self._masks.append(two_four_mask(w).cpu())
-                else:
-                    self._sorted.append(w.abs().flatten().cpu().sort().values)
-        if not units:
-            raise ConfigError(
-                f"the model has no Conv/Linear weight to prune with pattern {pattern!r}"
             )
-        self.units = units
-        self._signature = hashlib.sha256(
-            json.dumps(
-                [
-                    pattern,
-                    [list(s) for s in self.example_inputs.shapes.values()],
-                    [(u.id, u.numel) for u in units],
-                ]
-            ).encode()
-        ).hexdigest()[:16]
+            if self.pattern == "2:4":
+                self._masks.append(two_four_mask(w).cpu())
+            else:
+                self._sorted.append(w.abs().flatten().cpu().sort().values)
+        return units
 
     def __len__(self) -> int:
         return len(self.units)

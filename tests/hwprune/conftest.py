@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from hwprune.constraints import bind_constraints
+from hwprune.budgets import bind_constraints
 from hwprune.data import DataSplits, get_dataset
 from hwprune.evaluate import Evaluator
 

@@ -7,7 +7,7 @@ import tempfile
 import pytest
 
 from hwprune.agents import get_searcher
-from hwprune.constraints import bind_constraints
+from hwprune.budgets import bind_constraints
 from hwprune.data import get_dataset
 from hwprune.evaluate import Evaluator
 from hwprune.space import ChannelSpace

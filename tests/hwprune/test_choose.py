@@ -11,7 +11,7 @@ import hwprune
 from benchmarks.search import ship
 from hwprune.cli import main
 from hwprune.config import read_run_config
-from hwprune.constraints import bind_constraints
+from hwprune.budgets import bind_constraints
 from hwprune.evaluate import Evaluator, read_jsonl
 from hwprune.run.load import build_space, space_options
 from hwprune.space import Policy

@@ -15,7 +15,7 @@ import pytest
 
 import oracles
 from hwprune.agents import get_searcher
-from hwprune.constraints import bind_constraints
+from hwprune.budgets import bind_constraints
 from hwprune.evaluate import Evaluator
 from hwprune.run.choose import confirm_best
 from hwprune.space import ChannelSpace, Policy

@@ -125,7 +125,7 @@ def test_action_wall_prunes_at_most_max_prune_when_the_target_is_out_of_reach(sp
 
 
 def test_additive_targets_picks_params_and_flops_only():
-    from hwprune.constraints import bind_constraints
+    from hwprune.budgets import bind_constraints
 
     cons = bind_constraints(["params<=50%", "flops<=2M", "latency<=3ms"])
     cons = [cons[0].resolve(1000.0), cons[1].resolve(4e6), cons[2].resolve(5.0)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hwprune.constraints import bind_constraints
+from hwprune.budgets import bind_constraints
 from hwprune.evaluate.evaluator import Evaluator, EvaluatorOptions, ProxyOptions
 from hwprune.space import ChannelSpace
 from hwprune.tasks import as_task

@@ -24,7 +24,7 @@ import oracles
 from hwprune.agents import get_searcher, list_searchers
 from hwprune.agents.knapsack import solve_mck, solve_mck_lagrangian, total
 from hwprune.agents.latency_knapsack import unit_options
-from hwprune.constraints import bind_constraints
+from hwprune.budgets import bind_constraints
 from hwprune.errors import InfeasibleBudgetError
 from hwprune.evaluate import Evaluator
 from hwprune.space import ChannelSpace

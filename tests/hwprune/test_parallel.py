@@ -188,7 +188,7 @@ class _Deferred:
 
 
 def _digits_evaluator(space, budgets: list[str]):
-    from hwprune.constraints import bind_constraints
+    from hwprune.budgets import bind_constraints
     from hwprune.data import get_dataset
     from hwprune.evaluate import Evaluator
     from hwprune.task import ClassificationTask
@@ -291,7 +291,7 @@ def _vgg_space():
 
 
 def test_device_is_pinned_to_its_own_core_and_times_the_dense_model() -> None:
-    from hwprune.constraints import bind_constraints
+    from hwprune.budgets import bind_constraints
     from hwprune.data import get_dataset
     from hwprune.evaluate.parallel import DeviceOracle, ParallelEvaluator
     from hwprune.task import ClassificationTask
@@ -313,7 +313,7 @@ def test_device_is_pinned_to_its_own_core_and_times_the_dense_model() -> None:
 
 
 def test_a_task_that_cannot_reach_a_worker_is_one_clear_error() -> None:
-    from hwprune.constraints import bind_constraints
+    from hwprune.budgets import bind_constraints
     from hwprune.evaluate.parallel import ParallelEvaluator
     from hwprune.task import as_task
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from hwprune.constraints import bind_constraints
+from hwprune.budgets import bind_constraints
 from hwprune.data import get_dataset
 from hwprune.evaluate import Evaluator
 from hwprune.run.final import repair_candidate as _repair_candidate

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hwprune.constraints import Constraint, parse_budget
+from hwprune.budgets import Constraint, parse_budget
 from hwprune.evaluate import Outcome
 from hwprune.plots import (
     accuracy_data,

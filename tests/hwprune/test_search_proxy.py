@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import hwprune
-from hwprune.constraints import bind_constraints
+from hwprune.budgets import bind_constraints
 from hwprune.data import get_dataset
 from hwprune.errors import ConfigError
 from hwprune.evaluate import Evaluator, Outcome, read_jsonl

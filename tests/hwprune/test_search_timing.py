@@ -12,7 +12,7 @@ import time
 import pytest
 
 import oracles
-from hwprune.constraints import bind_constraints
+from hwprune.budgets import bind_constraints
 from hwprune.data import get_dataset
 from hwprune.evaluate import Evaluator
 from hwprune.evaluate.evaluator import SEARCH_MAX_RUNS, SEARCH_MAX_TIME

@@ -19,7 +19,7 @@ from torch import nn
 
 import oracles
 from hwprune.config import PruneConfig
-from hwprune.constraints import bind_constraints
+from hwprune.budgets import bind_constraints
 from hwprune.errors import ConfigError
 from hwprune.evaluate import (
     Evaluator,

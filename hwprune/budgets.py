@@ -1,4 +1,17 @@
-"""Budgets as text (``latency<=2.5ms``, ``params<=50%``), each bound to the oracle that judges it."""
+"""Budgets: parsed once from text into ``Budget`` objects, then bound to the oracle that judges each.
+
+Text (``latency<=2.5ms``, ``params<=50%``, ``--oracle latency=SPEC``) is parsed
+where it enters: ``PruneConfig`` (the CLI, config files, config.json, the API's
+``budgets=``) holds ``Budget`` objects and a checked {quantity: spec} map, and
+``bind_constraints`` builds each budget's oracle once into a ``Constraint``
+(``Constraint.judge``) that the run passes on.
+
+Example::
+
+    (c,) = bind_constraints(parse_budgets(["latency<=50%"]))
+    c.judge.spec                     # 'onnxruntime:cpu?threads=1'
+    c.resolve(2.0).bound             # 1.0 (ms): half of the dense model's 2 ms
+"""
 
 from __future__ import annotations
 
@@ -6,15 +19,20 @@ import difflib
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from hwprune.errors import BudgetError
+
+if TYPE_CHECKING:
+    from oracles import Oracle
 
 __all__ = [
     "QUANTITIES",
     "Budget",
     "Constraint",
     "parse_budget",
+    "parse_budgets",
     "parse_oracle_overrides",
     "bind_constraints",
     "format_value",
@@ -72,6 +90,9 @@ class Budget:
     limit: float
     relative: bool
     text: str
+
+    def __str__(self) -> str:
+        return self.text
 
     def bound(self, dense_value: float | None) -> float:
         """The absolute bound, given the dense model's value for relative budgets."""
@@ -151,40 +172,78 @@ def parse_budget(text: str) -> Budget:
     return Budget(quantity.name, limit, False, text.strip())
 
 
-def parse_oracle_overrides(items: Iterable[str] | Mapping[str, str] | None) -> dict[str, str]:
-    """Parse ``--oracle quantity=SPEC`` options into {quantity: spec}."""
+def parse_budgets(items: Iterable[str | Budget]) -> tuple[Budget, ...]:
+    """Budgets from text (``Budget`` objects pass as they are), at most one per quantity.
+
+    >>> [b.quantity for b in parse_budgets(["latency<=50%", "params<=1M"])]
+    ['latency', 'params']
+    """
+    out = tuple(b if isinstance(b, Budget) else parse_budget(b) for b in items)
+    seen: set[str] = set()
+    for b in out:
+        if b.quantity in seen:
+            raise BudgetError(f"two budgets on {b.quantity}; give one bound per quantity")
+        seen.add(b.quantity)
+    return out
+
+
+def parse_oracle_overrides(
+    items: str | Iterable[str] | Mapping[str, str] | None,
+) -> dict[str, str]:
+    """``--oracle quantity=SPEC`` options (or a {quantity: spec} table) as {quantity: spec}.
+
+    Quantity names are canonical afterwards (``peak-memory`` is ``memory``);
+    the specs are checked when ``bind_constraints`` builds their oracles.
+
+    >>> parse_oracle_overrides(["peak-memory = peak-memory"])
+    {'memory': 'peak-memory'}
+    """
     if items is None:
         return {}
-    pairs = items.items() if isinstance(items, Mapping) else []
-    out: dict[str, str] = {}
-    if not isinstance(items, Mapping):
-        parsed = []
+    if isinstance(items, str):
+        items = [items]
+    if isinstance(items, Mapping):
+        pairs = list(items.items())
+    else:
+        pairs = []
         for item in items:
             name, eq, spec = str(item).partition("=")
-            if not eq or not name.strip() or not spec.strip():
+            if not eq:
                 raise BudgetError(
                     f"expected --oracle QUANTITY=SPEC such as 'latency=onnxruntime:cpu?threads=1', "
                     f"got {item!r}"
                 )
-            parsed.append((name.strip(), spec.strip()))
-        pairs = parsed
+            pairs.append((name, spec))
+    out: dict[str, str] = {}
     for name, spec in pairs:
         if not isinstance(name, str) or not isinstance(spec, str):
             raise BudgetError(
                 f"expected --oracle QUANTITY=SPEC with text on both sides, got {name!r}={spec!r}"
             )
+        if not name.strip() or not spec.strip():
+            raise BudgetError(
+                f"expected --oracle QUANTITY=SPEC such as 'latency=onnxruntime:cpu?threads=1', "
+                f"got {f'{name}={spec}'!r}"
+            )
+        name, spec = name.strip(), spec.strip()
         out[_quantity(name, f"{name}={spec}", option=True).name] = spec
     return out
 
 
 @dataclass(frozen=True)
 class Constraint:
-    """A budget bound to the oracle that judges it; ``bound`` is absolute once dense is measured."""
+    """A budget bound to the oracle that judges it; ``bound`` is absolute once dense is measured.
+
+    ``oracle`` is the oracle's canonical spec; ``judge`` the oracle object
+    ``bind_constraints`` built from it (None for a constraint written by hand),
+    passed on so that no later stage builds it again.
+    """
 
     budget: Budget
     oracle: str
     bound: float | None = None
     dense_value: float | None = None
+    judge: Oracle | None = field(default=None, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -219,21 +278,20 @@ def bind_constraints(
 ) -> list[Constraint]:
     """Budgets bound to oracles: the quantity's default oracle unless ``oracles`` names another.
 
-    Each oracle spec is validated now (unknown names, malformed settings, a
-    backend that is not installed), so a search never starts on a bad one.
+    ``budgets`` are ``Budget`` objects (text is parsed here, for callers that
+    hold text). Each oracle is built once, from its spec, and checked now
+    (unknown names, malformed settings, a backend that is not installed), so a
+    search never starts on a bad one; the constraint carries it (``judge``).
     """
     import oracles as _oracles
 
     overrides = parse_oracle_overrides(oracles)
-    parsed = [b if isinstance(b, Budget) else parse_budget(b) for b in budgets]
+    parsed = parse_budgets(budgets)
     if not parsed:
         raise BudgetError("at least one budget is needed, e.g. --budget 'latency<=50%'")
-    seen: set[str] = set()
+    seen = {b.quantity for b in parsed}
     out = []
     for b in parsed:
-        if b.quantity in seen:
-            raise BudgetError(f"two budgets on {b.quantity}; give one bound per quantity")
-        seen.add(b.quantity)
         spec = overrides.get(b.quantity, QUANTITIES[b.quantity].oracle)
         oracle = _oracles.get_oracle(spec)
         wanted = "memory" if b.quantity == "weight-memory" else b.quantity
@@ -242,7 +300,7 @@ def bind_constraints(
                 f"oracle {spec!r} measures {oracle.quantity}, not {b.quantity}; "
                 f"pick an oracle that measures {b.quantity}"
             )
-        out.append(Constraint(budget=b, oracle=oracle.spec))
+        out.append(Constraint(budget=b, oracle=oracle.spec, judge=oracle))
     unused = set(overrides) - seen
     if unused:
         raise BudgetError(
