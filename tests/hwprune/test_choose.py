@@ -9,9 +9,9 @@ from pathlib import Path
 
 import hwprune
 from benchmarks.search import ship
+from hwprune.budgets import bind_constraints
 from hwprune.cli import main
 from hwprune.config import read_run_config
-from hwprune.budgets import bind_constraints
 from hwprune.evaluate import Evaluator, read_jsonl
 from hwprune.run.load import build_space, space_options
 from hwprune.space import Policy

@@ -18,8 +18,8 @@ import pytest
 from torch import nn
 
 import oracles
-from hwprune.config import PruneConfig
 from hwprune.budgets import bind_constraints
+from hwprune.config import PruneConfig
 from hwprune.errors import ConfigError
 from hwprune.evaluate import (
     Evaluator,
