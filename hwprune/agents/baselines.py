@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from hwprune.agents.base import SEARCHERS, BudgetedEvaluator, Searcher
+from hwprune.agents.base import BudgetedEvaluator, Searcher
+from hwprune.agents.registry import SEARCHERS
 from hwprune.errors import ConfigError
 from hwprune.evaluate import Outcome
 
@@ -153,25 +154,15 @@ def start_anchor(
     evaluate: BudgetedEvaluator,
     *,
     enabled: bool = True,
-    state_path: Path | None = None,
     who: str = "search",
     extra: dict[str, Any] | None = None,
 ) -> float | None:
-    """An RL searcher's anchor: None if not ``enabled``, the one saved in ``state_path`` (a
-    resumed search), else a fresh bisection. ``extra`` gets ``anchor`` and ``anchor_calls``
-    (how many of the history's first outcomes the bisection made)."""
+    """An RL searcher's anchor: None if not ``enabled``, else a fresh bisection
+    (:func:`uniform_anchor`). ``extra`` gets ``anchor`` and ``anchor_calls`` (how many of the
+    history's first outcomes the bisection made)."""
     calls = evaluate.calls
     anchor: float | None = None
-    saved: dict[str, Any] = {}
-    if enabled and state_path is not None and state_path.exists():
-        from hwprune.agents._sb3 import read_json
-
-        saved = read_json(state_path)
-    if not enabled:
-        pass
-    elif "anchor" in saved:
-        anchor = None if saved["anchor"] is None else float(saved["anchor"])
-    else:
+    if enabled:
         anchor = uniform_anchor(space, evaluate)
         if anchor is None:
             log.warning("no uniform policy meets the budgets; %s searches without an anchor", who)

@@ -52,8 +52,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from hwprune.agents.base import SEARCHERS, BudgetedEvaluator, Searcher
+from hwprune.agents.base import BudgetedEvaluator, Searcher
 from hwprune.agents.knapsack import solve_mck_lagrangian, total
+from hwprune.agents.registry import SEARCHERS
 from hwprune.errors import ConfigError, InfeasibleBudgetError
 
 log = logging.getLogger(__name__)

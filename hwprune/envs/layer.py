@@ -67,7 +67,7 @@ ADDITIVE: dict[str, str] = {
 }
 
 
-def _reward_score(outcome: Any) -> float:
+def reward_score(outcome: Any) -> float:
     """What the reward is built on: the outcome's search score (the proxy accuracy, or its
     size at chance: ``hwprune.evaluate.search_signal``); plain accuracy for outcomes without
     one."""
@@ -433,7 +433,7 @@ class LayerPruningEnv(gym.Env):
             outcome = handle.result()
         else:
             outcome = self.evaluate(policy)
-        score = _reward_score(outcome)
+        score = reward_score(outcome)
         reward = float(self.reward_fn(outcome)) if self.reward_fn else score
         info.update(
             outcome=outcome,

@@ -27,7 +27,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from hwprune.envs.layer import _reward_score
+from hwprune.envs.layer import reward_score
 from hwprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -268,5 +268,5 @@ class MultiVisitEnv(gym.Env):
             value = float(outcome.values[c.name])
             bound = self.fraction(c, target=target) * float(c.dense_value)
             excess += max(0.0, value / bound - 1.0)
-        reward = _reward_score(outcome) - self.penalty * excess
+        reward = reward_score(outcome) - self.penalty * excess
         return reward, excess
