@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from abc import abstractmethod
 from importlib.metadata import PackageNotFoundError, version
 
@@ -41,12 +42,13 @@ PRIVATE_OVERRIDES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 
 
 def _release(text: str) -> tuple[int, ...]:
+    """The leading numbers of a version string: "2.9.2" -> (2, 9, 2), "2.10.0a1" -> (2, 10, 0)."""
     parts = []
     for piece in text.split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit()) if piece[:1].isdigit() else ""
-        if not digits:
+        digits = re.match(r"\d+", piece)
+        if digits is None:
             break
-        parts.append(int(digits))
+        parts.append(int(digits.group()))
     return tuple(parts)
 
 
