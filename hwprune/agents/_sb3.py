@@ -228,8 +228,9 @@ class SearchDriver(BaseCallback):
         """An episode of env ``env_idx`` ended at this step (``stop``: learning stops here)."""
 
     def stop_now(self) -> bool:
-        """Whether learning stops at this step (the default: once the budget is spent)."""
-        return self.spent()
+        """Whether learning stops at this step (the default: never within a rollout; it stops
+        before the next rollout once the budget is spent)."""
+        return False
 
     def before_learning(self) -> None:
         """Called once, before the first rollout."""

@@ -58,6 +58,9 @@ class _CurriculumDriver(SearchDriver):
         self.batch = batch
         self.feasible = 0
 
+    def stop_now(self) -> bool:
+        return self.spent()  # at once: an episode ends at any step
+
     def on_episode(self, env_idx: int, info: dict[str, Any], *, stop: bool) -> None:
         if "pending" in info:
             # SB3 stores this step's transition at the buffer's position next, unless
