@@ -1,38 +1,47 @@
-"""Shared plumbing of the Stable-Baselines3 searchers: stop rules, checkpoints, TensorBoard."""
+"""The run shared by the Stable-Baselines3 searchers (ppo-lagrangian, amc, qlp), and its plumbing.
+
+:class:`SB3Searcher` is the searcher's side: it builds the environment, the SB3 model and a
+:class:`SearchDriver`, learns until the evaluation budget is spent, saves the agent and records
+what the search found. :class:`SearchDriver` is the SB3 callback every agent learns with: it
+stops learning at the budget, hands each finished episode to the agent, waits for the outcomes
+a parallel evaluator has not answered yet before the agent learns from them, runs the updates
+on one torch thread where asked, and saves the agent. Agents customise both through the
+methods named ``_env``, ``_model``, ``_driver``, ``_state``, ``_finish`` (searcher) and
+``on_episode``, ``stop_now``, ``before_learning``, ``after_rollout`` (driver): SB3's public
+hooks only (callbacks, algorithm options, the replay buffer's arrays); the one private method
+still overridden lives in :mod:`hwprune.agents._sb3_compat`.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from abc import abstractmethod
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
 
+from stable_baselines3.common.callbacks import BaseCallback
+
+from hwprune.agents.base import BudgetedEvaluator, Searcher
 from hwprune.errors import ConfigError, RunDirError
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "AGENT_FILE",
+    "AgentRun",
+    "PendingEpisodes",
+    "SB3Searcher",
+    "SearchDriver",
+    "episodes_per_batch",
+]
+
 AGENT_FILE = "agent.zip"
 
 
-def constraints_of(evaluate: Any) -> list[Any]:
-    """The calibrated constraints behind a BudgetedEvaluator (empty for a plain function)."""
-    evaluator = getattr(evaluate, "evaluator", None)
-    return list(
-        getattr(evaluator, "constraints", None) or getattr(evaluate, "constraints", []) or []
-    )
-
-
-def exhausted(evaluate: Any) -> bool:
-    """Whether the evaluation budget is spent (a plain function never is)."""
-    return bool(getattr(evaluate, "exhausted", False))
-
-
-def used(evaluate: Any) -> int:
-    return int(getattr(evaluate, "used", 0))
-
-
-def episodes_per_batch(evaluate: Any, *, batch: int | None = None) -> int:
+def episodes_per_batch(evaluate: BudgetedEvaluator, *, batch: int | None = None) -> int:
     """How many episodes an agent plays from one policy before it learns from their outcomes.
 
     ``batch``, by default the evaluator's ``width`` (how many candidates it works
@@ -40,11 +49,8 @@ def episodes_per_batch(evaluate: Any, *, batch: int | None = None) -> int:
     the budget still pays for, nor than the calls it still allows, so a batch
     never runs past the budget. At least 1.
     """
-    width = int(batch if batch is not None else getattr(evaluate, "width", 1))
-    budget = getattr(evaluate, "budget", None)
-    if budget is None:
-        return max(1, width)
-    left = min(int(budget) - used(evaluate), int(evaluate.max_calls) - int(evaluate.calls))
+    width = int(batch if batch is not None else evaluate.width)
+    left = min(evaluate.budget - evaluate.used, evaluate.max_calls - evaluate.calls)
     return max(1, min(width, left))
 
 
@@ -90,22 +96,6 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RunDirError(f"the agent state {str(path)!r} is not a JSON object")
     return data
-
-
-def load_parameters(model: Any, path: Path) -> None:
-    """Load an SB3 agent's network and optimizer weights saved by ``model.save``.
-
-    Only the ``.pth`` tensors are read (``torch.load(weights_only=True)``
-    inside SB3's ``set_parameters``); the pickled ``data`` part of the zip is
-    never unpickled, so a checkpoint cannot execute code.
-    """
-    try:
-        model.set_parameters(str(path), exact_match=True, device=model.device)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise RunDirError(
-            f"the saved agent {str(path)!r} does not fit this search (another model, "
-            f"space or agent settings?): {exc}"
-        ) from exc
 
 
 def tensorboard_dir(path: str | Path | None) -> str | None:
@@ -174,3 +164,205 @@ def minibatch_size(episodes: int, units: int) -> int:
     half = max(1, episodes // 2)
     best = max(d for d in range(1, half + 1) if episodes % d == 0)
     return best * units
+
+
+class Answered:
+    """The handle of an episode whose outcome was known when it ended (one process)."""
+
+    def __init__(self, outcome: Any) -> None:
+        self._outcome = outcome
+
+    def result(self) -> Any:
+        return self._outcome
+
+
+@dataclass
+class AgentRun:
+    """One search of an SB3 searcher: what its parts share."""
+
+    space: Any
+    evaluate: BudgetedEvaluator
+    #: Where the agent is saved (the run's ``agent/`` folder), or None.
+    folder: Path | None
+    #: The uniform keep ratio the episodes start from (``start_anchor``), if any.
+    anchor: float | None = None
+    env: Any = None
+    model: Any = None
+
+
+class _BudgetSpent(Exception):
+    """Raised by the driver when a rollout starts after the budget is spent.
+
+    SB3's callbacks stop learning from a step (``_on_step`` returning False), which plays one
+    more action first; an agent whose last rollout was complete stops before the next one.
+    """
+
+
+class SearchDriver(BaseCallback):
+    """The callback every SB3 searcher learns with (see the module's docstring).
+
+    ``save(driver)`` saves the agent; ``reserve``: evaluations kept back from learning (QLP's
+    greedy rollout at the end).
+    """
+
+    #: Whether the agent's updates run on one torch thread (see ``single_thread``).
+    one_thread: ClassVar[bool] = False
+    #: Whether the agent is saved when a rollout starts and episodes ended since the last save.
+    save_each_rollout: ClassVar[bool] = False
+
+    def __init__(
+        self, run: AgentRun, *, save: Callable[[SearchDriver], None], reserve: int = 0
+    ) -> None:
+        super().__init__()
+        self.run = run
+        self.reserve = int(reserve)
+        self.pending = PendingEpisodes()
+        self.episodes = 0
+        self.rollout_steps = 0
+        self._save = save
+        self._saved_at = 0
+        self._threads: single_thread | None = None
+
+    # ------------------------------------------------------------ agent hooks
+    def on_episode(self, env_idx: int, info: dict[str, Any], *, stop: bool) -> None:
+        """An episode of env ``env_idx`` ended at this step (``stop``: learning stops here)."""
+
+    def stop_now(self) -> bool:
+        """Whether learning stops at this step (the default: never within a rollout; it stops
+        before the next rollout once the budget is spent)."""
+        return False
+
+    def before_learning(self) -> None:
+        """Called once, before the first rollout."""
+
+    def after_rollout(self) -> None:
+        """Called at a complete rollout's end, every pending outcome in, before the update."""
+
+    # ------------------------------------------------------------ the run
+    def spent(self) -> bool:
+        ev = self.run.evaluate
+        return ev.exhausted or ev.used >= ev.budget - self.reserve
+
+    def save(self) -> None:
+        self._saved_at = self.episodes
+        self._save(self)
+
+    def learn(self, *, total_timesteps: int, tb_log_name: str) -> None:
+        """Learn until the budget is spent; every outcome asked for is in when it returns."""
+        try:
+            if not self.spent():
+                self.run.model.learn(
+                    total_timesteps=total_timesteps, callback=self, tb_log_name=tb_log_name
+                )
+        except _BudgetSpent:
+            pass
+        finally:
+            self._all_threads()
+        # The batch the budget cut short: logged, not learnt from.
+        self.pending.settle()
+
+    def _all_threads(self) -> None:
+        if self._threads is not None:
+            self._threads.__exit__()
+            self._threads = None
+
+    # ------------------------------------------------------------ SB3's callback hooks
+    def _on_training_start(self) -> None:
+        self.before_learning()
+
+    def _on_rollout_start(self) -> None:
+        self._all_threads()
+        if self.save_each_rollout and self.episodes != self._saved_at:
+            self.save()
+        if self.spent():
+            raise _BudgetSpent
+
+    def _on_step(self) -> bool:
+        self.rollout_steps += 1
+        stop = self.stop_now()
+        for env_idx, (done, info) in enumerate(
+            zip(self.locals["dones"], self.locals["infos"], strict=True)
+        ):
+            if done:
+                self.episodes += 1
+                self.on_episode(env_idx, info, stop=stop)
+        return not stop
+
+    def _on_rollout_end(self) -> None:
+        self.pending.settle()
+        self.after_rollout()
+        self.rollout_steps = 0
+        if self.one_thread:
+            self._threads = single_thread()
+            self._threads.__enter__()
+
+
+DriverT = TypeVar("DriverT", bound=SearchDriver)
+
+
+class SB3Searcher(Searcher, Generic[DriverT]):
+    """A searcher that learns with a Stable-Baselines3 algorithm (see the module's docstring).
+
+    The agent's files go into ``checkpoint_dir``: ``agent.zip`` (SB3's ``model.save``) and
+    ``state_file`` (JSON: the search's counters), after each update where the driver says so and
+    when the search ends.
+    """
+
+    learns = True
+    #: The agent's state file in the checkpoint folder.
+    state_file: ClassVar[str] = "state.json"
+    #: Attributes of the model that ``model.save`` leaves out.
+    unsaved: ClassVar[tuple[str, ...]] = ()
+    tensorboard_log: str | Path | None = None
+
+    @abstractmethod
+    def _env(self, run: AgentRun) -> Any:
+        """The gymnasium environment the agent plays (may set ``run.anchor``)."""
+
+    @abstractmethod
+    def _model(self, run: AgentRun, *, tensorboard: str | None) -> Any:
+        """The SB3 model, playing ``run.env``."""
+
+    @abstractmethod
+    def _driver(self, run: AgentRun) -> DriverT:
+        """The callback the model learns with (saving with ``partial(self._save_agent, run)``)."""
+
+    def _state(self, run: AgentRun, driver: DriverT) -> dict[str, Any]:
+        """What the state file records besides the searcher, timesteps, episodes and anchor."""
+        return {}
+
+    def _finish(self, run: AgentRun, driver: DriverT) -> None:
+        """After learning and the last save: record what the search found in ``self.extra``."""
+
+    def _timesteps(self, run: AgentRun) -> int:
+        """The cap on SB3's timesteps: more than any budget needs (the budget ends the search)."""
+        return 10**9
+
+    def _save_files(self, run: AgentRun, folder: Path) -> None:
+        """Files the agent saves besides ``agent.zip`` and its state file."""
+
+    def _save_agent(self, run: AgentRun, driver: DriverT) -> None:
+        if run.folder is None:
+            return
+        run.folder.mkdir(parents=True, exist_ok=True)
+        run.model.save(str(run.folder / AGENT_FILE), exclude=list(self.unsaved))
+        self._save_files(run, run.folder)
+        state = {
+            "searcher": self.name,
+            "num_timesteps": int(run.model.num_timesteps),
+            "episodes": driver.episodes,
+            "anchor": run.anchor,
+        }
+        write_json(run.folder / self.state_file, {**state, **self._state(run, driver)})
+
+    def _run(self, space: Any, evaluate: BudgetedEvaluator, *, checkpoint_dir: Path | None) -> None:
+        run = AgentRun(space=space, evaluate=evaluate, folder=checkpoint_dir)
+        run.env = self._env(run)
+        tensorboard = tensorboard_dir(self.tensorboard_log)
+        run.model = self._model(run, tensorboard=tensorboard)
+        quiet_logger(run.model, tensorboard)
+        driver = self._driver(run)
+        driver.learn(total_timesteps=self._timesteps(run), tb_log_name=self.name.replace("-", "_"))
+        driver.save()
+        self._finish(run, driver)
+        run.env.close()

@@ -24,51 +24,45 @@ episodes). One process plays one episode per batch: AMC as published.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from stable_baselines3.common.noise import ActionNoise
 
 from hwprune.agents._sb3 import (
-    AGENT_FILE,
-    PendingEpisodes,
+    AgentRun,
+    Answered,
+    SB3Searcher,
+    SearchDriver,
     check_batch,
-    constraints_of,
     episodes_per_batch,
-    exhausted,
-    load_parameters,
-    quiet_logger,
-    read_json,
-    single_thread,
-    tensorboard_dir,
-    write_json,
 )
-from hwprune.agents.base import SEARCHERS, BudgetedEvaluator, Searcher
+from hwprune.agents._sb3_compat import SampledNoise, noise_sampling
 from hwprune.agents.baselines import start_anchor
-from hwprune.envs.layer import LayerPruningEnv, _reward_score, additive_targets
-from hwprune.errors import ConfigError, RunDirError
+from hwprune.agents.registry import SEARCHERS
+from hwprune.envs.layer import LayerPruningEnv, additive_targets, reward_score
+from hwprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["AMC", "TruncatedNormalNoise", "amc_reward"]
 
-STATE_FILE = "amc.json"
 BUFFER_FILE = "replay.npz"
 
 
 def amc_reward(outcome: Any, *, penalty: float) -> float:
     """The search score (``reward_score``: the proxy accuracy, or the size at chance) if
     feasible, else that score minus ``penalty`` times the worst relative excess."""
-    acc = _reward_score(outcome)
+    acc = reward_score(outcome)
     if outcome.feasible:
         return acc
     worst = max(outcome.costs.values()) if outcome.costs else 1.0
     return acc - float(penalty) * max(0.0, float(worst) - 1.0)
 
 
-class TruncatedNormalNoise(ActionNoise):
+class TruncatedNormalNoise(SampledNoise):
     """Exploration noise: normal with a sigma that decays per episode, truncated to the action bounds.
 
     ``sample(mean)`` draws from N(mean, sigma^2) truncated to [low, high] (in
@@ -137,99 +131,49 @@ class TruncatedNormalNoise(ActionNoise):
     def state(self) -> dict[str, Any]:
         return {"sigma": self.sigma, "episodes": self.episodes}
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self.sigma = float(state.get("sigma", self.sigma))
-        self.episodes = int(state.get("episodes", self.episodes))
 
+class _EpisodeRewardDriver(SearchDriver):
+    """Pays every step of an episode the episode's final reward (AMC) before the agent learns,
+    and plays episodes in batches: as many as the evaluator works on at once, from one actor.
 
-def _ddpg_class(algo: str) -> type:
-    """SB3's DDPG/TD3 with AMC's exploration and episode-reward assignment (built lazily)."""
-    from stable_baselines3 import DDPG, TD3
-    from stable_baselines3.common.type_aliases import RolloutReturn, TrainFreq, TrainFrequencyUnit
+    One rollout = one batch of episodes (one episode with one process, the evaluator's width
+    with a parallel one); their candidates are evaluated side by side, and their rewards are
+    written into the replay buffer when the last is in, before the update.
+    """
 
-    base = {"ddpg": DDPG, "td3": TD3}[algo]
+    one_thread = True
+    save_each_rollout = True
 
-    class AMCAgent(base):
-        def _excluded_save_params(self) -> list[str]:
-            return [
-                *super()._excluded_save_params(),
-                "stop_fn",
-                "batch_fn",
-                "reward_fn",
-                "pending",
-                "on_episode",
-                "checkpoint",
-                "num_units",
-                "replay_buffer",
-                "action_noise",
-            ]
+    def __init__(self, run: AgentRun, *, batch: int | None, **kwargs: Any) -> None:
+        super().__init__(run, **kwargs)
+        self.batch = batch
 
-        def collect_rollouts(
-            self,
-            env,
-            callback,
-            train_freq,
-            replay_buffer,
-            action_noise=None,
-            learning_starts=0,
-            log_interval=None,
-        ):
-            # One rollout = one batch of episodes played by the same actor (one episode with
-            # one process, the evaluator's width with a parallel one), and the previous
-            # batch's gradient steps are done: checkpoint, then maybe stop.
-            self.checkpoint()
-            if self.stop_fn():
-                return RolloutReturn(0, 0, continue_training=False)
-            batch = TrainFreq(self.batch_fn(), TrainFrequencyUnit.EPISODE)
-            rollout = super().collect_rollouts(
-                env,
-                callback,
-                batch,
-                replay_buffer,
-                action_noise,
-                learning_starts,
-                log_interval,
-            )
-            # The batch's candidates were evaluated side by side: their rewards are
-            # written into the buffer before the agent learns from them.
-            self.pending.settle()
-            return rollout
+    def _next_batch(self) -> None:
+        from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
 
-        def train(self, gradient_steps: int, batch_size: int = 100) -> None:
-            with single_thread():
-                super().train(gradient_steps, batch_size)
+        size = episodes_per_batch(self.run.evaluate, batch=self.batch)
+        self.model.train_freq = TrainFreq(size, TrainFrequencyUnit.EPISODE)
 
-        def _sample_action(self, learning_starts, action_noise=None, n_envs=1):
-            if not isinstance(action_noise, TruncatedNormalNoise):
-                return super()._sample_action(learning_starts, action_noise, n_envs)
-            action, buffer_action = super()._sample_action(learning_starts, None, n_envs)
-            if self.num_timesteps < learning_starts:
-                return action, buffer_action  # warm-up: uniform random actions, no noise
-            scaled = action_noise.sample(buffer_action)
-            return self.policy.unscale_action(scaled), scaled
+    def before_learning(self) -> None:
+        self._next_batch()
 
-        def _store_transition(self, replay_buffer, buffer_action, new_obs, reward, dones, infos):
-            super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
-            if not dones[0]:
-                return
-            # AMC: every step of the episode earns the episode's final reward.
-            n = self.num_units
-            idx = (replay_buffer.pos - 1 - np.arange(n)) % replay_buffer.buffer_size
+    def on_episode(self, env_idx: int, info: dict[str, Any], *, stop: bool) -> None:
+        # SB3 stores this step's transition at the buffer's position next.
+        last = self.model.replay_buffer.pos
+        handle = info["pending"] if "pending" in info else Answered(info["outcome"])
+        self.pending.add(handle, functools.partial(self._pay, last))
 
-            def pay(value: float) -> None:
-                replay_buffer.rewards[idx, 0] = float(value)
+    def _pay(self, last: int, outcome: Any) -> None:
+        buffer = self.model.replay_buffer
+        steps = (last - np.arange(self.run.env.num_units)) % buffer.buffer_size
+        buffer.rewards[steps, 0] = float(self.run.env.reward_fn(outcome))
 
-            if "pending" in infos[0]:
-                self.pending.add(infos[0]["pending"], lambda outcome: pay(self.reward_fn(outcome)))
-            else:
-                pay(np.asarray(reward).reshape(-1)[0])
-            self.on_episode()
-
-    return AMCAgent
+    def after_rollout(self) -> None:
+        self._next_batch()
 
 
 @SEARCHERS.register("amc")
-class AMC(Searcher):
+class AMC(SB3Searcher[_EpisodeRewardDriver]):
     """AMC's DDPG agent: continuous per-unit prune ratios, action wall, warm-up, decaying noise.
 
     Options (all keyword):
@@ -251,7 +195,8 @@ class AMC(Searcher):
     """
 
     name = "amc"
-    learns = True
+    state_file = "amc.json"
+    unsaved = ("action_noise",)
 
     def __init__(
         self,
@@ -299,35 +244,29 @@ class AMC(Searcher):
         self.anchor = bool(anchor)
         self.tensorboard_log = tensorboard_log
 
-    def _run(self, space: Any, evaluate: BudgetedEvaluator, *, checkpoint_dir: Path | None) -> None:
-        constraints = constraints_of(evaluate)
+    def _env(self, run: AgentRun) -> Any:
+        constraints = run.evaluate.evaluator.constraints
         wall = additive_targets(constraints) if self.action_wall else None
         penalty = self.penalty
-        saved_state = checkpoint_dir / STATE_FILE if checkpoint_dir is not None else None
-        anchor = start_anchor(
-            space,
-            evaluate,
-            enabled=self.anchor,
-            state_path=saved_state,
-            who=self.name,
-            extra=self.extra,
+        run.anchor = start_anchor(
+            run.space, run.evaluate, enabled=self.anchor, who=self.name, extra=self.extra
         )
 
         def reward_fn(outcome: Any) -> float:
             return amc_reward(outcome, penalty=penalty)
 
-        # Episodes are played in batches of the evaluator's width from one actor, their
-        # candidates evaluated side by side (see _ddpg_class); one process: one at a time.
-        env = LayerPruningEnv(
-            space,
-            evaluate,
+        return LayerPruningEnv(
+            run.space,
+            run.evaluate,
             max_prune=self.max_prune,
             wall=wall,
             reward_fn=reward_fn,
-            anchor=anchor,
-            submit=evaluate.submit,
+            anchor=run.anchor,
+            submit=run.evaluate.submit,
         )
-        units = env.num_units
+
+    def _model(self, run: AgentRun, *, tensorboard: str | None) -> Any:
+        units = run.env.num_units
         noise = TruncatedNormalNoise(
             sigma=self.sigma,
             decay=self.sigma_decay,
@@ -338,11 +277,9 @@ class AMC(Searcher):
         extra: dict[str, Any] = {}
         if self.algo == "td3":
             extra = {"policy_delay": 2, "target_policy_noise": 0.1, "target_noise_clip": 0.2}
-        AMCAgent = _ddpg_class(self.algo)
-        tensorboard = tensorboard_dir(self.tensorboard_log)
-        model = AMCAgent(
+        return noise_sampling(self.algo)(
             "MlpPolicy",
-            env,
+            run.env,
             learning_rate=self.learning_rate,
             buffer_size=max(self.buffer_size, units),
             learning_starts=self.warmup_episodes * units,
@@ -359,79 +296,25 @@ class AMC(Searcher):
             verbose=0,
             **extra,
         )
-        quiet_logger(model, tensorboard)
-        model.num_units = units
-        model.stop_fn = lambda: exhausted(evaluate)
-        model.batch_fn = lambda: episodes_per_batch(evaluate, batch=self.batch_episodes)
-        model.reward_fn = reward_fn
-        model.pending = PendingEpisodes()
-        episodes = {"n": 0, "saved": 0}
 
-        agent_path = state_path = buffer_path = None
-        resumed = False
-        if checkpoint_dir is not None:
-            checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            agent_path = checkpoint_dir / AGENT_FILE
-            state_path = checkpoint_dir / STATE_FILE
-            buffer_path = checkpoint_dir / BUFFER_FILE
-            if agent_path.exists() and state_path.exists():
-                state = read_json(state_path)
-                if state.get("algo", self.algo) != self.algo:
-                    raise ConfigError(
-                        f"the checkpoint holds a {state.get('algo')!r} agent, this search uses "
-                        f"{self.algo!r}; use another checkpoint directory"
-                    )
-                load_parameters(model, agent_path)
-                model.num_timesteps = int(state.get("num_timesteps", 0))
-                model._n_updates = int(state.get("n_updates", 0))
-                noise.restore(state.get("noise", {}))
-                episodes["n"] = episodes["saved"] = int(state.get("episodes", 0))
-                if buffer_path.exists():
-                    _load_buffer(model.replay_buffer, buffer_path)
-                resumed = True
-                log.info("resumed AMC from %s (episode %d)", checkpoint_dir, episodes["n"])
+    def _driver(self, run: AgentRun) -> _EpisodeRewardDriver:
+        save = functools.partial(self._save_agent, run)
+        return _EpisodeRewardDriver(run, batch=self.batch_episodes, save=save)
 
-        def on_episode() -> None:
-            episodes["n"] += 1
+    def _save_files(self, run: AgentRun, folder: Path) -> None:
+        _save_buffer(run.model.replay_buffer, folder / BUFFER_FILE)
 
-        def checkpoint() -> None:
-            if agent_path is None or state_path is None or buffer_path is None:
-                return
-            if episodes["saved"] == episodes["n"]:
-                return
-            episodes["saved"] = episodes["n"]
-            model.save(str(agent_path))
-            _save_buffer(model.replay_buffer, buffer_path)
-            write_json(
-                state_path,
-                {
-                    "searcher": self.name,
-                    "algo": self.algo,
-                    "num_timesteps": model.num_timesteps,
-                    "n_updates": model._n_updates,
-                    "episodes": episodes["n"],
-                    "noise": noise.state(),
-                    "anchor": anchor,
-                },
-            )
+    def _state(self, run: AgentRun, driver: _EpisodeRewardDriver) -> dict[str, Any]:
+        return {"algo": self.algo, "noise": run.model.action_noise.state()}
 
-        model.on_episode = on_episode
-        model.checkpoint = checkpoint
-        model.learn(
-            total_timesteps=max(10**9, model.num_timesteps + 1),
-            reset_num_timesteps=not resumed,
-            tb_log_name="amc",
-        )
-        checkpoint()
+    def _finish(self, run: AgentRun, driver: _EpisodeRewardDriver) -> None:
         self.extra.update(
-            resumed=resumed,
-            episodes=episodes["n"],
-            sigma=noise.sigma,
+            episodes=driver.episodes,
+            sigma=run.model.action_noise.sigma,
             algo=self.algo,
-            wall=dict(wall or {}),
-            batch_episodes=self.batch_episodes or evaluate.width,
+            wall=dict(run.env.wall),
+            batch_episodes=self.batch_episodes or run.evaluate.width,
         )
-        env.close()
 
 
 _BUFFER_FIELDS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
@@ -443,29 +326,10 @@ def _save_buffer(buffer: Any, path: Path) -> None:
 
     from hwprune.files import write_atomic
 
-    arrays = {k: getattr(buffer, k) for k in _BUFFER_FIELDS if getattr(buffer, k, None) is not None}
+    arrays = {k: v for k, v in vars(buffer).items() if k in _BUFFER_FIELDS and v is not None}
     arrays["pos"] = np.array(buffer.pos)
     arrays["full"] = np.array(buffer.full)
     # Into memory first: np.savez names its own temporary files and leaves them on failure.
     data = io.BytesIO()
     np.savez(data, **arrays)
     write_atomic(path, data.getbuffer())
-
-
-def _load_buffer(buffer: Any, path: Path) -> None:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            for k in _BUFFER_FIELDS:
-                if k in data.files and getattr(buffer, k, None) is not None:
-                    current = getattr(buffer, k)
-                    saved = data[k]
-                    if saved.shape != current.shape:
-                        raise RunDirError(
-                            f"the saved replay buffer {str(path)!r} has {k} of shape "
-                            f"{saved.shape}, this search needs {current.shape}"
-                        )
-                    current[...] = saved
-            buffer.pos = int(data["pos"])
-            buffer.full = bool(data["full"])
-    except (OSError, ValueError, KeyError) as exc:
-        raise RunDirError(f"cannot read the replay buffer {str(path)!r}: {exc}") from exc

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from hwprune.evaluate import Evaluator, Outcome
-from hwprune.registry import Registry
 from hwprune.run.choose import CONFIRM_TOP, choose_candidate
 
 log = logging.getLogger(__name__)
@@ -18,11 +18,6 @@ log = logging.getLogger(__name__)
 __all__ = [
     "Searcher",
     "SearchResult",
-    "SEARCHERS",
-    "ENTRY_POINT_GROUP",
-    "check_searcher_class",
-    "get_searcher",
-    "list_searchers",
     "BudgetedEvaluator",
 ]
 
@@ -85,7 +80,7 @@ class BudgetedEvaluator:
     @property
     def width(self) -> int:
         """How many candidates the evaluator works on at once (1: one after another)."""
-        return int(getattr(self.evaluator, "width", 1))
+        return int(self.evaluator.width)
 
     @property
     def exhausted(self) -> bool:
@@ -111,9 +106,7 @@ class BudgetedEvaluator:
 
     def _done(self, outcome: Outcome) -> Outcome:
         """Record a finished evaluation; returns it with its search signal set."""
-        signal = getattr(self.evaluator, "signal", None)
-        if signal is not None:
-            outcome = signal(outcome)
+        outcome = self.evaluator.signal(outcome)
         self.outcomes.append(outcome)
         if outcome.feasible and self.first_feasible_evaluation is None:
             self.first_feasible_evaluation = len({o.key for o in self.outcomes})
@@ -123,10 +116,11 @@ class BudgetedEvaluator:
         return outcome
 
 
-class Searcher:
+class Searcher(ABC):
     """Proposes policies, asks the evaluator, returns the best feasible one.
 
-    Subclasses implement ``_run(space, evaluate)`` where ``evaluate`` is a
+    The interface every searcher implements (built-in or a plugin's, see
+    :mod:`hwprune.agents.registry`). Subclasses implement ``_run(space, evaluate)`` where ``evaluate`` is a
     BudgetedEvaluator: call it with policies until ``evaluate.exhausted``. A
     searcher that can propose several policies before learning from them asks
     for ``evaluate.width`` at a time (``evaluate.evaluate_many``, or
@@ -147,8 +141,10 @@ class Searcher:
         self.options = options
         self.extra: dict[str, Any] = {}
 
+    @abstractmethod
     def _run(self, space: Any, evaluate: BudgetedEvaluator, *, checkpoint_dir: Path | None) -> None:
-        raise NotImplementedError
+        """Propose policies to ``evaluate`` until ``evaluate.exhausted``; ``checkpoint_dir``: a
+        folder for the searcher's own files (its saved agent), or None."""
 
     @classmethod
     def report_section(cls, extra: dict[str, Any]) -> str:
@@ -228,40 +224,3 @@ class _Ticket:
         if self._outcome is None:
             self._outcome = self._owner._done(self._handle.result())
         return self._outcome
-
-
-#: The entry-point group other packages list their searchers in (``name = "pkg.mod:Class"``).
-ENTRY_POINT_GROUP = "hwprune.searchers"
-
-
-def check_searcher_class(name: str, cls: Any) -> None:
-    """Raise TypeError saying what ``cls`` lacks to be a searcher; give it its registry name.
-
-    A searcher is a ``Searcher`` subclass that defines ``_run(space, evaluate, *,
-    checkpoint_dir)`` and takes ``seed`` and its options as keywords.
-    """
-    if not (isinstance(cls, type) and issubclass(cls, Searcher)):
-        raise TypeError(f"{cls!r} is not a subclass of hwprune.agents.Searcher")
-    if cls._run is Searcher._run:
-        raise TypeError(
-            f"{cls.__qualname__} is not a complete searcher: it needs a "
-            "_run(space, evaluate, *, checkpoint_dir) method"
-        )
-    cls.name = name
-
-
-SEARCHERS: Registry[type[Searcher]] = Registry(
-    "searcher", entry_point_group=ENTRY_POINT_GROUP, check=check_searcher_class
-)
-
-
-def get_searcher(name: str, **kwargs: Any) -> Searcher:
-    import hwprune.agents  # noqa: F401  (registers the built-in searchers)
-
-    return SEARCHERS.get(name)(**kwargs)
-
-
-def list_searchers() -> list[str]:
-    import hwprune.agents  # noqa: F401
-
-    return SEARCHERS.names()

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from hwprune.agents.base import SEARCHERS, BudgetedEvaluator, Searcher
+from hwprune.agents.base import BudgetedEvaluator, Searcher
+from hwprune.agents.registry import SEARCHERS
 from hwprune.errors import ConfigError
 from hwprune.evaluate import Outcome
 
@@ -133,7 +134,7 @@ def uniform_anchor(
     its candidates are part of the search's history like any other.
     """
     policy_cls = _policy_cls()
-    min_keep = float(getattr(space, "min_keep", 0.0))
+    min_keep = float(space.min_keep)
     best = bisect_largest_feasible(
         lambda k: policy_cls.uniform(space, k),
         evaluate,
@@ -153,25 +154,15 @@ def start_anchor(
     evaluate: BudgetedEvaluator,
     *,
     enabled: bool = True,
-    state_path: Path | None = None,
     who: str = "search",
     extra: dict[str, Any] | None = None,
 ) -> float | None:
-    """An RL searcher's anchor: None if not ``enabled``, the one saved in ``state_path`` (a
-    resumed search), else a fresh bisection. ``extra`` gets ``anchor`` and ``anchor_calls``
-    (how many of the history's first outcomes the bisection made)."""
+    """An RL searcher's anchor: None if not ``enabled``, else a fresh bisection
+    (:func:`uniform_anchor`). ``extra`` gets ``anchor`` and ``anchor_calls`` (how many of the
+    history's first outcomes the bisection made)."""
     calls = evaluate.calls
     anchor: float | None = None
-    saved: dict[str, Any] = {}
-    if enabled and state_path is not None and state_path.exists():
-        from hwprune.agents._sb3 import read_json
-
-        saved = read_json(state_path)
-    if not enabled:
-        pass
-    elif "anchor" in saved:
-        anchor = None if saved["anchor"] is None else float(saved["anchor"])
-    else:
+    if enabled:
         anchor = uniform_anchor(space, evaluate)
         if anchor is None:
             log.warning("no uniform policy meets the budgets; %s searches without an anchor", who)
@@ -215,15 +206,12 @@ def channel_magnitudes(space: Any, *, p: int = 2) -> list[np.ndarray]:
     goes with it in its group (the producing layers' output filters, their
     batch-norm scale and bias, the consuming layers' input slices), summed over
     the group's layers, then divided by the unit's mean score so that units of
-    different sizes and scales compete fairly in one global ranking. The space
-    may provide the scores itself (``space.channel_scores()``).
+    different sizes and scales compete fairly in one global ranking.
 
     For a weight space: the absolute values of every weight of each layer (no
     normalisation: classic global magnitude pruning of weights).
     """
-    if hasattr(space, "channel_scores"):
-        return [np.asarray(s, dtype=np.float64) for s in space.channel_scores()]
-    if getattr(space, "granularity", "channel") == "weight":
+    if space.granularity == "weight":
         return _weight_magnitudes(space)
     return _group_channel_magnitudes(space, p=p)
 
@@ -249,20 +237,11 @@ def _group_channel_magnitudes(space: Any, *, p: int) -> list[np.ndarray]:
     model = space.model
     names = {m: n for n, m in model.named_modules()}
     modules = dict(model.named_modules())
-    ignored = [modules[n] for n in getattr(space, "output_layers", ()) if n in modules]
+    ignored = [modules[n] for n in space.output_layers if n in modules]
     was_training = model.training
     model.eval()
     try:
-        if hasattr(space, "dependency_graph"):
-            dg = space.dependency_graph()  # traced with the space's inputs and options
-        else:
-            shape = tuple(getattr(space, "example_input_shape", (1, 3, 32, 32)))
-            device = next((q.device for q in model.parameters()), torch.device("cpu"))
-            example = torch.randn(*shape, generator=torch.Generator().manual_seed(0)).to(device)
-            with torch.enable_grad():
-                dg = tp.DependencyGraph().build_dependency(
-                    model, example_inputs=example, verbose=False
-                )
+        dg = space.dependency_graph()  # traced with the space's inputs and options
         groups = list(
             dg.get_all_groups(
                 ignored_layers=ignored, root_module_types=(nn.modules.conv._ConvNd, nn.Linear)
@@ -375,7 +354,7 @@ class GlobalMagnitudeSearch(Searcher):
         self.p = int(p)
 
     def _run(self, space: Any, evaluate: BudgetedEvaluator, *, checkpoint_dir: Path | None) -> None:
-        min_keep = float(getattr(space, "min_keep", 0.0))
+        min_keep = float(space.min_keep)
         scores = channel_magnitudes(space, p=self.p)
         template = _policy_cls().dense(space)
 
@@ -416,7 +395,7 @@ class RandomSearch(Searcher):
 
     def _run(self, space: Any, evaluate: BudgetedEvaluator, *, checkpoint_dir: Path | None) -> None:
         rng = np.random.default_rng(self.seed)
-        min_keep = float(getattr(space, "min_keep", 0.0))
+        min_keep = float(space.min_keep)
         template = _policy_cls().dense(space)
         n = len(space.units)
         draws = 0

@@ -52,8 +52,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from hwprune.agents.base import SEARCHERS, BudgetedEvaluator, Searcher
+from hwprune.agents.base import BudgetedEvaluator, Searcher
 from hwprune.agents.knapsack import solve_mck_lagrangian, total
+from hwprune.agents.registry import SEARCHERS
 from hwprune.errors import ConfigError, InfeasibleBudgetError
 
 log = logging.getLogger(__name__)
@@ -136,13 +137,8 @@ class LatencyKnapsackSearch(Searcher):
     # ------------------------------------------------------------------ tables
     def _values(self, space: Any, counts: list[list[int]]) -> tuple[list[np.ndarray], bool]:
         """Per unit, the summed importance of its ``k`` best channels for each count ``k``."""
-        from hwprune.agents.baselines import channel_magnitudes
-
-        importance = str(getattr(space, "importance", "l2"))
-        if hasattr(space, "channel_importance"):
-            scores = space.channel_importance()
-        else:
-            scores = channel_magnitudes(space)
+        importance = str(space.importance)
+        scores = space.channel_importance()
         # Loss-change estimates (taylor) compare across layers as they are; norms of weights
         # do not (a layer's scale is arbitrary): each unit's are divided by their mean, as
         # Torch-Pruning's global ranking does.
@@ -168,200 +164,42 @@ class LatencyKnapsackSearch(Searcher):
             and stairs is not None
             and stairs.oracle == constraint.oracle
         )
-        share = "params_share" if constraint.name in _PARAM_LIKE else "flops_share"
+        param_like = constraint.name in _PARAM_LIKE
         out = []
         for unit, ks in zip(space.units, counts, strict=True):
             probed = by_unit.get(unit.id) if use_stairs else None
             if probed is not None:
                 out.append(np.array([probed.latency_at(k) for k in ks], dtype=np.float64))
             else:
-                part = dense * float(getattr(unit, share, 0.0))
+                part = dense * float(unit.params_share if param_like else unit.flops_share)
                 out.append(np.array([part * k / unit.channels for k in ks], dtype=np.float64))
         if use_stairs:
             return out, "staircase"
-        return out, share.replace("_", "-")
+        return out, "params-share" if param_like else "flops-share"
 
     # --------------------------------------------------------------------- run
     def _run(self, space: Any, evaluate: BudgetedEvaluator, *, checkpoint_dir: Path | None) -> None:
-        from hwprune.space import Policy
-
-        if getattr(space, "granularity", "channel") != "channel":
+        if space.granularity != "channel":
             raise ConfigError(
                 "latency-knapsack chooses kept channel counts; it needs granularity 'channel', "
                 f"got {space.granularity!r}"
             )
-        evaluator = evaluate.evaluator
-        constraints = list(evaluator.constraints)
+        constraints = list(evaluate.evaluator.constraints)
         if not constraints:
             raise ConfigError("latency-knapsack needs at least one budget")
-        seconds: dict[str, float] = {}
-        t0 = time.perf_counter()
-        counts = [unit_options(space, u) for u in space.units]
-        values, normalised = self._values(space, counts)
-        seconds["importance"] = time.perf_counter() - t0
-
-        primary = next((i for i, c in enumerate(constraints) if c.name == "latency"), 0)
-        lead = constraints[primary]
-        tables: list[list[np.ndarray]] = []
-        models: dict[str, str] = {}
-        for c in constraints:
-            table, model = self._costs(space, c, counts)
-            tables.append(table)
-            models[c.name] = model
-        counts, values, tables = _undominated(counts, values, tables)
-        if lead.name == "latency" and models[lead.name] != "staircase":
-            log.info(
-                "latency-knapsack: no latency staircase for %s; each unit's latency cost is "
-                "estimated from its share of the model's MACs", lead.oracle,
-            )  # fmt: skip
-        stairs = self.staircase
-        if stairs is not None and models.get("latency") == "staircase":
-            seconds["staircase"] = float(stairs.seconds)
-
-        template = Policy.dense(space)
-
-        def policy_of(choice: Sequence[int]) -> Any:
-            keep = [counts[u][i] / space.units[u].channels for u, i in enumerate(choice)]
-            return template.with_keep(tuple(float(k) for k in keep))
-
-        def key_of(choice: Sequence[int]) -> str:
-            return space.shape_key(policy_of(choice))
-
-        calls: list[dict[str, Any]] = []
-        timing = {"solve": 0.0, "verify": 0.0}
-
-        def measure(choice: tuple[int, ...], cap: float | None, guess: dict[str, float],
-                    multipliers: Sequence[float] = ()) -> Any:  # fmt: skip
-            t = time.perf_counter()
-            with evaluator.measured_only():  # the correction needs measurements, not predictions
-                out = evaluate(policy_of(choice))
-            took = time.perf_counter() - t
-            timing["verify"] += took
-            calls.append({
-                "step": len(calls), "key": out.key, "bound": cap, "predicted": guess,
-                "measured": {k: float(v) for k, v in out.values.items()},
-                "feasible": bool(out.feasible), "cached": bool(out.cached), "seconds": took,
-                "multipliers": [float(m) for m in multipliers],
-                "kept": [int(counts[u][i]) for u, i in enumerate(choice)],
-            })  # fmt: skip
-            log.info(
-                "latency-knapsack call %d: knapsack bound %s, predicted %s %s, measured %.5g "
-                "(bound %.5g), %s", len(calls) - 1, "-" if cap is None else f"{cap:.5g}",
-                lead.name, f"{guess[lead.name]:.5g}" if lead.name in guess else "-",
-                float(out.values[lead.name]), float(lead.bound),
-                "feasible" if out.feasible else "infeasible",
-            )  # fmt: skip
-            return out
-
-        def done(converged: bool) -> None:
-            self._record(calls, models, seconds, timing, lead, normalised, space,
-                         converged=converged)  # fmt: skip
-
+        run = _KnapsackRun(self, space, evaluate, constraints)
         # The constant part of the network and the staircase's scale, measured once: the
         # smallest allowed model (every unit at its fewest channels) and the dense model.
         # Each budget's prediction maps the sum of its per-unit costs linearly onto them.
-        smallest = tuple(0 for _ in counts)
-        full = tuple(len(c) - 1 for c in counts)
-        floor = measure(smallest, None, {})
+        floor = run.measure(run.smallest, None, {})
         if not floor.feasible:
-            done(False)
+            run.record(converged=False)
             raise _infeasible(constraints, floor.values, space)
-        low = [float(floor.values[c.name]) for c in constraints]
-        high = [float(c.dense_value) for c in constraints]
-        t_low = [total(t, smallest) for t in tables]
-        t_high = [total(t, full) for t in tables]
-
-        def slope(j: int) -> float:
-            span = t_high[j] - t_low[j]
-            return (high[j] - low[j]) / span if span > 1e-12 else 0.0
-
-        def predicted(choice: Sequence[int]) -> dict[str, float]:
-            return {c.name: low[j] + slope(j) * (total(tables[j], choice) - t_low[j])
-                    for j, c in enumerate(constraints)}  # fmt: skip
-
-        def table_bound(j: int, value: float) -> float:
-            """The bound on the sum of budget ``j``'s costs whose prediction is ``value``."""
-            k = slope(j)
-            return t_low[j] + (value - low[j]) / k if k > 0 else (
-                np.inf if value >= low[j] else -np.inf)  # fmt: skip
-
-        calls[0]["predicted"] = predicted(smallest)
-        bounds = {c.name: float(c.bound) for c in constraints}
-        eff = dict(bounds)  # each other budget's bound in the prediction's terms, as corrected
-        tried: dict[str, list[tuple[float, float]]] = {c.name: [] for c in constraints}
-
-        def solve(cap: float) -> tuple[tuple[int, ...], tuple[float, ...]] | None:
-            t = time.perf_counter()
-            others = [(tables[j], table_bound(j, eff[c.name]))
-                      for j, c in enumerate(constraints) if j != primary]  # fmt: skip
-            others = [(t_, min(b, 1e300)) for t_, b in others]
-            cap_t = table_bound(primary, cap)
-            sol = None
-            if cap_t >= t_low[primary] - 1e-12:
-                sol = solve_mck_lagrangian(values, tables[primary], min(cap_t, 1e300),
-                                           others=others, bins=self.bins)  # fmt: skip
-            timing["solve"] += time.perf_counter() - t
-            return None if sol is None else (sol.choice, sol.multipliers)
-
-        bound = bounds[lead.name]
-        aim = (1.0 + self.window) / 2.0 * bound
-        below: tuple[float, float] | None = None  # (knapsack bound, measured) under the window
-        above: tuple[float, float] | None = None  # (knapsack bound, measured) over the bound
-        verdicts: dict[str, str] = {floor.key: "under"}  # measured: "under", "over", "other"
-        value = low[primary]
-        if value >= self.window * bound:
-            done(True)  # the smallest model already fills the window
+        run.fit(floor)
+        if run.low[run.primary] >= self.window * run.bounds[run.lead.name]:
+            run.record(converged=True)  # the smallest model already fills the window
             return
-        cap = bound
-        converged = False
-        while len(calls) <= self.steps and not evaluate.exhausted:
-            found = solve(cap)
-            if found is None or key_of(found[0]) in verdicts:
-                found_fresh = self._fresh(solve, cap, below, above, verdicts, key_of,
-                                          0.01 * bound)  # fmt: skip
-                if found_fresh is None:
-                    break
-                cap, choice, multipliers = found_fresh
-            else:
-                choice, multipliers = found
-            guess = predicted(choice)
-            out = measure(choice, cap, guess, multipliers)
-            value = float(out.values[lead.name])
-            # The other budgets: one missed, or one that held the solution (its multiplier is
-            # positive) while measured under its window, moves its bound by the gap.
-            others = [j for j in range(len(constraints)) if j != primary]
-            moved = filled = False
-            for n, j in enumerate(others):
-                c, got = constraints[j], float(out.values[constraints[j].name])
-                held = n < len(multipliers) and multipliers[n] > 0
-                filled |= held and self.window * bounds[c.name] <= got <= bounds[c.name]
-                if not c.met(got) or (held and got < self.window * bounds[c.name]):
-                    tried[c.name].append((eff[c.name], got))
-                    eff[c.name] = _next_bound(eff[c.name], got,
-                                              (1.0 + self.window) / 2.0 * bounds[c.name],
-                                              None, None, tried[c.name])  # fmt: skip
-                    moved = True
-            others_met = all(c.met(float(out.values[c.name])) for c in constraints
-                             if c is not lead)  # fmt: skip
-            if value <= bound and others_met and (value >= self.window * bound or filled):
-                converged = True  # the budget that holds the solution sits in its window
-                break
-            if value > bound:
-                verdicts[out.key] = "over"
-                above = (cap, value) if above is None or cap < above[0] else above
-            elif others_met and not moved:
-                verdicts[out.key] = "under"
-                below = (cap, value) if below is None or cap > below[0] else below
-            else:
-                verdicts[out.key] = "other"
-                continue  # the same bound again, with the other budgets' bounds corrected
-            if below is not None and above is not None and below[0] >= above[0]:
-                # A larger bound measured faster than a smaller one: the oracle's noise is
-                # larger than what is left to correct; the candidates so far are ranked.
-                break
-            tried[lead.name].append((cap, value))
-            cap = _next_bound(cap, value, aim, below, above, tried[lead.name])
-        done(converged)
+        run.record(converged=run.correct(floor))
 
     @staticmethod
     def _fresh(
@@ -422,7 +260,7 @@ class LatencyKnapsackSearch(Searcher):
             "bound": float(lead.bound),
             "window": [self.window * float(lead.bound), float(lead.bound)],
             "cost_model": dict(models),
-            "importance": str(getattr(space, "importance", "l2")),
+            "importance": str(space.importance),
             "importance_normalised": normalised,
             "seconds": {**seconds, **timing},
             "staircase_oracle_calls": int(stairs.oracle_calls) if stairs is not None else None,
@@ -435,6 +273,191 @@ class LatencyKnapsackSearch(Searcher):
     @classmethod
     def report_section(cls, extra: Mapping[str, Any]) -> str:
         return knapsack_section(extra)
+
+
+class _KnapsackRun:
+    """One latency-knapsack search: the knapsack's tables, its measurements, and the
+    correction of its bound (see the module's docstring)."""
+
+    def __init__(
+        self,
+        searcher: LatencyKnapsackSearch,
+        space: Any,
+        evaluate: BudgetedEvaluator,
+        constraints: list[Any],
+    ) -> None:
+        from hwprune.space import Policy
+
+        self.searcher, self.space, self.evaluate = searcher, space, evaluate
+        self.constraints = constraints
+        self.seconds: dict[str, float] = {}
+        t0 = time.perf_counter()
+        counts = [unit_options(space, u) for u in space.units]
+        values, self.normalised = searcher._values(space, counts)
+        self.seconds["importance"] = time.perf_counter() - t0
+
+        self.primary = next((i for i, c in enumerate(constraints) if c.name == "latency"), 0)
+        self.lead = constraints[self.primary]
+        tables: list[list[np.ndarray]] = []
+        self.models: dict[str, str] = {}
+        for c in constraints:
+            table, model = searcher._costs(space, c, counts)
+            tables.append(table)
+            self.models[c.name] = model
+        self.counts, self.values, self.tables = _undominated(counts, values, tables)
+        if self.lead.name == "latency" and self.models[self.lead.name] != "staircase":
+            log.info(
+                "latency-knapsack: no latency staircase for %s; each unit's latency cost is "
+                "estimated from its share of the model's MACs", self.lead.oracle,
+            )  # fmt: skip
+        stairs = searcher.staircase
+        if stairs is not None and self.models.get("latency") == "staircase":
+            self.seconds["staircase"] = float(stairs.seconds)
+        self.template = Policy.dense(space)
+        self.calls: list[dict[str, Any]] = []
+        self.timing = {"solve": 0.0, "verify": 0.0}
+        self.smallest = tuple(0 for _ in self.counts)
+        self.full = tuple(len(c) - 1 for c in self.counts)
+        self.bounds = {c.name: float(c.bound) for c in constraints}
+        # Each other budget's bound in the prediction's terms, as corrected.
+        self.eff = dict(self.bounds)
+        self.tried: dict[str, list[tuple[float, float]]] = {c.name: [] for c in constraints}
+
+    def policy_of(self, choice: Sequence[int]) -> Any:
+        units = self.space.units
+        keep = [self.counts[u][i] / units[u].channels for u, i in enumerate(choice)]
+        return self.template.with_keep(tuple(float(k) for k in keep))
+
+    def key_of(self, choice: Sequence[int]) -> str:
+        return self.space.shape_key(self.policy_of(choice))
+
+    def measure(self, choice: tuple[int, ...], cap: float | None, guess: dict[str, float],
+                multipliers: Sequence[float] = ()) -> Any:  # fmt: skip
+        t = time.perf_counter()
+        # The correction needs measurements, not predictions.
+        with self.evaluate.evaluator.measured_only():
+            out = self.evaluate(self.policy_of(choice))
+        took = time.perf_counter() - t
+        self.timing["verify"] += took
+        calls, lead = self.calls, self.lead
+        calls.append({
+            "step": len(calls), "key": out.key, "bound": cap, "predicted": guess,
+            "measured": {k: float(v) for k, v in out.values.items()},
+            "feasible": bool(out.feasible), "cached": bool(out.cached), "seconds": took,
+            "multipliers": [float(m) for m in multipliers],
+            "kept": [int(self.counts[u][i]) for u, i in enumerate(choice)],
+        })  # fmt: skip
+        log.info(
+            "latency-knapsack call %d: knapsack bound %s, predicted %s %s, measured %.5g "
+            "(bound %.5g), %s", len(calls) - 1, "-" if cap is None else f"{cap:.5g}",
+            lead.name, f"{guess[lead.name]:.5g}" if lead.name in guess else "-",
+            float(out.values[lead.name]), float(lead.bound),
+            "feasible" if out.feasible else "infeasible",
+        )  # fmt: skip
+        return out
+
+    def record(self, *, converged: bool) -> None:
+        self.searcher._record(self.calls, self.models, self.seconds, self.timing, self.lead,
+                              self.normalised, self.space, converged=converged)  # fmt: skip
+
+    def fit(self, floor: Any) -> None:
+        """Map each budget's summed costs onto the measured smallest model and the dense one."""
+        self.low = [float(floor.values[c.name]) for c in self.constraints]
+        self.high = [float(c.dense_value) for c in self.constraints]
+        self.t_low = [total(t, self.smallest) for t in self.tables]
+        self.t_high = [total(t, self.full) for t in self.tables]
+        self.calls[0]["predicted"] = self.predicted(self.smallest)
+
+    def slope(self, j: int) -> float:
+        span = self.t_high[j] - self.t_low[j]
+        return (self.high[j] - self.low[j]) / span if span > 1e-12 else 0.0
+
+    def predicted(self, choice: Sequence[int]) -> dict[str, float]:
+        return {c.name: self.low[j] + self.slope(j) * (total(self.tables[j], choice)
+                                                         - self.t_low[j])
+                for j, c in enumerate(self.constraints)}  # fmt: skip
+
+    def table_bound(self, j: int, value: float) -> float:
+        """The bound on the sum of budget ``j``'s costs whose prediction is ``value``."""
+        k = self.slope(j)
+        return self.t_low[j] + (value - self.low[j]) / k if k > 0 else (
+            np.inf if value >= self.low[j] else -np.inf)  # fmt: skip
+
+    def solve(self, cap: float) -> tuple[tuple[int, ...], tuple[float, ...]] | None:
+        t = time.perf_counter()
+        others = [(self.tables[j], self.table_bound(j, self.eff[c.name]))
+                  for j, c in enumerate(self.constraints) if j != self.primary]  # fmt: skip
+        others = [(t_, min(b, 1e300)) for t_, b in others]
+        cap_t = self.table_bound(self.primary, cap)
+        sol = None
+        if cap_t >= self.t_low[self.primary] - 1e-12:
+            sol = solve_mck_lagrangian(self.values, self.tables[self.primary], min(cap_t, 1e300),
+                                       others=others, bins=self.searcher.bins)  # fmt: skip
+        self.timing["solve"] += time.perf_counter() - t
+        return None if sol is None else (sol.choice, sol.multipliers)
+
+    def correct(self, floor: Any) -> bool:
+        """Measure solutions and correct the knapsack's bound until the lead budget's measured
+        value sits in its window; whether it got there."""
+        window, lead = self.searcher.window, self.lead
+        bound = self.bounds[lead.name]
+        aim = (1.0 + window) / 2.0 * bound
+        below: tuple[float, float] | None = None  # (knapsack bound, measured) under the window
+        above: tuple[float, float] | None = None  # (knapsack bound, measured) over the bound
+        verdicts: dict[str, str] = {floor.key: "under"}  # measured: "under", "over", "other"
+        cap = bound
+        while len(self.calls) <= self.searcher.steps and not self.evaluate.exhausted:
+            found = self.solve(cap)
+            if found is None or self.key_of(found[0]) in verdicts:
+                found_fresh = self.searcher._fresh(self.solve, cap, below, above, verdicts,
+                                                   self.key_of, 0.01 * bound)  # fmt: skip
+                if found_fresh is None:
+                    break
+                cap, choice, multipliers = found_fresh
+            else:
+                choice, multipliers = found
+            out = self.measure(choice, cap, self.predicted(choice), multipliers)
+            value = float(out.values[lead.name])
+            moved, filled = self._correct_others(out, multipliers)
+            others_met = all(c.met(float(out.values[c.name])) for c in self.constraints
+                             if c is not lead)  # fmt: skip
+            if value <= bound and others_met and (value >= window * bound or filled):
+                return True  # the budget that holds the solution sits in its window
+            if value > bound:
+                verdicts[out.key] = "over"
+                above = (cap, value) if above is None or cap < above[0] else above
+            elif others_met and not moved:
+                verdicts[out.key] = "under"
+                below = (cap, value) if below is None or cap > below[0] else below
+            else:
+                verdicts[out.key] = "other"
+                continue  # the same bound again, with the other budgets' bounds corrected
+            if below is not None and above is not None and below[0] >= above[0]:
+                # A larger bound measured faster than a smaller one: the oracle's noise is
+                # larger than what is left to correct; the candidates so far are ranked.
+                break
+            self.tried[lead.name].append((cap, value))
+            cap = _next_bound(cap, value, aim, below, above, self.tried[lead.name])
+        return False
+
+    def _correct_others(self, out: Any, multipliers: Sequence[float]) -> tuple[bool, bool]:
+        """The other budgets: one missed, or one that held the solution (its multiplier is
+        positive) while measured under its window, moves its bound by the gap. Returns
+        (whether a bound moved, whether a budget that held the solution fills its window)."""
+        window = self.searcher.window
+        others = [j for j in range(len(self.constraints)) if j != self.primary]
+        moved = filled = False
+        for n, j in enumerate(others):
+            c, got = self.constraints[j], float(out.values[self.constraints[j].name])
+            bound = self.bounds[c.name]
+            held = n < len(multipliers) and multipliers[n] > 0
+            filled |= held and window * bound <= got <= bound
+            if not c.met(got) or (held and got < window * bound):
+                self.tried[c.name].append((self.eff[c.name], got))
+                self.eff[c.name] = _next_bound(self.eff[c.name], got, (1.0 + window) / 2.0 * bound,
+                                               None, None, self.tried[c.name])  # fmt: skip
+                moved = True
+        return moved, filled
 
 
 def _next_bound(
@@ -515,7 +538,7 @@ def _infeasible(
     ]
     return InfeasibleBudgetError(
         f"latency-knapsack: no allowed policy meets the budgets ({'; '.join(missed)}, with "
-        f"min_keep={getattr(space, 'min_keep', 0.0)}); loosen the budget or lower min_keep",
+        f"min_keep={space.min_keep}); loosen the budget or lower min_keep",
         smallest={c.name: float(values[c.name]) for c in constraints},
     )
 

@@ -17,111 +17,61 @@ as much as the budgets demand.
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hwprune.agents._sb3 import (
-    AGENT_FILE,
-    constraints_of,
-    exhausted,
-    load_parameters,
-    minibatch_size,
-    quiet_logger,
-    read_json,
-    single_thread,
-    tensorboard_dir,
-    used,
-    write_json,
-)
-from hwprune.agents.base import SEARCHERS, BudgetedEvaluator, Searcher
+from hwprune.agents._sb3 import AgentRun, Answered, SB3Searcher, SearchDriver, minibatch_size
 from hwprune.agents.baselines import start_anchor
-from hwprune.envs.layer import LayerPruningEnv, additive_targets
+from hwprune.agents.registry import SEARCHERS
+from hwprune.envs.layer import LayerPruningEnv, additive_targets, reward_score
 from hwprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["PPOLagrangian"]
 
-STATE_FILE = "lagrange.json"
 
+class _LagrangeDriver(SearchDriver):
+    """Records where each episode's final reward sits in the rollout buffer, with its costs;
+    before each update, steps the multipliers and re-prices the rollout's final rewards."""
 
-def _ppo_class() -> type:
-    """SB3's PPO with the Lagrangian reward rewrite (built lazily: SB3 imports torch)."""
-    import torch
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.callbacks import BaseCallback
-    from stable_baselines3.common.utils import obs_as_tensor
+    one_thread = True
+    save_each_rollout = True
 
-    class LagrangianPPO(PPO):
-        """PPO whose rollout rewards are re-priced with the current multipliers before each update."""
+    def __init__(self, run: AgentRun, *, lagrange: _Lagrange, **kwargs: Any) -> None:
+        super().__init__(run, **kwargs)
+        self.lagrange = lagrange
 
-        def _excluded_save_params(self) -> list[str]:
-            return [*super()._excluded_save_params(), "lagrange", "stop_fn", "after_update"]
+    def stop_now(self) -> bool:
+        # Stop before an evaluation the budget cannot pay for; a rollout that is complete
+        # still gets its update (the next rollout does not start).
+        last_of_rollout = int(self.locals["n_steps"]) + 1 >= self.model.n_steps
+        return self.spent() and any(self.locals["dones"]) and not last_of_rollout
 
-        def collect_rollouts(self, env, callback, rollout_buffer, n_rollout_steps) -> bool:
-            if self.stop_fn():
-                return False
-            self.lagrange.episodes = []
-            collected = super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
-            # Episodes still being evaluated (a parallel evaluator) are waited for here, in
-            # the order they ended: each is logged even when the search stops now.
-            self.lagrange.episodes = [
-                (pos, i, *_answer(p)) if p is not None else (pos, i, acc, costs)
-                for pos, i, acc, costs, p in self.lagrange.episodes
-            ]
-            if not collected:
-                return False
-            self.lagrange.dual_step(self.logger)
-            rewards = rollout_buffer.rewards
-            for pos, env_idx, accuracy, costs in self.lagrange.episodes:
-                rewards[pos, env_idx] = self.lagrange.reward(accuracy, costs)
-            with torch.no_grad():
-                values = self.policy.predict_values(obs_as_tensor(self._last_obs, self.device))
-            rollout_buffer.compute_returns_and_advantage(
-                last_values=values, dones=self._last_episode_starts
-            )
-            return True
+    def on_episode(self, env_idx: int, info: dict[str, Any], *, stop: bool) -> None:
+        pos = int(self.locals["n_steps"])
+        handle = info["pending"] if "pending" in info else Answered(info["outcome"])
+        self.pending.add(handle, functools.partial(self._record, pos, env_idx))
 
-        def train(self) -> None:
-            with single_thread():
-                super().train()
-            self.after_update()
+    def _record(self, pos: int, env_idx: int, outcome: Any) -> None:
+        self.lagrange.episodes.append((pos, env_idx, reward_score(outcome), dict(outcome.costs)))
 
-    class EpisodeRecorder(BaseCallback):
-        """Remembers where each episode's final reward sits in the rollout buffer, and its costs;
-        stops collecting once the evaluation budget is spent."""
-
-        def __init__(self, lagrange: _Lagrange, stop_fn: Any) -> None:
-            super().__init__()
-            self.lagrange = lagrange
-            self.stop_fn = stop_fn
-
-        def _on_step(self) -> bool:
-            pos = int(self.locals["n_steps"])
-            for env_idx, (done, info) in enumerate(
-                zip(self.locals["dones"], self.locals["infos"], strict=True)
-            ):
-                if done and "pending" in info:
-                    self.lagrange.episodes.append((pos, env_idx, 0.0, {}, info["pending"]))
-                elif done and "costs" in info:
-                    self.lagrange.episodes.append(
-                        (pos, env_idx, float(info["score"]), dict(info["costs"]), None)
-                    )
-            last_of_rollout = pos + 1 >= self.model.n_steps
-            # Stop before an evaluation the budget cannot pay for; a rollout that is
-            # complete still gets its update (the next collect_rollouts stops).
-            return not (self.stop_fn() and any(self.locals["dones"]) and not last_of_rollout)
-
-    return LagrangianPPO, EpisodeRecorder
-
-
-def _answer(pending: Any) -> tuple[float, dict[str, float]]:
-    """(search score, costs) of an episode whose evaluation was pending."""
-    outcome = pending.result()
-    return outcome.reward_score, dict(outcome.costs)
+    def after_rollout(self) -> None:
+        self.lagrange.dual_step(self.logger)
+        buffer = self.model.rollout_buffer
+        for pos, env_idx, accuracy, costs in self.lagrange.episodes:
+            buffer.rewards[pos, env_idx] = self.lagrange.reward(accuracy, costs)
+        self.lagrange.episodes = []
+        # The returns and advantages again, from the rewards just written: the last values
+        # and dones are those SB3 computed them with at the rollout's end.
+        buffer.compute_returns_and_advantage(
+            last_values=self.locals["values"], dones=self.locals["dones"]
+        )
 
 
 class _Lagrange:
@@ -136,7 +86,7 @@ class _Lagrange:
         self.history: list[dict[str, Any]] = []
         self.mean_costs: list[dict[str, float]] = []
         self.episodes: list[tuple[int, int, float, dict[str, float]]] = []
-        self.evaluations = lambda: 0
+        self.evaluations: Callable[[], int] = lambda: 0
 
     def reward(self, accuracy: float, costs: dict[str, float]) -> float:
         return float(accuracy) - sum(
@@ -172,21 +122,9 @@ class _Lagrange:
             "mean_costs": self.mean_costs,
         }
 
-    def restore(self, state: dict[str, Any]) -> None:
-        saved = dict(state.get("values", {}))
-        if sorted(saved) != sorted(self.names):
-            raise ConfigError(
-                f"the checkpoint's multipliers are for constraints {sorted(saved)}, "
-                f"this search has {sorted(self.names)}; use another checkpoint directory"
-            )
-        self.values = {n: float(saved[n]) for n in self.names}
-        self.updates = int(state.get("updates", 0))
-        self.history = list(state.get("history", []))
-        self.mean_costs = list(state.get("mean_costs", []))
-
 
 @SEARCHERS.register("ppo-lagrangian")
-class PPOLagrangian(Searcher):
+class PPOLagrangian(SB3Searcher[_LagrangeDriver]):
     """Constrained PPO: reward = proxy accuracy, one Lagrange multiplier per budget.
 
     Options (all keyword):
@@ -206,7 +144,7 @@ class PPOLagrangian(Searcher):
     """
 
     name = "ppo-lagrangian"
-    learns = True
+    state_file = "lagrange.json"
 
     def __init__(
         self,
@@ -253,51 +191,37 @@ class PPOLagrangian(Searcher):
         self.action_wall = bool(action_wall)
         self.tensorboard_log = tensorboard_log
 
-    def _run(self, space: Any, evaluate: BudgetedEvaluator, *, checkpoint_dir: Path | None) -> None:
+    def _env(self, run: AgentRun) -> Any:
         from gymnasium.wrappers import RescaleAction
 
-        constraints = constraints_of(evaluate)
-        names = [c.name for c in constraints]
+        constraints = run.evaluate.evaluator.constraints
         wall = additive_targets(constraints) if self.action_wall else None
-        state_path = checkpoint_dir / STATE_FILE if checkpoint_dir is not None else None
-        anchor = start_anchor(
-            space,
-            evaluate,
-            enabled=self.anchor,
-            state_path=state_path,
-            who=self.name,
-            extra=self.extra,
+        run.anchor = start_anchor(
+            run.space, run.evaluate, enabled=self.anchor, who=self.name, extra=self.extra
         )
         # The episodes of one rollout share one policy network: evaluating them side by side
-        # (a parallel evaluator) changes nothing the agent learns (see _ppo_class).
+        # (a parallel evaluator) changes nothing the agent learns (see _LagrangeDriver).
         env = LayerPruningEnv(
-            space,
-            evaluate,
+            run.space,
+            run.evaluate,
             max_prune=self.max_prune,
             wall=wall,
-            anchor=anchor,
-            submit=evaluate.submit,
+            anchor=run.anchor,
+            submit=run.evaluate.submit,
         )
-        if anchor is None:
+        if run.anchor is None:
             # PPO's Gaussian starts at mean 0: on [-1, 1] that is half the allowed pruning.
             env = RescaleAction(env, min_action=np.float32(-1.0), max_action=np.float32(1.0))
-        units = len(space.units)
-        n_steps = self.episodes_per_update * units
+        return env
 
-        lagrange = _Lagrange(
-            names, lr=self.lambda_lr, init=self.lambda_init, max_value=self.lambda_max
-        )
-        lagrange.evaluations = lambda: used(evaluate)
+    def _model(self, run: AgentRun, *, tensorboard: str | None) -> Any:
+        from stable_baselines3 import PPO
 
-        def stop() -> bool:
-            return exhausted(evaluate)
-
-        LagrangianPPO, EpisodeRecorder = _ppo_class()
-        tensorboard = tensorboard_dir(self.tensorboard_log)
-        model = LagrangianPPO(
+        units = len(run.space.units)
+        return PPO(
             "MlpPolicy",
-            env,
-            n_steps=n_steps,
+            run.env,
+            n_steps=self.episodes_per_update * units,
             batch_size=minibatch_size(self.episodes_per_update, units),
             n_epochs=self.n_epochs,
             learning_rate=self.learning_rate,
@@ -310,56 +234,23 @@ class PPOLagrangian(Searcher):
             device="cpu",
             verbose=0,
         )
-        quiet_logger(model, tensorboard)
-        model.lagrange = lagrange
-        model.stop_fn = stop
 
-        agent_path = state_path = None
-        resumed = False
-        if checkpoint_dir is not None:
-            checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            agent_path = checkpoint_dir / AGENT_FILE
-            state_path = checkpoint_dir / STATE_FILE
-            if agent_path.exists() and state_path.exists():
-                state = read_json(state_path)
-                lagrange.restore(state)
-                load_parameters(model, agent_path)
-                model.num_timesteps = int(state.get("num_timesteps", 0))
-                model._n_updates = int(state.get("n_updates", 0))
-                resumed = True
-                log.info(
-                    "resumed PPO-Lagrangian from %s (update %d)", checkpoint_dir, lagrange.updates
-                )
-        if not lagrange.history:
-            lagrange.history.append(lagrange.snapshot())
-
-        def after_update() -> None:
-            if agent_path is None or state_path is None:
-                return
-            model.save(str(agent_path))
-            write_json(
-                state_path,
-                {
-                    **lagrange.state(),
-                    "num_timesteps": model.num_timesteps,
-                    "n_updates": model._n_updates,
-                    "searcher": self.name,
-                    "anchor": anchor,
-                },
-            )
-
-        model.after_update = after_update
+    def _driver(self, run: AgentRun) -> _LagrangeDriver:
+        names = [c.name for c in run.evaluate.evaluator.constraints]
+        lagrange = _Lagrange(
+            names, lr=self.lambda_lr, init=self.lambda_init, max_value=self.lambda_max
+        )
+        lagrange.evaluations = lambda: run.evaluate.used
+        lagrange.history.append(lagrange.snapshot())
         self.extra["lagrange"] = lagrange.history
         self.extra["mean_costs"] = lagrange.mean_costs
-        self.extra["resumed"] = resumed
-        # More timesteps than any budget needs: the evaluation budget ends the search.
-        total = max(10**9, model.num_timesteps + 1)
-        model.learn(
-            total_timesteps=total,
-            callback=EpisodeRecorder(lagrange, stop),
-            reset_num_timesteps=not resumed,
-            tb_log_name="ppo_lagrangian",
+        return _LagrangeDriver(
+            run, lagrange=lagrange, save=functools.partial(self._save_agent, run)
         )
-        self.extra["updates"] = lagrange.updates
-        self.extra["multipliers"] = dict(lagrange.values)
-        env.close()
+
+    def _state(self, run: AgentRun, driver: _LagrangeDriver) -> dict[str, Any]:
+        return driver.lagrange.state()
+
+    def _finish(self, run: AgentRun, driver: _LagrangeDriver) -> None:
+        self.extra["updates"] = driver.lagrange.updates
+        self.extra["multipliers"] = dict(driver.lagrange.values)

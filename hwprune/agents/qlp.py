@@ -20,23 +20,19 @@ steps, as in QLP.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from hwprune.agents._sb3 import PendingEpisodes, check_batch, load_parameters, quiet_logger
-from hwprune.agents.base import SEARCHERS, BudgetedEvaluator, Searcher
+from hwprune.agents._sb3 import AgentRun, SB3Searcher, SearchDriver, check_batch
+from hwprune.agents.base import BudgetedEvaluator
+from hwprune.agents.registry import SEARCHERS
 from hwprune.envs.multivisit import DEFAULT_ACTIONS, MultiVisitEnv
 from hwprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["QLP"]
-
-AGENT_FILE = "agent.zip"
-STATE_FILE = "qlp_state.json"
 
 
 def _fraction(name: str, value: Any, *, low_open: bool = False) -> float:
@@ -50,8 +46,50 @@ def _fraction(name: str, value: Any, *, low_open: bool = False) -> float:
     return v
 
 
+class _CurriculumDriver(SearchDriver):
+    """Stops at the evaluation budget (less the greedy rollout's), steps the curriculum after
+    each episode, saves the agent every ``save_every`` episodes, and writes the reward of an
+    episode whose evaluation was pending into the replay buffer before the agent learns (at
+    the rollout's end)."""
+
+    def __init__(self, run: AgentRun, *, searcher: QLP, batch: int, **kwargs: Any) -> None:
+        super().__init__(run, **kwargs)
+        self.searcher = searcher
+        self.batch = batch
+        self.feasible = 0
+
+    def stop_now(self) -> bool:
+        return self.spent()  # at once: an episode ends at any step
+
+    def on_episode(self, env_idx: int, info: dict[str, Any], *, stop: bool) -> None:
+        if "pending" in info:
+            # SB3 stores this step's transition at the buffer's position next, unless
+            # learning stops now.
+            pos = None if stop else self.model.replay_buffer.pos
+            on_outcome = functools.partial(self._pay, pos, env_idx, info["target"])
+            self.pending.add(info["pending"], on_outcome)
+        else:
+            self.feasible += int(bool(info.get("feasible")))
+        q = self.searcher
+        self.run.env.set_target(q.curriculum(q._progress(self.run.evaluate)))
+        if q.save_every and self.episodes % q.save_every == 0:
+            self.save()
+
+    def _pay(self, pos: int | None, env_idx: int, target: float, outcome: Any) -> None:
+        self.feasible += int(bool(outcome.feasible))
+        if pos is not None:
+            reward, _ = self.run.env.reward(outcome, target=target)
+            self.model.replay_buffer.rewards[pos, env_idx] = reward
+
+    def after_rollout(self) -> None:
+        if self.batch > 1:
+            self.model.gradient_steps = max(
+                1, self.rollout_steps // max(1, self.searcher.train_freq)
+            )
+
+
 @SEARCHERS.register("qlp")
-class QLP(Searcher):
+class QLP(SB3Searcher[_CurriculumDriver]):
     """DQN on the multi-visit environment with an epsilon schedule and a budget curriculum.
 
     Options (all keyword): ``visits`` (rounds over the units, 3), ``actions``
@@ -69,7 +107,9 @@ class QLP(Searcher):
     """
 
     name = "qlp"
-    learns = True
+    state_file = "qlp_state.json"
+    # The epsilon schedule follows the search's evaluations (a function of this search).
+    unsaved = ("exploration_schedule",)
 
     def __init__(
         self,
@@ -142,31 +182,30 @@ class QLP(Searcher):
         return self.eps_start + (self.eps_end - self.eps_start) * s
 
     # ------------------------------------------------------------ search
-    def _run(self, space: Any, evaluate: BudgetedEvaluator, *, checkpoint_dir: Path | None) -> None:
-        from stable_baselines3 import DQN
-        from stable_baselines3.common.callbacks import BaseCallback
-
-        env = MultiVisitEnv(
-            space,
-            evaluate,
-            constraints=evaluate.evaluator.constraints,
+    def _env(self, run: AgentRun) -> Any:
+        return MultiVisitEnv(
+            run.space,
+            run.evaluate,
+            constraints=run.evaluate.evaluator.constraints,
             visits=self.visits,
             actions=self.actions,
             penalty=self.penalty,
             target=self.curriculum(0.0),
-            submit=evaluate.submit,
+            submit=run.evaluate.submit,
         )
-        steps_per_episode = env.n_units * self.visits
+
+    def _batch(self, run: AgentRun) -> int:
         # A parallel evaluator: a batch of episodes per rollout, learnt from when all are in.
-        batch = self.batch_episodes or int(evaluate.width)
-        agent_path = checkpoint_dir / AGENT_FILE if checkpoint_dir is not None else None
-        state_path = checkpoint_dir / STATE_FILE if checkpoint_dir is not None else None
-        searcher = self
-        episodes = {"count": 0, "feasible": 0}
-        resumed = False
+        return self.batch_episodes or int(run.evaluate.width)
+
+    def _model(self, run: AgentRun, *, tensorboard: str | None) -> Any:
+        from stable_baselines3 import DQN
+
+        steps_per_episode = run.env.n_units * self.visits
+        batch = self._batch(run)
         model = DQN(
             "MlpPolicy",
-            env,
+            run.env,
             learning_rate=self.learning_rate,
             buffer_size=self.buffer_size,
             learning_starts=(
@@ -179,111 +218,52 @@ class QLP(Searcher):
             exploration_initial_eps=self.eps_start,
             exploration_final_eps=self.eps_end,
             policy_kwargs={"net_arch": self.net_arch},
+            tensorboard_log=tensorboard,
             seed=self.seed,
             device=self.device,
             verbose=0,
         )
-        quiet_logger(model, None)
-        if agent_path is not None and agent_path.exists():
-            # Weights only (torch.load(weights_only=True) inside set_parameters): the
-            # pickled part of SB3's zip is never loaded, so a run folder cannot run code.
-            load_parameters(model, agent_path)
-            resumed = True
-            if state_path is not None and state_path.exists():
-                state = json.loads(state_path.read_text(encoding="utf-8"))
-                episodes.update(state.get("episodes", {}))
-                model.num_timesteps = int(state.get("timesteps", 0))
-            log.info("qlp: resumed the agent from %s (%d steps)", agent_path, model.num_timesteps)
         # Epsilon follows the evaluations spent, not SB3's timestep count.
-        model.exploration_schedule = lambda _remaining: searcher.epsilon(
-            searcher._progress(evaluate)
-        )
+        model.exploration_schedule = lambda _remaining: self.epsilon(self._progress(run.evaluate))
+        return model
+
+    def _driver(self, run: AgentRun) -> _CurriculumDriver:
         # Keep one evaluation for the greedy rollout at the real budget.
-        reserve = 1 if evaluate.budget > 2 else 0
+        reserve = 1 if run.evaluate.budget > 2 else 0
+        save = functools.partial(self._save_agent, run)
+        return _CurriculumDriver(run, searcher=self, batch=self._batch(run), save=save,
+                                 reserve=reserve)  # fmt: skip
 
-        def save() -> None:
-            if agent_path is None:
-                return
-            agent_path.parent.mkdir(parents=True, exist_ok=True)
-            model.save(agent_path, exclude=["exploration_schedule"])
-            from hwprune.files import write_atomic
+    def _timesteps(self, run: AgentRun) -> int:
+        # A generous step cap; the driver ends training at the evaluation budget.
+        return max(1, 10 * run.evaluate.budget * run.env.n_units * self.visits)
 
-            write_atomic(
-                state_path,
-                json.dumps({"episodes": episodes, "timesteps": int(model.num_timesteps)}),
-            )
+    def _state(self, run: AgentRun, driver: _CurriculumDriver) -> dict[str, Any]:
+        return {"feasible_episodes": driver.feasible}
 
-        class _Driver(BaseCallback):
-            """Stops at the evaluation budget, steps the curriculum, checkpoints the agent, and
-            writes the reward of an episode whose evaluation was pending into the replay buffer
-            before the agent learns (at the rollout's end)."""
-
-            def __init__(self) -> None:
-                super().__init__()
-                self.pending = PendingEpisodes()
-                self.steps = 0
-
-            def _on_step(self) -> bool:
-                self.steps += 1
-                stop = evaluate.exhausted or evaluate.used >= evaluate.budget - reserve
-                for env_idx, (done, info) in enumerate(
-                    zip(self.locals["dones"], self.locals["infos"], strict=True)
-                ):
-                    if not done:
-                        continue
-                    episodes["count"] += 1
-                    if "pending" in info:
-                        # SB3 stores this step's transition at the buffer's position next,
-                        # unless this callback stops the search now.
-                        pos = None if stop else self.model.replay_buffer.pos
-                        self.pending.add(
-                            info["pending"],
-                            functools.partial(self._pay, pos, env_idx, info["target"]),
-                        )
-                    else:
-                        episodes["feasible"] += int(bool(info.get("feasible")))
-                    env.set_target(searcher.curriculum(searcher._progress(evaluate)))
-                    if searcher.save_every and episodes["count"] % searcher.save_every == 0:
-                        save()
-                return not stop
-
-            def _pay(self, pos: int | None, env_idx: int, target: float, outcome: Any) -> None:
-                episodes["feasible"] += int(bool(outcome.feasible))
-                if pos is not None:
-                    reward, _ = env.reward(outcome, target=target)
-                    self.model.replay_buffer.rewards[pos, env_idx] = reward
-
-            def _on_rollout_end(self) -> None:
-                self.pending.settle()
-                if batch > 1:
-                    self.model.gradient_steps = max(1, self.steps // max(1, searcher.train_freq))
-                self.steps = 0
-
-        # A generous step cap; the callback ends training at the evaluation budget.
-        total = max(1, 10 * evaluate.budget * steps_per_episode)
-        if not (evaluate.exhausted or evaluate.used >= evaluate.budget - reserve):
-            driver = _Driver()
-            model.learn(total_timesteps=total, callback=driver, reset_num_timesteps=not resumed)
-            driver.pending.settle()  # the batch the budget cut short: logged, not learnt from
-        save()
-
-        if not evaluate.exhausted:
-            env.set_target(1.0)
-            obs, _ = env.reset()
-            done = False
-            while not done:
-                action, _ = model.predict(obs, deterministic=True)
-                obs, _, done, _, info = env.step(int(action))
-            outcome = info["outcome"] if "outcome" in info else info["pending"].result()
-            self.extra["greedy"] = {
-                "accuracy": float(outcome.accuracy),
-                "feasible": bool(outcome.feasible),
-                "costs": dict(outcome.costs),
-            }
+    def _finish(self, run: AgentRun, driver: _CurriculumDriver) -> None:
+        if not run.evaluate.exhausted:
+            self.extra["greedy"] = _greedy(run)
         self.extra.update(
-            episodes=episodes["count"],
-            feasible_episodes=episodes["feasible"],
-            timesteps=int(model.num_timesteps),
-            resumed=resumed,
-            batch_episodes=batch,
+            episodes=driver.episodes,
+            feasible_episodes=driver.feasible,
+            timesteps=int(run.model.num_timesteps),
+            batch_episodes=driver.batch,
         )
+
+
+def _greedy(run: AgentRun) -> dict[str, Any]:
+    """One greedy episode at the real budget: its candidate's accuracy, verdict and costs."""
+    env = run.env
+    env.set_target(1.0)
+    obs, _ = env.reset()
+    done = False
+    while not done:
+        action, _ = run.model.predict(obs, deterministic=True)
+        obs, _, done, _, info = env.step(int(action))
+    outcome = info["outcome"] if "outcome" in info else info["pending"].result()
+    return {
+        "accuracy": float(outcome.accuracy),
+        "feasible": bool(outcome.feasible),
+        "costs": dict(outcome.costs),
+    }

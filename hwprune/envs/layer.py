@@ -67,7 +67,7 @@ ADDITIVE: dict[str, str] = {
 }
 
 
-def _reward_score(outcome: Any) -> float:
+def reward_score(outcome: Any) -> float:
     """What the reward is built on: the outcome's search score (the proxy accuracy, or its
     size at chance: ``hwprune.evaluate.search_signal``); plain accuracy for outcomes without
     one."""
@@ -111,11 +111,10 @@ class AdditiveCostModel:
         self._quantities = sorted({ADDITIVE[n] for n in names})
         units = list(space.units)
         n = len(units)
-        self._channels = np.array([int(getattr(u, "channels", 0) or 0) for u in units])
-        self._steps = [int(getattr(u, "step", 1) or 1) for u in units]
-        self._rounded = getattr(space, "granularity", "channel") == "channel" and hasattr(
-            space, "channels_for"
-        )
+        self._channels = np.array([int(u.channels) for u in units])
+        self._steps = [int(u.step) for u in units]
+        # A channel space rounds keep ratios to whole channels; a weight space does not.
+        self._rounded = space.granularity == "channel"
         dense = self._count([1.0] * n)
         self._dense = {q: float(v) for q, v in dense.items()}
         self.alpha = {q: np.zeros(n) for q in self._quantities}
@@ -141,7 +140,7 @@ class AdditiveCostModel:
                         np.array([y1[q] - 1.0, y2[q] - 1.0]),
                     )
                     self.alpha[q][i], self.beta[q][i] = a, b
-        layer_sets = [set(getattr(u, "layers", ())) for u in units]
+        layer_sets = [set(u.layers) for u in units]
         for i in range(n):
             for j in range(i + 1, n):
                 if not (layer_sets[i] & layer_sets[j]) or lo_d[i] == 0.0 or lo_d[j] == 0.0:
@@ -174,7 +173,7 @@ class AdditiveCostModel:
                     for k, c, st in zip(keep, self._channels, self._steps, strict=True)
                 ]
             )
-        floor = float(getattr(self.space, "min_keep", 0.0) or 0.0)
+        floor = float(self.space.min_keep)
         return np.array([max(floor, float(k)) for k in keep])
 
     def _count(self, keep: Sequence[float]) -> dict[str, float]:
@@ -182,7 +181,7 @@ class AdditiveCostModel:
         import torch
 
         from hwprune.space import Policy
-        from hwprune.space._layers import example_input, profile
+        from hwprune.space._layers import profile
 
         module = self.space.apply(Policy.dense(self.space).with_keep(tuple(keep)))
         out: dict[str, float] = {}
@@ -192,11 +191,7 @@ class AdditiveCostModel:
             else:
                 out["params"] = float(sum(int(torch.count_nonzero(p)) for p in module.parameters()))
         if "macs" in self._quantities:
-            example = getattr(self.space, "example_inputs", None)
-            if example is None:
-                shape = getattr(self.space, "example_input_shape", (1, 3, 32, 32))
-                example = example_input(module, shape)
-            out["macs"] = float(profile(module, example).total_macs)
+            out["macs"] = float(profile(module, self.space.example_inputs).total_macs)
         return out
 
     def fraction(self, name: str, keep: Sequence[float]) -> float:
@@ -276,7 +271,7 @@ class LayerPruningEnv(gym.Env):
         units = list(space.units)
         if not units:
             raise ConfigError("the prune space has no prunable units; nothing for the agent to do")
-        self.min_keep = float(getattr(space, "min_keep", 0.0) or 0.0)
+        self.min_keep = float(space.min_keep)
         if max_prune is None:
             max_prune = 1.0 - self.min_keep if self.min_keep > 0.0 else 1.0
         if not 0.0 < float(max_prune) <= 1.0:
@@ -336,18 +331,19 @@ class LayerPruningEnv(gym.Env):
         """The per-unit, episode-independent part of the observation."""
         n = len(units)
 
-        def norm(attr: str) -> np.ndarray:
-            values = np.array([float(getattr(u, attr) or 0) for u in units], dtype=np.float64)
-            top = values.max()
-            return values / top if top > 0 else values
+        def norm(values: Sequence[float]) -> np.ndarray:
+            array = np.array(values, dtype=np.float64)
+            top = array.max()
+            return array / top if top > 0 else array
 
         cols = np.zeros((n, len(OBS_FEATURES) - 3), dtype=np.float64)
         cols[:, 0] = np.arange(n) / max(n - 1, 1)
         for i, u in enumerate(units):
-            cols[i, 1 + _kind_slot(getattr(u, "kind", ""))] = 1.0
+            cols[i, 1 + _kind_slot(u.kind)] = 1.0
         base = 2 + len(KINDS)
-        for j, attr in enumerate(("in_channels", "out_channels", "kernel", "stride", "padding")):
-            cols[:, base + j] = norm(attr)
+        geometry = [(u.in_channels, u.out_channels, u.kernel, u.stride, u.padding) for u in units]
+        for j, column in enumerate(zip(*geometry, strict=True)):
+            cols[:, base + j] = norm(column)
         cols[:, base + 5] = [float(u.flops_share) for u in units]
         cols[:, base + 6] = [float(u.params_share) for u in units]
         return np.clip(cols, 0.0, 1.0)
@@ -433,7 +429,7 @@ class LayerPruningEnv(gym.Env):
             outcome = handle.result()
         else:
             outcome = self.evaluate(policy)
-        score = _reward_score(outcome)
+        score = reward_score(outcome)
         reward = float(self.reward_fn(outcome)) if self.reward_fn else score
         info.update(
             outcome=outcome,

@@ -27,7 +27,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from hwprune.envs.layer import _reward_score
+from hwprune.envs.layer import reward_score
 from hwprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class MultiVisitEnv(gym.Env):
         self.n_units = len(space.units)
         if self.n_units == 0:
             raise ConfigError("the prune space has no prunable units")
-        self.min_keep = float(getattr(space, "min_keep", 0.0))
+        self.min_keep = float(space.min_keep)
         self._template = Policy.dense(space)
         self._shares = self._share_vectors()
         self.target = 1.0
@@ -126,25 +126,9 @@ class MultiVisitEnv(gym.Env):
         wanted = [c.name for c in self.constraints if c.name in _SHARE_FIELDS]
         if not wanted:
             return {}
-        model = self.space.model
-        shape = getattr(self.space, "example_input_shape", None)
-        if shape is None and "flops" in wanted:
-            wanted.remove("flops")
-        if not wanted:
-            return {}
-        if shape is not None:
-            example = getattr(self.space, "example_inputs", None)
-            if example is None:
-                example = _layers.example_input(model, shape)
-            prof = _layers.profile(model, example)
-            costs = {"params": prof.params, "flops": prof.macs}
-            totals = {"params": prof.total_params, "flops": prof.total_macs}
-        else:
-            params = {
-                n: sum(p.numel() for p in m.parameters(recurse=False))
-                for n, m in model.named_modules()
-            }
-            costs, totals = {"params": params}, {"params": sum(params.values())}
+        prof = _layers.profile(self.space.model, self.space.example_inputs)
+        costs = {"params": prof.params, "flops": prof.macs}
+        totals = {"params": prof.total_params, "flops": prof.total_macs}
         names = sorted({n for u in self.space.units for n in u.layers})
         member = np.zeros((len(names), self.n_units), dtype=bool)
         row = {n: i for i, n in enumerate(names)}
@@ -189,13 +173,11 @@ class MultiVisitEnv(gym.Env):
     def effective_keep(self, keep: Sequence[float]) -> np.ndarray:
         """The keep each unit really gets after the space's rounding, min_keep and pattern."""
         policy = self._template.with_keep(tuple(float(k) for k in keep))
-        if hasattr(self.space, "densities"):
-            got = self.space.densities(policy)
-        elif hasattr(self.space, "kept_channels"):
+        if self.space.granularity == "channel":
             kept = self.space.kept_channels(policy)
             got = {u.id: kept[u.id] / u.channels for u in self.space.units}
         else:
-            return np.asarray(keep, dtype=np.float64)
+            got = self.space.densities(policy)
         return np.array([got[u.id] for u in self.space.units], dtype=np.float64)
 
     def _estimated_met(self) -> bool:
@@ -268,5 +250,5 @@ class MultiVisitEnv(gym.Env):
             value = float(outcome.values[c.name])
             bound = self.fraction(c, target=target) * float(c.dense_value)
             excess += max(0.0, value / bound - 1.0)
-        reward = _reward_score(outcome) - self.penalty * excess
+        reward = reward_score(outcome) - self.penalty * excess
         return reward, excess

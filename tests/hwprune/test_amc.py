@@ -75,9 +75,7 @@ def test_same_seed_same_policies(space, data16, make_evaluator):
     assert policies(6) != first
 
 
-def test_save_and_resume_keeps_agent_noise_and_replay_buffer(
-    space, data16, make_evaluator, tmp_path
-):
+def test_the_agent_its_noise_and_replay_buffer_are_saved(space, data16, make_evaluator, tmp_path):
     ckpt = tmp_path / "amc"
     first = get_searcher("amc", seed=0, warmup_episodes=2, anchor=False).search(
         space=space,
@@ -85,36 +83,17 @@ def test_save_and_resume_keeps_agent_noise_and_replay_buffer(
         evaluations=5,
         checkpoint_dir=ckpt,
     )
+    assert (ckpt / "agent.zip").exists()
     state = json.loads((ckpt / "amc.json").read_text())
     assert state["episodes"] == first.extra["episodes"] >= 5
     assert state["num_timesteps"] == state["episodes"] * len(space.units)
+    assert state["algo"] == "ddpg" and state["noise"]["sigma"] == first.extra["sigma"] < 0.5
     with np.load(ckpt / "replay.npz") as buf:
         assert int(buf["pos"]) == state["num_timesteps"]
         # Every step of an episode carries that episode's final reward (AMC).
         rewards = buf["rewards"][: int(buf["pos"]), 0].reshape(-1, len(space.units))
         assert np.all(rewards == rewards[:, -1:])
         assert np.all(rewards > 0)
-
-    second = get_searcher("amc", seed=0, warmup_episodes=2, anchor=False).search(
-        space=space,
-        evaluator=make_evaluator(space, data16, ["flops<=50%"]),
-        evaluations=3,
-        checkpoint_dir=ckpt,
-    )
-    assert second.extra["resumed"] is True
-    after = json.loads((ckpt / "amc.json").read_text())
-    assert after["episodes"] == second.extra["episodes"] > state["episodes"]
-    assert after["noise"]["sigma"] < state["noise"]["sigma"]
-    with np.load(ckpt / "replay.npz") as buf:
-        assert int(buf["pos"]) == after["num_timesteps"] > state["num_timesteps"]
-
-    with pytest.raises(ConfigError, match="holds a 'ddpg' agent"):
-        get_searcher("amc", seed=0, algo="td3", anchor=False).search(
-            space=space,
-            evaluator=make_evaluator(space, data16, ["flops<=50%"]),
-            evaluations=2,
-            checkpoint_dir=ckpt,
-        )
 
 
 def test_td3_variant_runs(space, data16, make_evaluator):

@@ -127,13 +127,6 @@ def test_qlp_finds_a_feasible_policy_and_repeats_with_its_seed(
     b = get_searcher("qlp", seed=1, **opts).search(space=space, evaluator=ev2, evaluations=10)
     assert [o.policy.keep for o in a.history] == [o.policy.keep for o in b.history]
 
-    # A checkpoint directory with an agent resumes it instead of starting over.
-    ev3 = make_evaluator(space, data, ["params<=50%"])
-    c = get_searcher("qlp", seed=1, **opts).search(
-        space=space, evaluator=ev3, evaluations=3, checkpoint_dir=tmp_path / "a"
-    )
-    assert c.extra["resumed"] and c.extra["timesteps"] > a.extra["timesteps"]
-
 
 def test_qlp_meets_a_latency_budget_on_onnxruntime(data, make_evaluator):
     # On a 0.1 ms net the latency is mostly per-call overhead and a "feasible"
