@@ -356,7 +356,7 @@ def write_plots(
         figures.append(("best_feasible", P.best_feasible_figure(curve)))
         data["best_feasible"] = curve.to_dict()
 
-    keep = list(getattr(policy, "keep", []) or [])
+    keep = list(policy.keep) if policy is not None else []
     if keep:
         figures.append(("keep_ratios", P.keep_ratio_figure(keep, unit_names)))
         data["keep_ratios"] = {"keep": keep, "units": list(unit_names)}

@@ -373,6 +373,16 @@ class Oracle:
             return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
         return {}
 
+    def precision_target(self) -> float | None:
+        """The relative confidence-interval half-width a timed oracle measures to (its
+        ``rel_ci`` setting); None for an oracle whose value is exact or not timed that way."""
+        value = self.settings().get("rel_ci")
+        return None if value is None else float(value)
+
+    def check_memory(self, proto: Any, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Refuse, before anything is measured, input shapes this oracle cannot hold in
+        memory (a timed oracle keeps several random input sets); by default nothing to check."""
+
     def identity(self) -> dict[str, Any]:
         """What, besides the model and the settings, decides the value (machine, runtime versions).
 

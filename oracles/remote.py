@@ -213,6 +213,9 @@ class RemoteOracle(Oracle):
     def unit(self) -> str:  # type: ignore[override]
         return self.inner.unit
 
+    def precision_target(self) -> float | None:
+        return self.inner.precision_target()
+
     @property
     def timed(self) -> bool:  # type: ignore[override]
         return self.inner.timed

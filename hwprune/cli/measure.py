@@ -122,10 +122,8 @@ def _oracles(specs: list[str], proto: Any, shapes: dict[str, tuple[int, ...]]) -
             )
         # A timed oracle holds several random input sets: refuse shapes that cannot fit
         # before measuring anything, rather than thrash or be killed mid-way.
-        check = getattr(oracle, "check_memory", None)
-        if check is not None:
-            batch = oracle.settings().get("batch")
-            check(proto, resolve_input_shapes(proto, shapes, batch=batch))
+        batch = oracle.settings().get("batch")
+        oracle.check_memory(proto, resolve_input_shapes(proto, shapes, batch=batch))
     return chosen
 
 

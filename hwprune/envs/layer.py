@@ -69,9 +69,8 @@ ADDITIVE: dict[str, str] = {
 
 def reward_score(outcome: Any) -> float:
     """What the reward is built on: the outcome's search score (the proxy accuracy, or its
-    size at chance: ``hwprune.evaluate.search_signal``); plain accuracy for outcomes without
-    one."""
-    return float(getattr(outcome, "reward_score", outcome.accuracy))
+    size at chance: ``hwprune.evaluate.search_signal``)."""
+    return float(outcome.reward_score)
 
 
 def additive_targets(constraints: Sequence[Any]) -> dict[str, float]:

@@ -62,7 +62,7 @@ def timing_report(evaluator: Any, final: Mapping[str, Any]) -> dict[str, Any]:
         }
         entry: dict[str, Any] = {
             "oracle": oracle.spec,
-            "target_rel_ci": getattr(getattr(oracle, "inner", oracle), "rel_ci", None),
+            "target_rel_ci": oracle.precision_target(),
             "search_oracle": evaluator.search_oracles[c.name].spec,
             "search": search,
         }

@@ -56,7 +56,7 @@ def space_options(config: PruneConfig, space: Any = None) -> dict[str, Any]:
         "min_keep": config.min_keep,
         "importance": config.importance,
     }
-    choices = getattr(space, "channel_choices", None)
+    choices = space.channel_choices if space.granularity == "channel" else None
     if choices:
         options["channel_choices"] = {k: [int(c) for c in v] for k, v in choices.items()}
     return options

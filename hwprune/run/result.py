@@ -91,7 +91,7 @@ class PruneResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "run_dir": str(self.run_dir),
-            "policy": self.policy.to_dict() if hasattr(self.policy, "to_dict") else self.policy,
+            "policy": None if self.policy is None else self.policy.to_dict(),
             "budgets": [asdict(b) for b in self.budgets],
             "dense": dict(self.dense),
             "final": dict(self.final),

@@ -104,8 +104,12 @@ def test_td3_variant_runs(space, data16, make_evaluator):
 
 
 def test_amc_reward_penalises_the_worst_excess():
-    ok = SimpleNamespace(accuracy=0.7, costs={"latency": 0.9, "params": 1.0}, feasible=True)
-    bad = SimpleNamespace(accuracy=0.7, costs={"latency": 1.3, "params": 1.1}, feasible=False)
+    ok = SimpleNamespace(
+        accuracy=0.7, reward_score=0.7, costs={"latency": 0.9, "params": 1.0}, feasible=True
+    )
+    bad = SimpleNamespace(
+        accuracy=0.7, reward_score=0.7, costs={"latency": 1.3, "params": 1.1}, feasible=False
+    )
     assert amc_reward(ok, penalty=2.0) == pytest.approx(0.7)
     assert amc_reward(bad, penalty=2.0) == pytest.approx(0.7 - 2.0 * 0.3)
 

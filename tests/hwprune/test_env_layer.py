@@ -32,7 +32,9 @@ def space() -> ChannelSpace:
 def mean_keep_outcome(policy) -> SimpleNamespace:
     """A trivial stand-in for the evaluator: 'accuracy' is the mean keep ratio."""
     keep = float(np.mean(policy.keep))
-    return SimpleNamespace(accuracy=keep, costs={"params": 2 * keep}, feasible=keep <= 0.5)
+    return SimpleNamespace(
+        accuracy=keep, reward_score=keep, costs={"params": 2 * keep}, feasible=keep <= 0.5
+    )
 
 
 def run_episode(env: LayerPruningEnv, action: float, *, seed: int = 0):

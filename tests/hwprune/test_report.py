@@ -19,6 +19,7 @@ from hwprune.plots import (
 )
 from hwprune.report import write_plots, write_report
 from hwprune.run.result import BudgetCheck, PruneResult
+from hwprune.space import Policy as HwPolicy
 
 
 def constraint(text: str, dense: float) -> Constraint:
@@ -185,7 +186,7 @@ def test_write_plots_writes_every_png_and_the_plotted_data(tmp_path: Path):
 def test_report_says_how_many_evaluations_were_feasible(tmp_path: Path):
     result = PruneResult(
         run_dir=tmp_path,
-        policy={"keep": [0.5]},
+        policy=HwPolicy(keep=(0.5,)),
         budgets=(
             BudgetCheck("latency<=50%", "latency", "test-oracle", "ms", 1.0, 0.5, 0.46, True, 0.08),
         ),  # fmt: skip
