@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hwprune.evaluate import Outcome, accuracy_tolerance, chance_floor
-from hwprune.evaluate.evaluator import CHANCE_SHARE
+from hwprune.evaluate.scores import CHANCE_SHARE
 from hwprune.run.choose import rank_feasible
 
 
