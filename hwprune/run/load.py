@@ -56,7 +56,8 @@ def space_options(config: PruneConfig, space: Any = None) -> dict[str, Any]:
         "min_keep": config.min_keep,
         "importance": config.importance,
     }
-    choices = space.channel_choices if space.granularity == "channel" else None
+    channel_space = space is not None and space.granularity == "channel"
+    choices = space.channel_choices if channel_space else None
     if choices:
         options["channel_choices"] = {k: [int(c) for c in v] for k, v in choices.items()}
     return options
