@@ -94,7 +94,7 @@ def test_the_report_says_when_the_shipped_candidate_was_chosen_at_chance() -> No
 
     history = [outcome("a", 0.11, 0.9, params=30_000), outcome("b", 0.13, 0.5, params=4_000),
                outcome("c", 0.40, 0.7, params=20_000), outcome("x", 0.9, 1.5, feasible=False)]  # fmt: skip
-    at_chance = SimpleNamespace(score_floor=0.178, score_chosen=0.11)
+    at_chance = SimpleNamespace(score_floor=0.178, score_chosen=0.11, searcher=None)
     (line,) = _chance_lines(at_chance, history)
     assert "chance floor of the proxy: 0.1780" in line and "2 of 3 feasible" in line
     assert "scored 0.1100, at chance" in line
@@ -106,9 +106,9 @@ def test_the_report_says_when_the_shipped_candidate_was_chosen_at_chance() -> No
         (text,) = _chance_lines(run, history)
         assert ("learnt from the size" in text) is learns, name
         assert learns or "2 of 4 candidates searched were at chance" in text
-    informed = SimpleNamespace(score_floor=0.178, score_chosen=0.40)
+    informed = SimpleNamespace(score_floor=0.178, score_chosen=0.40, searcher=None)
     assert "at chance:" not in _chance_lines(informed, history)[0]
-    assert _chance_lines(SimpleNamespace(score_floor=None, score_chosen=0.4), history) == []
+    assert _chance_lines(SimpleNamespace(score_floor=None, score_chosen=0.4, searcher=None), history) == []
 
 
 def test_the_search_signal_is_the_score_above_the_floor_and_the_size_at_it() -> None:
