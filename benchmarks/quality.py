@@ -84,8 +84,11 @@ RUNS_DIR = _HERE.parent / "runs" / "benchmarks"
 MODELS = {"vgg16_cifar": 0.5, "resnet56_cifar": 1.0}  # name -> width
 BUDGETS = ("latency<=50%", "latency<=30%", "latency<=20%")
 ORACLE = "onnxruntime:cpu?threads=1"
-SEARCHERS = ("ppo-lagrangian", "qlp", "amc", "uniform", "global-magnitude", "random")
-RL_SEARCHERS = ("ppo-lagrangian", "qlp", "amc")
+SEARCHERS = (
+    "ppo-lagrangian", "qlp", "amc", "uniform", "global-magnitude", "random",
+    "latency-knapsack", "knapsack-ppo", "knapsack-amc",
+)  # fmt: skip
+RL_SEARCHERS = ("ppo-lagrangian", "qlp", "amc", "knapsack-ppo", "knapsack-amc")
 SEEDS = (0, 1, 2)
 EVALUATIONS = 60
 TRAIN_EPOCHS = 20

@@ -160,7 +160,8 @@ class PruneConfig:
     )
     agent: str = _opt(
         "ppo-lagrangian",
-        "searcher: ppo-lagrangian, qlp, amc, uniform, global-magnitude, random, latency-knapsack",
+        "searcher: ppo-lagrangian, qlp, amc, uniform, global-magnitude, random, latency-knapsack, "
+        "knapsack-ppo, knapsack-amc",
         kind="str",
     )
     evaluations: int = _opt(100, "candidates to evaluate", kind="int", range=(1, MAX_EVALUATIONS))

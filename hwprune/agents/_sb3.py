@@ -184,8 +184,8 @@ class AgentRun:
     evaluate: BudgetedEvaluator
     #: Where the agent is saved (the run's ``agent/`` folder), or None.
     folder: Path | None
-    #: The uniform keep ratio the episodes start from (``start_anchor``), if any.
-    anchor: float | None = None
+    #: The keep ratio (uniform) or ratios (per unit) the episodes start from (``start_anchor``).
+    anchor: float | tuple[float, ...] | None = None
     env: Any = None
     model: Any = None
 

@@ -40,7 +40,7 @@ from hwprune.agents._sb3 import (
     episodes_per_batch,
 )
 from hwprune.agents._sb3_compat import SampledNoise, noise_sampling
-from hwprune.agents.baselines import start_anchor
+from hwprune.agents.baselines import KnapsackStart, anchor_start, start_anchor
 from hwprune.agents.registry import SEARCHERS
 from hwprune.envs.layer import LayerPruningEnv, additive_targets, reward_score
 from hwprune.errors import ConfigError
@@ -185,9 +185,14 @@ class AMC(SB3Searcher[_EpisodeRewardDriver]):
         max_prune: the largest fraction of a unit one action prunes (default: down to
             the space's ``min_keep``, see ``LayerPruningEnv``).
         action_wall: cap actions so params/FLOPs budgets stay reachable (default on).
-        anchor: start from the largest uniform keep ratio that meets the budgets
+        anchor: True or "uniform": start from the largest uniform keep ratio that meets the budgets
             (coarse bisection, counted in the evaluation budget); actions then
             move each unit above or below it (see ``LayerPruningEnv``).
+            "knapsack": start from the latency knapsack's per-unit policy
+            (``hwprune.agents.latency_knapsack``, its verification calls counted in the
+            evaluation budget) and search around it. False: no anchor.
+        staircase: the measured latency staircase the knapsack start uses (the run
+            passes the one its ``staircase`` stage measured).
         batch_episodes: episodes played from one actor before it learns from them (their
             candidates evaluated side by side); default: as many as the evaluator works on
             at once (1 in one process, as in AMC).
@@ -215,7 +220,8 @@ class AMC(SB3Searcher[_EpisodeRewardDriver]):
         net_arch: tuple[int, ...] = (64, 64),
         max_prune: float | None = None,
         action_wall: bool = True,
-        anchor: bool = True,
+        anchor: bool | str = True,
+        staircase: Any = None,
         batch_episodes: int | None = None,
         tensorboard_log: str | Path | None = None,
         **options: Any,
@@ -241,7 +247,8 @@ class AMC(SB3Searcher[_EpisodeRewardDriver]):
         self.net_arch = [int(n) for n in net_arch]
         self.max_prune = None if max_prune is None else float(max_prune)
         self.action_wall = bool(action_wall)
-        self.anchor = bool(anchor)
+        self.anchor = anchor_start(anchor)
+        self.staircase = staircase
         self.tensorboard_log = tensorboard_log
 
     def _env(self, run: AgentRun) -> Any:
@@ -249,8 +256,9 @@ class AMC(SB3Searcher[_EpisodeRewardDriver]):
         wall = additive_targets(constraints) if self.action_wall else None
         penalty = self.penalty
         run.anchor = start_anchor(
-            run.space, run.evaluate, enabled=self.anchor, who=self.name, extra=self.extra
-        )
+            run.space, run.evaluate, start=self.anchor, staircase=self.staircase,
+            seed=self.seed, who=self.name, extra=self.extra,
+        )  # fmt: skip
 
         def reward_fn(outcome: Any) -> float:
             return amc_reward(outcome, penalty=penalty)
@@ -333,3 +341,18 @@ def _save_buffer(buffer: Any, path: Path) -> None:
     data = io.BytesIO()
     np.savez(data, **arrays)
     write_atomic(path, data.getbuffer())
+
+
+@SEARCHERS.register("knapsack-amc")
+class KnapsackAMC(KnapsackStart, AMC):
+    """AMC started from the latency knapsack's per-unit policy (``anchor="knapsack"``): its
+    actions move each unit above or below the knapsack's count."""
+
+    name = "knapsack-amc"
+
+    def __init__(
+        self, *, seed: int = 0, anchor: bool | str = "knapsack", staircase: Any = None,
+        batch_episodes: int | None = None, **options: Any,
+    ) -> None:  # fmt: skip
+        super().__init__(seed=seed, anchor=anchor, staircase=staircase,
+                         batch_episodes=batch_episodes, **options)  # fmt: skip

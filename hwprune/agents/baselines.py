@@ -9,9 +9,9 @@ evaluation budget is spent. All are seeded and deterministic given the seed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -27,6 +27,10 @@ __all__ = [
     "GlobalMagnitudeSearch",
     "RandomSearch",
     "bisect_largest_feasible",
+    "ANCHORS",
+    "anchor_start",
+    "KnapsackStart",
+    "knapsack_anchor",
     "start_anchor",
     "uniform_anchor",
     "channel_magnitudes",
@@ -149,27 +153,100 @@ def uniform_anchor(
     return float(best.policy.keep[0])
 
 
+#: Where an RL searcher's episodes start (its ``anchor`` option): the largest uniform keep
+#: ratio that meets the budgets, or the latency knapsack's per-unit policy.
+ANCHORS = ("uniform", "knapsack")
+
+
+def anchor_start(anchor: bool | str) -> str | None:
+    """An RL searcher's ``anchor`` option as the start it names (None: no anchor)."""
+    if anchor is True:
+        return "uniform"
+    if anchor is False or anchor is None:
+        return None
+    if anchor in ANCHORS:
+        return str(anchor)
+    raise ConfigError(f"anchor must be true, false or one of {', '.join(ANCHORS)}, got {anchor!r}")
+
+
+def knapsack_anchor(
+    space: Any, evaluate: BudgetedEvaluator, *, staircase: Any = None, seed: int = 0,
+    extra: dict[str, Any] | None = None,
+) -> tuple[float, ...] | None:  # fmt: skip
+    """The latency knapsack's per-unit keep ratios (``hwprune.agents.latency_knapsack``), or
+    None where no solution meets the budgets.
+
+    The knapsack's whole-model measurements are evaluations of the search (they count
+    against its budget and are in its history); of the feasible ones, the start is the one
+    closest to its bounds (the knapsack's answer: the most importance the budget holds).
+    ``extra`` gets the knapsack's record under ``knapsack``.
+    """
+    from hwprune.agents.latency_knapsack import LatencyKnapsackSearch
+
+    first = len(evaluate.outcomes)
+    solver = LatencyKnapsackSearch(seed=seed, staircase=staircase)
+    try:
+        solver._run(space, evaluate, checkpoint_dir=None)
+    except ConfigError as exc:  # an infeasible bound: the searcher goes on without an anchor
+        log.warning("the latency knapsack found no start: %s", exc)
+        return None
+    finally:
+        if extra is not None and "knapsack" in solver.extra:
+            extra["knapsack"] = solver.extra["knapsack"]
+    feasible = [o for o in evaluate.outcomes[first:] if o.feasible]
+    if not feasible:
+        return None
+    best = max(feasible, key=lambda o: (o.max_cost, o.accuracy))
+    # A unit's fewest channels can sit a little under ``min_keep`` of them (counts are
+    # whole): as an anchor, the ratio is the floor the agent's actions may reach.
+    floor = float(space.min_keep)
+    return tuple(min(1.0, max(floor, float(k))) for k in best.policy.keep)
+
+
+class KnapsackStart:
+    """What an RL searcher started from the knapsack's policy (``anchor="knapsack"``) adds:
+    the run probes the latency staircase for it, and its report shows the knapsack's start."""
+
+    #: The run probes the latency staircase for this searcher whatever its ``round_to``.
+    needs_staircase: ClassVar[bool] = True
+
+    @classmethod
+    def report_section(cls, extra: Mapping[str, Any]) -> str:
+        from hwprune.agents.latency_knapsack import knapsack_section
+
+        return knapsack_section(extra) if "knapsack" in extra else ""
+
+
 def start_anchor(
     space: Any,
     evaluate: BudgetedEvaluator,
     *,
-    enabled: bool = True,
+    start: str | None = "uniform",
+    staircase: Any = None,
+    seed: int = 0,
     who: str = "search",
     extra: dict[str, Any] | None = None,
-) -> float | None:
-    """An RL searcher's anchor: None if not ``enabled``, else a fresh bisection
-    (:func:`uniform_anchor`). ``extra`` gets ``anchor`` and ``anchor_calls`` (how many of the
-    history's first outcomes the bisection made)."""
+) -> float | tuple[float, ...] | None:
+    """An RL searcher's anchor: None if ``start`` is None; the largest uniform keep ratio that
+    meets the budgets (:func:`uniform_anchor`) for "uniform"; the latency knapsack's per-unit
+    keep ratios (:func:`knapsack_anchor`) for "knapsack". ``extra`` gets ``anchor``,
+    ``anchor_start`` and ``anchor_calls`` (how many of the history's first outcomes finding
+    it took)."""
     calls = evaluate.calls
-    anchor: float | None = None
-    if enabled:
+    anchor: float | tuple[float, ...] | None = None
+    if start == "uniform":
         anchor = uniform_anchor(space, evaluate)
+    elif start == "knapsack":
+        anchor = knapsack_anchor(space, evaluate, staircase=staircase, seed=seed, extra=extra)
+    if start is not None:
         if anchor is None:
-            log.warning("no uniform policy meets the budgets; %s searches without an anchor", who)
+            log.warning("no %s policy meets the budgets; %s searches without an anchor",
+                        start, who)  # fmt: skip
         else:
-            log.info("%s anchored at uniform keep %.3f", who, anchor)
+            log.info("%s anchored at the %s policy %s", who, start, anchor)
     if extra is not None:
-        extra["anchor"] = anchor
+        extra["anchor"] = list(anchor) if isinstance(anchor, tuple) else anchor
+        extra["anchor_start"] = start
         extra["anchor_calls"] = evaluate.calls - calls
     return anchor
 

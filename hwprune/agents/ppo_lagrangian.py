@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from hwprune.agents._sb3 import AgentRun, Answered, SB3Searcher, SearchDriver, minibatch_size
-from hwprune.agents.baselines import start_anchor
+from hwprune.agents.baselines import KnapsackStart, anchor_start, start_anchor
 from hwprune.agents.registry import SEARCHERS
 from hwprune.envs.layer import LayerPruningEnv, additive_targets, reward_score
 from hwprune.errors import ConfigError
@@ -135,11 +135,16 @@ class PPOLagrangian(SB3Searcher[_LagrangeDriver]):
         max_prune: the largest fraction of a unit one action prunes (default: down to
             the space's ``min_keep``, see ``LayerPruningEnv``).
         action_wall: cap actions so additive budgets (params, FLOPs) stay reachable.
-        anchor: start from the largest uniform keep ratio that meets the budgets
+        anchor: True or "uniform": start from the largest uniform keep ratio that meets the budgets
             (found by a coarse bisection that counts against the evaluation
             budget): actions then move each unit above or below it, and the
             policy's initial mean is that uniform policy. Off: actions are prune
             fractions and the initial mean prunes half of ``max_prune``.
+            "knapsack": start from the latency knapsack's per-unit policy
+            (``hwprune.agents.latency_knapsack``, its verification calls counted in the
+            evaluation budget) and search around it. False: no anchor.
+        staircase: the measured latency staircase the knapsack start uses (the run
+            passes the one its ``staircase`` stage measured).
         tensorboard_log: a directory for SB3's TensorBoard logs (if installed).
     """
 
@@ -161,7 +166,8 @@ class PPOLagrangian(SB3Searcher[_LagrangeDriver]):
         lambda_max: float = 100.0,
         max_prune: float | None = None,
         action_wall: bool = False,
-        anchor: bool = True,
+        anchor: bool | str = True,
+        staircase: Any = None,
         tensorboard_log: str | Path | None = None,
         **options: Any,
     ) -> None:
@@ -183,7 +189,8 @@ class PPOLagrangian(SB3Searcher[_LagrangeDriver]):
         if log_std_init is None:
             log_std_init = -1.2 if anchor else -0.5
         self.log_std_init = float(log_std_init)
-        self.anchor = bool(anchor)
+        self.anchor = anchor_start(anchor)
+        self.staircase = staircase
         self.lambda_lr = float(lambda_lr)
         self.lambda_init = float(lambda_init)
         self.lambda_max = float(lambda_max)
@@ -197,8 +204,9 @@ class PPOLagrangian(SB3Searcher[_LagrangeDriver]):
         constraints = run.evaluate.evaluator.constraints
         wall = additive_targets(constraints) if self.action_wall else None
         run.anchor = start_anchor(
-            run.space, run.evaluate, enabled=self.anchor, who=self.name, extra=self.extra
-        )
+            run.space, run.evaluate, start=self.anchor, staircase=self.staircase,
+            seed=self.seed, who=self.name, extra=self.extra,
+        )  # fmt: skip
         # The episodes of one rollout share one policy network: evaluating them side by side
         # (a parallel evaluator) changes nothing the agent learns (see _LagrangeDriver).
         env = LayerPruningEnv(
@@ -254,3 +262,18 @@ class PPOLagrangian(SB3Searcher[_LagrangeDriver]):
     def _finish(self, run: AgentRun, driver: _LagrangeDriver) -> None:
         self.extra["updates"] = driver.lagrange.updates
         self.extra["multipliers"] = dict(driver.lagrange.values)
+
+
+@SEARCHERS.register("knapsack-ppo")
+class KnapsackPPO(KnapsackStart, PPOLagrangian):
+    """PPO-Lagrangian started from the latency knapsack's per-unit policy (``anchor="knapsack"``):
+    the knapsack spends the budget by its additive table, the agent searches around that
+    answer for what the table misses (fusion, kernel choice, accuracy)."""
+
+    name = "knapsack-ppo"
+
+    def __init__(
+        self, *, seed: int = 0, anchor: bool | str = "knapsack", staircase: Any = None,
+        **options: Any,
+    ) -> None:  # fmt: skip
+        super().__init__(seed=seed, anchor=anchor, staircase=staircase, **options)

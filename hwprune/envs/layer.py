@@ -234,10 +234,11 @@ class LayerPruningEnv(gym.Env):
             wall off.
         reward_fn: ``Outcome -> float``; the default is the proxy accuracy.
         anchor: a keep ratio (typically the largest uniform one that meets the
-            budgets, see ``hwprune.agents.uniform_anchor``). With an anchor the
-            action is ``Box([-1], [1])`` and means "keep more or less than the
-            anchor": 0 keeps ``anchor``, 1 keeps everything, -1 keeps the least
-            allowed (piecewise linear in between), so an agent whose actions
+            budgets, see ``hwprune.agents.uniform_anchor``), or one per unit (the
+            latency knapsack's policy, ``hwprune.agents.baselines.knapsack_anchor``). With an
+            anchor the action is ``Box([-1], [1])`` and means "keep more or less than
+            the unit's anchor": 0 keeps the anchor, 1 keeps everything, -1 keeps the
+            least allowed (piecewise linear in between), so an agent whose actions
             start near 0 starts at the budget's boundary instead of at an
             arbitrary point of the space.
         submit: ``policy -> handle`` whose ``result()`` is the Outcome (a
@@ -263,7 +264,7 @@ class LayerPruningEnv(gym.Env):
         max_prune: float | None = None,
         wall: Mapping[str, float] | None = None,
         reward_fn: Callable[[Any], float] | None = None,
-        anchor: float | None = None,
+        anchor: float | Sequence[float] | None = None,
         submit: Callable[[Any], Any] | None = None,
     ) -> None:
         super().__init__()
@@ -282,15 +283,8 @@ class LayerPruningEnv(gym.Env):
         self.reward_fn = reward_fn
         self.keep_floor = max(self.min_keep, 1.0 - self.max_prune)
         self.num_units = len(units)
-        if anchor is not None:
-            anchor = float(anchor)
-            if not (np.isfinite(anchor) and self.keep_floor <= anchor <= 1.0):
-                raise ConfigError(
-                    f"anchor must be a keep ratio in [{self.keep_floor:g}, 1], got {anchor!r}; "
-                    f"max_prune={self.max_prune:g} keeps at least {1 - self.max_prune:g} of "
-                    "each unit (raise max_prune, or leave it unset to follow the space's min_keep)"
-                )
-        self.anchor = anchor
+        self.anchor = anchor if anchor is None or np.ndim(anchor) else float(anchor)
+        self.anchors = None if anchor is None else self._unit_anchors(anchor)
 
         wall = dict(wall or {})
         unknown = [name for name in wall if name not in ADDITIVE]
@@ -315,7 +309,7 @@ class LayerPruningEnv(gym.Env):
         self.observation_space = spaces.Box(
             low=0.0, high=1.0, shape=(len(OBS_FEATURES),), dtype=np.float32
         )
-        low, high = (-1.0, 1.0) if anchor is not None else (0.0, self.max_prune)
+        low, high = (-1.0, 1.0) if self.anchors is not None else (0.0, self.max_prune)
         self.action_space = spaces.Box(
             low=np.array([low], dtype=np.float32),
             high=np.array([high], dtype=np.float32),
@@ -324,6 +318,21 @@ class LayerPruningEnv(gym.Env):
         self._t = 0
         self._keep: list[float] = []
         self._prev_action = 0.0
+
+    def _unit_anchors(self, anchor: float | Sequence[float]) -> np.ndarray:
+        """``anchor`` as one keep ratio per unit, each checked to lie in [keep floor, 1]."""
+        given = np.asarray(anchor, dtype=np.float64).reshape(-1)
+        if given.size not in (1, self.num_units):
+            raise ConfigError(f"anchor has {given.size} keep ratios for {self.num_units} units")
+        values = np.broadcast_to(given, (self.num_units,)).copy()
+        bad = [float(a) for a in values if not (np.isfinite(a) and self.keep_floor <= a <= 1.0)]
+        if bad:
+            raise ConfigError(
+                f"anchor must be a keep ratio in [{self.keep_floor:g}, 1], got {bad[0]!r}; "
+                f"max_prune={self.max_prune:g} keeps at least {1 - self.max_prune:g} of "
+                "each unit (raise max_prune, or leave it unset to follow the space's min_keep)"
+            )
+        return values
 
     # ------------------------------------------------------------ observation
     def _describe(self, units: Sequence[Any]) -> np.ndarray:
@@ -406,8 +415,8 @@ class LayerPruningEnv(gym.Env):
             raise RuntimeError("step() called after the episode ended; call reset() first")
         a = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
         a = a if np.isfinite(a) else 0.0
-        if self.anchor is not None:
-            a = 1.0 - self.anchored_keep(a)
+        if self.anchors is not None:
+            a = 1.0 - self.anchored_keep(a, unit=self._t)
         a = float(np.clip(a, 0.0, self.max_prune))
         if self.wall:
             a = max(a, self.min_action(self._t, self._keep))
@@ -440,14 +449,16 @@ class LayerPruningEnv(gym.Env):
         )
         return self._obs(), reward, True, False, info
 
-    def anchored_keep(self, action: float) -> float:
-        """The keep ratio an anchored action means: 0 -> anchor, 1 -> 1, -1 -> the keep floor."""
-        if self.anchor is None:
+    def anchored_keep(self, action: float, *, unit: int = 0) -> float:
+        """The keep ratio an anchored action means for ``unit``: 0 -> its anchor, 1 -> 1,
+        -1 -> the keep floor."""
+        if self.anchors is None:
             raise ConfigError("this environment has no anchor")
+        anchor = float(self.anchors[unit])
         a = float(np.clip(action, -1.0, 1.0))
         if a >= 0.0:
-            return self.anchor + a * (1.0 - self.anchor)
-        return self.anchor + a * (self.anchor - self.keep_floor)
+            return anchor + a * (1.0 - anchor)
+        return anchor + a * (anchor - self.keep_floor)
 
     def policy_from_keep(self, keep: Sequence[float]) -> Any:
         """A Policy of this env's space with the given keep ratios."""

@@ -332,3 +332,63 @@ class Fidelity32(Fidelity):
         self.x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             self.ref = model.eval()(self.x)
+
+
+# ------------------------------------------------- RL started from the knapsack
+@pytest.mark.parametrize("name", ["knapsack-ppo", "knapsack-amc"])
+def test_rl_started_from_the_knapsack_searches_around_its_policy(space, data, name):
+    stairs = additive_staircase(space)
+    alone = get_searcher("latency-knapsack", staircase=stairs).search(
+        space=space, evaluator=evaluator(space, data, ["latency<=45%"]), evaluations=20, confirm=0
+    )
+    ev = evaluator(space, data, ["latency<=45%"])
+    bound = ev.constraints[0].bound
+    options = {"warmup_episodes": 2} if name == "knapsack-amc" else {}
+    n = len(alone.history)
+    result = get_searcher(name, seed=0, staircase=stairs, **options).search(
+        space=space, evaluator=ev, evaluations=n + 8, confirm=0
+    )
+    extra = result.extra
+    assert extra["anchor_start"] == "knapsack" and extra["anchor_calls"] == n
+    # The knapsack's measurements open the search, counted in its budget...
+    assert [o.key for o in result.history[:n]] == [o.key for o in alone.history]
+    assert [c["key"] for c in extra["knapsack"]["calls"]] == [
+        c["key"] for c in alone.extra["knapsack"]["calls"]
+    ]
+    # ...and the start is its verified answer closest to the bound, per unit.
+    answer = max((o for o in alone.history if o.feasible), key=lambda o: o.max_cost)
+    expected = [max(0.1, k) for k in answer.policy.keep]
+    assert extra["anchor"] == pytest.approx(expected)
+    assert len(set(extra["anchor"])) > 1  # not a uniform policy
+    # The agent's episodes follow the per-unit start, not one uniform ratio: PPO's Gaussian
+    # starts at it; AMC's random warm-up spreads around it (actions move each unit above or
+    # below its own start).
+    agent = np.array([o.policy.keep for o in result.history[n:]])
+    assert len(agent) >= 4
+    if name == "knapsack-ppo":
+        assert np.abs(agent.mean(axis=0) - np.array(expected)).max() < 0.25, agent.mean(axis=0)
+    low, high = int(np.argmin(expected)), int(np.argmax(expected))
+    assert agent[:, high].mean() > agent[:, low].mean()
+    assert result.best is not None and result.best.values["latency"] <= bound
+
+
+def test_an_unknown_anchor_start_is_one_clear_sentence():
+    from hwprune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="anchor must be true, false or one of uniform, knapsack"):
+        get_searcher("ppo-lagrangian", anchor="halp")
+
+
+def test_a_per_unit_anchor_is_what_action_zero_keeps(space):
+    from hwprune.envs.layer import LayerPruningEnv
+    from hwprune.errors import ConfigError
+
+    anchors = [0.25, 0.5, 0.75]
+    env = LayerPruningEnv(space, lambda p: None, anchor=anchors)
+    assert [env.anchored_keep(0.0, unit=i) for i in range(3)] == anchors
+    assert env.anchored_keep(1.0, unit=0) == 1.0
+    assert env.anchored_keep(-1.0, unit=2) == pytest.approx(env.keep_floor)
+    with pytest.raises(ConfigError, match="anchor has 2 keep ratios for 3 units"):
+        LayerPruningEnv(space, lambda p: None, anchor=[0.5, 0.5])
+    with pytest.raises(ConfigError, match="anchor must be a keep ratio"):
+        LayerPruningEnv(space, lambda p: None, anchor=[0.5, 0.05, 0.5])
