@@ -108,7 +108,10 @@ def test_the_report_says_when_the_shipped_candidate_was_chosen_at_chance() -> No
         assert learns or "2 of 4 candidates searched were at chance" in text
     informed = SimpleNamespace(score_floor=0.178, score_chosen=0.40, searcher=None)
     assert "at chance:" not in _chance_lines(informed, history)[0]
-    assert _chance_lines(SimpleNamespace(score_floor=None, score_chosen=0.4, searcher=None), history) == []
+    assert (
+        _chance_lines(SimpleNamespace(score_floor=None, score_chosen=0.4, searcher=None), history)
+        == []
+    )
 
 
 def test_the_search_signal_is_the_score_above_the_floor_and_the_size_at_it() -> None:
