@@ -31,16 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import (
-    command_line,
-    environment,
-    markdown_table,
-    module_command,
-    results_dir,
-    results_md,
-    update_results_md,
-    write_results,
-)
+from benchmarks import _common as common
 
 log = logging.getLogger("benchmarks.compare")
 
@@ -150,7 +141,9 @@ def table_rows(entries: list[dict[str, Any]]) -> list[list[Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog=module_command(__file__), description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog=common.module_command(__file__), description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--quick", action="store_true",
                    help=f"{', '.join(QUICK_MODELS)} only, {QUICK_SAMPLES} variants, timing capped "
                         f"at {QUICK_MAX_TIME:g} s per measurement")  # fmt: skip
@@ -184,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(args.cache) if args.cache else cache_dir() / "compare-oracles.sqlite"
         path.parent.mkdir(parents=True, exist_ok=True)
         cache = MeasurementCache(path)
-    env = environment()
+    env = common.environment()
     t0 = time.perf_counter()
     entries = []
     for name in models:
@@ -192,14 +185,14 @@ def main(argv: list[str] | None = None) -> int:
             sub = name if ref == reference else f"{name}-{ref.split('?')[0].replace(':', '_')}"
             entries.append(
                 compare_model(name, specs=specs, reference=ref, samples=samples, seed=args.seed,
-                              cache=cache, out_dir=results_dir(quick=args.quick) / "compare" / sub,
-                              links_from=results_md(quick=args.quick).parent)
+                              cache=cache, out_dir=common.results_dir(quick=args.quick) / "compare" / sub,
+                              links_from=common.results_md(quick=args.quick).parent)
             )  # fmt: skip
     seconds = time.perf_counter() - t0
     headers = ["model", "reference", "oracle", "Spearman", "Kendall", "mean rel. err",
                "max rel. err", "smallest / dense"]  # fmt: skip
     rows = table_rows(entries)
-    print(markdown_table(headers, rows))
+    print(common.markdown_table(headers, rows))
     if args.no_write:
         return 0
     results = {
@@ -210,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": seconds,
         "models": entries,
     }
-    write_results("compare", results, command=command_line(), env=env, quick=args.quick)
+    common.write_results(
+        "compare", results, command=common.command_line(), env=env, quick=args.quick
+    )
     links = ", ".join(f"[{e['model']}]({e['report']})" for e in entries)
     notes = (
         f"{samples} pruned variants per model, sampled from dense down to 10% of the channels "
@@ -225,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             f" **Quick mode** ({len(models)} model, {samples} variants, timed oracles capped at "
             f"{QUICK_MAX_TIME:g} s per measurement): an end-to-end check, not the comparison."
         )
-    update_results_md("compare", "Do params, FLOPs and memory predict measured latency?",
-                      markdown_table(headers, rows), command=command_line(), env=env,
+    common.update_results_md("compare", "Do params, FLOPs and memory predict measured latency?",
+                      common.markdown_table(headers, rows), command=common.command_line(), env=env,
                       notes=notes, quick=args.quick)  # fmt: skip
     return 0
 

@@ -21,13 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._common import (
-    command_line,
-    markdown_table,
-    module_command,
-    update_results_md,
-    write_results,
-)
+from benchmarks import _common as common
 
 
 def _demos(count: int) -> tuple[list[float], list[dict]]:
@@ -58,7 +52,7 @@ def _demos(count: int) -> tuple[list[float], list[dict]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog=module_command(__file__), description=__doc__.splitlines()[0]
+        prog=common.module_command(__file__), description=__doc__.splitlines()[0]
     )
     parser.add_argument(
         "--at-once",
@@ -82,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             for k in ("accuracy", "budgets", "params", "stage_seconds", "all_met", "search")
         },
     }
-    command = command_line()
-    write_results("demo", result, command=command)
+    command = common.command_line()
+    common.write_results("demo", result, command=command)
     stages = report["stage_seconds"]
     train_s = wall - sum(stages.values())
     b = report["budgets"][0]
@@ -91,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     body = (
         f"Wall time {wall:.0f} s in all (target: under 300 s), of which training the dense "
         f"model and process start-up {train_s:.0f} s.\n\n"
-        + markdown_table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in stages.items()])
+        + common.markdown_table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in stages.items()])
         + "\n\n"
-        + markdown_table(
+        + common.markdown_table(
             ["budget", "oracle", "dense", "bound", "final (re-measured)", "met"],
             [
                 [
@@ -110,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         f"test accuracy dense {acc['dense']:.2%}, pruned before fine-tuning "
         f"{acc['pruned']:.2%}, after fine-tuning {acc['finetuned']:.2%}."
     )
-    update_results_md("demo", "The built-in demo (`hwprune demo`)", body, command=command)
+    common.update_results_md("demo", "The built-in demo (`hwprune demo`)", body, command=command)
     print(body)
     return 0
 
@@ -126,8 +120,8 @@ def _at_once(walls: list[float], reports: list[dict], *, load_before: tuple) -> 
         "stage_seconds": [r["stage_seconds"] for r in reports],
         "all_met": [r["all_met"] for r in reports],
     }
-    command = command_line()
-    write_results(f"demo_at_once_{n}", result, command=command)
+    command = common.command_line()
+    common.write_results(f"demo_at_once_{n}", result, command=command)
     body = (
         f"{n} demos started together, each from an empty cache (training included): wall "
         + ", ".join(f"{w:.0f} s" for w in walls)
@@ -135,7 +129,7 @@ def _at_once(walls: list[float], reports: list[dict], *, load_before: tuple) -> 
         + ("yes" if all(result["all_met"]) else "no")
         + f". Load average before {load_before[0]:.2f}, after {result['load_average_after'][0]:.2f}."
         + "\n\n"
-        + markdown_table(
+        + common.markdown_table(
             ["stage", *[f"demo {i + 1} (s)" for i in range(n)]],
             [
                 [k, *[f"{r['stage_seconds'].get(k, 0.0):.1f}" for r in reports]]
@@ -143,7 +137,7 @@ def _at_once(walls: list[float], reports: list[dict], *, load_before: tuple) -> 
             ],
         )
     )
-    update_results_md(
+    common.update_results_md(
         f"demo_at_once_{n}", f"{n} demos at once on one machine", body, command=command
     )
     print(body)

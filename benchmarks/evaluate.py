@@ -19,13 +19,7 @@ import statistics
 import sys
 import time
 
-from benchmarks._common import (
-    command_line,
-    markdown_table,
-    module_command,
-    update_results_md,
-    write_results,
-)
+from benchmarks import _common as common
 from benchmarks.quality import dense_checkpoint
 
 STAGES = ("apply", "bn", "accuracy", "export", "oracle:latency", "total")
@@ -123,7 +117,7 @@ def bn_table(bn: dict) -> str:
                 " / ".join(f"{r['with_bn']:.1%}" for r in rs),
             ]
         )
-    return markdown_table(
+    return common.markdown_table(
         [
             "criterion",
             "channels kept",
@@ -141,7 +135,7 @@ def bn_table(bn: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog=module_command(__file__), description=__doc__.splitlines()[0]
+        prog=common.module_command(__file__), description=__doc__.splitlines()[0]
     )
     parser.add_argument("--quick", action="store_true", help="fewer candidates, short training")
     args = parser.parse_args(argv)
@@ -152,9 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         bn = bn_effect(width=0.5, epochs=5, seeds=(0,))
     else:
         bn = bn_effect(width=1.0, epochs=30, seeds=(0, 1, 2))
-    command = command_line()
-    write_results("evaluate", {"stages": rows, "bn_effect": bn}, command=command, quick=args.quick)
-    table = markdown_table(
+    command = common.command_line()
+    common.write_results(
+        "evaluate", {"stages": rows, "bn_effect": bn}, command=command, quick=args.quick
+    )
+    table = common.markdown_table(
         ["model", "width", "units", *[f"{s} s" for s in STAGES], "cached s"],
         [
             [
@@ -173,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "pruned uniformly by the criterion, no fine-tuning; proxy accuracy on the search "
         "split; BN statistics re-estimated on 4 batches of 64 training images.\n\n" + bn_table(bn)
     )
-    update_results_md(
+    common.update_results_md(
         "evaluate",
         "Evaluator: seconds per evaluate call",
         "Median seconds per stage over new candidates (uniform keeps from 1.0 to 0.2); "

@@ -31,14 +31,7 @@ import sys
 from typing import Any
 
 import oracles
-from benchmarks._common import (
-    command_line,
-    environment,
-    markdown_table,
-    module_command,
-    update_results_md,
-    write_results,
-)
+from benchmarks import _common as common
 from benchmarks.oracles import HITS, bench_one, build_model, export_onnx
 
 log = logging.getLogger("benchmarks.openvino_oracle")
@@ -52,7 +45,7 @@ QUICK_CALLS = 3
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog=module_command(__file__), description=__doc__.splitlines()[0]
+        prog=common.module_command(__file__), description=__doc__.splitlines()[0]
     )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--oracles", nargs="+", default=list(ORACLES), metavar="SPEC")
@@ -72,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         except oracles.OracleError as exc:
             parser.error(str(exc))
 
-    env = environment()
+    env = common.environment()
     affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     rows: list[dict[str, Any]] = []
     for name in args.models:
@@ -101,15 +94,15 @@ def main(argv: list[str] | None = None) -> int:
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }
     ov_version = oracles.get_oracle("openvino:cpu").identity()["openvino"]
-    command = command_line()
-    out = write_results(
+    command = common.command_line()
+    out = common.write_results(
         "openvino_oracle",
         {"rows": rows, "summary": summary, "calls": args.calls, "openvino": ov_version},
         command=command,
         env=env,
         quick=args.quick,
     )
-    table = markdown_table(
+    table = common.markdown_table(
         ["model", "input", "oracle", "median (ms)", f"CV over {args.calls} calls",
          f"values of the {args.calls} calls (ms)", "cold query (s)",
          f"cache hit (ms, median of {HITS})", "runs in cold call"],
@@ -140,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         + ": latencies and their spread are noisier than on a quiet machine."
     )
-    md = update_results_md(
+    md = common.update_results_md(
         "openvino_oracle", "OpenVINO oracle: stability and query cost beside ONNX Runtime",
         table, command=command, env=env, notes=notes, quick=args.quick,
     )  # fmt: skip

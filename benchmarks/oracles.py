@@ -37,14 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import oracles
-from benchmarks._common import (
-    command_line,
-    environment,
-    markdown_table,
-    module_command,
-    update_results_md,
-    write_results,
-)
+from benchmarks import _common as common
 
 log = logging.getLogger("benchmarks.oracles")
 
@@ -190,7 +183,7 @@ def _fmt_value(row: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog=module_command(__file__), description=__doc__.splitlines()[0]
+        prog=common.module_command(__file__), description=__doc__.splitlines()[0]
     )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--oracles", nargs="+", default=list(ORACLES), metavar="SPEC")
@@ -208,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.calls < 2:
         parser.error("--calls must be at least 2 to estimate a spread")
 
-    env = environment()
+    env = common.environment()
     specs = []
     for spec in args.oracles:
         try:
@@ -255,15 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_write:
         return 0
 
-    command = command_line()
-    out = write_results(
+    command = common.command_line()
+    out = common.write_results(
         "oracles",
         {"rows": rows, "summary": summary, "calls": args.calls},
         command=command,
         env=env,
         quick=args.quick,
     )
-    table = markdown_table(
+    table = common.markdown_table(
         ["model", "input", "oracle", "value", "unit", f"CV over {args.calls} calls",
          "cold query (s)", f"cache hit (ms, median of {HITS})", "runs in cold call"],
         [
@@ -288,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{env['machine'].get('cores')} cores): latencies and their spread are noisier than "
             "on a quiet machine."
         )
-    md = update_results_md(
+    md = common.update_results_md(
         "oracles", "Oracles: query cost, cache hits and stability", table,
         command=command, env=env, notes=notes, quick=args.quick,
     )  # fmt: skip

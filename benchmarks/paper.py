@@ -36,15 +36,7 @@ import math
 import time
 from typing import Any
 
-from benchmarks._common import (
-    RunRows,
-    command_line,
-    environment,
-    markdown_table,
-    module_command,
-    update_results_md,
-    write_results,
-)
+from benchmarks import _common as common
 from benchmarks.quality import (
     DIGITS_BATCH,
     DIGITS_TRAIN_LR,
@@ -128,11 +120,13 @@ def table(rows: list[dict[str, Any]]) -> str:
             _f(r["accuracy"] - r["accuracy_dense"], "{:+.3f}"),
             "yes" if r["all_met"] else "no", s["quote"],
         ])  # fmt: skip
-    return markdown_table(headers, out)
+    return common.markdown_table(headers, out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog=module_command(__file__), description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog=common.module_command(__file__), description=__doc__.split("\n\n")[0]
+    )
     p.add_argument(
         "--data",
         default="digits",
@@ -232,14 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.width is not None:
         plan = [{**s, "width": args.width} for s in plan]
 
-    env = environment()
+    env = common.environment()
     t0 = time.perf_counter()
     rows = []
     missing: list[dict[str, Any]] = []
     # Finished runs are stored (committed) and reused, except in quick mode: see quality.py.
     # Another dataset's runs, results and RESULTS.md section sit beside the digits ones.
     name = "paper" if args.data == "digits" else f"paper_{data_slug(args.data)}"
-    store = None if args.quick or data_name == "cifar10" else RunRows(name)
+    store = None if args.quick or data_name == "cifar10" else common.RunRows(name)
     if args.stored_only and store is None:
         p.error("--stored-only collects stored runs; only full runs on digits or Fashion-MNIST "
                 "are stored")  # fmt: skip
@@ -294,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
               "evaluations": evaluations, "train_epochs": train_epochs,
               "finetune_epochs": finetune_epochs, "batch_size": batch_size,
               "train_lr": train_lr}  # fmt: skip
-    write_results(name, {"settings": config, "seconds": seconds, "runs": rows},
-                  command=command_line(), env=env, quick=args.quick)  # fmt: skip
+    common.write_results(name, {"settings": config, "seconds": seconds, "runs": rows},
+                  command=common.command_line(), env=env, quick=args.quick)  # fmt: skip
     notes = (
         f"Data: `{args.data}`; device: {args.device}. Weight granularity (unstructured magnitude "
         f"sparsity per layer), parameters counted as non-zeros by `params?nonzero=1` (biases and "
@@ -352,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         notes += (f"\n\n**Not run yet, left out of this table** (collected with "
                   f"`--stored-only`): {left}.")  # fmt: skip
     title = "The seed papers' settings" + ("" if name == "paper" else f" on `{args.data}`")
-    update_results_md(name, title, body, command=command_line(),
+    common.update_results_md(name, title, body, command=common.command_line(),
                       env=env, notes=notes, quick=args.quick)  # fmt: skip
     return 0
 

@@ -43,15 +43,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import oracles
-from benchmarks._common import (
-    command_line,
-    environment,
-    markdown_table,
-    module_command,
-    results_dir,
-    update_results_md,
-    write_results,
-)
+from benchmarks import _common as common
 
 log = logging.getLogger("benchmarks.parallel")
 
@@ -263,7 +255,7 @@ _STORE: dict[str, Any] = {}
 
 
 def save(store: dict) -> None:
-    write_results("parallel", store, command=_STORE["command"], env=_STORE["env"])
+    common.write_results("parallel", store, command=_STORE["command"], env=_STORE["env"])
     write_md(store)
 
 
@@ -287,7 +279,7 @@ def write_md(store: dict) -> None:
                 (one or two)["evaluations"],
                 {True: "yes", False: "no"}.get((two or {}).get("same_candidates_as_1_worker"), "-"),
             ])  # fmt: skip
-        parts.append(markdown_table(
+        parts.append(common.markdown_table(
             ["searcher", "1 worker", "2 workers", "speed-up", "evaluations",
              "same log"], rows))  # fmt: skip
     if store.get("shift"):
@@ -296,7 +288,7 @@ def write_md(store: dict) -> None:
             f"\n**Latency shift** of `{s['oracle']}` on {s['model']}, timed on core "
             f"{s['timing_core']}, median of {len(s['samples_ms']['alone'])} interleaved calls:\n"
         )
-        parts.append(markdown_table(
+        parts.append(common.markdown_table(
             ["condition", "median (ms)", "shift vs alone", "load average"],
             [["alone", f"{s['median_ms']['alone']:.4f}", "-",
               f"{min(s['load_average']['alone'])}-{max(s['load_average']['alone'])}"],
@@ -312,7 +304,7 @@ def write_md(store: dict) -> None:
         base = rows[0]["search_s"]
         parts.append(f"\n**Slow oracle** (sleeps {rows[0]['sleep_s']} s per call, measured in "
                      f"the workers), {rows[0]['evaluations']} random candidates:\n")  # fmt: skip
-        parts.append(markdown_table(
+        parts.append(common.markdown_table(
             ["workers", "search (s)", "speed-up", "load average"],
             [[r["workers"], f"{r['search_s']:.1f}", f"{base / r['search_s']:.2f}x",
               f"{r['load_before']}-{r['load_after']}"] for r in rows]))  # fmt: skip
@@ -328,12 +320,14 @@ def write_md(store: dict) -> None:
             + "; ".join(f"{what}: `{cmd}`" for what, cmd in sorted(commands.items()))
             + "."
         )
-    update_results_md("parallel", "Parallel evaluation (`--workers`)", "\n".join(parts),
+    common.update_results_md("parallel", "Parallel evaluation (`--workers`)", "\n".join(parts),
                       command=_STORE["command"], env=_STORE["env"], notes=notes)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog=module_command(__file__), description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog=common.module_command(__file__), description=__doc__.splitlines()[0]
+    )
     p.add_argument("--part", choices=("search", "shift", "slow", "all"), default="all")
     p.add_argument("--searchers", nargs="+", default=list(SEARCHERS[:3]))
     p.add_argument("--evaluations", type=int, default=100)
@@ -349,9 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--md-only", action="store_true", help="rewrite RESULTS.md from the JSON")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    _STORE["command"] = command_line()
-    _STORE["env"] = environment()
-    path = results_dir() / "parallel.json"
+    _STORE["command"] = common.command_line()
+    _STORE["env"] = common.environment()
+    path = common.results_dir() / "parallel.json"
     store = json.loads(path.read_text())["results"] if path.exists() else {}
     work = Path(args.work or tempfile.mkdtemp(prefix="hwprune-parallel-"))
     parts = ("slow", "shift", "search") if args.part == "all" else (args.part,)

@@ -40,16 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import (
-    RunRows,
-    command_line,
-    environment,
-    markdown_table,
-    module_command,
-    results_dir,
-    update_results_md,
-    write_results,
-)
+from benchmarks import _common as common
 
 log = logging.getLogger("benchmarks.proxy_study")
 
@@ -196,7 +187,9 @@ def candidates(name: str, width: float, space, dense, args: argparse.Namespace) 
     from hwprune.export.onnx import export_onnx
     from hwprune.space import Policy
 
-    path = results_dir(quick=args.quick) / f"{NAME}_runs" / f"candidates-{name}-w{width:g}.json"
+    path = (
+        common.results_dir(quick=args.quick) / f"{NAME}_runs" / f"candidates-{name}-w{width:g}.json"
+    )
     state = json.loads(path.read_text()) if path.is_file() else {"draws": []}
     oracle = oracles.get_oracle(ORACLE)
     cache = oracles.MeasurementCache()
@@ -234,7 +227,7 @@ def _tag(name: str, width: float, i: int, args: argparse.Namespace) -> str:
             f"-f{args.finetune_epochs}-n{args.test_images}")  # fmt: skip
 
 
-def _stored_tags(rows: RunRows, name: str, args: argparse.Namespace) -> list[str]:
+def _stored_tags(rows: common.RunRows, name: str, args: argparse.Namespace) -> list[str]:
     tags = [_tag(name, MODELS[name], i, args) for i in range(args.candidates)]
     return [t for t in tags if rows.get(t) is not None]
 
@@ -243,7 +236,9 @@ def _floor_tag(name: str, width: float, args: argparse.Namespace) -> str:
     return f"floor-{name}-w{width:g}-t{args.train_images}"
 
 
-def floor_reference(name: str, width: float, args: argparse.Namespace, rows: RunRows) -> dict:
+def floor_reference(
+    name: str, width: float, args: argparse.Namespace, rows: common.RunRows
+) -> dict:
     """The chance floor the search applies to this model's ``bn`` scores, stored once.
 
     Chance: the largest class's share of the fixed search images; the dense model's ``bn``
@@ -274,7 +269,9 @@ def floor_reference(name: str, width: float, args: argparse.Namespace, rows: Run
     return row
 
 
-def run_model(name: str, width: float, args: argparse.Namespace, rows: RunRows) -> list[dict]:
+def run_model(
+    name: str, width: float, args: argparse.Namespace, rows: common.RunRows
+) -> list[dict]:
     import torch
 
     from hwprune.space import ChannelSpace, Policy
@@ -361,7 +358,7 @@ def _more_tag(base: str, steps: int) -> str:
     return f"{base}+r{steps}"
 
 
-def _with_more(rows: RunRows, base: str, row: dict, args: argparse.Namespace) -> dict:
+def _with_more(rows: common.RunRows, base: str, row: dict, args: argparse.Namespace) -> dict:
     """The base row with the stored longer recoveries of ``--more-recover-steps`` added."""
     proxies = dict(row["proxies"])
     for steps in args.more_recover_steps:
@@ -502,12 +499,12 @@ def recommend(summary: Sequence[dict[str, Any]], all_rows: dict[str, list[dict]]
 def report(
     all_rows: dict[str, list[dict]], args: argparse.Namespace, floors: dict[str, dict] | None = None
 ) -> None:
-    env = environment()
+    env = common.environment()
     floors = floors or {}
     summary = [s for m, rows in all_rows.items() for s in summarise(rows, floors.get(m))]
-    write_results(NAME, {"summary": summary, "rows": all_rows}, command=command_line(), env=env,
+    common.write_results(NAME, {"summary": summary, "rows": all_rows}, command=common.command_line(), env=env,
                   quick=args.quick)  # fmt: skip
-    table = markdown_table(
+    table = common.markdown_table(
         ["model", "proxy", "candidates", "Spearman with accuracy", "95% CI",
          "Spearman with latency", "seconds / candidate (median)"],
         [[f"{s['model']} w{s['width']:g}", s["proxy"], s["candidates"], f"{s['spearman']:.2f}",
@@ -561,14 +558,14 @@ def report(
         "(the median over the candidates: a candidate timed during a load spike took up to "
         "10x the median).\n\n" + "\n".join(facts) + "\n\n" + recommend(summary, all_rows)
     )
-    update_results_md(NAME, "Search proxies: rank correlation with accuracy after fine-tuning",
-                      table, command=command_line(), env=env, notes=notes,
+    common.update_results_md(NAME, "Search proxies: rank correlation with accuracy after fine-tuning",
+                      table, command=common.command_line(), env=env, notes=notes,
                       quick=args.quick)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog=module_command(__file__), description=__doc__.splitlines()[0]
+        prog=common.module_command(__file__), description=__doc__.splitlines()[0]
     )
     parser.add_argument("--models", nargs="+", default=["vgg16_cifar"], choices=sorted(MODELS))
     parser.add_argument("--candidates", type=int, default=24)
@@ -592,7 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    rows = RunRows(NAME, root=results_dir(quick=args.quick))
+    rows = common.RunRows(NAME, root=common.results_dir(quick=args.quick))
     # Models not run this time keep their stored rows (same settings) in the tables, so a
     # study run one model at a time still reports every model studied.
     all_rows = {}

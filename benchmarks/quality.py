@@ -60,19 +60,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import (
-    RunRows,
-    absolute_budget,
-    command_line,
-    environment,
-    markdown_table,
-    module_command,
-    reference_latency,
-    results_dir,
-    results_md,
-    update_results_md,
-    write_results,
-)
+from benchmarks import _common as common
 from hwprune.config import default, parse_proxy
 from hwprune.errors import ConfigError
 
@@ -686,7 +674,7 @@ def table(summary: Sequence[dict[str, Any]]) -> str:
             _f(s["latency_over_dense_mean"]), params,
             _f(s["search_seconds_mean"], "{:.0f}"), _f(s["evaluations_mean"], "{:.0f}"),
         ])  # fmt: skip
-    return markdown_table(headers, rows)
+    return common.markdown_table(headers, rows)
 
 
 def headline_table(lines: Sequence[dict[str, Any]]) -> str:
@@ -714,7 +702,7 @@ def headline_table(lines: Sequence[dict[str, Any]]) -> str:
                 base or "-", f"{_f(base_acc)} ± {_f(h.get(f'best_baseline{suffix}_std'))}",
                 _f(diff, "{:+.3f}"), by_seed,
             ])  # fmt: skip
-    return markdown_table(headers, rows)
+    return common.markdown_table(headers, rows)
 
 
 def budget_use_note(summary: Sequence[dict[str, Any]]) -> str:
@@ -753,7 +741,7 @@ def budget_use_note(summary: Sequence[dict[str, Any]]) -> str:
         + f"{sum(s.get('search_reached', 0) for s in summary)} of "
         + f"{sum(s.get('search_known', 0) for s in summary)} runs with their history the search "
         "measured a feasible candidate at 0.9 or more of the bound.\n\n"
-        + markdown_table(
+        + common.markdown_table(
             [
                 "cell",
                 "search's best",
@@ -844,12 +832,12 @@ def measured_notes(rows: Sequence[dict]) -> str:
     return notes
 
 
-def _reference(model: str, width: float, data: str, oracle: str, store: RunRows) -> float:
+def _reference(model: str, width: float, data: str, oracle: str, store: common.RunRows) -> float:
     """The dense model's stored reference latency (ms) on ``oracle`` (measured once)."""
     from hwprune.data import get_dataset
 
     splits = get_dataset(data, seed=0)
-    ref = reference_latency(model=model, width=width, num_classes=int(splits.num_classes),
+    ref = common.reference_latency(model=model, width=width, num_classes=int(splits.num_classes),
                             input_shape=tuple(int(s) for s in splits.input_shape),
                             oracle=oracle, rows=store)  # fmt: skip
     log.info("reference latency of %s (width %g) on %s: %.4f ms", model, width, oracle,
@@ -858,7 +846,9 @@ def _reference(model: str, width: float, data: str, oracle: str, store: RunRows)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog=module_command(__file__), description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog=common.module_command(__file__), description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--quick", action="store_true",
                    help="vgg16_cifar at width 0.25, latency<=50%%, seed 0, 8 evaluations, "
                         "1 fine-tuning epoch")  # fmt: skip
@@ -955,13 +945,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"grid version {args.grid_version} cannot be run by this code (it runs version "
                 f"{GRID_VERSION}); collect it with --stored-only")  # fmt: skip
     grid_tag = f"-g{args.grid_version}"
-    env = environment()
+    env = common.environment()
     t0 = time.perf_counter()
     rows = []
     missing: list[str] = []
     if args.store is not None and (q or not args.store.replace("-", "").isalnum()):
         p.error("--store takes a tag of letters, digits and '-' (and is not for --quick)")
-    store = None if q else RunRows("quality" if args.store is None else f"quality-{args.store}")
+    store = (
+        None if q else common.RunRows("quality" if args.store is None else f"quality-{args.store}")
+    )
     # Seed outermost: a grid stopped part way still holds whole seeds of every cell.
     for seed, (model, width), budget, searcher in itertools.product(
         seeds, models.items(), budgets, args.searchers
@@ -997,7 +989,7 @@ def main(argv: list[str] | None = None) -> int:
         run_budget, reference = budget, None
         if args.fixed_bound:
             reference = _reference(model, width, args.data, oracle, store)
-            run_budget = absolute_budget(budget, reference)
+            run_budget = common.absolute_budget(budget, reference)
         rows.append(prune_row(
             model=model, width=width, data=args.data, budgets=[run_budget],
             oracles=[f"latency={oracle}"], searcher=searcher, seed=seed,
@@ -1028,14 +1020,14 @@ def main(argv: list[str] | None = None) -> int:
     name += "" if args.grid_version == 2 or q else f"_g{args.grid_version}"
     name += "" if proxy == default("proxy") else "_" + _slug(f"p{proxy}")
     name += "" if args.store is None else f"_{args.store}"
-    png = plot(rows, results_dir(quick=q) / f"{name}.png")
+    png = plot(rows, common.results_dir(quick=q) / f"{name}.png")
     settings = {
         "quick": q, "models": models, "budgets": budgets, "searchers": args.searchers,
         "seeds": seeds, "evaluations": evaluations, "train_epochs": train_epochs,
         "finetune_epochs": finetune_epochs, "oracle": oracle, "device": args.device,
         "data": args.data, "proxy": proxy, "fixed_bound": args.fixed_bound,
     }  # fmt: skip
-    write_results(
+    common.write_results(
         name,
         {
             "settings": settings,
@@ -1044,7 +1036,7 @@ def main(argv: list[str] | None = None) -> int:
             "headline": heads,
             "runs": rows,
         },
-        command=command_line(),
+        command=common.command_line(),
         env=env,
         quick=q,
     )
@@ -1089,7 +1081,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     if png is not None:
-        notes += f"\n\n![accuracy against latency]({png.relative_to(results_md(quick=q).parent)})"
+        notes += (
+            f"\n\n![accuracy against latency]({png.relative_to(common.results_md(quick=q).parent)})"
+        )
     if q:
         notes += "\n\n**Quick mode: an end-to-end check, not a comparison.**"
     notes += measured_notes(rows)
@@ -1112,9 +1106,9 @@ def main(argv: list[str] | None = None) -> int:
         title += f", `--proxy {proxy}`"
     if args.store is not None:
         title += f", measured on `{args.store}`"
-    update_results_md(name, title,
+    common.update_results_md(name, title,
                       body + "\n\nBest RL searcher against best baseline (mean test accuracy):\n\n"
-                      + headline_table(heads), command=command_line(), env=env,
+                      + headline_table(heads), command=common.command_line(), env=env,
                       notes=notes, quick=q)  # fmt: skip
     return 0
 

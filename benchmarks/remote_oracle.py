@@ -42,14 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import oracles
-from benchmarks._common import (
-    command_line,
-    environment,
-    markdown_table,
-    module_command,
-    update_results_md,
-    write_results,
-)
+from benchmarks import _common as common
 
 _HERE = Path(__file__).resolve().parent
 
@@ -132,7 +125,7 @@ def bench(spec: str, url: str, data: bytes, shape: tuple[int, ...], calls: int) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog=module_command(__file__), description=__doc__.splitlines()[0]
+        prog=common.module_command(__file__), description=__doc__.splitlines()[0]
     )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--calls", type=int, default=7, help="calls per side (default 7)")
@@ -146,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.calls < 1:
         parser.error("--calls must be at least 1")
 
-    env = environment()
+    env = common.environment()
     proc, url = start_server(list(ORACLES))
     rows: list[dict[str, Any]] = []
     try:
@@ -172,15 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_write:
         return 0
 
-    command = command_line()
-    out = write_results(
+    command = common.command_line()
+    out = common.write_results(
         "remote_oracle",
         {"rows": rows, "calls": args.calls, "server": url},
         command=command,
         env=env,
         quick=args.quick,
     )
-    table = markdown_table(
+    table = common.markdown_table(
         ["model", "ONNX size", "oracle", "local (s)", "remote (s)", "overhead (s)",
          "transport (s)", "value local / remote"],
         [
@@ -208,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{env['machine'].get('cores')} cores at the start), pinned to one core and niced: "
             "absolute times are noisy."
         )
-    md = update_results_md(
+    md = common.update_results_md(
         "remote_oracle", "Remote oracle: overhead of measuring through `hwprune serve`", table,
         command=command, env=env, notes=notes, quick=args.quick,
     )  # fmt: skip

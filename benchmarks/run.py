@@ -33,14 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks._common import (
-    command_line,
-    environment,
-    markdown_table,
-    module_command,
-    update_results_md,
-    write_results,
-)
+from benchmarks import _common as common
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -99,11 +92,11 @@ def record(
 ) -> None:
     """Store the suite's wall times (``results/run_quick.json`` or ``run.json``) and its section."""
     name = "run_quick" if mode == "quick" else "run"
-    command = command_line()
+    command = common.command_line()
     steps = [{"benchmark": n, "status": st, "seconds": round(sec, 1)} for n, st, sec in results]
-    write_results(name, {"mode": mode, "gpu": gpu, "total_seconds": round(total, 1),
+    common.write_results(name, {"mode": mode, "gpu": gpu, "total_seconds": round(total, 1),
                          "steps": steps}, command=command, env=env)  # fmt: skip
-    body = markdown_table(
+    body = common.markdown_table(
         ["benchmark", "status", "seconds"],
         [[n, st, f"{sec:.0f}"] for n, st, sec in results] + [["all", "", f"{total:.0f}"]],
     )
@@ -114,12 +107,14 @@ def record(
         f"a run from an empty cache trains them, a later run reuses them. Here the cache was "
         f"{cache} at the start."
     )
-    update_results_md(name, f"The {mode} suite, timed (`benchmarks/run.py`)", body,
+    common.update_results_md(name, f"The {mode} suite, timed (`benchmarks/run.py`)", body,
                       command=command, env=env, notes=notes)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog=module_command(__file__), description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog=common.module_command(__file__), description=__doc__.split("\n\n")[0]
+    )
     p.add_argument(
         "--quick", action="store_true", help="small settings: 5-15 minutes on 2 CPU cores"
     )
@@ -140,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             print(s.shown() + ("   (module missing)" if s.name in missing else ""))
         return 0
     results: list[tuple[str, str, float]] = []
-    env = environment()  # the machine and its load at the start, not after hours of benchmarks
+    env = (
+        common.environment()
+    )  # the machine and its load at the start, not after hours of benchmarks
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hwprune"
     env["cache_empty_at_start"] = not (cache / "benchmarks").is_dir() or not any(
         (cache / "benchmarks").iterdir()

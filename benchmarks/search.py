@@ -40,15 +40,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks._common import (
-    RunRows,
-    command_line,
-    environment,
-    markdown_table,
-    module_command,
-    update_results_md,
-    write_results,
-)
+from benchmarks import _common as common
 
 if TYPE_CHECKING:
     from hwprune.run.choose import Choice
@@ -263,7 +255,9 @@ def _fmt(x: float | None, spec: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog=module_command(__file__), description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog=common.module_command(__file__), description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--quick", action="store_true",
                    help="narrow models, 4 epochs, 6 evaluations, 1 seed: an end-to-end check")  # fmt: skip
     p.add_argument("--evaluations", type=int, default=None, help="evaluations per search (100)")
@@ -306,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     summary_rows = []
     t_all = time.perf_counter()
-    store = None if quick else RunRows("search")
+    store = None if quick else common.RunRows("search")
     for name in models:
         width = vgg_width if name.startswith("vgg") else resnet_width
         model = dense = None  # trained and measured only if some run is not stored
@@ -382,9 +376,9 @@ def main(argv: list[str] | None = None) -> int:
         "total_seconds": total_s,
         "search_seconds_sum": sum(r.get("seconds") or 0.0 for r in results),
     }
-    env = environment()
-    command = command_line()
-    write_results("search", {"settings": settings, "summary": summary_rows, "runs": results},
+    env = common.environment()
+    command = common.command_line()
+    common.write_results("search", {"settings": settings, "summary": summary_rows, "runs": results},
                   command=command, env=env, quick=quick)  # fmt: skip
 
     headers = [
@@ -437,10 +431,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"to {dates[-1]}.")  # fmt: skip
     if quick:
         notes += " **Quick mode: an end-to-end check, not a comparison.**"
-    update_results_md(
+    common.update_results_md(
         "search",
         "Searchers at equal evaluation budgets",
-        markdown_table(headers, table_rows),
+        common.markdown_table(headers, table_rows),
         command=command,
         env=env,
         notes=notes,

@@ -51,20 +51,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import (
-    RESULTS_DIR,
-    RunRows,
-    absolute_budget,
-    command_line,
-    environment,
-    machine_key,
-    machine_text,
-    markdown_table,
-    module_command,
-    reference_latency,
-    update_results_md,
-    write_results,
-)
+from benchmarks import _common as common
 from benchmarks.quality import dense_checkpoint, remeasure
 
 _HERE = Path(__file__).resolve().parent
@@ -77,9 +64,9 @@ ROUNDINGS = ("1", "8", "16", "auto")
 DATA = "fashion-mnist:?train=10800"
 
 
-def _rows() -> RunRows:
-    rows = RunRows("staircase")
-    rows.dir = RESULTS_DIR / "staircase"
+def _rows() -> common.RunRows:
+    rows = common.RunRows("staircase")
+    rows.dir = common.RESULTS_DIR / "staircase"
     return rows
 
 
@@ -117,7 +104,7 @@ def probe(
     tag = (
         f"probe-{model}-w{width:g}-{_slug(oracle)}"
         + ("" if counts_per_unit == 12 else f"-c{counts_per_unit}")
-        + f"-m{machine_key()}"
+        + f"-m{common.machine_key()}"
     )
     stored = rows.get(tag)
     cache_path = RUNS_DIR / f"{tag}.sqlite"
@@ -136,7 +123,7 @@ def probe(
             seconds=seconds,
         )
         stored = {"tag": tag, "model": model, "width": width, "oracle": oracle,
-                  "machine": machine_text(environment()), "first": first.to_dict()}  # fmt: skip
+                  "machine": common.machine_text(common.environment()), "first": first.to_dict()}  # fmt: skip
     second = probe_staircase(
         space,
         oracle,
@@ -170,7 +157,9 @@ def run_row(
     run_dir = RUNS_DIR / _slug(row_tag(args, agent=agent, rounding=rounding, seed=seed))
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    bound = absolute_budget(args.budget, args.reference_ms) if args.fixed_bound else args.budget
+    bound = (
+        common.absolute_budget(args.budget, args.reference_ms) if args.fixed_bound else args.budget
+    )
     row: dict[str, Any] = {
         "model": args.model, "width": args.width, "data": args.data, "budget": args.budget,
         "budget_run": bound, "reference_ms": args.reference_ms if args.fixed_bound else None,
@@ -302,7 +291,7 @@ def rows_table(rows: Sequence[dict[str, Any]]) -> str:
             _f(r["final_over_bound"]), _f(r["remeasured_over_bound"]),
             f"{r['params_final']:,}", probe_text, " ".join(str(b) for b in built),
         ])  # fmt: skip
-    return markdown_table(
+    return common.markdown_table(
         ["model", "data", "oracle", "budget (bound)", "agent", "seed", "round-to", "test acc",
          "dense acc", "latency ms (final / bound)", "final/bound", "re-measured/bound", "params",
          "run's staircase probe", "built channels per unit"],
@@ -344,7 +333,7 @@ def summary_table(rows: Sequence[dict[str, Any]]) -> str:
             body.append([*key, rounding, len(runs), f"{statistics.mean(acc):.4f}"
                          + (f" ± {statistics.stdev(acc):.4f}" if len(acc) > 1 else ""),
                          f"{statistics.median(used):.2f}", paired])  # fmt: skip
-    return markdown_table(
+    return common.markdown_table(
         ["model", "data", "oracle", "budget", "bound", "agent", "round-to", "seeds", "test acc",
          "final/bound (median)", "auto - this"],
         body,
@@ -383,7 +372,7 @@ def pooled_table(rows: Sequence[dict[str, Any]]) -> str | None:
                          f"{sum(d > 0 for d in diffs)}/{len(diffs)}"])  # fmt: skip
     if not body:
         return None
-    return markdown_table(
+    return common.markdown_table(
         ["model", "data", "oracle", "budget", "agent", "round-to", "pairs", "machines",
          "auto - this (mean ± sd)", "auto ahead"],
         body,
@@ -403,7 +392,7 @@ def references_table(references: Sequence[dict[str, Any]]) -> str:
              " ".join(f"{v:.4f}" for v in r["values"]),
              " ".join(f"{x:.1f}" for x in r.get("load_average", [])), machine(r)]
             for r in references]  # fmt: skip
-    return markdown_table(
+    return common.markdown_table(
         ["model", "width", "oracle", "median ms", "calls ms", "load average (1, 5, 15 min)",
          "machine"],
         body,
@@ -438,7 +427,7 @@ def probes_table(probes: Sequence[dict[str, Any]]) -> str:
             p["second"]["oracle_calls"], p["second"]["cached_calls"],
             f"{p['second']['seconds']:.1f}", p.get("machine", "this one (header)"), steps,
         ])  # fmt: skip
-    return markdown_table(
+    return common.markdown_table(
         ["model", "oracle", "coarse counts", "bisection to", "time budget", "probe oracle calls",
          "probe s", "2nd probe oracle calls", "2nd probe cache hits", "2nd probe s", "machine",
          "allowed counts (step tops) per unit"],
@@ -474,7 +463,9 @@ def _probe_only(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog=module_command(__file__), description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog=common.module_command(__file__), description=__doc__.splitlines()[0]
+    )
     p.add_argument(
         "--model", default="vgg11_cifar", help="a registered model name (default: %(default)s)"
     )
@@ -600,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         stairs = Staircase.from_dict(probes[0]["first"])
         args.reference_ms = None
         if args.fixed_bound:
-            ref = reference_latency(model=args.model, width=args.width,
+            ref = common.reference_latency(model=args.model, width=args.width,
                                     num_classes=num_classes,
                                     input_shape=input_shape, oracle=args.oracle,
                                     rows=_rows())  # fmt: skip
@@ -641,8 +632,10 @@ def main(argv: list[str] | None = None) -> int:
         (probes if tag.startswith("probe-") else rows).append(data)
     probes.sort(key=lambda p: p["oracle"] != args.oracle)
 
-    env = environment()
-    write_results("staircase", {"probes": probes, "rows": rows}, command=command_line(), env=env)
+    env = common.environment()
+    common.write_results(
+        "staircase", {"probes": probes, "rows": rows}, command=common.command_line(), env=env
+    )
     ok = [r for r in rows if r.get("ok")]
     notes = []
     summary = summary_table(ok)
@@ -690,8 +683,8 @@ def main(argv: list[str] | None = None) -> int:
         + "\n\nRuns:\n\n" + rows_table(rows)
         + ("\n\n" + "\n".join(notes) if notes else "")
     )  # fmt: skip
-    update_results_md("staircase", "Channel counts from the measured latency staircase", text,
-                      command=command_line(), env=env)  # fmt: skip
+    common.update_results_md("staircase", "Channel counts from the measured latency staircase", text,
+                      command=common.command_line(), env=env)  # fmt: skip
     return 0
 
 

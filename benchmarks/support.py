@@ -44,17 +44,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import (
-    RESULTS_DIR,
-    command_line,
-    environment,
-    markdown_table,
-    module_command,
-    update_results_md,
-)
+from benchmarks import _common as common
 
 _HERE = Path(__file__).resolve().parent
-ROWS_DIR = RESULTS_DIR / "support"
+ROWS_DIR = common.RESULTS_DIR / "support"
 FLOPS_TARGET = 0.6
 LATENCY_TARGET = 0.6
 LATENCY_ORACLE = "onnxruntime:cpu?threads=1"
@@ -349,7 +342,7 @@ def latency_only(row: dict[str, Any]) -> dict[str, Any]:
     model = realistic(_build(row["model"], size), size)
     space = _space(model, size)
     fields = latency_fields(space, model, keep=float(row["keep"]), size=size)
-    env = environment()
+    env = common.environment()
     when = {"date": env["date"], "machine": env["machine"], "commit": env.get("commit")}
     seconds = round(time.perf_counter() - start, 1)
     return {**row, **fields, "latency_seconds": seconds, "latency_measured": when}
@@ -485,7 +478,7 @@ def sweep_one(
 
 
 def store(row: dict[str, Any]) -> Path:
-    env = environment()
+    env = common.environment()
     ROWS_DIR.mkdir(parents=True, exist_ok=True)
     path = ROWS_DIR / f"{row['model']}.json"
     # A row re-timed by latency_only keeps when its sweep was measured.
@@ -563,7 +556,7 @@ def table(names: list[str]) -> str:
         "model", "input", "status", "FLOPs after/dense", "latency after/dense",
         "same, channels x8", "latency<=60% reached (x8)", "parity (rel.)", "s", "note",
     ]  # fmt: skip
-    return markdown_table(headers, out)
+    return common.markdown_table(headers, out)
 
 
 def _family_latency(ok: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -604,7 +597,7 @@ def family_table(names: list[str]) -> str:
         "family", "tried", "pruned+matched", "refused or too big", "failed", "FLOPs after/dense",
         "latency after/dense (x1 / x8)", "max parity",
     ]  # fmt: skip
-    return markdown_table(headers, out)
+    return common.markdown_table(headers, out)
 
 
 def counts(names: list[str]) -> dict[str, int]:
@@ -721,7 +714,7 @@ def write_tables(names: list[str]) -> list[Path]:
     _write(
         README, replace_between(README.read_text(encoding="utf-8"), "support", readme_block(names))
     )
-    env = environment()
+    env = common.environment()
     docs = "\n\n".join(
         [
             "# Support matrix: torchvision classifiers and segmentation models",
@@ -743,11 +736,11 @@ def write_tables(names: list[str]) -> list[Path]:
         ]
     )
     _write(DOCS, docs + "\n")
-    results = update_results_md(
+    results = common.update_results_md(
         "support",
         "Support matrix: torchvision classifiers and segmentation models",
         family_table(names) + "\n\nEvery model: [docs/support.md](../docs/support.md).",
-        command=command_line(),
+        command=common.command_line(),
         env=env,
         notes=f"{_counts_line(names)}.\n\n{PROTOCOL}",
     )
@@ -756,7 +749,7 @@ def write_tables(names: list[str]) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog=module_command(__file__), description=__doc__.splitlines()[0]
+        prog=common.module_command(__file__), description=__doc__.splitlines()[0]
     )
     parser.add_argument("--models", nargs="*", help="only these models (default: all)")
     parser.add_argument("--latency", action="store_true", help="latency too, one model per family")

@@ -45,16 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import (
-    RESULTS_DIR,
-    RunRows,
-    command_line,
-    environment,
-    markdown_table,
-    module_command,
-    update_results_md,
-    write_results,
-)
+from benchmarks import _common as common
 
 log = logging.getLogger("benchmarks.surrogate")
 
@@ -69,7 +60,7 @@ TRAIN = {
     "lr": 0.02,
 }  # quality.py's digits recipe, 3 epochs (a loaded machine)
 SLOW_DELAY = 2.0  # seconds added to every call of the simulated slow oracle
-RUNS_DIR = RESULTS_DIR / "surrogate_runs"
+RUNS_DIR = common.RESULTS_DIR / "surrogate_runs"
 WORK_DIR = Path("/tmp/hwprune-bench-surrogate")
 # --quick and --no-write runs: WORK_DIR keeps the stored runs' directories (--fit-study reads them).
 SCRATCH_DIR = Path("/tmp/hwprune-bench-surrogate-scratch")
@@ -261,7 +252,7 @@ def table(summary: list[dict[str, Any]]) -> str:
             f"{_f(s['search_s_off'], '{:.0f}')} / {_f(s['search_s_on'], '{:.0f}')}",
             _f(s["oracle_cv_off"], "{:.0%}"),
         ])  # fmt: skip
-    return markdown_table(
+    return common.markdown_table(
         ["model", "agent", "oracle", "evaluations", "seeds", "surrogate", "search oracle calls off -> on",
          "fewer", "run oracle calls off -> on", "fewer (run)", "wrong verdicts (feas. / infeas.)",
          "straddling predicted; audited wrong (feas. / infeas.)",
@@ -283,7 +274,9 @@ def write(rows: list[dict[str, Any]], *, env: dict[str, Any], args: Any) -> None
         ):
             r["oracle_cv"] = oracle_noise(WORK_DIR / r["tag"])
     summary = summarise(rows)
-    write_results("surrogate", {"rows": rows, "summary": summary}, command=command_line(), env=env)
+    common.write_results(
+        "surrogate", {"rows": rows, "summary": summary}, command=common.command_line(), env=env
+    )
     done = sorted({r["seed"] for r in rows if r.get("ok")})
     notes = (
         f"`{BUDGET}` on `{ORACLE}`, evaluations as shown, dense models trained "
@@ -304,8 +297,8 @@ def write(rows: list[dict[str, Any]], *, env: dict[str, Any], args: Any) -> None
         f"take over half an hour. Seeds finished: {done}. Timings taken on a shared 2-core "
         "machine while other jobs ran (noisy), the benchmark pinned to one core."
     )
-    update_results_md("surrogate", "Latency surrogate: oracle calls saved, verdicts, accuracy",
-                      table(summary), command=command_line(), env=env, notes=notes)  # fmt: skip
+    common.update_results_md("surrogate", "Latency surrogate: oracle calls saved, verdicts, accuracy",
+                      table(summary), command=common.command_line(), env=env, notes=notes)  # fmt: skip
 
 
 def fit_study(tag: str) -> dict[str, Any]:
@@ -385,14 +378,14 @@ def write_fit_study(tags: list[str], *, env: dict[str, Any]) -> None:
     for tag in tags:
         log.info("fit study on %s", tag)
         rows.append(fit_study(tag))
-    write_results("surrogate_fit", rows, command=command_line(), env=env)
+    common.write_results("surrogate_fit", rows, command=common.command_line(), env=env)
     table_rows = [
         [r["tag"], m, r[m]["predictions"], f"{r[m]['median_abs_error']:.1%}",
          f"{r[m]['mean_abs_error']:.1%}", f"{r[m]['coverage_2sd']:.0%}",
          f"{r[m]['straddled']:.0%}", f"{r[m]['seconds_per_fit']:.2f}"]
         for r in rows for m in ("gaussian-process", "bootstrap-ridge")
     ]  # fmt: skip
-    body = markdown_table(["run (surrogate off)", "regressor", "predictions", "median abs error",
+    body = common.markdown_table(["run (surrogate off)", "regressor", "predictions", "median abs error",
                            "mean abs error", "inside +-2 std", "interval straddles bound",
                            "s per fit"], table_rows)  # fmt: skip
     notes = (
@@ -403,12 +396,14 @@ def write_fit_study(tags: list[str], *, env: dict[str, Any]) -> None:
         "that reason alone. The errors are bounded below by the oracle's own noise: see the "
         "timing cv of the same runs in the section above."
     )
-    update_results_md("surrogate-fit", "Latency surrogate: which regressor", body,
-                      command=command_line(), env=env, notes=notes)  # fmt: skip
+    common.update_results_md("surrogate-fit", "Latency surrogate: which regressor", body,
+                      command=common.command_line(), env=env, notes=notes)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog=module_command(__file__), description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog=common.module_command(__file__), description=__doc__.splitlines()[0]
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--agents", nargs="+", default=list(AGENTS))
@@ -442,14 +437,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("hwprune", "stable_baselines3"):
         logging.getLogger(name).setLevel(logging.WARNING)
     if args.fit_study:
-        write_fit_study(args.fit_study, env=environment())
+        write_fit_study(args.fit_study, env=common.environment())
         return 0
     register_slow_oracle()
     if args.quick:
         args.evaluations = 8
     dry = args.quick or args.no_write
-    env = environment()
-    store = RunRows("surrogate")
+    env = common.environment()
+    store = common.RunRows("surrogate")
     if args.stored_only:
         stored = []
         for path in sorted(store.dir.glob("*.json")):

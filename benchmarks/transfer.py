@@ -45,17 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import (
-    QUICK_DIR,
-    RESULTS_DIR,
-    RunRows,
-    command_line,
-    environment,
-    markdown_table,
-    module_command,
-    update_results_md,
-    write_results,
-)
+from benchmarks import _common as common
 from benchmarks.quality import (
     DIGITS_BATCH,
     DIGITS_TRAIN_LR,
@@ -266,11 +256,11 @@ def _table(cells: list[dict[str, Any]]) -> str:
                 ", ".join(m for m in RUNTIMES if ratios[m] > 1.0) or "none",
                 f"{run['accuracy']:.3f}", f"{run['params_final']:,}",
             ])  # fmt: skip
-    return markdown_table(heads, rows)
+    return common.markdown_table(heads, rows)
 
 
 def _dense_table(cells: list[dict[str, Any]]) -> str:
-    return markdown_table(
+    return common.markdown_table(
         ["model", "input", *(f"dense on {m} (ms)" for m in RUNTIMES)],
         [[c["model"], "x".join(map(str, c["dense"]["input_shape"])),
           *(f"{c['dense']['latency_ms'][m]:.3f}" for m in RUNTIMES)] for c in cells],
@@ -291,7 +281,9 @@ def _load_note(cells: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog=module_command(__file__), description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog=common.module_command(__file__), description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--quick", action="store_true",
                    help="vgg11_cifar at width 0.25, 6 evaluations, 1 fine-tuning epoch, short "
                         "timing; never reuses an earlier quick run")  # fmt: skip
@@ -332,8 +324,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for runtime in RUNTIMES:  # every runtime must be measurable, or the matrix has holes
         oracles.get_oracle(RUNTIMES[runtime])
-    env = environment()
-    store = RunRows("transfer", root=QUICK_DIR if q else RESULTS_DIR)
+    env = common.environment()
+    store = common.RunRows("transfer", root=common.QUICK_DIR if q else common.RESULTS_DIR)
     if q and store.dir.exists():
         shutil.rmtree(store.dir)  # a quick run checks today's code: never reused
     t0 = time.perf_counter()
@@ -403,8 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         "finetune_epochs": finetune_epochs, "timing": timing, "repeats": repeats,
         "stored_only": args.stored_only, "not_run": missing,
     }  # fmt: skip
-    write_results(name, {"settings": settings, "seconds": seconds, "summary": summary,
-                         "cells": cells}, command=command_line(), env=env)  # fmt: skip
+    common.write_results(name, {"settings": settings, "seconds": seconds, "summary": summary,
+                         "cells": cells}, command=common.command_line(), env=env)  # fmt: skip
     run_seconds = [r.get("total_seconds", 0) + r.get("measure_seconds", 0)
                    for c in cells for r in c["runs"].values() if r.get("ok")]  # fmt: skip
     notes = (
@@ -439,9 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     if q:
         notes += ("\n\n**Quick mode: an end-to-end check of the benchmark on a tiny model, not "
                   "the transfer matrix.**")  # fmt: skip
-    md = update_results_md(
+    md = common.update_results_md(
         name, "Pruned for one runtime, measured on another" + (" (quick check)" if q else ""),
-        body, command=command_line(), env=env, notes=notes,
+        body, command=common.command_line(), env=env, notes=notes,
     )  # fmt: skip
     log.info("wrote %s in %.0f s", md, seconds)
     return 0
