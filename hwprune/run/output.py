@@ -169,7 +169,7 @@ def result_of(
         score_floor=d.evaluator.score_floor,
         task=loaded.task.name, finetuned=loaded.task.finetune is not None,
         evaluated=loaded.task.evaluate is not None, model=f.module,
-        proxy=getattr(loaded.task.source, "proxy", None),
+        proxy=loaded.task.proxy,
         proxy_seconds=mean_proxy_seconds(d.evaluator.history),
         surrogate=surrogate_report(d.evaluator),
         oracle_calls=dict(d.evaluator.oracle_calls), search_extra=dict(s.extra),

@@ -114,6 +114,9 @@ class BoundTask:
     describe_finetune: Callable[[], str] | None = None
     name: str = "task"
     source: Any = None
+    #: The name of what ``score`` measures, where the task says (the built-in task's ``proxy``:
+    #: bn, kd, recover:N), for the report.
+    proxy: str | None = None
 
     def finetune_text(self) -> str | None:
         """The fine-tuning recipe in words, for the report: the task's own description, a line
@@ -276,6 +279,7 @@ def _bind(task: Any) -> BoundTask:
         describe_finetune=describe if callable(describe) else None,
         name=type(task).__name__,
         source=task,
+        proxy=proxy if isinstance(proxy := _part(task, "proxy"), str) else None,
     )
 
 
