@@ -472,7 +472,7 @@ def test_staircase_probe_only_stores_a_budgeted_probe_with_its_machine(
     from benchmarks import staircase
     from benchmarks._common import machine_key
 
-    monkeypatch.setattr(staircase, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(staircase.common, "RESULTS_DIR", tmp_path / "results")
     monkeypatch.setattr(staircase, "RUNS_DIR", tmp_path / "runs")
     argv = ["--probe-only", "--model", "vgg11_cifar", "--width", "0.125", "--input-shape", "3",
             "32", "32", "--oracle", "onnxruntime:cpu?threads=1", "--probe-seconds", "2",
