@@ -283,7 +283,6 @@ class LayerPruningEnv(gym.Env):
         self.reward_fn = reward_fn
         self.keep_floor = max(self.min_keep, 1.0 - self.max_prune)
         self.num_units = len(units)
-        self.anchor = anchor if anchor is None or np.ndim(anchor) else float(anchor)
         self.anchors = None if anchor is None else self._unit_anchors(anchor)
 
         wall = dict(wall or {})
