@@ -392,3 +392,23 @@ def test_a_per_unit_anchor_is_what_action_zero_keeps(space):
         LayerPruningEnv(space, lambda p: None, anchor=[0.5, 0.5])
     with pytest.raises(ConfigError, match="anchor must be a keep ratio"):
         LayerPruningEnv(space, lambda p: None, anchor=[0.5, 0.05, 0.5])
+
+
+def test_a_knapsack_started_search_resumed_from_its_log_proposes_the_same_candidates(
+    space, data, tmp_path
+):
+    log = str(tmp_path / "episodes.jsonl")
+    stairs = additive_staircase(space)
+    first = get_searcher("knapsack-ppo", seed=0, staircase=stairs).search(
+        space=space, evaluator=evaluator(space, data, ["latency<=45%"], log_path=log),
+        evaluations=14, confirm=0,
+    )  # fmt: skip
+    again_ev = evaluator(space, data, ["latency<=45%"], log_path=log)
+    calls_before = dict(again_ev.oracle_calls)
+    again = get_searcher("knapsack-ppo", seed=0, staircase=stairs).search(
+        space=space, evaluator=again_ev, evaluations=14, confirm=0
+    )
+    assert again.extra["anchor"] == first.extra["anchor"]
+    assert [o.key for o in again.history] == [o.key for o in first.history]
+    assert again.best.key == first.best.key
+    assert again_ev.oracle_calls == calls_before  # every candidate answered by the log
