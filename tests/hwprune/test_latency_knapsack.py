@@ -25,7 +25,7 @@ from hwprune.agents import get_searcher, list_searchers
 from hwprune.agents.knapsack import solve_mck, solve_mck_lagrangian, total
 from hwprune.agents.latency_knapsack import unit_options
 from hwprune.budgets import bind_constraints
-from hwprune.errors import InfeasibleBudgetError
+from hwprune.errors import ConfigError, InfeasibleBudgetError
 from hwprune.evaluate import Evaluator
 from hwprune.space import ChannelSpace
 from hwprune.space.staircase import Staircase, UnitStaircase
@@ -209,6 +209,49 @@ def test_a_non_additive_latency_is_corrected_into_the_window(space, data):
     assert len(calls) <= 1 + 8 and result.evaluations == k["candidates"] == len(calls)
     assert result.best is not None and result.best.values["latency"] <= bound
     assert set(k["seconds"]) >= {"importance", "solve", "verify", "staircase"}
+
+
+def skewed_staircase(space, *, expensive: int, factor: float = 3.0) -> Staircase:
+    """Latency linear in kept channels, ``factor`` times dearer per channel in unit ``expensive``."""
+    oracle = oracles.get_oracle("test-overhead-latency")
+    units = []
+    for i, u in enumerate(space.units):
+        counts = tuple(unit_options(space, u))
+        per = 0.01 * (factor if i == expensive else 1.0)
+        units.append(UnitStaircase(unit=u.id, channels=u.channels, counts=counts,
+                                   latency=tuple(per * k for k in counts), noise=0.0,
+                                   choices=counts))  # fmt: skip
+    return Staircase(oracle=oracle.spec, unit="ms", units=tuple(units))
+
+
+def test_log_value_keeps_every_unit_above_its_floor_where_summed_importance_starves_one(
+    space, data
+):
+    # Summed importance is linear in the kept channels of a unit, so a unit whose channels
+    # cost three times more goes to its fewest channels first. The log of each unit's kept
+    # share of importance values a unit cut to its floor at a large loss: every unit keeps
+    # more than its floor, and the dear unit keeps the smallest share.
+    first = {}
+    for value in ("sum", "log"):
+        searcher = get_searcher(
+            "latency-knapsack", staircase=skewed_staircase(space, expensive=1), value=value
+        )
+        result = searcher.search(
+            space=space, evaluator=evaluator(space, data, ["latency<=45%"]), evaluations=3,
+            confirm=0,
+        )  # fmt: skip
+        first[value] = result.extra["knapsack"]["calls"][1]["kept"]
+    floors = [min(unit_options(space, u)) for u in space.units]
+    full = [u.channels for u in space.units]
+    assert first["sum"][1] == floors[1], first
+    assert all(k > f for k, f in zip(first["log"], floors, strict=True)), first
+    shares = [k / c for k, c in zip(first["log"], full, strict=True)]
+    assert shares[1] == min(shares), first
+
+
+def test_an_unknown_value_is_one_clear_sentence():
+    with pytest.raises(ConfigError, match="value must be one of log, sum"):
+        get_searcher("latency-knapsack", value="max")
 
 
 def test_a_resumed_search_proposes_the_same_candidates_from_the_log(space, data, tmp_path):
