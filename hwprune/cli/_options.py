@@ -32,15 +32,16 @@ def bounded_int(lo: int, hi: int) -> Callable[[str], int]:
 
 
 def add_output_options(p: argparse.ArgumentParser, *, json_help: str) -> None:
-    """``--quiet`` (no progress) and ``--json`` (the result as JSON on stdout, no progress)."""
+    """``--quiet`` (no progress) and ``--json`` (the result as JSON on stdout; progress stays on
+    stderr, so ``--json > result.json`` still shows how a long run goes)."""
     p.add_argument("--quiet", action="store_true", help="no progress bars or lines")
     p.add_argument("--json", action="store_true", help=json_help)
 
 
 def shows_progress(args: argparse.Namespace) -> bool:
-    """Whether a command shows its progress: not with --quiet, nor with --json (whose reader
-    wants the result alone)."""
-    return not (args.quiet or args.json)
+    """Whether a command shows its progress on stderr: always but with --quiet (--json writes
+    the result alone to stdout, so a reader of stdout is not disturbed)."""
+    return not args.quiet
 
 
 def add_cache_options(p: argparse.ArgumentParser) -> None:

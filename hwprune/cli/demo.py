@@ -198,7 +198,7 @@ def run_demo(
             highlight=False,
             soft_wrap=True,
         )
-    show = not (quiet or as_json)
+    show = not quiet
     try:
         with sigterm_interrupts(), shown_progress(show=show) as view:
             ckpt, seconds = demo_checkpoint(progress=train_progress(view))

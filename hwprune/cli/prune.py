@@ -173,7 +173,7 @@ def execute(options: dict[str, Any], *, resume_dir: str | None, quiet: bool, as_
     # Library chatter (gymnasium dtype casts, SB3 creating folders) is not for the user.
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(gymnasium|stable_baselines3)")
     run_dir = resume_dir or options.get("out")
-    view = progress_view(err_console, show=not (quiet or as_json))
+    view = progress_view(err_console, show=not quiet)
     if not resume_dir:
         options = dict(options)
         out, overwrite = options.pop("out", None), bool(options.pop("overwrite", False))
