@@ -214,3 +214,17 @@ def test_progress_goes_to_stderr_as_plain_lines_when_it_is_not_a_terminal(
     assert "params" in out and "measure:" not in out  # stdout holds the table alone
     assert main([*argv, "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_json_keeps_the_progress_on_stderr_and_the_result_alone_on_stdout(
+    model_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `--json > result.json`: the file gets the JSON, the user still sees how the run goes.
+    argv = ["measure", str(model_path), "--oracle", "params", "--no-cache", "--json"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert [m["quantity"] for m in json.loads(out)] == ["params"]
+    assert err.splitlines()[-1].startswith("measure: done 1/1 | elapsed "), err
+    assert main([*argv, "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) and err == ""
