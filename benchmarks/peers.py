@@ -28,7 +28,7 @@ The final timing is one interleaved re-measurement of every system's exported ON
 and seed: round-robin over the files (a new ONNX Runtime session per call, the order rotated
 each round), 5 rounds, the median per file; load on the machine then hits every system alike.
 Reported per system: test accuracy after fine-tuning, that verified latency against the bound,
-parameters, seconds of the system's search. Per cell and seed: hwprune's default searcher
+parameters, and the seconds it took to choose its model. Per cell and seed: hwprune's default searcher
 minus the best peer (by mean accuracy in the cell), with McNemar's exact test on the two
 models' test predictions. ``benchmarks/results/peers.png`` plots accuracy against verified
 latency for every system.
@@ -505,7 +505,7 @@ def peer_row(cell: Cell, peer: Peer, *, run_dir: Path, steps: int = BISECT_STEPS
     row.update(search_seconds=seconds, selection_seconds=seconds, trace=found.trace,
                accuracy_dense_trained=dense_acc, params_dense=_params(dense))  # fmt: skip
     if found.module is None:
-        row.update(ok=False, error=f"no {peer.name} model meets {cell.bound_ms:.4f} ms "
+        row.update(ok=False, infeasible=True, error=f"no {peer.name} model meets {cell.bound_ms:.4f} ms "
                    f"(the smallest it builds, keep {lo:.3f}, does not)")  # fmt: skip
         return row
     row.update(ok=True, keep=found.keep, confirmed_ms=found.latency_ms)
@@ -718,6 +718,16 @@ def table(summary: Sequence[dict[str, Any]]) -> str:
     return common.markdown_table(headers, body)
 
 
+def failures(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows that shipped no model, each with its reason (skipped rows are in the table)."""
+    failed = [r for r in rows if not r.get("ok") and not r.get("skipped")]
+    if not failed:
+        return ""
+    lines = [f"- {r['model']} w{r['width']:g} {r['budget']} {r['system']} seed {r['seed']}: "
+             f"{r.get('error', 'failed')}" for r in failed]  # fmt: skip
+    return "\n\nNo model shipped:\n\n" + "\n".join(lines)
+
+
 def paired_table(pairs: Sequence[dict[str, Any]]) -> str:
     headers = ["model", "budget", "seed", "hwprune", "best peer", "acc. hwprune", "acc. peer",
                "difference", "only hwprune right", "only peer right", "McNemar p"]  # fmt: skip
@@ -862,18 +872,19 @@ def _run_cell(
     rows = []
     systems = [f"hwprune-{a}" for a in s["searchers"]] + list(s["peers"])
     for system in systems:
+        tag = _row_tag(s, cell, system)
+        stored = None if fresh else store.get(tag)
+        same = stored is not None and math.isclose(stored.get("bound_ms", -1), cell.bound_ms,
+                                                   rel_tol=1e-9)  # fmt: skip
+        # A peer that cannot reach the bound is a result, kept like a finished row.
+        if same and (stored.get("ok") or stored.get("infeasible") or stored_only):
+            rows.append(stored)
+            continue
         if system == MODELOPT and not modelopt_installed():
             log.info("%s: nvidia-modelopt is not installed (pip install 'hwprune[peers]'); "
                      "skipped", system)  # fmt: skip
             rows.append({**cell.base(), "system": system, "kind": "peer", "ok": False,
                          "skipped": "not installed"})  # fmt: skip
-            continue
-        tag = _row_tag(s, cell, system)
-        stored = None if fresh else store.get(tag)
-        same = stored is not None and math.isclose(stored.get("bound_ms", -1), cell.bound_ms,
-                                                   rel_tol=1e-9)  # fmt: skip
-        if same and (stored.get("ok") or stored_only):
-            rows.append(stored)
             continue
         if stored_only:
             log.info("%s: not stored, left out", tag)
@@ -921,7 +932,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += got
     summary = summarise(rows, planned=len(s["seeds"]))
     pairs = paired(rows, summary, hwprune_system=default_system(s["searchers"]))
-    body = table(summary) + "\n\nhwprune's default searcher against the best peer:\n\n"
+    body = table(summary) + failures(rows)
+    body += "\n\nhwprune's default searcher against the best peer:\n\n"
     body += paired_table(pairs)
     print(body)
     if args.no_write:
