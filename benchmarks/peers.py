@@ -28,8 +28,8 @@ The final timing is one interleaved re-measurement of every system's exported ON
 and seed: round-robin over the files (a new ONNX Runtime session per call, the order rotated
 each round), 5 rounds, the median per file; load on the machine then hits every system alike.
 Reported per system: test accuracy after fine-tuning, that verified latency against the bound,
-parameters, and the seconds it took to choose its model. Per cell and seed: hwprune's default searcher
-minus the best peer (by mean accuracy in the cell), with McNemar's exact test on the two
+parameters, and the seconds it took to choose its model. Per cell and seed: hwprune's default
+searcher minus the best peer (by mean accuracy in the cell), with McNemar's exact test on the two
 models' test predictions. ``benchmarks/results/peers.png`` plots accuracy against verified
 latency for every system.
 
@@ -493,8 +493,8 @@ def peer_row(cell: Cell, peer: Peer, *, run_dir: Path, steps: int = BISECT_STEPS
         build, lo = tp_builder(dense, peer, input_shape=shape, batch=batch), MIN_KEEP
     else:
         build, lo = modelopt_builder(dense, input_shape=shape, splits=splits, seed=cell.seed,
-                                 batch_size=cell.batch_size,
-                                 checkpoint=run_dir / "fastnas_search.pth")  # fmt: skip
+                                     batch_size=cell.batch_size,
+                                     checkpoint=run_dir / "fastnas_search.pth")  # fmt: skip
     t0 = time.perf_counter()
     found = bisect_keep(
         build, onnx_measurer(cell.oracle, input_shape=shape), bound=cell.bound_ms, lo=lo,
@@ -505,8 +505,9 @@ def peer_row(cell: Cell, peer: Peer, *, run_dir: Path, steps: int = BISECT_STEPS
     row.update(search_seconds=seconds, selection_seconds=seconds, trace=found.trace,
                accuracy_dense_trained=dense_acc, params_dense=_params(dense))  # fmt: skip
     if found.module is None:
-        row.update(ok=False, infeasible=True, error=f"no {peer.name} model meets {cell.bound_ms:.4f} ms "
-                   f"(the smallest it builds, keep {lo:.3f}, does not)")  # fmt: skip
+        row.update(ok=False, infeasible=True,
+                   error=f"no {peer.name} model meets {cell.bound_ms:.4f} ms (the smallest "
+                   f"it builds, keep {lo:.3f}, does not)")  # fmt: skip
         return row
     row.update(ok=True, keep=found.keep, confirmed_ms=found.latency_ms)
     row.update(finish(found.module, splits=splits, seed=cell.seed,
@@ -762,8 +763,8 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
             if not pts:
                 continue
             hollow = {} if s.startswith("hwprune") else {"facecolors": "none"}
-            sc = ax.scatter([r["verified_over_dense"] for r in pts], [r["accuracy"] for r in pts],
-                            marker=markers[i % len(markers)], label=s, alpha=0.85, **hollow)  # fmt: skip
+            xs, ys = [r["verified_over_dense"] for r in pts], [r["accuracy"] for r in pts]
+            sc = ax.scatter(xs, ys, marker=markers[i % len(markers)], label=s, alpha=0.85, **hollow)
             if hollow:  # a hollow marker takes its line colour from the cycle
                 sc.set_edgecolor(f"C{i % 10}")
         for frac in sorted({r["bound_ms"] / r["reference_ms"] for r in mine}):
@@ -785,35 +786,67 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=common.module_command(__file__),
-                                description=__doc__.split("\n\n")[0])  # fmt: skip
-    p.add_argument("--quick", action="store_true",
-                   help="digits, vgg11_cifar w0.25, latency<=50%%, seed 0, latency-knapsack with "
-                        "6 evaluations, 2 Torch-Pruning peers, 1 fine-tuning epoch")  # fmt: skip
-    p.add_argument("--models", nargs="+", default=None, metavar="NAME[=WIDTH]",
-                   help="models and widths (default: vgg11_cifar=0.5 resnet32_cifar=1)")  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog=common.module_command(__file__), description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="digits, vgg11_cifar w0.25, latency<=50%%, seed 0, latency-knapsack with "
+        "6 evaluations, 2 Torch-Pruning peers, 1 fine-tuning epoch",
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        metavar="NAME[=WIDTH]",
+        help="models and widths (default: vgg11_cifar=0.5 resnet32_cifar=1)",
+    )
     p.add_argument("--data", default=None, help=f"dataset spec (default {DATA})")
-    p.add_argument("--budgets", nargs="+", default=None,
-                   help="relative latency budgets (default 'latency<=40%%' 'latency<=30%%')")  # fmt: skip
+    p.add_argument(
+        "--budgets",
+        nargs="+",
+        default=None,
+        help="relative latency budgets (default 'latency<=40%%' 'latency<=30%%')",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default 0 1 2)")
-    p.add_argument("--searchers", nargs="+", default=None,
-                   help=f"hwprune searchers (default {' '.join(SEARCHERS)})")  # fmt: skip
-    p.add_argument("--peers", nargs="+", default=None,
-                   help=f"peers (default {' '.join(PEERS)})")  # fmt: skip
-    p.add_argument("--evaluations", type=int, default=None,
-                   help=f"per hwprune search ({quality.EVALUATIONS})")  # fmt: skip
+    p.add_argument(
+        "--searchers",
+        nargs="+",
+        default=None,
+        help=f"hwprune searchers (default {' '.join(SEARCHERS)})",
+    )
+    p.add_argument("--peers", nargs="+", default=None, help=f"peers (default {' '.join(PEERS)})")
+    p.add_argument(
+        "--evaluations", type=int, default=None, help=f"per hwprune search ({quality.EVALUATIONS})"
+    )
     p.add_argument("--train-epochs", type=int, default=None, help=f"dense ({quality.TRAIN_EPOCHS})")
-    p.add_argument("--finetune-epochs", type=int, default=None,
-                   help=f"every pruned model's fine-tuning ({quality.FINETUNE_EPOCHS})")  # fmt: skip
-    p.add_argument("--bisect-steps", type=int, default=None,
-                   help=f"probes of each peer's knob ({BISECT_STEPS})")  # fmt: skip
-    p.add_argument("--rounds", type=int, default=None,
-                   help=f"rounds of the interleaved final timing ({TIMING_ROUNDS})")  # fmt: skip
+    p.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=None,
+        help=f"every pruned model's fine-tuning ({quality.FINETUNE_EPOCHS})",
+    )
+    p.add_argument(
+        "--bisect-steps",
+        type=int,
+        default=None,
+        help=f"probes of each peer's knob ({BISECT_STEPS})",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help=f"rounds of the interleaved final timing ({TIMING_ROUNDS})",
+    )
     p.add_argument("--oracle", default=None, help=f"latency oracle spec ({ORACLE})")
     p.add_argument("--device", default="cpu", help="training/fine-tuning device: cpu or cuda")
     p.add_argument("--fresh", action="store_true", help="redo rows that finished before")
-    p.add_argument("--stored-only", action="store_true",
-                   help="tabulate the stored rows and leave out the rest instead of running them")  # fmt: skip
+    p.add_argument(
+        "--stored-only",
+        action="store_true",
+        help="tabulate the stored rows and leave out the rest instead of running them",
+    )
     p.add_argument("--no-write", action="store_true", help="write no results (log only)")
     return p
 

@@ -28,8 +28,8 @@ def test_bisection_lands_the_largest_torch_pruning_model_within_a_measured_bound
     bound = 0.5 * peers.onnx_measurer(ORACLE, input_shape=SHAPE, repeats=3)(dense)
     build = peers.tp_builder(dense, peers.parse_peer("tp-mag-uniform-r8"), input_shape=SHAPE)
     steps = 4
-    found = peers.bisect_keep(build, measure, bound=bound, steps=steps,
-                              confirm=peers.onnx_measurer(ORACLE, input_shape=SHAPE, repeats=3))  # fmt: skip
+    confirm = peers.onnx_measurer(ORACLE, input_shape=SHAPE, repeats=3)
+    found = peers.bisect_keep(build, measure, bound=bound, steps=steps, confirm=confirm)
 
     assert len(found.trace) == steps
     assert found.module is not None and found.latency_ms <= bound
