@@ -127,7 +127,7 @@ def test_modelopt_without_the_extra_is_shown_as_not_installed(tmp_path: Path) ->
 def test_quick_run_writes_every_system_at_one_verified_bound(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``--quick`` end to end (about 100 s on 2 cores): hwprune and two Torch-Pruning peers on
+    """``--quick`` end to end (100-190 s on 2 cores): hwprune and two Torch-Pruning peers on
     one cell, timed together, paired with McNemar's test, into a temporary results folder."""
     from benchmarks import _common
 
