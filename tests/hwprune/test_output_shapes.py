@@ -68,6 +68,7 @@ def test_allow_output_change_prunes_the_returned_tensors_producers():
     assert _shapes(pruned(x))["top"] == (1, 6, 8, 8)
 
 
+@pytest.mark.slow
 def test_retinanet_fpn_backbone_keeps_its_256_channel_levels():
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
@@ -85,3 +86,70 @@ def test_retinanet_fpn_backbone_keeps_its_256_channel_levels():
     pruned = space.apply(Policy.uniform(space, 0.3)).eval()
     with torch.no_grad():
         assert _shapes(pruned(x)) == dense
+
+
+def _fidelity(model: nn.Module, x: torch.Tensor):
+    with torch.no_grad():
+        target = model(x)
+
+    def score(m: nn.Module) -> float:
+        with torch.no_grad():
+            out = m(x)
+        return -float(sum(((out[k] - target[k]) ** 2).mean() for k in target))
+
+    return score
+
+
+def test_a_run_reports_every_output_shape_and_the_groups_left_whole(tmp_path):
+    import json
+
+    import hwprune
+
+    torch.manual_seed(0)
+    model = _FPNLike().eval()
+    x = torch.randn(1, 3, 16, 16)
+    out = tmp_path / "run"
+    result = hwprune.prune(model, example_inputs=x, score=_fidelity(model, x), out=out,
+                           budgets=["macs<=80%"], agent="random", evaluations=4)  # fmt: skip
+    assert result.all_met
+    report = json.loads((out / "report.json").read_text())
+    assert report["output_shapes"]["top"] == {"dense": [1, 12, 8, 8], "final": [1, 12, 8, 8]}
+    assert set(report["output_shapes"]) == {"p1", "top", "p6"}
+    assert {"lat1", "smooth"} <= set(report["left_whole"])
+    md = (out / "report.md").read_text()
+    assert "| `p6` | 1x12x8x8 | 1x12x8x8 |" in md
+    assert "Every output keeps the dense model's shape." in md
+    assert "channel groups left whole that keep the model's output shapes: 2" in md
+
+
+def test_the_final_proof_refuses_a_model_whose_output_shape_changed():
+    from hwprune.errors import OutputShapeError
+    from hwprune.inputs import ExampleInputs
+    from hwprune.run.final import output_shapes_of
+    from hwprune.run.load import Loaded
+
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 6, 1)).eval()
+    smaller = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    inputs = ExampleInputs.from_user(torch.randn(1, 3, 8, 8))
+    loaded = Loaded(model=dense, example_inputs=inputs, task=None, space=None)
+    with pytest.raises(OutputShapeError, match=r"output 'output' has shape \[1, 4, 6, 6\] where "
+                       r"the dense model's has \[1, 6, 6, 6\]; allow_output_change"):  # fmt: skip
+        output_shapes_of(loaded, smaller, allow_change=False)
+    shapes = output_shapes_of(loaded, smaller, allow_change=True)
+    assert shapes == {"output": {"dense": [1, 6, 6, 6], "final": [1, 4, 6, 6]}}
+
+
+def test_the_option_reaches_the_space_through_the_config():
+    from hwprune.config import PruneConfig
+    from hwprune.run.load import build_space, space_options
+
+    config = PruneConfig(allow_output_change=True, budgets="params<=50%")
+    options = space_options(config)
+    assert options["allow_output_change"] is True
+    x = torch.randn(1, 3, 16, 16)
+    space = build_space(_FPNLike().eval(), example_inputs=x, options=options)
+    assert space.allow_output_change and "lat1" in {u.id for u in space.units}
+    # A model saved before output shapes were kept has no such option: built as it was then.
+    old = {k: v for k, v in options.items() if k != "allow_output_change"}
+    assert build_space(_FPNLike().eval(), example_inputs=x, options=old).allow_output_change
