@@ -204,6 +204,14 @@ class PruneConfig:
     min_keep: float = _opt(0.1, "smallest fraction kept per unit", kind="float")
     granularity: str = _opt("channel", "what is pruned", kind="str", choices=GRANULARITIES)
     importance: str = _opt("l2", "channel importance: l1, l2, taylor, random", kind="str")
+    allow_output_change: bool = _opt(
+        False,
+        "let channel pruning change the shape of the model's outputs: returned features (an "
+        "FPN level, a neck output) may lose channels; by default every channel group whose "
+        "pruning would change an output's shape is left whole, and the final model's output "
+        "shapes are checked against the dense model's",
+        kind="bool",
+    )
     surrogate: str = _opt(
         "auto",
         "predict timed budgets with a model learned from the run's own measurements, measuring "

@@ -44,6 +44,10 @@ class InfeasibleBudgetError(HwpruneError):
         self.smallest = smallest or {}
 
 
+class OutputShapeError(HwpruneError):
+    """A pruned model whose output shapes differ from the dense model's, where they must not."""
+
+
 class ExportError(HwpruneError):
     """A model that cannot be exported, or an export that does not match the torch model."""
 

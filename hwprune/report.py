@@ -77,6 +77,7 @@ def write_report_md(
         f"Parameters: {result.params_dense:,} dense, {result.params_final:,} final "
         f"({100.0 * result.params_final / max(1, result.params_dense):.1f}%).",
         "",
+        *_output_lines(result, options),
         *_search_lines(result, history),
         *_chance_lines(result, history),
         *_surrogate_lines(result.surrogate),
@@ -115,6 +116,47 @@ def _budget_lines(result: PruneResult, options: Mapping[str, Any]) -> list[str]:
             f"| {_fmt(b.final, b.unit)} | {'yes' if b.met else 'NO'} | {100 * b.margin:.1f}% |"
         )
     return lines
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "x".join(str(int(s)) for s in shape) if shape else "-"
+
+
+# How report.md groups the space's reasons for leaving a channel group whole.
+_LEFT_WHOLE = (
+    ("changes the shape of the model output", "keep the model's output shapes"),
+    ("breaks the forward pass", "break the forward pass when pruned"),
+    ("", "cannot be pruned soundly (Torch-Pruning cannot follow or score them, weight ties, "
+         "attention layouts)"),
+)  # fmt: skip
+
+
+def _output_lines(result: PruneResult, options: Mapping[str, Any]) -> list[str]:
+    """Every output's shape, dense and final, and the channel groups left whole, by why."""
+    lines: list[str] = []
+    if result.output_shapes:
+        kept = all(v.get("dense") == v.get("final") for v in result.output_shapes.values())
+        lines += ["## Outputs", "", "| output | dense shape | final shape |", "|---|---|---|"]
+        lines += [f"| `{n}` | {_shape(v.get('dense', ()))} | {_shape(v.get('final', ()))} |"
+                  for n, v in result.output_shapes.items()]  # fmt: skip
+        lines += ["", (
+            "Every output keeps the dense model's shape."
+            if kept
+            else "Output shapes changed: pruning was allowed to change them "
+            "(`allow_output_change`)."
+            if options.get("allow_output_change")
+            else "Output shapes changed."
+        ), ""]  # fmt: skip
+    groups: dict[str, list[str]] = {}
+    for uid, reason in result.left_whole.items():
+        label = next(text for key, text in _LEFT_WHOLE if key in reason)
+        groups.setdefault(label, []).append(uid)
+    for label, ids in groups.items():
+        shown = ", ".join(f"`{i}`" for i in ids[:8]) + (
+            f" and {len(ids) - 8} more" if len(ids) > 8 else ""
+        )
+        lines.append(f"- channel groups left whole that {label}: {len(ids)} ({shown})")
+    return [*lines, ""] if groups else lines
 
 
 def _search_lines(result: PruneResult, history: Sequence[Any] | None) -> list[str]:

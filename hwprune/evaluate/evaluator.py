@@ -16,6 +16,7 @@ from typing import Any
 
 import oracles
 from hwprune.budgets import Constraint
+from hwprune.errors import HwpruneError
 from hwprune.evaluate.log import EpisodeLog
 from hwprune.evaluate.options import EvaluatorOptions, ProxyOptions, split_options
 from hwprune.evaluate.scores import (
@@ -45,9 +46,16 @@ MEASURE_REPEATS = 3
 SEARCH_MAX_RUNS = 200
 SEARCH_MAX_TIME = 2.0
 
+# Every budget's cost for a candidate whose forward pass fails: over every bound, so each
+# searcher and the final choice take it as infeasible; finite, so rewards and multipliers stay
+# numbers.
+FAILED_COST = 2.0
+
 __all__ = [
     "Outcome",
     "Evaluator",
+    "CandidateFailure",
+    "FAILED_COST",
     "SEARCH_MAX_RUNS",
     "SEARCH_MAX_TIME",
     "EvaluatorOptions",
@@ -57,6 +65,31 @@ __all__ = [
     "chance_floor",
     "search_signal",
 ]
+
+
+class CandidateFailure(HwpruneError):
+    """A pruned candidate whose forward pass fails on the example inputs (a reshape that
+    needs channel counts the space allowed): the space's failure, recorded as an infeasible
+    candidate, never blamed on the task."""
+
+
+def forward_error(module: Any, inputs: Any) -> str | None:
+    """Why ``module`` fails a forward pass on ``inputs`` (eval mode, no gradients), or None."""
+    import torch
+
+    from hwprune.space._layers import model_device
+
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            inputs.to(model_device(module)).call(module)
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+    finally:
+        module.train(was_training)
+    return None
 
 
 @dataclass(frozen=True)
@@ -86,6 +119,9 @@ class Outcome:
     # What the searcher learns from (:func:`search_signal`, set by the search's budget);
     # None: the proxy score itself. Derived, so not logged: a resumed search recomputes it.
     signal: float | None = None
+    # Why the pruned model's forward pass failed (then every source is "failed", every cost
+    # FAILED_COST, nothing measured); None for a candidate that ran.
+    error: str | None = None
 
     @property
     def reward_score(self) -> float:
@@ -128,6 +164,7 @@ class Outcome:
                 if self.surrogate
                 else {}
             ),
+            **({"error": self.error} if self.error is not None else {}),
             "time": time.time(),
         }
 
@@ -158,6 +195,7 @@ class Outcome:
                 k: str(record.get("sources", {}).get(k, "measured")) for k in record["values"]
             },
             surrogate=dict(record.get("surrogate", {})),
+            error=record.get("error"),
         )
 
 
@@ -418,7 +456,10 @@ class Evaluator:
             return seen if seen.cached else _as_cached(seen)
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
-        module, acc = self.score_candidate(policy, timings=timings)
+        try:
+            module, acc = self.score_candidate(policy, timings=timings)
+        except CandidateFailure as exc:
+            return self.commit_failed(policy=policy, key=key, error=str(exc), timings=timings)
         sources: dict[str, str] = {}
         gate_records: dict[str, Any] = {}
         if self.surrogate is not None and not self._measure_all:
@@ -465,6 +506,11 @@ class Evaluator:
             t0 = time.perf_counter()
             module = self.space.apply(policy)
             timings["apply"] = time.perf_counter() - t0
+            # The task sees only a model that runs: a failure here is the space's, not the
+            # task's (CandidateFailure, an infeasible candidate).
+            error = forward_error(module, self.example_inputs)
+            if error is not None:
+                raise CandidateFailure(f"the pruned model's forward pass fails: {error}")
             what = what or self.describe_candidate(policy)
             t0 = time.perf_counter()
             self.task.checked_calibrate(module, what=what)
@@ -513,7 +559,41 @@ class Evaluator:
             sources=dict(sources or {}),
             surrogate=dict(surrogate or {}),
         )
-        self._by_key[key] = outcome
+        return self._remember(outcome)
+
+    def commit_failed(
+        self, *, policy: Any, key: str, error: str, timings: Mapping[str, float]
+    ) -> Outcome:
+        """The outcome of a candidate whose forward pass failed: infeasible for every budget
+        (cost ``FAILED_COST``, source "failed"), the worst score seen, its error logged."""
+        log.info("%s is infeasible: %s", self.describe_candidate(policy), error)
+        seen = [o.accuracy for o in self.history if o.error is None]
+        if self.dense_accuracy is not None:
+            seen.append(self.dense_accuracy)
+        # A score with a chance level (an accuracy) has 0 as its worst. Another has no worst:
+        # below the lowest seen by the spread seen (at least 1 and its own size), so a
+        # searcher learns to avoid it, and finite, so its rewards stay numbers.
+        accuracy = 0.0
+        if self.score_floor is None and seen:
+            low = min(seen)
+            accuracy = low - max(1.0, abs(low), max(seen) - low)
+        outcome = Outcome(
+            index=len(self.history),
+            policy=policy,
+            key=key,
+            accuracy=accuracy,
+            values={c.name: FAILED_COST * float(c.bound) for c in self.constraints},
+            costs={c.name: FAILED_COST for c in self.constraints},
+            feasible=False,
+            timings=dict(timings),
+            sources={c.name: "failed" for c in self.constraints},
+            error=error,
+        )
+        return self._remember(outcome)
+
+    def _remember(self, outcome: Outcome) -> Outcome:
+        """``outcome`` kept by its key, appended to the history and the log, reported."""
+        self._by_key[outcome.key] = outcome
         self.history.append(outcome)
         if self._log is not None:
             record = {"type": "candidate", **outcome.to_record(), "score_key": self.task.score_key}
@@ -521,7 +601,7 @@ class Evaluator:
                 from hwprune.space.staircase import proposed_and_built
 
                 record["channels"] = {
-                    k: list(v) for k, v in proposed_and_built(self.space, policy).items()
+                    k: list(v) for k, v in proposed_and_built(self.space, outcome.policy).items()
                 }
             self._log.append(record)
         if self.on_outcome is not None:

@@ -40,7 +40,13 @@ from typing import Any
 import oracles
 from hwprune.config import MAX_WORKERS
 from hwprune.errors import ConfigError, HwpruneError
-from hwprune.evaluate.evaluator import Evaluator, Outcome, _as_cached, candidate_params
+from hwprune.evaluate.evaluator import (
+    CandidateFailure,
+    Evaluator,
+    Outcome,
+    _as_cached,
+    candidate_params,
+)
 from oracles import Measurement, Oracle
 from oracles.errors import OracleError
 
@@ -101,6 +107,14 @@ class Prepared:
     onnx: bytes | None
     module: Any  # the pruned module, only where a timed oracle takes torch modules
     measurements: Mapping[str, Measurement]
+    timings: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class _Broken:
+    """A candidate whose pruned model failed its forward pass: committed as infeasible."""
+
+    error: str
     timings: Mapping[str, float]
 
 
@@ -169,12 +183,17 @@ def _init_worker(blob: bytes, cores: Sequence[int] | None, parent: int | None = 
     _WORKER.update(_load_job(blob, cores))
 
 
-def _prepare_here(state: Mapping[str, Any], policy: Any, what: str) -> Prepared | _Failure:
+def _prepare_here(
+    state: Mapping[str, Any], policy: Any, what: str
+) -> Prepared | _Broken | _Failure:
     job: _Job = state["job"]
+    timings: dict[str, float] = {}
     try:
-        timings: dict[str, float] = {}
         t_start = time.perf_counter()
-        module, acc = state["evaluator"].score_candidate(policy, timings=timings, what=what)
+        try:
+            module, acc = state["evaluator"].score_candidate(policy, timings=timings, what=what)
+        except CandidateFailure as exc:
+            return _Broken(error=str(exc), timings=timings)
         # The worker's evaluator has the run's space (its example inputs) and opset.
         onnx_bytes = state["evaluator"].export(module, timings=timings) if job.onnx else None
         shapes = job.example_inputs.shapes
@@ -197,13 +216,13 @@ def _prepare_here(state: Mapping[str, Any], policy: Any, what: str) -> Prepared 
         return _Failure(exc)
 
 
-def _prepare_local(policy: Any, what: str) -> Prepared | _Failure:
+def _prepare_local(policy: Any, what: str) -> Prepared | _Broken | _Failure:
     return _prepare_here(_WORKER, policy, what)
 
 
 def _prepare_ray(
     job_ref: list, job_id: str, cores: list[int] | None, node: str, policy: Any, what: str
-) -> Prepared | _Failure:
+) -> Prepared | _Broken | _Failure:
     import ray
 
     state = _WORKER.get(job_id)
@@ -480,7 +499,7 @@ class _Slot:
     key: str
     what: str
     prep: Future | None = None  # None until a worker is free for it
-    prepared: Prepared | None = None
+    prepared: Prepared | _Broken | None = None
     timing: dict[str, Future] = field(default_factory=dict)
     cache_keys: dict[str, str] = field(default_factory=dict)
     measured: dict[str, Measurement] = field(default_factory=dict)
@@ -632,6 +651,8 @@ class ParallelEvaluator(Evaluator):
             if slot.prep is None or not slot.prep.done():
                 return
             slot.prepared = _answer(slot.prep.result())
+            if isinstance(slot.prepared, _Broken):
+                return  # nothing to measure: committed as infeasible
             shapes = self.example_inputs.shapes
             for c in self.constraints:
                 oracle = self._search_oracles[c.name]  # a candidate: the search's stop rule
@@ -681,7 +702,7 @@ class ParallelEvaluator(Evaluator):
                 wait(busy, return_when=FIRST_COMPLETED)
 
     def _ready(self, slot: _Slot) -> bool:
-        return (
+        return isinstance(slot.prepared, _Broken) or (
             slot.prepared is not None
             and not slot.timing
             and len(slot.measured) == len(self.constraints)
@@ -689,6 +710,12 @@ class ParallelEvaluator(Evaluator):
 
     def _commit(self, slot: _Slot) -> None:
         p = slot.prepared
+        if isinstance(p, _Broken):
+            slot.outcome = self.commit_failed(
+                policy=slot.policy, key=slot.key, error=p.error, timings=p.timings
+            )
+            self._pending.pop(slot.key, None)
+            return
         timings = dict(p.timings)
         for name, m in slot.measured.items():
             if name not in p.measurements:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from hwprune.errors import InfeasibleBudgetError
+from hwprune.errors import InfeasibleBudgetError, OutputShapeError
 from hwprune.run.choose import repair_candidate
 from hwprune.run.context import RunContext
 from hwprune.run.load import Loaded
@@ -20,7 +20,7 @@ from hwprune.run.search import Dense
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Final", "MAX_REPAIRS", "finetune", "verify", "finalize"]
+__all__ = ["Final", "MAX_REPAIRS", "finetune", "verify", "finalize", "output_shapes_of"]
 
 # How many more candidates verification may try before giving up on a missed budget.
 MAX_REPAIRS = 4
@@ -37,6 +37,8 @@ class Final:
     measurements: dict[str, Any]
     met: dict[str, bool]
     repairs: int
+    # Each model output's shape, dense and final: {name: {"dense": [...], "final": [...]}}.
+    shapes: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
 
 def finetune(ctx: RunContext, loaded: Loaded, candidate: Any, teacher: Any) -> tuple:
@@ -60,6 +62,41 @@ def finetune(ctx: RunContext, loaded: Loaded, candidate: Any, teacher: Any) -> t
     return module, before, after
 
 
+def output_shapes_of(
+    loaded: Loaded, module: Any, *, allow_change: bool
+) -> dict[str, dict[str, list[int]]]:
+    """Each output's shape from the dense model and from ``module`` on the example inputs.
+
+    OutputShapeError where one differs and ``allow_change`` is off: the space keeps every
+    output's shape, so a difference is never handed on quietly."""
+    import torch
+
+    from hwprune.space._layers import model_device
+    from hwprune.space.channel import output_shapes
+
+    shapes = []
+    for m in (loaded.model, module):
+        was_training = m.training
+        m.eval()
+        try:
+            with torch.no_grad():
+                shapes.append(output_shapes(loaded.example_inputs.to(model_device(m)).call(m)))
+        finally:
+            m.train(was_training)
+    dense, final = shapes
+    names = list(dict.fromkeys([*dense, *final]))
+    out = {n: {"dense": list(dense.get(n, ())), "final": list(final.get(n, ()))} for n in names}
+    changed = [n for n in names if dense.get(n) != final.get(n)]
+    if changed and not allow_change:
+        n = changed[0]
+        raise OutputShapeError(
+            f"the final model's output {n!r} has shape {out[n]['final']} where the dense "
+            f"model's has {out[n]['dense']}; allow_output_change=True (--allow-output-change) "
+            "accepts outputs of another shape"
+        )
+    return out
+
+
 def verify(ctx: RunContext, d: Dense, module: Any) -> tuple[dict[str, Any], dict[str, bool]]:
     """Stage ``verify``: every budget's oracle on the final module, afresh (median of 3)."""
     with ctx.stage("verify", len(d.constraints), "re-measuring the final model") as step:
@@ -79,9 +116,10 @@ def finalize(ctx: RunContext, loaded: Loaded, d: Dense, chosen: Any) -> Final:
     while True:
         tried.add(candidate.key)
         module, before, after = finetune(ctx, loaded, candidate, teacher)
+        shapes = output_shapes_of(loaded, module, allow_change=ctx.config.allow_output_change)
         final, met = verify(ctx, d, module)
         if all(met.values()):
-            return Final(module, candidate, before, after, final, met, repairs)
+            return Final(module, candidate, before, after, final, met, repairs, shapes=shapes)
         if repairs >= MAX_REPAIRS:
             c = next(c for c in d.constraints if not met[c.name])
             raise InfeasibleBudgetError(

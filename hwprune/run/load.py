@@ -55,6 +55,7 @@ def space_options(config: PruneConfig, space: Any = None) -> dict[str, Any]:
         "round_to": config.round_to if isinstance(config.round_to, int) else 1,
         "min_keep": config.min_keep,
         "importance": config.importance,
+        "allow_output_change": config.allow_output_change,
     }
     channel_space = space is not None and space.granularity == "channel"
     choices = space.channel_choices if channel_space else None
@@ -87,6 +88,8 @@ def build_space(
             min_keep=float(options["min_keep"]),
             importance=options["importance"],
             channel_choices=options.get("channel_choices"),
+            # Absent in a model saved before outputs kept their shape: it was built without.
+            allow_output_change=bool(options.get("allow_output_change", True)),
             **structure,
         )
     pattern = "2:4" if granularity == "2:4" else "unstructured"

@@ -174,6 +174,7 @@ def result_of(
         surrogate=surrogate_report(d.evaluator),
         oracle_calls=dict(d.evaluator.oracle_calls), search_extra=dict(s.extra),
         timing=timing_report(d.evaluator, f.measurements), parts=ctx.parts,
+        output_shapes=f.shapes, left_whole={k.id: k.reason for k in loaded.space.skipped},
     )  # fmt: skip
 
 

@@ -82,6 +82,10 @@ class PruneResult:
     timing: Mapping[str, Any] = field(default_factory=dict)
     # How many times the run was started (1, plus one per resume): stage_seconds add them up.
     parts: int = 1
+    # Each model output's shape, dense and final: {name: {"dense": [...], "final": [...]}}.
+    output_shapes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # The space's groups left whole before the search, and why (unit id -> reason).
+    left_whole: Mapping[str, str] = field(default_factory=dict)
     model: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -130,4 +134,6 @@ class PruneResult:
             },
             "surrogate": dict(self.surrogate),
             "timing": dict(self.timing),
+            "output_shapes": {k: dict(v) for k, v in self.output_shapes.items()},
+            "left_whole": dict(self.left_whole),
         }

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -26,7 +27,7 @@ from torch import nn
 import hwprune.space._layers as _layers
 import hwprune.space._opaque as _opaque
 from hwprune.errors import ConfigError
-from hwprune.inputs import ExampleInputs, check_model_device, none_output
+from hwprune.inputs import ExampleInputs, check_model_device, flatten_outputs, none_output
 from hwprune.space._tp_compat import MappingBlowup, Unmapped, param_names, tolerant_index_mapping
 from hwprune.space.importance import get_criterion
 from hwprune.space.policy import Policy
@@ -36,6 +37,12 @@ log = logging.getLogger(__name__)
 __all__ = ["ChannelSpace", "Skipped", "Unit"]
 
 _PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
+
+# Keep ratios a unit is tried at before the search (0: the smallest count min_keep and the
+# rounding allow): a reshape that needs some channel counts breaks at others only.
+_TRIED_KEEPS = (0.0, 0.25, 0.5, 0.75)
+# Torch-Pruning's failures on one group (index mapping, importance), not on the whole trace.
+_GROUP_ERRORS = (IndexError, KeyError, ValueError, ZeroDivisionError)
 
 
 @dataclass(frozen=True)
@@ -169,6 +176,11 @@ def _vit_hidden_dim(module: nn.Module) -> None:
 
 # Model classes (by name: no import of their packages) whose forward reads a size attribute.
 _FIXUPS = {"VisionTransformer": _vit_hidden_dim}
+
+
+def output_shapes(out: Any) -> dict[str, tuple[int, ...]]:
+    """Each output tensor's shape, by the name the ONNX export gives it (``flatten_outputs``)."""
+    return {name: tuple(int(s) for s in t.shape) for name, t in flatten_outputs(out)}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -382,9 +394,16 @@ class ChannelSpace:
     from the dense weights by ``importance`` ("l2" by default, "l1", "taylor" with a
     ``calibration`` batch, "random" with ``seed``). The layers that produce
     the model's outputs (a classifier, a detection head's last layers) are
-    found automatically and their output channels never pruned;
-    ``ignored_layers`` (names or modules; a container means all its
-    submodules) adds more. A group through grouped (non-depthwise)
+    found automatically and their output channels never pruned; so is every
+    group whose pruning would change the shape of any model output, however
+    deep its layers sit behind additions, activations, upsampling,
+    concatenations or pooling (an FPN level that also feeds the next level,
+    a returned neck feature): each unit is tried one step smaller before the
+    search, and those that change an output's shape are left whole and listed
+    in ``skipped`` (``output_shapes`` holds the dense shapes).
+    ``allow_output_change=True`` keeps only the first rule, so returned
+    features may shrink. ``ignored_layers`` (names or modules; a container
+    means all its submodules) adds more. A group through grouped (non-depthwise)
     convolutions loses the same positions in every convolution group; groups
     Torch-Pruning cannot follow are left out and listed in ``skipped``.
 
@@ -400,8 +419,10 @@ class ChannelSpace:
     Torch-Pruning cannot trace take ``customized_pruners`` ({type or module:
     pruning function}) and ``unwrapped_parameters`` ({parameter or its name:
     dim to prune}), passed to its DependencyGraph. With ``check`` (default) a
-    unit whose pruning breaks the forward pass (a coupling Torch-Pruning
-    missed) is left out and listed in ``skipped``, and so is a group whose
+    unit whose pruning breaks the forward pass at its smallest count or at a
+    quarter, half or three quarters of its channels (a coupling Torch-Pruning
+    missed, a reshape that needs some counts) is left out and listed in
+    ``skipped``, and so is a group whose
     channels Torch-Pruning cannot follow in bounded work (MaxViT's attention).
     torchvision's Swin window attention and patch merging, which it cannot
     trace, are pruned as whole layers (``hwprune.space._opaque``): the
@@ -442,6 +463,7 @@ class ChannelSpace:
         seed: int = 0,
         channel_choices: Mapping[str, Sequence[int]] | None = None,
         check: bool = True,
+        allow_output_change: bool = False,
     ) -> None:
         if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
             raise ConfigError(f"round_to must be a positive integer, got {round_to!r}")
@@ -462,12 +484,15 @@ class ChannelSpace:
         self.round_to = round_to
         self.min_keep = float(min_keep)
         self.seed = seed
+        self.allow_output_change = bool(allow_output_change)
         self.skipped: list[Skipped] = []
         prof = self._profile_dense()
         user_ignored = _expand(model, _layers.resolve_names(model, ignored_layers))
         self._structure(num_heads, customized_pruners, unwrapped_parameters)
         self._build_units(criterion, calibration, user_ignored, prof)
         self.channel_choices: dict = {}
+        if not self.allow_output_change:
+            self._protect_outputs()
         if check:
             self._drop_broken_units()
         self.channel_choices = self._check_choices(channel_choices)
@@ -495,6 +520,12 @@ class ChannelSpace:
                 f"{type(self.model).__name__}'s {where} is None with the example inputs; a pruned "
                 "model's outputs must be tensors (a tensor, or tuples, lists and dicts of tensors)"
             )
+        #: The dense model's output shapes by output name: what a pruned model keeps.
+        self.output_shapes: dict[str, tuple[int, ...]] = {}
+        try:
+            self.output_shapes = output_shapes(outputs[0]) if outputs else {}
+        except ConfigError as exc:  # outputs the export refuses too: nothing to compare here
+            log.warning("the model's output shapes cannot be read (%s)", exc)
         return prof
 
     def _structure(
@@ -651,7 +682,7 @@ class ChannelSpace:
                     failed.append((module, f"Torch-Pruning cannot follow its channels in "
                                            f"bounded work ({exc})"))  # fmt: skip
                     return []
-                except (IndexError, KeyError, ValueError, ZeroDivisionError) as exc:
+                except _GROUP_ERRORS as exc:
                     failed.append((module, f"Torch-Pruning cannot follow its channels "
                                            f"({type(exc).__name__}: {exc})"))  # fmt: skip
                     return []
@@ -770,8 +801,14 @@ class ChannelSpace:
         if problem is not None:
             self._skip(names[root], problem)
             return None
-        with torch.no_grad():
-            scores = scorer(group)
+        try:
+            with torch.no_grad():
+                scores = scorer(group)
+        except (*_GROUP_ERRORS, RuntimeError) as exc:
+            # Torch-Pruning's importance indexes a depthwise conv with a channel multiplier
+            # (groups=C, 2C outputs) past its weight: this group only cannot be ranked.
+            self._skip(names[root], f"Torch-Pruning cannot score its channels ({_first_line(exc)})")
+            return None
         if scores is None or len(scores) != channels:
             raise RuntimeError(
                 f"importance {self.importance!r} gave no score for the group of {names[root]}"
@@ -793,48 +830,122 @@ class ChannelSpace:
         }
         return unit, _Plan(ops=tuple(ops), order=_order(scores, keys), step=step, scores=scores)
 
-    def _forward_error(self, indices: Sequence[int]) -> str | None:
-        """Why the model with units ``indices`` pruned to half fails its forward pass, or None."""
-        keep = [1.0] * len(self.units)
-        for i in indices:
-            keep[i] = 0.5
+    def _pruned_outputs(self, kept: Sequence[int]) -> dict[str, tuple[int, ...]] | str:
+        """The output shapes of the model with each unit cut to ``kept[i]`` channels, or why
+        its forward pass fails (the first line of the exception)."""
         try:
-            pruned = self.apply(Policy.uniform(self, 1.0).with_keep(keep))
+            pruned = self._apply_kept(kept)
             pruned.eval()
             with torch.no_grad():
-                self.example_inputs.call(pruned)
+                return output_shapes(self.example_inputs.call(pruned))
         except Exception as exc:
             return _first_line(exc)
-        return None
 
-    def _drop_broken_units(self) -> None:
-        """Leave out units whose pruning breaks the forward pass (a coupling Torch-Pruning missed).
+    def _keep_units(self, kept: Sequence[int]) -> None:
+        """Only the units at positions ``kept`` stay in the space (indices renumbered)."""
+        self.units = [replace(self.units[i], index=j) for j, i in enumerate(kept)]
+        self._plans = [self._plans[i] for i in kept]
 
-        All units are tried at once; only when that fails are halves tried,
-        down to single units, so a sound model costs one forward pass.
+    def _protect_outputs(self) -> None:
+        """Leave whole every unit whose pruning changes the shape of a model output.
+
+        Each unit is tried one step (its ``step``) smaller; an output's size only shrinks
+        with a unit's channels, so all units are tried at once and only a set that changes
+        an output is split in halves, down to single units: a model whose outputs no unit
+        reaches costs one forward pass. A unit whose forward fails is left to
+        ``_drop_broken_units``.
         """
-        bad: dict[int, str] = {}
+        if not self.output_shapes:
+            return
+        t0, passes = time.perf_counter(), 0
+        found: dict[int, str] = {}
 
         def search(indices: list[int]) -> None:
-            error = self._forward_error(indices)
-            if error is None:
+            nonlocal passes
+            kept = [u.channels for u in self.units]
+            for i in indices:
+                kept[i] -= max(1, self.units[i].step)
+            passes += 1
+            shapes = self._pruned_outputs(kept)
+            changed = [] if isinstance(shapes, str) else [
+                n for n, dense in self.output_shapes.items() if shapes.get(n) != dense
+            ]  # fmt: skip
+            if isinstance(shapes, dict) and not changed:
                 return
             if len(indices) == 1:
-                bad[indices[0]] = error
+                if changed:
+                    n = changed[0]
+                    found[indices[0]] = f"{n!r} {list(self.output_shapes[n])} -> {list(shapes[n])}"
                 return
             mid = len(indices) // 2
             search(indices[:mid])
             search(indices[mid:])
 
-        was_training = self.model.training
-        try:
-            search(list(range(len(self.units))))
-        finally:
-            self.model.train(was_training)
+        search([i for i, u in enumerate(self.units) if u.channels > max(1, u.step)])
+        ids = [self.units[i].id for i in sorted(found)]
+        log.info(
+            "output shapes kept: %d channel groups left whole (%s), found with %d forward "
+            "passes in %.2f s", len(ids), ", ".join(ids) or "none", passes,
+            time.perf_counter() - t0,
+        )  # fmt: skip
+        if not found:
+            return
+        for i, change in sorted(found.items()):
+            self.skipped.append(Skipped(
+                id=self.units[i].id,
+                reason=f"pruning it changes the shape of the model output {change}; "
+                "allow_output_change=True prunes it",
+            ))  # fmt: skip
+        self.output_layers = (*self.output_layers, *(i for i in ids if i not in self.output_layers))
+        if len(found) == len(self.units):
+            raise ConfigError(
+                f"nothing in {type(self.model).__name__} can be pruned without changing the shape "
+                f"of its outputs ({', '.join(self.output_shapes)}); allow_output_change=True "
+                "prunes the layers that produce them"
+            )
+        self._keep_units([i for i in range(len(self.units)) if i not in found])
+
+    def _forward_error(self, indices: Sequence[int], keep: float) -> str | None:
+        """Why the model with units ``indices`` pruned at ratio ``keep`` fails its forward
+        pass, or None."""
+        kept = [u.channels for u in self.units]
+        for i in indices:
+            kept[i] = self.unit_channels_for(keep, self.units[i])
+        shapes = self._pruned_outputs(kept)
+        return shapes if isinstance(shapes, str) else None
+
+    def _drop_broken_units(self) -> None:
+        """Leave out units whose pruning breaks the forward pass (a coupling Torch-Pruning
+        missed, a reshape that needs some channel counts).
+
+        Every unit is tried at each of ``_TRIED_KEEPS``: all units at once, and only when
+        that fails halves, down to single units, so a sound model costs one forward pass
+        per ratio.
+        """
+        bad: dict[int, str] = {}
+
+        def search(indices: list[int], keep: float) -> None:
+            error = self._forward_error(indices, keep)
+            if error is None:
+                return
+            if len(indices) == 1:
+                count = self.unit_channels_for(keep, self.units[indices[0]])
+                bad[indices[0]] = f"{count} of {self.units[indices[0]].channels} channels: {error}"
+                return
+            mid = len(indices) // 2
+            search(indices[:mid], keep)
+            search(indices[mid:], keep)
+
+        for keep in _TRIED_KEEPS:
+            search([i for i in range(len(self.units)) if i not in bad], keep)
         if not bad:
             return
         for i, error in sorted(bad.items()):
             self._skip(self.units[i].id, f"pruning it breaks the forward pass ({error})")
+        log.info(
+            "%d channel groups left whole: pruning them breaks the forward pass (%s)",
+            len(bad), ", ".join(self.units[i].id for i in sorted(bad)),
+        )  # fmt: skip
         kept = [i for i in range(len(self.units)) if i not in bad]
         if not kept:
             first = self.skipped[-len(bad)]
@@ -842,13 +953,15 @@ class ChannelSpace:
                 f"nothing in {type(self.model).__name__} can be pruned: all {len(bad)} channel "
                 f"groups break its forward pass when pruned (first: {first.id}: {first.reason})"
             )
-        self.units = [replace(self.units[i], index=j) for j, i in enumerate(kept)]
-        self._plans = [self._plans[i] for i in kept]
-        if self.units and self._forward_error(list(range(len(self.units)))) is not None:
-            # Sound alone, broken together: no subset rule here is worth guessing.
-            raise ConfigError(
-                "the model's prunable channel groups break its forward pass when pruned "
-                "together; pass ignored_layers=[...] for the layers of the groups in space.units"
+        self._keep_units(kept)
+        everything = list(range(len(self.units)))
+        if any(self._forward_error(everything, keep) is not None for keep in _TRIED_KEEPS):
+            # Sound alone, broken together: no subset rule is worth guessing. A candidate that
+            # breaks is the evaluator's infeasible candidate, never a model handed on.
+            log.warning(
+                "the prunable channel groups break the forward pass when pruned together at "
+                "some counts; such candidates are recorded as infeasible (ignored_layers=[...] "
+                "leaves the layers of the groups in space.units out)"
             )
 
     def _skip(self, unit_id: str, reason: str) -> None:
