@@ -576,3 +576,28 @@ def test_staircase_rows_on_another_runtime_are_their_own_rows() -> None:
     text = summary_table(rows)
     assert f"| {ORACLE} |" in text and f"| {args.oracle} |" in text
     assert "+0.0100" in text and "-0.0300" in text  # each runtime paired with itself
+
+
+@pytest.mark.slow
+def test_knapsack_cost_reads_the_knapsack_and_candidate_costs_from_a_real_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import _common, knapsack_cost
+
+    monkeypatch.setattr(_common, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(_common, "RESULTS_MD", tmp_path / "RESULTS.md")
+    monkeypatch.setattr(knapsack_cost, "RUNS_DIR", tmp_path / "runs")
+    argv = ["--model", "vgg11_cifar", "--width", "0.25", "--input-size", "32", "--evaluations", "8"]
+    assert knapsack_cost.main(argv) == 0
+    (row,) = json.loads((tmp_path / "results" / "knapsack_cost.json").read_text())["results"]
+    assert row["met"] and row["final"] <= row["bound"]
+    assert row["staircase_oracle_calls"] > 0 and row["candidates"] >= 2
+    # The search's cost adds up from its parts; a candidate's from its stages.
+    parts = sum(row[f"{p}_seconds"] for p in ("staircase", "importance", "solve", "verify"))
+    assert row["knapsack_search_seconds"] == pytest.approx(parts)
+    c = row["candidate_seconds"]
+    assert 0 < c["bn"] + c["accuracy"] + c["oracle:latency"] <= c["total"] * 1.01
+    assert "latency-knapsack on a large model" in (tmp_path / "RESULTS.md").read_text()
+    # A second run with the same settings reuses the stored row: nothing is pruned again.
+    monkeypatch.setattr(knapsack_cost, "_run", lambda *a, **k: pytest.fail("ran again"))
+    assert knapsack_cost.main(argv) == 0
