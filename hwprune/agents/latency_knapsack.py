@@ -156,8 +156,9 @@ class LatencyKnapsackSearch(Searcher):
         """Per unit, the value of keeping its ``k`` best channels for each count ``k``.
 
         ``value="sum"`` (HALP's): the summed importance of the ``k`` best channels.
-        ``value="log"``: the log of the share of the unit's importance they hold, so the
-        model's value is the log of the product of its units' kept shares.
+        ``value="log"``: the log of the share of the unit's importance they hold, once per
+        layer whose output the unit's channels are, so the model's value is the log of the
+        product of every layer output's kept share.
         """
         importance = str(space.importance)
         scores = space.channel_importance()
@@ -166,7 +167,7 @@ class LatencyKnapsackSearch(Searcher):
         # Torch-Pruning's global ranking does. A share (``log``) has no scale to compare.
         normalise = importance != "taylor" and self.value == "sum"
         out = []
-        for s, ks in zip(scores, counts, strict=True):
+        for unit, s, ks in zip(space.units, scores, counts, strict=True):
             s = np.clip(np.nan_to_num(np.asarray(s, dtype=np.float64)), 0.0, None)
             if normalise:
                 s = s / max(float(s.mean()), 1e-12)
@@ -174,7 +175,9 @@ class LatencyKnapsackSearch(Searcher):
             kept = np.array([top[min(k, s.size)] for k in ks], dtype=np.float64)
             if self.value == "log":
                 whole = max(float(top[-1]), 1e-12)
-                kept = np.log(np.clip(kept / whole, _LOG_FLOOR, None))
+                # Each layer whose output the unit's channels are is one step of the signal's
+                # path: a ResNet stage's stream is cut at every block it couples.
+                kept = unit.outputs * np.log(np.clip(kept / whole, _LOG_FLOOR, None))
             out.append(kept)
         return out, normalise
 

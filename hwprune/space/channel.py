@@ -76,6 +76,9 @@ class Unit:
     # Channels leave in blocks of ``step``: whole attention heads (step = head size) or
     # one position of every head (step = number of heads); 1 elsewhere.
     step: int = 1
+    # Weight layers whose output channels are this unit's: several where residual adds
+    # couple them (a ResNet stage's stream), 1 elsewhere.
+    outputs: int = 1
 
     def features(self) -> dict[str, Any]:
         """Per-unit numbers for an agent's observation (``layers`` reduced to its length)."""
@@ -827,6 +830,7 @@ class ChannelSpace:
             **_layers.geometry(_opaque.weight_layer(root)),
             "numel": int(_opaque.weight_layer(root).weight.numel()),
             "step": step,
+            "outputs": max(1, len(set(out_layers))),
         }
         return unit, _Plan(ops=tuple(ops), order=_order(scores, keys), step=step, scores=scores)
 
