@@ -8,9 +8,11 @@ One multiple-choice knapsack picks a kept count per unit: the value of keeping
 ``k`` channels is, by default (``value="log"``), the log of the share of the
 unit's importance its ``k`` best channels hold (a group of coupled channels is
 one unit, so it counts once), the cost the unit's measured latency at ``k``, and
-the sum must fit the bound. Summed logs are the log of the product of the kept
-shares: a signal passes every unit in turn, so a unit cut to a sliver costs the
-whole model, which a sum cannot say. HALP's value, the summed importance itself
+the sum must fit the bound. The log counts once per layer whose output the unit's
+channels are (``Unit.outputs``: a ResNet stage's stream is written by every block).
+Summed logs are the log of the product of every layer output's kept share: a
+signal passes each in turn, so a unit cut to a sliver costs the whole model,
+which a sum cannot say. HALP's value, the summed importance itself
 (``value="sum"``), is linear within a unit and sends the units whose channels
 cost most to their fewest channels first; on the demo's model it shipped 0.71
 mean test accuracy after fine-tuning against 0.94 for ``log`` (seeds 0-2,

@@ -455,3 +455,38 @@ def test_a_knapsack_started_search_resumed_from_its_log_proposes_the_same_candid
     assert [o.key for o in again.history] == [o.key for o in first.history]
     assert again.best.key == first.best.key
     assert again_ev.oracle_calls == calls_before  # every candidate answered by the log
+
+
+class TwoBlockResNet(nn.Module):
+    """A stem and two residual blocks on one 8-channel stream, then a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.a1, self.a2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.b1, self.b2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(x + self.a2(torch.relu(self.a1(x))))
+        x = torch.relu(x + self.b2(torch.relu(self.b1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_residual_stream_is_valued_once_per_layer_that_writes_it():
+    # The stream's channels are the outputs of the stem and of both blocks' last convs: cut
+    # to a sliver, it narrows the signal three times. The log value counts it three times.
+    torch.manual_seed(0)
+    space = ChannelSpace(TwoBlockResNet().eval(), example_input_shape=(1, 1, 8, 8),
+                         min_keep=0.1)  # fmt: skip
+    outputs = {u.id: u.outputs for u in space.units}
+    assert outputs == {"stem": 3, "a1": 1, "b1": 1}, outputs
+    counts = [unit_options(space, u) for u in space.units]
+    searcher = get_searcher("latency-knapsack")
+    values, _ = searcher._values(space, counts)
+    shares = space.channel_importance()
+    for unit, ks, v, s in zip(space.units, counts, values, shares, strict=True):
+        top = np.cumsum(np.sort(np.asarray(s, dtype=np.float64))[::-1])
+        expected = [unit.outputs * np.log(top[k - 1] / top[-1]) for k in ks]
+        assert np.allclose(v, expected), unit.id
