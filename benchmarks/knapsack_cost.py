@@ -89,6 +89,7 @@ def _row(run_dir: Path, *, wall: float, load: tuple[float, float]) -> dict[str, 
         "run_dir": str(run_dir), "stage_seconds": report["stage_seconds"],
         "staircase_seconds": float(seconds.get("staircase", 0.0)),
         "staircase_oracle_calls": k.get("staircase_oracle_calls"),
+        "staircase_cached_calls": k.get("staircase_cached_calls"),
         "importance_seconds": float(seconds.get("importance", 0.0)),
         "solve_seconds": float(seconds.get("solve", 0.0)),
         "verify_seconds": float(seconds.get("verify", 0.0)),
@@ -109,7 +110,12 @@ def _run(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     cmd = _command(args, run_dir)
     if args.core is not None:
         cmd = ["taskset", "-c", str(args.core), *cmd]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # An empty measurement cache of its own: the probe's cost is what a first run pays.
+    cache = run_dir.parent / f"{run_dir.name}.oracles.sqlite"
+    for stale in run_dir.parent.glob(f"{cache.name}*"):
+        stale.unlink()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "HWPRUNE_CACHE": str(cache)}  # fmt: skip
     log.info("running: %s", " ".join(cmd))
     before = os.getloadavg()[0]
     t0 = time.perf_counter()
@@ -176,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     notes = (
         "`hwprune prune --agent latency-knapsack` on each row's model at its input size "
         f"with random weights and 10 classes, `{ORACLE}`, "
-        "no fine-tuning, run through the CLI as a user runs it. Knapsack search = staircase "
+        "no fine-tuning, run through the CLI as a user runs it, from an empty measurement cache "
+        "of its own. Knapsack search = staircase "
         "probe + importance + solves + whole-model verifications (each verification is a "
         "candidate: proxy and timing). One candidate = the median over the run's candidates "
         "other than the smallest model, by stage; every searcher's candidate goes through the "

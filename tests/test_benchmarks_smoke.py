@@ -592,6 +592,7 @@ def test_knapsack_cost_reads_the_knapsack_and_candidate_costs_from_a_real_run(
     (row,) = json.loads((tmp_path / "results" / "knapsack_cost.json").read_text())["results"]
     assert row["met"] and row["final"] <= row["bound"]
     assert row["staircase_oracle_calls"] > 0 and row["candidates"] >= 2
+    assert row["staircase_cached_calls"] == 0  # a first run's probe, whatever the home cache holds
     # The search's cost adds up from its parts; a candidate's from its stages.
     parts = sum(row[f"{p}_seconds"] for p in ("staircase", "importance", "solve", "verify"))
     assert row["knapsack_search_seconds"] == pytest.approx(parts)
