@@ -270,6 +270,8 @@ class Evaluator:
         self._by_key: dict[str, Outcome] = {}
         # Keys predicted in the search and measured later by an earlier session (resume).
         self._later: dict[str, Outcome] = {}
+        # Re-measured values a searcher asked for (:meth:`remeasured_values`), by key.
+        self._remeasured: dict[str, dict[str, float]] = {}
         self.history: list[Outcome] = []
         self.dense: dict[str, Measurement] = {}
         self.dense_accuracy: float | None = None
@@ -286,6 +288,10 @@ class Evaluator:
         for record in self._log.records():
             if record.get("type") == "surrogate" and self.surrogate_decision is None:
                 self.surrogate_decision = record
+            if record.get("type") == "remeasure" and isinstance(record.get("values"), dict):
+                self._remeasured[str(record.get("key"))] = {
+                    str(k): float(v) for k, v in record["values"].items()
+                }
             if record.get("type", "candidate") != "candidate":
                 continue
             if not same_score(record.get("score_key"), self.task.score_key):
@@ -416,6 +422,21 @@ class Evaluator:
         machine can be a third off; a median of three rarely is).
         """
         return self.measure_module(module, fresh=True, repeats=MEASURE_REPEATS)
+
+    def remeasured_values(self, policy: Any) -> dict[str, float]:
+        """Every constraint's value of ``policy``'s model, re-measured as :meth:`remeasure`
+        does, and logged: a resumed run reads these values, so a searcher whose next step
+        depends on them proposes the same candidates (a fresh timing would differ)."""
+        key = self.space.shape_key(policy)
+        seen = self._remeasured.get(key)
+        if seen is not None and all(c.name in seen for c in self.constraints):
+            return dict(seen)
+        measured = self.remeasure(self.space.apply(policy))
+        values = {name: float(m.value) for name, m in measured.items()}
+        self._remeasured[key] = values
+        if self._log is not None:
+            self._log.append({"type": "remeasure", "key": key, "values": values})
+        return values
 
     def calibrate(self) -> list[Constraint]:
         """Measure the dense model with every oracle and fix relative budgets to absolute bounds."""
