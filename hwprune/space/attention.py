@@ -28,9 +28,11 @@ every layer's best ``k / step`` blocks.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,7 +43,16 @@ from hwprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Cut", "Family", "Transformer", "cache_output", "find", "fix_pruned", "plan"]
+__all__ = [
+    "Cut",
+    "Family",
+    "Transformer",
+    "cache_output",
+    "find",
+    "fix_pruned",
+    "from_pretrained",
+    "plan",
+]
 
 _Q = ("q_proj", "query", "q")
 _K = ("k_proj", "key", "k")
@@ -387,3 +398,82 @@ def cache_output(out: Any, *, path: str = "output") -> str | None:
                 return found
         return None
     return f"{path} ({type(out).__name__})"
+
+
+def from_pretrained(model_class: Any, path: Any, **kwargs: Any) -> nn.Module:
+    """A pruned model saved with ``save_pretrained``, reloaded where the class's own
+    ``from_pretrained`` cannot build it.
+
+    Llama, Qwen2, ViT and other classes that read ``config.head_dim`` reload with their own
+    ``from_pretrained``; this is the same for them. BERT-style classes derive the head size
+    from ``hidden_size / num_attention_heads``: the model is built with the dense head count
+    that the saved ``head_dim`` implies, its attention projections are cut to the saved head
+    count, and the saved weights are loaded into it (every weight must be found).
+    """
+    config = model_class.config_class.from_pretrained(path)
+    head_dim = vars(config).get("head_dim")
+    heads = int(config.num_attention_heads)
+    if not isinstance(head_dim, int) or _builds_heads(model_class, config, heads * head_dim):
+        return model_class.from_pretrained(path, **kwargs)
+    if config.hidden_size % head_dim:
+        raise ConfigError(f"{path}: head_dim {head_dim} does not divide hidden_size")
+    dense = copy.deepcopy(config)
+    dense.num_attention_heads = config.hidden_size // head_dim
+    model = model_class(dense)
+    found = find(model)
+    if found is None or not found.attention:
+        raise ConfigError(f"{model_class.__name__} has no attention blocks to cut to {heads} heads")
+    keep = list(range(heads * head_dim))
+    for a in found.attention:
+        for name in (a.q, a.k, a.v):
+            _linear_rows(model.get_submodule(name), keep)
+        _linear_cols(model.get_submodule(a.o), keep)
+    fix_pruned(model, found)
+    saved = _saved_weights(Path(path))
+    result = model.load_state_dict(saved, strict=False)
+    # save_pretrained leaves out a weight tied to another (a masked-LM decoder): it is loaded
+    # with the one it shares its storage with.
+    state = model.state_dict()
+    loaded = {state[k].data_ptr() for k in saved if k in state}
+    missing = [k for k in result.missing_keys if state[k].data_ptr() not in loaded]
+    if missing or result.unexpected_keys:
+        raise ConfigError(
+            f"{path} does not match {model_class.__name__} with {heads} heads of {head_dim}: "
+            f"missing {missing[:3]}, unexpected {list(result.unexpected_keys)[:3]}"
+        )
+    return model.eval()
+
+
+def _builds_heads(model_class: Any, config: Any, width: int) -> bool:
+    """Whether ``model_class(config)`` builds query projections ``width`` wide (built on the
+    meta device: shapes only)."""
+    with torch.device("meta"):
+        probe = model_class(config)
+    found = find(probe)
+    if found is None or not found.attention:
+        return True
+    return probe.get_submodule(found.attention[0].q).out_features == width
+
+
+def _saved_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ConfigError(f"{path} holds no .safetensors weights")
+    out: dict[str, torch.Tensor] = {}
+    for f in files:
+        out.update(load_file(str(f)))
+    return out
+
+
+def _linear_rows(layer: nn.Linear, keep: list[int]) -> None:
+    layer.weight = nn.Parameter(layer.weight.data[keep].clone())
+    if layer.bias is not None:
+        layer.bias = nn.Parameter(layer.bias.data[keep].clone())
+    layer.out_features = len(keep)
+
+
+def _linear_cols(layer: nn.Linear, keep: list[int]) -> None:
+    layer.weight = nn.Parameter(layer.weight.data[:, keep].clone())
+    layer.in_features = len(keep)
