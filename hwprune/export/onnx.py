@@ -153,6 +153,14 @@ def export_onnx(
     return data
 
 
+# What to do about an operator that has no ONNX form, where the fix is known.
+_HINTS = {
+    # transformers decoders look for packed sequences in the positions when no mask is given.
+    "aten::diff": "; a transformers decoder computes it when called without an attention mask: "
+    "pass attention_mask=torch.ones_like(input_ids) with the example inputs",
+}
+
+
 def _traced(model, inputs: ExampleInputs, *, opset: int, allow_trace_warnings: bool) -> bytes:
     """The TorchScript exporter's bytes of ``model`` (eval mode, CPU; its own mode and device
     are left as they were); ExportError for an operator it cannot express or a forward that
@@ -200,7 +208,7 @@ def _traced(model, inputs: ExampleInputs, *, opset: int, allow_trace_warnings: b
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         raise ExportError(
             f"cannot export {type(model).__name__} to ONNX opset {opset}: {what} is not "
-            f"supported ({first})"
+            f"supported ({first}){_HINTS.get(op or '', '')}"
         ) from exc
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)

@@ -26,6 +26,7 @@ from torch import nn
 
 import hwprune.space._layers as _layers
 import hwprune.space._opaque as _opaque
+import hwprune.space.attention as _attention
 from hwprune.errors import ConfigError
 from hwprune.inputs import ExampleInputs, check_model_device, flatten_outputs, none_output
 from hwprune.space._tp_compat import MappingBlowup, Unmapped, param_names, tolerant_index_mapping
@@ -238,9 +239,13 @@ def _expand(model: nn.Module, names: set[str]) -> set[str]:
 
 
 def _resolve_heads(
-    model: nn.Module, num_heads: Mapping[str | nn.Module, int] | None
+    model: nn.Module,
+    num_heads: Mapping[str | nn.Module, int] | None,
+    transformer: _attention.Transformer | None = None,
 ) -> dict[nn.Module, int]:
-    """``num_heads`` as {attention module: heads}, checked against the modules."""
+    """``num_heads`` as {nn.MultiheadAttention: heads}, checked against the modules; the
+    attention blocks of a transformers-style model are checked and left out (they are
+    pruned by whole heads anyway)."""
     if not num_heads:
         return {}
     if not isinstance(num_heads, Mapping):
@@ -256,10 +261,13 @@ def _resolve_heads(
         label = key if isinstance(key, str) else type(key).__name__
         if module is None or module not in names:
             raise ConfigError(f"num_heads names {label!r}, which is not a module of the model")
+        if _attention.check_heads(module, heads, transformer, names[module]):
+            continue
         if not isinstance(module, nn.MultiheadAttention):
             raise ConfigError(
-                f"num_heads takes nn.MultiheadAttention modules (whole heads are removed from its "
-                f"in/out projections), got {type(module).__name__} {names[module]!r}"
+                f"num_heads takes nn.MultiheadAttention modules or the attention modules of a "
+                f"transformers model (those that own the query/key/value projections), got "
+                f"{type(module).__name__} {names[module]!r}"
             )
         if not isinstance(heads, int) or isinstance(heads, bool) or heads != module.num_heads:
             raise ConfigError(
@@ -492,7 +500,10 @@ class ChannelSpace:
         prof = self._profile_dense()
         user_ignored = _expand(model, _layers.resolve_names(model, ignored_layers))
         self._structure(num_heads, customized_pruners, unwrapped_parameters)
-        self._build_units(criterion, calibration, user_ignored, prof)
+        if self._transformer is not None:
+            self._build_transformer_units(user_ignored, prof)
+        else:
+            self._build_units(criterion, calibration, user_ignored, prof)
         self.channel_choices: dict = {}
         if not self.allow_output_change:
             self._protect_outputs()
@@ -523,6 +534,15 @@ class ChannelSpace:
                 f"{type(self.model).__name__}'s {where} is None with the example inputs; a pruned "
                 "model's outputs must be tensors (a tensor, or tuples, lists and dicts of tensors)"
             )
+        cache = _attention.cache_output(outputs[0]) if outputs else None
+        if cache is not None:
+            # Torch-Pruning and the ONNX export follow tensors only; a key/value cache is an
+            # object they fail on with messages that do not name it.
+            raise ConfigError(
+                f"{type(self.model).__name__}'s {cache} is not a tensor: a decoder's key/value "
+                "cache cannot be traced or exported; set model.config.use_cache = False (or "
+                "pass use_cache=False to the model) before pruning"
+            )
         #: The dense model's output shapes by output name: what a pruned model keeps.
         self.output_shapes: dict[str, tuple[int, ...]] = {}
         try:
@@ -541,7 +561,8 @@ class ChannelSpace:
         model = self.model
         names = {m: n for n, m in model.named_modules()}
         self._ties = _layers.tied_parameters(model)
-        self._heads = _resolve_heads(model, num_heads)
+        self._transformer = _attention.find(model)
+        self._heads = _resolve_heads(model, num_heads, self._transformer)
         self.num_heads = {names[m]: h for m, h in self._heads.items()}
         self._head_dims = {names[m]: m.embed_dim // h for m, h in self._heads.items()}
         # Modules Torch-Pruning cannot trace through (Swin) are opaque layers with their own
@@ -586,6 +607,50 @@ class ChannelSpace:
         order = sorted(range(len(units)), key=lambda i: position[units[i]["id"]])
         self.units: list[Unit] = [Unit(index=j, **units[i]) for j, i in enumerate(order)]
         self._plans: list[_Plan] = [plans[i] for i in order]
+
+    def _build_transformer_units(self, user_ignored: set[str], prof: _layers.LayerProfile) -> None:
+        """The attention heads and MLP width of a transformers-style model as units
+        (``hwprune.space.attention``); its hidden width and other layers stay whole."""
+        import torch_pruning as tp
+
+        assert self._transformer is not None
+        families, skipped = _attention.plan(self.model, self._transformer,
+                                            importance=self.importance, seed=self.seed,
+                                            ignored=user_ignored)  # fmt: skip
+        for unit_id, reason in skipped:
+            self._skip(unit_id, reason)
+        if not families:
+            raise ConfigError(
+                f"{type(self.model).__name__} has no prunable attention heads or MLP width "
+                f"({self.skipped[0].id}: {self.skipped[0].reason})"
+            )
+        position = {n: i for i, (n, _) in enumerate(self.model.named_modules())}
+        self.output_layers = ()
+        self.units, self._plans = [], []
+        for family in families:
+            ops = tuple(
+                _Op(target=c.layer, handler=tp.prune_linear_out_channels if c.out
+                    else tp.prune_linear_in_channels, pruning_dim=0 if c.out else 1,
+                    is_param=False, idxs=c.idxs, roots=c.roots)
+                for c in family.cuts
+            )  # fmt: skip
+            layers = tuple(sorted(set(family.layers), key=position.get))
+            root = self.model.get_submodule(family.root)
+            self.units.append(Unit(
+                id=family.id, index=len(self.units), layers=layers, channels=family.channels,
+                kind=family.kind, **_layers.geometry(root), numel=int(root.weight.numel()),
+                flops_share=sum(prof.macs.get(n, 0) for n in layers) / max(1, prof.total_macs),
+                params_share=sum(prof.params.get(n, 0) for n in layers)
+                / max(1, prof.total_params),
+                step=family.step, outputs=sum(1 for c in family.cuts if c.out),
+            ))  # fmt: skip
+            order = np.arange(family.channels, dtype=np.int64)  # rank space: best first
+            self._plans.append(_Plan(ops=ops, order=order, step=family.step,
+                                     scores=family.scores))  # fmt: skip
+        log.info(
+            "%s: %s pruned as units of whole heads and MLP channels, alike in every layer",
+            type(self.model).__name__, ", ".join(u.id for u in self.units),
+        )  # fmt: skip
 
     def _space_signature(self) -> str:
         """What decides the pruned architectures: criterion, seed, input shapes and the units."""
@@ -672,7 +737,7 @@ class ChannelSpace:
                 "ignored_layers=[...], describe it with customized_pruners={type: pruner} or "
                 "unwrapped_parameters={parameter: dim}, or give attention heads with "
                 "num_heads={module: heads}"
-            ) from exc
+            ) from exc  # a decoder's cache in the output is refused before (_profile_dense)
         original = dg.get_pruning_group
 
         def get_pruning_group(module: Any, *args: Any, **kwargs: Any) -> Any:
@@ -1164,3 +1229,5 @@ class ChannelSpace:
             fix = _FIXUPS.get(type(module).__name__)
             if fix is not None:
                 fix(module)
+        if self._transformer is not None:
+            _attention.fix_pruned(pruned, self._transformer)

@@ -259,8 +259,6 @@ def _layer_inputs(space: Any) -> dict[str, tuple[int, ...]]:
     import torch
     from torch import nn
 
-    from hwprune.space import _layers
-
     shapes: dict[str, tuple[int, ...]] = {}
 
     def hook(name: str) -> Callable[..., None]:
@@ -280,7 +278,8 @@ def _layer_inputs(space: Any) -> dict[str, tuple[int, ...]]:
     model.eval()
     try:
         with torch.no_grad():
-            model(_layers.example_input(model, space.example_input_shape))
+            # The space's own inputs: a model may take integer ids or several named tensors.
+            space.example_inputs.call(model)
     finally:
         model.train(was_training)
         for h in handles:
