@@ -318,6 +318,14 @@ def _takes_list(model: Any) -> bool:
     if not params:
         return False
     hint = hints.get(params[0].name, params[0].annotation)
+    if hint is inspect.Parameter.empty:
+        # TorchScript-style type comments (``# type: (List[Tensor], ...)``: RetinaNet's).
+        try:
+            types, _ = torch.jit.annotations.get_signature(forward, None, None, True) or ([], 0)
+        except Exception:  # a forward whose source cannot be read or parsed
+            return False
+        hint = types[0] if len(types) == len(params) else None
+        return isinstance(hint, torch.ListType)
     return hint is list or typing.get_origin(hint) is list
 
 

@@ -656,7 +656,7 @@ def _need(
     src = (sources or {}).get(name)
     if src is not None:
         raise MeasurementFailedError(
-            f"the size of tensor {name!r} (read by the {where}) depends on the input's values: "
+            f"the size of tensor {name!r} (at the {where}) depends on the input's values: "
             f"it follows the {src.op_type} node {src.name or '(unnamed)'}; the static oracles "
             "cannot count it: budget this model with a timed oracle (e.g. latency on "
             "onnxruntime:cpu), or pass the model without its post-processing (the backbone and "
