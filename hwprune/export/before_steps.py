@@ -116,8 +116,13 @@ def check_before(
 
     from hwprune.inputs import output_scale
 
+    from oracles.onnx_graph import data_dependent_sources
+
     subs = _candidates(module, proto)
-    scoped = {path: _scope_outputs(proto, path) for path, _ in subs}
+    after = data_dependent_sources(proto)
+    # A submodule's tensor computed after the step (Faster R-CNN's proposals) is no fixed point.
+    scoped = {path: [t for t in _scope_outputs(proto, path) if t not in after]
+              for path, _ in subs}  # fmt: skip
     extra = [t for names in scoped.values() for t in names]
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
@@ -151,6 +156,20 @@ def check_before(
     whole = {k.rsplit("[", 1)[0] for k in worst} - {k.rsplit("[", 1)[0] for k in failed}
     kept = [p for p in whole if not any(p.startswith(q + ".") for q in whole)]
     found = [(k, *v) for k, v in sorted(worst.items()) if k.rsplit("[", 1)[0] in kept]
+    unchecked = [
+        name
+        for name, sub in module.named_modules()
+        if any(True for _ in sub.parameters(recurse=False))
+        and not any(name == p or name.startswith(p + ".") for p in kept)
+    ]
+    if found and unchecked:
+        name, step = next(iter(steps.items()))
+        raise ExportError(
+            f"ONNX output {name!r} has a size that depends on the input's values (it follows "
+            f"{step}), and the layer {unchecked[0]!r} runs after that step, where no tensor of a "
+            "fixed size can be compared with torch; the export cannot be checked: export the "
+            "model without its post-processing"
+        )
     if not found:
         name, step = next(iter(steps.items()))
         raise ExportError(
