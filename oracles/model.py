@@ -341,7 +341,9 @@ def input_ranges(proto: Any) -> dict[str, tuple[int, int]]:
             continue
         try:
             raw = json.loads(prop.value)
-            return {str(k): (int(v[0]), int(v[1])) for k, v in raw.items() if int(v[0]) <= int(v[1])}
+            return {
+                str(k): (int(v[0]), int(v[1])) for k, v in raw.items() if int(v[0]) <= int(v[1])
+            }
         except (ValueError, TypeError, KeyError, IndexError, AttributeError):
             return {}
     return {}

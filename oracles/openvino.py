@@ -272,9 +272,7 @@ class OpenVINOLatency(TimedRuntimeOracle):
         del data
         count = pool_count(self.sessions, device=self.device, threads=self.threads)
         compiled = [self._compile(ov_model) for _ in range(count)]
-        feeds = _random_feeds(
-            list(compiled[0].inputs), shapes, count=_INPUT_SETS, ranges=ranges
-        )
+        feeds = _random_feeds(list(compiled[0].inputs), shapes, count=_INPUT_SETS, ranges=ranges)
         runners = [self._runner(c, feeds) for c in compiled]
         result = time_runners(runners, rotate(runners), self, label=f"openvino:{self.device}")
         return latency_measurement(

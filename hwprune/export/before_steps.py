@@ -115,7 +115,6 @@ def check_before(
     import onnxruntime as ort
 
     from hwprune.inputs import output_scale
-
     from oracles.onnx_graph import data_dependent_sources
 
     subs = _candidates(module, proto)

@@ -213,8 +213,13 @@ def parity(
             name=graph_outputs[i], shape=shapes[i], max_abs_diff=d, scale=s, worst_rel_diff=r
         )  # fmt: skip
         if graph_outputs[i] not in steps
-        else OutputParity(name=graph_outputs[i], shape=shapes[i], max_abs_diff=0.0, scale=1.0,
-                          follows=steps[graph_outputs[i]])  # fmt: skip
+        else OutputParity(
+            name=graph_outputs[i],
+            shape=shapes[i],
+            max_abs_diff=0.0,
+            scale=1.0,
+            follows=steps[graph_outputs[i]],
+        )  # fmt: skip
         for i, (d, s, r) in sorted({**{i: (0.0, 1.0, 0.0) for i in shapes}, **worst}.items())
     )
     if atol is not None and any(p.rel_diff > atol for p in found):
@@ -226,8 +231,9 @@ def parity(
         before = check_before(module, proto, inputs, draws=draws, steps=steps)
         step = " or ".join(sorted(set(steps.values())))
         found += tuple(
-            OutputParity(name=f"{k} (before {step})", shape=sh, max_abs_diff=d, scale=sc,
-                         worst_rel_diff=r)  # fmt: skip
+            OutputParity(
+                name=f"{k} (before {step})", shape=sh, max_abs_diff=d, scale=sc, worst_rel_diff=r
+            )  # fmt: skip
             for k, sh, d, sc, r in before
         )
     return found

@@ -54,15 +54,22 @@ def test_flops_see_an_expand_whose_target_is_computed_from_constants():
     # batch dimension (a MeasurementFailedError out of the flops oracle).
     const = numpy_helper.from_array(np.zeros((1, 16), np.float32), "buf")
     nodes = [
-        helper.make_node("Constant", [], ["two"], value=numpy_helper.from_array(
-            np.array([2], np.int64))),  # fmt: skip
-        helper.make_node("ConstantOfShape", ["two"], ["ones"],
-                         value=numpy_helper.from_array(np.array([1], np.int64))),  # fmt: skip
-        helper.make_node("Constant", [], ["minus"], value=numpy_helper.from_array(
-            np.array([-1, -1], np.int64))),  # fmt: skip
+        helper.make_node(
+            "Constant", [], ["two"], value=numpy_helper.from_array(np.array([2], np.int64))
+        ),  # fmt: skip
+        helper.make_node(
+            "ConstantOfShape",
+            ["two"],
+            ["ones"],
+            value=numpy_helper.from_array(np.array([1], np.int64)),
+        ),  # fmt: skip
+        helper.make_node(
+            "Constant", [], ["minus"], value=numpy_helper.from_array(np.array([-1, -1], np.int64))
+        ),  # fmt: skip
         helper.make_node("Mul", ["ones", "minus"], ["neg"]),
-        helper.make_node("Constant", [], ["size"], value=numpy_helper.from_array(
-            np.array([3, 16], np.int64))),  # fmt: skip
+        helper.make_node(
+            "Constant", [], ["size"], value=numpy_helper.from_array(np.array([3, 16], np.int64))
+        ),  # fmt: skip
         helper.make_node("Equal", ["size", "neg"], ["eq"]),
         helper.make_node("Where", ["eq", "ones", "size"], ["target"]),
         helper.make_node("Expand", ["buf", "target"], ["b"]),
