@@ -107,10 +107,7 @@ class ExampleInputs:
         """
         if isinstance(obj, ExampleInputs):
             return obj
-        accepted = (
-            "a tensor, a tuple/list of tensors, a list in a tuple (([x0, x1],)) or a dict of "
-            "named tensors"
-        )
+        accepted = "a tensor, a tuple/list of tensors or a dict of named tensors"
         if isinstance(obj, torch.Tensor):
             return cls(kind="tensor", names=(SINGLE_INPUT,), tensors=(obj,))
         if isinstance(obj, (tuple, list)) and len(obj) == 1 and isinstance(obj[0], list):

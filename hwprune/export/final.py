@@ -159,7 +159,7 @@ def parity(
     import onnxruntime as ort
     import torch
 
-    from hwprune.export.before_steps import check_before, data_dependent_outputs
+    from hwprune.export.before_steps import data_dependent_outputs
     from hwprune.inputs import flatten_outputs, output_scale
 
     inputs = resolve_inputs(example_inputs, input_shape, what="the parity check").to("cpu")
@@ -170,8 +170,7 @@ def parity(
     )
     graph_inputs = [i.name for i in session.get_inputs()]
     graph_outputs = [o.name for o in session.get_outputs()]
-    proto = onnx.load_from_string(onnx_bytes)
-    steps = data_dependent_outputs(proto, inputs.shapes)
+    steps = data_dependent_outputs(proto := onnx.load_from_string(onnx_bytes), inputs.shapes)
     module = module.to("cpu").eval()
     worst: dict[int, tuple[float, float, float]] = {}  # max |diff|, max scale, max relative
     shapes: dict[int, tuple[int, ...]] = {}
@@ -209,34 +208,46 @@ def parity(
             rel = math.inf if math.isnan(rel) else rel  # inf / inf: nothing to vouch for
             worst[i] = (max(prev[0], diff), max(prev[1], scale), max(prev[2], rel))
     found = tuple(
-        OutputParity(
-            name=graph_outputs[i], shape=shapes[i], max_abs_diff=d, scale=s, worst_rel_diff=r
-        )  # fmt: skip
-        if graph_outputs[i] not in steps
-        else OutputParity(
-            name=graph_outputs[i],
-            shape=shapes[i],
-            max_abs_diff=0.0,
-            scale=1.0,
-            follows=steps[graph_outputs[i]],
-        )  # fmt: skip
-        for i, (d, s, r) in sorted({**{i: (0.0, 1.0, 0.0) for i in shapes}, **worst}.items())
+        _output_parity(graph_outputs[i], shapes[i], figures, follows=steps.get(graph_outputs[i]))
+        for i, figures in sorted({**{i: (0.0, 1.0, 0.0) for i in shapes}, **worst}.items())
     )
     if atol is not None and any(p.rel_diff > atol for p in found):
         found = _against_float64(
             module, session, found, inputs, trials=trials, seed=seed, atol=atol
         )
-    if steps:
-        draws = [check_inputs(inputs, seed=seed, trial=t) for t in range(trials)]
-        before = check_before(module, proto, inputs, draws=draws, steps=steps)
-        step = " or ".join(sorted(set(steps.values())))
-        found += tuple(
-            OutputParity(
-                name=f"{k} (before {step})", shape=sh, max_abs_diff=d, scale=sc, worst_rel_diff=r
-            )  # fmt: skip
-            for k, sh, d, sc, r in before
-        )
-    return found
+    return found + _before(module, proto, inputs, steps=steps, trials=trials, seed=seed)
+
+
+def _before(
+    module: Any, proto: Any, inputs: Any, *, steps: dict[str, str], trials: int, seed: int
+) -> tuple[OutputParity, ...]:
+    """The submodule outputs compared before the steps whose output size follows the input's
+    values (``hwprune.export.before_steps``); none where there are no such steps."""
+    from hwprune.export.before_steps import check_before
+
+    if not steps:
+        return ()
+    draws = [check_inputs(inputs, seed=seed, trial=t) for t in range(trials)]
+    before = check_before(module, proto, inputs, draws=draws, steps=steps)
+    step = " or ".join(sorted(set(steps.values())))
+    return tuple(
+        _output_parity(f"{k} (before {step})", sh, (d, sc, r)) for k, sh, d, sc, r in before
+    )
+
+
+def _output_parity(
+    name: str,
+    shape: tuple[int, ...],
+    figures: tuple[float, float, float],
+    *,
+    follows: str | None = None,
+) -> OutputParity:
+    """One output's figures (max |diff|, scale, worst relative); an output whose size follows
+    the input's values is not compared (checked before that step instead)."""
+    if follows is not None:
+        return OutputParity(name, shape, 0.0, 1.0, follows=follows)
+    diff, scale, rel = figures
+    return OutputParity(name, shape, diff, scale, worst_rel_diff=rel)
 
 
 def _against_float64(
