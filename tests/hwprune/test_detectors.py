@@ -120,3 +120,50 @@ def test_flops_of_a_detector_name_the_tensor_whose_size_follows_nms():
                        "follows the NonZero node") as info:  # fmt: skip
         oracles.get_oracle("flops").measure(data, input_shapes=inputs.shapes)
     assert "timed oracle" in str(info.value) and "\n" not in str(info.value)
+
+
+def _torchvision_detector(name: str) -> nn.Module:
+    ctor = getattr(torchvision.models.detection, name)
+    model = ctor(weights=None, weights_backbone=None).eval()
+    # Small images keep it fast: SSDlite would resize every image to 320x320.
+    model.transform.min_size, model.transform.max_size = (128,), 128
+    if model.transform.fixed_size:
+        model.transform.fixed_size = (128, 128)
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["retinanet_resnet50_fpn", "ssdlite320_mobilenet_v3_large"])
+def test_whole_torchvision_detectors_prune_with_a_list_of_images(tmp_path, name):
+    import json
+
+    import hwprune
+
+    torch.manual_seed(0)
+    model = _torchvision_detector(name)
+    image = torch.rand(3, 128, 128)
+    with torch.no_grad():
+        dense = model.head(model.backbone(image[None]))
+
+    def score(m: nn.Module) -> float:
+        with torch.no_grad():
+            out = m.head(m.backbone(image[None]))
+        return -float(sum(((out[k] - dense[k]) ** 2).mean() for k in dense))
+
+    result = hwprune.prune(model, example_inputs=[image], score=score, out=tmp_path / "run",
+                           budgets=["macs<=85%"], agent="random", evaluations=2)  # fmt: skip
+    assert result.all_met
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["output_shapes"]  # the detections' shapes are listed
+    assert (tmp_path / "run" / "model.onnx").is_file()
+
+
+@pytest.mark.slow
+def test_faster_rcnn_is_refused_in_one_line_where_its_box_head_follows_the_proposals(tmp_path):
+    torch.manual_seed(0)
+    model = _torchvision_detector("fasterrcnn_mobilenet_v3_large_fpn")
+    inputs = ExampleInputs.from_user([torch.rand(3, 128, 128)], model=model)
+    with pytest.raises(ExportError, match=r"the layer 'roi_heads\.box_head\.fc6' runs after that "
+                       "step") as info:  # fmt: skip
+        final_export(model, example_inputs=inputs, onnx_path=tmp_path / "frcnn.onnx")
+    assert "\n" not in str(info.value)
