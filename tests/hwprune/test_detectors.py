@@ -142,12 +142,15 @@ def test_whole_torchvision_detectors_prune_with_a_list_of_images(tmp_path, name)
     torch.manual_seed(0)
     model = _torchvision_detector(name)
     image = torch.rand(3, 128, 128)
-    with torch.no_grad():
-        dense = model.head(model.backbone(image[None]))
+
+    def head(m: nn.Module) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return m.head(list(m.backbone(image[None]).values()))
+
+    dense = head(model)
 
     def score(m: nn.Module) -> float:
-        with torch.no_grad():
-            out = m.head(m.backbone(image[None]))
+        out = head(m)
         return -float(sum(((out[k] - dense[k]) ** 2).mean() for k in dense))
 
     result = hwprune.prune(model, example_inputs=[image], score=score, out=tmp_path / "run",
