@@ -28,7 +28,7 @@ from hwprune.errors import ConfigError
 
 __all__ = ["ExampleInputs", "check_model_device", "flatten_outputs", "none_output"]
 
-KINDS = ("tensor", "tuple", "dict")
+KINDS = ("tensor", "tuple", "list", "dict")
 #: Where a model's tensors and its example inputs must live: devices that hold data (not
 #: ``meta``, whose tensors have shapes and no values) and that hwprune runs on.
 REAL_DEVICES = ("cpu", "cuda")
@@ -53,11 +53,12 @@ def _is_integer(dtype: torch.dtype) -> bool:
 
 @dataclass(frozen=True, eq=False)
 class ExampleInputs:
-    """The inputs a model is called with: one tensor, a tuple of tensors, or named tensors.
+    """The inputs a model is called with: one tensor, a tuple of tensors, a list, or named tensors.
 
     ``kind`` is "tensor" (called as ``model(x)``, ONNX input "input"), "tuple"
-    (``model(*xs)``, inputs "input_0", "input_1", ...) or "dict"
-    (``model(**named)``, inputs named by the keys). ``ranges`` holds, for each
+    (``model(*xs)``, inputs "input_0", "input_1", ...), "list" (``model([x0, x1])``, one
+    list argument as torchvision's detectors take their images; inputs "input_0", ...) or
+    "dict" (``model(**named)``, inputs named by the keys). ``ranges`` holds, for each
     integer input, the (low, high) of the values seen, so ``random`` draws
     valid token ids or indices; it is ``None`` for other dtypes.
     """
@@ -96,13 +97,23 @@ class ExampleInputs:
 
     # ------------------------------------------------------------ building
     @classmethod
-    def from_user(cls, obj: Any) -> ExampleInputs:
-        """Example inputs from a tensor, a tuple/list of tensors or a dict of named tensors."""
+    def from_user(cls, obj: Any, *, model: Any = None) -> ExampleInputs:
+        """Example inputs from a tensor, a tuple/list of tensors or a dict of named tensors.
+
+        A list is the model's one argument (``model([x0, x1])``, kind "list") when it comes
+        wrapped as ``([x0, x1],)``, or when ``model``'s forward declares its first parameter
+        a list (torchvision's detectors: ``images: List[Tensor]``); otherwise its tensors
+        are positional arguments, as a tuple's are.
+        """
         if isinstance(obj, ExampleInputs):
             return obj
         accepted = "a tensor, a tuple/list of tensors or a dict of named tensors"
         if isinstance(obj, torch.Tensor):
             return cls(kind="tensor", names=(SINGLE_INPUT,), tensors=(obj,))
+        if isinstance(obj, (tuple, list)) and len(obj) == 1 and isinstance(obj[0], list):
+            return cls._listed(obj[0], accepted=accepted)
+        if isinstance(obj, list) and obj and _takes_list(model):
+            return cls._listed(obj, accepted=accepted)
         if isinstance(obj, (tuple, list)):
             bad = [type(t).__name__ for t in obj if not isinstance(t, torch.Tensor)]
             if not obj or bad:
@@ -134,6 +145,15 @@ class ExampleInputs:
                 raise ConfigError(f"example inputs must be {accepted}, got {why}")
             return cls(kind="dict", names=tuple(obj), tensors=tuple(obj.values()))
         raise ConfigError(f"example inputs must be {accepted}, got {type(obj).__name__}")
+
+    @classmethod
+    def _listed(cls, items: list[Any], *, accepted: str) -> ExampleInputs:
+        bad = [type(t).__name__ for t in items if not isinstance(t, torch.Tensor)]
+        if not items or bad:
+            got = f"a list holding {bad[0]}" if bad else "an empty list"
+            raise ConfigError(f"example inputs must be {accepted}, got {got}")
+        names = tuple(f"{SINGLE_INPUT}_{i}" for i in range(len(items)))
+        return cls(kind="list", names=names, tensors=tuple(items))
 
     @classmethod
     def from_shape(cls, shape: Sequence[int], *, seed: int = 0) -> ExampleInputs:
@@ -168,26 +188,37 @@ class ExampleInputs:
 
     @property
     def batch(self) -> int:
-        """The leading size of the first input (1 for a scalar input)."""
+        """The leading size of the first input (1 for a scalar input); for a list, its
+        length (each item is one sample, as torchvision's detectors take images)."""
+        if self.kind == "list":
+            return len(self.tensors)
         shape = self.first_shape
         return max(1, shape[0]) if shape else 1
 
-    def args(self) -> tuple[torch.Tensor, ...]:
-        """The tensors in ``names`` order (positional arguments of an exported graph)."""
+    def args(self) -> tuple[Any, ...]:
+        """The exporter's positional arguments: the tensors in ``names`` order (one list of
+        them for kind "list", which the exporter flattens to one graph input per tensor)."""
+        if self.kind == "list":
+            return (list(self.tensors),)
         return self.tensors
 
-    def as_user(self) -> torch.Tensor | tuple[torch.Tensor, ...] | dict[str, torch.Tensor]:
+    def as_user(self) -> Any:
         """The inputs in the form the user gave them (what Torch-Pruning's tracer takes)."""
         if self.kind == "tensor":
             return self.tensors[0]
         if self.kind == "tuple":
             return tuple(self.tensors)
+        if self.kind == "list":
+            return (list(self.tensors),)
         return dict(zip(self.names, self.tensors, strict=True))
 
     def call(self, module: Any) -> Any:
-        """``module(x)``, ``module(*xs)`` or ``module(**named)``, as the inputs were given."""
+        """``module(x)``, ``module(*xs)``, ``module([x0, x1])`` or ``module(**named)``, as the
+        inputs were given."""
         if self.kind == "dict":
             return module(**dict(zip(self.names, self.tensors, strict=True)))
+        if self.kind == "list":
+            return module(list(self.tensors))
         return module(*self.tensors)
 
     def numpy_feed(self) -> dict[str, Any]:
@@ -266,6 +297,33 @@ class ExampleInputs:
             for n, s in self.shapes.items()
         )
         return f"ExampleInputs({self.kind}; {parts})"
+
+
+def _takes_list(model: Any) -> bool:
+    """Whether ``model``'s forward declares its first parameter a list (``List[Tensor]``)."""
+    import inspect
+    import typing
+
+    forward = getattr(model, "forward", None)
+    if forward is None:
+        return False
+    try:
+        params = list(inspect.signature(forward).parameters.values())
+        hints = typing.get_type_hints(forward)
+    except (TypeError, ValueError, NameError):
+        return False
+    if not params:
+        return False
+    hint = hints.get(params[0].name, params[0].annotation)
+    if hint is inspect.Parameter.empty:
+        # TorchScript-style type comments (``# type: (List[Tensor], ...)``: RetinaNet's).
+        try:
+            types, _ = torch.jit.annotations.get_signature(forward, None, None, True) or ([], 0)
+        except Exception:  # a forward whose source cannot be read or parsed
+            return False
+        hint = types[0] if len(types) == len(params) else None
+        return isinstance(hint, torch.ListType)
+    return hint is list or typing.get_origin(hint) is list
 
 
 def check_model_device(model: torch.nn.Module) -> None:

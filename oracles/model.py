@@ -21,7 +21,16 @@ __all__ = [
     "check_memory",
     "input_bytes",
     "random_feeds",
+    "INPUT_RANGES_KEY",
+    "input_ranges",
+    "set_input_ranges",
 ]
+
+#: The model metadata entry that names the value range of integer inputs (JSON
+#: ``{"input_ids": [0, 99]}``): random inputs then stay valid indices into the model's
+#: tables. It travels inside the ONNX bytes, so a remote oracle reads it as well, and
+#: structure keys leave metadata out, so it changes no cache key.
+INPUT_RANGES_KEY = "oracles.input_ranges"
 
 Shapes = Mapping[str, tuple[int, ...]]
 
@@ -322,12 +331,48 @@ def check_memory(
     )
 
 
+def input_ranges(proto: Any) -> dict[str, tuple[int, int]]:
+    """The (low, high) value range of each integer input the model's metadata names
+    (``INPUT_RANGES_KEY``); empty when it names none or the entry cannot be read."""
+    import json
+
+    for prop in proto.metadata_props:
+        if prop.key != INPUT_RANGES_KEY:
+            continue
+        try:
+            raw = json.loads(prop.value)
+            return {
+                str(k): (int(v[0]), int(v[1])) for k, v in raw.items() if int(v[0]) <= int(v[1])
+            }
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return {}
+    return {}
+
+
+def set_input_ranges(proto: Any, ranges: Mapping[str, tuple[int, int]]) -> None:
+    """Write ``ranges`` (input name -> (low, high)) into the model's metadata, in place."""
+    import json
+
+    kept = [p for p in proto.metadata_props if p.key != INPUT_RANGES_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    if ranges:
+        entry = proto.metadata_props.add()
+        entry.key = INPUT_RANGES_KEY
+        entry.value = json.dumps({k: [int(v[0]), int(v[1])] for k, v in ranges.items()})
+
+
 def random_feeds(
-    inputs: Sequence[tuple[str, Any, tuple[int, ...]]], *, count: int, seed: int = 0
+    inputs: Sequence[tuple[str, Any, tuple[int, ...]]],
+    *,
+    count: int,
+    seed: int = 0,
+    ranges: Mapping[str, tuple[int, int]] | None = None,
 ) -> list[dict[str, Any]]:
     """``count`` sets of random NumPy inputs, one array per ``(name, dtype, shape)``.
 
-    Floats are standard normal, booleans fair coin flips, integers small and
+    Floats are standard normal, booleans fair coin flips, integers drawn from the input's
+    range in ``ranges`` (inclusive; the model's ``input_ranges``), else small and
     non-negative (0 to 7) so that they stay valid as indices or token ids. The
     sets differ from each other, so timed runs rotating over them are not served
     from a warm copy of the previous input; the same seed gives the same sets.
@@ -344,7 +389,8 @@ def random_feeds(
             elif np.dtype(dtype) == np.bool_:
                 arr = rng.random(shape) < 0.5
             else:
-                arr = rng.integers(0, 8, size=shape, dtype=dtype)
+                low, high = (ranges or {}).get(name, (0, 7))
+                arr = rng.integers(low, high, size=shape, dtype=dtype, endpoint=True)
             feed[name] = np.ascontiguousarray(arr)
         feeds.append(feed)
     return feeds

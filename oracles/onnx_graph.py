@@ -307,8 +307,76 @@ def infer_shapes(
 
 
 def _infer(proto: Any, resolved: Mapping[str, tuple[int, ...]]) -> dict[str, _TensorInfo]:
-    onnx = _onnx()
     skeleton = _skeleton(proto, resolved)
+    infos = _infer_skeleton(skeleton)
+    if any(infos.get(o) is None or infos[o].dims is None for n in skeleton.graph.node
+           for o in n.output if o):  # fmt: skip
+        # ONNX's data propagation stops at Where, Equal, ConstantOfShape...: an Expand whose
+        # target is computed from constants and the input's shape (BERT's token type ids
+        # broadcast to the batch) loses the batch dimension. Those values are known once the
+        # input shapes are: fold them and infer again.
+        folded = _fold_constants(skeleton, infos)
+        if folded is not None:
+            infos = {**infos, **_infer_skeleton(folded)}
+    return infos
+
+
+#: Largest constant (elements) computed while folding: shape arithmetic, never activations.
+_FOLD_LIMIT = 4096
+
+
+def _fold_constants(skeleton: Any, infos: Mapping[str, _TensorInfo]) -> Any | None:
+    """``skeleton`` with every node whose value follows from constants and known shapes
+    replaced by that value (an initializer); None when nothing folds."""
+    import numpy as np
+
+    onnx = _onnx()
+    from onnx import numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    values: dict[str, Any] = {t.name: numpy_helper.to_array(t) for t in skeleton.graph.initializer}
+    folded: list[Any] = []
+    kept: list[Any] = []
+    for node in skeleton.graph.node:
+        value = None
+        src = infos.get(node.input[0]) if node.input else None
+        if node.op_type == "Shape" and src is not None and src.dims is not None:
+            attrs = {a.name: a.i for a in node.attribute}
+            dims = np.array(src.dims, dtype=np.int64)
+            value = [dims[attrs.get("start", 0) : attrs.get("end", len(dims))]]
+        elif (
+            node.domain in ("", "ai.onnx")
+            and node.op_type not in DATA_DEPENDENT_OPS
+            and all(i in values for i in node.input if i)
+            and not any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute)
+        ):
+            try:
+                feed = {i: values[i] for i in node.input if i}
+                value = ReferenceEvaluator(node).run(None, feed)
+            except Exception:  # an operator the reference runtime lacks: leave it to inference
+                value = None
+        if value is None or any(np.asarray(v).size > _FOLD_LIMIT for v in value):
+            kept.append(node)
+            continue
+        for name, v in zip(node.output, value, strict=False):
+            values[name] = np.asarray(v)
+        folded.append(node)
+    if not folded:
+        return None
+    model = onnx.ModelProto()
+    model.CopyFrom(skeleton)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    have = {t.name for t in model.graph.initializer}
+    for node in folded:
+        for name in node.output:
+            if name and name in values and name not in have:
+                model.graph.initializer.append(numpy_helper.from_array(values[name], name))
+    return model
+
+
+def _infer_skeleton(skeleton: Any) -> dict[str, _TensorInfo]:
+    onnx = _onnx()
     try:
         inferred = onnx.shape_inference.infer_shapes(
             skeleton, check_type=False, strict_mode=False, data_prop=True
@@ -556,39 +624,79 @@ class MacCount:
     uncounted_ops: tuple[str, ...] = ()
 
 
-def _need(infos: Mapping[str, _TensorInfo], name: str, node: Any) -> tuple[int, ...]:
+#: Operators whose output's size depends on the values of their input (a mask's true
+#: entries, the boxes non-maximum suppression keeps): no input shape fixes what follows them.
+DATA_DEPENDENT_OPS = frozenset({"NonZero", "NonMaxSuppression", "Unique", "Compress"})
+
+
+def data_dependent_sources(proto: Any) -> dict[str, Any]:
+    """For each tensor of the main graph computed after a ``DATA_DEPENDENT_OPS`` node, the
+    first such node upstream of it (tensors before any are left out)."""
+    found: dict[str, Any] = {}
+    for node in _topological(proto):
+        src = node if node.op_type in DATA_DEPENDENT_OPS else None
+        if src is None:
+            src = next((found[i] for i in node.input if i in found), None)
+        if src is not None:
+            for out in node.output:
+                found[out] = src
+    return found
+
+
+def _need(
+    infos: Mapping[str, _TensorInfo],
+    name: str,
+    node: Any,
+    sources: Mapping[str, Any] | None = None,
+) -> tuple[int, ...]:
     info = infos.get(name)
-    if info is None or info.dims is None:
+    if info is not None and info.dims is not None:
+        return info.dims
+    where = f"{node.op_type} node {node.name or '(unnamed)'}"
+    src = (sources or {}).get(name)
+    if src is not None:
         raise MeasurementFailedError(
-            f"shape inference could not find the static shape of {name!r} "
-            f"({node.op_type} node {node.name or '(unnamed)'}); the static oracles need every "
-            "tensor's shape to be fixed by the input shapes"
+            f"the size of tensor {name!r} (at the {where}) depends on the input's values: "
+            f"it follows the {src.op_type} node {src.name or '(unnamed)'}; the static oracles "
+            "cannot count it: budget this model with a timed oracle (e.g. latency on "
+            "onnxruntime:cpu), or pass the model without its post-processing (the backbone and "
+            "head whose outputs feed it)"
         )
-    return info.dims
+    raise MeasurementFailedError(
+        f"shape inference could not find the static shape of {name!r} ({where}); the static "
+        "oracles need every tensor's shape to be fixed by the input shapes: pass every input's "
+        "shape (input_shapes, --input-shape NAME=1x3x224x224) or export the model with fixed "
+        "shapes"
+    )
 
 
-def _node_macs(node: Any, infos: Mapping[str, _TensorInfo], elementwise: bool) -> int | None:
+def _node_macs(
+    node: Any,
+    infos: Mapping[str, _TensorInfo],
+    elementwise: bool,
+    sources: Mapping[str, Any] | None = None,
+) -> int | None:
     op = node.op_type
     if op in ("Conv", "ConvInteger", "QLinearConv"):
         w_idx = 3 if op == "QLinearConv" else 1
-        w = _need(infos, node.input[w_idx], node)
-        y = _need(infos, node.output[0], node)
+        w = _need(infos, node.input[w_idx], node, sources)
+        y = _need(infos, node.output[0], node, sources)
         # N*Cout*prod(out spatial) outputs, each (Cin/groups)*prod(kernel) MACs.
         return _prod(y) * _prod(w[1:])
     if op == "ConvTranspose":
-        x = _need(infos, node.input[0], node)
-        w = _need(infos, node.input[1], node)
+        x = _need(infos, node.input[0], node, sources)
+        w = _need(infos, node.input[1], node, sources)
         # Every input element scatters into (Cout/groups)*prod(kernel) outputs.
         return _prod(x) * _prod(w[1:])
     if op == "Gemm":
-        a = _need(infos, node.input[0], node)
-        y = _need(infos, node.output[0], node)
+        a = _need(infos, node.input[0], node, sources)
+        y = _need(infos, node.output[0], node, sources)
         trans_a = any(at.name == "transA" and at.i for at in node.attribute)
         k = a[0] if trans_a else a[1]
         return _prod(y) * k
     if op in ("MatMul", "MatMulInteger", "QLinearMatMul"):
-        a = _need(infos, node.input[0], node)
-        y = _need(infos, node.output[0], node)
+        a = _need(infos, node.input[0], node, sources)
+        y = _need(infos, node.output[0], node, sources)
         # Broadcast batch dims are in the output; each output element is K MACs.
         return _prod(y) * (a[-1] if a else 1)
     if op in _FREE_OPS:
@@ -596,7 +704,7 @@ def _node_macs(node: Any, infos: Mapping[str, _TensorInfo], elementwise: bool) -
     if op in ELEMENTWISE_OPS:
         if not elementwise:
             return 0
-        return _prod(_need(infos, node.output[0], node))
+        return _prod(_need(infos, node.output[0], node, sources))
     return None
 
 
@@ -614,13 +722,14 @@ def count_macs(
     by_op: dict[str, int] = {}
     uncounted: set[str] = set()
     consts = _constants(proto)
+    sources = data_dependent_sources(proto)
     for node in proto.graph.node:
         if node.op_type == "Identity" and node.output and node.output[0] in consts:
             continue
         if node.domain not in ("", "ai.onnx", "com.microsoft"):
             uncounted.add(f"{node.domain}.{node.op_type}")
             continue
-        macs = _node_macs(node, infos, elementwise)
+        macs = _node_macs(node, infos, elementwise, sources)
         if macs is None:
             uncounted.add(node.op_type)
             continue
@@ -698,7 +807,7 @@ def peak_memory(
         if info is None or info.dims is None:
             if node is None:
                 raise MeasurementFailedError(f"no static shape for graph input {name!r}")
-            _need(infos, name, node)  # raises with the node named
+            _need(infos, name, node, data_dependent_sources(proto))  # raises, naming the node
         return _nbytes(_prod(info.dims), info.elem_type)
 
     # Buffers: each activation maps to a buffer id; view ops alias their input's buffer.

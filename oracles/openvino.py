@@ -93,7 +93,11 @@ def _device_present(name: str, available: list[str]) -> bool:
 
 
 def _random_feeds(
-    ports: list[Any], shapes: Mapping[str, tuple[int, ...]], *, count: int
+    ports: list[Any],
+    shapes: Mapping[str, tuple[int, ...]],
+    *,
+    count: int,
+    ranges: Mapping[str, tuple[int, int]] | None = None,
 ) -> list[dict[str, Any]]:
     import numpy as np
 
@@ -110,7 +114,7 @@ def _random_feeds(
                 f"{port.get_element_type()} for input {name!r}"
             ) from exc
         inputs.append((name, dtype, shapes.get(name, tuple(port.get_shape()))))
-    return random_feeds(inputs, count=count)
+    return random_feeds(inputs, count=count, ranges=ranges)
 
 
 @dataclass
@@ -251,11 +255,12 @@ class OpenVINOLatency(TimedRuntimeOracle):
         self, model: Any, *, input_shapes: Mapping[str, tuple[int, ...]] | None = None
     ) -> Measurement:
         """Time one inference of ``model`` (ONNX bytes, path or ModelProto); see the module protocol."""
-        from oracles.model import fix_input_shapes
+        from oracles.model import fix_input_shapes, input_ranges
 
         start = time.perf_counter()
         self.check_available()
         proto, shapes = fix_input_shapes(model, input_shapes, batch=self.batch)
+        ranges = input_ranges(proto)
         data = proto.SerializeToString()
         del proto
         try:
@@ -267,7 +272,7 @@ class OpenVINOLatency(TimedRuntimeOracle):
         del data
         count = pool_count(self.sessions, device=self.device, threads=self.threads)
         compiled = [self._compile(ov_model) for _ in range(count)]
-        feeds = _random_feeds(list(compiled[0].inputs), shapes, count=_INPUT_SETS)
+        feeds = _random_feeds(list(compiled[0].inputs), shapes, count=_INPUT_SETS, ranges=ranges)
         runners = [self._runner(c, feeds) for c in compiled]
         result = time_runners(runners, rotate(runners), self, label=f"openvino:{self.device}")
         return latency_measurement(

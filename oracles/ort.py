@@ -134,12 +134,16 @@ def _numpy_dtype(ort_type: str) -> Any:
 
 
 def _random_inputs(
-    session: Any, shapes: Mapping[str, tuple[int, ...]], *, count: int
+    session: Any,
+    shapes: Mapping[str, tuple[int, ...]],
+    *,
+    count: int,
+    ranges: Mapping[str, tuple[int, int]] | None = None,
 ) -> list[dict[str, Any]]:
     from oracles.model import random_feeds
 
     inputs = [(i.name, _numpy_dtype(i.type), shapes[i.name]) for i in session.get_inputs()]
-    return random_feeds(inputs, count=count)
+    return random_feeds(inputs, count=count, ranges=ranges)
 
 
 @dataclass
@@ -343,17 +347,18 @@ class OnnxRuntimeLatency(TimedRuntimeOracle):
         self, model: Any, *, input_shapes: Mapping[str, tuple[int, ...]] | None = None
     ) -> Measurement:
         """Time one inference of ``model`` (ONNX bytes, path or ModelProto); see the module protocol."""
-        from oracles.model import fix_input_shapes
+        from oracles.model import fix_input_shapes, input_ranges
 
         start = time.perf_counter()
         self.check_available()
         proto, shapes = fix_input_shapes(model, input_shapes, batch=self.batch)
         self.check_memory(proto, shapes)
+        ranges = input_ranges(proto)
         data = proto.SerializeToString()
         del proto
         count = pool_count(self.sessions, device=self.device, threads=self.threads)
         sessions = [self._session(data) for _ in range(count)]
-        feeds = _random_inputs(sessions[0], shapes, count=_INPUT_SETS)
+        feeds = _random_inputs(sessions[0], shapes, count=_INPUT_SETS, ranges=ranges)
         runners = [self._runner(s, feeds) for s in sessions]
         result = time_runners(runners, rotate(runners), self, label=f"onnxruntime:{self.device}")
         return latency_measurement(

@@ -62,6 +62,10 @@ class OutputParity:
     # The largest difference of one trial relative to that trial's scale (None: the
     # figures above are one trial's, and max_abs_diff / scale is it).
     worst_rel_diff: float | None = None
+    # For an output whose size depends on the input's values: the node it follows. It is
+    # not compared (its figures are 0); the tensors before that node are, as outputs of
+    # their own named "path[i] (before ...)" (hwprune.export.before_steps).
+    follows: str | None = None
 
     @property
     def rel_diff(self) -> float:
@@ -80,7 +84,7 @@ class OutputParity:
         says nothing about the export. Then the export is judged against torch in float64:
         faithful when its error is within ``FLOAT64_FACTOR`` times torch's own.
         """
-        if self.rel_diff <= atol:
+        if self.follows is not None or self.rel_diff <= atol:
             return True
         if self.onnx_vs_float64 is None or self.torch_vs_float64 is None:
             return False
@@ -151,9 +155,11 @@ def parity(
     such a graph is not that model.
     """
     import numpy as np
+    import onnx
     import onnxruntime as ort
     import torch
 
+    from hwprune.export.before_steps import data_dependent_outputs
     from hwprune.inputs import flatten_outputs, output_scale
 
     inputs = resolve_inputs(example_inputs, input_shape, what="the parity check").to("cpu")
@@ -164,6 +170,7 @@ def parity(
     )
     graph_inputs = [i.name for i in session.get_inputs()]
     graph_outputs = [o.name for o in session.get_outputs()]
+    steps = data_dependent_outputs(proto := onnx.load_from_string(onnx_bytes), inputs.shapes)
     module = module.to("cpu").eval()
     worst: dict[int, tuple[float, float, float]] = {}  # max |diff|, max scale, max relative
     shapes: dict[int, tuple[int, ...]] = {}
@@ -180,6 +187,9 @@ def parity(
         got = session.run(None, feed)
         for i, ((_, want), have) in enumerate(zip(expected, got, strict=True)):
             want_np = want.detach().float().numpy()
+            shapes[i] = tuple(int(s) for s in want_np.shape)
+            if graph_outputs[i] in steps:
+                continue  # checked before the step that sets its size, below
             if tuple(have.shape) != tuple(want_np.shape):
                 raise ExportError(
                     f"ONNX output {graph_outputs[i]!r} has shape {tuple(have.shape)} but torch's "
@@ -197,18 +207,47 @@ def parity(
             rel = diff / scale
             rel = math.inf if math.isnan(rel) else rel  # inf / inf: nothing to vouch for
             worst[i] = (max(prev[0], diff), max(prev[1], scale), max(prev[2], rel))
-            shapes[i] = tuple(int(s) for s in want_np.shape)
     found = tuple(
-        OutputParity(
-            name=graph_outputs[i], shape=shapes[i], max_abs_diff=d, scale=s, worst_rel_diff=r
-        )  # fmt: skip
-        for i, (d, s, r) in sorted(worst.items())
+        _output_parity(graph_outputs[i], shapes[i], figures, follows=steps.get(graph_outputs[i]))
+        for i, figures in sorted({**{i: (0.0, 1.0, 0.0) for i in shapes}, **worst}.items())
     )
     if atol is not None and any(p.rel_diff > atol for p in found):
         found = _against_float64(
             module, session, found, inputs, trials=trials, seed=seed, atol=atol
         )
-    return found
+    return found + _before(module, proto, inputs, steps=steps, trials=trials, seed=seed)
+
+
+def _before(
+    module: Any, proto: Any, inputs: Any, *, steps: dict[str, str], trials: int, seed: int
+) -> tuple[OutputParity, ...]:
+    """The submodule outputs compared before the steps whose output size follows the input's
+    values (``hwprune.export.before_steps``); none where there are no such steps."""
+    from hwprune.export.before_steps import check_before
+
+    if not steps:
+        return ()
+    draws = [check_inputs(inputs, seed=seed, trial=t) for t in range(trials)]
+    before = check_before(module, proto, inputs, draws=draws, steps=steps)
+    step = " or ".join(sorted(set(steps.values())))
+    return tuple(
+        _output_parity(f"{k} (before {step})", sh, (d, sc, r)) for k, sh, d, sc, r in before
+    )
+
+
+def _output_parity(
+    name: str,
+    shape: tuple[int, ...],
+    figures: tuple[float, float, float],
+    *,
+    follows: str | None = None,
+) -> OutputParity:
+    """One output's figures (max |diff|, scale, worst relative); an output whose size follows
+    the input's values is not compared (checked before that step instead)."""
+    if follows is not None:
+        return OutputParity(name, shape, 0.0, 1.0, follows=follows)
+    diff, scale, rel = figures
+    return OutputParity(name, shape, diff, scale, worst_rel_diff=rel)
 
 
 def _against_float64(
@@ -258,8 +297,8 @@ def _against_float64(
         feed = {n: v for n, v in x.numpy_feed().items() if n in graph_inputs}
         got = session.run(None, feed)
         for i, ((_, r), (_, t), o) in enumerate(zip(ref, f32, got, strict=True)):
-            if not o.size:
-                continue
+            if not o.size or found[i].follows is not None:
+                continue  # an output whose size follows the input's values is judged before
             scale = output_scale(t)
             r64 = r.detach().double().numpy()
             t64 = t.detach().double().numpy()
@@ -357,8 +396,8 @@ def final_export(
     onnx_bytes, simplified = simplify(onnx_bytes)
     found = parity(module, onnx_bytes, example_inputs=inputs, seed=seed, atol=atol)
     _judge_parity(found, atol=atol)
-    diff = max((p.max_abs_diff for p in found), default=0.0)
-    rel = max((p.rel_diff for p in found), default=0.0)
+    diff = max((p.max_abs_diff for p in found if p.follows is None), default=0.0)
+    rel = max((p.rel_diff for p in found if p.follows is None), default=0.0)
     try:
         onnx_path = write_atomic(onnx_path, onnx_bytes, what="the ONNX file")
     except WriteError as exc:  # an export's failures are ExportErrors, this one too

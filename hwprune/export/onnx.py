@@ -243,6 +243,14 @@ def _checked(data: bytes, inputs: ExampleInputs, *, check: bool, fold_shapes: bo
             f"the exported ONNX graph has no input {missing[0]!r}: the model does not use it; "
             "pass only the inputs the model reads"
         )
+    ranges = {n: r for n, r in zip(inputs.names, inputs.ranges, strict=True) if r is not None}
+    if ranges:
+        # The timed oracles draw integer inputs (token ids, type ids) from the example's own
+        # range: a draw past an embedding table's size is an out-of-range index, not a model.
+        from oracles.model import set_input_ranges
+
+        set_input_ranges(proto, ranges)
+        data = proto.SerializeToString()
     return data
 
 

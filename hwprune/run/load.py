@@ -37,11 +37,12 @@ class Loaded:
     finetune_text: str | None = None  # the recipe in words, for the report
 
 
-def inputs_of(example_inputs: Any) -> Any:
-    """``example_inputs`` (a tensor, a tuple of tensors, a dict of named tensors) as ExampleInputs."""
+def inputs_of(example_inputs: Any, *, model: Any = None) -> Any:
+    """``example_inputs`` (a tensor, a tuple of tensors, a list, a dict of named tensors) as
+    ExampleInputs; ``model`` tells whether a list is its one argument."""
     from hwprune.inputs import ExampleInputs
 
-    return ExampleInputs.from_user(example_inputs)
+    return ExampleInputs.from_user(example_inputs, model=model)
 
 
 def space_options(config: PruneConfig, space: Any = None) -> dict[str, Any]:
@@ -243,7 +244,7 @@ def from_objects(
 ) -> Loaded:
     """Loaded from the user's own module, example inputs and task."""
     model = model.eval()
-    inputs = inputs_of(example_inputs)
+    inputs = inputs_of(example_inputs, model=model)
     bound = as_task(task)
     structure = dict(structure or {})
     meta = {**meta, "input_shape": list(inputs.first_shape[1:]),

@@ -197,7 +197,7 @@ def _resolve_inputs(
 ) -> ExampleInputs:
     check_model_device(model)  # first: the inputs are moved to the model's device
     if example_inputs is not None:
-        return ExampleInputs.from_user(example_inputs)
+        return ExampleInputs.from_user(example_inputs, model=model)
     shape = tuple(int(s) for s in example_input_shape)
     if len(shape) < 2 or any(s < 1 for s in shape):
         raise ConfigError(
