@@ -557,6 +557,7 @@ class ParallelEvaluator(Evaluator):
         local = [s for s in specs if not by_spec[s].remote]
         device_cores, worker_cores = plan_cores(len(local), dedicated=dedicated_timing_core)
         cores = dict(zip(local, device_cores, strict=True))
+        self.worker_cores = worker_cores if ray_address is None else None
         devices = {s: (by_spec[s], cores.get(s)) for s in specs}
         formats = {o.input_format for o in self._oracles.values()}
         job = _Job(

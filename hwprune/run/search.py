@@ -189,7 +189,9 @@ def _batch_episodes(ctx: RunContext, evaluator: Any) -> int:
     return batch
 
 
-def search(ctx: RunContext, loaded: Loaded, d: Dense) -> Searched:
+def search(
+    ctx: RunContext, loaded: Loaded, d: Dense, *, seconds_per_candidate: float | None = None
+) -> Searched:
     """Stage ``search``: the searcher proposes ``evaluations`` distinct candidates.
 
     A resumed run replays: the agent's checkpoint of the killed session is
@@ -216,11 +218,13 @@ def search(ctx: RunContext, loaded: Loaded, d: Dense) -> Searched:
             seen.add(outcome.key)
             if outcome.feasible and (best[0] is None or outcome.accuracy > best[0]):
                 best[0] = outcome.accuracy
-            step(min(len(seen), total), best_feasible_accuracy=best[0],
+            step(min(len(seen), total), best_feasible_accuracy=best[0], **pace,
                  values=dict(outcome.values), feasible=outcome.feasible,
                  accuracy=outcome.accuracy)  # fmt: skip
 
-        step(0, best_feasible_accuracy=best[0])
+        # The estimate gives the time left until the search's own rate is measured.
+        pace = {} if seconds_per_candidate is None else {"seconds_per_step": seconds_per_candidate}
+        step(0, best_feasible_accuracy=best[0], **pace)
         result = searcher.search(
             space=loaded.space,
             evaluator=evaluator,
