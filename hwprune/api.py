@@ -105,7 +105,23 @@ def _checked(config: PruneConfig, *, objects: bool) -> tuple[PruneConfig, list[C
             "channel counts use multiples of %d instead", round_to,
         )  # fmt: skip
     config = config.replace(round_to=round_to)
+    _check_ray_client(config, constraints)
     return _checked_inputs(config), constraints
+
+
+def _check_ray_client(config: PruneConfig, constraints: Sequence[Constraint]) -> None:
+    """``ray://`` runs the search's driver on the cluster's head node, where a local timing
+    oracle would time: refused, since the budget is the user's machine's."""
+    if not (config.ray or "").startswith("ray://"):
+        return
+    local = [c.oracle for c in constraints if c.judge.timed and not c.judge.remote]
+    if local:
+        raise ConfigError(
+            f"--ray {config.ray} runs the search on the cluster's head node, so the timing "
+            f"oracle {local[0]!r} would time there, not on this machine; join the cluster "
+            "with --ray HOST:PORT from this machine, or time on a served oracle "
+            "(hwprune serve, then SPEC@http://HOST:PORT)"
+        )
 
 
 def start(

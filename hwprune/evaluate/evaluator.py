@@ -449,8 +449,9 @@ class Evaluator:
     # ------------------------------------------------------------- evaluate
     #: How many candidates this evaluator works on at once (see hwprune.evaluate.parallel).
     width = 1
-    #: The cores the candidates' preparation may use (None: not pinned; parallel evaluators).
-    worker_cores: list[int] | None = None
+    #: How a parallel evaluator places its work: ``worker_slots`` (candidates prepared at
+    #: once), ``text`` (one line); None for one process.
+    parallel_plan: Mapping[str, Any] | None = None
 
     def evaluate(self, policy: Any) -> Outcome:
         """Score one policy: proxy accuracy, every oracle's value, feasibility."""

@@ -136,12 +136,11 @@ def plan_seconds(
 
 
 def _effective_workers(evaluator: Any) -> tuple[int, str]:
-    """Candidates prepared at once, and why fewer than asked for (the cores they share)."""
-    width = int(evaluator.width)
-    cores = evaluator.worker_cores if width > 1 else None
-    if cores is not None and len(cores) < width:
-        return max(1, len(cores)), f"{width} workers share {len(cores)} core(s)"
-    return width, ""
+    """Candidates prepared at once (what the cores or the cluster allow), and the plan's line."""
+    plan = evaluator.parallel_plan
+    if plan is None:
+        return 1, ""
+    return int(plan["worker_slots"]), str(plan["text"])
 
 
 def suggestions(
@@ -174,6 +173,8 @@ def estimate_line(estimate: Mapping[str, Any]) -> str:
             f"{estimate['seconds_per_candidate']:.2f} s ~ {clock_text(estimate['total_seconds'])} "
             f"of search (s per candidate on the dense model: {parts}; "
             f"{estimate['workers']} worker(s))")  # fmt: skip
+    if estimate.get("plan"):
+        line += f"; {estimate['plan']}"
     if estimate["suggestions"]:
         line += f"; to cut it: {estimate['suggestions'][0]}"
     return line
@@ -197,7 +198,7 @@ def estimate_cost(ctx: RunContext, evaluator: Any, *, dense_timings: Mapping[str
         "remaining": remaining,
         "workers": int(evaluator.width),
         "workers_at_once": workers,
-        **({"workers_note": shared} if shared else {}),
+        **({"plan": shared} if shared else {}),
         "ray": config.ray,
         "timed_share": round(share, 4),
         "seconds_prepare": round(plan["prepare"], 4),
