@@ -91,9 +91,10 @@ def _checked(config: PruneConfig, *, objects: bool) -> tuple[PruneConfig, list[C
     from hwprune.budgets import bind_constraints
 
     config.require_runnable(module_given=objects)
-    _check_runtime(config)
     config = config.replace(oracles=_effective_oracles(config))
     constraints = bind_constraints(config.budgets, oracles=config.oracles)
+    _check_ray_client(config, constraints)  # before a cluster is tried
+    _check_runtime(config)
     latency = [c.judge for c in constraints if c.name == "latency"]
     round_to = resolve_round_to(
         config.round_to, granularity=config.granularity, latency_oracles=latency,
@@ -105,7 +106,6 @@ def _checked(config: PruneConfig, *, objects: bool) -> tuple[PruneConfig, list[C
             "channel counts use multiples of %d instead", round_to,
         )  # fmt: skip
     config = config.replace(round_to=round_to)
-    _check_ray_client(config, constraints)
     return _checked_inputs(config), constraints
 
 

@@ -80,6 +80,10 @@ def test_unreachable_ray_address_is_refused_quickly() -> None:
     [
         (["--workers", "0"], "workers must be a whole number of worker processes from 1 to 1024"),
         (["--ray", "127.0.0.1:9"], "cannot reach the Ray cluster at '127.0.0.1:9'"),
+        (
+            ["--ray", "ray://127.0.0.1:9", "--budget", "latency<=90%"],
+            "would time there, not on this machine",
+        ),
     ],
 )
 def test_cli_bad_workers_or_ray_is_one_line_exit_2(tmp_path: Path, flags, message) -> None:
@@ -505,3 +509,21 @@ def test_ray_timing_actor_dead_for_good_stops_in_one_line_and_resume_continues(
     keys = [r["key"] for r in after]
     assert len(keys) == len(set(keys)) == 10, "a candidate was evaluated twice, or lost"
     assert keys[: len(before)] == [r["key"] for r in before]
+
+
+@pytest.mark.slow
+def test_a_ray_run_timed_on_another_machine_is_not_resumed_here(
+    tmp_path: Path, ray_instance
+) -> None:
+    """A Ray run's timing devices run on the driver's node: its timings are this machine's,
+    and a resume elsewhere is refused as a local run's is."""
+    import hwprune
+    from hwprune.errors import RunDirError
+
+    out = tmp_path / "ray"
+    _prune(out, workers=2, ray="auto", budgets=["latency<=100%"], oracles={"latency": LATENCY},
+           agent="random", evaluations=2)  # fmt: skip
+    here = json.loads((out / "machine.json").read_text())
+    (out / "machine.json").write_text(json.dumps({**here, "cpu_id": "another vendor"}))
+    with pytest.raises(RunDirError, match="its candidates were timed on another"):
+        hwprune.resume(out, evaluations=3, workers=2, ray="auto")
