@@ -769,16 +769,11 @@ class ParallelEvaluator(Evaluator):
             )
             self.parallel_plan = _local_plan(self.width, worker_cores, len(local))
         else:
-            self._backend = _RayBackend(
-                address=ray_address,
-                workers=self.width,
-                blob=blob,
-                devices=devices,
-                worker_cores=worker_cores,
+            self._backend = _RayBackend(address=ray_address, workers=self.width, blob=blob,
+                devices=devices, worker_cores=worker_cores,
                 timed_cpus={s: 0.0 if s not in local else 1.0 for s in specs},
-                score_gpu=str(score_device).startswith("cuda"),
-                data_paths=data_paths,
-            )
+                score_gpu=str(score_device).startswith("cuda"), data_paths=data_paths,
+            )  # fmt: skip
             self.parallel_plan = self._backend.plan
         try:
             infos = {s: _answer(self._backend.call(s, "info").result()) for s in specs}
