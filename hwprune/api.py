@@ -91,9 +91,10 @@ def _checked(config: PruneConfig, *, objects: bool) -> tuple[PruneConfig, list[C
     from hwprune.budgets import bind_constraints
 
     config.require_runnable(module_given=objects)
-    _check_runtime(config)
     config = config.replace(oracles=_effective_oracles(config))
     constraints = bind_constraints(config.budgets, oracles=config.oracles)
+    _check_ray_client(config, constraints)  # before a cluster is tried
+    _check_runtime(config)
     latency = [c.judge for c in constraints if c.name == "latency"]
     round_to = resolve_round_to(
         config.round_to, granularity=config.granularity, latency_oracles=latency,
@@ -106,6 +107,21 @@ def _checked(config: PruneConfig, *, objects: bool) -> tuple[PruneConfig, list[C
         )  # fmt: skip
     config = config.replace(round_to=round_to)
     return _checked_inputs(config), constraints
+
+
+def _check_ray_client(config: PruneConfig, constraints: Sequence[Constraint]) -> None:
+    """``ray://`` runs the search's driver on the cluster's head node, where a local timing
+    oracle would time: refused, since the budget is the user's machine's."""
+    if not (config.ray or "").startswith("ray://"):
+        return
+    local = [c.oracle for c in constraints if c.judge.timed and not c.judge.remote]
+    if local:
+        raise ConfigError(
+            f"--ray {config.ray} runs the search on the cluster's head node, so the timing "
+            f"oracle {local[0]!r} would time there, not on this machine; join the cluster "
+            "with --ray HOST:PORT from this machine, or time on a served oracle "
+            "(hwprune serve, then SPEC@http://HOST:PORT)"
+        )
 
 
 def start(

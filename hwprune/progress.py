@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ProgressEvent", "ProgressFn", "emit"]
+__all__ = ["ProgressEvent", "ProgressFn", "clock_text", "emit", "remaining_seconds"]
 
 
 @dataclass(frozen=True)
@@ -31,3 +31,29 @@ def emit(progress: ProgressFn | None, event: ProgressEvent) -> None:
     """Send ``event`` to ``progress`` when one is listening."""
     if progress is not None:
         progress(event)
+
+
+def clock_text(seconds: float) -> str:
+    """``H:MM:SS`` (or ``M:SS`` under an hour), rounded to the second."""
+    seconds = max(0, int(seconds + 0.5))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def remaining_seconds(
+    event: ProgressEvent, elapsed: float, base: tuple[int, float]
+) -> float | None:
+    """Seconds left in ``event``'s stage at ``elapsed``, from the rate measured since ``base``
+    (the count and seconds when this process first saw the stage: a resumed search replays
+    its log at once); before a step is measured, from the stage's own estimate per step
+    (``info["seconds_per_step"]``, the search's cost estimate); None when neither is known."""
+    if event.total is None:
+        return None
+    base_done, base_seconds = base
+    done = event.done - base_done
+    if done > 0 and elapsed > base_seconds:
+        return (event.total - event.done) * (elapsed - base_seconds) / done
+    per = (event.info or {}).get("seconds_per_step")
+    if per is None:
+        return None
+    return max(0.0, (event.total - event.done) * float(per) - (elapsed - base_seconds))

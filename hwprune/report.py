@@ -199,6 +199,22 @@ def _stage_lines(result: PruneResult) -> list[str]:
         "| stage | seconds |",
         "|---|---|",
         *(f"| {k} | {v:.1f} |" for k, v in result.stage_seconds.items()),
+        *_estimate_lines(result.cost_estimate),
+    ]
+
+
+def _estimate_lines(estimate: Mapping[str, Any]) -> list[str]:
+    """The search's cost estimate, made before it started, beside its actual wall time."""
+    if not estimate or "total_seconds" not in estimate:
+        return []
+    actual = estimate.get("actual_search_seconds")
+    stages = ", ".join(f"{k} {float(v):.2f} s" for k, v in estimate.get("stages", {}).items())
+    return [
+        "",
+        f"Cost estimate before the search (`cost_estimate.json`): {estimate['remaining']} "
+        f"candidates, {float(estimate['total_seconds']):.1f} s expected; the search took "
+        + ("-" if actual is None else f"{float(actual):.1f} s")
+        + f". Per candidate on the dense model: {stages}.",
     ]
 
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
-from hwprune.progress import ProgressEvent, ProgressFn, emit
+from hwprune.progress import ProgressEvent, ProgressFn, clock_text, emit, remaining_seconds
 
 __all__ = [
     "LineProgress",
@@ -51,6 +51,9 @@ STAGES = {
     "export": "export",
     "report": "report",
 }
+
+#: Events that are one line to show, not a stage with a bar: the search's cost estimate.
+NOTES = ("estimate",)
 
 #: Seconds between two plain progress lines while a stage runs.
 LINE_INTERVAL = 30.0
@@ -104,6 +107,8 @@ class ProgressView:
             transient=False,
         )
         self.tasks: dict[str, Any] = {}
+        # Per stage: the count and seconds when this view first saw it (the rate's base).
+        self._base: dict[str, tuple[int, float]] = {}
 
     def __enter__(self) -> ProgressView:
         self.progress.__enter__()
@@ -114,21 +119,26 @@ class ProgressView:
 
     def __call__(self, event: ProgressEvent) -> None:
         stage = event.stage
+        if stage in NOTES:
+            self.progress.console.print(event.message, highlight=False, soft_wrap=True)
+            return
         if stage not in self.tasks:
             self.tasks[stage] = self.progress.add_task(
                 self.STAGES.get(stage, stage), total=event.total, info=""
             )
-        self.progress.update(
-            self.tasks[stage], completed=event.done, total=event.total, info=info_text(event)
-        )
+            self._base[stage] = (event.done, event.seconds)
+        info = info_text(event)
+        # The time left from the rate measured in this stage (rich's own column would count a
+        # resumed search's replayed candidates as work done at once).
+        left = remaining_seconds(event, event.seconds, self._base[stage])
+        if left is not None and not event.finished:
+            info = f"~{clock_text(left)} left  {info}".rstrip()
+        self.progress.update(self.tasks[stage], completed=event.done, total=event.total, info=info)
 
     _info = staticmethod(info_text)
 
 
-def _clock(seconds: float) -> str:
-    seconds = max(0, int(seconds + 0.5))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+_clock = clock_text
 
 
 class LineProgress:
@@ -171,6 +181,10 @@ class LineProgress:
             self._thread = None
 
     def __call__(self, event: ProgressEvent) -> None:
+        if event.stage in NOTES:
+            with self._lock:
+                self._note(event.message)
+            return
         with self._lock:
             now = self.clock()
             opening = self._last is None or self._last.stage != event.stage
@@ -221,15 +235,14 @@ class LineProgress:
 
     def _remaining(self, event: ProgressEvent, elapsed: float) -> float | None:
         # The rate since the stage's first event: a resumed search replays its log at once.
-        base_done, base_seconds = self._base
-        done = event.done - base_done
-        if event.total is None or done <= 0 or elapsed <= base_seconds:
-            return None
-        return (event.total - event.done) * (elapsed - base_seconds) / done
+        return remaining_seconds(event, elapsed, self._base)
 
     def _write(self, event: ProgressEvent, elapsed: float, *, first: bool = False) -> None:
+        self._note(self.line(event, elapsed, first=first))
+
+    def _note(self, text: str) -> None:
         try:
-            self.stream.write(self.line(event, elapsed, first=first) + "\n")
+            self.stream.write(text + "\n")
             self.stream.flush()
         except (OSError, ValueError):
             pass  # the reader went away: progress is not worth failing the run for

@@ -274,6 +274,8 @@ class Evaluator:
         self._remeasured: dict[str, dict[str, float]] = {}
         self.history: list[Outcome] = []
         self.dense: dict[str, Measurement] = {}
+        # Seconds of the dense model's export and score in ``calibrate`` (hwprune.run.estimate).
+        self.dense_timings: dict[str, float] = {}
         self.dense_accuracy: float | None = None
         self._log = EpisodeLog(options.log_path) if options.log_path else None
         if self._log is not None:
@@ -442,9 +444,13 @@ class Evaluator:
         """Measure the dense model with every oracle and fix relative budgets to absolute bounds."""
         dense_module = self.space.model
         # Every relative bound is a fraction of these values: median of 3 calls.
-        self.dense = self.measure_module(dense_module, repeats=MEASURE_REPEATS)
+        self.dense = self.measure_module(
+            dense_module, repeats=MEASURE_REPEATS, timings=self.dense_timings
+        )
         self.constraints = [c.resolve(self.dense[c.name].value) for c in self.constraints]
+        t0 = time.perf_counter()
         self.dense_accuracy = self.task.checked_score(dense_module, what="the dense model")
+        self.dense_timings["score"] = time.perf_counter() - t0  # the cost estimate's proxy
         if self.surrogate_mode != "off":
             self.surrogate = start_gate(self, episode_log=self._log, dense_repeats=MEASURE_REPEATS)
         return self.constraints
@@ -464,6 +470,9 @@ class Evaluator:
     # ------------------------------------------------------------- evaluate
     #: How many candidates this evaluator works on at once (see hwprune.evaluate.parallel).
     width = 1
+    #: How a parallel evaluator places its work: ``worker_slots`` (candidates prepared at
+    #: once), ``text`` (one line); None for one process.
+    parallel_plan: Mapping[str, Any] | None = None
 
     def evaluate(self, policy: Any) -> Outcome:
         """Score one policy: proxy accuracy, every oracle's value, feasibility."""

@@ -31,7 +31,7 @@ import os
 import pickle
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -286,6 +286,59 @@ def _answer(value: Any) -> Any:
     return value
 
 
+#: Times a candidate's preparation is sent again after its worker was lost (killed, out of
+#: memory, its node gone), and times a timing device is restarted (its oracle built again).
+PREPARE_RETRIES = 2
+DEVICE_RESTARTS = 2
+
+#: What a run stopped by a lost worker or device says after naming it.
+RESUME_HINT = "everything measured so far is kept; `hwprune prune --resume RUN_DIR` continues"
+
+
+class WorkerLost(HwpruneError):
+    """A worker process or timing device that died, beyond what the run retries."""
+
+
+def _retrying(
+    submit: Callable[[], Future], *, lost: Callable[[BaseException], str | None], what: str,
+    tries: int,
+) -> Future:  # fmt: skip
+    """``submit()``'s answer, sent again (at most ``tries`` times, each logged) while
+    ``lost`` says its failure was a lost worker; then that failure as one WorkerLost line."""
+    out: Future = Future()
+
+    def attempt(n: int) -> None:
+        def done(f: Future) -> None:
+            if f.cancelled():  # the run is closing
+                out.cancel()
+                return
+            exc = f.exception()
+            if exc is None:
+                out.set_result(f.result())
+                return
+            why = lost(exc)
+            if why is None:
+                out.set_exception(exc)
+            elif n < tries:
+                log.warning("%s was lost (%s); trying again (%d of %d)", what, why, n + 1, tries)
+                attempt(n + 1)
+            else:
+                out.set_exception(WorkerLost(f"{what} was lost {n + 1} time(s) ({why}); "
+                                             + RESUME_HINT))  # fmt: skip
+
+        try:
+            inner = submit()
+        except Exception as exc:  # a backend that cannot send it any more
+            why = lost(exc)
+            out.set_exception(WorkerLost(f"{what} was lost ({why}); {RESUME_HINT}") if why
+                              else exc)  # fmt: skip
+            return
+        inner.add_done_callback(done)
+
+    attempt(0)
+    return out
+
+
 # ------------------------------------------------------------------ backends
 class _LocalBackend:
     """Worker processes and one process per device, on this machine (spawned, not forked)."""
@@ -323,19 +376,49 @@ class _LocalBackend:
             raise HwpruneError(WORKERS_DIED) from exc
 
     def prepare(self, policy: Any, what: str) -> Future:
-        return self._workers.submit(_prepare_local, policy, what)
+        # A dead process breaks its whole pool: nothing to retry on, the run stops in one line.
+        return _retrying(lambda: self._workers.submit(_prepare_local, policy, what),
+                         lost=_pool_lost, what=f"the worker process preparing {what}",
+                         tries=0)  # fmt: skip
 
     def call(self, spec: str, method: str, *args: Any) -> Future:
-        return self._devices[spec].submit(_device_call, method, *args)
+        return _retrying(lambda: self._devices[spec].submit(_device_call, method, *args),
+                         lost=_pool_lost, what=f"the timing process of {spec}",
+                         tries=0)  # fmt: skip
 
     def close(self) -> None:
         for pool in (self._workers, *self._devices.values()):
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _pool_lost(exc: BaseException) -> str | None:
+    if isinstance(exc, BrokenProcessPool):
+        return "its process stopped: killed, or out of memory"
+    return None
+
+
+def _ray_lost(exc: BaseException) -> str | None:
+    """Why a Ray call failed for its worker or actor, not for its own code (None: its code)."""
+    import ray.exceptions as rex
+
+    if isinstance(exc, rex.RayActorError | rex.WorkerCrashedError | rex.NodeDiedError
+                  | rex.OutOfMemoryError | rex.LocalRayletDiedError):  # fmt: skip
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return f"{type(exc).__name__}: {first[:160]}" if first else type(exc).__name__
+    return None
+
+
 class _RayBackend:
     """Ray tasks for the workers (the run's inputs put in the object store once) and one actor
-    per device, placed on this (the driver's) node."""
+    per device, placed on this (the driver's) node.
+
+    A task whose worker is lost is sent again (``PREPARE_RETRIES``, logged); a device actor
+    that dies is restarted by Ray with its oracle built again (``DEVICE_RESTARTS``) and the
+    call sent again; beyond that the run stops in one line (``WorkerLost``). Resources are
+    declared as used: a device takes a CPU (none for a remote oracle, which only waits) and a
+    GPU where its oracle times on one; a preparation task takes a CPU, and a GPU share where
+    candidates are scored on CUDA. ``plan`` says what was asked of the cluster.
+    """
 
     def __init__(
         self,
@@ -346,6 +429,8 @@ class _RayBackend:
         devices: Mapping[str, tuple[Oracle, int | None]],
         worker_cores: list[int] | None,
         timed_cpus: Mapping[str, float],
+        score_gpu: bool = False,
+        data_paths: Sequence[str] = (),
     ) -> None:
         ray = _import_ray()
         self._ray = ray
@@ -357,33 +442,124 @@ class _RayBackend:
 
         node = ray.get_runtime_context().get_node_id()
         here = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+        self.plan = _ray_plan(ray, workers=workers, devices=devices, timed_cpus=timed_cpus,
+                              score_gpu=score_gpu)  # fmt: skip
+        _check_paths_on_nodes(ray, data_paths)
         self._job = [ray.put(blob)]
         self._job_id = f"{os.getpid()}-{id(self)}-{time.time()}"
         self._node = node
         self._worker_cores = worker_cores
-        self._prepare = ray.remote(num_cpus=1, max_retries=0)(_prepare_ray)
+        # Retried here, not by Ray: each retry is logged and bounded, and its slot kept.
+        self._prepare = ray.remote(num_cpus=1, num_gpus=self.plan["task_gpus"],
+                                   max_retries=0)(_prepare_ray)  # fmt: skip
         actor = ray.remote(_Device)
         self._devices = {
             spec: actor.options(
-                num_cpus=timed_cpus.get(spec, 1.0), scheduling_strategy=here, max_concurrency=1
+                num_cpus=timed_cpus.get(spec, 1.0),
+                num_gpus=1 if oracle.needs_gpu else 0,
+                scheduling_strategy=here,
+                max_concurrency=1,
+                max_restarts=DEVICE_RESTARTS,
+                max_task_retries=0,
             ).remote(oracle, core)
             for spec, (oracle, core) in devices.items()
         }
 
     def prepare(self, policy: Any, what: str) -> Future:
-        ref = self._prepare.remote(
-            self._job, self._job_id, self._worker_cores, self._node, policy, what
-        )
-        return ref.future()
+        def submit() -> Future:
+            return self._prepare.remote(
+                self._job, self._job_id, self._worker_cores, self._node, policy, what
+            ).future()
+
+        return _retrying(submit, lost=_ray_lost, what=f"the Ray worker preparing {what}",
+                         tries=PREPARE_RETRIES)  # fmt: skip
 
     def call(self, spec: str, method: str, *args: Any) -> Future:
-        return getattr(self._devices[spec], method).remote(*args).future()
+        def submit() -> Future:
+            return getattr(self._devices[spec], method).remote(*args).future()
+
+        # Ray restarts the actor; a call sent while it restarts waits for it.
+        return _retrying(submit, lost=_ray_lost, what=f"the Ray timing actor of {spec}",
+                         tries=DEVICE_RESTARTS)  # fmt: skip
 
     def close(self) -> None:
         for actor in self._devices.values():
-            self._ray.kill(actor)
+            self._ray.kill(actor, no_restart=True)
         if self._started:
             self._ray.shutdown()
+
+
+def _ray_plan(
+    ray: Any,
+    *,
+    workers: int,
+    devices: Mapping[str, tuple[Oracle, int | None]],
+    timed_cpus: Mapping[str, float],
+    score_gpu: bool,
+) -> dict[str, Any]:
+    """What the run asks of the cluster, checked against what it has (ConfigError in one line
+    where the devices and one preparation task cannot be placed at once)."""
+    total = ray.cluster_resources()
+    cpus, gpus = float(total.get("CPU", 0.0)), float(total.get("GPU", 0.0))
+    device_cpus = sum(timed_cpus.get(spec, 1.0) for spec in devices)
+    device_gpus = float(sum(1 for oracle, _ in devices.values() if oracle.needs_gpu))
+    if device_gpus > gpus:
+        raise ConfigError(
+            f"the timing oracle(s) need {device_gpus:g} GPU(s) and the Ray cluster has "
+            f"{gpus:g}; start Ray on a node with a GPU (ray start --num-gpus N)"
+        )
+    task_gpus = 0.0
+    if score_gpu:
+        free = gpus - device_gpus
+        if free <= 0:
+            raise ConfigError(
+                f"candidates are scored on CUDA (--device) and the Ray cluster has no GPU left "
+                f"for them ({gpus:g} in all, {device_gpus:g} timing); give --device cpu, or "
+                "add a node with a GPU"
+            )
+        task_gpus = min(1.0, free / workers)
+    if cpus - device_cpus < 1:
+        raise ConfigError(
+            f"the Ray cluster has {cpus:g} CPU(s) and the timing device(s) take "
+            f"{device_cpus:g}: none is left for a preparation task; add CPUs to the cluster"
+        )
+    slots = int(min(workers, cpus - device_cpus))
+    if task_gpus:
+        slots = min(slots, int((gpus - device_gpus) / task_gpus + 1e-9))
+    text = (f"Ray: {cpus:g} CPU(s), {gpus:g} GPU(s); timing device(s) {device_cpus:g} CPU, "
+            f"{device_gpus:g} GPU on this node; preparation 1 CPU"
+            + (f" + {task_gpus:g} GPU" if task_gpus else "")
+            + f" per task, {slots} of {workers} at once")  # fmt: skip
+    log.info("%s", text)
+    return {"cpus": cpus, "gpus": gpus, "device_cpus": device_cpus, "device_gpus": device_gpus,
+            "task_gpus": task_gpus, "worker_slots": max(1, slots), "text": text}  # fmt: skip
+
+
+def _paths_missing(paths: Sequence[str]) -> tuple[str, list[str]]:
+    """(this node's address, the paths it cannot read): run on each node of the cluster."""
+    import socket
+
+    return socket.gethostname(), [p for p in paths if not os.access(p, os.R_OK)]
+
+
+def _check_paths_on_nodes(ray: Any, paths: Sequence[str]) -> None:
+    """Every node with a CPU can read ``paths`` (an image folder the workers load from), or a
+    ConfigError naming the first node that cannot."""
+    if not paths:
+        return
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    check = ray.remote(num_cpus=0, max_retries=0)(_paths_missing)
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU")]
+    refs = [check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        node_id=n["NodeID"], soft=False)).remote(list(paths)) for n in nodes]  # fmt: skip
+    for host, missing in ray.get(refs, timeout=120):
+        if missing:
+            raise ConfigError(
+                f"{missing[0]!r} cannot be read on the Ray node {host!r}: the workers load the "
+                "data on every node, so the same path must exist on each (a shared or copied "
+                "folder)"
+            )
 
 
 def _import_ray() -> Any:
@@ -438,6 +614,15 @@ def _ray_init(ray: Any, address: str) -> None:
             f"cannot join the Ray cluster at {address!r} ({first}); start one with "
             "'ray start --head', or give --ray local to start one here"
         ) from None
+
+
+def _local_plan(workers: int, cores: list[int] | None, devices: int) -> dict[str, Any]:
+    """How local workers share this machine: the cores they may use and how many run at once."""
+    n = len(os.sched_getaffinity(0)) if cores is None else len(cores)
+    slots = max(1, min(workers, n))
+    text = (f"local: {workers} worker process(es) on {n} core(s), {slots} at once; "
+            f"{devices} timing device(s)" + (" on a core of its own" if cores else ""))  # fmt: skip
+    return {"worker_cores": cores, "worker_slots": slots, "text": text}
 
 
 # ------------------------------------------------------------------ the device oracle
@@ -540,6 +725,8 @@ class ParallelEvaluator(Evaluator):
         workers: int,
         ray_address: str | None = None,
         dedicated_timing_core: bool = True,
+        score_device: str = "cpu",
+        data_paths: Sequence[str] = (),
         **kwargs: Any,
     ) -> None:
         self._backend: Any = None  # close() works on an evaluator whose start failed
@@ -580,15 +767,14 @@ class ParallelEvaluator(Evaluator):
             self._backend = _LocalBackend(
                 workers=self.width, blob=blob, devices=devices, worker_cores=worker_cores
             )
+            self.parallel_plan = _local_plan(self.width, worker_cores, len(local))
         else:
-            self._backend = _RayBackend(
-                address=ray_address,
-                workers=self.width,
-                blob=blob,
-                devices=devices,
-                worker_cores=worker_cores,
+            self._backend = _RayBackend(address=ray_address, workers=self.width, blob=blob,
+                devices=devices, worker_cores=worker_cores,
                 timed_cpus={s: 0.0 if s not in local else 1.0 for s in specs},
-            )
+                score_gpu=str(score_device).startswith("cuda"), data_paths=data_paths,
+            )  # fmt: skip
+            self.parallel_plan = self._backend.plan
         try:
             infos = {s: _answer(self._backend.call(s, "info").result()) for s in specs}
         except BaseException:

@@ -12,6 +12,7 @@ from hwprune.errors import HwpruneError
 from hwprune.evaluate.precision import timing_report
 from hwprune.evaluate.surrogate import surrogate_report
 from hwprune.run.context import RunContext
+from hwprune.run.estimate import read_estimate
 from hwprune.run.final import Final
 from hwprune.run.load import Loaded, space_options
 from hwprune.run.result import BudgetCheck, PruneResult
@@ -175,6 +176,7 @@ def result_of(
         oracle_calls=dict(d.evaluator.oracle_calls), search_extra=dict(s.extra),
         timing=timing_report(d.evaluator, f.measurements), parts=ctx.parts,
         output_shapes=f.shapes, left_whole={k.id: k.reason for k in loaded.space.skipped},
+        cost_estimate=read_estimate(ctx) or {},
     )  # fmt: skip
 
 

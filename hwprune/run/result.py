@@ -86,6 +86,9 @@ class PruneResult:
     output_shapes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # The space's groups left whole before the search, and why (unit id -> reason).
     left_whole: Mapping[str, str] = field(default_factory=dict)
+    # The search's cost estimate made before it started (hwprune.run.estimate) with the
+    # search's actual wall seconds beside it; empty when none was made.
+    cost_estimate: Mapping[str, Any] = field(default_factory=dict)
     model: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -136,4 +139,5 @@ class PruneResult:
             "timing": dict(self.timing),
             "output_shapes": {k: dict(v) for k, v in self.output_shapes.items()},
             "left_whole": dict(self.left_whole),
+            "cost_estimate": dict(self.cost_estimate),
         }

@@ -3,10 +3,12 @@ killed session left (the episodes log answers every candidate measured before)."
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from hwprune.run.context import RunContext
+from hwprune.run.estimate import estimate_cost, record_actual
 from hwprune.run.final import finalize
 from hwprune.run.load import load
 from hwprune.run.output import export, report
@@ -30,7 +32,10 @@ def run(
     loaded = staircase(ctx, loaded, constraints)
     d = dense(ctx, loaded, constraints)
     try:
-        searched = search(ctx, loaded, d)
+        estimate = estimate_cost(ctx, d.evaluator, dense_timings=d.evaluator.dense_timings)
+        t0 = time.perf_counter()
+        searched = search(ctx, loaded, d, seconds_per_candidate=estimate["seconds_per_candidate"])
+        record_actual(ctx, estimate, seconds=time.perf_counter() - t0)
         chosen, confirmations = choose(ctx, loaded, d)
         if confirmations:
             searched.extra["confirmations"] = confirmations

@@ -55,8 +55,10 @@ def _same_machine(ctx: RunContext, evaluator: Any) -> None:
 
     A resumed run replays its log's measurements and re-measures the dense model: on other
     hardware the two would mix machines (one "AMD EPYC" host here timed models 2-3x faster than
-    another of that name). Only a run whose own process times candidates is held to this: not
-    one timed by remote oracles (``hwprune serve``) or Ray workers.
+    another of that name). Only a run whose own machine times candidates is held to this, not
+    one timed by remote oracles (``hwprune serve``); a Ray run's timing devices run on the
+    driver's node, this machine (``ray://``, whose driver is elsewhere, is refused with a local
+    timing oracle).
     """
     import json
 
@@ -65,9 +67,7 @@ def _same_machine(ctx: RunContext, evaluator: Any) -> None:
 
     here = {k: v for k, v in oracles.machine_identity().items() if k in _HARDWARE}
     path = ctx.path(MACHINE_FILE)
-    timed = ctx.config.ray is None and any(
-        o.timed and not isinstance(o, RemoteOracle) for o in evaluator.oracles.values()
-    )
+    timed = any(o.timed and not isinstance(o, RemoteOracle) for o in evaluator.oracles.values())
 
     def record() -> None:
         path.write_text(json.dumps(here, indent=2) + "\n", encoding="utf-8")
@@ -121,7 +121,11 @@ def dense(ctx: RunContext, loaded: Loaded, constraints: list) -> Dense:
 
             # Every candidate is measured in parallel runs: the surrogate's gate decides
             # one candidate at a time, in order (PruneConfig refuses surrogate=on here).
-            evaluator = ParallelEvaluator(workers=config.workers, ray_address=config.ray, **kwargs)
+            # An image folder is read by every worker: checked on each Ray node first.
+            paths = [config.data.split(":", 1)[1]] if config.data.startswith("imagefolder:") else []
+            evaluator = ParallelEvaluator(workers=config.workers, ray_address=config.ray,
+                                          score_device=config.device, data_paths=paths,
+                                          **kwargs)  # fmt: skip
         else:
             evaluator = Evaluator(**kwargs, surrogate=config.surrogate)
         try:
@@ -189,7 +193,9 @@ def _batch_episodes(ctx: RunContext, evaluator: Any) -> int:
     return batch
 
 
-def search(ctx: RunContext, loaded: Loaded, d: Dense) -> Searched:
+def search(
+    ctx: RunContext, loaded: Loaded, d: Dense, *, seconds_per_candidate: float | None = None
+) -> Searched:
     """Stage ``search``: the searcher proposes ``evaluations`` distinct candidates.
 
     A resumed run replays: the agent's checkpoint of the killed session is
@@ -216,11 +222,13 @@ def search(ctx: RunContext, loaded: Loaded, d: Dense) -> Searched:
             seen.add(outcome.key)
             if outcome.feasible and (best[0] is None or outcome.accuracy > best[0]):
                 best[0] = outcome.accuracy
-            step(min(len(seen), total), best_feasible_accuracy=best[0],
+            step(min(len(seen), total), best_feasible_accuracy=best[0], **pace,
                  values=dict(outcome.values), feasible=outcome.feasible,
                  accuracy=outcome.accuracy)  # fmt: skip
 
-        step(0, best_feasible_accuracy=best[0])
+        # The estimate gives the time left until the search's own rate is measured.
+        pace = {} if seconds_per_candidate is None else {"seconds_per_step": seconds_per_candidate}
+        step(0, best_feasible_accuracy=best[0], **pace)
         result = searcher.search(
             space=loaded.space,
             evaluator=evaluator,

@@ -80,6 +80,10 @@ def test_unreachable_ray_address_is_refused_quickly() -> None:
     [
         (["--workers", "0"], "workers must be a whole number of worker processes from 1 to 1024"),
         (["--ray", "127.0.0.1:9"], "cannot reach the Ray cluster at '127.0.0.1:9'"),
+        (
+            ["--ray", "ray://127.0.0.1:9", "--budget", "latency<=90%"],
+            "would time there, not on this machine",
+        ),
     ],
 )
 def test_cli_bad_workers_or_ray_is_one_line_exit_2(tmp_path: Path, flags, message) -> None:
@@ -389,3 +393,137 @@ def test_sigkill_with_workers_then_resume_measures_no_candidate_twice(tmp_path: 
     assert len(keys) == len(set(keys)) == 16, "a candidate was evaluated twice, or lost"
     assert keys[: len(before)] == [r["key"] for r in before]
     assert [r["index"] for r in after] == list(range(16))
+
+
+def _kill_once(title: str, *, after: Path, min_logged: int, killed: list) -> None:
+    """SIGKILL the first process whose title starts with ``title`` (a Ray worker names itself
+    after what it runs: ``ray::_prepare_ray``, ``ray::_Device.measure``) once ``after``'s log
+    holds ``min_logged`` candidates."""
+    import psutil
+
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if (after / "episodes.jsonl").exists() and len(_candidates(after)) >= min_logged:
+            for p in psutil.process_iter(["cmdline"]):
+                cmd = " ".join(p.info["cmdline"] or [])
+                if cmd.startswith(title) and p.pid != os.getpid():
+                    os.kill(p.pid, signal.SIGKILL)
+                    killed.append(cmd)
+                    return
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_ray_run_survives_a_killed_worker_and_a_killed_timing_actor(
+    tmp_path: Path, ray_instance, caplog
+) -> None:
+    """kill -9 of a preparation worker and of the timing actor mid-search: the task is sent
+    again, the actor restarted; every candidate logged once, in order, the run finishes."""
+    import threading
+
+    out = tmp_path / "ray"
+    killed: list[str] = []
+
+    def killer() -> None:
+        _kill_once("ray::_prepare_ray", after=out, min_logged=1, killed=killed)
+        _kill_once("ray::_Device.measure", after=out, min_logged=3, killed=killed)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    common = {"budgets": ["flops<=40%", "latency<=100%"], "oracles": {"latency": LATENCY},
+              "agent": "random", "evaluations": 8}  # fmt: skip
+    with caplog.at_level("WARNING", logger="hwprune.evaluate.parallel"):
+        _prune(out, workers=2, ray="auto", **common)
+    thread.join(timeout=5)
+    assert len(killed) == 2, killed
+    lost = [r.getMessage() for r in caplog.records if "was lost" in r.getMessage()]
+    assert any("preparing" in m for m in lost) and any("timing actor" in m for m in lost), lost
+    records = _candidates(out)
+    keys = [r["key"] for r in records]
+    assert len(keys) == len(set(keys)) == 8
+    assert [r["index"] for r in records] == list(range(8))
+
+
+def test_ray_run_survives_a_killed_preparation_worker(tmp_path: Path, ray_instance) -> None:
+    """The fast case: one preparation worker killed; its candidate sent again, logged once."""
+    import threading
+
+    out = tmp_path / "ray"
+    killed: list[str] = []
+    thread = threading.Thread(target=_kill_once, args=("ray::_prepare_ray",), daemon=True,
+                              kwargs={"after": out, "min_logged": 1, "killed": killed})  # fmt: skip
+    thread.start()
+    _prune(out, workers=2, ray="auto", budgets=["flops<=40%"], agent="random", evaluations=4)
+    thread.join(timeout=5)
+    assert len(killed) == 1, killed
+    keys = [r["key"] for r in _candidates(out)]
+    assert len(keys) == len(set(keys)) == 4
+
+
+@pytest.mark.slow
+def test_ray_timing_actor_dead_for_good_stops_in_one_line_and_resume_continues(
+    tmp_path: Path,
+) -> None:
+    """The timing actor killed past its restarts: rc 2, one line naming it and --resume;
+    the resumed run measures no logged candidate again and loses none."""
+    import psutil
+
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "hwprune", "prune", "--model", "vgg11_cifar", "--width", "0.25",
+           "--budget", "flops<=40%", "--budget", "latency<=100%", "--oracle", f"latency={LATENCY}",
+           "--round-to", "8", "--agent", "random", "--evaluations", "10", "--workers", "2",
+           "--ray", "local", "--finetune-epochs", "0", "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    kills: list[int] = []
+    deadline = time.monotonic() + 400
+    try:
+        while time.monotonic() < deadline and proc.poll() is None and len(kills) < 3:
+            if (out / "episodes.jsonl").exists() and len(_candidates(out)) >= 2:
+                for p in psutil.Process(proc.pid).children(recursive=True):
+                    try:
+                        title = " ".join(p.cmdline())
+                    except psutil.Error:
+                        continue
+                    if title.startswith("ray::_Device") and p.pid not in kills:
+                        os.kill(p.pid, signal.SIGKILL)
+                        kills.append(p.pid)
+            time.sleep(0.1)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(kills) == 3, "the timing actor was not found three times"
+    assert proc.returncode == 2, stderr
+    errors = [t for t in stderr.splitlines() if t.startswith("error:")]
+    assert len(errors) == 1 and "timing actor" in errors[0] and "--resume" in errors[0], stderr
+    assert "Traceback" not in stderr
+    before = _candidates(out)
+    assert 2 <= len(before) < 10
+    done = subprocess.run([sys.executable, "-m", "hwprune", "prune", "--resume", str(out),
+                           "--json"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    after = _candidates(out)
+    keys = [r["key"] for r in after]
+    assert len(keys) == len(set(keys)) == 10, "a candidate was evaluated twice, or lost"
+    assert keys[: len(before)] == [r["key"] for r in before]
+
+
+@pytest.mark.slow
+def test_a_ray_run_timed_on_another_machine_is_not_resumed_here(
+    tmp_path: Path, ray_instance
+) -> None:
+    """A Ray run's timing devices run on the driver's node: its timings are this machine's,
+    and a resume elsewhere is refused as a local run's is."""
+    import hwprune
+    from hwprune.errors import RunDirError
+
+    out = tmp_path / "ray"
+    _prune(out, workers=2, ray="auto", budgets=["latency<=100%"], oracles={"latency": LATENCY},
+           agent="random", evaluations=2)  # fmt: skip
+    here = json.loads((out / "machine.json").read_text())
+    (out / "machine.json").write_text(json.dumps({**here, "cpu_id": "another vendor"}))
+    with pytest.raises(RunDirError, match="its candidates were timed on another"):
+        hwprune.resume(out, evaluations=3, workers=2, ray="auto")

@@ -1,0 +1,236 @@
+"""The search's cost, measured before it starts: seconds per candidate by stage and in all.
+
+Between the dense stage and the search, each part of one candidate's evaluation is run
+once on the dense model, as the search runs it: the surgery (a uniform policy in the
+middle of the space, applied), the BatchNorm re-estimation (on a copy of the dense
+model), the proxy's score and the ONNX export (the dense stage's own, timed there),
+each oracle with the search's stop rule (one call, no cache). The dense model is the
+largest candidate, so its compute stages are an upper bound for the search's; the
+timing stage under the search's stop rule is about the same for every candidate.
+
+From these and the run's ``evaluations``, ``workers`` and surrogate, the expected wall
+time of the search: one process evaluates candidates one after another; worker
+processes prepare (surgery, BN, score, export, untimed oracles) side by side while one
+device per timed oracle times them one at a time, so the slower of the two sets the pace.
+A surrogate that answers some timed calls leaves only its warm-up and audited calls.
+``RUN/cost_estimate.json`` keeps the figures; the report puts the search's actual wall
+time beside them. The searcher's own work (an RL agent's updates) is not counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from hwprune.files import write_atomic
+from hwprune.progress import ProgressEvent, clock_text, emit
+from hwprune.run.context import RunContext
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ESTIMATE_FILE",
+    "estimate_cost",
+    "estimate_line",
+    "plan_seconds",
+    "read_estimate",
+    "record_actual",
+]
+
+#: The estimate of the search's cost, written before the search starts.
+ESTIMATE_FILE = "cost_estimate.json"
+
+#: The stages of one candidate, in the order they run.
+STAGES = ("surgery", "bn", "score", "export", "oracles", "timing")
+
+# A stage's share of a candidate above which the suggestion names what cuts it.
+DOMINANT = 0.5
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Torch on ``n`` threads within (a worker process runs on one), as it was after."""
+    import torch
+
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def probe_stages(evaluator: Any, *, dense_timings: Mapping[str, float]) -> dict[str, float]:
+    """Seconds of each stage of one candidate, measured once on the dense model (see the module
+    docstring); ``dense_timings``: the dense stage's own (``proxy``, ``export``)."""
+    from hwprune.space import Policy
+
+    space, task = evaluator.space, evaluator.task
+    seconds = {name: 0.0 for name in STAGES}
+    # A worker runs torch on one thread: its candidates are probed the same way.
+    with _threads(1 if evaluator.width > 1 else None):
+        middle = (1.0 + float(space.min_keep)) / 2.0
+        t0 = time.perf_counter()
+        space.apply(Policy.uniform(space, middle))
+        seconds["surgery"] = time.perf_counter() - t0
+        dense = copy.deepcopy(space.model)
+        t0 = time.perf_counter()
+        task.checked_calibrate(dense, what="the dense model (cost estimate)")
+        seconds["bn"] = time.perf_counter() - t0
+        dense.to("cpu")
+    seconds["score"] = float(dense_timings.get("score", 0.0))
+    shapes = evaluator.example_inputs.shapes
+    onnx_bytes = None
+    for oracle in evaluator.search_oracles.values():
+        if oracle.input_format == "onnx" and onnx_bytes is None:
+            timings: dict[str, float] = {}
+            onnx_bytes = evaluator.export(space.model, timings=timings)
+            seconds["export"] = float(dense_timings.get("export", timings["export"]))
+        model = onnx_bytes if oracle.input_format == "onnx" else space.model
+        t0 = time.perf_counter()
+        oracle.measure(model, input_shapes=shapes)
+        seconds["timing" if oracle.timed else "oracles"] += time.perf_counter() - t0
+    return seconds
+
+
+def _timed_share(evaluator: Any, remaining: int) -> float:
+    """The share of the timed calls the search makes, where a surrogate answers some of them
+    (``hwprune.evaluate.surrogate``: measured in warm-up and in audits only, at the least)."""
+    from hwprune.evaluate.surrogate import AUDIT_RATE, MIN_POINTS
+
+    decision = evaluator.surrogate_decision or {}
+    enabled = decision.get("enabled") or {}
+    if evaluator.surrogate is None or not any(enabled.values()) or remaining <= 0:
+        return 1.0
+    known = 1 + sum(1 for o in evaluator.history if not o.predicted)  # the dense model counts
+    warm = min(remaining, max(0, MIN_POINTS - known))
+    return (warm + AUDIT_RATE * (remaining - warm)) / remaining
+
+
+def plan_seconds(
+    stages: Mapping[str, float], *, remaining: int, workers: int, timed_share: float
+) -> dict[str, float]:
+    """Seconds per candidate (prepare, time) and the search's expected wall seconds.
+
+    One worker: every stage one after another. ``workers`` > 1: preparation side by side,
+    timing on its device one at a time; the slower sets the pace, the other fills once.
+    """
+    prepare = sum(v for k, v in stages.items() if k != "timing")
+    timing = float(stages.get("timing", 0.0)) * timed_share
+    if workers <= 1:
+        per = prepare + timing
+        total = remaining * per
+    else:
+        per = max(prepare / workers, timing)
+        total = remaining * per + (min(prepare, timing) if remaining else 0.0)
+    return {"prepare": prepare, "timing": timing, "per_candidate": per, "total": total}
+
+
+def _effective_workers(evaluator: Any) -> tuple[int, str]:
+    """Candidates prepared at once (what the cores or the cluster allow), and the plan's line."""
+    plan = evaluator.parallel_plan
+    if plan is None:
+        return 1, ""
+    return int(plan["worker_slots"]), str(plan["text"])
+
+
+def suggestions(
+    stages: Mapping[str, float], *, config: Any, workers: int, cores: int, share: float
+) -> list[str]:
+    """What would cut the search's time, largest part first."""
+    per = sum(stages.values()) or 1.0
+    proxy = (stages.get("bn", 0.0) + stages.get("score", 0.0)) / per
+    timing = stages.get("timing", 0.0) * share / per
+    out = []
+    if proxy >= DOMINANT:
+        if str(config.device) == "cpu":
+            out.append(f"--device cuda for the proxy (BN re-estimation and score are "
+                        f"{100 * proxy:.0f}% of a candidate)")  # fmt: skip
+        out.append("a smaller search set or fewer BN images for the proxy")
+    if workers <= 1 and cores >= 3 and timing < DOMINANT:
+        out.append(f"--workers {min(cores - 1, 4)} (preparation side by side; timing keeps a "
+                   "core of its own)")  # fmt: skip
+    if timing >= DOMINANT and config.surrogate == "off":
+        out.append(f"--surrogate auto (timing is {100 * timing:.0f}% of a candidate)")
+    out.append(f"fewer --evaluations (now {config.evaluations})")
+    return out
+
+
+def estimate_line(estimate: Mapping[str, Any]) -> str:
+    """One line: the search's expected wall time, its per-candidate cost by stage, a suggestion."""
+    stages = estimate["stages"]
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in stages.items() if v >= 0.005)
+    line = (f"cost estimate: {estimate['remaining']} candidates x "
+            f"{estimate['seconds_per_candidate']:.2f} s ~ {clock_text(estimate['total_seconds'])} "
+            f"of search (s per candidate on the dense model: {parts}; "
+            f"{estimate['workers']} worker(s))")  # fmt: skip
+    if estimate.get("plan"):
+        line += f"; {estimate['plan']}"
+    if estimate["suggestions"]:
+        line += f"; to cut it: {estimate['suggestions'][0]}"
+    return line
+
+
+def estimate_cost(ctx: RunContext, evaluator: Any, *, dense_timings: Mapping[str, float]) -> dict:
+    """Measure the stages, write ``RUN/cost_estimate.json``, log and emit its line; the estimate."""
+    config = ctx.config
+    t0 = time.perf_counter()
+    stages = probe_stages(evaluator, dense_timings=dense_timings)
+    remaining = max(0, config.evaluations - evaluator.evaluations)
+    share = _timed_share(evaluator, remaining)
+    workers, shared = _effective_workers(evaluator)
+    plan = plan_seconds(stages, remaining=remaining, workers=workers, timed_share=share)
+    cores = len(os.sched_getaffinity(0))
+    estimate = {
+        "stages": {k: round(v, 4) for k, v in stages.items()},
+        "measured_on": "the dense model (an upper bound for a candidate's compute stages)",
+        "evaluations": config.evaluations,
+        "resumed": evaluator.evaluations,
+        "remaining": remaining,
+        "workers": int(evaluator.width),
+        "workers_at_once": workers,
+        **({"plan": shared} if shared else {}),
+        "ray": config.ray,
+        "timed_share": round(share, 4),
+        "seconds_prepare": round(plan["prepare"], 4),
+        "seconds_timing": round(plan["timing"], 4),
+        "seconds_per_candidate": round(plan["per_candidate"], 4),
+        "total_seconds": round(plan["total"], 2),
+        "suggestions": suggestions(
+            stages, config=config, workers=workers, cores=cores, share=share
+        ),  # fmt: skip
+        "probe_seconds": round(time.perf_counter() - t0, 3),
+        "time": time.time(),
+    }
+    write_atomic(ctx.path(ESTIMATE_FILE), json.dumps(estimate, indent=2) + "\n")
+    line = estimate_line(estimate)
+    log.info("%s", line)
+    emit(ctx.progress, ProgressEvent("estimate", 1, 1, line, estimate, finished=True))
+    return estimate
+
+
+def read_estimate(ctx: RunContext) -> dict[str, Any] | None:
+    """``RUN/cost_estimate.json``, or None when absent or unreadable."""
+    try:
+        data = json.loads(ctx.path(ESTIMATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def record_actual(ctx: RunContext, estimate: Mapping[str, Any], *, seconds: float) -> None:
+    """The search's actual wall seconds (this part of the run) beside its estimate, in
+    ``RUN/cost_estimate.json``: what a benchmark compares."""
+    data = {**estimate, "actual_search_seconds": round(seconds, 2)}
+    if estimate.get("total_seconds"):
+        data["actual_over_estimate"] = round(seconds / float(estimate["total_seconds"]), 3)
+    write_atomic(ctx.path(ESTIMATE_FILE), json.dumps(data, indent=2) + "\n")
