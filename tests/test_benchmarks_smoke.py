@@ -605,3 +605,23 @@ def test_knapsack_cost_reads_the_knapsack_and_candidate_costs_from_a_real_run(
     # A second run with the same settings reuses the stored row: nothing is pruned again.
     monkeypatch.setattr(knapsack_cost, "_run", lambda *a, **k: pytest.fail("ran again"))
     assert knapsack_cost.main(argv) == 0
+
+
+@pytest.mark.slow
+def test_proxy_cost_times_both_recipes_on_the_same_candidates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import _common, proxy_cost
+
+    monkeypatch.setattr(_common, "QUICK_DIR", tmp_path / "quick")
+    assert proxy_cost.main(["--quick", "--probe", "200"]) == 0
+    result = json.loads((tmp_path / "quick" / "proxy_cost.json").read_text())["results"]
+    today, raced = result["today"], result["raced"]
+    assert len(today["rows"]) == len(raced["rows"]) == 3
+    assert result["ratio"] == pytest.approx(
+        today["median_proxy_seconds"] / raced["median_proxy_seconds"]
+    )
+    # The same candidates: the same feasibility; an unraced score is the same image count.
+    assert [r["feasible"] for r in today["rows"]] == [r["feasible"] for r in raced["rows"]]
+    assert all(r["samples"] == 300 for r in today["rows"])
+    assert all(r["samples"] < 300 for r in raced["rows"] if r["raced"])
