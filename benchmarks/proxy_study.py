@@ -352,6 +352,74 @@ def run_model(
     return [_with_more(rows, _tag(name, width, i, args), r, args) for i, r in enumerate(done)]
 
 
+#: The proxy variants ``--variants`` scores beside ``bn``: BN batches of 32 until the statistics
+#: settle (at most 8, ``bn_settle``), and that score raced (``hwprune.evaluate.racing``) in
+#: candidate order against the best one so far (every candidate here is feasible).
+SETTLED, RACED = "bn settled (accuracy)", "bn settled + raced (accuracy)"
+SETTLE, SETTLE_BATCHES, SETTLE_BATCH = 0.05, 8, 32
+
+
+def _variants_tag(base: str) -> str:
+    return f"{base}+variants"
+
+
+def score_variants(name: str, width: float, args: argparse.Namespace, rows: common.RunRows,
+                   done: Sequence[dict], floor: dict) -> list[dict]:  # fmt: skip
+    """``done``'s rows with SETTLED and RACED scored (and stored once) in their proxies."""
+    import copy
+
+    import torch
+
+    from hwprune.evaluate import accuracy_tolerance
+    from hwprune.evaluate.racing import RaceBar, look_sizes, race
+    from hwprune.space import ChannelSpace, Policy
+    from hwprune.train import accuracy, reestimate_bn
+
+    data = _data(args)
+    dense, _, _ = dense_model(name, width, data, args)
+    space = ChannelSpace(dense, example_input_shape=(1, 3, 32, 32), round_to=1, min_keep=MIN_KEEP)
+    calib = _subset(data.train, SETTLE_BATCHES * SETTLE_BATCH, seed=3)
+    search = _subset(data.search, SEARCH_IMAGES, seed=4)
+    best: float | None = None
+    out = []
+    for i, row in enumerate(done):
+        tag = _variants_tag(_tag(name, width, i, args))
+        stored = rows.get(tag)
+        if stored is None:
+            model = space.apply(Policy(keep=tuple(row["keep"])))
+            t0 = time.perf_counter()
+            reestimate_bn(model, calib, batches=SETTLE_BATCHES, batch_size=SETTLE_BATCH,
+                          settle=SETTLE)  # fmt: skip
+            bn_seconds = time.perf_counter() - t0
+
+            def stream(model=model):
+                correct, start = 0, 0
+                for end in look_sizes(len(search)):
+                    part = torch.utils.data.Subset(search, range(start, end))
+                    correct += round(accuracy(model, part) * (end - start))
+                    start = end
+                    yield correct / end, end
+
+            below = None
+            if best is not None and best > floor["floor"]:
+                below = best - accuracy_tolerance(best, len(search))
+            t1 = time.perf_counter()
+            raced = race(stream(), RaceBar(below=below, floor=floor["floor"]), total=len(search))
+            race_seconds = time.perf_counter() - t1
+            t2 = time.perf_counter()
+            full = accuracy(copy.deepcopy(model), search)
+            full_seconds = time.perf_counter() - t2
+            stored = {"candidate": i, "settled": {"value": full, "seconds": bn_seconds + full_seconds},
+                      "raced": {"value": raced.score, "seconds": bn_seconds + race_seconds,
+                                "samples": raced.samples, "stopped": raced.stopped}}  # fmt: skip
+            rows.put(tag, stored)
+        if stored["raced"]["stopped"] is None:
+            best = max(best or 0.0, stored["raced"]["value"])
+        out.append({**row, "proxies": {**row["proxies"], SETTLED: stored["settled"],
+                                       RACED: stored["raced"]}})  # fmt: skip
+    return out
+
+
 def _more_tag(base: str, steps: int) -> str:
     """A longer recovery of a stored candidate: its row holds only that proxy (the candidate,
     its fine-tuned accuracy and the other proxies are the base row's)."""
@@ -404,6 +472,10 @@ def summarise(done: Sequence[dict], floor: dict | None = None) -> list[dict[str,
                            dense_params=floor["dense_params"]) for r in done],
             [r["proxies"]["bn"]["seconds"] for r in done],
         )  # fmt: skip
+    for variant in (SETTLED, RACED):
+        if all(variant in r["proxies"] for r in done):
+            series[variant] = ([r["proxies"][variant]["value"] for r in done],
+                               [r["proxies"][variant]["seconds"] for r in done])  # fmt: skip
     for recover in recovers:
         seconds = [r["proxies"][recover]["seconds"] for r in done]
         series[f"{recover} (-KD loss)"] = ([r["proxies"][recover]["value"] for r in done], seconds)
@@ -579,6 +651,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "fine-tuning and other proxies are reused)")  # fmt: skip
     parser.add_argument("--data-dir", default=None, help="folder of the four idx files")
     parser.add_argument("--stored-only", action="store_true", help="tables from stored rows only")
+    parser.add_argument("--variants", action="store_true",
+                        help="also score the stored candidates with BN until settled and with "
+                             "the raced proxy (hwprune.evaluate.racing), in candidate order")  # fmt: skip
     parser.add_argument("--quick", action="store_true",
                         help="a tiny smoke run into benchmarks/results/quick/")  # fmt: skip
     args = parser.parse_args(argv)
@@ -608,6 +683,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for model in all_rows:
             if all_rows[model] and model not in floors:
                 floors[model] = floor_reference(model, MODELS[model], args, rows)
+        if args.variants and all_rows[name]:
+            all_rows[name] = score_variants(name, MODELS[name], args, rows, all_rows[name],
+                                            floors[name])  # fmt: skip
         report(all_rows, args, floors)
     return 0
 

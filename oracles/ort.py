@@ -55,7 +55,14 @@ from oracles.errors import (
     OracleError,
     OracleSpecError,
 )
-from oracles.timing import TimedRuntimeOracle, latency_measurement, pool_count, rotate, time_runners
+from oracles.timing import (
+    TimedRuntimeOracle,
+    latency_measurement,
+    pool_count,
+    rotate,
+    time_runners,
+    unconverged_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +166,8 @@ class OnnxRuntimeLatency(TimedRuntimeOracle):
     ``fp16`` lets TensorRT build FP16 kernels; ``spin`` lets intra-op worker
     threads busy-wait; ``sessions`` is how many independent sessions the
     timed runs rotate over, in blocks of 8 runs (0 = auto: 3 on CPU with one
-    thread, else 1). One session's memory layout can make it a few percent faster
+    thread, else 1); ``sample_ms`` > 0 makes one timed sample the mean of as many runs
+    as last that long (fewer, steadier samples for a fast model; 0: one run each). One session's memory layout can make it a few percent faster
     or slower than the next; pooling runs over several sessions keeps that
     from showing up as a difference between two calls on the same model.
     CUDA and TensorRT need the ``gpu`` extra.
@@ -178,11 +186,14 @@ class OnnxRuntimeLatency(TimedRuntimeOracle):
     fp16: bool = False
     spin: bool = True
     sessions: int = 0
+    sample_ms: float = 0.0
 
     # -- settings -----------------------------------------------------------------------------
 
     def validate(self) -> None:
         bad = check_timed_settings("onnxruntime", self)
+        if not (isinstance(self.sample_ms, (int, float)) and 0 <= self.sample_ms <= 1000):
+            raise bad("sample_ms", self.sample_ms, "0 (one run per sample) to 1000 milliseconds")
         if self.opt_level not in _OPT_LEVELS:
             raise bad("opt_level", self.opt_level, "one of " + ", ".join(_OPT_LEVELS))
         if self.fp16 and self.device != "tensorrt":
@@ -360,7 +371,8 @@ class OnnxRuntimeLatency(TimedRuntimeOracle):
         sessions = [self._session(data) for _ in range(count)]
         feeds = _random_inputs(sessions[0], shapes, count=_INPUT_SETS, ranges=ranges)
         runners = [self._runner(s, feeds) for s in sessions]
-        result = time_runners(runners, rotate(runners), self, label=f"onnxruntime:{self.device}")
+        result = time_runners(runners, rotate(runners), self, label=f"onnxruntime:{self.device}",
+                              sample_ms=self.sample_ms)  # fmt: skip
         return latency_measurement(
             self,
             result,
@@ -372,6 +384,17 @@ class OnnxRuntimeLatency(TimedRuntimeOracle):
                 "provider": self.provider,
                 "providers": list(sessions[0].get_providers()),
                 "converged": result.converged,
+                # Why it stopped; short of its precision, what it would have needed.
+                "stop": result.stop,
+                **(
+                    {}
+                    if result.converged
+                    else {
+                        "needed_samples": result.needed_samples(self.rel_ci),
+                        "unconverged": unconverged_reason(result, target=self.rel_ci),
+                    }
+                ),
+                "sample_runs": result.inner,
                 "sessions": count,
                 "rel_ci": result.rel_ci,
                 "opt_level": self.opt_level,

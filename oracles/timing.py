@@ -11,6 +11,9 @@ Protocol (``time_adaptive``):
    ``target_rel_ci`` of the median on each side (half-width relative); or at
    ``max_runs`` / ``max_seconds``, whichever comes first, with
    ``converged=False``.
+   With ``sample_ms`` > 0 one sample is the mean of as many consecutive runs as last at
+   least that long (counted from the warm-up): a fast model then gives fewer, steadier
+   samples. 0 (the default) times one run per sample.
 4. Report the median (robust to the odd preempted run), its distribution-free
    confidence interval from order statistics, the inter-quartile range and the
    coefficient of variation of the samples.
@@ -79,6 +82,17 @@ class TimingResult:
     ci_high: float
     converged: bool
     wall_seconds: float = 0.0
+    #: What ended the timing: "converged" (the CI target met), "max_runs" or "max_time".
+    stop: str = "converged"
+    #: Runs averaged into one sample (``sample_ms``: fewer, longer samples); 1 by default.
+    inner: int = 1
+
+    def needed_samples(self, target_rel_ci: float) -> int:
+        """About how many samples would bring the median's CI within ``target_rel_ci``, at the
+        spread seen (its width falls as one over the square root of the count)."""
+        if self.rel_ci <= target_rel_ci or not math.isfinite(self.rel_ci):
+            return self.n
+        return math.ceil(self.n * (self.rel_ci / target_rel_ci) ** 2)
 
     @property
     def n(self) -> int:
@@ -227,6 +241,7 @@ def time_adaptive(
     min_seconds: float = 0.5,
     max_seconds: float = 20.0,
     target_rel_ci: float = 0.01,
+    sample_ms: float = 0.0,
 ) -> TimingResult:
     """Time ``run_once`` until its median is known to ``target_rel_ci``; see the module protocol.
 
@@ -240,10 +255,14 @@ def time_adaptive(
     clock = time.perf_counter_ns
     wall_start = clock()
     warm_limit_ns = int(max_seconds * 0.25e9)
+    warm: list[float] = []
     for _ in range(warmup):
-        run_once()
+        t0 = clock()
+        reported = run_once()
+        warm.append(float(reported) if reported is not None else (clock() - t0) / 1e6)
         if clock() - wall_start > warm_limit_ns:
             break
+    inner = _inner_runs(sample_ms, warm)
 
     min_ns = int(min_seconds * 1e9)
     max_ns = int(max_seconds * 1e9)
@@ -251,14 +270,16 @@ def time_adaptive(
     sorted_x: list[float] = []
     timed_ns = 0
     converged = False
+    stop = "max_time"
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
         while True:
             t0 = clock()
-            reported = run_once()
+            told = [run_once() for _ in range(inner)]
             t1 = clock()
-            elapsed_ms = float(reported) if reported is not None else (t1 - t0) / 1e6
+            own = [float(r) for r in told if r is not None]
+            elapsed_ms = (math.fsum(own) if len(own) == inner else (t1 - t0) / 1e6) / inner
             timed_ns += t1 - t0
             samples.append(elapsed_ms)
             bisect.insort(sorted_x, elapsed_ms)
@@ -270,6 +291,7 @@ def time_adaptive(
                     converged = True
                     break
             if n >= max_runs or timed_ns >= max_ns:
+                stop = "max_runs" if n >= max_runs else "max_time"
                 break
     finally:
         if gc_was_enabled:
@@ -280,10 +302,24 @@ def time_adaptive(
     # A fast model can hit max_runs before min_seconds with an interval already
     # far inside the target: that is a converged measurement too.
     converged = converged or (len(samples) >= min_runs and result.converged)
-    return dataclasses.replace(result, converged=converged)
+    return dataclasses.replace(
+        result, converged=converged, stop="converged" if converged else stop, inner=inner
+    )
 
 
-def time_with_settings(run_once: Callable[[], float | None], settings: Any) -> TimingResult:
+def _inner_runs(sample_ms: float, warm: Sequence[float]) -> int:
+    """Runs per sample so that one lasts at least ``sample_ms``, from the warm-up's median run
+    (its later half: the first runs are the slow ones); 1 without either."""
+    if sample_ms <= 0 or not warm:
+        return 1
+    later = sorted(warm[len(warm) // 2 :])
+    typical = later[len(later) // 2]
+    return max(1, math.ceil(sample_ms / typical)) if typical > 0 else 1
+
+
+def time_with_settings(
+    run_once: Callable[[], float | None], settings: Any, *, sample_ms: float = 0.0
+) -> TimingResult:
     """``time_adaptive`` with a latency oracle's protocol settings.
 
     ``settings`` has the fields every timed oracle shares: ``warmup``,
@@ -297,6 +333,7 @@ def time_with_settings(run_once: Callable[[], float | None], settings: Any) -> T
         min_seconds=settings.min_time,
         max_seconds=settings.max_time,
         target_rel_ci=settings.rel_ci,
+        sample_ms=sample_ms,
     )
 
 
@@ -306,10 +343,12 @@ def time_runners(
     settings: Any,
     *,
     label: str,
+    sample_ms: float = 0.0,
 ) -> TimingResult:
     """Run each runner once (a model that cannot run fails here, before any timing), then
     ``time_with_settings(run_once, settings)``; a result that did not reach its CI target
-    is logged. ``label`` names the backend and device in errors ("onnxruntime:cpu")."""
+    says why (:func:`warn_unconverged`). ``label`` names the backend and device in errors
+    ("onnxruntime:cpu")."""
     try:
         for runner in runners:
             runner()
@@ -317,17 +356,38 @@ def time_runners(
         text = str(exc).strip()
         first = text.splitlines()[0] if text else type(exc).__name__
         raise MeasurementFailedError(f"{label} failed to run the model: {first}") from exc
-    result = time_with_settings(run_once, settings)
+    result = time_with_settings(run_once, settings, sample_ms=sample_ms)
     if not result.converged:
-        logging.getLogger(__name__).info(
-            "%s: median %.4g ms after %d runs, CI half-width %.2f%% > target %.2f%%",
-            settings.spec,
-            result.median,
-            result.n,
-            100 * result.rel_ci,
-            100 * settings.rel_ci,
-        )
+        warn_unconverged(settings.spec, result, target=settings.rel_ci)
     return result
+
+
+#: Specs already warned about in this process: later stops at a cap are logged at INFO, so
+#: a search that times every candidate under one capped rule warns once, not per candidate.
+_WARNED: set[str] = set()
+
+
+def unconverged_reason(result: TimingResult, *, target: float) -> str:
+    """Why a timing stopped short of its precision, in one sentence."""
+    cap = "run cap (max_runs)" if result.stop == "max_runs" else "time cap (max_time)"
+    need = result.needed_samples(target)
+    per = result.wall_seconds / max(result.n, 1)
+    return (
+        f"stopped at its {cap} after {result.n} samples: the median's 95% CI half-width is "
+        f"{100 * result.rel_ci:.2f}% against the {100 * target:.2f}% asked (CV "
+        f"{100 * result.cv:.1f}%); about {need} samples (~{need * per:.0f} s) would reach it"
+    )
+
+
+def warn_unconverged(spec: str, result: TimingResult, *, target: float) -> None:
+    """Log why ``result`` stopped short of ``target``: a warning the first time per ``spec``."""
+    level = logging.INFO if spec in _WARNED else logging.WARNING
+    _WARNED.add(spec)
+    logging.getLogger(__name__).log(
+        level, "%s: median %.4g ms %s; raise %s, or rel_ci, to reach it",
+        spec, result.median, unconverged_reason(result, target=target),
+        "max_runs" if result.stop == "max_runs" else "max_time",
+    )  # fmt: skip
 
 
 @dataclass

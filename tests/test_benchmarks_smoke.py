@@ -605,3 +605,41 @@ def test_knapsack_cost_reads_the_knapsack_and_candidate_costs_from_a_real_run(
     # A second run with the same settings reuses the stored row: nothing is pruned again.
     monkeypatch.setattr(knapsack_cost, "_run", lambda *a, **k: pytest.fail("ran again"))
     assert knapsack_cost.main(argv) == 0
+
+
+@pytest.mark.slow
+def test_proxy_cost_times_both_recipes_on_the_same_candidates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import _common, proxy_cost
+
+    monkeypatch.setattr(_common, "QUICK_DIR", tmp_path / "quick")
+    assert proxy_cost.main(["--quick", "--probe", "200"]) == 0
+    result = json.loads((tmp_path / "quick" / "proxy_cost.json").read_text())["results"]
+    today, raced = result["today"], result["raced"]
+    assert len(today["rows"]) == len(raced["rows"]) == 3
+    assert result["ratio"] == pytest.approx(
+        today["median_proxy_seconds"] / raced["median_proxy_seconds"]
+    )
+    # The same candidates: the same feasibility; an unraced score is the same image count.
+    assert [r["feasible"] for r in today["rows"]] == [r["feasible"] for r in raced["rows"]]
+    assert all(r["samples"] == 300 for r in today["rows"])
+    assert all(r["samples"] < 300 for r in raced["rows"] if r["raced"])
+
+
+def test_proxy_study_tables_the_settled_and_raced_variants_where_every_row_has_them() -> None:
+    from benchmarks.proxy_study import RACED, SETTLED, summarise
+
+    def row(bn: float, settled: float, raced: float, acc: float) -> dict:
+        proxies = {"bn": {"value": bn, "seconds": 4.0}, "kd": {"value": bn, "seconds": 1.0},
+                   SETTLED: {"value": settled, "seconds": 2.0},
+                   RACED: {"value": raced, "seconds": 1.0, "samples": 128, "stopped": "worse"}}
+        return {"model": "m", "width": 1.0, "latency_fraction": 0.3, "params": 10,
+                "accuracy": acc, "proxies": proxies, "test_images": 2000}  # fmt: skip
+
+    rows = [row(0.5, 0.52, 0.5, 0.6), row(0.6, 0.61, 0.62, 0.7), row(0.7, 0.69, 0.7, 0.8)]
+    by = {s["proxy"]: s for s in summarise(rows)}
+    assert by[SETTLED]["spearman"] == pytest.approx(1.0) and by[SETTLED]["seconds"] == 2.0
+    assert by[RACED]["seconds"] == 1.0
+    del rows[0]["proxies"][RACED]  # a variant missing on one row is not tabled
+    assert RACED not in {s["proxy"] for s in summarise(rows)}

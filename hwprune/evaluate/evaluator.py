@@ -19,6 +19,7 @@ from hwprune.budgets import Constraint
 from hwprune.errors import HwpruneError
 from hwprune.evaluate.log import EpisodeLog
 from hwprune.evaluate.options import EvaluatorOptions, ProxyOptions, split_options
+from hwprune.evaluate.racing import RaceBar, RaceResult
 from hwprune.evaluate.scores import (
     accuracy_tolerance,
     candidate_params,
@@ -122,6 +123,10 @@ class Outcome:
     # Why the pruned model's forward pass failed (then every source is "failed", every cost
     # FAILED_COST, nothing measured); None for a candidate that ran.
     error: str | None = None
+    # A raced score (``hwprune.evaluate.racing``): the rule that stopped it early ("worse",
+    # "chance") and the samples it saw. None: scored on every sample, a full measurement.
+    raced: str | None = None
+    score_samples: int | None = None
 
     @property
     def reward_score(self) -> float:
@@ -165,6 +170,11 @@ class Outcome:
                 else {}
             ),
             **({"error": self.error} if self.error is not None else {}),
+            **(
+                {"raced": {"stopped": self.raced, "samples": self.score_samples}}
+                if self.raced is not None
+                else {}
+            ),
             "time": time.time(),
         }
 
@@ -196,7 +206,15 @@ class Outcome:
             },
             surrogate=dict(record.get("surrogate", {})),
             error=record.get("error"),
+            **_raced_fields(record.get("raced")),
         )
+
+
+def _raced_fields(raced: Any) -> dict[str, Any]:
+    """An outcome's raced fields from its logged ``raced`` record (absent: a full score)."""
+    if not isinstance(raced, Mapping):
+        return {}
+    return {"raced": str(raced.get("stopped")), "score_samples": int(raced.get("samples", 0))}
 
 
 def _judge(constraint: Constraint) -> Any:
@@ -487,7 +505,8 @@ class Evaluator:
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
         try:
-            module, acc = self.score_candidate(policy, timings=timings)
+            module, raced = self._score(policy, timings=timings, bar=self.race_bar())
+            acc = raced.score
         except CandidateFailure as exc:
             return self.commit_failed(policy=policy, key=key, error=str(exc), timings=timings)
         sources: dict[str, str] = {}
@@ -506,7 +525,25 @@ class Evaluator:
         params = candidate_params(self.space, policy, module)
         return self.commit(policy=policy, key=key, accuracy=acc, measurements=measurements,
                            timings=timings, params=params, sources=sources,
-                           surrogate=gate_records)  # fmt: skip
+                           surrogate=gate_records, raced=raced)  # fmt: skip
+
+    def race_bar(self) -> RaceBar | None:
+        """The bar the next candidate is raced against (``hwprune.evaluate.racing``), or None
+        where this run does not race: racing off, or a task without a proportion score stream.
+
+        The best is the most accurate candidate feasible by measurement, scored in full and
+        above the chance floor: a predicted or raced score is no reference to stop others by.
+        """
+        samples = self.eval_samples
+        if not self.options.racing or self.task.score_stream is None or samples < 1:
+            return None
+        floor = self.score_floor
+        best = max((o.accuracy for o in self.history if o.feasible and o.raced is None
+                    and o.error is None and not o.predicted), default=None)  # fmt: skip
+        below = None
+        if best is not None and (floor is None or best > floor):
+            below = best - accuracy_tolerance(best, samples)
+        return RaceBar(below=below, floor=floor, confidence=self.options.race_confidence)
 
     def submit(self, policy: Any) -> Any:
         """Start evaluating ``policy``; the handle's ``result()`` is its Outcome.
@@ -530,6 +567,14 @@ class Evaluator:
         searcher's own draws then do not depend on where, or whether, a candidate was
         evaluated (in this process, in a worker, or answered from the log on resume).
         """
+        module, result = self._score(policy, timings=timings, what=what, bar=None)
+        return module, result.score
+
+    def _score(
+        self, policy: Any, *, timings: dict[str, float], bar: RaceBar | None,
+        what: str | None = None,
+    ) -> tuple[Any, RaceResult]:  # fmt: skip
+        """:meth:`score_candidate`, raced against ``bar`` where given (None: scored in full)."""
         import torch
 
         with torch.random.fork_rng(devices=[]):
@@ -546,10 +591,17 @@ class Evaluator:
             self.task.checked_calibrate(module, what=what)
             timings["bn"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            acc = self.task.checked_score(module, what=what)
+            if bar is None:
+                result = RaceResult(score=self.task.checked_score(module, what=what),
+                                    samples=self.eval_samples)  # fmt: skip
+            else:
+                result = self.task.raced_score(module, bar, what=what)
             timings["accuracy"] = time.perf_counter() - t0
             timings["proxy"] = timings["bn"] + timings["accuracy"]  # the search proxy's whole cost
-        return module.to("cpu"), acc
+        if result.stopped is not None:
+            log.debug("%s raced: %s at %d of %d samples (score %.4f)", what, result.stopped,
+                      result.samples, self.eval_samples, result.score)  # fmt: skip
+        return module.to("cpu"), result
 
     def describe_candidate(self, policy: Any) -> str:
         """How a task's error names the next candidate: its number in the run and its keep ratios."""
@@ -566,12 +618,13 @@ class Evaluator:
         params: int | None,
         sources: Mapping[str, str] | None = None,
         surrogate: Mapping[str, Any] | None = None,
+        raced: RaceResult | None = None,
     ) -> Outcome:
         """The outcome of one scored and measured candidate: remembered, logged, reported.
 
         ``sources`` says per constraint whether its value was measured or predicted by the
         surrogate (absent: measured); ``surrogate`` is the surrogate gate's record per
-        timed constraint it saw.
+        timed constraint it saw; ``raced`` the race that scored it (stopped early: marked).
         """
         values = {name: m.value for name, m in measurements.items()}
         costs = {c.name: c.cost(values[c.name]) for c in self.constraints}
@@ -588,6 +641,8 @@ class Evaluator:
             params=params,
             sources=dict(sources or {}),
             surrogate=dict(surrogate or {}),
+            raced=raced.stopped if raced is not None else None,
+            score_samples=raced.samples if raced is not None and raced.stopped else None,
         )
         return self._remember(outcome)
 

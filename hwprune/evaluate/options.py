@@ -21,7 +21,10 @@ class EvaluatorOptions:
     export (see ``export_onnx``: a forward that decides on input values); ``surrogate``
     (auto, on, off): timed values predicted where the search allows it (see
     hwprune.evaluate.surrogate), decided in ``calibrate``; ``on_outcome``: called with
-    every new outcome.
+    every new outcome; ``racing``: score a candidate on a growing sample of the task's images
+    and stop once it is clearly worse than the best feasible one or at chance, at
+    ``race_confidence`` (``hwprune.evaluate.racing``; a task with a proportion score and a
+    ``score_stream`` only).
     """
 
     cache: MeasurementCache | None = None
@@ -31,19 +34,23 @@ class EvaluatorOptions:
     allow_trace_warnings: bool = False
     surrogate: str = "off"
     on_outcome: Callable[[Any], None] | None = None  # called with every new Outcome
+    racing: bool = False
+    race_confidence: float = 0.95
 
 
 @dataclass(frozen=True)
 class ProxyOptions:
     """The built-in classification task of ``Evaluator(data=...)``: BN re-estimation on
     ``bn_batches`` x ``bn_batch_size`` training images, the proxy on at most
-    ``max_eval_samples`` search images in batches of ``eval_batch_size``, on ``device``."""
+    ``max_eval_samples`` search images in batches of ``eval_batch_size``, on ``device``;
+    ``bn_settle``: fewer BN batches, until the statistics settle to within it (None: all)."""
 
     bn_batches: int = 4
     bn_batch_size: int = 64
     eval_batch_size: int = 256
     max_eval_samples: int | None = 2000
     device: str = "cpu"
+    bn_settle: float | None = None
 
 
 def split_options(

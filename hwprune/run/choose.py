@@ -88,6 +88,10 @@ def rank_feasible(
     all tied, the one keeping the most parameters first (then the closest to
     its bounds): fine-tuning recovers far more from the larger model.
 
+    A raced outcome (:attr:`Outcome.raced`: its score stopped early, on fewer images, once it
+    was clearly below a feasible candidate scored in full) comes after every full score above
+    the floor; at or below it, it is ranked by size as the others.
+
     ``undecided``: rank the outcomes whose verdict the surrogate deferred
     (:attr:`Outcome.undecided`) with the feasible ones; the final choice measures
     them before it may choose one. Within a tie group those predicted over a bound
@@ -106,6 +110,25 @@ def rank_feasible(
     if floor is not None:
         chance = [o for o in pool if o.accuracy <= floor]
         pool = [o for o in pool if o.accuracy > floor]
+    # A raced score (stopped early, clearly below a feasible candidate scored in full) is an
+    # estimate on fewer images: those come after every full score above the floor.
+    ranked = _tie_groups([o for o in pool if o.raced is None], samples, over)
+    ranked += _tie_groups([o for o in pool if o.raced is not None], samples, over)
+    chance.sort(
+        key=lambda o: (
+            over(o),
+            o.max_cost if over(o) else -(o.params or 0),
+            -o.max_cost,
+            -o.accuracy,
+        )
+    )
+    return ranked + chance
+
+
+def _tie_groups(
+    pool: list[Outcome], samples: int, over: Callable[[Outcome], bool]
+) -> list[Outcome]:
+    """``pool`` the most accurate first, in groups tied within the sampling tolerance."""
     ranked: list[Outcome] = []
     while pool:
         top = max(o.accuracy for o in pool)
@@ -117,15 +140,7 @@ def rank_feasible(
         ranked.extend(tied)
         keys = {o.key for o in tied}
         pool = [o for o in pool if o.key not in keys]
-    chance.sort(
-        key=lambda o: (
-            over(o),
-            o.max_cost if over(o) else -(o.params or 0),
-            -o.max_cost,
-            -o.accuracy,
-        )
-    )
-    return ranked + chance
+    return ranked
 
 
 def choose_candidate(

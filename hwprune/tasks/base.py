@@ -117,6 +117,10 @@ class BoundTask:
     #: The name of what ``score`` measures, where the task says (the built-in task's ``proxy``:
     #: bn, kd, recover:N), for the report.
     proxy: str | None = None
+    #: A proportion score on growing prefixes of its samples, ``(score, prefix size)`` per look,
+    #: the last over all ``score_samples`` (the built-in task's ``score_stream``); None: none.
+    #: What lets the evaluator race a candidate (``hwprune.evaluate.racing``).
+    score_stream: Callable[[Any], Iterator[tuple[float, int]]] | None = None
 
     def finetune_text(self) -> str | None:
         """The fine-tuning recipe in words, for the report: the task's own description, a line
@@ -138,6 +142,28 @@ class BoundTask:
                 f"{NUMBER_RULE}"
             )
         return number
+
+    def raced_score(self, model: Any, bar: Any, *, what: str) -> Any:
+        """The score of ``model`` raced against ``bar`` (a ``RaceBar``): a ``RaceResult``. The
+        task's ``score_stream`` must exist; errors as :meth:`checked_score`'s."""
+        from hwprune.evaluate.racing import race
+
+        assert self.score_stream is not None
+        stream = self.call("score_stream", model, what=what)
+        try:
+            result = race(stream, bar, total=self.score_samples)
+        except HwpruneError:
+            raise
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise TaskError(f"{self.name}.score_stream raised {type(exc).__name__}"
+                            + (f" ({first})" if first else "") + f" on {what}") from exc  # fmt: skip
+        if score_number(result.score) is None or result.samples < 1:
+            raise TaskError(
+                f"{self.name}.score_stream gave {_shown(result.score)} over {result.samples} "
+                f"samples for {what}; each look must be {NUMBER_RULE} and a positive count"
+            )
+        return result
 
     def checked_calibrate(self, model: Any, *, what: str) -> None:
         """``calibrate(model)``; TaskError naming ``what`` if it raises or leaves a BatchNorm
@@ -181,7 +207,8 @@ class BoundTask:
     def call(self, method: str, *args: Any, what: str) -> Any:
         """One of the task's methods; an exception from user code becomes a one-line TaskError."""
         fn = {"calibrate": self.calibrate, "score": self.score, "finetune": self.finetune,
-              "evaluate": self.evaluate, "describe_finetune": self.describe_finetune}[method]  # fmt: skip
+              "evaluate": self.evaluate, "describe_finetune": self.describe_finetune,
+              "score_stream": self.score_stream}[method]  # fmt: skip
         try:
             return fn(*args)
         except HwpruneError:
@@ -280,6 +307,7 @@ def _bind(task: Any) -> BoundTask:
         name=type(task).__name__,
         source=task,
         proxy=proxy if isinstance(proxy := _part(task, "proxy"), str) else None,
+        score_stream=stream if callable(stream := _part(task, "score_stream")) else None,
     )
 
 

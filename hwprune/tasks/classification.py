@@ -8,20 +8,26 @@ images, a search proxy on a fixed subset of the search split, the fine-tuning re
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from hwprune.config import default
 from hwprune.errors import ConfigError, DataError
 from hwprune.progress import ProgressEvent, ProgressFn, emit
 
-__all__ = ["ClassificationTask"]
+__all__ = ["BN_MIN_BATCHES", "ClassificationTask"]
+
+#: The fewest BatchNorm batches a settling re-estimation runs (``bn_settle``): a change is
+#: measured between two batches.
+BN_MIN_BATCHES = 2
 
 
 class ClassificationTask:
     """Today's built-in task: image classification on a ``DataSplits``.
 
     calibrate: BN re-estimation on ``bn_batches`` x ``bn_batch_size`` training
-    images fixed by ``seed``; score: the search proxy (``proxy``) on a fixed
+    images fixed by ``seed`` (with ``bn_settle``, fewer: batches until the running
+    statistics settle, ``hwprune.train.loop.reestimate_bn``, at least ``BN_MIN_BATCHES``); score: the search proxy (``proxy``) on a fixed
     subset (at most ``max_eval_samples``) of the search split; finetune: SGD
     with cosine schedule for ``finetune_epochs`` (distilled from the teacher
     when ``distill``; pruned weights of a sparse run stay zero); evaluate:
@@ -64,6 +70,7 @@ class ClassificationTask:
         temperature: float = 4.0,
         recover_batch_size: int = 32,
         progress: ProgressFn | None = None,
+        bn_settle: float | None = None,
     ) -> None:
         import torch
 
@@ -86,6 +93,9 @@ class ClassificationTask:
         self.seed = int(seed)
         self.bn_batches = bn_batches
         self.bn_batch_size = bn_batch_size
+        if bn_settle is not None and not (isinstance(bn_settle, (int, float)) and bn_settle > 0):
+            raise ConfigError(f"bn_settle must be a positive fraction such as 0.05, got {bn_settle!r}")
+        self.bn_settle = None if bn_settle is None else float(bn_settle)
         self.eval_batch_size = eval_batch_size
         self.finetune_epochs = int(finetune_epochs)
         self.finetune_lr = float(finetune_lr)
@@ -170,6 +180,8 @@ class ClassificationTask:
         )
         if self.proxy_spec.kind == "recover":
             proxy += f" batch {self.recover_batch_size}"
+        if self.bn_settle is not None:  # fewer calibration images: another score
+            proxy += f" bn settle {self.bn_settle:g}"
         return (f"{proxy} on {len(self._eval_indices)} search images; data {d.name} "
                 f"{sizes} {shape} {digest.hexdigest()[:16]}; seed {self.seed}")  # fmt: skip
 
@@ -185,7 +197,11 @@ class ClassificationTask:
             batches=self.bn_batches,
             batch_size=self.bn_batch_size,
             device=self.device,
+            settle=self.bn_settle,
+            min_batches=BN_MIN_BATCHES,
         )
+        if self.bn_settle is not None:  # settled early by design: short only below the minimum
+            asked = min(asked, BN_MIN_BATCHES * self.bn_batch_size)
         if 0 < seen < asked:  # 0: the model has no BatchNorm
             raise DataError(
                 f"BatchNorm re-estimation saw {seen} of the {asked} training images it was asked "
@@ -218,6 +234,24 @@ class ClassificationTask:
         else:
             result = recover_proxy(model, batches=self._distill_batches(), **common)
         return agreement(float(result.kd_loss), temperature=self.temperature)
+
+    def score_stream(self, model: Any) -> Iterator[tuple[float, int]]:
+        """The bn accuracy on growing prefixes of the proxy's images (``look_sizes``: 128, 256,
+        ... then all), with each prefix's size: what a race (``hwprune.evaluate.racing``) stops
+        early. The last value is ``score``'s, on the same images."""
+        import torch
+
+        from hwprune.evaluate.racing import look_sizes
+        from hwprune.train import accuracy
+
+        model = model.to(self.device)
+        correct, start = 0, 0
+        for end in look_sizes(len(self._eval_indices)):
+            part = torch.utils.data.Subset(self.data.search, self._eval_indices[start:end])
+            share = accuracy(model, part, device=self.device, batch_size=self.eval_batch_size)
+            correct += round(share * (end - start))
+            start = end
+            yield correct / end, end
 
     def _reference(self) -> Any:
         """The dense model's outputs on the proxy images (once per task)."""

@@ -175,6 +175,8 @@ def reestimate_bn(
     batch_size: int = 128,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    settle: float | None = None,
+    min_batches: int = 2,
 ) -> int:
     """Recompute every BatchNorm's running mean and variance from a few batches; return images seen.
 
@@ -182,6 +184,11 @@ def reestimate_bn(
     activations, so a proxy accuracy without this step is meaningless. Running
     stats are reset and averaged cumulatively (momentum=None) over ``batches``
     batches in train mode (BN only; dropout stays off); the model ends in eval mode.
+
+    ``settle``: stop before ``batches`` once the statistics have settled, after at least
+    ``min_batches``: the last batch moved no layer's statistics by more than ``settle``
+    (:func:`bn_change`). A large model then pays for the batches its statistics need, not a
+    fixed count.
     """
     dev = resolve_device(device)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -207,13 +214,43 @@ def reestimate_bn(
     model.eval()
     seen = 0
     with cumulative_bn(model, bns):
+        before = None
         for i, (x, _) in enumerate(itertools.chain([first], batch_iter)):
             if i >= batches:
                 break
             model(x.to(dev, non_blocking=True))
             seen += len(x)
+            if settle is None:
+                continue
+            now = _bn_state(bns)
+            if before is not None and i + 1 >= min_batches and bn_change(before, now) <= settle:
+                break
+            before = now
     log.debug("re-estimated %d BatchNorm layers on %d images", len(bns), seen)
     return seen
+
+
+def _bn_state(bns: Sequence[nn.Module]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(m.running_mean.clone(), m.running_var.clone()) for m in bns
+            if m.running_mean is not None and m.running_var is not None]  # fmt: skip
+
+
+def bn_change(
+    before: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    after: Sequence[tuple[torch.Tensor, torch.Tensor]],
+) -> float:
+    """How far one batch moved the running statistics: the largest, over layers, of the mean
+    over channels of the mean's move in standard deviations and the variance's relative move.
+
+    Scale-free (a mean near zero does not inflate it), and an average over channels so that one
+    channel of a wide layer does not decide alone."""
+    worst = 0.0
+    for (m0, v0), (m1, v1) in zip(before, after, strict=True):
+        scale = v1.clamp_min(1e-5)
+        mean_move = ((m1 - m0).abs() / scale.sqrt()).mean()
+        var_move = ((v1 - v0).abs() / scale).mean()
+        worst = max(worst, float(mean_move), float(var_move))
+    return worst
 
 
 def _lr_factor(step: int, *, total: int, warmup: int) -> float:
