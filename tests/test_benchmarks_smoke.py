@@ -631,9 +631,12 @@ def test_proxy_study_tables_the_settled_and_raced_variants_where_every_row_has_t
     from benchmarks.proxy_study import RACED, SETTLED, summarise
 
     def row(bn: float, settled: float, raced: float, acc: float) -> dict:
-        proxies = {"bn": {"value": bn, "seconds": 4.0}, "kd": {"value": bn, "seconds": 1.0},
-                   SETTLED: {"value": settled, "seconds": 2.0},
-                   RACED: {"value": raced, "seconds": 1.0, "samples": 128, "stopped": "worse"}}
+        proxies = {
+            "bn": {"value": bn, "seconds": 4.0},
+            "kd": {"value": bn, "seconds": 1.0},
+            SETTLED: {"value": settled, "seconds": 2.0},
+            RACED: {"value": raced, "seconds": 1.0, "samples": 128, "stopped": "worse"},
+        }
         return {"model": "m", "width": 1.0, "latency_fraction": 0.3, "params": 10,
                 "accuracy": acc, "proxies": proxies, "test_images": 2000}  # fmt: skip
 

@@ -94,7 +94,9 @@ class ClassificationTask:
         self.bn_batches = bn_batches
         self.bn_batch_size = bn_batch_size
         if bn_settle is not None and not (isinstance(bn_settle, (int, float)) and bn_settle > 0):
-            raise ConfigError(f"bn_settle must be a positive fraction such as 0.05, got {bn_settle!r}")
+            raise ConfigError(
+                f"bn_settle must be a positive fraction such as 0.05, got {bn_settle!r}"
+            )
         self.bn_settle = None if bn_settle is None else float(bn_settle)
         self.eval_batch_size = eval_batch_size
         self.finetune_epochs = int(finetune_epochs)
