@@ -705,6 +705,53 @@ def headline_table(lines: Sequence[dict[str, Any]]) -> str:
     return common.markdown_table(headers, rows)
 
 
+#: The searcher the knapsack table compares every other searcher with.
+KNAPSACK = "latency-knapsack"
+#: The RL agents that start from the knapsack's policy.
+KNAPSACK_RL = ("knapsack-ppo", "knapsack-amc")
+
+
+def knapsack_table(summary: Sequence[dict[str, Any]]) -> str:
+    """Per cell: ``latency-knapsack``'s test accuracy minus each other searcher's, paired by
+    seed, and which of the knapsack alone and the better knapsack-started RL agent wins the
+    cell (mean test accuracy; a difference within the seeds' spread is still counted, and the
+    paired column says how sure it is). Empty without knapsack rows."""
+    by: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for s in summary:
+        if s["finished"]:
+            by.setdefault((s["model"], s["budget"]), {})[s["searcher"]] = s
+    rows, wins = [], {"knapsack": 0, "rl": 0}
+    for (model, budget), ss in by.items():
+        k = ss.get(KNAPSACK)
+        if k is None:
+            continue
+        for name, other in ss.items():
+            if name == KNAPSACK:
+                continue
+            diffs = paired(k, other)
+            mean, std = _mean_std(list(diffs.values()))
+            rows.append([model, f"`{budget}`", name, _f(other.get("accuracy_mean")),
+                         _f(mean, "{:+.3f}") + f" ± {_f(std)}" if diffs else "-",
+                         ", ".join(f"s{x}: {v:+.3f}" for x, v in sorted(diffs.items())) or "-",
+                         ""])  # fmt: skip
+        rl = [ss[n] for n in KNAPSACK_RL if n in ss and ss[n].get("accuracy_mean") is not None]
+        if rl and k.get("accuracy_mean") is not None:
+            best = max(rl, key=lambda r: r["accuracy_mean"])
+            won = "rl" if best["accuracy_mean"] > k["accuracy_mean"] else "knapsack"
+            wins[won] += 1
+            rows[-1][-1] = (f"{best['searcher']} {best['accuracy_mean']:.3f} against "
+                            f"{KNAPSACK} {k['accuracy_mean']:.3f}: "
+                            f"{best['searcher'] if won == 'rl' else KNAPSACK} wins")  # fmt: skip
+    if not rows:
+        return ""
+    headers = ["model", "budget", "other searcher", "its acc. (mean)",
+               f"{KNAPSACK} - other (paired mean ± std)", "per seed",
+               "knapsack alone against the better knapsack-started RL agent"]  # fmt: skip
+    verdict = (f"\n\nCells won: {KNAPSACK} {wins['knapsack']}, the better knapsack-started RL "
+               f"agent {wins['rl']}.")  # fmt: skip
+    return common.markdown_table(headers, rows) + verdict
+
+
 def budget_use_note(summary: Sequence[dict[str, Any]]) -> str:
     """The cells whose shipped models leave more than 10% of their budget unused (median)."""
     low = [s for s in summary if s["finished"] and s.get("budget_use_median", 1.0) < 0.9]
@@ -1106,9 +1153,16 @@ def main(argv: list[str] | None = None) -> int:
         title += f", `--proxy {proxy}`"
     if args.store is not None:
         title += f", measured on `{args.store}`"
+    knap = knapsack_table(summary)
+    if knap:
+        print(knap)
+        knap = (
+            f"\n\n`{KNAPSACK}` against every other searcher (test accuracy after "
+            "fine-tuning, paired by seed):\n\n" + knap
+        )
     common.update_results_md(name, title,
                       body + "\n\nBest RL searcher against best baseline (mean test accuracy):\n\n"
-                      + headline_table(heads), command=common.command_line(), env=env,
+                      + headline_table(heads) + knap, command=common.command_line(), env=env,
                       notes=notes, quick=q)  # fmt: skip
     return 0
 
