@@ -1,20 +1,21 @@
 """The search's cost, measured before it starts: seconds per candidate by stage and in all.
 
-Between the dense stage and the search, each part of one candidate's evaluation is run
-once on the dense model, as the search runs it: the surgery (a uniform policy in the
-middle of the space, applied), the BatchNorm re-estimation (on a copy of the dense
-model), the proxy's score and the ONNX export (the dense stage's own, timed there),
-each oracle with the search's stop rule (one call, no cache). The dense model is the
-largest candidate, so its compute stages are an upper bound for the search's; the
-timing stage under the search's stop rule is about the same for every candidate.
+Between the dense stage and the search, each part of one candidate's evaluation is run once,
+as the search runs it, on a uniform candidate at the budgets' size (where the search spends
+its evaluations; the dense model would overstate every compute stage, by about 2x on the
+demo): the surgery, the per-candidate checks (its shape key and forward pass), the BatchNorm
+re-estimation, the ONNX export, each oracle with the search's stop rule (one call, no cache).
+The proxy's score is the dense stage's own, scaled by the candidate's BatchNorm pass against
+the dense model's, so the estimate scores no images of its own.
 
 From these and the run's ``evaluations``, ``workers`` and surrogate, the expected wall
 time of the search: one process evaluates candidates one after another; worker
 processes prepare (surgery, BN, score, export, untimed oracles) side by side while one
 device per timed oracle times them one at a time, so the slower of the two sets the pace.
-A surrogate that answers some timed calls leaves only its warm-up and audited calls.
-``RUN/cost_estimate.json`` keeps the figures; the report puts the search's actual wall
-time beside them. The searcher's own work (an RL agent's updates) is not counted.
+A surrogate that answers some timed calls leaves only its warm-up and audited calls; a
+raced proxy (``proxy_racing``) scores fewer images than the estimate counts.
+``RUN/cost_estimate.json`` keeps the figures; after the search, the actual wall time beside
+them, with the candidates' own seconds and what the searcher and logging took around them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from hwprune.files import write_atomic
@@ -47,7 +48,7 @@ __all__ = [
 ESTIMATE_FILE = "cost_estimate.json"
 
 #: The stages of one candidate, in the order they run.
-STAGES = ("surgery", "bn", "score", "export", "oracles", "timing")
+STAGES = ("surgery", "bn", "score", "export", "oracles", "timing", "overhead")
 
 # A stage's share of a candidate above which the suggestion names what cuts it.
 DOMINANT = 0.5
@@ -69,33 +70,63 @@ def _threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def probe_keep(evaluator: Any) -> float:
+    """The keep ratio of a uniform candidate at the budgets' size: where the search spends its
+    evaluations. A channel cut to keep ``k`` leaves about ``k**2`` of a layer's compute (its
+    inputs and outputs both shrink), so the tightest relative bound ``f`` gives ``sqrt(f)``;
+    a sparse (weight, 2:4) space keeps its shapes, so ``f`` itself. Within ``[min_keep, 1]``."""
+    space = evaluator.space
+    fractions = [float(c.bound) / float(c.dense_value) for c in evaluator.constraints
+                 if c.bound is not None and c.dense_value]  # fmt: skip
+    if not fractions:
+        return 1.0
+    f = max(min(fractions), 0.0)
+    keep = f**0.5 if space.granularity == "channel" else f
+    return min(1.0, max(float(space.min_keep), keep))
+
+
 def probe_stages(evaluator: Any, *, dense_timings: Mapping[str, float]) -> dict[str, float]:
-    """Seconds of each stage of one candidate, measured once on the dense model (see the module
-    docstring); ``dense_timings``: the dense stage's own (``proxy``, ``export``)."""
+    """Seconds of each stage of one candidate, measured once on a uniform candidate at the
+    budgets' size (:func:`probe_keep`), as the search evaluates it; ``dense_timings``: the
+    dense stage's own (``score``), scaled by the candidate's BatchNorm pass against the dense
+    model's (the same forward passes on fewer images), so the probe scores no images.
+
+    Nothing here reads or fills the oracles' cache: a candidate the search measures is new.
+    """
+    from hwprune.evaluate.evaluator import forward_error
     from hwprune.space import Policy
 
     space, task = evaluator.space, evaluator.task
     seconds = {name: 0.0 for name in STAGES}
     # A worker runs torch on one thread: its candidates are probed the same way.
     with _threads(1 if evaluator.width > 1 else None):
-        middle = (1.0 + float(space.min_keep)) / 2.0
+        policy = Policy.uniform(space, probe_keep(evaluator))
         t0 = time.perf_counter()
-        space.apply(Policy.uniform(space, middle))
+        module = space.apply(policy)
         seconds["surgery"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        space.shape_key(policy)
+        forward_error(module, evaluator.example_inputs)
+        seconds["overhead"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        task.checked_calibrate(module, what="a candidate at the budgets' size (cost estimate)")
+        seconds["bn"] = time.perf_counter() - t0
         dense = copy.deepcopy(space.model)
         t0 = time.perf_counter()
         task.checked_calibrate(dense, what="the dense model (cost estimate)")
-        seconds["bn"] = time.perf_counter() - t0
+        bn_dense = time.perf_counter() - t0
+        module.to("cpu")
         dense.to("cpu")
-    seconds["score"] = float(dense_timings.get("score", 0.0))
+    ratio = min(1.0, seconds["bn"] / bn_dense) if bn_dense > 0 else 1.0
+    seconds["score"] = float(dense_timings.get("score", 0.0)) * ratio
     shapes = evaluator.example_inputs.shapes
     onnx_bytes = None
     for oracle in evaluator.search_oracles.values():
         if oracle.input_format == "onnx" and onnx_bytes is None:
             timings: dict[str, float] = {}
-            onnx_bytes = evaluator.export(space.model, timings=timings)
-            seconds["export"] = float(dense_timings.get("export", timings["export"]))
-        model = onnx_bytes if oracle.input_format == "onnx" else space.model
+            onnx_bytes = evaluator.export(module, timings=timings)
+            seconds["export"] = timings["export"]
+        model = onnx_bytes if oracle.input_format == "onnx" else module
         t0 = time.perf_counter()
         oracle.measure(model, input_shapes=shapes)
         seconds["timing" if oracle.timed else "oracles"] += time.perf_counter() - t0
@@ -171,7 +202,7 @@ def estimate_line(estimate: Mapping[str, Any]) -> str:
     parts = ", ".join(f"{k} {v:.2f}" for k, v in stages.items() if v >= 0.005)
     line = (f"cost estimate: {estimate['remaining']} candidates x "
             f"{estimate['seconds_per_candidate']:.2f} s ~ {clock_text(estimate['total_seconds'])} "
-            f"of search (s per candidate on the dense model: {parts}; "
+            f"of search (s per candidate at keep {estimate['probe_keep']:.2f}: {parts}; "
             f"{estimate['workers']} worker(s))")  # fmt: skip
     if estimate.get("plan"):
         line += f"; {estimate['plan']}"
@@ -192,7 +223,9 @@ def estimate_cost(ctx: RunContext, evaluator: Any, *, dense_timings: Mapping[str
     cores = len(os.sched_getaffinity(0))
     estimate = {
         "stages": {k: round(v, 4) for k, v in stages.items()},
-        "measured_on": "the dense model (an upper bound for a candidate's compute stages)",
+        "probe_keep": round(probe_keep(evaluator), 4),
+        "measured_on": "a uniform candidate at the budgets' size (probe_keep); the score scaled "
+        "from the dense model's by the BatchNorm pass",
         "evaluations": config.evaluations,
         "resumed": evaluator.evaluations,
         "remaining": remaining,
@@ -227,10 +260,22 @@ def read_estimate(ctx: RunContext) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def record_actual(ctx: RunContext, estimate: Mapping[str, Any], *, seconds: float) -> None:
+def record_actual(
+    ctx: RunContext, estimate: Mapping[str, Any], *, seconds: float, outcomes: Sequence[Any] = ()
+) -> None:
     """The search's actual wall seconds (this part of the run) beside its estimate, in
-    ``RUN/cost_estimate.json``: what a benchmark compares."""
+    ``RUN/cost_estimate.json``: what a benchmark compares. ``outcomes``: the candidates the
+    search evaluated (each once, by key); their own seconds (``timings["total"]``) and the
+    rest of the wall time, the searcher's and the logging's, per candidate."""
     data = {**estimate, "actual_search_seconds": round(seconds, 2)}
     if estimate.get("total_seconds"):
         data["actual_over_estimate"] = round(seconds / float(estimate["total_seconds"]), 3)
+    own: dict[str, float] = {}
+    for o in outcomes:
+        if not o.cached:
+            own[o.key] = float(o.timings.get("total", 0.0))
+    if own:
+        data["actual_candidates"] = len(own)
+        data["actual_seconds_per_candidate"] = round(sum(own.values()) / len(own), 4)
+        data["actual_overhead_per_candidate"] = round((seconds - sum(own.values())) / len(own), 4)
     write_atomic(ctx.path(ESTIMATE_FILE), json.dumps(data, indent=2) + "\n")
