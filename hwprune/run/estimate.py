@@ -5,8 +5,9 @@ as the search runs it, on a uniform candidate at the budgets' size (where the se
 its evaluations; the dense model would overstate every compute stage, by about 2x on the
 demo): the surgery, the per-candidate checks (its shape key and forward pass), the BatchNorm
 re-estimation, the ONNX export, each oracle with the search's stop rule (one call, no cache).
-The proxy's score is the dense stage's own, scaled by the candidate's BatchNorm pass against
-the dense model's, so the estimate scores no images of its own.
+The proxy's score is timed on its first look (128 images, as a race scores them) and scaled
+to all its images; a task without a score stream: the dense stage's score, scaled by the
+candidate's BatchNorm pass against the dense model's.
 
 From these and the run's ``evaluations``, ``workers`` and surrogate, the expected wall
 time of the search: one process evaluates candidates one after another; worker
@@ -85,11 +86,29 @@ def probe_keep(evaluator: Any) -> float:
     return min(1.0, max(float(space.min_keep), keep))
 
 
+def _probe_score(task: Any, module: Any) -> float | None:
+    """Seconds of the proxy's score of ``module``: its first look on a task with a score stream
+    (128 images, then per image for all of them; the dense stage's score was the first, cold),
+    or None for a task without a score stream."""
+    samples = int(task.score_samples or 0)
+    if task.score_stream is None or samples < 1:
+        return None
+    stream = task.call("score_stream", module, what="a candidate (cost estimate)")
+    try:
+        t0 = time.perf_counter()
+        _, seen = next(stream)
+        elapsed = time.perf_counter() - t0
+    except StopIteration:
+        return None
+    finally:
+        stream.close()
+    return elapsed * samples / max(int(seen), 1)
+
+
 def probe_stages(evaluator: Any, *, dense_timings: Mapping[str, float]) -> dict[str, float]:
     """Seconds of each stage of one candidate, measured once on a uniform candidate at the
     budgets' size (:func:`probe_keep`), as the search evaluates it; ``dense_timings``: the
-    dense stage's own (``score``), scaled by the candidate's BatchNorm pass against the dense
-    model's (the same forward passes on fewer images), so the probe scores no images.
+    dense stage's own (``score``), for a task without a score stream (:func:`_probe_score`).
 
     Nothing here reads or fills the oracles' cache: a candidate the search measures is new.
     """
@@ -111,14 +130,15 @@ def probe_stages(evaluator: Any, *, dense_timings: Mapping[str, float]) -> dict[
         t0 = time.perf_counter()
         task.checked_calibrate(module, what="a candidate at the budgets' size (cost estimate)")
         seconds["bn"] = time.perf_counter() - t0
-        dense = copy.deepcopy(space.model)
-        t0 = time.perf_counter()
-        task.checked_calibrate(dense, what="the dense model (cost estimate)")
-        bn_dense = time.perf_counter() - t0
+        score = _probe_score(task, module)
+        if score is None:  # the dense stage's score, scaled by the candidate's BN pass
+            dense = copy.deepcopy(space.model)
+            t0 = time.perf_counter()
+            task.checked_calibrate(dense, what="the dense model (cost estimate)")
+            ratio = min(1.0, seconds["bn"] / max(time.perf_counter() - t0, 1e-9))
+            score = float(dense_timings.get("score", 0.0)) * ratio
+        seconds["score"] = score
         module.to("cpu")
-        dense.to("cpu")
-    ratio = min(1.0, seconds["bn"] / bn_dense) if bn_dense > 0 else 1.0
-    seconds["score"] = float(dense_timings.get("score", 0.0)) * ratio
     shapes = evaluator.example_inputs.shapes
     onnx_bytes = None
     for oracle in evaluator.search_oracles.values():
@@ -224,8 +244,7 @@ def estimate_cost(ctx: RunContext, evaluator: Any, *, dense_timings: Mapping[str
     estimate = {
         "stages": {k: round(v, 4) for k, v in stages.items()},
         "probe_keep": round(probe_keep(evaluator), 4),
-        "measured_on": "a uniform candidate at the budgets' size (probe_keep); the score scaled "
-        "from the dense model's by the BatchNorm pass",
+        "measured_on": "a uniform candidate at the budgets' size (probe_keep)",
         "evaluations": config.evaluations,
         "resumed": evaluator.evaluations,
         "remaining": remaining,
