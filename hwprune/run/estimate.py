@@ -1,7 +1,7 @@
 """The search's cost, measured before it starts: seconds per candidate by stage and in all.
 
-Between the dense stage and the search, each part of one candidate's evaluation is run once,
-as the search runs it, on a uniform candidate at the budgets' size (where the search spends
+Between the dense stage and the search, each part of one candidate's evaluation is run up to
+three times (the median kept, stage by stage), as the search runs it, on a uniform candidate at the budgets' size (where the search spends
 its evaluations; the dense model would overstate every compute stage, by about 2x on the
 demo): the surgery, the per-candidate checks (its shape key and forward pass), the BatchNorm
 re-estimation, the ONNX export, each oracle with the search's stop rule (one call, no cache).
@@ -26,6 +26,7 @@ import copy
 import json
 import logging
 import os
+import statistics
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -50,6 +51,10 @@ ESTIMATE_FILE = "cost_estimate.json"
 
 #: The stages of one candidate, in the order they run.
 STAGES = ("surgery", "bn", "score", "export", "oracles", "timing", "overhead")
+
+#: Probes of a candidate at most, and the share of the search's expected time they may take.
+PROBES = 3
+PROBE_SHARE = 0.1
 
 # A stage's share of a candidate above which the suggestion names what cuts it.
 DOMINANT = 0.5
@@ -105,21 +110,19 @@ def _probe_score(task: Any, module: Any) -> float | None:
     return elapsed * samples / max(int(seen), 1)
 
 
-def probe_stages(evaluator: Any, *, dense_timings: Mapping[str, float]) -> dict[str, float]:
-    """Seconds of each stage of one candidate, measured once on a uniform candidate at the
-    budgets' size (:func:`probe_keep`), as the search evaluates it; ``dense_timings``: the
-    dense stage's own (``score``), for a task without a score stream (:func:`_probe_score`).
-
-    Nothing here reads or fills the oracles' cache: a candidate the search measures is new.
-    """
+def _probe_once(
+    evaluator: Any, policy: Any, *, dense_timings: Mapping[str, float]
+) -> dict[str, float]:
+    """Seconds of each stage of ``policy``'s candidate, as the search evaluates it;
+    ``dense_timings``: the dense stage's own (``score``), for a task without a score stream
+    (:func:`_probe_score`). Nothing here reads or fills the oracles' cache: a candidate the
+    search measures is new."""
     from hwprune.evaluate.evaluator import forward_error
-    from hwprune.space import Policy
 
     space, task = evaluator.space, evaluator.task
     seconds = {name: 0.0 for name in STAGES}
     # A worker runs torch on one thread: its candidates are probed the same way.
     with _threads(1 if evaluator.width > 1 else None):
-        policy = Policy.uniform(space, probe_keep(evaluator))
         t0 = time.perf_counter()
         module = space.apply(policy)
         seconds["surgery"] = time.perf_counter() - t0
@@ -151,6 +154,26 @@ def probe_stages(evaluator: Any, *, dense_timings: Mapping[str, float]) -> dict[
         oracle.measure(model, input_shapes=shapes)
         seconds["timing" if oracle.timed else "oracles"] += time.perf_counter() - t0
     return seconds
+
+
+def probe_stages(
+    evaluator: Any, *, dense_timings: Mapping[str, float], remaining: int = 0
+) -> dict[str, float]:
+    """Seconds of each stage of one candidate: the median, stage by stage, of up to ``PROBES``
+    probes of a uniform candidate at the budgets' size (:func:`probe_keep`), while the probes
+    take under ``PROBE_SHARE`` of the ``remaining`` candidates' expected time (one probe on a
+    busy machine can be twice the typical time)."""
+    from hwprune.space import Policy
+
+    policy = Policy.uniform(evaluator.space, probe_keep(evaluator))
+    runs: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    while len(runs) < PROBES:
+        runs.append(_probe_once(evaluator, policy, dense_timings=dense_timings))
+        per = statistics.median(sum(r.values()) for r in runs)
+        if time.perf_counter() - t0 >= PROBE_SHARE * remaining * per:
+            break
+    return {"probes": len(runs), **{n: statistics.median(r[n] for r in runs) for n in STAGES}}
 
 
 def _timed_share(evaluator: Any, remaining: int) -> float:
@@ -235,8 +258,9 @@ def estimate_cost(ctx: RunContext, evaluator: Any, *, dense_timings: Mapping[str
     """Measure the stages, write ``RUN/cost_estimate.json``, log and emit its line; the estimate."""
     config = ctx.config
     t0 = time.perf_counter()
-    stages = probe_stages(evaluator, dense_timings=dense_timings)
     remaining = max(0, config.evaluations - evaluator.evaluations)
+    stages = probe_stages(evaluator, dense_timings=dense_timings, remaining=remaining)
+    probes = int(stages.pop("probes"))
     share = _timed_share(evaluator, remaining)
     workers, shared = _effective_workers(evaluator)
     plan = plan_seconds(stages, remaining=remaining, workers=workers, timed_share=share)
@@ -244,6 +268,7 @@ def estimate_cost(ctx: RunContext, evaluator: Any, *, dense_timings: Mapping[str
     estimate = {
         "stages": {k: round(v, 4) for k, v in stages.items()},
         "probe_keep": round(probe_keep(evaluator), 4),
+        "probes": probes,
         "measured_on": "a uniform candidate at the budgets' size (probe_keep)",
         "evaluations": config.evaluations,
         "resumed": evaluator.evaluations,
