@@ -88,6 +88,6 @@ def test_a_raced_prune_run_logs_raced_candidates_and_finishes(
     assert raced, [(r["policy"]["keep"], r["accuracy"]) for r in candidates]
     assert all(r["raced"]["samples"] < 359 for r in raced)  # fewer than all the search images
     assert all("bn settle 0.05" in r["score_key"] for r in candidates)
-    saved = json.loads((out / "config.json").read_text())
+    saved = json.loads((out / "config.json").read_text())["options"]
     assert saved["proxy_racing"] is True and saved["bn_settle"] == 0.05
     assert (out / "report.json").is_file() and (out / "model.pt").is_file()
