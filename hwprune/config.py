@@ -181,6 +181,19 @@ class PruneConfig:
         "(kd after STEPS SGD steps distilling from the dense model)",
         kind="str",
     )
+    proxy_racing: bool = _opt(
+        False,
+        "score a candidate on a growing sample and stop once it is clearly worse than the best "
+        "feasible one (one worker; off by default until measured)",
+        kind="bool",
+    )
+    bn_settle: float | None = _opt(
+        None,
+        "re-estimate BatchNorm until its statistics change by less than TOL, e.g. 0.05 (off by "
+        "default until measured)",
+        kind="float",
+        metavar="TOL",
+    )
     seed: int = _opt(
         0, "seed of the data split, the searcher and fine-tuning", kind="int", range=SEED_RANGE
     )
@@ -295,6 +308,13 @@ class PruneConfig:
         if not _DEVICE.match(self.device):
             raise bad("device", "'cpu', 'cuda' or 'cuda:N'")
         object.__setattr__(self, "proxy", str(parse_proxy(self.proxy)))
+        if self.bn_settle is not None and not 0.0 < self.bn_settle < 1.0:
+            raise bad("bn_settle", "a fraction between 0 and 1 such as 0.05")
+        if self.proxy_racing and (self.workers > 1 or self.ray is not None):
+            raise ConfigError(
+                "proxy_racing needs one worker: parallel workers score every candidate in "
+                "full (drop --proxy-racing, or give --workers 1 without --ray)"
+            )
         if self.surrogate == "on" and (self.workers > 1 or self.ray is not None):
             raise ConfigError(
                 "surrogate 'on' needs one worker: a parallel evaluation measures every "
@@ -315,6 +335,11 @@ class PruneConfig:
             )
         if not self.budgets:
             raise ConfigError("at least one --budget is required, e.g. --budget 'latency<=50%'")
+        if (module_given or self.task is not None) and self.bn_settle is not None:
+            raise ConfigError(
+                "bn_settle is an option of the built-in task (--model/--data); your task's "
+                "calibrate(model) re-estimates BatchNorm"
+            )
         if (module_given or self.task is not None) and self.proxy != default("proxy"):
             raise ConfigError(
                 f"proxy {self.proxy!r} is an option of the built-in task (--model/--data); "

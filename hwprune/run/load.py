@@ -211,6 +211,7 @@ def _builtin(ctx: RunContext) -> Loaded:
         distill=config.distill,
         keep_zeros=config.granularity != "channel",
         proxy=config.proxy,
+        bn_settle=config.bn_settle,
         teacher=model,
         progress=ctx.progress,
     )

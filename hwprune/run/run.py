@@ -33,9 +33,10 @@ def run(
     d = dense(ctx, loaded, constraints)
     try:
         estimate = estimate_cost(ctx, d.evaluator, dense_timings=d.evaluator.dense_timings)
-        t0 = time.perf_counter()
+        t0, before = time.perf_counter(), len(d.evaluator.history)
         searched = search(ctx, loaded, d, seconds_per_candidate=estimate["seconds_per_candidate"])
-        record_actual(ctx, estimate, seconds=time.perf_counter() - t0)
+        record_actual(ctx, estimate, seconds=time.perf_counter() - t0,
+                      outcomes=d.evaluator.history[before:])  # fmt: skip
         chosen, confirmations = choose(ctx, loaded, d)
         if confirmations:
             searched.extra["confirmations"] = confirmations

@@ -115,6 +115,8 @@ def dense(ctx: RunContext, loaded: Loaded, constraints: list) -> Dense:
         "opset": config.opset,
         "allow_trace_warnings": config.allow_trace_warnings,
     }
+    if config.proxy_racing:  # one worker only (PruneConfig refuses it with --workers or --ray)
+        kwargs["racing"] = True
     with ctx.stage("dense", len(constraints), "measuring the dense model") as step:
         if config.workers > 1 or config.ray is not None:
             from hwprune.evaluate.parallel import ParallelEvaluator
