@@ -59,8 +59,13 @@ def data_dependent_dims(module: Any, inputs: Any) -> dict[str, frozenset[int]]:
 
     try:
         proto = onnx.load_from_string(
-            export_onnx(module, example_inputs=inputs, check=False, fold_shapes=False,
-                        allow_trace_warnings=True)  # fmt: skip
+            export_onnx(
+                module,
+                example_inputs=inputs,
+                check=False,
+                fold_shapes=False,
+                allow_trace_warnings=True,
+            )  # fmt: skip
         )
     except Exception as exc:  # not exportable: nothing is known to vary, compare all
         log.info("data-dependent output sizes unknown (%s)", str(exc).strip()[:200])
