@@ -9,8 +9,9 @@ model of every timm family (the module that defines it), like the torchvision sw
 
 Each row runs ``hwprune.prune`` as a user would: the model, its example inputs, a score (the
 negative squared difference from the dense model's fixed-size outputs: the head before NMS
-for a detector), one budget (``flops<=70%``; ``latency<=70%`` on ONNX Runtime for the
-transformers and for detectors whose outputs the static count cannot size) and the
+for a detector), one budget (``flops<=70%``; ``macs<=70%``, counted in torch, for the
+detectors whose outputs after NMS the ONNX count cannot size; ``latency<=70%`` on ONNX
+Runtime for the transformers) and the
 ``uniform`` searcher with a few evaluations. The row is "pruned" (the run's export passed its
 parity check), "refused" (an hwprune error, its one line) or "failed" (anything else, with
 its traceback). Every row also records each output's shape before and after and the FLOPs
@@ -121,8 +122,8 @@ def _torchvision_detector(name: str) -> tuple[Any, Any, Any, str]:
         head = getattr(m, "head", None)
         return _leaves(head(feats)) if head is not None else feats
 
-    # Boxes after NMS have no size the static count can know: a latency budget.
-    return model, ([image],), _closeness(before_nms, model), "latency<=70%"
+    # Boxes after NMS have no size the ONNX count can know; MACs are counted in torch.
+    return model, ([image],), _closeness(before_nms, model), "macs<=70%"
 
 
 def _hf(family: str) -> tuple[Any, Any, Any, str]:
@@ -496,8 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.models and not args.no_timm:
         todo += [f"timm-{n}" for n in timm_families().values()]
     for name in todo:
-        if RUNS.get(name) is not None and not args.redo:
-            continue
+        done = RUNS.get(name)
+        if done is not None and done["status"] != "failed" and not args.redo:
+            continue  # a failed row (a time limit on a loaded machine) is tried again
         log.info("%s ...", name)
         with _time_limit(args.time_limit):
             row = prune_row(name, builder(name), evaluations=args.evaluations)
