@@ -292,6 +292,7 @@ def prune_row(
     """Build, prune with ``hwprune.prune``, and describe the outcome in one row."""
     import hwprune
     from hwprune.errors import HwpruneError
+    from oracles.errors import OracleError
 
     row: dict[str, Any] = {"model": name, "group": group(name), "status": "failed"}
     start = time.perf_counter()
@@ -323,7 +324,7 @@ def prune_row(
             if key in after_cost:
                 row[f"{key}_after"] = after_cost[key]
         row["status"] = "pruned"
-    except HwpruneError as exc:
+    except (HwpruneError, OracleError) as exc:  # an oracle's own one-line refusal counts too
         row["status"] = "refused"
         row["error"] = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     except MemoryError as exc:
