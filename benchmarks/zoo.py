@@ -226,7 +226,9 @@ def _timm(name: str) -> tuple[Any, Any, Any, str]:
     import torch
 
     last: Exception | None = None
-    for size in TIMM_SIZES:
+    default = timm.get_pretrained_cfg(name)
+    native = int(default.input_size[-1]) if default is not None else 224
+    for size in (*(s for s in TIMM_SIZES if s < native), native):
         try:
             try:
                 model = timm.create_model(name, pretrained=False, num_classes=10, img_size=size)
@@ -240,11 +242,15 @@ def _timm(name: str) -> tuple[Any, Any, Any, str]:
         except Exception as exc:
             last = exc
     else:
-        raise RuntimeError(f"no input size in {TIMM_SIZES} is accepted: {last}")
+        raise NotBuilt(f"no input size up to {native} is accepted: {last}")
     params = sum(p.numel() for p in model.parameters())
     if params > TIMM_PARAM_CAP:
         raise MemoryError(f"{params / 1e6:.0f} M parameters")
     return model, x, _closeness(lambda m: _leaves(m(x)), model), "flops<=70%"
+
+
+class NotBuilt(RuntimeError):
+    """The suite could not build or call the model itself: no verdict on hwprune."""
 
 
 def builder(name: str) -> Callable[[], tuple[Any, Any, Any, str]]:
@@ -327,6 +333,9 @@ def prune_row(
     except (HwpruneError, OracleError) as exc:  # an oracle's own one-line refusal counts too
         row["status"] = "refused"
         row["error"] = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except NotBuilt as exc:
+        row["status"] = "not built"
+        row["error"] = str(exc).strip().splitlines()[0][:300]
     except MemoryError as exc:
         row["status"] = "too big"
         row["error"] = f"too big for this shared machine ({exc})"
@@ -397,7 +406,7 @@ def stored() -> list[dict[str, Any]]:
 
 
 def counts(rows: list[dict[str, Any]]) -> dict[str, int]:
-    out = {"pruned": 0, "refused": 0, "too big": 0, "failed": 0}
+    out = {"pruned": 0, "refused": 0, "too big": 0, "not built": 0, "failed": 0}
     for r in rows:
         out[r["status"]] = out.get(r["status"], 0) + 1
     return out
@@ -413,7 +422,8 @@ def summary(rows: list[dict[str, Any]]) -> str:
         parts.append(f"{g} {c['pruned']} of {len(rs)} pruned and matched"
                      + (f", {c['refused']} refused" if c["refused"] else "")
                      + (f", {c['failed']} failed" if c["failed"] else "")
-                     + (f", {c['too big']} too big" if c["too big"] else ""))  # fmt: skip
+                     + (f", {c['too big']} too big" if c["too big"] else "")
+                     + (f", {c['not built']} not built" if c["not built"] else ""))  # fmt: skip
     return "; ".join(parts)
 
 
@@ -435,7 +445,8 @@ def write_tables() -> list[Path]:
     env = common.environment()
     c = counts(rows)
     line = (f"{len(rows)} rows: {c['pruned']} pruned and matched, {c['refused']} refused in one "
-            f"line, {c['failed']} failed, {c['too big']} too big")  # fmt: skip
+            f"line, {c['failed']} failed, {c['too big']} too big, {c['not built']} not built "
+            "(the suite could not call the model at any input size)")  # fmt: skip
     table = common.markdown_table(HEADERS, table_rows(rows))
     TABLE.write_text(
         f"# Real-models suite\n\n{line}. {summary(rows)}.\n\n{PROTOCOL}\n\n{table}\n",
