@@ -447,6 +447,25 @@ def write_tables() -> list[Path]:
     line = (f"{len(rows)} rows: {c['pruned']} pruned and matched, {c['refused']} refused in one "
             f"line, {c['failed']} failed, {c['too big']} too big, {c['not built']} not built "
             "(the suite could not call the model at any input size)")  # fmt: skip
+    try:
+        import timm
+
+        modules = len(timm.list_modules())
+    except ImportError:
+        modules = None
+    timm_rows = sum(r["group"] == "timm" for r in rows)
+    if modules and timm_rows < modules:
+        line += (f"; timm: {timm_rows} of its {modules} families (modules) run so far, the same "
+                 "command runs the rest (stored rows are kept)")  # fmt: skip
+    import importlib.metadata as md
+
+    found = []
+    for package in ("ultralytics", "transformers", "timm"):
+        try:
+            found.append(f"{package} {md.version(package)}")
+        except md.PackageNotFoundError:
+            continue
+    line += f" ({', '.join(found)})" if found else ""
     table = common.markdown_table(HEADERS, table_rows(rows))
     TABLE.write_text(
         f"# Real-models suite\n\n{line}. {summary(rows)}.\n\n{PROTOCOL}\n\n{table}\n",
