@@ -735,7 +735,10 @@ def write_tables(names: list[str]) -> list[Path]:
             f"Machine: {env['machine']}.",
         ]
     )
-    _write(DOCS, docs + "\n")
+    # The real-models suite's section (benchmarks/zoo.py) is written there by its own command.
+    old = DOCS.read_text(encoding="utf-8") if DOCS.exists() else ""
+    zoo = old[old.find("<!-- BEGIN zoo -->") :] if "<!-- BEGIN zoo -->" in old else ""
+    _write(DOCS, docs + "\n" + (f"\n{zoo.rstrip()}\n" if zoo else ""))
     results = common.update_results_md(
         "support",
         "Support matrix: torchvision classifiers and segmentation models",

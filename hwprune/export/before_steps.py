@@ -12,13 +12,16 @@ depends on the input's values (Faster R-CNN's region proposals) is looked into o
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hwprune.errors import ExportError
 
-__all__ = ["data_dependent_outputs", "check_before"]
+__all__ = ["data_dependent_outputs", "data_dependent_dims", "same_fixed_dims", "check_before"]
+
+log = logging.getLogger(__name__)
 
 #: How deep submodules are looked into for outputs of a fixed size.
 _DEPTH = 2
@@ -42,6 +45,50 @@ def data_dependent_outputs(proto: Any, shapes: Mapping[str, tuple[int, ...]]) ->
         for o in proto.graph.output
         if o.name in sources and inferred.get(o.name) is None
     }
+
+
+def data_dependent_dims(module: Any, inputs: Any) -> dict[str, frozenset[int]]:
+    """For each output of ``module`` whose size depends on the input's values (a detector's
+    boxes after NMS), the positions of the dimensions that do: those its ONNX export leaves
+    symbolic. Empty when there are none, or when the model does not export (then every
+    dimension is compared, as before)."""
+    import onnx
+
+    from hwprune.export.onnx import export_onnx
+    from oracles.onnx_graph import data_dependent_sources
+
+    try:
+        proto = onnx.load_from_string(
+            export_onnx(
+                module,
+                example_inputs=inputs,
+                check=False,
+                fold_shapes=False,
+                allow_trace_warnings=True,
+            )  # fmt: skip
+        )
+    except Exception as exc:  # not exportable: nothing is known to vary, compare all
+        log.info("data-dependent output sizes unknown (%s)", str(exc).strip()[:200])
+        return {}
+    sources = data_dependent_sources(proto)
+    out = {}
+    for o in proto.graph.output:
+        if o.name not in sources:
+            continue
+        shape = o.type.tensor_type.shape
+        free = [i for i, d in enumerate(shape.dim) if not d.HasField("dim_value")]
+        # A shape the exporter did not declare: the detection count leads, by convention.
+        out[o.name] = frozenset(free) if shape.dim else frozenset({0})
+    return out
+
+
+def same_fixed_dims(
+    dense: tuple[int, ...] | None, other: tuple[int, ...] | None, free: frozenset[int]
+) -> bool:
+    """Whether two shapes of one output agree on rank and every dimension not in ``free``."""
+    if dense is None or other is None or len(dense) != len(other):
+        return dense == other
+    return all(a == b for i, (a, b) in enumerate(zip(dense, other, strict=True)) if i not in free)
 
 
 def _scope_outputs(proto: Any, path: str) -> list[str]:

@@ -497,6 +497,7 @@ class ChannelSpace:
         self.seed = seed
         self.allow_output_change = bool(allow_output_change)
         self.skipped: list[Skipped] = []
+        self._free_dims: dict[str, frozenset[int]] | None = None
         prof = self._profile_dense()
         user_ignored = _expand(model, _layers.resolve_names(model, ignored_layers))
         self._structure(num_heads, customized_pruners, unwrapped_parameters)
@@ -936,9 +937,7 @@ class ChannelSpace:
                 kept[i] -= max(1, self.units[i].step)
             passes += 1
             shapes = self._pruned_outputs(kept)
-            changed = [] if isinstance(shapes, str) else [
-                n for n, dense in self.output_shapes.items() if shapes.get(n) != dense
-            ]  # fmt: skip
+            changed = [] if isinstance(shapes, str) else self._changed_outputs(shapes)
             if isinstance(shapes, dict) and not changed:
                 return
             if len(indices) == 1:
@@ -973,6 +972,21 @@ class ChannelSpace:
                 "prunes the layers that produce them"
             )
         self._keep_units([i for i in range(len(self.units)) if i not in found])
+
+    def _changed_outputs(self, shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
+        """The outputs whose shape differs from the dense model's in a dimension that does not
+        depend on the input's values (a detector's count after NMS may change; read once, from
+        the dense model's export, the first time a shape differs)."""
+        changed = [n for n, dense in self.output_shapes.items() if shapes.get(n) != dense]
+        if not changed:
+            return []
+        from hwprune.export.before_steps import data_dependent_dims, same_fixed_dims
+
+        if self._free_dims is None:
+            self._free_dims = data_dependent_dims(self.model, self.example_inputs)
+        free = self._free_dims
+        return [n for n in changed if not same_fixed_dims(
+            self.output_shapes[n], shapes.get(n), free.get(n, frozenset()))]  # fmt: skip
 
     def _forward_error(self, indices: Sequence[int], keep: float) -> str | None:
         """Why the model with units ``indices`` pruned at ratio ``keep`` fails its forward

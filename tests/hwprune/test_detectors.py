@@ -170,3 +170,53 @@ def test_faster_rcnn_is_refused_in_one_line_where_its_box_head_follows_the_propo
                        "step") as info:  # fmt: skip
         final_export(model, example_inputs=inputs, onnx_path=tmp_path / "frcnn.onnx")
     assert "\n" not in str(info.value)
+
+
+def test_a_detection_count_that_changes_after_pruning_is_no_changed_output_shape(tmp_path):
+    import json
+
+    import hwprune
+    from hwprune.space import ChannelSpace, Policy
+
+    torch.manual_seed(0)
+    model = TinyDetector().eval()
+    image = torch.rand(3, 32, 32)
+    space = ChannelSpace(model, example_inputs=[image])
+    assert [u.id for u in space.units] and not space.skipped  # the backbone stays prunable
+    with torch.no_grad():
+        dense = model([image])["boxes"].shape
+        small = space.apply(Policy.uniform(space, 0.25))([image])["boxes"].shape
+    assert small[0] != dense[0] and small[1:] == dense[1:]  # another count, same box layout
+
+    def score(m: nn.Module) -> float:
+        with torch.no_grad():
+            return -float(m.head(m.backbone(image[None])).pow(2).mean())
+
+    result = hwprune.prune(model, example_inputs=[image], score=score, out=tmp_path / "run",
+                           budgets=["macs<=50%"], agent="uniform", evaluations=3)  # fmt: skip
+    assert result.all_met
+    shapes = json.loads((tmp_path / "run" / "report.json").read_text())["output_shapes"]
+    assert shapes["boxes"]["dense"][1:] == shapes["boxes"]["final"][1:] == [4]
+
+
+def test_only_the_count_of_detections_may_change_not_their_layout():
+    from hwprune.export.before_steps import data_dependent_dims, same_fixed_dims
+
+    class Features(TinyDetector):
+        """Each kept detection carries its backbone feature: (count, channels)."""
+
+        def forward(self, images: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+            feats = self.backbone(torch.stack(images))
+            scores = self.head(feats)[0, 4].flatten().sigmoid()
+            keep = torch.nonzero(scores > 0.4).flatten()
+            return {"features": feats[0].flatten(1).t()[keep], "map": feats}
+
+    torch.manual_seed(0)
+    model = Features().eval()
+    inputs = ExampleInputs.from_user([torch.rand(3, 32, 32)], model=model)
+    free = data_dependent_dims(model, inputs)
+    assert free == {"features": frozenset({0})}  # "map" has a fixed size: compared whole
+    assert same_fixed_dims((120, 16), (7, 16), free["features"])
+    assert not same_fixed_dims((120, 16), (120, 9), free["features"])
+    assert not same_fixed_dims((120, 16), (120, 16, 1), free["features"])
+    assert not same_fixed_dims((1, 16, 16, 16), (1, 9, 16, 16), free.get("map", frozenset()))
