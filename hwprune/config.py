@@ -159,9 +159,10 @@ class PruneConfig:
         metavar="QUANTITY=SPEC",
     )
     agent: str = _opt(
-        "ppo-lagrangian",
-        "searcher: ppo-lagrangian, qlp, amc, uniform, global-magnitude, random, latency-knapsack, "
-        "knapsack-ppo, knapsack-amc",
+        "knapsack-ppo",
+        "searcher: knapsack-ppo (PPO-Lagrangian started from the latency knapsack's policy), "
+        "ppo-lagrangian, qlp, amc, uniform, global-magnitude, random, latency-knapsack, "
+        "knapsack-amc",
         kind="str",
     )
     evaluations: int = _opt(100, "candidates to evaluate", kind="int", range=(1, MAX_EVALUATIONS))
