@@ -163,9 +163,17 @@ def probe_stages(
     probes of a uniform candidate at the budgets' size (:func:`probe_keep`), while the probes
     take under ``PROBE_SHARE`` of the ``remaining`` candidates' expected time (one probe on a
     busy machine can be twice the typical time)."""
+    from hwprune.evaluate.evaluator import forward_error
     from hwprune.space import Policy
 
-    policy = Policy.uniform(evaluator.space, probe_keep(evaluator))
+    space = evaluator.space
+    policy = Policy.uniform(space, probe_keep(evaluator))
+    if forward_error(space.apply(policy), evaluator.example_inputs) is not None:
+        # A candidate the space cannot run is the search's infeasible candidate, not a reason
+        # to end the run: the dense model's stages are the estimate's (an upper bound) then.
+        log.info("cost estimate: the uniform candidate at the budgets' size does not run; "
+                 "the dense model's stages are timed instead")  # fmt: skip
+        policy = Policy.dense(space)
     runs: list[dict[str, float]] = []
     t0 = time.perf_counter()
     while len(runs) < PROBES:

@@ -439,7 +439,9 @@ def test_in_a_tie_an_unsure_candidate_predicted_over_its_bound_comes_after_the_r
     from types import SimpleNamespace as O
 
     def o(key, cost, *, feasible, undecided, acc=0.80):
-        return O(key=key, accuracy=acc, max_cost=cost, feasible=feasible, undecided=undecided)
+        return O(
+            key=key, accuracy=acc, max_cost=cost, feasible=feasible, undecided=undecided, raced=None
+        )  # scored in full
 
     pool = [o("over-far", 1.20, feasible=False, undecided=True),
             o("measured", 0.90, feasible=True, undecided=False),
