@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from hwprune.errors import ConfigError
+from hwprune.space._opaque import _linear_cols, _linear_rows
 
 log = logging.getLogger(__name__)
 
@@ -465,15 +466,3 @@ def _saved_weights(path: Path) -> dict[str, torch.Tensor]:
     for f in files:
         out.update(load_file(str(f)))
     return out
-
-
-def _linear_rows(layer: nn.Linear, keep: list[int]) -> None:
-    layer.weight = nn.Parameter(layer.weight.data[keep].clone())
-    if layer.bias is not None:
-        layer.bias = nn.Parameter(layer.bias.data[keep].clone())
-    layer.out_features = len(keep)
-
-
-def _linear_cols(layer: nn.Linear, keep: list[int]) -> None:
-    layer.weight = nn.Parameter(layer.weight.data[:, keep].clone())
-    layer.in_features = len(keep)
