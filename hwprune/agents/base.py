@@ -151,6 +151,17 @@ class Searcher(ABC):
         """A report.md section drawn from the search's ``extra`` ("" for none)."""
         return ""
 
+    def repair(
+        self, space: Any, evaluator: Evaluator, failed: Outcome, *, limit: float, tried: set[str]
+    ) -> Outcome | None:
+        """A replacement for ``failed``, a shipped model that missed a budget on its final
+        proof, measured at most ``limit`` of every bound (cost units) and not in ``tried``;
+        None (the default): the run's generic repair
+        (:func:`hwprune.run.choose.repair_candidate`) decides. A searcher whose answer is
+        not a ranking of candidates (``latency-knapsack``: the most importance that fits)
+        gives its own answer to the tighter bound."""
+        return None
+
     def search(
         self,
         *,
@@ -183,7 +194,7 @@ class Searcher(ABC):
         self._run(space, budget, checkpoint_dir=ckpt)
         choice = choose_candidate(space=space, evaluator=evaluator, outcomes=budget.outcomes,
                                   confirm=confirm, repair_infeasible=repair_infeasible,
-                                  evaluate=budget)  # fmt: skip
+                                  evaluate=budget, answer=self.extra.get("answer"))  # fmt: skip
         if choice.confirmations:
             self.extra["confirmations"] = choice.confirmations
         best = choice.best

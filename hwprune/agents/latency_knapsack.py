@@ -231,8 +231,49 @@ class LatencyKnapsackSearch(Searcher):
         run.fit(floor)
         if run.low[run.primary] >= self.window * run.bounds[run.lead.name]:
             run.record(converged=True)  # the smallest model already fills the window
+            self.extra["answer"] = floor.key
             return
-        run.record(converged=run.correct(floor))
+        converged = run.correct(floor)
+        run.record(converged=converged)
+        # The solution accepted in the window is the knapsack's answer: the most importance
+        # that fits. It ships if its confirmation holds (not the proxy's favourite of the
+        # bisection's candidates, which are the same method at smaller bounds).
+        self.extra["answer"] = run.calls[-1]["key"] if converged else None
+
+    def repair(
+        self, space: Any, evaluator: Any, failed: Any, *, limit: float, tried: set[str]
+    ) -> Any:
+        """The knapsack's answer to ``limit`` of every bound: the bound's correction run again
+        with the bounds scaled by ``limit`` (the margin the final proof's miss asked for), on
+        the same tables and the same two whole-model measurements (read from the log). A
+        uniformly scaled-down copy of the failed policy, the generic repair, is not the most
+        importance that fits, and a proxy ranking of the bisection's candidates ships one
+        far under the bound. Returns the largest measured solution within ``limit`` of every
+        bound (its confirmation too, where it has one), or None (the generic repair then)."""
+        constraints = list(evaluator.constraints)
+        if space.granularity != "channel" or not constraints or not 0.0 < limit < 1.0:
+            return None
+        run = _KnapsackRun(self, space, BudgetedEvaluator(evaluator, self.steps + 1),
+                           constraints)  # fmt: skip
+        floor = run.measure(run.smallest, None, {})
+        if not floor.feasible:
+            return None
+        run.fit(floor)
+        run.bounds = {name: limit * b for name, b in run.bounds.items()}
+        run.eff = dict(run.bounds)
+        log.info("latency-knapsack repair: the bounds scaled by %.3f", limit)
+        if run.low[run.primary] < self.window * run.bounds[run.lead.name]:
+            run.correct(floor)
+        fits = [
+            c for c in run.calls
+            if c["key"] not in tried
+            and all(c["measured"][n] <= run.bounds[n] for n in run.bounds)
+            and c.get("confirmed", c["measured"][run.lead.name]) <= run.bounds[run.lead.name]
+        ]  # fmt: skip
+        if not fits:
+            return None
+        best = max(fits, key=lambda c: c["measured"][run.lead.name])
+        return evaluator.outcome(best["key"])
 
     @staticmethod
     def _fresh(

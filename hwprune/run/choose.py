@@ -40,6 +40,7 @@ __all__ = [
     "ranking",
     "repair",
     "repair_candidate",
+    "repair_limit",
     "rescue",
 ]
 
@@ -151,9 +152,15 @@ def choose_candidate(
     confirm: int = CONFIRM_TOP,
     repair_infeasible: bool = True,
     evaluate: Callable[[Any], Outcome] | None = None,
+    answer: str | None = None,
 ) -> Choice:
     """The candidate that ships, of ``outcomes`` (default: every candidate ``evaluator`` holds,
     those read back from its episodes log included).
+
+    ``answer``: the key of the candidate the searcher itself answers with, where its answer
+    is not a ranking of candidates (``latency-knapsack``: the most importance that fits the
+    bound, ``extra["answer"]``). It ships if its fresh re-measurement meets every budget;
+    else the rule below decides among the rest.
 
     The first of :func:`rank_feasible` whose fresh re-measurement meets every budget
     (:func:`confirm_best`, at most ``confirm`` tried; 0 ships the first ranked unconfirmed),
@@ -164,8 +171,19 @@ def choose_candidate(
     """
     pool = list(evaluator.history if outcomes is None else outcomes)
     records: list[dict[str, Any]] = []
+    own = next((o for o in pool if answer is not None and o.key == answer and o.feasible), None)
+    if own is not None:
+        if confirm <= 0:
+            return Choice(best=own)
+        best, records = confirm_best(space, evaluator, [own], top=1)
+        if best is not None:
+            return Choice(best=best, confirmations=records)
+        log.info("the searcher's answer %s failed its re-measurement; the most accurate "
+                 "confirmed candidate ships", own.key)  # fmt: skip
+        pool = [o for o in pool if o.key != own.key]
     if confirm > 0:
-        best, records = confirm_best(space, evaluator, pool, top=confirm)
+        best, more = confirm_best(space, evaluator, pool, top=confirm)
+        records += more
         best = rescue(space, evaluator, best, records)
     else:
         ranked = rank_feasible(pool, **ranking(evaluator))
@@ -312,6 +330,14 @@ def repair(
     return best
 
 
+def repair_limit(failed: Outcome, worst: float) -> float:
+    """The cost (value / bound, every budget) a replacement for ``failed`` must have been
+    measured at, ``worst`` being the failed model's largest re-measured cost: the search
+    value scaled by how far the re-measurement moved it, with 2% to spare
+    (:func:`repair_candidate`)."""
+    return 0.98 * failed.max_cost / max(worst, 1.0)
+
+
 def repair_candidate(
     evaluator: Evaluator, space: Any, failed: Outcome, *, worst: float, tried: set[str]
 ) -> Outcome | None:
@@ -331,7 +357,7 @@ def repair_candidate(
     Best: the first of :func:`rank_feasible`, the rule the search's own choice
     follows (most accurate; within sampling noise of it, the least pruned).
     """
-    limit = 0.98 * failed.max_cost / max(worst, 1.0)
+    limit = repair_limit(failed, worst)
     pool = [
         o
         for o in evaluator.history

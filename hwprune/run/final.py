@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hwprune.errors import InfeasibleBudgetError, OutputShapeError
-from hwprune.run.choose import repair_candidate
+from hwprune.run.choose import repair_candidate, repair_limit
 from hwprune.run.context import RunContext
 from hwprune.run.load import Loaded
-from hwprune.run.search import Dense
+from hwprune.run.search import Dense, make_searcher
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,28 @@ def verify(ctx: RunContext, d: Dense, module: Any) -> tuple[dict[str, Any], dict
     return final, met
 
 
+def _repair(
+    ctx: RunContext, loaded: Loaded, d: Dense, failed: Any, *, worst: float, tried: set[str]
+) -> Any:
+    """A replacement for ``failed``: the searcher's own (:meth:`Searcher.repair
+    <hwprune.agents.base.Searcher.repair>`, where it has one), else the generic
+    :func:`~hwprune.run.choose.repair_candidate`."""
+    from hwprune.agents import SEARCHERS
+    from hwprune.agents.base import Searcher
+
+    cls = SEARCHERS.get(ctx.config.agent) if ctx.config.agent in SEARCHERS else None
+    if cls is not None and cls.repair is not Searcher.repair:
+        limit = repair_limit(failed, worst)
+        with d.evaluator.measured_only():
+            own = make_searcher(ctx, d.evaluator).repair(loaded.space, d.evaluator, failed,
+                                                     limit=limit, tried=tried)  # fmt: skip
+        if own is not None:
+            log.info("the %s searcher's repair at %.3f of the bounds: candidate %s",
+                     ctx.config.agent, limit, own.key)  # fmt: skip
+            return own
+    return repair_candidate(d.evaluator, loaded.space, failed, worst=worst, tried=tried)
+
+
 def finalize(ctx: RunContext, loaded: Loaded, d: Dense, chosen: Any) -> Final:
     """Fine-tune and verify ``chosen``; repair (another candidate) while a budget is missed."""
     from hwprune.budgets import format_value
@@ -139,7 +161,7 @@ def finalize(ctx: RunContext, loaded: Loaded, d: Dense, chosen: Any) -> Final:
         repairs += 1
         worst = max(c.cost(final[c.name].value) for c in d.constraints)
         log.warning("final model misses a budget (worst cost %.3f); repairing (%d)", worst, repairs)
-        candidate = repair_candidate(d.evaluator, loaded.space, candidate, worst=worst, tried=tried)
+        candidate = _repair(ctx, loaded, d, candidate, worst=worst, tried=tried)
         if candidate is None:
             raise InfeasibleBudgetError(
                 "the final model misses a budget on re-measurement and no candidate with more "

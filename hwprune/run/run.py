@@ -37,7 +37,7 @@ def run(
         searched = search(ctx, loaded, d, seconds_per_candidate=estimate["seconds_per_candidate"])
         record_actual(ctx, estimate, seconds=time.perf_counter() - t0,
                       outcomes=d.evaluator.history[before:])  # fmt: skip
-        chosen, confirmations = choose(ctx, loaded, d)
+        chosen, confirmations = choose(ctx, loaded, d, answer=searched.extra.get("answer"))
         if confirmations:
             searched.extra["confirmations"] = confirmations
         # The final proof is timed by the search's devices too (hwprune.evaluate.parallel).

@@ -147,7 +147,9 @@ def dense(ctx: RunContext, loaded: Loaded, constraints: list) -> Dense:
     return Dense(evaluator=evaluator, constraints=constraints, metrics=metrics, resumed=resumed)
 
 
-def _searcher(ctx: RunContext, evaluator: Any) -> Any:
+def make_searcher(ctx: RunContext, evaluator: Any) -> Any:
+    """The run's searcher (``--agent``), with the options the run gives it: its seed, the
+    measured staircase, its episode batch, its TensorBoard folder."""
     import importlib.util
     import inspect
 
@@ -212,7 +214,7 @@ def search(
     agent_dir = ctx.path("agent")
     if agent_dir.exists():
         shutil.rmtree(agent_dir)
-    searcher = _searcher(ctx, evaluator)
+    searcher = make_searcher(ctx, evaluator)
     with ctx.stage("search", total, "searching") as step:
         best: list[float | None] = [None]
         for o in evaluator.history:
@@ -248,12 +250,15 @@ def search(
     )
 
 
-def choose(ctx: RunContext, loaded: Loaded, d: Dense) -> tuple[Any, list[dict[str, Any]]]:
+def choose(
+    ctx: RunContext, loaded: Loaded, d: Dense, *, answer: str | None = None
+) -> tuple[Any, list[dict[str, Any]]]:
     """Stage ``choose``: the candidate of the whole episodes log that ships, and the records of
     the re-measurements that decided it (:func:`hwprune.run.choose.choose_candidate` over every
-    candidate in the log, earlier sessions' included)."""
+    candidate in the log, earlier sessions' included; ``answer``: the searcher's own answer,
+    ``Searched.extra["answer"]``, confirmed first)."""
     with ctx.stage("choose", None, "confirming the best candidates") as step:
-        choice = choose_candidate(space=loaded.space, evaluator=d.evaluator)
+        choice = choose_candidate(space=loaded.space, evaluator=d.evaluator, answer=answer)
         if choice.best is None:
             raise _infeasible(ctx, d)
         step(1, total=1, accuracy=choice.best.accuracy, values=dict(choice.best.values))

@@ -27,6 +27,7 @@ from hwprune.agents.latency_knapsack import knapsack_section, unit_options
 from hwprune.budgets import bind_constraints
 from hwprune.errors import ConfigError, InfeasibleBudgetError
 from hwprune.evaluate import Evaluator
+from hwprune.run.choose import repair_candidate, repair_limit
 from hwprune.space import ChannelSpace
 from hwprune.space.staircase import Staircase, UnitStaircase
 from tests.nets import TinyNet
@@ -249,6 +250,61 @@ def test_a_solution_one_call_puts_in_the_window_is_accepted_on_its_re_measuremen
     rejected = [c for c in in_window if c["confirmed"] < 0.95 * bound]
     assert rejected, "no single call in the window was under it on re-measurement"
     assert "| re-measured (ms) |" in knapsack_section({"knapsack": k})
+
+
+class FewerWeightsScoreHigher:
+    """A task whose score rises as weights are cut: the proxy's favourite of a bisection is its
+    smallest candidate, the one a ranking of candidates would ship."""
+
+    def calibrate(self, model: nn.Module) -> None:
+        pass
+
+    def score(self, model: nn.Module) -> float:
+        return -sum(p.numel() for p in model.parameters()) / 1e4
+
+
+def smaller_favoured(space) -> Evaluator:
+    ev = Evaluator(space=space, task=FewerWeightsScoreHigher(),
+                   constraints=bind_constraints(["latency<=45%"],
+                                                oracles={"latency": "test-overhead-latency"}))  # fmt: skip
+    ev.calibrate()
+    return ev
+
+
+def test_the_knapsack_ships_its_answer_not_the_proxys_favourite(space):
+    """The solution accepted in the window is the knapsack's answer (the most importance that
+    fits); the candidates the bisection measured on its way are the same method at smaller
+    bounds, and a proxy that prefers them would ship a model far under the bound."""
+    ev = smaller_favoured(space)
+    bound = ev.constraints[0].bound
+    searcher = get_searcher("latency-knapsack", staircase=additive_staircase(space))
+    result = searcher.search(space=space, evaluator=ev, evaluations=20)
+    k, answer = result.extra["knapsack"], result.extra["answer"]
+    assert k["converged"] and answer == k["calls"][-1]["key"]
+    favourite = max((o for o in result.history if o.feasible), key=lambda o: o.accuracy)
+    assert favourite.key != answer  # the proxy would ship another
+    assert result.best.key == answer and 0.95 * bound <= result.best.values["latency"] <= bound
+    # Confirmed like any candidate before it ships.
+    assert [c["key"] for c in result.extra["confirmations"]] == [answer]
+
+
+def test_a_final_proof_miss_is_repaired_by_the_knapsack_at_the_margin(space):
+    """The shipped answer re-measured 6% over its bound on the final proof: the knapsack's
+    bound correction runs again at the margin the miss asks for, and its answer there fills
+    that tighter window; the generic repair ranks by the proxy and ships far less."""
+    ev = smaller_favoured(space)
+    bound = ev.constraints[0].bound
+    searcher = get_searcher("latency-knapsack", staircase=additive_staircase(space))
+    failed = searcher.search(space=space, evaluator=ev, evaluations=20, confirm=0).best
+    limit = repair_limit(failed, 1.06)
+    assert limit < failed.max_cost
+    fixed = searcher.repair(space, ev, failed, limit=limit, tried={failed.key})
+    assert fixed is not None and fixed.key != failed.key
+    assert 0.95 * limit <= fixed.values["latency"] / bound <= limit
+    generic = repair_candidate(ev, space, failed, worst=1.06, tried={failed.key})
+    assert generic is not None and generic.max_cost < fixed.max_cost
+    # A miss the smallest model cannot absorb: no answer, and the generic repair decides.
+    assert searcher.repair(space, ev, failed, limit=1e-3, tried={failed.key}) is None
 
 
 def skewed_staircase(space, *, expensive: int, factor: float = 3.0) -> Staircase:
