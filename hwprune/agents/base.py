@@ -151,6 +151,12 @@ class Searcher(ABC):
         """A report.md section drawn from the search's ``extra`` ("" for none)."""
         return ""
 
+    @classmethod
+    def candidates_at_most(cls, evaluations: int) -> int:
+        """How many of ``evaluations`` candidates the searcher proposes at most with its default
+        options (the cost estimate's count): all of them, unless it stops by its own rule."""
+        return int(evaluations)
+
     def repair(
         self, space: Any, evaluator: Evaluator, failed: Outcome, *, limit: float, tried: set[str]
     ) -> Outcome | None:

@@ -55,6 +55,7 @@ one log line and in the report.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -348,6 +349,13 @@ class LatencyKnapsackSearch(Searcher):
     @classmethod
     def report_section(cls, extra: Mapping[str, Any]) -> str:
         return knapsack_section(extra)
+
+    @classmethod
+    def candidates_at_most(cls, evaluations: int) -> int:
+        """The smallest model and at most ``steps`` (default 8) solutions: it stops once one
+        is in its window."""
+        default = inspect.signature(cls.__init__).parameters["steps"].default
+        return min(int(evaluations), 1 + int(default))
 
 
 class _KnapsackRun:

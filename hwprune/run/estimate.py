@@ -262,11 +262,20 @@ def estimate_line(estimate: Mapping[str, Any]) -> str:
     return line
 
 
+def _candidates(config: Any) -> int:
+    """The candidates the search will propose at most: ``evaluations``, or fewer where the
+    searcher stops by its own rule (``latency-knapsack``: once a solution is in its window)."""
+    from hwprune.agents import SEARCHERS
+
+    cls = SEARCHERS.get(config.agent) if config.agent in SEARCHERS else None
+    return cls.candidates_at_most(config.evaluations) if cls is not None else config.evaluations
+
+
 def estimate_cost(ctx: RunContext, evaluator: Any, *, dense_timings: Mapping[str, float]) -> dict:
     """Measure the stages, write ``RUN/cost_estimate.json``, log and emit its line; the estimate."""
     config = ctx.config
     t0 = time.perf_counter()
-    remaining = max(0, config.evaluations - evaluator.evaluations)
+    remaining = max(0, _candidates(config) - evaluator.evaluations)
     stages = probe_stages(evaluator, dense_timings=dense_timings, remaining=remaining)
     probes = int(stages.pop("probes"))
     share = _timed_share(evaluator, remaining)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from hwprune.progress import ProgressEvent, remaining_seconds
+from hwprune.agents import SEARCHERS
 from hwprune.run.estimate import STAGES, plan_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +41,15 @@ def test_time_left_comes_from_the_estimate_until_a_candidate_is_measured() -> No
     later = ProgressEvent("search", 4, 10, info={"seconds_per_step": 3.0})
     assert remaining_seconds(later, 8.0, (0, 0.0)) == pytest.approx(12.0)  # measured: 2 s each
     assert remaining_seconds(ProgressEvent("search", 0, 10), 1.0, (0, 0.0)) is None
+
+
+def test_a_searcher_that_stops_by_its_own_rule_is_estimated_at_its_own_count() -> None:
+    """latency-knapsack measures the smallest model and at most 8 solutions, whatever
+    --evaluations says; the others propose every evaluation."""
+    assert SEARCHERS.get("latency-knapsack").candidates_at_most(60) == 9
+    assert SEARCHERS.get("latency-knapsack").candidates_at_most(4) == 4
+    assert SEARCHERS.get("knapsack-ppo").candidates_at_most(60) == 60
+    assert SEARCHERS.get("uniform").candidates_at_most(60) == 60
 
 
 @pytest.mark.slow
