@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "probe + importance + solves + whole-model verifications (each verification is a "
         "candidate: proxy and timing). One candidate = the median over the run's candidates "
         "other than the smallest model, by stage; every searcher's candidate goes through the "
-        "same evaluator, so it is what each candidate of the default `ppo-lagrangian` costs. "
+        "same evaluator, so it is what each candidate of any searcher costs (the default `knapsack-ppo` included). "
         "`load`: 1-minute load average of the 2-core machine when the run started; the other "
         "core ran other benchmarks, so the seconds carry that load."
     )

@@ -288,8 +288,10 @@ class Evaluator:
         self._by_key: dict[str, Outcome] = {}
         # Keys predicted in the search and measured later by an earlier session (resume).
         self._later: dict[str, Outcome] = {}
-        # Re-measured values a searcher asked for (:meth:`remeasured_values`), by key.
+        # Re-measured values a searcher asked for (:meth:`remeasured_values`), by key, and the
+        # relative half-range of each value's repeated calls (:meth:`remeasured_spread`).
         self._remeasured: dict[str, dict[str, float]] = {}
+        self._spread: dict[str, dict[str, float]] = {}
         self.history: list[Outcome] = []
         self.dense: dict[str, Measurement] = {}
         # Seconds of the dense model's export and score in ``calibrate`` (hwprune.run.estimate).
@@ -312,6 +314,12 @@ class Evaluator:
                 self._remeasured[str(record.get("key"))] = {
                     str(k): float(v) for k, v in record["values"].items()
                 }
+                spread = record.get("spread")
+                self._spread[str(record.get("key"))] = (
+                    {str(k): float(v) for k, v in spread.items()}
+                    if isinstance(spread, dict)
+                    else {}
+                )
             if record.get("type", "candidate") != "candidate":
                 continue
             if not same_score(record.get("score_key"), self.task.score_key):
@@ -453,10 +461,24 @@ class Evaluator:
             return dict(seen)
         measured = self.remeasure(self.space.apply(policy))
         values = {name: float(m.value) for name, m in measured.items()}
-        self._remeasured[key] = values
+        spread = {name: _half_range(m) for name, m in measured.items()}
+        self._remeasured[key], self._spread[key] = values, spread
         if self._log is not None:
-            self._log.append({"type": "remeasure", "key": key, "values": values})
+            self._log.append({"type": "remeasure", "key": key, "values": values,
+                              "spread": spread})  # fmt: skip
         return values
+
+    def remeasured(self, key: str) -> dict[str, float] | None:
+        """The values :meth:`remeasured_values` found for the candidate ``key`` (this session's
+        or the log's), or None."""
+        seen = self._remeasured.get(key)
+        return dict(seen) if seen is not None else None
+
+    def remeasured_spread(self, key: str) -> dict[str, float]:
+        """Per constraint, half the range of the repeated calls behind :meth:`remeasured`'s
+        value of ``key``, as a fraction of it: what a next measurement of the same model may
+        move (0 for an exact oracle, or a log written before spreads were kept)."""
+        return dict(self._spread.get(key, {}))
 
     def calibrate(self) -> list[Constraint]:
         """Measure the dense model with every oracle and fix relative budgets to absolute bounds."""
@@ -762,3 +784,11 @@ def _keep_text(policy: Any) -> str:
 
 def _as_cached(outcome: Outcome) -> Outcome:
     return replace(outcome, cached=True)
+
+
+def _half_range(m: Measurement) -> float:
+    """Half the range of a median-of-repeats measurement's calls, relative to its value."""
+    values = [float(v) for v in (m.extra or {}).get("repeat_values", ())]
+    if len(values) < 2 or not m.value:
+        return 0.0
+    return (max(values) - min(values)) / 2.0 / abs(float(m.value))
