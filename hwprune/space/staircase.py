@@ -648,7 +648,17 @@ def _run_probes(
         if late():
             break
         timed.append((p.full(), i))
-    done = 0
+    # Progress counts every unit twice: its coarse grid timed, then its step edges found.
+    total, done = 2 * len(members), 0
+
+    def finished(p: _UnitProbe, what: str) -> None:
+        nonlocal done
+        if progress is not None:
+            for unit, q in members:
+                if q is p:
+                    done += 1
+                    progress(done, total, f"{unit.id} {what}")
+
     for _, i in sorted(timed, key=lambda t: (-t[0], t[1])):
         p = probes[i]
         for count in p.grid:
@@ -657,24 +667,27 @@ def _run_probes(
             p.at(count)
         else:
             p.coarse_done = True
-            if progress is not None:
-                for unit, q in members:
-                    if q is p:
-                        done += 1
-                        progress(done, len(members), unit.id)
+            finished(p, "coarse grid")
     # Bisection, the interval with the largest latency jump first. As in a depth-first
     # bisection, an interval's ends are timed only when it is wider than the resolution:
     # a halved interval inherits its parent's jump as its priority until its ends are timed.
     heap: list[tuple[float, int, int, int]] = []
+    pending = [0] * len(probes)  # intervals of each unit still in the heap
     for i, p in enumerate(probes):
         if p.coarse_done:
             p.complete = True
             for a, b in zip(p.grid, p.grid[1:], strict=False):
                 heapq.heappush(heap, (-(p.values[b] - p.values[a]), i, a, b))
+                pending[i] += 1
+            if not pending[i]:
+                finished(p, "steps found")
     while heap:
         jump, i, a, b = heapq.heappop(heap)
         p = probes[i]
+        pending[i] -= 1
         if b - a <= p.resolution:
+            if not pending[i]:
+                finished(p, "steps found")
             continue
         if late() and not (a in p.values and b in p.values):
             heapq.heappush(heap, (jump, i, a, b))
@@ -686,11 +699,14 @@ def _run_probes(
                     q.complete = False
             break
         if not p.splits(a, b):
+            if not pending[i]:
+                finished(p, "steps found")
             continue
         mid = (a + b) // 2
         rise = -(p.at(b) - p.at(a))
         heapq.heappush(heap, (rise, i, a, mid))
         heapq.heappush(heap, (rise, i, mid, b))
+        pending[i] += 2
 
 
 def _lowest(channels: int, min_keep: float) -> int:

@@ -265,6 +265,22 @@ def test_without_a_budget_the_probe_finds_every_step_edge(fake_clock):
         assert set(u.choices) == want, u.unit
 
 
+def test_progress_reaches_its_total_only_when_the_step_edges_are_found(fake_clock):
+    """Each unit counts twice, its coarse grid and its step edges: the bar is not full (and
+    its time left not zero) while the bisection, most of the probe's calls, still runs."""
+    seen: list[tuple[int, int, float]] = []
+    stairs = probe_staircase(
+        _wide_space(), "test-stair-latency", cache=None, noise_floor=0.01,
+        progress=lambda done, total, unit: seen.append((done, total, CLOCK[0])),
+    )  # fmt: skip
+    units = len(stairs.units)
+    assert [d for d, _, _ in seen] == list(range(1, 2 * units + 1))
+    assert {t for _, t, _ in seen} == {2 * units}
+    coarse_end = seen[units - 1][2]
+    assert coarse_end < CLOCK[0]  # calls made after the coarse grids, while the bar was not full
+    assert seen[-1][2] == CLOCK[0]  # full when the last call is made
+
+
 @pytest.mark.parametrize("budget", [0.5, 30.0, 45.0, 100.0])
 def test_a_budget_stops_the_probe_and_what_it_timed_is_kept(fake_clock, budget):
     space = _wide_space()
