@@ -273,8 +273,14 @@ def part_slow(args: argparse.Namespace, work: Path, store: dict) -> None:
 PREPARE_STAGES = ("apply", "bn", "accuracy", "export")
 TIMING_STAGE = "oracle:latency"
 PROFILE_BUDGET = "latency<=60%"
-#: (label, workers, on a local Ray)
-PROFILE_WAYS = (("1 worker", 1, False), ("2 local workers", 2, False), ("2 Ray workers", 2, True))
+#: (label, workers, on a local Ray), by the name ``--profile-ways`` gives them
+PROFILE_WAYS = {
+    "1": ("1 worker", 1, False),
+    "2": ("2 local workers", 2, False),
+    "ray": ("2 Ray workers", 2, True),
+}
+#: What the profile's rows must share to sit in one table.
+PROFILE_SETTINGS = ("model", "input_size", "data", "budget", "oracle", "searcher", "candidates")
 #: The nodes of the model's table.
 MODEL_NODES = (1, 2, 4, 8, 16)
 
@@ -366,7 +372,11 @@ def _profile_run(args: argparse.Namespace, out: Path, *, workers: int, ray: bool
     wall = time.perf_counter() - t0
     after = load1()
     stages = _profile_stages(out)
-    times = read_stage_times(out) or {"stage_seconds": {}}
+    # report.json once the run ends; RUN/stages.json, written stage by stage, where it stopped
+    # after the search (no candidate met the bound).
+    report = out / "report.json"
+    times = (json.loads(report.read_text()) if report.exists() else read_stage_times(out)) or {}
+    search_s = float(times.get("stage_seconds", {}).get("search", 0.0))
     estimate = {}
     with_estimate = out / "cost_estimate.json"
     if with_estimate.exists():
@@ -378,7 +388,7 @@ def _profile_run(args: argparse.Namespace, out: Path, *, workers: int, ray: bool
         "ray": ray,
         "candidates": len(stages),
         "keys": list(stages),
-        "search_s": float(times["stage_seconds"].get("search", 0.0)),
+        "search_s": search_s,
         "run_s": wall,
         "per_candidate": stages,
         "median_s": med,
@@ -421,8 +431,13 @@ def part_profile(args: argparse.Namespace, work: Path, store: dict) -> None:
         "rows": [],
         "notes": [],
     }
+    # Ways run before with the same settings are kept (a piecewise run adds up to one table).
+    earlier = store.get("profile") or {}
+    if all(earlier.get(k) == prof[k] for k in PROFILE_SETTINGS):
+        prof["rows"] = [r for r in earlier.get("rows", []) if r["way"] not in _labels(args)]
+        prof["notes"] = [n for n in earlier.get("notes", []) if "ray" not in args.profile_ways]
     store["profile"] = prof
-    for label, workers, on_ray in PROFILE_WAYS:
+    for label, workers, on_ray in (PROFILE_WAYS[w] for w in args.profile_ways):
         if on_ray:
             skipped = _start_ray(ray_cpus)
             if skipped:
@@ -439,12 +454,25 @@ def part_profile(args: argparse.Namespace, work: Path, store: dict) -> None:
                 ray.shutdown()
         row["way"] = label
         prof["rows"].append(row)
+        _order(prof)
         save(store)
-    base = prof["rows"][0]
+    base = prof["rows"][0] if prof["rows"] and prof["rows"][0]["workers"] == 1 else None
     for row in prof["rows"]:
-        row["same_candidates"] = row["keys"] == base["keys"]
-    prof["model_of_nodes"] = _model_table(prof, args.cores_per_node)
+        row["same_candidates"] = None if base is None else row["keys"] == base["keys"]
+    prof.pop("model_of_nodes", None)
+    if base is not None and base["candidates"]:
+        prof["model_of_nodes"] = _model_table(prof, args.cores_per_node)
     save(store)
+
+
+def _labels(args: argparse.Namespace) -> set[str]:
+    return {PROFILE_WAYS[w][0] for w in args.profile_ways}
+
+
+def _order(prof: dict) -> None:
+    """The rows in the order of ``PROFILE_WAYS`` (1 worker first: the others' reference)."""
+    rank = {label: i for i, (label, _, _) in enumerate(PROFILE_WAYS.values())}
+    prof["rows"].sort(key=lambda r: rank.get(r["way"], len(rank)))
 
 
 def _model_table(prof: dict, cores_per_node: list[int]) -> dict[str, Any]:
@@ -506,13 +534,13 @@ def _profile_md(prof: dict) -> list[str]:
              f"prepare = surgery + BN + score + export, timing = the oracle's call, medians per "
              f"candidate; cores {prof['cores']}, Ray with {prof['ray_cpus']} CPUs:\n"]  # fmt: skip
     rows = prof.get("rows", [])
-    base = rows[0]["search_s"] if rows else 0.0
+    base = rows[0]["search_s"] if rows and rows[0]["workers"] == 1 else 0.0
     table = []
     for r in rows:
         m = r["median_s"]
         table.append([
             r["way"], f"{r['search_s']:.1f}", f"{r['search_s'] / max(1, r['candidates']):.1f}",
-            f"{base / r['search_s']:.2f}x" if r["search_s"] else "-",
+            f"{base / r['search_s']:.2f}x" if base and r["search_s"] else "-",
             f"{m.get('prepare', 0):.2f} ({m.get('apply', 0):.2f} / {m.get('bn', 0):.2f} / "
             f"{m.get('accuracy', 0):.2f} / {m.get('export', 0):.2f})",
             f"{m.get('timing', 0):.2f}",
@@ -523,6 +551,9 @@ def _profile_md(prof: dict) -> list[str]:
         ["way", "search (s)", "s per candidate", "speed-up", "prepare s (surgery / BN / score / "
          "export)", "timing s", "same candidates", "load average", "plan"], table))  # fmt: skip
     parts += [f"\n{note}" for note in prof.get("notes", [])]
+    if any(r.get("ray") for r in rows):
+        parts.append("\nA Ray worker loads the run's model and task at its first task, inside "
+                     "the search; local workers load them when they start, before it.")  # fmt: skip
     model = prof.get("model_of_nodes")
     if not model:
         return parts
@@ -550,7 +581,9 @@ def _profile_md(prof: dict) -> list[str]:
                      f"{pred['1']:.1f} s with W = 1 (the timing device's own core leaves the "
                      f"workers one) and {pred['2']:.1f} s with W = 2 (nothing reserved)")  # fmt: skip
     parts.append("\nOn this machine, search of "
-                 f"{prof['candidates']} candidates: " + "; ".join(lines) + ".")  # fmt: skip
+                 f"{prof['candidates']} candidates: " + "; ".join(lines) + ". `random` "
+                 "proposes as many candidates as there are workers and waits for the batch, so "
+                 "a timing overlaps preparation only within a batch.")  # fmt: skip
     return parts
 
 
@@ -640,6 +673,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-input-size", type=int, default=224, help="(default: %(default)s)")
     p.add_argument("--profile-candidates", type=int, default=4, help="(default: %(default)s)")
     p.add_argument("--profile-seed", type=int, default=0, help="the random searcher's seed")
+    p.add_argument(
+        "--profile-ways",
+        nargs="+",
+        choices=tuple(PROFILE_WAYS),
+        default=list(PROFILE_WAYS),
+        help="1 worker, 2 local workers, 2 Ray workers (default: all; rows stored before with "
+        "the same settings are kept)",
+    )
     p.add_argument(
         "--cores-per-node",
         type=int,
