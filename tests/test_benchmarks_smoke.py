@@ -646,3 +646,82 @@ def test_proxy_study_tables_the_settled_and_raced_variants_where_every_row_has_t
     assert by[RACED]["seconds"] == 1.0
     del rows[0]["proxies"][RACED]  # a variant missing on one row is not tabled
     assert RACED not in {s["proxy"] for s in summarise(rows)}
+
+
+def test_parallel_node_model_paces_a_candidate_by_the_slower_of_preparation_and_timing() -> None:
+    from benchmarks.parallel import node_model, node_slots, predicted_search_seconds
+
+    # P = 60 s to prepare, T = 3 s to time, 0.5 s of the searcher's own per candidate.
+    one = node_model(prepare=60.0, timing=3.0, slots=1, overhead=0.5)
+    assert one["seconds_per_candidate"] == pytest.approx(60.5)  # max(60, 3) + 0.5
+    assert one["speedup"] == pytest.approx(63.5 / 60.5)  # one process: 60 + 3 + 0.5
+    assert one["saturation_slots"] == pytest.approx(20.0) and not one["timing_bound"]
+    ten = node_model(prepare=60.0, timing=3.0, slots=10, overhead=0.5)
+    assert ten["seconds_per_candidate"] == pytest.approx(6.5)  # 60 / 10 + 0.5
+    # Past P / T = 20 slots the timing device sets the pace: 40 slots buy what 20 buy.
+    forty = node_model(prepare=60.0, timing=3.0, slots=40, overhead=0.5)
+    twenty = node_model(prepare=60.0, timing=3.0, slots=20, overhead=0.5)
+    assert forty["seconds_per_candidate"] == twenty["seconds_per_candidate"] == pytest.approx(3.5)
+    assert forty["timing_bound"] and forty["speedup"] == pytest.approx(63.5 / 3.5)
+    # The timing device keeps a core on its node: 2 nodes of 16 cores prepare on 31 slots.
+    assert node_slots(nodes=2, cores_per_node=16) == 31
+    assert node_slots(nodes=1, cores_per_node=2) == 1 and node_slots(nodes=1, cores_per_node=1) == 1
+    # 4 candidates on 2 slots: 4 x max(30, 3) and the first timing, which nothing overlaps.
+    assert predicted_search_seconds(prepare=60.0, timing=3.0, slots=2, candidates=4) == 123.0
+    with pytest.raises(ValueError):
+        node_model(prepare=60.0, timing=3.0, slots=0)
+
+
+def test_parallel_profile_tables_the_model_of_nodes_from_the_one_worker_row() -> None:
+    from benchmarks.parallel import _model_table, _profile_md
+
+    def row(way: str, workers: int, search: float) -> dict:
+        med = {"apply": 1.0, "bn": 26.0, "accuracy": 32.0, "export": 1.0, "prepare": 60.0,
+               "timing": 3.0, "total": 63.0}  # fmt: skip
+        return {"way": way, "workers": workers, "candidates": 4, "search_s": search,
+                "median_s": med, "overhead_per_candidate_s": -0.2, "keys": ["a", "b"],
+                "same_candidates": True, "load_before": 1.0, "load_after": 2.0,
+                "plan": ""}  # fmt: skip
+
+    prof = {"model": "resnet50", "input_size": 224, "data": "digits", "candidates": 4,
+            "searcher": "random, seed 0", "budget": "latency<=60%", "oracle": "ort",
+            "cores": [0, 1], "ray_cpus": 2, "notes": [],
+            "rows": [row("1 worker", 1, 252.0), row("2 local workers", 2, 243.0)]}  # fmt: skip
+    model = _model_table(prof, [2, 16])
+    assert model["overhead_s"] == 0.0  # a negative remainder is no overhead
+    assert model["saturation_slots"] == pytest.approx(20.0)
+    # W = N x c - 1 >= 20: 11 nodes of 2 cores, 2 nodes of 16.
+    assert model["saturation_nodes"] == {"2": 11, "16": 2}
+    assert len(model["rows"]) == 10
+    by = {(r["nodes"], r["cores_per_node"]): r for r in model["rows"]}
+    assert by[(1, 2)]["seconds_per_candidate"] == pytest.approx(60.0)  # one slot left
+    assert by[(16, 16)]["seconds_per_candidate"] == pytest.approx(3.0)  # timing-bound
+    (two,) = model["two_workers"]
+    assert two["predicted_search_s"] == {"1": pytest.approx(243.0), "2": pytest.approx(123.0)}
+    prof["model_of_nodes"] = model
+    text = "\n".join(_profile_md(prof))
+    assert "W* = P / T = 20.0 slots" in text and "| 16 | 16 | 255 | 3.00 | 21.00x | yes |" in text
+
+
+@pytest.mark.slow
+def test_parallel_profile_quick_times_the_same_candidates_three_ways(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import _common, parallel
+
+    monkeypatch.setattr(_common, "QUICK_DIR", tmp_path / "quick")
+    argv = ["--part", "profile", "--quick", "--work", str(tmp_path / "work")]
+    assert parallel.main(argv) == 0
+    prof = json.loads((tmp_path / "quick" / "parallel.json").read_text())["results"]["profile"]
+    ways = [r["way"] for r in prof["rows"]]
+    assert ways[:2] == ["1 worker", "2 local workers"]
+    # The Ray row, or the one line that says why it is missing.
+    assert ways[2:] == ["2 Ray workers"] or prof["notes"][0].startswith("Ray row skipped")
+    for r in prof["rows"]:
+        assert r["candidates"] == 2 and r["same_candidates"] and r["search_s"] > 0
+        m = r["median_s"]
+        assert m["prepare"] == pytest.approx(sum(m[s] for s in parallel.PREPARE_STAGES))
+        assert m["bn"] > 0 and m["accuracy"] > 0 and m["timing"] > 0
+    assert len(prof["model_of_nodes"]["rows"]) == 10
+    md = (tmp_path / "quick" / "RESULTS.md").read_text()
+    assert "A large model's cost profile" in md and "Model of N nodes" in md
