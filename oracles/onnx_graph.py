@@ -309,16 +309,26 @@ def infer_shapes(
 def _infer(proto: Any, resolved: Mapping[str, tuple[int, ...]]) -> dict[str, _TensorInfo]:
     skeleton = _skeleton(proto, resolved)
     infos = _infer_skeleton(skeleton)
-    if any(infos.get(o) is None or infos[o].dims is None for n in skeleton.graph.node
-           for o in n.output if o):  # fmt: skip
-        # ONNX's data propagation stops at Where, Equal, ConstantOfShape...: an Expand whose
-        # target is computed from constants and the input's shape (BERT's token type ids
-        # broadcast to the batch) loses the batch dimension. Those values are known once the
-        # input shapes are: fold them and infer again.
+    # ONNX's data propagation stops at Where, Equal, ConstantOfShape...: an Expand whose
+    # target is computed from constants and the input's shape (BERT's token type ids
+    # broadcast to the batch) loses the batch dimension. Those values are known once the
+    # input shapes are: fold them and infer again. A shape read from a tensor whose own shape
+    # was only found that way (a Swin block's window partition, reshaped twice) folds in the
+    # next round, so rounds repeat while one folds something.
+    for _ in range(_FOLD_ROUNDS):
+        if all(infos.get(o) is not None and infos[o].dims is not None
+               for n in skeleton.graph.node for o in n.output if o):  # fmt: skip
+            break
         folded = _fold_constants(skeleton, infos)
-        if folded is not None:
-            infos = {**infos, **_infer_skeleton(folded)}
+        if folded is None:
+            break
+        skeleton = folded
+        infos = {**infos, **_infer_skeleton(folded)}
     return infos
+
+
+#: Most rounds of folding and inference (each round folds what the last one sized).
+_FOLD_ROUNDS = 16
 
 
 #: Largest constant (elements) computed while folding: shape arithmetic, never activations.
@@ -662,11 +672,13 @@ def _need(
             "onnxruntime:cpu), or pass the model without its post-processing (the backbone and "
             "head whose outputs feed it)"
         )
+    # Every input's shape is fixed by now (resolve_input_shapes refuses a symbolic one), so
+    # the gap is ONNX shape inference's, even after folding the shape arithmetic: say so,
+    # and what measures the model instead.
     raise MeasurementFailedError(
-        f"shape inference could not find the static shape of {name!r} ({where}); the static "
-        "oracles need every tensor's shape to be fixed by the input shapes: pass every input's "
-        "shape (input_shapes, --input-shape NAME=1x3x224x224) or export the model with fixed "
-        "shapes"
+        f"ONNX shape inference could not work out the shape of {name!r} ({where}) from the "
+        "fixed input shapes, even with the shape arithmetic folded; the static oracles cannot "
+        "count this model: budget it with a timed oracle (e.g. latency on onnxruntime:cpu)"
     )
 
 

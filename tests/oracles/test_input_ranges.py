@@ -85,3 +85,40 @@ def test_flops_see_an_expand_whose_target_is_computed_from_constants():
     assert count_macs(m, {"x": (3, 16, 8)}).total == 3 * 16 * 4 * 8
     flops = oracles.get_oracle("flops").measure(m, input_shapes={"x": (3, 16, 8)})
     assert flops.value == 3 * 16 * 4 * 8
+
+
+def _windowed(src: str, dst: str, axis_size: int, rows: int) -> list:
+    """``dst`` = ``src`` reshaped to (rows, -1), ``rows`` chosen by Where(Equal(...)) on the
+    size of ``src``'s axis 1: data propagation stops at Where, so the shape is found only by
+    folding once ``src``'s own shape is known."""
+
+    def const(name: str, value: list[int]) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [name],
+                                value=numpy_helper.from_array(np.array(value, np.int64)))  # fmt: skip
+
+    return [
+        helper.make_node("Shape", [src], [f"{dst}_shape"]),
+        const(f"{dst}_one", [1]),
+        helper.make_node("Gather", [f"{dst}_shape", f"{dst}_one"], [f"{dst}_n"], axis=0),
+        const(f"{dst}_want", [axis_size]),
+        helper.make_node("Equal", [f"{dst}_n", f"{dst}_want"], [f"{dst}_eq"]),
+        const(f"{dst}_rows", [rows]),
+        const(f"{dst}_none", [1]),
+        helper.make_node("Where", [f"{dst}_eq", f"{dst}_rows", f"{dst}_none"], [f"{dst}_r"]),
+        const(f"{dst}_rest", [-1]),
+        helper.make_node("Concat", [f"{dst}_r", f"{dst}_rest"], [f"{dst}_target"], axis=0),
+        helper.make_node("Reshape", [src, f"{dst}_target"], [dst]),
+    ]
+
+
+def test_flops_see_a_shape_read_from_a_tensor_sized_only_by_folding():
+    # A Swin block's window partition: a reshape whose target is computed from the input's
+    # shape through Where, then a second one computed from the first's output. The first
+    # folding round sizes the first reshape; its output's shape folds in the next round.
+    nodes = [*_windowed("x", "y", 6, 3), *_windowed("y", "z", 16, 12),
+             helper.make_node("MatMul", ["z", "w"], ["out"])]  # fmt: skip
+    m = make_model(nodes, inputs=[("x", [2, 6, 4], TensorProto.FLOAT)],
+                   outputs=[("out", TensorProto.FLOAT)],
+                   initializers=[numpy_helper.from_array(np.ones((4, 5), np.float32), "w")])  # fmt: skip
+    # x (2, 6, 4) -> y (3, 16) -> z (12, 4) -> out (12, 5): 12 * 5 outputs of 4 MACs each.
+    assert count_macs(m).total == 12 * 5 * 4
