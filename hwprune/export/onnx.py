@@ -208,13 +208,22 @@ def _traced(model, inputs: ExampleInputs, *, opset: int, allow_trace_warnings: b
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         raise ExportError(
             f"cannot export {type(model).__name__} to ONNX opset {opset}: {what} is not "
-            f"supported ({first}){_HINTS.get(op or '', '')}"
+            f"supported ({first}){_HINTS.get(op or '', '')}{_opset_hint(str(exc), int(opset))}"
         ) from exc
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
         module.train(was_training)
     _judge_trace(watch.found, caught, allow=allow_trace_warnings)
     return buffer.getvalue()
+
+
+def _opset_hint(message: str, opset: int) -> str:
+    """Where the exporter says a later opset has the operator, how to ask for it."""
+    found = re.search(r"added in (?:opset )?version (\d+)", message)
+    if found is None or int(found.group(1)) <= opset:
+        return ""
+    n = int(found.group(1))
+    return f"; opset {n} has it: pass --opset {n} (opset={n} in the library)"
 
 
 def _checked(data: bytes, inputs: ExampleInputs, *, check: bool, fold_shapes: bool) -> bytes:

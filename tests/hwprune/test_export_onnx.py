@@ -74,6 +74,23 @@ def test_unsupported_operator_is_named():
         export_onnx(_FFT(), input_shape=(1, 3, 8, 8))
 
 
+class _Fold(nn.Module):
+    """col2im: ONNX has it from opset 18."""
+
+    def forward(self, x):
+        return nn.functional.fold(x, output_size=(4, 4), kernel_size=2)
+
+
+def test_an_operator_a_later_opset_has_names_the_opset_to_ask_for():
+    with pytest.raises(ExportError, match="col2im") as info:
+        export_onnx(_Fold(), input_shape=(1, 12, 9), opset=17)
+    assert "pass --opset 18 (opset=18 in the library)" in str(info.value)
+    assert onnx.load_from_string(export_onnx(_Fold(), input_shape=(1, 12, 9), opset=18))
+    with pytest.raises(ExportError) as info:  # no later opset named: no hint
+        export_onnx(_FFT(), input_shape=(1, 3, 8, 8))
+    assert "--opset" not in str(info.value)
+
+
 def test_bad_arguments():
     with pytest.raises(ExportError, match="input_shape"):
         export_onnx(_net(), input_shape=(1, 0, 8, 8))
