@@ -356,6 +356,7 @@ def run_model(
 #: settle (at most 8, ``bn_settle``), and that score raced (``hwprune.evaluate.racing``) in
 #: candidate order against the best one so far (every candidate here is feasible).
 SETTLED, RACED = "bn settled (accuracy)", "bn settled + raced (accuracy)"
+RACED_SIGNAL = "bn settled + raced, size at chance (the raced search signal)"
 SETTLE, SETTLE_BATCHES, SETTLE_BATCH = 0.05, 8, 32
 
 
@@ -376,7 +377,16 @@ def score_variants(name: str, width: float, args: argparse.Namespace, rows: comm
     from hwprune.train import accuracy, reestimate_bn
 
     data = _data(args)
-    dense, _, _ = dense_model(name, width, data, args)
+    dense, _, meta = dense_model(name, width, data, args)
+    # The stored candidates were fine-tuned from one dense model; one trained again elsewhere
+    # (its checkpoint's bytes differ by the time it took) must be that model for their
+    # variants to rank the same candidates: its test accuracy on the same images must match.
+    stored_dense = {row.get("dense_test_accuracy") for row in done}
+    if done and stored_dense != {meta.get("test_accuracy")}:
+        log.warning("%s: the dense model here (test accuracy %s) is not the one the stored "
+                    "candidates were fine-tuned from (%s): variants not scored",
+                    name, meta.get("test_accuracy"), sorted(map(str, stored_dense)))  # fmt: skip
+        return list(done)
     space = ChannelSpace(dense, example_input_shape=(1, 3, 32, 32), round_to=1, min_keep=MIN_KEEP)
     calib = _subset(data.train, SETTLE_BATCHES * SETTLE_BATCH, seed=3)
     search = _subset(data.search, SEARCH_IMAGES, seed=4)
@@ -476,6 +486,14 @@ def summarise(done: Sequence[dict], floor: dict | None = None) -> list[dict[str,
         if all(variant in r["proxies"] for r in done):
             series[variant] = ([r["proxies"][variant]["value"] for r in done],
                                [r["proxies"][variant]["seconds"] for r in done])  # fmt: skip
+    if floor is not None and all(RACED in r["proxies"] for r in done):
+        # What a search with --proxy-racing --bn-settle ranks by: the raced score, its
+        # candidates at chance scored by their size as the search signal does.
+        series[RACED_SIGNAL] = (
+            [search_signal(r["proxies"][RACED]["value"], r["params"], floor=floor["floor"],
+                           dense_params=floor["dense_params"]) for r in done],
+            [r["proxies"][RACED]["seconds"] for r in done],
+        )  # fmt: skip
     for recover in recovers:
         seconds = [r["proxies"][recover]["seconds"] for r in done]
         series[f"{recover} (-KD loss)"] = ([r["proxies"][recover]["value"] for r in done], seconds)

@@ -628,7 +628,7 @@ def test_proxy_cost_times_both_recipes_on_the_same_candidates(
 
 
 def test_proxy_study_tables_the_settled_and_raced_variants_where_every_row_has_them() -> None:
-    from benchmarks.proxy_study import RACED, SETTLED, summarise
+    from benchmarks.proxy_study import RACED, RACED_SIGNAL, SETTLED, summarise
 
     def row(bn: float, settled: float, raced: float, acc: float) -> dict:
         proxies = {
@@ -644,6 +644,13 @@ def test_proxy_study_tables_the_settled_and_raced_variants_where_every_row_has_t
     by = {s["proxy"]: s for s in summarise(rows)}
     assert by[SETTLED]["spearman"] == pytest.approx(1.0) and by[SETTLED]["seconds"] == 2.0
     assert by[RACED]["seconds"] == 1.0
+    # With the chance floor, the raced score as the search ranks it: a candidate at or below
+    # the floor is scored by its size (the larger model first, whatever its raced score).
+    rows[2]["params"], rows[0]["params"] = 5, 20
+    floor = {"floor": 0.65, "dense_params": 40}
+    by = {s["proxy"]: s for s in summarise(rows, floor)}
+    assert by[RACED_SIGNAL]["seconds"] == 1.0
+    assert by[RACED_SIGNAL]["spearman"] < by[RACED]["spearman"] == pytest.approx(1.0)
     del rows[0]["proxies"][RACED]  # a variant missing on one row is not tabled
     assert RACED not in {s["proxy"] for s in summarise(rows)}
 
