@@ -691,12 +691,7 @@ def _run_probes(
             continue
         if late() and not (a in p.values and b in p.values):
             heapq.heappush(heap, (jump, i, a, b))
-            for _, j, c, d in heap:  # a jump still waiting (no call: an interval with an end
-                q = probes[j]  # not timed yet counts as one)
-                if d - c > q.resolution and (
-                    c not in q.values or d not in q.values or q.splits(c, d)
-                ):
-                    q.complete = False
+            _mark_unfinished(heap, probes)
             break
         if not p.splits(a, b):
             if not pending[i]:
@@ -707,6 +702,15 @@ def _run_probes(
         heapq.heappush(heap, (rise, i, a, mid))
         heapq.heappush(heap, (rise, i, mid, b))
         pending[i] += 2
+
+
+def _mark_unfinished(heap: list[tuple[float, int, int, int]], probes: list[_UnitProbe]) -> None:
+    """At the deadline: every unit with a jump still waiting is not complete (no call: an
+    interval with an end not timed yet counts as one)."""
+    for _, j, c, d in heap:
+        q = probes[j]
+        if d - c > q.resolution and (c not in q.values or d not in q.values or q.splits(c, d)):
+            q.complete = False
 
 
 def _lowest(channels: int, min_keep: float) -> int:
