@@ -55,7 +55,6 @@ one log line and in the report.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -77,6 +76,8 @@ __all__ = ["LatencyKnapsackSearch", "unit_options", "knapsack_section"]
 _PARAM_LIKE = ("params", "weight-memory")
 #: Options per unit above which the dominance filter is skipped (its cost grows as n^2).
 _DOMINANCE_LIMIT = 1024
+#: Whole-model measurements of the bound's correction, by default (after the smallest model).
+STEPS = 8
 #: Pure re-solves tried for a bound that gives a solution not measured yet.
 _RESOLVE_TRIES = 24
 #: How a unit's kept channels are valued (see ``LatencyKnapsackSearch._values``).
@@ -132,7 +133,7 @@ class LatencyKnapsackSearch(Searcher):
         *,
         seed: int = 0,
         staircase: Any = None,
-        steps: int = 8,
+        steps: int = STEPS,
         window: float = 0.95,
         bins: int = 4096,
         value: str = "log",
@@ -265,17 +266,8 @@ class LatencyKnapsackSearch(Searcher):
         log.info("latency-knapsack repair: the bounds scaled by %.3f", limit)
         if run.low[run.primary] < self.window * run.bounds[run.lead.name]:
             run.correct(floor)
-        fits = [
-            c for c in run.calls
-            if c["key"] not in tried
-            and all(c["measured"][n] <= run.bounds[n] for n in run.bounds)
-            and c.get("confirmed", c["measured"][run.lead.name])
-            * (1.0 + c.get("confirm_spread", 0.0)) <= run.bounds[run.lead.name]
-        ]  # fmt: skip
-        if not fits:
-            return None
-        best = max(fits, key=lambda c: c["measured"][run.lead.name])
-        return evaluator.outcome(best["key"])
+        key = run.best_key(exclude=tried)
+        return evaluator.outcome(key) if key is not None else None
 
     @staticmethod
     def _fresh(
@@ -355,8 +347,7 @@ class LatencyKnapsackSearch(Searcher):
     def candidates_at_most(cls, evaluations: int) -> int:
         """The smallest model and at most ``steps`` (default 8) solutions: it stops once one
         is in its window."""
-        default = inspect.signature(cls.__init__).parameters["steps"].default
-        return min(int(evaluations), 1 + int(default))
+        return min(int(evaluations), 1 + STEPS)
 
 
 class _KnapsackRun:
@@ -462,13 +453,16 @@ class _KnapsackRun:
                  float(self.lead.bound))  # fmt: skip
         return value, spread
 
-    def best_key(self) -> str | None:
-        """Without a solution in the window, the largest feasible one measured: confirmed with
-        the margin its calls spread over, else on one call (the final choice confirms it)."""
+    def best_key(self, *, exclude: set[str] | frozenset[str] = frozenset()) -> str | None:
+        """The largest solution measured within every bound of this run (a repair's are scaled)
+        and not in ``exclude``: confirmed with the margin its calls spread over, else on one
+        call (the final choice confirms it). Without a solution in the window, the answer."""
         name, bound = self.lead.name, self.bounds[self.lead.name]
 
         def value(c: dict[str, Any]) -> float | None:
-            if not c["feasible"]:
+            if c["key"] in exclude or not c["feasible"]:
+                return None
+            if any(c["measured"][n] > b for n, b in self.bounds.items()):
                 return None
             if "confirmed" in c:
                 ok = c["confirmed"] * (1.0 + c.get("confirm_spread", 0.0)) <= bound

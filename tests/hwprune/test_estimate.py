@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from hwprune.progress import ProgressEvent, remaining_seconds
 from hwprune.agents import SEARCHERS
+from hwprune.progress import ProgressEvent, remaining_seconds
 from hwprune.run.estimate import STAGES, plan_seconds
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -161,9 +161,10 @@ def space(data):
                         min_keep=0.1)  # fmt: skip
 
 
-def evaluator(space, data, budgets, *, log_path=None) -> Evaluator:
+def evaluator(space, data, budgets, *, log_path=None,
+              oracle: str = "test-overhead-latency") -> Evaluator:  # fmt: skip
     ev = Evaluator(space=space, data=data,
-                   constraints=bind_constraints(budgets, oracles={"latency": "test-overhead-latency"}),
+                   constraints=bind_constraints(budgets, oracles={"latency": oracle}),
                    bn_batches=1, bn_batch_size=32, max_eval_samples=64,
                    log_path=log_path)  # fmt: skip
     ev.calibrate()
@@ -232,11 +233,7 @@ def test_a_solution_one_call_puts_in_the_window_is_accepted_on_its_re_measuremen
     """The window is judged as the final proof will judge the shipped model: a solution whose
     single call lands in the window but whose fresh median is under it is not accepted."""
     FirstCallHigh.seen.clear()
-    ev = Evaluator(space=space, data=data,
-                   constraints=bind_constraints(["latency<=45%"],
-                                                oracles={"latency": "test-first-call-high-latency"}),
-                   bn_batches=1, bn_batch_size=32, max_eval_samples=64)  # fmt: skip
-    ev.calibrate()
+    ev = evaluator(space, data, ["latency<=45%"], oracle="test-first-call-high-latency")
     bound = ev.constraints[0].bound
     searcher = get_searcher("latency-knapsack", staircase=additive_staircase(space))
     k = searcher.search(space=space, evaluator=ev, evaluations=20, confirm=0).extra["knapsack"]
@@ -272,11 +269,7 @@ def test_the_window_leaves_the_margin_the_re_measurement_spreads_over(space, dat
     """A solution whose fresh median sits within the calls' own spread of the bound may read
     over it on the final proof: it is not accepted, and the answer keeps that margin."""
     SpreadCalls.calls.clear()
-    ev = Evaluator(space=space, data=data,
-                   constraints=bind_constraints(["latency<=45%"],
-                                                oracles={"latency": "test-spread-latency"}),
-                   bn_batches=1, bn_batch_size=32, max_eval_samples=64)  # fmt: skip
-    ev.calibrate()
+    ev = evaluator(space, data, ["latency<=45%"], oracle="test-spread-latency")
     bound = ev.constraints[0].bound
     searcher = get_searcher("latency-knapsack", staircase=additive_staircase(space))
     result = searcher.search(space=space, evaluator=ev, evaluations=20, confirm=0)
