@@ -9,6 +9,7 @@ evaluation budget is spent. All are seeded and deterministic given the seed.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -55,6 +56,10 @@ def _positive(name: str, value: Any, *, upper: float | None = None) -> float:
     return v
 
 
+#: The bisection searchers' default width of the final interval (``tolerance``).
+TOLERANCE = 0.005
+
+
 def bisect_largest_feasible(
     make_policy: Callable[[float], Any],
     evaluate: BudgetedEvaluator,
@@ -62,7 +67,7 @@ def bisect_largest_feasible(
     space: Any,
     lo: float,
     hi: float,
-    tolerance: float = 0.005,
+    tolerance: float = TOLERANCE,
     width: int = 1,
 ) -> Outcome | None:
     """Largest x in [lo, hi] whose policy ``make_policy(x)`` is feasible, by bisection.
@@ -125,6 +130,13 @@ def bisect_largest_feasible(
             best = found.get(x, best)
     log.info("bisection: largest feasible x=%.4g (interval %.4g..%.4g)", lo, lo, hi)
     return best
+
+
+def bisection_evaluations(tolerance: float, *, span: float = 1.0) -> int:
+    """The most candidates :func:`bisect_largest_feasible` evaluates one at a time over an
+    interval ``span`` wide: both ends, then one midpoint per halving until the interval is
+    narrower than ``tolerance``."""
+    return 2 + max(0, math.ceil(math.log2(span / tolerance)))
 
 
 def uniform_anchor(
@@ -261,9 +273,14 @@ class UniformSearch(Searcher):
 
     name = "uniform"
 
-    def __init__(self, *, seed: int = 0, tolerance: float = 0.005, **options: Any) -> None:
+    def __init__(self, *, seed: int = 0, tolerance: float = TOLERANCE, **options: Any) -> None:
         super().__init__(seed=seed, **options)
         self.tolerance = _positive("tolerance", tolerance, upper=1.0)
+
+    @classmethod
+    def candidates_at_most(cls, evaluations: int) -> int:
+        """Both ends of the keep interval and one midpoint per halving (default tolerance)."""
+        return min(int(evaluations), bisection_evaluations(TOLERANCE))
 
     def _run(self, space: Any, evaluate: BudgetedEvaluator, *, checkpoint_dir: Path | None) -> None:
         self.extra["keep"] = uniform_anchor(
@@ -422,13 +439,18 @@ class GlobalMagnitudeSearch(Searcher):
     name = "global-magnitude"
 
     def __init__(
-        self, *, seed: int = 0, tolerance: float = 0.005, p: int = 2, **options: Any
+        self, *, seed: int = 0, tolerance: float = TOLERANCE, p: int = 2, **options: Any
     ) -> None:
         super().__init__(seed=seed, **options)
         self.tolerance = _positive("tolerance", tolerance, upper=1.0)
         if p not in (1, 2):
             raise ConfigError(f"p must be 1 or 2 (the magnitude norm), got {p!r}")
         self.p = int(p)
+
+    @classmethod
+    def candidates_at_most(cls, evaluations: int) -> int:
+        """Both ends of the kept fraction and one midpoint per halving (default tolerance)."""
+        return min(int(evaluations), bisection_evaluations(TOLERANCE))
 
     def _run(self, space: Any, evaluate: BudgetedEvaluator, *, checkpoint_dir: Path | None) -> None:
         min_keep = float(space.min_keep)

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -44,12 +45,40 @@ def test_time_left_comes_from_the_estimate_until_a_candidate_is_measured() -> No
 
 
 def test_a_searcher_that_stops_by_its_own_rule_is_estimated_at_its_own_count() -> None:
-    """latency-knapsack measures the smallest model and at most 8 solutions, whatever
-    --evaluations says; the others propose every evaluation."""
+    """latency-knapsack measures the smallest model and at most 8 solutions, the bisection
+    searchers both ends and 8 halvings, whatever --evaluations says; the RL agents propose
+    every evaluation."""
     assert SEARCHERS.get("latency-knapsack").candidates_at_most(60) == 9
     assert SEARCHERS.get("latency-knapsack").candidates_at_most(4) == 4
     assert SEARCHERS.get("knapsack-ppo").candidates_at_most(60) == 60
-    assert SEARCHERS.get("uniform").candidates_at_most(60) == 60
+    assert SEARCHERS.get("uniform").candidates_at_most(60) == 10
+    assert SEARCHERS.get("global-magnitude").candidates_at_most(60) == 10
+    assert SEARCHERS.get("global-magnitude").candidates_at_most(6) == 6
+
+
+@pytest.mark.parametrize("threshold", [0.0031, 0.2, 0.6173, 0.9999])
+def test_the_bisection_never_evaluates_more_than_its_estimate(threshold: float) -> None:
+    from hwprune.agents.baselines import TOLERANCE, bisect_largest_feasible, bisection_evaluations
+
+    asked: list[float] = []
+
+    class Line:  # a budget on x itself: every x is its own shape
+        budget, used, exhausted = 100, 0, False
+
+        def __call__(self, x: float) -> SimpleNamespace:
+            asked.append(x)
+            return SimpleNamespace(feasible=x <= threshold, key=f"{x:.6f}", policy=x)
+
+        def evaluate_many(self, xs: list[float]) -> list[SimpleNamespace]:
+            return [self(x) for x in xs]
+
+        def shape_key(self, x: float) -> str:
+            return f"{x:.6f}"
+
+    line = Line()
+    best = bisect_largest_feasible(lambda x: x, line, space=line, lo=0.0, hi=1.0)
+    assert best.feasible and threshold - TOLERANCE <= best.policy <= threshold
+    assert len(asked) <= bisection_evaluations(TOLERANCE) == 10
 
 
 @pytest.mark.slow
