@@ -89,6 +89,8 @@ PEERS = (*TP_PEERS, MODELOPT)
 BISECT_STEPS = 8
 #: The smallest model a peer may build keeps 10% (prune_row's min_keep for hwprune's rows).
 MIN_KEEP = 0.1
+#: Knob values a Torch-Pruning peer is built at to order its models by size (size_ladder).
+LADDER_POINTS = 91
 #: Fresh calls whose median confirms a peer's choice (hwprune's verification takes 3).
 CONFIRM_CALLS = 3
 TIMING_ROUNDS = 5
@@ -283,6 +285,45 @@ def _params(module: Any) -> int:
     return int(sum(p.numel() for p in module.parameters()))
 
 
+def size_ladder(
+    build: Callable[[float], Any],
+    *,
+    input_shape: Sequence[int],
+    lo: float = MIN_KEEP,
+    hi: float = 1.0,
+    points: int = LADDER_POINTS,
+) -> list[float]:
+    """Knob values whose models grow strictly in MACs, from the smallest model the knob builds.
+
+    Torch-Pruning's knob is not monotone: ``round_to`` rounds a layer's kept channels down
+    to a multiple and leaves the layer whole when that is 0, so on ResNet-32 with
+    ``round_to=8`` a pruning ratio of 0.9 prunes nothing while 0.5 halves every layer. The
+    knob is built at ``points`` evenly spaced values (surgery and a MACs count only, no
+    timing); of the models with the same channel counts the largest knob value stands for
+    them; they are ordered by MACs (then parameters), and a model that is not larger than
+    one already kept is dropped, so bisection over the ladder's index is bisection over size.
+    """
+    import torch
+    import torch_pruning as tp
+
+    example = torch.zeros(1, *(int(s) for s in input_shape))
+    models: dict[tuple[int, ...], tuple[float, float, int]] = {}
+    for i in range(points):
+        keep = lo + (hi - lo) * i / (points - 1)
+        net = build(keep)
+        shape = tuple(int(getattr(m, "out_channels", getattr(m, "out_features", 0)))
+                      for m in net.modules() if hasattr(m, "weight"))  # fmt: skip
+        macs, params = tp.utils.count_ops_and_params(net, example)
+        models[shape] = (keep, float(macs), int(params))  # the largest knob value of the shape
+    ladder: list[float] = []
+    last = (-1.0, -1)
+    for keep, macs, params in sorted(models.values(), key=lambda m: (m[1], m[2])):
+        if (macs, params) > last and macs >= last[0] and params >= last[1]:
+            ladder.append(keep)
+            last = (macs, params)
+    return ladder
+
+
 def bisect_keep(
     build: Callable[[float], Any],
     measure: Callable[[Any], float],
@@ -292,14 +333,18 @@ def bisect_keep(
     hi: float = 1.0,
     steps: int = BISECT_STEPS,
     confirm: Callable[[Any], float] | None = None,
+    ladder: Sequence[float] | None = None,
 ) -> Bisection:
     """The largest model ``build(keep)`` whose measured latency is within ``bound``.
 
     ``keep`` grows with the model (1 - Torch-Pruning's ratio, FastNAS's FLOPs fraction);
     ``hi`` is taken to miss the bound (the dense model). Probes ``lo`` first, then halves
     the interval between the largest probe that met the bound and the smallest that missed
-    (``steps`` probes in all). Of the probes that met it, the one with the most parameters
-    is confirmed by ``confirm`` (fresh calls); one it fails falls back to the next.
+    (``steps`` probes in all). ``ladder`` (:func:`size_ladder`: knob values in the order of
+    their models' size): the same over the ladder's index, from its first (smallest) model,
+    stopping early once two neighbours bracket the bound. Of the probes that met it, the one
+    with the most parameters is confirmed by ``confirm`` (fresh calls); one it fails falls
+    back to the next.
     """
     trace: list[dict[str, Any]] = []
     built: dict[float, tuple[Any, float]] = {}
@@ -311,12 +356,15 @@ def bisect_keep(
         trace.append({"keep": keep, "ms": ms, "params": _params(module), "met": ms <= bound})
         return ms <= bound
 
-    if not probe(lo):
+    at = (lambda x: x) if ladder is None else (lambda i: ladder[int(i)])  # noqa: E731
+    if not probe(at(lo if ladder is None else 0)):
         return Bisection(keep=None, module=None, latency_ms=None, trace=trace)
-    met, missed = lo, hi
+    met, missed = (lo, hi) if ladder is None else (0, len(ladder))
     for _ in range(steps - 1):
-        mid = (met + missed) / 2
-        if probe(mid):
+        if ladder is not None and missed - met <= 1:
+            break
+        mid = (met + missed) / 2 if ladder is None else (met + missed) // 2
+        if probe(at(mid)):
             met = mid
         else:
             missed = mid
@@ -488,26 +536,30 @@ def peer_row(cell: Cell, peer: Peer, *, run_dir: Path, steps: int = BISECT_STEPS
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
+    ladder = None
+    t0 = time.perf_counter()
     if peer.kind == "tp":
         batch = calibration_batch(splits, seed=cell.seed) if peer.importance == "taylor" else None
         build, lo = tp_builder(dense, peer, input_shape=shape, batch=batch), MIN_KEEP
+        ladder = size_ladder(build, input_shape=shape)
+        row["ladder"] = ladder
     else:
         build, lo = modelopt_builder(dense, input_shape=shape, splits=splits, seed=cell.seed,
                                      batch_size=cell.batch_size,
                                      checkpoint=run_dir / "fastnas_search.pth")  # fmt: skip
-    t0 = time.perf_counter()
     found = bisect_keep(
         build, onnx_measurer(cell.oracle, input_shape=shape), bound=cell.bound_ms, lo=lo,
-        steps=steps,
+        steps=steps, ladder=ladder,
         confirm=onnx_measurer(cell.oracle, input_shape=shape, repeats=CONFIRM_CALLS),
     )  # fmt: skip
     seconds = time.perf_counter() - t0
     row.update(search_seconds=seconds, selection_seconds=seconds, trace=found.trace,
                accuracy_dense_trained=dense_acc, params_dense=_params(dense))  # fmt: skip
     if found.module is None:
+        smallest = lo if ladder is None else ladder[0]
         row.update(ok=False, infeasible=True,
                    error=f"no {peer.name} model meets {cell.bound_ms:.4f} ms (the smallest "
-                   f"it builds, keep {lo:.3f}, does not)")  # fmt: skip
+                   f"it builds, keep {smallest:.3f}, does not)")  # fmt: skip
         return row
     row.update(ok=True, keep=found.keep, confirmed_ms=found.latency_ms)
     row.update(finish(found.module, splits=splits, seed=cell.seed,

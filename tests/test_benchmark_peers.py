@@ -159,3 +159,24 @@ def test_quick_run_writes_every_system_at_one_verified_bound(
     assert (quick / "peers.png").is_file()
     assert len(list((quick / "peers_runs").glob("*.json"))) >= 4  # 3 rows, the timing, reference
     assert not (tmp_path / "RESULTS.md").exists()  # the full run's tables are left alone
+
+
+def test_a_knob_that_is_not_monotone_is_bisected_over_its_models_in_size_order() -> None:
+    """Torch-Pruning with round_to=8 leaves ResNet-32's 16-channel layers whole below keep 0.5
+    and prunes nothing at keep 0.1: the ladder starts from the smallest model the knob builds,
+    grows in size, and the bisection over it meets a bound keep 0.1 cannot."""
+    from hwprune.models import get_model
+
+    dense = get_model("resnet32_cifar", num_classes=10).eval()
+    build = peers.tp_builder(dense, peers.parse_peer("tp-mag-uniform-r8"), input_shape=SHAPE)
+    measure = peers.onnx_measurer("params", input_shape=SHAPE)
+    assert measure(build(peers.MIN_KEEP)) == measure(dense)  # the knob's end prunes nothing
+    ladder = peers.size_ladder(build, input_shape=SHAPE, points=19)
+    sizes = [measure(build(k)) for k in ladder]
+    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes) and sizes[0] < 0.3 * sizes[-1]
+    bound = sizes[len(sizes) // 2]
+    found = peers.bisect_keep(build, measure, bound=bound, ladder=ladder)
+    assert found.latency_ms == bound and found.keep == ladder[len(sizes) // 2]
+    assert len(found.trace) <= 1 + math.ceil(math.log2(len(ladder)))
+    old = peers.bisect_keep(build, measure, bound=bound)  # the knob bisected as it reads
+    assert old.module is None
