@@ -12,7 +12,8 @@ in both):
 It reports per variant the median proxy seconds (BN + accuracy) per candidate and their ratio,
 and how many candidates the race stopped. With random weights the dense model is at chance and
 so is every candidate: the race can only stop those clearly at chance, and most of the saving
-then comes from the BN pass. ``--probe N`` fits the classifier head on N training images first
+then comes from the BN pass. ``--probe N`` fits the classifier head on N training images first,
+on the features of BN statistics estimated on training images as the evaluator estimates them
 (the backbone stays random), which puts the dense model above chance as a trained one is.
 
     OMP_NUM_THREADS=1 nice taskset -c 1 python -m benchmarks.proxy_cost --candidates 12
@@ -40,9 +41,17 @@ RACED: dict[str, Any] = {"racing": True, "bn_settle": 0.05, "bn_batches": 8, "bn
 
 def fit_head(model: Any, data: Any, *, images: int, steps: int = 200) -> float:
     """Fit ``model``'s last Linear layer on the features of ``images`` training images (the rest
-    stays as it is); returns its training accuracy."""
+    stays as it is); returns its training accuracy.
+
+    BatchNorm statistics are estimated on the training images first, as the evaluator does for
+    every candidate: a head fitted on the features of the initial statistics (mean 0, variance
+    1, far from a random backbone's activations) is useless once a candidate's statistics are
+    re-estimated, and every candidate, the dense one too, then scores at chance."""
     import torch
 
+    from hwprune.train.loop import reestimate_bn
+
+    reestimate_bn(model, data.train, batches=8, batch_size=64, seed=0)
     head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
     feats: list[torch.Tensor] = []
     hook = head.register_forward_hook(lambda m, i, o: feats.append(i[0].detach()))
@@ -65,13 +74,19 @@ def fit_head(model: Any, data: Any, *, images: int, steps: int = 200) -> float:
     return float((head(x).argmax(1) == y).float().mean())
 
 
-def score(space: Any, data: Any, policies: list[Any], *, budget: str, settings: dict) -> list[dict]:
-    """Every policy evaluated in order by one evaluator with ``settings``: its proxy's cost."""
+def score(
+    space: Any, data: Any, policies: list[Any], *, budget: str, settings: dict
+) -> tuple[dict, list[dict]]:
+    """Every policy evaluated in order by one evaluator with ``settings``: the dense model's
+    proxy score and chance floor, and per policy its proxy's cost."""
     from hwprune.budgets import bind_constraints
     from hwprune.evaluate import Evaluator
 
     ev = Evaluator(space=space, data=data, constraints=bind_constraints([budget]), **settings)
     ev.calibrate()
+    log.info("dense model: proxy score %.4f (chance floor %s)", ev.dense_accuracy,
+             "none" if ev.score_floor is None else f"{ev.score_floor:.4f}")  # fmt: skip
+    dense = {"score": ev.dense_accuracy, "floor": ev.score_floor}
     rows = []
     for policy in policies:
         o = ev.evaluate(policy)
@@ -81,7 +96,7 @@ def score(space: Any, data: Any, policies: list[Any], *, budget: str, settings: 
                      "raced": o.raced, "samples": o.score_samples or ev.eval_samples})  # fmt: skip
         log.info("%s: proxy %.1f s (bn %.1f), score %.3f%s", o.key[:12], t.get("proxy", 0.0),
                  t.get("bn", 0.0), o.accuracy, f" raced ({o.raced})" if o.raced else "")  # fmt: skip
-    return rows
+    return dense, rows
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -106,11 +121,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     extra = {"max_eval_samples": args.eval_samples} if args.eval_samples else {}
     out: dict[str, Any] = {"model": args.model, "input_size": args.input_size, "data": args.data,
                            "budget": args.budget, "candidates": args.candidates,
-                           "probe_images": args.probe, "probe_train_accuracy": head}  # fmt: skip
+                           "probe_images": args.probe, "probe_train_accuracy": head,
+                           "head_after_bn": bool(args.probe)}  # fmt: skip
     for name, settings in (("today", TODAY), ("raced", RACED)):
         t0 = time.perf_counter()
-        rows = score(space, data, policies, budget=args.budget, settings={**settings, **extra})
-        out[name] = {"settings": settings, "rows": rows, "wall_seconds": time.perf_counter() - t0,
+        dense, rows = score(space, data, policies, budget=args.budget,
+                            settings={**settings, **extra})  # fmt: skip
+        out[name] = {"settings": settings, "dense": dense, "rows": rows,
+                     "wall_seconds": time.perf_counter() - t0,
                      "median_proxy_seconds": statistics.median(r["proxy"] for r in rows),
                      "stopped": sum(1 for r in rows if r["raced"])}  # fmt: skip
     out["ratio"] = out["today"]["median_proxy_seconds"] / out["raced"]["median_proxy_seconds"]
@@ -122,24 +140,43 @@ RUNS = common.RunRows(NAME)
 
 def tag_of(args: argparse.Namespace) -> str:
     """The stored row's name: what decides the figures."""
+    # "-hbn": the head fitted after the BN statistics were estimated (rows without it: before).
     return (f"{args.model}-{args.input_size}-{args.data}-{args.budget}-c{args.candidates}"
-            f"-p{args.probe}-n{args.eval_samples or 'all'}-s{args.seed}")  # fmt: skip
+            f"-p{args.probe}{'-hbn' if args.probe else ''}-n{args.eval_samples or 'all'}"
+            f"-s{args.seed}")  # fmt: skip
 
 
 def _median(rows: list[dict], key: str) -> float:
     return statistics.median(float(r.get(key) or 0.0) for r in rows)
 
 
+def _probe(r: dict) -> str:
+    """How the head was fitted: on N images, after the BN statistics were estimated or not."""
+    if not r["probe_images"]:
+        return "-"
+    return f"{r['probe_images']}" + (" (after BN)" if r.get("head_after_bn") else " (before BN)")
+
+
+def _dense(d: dict | None) -> str:
+    if not d:
+        return "-"
+    floor = "none" if d.get("floor") is None else f"{d['floor']:.3f}"
+    return f"{d['score']:.3f} ({floor})"
+
+
 def table(stored: list[dict]) -> str:
     """One line per stored run: each recipe's median seconds per candidate, by part."""
-    head = ["model", "input", "data", "candidates", "head fitted on", "today: BN s",
+    head = ["model", "input", "data", "candidates", "head fitted on", "dense score (floor)",
+            "candidates' scores", "today: BN s",
             "today: score s", "today: proxy s", "raced: BN s", "raced: score s",
             "raced: proxy s", "today / raced", "stopped early", "load"]  # fmt: skip
     lines = []
     for r in stored:
         t, q = r["today"]["rows"], r["raced"]["rows"]
         lines.append([r["model"], r["input_size"], f"`{r['data']}`", r["candidates"],
-                      r["probe_images"] or "-", f"{_median(t, 'bn'):.1f}",
+                      _probe(r), _dense(r["today"].get("dense")),
+                      f"{min(x['score'] for x in t):.3f}-{max(x['score'] for x in t):.3f}",
+                      f"{_median(t, 'bn'):.1f}",
                       f"{_median(t, 'accuracy_seconds'):.1f}",
                       f"{r['today']['median_proxy_seconds']:.1f}", f"{_median(q, 'bn'):.1f}",
                       f"{_median(q, 'accuracy_seconds'):.1f}",
