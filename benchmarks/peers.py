@@ -12,7 +12,8 @@ fresh calls on ``onnxruntime:cpu?threads=1``, measured once per machine and stor
 * Torch-Pruning (``tp.pruner.MetaPruner``): L2-magnitude or first-order Taylor importance
   (Taylor from one backward pass on a fixed training batch), uniform (per layer) or global
   ranking, channel counts rounded to 8 or 16, the final classifier left alone. Rows are named
-  ``tp-{mag,taylor}-{uniform,global}-r{8,16}``.
+  ``tp-{mag,taylor}-{uniform,global}-r{8,16}``; also without rounding (``r1``, Torch-Pruning's
+  default): ``tp-mag-uniform-r1`` and ``tp-taylor-global-r1``.
 * NVIDIA ModelOpt FastNAS (``mtp.prune(mode="fastnas")``, optional: ``pip install
   'hwprune[peers]'``): its search under a FLOPs constraint, scored by accuracy on the search
   split. Without ``modelopt`` the row is shown as "not installed".
@@ -83,8 +84,12 @@ TP_PEERS = tuple(
     for scope in ("uniform", "global")
     for r in (8, 16)
 )
+#: Torch-Pruning as its README runs it (no rounding: every channel count allowed), magnitude
+#: per layer, and the Taylor-global setting: the only ones that reach a bound round_to 8 and
+#: 16 cannot (ResNet-32's 16-channel stages left at 8 or 16 channels).
+TP_UNROUNDED = ("tp-mag-uniform-r1", "tp-taylor-global-r1")
 MODELOPT = "modelopt-fastnas"
-PEERS = (*TP_PEERS, MODELOPT)
+PEERS = (*TP_PEERS, MODELOPT, *TP_UNROUNDED)
 #: Probes of a peer's knob: the smallest model, then halvings of the interval.
 BISECT_STEPS = 8
 #: The smallest model a peer may build keeps 10% (prune_row's min_keep for hwprune's rows).
