@@ -54,6 +54,7 @@ EVALUATIONS = 3
 LATENCY_PAIRS = 3
 TIMM_SIZES = (64, 96, 128, 160, 224)
 TIMM_PARAM_CAP = 60_000_000  # a family whose smallest model is bigger is skipped here
+PARAM_CAP = [TIMM_PARAM_CAP]  # this run's cap (--param-cap)
 
 log = logging.getLogger("zoo")
 
@@ -244,8 +245,8 @@ def _timm(name: str) -> tuple[Any, Any, Any, str]:
     else:
         raise NotBuilt(f"no input size up to {native} is accepted: {last}")
     params = sum(p.numel() for p in model.parameters())
-    if params > TIMM_PARAM_CAP:
-        raise MemoryError(f"{params / 1e6:.0f} M parameters")
+    if params > PARAM_CAP[0]:
+        raise MemoryError(f"{params / 1e6:.0f} M parameters, over --param-cap")
     return model, x, _closeness(lambda m: _leaves(m(x)), model), "flops<=70%"
 
 
@@ -513,7 +514,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evaluations", type=int, default=EVALUATIONS)
     parser.add_argument("--time-limit", type=int, default=600, help="seconds per row")
     parser.add_argument("--table", action="store_true", help="only write the tables")
+    parser.add_argument(
+        "--param-cap",
+        type=float,
+        default=TIMM_PARAM_CAP / 1e6,
+        metavar="M",
+        help="skip a timm family whose smallest model has more than M million parameters, "
+        "as 'too big' (default: %(default)g; the sweep's wall time grows with the models)",
+    )
     args = parser.parse_args(argv)
+    PARAM_CAP[0] = int(args.param_cap * 1e6)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("hwprune", "oracles", "ultralytics"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
