@@ -1054,7 +1054,10 @@ def _notes(s: Mapping[str, Any]) -> str:
         f"`{s['oracle']}`). hwprune rows: `hwprune.prune` with {s['evaluations']} evaluations, "
         "as `quality.py` runs it. Peers: their knob (Torch-Pruning's `pruning_ratio`, "
         f"FastNAS's FLOPs target) bisected in {s['bisect_steps']} probes against the same "
-        "oracle on the exported ONNX, the largest model within the bound confirmed by the "
+        "oracle on the exported ONNX (Torch-Pruning's over its distinct models in order of "
+        f"MACs, built at {LADDER_POINTS} ratios: with `round_to` a layer whose kept channels "
+        "round to 0 is left whole, so a larger ratio can build a larger model), the largest "
+        "model within the bound confirmed by the "
         f"median of {CONFIRM_CALLS} fresh calls; then hwprune's final stage (BN re-estimation, "
         f"{s['finetune_epochs']} fine-tuning epoch(s) of the built-in task's recipe, SGD at "
         f"peak learning rate 0.01, cosine, batch size {quality.DIGITS_BATCH}; the same export). "
@@ -1064,7 +1067,11 @@ def _notes(s: Mapping[str, Any]) -> str:
         "(staircase probe, dense measurement, search, confirmation), a peer's whole bisection "
         "with its confirmation. "
         "McNemar: exact two-sided binomial test on the test images exactly one of the two "
-        "models classifies correctly."
+        "models classifies correctly. A peer marked infeasible cannot build a model within "
+        "the bound with its settings: Torch-Pruning's smallest model keeps at least "
+        "`round_to` channels per layer (ResNet-32's 16-channel stages: 8 or 16); FastNAS "
+        "runs ModelOpt's default search space (channel counts in multiples of 32, so "
+        "ResNet-32's 16- and 32-channel layers stay whole)."
     )
 
 
