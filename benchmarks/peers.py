@@ -644,9 +644,11 @@ def time_cell(
     rounds: int,
     input_shape: Sequence[int],
     fresh: bool = False,
+    measure: bool = True,
 ) -> None:
     """Verified latency of every finished row of one cell and seed, from one interleaved
-    timing of their ONNX files (stored, keyed by the files: a redone row times them again)."""
+    timing of their ONNX files (stored, keyed by the files: a redone row times them again).
+    ``measure`` False (``--stored-only``): only a stored timing of exactly these files."""
     ok = [r for r in rows if r.get("ok") and Path(r.get("onnx", "")).is_file()]
     if not ok:
         return
@@ -655,6 +657,10 @@ def time_cell(
     tag = quality._slug(f"timing-{first['model']}-w{first['width']:g}-{first['budget']}-"
                         f"s{first['seed']}-{_digest(files)}")  # fmt: skip
     stored = None if fresh else store.get(tag)
+    if stored is None and not measure:
+        log.info("%s %s seed %d: no stored timing of these %d models, left untimed",
+                 first["model"], first["budget"], first["seed"], len(files))  # fmt: skip
+        return
     if stored is None:
         log.info("timing %d models of %s %s seed %d, %d rounds", len(files), first["model"],
                  first["budget"], first["seed"], rounds)  # fmt: skip
@@ -717,11 +723,33 @@ def default_system(searchers: Sequence[str]) -> str:
     return f"hwprune-{agent if agent in searchers else searchers[0]}"
 
 
+def latency_ratio(
+    a: Mapping[str, Any], b: Mapping[str, Any], timings: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    """``a``'s verified latency over ``b``'s, from the interleaved timing that measured both:
+    the ratio of their medians, the ratios round by round, and ``slower`` (True: ``a`` was
+    slower in every round; False: faster in every round; None: neither, or not timed)."""
+    t = timings.get(a.get("timing", "")) if a.get("timing") == b.get("timing") else None
+    if not t:
+        return {"latency_ratio": None, "latency_ratios": [], "slower": None}
+    va, vb = t["values"][a["system"]], t["values"][b["system"]]
+    ratios = [x / y for x, y in zip(va, vb, strict=True)]
+    slower = True if min(ratios) > 1 else False if max(ratios) < 1 else None
+    return {"latency_ratio": t["median"][a["system"]] / t["median"][b["system"]],
+            "latency_ratios": ratios, "slower": slower}  # fmt: skip
+
+
 def paired(
-    rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]], *, hwprune_system: str
+    rows: Sequence[dict[str, Any]],
+    summary: Sequence[dict[str, Any]],
+    *,
+    hwprune_system: str,
+    timings: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Per cell and seed: hwprune's default row minus the best peer (by mean accuracy in the
-    cell), with McNemar's exact test on their test predictions."""
+    cell), with McNemar's exact test on their test predictions and the two models' latency
+    ratio in their shared interleaved timing (``timings``: stored timings by tag)."""
+    timings = timings or {}
     out = []
     for model, width, budget in dict.fromkeys(
         (s["model"], s["width"], s["budget"]) for s in summary
@@ -746,7 +774,8 @@ def paired(
             out.append({"model": model, "width": width, "budget": budget, "seed": seed,
                         "hwprune": hwprune_system, "peer": best, "accuracy_hwprune":
                         a["accuracy"], "accuracy_peer": b["accuracy"],
-                        "difference": a["accuracy"] - b["accuracy"], **test})  # fmt: skip
+                        "difference": a["accuracy"] - b["accuracy"], **test,
+                        **latency_ratio(a, b, timings)})  # fmt: skip
     return out
 
 
@@ -786,12 +815,24 @@ def failures(rows: Sequence[dict[str, Any]]) -> str:
     return "\n\nNo model shipped:\n\n" + "\n".join(lines)
 
 
+def _latency(p: Mapping[str, Any]) -> str:
+    if p.get("latency_ratio") is None:
+        return "-"
+    rs = p["latency_ratios"]
+    word = {True: "slower", False: "faster", None: "tied"}[p["slower"]]
+    return f"{p['latency_ratio']:.3f} ({min(rs):.3f}-{max(rs):.3f}, {word})"
+
+
 def paired_table(pairs: Sequence[dict[str, Any]]) -> str:
+    """Per cell and seed; latency: hwprune's verified latency over the peer's in their shared
+    interleaved timing (median; round by round min-max; slower or faster in every round)."""
     headers = ["model", "budget", "seed", "hwprune", "best peer", "acc. hwprune", "acc. peer",
-               "difference", "only hwprune right", "only peer right", "McNemar p"]  # fmt: skip
+               "difference", "only hwprune right", "only peer right", "McNemar p",
+               "latency hwprune / peer"]  # fmt: skip
     body = [[f"{p['model']} w{p['width']:g}", p["budget"], p["seed"], p["hwprune"], p["peer"],
              _f(p["accuracy_hwprune"]), _f(p["accuracy_peer"]), _f(p["difference"], "{:+.3f}"),
-             p["a_only"], p["b_only"], _f(p["p"], "{:.3g}")] for p in pairs]  # fmt: skip
+             p["a_only"], p["b_only"], _f(p["p"], "{:.3g}"), _latency(p)]
+            for p in pairs]  # fmt: skip
     return common.markdown_table(headers, body)
 
 
@@ -1018,10 +1059,12 @@ def main(argv: list[str] | None = None) -> int:
                     device=s["device"])  # fmt: skip
         got = _run_cell(s, cell, store, fresh=args.fresh or q, stored_only=args.stored_only)
         time_cell(got, store=store, rounds=s["rounds"], input_shape=shape,
-                  fresh=args.fresh or q)  # fmt: skip
+                  fresh=args.fresh or q, measure=not args.stored_only)  # fmt: skip
         rows += got
     summary = summarise(rows, planned=len(s["seeds"]))
-    pairs = paired(rows, summary, hwprune_system=default_system(s["searchers"]))
+    timings = {r["timing"]: store.get(r["timing"]) for r in rows if r.get("timing")}
+    pairs = paired(rows, summary, hwprune_system=default_system(s["searchers"]),
+                   timings={k: v for k, v in timings.items() if v})  # fmt: skip
     body = table(summary) + failures(rows)
     body += "\n\nhwprune's default searcher against the best peer:\n\n"
     body += paired_table(pairs)

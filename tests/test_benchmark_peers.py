@@ -180,3 +180,17 @@ def test_a_knob_that_is_not_monotone_is_bisected_over_its_models_in_size_order()
     assert len(found.trace) <= 1 + math.ceil(math.log2(len(ladder)))
     old = peers.bisect_keep(build, measure, bound=bound)  # the knob bisected as it reads
     assert old.module is None
+
+
+def test_the_pair_says_whether_hwprune_was_slower_than_the_peer_in_every_round() -> None:
+    timing = {"values": {"h": [1.10, 1.05, 1.20], "p": [1.0, 1.0, 1.0], "q": [1.0, 1.1, 1.0]},
+              "median": {"h": 1.10, "p": 1.0, "q": 1.0}}  # fmt: skip
+    a, b, c = ({"system": n, "timing": "t"} for n in "hpq")
+    got = peers.latency_ratio(a, b, {"t": timing})
+    assert got["slower"] is True and got["latency_ratio"] == pytest.approx(1.10)
+    assert got["latency_ratios"] == pytest.approx([1.10, 1.05, 1.20])
+    assert peers.latency_ratio(b, a, {"t": timing})["slower"] is False
+    assert peers.latency_ratio(a, c, {"t": timing})["slower"] is None  # 1.10, 0.95, 1.20
+    # Timed apart (or not at all): no ratio.
+    assert peers.latency_ratio(a, {**b, "timing": "u"}, {"t": timing})["latency_ratio"] is None
+    assert peers.latency_ratio(a, b, {})["slower"] is None
