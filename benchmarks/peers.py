@@ -103,6 +103,8 @@ TIMING_ROUNDS = 5
 SELECTION_STAGES = ("staircase", "dense", "search", "choose")
 #: Training images of the fixed batch whose gradients give Taylor importance.
 CALIBRATION_BATCH = 64
+#: The dense model's name in an interleaved timing.
+DENSE = "dense"
 #: Search-split images FastNAS scores its subnets on.
 SCORE_SAMPLES = 1000
 
@@ -496,6 +498,10 @@ def finish(
     }
 
 
+def _slug_data(data: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", data)
+
+
 @dataclass(frozen=True)
 class Cell:
     """What every row of one cell and seed shares."""
@@ -520,6 +526,25 @@ class Cell:
                 "reference_ms": self.reference_ms, "oracle": self.oracle,
                 "finetune_epochs": self.finetune_epochs, "train_epochs": self.train_epochs,
                 "batch_size": self.batch_size}  # fmt: skip
+
+    def dense_path(self) -> Path:
+        name = f"dense-{self.model}-w{self.width:g}-{_slug_data(self.data)}-s{self.seed}.onnx"
+        return RUNS_DIR / name
+
+    def dense_onnx(self) -> Path:
+        """The dense model of this seed exported once (the interleaved timing's yardstick)."""
+        from hwprune.export.onnx import export_onnx
+        from hwprune.models import model_from_checkpoint
+
+        path = self.dense_path()
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            from hwprune.data import get_dataset
+
+            shape = (1, *(int(x) for x in get_dataset(self.data, seed=self.seed).input_shape))
+            data = export_onnx(model_from_checkpoint(self.dense()[0]), input_shape=shape)
+            path.write_bytes(data)
+        return path
 
     def dense(self) -> tuple[Path, float]:
         return quality.dense_checkpoint(self.model, width=self.width, data=self.data,
@@ -645,15 +670,22 @@ def time_cell(
     input_shape: Sequence[int],
     fresh: bool = False,
     measure: bool = True,
+    dense: Path | None = None,
 ) -> None:
     """Verified latency of every finished row of one cell and seed, from one interleaved
     timing of their ONNX files (stored, keyed by the files: a redone row times them again).
-    ``measure`` False (``--stored-only``): only a stored timing of exactly these files."""
+    ``measure`` False (``--stored-only``): only a stored timing of exactly these files.
+
+    ``dense``: the dense model's ONNX, timed with them: each row's latency over the dense
+    model's in the same rounds (``verified_over_dense_interleaved``) is free of the machine's
+    drift since the reference latency was taken, which the fraction of the bound is not."""
     ok = [r for r in rows if r.get("ok") and Path(r.get("onnx", "")).is_file()]
     if not ok:
         return
     first = ok[0]
     files = {r["system"]: Path(r["onnx"]) for r in ok}
+    if dense is not None and dense.is_file():
+        files[DENSE] = dense
     tag = quality._slug(f"timing-{first['model']}-w{first['width']:g}-{first['budget']}-"
                         f"s{first['seed']}-{_digest(files)}")  # fmt: skip
     stored = None if fresh else store.get(tag)
@@ -669,10 +701,13 @@ def time_cell(
         stored = {"tag": tag, "rounds": rounds, "oracle": first["oracle"], "values": values,
                   "median": {n: statistics.median(v) for n, v in values.items()}}  # fmt: skip
         store.put(tag, stored)
+    dense_ms = stored["median"].get(DENSE)
     for r in ok:
         ms = stored["median"][r["system"]]
         r.update(verified_ms=ms, verified_over_bound=ms / r["bound_ms"],
                  verified_over_dense=ms / r["reference_ms"], timing=tag)  # fmt: skip
+        if dense_ms:
+            r["verified_over_dense_interleaved"] = ms / dense_ms
 
 
 # ----------------------------------------------------------------------------------------
@@ -686,6 +721,12 @@ def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def _fraction(budget: str) -> float:
+    """``latency<=40%`` -> 0.4: the budget's fraction of the dense latency."""
+    m = re.search(r"<=\s*([0-9.]+)\s*%", budget)
+    return float(m.group(1)) / 100 if m else math.nan
+
+
 def summarise(rows: Sequence[dict[str, Any]], *, planned: int) -> list[dict[str, Any]]:
     """One entry per (model, budget, system): means over the seeds that finished."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
@@ -696,6 +737,8 @@ def summarise(rows: Sequence[dict[str, Any]], *, planned: int) -> list[dict[str,
         ok = [r for r in rs if r.get("ok")]
         acc = _mean_std([r["accuracy"] for r in ok])
         over = [r["verified_over_bound"] for r in ok if "verified_over_bound" in r]
+        beside = [r["verified_over_dense_interleaved"] / _fraction(budget) for r in ok
+                  if "verified_over_dense_interleaved" in r]  # fmt: skip
         out.append({
             "model": model, "width": width, "budget": budget, "system": system,
             "kind": rs[0].get("kind"), "planned": planned, "finished": len(ok),
@@ -706,6 +749,7 @@ def summarise(rows: Sequence[dict[str, Any]], *, planned: int) -> list[dict[str,
             "accuracy_by_seed": {r["seed"]: r["accuracy"] for r in ok},
             "verified_over_bound_mean": statistics.fmean(over) if over else math.nan,
             "verified_over_bound_max": max(over) if over else math.nan,
+            "use_beside_dense_mean": statistics.fmean(beside) if beside else math.nan,
             "params_ratio": _mean_std([r["params_final"] / r["params_dense"] for r in ok
                                        if r.get("params_dense")])[0],
             "selection_seconds_median": (statistics.median(r["selection_seconds"] for r in ok)
@@ -787,20 +831,21 @@ def _f(x: Any, spec: str = "{:.3f}") -> str:
 
 def table(summary: Sequence[dict[str, Any]]) -> str:
     headers = ["model", "budget", "system", "seeds ok", "test acc. (mean ± std)",
-               "before fine-tuning", "verified / bound (mean, max)", "params (final / dense)",
+               "before fine-tuning", "verified / bound (mean, max)",
+               "budget use, dense timed beside (mean)", "params (final / dense)",
                "seconds to a model (median)"]  # fmt: skip
     body = []
     for s in summary:
         name = f"{s['model']} w{s['width']:g}"
         if s["skipped"]:
-            body.append([name, s["budget"], s["system"], s["skipped"], "-", "-", "-", "-", "-"])
+            body.append([name, s["budget"], s["system"], s["skipped"], *["-"] * 6])
             continue
         body.append([
             name, s["budget"], s["system"], f"{s['finished']}/{s['planned']}",
             f"{_f(s['accuracy_mean'])} ± {_f(s['accuracy_std'])}",
             _f(s["accuracy_pruned_mean"]),
             f"{_f(s['verified_over_bound_mean'])}, {_f(s['verified_over_bound_max'])}",
-            _f(s["params_ratio"]), _f(s["selection_seconds_median"], "{:.0f}"),
+            _f(s.get("use_beside_dense_mean")), _f(s["params_ratio"]), _f(s["selection_seconds_median"], "{:.0f}"),
         ])  # fmt: skip
     return common.markdown_table(headers, body)
 
@@ -1058,8 +1103,9 @@ def main(argv: list[str] | None = None) -> int:
                     train_epochs=s["train_epochs"], finetune_epochs=s["finetune_epochs"],
                     device=s["device"])  # fmt: skip
         got = _run_cell(s, cell, store, fresh=args.fresh or q, stored_only=args.stored_only)
+        dense = cell.dense_onnx() if not args.stored_only else cell.dense_path()
         time_cell(got, store=store, rounds=s["rounds"], input_shape=shape,
-                  fresh=args.fresh or q, measure=not args.stored_only)  # fmt: skip
+                  fresh=args.fresh or q, measure=not args.stored_only, dense=dense)  # fmt: skip
         rows += got
     summary = summarise(rows, planned=len(s["seeds"]))
     timings = {r["timing"]: store.get(r["timing"]) for r in rows if r.get("timing")}

@@ -150,10 +150,13 @@ def test_quick_run_writes_every_system_at_one_verified_bound(
         if r.get("ok"):
             assert 0.0 <= r["accuracy"] <= 1.0 and r["test_n"] > 0
             assert r["verified_ms"] > 0 and Path(r["onnx"]).is_file()
+            # The dense model was timed in the same rounds: a pruned model is faster.
+            assert 0.0 < r["verified_over_dense_interleaved"] < 1.0
     tp_row = runs["tp-mag-uniform-r8"]
     assert tp_row["ok"] and tp_row["confirmed_ms"] <= tp_row["bound_ms"]
     (pair,) = saved["paired"]
     assert pair["hwprune"] == "hwprune-latency-knapsack" and 0.0 <= pair["p"] <= 1.0
+    assert pair["latency_ratio"] > 0 and len(pair["latency_ratios"]) == 3  # the quick rounds
     md = (quick / "RESULTS.md").read_text()
     assert "<!-- BEGIN peers -->" in md and "| tp-taylor-global-r8 |" in md
     assert (quick / "peers.png").is_file()
