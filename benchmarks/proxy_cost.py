@@ -194,9 +194,13 @@ NOTES = (
     "running statistics settle (at most 8), the proxy scored on growing looks and stopped "
     "once it is clearly (95% over the looks) below the best feasible candidate scored so far "
     "(`--proxy-racing --bn-settle 0.05`). Medians per candidate over the run's candidates; "
-    "the first candidate has no rival, so it is always scored in full. Random weights: "
-    "`head fitted on` N training images puts the dense model above chance (the backbone "
-    "stays random). `load`: the 1-minute load average on the 2-core machine at the start."
+    "the first candidate has no rival, so it is always scored in full. Random weights: the "
+    "classifier head is fitted on N training images (the backbone stays random); `(after "
+    "BN)`: on the features of BN statistics estimated on training images, as the evaluator "
+    "estimates them for every candidate, which puts the dense model above chance; `(before "
+    "BN)`: on the initial statistics, which no candidate keeps, so every candidate and the "
+    "best one scored at chance, none could be shown clearly worse, and only the settled BN "
+    "pass saved time. `load`: the 1-minute load average on the 2-core machine at the start."
 )
 
 
