@@ -437,9 +437,8 @@ class _KnapsackRun:
         relative half-range of those calls (what the proof's own median may move).
 
         One call on a busy machine is several percent off, and a bisection that stops at the
-        first call inside a narrow window keeps the solutions that measured high: in the
-        grid the final proof measured the knapsack's choices at a median of 0.97 of their
-        search value (every other searcher: 0.99-1.02), under the window."""
+        first call inside a narrow window keeps the solutions that measured high: the final
+        proof then reads them lower than their search value, under the window."""
         t = time.perf_counter()
         ev = self.evaluate.evaluator
         policy = self.policy_of(choice)
