@@ -860,6 +860,34 @@ def failures(rows: Sequence[dict[str, Any]]) -> str:
     return "\n\nNo model shipped:\n\n" + "\n".join(lines)
 
 
+#: The lead, in test accuracy, that counts as hwprune ahead of the best peer in a cell.
+LEAD = 0.005
+
+
+def verdicts(pairs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per cell from its stored pairs: hwprune's default ahead of the best peer (a
+    mean lead of at least ``LEAD`` over the seeds, never slower in every timing round), or
+    why not (behind, within the lead, or ahead only with a slower model)."""
+    cells: dict[tuple, list[Mapping[str, Any]]] = {}
+    for p in pairs:
+        cells.setdefault((p["model"], p["width"], p["budget"]), []).append(p)
+    out = []
+    for (model, width, budget), ps in cells.items():
+        diff = statistics.fmean(p["difference"] for p in ps)
+        slower = [p["seed"] for p in ps if p.get("slower") is True]
+        if diff >= LEAD and not slower:
+            word = "ahead"
+        elif diff >= LEAD:
+            word = f"ahead in accuracy, but slower in every round on seed(s) {slower}"
+        elif diff <= -LEAD:
+            word = "behind"
+        else:
+            word = f"within {LEAD * 100:.1f} points"
+        out.append(f"- {model} w{width:g} `{budget}`: {ps[0]['hwprune']} against {ps[0]['peer']}, "
+                   f"{diff * 100:+.1f} points over {len(ps)} seed(s): {word}")  # fmt: skip
+    return out
+
+
 def _latency(p: Mapping[str, Any]) -> str:
     if p.get("latency_ratio") is None:
         return "-"
@@ -1114,6 +1142,8 @@ def main(argv: list[str] | None = None) -> int:
     body = table(summary) + failures(rows)
     body += "\n\nhwprune's default searcher against the best peer:\n\n"
     body += paired_table(pairs)
+    body += "\n\nPer cell (ahead: a mean lead of at least 0.5 points, never slower in every "
+    body += "round of the shared timing):\n\n" + "\n".join(verdicts(pairs))
     print(body)
     if args.no_write:
         return 0

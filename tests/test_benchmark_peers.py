@@ -197,3 +197,16 @@ def test_the_pair_says_whether_hwprune_was_slower_than_the_peer_in_every_round()
     # Timed apart (or not at all): no ratio.
     assert peers.latency_ratio(a, {**b, "timing": "u"}, {"t": timing})["latency_ratio"] is None
     assert peers.latency_ratio(a, b, {})["slower"] is None
+
+
+def test_a_cell_is_ahead_only_with_the_lead_and_no_slower_model() -> None:
+    def pair(seed: int, diff: float, slower: bool | None, budget: str = "b") -> dict:
+        return {"model": "m", "width": 1.0, "budget": budget, "seed": seed, "hwprune": "h",
+                "peer": "p", "difference": diff, "slower": slower}  # fmt: skip
+
+    lines = peers.verdicts([pair(0, 0.01, None), pair(1, 0.004, False),
+                            pair(0, 0.05, True, "c"), pair(0, -0.02, False, "d"),
+                            pair(0, 0.002, None, "e")])  # fmt: skip
+    assert lines[0].endswith("+0.7 points over 2 seed(s): ahead")
+    assert lines[1].endswith("slower in every round on seed(s) [0]")
+    assert lines[2].endswith(": behind") and lines[3].endswith("within 0.5 points")
