@@ -592,7 +592,10 @@ def report(
     env = common.environment()
     floors = floors or {}
     summary = [s for m, rows in all_rows.items() for s in summarise(rows, floors.get(m))]
-    common.write_results(NAME, {"summary": summary, "rows": all_rows}, command=common.command_line(), env=env,
+    # A study with --variants has its own section and file: the study of the proxies alone
+    # (a different dense model and test set) stays as it was.
+    name = f"{NAME}_variants" if args.variants else NAME
+    common.write_results(name, {"summary": summary, "rows": all_rows}, command=common.command_line(), env=env,
                   quick=args.quick)  # fmt: skip
     table = common.markdown_table(
         ["model", "proxy", "candidates", "Spearman with accuracy", "95% CI",
@@ -648,9 +651,11 @@ def report(
         "(the median over the candidates: a candidate timed during a load spike took up to "
         "10x the median).\n\n" + "\n".join(facts) + "\n\n" + recommend(summary, all_rows)
     )
-    common.update_results_md(NAME, "Search proxies: rank correlation with accuracy after fine-tuning",
-                      table, command=common.command_line(), env=env, notes=notes,
-                      quick=args.quick)  # fmt: skip
+    title = "Search proxies: rank correlation with accuracy after fine-tuning" + (
+        ", today's proxy against the settled and raced ones" if args.variants else ""
+    )
+    common.update_results_md(name, title, table, command=common.command_line(), env=env,
+                             notes=notes, quick=args.quick)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
