@@ -356,18 +356,22 @@ class Evaluator:
         None before ``calibrate`` or when the task gives no chance score."""
         return chance_floor(self.task.score_chance, self.dense_accuracy, self.eval_samples)
 
-    def search_value(self, accuracy: float, params: int | None) -> float:
+    def search_value(
+        self, accuracy: float, params: int | None, *, at_chance: bool = False
+    ) -> float:
         """:func:`search_signal` of a score and a parameter count under this run's floor."""
         return search_signal(
             accuracy,
             params,
             floor=self.score_floor,
             dense_params=self.space.dense_params,
+            at_chance=at_chance,
         )
 
     def signal(self, outcome: Outcome) -> Outcome:
         """``outcome`` with its :func:`search_signal` set (what a searcher learns from)."""
-        value = self.search_value(outcome.accuracy, outcome.params)
+        value = self.search_value(outcome.accuracy, outcome.params,
+                                  at_chance=outcome.raced == "chance")  # fmt: skip
         return outcome if value == outcome.accuracy else replace(outcome, signal=value)
 
     # ------------------------------------------------------------- measuring
@@ -565,7 +569,12 @@ class Evaluator:
         below = None
         if best is not None and (floor is None or best > floor):
             below = best - accuracy_tolerance(best, samples)
-        return RaceBar(below=below, floor=floor, confidence=self.options.race_confidence)
+        # The dense model at chance: no candidate's score informs the search or the choice.
+        uninformed = (
+            floor is not None and self.dense_accuracy is not None and (self.dense_accuracy <= floor)
+        )
+        return RaceBar(below=below, floor=floor, confidence=self.options.race_confidence,
+                       uninformed=uninformed)  # fmt: skip
 
     def submit(self, policy: Any) -> Any:
         """Start evaluating ``policy``; the handle's ``result()`` is its Outcome.

@@ -11,6 +11,10 @@ choice:
 * ``chance``: its upper bound is at or below the chance floor
   (:func:`~hwprune.evaluate.chance_floor`), where the searchers learn from its size and the final
   choice ranks it by size, not by its score.
+* ``chance`` too, at the first look, when the dense model itself scores at or below the chance
+  floor (``RaceBar.uninformed``: random weights, or a task the model has not learnt): then no
+  candidate's score says anything the searchers or the final choice use (every candidate is
+  ranked by size), and scoring the rest of the images would only cost time.
 
 The error bound: the per-look bounds use ``(1 - confidence) / looks`` each (Bonferroni over the
 looks that may stop), so a candidate whose true accuracy is above the bar is stopped with
@@ -78,15 +82,17 @@ class RaceBar:
 
     ``below``: the best feasible score less its tie tolerance (None: no such candidate yet);
     ``floor``: the chance floor (None: none). ``confidence``: see the module docstring.
+    ``uninformed``: the dense model scores at chance, so every candidate stops at the first look.
     """
 
     below: float | None
     floor: float | None
     confidence: float = RACE_CONFIDENCE
+    uninformed: bool = False
 
     @property
     def active(self) -> bool:
-        return self.below is not None or self.floor is not None
+        return self.below is not None or self.floor is not None or self.uninformed
 
 
 @dataclass(frozen=True)
@@ -111,7 +117,7 @@ def race(
             if seen >= total or not bar.active:
                 continue
             upper = wilson_upper(score, seen, z)
-            if bar.floor is not None and upper <= bar.floor:
+            if bar.uninformed or (bar.floor is not None and upper <= bar.floor):
                 return RaceResult(score=score, samples=seen, stopped="chance")
             if bar.below is not None and upper < bar.below:
                 return RaceResult(score=score, samples=seen, stopped="worse")

@@ -67,7 +67,12 @@ def candidate_params(space: Any, policy: Any, module: Any) -> int:
 
 
 def search_signal(
-    accuracy: float, params: int | None, *, floor: float | None, dense_params: int | None
+    accuracy: float,
+    params: int | None,
+    *,
+    floor: float | None,
+    dense_params: int | None,
+    at_chance: bool = False,
 ) -> float:
     """The score a searcher learns from: the proxy score, or the model's size at chance.
 
@@ -77,8 +82,9 @@ def search_signal(
     against 0.22 for the score on ResNet-32). Such a candidate is given
     ``floor * params / dense_params``: monotone in its size and never above an informed
     candidate's score, the same order the final choice (:func:`hwprune.run.choose.rank_feasible`) uses. Without
-    a floor or a parameter count, the proxy score itself.
+    a floor or a parameter count, the proxy score itself. ``at_chance``: the candidate is at
+    chance whatever its score (a race stopped it as such, on a few images).
     """
-    if floor is None or accuracy > floor or not params or not dense_params:
+    if floor is None or (accuracy > floor and not at_chance) or not params or not dense_params:
         return float(accuracy)
     return float(floor) * min(float(params) / float(dense_params), 1.0)

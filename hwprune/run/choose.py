@@ -109,8 +109,10 @@ def rank_feasible(
     over = lambda o: o.max_cost > 1.0  # noqa: E731
     chance: list[Outcome] = []
     if floor is not None:
-        chance = [o for o in pool if o.accuracy <= floor]
-        pool = [o for o in pool if o.accuracy > floor]
+        # At chance: scored at or below the floor, or stopped by a race as at chance.
+        at = {o.key for o in pool if o.accuracy <= floor or o.raced == "chance"}
+        chance = [o for o in pool if o.key in at]
+        pool = [o for o in pool if o.key not in at]
     # A raced score (stopped early, clearly below a feasible candidate scored in full) is an
     # estimate on fewer images: those come after every full score above the floor.
     ranked = _tie_groups([o for o in pool if o.raced is None], samples, over)

@@ -4,6 +4,7 @@ BatchNorm re-estimation that stops once its statistics settle."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -56,6 +57,16 @@ def test_a_race_stops_at_the_first_look_clearly_below_the_bar_and_not_otherwise(
     assert chance.stopped == "chance" and chance.samples == 128
 
 
+def test_a_dense_model_at_chance_stops_every_candidate_at_the_first_look() -> None:
+    # Even a score well above the floor: the dense model knows nothing, so it is noise.
+    looks = [(0.40, 128), (0.40, 256), (0.40, 2000)]
+    consumed: list[int] = []
+    bar = RaceBar(below=None, floor=0.12, uninformed=True)
+    result = race(_stream(looks, consumed), bar, total=2000)
+    assert (result.stopped, result.samples, consumed) == ("chance", 128, [128])
+    assert race(_stream(looks, []), RaceBar(below=None, floor=0.12), total=2000).stopped is None
+
+
 @pytest.fixture(scope="module")
 def trained() -> tuple[torch.nn.Module, object]:
     """TinyNet trained a little on digits: well above chance, so pruning hard sends it there."""
@@ -105,6 +116,33 @@ def test_racing_scores_clearly_worse_candidates_on_fewer_images_and_marks_them(
     by_key = {o.key: o for o in again.history}
     assert by_key[b[1].key].raced == "chance" and by_key[b[1].key].score_samples == 128
     assert by_key[b[0].key].raced is None
+
+
+def test_with_an_untrained_dense_model_every_candidate_is_raced_at_chance_and_ranked_by_size() -> (
+    None
+):
+    """Random weights (the dense model at chance): each candidate is scored on the first look
+    only, counts as at chance whatever its estimate, and the larger one leads the choice and
+    the search signal."""
+    data = get_dataset("digits")
+    torch.manual_seed(0)
+    ev = _evaluator(TinyNet().eval(), data, racing=True)
+    assert ev.dense_accuracy <= ev.score_floor  # untrained
+    units = len(ev.space.units)
+    small, large = (ev.evaluate(Policy(keep=(k,) * units)) for k in (0.3, 0.8))
+    assert small.raced == large.raced == "chance"
+    assert small.score_samples == large.score_samples == 128
+    order = rank_feasible([small, large], samples=ev.eval_samples, floor=ev.score_floor)
+    assert [o.key for o in order] == [large.key, small.key]
+    assert ev.signal(large).signal > ev.signal(small).signal
+    assert ev.signal(large).signal <= ev.score_floor  # never above an informed score
+    # An estimate on 128 images can land above the floor by luck: still at chance.
+    lucky = dataclasses.replace(small, accuracy=ev.score_floor + 0.1)
+    order = rank_feasible([lucky, large], samples=ev.eval_samples, floor=ev.score_floor)
+    assert [o.key for o in order] == [large.key, lucky.key]
+    assert ev.signal(lucky).signal < ev.signal(large).signal
+    full = _evaluator(TinyNet().eval(), data)  # the same without racing: every image scored
+    assert full.evaluate(Policy(keep=(0.3,) * units)).raced is None
 
 
 @pytest.mark.slow
