@@ -11,8 +11,8 @@ in both):
 
 It reports per variant the median proxy seconds (BN + accuracy) per candidate and their ratio,
 and how many candidates the race stopped. With random weights the dense model is at chance and
-so is every candidate: the race can only stop those clearly at chance, and most of the saving
-then comes from the BN pass. ``--probe N`` fits the classifier head on N training images first,
+so is every candidate: the race then stops every candidate at its first look (no score could
+inform the search or the choice), and the rest of the saving comes from the BN pass. ``--probe N`` fits the classifier head on N training images first,
 on the features of BN statistics estimated on training images as the evaluator estimates them
 (the backbone stays random), which puts the dense model above chance as a trained one is.
 
@@ -194,7 +194,9 @@ NOTES = (
     "running statistics settle (at most 8), the proxy scored on growing looks and stopped "
     "once it is clearly (95% over the looks) below the best feasible candidate scored so far "
     "(`--proxy-racing --bn-settle 0.05`). Medians per candidate over the run's candidates; "
-    "the first candidate has no rival, so it is always scored in full. Random weights: the "
+    "the first candidate has no rival, so it is scored in full unless the dense model itself "
+    "scores at chance: then every candidate stops at the first look (128 images), since no "
+    "score could inform the search or the choice. Random weights: the "
     "classifier head is fitted on N training images (the backbone stays random); `(after "
     "BN)`: on the features of BN statistics estimated on training images, as the evaluator "
     "estimates them for every candidate, which puts the dense model above chance; `(before "
