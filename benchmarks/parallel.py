@@ -49,6 +49,7 @@ import logging
 import math
 import multiprocessing
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -587,6 +588,11 @@ def _profile_md(prof: dict) -> list[str]:
     return parts
 
 
+def _as_module(command: str) -> str:
+    """A stored command as the module it runs (rows stored before ran the file itself)."""
+    return re.sub(r"\bpython (benchmarks)/(\w+)\.py\b", r"python -m \1.\2", command)
+
+
 def write_md(store: dict) -> None:
     parts = []
     if store.get("search"):
@@ -647,7 +653,7 @@ def write_md(store: dict) -> None:
     if commands:
         notes += (
             " Rows by command: "
-            + "; ".join(f"{what}: `{cmd}`" for what, cmd in sorted(commands.items()))
+            + "; ".join(f"{what}: `{_as_module(cmd)}`" for what, cmd in sorted(commands.items()))
             + "."
         )
     common.update_results_md("parallel", "Parallel evaluation (`--workers`)", "\n".join(parts),
