@@ -531,7 +531,7 @@ class Cell:
         name = f"dense-{self.model}-w{self.width:g}-{_slug_data(self.data)}-s{self.seed}.onnx"
         return RUNS_DIR / name
 
-    def dense_onnx(self) -> Path:
+    def dense_onnx(self, input_shape: Sequence[int]) -> Path:
         """The dense model of this seed exported once (the interleaved timing's yardstick)."""
         from hwprune.export.onnx import export_onnx
         from hwprune.models import model_from_checkpoint
@@ -539,9 +539,7 @@ class Cell:
         path = self.dense_path()
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            from hwprune.data import get_dataset
-
-            shape = (1, *(int(x) for x in get_dataset(self.data, seed=self.seed).input_shape))
+            shape = (1, *(int(x) for x in input_shape))
             data = export_onnx(model_from_checkpoint(self.dense()[0]), input_shape=shape)
             path.write_bytes(data)
         return path
@@ -1131,7 +1129,7 @@ def main(argv: list[str] | None = None) -> int:
                     train_epochs=s["train_epochs"], finetune_epochs=s["finetune_epochs"],
                     device=s["device"])  # fmt: skip
         got = _run_cell(s, cell, store, fresh=args.fresh or q, stored_only=args.stored_only)
-        dense = cell.dense_onnx() if not args.stored_only else cell.dense_path()
+        dense = cell.dense_onnx(shape) if not args.stored_only else cell.dense_path()
         time_cell(got, store=store, rounds=s["rounds"], input_shape=shape,
                   fresh=args.fresh or q, measure=not args.stored_only, dense=dense)  # fmt: skip
         rows += got

@@ -12,9 +12,10 @@ in both):
 It reports per variant the median proxy seconds (BN + accuracy) per candidate and their ratio,
 and how many candidates the race stopped. With random weights the dense model is at chance and
 so is every candidate: the race then stops every candidate at its first look (no score could
-inform the search or the choice), and the rest of the saving comes from the BN pass. ``--probe N`` fits the classifier head on N training images first,
-on the features of BN statistics estimated on training images as the evaluator estimates them
-(the backbone stays random), which puts the dense model above chance as a trained one is.
+inform the search or the choice), and the rest of the saving comes from the BN pass.
+``--probe N`` fits the classifier head on N training images first, on the features of BN
+statistics estimated on training images as the evaluator estimates them (the backbone stays
+random), which puts the dense model above chance as a trained one can be.
 
     OMP_NUM_THREADS=1 nice taskset -c 1 python -m benchmarks.proxy_cost --candidates 12
     python -m benchmarks.proxy_cost --quick      # ResNet-18 at 32 px, 3 candidates: a smoke run
